@@ -1,0 +1,45 @@
+"""Fixes for the pinned OpenMMLab stack, applied once when ``stan_mm`` is imported.
+
+Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a test in
+``tests/test_compat.py`` that fails without it:
+
+=====  ==========================================================================
+``drn``         mmaction2 1.2.0 wheels lack ``mmaction/models/localizers/drn``;
+                a stand-in package is registered only when the real one is missing.
+``multimodal``  with transformers >= 5 installed, mmaction2 1.2.0's VindLU import
+                crashes ``import mmaction.models``; its placeholders are used instead.
+``pkg_resources`` setuptools >= 82 removed it; mmengine uses three of its functions
+                to resolve ``mmaction::`` base configs. A shim over
+                ``importlib.metadata`` is installed only when it cannot be imported.
+``checkpoint``  torch >= 2.6 loads with ``weights_only=True``; mmengine checkpoints
+                hold ``HistoryBuffer`` and numpy objects. They are allow-listed, and a
+                checkpoint that needs anything else is refused with a message naming
+                the file and the opt-in (see :mod:`stan_mm.compat.checkpoint`).
+``dist``        on a machine without CUDA, ``torch.cuda.set_device`` is skipped,
+                ``nccl`` falls back to ``gloo``, and DDP is built without
+                ``device_ids`` (see :mod:`stan_mm.compat.dist`).
+``amp``         ``AutoAmpOptimWrapper`` picks ``AmpOptimWrapper`` on GPU and a plain
+                ``OptimWrapper`` on CPU.
+=====  ==========================================================================
+"""
+from .checkpoint import (UnsafeCheckpointError, apply_checkpoint_fix,  # noqa: F401
+                         safe_torch_load, trusted_checkpoints)
+from .dist import apply_dist_fix  # noqa: F401
+from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
+from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
+
+_APPLIED = False
+
+
+def apply_all() -> None:
+    """Apply every fix (idempotent). Called by ``import stan_mm``."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    apply_pkg_resources_fix()
+    apply_drn_fix()
+    apply_multimodal_fix()
+    apply_checkpoint_fix()
+    apply_dist_fix()
+    from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
+    _APPLIED = True

@@ -1,0 +1,136 @@
+"""Safe checkpoint loading under torch >= 2.6 (``weights_only=True`` by default).
+
+mmengine 0.10.7 calls ``torch.load(filename, map_location)`` and its checkpoints carry
+``HistoryBuffer`` objects and numpy arrays/scalars in ``meta['message_hub']``, which the
+weights-only unpickler refuses. This module allow-lists exactly those types and replaces
+mmengine's local-file loader with :func:`safe_torch_load`, so resuming and ``load_from`` work
+while a checkpoint whose pickle would import anything else (and could run code) is refused.
+
+Trusting a file is an explicit opt-in, for files whose origin you know:
+
+- environment variable ``STAN_MM_TRUST_CHECKPOINTS=1`` (all files), or
+- ``with stan_mm.compat.trusted_checkpoints(): ...`` in Python code, or
+- ``safe_torch_load(path, trust=True)``.
+"""
+import contextlib
+import os
+import pickle
+from typing import Any, Iterator, List
+
+import torch
+
+TRUST_ENV = 'STAN_MM_TRUST_CHECKPOINTS'
+_trust_depth = 0
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs more than the weights-only unpickler allows."""
+
+
+def _safe_globals() -> List[Any]:
+    import numpy as np
+    items: List[Any] = [np.ndarray, np.dtype]
+    # numpy 1.x and 2.x moved the reconstruct helpers; take whichever exist.
+    for modname in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        try:
+            mod = __import__(modname, fromlist=['_reconstruct', 'scalar'])
+        except ImportError:
+            continue
+        items += [getattr(mod, '_reconstruct'), getattr(mod, 'scalar')]
+    # numpy >= 1.25 pickles dtypes as numpy.dtypes.<Name>DType classes.
+    try:
+        import numpy.dtypes as npd
+        items += [getattr(npd, n) for n in dir(npd) if n.endswith('DType')]
+    except ImportError:
+        pass
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+        items.append(HistoryBuffer)
+        # HistoryBuffer pickles its statistics as bound methods, i.e. as calls of the
+        # builtin ``getattr``; allowing that builtin would open every attribute of every
+        # allowed object, so a restricted stand-in takes its name instead.
+        items += [(_history_buffer_getattr, name)
+                  for name in ('builtins.getattr', '__builtin__.getattr')]
+    except ImportError:
+        pass
+    try:
+        from mmengine.config import ConfigDict
+        items.append(ConfigDict)
+    except ImportError:
+        pass
+    return items
+
+
+def _history_buffer_getattr(obj, name):
+    """``getattr`` restricted to the statistics methods of mmengine's ``HistoryBuffer``."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if ((obj is HistoryBuffer or isinstance(obj, HistoryBuffer))
+            and name in HistoryBuffer._statistics_methods):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f'checkpoint asks for attribute {name!r} of a {type(obj).__name__}; only the '
+        f'statistics methods of mmengine HistoryBuffer are allowed')
+
+
+def _trusted() -> bool:
+    return _trust_depth > 0 or os.environ.get(TRUST_ENV, '') not in ('', '0')
+
+
+@contextlib.contextmanager
+def trusted_checkpoints() -> Iterator[None]:
+    """Within this block, checkpoints load with full unpickling (they may run code)."""
+    global _trust_depth
+    _trust_depth += 1
+    try:
+        yield
+    finally:
+        _trust_depth -= 1
+
+
+def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs):
+    """``torch.load`` restricted to tensors, containers, numpy and mmengine's buffers.
+
+    Raises:
+        FileNotFoundError: when ``filename`` does not exist.
+        UnsafeCheckpointError: when the file needs other types; the message names the file,
+            the offending global and how to opt in.
+    """
+    if isinstance(filename, (str, os.PathLike)) and not os.path.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    if trust or _trusted():
+        return torch.load(filename, map_location=map_location, weights_only=False, **kwargs)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True,
+                              **kwargs)
+    except pickle.UnpicklingError as e:
+        first = _reason(e)
+        raise UnsafeCheckpointError(
+            f'Refused to load checkpoint {filename}: its pickle needs objects beyond '
+            f'tensors, containers, numpy arrays and mmengine buffers, and unpickling it '
+            f'could run code ({first}). If you trust where this file comes from, set '
+            f'{TRUST_ENV}=1 or load it inside stan_mm.compat.trusted_checkpoints().') from e
+
+
+def _reason(err: Exception) -> str:
+    """The informative line of torch's weights-only error (what the pickle asked for)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if 'WeightsUnpickler error' in ln:
+            rest = ln.split('WeightsUnpickler error:', 1)[-1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else ln)
+    return lines[0] if lines else repr(err)
+
+
+def _load_from_local(filename, map_location):
+    """Replacement for mmengine's loader of the '' (local path) scheme."""
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return safe_torch_load(filename, map_location=map_location)
+
+
+def apply_checkpoint_fix() -> None:
+    """Route mmengine's local checkpoint loading through :func:`safe_torch_load`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)

@@ -1,0 +1,246 @@
+"""Each stack fix of stan_mm.compat, shown failing without the fix and working with it.
+
+The "without" halves run in fresh subprocesses that never import stan_mm, so they observe the
+stack as installed. When the installed stack does not have a given problem (e.g. an mmaction2
+build that ships ``drn``), the "without" half is skipped, not faked.
+"""
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMPAT = ROOT / 'stan_mm' / 'compat'
+
+
+def run_py(code, env_extra=None, cwd=None, timeout=240):
+    env = dict(os.environ)
+    env.pop('STAN_MM_TRUST_CHECKPOINTS', None)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [p for p in [(env_extra or {}).pop('PYTHONPATH', None), str(ROOT)] if p])
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=env,
+                          cwd=cwd or str(ROOT), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# Loads one compat file by path, without importing the stan_mm package (whose __init__
+# applies every fix at once).
+LOAD_BY_PATH = f'''
+import importlib.util
+def load(name):
+    spec = importlib.util.spec_from_file_location('_c_' + name, r'{COMPAT}/' + name + '.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); return mod
+'''
+
+
+# ----------------------------------------------------------------------------- mmaction import
+def test_mmaction_models_import_needs_drn_and_multimodal_fixes():
+    plain = run_py('import mmaction.models')
+    if plain.returncode == 0:
+        pytest.skip('installed mmaction2 imports cleanly; nothing to fix here')
+    assert 'drn' in plain.stderr or 'apply_chunking_to_forward' in plain.stderr, plain.stderr
+
+    only_drn = run_py(LOAD_BY_PATH + '''
+m = load('mmaction'); assert m.apply_drn_fix()
+import mmaction.models
+''')
+    fixed = run_py(LOAD_BY_PATH + '''
+m = load('mmaction'); m.apply_drn_fix(); m.apply_multimodal_fix()
+import mmaction.models
+from mmaction.registry import MODELS
+assert MODELS.get('Recognizer3D') is not None
+print('IMPORTED')
+''')
+    assert fixed.returncode == 0 and 'IMPORTED' in fixed.stdout, fixed.stderr
+    try:
+        import transformers  # noqa: F401
+        has_tf5 = int(transformers.__version__.split('.')[0]) >= 5
+    except ImportError:
+        has_tf5 = False
+    if has_tf5:
+        # the drn stand-in alone is not enough with transformers 5: VindLU crashes
+        assert only_drn.returncode != 0
+        assert 'apply_chunking_to_forward' in only_drn.stderr, only_drn.stderr
+
+
+def test_drn_placeholder_raises_clear_error():
+    import stan_mm  # noqa: F401
+    from stan_mm.compat.mmaction import DRN, _real_drn_present
+    if _real_drn_present():
+        pytest.skip('real drn present')
+    with pytest.raises(ImportError, match='mmaction2 from its git repository'):
+        DRN()
+
+
+# ----------------------------------------------------------------------------- pkg_resources
+def test_pkg_resources_shim(tmp_path):
+    blocker = tmp_path / 'blocker'
+    blocker.mkdir()
+    (blocker / 'pkg_resources.py').write_text(
+        "raise ImportError('simulated: setuptools>=82 has no pkg_resources')\n")
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("_base_ = 'mmaction::_base_/default_runtime.py'\nx = 1\n")
+    code = f'''
+from mmengine.config import Config
+c = Config.fromfile(r'{cfg}')
+assert c.default_scope == 'mmaction' and c.x == 1
+print('RESOLVED')
+'''
+    without = run_py(code, env_extra={'PYTHONPATH': str(blocker)})
+    assert without.returncode != 0 and 'simulated' in without.stderr, without.stderr
+    with_fix = run_py(LOAD_BY_PATH + '''
+m = load('pkg_resources_shim'); assert m.apply_pkg_resources_fix()
+import pkg_resources; assert getattr(pkg_resources, 'DistributionNotFound')
+''' + code, env_extra={'PYTHONPATH': str(blocker)})
+    assert with_fix.returncode == 0 and 'RESOLVED' in with_fix.stdout, with_fix.stderr
+
+
+def test_pkg_resources_shim_api():
+    sys.path.insert(0, str(COMPAT / '_shims'))
+    try:
+        import importlib
+        shim = importlib.import_module('pkg_resources')
+        if not getattr(shim, '__doc__', '').startswith('stan-mm shim'):
+            # the real module was found first: load the shim file directly
+            spec = importlib.util.spec_from_file_location(
+                '_shim', str(COMPAT / '_shims' / 'pkg_resources.py'))
+            shim = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(shim)
+    finally:
+        sys.path.remove(str(COMPAT / '_shims'))
+    d = shim.get_distribution('mmengine')
+    assert d.version == __import__('mmengine').__version__
+    assert os.path.isdir(os.path.join(d.location, 'mmengine'))
+    assert 'mmengine' in d.get_metadata('top_level.txt')
+    with pytest.raises(shim.DistributionNotFound):
+        shim.get_distribution('surely-not-installed-package-xyz')
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _mmengine_like_checkpoint():
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('stan_mm_compat_test')
+    for i in range(3):
+        hub.update_scalar('train/loss', 1.0 / (i + 1))
+    return {
+        'meta': {'epoch': 2, 'iter': 30, 'seed': 0, 'message_hub': hub.state_dict(),
+                 'dataset_meta': {'classes': ['a', 'b']}, 'mmengine_version': '0.10.7',
+                 'np_value': np.float64(0.5), 'arr': np.arange(3)},
+        'state_dict': {'w': torch.randn(3, 3)},
+        'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1, 'params': [0]}]},
+    }
+
+
+class _Payload:
+    """Pickles into a call of ``pathlib.Path.touch`` — stands in for malicious code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_mmengine_checkpoint_loads_weights_only(tmp_path):
+    path = tmp_path / 'epoch_2.pth'
+    torch.save(_mmengine_like_checkpoint(), path)
+    # without the allow-list torch >= 2.6 refuses mmengine's own checkpoints
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location='cpu', weights_only=True)
+    import stan_mm  # noqa: F401
+    from mmengine.runner.checkpoint import _load_checkpoint
+    ckpt = _load_checkpoint(str(path), map_location='cpu')
+    hist = ckpt['meta']['message_hub']['log_scalars']['train/loss']
+    assert type(hist).__name__ == 'HistoryBuffer'
+    assert np.isclose(hist.mean(), np.mean([1.0, 0.5, 1 / 3]))
+    assert torch.equal(ckpt['state_dict']['w'], torch.load(path, weights_only=False)
+                       ['state_dict']['w'])
+
+
+def test_code_running_checkpoint_is_refused(tmp_path):
+    import stan_mm  # noqa: F401
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from stan_mm.compat import UnsafeCheckpointError, safe_torch_load, trusted_checkpoints
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': _Payload(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        _load_checkpoint(str(path), map_location='cpu')
+    assert str(path) in str(e.value) and 'STAN_MM_TRUST_CHECKPOINTS' in str(e.value)
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError):
+        safe_torch_load(path)
+    assert not marker.exists()
+    # explicit opt-in: the file is trusted, its code runs
+    with trusted_checkpoints():
+        _load_checkpoint(str(path), map_location='cpu')
+    assert marker.exists()
+
+
+def test_missing_checkpoint_names_path(tmp_path):
+    from stan_mm.compat import safe_torch_load
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        safe_torch_load(tmp_path / 'nope.pth')
+
+
+# ----------------------------------------------------------------------------- CPU DDP
+DDP_SCRIPT = '''
+import os, sys, torch
+if os.environ.get('WITH_FIX') == '1':
+    import stan_mm  # noqa
+from mmengine.dist import init_dist, get_rank, get_world_size
+from mmengine.model import MMDistributedDataParallel
+init_dist('pytorch', backend='nccl')
+model = torch.nn.Linear(4, 2)
+ddp = MMDistributedDataParallel(module=model, device_ids=[int(os.environ['LOCAL_RANK'])])
+torch.manual_seed(get_rank())
+x = torch.randn(8, 4)
+ddp(x).sum().backward()
+g = model.weight.grad.clone()
+gathered = [torch.zeros_like(g) for _ in range(get_world_size())]
+torch.distributed.all_gather(gathered, g)
+assert torch.allclose(gathered[0], gathered[1])  # DDP averaged the gradients
+print('DDP_OK', get_rank(), get_world_size())
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU-only problem needs no CUDA')
+@pytest.mark.parametrize('with_fix', [False, True])
+def test_cpu_torchrun_ddp(tmp_path, with_fix):
+    script = tmp_path / 'ddp.py'
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WITH_FIX='1' if with_fix else '0',
+               OMP_NUM_THREADS='1')
+    port = 29600 + (1 if with_fix else 0) + os.getpid() % 200
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                        f'--master_port={port}', str(script)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    if with_fix:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert 'DDP_OK 0 2' in r.stdout and 'DDP_OK 1 2' in r.stdout
+    else:
+        assert r.returncode != 0
+
+
+# ----------------------------------------------------------------------------- AMP wrapper
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback')
+def test_auto_amp_optim_wrapper_on_cpu():
+    import stan_mm  # noqa: F401
+    from mmaction.registry import OPTIM_WRAPPERS
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(AssertionError):  # the stock wrapper refuses CPU
+        OPTIM_WRAPPERS.build(dict(type='AmpOptimWrapper', dtype='bfloat16', optimizer=opt))
+    w = OPTIM_WRAPPERS.build(dict(type='AutoAmpOptimWrapper', dtype='bfloat16',
+                                  optimizer=opt, clip_grad=dict(max_norm=5.0)))
+    assert type(w) is OptimWrapper and not isinstance(w, AmpOptimWrapper)
+    w.update_params(model(torch.ones(1, 2)).sum())  # a real step runs

@@ -1,0 +1,84 @@
+"""Train a stan-mm (or any MMAction2) config.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
+    bash tools/dist_train.sh CONFIG GPUS [same options]      # torchrun, NCCL on GPUs, gloo on CPU
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+import stan_mm  # noqa: E402,F401  (stack fixes + registration, before any config is built)
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Train a video model with stan-mm / MMAction2')
+    p.add_argument('config', help='config file path')
+    p.add_argument('--work-dir', help='where logs and checkpoints go '
+                   '(default: ./work_dirs/<config name>)')
+    p.add_argument('--resume', nargs='?', type=str, const='auto',
+                   help='resume from CKPT, or from the latest checkpoint of the work dir '
+                   'when given without a value')
+    p.add_argument('--amp', action='store_true',
+                   help='mixed precision (bf16 on GPU through AutoAmpOptimWrapper; '
+                   'plain fp32 on CPU)')
+    p.add_argument('--no-validate', action='store_true',
+                   help='skip validation during training')
+    p.add_argument('--auto-scale-lr', action='store_true',
+                   help='scale the learning rate by the actual total batch size')
+    p.add_argument('--seed', type=int, default=None, help='random seed')
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic algorithms (slower; exact resumption on CPU)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config entries, e.g. model.backbone.depth=6')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                   default='none', help='job launcher')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = p.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def merge_args(cfg, args):
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        ow = cfg.optim_wrapper
+        if ow.get('type', 'OptimWrapper') in ('OptimWrapper', 'AmpOptimWrapper'):
+            ow.type = 'AutoAmpOptimWrapper'
+        ow.setdefault('dtype', 'bfloat16')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    if args.auto_scale_lr:
+        cfg.setdefault('auto_scale_lr', dict(enable=True, base_batch_size=256)).enable = True
+    if args.seed is not None or args.deterministic:
+        rnd = cfg.setdefault('randomness', dict())
+        if args.seed is not None:
+            rnd['seed'] = args.seed
+        if args.deterministic:
+            rnd['deterministic'] = True
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = merge_args(Config.fromfile(args.config), args)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
