@@ -12,5 +12,6 @@ _apply_compat_fixes()
 import mmaction.models  # noqa: E402,F401  (registers MMAction2's own modules first)
 
 from . import datasets  # noqa: E402,F401
+from . import engine  # noqa: E402,F401
 from . import evaluation  # noqa: E402,F401
 from . import models  # noqa: E402,F401

@@ -130,7 +130,20 @@ def _load_from_local(filename, map_location):
     return safe_torch_load(filename, map_location=map_location)
 
 
+def _atomic_put(self, obj: bytes, filepath) -> None:
+    from stan_mm.engine.checkpoint_hook import atomic_write_bytes
+    atomic_write_bytes(obj, str(filepath))
+
+
+def _atomic_put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+    _atomic_put(self, obj.encode(encoding), filepath)
+
+
 def apply_checkpoint_fix() -> None:
-    """Route mmengine's local checkpoint loading through :func:`safe_torch_load`."""
+    """Route mmengine's local checkpoint loading through :func:`safe_torch_load`, and make its
+    local file writes (checkpoints included) atomic: temporary file + fsync + rename."""
+    from mmengine.fileio.backends.local_backend import LocalBackend
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
+    LocalBackend.put = _atomic_put
+    LocalBackend.put_text = _atomic_put_text

@@ -1,2 +1,4 @@
 """Datasets and transforms (registered in MMAction2's ``DATASETS``/``TRANSFORMS``)."""
 from . import transforms  # noqa: F401
+from . import synthetic  # noqa: F401
+from . import motion_dataset  # noqa: F401

@@ -1,0 +1,64 @@
+"""The synthetic motion benchmark as MMAction2 datasets that generate their data on first use.
+
+``SyntheticMotionDataset`` is MMAction2's ``VideoDataset`` reading ``<data_root>/<split>.txt``
+after making sure :func:`stan_mm.datasets.synthetic.generate_motion_dataset` has written the
+benchmark under ``data_root`` with the parameters in ``generate`` (idempotent and safe when
+several ranks call it at once). So ``python tools/train.py configs/quickstart/...`` works on a
+fresh checkout with no download and no preparation step.
+"""
+import os.path as osp
+from typing import Optional
+
+from mmaction.datasets import VideoDataset, VideoTextDataset
+from mmaction.registry import DATASETS
+
+from .synthetic import generate_motion_dataset
+
+SPLITS = ('train', 'val', 'test')
+
+
+def _ensure_generated(data_root: str, generate: Optional[dict]) -> dict:
+    return generate_motion_dataset(data_root, **(generate or {}))
+
+
+@DATASETS.register_module()
+class SyntheticMotionDataset(VideoDataset):
+    """Recognition on the synthetic motion benchmark (time-reversed class pairs).
+
+    Args:
+        data_root (str): folder of the benchmark; generated there when missing.
+        split (str): 'train', 'val' or 'test'.
+        pipeline (list): MMAction2 transforms (decord based).
+        generate (dict, optional): keyword arguments of ``generate_motion_dataset``
+            (``num_train``, ``num_frames``, ``pairs``, ``seed`` ...). Changing them for an
+            existing ``data_root`` raises an error that names the differing fields.
+        **kwargs: passed to ``VideoDataset`` (``test_mode`` ...).
+    """
+
+    def __init__(self, data_root: str, split: str, pipeline, generate: Optional[dict] = None,
+                 **kwargs):
+        if split not in SPLITS:
+            raise ValueError(f'SyntheticMotionDataset: split={split!r}; expected one of {SPLITS}')
+        meta = _ensure_generated(data_root, generate)
+        self.motion_meta = meta
+        kwargs.setdefault('data_prefix', dict(video=osp.join(data_root, 'videos')))
+        super().__init__(ann_file=osp.join(data_root, f'{split}.txt'), pipeline=pipeline,
+                         num_classes=len(meta['classes']), **kwargs)
+        self._metainfo = dict(self._metainfo, classes=tuple(meta['classes']))
+
+
+@DATASETS.register_module()
+class SyntheticMotionTextDataset(VideoTextDataset):
+    """Video-text retrieval on the synthetic motion benchmark (MMAction2 ``VideoTextDataset``
+    JSON ``retrieval/<split>.json``), generated on first use like
+    :class:`SyntheticMotionDataset`."""
+
+    def __init__(self, data_root: str, split: str, pipeline, generate: Optional[dict] = None,
+                 **kwargs):
+        if split not in SPLITS:
+            raise ValueError(
+                f'SyntheticMotionTextDataset: split={split!r}; expected one of {SPLITS}')
+        self.motion_meta = _ensure_generated(data_root, generate)
+        kwargs.setdefault('data_prefix', dict(video=osp.join(data_root, 'videos')))
+        super().__init__(ann_file=osp.join(data_root, 'retrieval', f'{split}.json'),
+                         pipeline=pipeline, **kwargs)

@@ -1,0 +1,2 @@
+"""Data transforms, registered in MMAction2's ``TRANSFORMS`` on import."""
+from .tokenize import CLIPBPETokenize, tokenize  # noqa: F401

@@ -1,0 +1,98 @@
+"""Offline CLIP BPE tokenization (open_clip's bundled vocabulary; no network, no ``clip``).
+
+MMAction2's own ``CLIPTokenize`` needs the OpenAI ``clip`` package; :class:`CLIPBPETokenize`
+is its offline replacement with a configurable length. Like ``CLIPTokenize`` it replaces
+``results['text']`` (a caption) by its token ids, which ``PackActionInputs`` with
+``collect_keys=('imgs', 'text')`` then packs.
+"""
+from functools import lru_cache
+from typing import List, Optional, Sequence, Union
+
+import torch
+from mmcv.transforms import BaseTransform
+
+from mmaction.registry import TRANSFORMS
+
+MIN_CONTEXT_LENGTH = 8
+MAX_CONTEXT_LENGTH = 77  # CLIP's positional embedding length
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    """open_clip's ``SimpleTokenizer`` with ``clean='lower'`` (ftfy, HTML unescape,
+    whitespace squeeze, lower case: the same cleaning as OpenAI's CLIP tokenizer)."""
+    from open_clip.tokenizer import SimpleTokenizer
+    return SimpleTokenizer(clean='lower')
+
+
+def _check_length(context_length) -> int:
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or not (
+            MIN_CONTEXT_LENGTH <= context_length <= MAX_CONTEXT_LENGTH):
+        raise ValueError(f'context_length must be an int in [{MIN_CONTEXT_LENGTH}, '
+                         f'{MAX_CONTEXT_LENGTH}] (32, 64 and 77 are the usual choices), '
+                         f'got {context_length!r}')
+    return context_length
+
+
+def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77) -> torch.Tensor:
+    """CLIP BPE token ids: a str -> LongTensor [L]; a list of str -> LongTensor [n, L].
+
+    Each caption becomes ``<start_of_text> tokens <end_of_text>`` zero-padded to
+    ``context_length``; a longer caption is cut so that its last token is still
+    ``<end_of_text>`` (the token CLIP pools at). An empty caption gives just the two special
+    tokens.
+    """
+    context_length = _check_length(context_length)
+    single = isinstance(texts, str)
+    items: List[str] = [texts] if single else list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(f'tokenize expects str captions, got {type(t).__name__} at '
+                            f'index {i}')
+    tok = _tokenizer()
+    out = torch.zeros(len(items), context_length, dtype=torch.long)
+    for i, t in enumerate(items):
+        ids = [tok.sot_token_id] + tok.encode(t)[:context_length - 2] + [tok.eot_token_id]
+        out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out[0] if single else out
+
+
+@TRANSFORMS.register_module()
+class CLIPBPETokenize(BaseTransform):
+    """Tokenize captions with CLIP's BPE, offline.
+
+    Required keys: ``keys`` (default ``('text',)``), each a str or a list of str.
+    Modified/added keys: ``out_keys`` (default: the same keys), LongTensor [L] for a str,
+    [n, L] for a list.
+
+    Args:
+        context_length: token length L (an int in [8, 77]; 32, 64 or 77 usually). The text
+            encoder runs over L tokens, so compute is proportional to it.
+        keys: result keys holding captions.
+        out_keys: where to write the token ids (default: overwrite ``keys``).
+    """
+
+    def __init__(self, context_length: int = 77, keys: Sequence[str] = ('text', ),
+                 out_keys: Optional[Sequence[str]] = None):
+        self.context_length = _check_length(context_length)
+        self.keys = (keys, ) if isinstance(keys, str) else tuple(keys)
+        out_keys = self.keys if out_keys is None else out_keys
+        self.out_keys = (out_keys, ) if isinstance(out_keys, str) else tuple(out_keys)
+        if len(self.out_keys) != len(self.keys):
+            raise ValueError(f'out_keys {self.out_keys} must pair up with keys {self.keys}')
+
+    def transform(self, results: dict) -> dict:
+        for key, out_key in zip(self.keys, self.out_keys):
+            if key not in results:
+                raise KeyError(f'CLIPBPETokenize: results have no {key!r} (keys present: '
+                               f'{sorted(results)}); set keys=... to the caption key')
+            value = results[key]
+            if not isinstance(value, (str, list, tuple)):
+                raise TypeError(f'CLIPBPETokenize: results[{key!r}] must be a str or a list '
+                                f'of str, got {type(value).__name__}')
+            results[out_key] = tokenize(value, self.context_length)
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(context_length={self.context_length}, '
+                f'keys={self.keys}, out_keys={self.out_keys})')

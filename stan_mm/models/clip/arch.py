@@ -1,0 +1,331 @@
+"""CLIP architecture descriptions ("clip_cfg" dicts): names, validation, inference from weights.
+
+A *clip_cfg* is the dict open_clip keeps in its model-config JSON files::
+
+    {'embed_dim': 512, 'quick_gelu': True,
+     'vision_cfg': {'image_size': 224, 'patch_size': 16, 'width': 768, 'layers': 12,
+                    'head_width': 64},
+     'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 512, 'heads': 8,
+                  'layers': 12}}
+
+Only ViT image towers with open_clip's own text transformer are supported (every CLIP that
+STAN uses); ResNet, timm, HuggingFace-text and SigLIP configs are refused with a clear error.
+
+What weights cannot tell: the activation (QuickGELU vs GELU, see :mod:`.checkpoint`) and
+the number of attention heads. Heads are taken from a bundled open_clip config whose shapes
+match the weights (so ViT-H/14 gets its 80-wide heads), otherwise from CLIP's rule
+``heads = width // 64``. For a width that is not a multiple of 64 (tiny test models) the
+heads cannot be inferred and the caller must pass ``arch``.
+"""
+import copy
+import re
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+# OpenAI spellings of the released models -> open_clip config names (QuickGELU variants,
+# since every OpenAI release was trained with QuickGELU).
+OPENAI_NAMES = {
+    'ViT-B/32': 'ViT-B-32-quickgelu',
+    'ViT-B/16': 'ViT-B-16-quickgelu',
+    'ViT-L/14': 'ViT-L-14-quickgelu',
+    'ViT-L/14@336px': 'ViT-L-14-336-quickgelu',
+}
+CLIP_HEAD_WIDTH = 64
+
+_VISION_REQUIRED = ('image_size', 'patch_size', 'width', 'layers')
+_TEXT_REQUIRED = ('context_length', 'vocab_size', 'width', 'heads', 'layers')
+# Top-level keys of an open_clip config that open_clip.model.CLIP accepts.
+_TOP_KEYS = ('embed_dim', 'vision_cfg', 'text_cfg', 'quick_gelu', 'init_logit_scale')
+# Fields that the weights determine; arch and weights must agree on them.
+SHAPE_FIELDS = (
+    ('embed_dim', ),
+    ('vision_cfg', 'image_size'), ('vision_cfg', 'patch_size'), ('vision_cfg', 'width'),
+    ('vision_cfg', 'layers'), ('vision_cfg', 'mlp_ratio'),
+    ('text_cfg', 'context_length'), ('text_cfg', 'vocab_size'), ('text_cfg', 'width'),
+    ('text_cfg', 'layers'), ('text_cfg', 'mlp_ratio'),
+)
+
+
+def normalize_arch_name(name: str) -> str:
+    """Map an OpenAI spelling (``'ViT-B/16'``) to open_clip's (``'ViT-B-16-quickgelu'``).
+
+    open_clip names pass through unchanged. Raises ``ValueError`` for a name that is not
+    one of open_clip's bundled configs, listing the ViT CLIP names that are.
+    """
+    import open_clip
+    if name in OPENAI_NAMES:
+        return OPENAI_NAMES[name]
+    if open_clip.get_model_config(name) is None:
+        vits = [n for n in open_clip.list_models() if _plain_vit_problem(
+            open_clip.get_model_config(n)) is None]
+        raise ValueError(
+            f'Unknown CLIP arch name {name!r}. Use an OpenAI spelling '
+            f'({", ".join(OPENAI_NAMES)}), one of open_clip\'s ViT CLIP configs '
+            f'({", ".join(vits[:40])}{", ..." if len(vits) > 40 else ""}), '
+            f'or a clip_cfg dict (see stan_mm.models.clip.arch).')
+    return name
+
+
+def arch_name_quick_gelu(name: str) -> Optional[bool]:
+    """Activation that an arch *name* states explicitly: ``True`` for OpenAI spellings and
+    names ending in ``-quickgelu``, ``None`` otherwise (a plain open_clip name describes the
+    shapes; see :func:`stan_mm.models.clip.build_clip` for how the activation is chosen)."""
+    return True if (name in OPENAI_NAMES or name.endswith('-quickgelu')) else None
+
+
+def _plain_vit_problem(cfg: Optional[Mapping]) -> Optional[str]:
+    """Why ``cfg`` is not a plain ViT CLIP (``None`` when it is)."""
+    if cfg is None:
+        return 'no config'
+    if cfg.get('custom_text') or 'init_logit_bias' in cfg:
+        return 'it is a CustomTextCLIP/SigLIP model'
+    v, t = cfg.get('vision_cfg', {}), cfg.get('text_cfg', {})
+    if v.get('timm_model_name'):
+        return 'its image tower is a timm model'
+    if isinstance(v.get('layers'), (list, tuple)):
+        return 'its image tower is a ResNet'
+    if t.get('hf_model_name'):
+        return 'its text tower is a HuggingFace model'
+    return None
+
+
+def arch_from_name(name: str) -> Dict:
+    """clip_cfg of an open_clip (or OpenAI-spelled) model name, from open_clip's bundled
+    configs (nothing is downloaded). ``quick_gelu`` is present only when the name states it.
+    """
+    import open_clip
+    oc_name = normalize_arch_name(name)
+    cfg = open_clip.get_model_config(oc_name)
+    problem = _plain_vit_problem(cfg)
+    if problem:
+        raise ValueError(f'CLIP arch {name!r} is not supported ({problem}); STAN needs a ViT '
+                         f'CLIP such as {", ".join(OPENAI_NAMES)}.')
+    cfg = copy.deepcopy(cfg)
+    cfg.pop('quick_gelu', None)
+    if arch_name_quick_gelu(name):
+        cfg['quick_gelu'] = True
+    return cfg
+
+
+def validate_clip_cfg(cfg: Mapping, what: str = 'arch') -> Dict:
+    """Check a clip_cfg dict and return a normalized deep copy.
+
+    Fills ``vision_cfg.head_width`` with 64 when absent (open_clip's default). Raises
+    ``ValueError`` naming the offending field and what was expected.
+    """
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f'{what} must be a dict (clip_cfg), got {type(cfg).__name__}')
+    cfg = copy.deepcopy(dict(cfg))
+    for key in ('embed_dim', 'vision_cfg', 'text_cfg'):
+        if key not in cfg:
+            raise ValueError(f'{what} is missing {key!r}; a clip_cfg needs embed_dim, '
+                             f'vision_cfg {_VISION_REQUIRED} and text_cfg {_TEXT_REQUIRED}')
+    unknown = sorted(set(cfg) - set(_TOP_KEYS))
+    if unknown:
+        raise ValueError(f'{what} has unsupported keys {unknown}; allowed: {list(_TOP_KEYS)}')
+    problem = _plain_vit_problem(cfg)
+    if problem:
+        raise ValueError(f'{what} is not supported: {problem}')
+    for sub, required, dc in (('vision_cfg', _VISION_REQUIRED, CLIPVisionCfg),
+                              ('text_cfg', _TEXT_REQUIRED, CLIPTextCfg)):
+        part = cfg[sub]
+        if not isinstance(part, Mapping):
+            raise ValueError(f'{what}.{sub} must be a dict, got {type(part).__name__}')
+        part = cfg[sub] = dict(part)
+        missing = [k for k in required if k not in part]
+        if missing:
+            raise ValueError(f'{what}.{sub} is missing {missing} (needs {list(required)})')
+        allowed = set(dc.__dataclass_fields__)
+        bad = sorted(set(part) - allowed)
+        if bad:
+            raise ValueError(f'{what}.{sub} has unknown keys {bad}; allowed: {sorted(allowed)}')
+    v, t = cfg['vision_cfg'], cfg['text_cfg']
+    v.setdefault('head_width', CLIP_HEAD_WIDTH)
+    if v['width'] % v['head_width']:
+        raise ValueError(f'{what}.vision_cfg.width={v["width"]} is not a multiple of '
+                         f'head_width={v["head_width"]}')
+    if t['width'] % t['heads']:
+        raise ValueError(f'{what}.text_cfg.width={t["width"]} is not a multiple of '
+                         f'heads={t["heads"]}')
+    if v['image_size'] % v['patch_size']:
+        raise ValueError(f'{what}.vision_cfg.image_size={v["image_size"]} is not a multiple '
+                         f'of patch_size={v["patch_size"]}')
+    if 'quick_gelu' in cfg and not isinstance(cfg['quick_gelu'], bool):
+        raise ValueError(f'{what}.quick_gelu must be True or False, got {cfg["quick_gelu"]!r}')
+    return cfg
+
+
+def resolve_arch(arch) -> Tuple[Dict, str]:
+    """``arch`` (name or dict) -> (validated clip_cfg, human-readable description)."""
+    if isinstance(arch, str):
+        return validate_clip_cfg(arch_from_name(arch), what=f'arch {arch!r}'), repr(arch)
+    if isinstance(arch, Mapping):
+        return validate_clip_cfg(arch), 'the arch dict'
+    raise TypeError(f'arch must be None, an open_clip/OpenAI model name or a clip_cfg dict, '
+                    f'got {type(arch).__name__}')
+
+
+# ---------------------------------------------------------------------------------------
+# Inference from an open_clip-layout state dict
+# ---------------------------------------------------------------------------------------
+def _count_blocks(keys, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r'(\d+)\.')
+    idx = {int(m.group(1)) for k in keys for m in [pat.match(k)] if m}
+    if idx and idx != set(range(len(idx))):
+        raise ValueError(f'blocks under {prefix!r} are not numbered 0..N-1: {sorted(idx)}')
+    return len(idx)
+
+
+def _mlp_ratio(sd, block_prefix: str, width: int) -> float:
+    hidden = sd[block_prefix + '0.mlp.c_fc.weight'].shape[0]
+    ratio = hidden / width
+    if int(width * ratio) != hidden:  # guard float truncation inside open_clip
+        ratio += 1e-9
+    return ratio
+
+
+def _need(sd, keys: List[str]):
+    missing = [k for k in keys if k not in sd]
+    if missing:
+        raise KeyError(f'cannot infer the CLIP architecture: the weights lack {missing} '
+                       f'(is this a ViT CLIP checkpoint in OpenAI/open_clip layout?)')
+
+
+def _matching_bundled_cfg(cfg: Dict) -> Optional[Tuple[str, Dict]]:
+    """An open_clip bundled config with the same shapes as ``cfg`` (for head counts)."""
+    import open_clip
+    matches = []
+    for name in open_clip.list_models():
+        ref = open_clip.get_model_config(name)
+        if _plain_vit_problem(ref) is not None:
+            continue
+        ref = copy.deepcopy(ref)
+        ref['vision_cfg'].setdefault('head_width', CLIP_HEAD_WIDTH)
+        ref['vision_cfg'].setdefault('mlp_ratio', 4.0)
+        ref['text_cfg'].setdefault('mlp_ratio', 4.0)
+        extra_v = {k for k in ref['vision_cfg'] if k not in
+                   _VISION_REQUIRED + ('head_width', 'mlp_ratio')}
+        extra_t = {k for k in ref['text_cfg'] if k not in _TEXT_REQUIRED + ('mlp_ratio',)}
+        if extra_v or extra_t:  # special towers (no ln_pre, attn pooling, ...): not ours
+            continue
+        if not shape_mismatches(cfg, ref):
+            matches.append((name, ref))
+    heads = {(r['vision_cfg']['head_width'], r['text_cfg']['heads']) for _, r in matches}
+    return matches[0] if len(heads) == 1 else None
+
+
+def infer_clip_shapes(state_dict: Mapping[str, torch.Tensor]) -> Dict:
+    """The shape fields of a clip_cfg (:data:`SHAPE_FIELDS`, no heads, no activation) read
+    from an open_clip/OpenAI-layout state dict (HuggingFace layout is converted first).
+
+    Shapes read: ``visual.conv1.weight`` [W, 3, p, p] -> vision width W, patch p;
+    ``visual.positional_embedding`` [1 + g*g, W] -> image size g*p; resblock count ->
+    layers; ``mlp.c_fc.weight`` [r*W, W] -> mlp_ratio r (kept only when not 4);
+    ``text_projection`` [Wt, E] -> embed_dim E; ``positional_embedding`` [C, Wt] -> context
+    length C; ``token_embedding.weight`` [V, Wt] -> vocab size V; ``ln_final.weight`` [Wt].
+    """
+    from .hf_convert import hf_clip_to_openclip, is_hf_clip_state_dict
+    if is_hf_clip_state_dict(state_dict):
+        state_dict = hf_clip_to_openclip(state_dict)
+    sd = state_dict
+    if 'visual.layer1.0.conv1.weight' in sd or 'visual.attnpool.positional_embedding' in sd:
+        raise ValueError('ResNet CLIP weights (RN50, ...) are not supported: STAN needs a ViT '
+                         'CLIP (ViT-B/32, ViT-B/16, ViT-L/14, ...).')
+    _need(sd, ['visual.conv1.weight', 'visual.positional_embedding', 'visual.proj',
+               'text_projection', 'positional_embedding', 'token_embedding.weight',
+               'ln_final.weight'])
+    conv = sd['visual.conv1.weight']
+    width, patch = conv.shape[0], conv.shape[-1]
+    n_pos = sd['visual.positional_embedding'].shape[0] - 1
+    grid = round(n_pos ** 0.5)
+    if grid * grid != n_pos:
+        raise ValueError(f'visual.positional_embedding has {n_pos} patch positions, not a '
+                         f'square grid; non-square images are not supported')
+    v_layers = _count_blocks(sd, 'visual.transformer.resblocks.')
+    t_width = sd['ln_final.weight'].shape[0]
+    t_layers = _count_blocks(sd, 'transformer.resblocks.')
+    if v_layers == 0 or t_layers == 0:
+        raise KeyError('cannot infer the CLIP architecture: no transformer blocks found '
+                       '(expected visual.transformer.resblocks.N.* and transformer.resblocks.N.*)')
+    embed_dim = sd['text_projection'].shape[1]
+    if sd['visual.proj'].shape[1] != embed_dim:
+        raise ValueError(f'visual.proj {tuple(sd["visual.proj"].shape)} and text_projection '
+                         f'{tuple(sd["text_projection"].shape)} disagree on embed_dim')
+    cfg = {
+        'embed_dim': int(embed_dim),
+        'vision_cfg': {'image_size': int(grid * patch), 'patch_size': int(patch),
+                       'width': int(width), 'layers': v_layers},
+        'text_cfg': {'context_length': int(sd['positional_embedding'].shape[0]),
+                     'vocab_size': int(sd['token_embedding.weight'].shape[0]),
+                     'width': int(t_width), 'layers': t_layers},
+    }
+    for sub, prefix, w in (('vision_cfg', 'visual.transformer.resblocks.', width),
+                           ('text_cfg', 'transformer.resblocks.', t_width)):
+        _need(sd, [prefix + '0.mlp.c_fc.weight'])
+        ratio = _mlp_ratio(sd, prefix, w)
+        if ratio != 4.0:
+            cfg[sub]['mlp_ratio'] = ratio
+    return cfg
+
+
+def infer_clip_cfg(state_dict: Mapping[str, torch.Tensor],
+                   heads: Optional[Tuple[int, int]] = None) -> Dict:
+    """Infer the clip_cfg of a ViT CLIP from its weights (open_clip/OpenAI key layout;
+    HuggingFace ``transformers`` layout is converted first).
+
+    Shapes: see :func:`infer_clip_shapes`. Heads (not stored in weights): ``heads`` =
+    ``(vision_heads, text_heads)`` when given (e.g. from a config file); else those of a
+    bundled open_clip config with identical shapes (so ViT-H/14 gets 80-wide heads); else
+    CLIP's rule ``width // 64``. A width that is not a multiple of 64 with no other source
+    raises ``ValueError`` (pass ``arch`` explicitly). The result has no ``quick_gelu`` key
+    (weights do not store the activation; see :func:`stan_mm.models.clip.build_clip`).
+    """
+    cfg = infer_clip_shapes(state_dict)
+    v, t = cfg['vision_cfg'], cfg['text_cfg']
+    if heads is not None:
+        v_heads, t_heads = heads
+        if v['width'] % v_heads or t['width'] % t_heads:
+            raise ValueError(f'heads {heads} do not divide the widths '
+                             f'({v["width"]}, {t["width"]})')
+        v['head_width'], t['heads'] = v['width'] // v_heads, int(t_heads)
+        return cfg
+    match = _matching_bundled_cfg(cfg)
+    if match is not None:
+        v['head_width'] = match[1]['vision_cfg']['head_width']
+        t['heads'] = match[1]['text_cfg']['heads']
+        return cfg
+    for name, w in (('vision', v['width']), ('text', t['width'])):
+        if w % CLIP_HEAD_WIDTH:
+            raise ValueError(
+                f'cannot infer the number of attention heads of the {name} tower: width {w} '
+                f'is not a multiple of CLIP\'s head width {CLIP_HEAD_WIDTH} and no bundled '
+                f'open_clip config has these shapes. Heads are not stored in the weights; '
+                f'pass arch=dict(...) with vision_cfg.head_width and text_cfg.heads.')
+    v['head_width'] = CLIP_HEAD_WIDTH
+    t['heads'] = t['width'] // CLIP_HEAD_WIDTH
+    return cfg
+
+
+def _get(cfg: Mapping, path: Tuple[str, ...]):
+    node = cfg
+    for p in path:
+        node = node.get(p) if isinstance(node, Mapping) else None
+    if node is None and path[-1] == 'mlp_ratio':
+        return 4.0
+    return node
+
+
+def shape_mismatches(arch_cfg: Mapping, weights_cfg: Mapping) -> List[str]:
+    """Fields of :data:`SHAPE_FIELDS` on which two clip_cfgs disagree, as readable lines."""
+    out = []
+    for path in SHAPE_FIELDS:
+        a, w = _get(arch_cfg, path), _get(weights_cfg, path)
+        if isinstance(a, float) or isinstance(w, float):
+            same = a is not None and w is not None and abs(a - w) < 1e-3
+        else:
+            same = a == w
+        if not same:
+            out.append(f'{".".join(path)}: arch {a}, weights {w}')
+    return out

@@ -1,0 +1,279 @@
+"""Read CLIP weights from a local path in any common layout, as an open_clip state dict.
+
+Accepted (detected automatically):
+
+========================  ==============================================================
+OpenAI TorchScript        the ``.pt`` archives OpenAI distributes (a zip holding ``code/``
+                          and ``constants.pkl``); read with ``torch.jit.load(...).state_dict()``
+OpenAI state dict         ``visual.conv1.weight``, ``transformer.resblocks.N.*``, ... (fp16)
+open_clip                 ``torch.save`` of a state dict (``.pt``/``.pth``/``.bin``), possibly
+                          wrapped as ``{'state_dict': ...}`` with ``module.`` prefixes, or
+                          ``.safetensors``; or an open_clip directory
+                          (``open_clip_config.json`` + ``open_clip_model.safetensors`` / ...)
+HF ``transformers``       a directory with ``config.json`` + ``model.safetensors`` /
+                          ``pytorch_model.bin`` (sharded ones too), or such a weights file
+========================  ==============================================================
+
+Everything is returned in open_clip's key layout and in fp32. Pickled files are read with
+:func:`stan_mm.compat.safe_torch_load` (weights-only unpickling).
+
+Activation (QuickGELU vs GELU) is not stored in weights. This module reports a *hint* from
+the file when there is one: ``config.json`` ``hidden_act`` (HF), ``quick_gelu`` in
+``open_clip_config.json``, and "OpenAI release" markers (TorchScript archive, the archive's
+``input_resolution``/``context_length``/``vocab_size`` entries, or weights stored in fp16 as
+OpenAI stores them) which mean QuickGELU. Without a hint the caller decides
+(:func:`stan_mm.models.clip.build_clip` documents the rule).
+"""
+import json
+import os
+import os.path as osp
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from .hf_convert import hf_clip_to_openclip, is_hf_clip_state_dict
+
+Tensor = torch.Tensor
+
+OPENAI_META_KEYS = ('input_resolution', 'context_length', 'vocab_size')
+_OC_ANCHOR = 'visual.conv1.weight'
+_HF_ANCHORS = ('vision_model.embeddings.patch_embedding.weight',
+               'text_model.embeddings.token_embedding.weight')
+_HF_DIR_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+                 'pytorch_model.bin.index.json')
+_OC_DIR_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.safetensors',
+                 'open_clip_pytorch_model.bin', 'open_clip_pytorch_model.pth')
+
+
+@dataclass
+class ClipCheckpoint:
+    """CLIP weights read from ``path``.
+
+    Attributes:
+        state_dict: open_clip-layout weights, floating tensors in fp32.
+        fmt: ``'openai-torchscript'``, ``'openai'`` (state dict with OpenAI markers),
+            ``'open_clip'`` or ``'hf'``.
+        path: what the user passed; ``weights_file``: the file(s) actually read.
+        quick_gelu: activation hint from the file (``None``: the file does not tell).
+        quick_gelu_reason: why, for the log line.
+        heads: ``(vision_heads, text_heads)`` when a config file states them.
+        ignored_keys: keys dropped because they lie outside the CLIP prefix.
+    """
+    state_dict: Dict[str, Tensor]
+    fmt: str
+    path: str
+    weights_file: str
+    quick_gelu: Optional[bool] = None
+    quick_gelu_reason: str = ''
+    heads: Optional[Tuple[int, int]] = None
+    stored_dtype: Optional[torch.dtype] = None
+    ignored_keys: List[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# file readers
+# ---------------------------------------------------------------------------------------
+def is_torchscript_archive(file: str) -> bool:
+    """A TorchScript archive is a zip with ``<name>/code/`` and ``<name>/constants.pkl``;
+    ``torch.save`` zips have neither."""
+    if not zipfile.is_zipfile(file):
+        return False
+    with zipfile.ZipFile(file) as zf:
+        names = zf.namelist()
+    return any(n.endswith('/constants.pkl') for n in names) and any(
+        '/code/' in n for n in names)
+
+
+def _read_torchscript(file: str) -> Dict[str, Tensor]:
+    with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit as deprecated
+        warnings.simplefilter('ignore', FutureWarning)
+        module = torch.jit.load(file, map_location='cpu')
+    return dict(module.state_dict())
+
+
+def _read_safetensors(file: str) -> Dict[str, Tensor]:
+    from safetensors.torch import load_file
+    return load_file(file, device='cpu')
+
+
+def _read_pickle(file: str):
+    from stan_mm.compat.checkpoint import safe_torch_load
+    return safe_torch_load(file, map_location='cpu')
+
+
+def _read_file(file: str) -> Tuple[object, bool]:
+    """-> (loaded object, is_torchscript)."""
+    if file.endswith('.safetensors'):
+        return _read_safetensors(file), False
+    if is_torchscript_archive(file):
+        return _read_torchscript(file), True
+    return _read_pickle(file), False
+
+
+def _read_sharded(index_file: str) -> Dict[str, Tensor]:
+    with open(index_file) as f:
+        weight_map = json.load(f).get('weight_map')
+    if not isinstance(weight_map, dict):
+        raise ValueError(f'{index_file} has no "weight_map"; is it a sharded checkpoint index?')
+    sd = {}
+    folder = osp.dirname(index_file)
+    for shard in sorted(set(weight_map.values())):
+        obj, _ = _read_file(osp.join(folder, shard))
+        sd.update(obj)
+    return sd
+
+
+# ---------------------------------------------------------------------------------------
+# unwrapping and layout detection
+# ---------------------------------------------------------------------------------------
+def _unwrap(obj, file: str) -> Dict[str, Tensor]:
+    """Find the state dict in what ``torch.load`` returned."""
+    for _ in range(3):  # {'state_dict': {...}}, {'model': {...}}, mmengine checkpoints ...
+        if not isinstance(obj, Mapping):
+            break
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        for key in ('state_dict', 'model', 'module', 'model_state_dict'):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        else:
+            break
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor)
+                                               for v in obj.values()):
+        kind = type(obj).__name__
+        keys = list(obj)[:10] if isinstance(obj, Mapping) else ''
+        raise ValueError(f'{file} does not hold a state dict of tensors (found {kind} {keys}); '
+                         f'expected CLIP weights in OpenAI, open_clip or HuggingFace layout')
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefix(sd: Dict[str, Tensor], file: str) -> Tuple[Dict[str, Tensor], List[str]]:
+    """Remove a common prefix in front of the CLIP keys (``module.``, ``clip.``, ...)."""
+    anchor = next((k for k in sd if k.endswith(_OC_ANCHOR)
+                   or any(k.endswith(a) for a in _HF_ANCHORS)), None)
+    if anchor is None:
+        sample = list(sd)[:8]
+        raise ValueError(
+            f'{file}: no CLIP image tower found (looked for a key ending in {_OC_ANCHOR!r} '
+            f'(OpenAI/open_clip) or {_HF_ANCHORS[0]!r} (HuggingFace)); first keys: {sample}')
+    for a in (_OC_ANCHOR,) + _HF_ANCHORS:
+        if anchor.endswith(a):
+            prefix = anchor[:-len(a)]
+            break
+    if not prefix:
+        return sd, []
+    inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    ignored = [k for k in sd if not k.startswith(prefix)]
+    return inside, ignored
+
+
+def _hf_config_hints(config_file: str) -> Tuple[Optional[bool], str, Optional[Tuple[int, int]]]:
+    with open(config_file) as f:
+        cfg = json.load(f)
+    vc, tc = cfg.get('vision_config') or {}, cfg.get('text_config') or {}
+    # transformers' CLIP default is quick_gelu when a config omits hidden_act.
+    acts = {vc.get('hidden_act', 'quick_gelu'), tc.get('hidden_act', 'quick_gelu')}
+    if len(acts) != 1 or not acts <= {'quick_gelu', 'gelu'}:
+        raise ValueError(f'{config_file}: hidden_act {sorted(acts)} is not supported; open_clip '
+                         f'uses one activation, "quick_gelu" or "gelu", for both towers')
+    act = acts.pop()
+    heads = None
+    if 'num_attention_heads' in vc and 'num_attention_heads' in tc:
+        heads = (int(vc['num_attention_heads']), int(tc['num_attention_heads']))
+    return act == 'quick_gelu', f'hidden_act={act!r} in {config_file}', heads
+
+
+def _open_clip_config_hints(config_file: str):
+    with open(config_file) as f:
+        cfg = json.load(f)
+    model_cfg = cfg.get('model_cfg', cfg)
+    q = bool(model_cfg.get('quick_gelu', False))
+    heads = None
+    v, t = model_cfg.get('vision_cfg', {}), model_cfg.get('text_cfg', {})
+    if 'width' in v and 'heads' in t:
+        heads = (v['width'] // v.get('head_width', 64), t['heads'])
+    return q, f'quick_gelu={q} in {config_file}', heads
+
+
+def _resolve_dir(path: str) -> Tuple[str, Optional[str], Optional[str]]:
+    """Directory -> (weights file, HF config.json or None, open_clip config or None)."""
+    names = set(os.listdir(path))
+    for fname in _OC_DIR_FILES:
+        if fname in names:
+            oc_cfg = osp.join(path, 'open_clip_config.json')
+            return osp.join(path, fname), None, oc_cfg if osp.isfile(oc_cfg) else None
+    for fname in _HF_DIR_FILES:
+        if fname in names:
+            hf_cfg = osp.join(path, 'config.json')
+            return osp.join(path, fname), hf_cfg if osp.isfile(hf_cfg) else None, None
+    raise FileNotFoundError(
+        f'{path} is a directory without CLIP weights: expected a HuggingFace CLIP folder '
+        f'(config.json + one of {list(_HF_DIR_FILES)}) or an open_clip folder '
+        f'(one of {list(_OC_DIR_FILES)}); found {sorted(names)[:20]}')
+
+
+def read_clip_checkpoint(path) -> ClipCheckpoint:
+    """Read CLIP weights from a local file or directory (see the module docstring).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+        ValueError: the file holds no CLIP weights in a known layout.
+    """
+    path = os.fspath(path)
+    full = osp.abspath(osp.expanduser(path))
+    if not osp.exists(full):
+        raise FileNotFoundError(f'CLIP weights not found: {path!r} (resolved to {full}); '
+                                f'pass a local weights file or directory')
+    hf_cfg = oc_cfg = None
+    if osp.isdir(full):
+        file, hf_cfg, oc_cfg = _resolve_dir(full)
+    else:
+        file = full
+    if file.endswith('.index.json'):
+        raw, torchscript = _read_sharded(file), False
+    else:
+        raw, torchscript = _read_file(file)
+    sd = _unwrap(raw, file)
+    sd, ignored = _strip_prefix(sd, file)
+
+    present_meta = [k for k in OPENAI_META_KEYS if k in sd]
+    for k in OPENAI_META_KEYS:
+        sd.pop(k, None)
+    sd = {k: v for k, v in sd.items() if not k.endswith('position_ids')}
+
+    hf = is_hf_clip_state_dict(sd)
+    anchor = _HF_ANCHORS[0] if hf else _OC_ANCHOR
+    stored_dtype = sd[anchor].dtype if anchor in sd else None
+    if hf:
+        sd = hf_clip_to_openclip(sd)
+        fmt = 'hf'
+    elif torchscript:
+        fmt = 'openai-torchscript'
+    elif present_meta or stored_dtype == torch.float16:
+        fmt = 'openai'
+    else:
+        fmt = 'open_clip'
+
+    ckpt = ClipCheckpoint(
+        state_dict={k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()},
+        fmt=fmt, path=path, weights_file=file, stored_dtype=stored_dtype, ignored_keys=ignored)
+
+    if hf_cfg is not None:
+        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _hf_config_hints(hf_cfg)
+    elif oc_cfg is not None:
+        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _open_clip_config_hints(oc_cfg)
+    elif torchscript:
+        ckpt.quick_gelu, ckpt.quick_gelu_reason = True, 'a TorchScript archive (OpenAI release)'
+    elif present_meta:
+        ckpt.quick_gelu = True
+        ckpt.quick_gelu_reason = f'OpenAI archive entries {present_meta} in the weights'
+    elif fmt == 'openai':
+        ckpt.quick_gelu = True
+        ckpt.quick_gelu_reason = 'weights stored in fp16, as OpenAI releases them'
+    return ckpt
