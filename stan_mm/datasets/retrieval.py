@@ -1,0 +1,443 @@
+"""``RetrievalVideoTextDataset``: text-video retrieval datasets in MMAction2's ``DATASETS``.
+
+One class reads MSR-VTT, DiDeMo, LSMDC, MSVD (CLIP4Clip annotation layout) and
+MMAction2's ``VideoTextDataset`` JSON through the readers of :mod:`.readers`
+(``ann_format='msrvtt' | 'didemo' | 'lsmdc' | 'msvd' | 'json'``)::
+
+    train_dataloader = dict(dataset=dict(
+        type='RetrievalVideoTextDataset', ann_format='msrvtt',
+        ann_file='MSRVTT_train.9k.csv', caption_file='MSRVTT_data.json',
+        data_root='data/msrvtt', data_prefix=dict(video='videos'),
+        caption_sampling='random', pipeline=train_pipeline))
+    custom_hooks = [dict(type='CaptionSamplingEpochHook')]   # needed for 'random'
+    test_dataloader = dict(dataset=dict(
+        type='RetrievalVideoTextDataset', ann_format='msrvtt',
+        ann_file='MSRVTT_JSFUSION_test.csv', data_root='data/msrvtt',
+        data_prefix=dict(video='videos'), test_mode=True, pipeline=test_pipeline))
+
+Contract with the pipeline, the retrieval model and the retrieval metric
+-------------------------------------------------------------------------
+The dataset holds V videos and C captions. Captions are numbered 0..C-1 in dataset order:
+video 0's captions (file order), then video 1's, and so on.
+
+Train mode (``test_mode=False``), one sample is one (video, caption) pair:
+
+- ``caption_sampling='all'``: one sample per caption (C samples per epoch).
+- ``caption_sampling='random'``: one sample per video (V samples per epoch) whose caption
+  is drawn when the sample is fetched (:meth:`get_data_info`) from
+  ``numpy.random.default_rng([seed, epoch, video_idx])``: the same seed and epoch always
+  give the same caption for a video (whatever the worker, process count or fetch order)
+  and a new epoch draws anew. ``seed`` is the ``seed`` argument, or else the runner's seed
+  given by :class:`CaptionSamplingEpochHook`, or else 0. The epoch lives in a
+  shared-memory tensor, so ``set_epoch`` reaches persistent DataLoader workers; the hook
+  calls it before every training epoch (epoch-based loops; without the hook every epoch
+  uses epoch 0).
+
+``results`` keys: ``filename`` (str, ``data_prefix['video']`` joined with the
+template/lookup path), ``text`` (str), ``video_idx`` (int in [0, V)), ``text_idx`` (int
+in [0, C): the caption's global number), ``video_id`` (str), ``sample_idx`` (int, from
+mmengine), ``modality``/``start_index`` (from ``BaseActionDataset``).
+
+Test mode (``test_mode=True``), one sample per VIDEO with ALL its captions:
+``text`` (list of str, n_caps >= 1), ``text_idx`` (list of int: the global numbers of
+those captions, consecutive), ``video_idx`` (== ``sample_idx``), ``filename``,
+``video_id``. The dataset exposes
+
+- ``text_to_video``: ``np.ndarray`` int64 ``[C]``, the video index of every caption;
+- ``num_captions`` (C) and ``num_videos`` (V);
+- ``metainfo['text_to_video']`` (list), ``metainfo['num_captions']``,
+  ``metainfo['num_videos']``: what an mmengine metric sees as ``self.dataset_meta``.
+
+Per dataset: MSR-VTT JSFusion 1k-A test: 1000 videos x 1 caption. MSVD test: all
+captions of every video (~40). DiDeMo: one paragraph per video (descriptions joined in
+file order with ``paragraph_sep=' '``). LSMDC: one caption per clip. The moment times of
+DiDeMo and the movie times of LSMDC are NOT put into ``results``: retrieval decodes
+the whole (pre-cut) video, as CLIP4Clip does (the readers keep them in
+``VideoEntry.extra``).
+
+Video files
+-----------
+``video_tmpl`` (default per format: see :data:`.readers.DEFAULT_VIDEO_TMPL`) maps an id
+to a path under ``data_prefix['video']``, e.g. ``'{stem}.mp4'`` for DiDeMo videos
+converted to mp4, ``'{video_id}.avi'`` for a flat LSMDC folder. ``video_lookup='scan'``
+instead walks ``data_prefix['video']`` recursively once and matches file stems (with an
+extension from ``video_exts``) to the id or the id without its extension (what CLIP4Clip
+does for LSMDC, MSVD and DiDeMo); when several files match, the extension listed first in
+``video_exts`` wins. ``check_files=True`` (default) checks that every video exists at
+build time and reports ALL missing ids at once (``missing_video='error'``) or drops them
+with a logged count (``'drop'``). Annotation problems follow ``empty_caption``,
+``duplicate_video``, ``unknown_video`` and ``video_without_captions`` (see
+:class:`.readers_common.AnnotationPolicy`); malformed records raise
+:class:`.readers_common.AnnotationError` with the file, line and field.
+"""
+import logging
+import os
+import os.path as osp
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.fileio import exists, join_path
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+
+from mmaction.datasets import BaseActionDataset
+from mmaction.registry import DATASETS, HOOKS
+
+from .readers import ANN_FORMATS, read_annotations
+from .readers_common import AnnotationError, AnnotationPolicy, VideoEntry
+
+__all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
+           'scan_video_files', 'locate_videos']
+
+VIDEO_EXTS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.3gp', '.3gpp', '.mpg',
+              '.mpeg', '.wmv', '.flv', '.ogv')
+#: how many missing ids the error message spells out (the tool lists all)
+MAX_MISSING_LISTED = 1000
+
+
+def scan_video_files(root: str, exts: Sequence[str] = VIDEO_EXTS) -> Dict[str, str]:
+    """Map file stem -> path relative to ``root`` for every video under ``root``.
+
+    Symbolic links are followed (each real folder is visited once). Files whose
+    (case-insensitive) extension is not in ``exts`` are ignored. When a stem occurs more
+    than once, the extension listed first in ``exts`` wins, then the
+    lexicographically first path.
+    """
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'video_lookup=\'scan\' needs a local video folder; '
+                                f'{root!r} is not a directory')
+    rank = {e.lower(): i for i, e in enumerate(exts)}
+    best: Dict[str, tuple] = {}
+    seen_dirs = set()
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        real = osp.realpath(dirpath)
+        if real in seen_dirs:  # a symlink cycle or a folder linked twice
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()
+        for name in files:
+            stem, ext = osp.splitext(name)
+            if ext.lower() not in rank:
+                continue
+            rel = osp.relpath(osp.join(dirpath, name), root)
+            key = (rank[ext.lower()], rel)
+            if stem not in best or key < best[stem]:
+                best[stem] = key
+    return {stem: key[1] for stem, key in best.items()}
+
+
+def locate_videos(entries: List[VideoEntry], root: str, video_lookup: str = 'template',
+                  video_exts: Sequence[str] = VIDEO_EXTS,
+                  check_files: bool = True) -> List[VideoEntry]:
+    """Settle ``entry.filename`` (relative to ``root``) and find the missing videos.
+
+    ``'template'``: keep the reader's template path; check its existence under ``root``
+    when ``check_files``. ``'scan'``: match the id, or the id without a video extension,
+    to the stems of :func:`scan_video_files` (always checked).
+
+    Returns:
+        list[VideoEntry]: the entries without a video file (``filename`` untouched).
+    """
+    if video_lookup == 'scan':
+        found = scan_video_files(root, video_exts)
+        exts = {e.lower() for e in video_exts}
+        missing = []
+        for entry in entries:
+            stem, ext = osp.splitext(entry.video_id)
+            rel = found.get(entry.video_id)
+            if rel is None and ext.lower() in exts:
+                rel = found.get(stem)
+            if rel is None:
+                missing.append(entry)
+            else:
+                entry.filename = rel
+        return missing
+    if video_lookup != 'template':
+        raise ValueError(f'video_lookup must be \'template\' or \'scan\', got '
+                         f'{video_lookup!r}')
+    if not check_files:
+        return []
+    return [e for e in entries if not exists(join_path(root, e.filename))]
+
+
+@DATASETS.register_module()
+class RetrievalVideoTextDataset(BaseActionDataset):
+    """Video-text retrieval dataset over the usual annotation formats.
+
+    Args:
+        ann_file (str): the split file (``MSRVTT_train.9k.csv``,
+            ``MSRVTT_JSFUSION_test.csv``, ``{split}_list.txt``, ``LSMDC16_*.csv``,
+            a VideoTextDataset JSON); relative paths are joined with ``data_root``.
+        pipeline (list): data transforms.
+        ann_format (str): ``'msrvtt' | 'didemo' | 'lsmdc' | 'msvd' | 'json'``.
+        caption_file (str, optional): captions kept apart from the split list
+            (``MSRVTT_data.json``, DiDeMo ``{split}_data.json``, MSVD
+            ``raw-captions.pkl``); joined with ``data_root`` like ``ann_file``.
+        data_prefix (dict): ``dict(video=<video folder>)``.
+        test_mode (bool): one sample per video with all its captions (see module doc).
+        caption_sampling (str): train mode only: ``'all'`` (a sample per caption) or
+            ``'random'`` (a sample per video, caption drawn per epoch).
+        seed (int, optional): seed of the ``'random'`` caption draw (see module doc).
+        video_tmpl (str, optional): file name template; ``None`` = format default.
+        video_lookup (str): ``'template'`` or ``'scan'`` (see module doc).
+        video_exts (sequence of str): extensions considered by ``'scan'``, by priority.
+        check_files (bool): check at build time that every video file exists.
+        missing_video (str): ``'error'`` (report all missing ids) or ``'drop'``.
+        paragraph_sep (str): DiDeMo paragraph separator.
+        empty_caption, duplicate_video, unknown_video, video_without_captions (str):
+            ``'error'`` or ``'drop'``: see :class:`AnnotationPolicy`.
+        **kwargs: ``BaseActionDataset`` / mmengine ``BaseDataset`` arguments
+            (``data_root``, ``indices``, ``serialize_data``, ``lazy_init``, ...).
+    """
+
+    def __init__(self,
+                 ann_file: str,
+                 pipeline: List[Union[dict, Callable]],
+                 ann_format: str = 'json',
+                 caption_file: Optional[str] = None,
+                 data_prefix: dict = dict(video=''),
+                 test_mode: bool = False,
+                 caption_sampling: str = 'all',
+                 seed: Optional[int] = None,
+                 video_tmpl: Optional[str] = None,
+                 video_lookup: str = 'template',
+                 video_exts: Sequence[str] = VIDEO_EXTS,
+                 check_files: bool = True,
+                 missing_video: str = 'error',
+                 paragraph_sep: str = ' ',
+                 empty_caption: str = 'error',
+                 duplicate_video: str = 'error',
+                 unknown_video: str = 'drop',
+                 video_without_captions: str = 'error',
+                 **kwargs) -> None:
+        if ann_format not in ANN_FORMATS:
+            raise ValueError(f'ann_format must be one of {ANN_FORMATS}, got '
+                             f'{ann_format!r}')
+        if caption_sampling not in ('all', 'random'):
+            raise ValueError('caption_sampling must be \'all\' or \'random\', got '
+                             f'{caption_sampling!r}')
+        if video_lookup not in ('template', 'scan'):
+            raise ValueError('video_lookup must be \'template\' or \'scan\', got '
+                             f'{video_lookup!r}')
+        if missing_video not in ('error', 'drop'):
+            raise ValueError('missing_video must be \'error\' or \'drop\', got '
+                             f'{missing_video!r}')
+        if 'video' not in (data_prefix or {}):
+            raise ValueError('data_prefix must contain the video folder: '
+                             f'dict(video=...), got {data_prefix!r}')
+        self.ann_format = ann_format
+        self.caption_file = caption_file
+        self.caption_sampling = caption_sampling
+        self.video_tmpl = video_tmpl
+        self.video_lookup = video_lookup
+        self.video_exts = tuple(video_exts)
+        self.check_files = check_files
+        self.missing_video = missing_video
+        self.paragraph_sep = paragraph_sep
+        self.policy = AnnotationPolicy(
+            empty_caption=empty_caption, duplicate_video=duplicate_video,
+            unknown_video=unknown_video, video_without_captions=video_without_captions)
+        # [seed, epoch] in shared memory: set_epoch() in the main process reaches
+        # (persistent) DataLoader workers, forked or spawned.
+        self._seed_given = seed is not None
+        self._epoch_state = torch.tensor([int(seed or 0), 0], dtype=torch.long)
+        try:
+            self._epoch_state.share_memory_()
+        except (RuntimeError, OSError):  # no shared memory: workers keep epoch 0
+            pass
+        self.text_to_video = np.zeros(0, dtype=np.int64)
+        self.num_videos = 0
+        self.num_captions = 0
+        super().__init__(ann_file, pipeline=pipeline, data_prefix=data_prefix,
+                         test_mode=test_mode, **kwargs)
+        if caption_sampling == 'random' and not test_mode:
+            print_log('caption_sampling=\'random\': add custom_hooks=[dict(type='
+                      '\'CaptionSamplingEpochHook\')] so that every epoch draws new '
+                      'captions', logger='current')
+
+    # ------------------------------------------------------------------ paths
+    def _join_prefix(self):
+        super()._join_prefix()
+        if self.caption_file and self.data_root and not osp.isabs(self.caption_file):
+            self.caption_file = join_path(self.data_root, self.caption_file)
+
+    # ------------------------------------------------------------------ loading
+    def load_data_list(self) -> List[dict]:
+        """Read the annotations into :class:`VideoEntry` records, resolve and check the
+        video files, and lay the samples out as described in the module docstring."""
+        entries = read_annotations(
+            self.ann_format, self.ann_file, self.caption_file, video_tmpl=self.video_tmpl,
+            paragraph_sep=self.paragraph_sep, policy=self.policy)
+        entries = self._resolve_files(entries)
+        data_list = []
+        for entry in entries:
+            base = dict(filename=entry.filename, video_id=entry.video_id)
+            if self.test_mode:
+                data_list.append(dict(base, text=list(entry.captions)))
+            elif self.caption_sampling == 'all':
+                data_list.extend(dict(base, text=cap) for cap in entry.captions)
+            else:
+                data_list.append(dict(base, captions=list(entry.captions)))
+        n_caps = sum(len(e.captions) for e in entries)
+        print_log(f'{type(self).__name__}({self.ann_format}, '
+                  f'{"test" if self.test_mode else "train"}): {len(entries)} videos, '
+                  f'{n_caps} captions, {len(data_list)} samples from '
+                  f'{osp.basename(self.ann_file)}', logger='current')
+        return data_list
+
+    def _resolve_files(self, entries: List[VideoEntry]) -> List[VideoEntry]:
+        root = self.data_prefix['video']
+        missing = locate_videos(entries, root, self.video_lookup, self.video_exts,
+                                self.check_files)
+        for entry in entries:
+            entry.filename = join_path(root, entry.filename) if root else entry.filename
+        if not missing:
+            return entries
+        ids = [e.video_id for e in missing]
+        where = (f'{len(missing)} of {len(entries)} videos of {self.ann_file} have no file '
+                 f'under {root!r} (video_lookup={self.video_lookup!r}'
+                 + ('' if self.video_lookup == 'scan' else
+                    f', e.g. {missing[0].filename!r}') + ')')
+        if self.missing_video == 'drop':
+            print_log(f'{where}; dropped: {", ".join(ids[:10])}'
+                      + (' ...' if len(ids) > 10 else ''), logger='current',
+                      level=logging.WARNING)
+            gone = {id(e) for e in missing}
+            kept = [e for e in entries if id(e) not in gone]
+            if not kept:
+                raise AnnotationError(f'{where}: no video left', file=self.ann_file)
+            return kept
+        listed = ', '.join(ids[:MAX_MISSING_LISTED])
+        if len(ids) > MAX_MISSING_LISTED:
+            listed += (f', ... and {len(ids) - MAX_MISSING_LISTED} more (python '
+                       'tools/data/prepare_retrieval.py lists all)')
+        raise AnnotationError(
+            f'{where}: {listed}. Fix data_prefix/video_tmpl/video_lookup, or set '
+            'missing_video=\'drop\' to leave them out (check_files=False skips the check)',
+            file=self.ann_file)
+
+    def full_init(self) -> None:
+        """mmengine's ``full_init`` (load, filter, ``indices``) followed by numbering the
+        videos and captions of the final sample list, then serialization."""
+        if self._fully_initialized:
+            return
+        serialize = self.serialize_data
+        self.serialize_data = False
+        try:
+            super().full_init()
+        finally:
+            self.serialize_data = serialize
+        self.data_list = self._number(self.data_list)
+        if serialize:
+            self.data_bytes, self.data_address = self._serialize_data()
+
+    def _number(self, items: List[dict]) -> List[dict]:
+        """Give every sample its ``video_idx`` (order of first appearance) and
+        ``text_idx``; build ``text_to_video`` and the counts."""
+        video_of: Dict[str, int] = {}
+        t2v: List[int] = []
+        for item in items:
+            v = video_of.setdefault(item['video_id'], len(video_of))
+            item['video_idx'] = v
+            if 'captions' in item:  # train, random caption per epoch
+                item['text_idx'] = len(t2v)
+                t2v.extend([v] * len(item['captions']))
+            elif isinstance(item['text'], list):  # test
+                item['text_idx'] = list(range(len(t2v), len(t2v) + len(item['text'])))
+                t2v.extend([v] * len(item['text']))
+            else:  # train, every caption
+                item['text_idx'] = len(t2v)
+                t2v.append(v)
+        self.text_to_video = np.asarray(t2v, dtype=np.int64)
+        self.num_videos = len(video_of)
+        self.num_captions = len(t2v)
+        self._metainfo.update(num_videos=self.num_videos, num_captions=self.num_captions)
+        if self.test_mode:
+            self._metainfo['text_to_video'] = self.text_to_video.tolist()
+        return items
+
+    def _raw_items(self) -> List[dict]:
+        if not self.serialize_data:
+            return self.data_list
+        import pickle
+        out, start = [], 0
+        for end in self.data_address.tolist():
+            out.append(pickle.loads(memoryview(self.data_bytes[start:end])))
+            start = end
+        return out
+
+    def _renumber(self) -> None:
+        items = self._number(self._raw_items())
+        self.data_list = items
+        if self.serialize_data:
+            self.data_bytes, self.data_address = self._serialize_data()
+
+    def get_subset_(self, indices) -> None:
+        super().get_subset_(indices)
+        self._renumber()
+
+    def get_subset(self, indices) -> 'RetrievalVideoTextDataset':
+        sub = super().get_subset(indices)
+        sub._renumber()
+        return sub
+
+    # ------------------------------------------------------------------ sampling
+    def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
+        """Set the epoch of the ``'random'`` caption draw (and the seed, if the dataset
+        was built without one). Visible to existing DataLoader workers."""
+        self._epoch_state[1] = int(epoch)
+        if seed is not None and not self._seed_given:
+            self._epoch_state[0] = int(seed)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch_state[1])
+
+    @property
+    def seed(self) -> int:
+        return int(self._epoch_state[0])
+
+    def choose_caption(self, video_idx: int, n_captions: int) -> int:
+        """Index of the caption drawn for ``video_idx`` at the current seed/epoch."""
+        seed, epoch = (int(x) for x in self._epoch_state.tolist())
+        rng = np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, max(epoch, 0), video_idx])
+        return int(rng.integers(n_captions))
+
+    def get_data_info(self, idx: int) -> dict:
+        info = super().get_data_info(idx)
+        if 'captions' in info:
+            captions = info.pop('captions')
+            k = self.choose_caption(info['video_idx'], len(captions))
+            info['text'] = captions[k]
+            info['text_idx'] = info['text_idx'] + k
+        return info
+
+
+def _datasets_in(dataset) -> list:
+    """The dataset and every dataset wrapped inside it (Concat/Repeat/ClassBalanced)."""
+    out, stack = [], [dataset]
+    while stack:
+        ds = stack.pop()
+        out.append(ds)
+        stack.extend(getattr(ds, 'datasets', []) or [])
+        inner = getattr(ds, 'dataset', None)
+        if inner is not None:
+            stack.append(inner)
+    return out
+
+
+@HOOKS.register_module()
+class CaptionSamplingEpochHook(Hook):
+    """Tell retrieval datasets the epoch before each training epoch (and the runner's
+    seed when the dataset has none), so ``caption_sampling='random'`` draws a new,
+    reproducible caption per video every epoch. Epoch-based training loops only."""
+
+    priority = 'NORMAL'
+
+    def before_train_epoch(self, runner) -> None:
+        dataset = runner.train_loop.dataloader.dataset
+        for ds in _datasets_in(dataset):
+            if isinstance(ds, RetrievalVideoTextDataset):
+                ds.set_epoch(runner.epoch, seed=runner.seed)

@@ -1,0 +1,384 @@
+"""CLIPSTAN: a CLIP ViT image tower with the STAN branch (Liu et al., CVPR 2023)."""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from mmaction.registry import MODELS
+from mmengine.model import BaseModule
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .stan_branch import BranchEmbedding, LevelFusion, STANBranch, STANLayer
+from .stan_spatial import SpatialBlock
+from .stan_temporal import build_temporal_module, normalize_temporal_module
+
+LAYOUTS = ('auto', 'NCTHW', 'NTCHW')
+STRUCTURES = ('branch', 'posterior')
+
+
+def build_clip_visual(arch, pretrained: Optional[str], precision: str = 'fp32',
+                      quick_gelu: Optional[bool] = None) -> nn.Module:
+    """open_clip ``VisionTransformer`` of a CLIP built by
+    :func:`stan_mm.models.clip.build_clip` (weights loaded when ``pretrained`` is a path;
+    the text tower is dropped)."""
+    from stan_mm.models.clip import build_clip  # lazy: avoids an import cycle
+    return build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu).visual
+
+
+def check_vision_tower(visual: nn.Module) -> None:
+    """Refuse image towers STAN is not defined for (no class token pooling, custom blocks)."""
+    problems = []
+    if getattr(visual, 'attn_pool', None) is not None:
+        problems.append('attentional pooling')
+    if getattr(visual, 'pool_type', 'tok') != 'tok':
+        problems.append(f'pool_type={visual.pool_type!r} (needs class-token pooling)')
+    if getattr(visual, 'proj', None) is None:
+        problems.append('no output projection')
+    blocks = getattr(getattr(visual, 'transformer', None), 'resblocks', None)
+    if blocks is None or not all(hasattr(b, 'attn') and hasattr(b.attn, 'in_proj_weight')
+                                 for b in blocks):
+        problems.append('blocks are not open_clip ResidualAttentionBlocks')
+    elif not getattr(visual.transformer, 'batch_first', True):
+        problems.append('transformer is not batch_first')
+    if problems:
+        raise ValueError('CLIPSTAN needs a plain CLIP ViT image tower; this one has '
+                         + ', '.join(problems))
+
+
+@MODELS.register_module()
+class CLIPSTAN(BaseModule):
+    """CLIP ViT image tower + STAN branch (Spatial-Temporal Auxiliary Network).
+
+    CLIP encodes every frame independently; a branch of K layers consumes the outputs of
+    K CLIP blocks (multi-level features), models them across frames (temporal module) and
+    within frames (spatial module), and its video [CLS] is added to CLIP's final frame
+    [CLS] before ``ln_post`` and the projection::
+
+        e_t   = proj(ln_post(frameCLS_t(h_L) + videoCLS(branch)))     [N, T, E]
+        video = mean_t e_t                                            [N, E]
+
+    The defaults reproduce the public STAN reproduction exactly (its checkpoints convert
+    with ``tools/convert/stan_public_to_mm.py``); ``temporal_module='conv'``,
+    ``level_proj``, ``spatial_module=False``, ``structure='posterior'``,
+    ``multi_level=False`` and ``levels`` are the paper's variants and ablations
+    (Tables 6 and 8). ``depth=0`` is plain CLIP with mean pooling over frames: ``video``
+    equals open_clip's ``encode_image`` (unnormalized) averaged over frames.
+
+    Parameter names: CLIP is ``visual.*`` (open_clip ``VisionTransformer`` keys) and every
+    branch parameter is under ``branch.``: ``branch.embed.time_embed``,
+    ``branch.layers.{k}.fusion.proj``, ``branch.layers.{k}.temporal.*``,
+    ``branch.layers.{k}.spatial.*``. The paper's learning rates (2e-6 CLIP / 2e-5 STAN) are
+    ``optim_wrapper = dict(optimizer=dict(lr=2e-6, ...),
+    paramwise_cfg=dict(custom_keys={'backbone.branch': dict(lr_mult=10)}))``. The branch
+    re-uses CLIP's ``class_embedding`` and ``positional_embedding`` (as the reproduction
+    does): they stay CLIP parameters.
+
+    Branch details (public reproduction, default):
+
+    * layer k (k = 1..K) runs after CLIP block ``levels[k]``; its spatial module is a copy
+      of that pretrained CLIP block, made right after the CLIP weights are loaded;
+    * input of layer 1 (:class:`BranchEmbedding`): video CLS =
+      ``0.5 * (mean_t frameCLS + class_embedding + pos_embedding[0])``, patch (t, p) =
+      ``f_{t,p} + pos_embedding[1 + p] + time_embed[t]`` (``time_embed`` learnable
+      ``Embedding(max_frames, D)``, N(0, 1) init, dropout 0);
+    * layers k > 1 first add level k (:class:`LevelFusion`): plain sum, level CLS averaged
+      over frames; ``level_proj=True`` puts the paper's ``W_proj`` (Eqs. 5-6, a
+      ``Linear(D, D)`` initialized to the identity) on the level;
+    * each layer = temporal module then spatial module; the video CLS bypasses the temporal
+      module; drop path rates ``linspace(0, drop_path_rate, K)``;
+    * ``branch_tokens`` are ordered patch-major, frame-minor (index ``1 + p*T + t``).
+
+    Args:
+        arch: CLIP architecture: open_clip name (``'ViT-B-16'``), OpenAI spelling
+            (``'ViT-B/16'``), a clip_cfg dict, or ``None`` to infer it from ``pretrained``.
+        pretrained: local CLIP weights (OpenAI, open_clip or HuggingFace layout) or None
+            (random init). Full STAN checkpoints load with ``load_from``/``init_cfg``.
+        depth: number K of branch layers; 0 gives CLIP with mean pooling over frames.
+        temporal_module: ``'attn'`` (Eq. 8, alias ``'selfattn'``), ``'conv'`` (Eq. 9) or
+            ``None`` (Table 6 "cross-frame off").
+        spatial_module: ``False`` removes the intra-frame module (attention and MLP) from
+            every branch layer (Table 6 "intra-frame off").
+        levels: 1-based indices of the CLIP blocks whose outputs feed the branch, strictly
+            increasing, one per branch layer, e.g. ``(6, 8, 10, 12)`` (Table 8). Default:
+            the last K blocks ``(L-K+1, ..., L)``. Only for ``structure='branch'``.
+        level_proj: use ``W_proj`` for levels k > 1 (paper Eqs. 5-6).
+        structure: ``'branch'`` (default) or ``'posterior'``. Posterior (Table 6 "branch
+            off + multi-level off"): STAN is appended on CLIP's last output: the branch
+            input is built from h_L only (same :class:`BranchEmbedding`), the K layers are
+            stacked with no level fusion, and the output fusion is unchanged (CLIP's frame
+            CLS of h_L + the branch's video CLS). Spatial modules are still copies of CLIP
+            blocks L-K+1..L.
+        multi_level: ``False`` (``structure='branch'`` only; Table 6 "branch on,
+            multi-level off") feeds only ``levels[0]`` into the branch, no fusion after.
+        drop_path_rate: maximum drop-path rate of the branch layers.
+        max_frames: rows of the temporal embedding (public reproduction: 64).
+        interpolate_time_embed: allow T > max_frames by interpolating that table.
+        conv_reduction: bottleneck ratio of the conv temporal module (paper: 8).
+        grad_checkpointing: recompute CLIP blocks in backward.
+        branch_grad_checkpointing: recompute branch layers in backward.
+        frozen_stages: -1 freezes nothing; n >= 0 freezes CLIP's embeddings (conv1,
+            class and positional embeddings, ``ln_pre``) and its first n blocks.
+        freeze_clip: freeze every CLIP parameter (embeddings, blocks, ``ln_post``, ``proj``).
+            Frozen parameters get ``requires_grad=False`` and their modules stay in eval
+            mode in ``train()``; a frozen prefix of CLIP runs under ``no_grad``.
+        input_layout: ``'NCTHW'`` (Recognizer3D), ``'NTCHW'`` (retrieval) or ``'auto'``
+            (decided by which of dims 1 and 2 equals 3; ambiguous shapes raise).
+        precision: passed to ``build_clip`` (``'fp32'``, ``'fp16'``, ``'bf16'``).
+        quick_gelu: force CLIP's activation (default: ``build_clip``'s rule).
+        init_cfg: mmengine init config.
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict, None] = 'ViT-B-16',
+                 pretrained: Optional[str] = None,
+                 depth: int = 4,
+                 temporal_module: Optional[str] = 'attn',
+                 spatial_module: bool = True,
+                 levels: Optional[Sequence[int]] = None,
+                 level_proj: bool = False,
+                 structure: str = 'branch',
+                 multi_level: bool = True,
+                 drop_path_rate: float = 0.1,
+                 max_frames: int = 64,
+                 interpolate_time_embed: bool = False,
+                 conv_reduction: int = 8,
+                 grad_checkpointing: bool = False,
+                 branch_grad_checkpointing: bool = False,
+                 frozen_stages: int = -1,
+                 freeze_clip: bool = False,
+                 input_layout: str = 'auto',
+                 precision: str = 'fp32',
+                 quick_gelu: Optional[bool] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if input_layout not in LAYOUTS:
+            raise ValueError(f'CLIPSTAN: input_layout={input_layout!r}; expected one of '
+                             f'{LAYOUTS}')
+        if structure not in STRUCTURES:
+            raise ValueError(f'CLIPSTAN: structure={structure!r}; expected one of '
+                             f'{STRUCTURES}')
+        temporal_module = normalize_temporal_module(temporal_module)
+        self.input_layout = input_layout
+        self.grad_checkpointing = grad_checkpointing
+        self.frozen_stages = frozen_stages
+        self.freeze_clip = freeze_clip
+
+        self.visual = build_clip_visual(arch, pretrained, precision, quick_gelu)
+        check_vision_tower(self.visual)
+        blocks = self.visual.transformer.resblocks
+        self.num_layers = len(blocks)
+        self.width = self.visual.conv1.out_channels
+        self.embed_dim = self.visual.proj.shape[1]
+        self.num_heads = blocks[0].attn.num_heads
+
+        self.depth = self._check_depth(depth)
+        self.structure = structure
+        branch_levels = self._resolve_levels(levels, structure)
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_layers:
+            raise ValueError(f'CLIPSTAN: frozen_stages={frozen_stages!r}; expected an int in '
+                             f'[-1, {self.num_layers}] (-1: nothing frozen, n: embeddings '
+                             f'and the first n CLIP blocks)')
+        self.branch = None
+        fuse = structure == 'branch' and multi_level
+        # CLIP levels read by the branch (1-based): all K with fusion, else the first only
+        self.levels = branch_levels if fuse else branch_levels[:1]
+        if self.depth > 0:
+            if level_proj and not fuse:
+                raise ValueError('CLIPSTAN: level_proj=True needs multi-level fusion '
+                                 "(structure='branch', multi_level=True)")
+            if temporal_module is None and not spatial_module:
+                raise ValueError('CLIPSTAN: temporal_module=None and spatial_module=False '
+                                 'leave the branch empty; use depth=0 for plain CLIP')
+            spatial_src = branch_levels if structure == 'branch' else list(
+                range(self.num_layers - self.depth + 1, self.num_layers + 1))
+            self.branch = self._build_branch(
+                spatial_src, temporal_module, spatial_module, fuse, level_proj,
+                drop_path_rate, max_frames, interpolate_time_embed, conv_reduction,
+                branch_grad_checkpointing)
+            self.branch.to(self.visual.conv1.weight.dtype)   # precision='fp16'/'bf16'
+        self._freeze()
+
+    # ------------------------------------------------------------------ construction
+    def _check_depth(self, depth) -> int:
+        if not isinstance(depth, int) or depth < 0 or depth > self.num_layers:
+            raise ValueError(f'CLIPSTAN: depth={depth!r}; expected an int in '
+                             f'[0, {self.num_layers}] (this CLIP has {self.num_layers} '
+                             f'blocks)')
+        return depth
+
+    def _resolve_levels(self, levels, structure: str) -> List[int]:
+        """Validated 1-based CLIP block indices, one per branch layer (posterior: [L])."""
+        L, K = self.num_layers, self.depth
+        if structure == 'posterior':
+            if levels is not None:
+                raise ValueError("CLIPSTAN: levels only apply to structure='branch' (the "
+                                 "posterior structure reads CLIP's last output)")
+            return [L] if K else []
+        if levels is None:
+            levels = list(range(L - K + 1, L + 1))
+        levels = list(levels)
+        ok = (len(levels) == K and all(isinstance(v, int) and 1 <= v <= L for v in levels)
+              and all(a < b for a, b in zip(levels, levels[1:])))
+        if not ok:
+            raise ValueError(
+                f'CLIPSTAN: levels={levels!r} is invalid; expected {K} (= depth) strictly '
+                f'increasing 1-based CLIP block indices in [1, {L}], e.g. '
+                f'{tuple(range(L - K + 1, L + 1))} for the last {K} blocks')
+        return levels
+
+    def _build_branch(self, spatial_src, temporal_module, spatial_module, fuse, level_proj,
+                      drop_path_rate, max_frames, interpolate_time_embed, conv_reduction,
+                      grad_ckpt) -> STANBranch:
+        K, D = self.depth, self.width
+        dpr = [drop_path_rate * k / max(K - 1, 1) for k in range(K)]  # linspace(0, rate, K)
+        blocks = self.visual.transformer.resblocks
+        layers = []
+        for k in range(K):
+            layers.append(STANLayer(
+                fusion=LevelFusion(D, level_proj) if fuse and k > 0 else None,
+                temporal=build_temporal_module(temporal_module, D, self.num_heads, dpr[k],
+                                               conv_reduction),
+                spatial=SpatialBlock(blocks[spatial_src[k] - 1], dpr[k])
+                if spatial_module else None))
+        embedding = BranchEmbedding(D, max_frames, interpolate_time_embed)
+        return STANBranch(layers, embedding, grad_ckpt)
+
+    # ------------------------------------------------------------------ freezing
+    def _clip_stages(self) -> List[List[nn.Parameter]]:
+        """CLIP parameters by stage: [embeddings, block 1, ..., block L, head]."""
+        v = self.visual
+        emb = [v.class_embedding, v.positional_embedding, *v.conv1.parameters(),
+               *v.ln_pre.parameters()]
+        head = [*v.ln_post.parameters(), v.proj]
+        return [emb] + [list(b.parameters()) for b in v.transformer.resblocks] + [head]
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        v = self.visual
+        if self.freeze_clip:
+            return [v]
+        if self.frozen_stages < 0:
+            return []
+        return [v.conv1, v.ln_pre, v.patch_dropout,
+                *v.transformer.resblocks[:self.frozen_stages]]
+
+    def _freeze(self) -> None:
+        stages = self._clip_stages()
+        n = len(stages) if self.freeze_clip else self.frozen_stages + 1
+        for stage in stages[:max(n, 0)]:
+            for p in stage:
+                p.requires_grad_(False)
+        for m in self._frozen_modules():
+            m.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for m in self._frozen_modules():
+                m.eval()
+        return self
+
+    def _frozen_prefix(self) -> int:
+        """Number of leading CLIP stages (embeddings, blocks) without trainable params."""
+        n = 0
+        for stage in self._clip_stages()[:-1]:
+            if any(p.requires_grad for p in stage):
+                break
+            n += 1
+        return n
+
+    # ------------------------------------------------------------------ forward
+    def to_frames(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+        """``[N, C, T, H, W]`` or ``[N, T, C, H, W]`` -> frames ``[N*T, C, H, W]``, N, T."""
+        expected = ("expected a 5-D video tensor [N, C, T, H, W] (Recognizer3D) or "
+                    "[N, T, C, H, W] (retrieval); set CLIPSTAN(input_layout='NCTHW' or "
+                    "'NTCHW')")
+        if x.dim() != 5:
+            raise ValueError(f'CLIPSTAN: got input of shape {tuple(x.shape)}; {expected}')
+        C = self.visual.conv1.in_channels
+        layout = self.input_layout
+        if layout == 'auto':
+            c1, c2 = x.shape[1] == C, x.shape[2] == C
+            if c1 and c2:
+                raise ValueError(
+                    f'CLIPSTAN: input shape {tuple(x.shape)} is ambiguous (dims 1 and 2 both '
+                    f'equal {C}: T == {C}?); set input_layout=\'NCTHW\' or \'NTCHW\'')
+            if not (c1 or c2):
+                raise ValueError(f'CLIPSTAN: input shape {tuple(x.shape)} has no {C}-channel '
+                                 f'dim at position 1 or 2; {expected}')
+            layout = 'NCTHW' if c1 else 'NTCHW'
+        if layout == 'NCTHW':
+            x = x.transpose(1, 2)
+        if x.shape[2] != C:
+            raise ValueError(f'CLIPSTAN(input_layout={self.input_layout!r}): input shape '
+                             f'{tuple(x.shape)} does not have {C} channels where the layout '
+                             f'{layout} puts them')
+        N, T = x.shape[:2]
+        H, W = x.shape[-2:]
+        if (H, W) != tuple(self.visual.image_size):
+            raise ValueError(
+                f'CLIPSTAN: frames are {H}x{W} but the CLIP positional embedding expects '
+                f'{self.visual.image_size[0]}x{self.visual.image_size[1]} images '
+                f'(grid {self.visual.grid_size}, patch {self.visual.patch_size}); resize/crop '
+                f'the input to that size')
+        return x.reshape(N * T, *x.shape[2:]), N, T
+
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + class token + positional embedding + ``ln_pre``:
+        ``[M, C, H, W]`` -> ``[M, 1+P, D]`` (open_clip's ``VisionTransformer`` stem)."""
+        v = self.visual
+        x = v.conv1(frames.to(v.conv1.weight.dtype))                   # [M, D, g, g]
+        x = x.flatten(2).transpose(1, 2)                               # [M, P, D]
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(v.patch_dropout(x))
+
+    def forward_clip(self, frames: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run CLIP on frames ``[M, C, H, W]``. Returns h_L ``[M, 1+P, D]`` and the outputs
+        of the blocks in ``self.levels`` (same shape), in that order."""
+        grad = torch.is_grad_enabled()
+        frozen = self._frozen_prefix()
+        ckpt = self.grad_checkpointing and self.training and grad
+        with torch.set_grad_enabled(grad and frozen == 0):
+            x = self.embed_frames(frames)
+        wanted = set(self.levels)
+        levels = []
+        for i, block in enumerate(self.visual.transformer.resblocks):
+            with torch.set_grad_enabled(grad and i + 1 >= frozen):
+                if ckpt and i + 1 >= frozen:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if i + 1 in wanted:
+                levels.append(x)
+        return x, levels
+
+    def _forward(self, x: torch.Tensor, with_tokens: bool) -> Dict[str, torch.Tensor]:
+        frames, N, T = self.to_frames(x)
+        h_last, levels = self.forward_clip(frames)
+        cls = h_last[:, 0].reshape(N, T, -1)                           # [N, T, D]
+        out = {}
+        if self.branch is not None:
+            tokens = h_last.shape[1]
+            levels = [lv.reshape(N, T, tokens, -1) for lv in levels]
+            video_cls, patches = self.branch(levels, self.visual.class_embedding,
+                                             self.visual.positional_embedding)
+            cls = cls + video_cls[:, None]
+            if with_tokens:
+                out['branch_tokens'] = torch.cat([video_cls[:, None], patches.flatten(1, 2)],
+                                                 dim=1)
+        frame_emb = self.visual.ln_post(cls) @ self.visual.proj        # [N, T, E]
+        out['frames'] = frame_emb
+        out['video'] = frame_emb.mean(dim=1)
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Video ``x`` (see :meth:`to_frames`) -> dict with ``video`` ``[N, E]``, ``frames``
+        ``[N, T, E]`` (per-frame embeddings e_t) and, when the branch exists,
+        ``branch_tokens`` ``[N, 1+T*P, D]`` (video CLS, then patch-major frame-minor)."""
+        return self._forward(x, with_tokens=True)
+
+    def forward(self, x: torch.Tensor, return_dict: bool = False):
+        """Video ``[N, C, T, H, W]`` or ``[N, T, C, H, W]`` -> video embedding ``[N, E]``
+        (or the dict of :meth:`forward_features` when ``return_dict``)."""
+        if return_dict:
+            return self.forward_features(x)
+        return self._forward(x, with_tokens=False)['video']

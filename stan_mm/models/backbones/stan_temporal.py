@@ -1,0 +1,126 @@
+"""STAN cross-frame (temporal) modules.
+
+Both modules work on the branch's patch tokens laid out patch-major, frame-minor,
+``[B, P, T, D]`` (B videos, P patches per frame, T frames, width D); the video [CLS] token
+bypasses them (paper Sec. 3.3, public reproduction). Both are the identity at
+initialization: the last linear map of the residual branch is zero-initialized.
+"""
+from typing import Optional
+
+import torch
+from mmcv.cnn.bricks import DropPath
+from torch import nn
+
+TEMPORAL_MODULES = ('attn', 'conv', None)
+_ALIASES = {'attn': 'attn', 'selfattn': 'attn', 'self_attn': 'attn', 'conv': 'conv',
+            'none': None, None: None}
+
+
+def normalize_temporal_module(name) -> Optional[str]:
+    """Return ``'attn'``, ``'conv'`` or ``None`` for a user-given ``temporal_module``.
+
+    ``'selfattn'`` (the public reproduction's spelling) is accepted for ``'attn'``.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _ALIASES:
+        raise ValueError(
+            f"CLIPSTAN: unknown temporal_module={name!r}; expected 'attn' (paper Eq. 8, "
+            f"alias 'selfattn'), 'conv' (paper Eq. 9) or None (no cross-frame module)")
+    return _ALIASES[key]
+
+
+def _drop_path(rate: float) -> nn.Module:
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+class TemporalAttention(nn.Module):
+    """Cross-frame self-attention (paper Eq. 8; public reproduction's ``STAN_T_layers``).
+
+    For every spatial position j the T frame tokens attend to each other::
+
+        y = x + FC(DropPath(MHA(LN(x))))          x: [B*P, T, D]
+
+    ``MHA`` is a new, randomly initialized multi-head attention (PyTorch's default init:
+    Xavier-uniform in-projection, zero biases) with CLIP's head count; ``FC``
+    (``temporal_fc`` in the public checkpoints) is a zero-initialized ``Linear(D, D)``, so
+    the module is the identity at initialization. As in the public reproduction, drop path
+    acts per (video, patch) sample and before ``FC``. No MLP.
+
+    Args:
+        dim: token width D.
+        num_heads: attention heads (CLIP's head count).
+        drop_path: drop-path rate of the residual branch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, drop_path: float = 0.):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.drop_path = _drop_path(drop_path)
+        self.fc = nn.Linear(dim, dim)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: patch tokens ``[B, P, T, D]`` -> same shape."""
+        B, P, T, D = x.shape
+        y = self.norm(x.reshape(B * P, T, D))
+        y = self.attn(y, y, y, need_weights=False)[0]
+        y = self.fc(self.drop_path(y))
+        return x + y.view(B, P, T, D)
+
+
+class TemporalConv(nn.Module):
+    """Cross-frame 3D convolution bottleneck (paper Eq. 9, "C-STA" / "STAN-conv")::
+
+        y = x + DropPath(Up(GELU(Conv3d(Down(x)))))
+
+    ``Down``: ``Linear(D, D // reduction)``, ``Conv3d``: kernel (T, H, W) = (3, 1, 1) with
+    padding (1, 0, 0) over the ``[B, C, T, H, W]`` token grid, ``Up``:
+    ``Linear(D // reduction, D)`` zero-initialized (identity at init; the paper gives no
+    init). Drop path acts per video. Because the kernel is 1x1 in space, the grid is fed
+    as ``(T, P, 1)``, which is the same convolution for any H x W factorization of P.
+
+    Args:
+        dim: token width D.
+        reduction: bottleneck ratio (paper: 8).
+        kernel_t: temporal kernel size (paper: 3).
+        drop_path: drop-path rate of the residual branch.
+    """
+
+    def __init__(self, dim: int, reduction: int = 8, kernel_t: int = 3,
+                 drop_path: float = 0.):
+        super().__init__()
+        if dim % reduction:
+            raise ValueError(f'TemporalConv: width {dim} is not divisible by '
+                             f'reduction={reduction}')
+        if kernel_t % 2 != 1:
+            raise ValueError(f'TemporalConv: kernel_t={kernel_t} must be odd')
+        hidden = dim // reduction
+        self.down = nn.Linear(dim, hidden)
+        self.conv = nn.Conv3d(hidden, hidden, (kernel_t, 1, 1), padding=(kernel_t // 2, 0, 0))
+        self.act = nn.GELU()
+        self.up = nn.Linear(hidden, dim)
+        self.drop_path = _drop_path(drop_path)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: patch tokens ``[B, P, T, D]`` -> same shape."""
+        B, P, T, _ = x.shape
+        y = self.down(x)                                        # [B, P, T, C]
+        y = y.permute(0, 3, 2, 1).unsqueeze(-1)                 # [B, C, T, P, 1]
+        y = self.act(self.conv(y))
+        y = y.squeeze(-1).permute(0, 3, 2, 1)                   # [B, P, T, C]
+        return x + self.drop_path(self.up(y))
+
+
+def build_temporal_module(kind: Optional[str], dim: int, num_heads: int,
+                          drop_path: float = 0., conv_reduction: int = 8) -> Optional[nn.Module]:
+    """``kind`` in ``('attn', 'conv', None)`` -> the module (or ``None``)."""
+    kind = normalize_temporal_module(kind)
+    if kind == 'attn':
+        return TemporalAttention(dim, num_heads, drop_path)
+    if kind == 'conv':
+        return TemporalConv(dim, conv_reduction, drop_path=drop_path)
+    return None

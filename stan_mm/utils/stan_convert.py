@@ -1,0 +1,236 @@
+"""Convert the public STAN checkpoints (HuggingFace CLIP naming) to stan-mm and back.
+
+The public reproduction's mmengine checkpoints name the video tower like HuggingFace's
+``CLIPVisionTransformer`` flattened under ``backbone.`` and the text tower like
+``transformers.CLIPTextModel`` under ``text_backbone.``. stan-mm uses open_clip names:
+:class:`~stan_mm.models.backbones.CLIPSTAN` keys under ``backbone.`` and
+:class:`~stan_mm.models.clip.CLIPTextEncoder` keys under ``text_backbone.``.
+
+Mapping (public -> stan-mm), ``B = backbone.``::
+
+    B class_embedding                  [D]           B visual.class_embedding
+    B patch_embedding.weight           [D, 3, p, p]  B visual.conv1.weight
+    B position_embedding.weight        [1+P, D]      B visual.positional_embedding
+    B pre_layrnorm.*                                 B visual.ln_pre.*
+    B layers.i.<hf layer>                            B visual.transformer.resblocks.i.<oc block>
+    B post_layernorm.*                               B visual.ln_post.*
+    B visual_projection.weight         [E, D]        B visual.proj [D, E] (transposed)
+    B STAN_S_layers.k.<hf layer>                     B branch.layers.k.spatial.<oc block>
+    B STAN_T_layers.k.self_attn.{q,k,v}_proj.*       B branch.layers.k.temporal.attn.in_proj_*
+    B STAN_T_layers.k.self_attn.out_proj.*           B branch.layers.k.temporal.attn.out_proj.*
+    B STAN_T_layers.k.layer_norm1.*                  B branch.layers.k.temporal.norm.*
+    B STAN_T_layers.k.temporal_fc.*                  B branch.layers.k.temporal.fc.*
+    B STAN_time_embed.weight           [64, D]       B branch.embed.time_embed.weight
+    text_backbone.text_model.*, text_backbone.text_projection.weight
+                                                     text_backbone.<open_clip text keys>
+
+where ``<hf layer>`` -> ``<oc block>`` is :func:`stan_mm.models.clip.hf_clip_block_to_openclip`
+(q/k/v concatenated into ``attn.in_proj_*``, ``layer_norm1/2`` -> ``ln_1/2``,
+``mlp.fc1/2`` -> ``mlp.c_fc/c_proj``). Every key that is not mapped is reported; derived
+``position_ids`` buffers are dropped (and reported as such). The public reproduction's
+conv temporal module was never defined, so only ``temporal_module='attn'`` checkpoints
+exist; stan-mm weights without a public counterpart (``level_proj``, conv modules) are
+reported as unmapped by the exporter.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Tuple
+
+import torch
+
+from stan_mm.models.clip import (hf_clip_block_to_openclip, hf_clip_text_to_openclip,
+                                 openclip_block_to_hf_clip, openclip_text_to_hf_clip)
+
+Tensor = torch.Tensor
+
+VIDEO_PREFIX = 'backbone.'
+TEXT_PREFIX = 'text_backbone.'
+
+# public (under backbone.) -> stan-mm (under backbone.), tensors copied unchanged
+_VISION_PLAIN = {
+    'class_embedding': 'visual.class_embedding',
+    'patch_embedding.weight': 'visual.conv1.weight',
+    'position_embedding.weight': 'visual.positional_embedding',
+    'pre_layrnorm.weight': 'visual.ln_pre.weight', 'pre_layrnorm.bias': 'visual.ln_pre.bias',
+    'post_layernorm.weight': 'visual.ln_post.weight',
+    'post_layernorm.bias': 'visual.ln_post.bias',
+    'STAN_time_embed.weight': 'branch.embed.time_embed.weight',
+}
+_TEMPORAL_PLAIN = {  # inside STAN_T_layers.k -> inside branch.layers.k.temporal
+    'self_attn.out_proj.weight': 'attn.out_proj.weight',
+    'self_attn.out_proj.bias': 'attn.out_proj.bias',
+    'layer_norm1.weight': 'norm.weight', 'layer_norm1.bias': 'norm.bias',
+    'temporal_fc.weight': 'fc.weight', 'temporal_fc.bias': 'fc.bias',
+}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: ``unmapped`` source keys (kept out of the output),
+    ``dropped`` derived buffers, and the architecture read from the weights."""
+    unmapped: List[str] = field(default_factory=list)
+    dropped: List[str] = field(default_factory=list)
+    info: Dict[str, object] = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [f'{k}: {v}' for k, v in self.info.items()]
+        lines.append(f'unmapped keys ({len(self.unmapped)}):'
+                     + ''.join(f'\n  {k}' for k in self.unmapped) if self.unmapped
+                     else 'unmapped keys: none')
+        if self.dropped:
+            lines.append(f'dropped derived buffers ({len(self.dropped)}): '
+                         + ', '.join(self.dropped))
+        return '\n'.join(lines)
+
+
+def _indices(sd: Mapping[str, Tensor], prefix: str) -> List[int]:
+    pat = re.compile(re.escape(prefix) + r'(\d+)\.')
+    return sorted({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
+
+
+def _qkv_to_in_proj(sd, src: str, dst: str, out: Dict[str, Tensor]) -> None:
+    for kind in ('weight', 'bias'):
+        parts = [f'{src}self_attn.{n}_proj.{kind}' for n in 'qkv']
+        if all(p in sd for p in parts):
+            out[f'{dst}attn.in_proj_{kind}'] = torch.cat([sd[p] for p in parts], 0)
+
+
+def _in_proj_to_qkv(sd, src: str, dst: str, out: Dict[str, Tensor]) -> None:
+    for kind in ('weight', 'bias'):
+        key = f'{src}attn.in_proj_{kind}'
+        if key in sd:
+            for n, part in zip('qkv', sd[key].chunk(3, dim=0)):
+                out[f'{dst}self_attn.{n}_proj.{kind}'] = part.clone()
+
+
+def _is_position_ids(key: str) -> bool:
+    return key.endswith('position_ids')
+
+
+def _public_to_mm_keys(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    B, T = VIDEO_PREFIX, TEXT_PREFIX
+    out: Dict[str, Tensor] = {}
+    for src, dst in _VISION_PLAIN.items():
+        if B + src in sd:
+            out[B + dst] = sd[B + src]
+    if B + 'visual_projection.weight' in sd:
+        out[B + 'visual.proj'] = sd[B + 'visual_projection.weight'].t().contiguous()
+    for i in _indices(sd, B + 'layers.'):
+        out.update(hf_clip_block_to_openclip(sd, f'{B}layers.{i}.',
+                                             f'{B}visual.transformer.resblocks.{i}.'))
+    for k in _indices(sd, B + 'STAN_S_layers.'):
+        out.update(hf_clip_block_to_openclip(sd, f'{B}STAN_S_layers.{k}.',
+                                             f'{B}branch.layers.{k}.spatial.'))
+    for k in _indices(sd, B + 'STAN_T_layers.'):
+        src, dst = f'{B}STAN_T_layers.{k}.', f'{B}branch.layers.{k}.temporal.'
+        _qkv_to_in_proj(sd, src, dst, out)
+        for s, d in _TEMPORAL_PLAIN.items():
+            if src + s in sd:
+                out[dst + d] = sd[src + s]
+    out.update(hf_clip_text_to_openclip(sd, prefix=T + 'text_model.',
+                                        projection_key=T + 'text_projection.weight',
+                                        out_prefix=T))
+    return out
+
+
+def _mm_to_public_keys(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    B, T = VIDEO_PREFIX, TEXT_PREFIX
+    out: Dict[str, Tensor] = {}
+    for dst, src in _VISION_PLAIN.items():
+        if B + src in sd:
+            out[B + dst] = sd[B + src]
+    if B + 'visual.proj' in sd:
+        out[B + 'visual_projection.weight'] = sd[B + 'visual.proj'].t().contiguous()
+    for i in _indices(sd, B + 'visual.transformer.resblocks.'):
+        out.update(openclip_block_to_hf_clip(sd, f'{B}visual.transformer.resblocks.{i}.',
+                                             f'{B}layers.{i}.'))
+    for k in _indices(sd, B + 'branch.layers.'):
+        out.update(openclip_block_to_hf_clip(sd, f'{B}branch.layers.{k}.spatial.',
+                                             f'{B}STAN_S_layers.{k}.'))
+        src, dst = f'{B}branch.layers.{k}.temporal.', f'{B}STAN_T_layers.{k}.'
+        if src + 'fc.weight' in sd:           # the attention temporal module only
+            _in_proj_to_qkv(sd, src, dst, out)
+            for d, s in _TEMPORAL_PLAIN.items():
+                if src + s in sd:
+                    out[dst + d] = sd[src + s]
+    out.update(openclip_text_to_hf_clip(sd, prefix=T, out_prefix=T + 'text_model.',
+                                        projection_key=T + 'text_projection.weight'))
+    return out
+
+
+def public_to_mm(state_dict: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor],
+                                                             ConversionReport]:
+    """Public STAN state dict -> stan-mm state dict (see the module docstring).
+
+    Returns the new state dict and a :class:`ConversionReport`: source keys that were not
+    mapped are listed there and left out of the output.
+    """
+    B = VIDEO_PREFIX
+    out = _public_to_mm_keys(state_dict)
+    consumed = set(_mm_to_public_keys(out))
+    report = ConversionReport()
+    for k in state_dict:
+        if k not in consumed:
+            (report.dropped if _is_position_ids(k) else report.unmapped).append(k)
+    report.info = {
+        'CLIP vision blocks': len(_indices(state_dict, B + 'layers.')),
+        'STAN depth (STAN_S_layers)': len(_indices(state_dict, B + 'STAN_S_layers.')),
+        'STAN temporal self-attention layers (STAN_T_layers)':
+            len(_indices(state_dict, B + 'STAN_T_layers.')),
+        'text tower': any(k.startswith(TEXT_PREFIX) for k in out),
+    }
+    if B + 'visual.conv1.weight' in out:
+        report.info['vision width'] = out[B + 'visual.conv1.weight'].shape[0]
+    return out, report
+
+
+def mm_to_public(state_dict: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor],
+                                                             ConversionReport]:
+    """stan-mm state dict -> public STAN layout (inverse of :func:`public_to_mm`).
+
+    stan-mm weights the public layout cannot hold (``level_proj`` fusion, conv temporal
+    modules, anything else) are reported as unmapped and left out.
+    """
+    out = _mm_to_public_keys(state_dict)
+    consumed = set(_public_to_mm_keys(out))
+    return out, ConversionReport(unmapped=[k for k in state_dict if k not in consumed])
+
+
+def _state_dict_of(ckpt) -> Dict[str, Tensor]:
+    if isinstance(ckpt, Mapping) and 'state_dict' in ckpt:
+        ckpt = ckpt['state_dict']
+    if not isinstance(ckpt, Mapping) or not all(isinstance(v, Tensor) for v in ckpt.values()):
+        raise ValueError('expected an mmengine checkpoint ({"state_dict": {...}}) or a plain '
+                         'state dict of tensors')
+    return dict(ckpt)
+
+
+def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
+                              ) -> ConversionReport:
+    """Read a public STAN checkpoint, write a stan-mm checkpoint
+    (``{'meta': {...}, 'state_dict': {...}}``), return the report.
+
+    Raises ``ValueError`` when nothing in the file looks like a public STAN checkpoint.
+    """
+    from stan_mm.compat import safe_torch_load
+    sd = _state_dict_of(safe_torch_load(in_path, map_location='cpu', trust=trust))
+    out, report = public_to_mm(sd)
+    if not any(k.startswith(VIDEO_PREFIX + 'visual.') for k in out):
+        sample = ', '.join(list(sd)[:5])
+        raise ValueError(f'{in_path}: no public STAN video-tower keys found (expected '
+                         f'backbone.patch_embedding.weight, backbone.layers.N.*, ...; the '
+                         f'file starts with: {sample})')
+    torch.save({'meta': {'converted_from': str(in_path),
+                         'converter': 'stan_mm.utils.stan_convert.public_to_mm',
+                         'unmapped_keys': report.unmapped},
+                'state_dict': out}, out_path)
+    return report
+
+
+def export_public_checkpoint(state_dict: Mapping[str, Tensor], out_path: str,
+                             ) -> ConversionReport:
+    """Write a stan-mm state dict in the public STAN layout (mmengine checkpoint)."""
+    out, report = mm_to_public(_state_dict_of(state_dict))
+    torch.save({'meta': {'converter': 'stan_mm.utils.stan_convert.mm_to_public',
+                         'unmapped_keys': report.unmapped}, 'state_dict': out}, out_path)
+    return report

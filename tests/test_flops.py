@@ -1,0 +1,210 @@
+"""FLOPs counter: equals hand-computed multiply-accumulates on tiny models (every execution
+path of attention), reports ops it cannot count, and reproduces the paper's figures."""
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+import stan_mm  # noqa: F401
+from stan_mm.models.backbones import CLIPSTAN
+from stan_mm.models.clip import CLIPTextEncoder
+from stan_mm.utils import flops as F
+from stan_mm.utils.flops import count_macs, count_params
+
+torch.set_num_threads(1)  # tiny tensors: threads only add contention
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(embed_dim=24, quick_gelu=True,
+            vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=4, head_width=8),
+            text_cfg=dict(context_length=16, vocab_size=64, width=16, heads=2, layers=2))
+
+
+# ----------------------------------------------------------------------------- by hand
+def clip_macs(M, P, D, L, p, E, mlp=4):
+    """M frames through a CLIP ViT: patch embedding, L blocks (q/k/v/out projections,
+    Q K^T and A V, MLP), final projection of the class token."""
+    n = 1 + P
+    block = 4 * n * D * D + 2 * n * n * D + 2 * mlp * n * D * D
+    return M * (P * D * 3 * p * p + L * block + D * E)
+
+
+def branch_macs(N, T, P, D, K, temporal='attn', spatial=True, proj_layers=0, mlp=4, red=8):
+    """K STAN layers on N videos: temporal module over N*P sequences of length T, spatial
+    module over N*T sequences of length 1+P, MLP over 1+T*P tokens, W_proj on fused levels."""
+    n = 1 + P
+    per_layer = 0
+    if temporal == 'attn':
+        per_layer += N * P * (4 * T * D * D + 2 * T * T * D) + N * P * T * D * D  # + fc
+    elif temporal == 'conv':
+        C = D // red
+        per_layer += N * P * T * (D * C + 3 * C * C + C * D)
+    if spatial:
+        per_layer += N * T * (4 * n * D * D + 2 * n * n * D) + N * (1 + T * P) * 2 * mlp * D * D
+    return K * per_layer + proj_layers * N * (1 + T * P) * D * D
+
+
+def text_macs(Lt, W, layers, E, mlp=4):
+    return layers * (4 * Lt * W * W + 2 * Lt * Lt * W + 2 * mlp * Lt * W * W) + W * E
+
+
+def tiny_expected(N, T, **kw):
+    return clip_macs(N * T, 16, 32, 4, 8, 24) + branch_macs(N, T, 16, 32, **kw)
+
+
+# ----------------------------------------------------------------------------- tiny
+@pytest.mark.parametrize('kw, expected_kw', [
+    (dict(depth=2), dict(K=2)),
+    (dict(depth=3, temporal_module='conv'), dict(K=3, temporal='conv')),
+    (dict(depth=3, level_proj=True), dict(K=3, proj_layers=2)),
+    (dict(depth=2, structure='posterior'), dict(K=2)),
+    (dict(depth=2, temporal_module=None), dict(K=2, temporal=None)),
+    (dict(depth=2, spatial_module=False), dict(K=2, spatial=False)),
+    (dict(depth=0), dict(K=0)),
+])
+def test_tiny_count_equals_hand_count_on_every_path(kw, expected_kw):
+    torch.manual_seed(0)
+    model = CLIPSTAN(arch=TINY, **kw)
+    N, T = 2, 5
+    expected = tiny_expected(N, T, **expected_kw)
+    x = torch.randn(N, T, 3, 32, 32)
+    got = count_macs(model, (x, ), depth=1)             # CPU, eval: MHA fast path
+    assert got.skipped == {}
+    assert sum(got.by_module.values()) == got.macs      # every op credited exactly once
+    assert got.by_module.get('branch', 0) == branch_macs(N, T, 16, 32, **expected_kw)
+    assert got.macs == pytest.approx(expected, rel=0.01)
+    assert got.macs == expected                         # in fact exact
+    # fused CPU attention kernel (training path), and the meta device
+    counter = F._Counter()
+    model.train()
+    with torch.no_grad(), counter:
+        model(x)
+    assert counter.get_total_flops() // 2 == expected
+    with torch.device('meta'):
+        meta_model = CLIPSTAN(arch=TINY, **kw)
+        meta_x = torch.randn(N, T, 3, 32, 32)
+    assert count_macs(meta_model, (meta_x, )).macs == expected
+
+
+def test_missing_formula_is_reported(monkeypatch):
+    """Without the extra formulas, nn.MultiheadAttention's fast path would be invisible:
+    the counter must say so instead of returning a silently low total."""
+    model = CLIPSTAN(arch=TINY, depth=1).eval()
+    x = torch.randn(1, 4, 3, 32, 32)
+    monkeypatch.setattr(F, 'EXTRA_FORMULAS', {})
+    got = count_macs(model, (x, ))
+    assert 'aten._native_multi_head_attention' in got.skipped
+    assert got.macs < tiny_expected(1, 4, K=1)
+
+
+def test_checkpointing_flags_are_off_while_counting_and_restored():
+    model = CLIPSTAN(arch=TINY, depth=2, grad_checkpointing=True,
+                     branch_grad_checkpointing=True).train()
+    x = torch.randn(1, 4, 3, 32, 32)
+    assert count_macs(model, (x, )).macs == tiny_expected(1, 4, K=2)
+    assert model.grad_checkpointing and model.branch.grad_checkpointing and model.training
+
+
+def test_retrieval_towers_counted_separately():
+    class Retrieval(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = CLIPSTAN(arch=TINY, depth=2)
+            self.text_backbone = CLIPTextEncoder(arch=TINY)
+    model = Retrieval()
+    video, text = F.retrieval_flops(model, shape=(6, 32, 32), text_len=12)
+    assert video.input_shape == (1, 6, 3, 32, 32)
+    assert video.result.macs == tiny_expected(1, 6, K=2)
+    assert text.result.macs == text_macs(12, 16, 2, 24)
+    assert text.params['total'] == sum(p.numel() for p in model.text_backbone.parameters())
+
+
+def test_count_params():
+    model = CLIPSTAN(arch=TINY, depth=2, freeze_clip=True)
+    params = count_params(model)
+    assert params['total'] == sum(p.numel() for p in model.parameters())
+    assert params['trainable'] == params['branch'] == sum(
+        p.numel() for p in model.branch.parameters())
+    assert params['visual'] + params['branch'] == params['total']
+
+
+# ----------------------------------------------------------------------------- full size
+B16 = dict(P=196, D=768, L=12, p=16, E=512)
+
+
+def full(frames, **kw):
+    with torch.device('meta'):
+        model = CLIPSTAN(arch='ViT-B-16', **kw)
+        x = torch.randn(1, frames, 3, 224, 224)
+    res = count_macs(model, (x, ))
+    assert res.skipped == {}
+    return res.macs
+
+
+def test_clip_b16_8_frames_is_140_5_g():
+    macs = full(8, depth=0)
+    assert macs == clip_macs(8, **B16)
+    assert macs / 1e9 == pytest.approx(140.5, rel=0.01)
+
+
+# paper (1x3 views, GFLOPs over the 3 views) -> per view; K400 K=4, SSv2 K=6
+PAPER_SELF = [(8, 4, 593 / 3), (8, 6, 688 / 3), (16, 4, 1187 / 3), (16, 6, 1376 / 3)]
+
+
+def attention_matmul_macs(frames, depth, P=196, D=768, L=12):
+    """Only the Q K^T and A V products (CLIP blocks, spatial and temporal modules)."""
+    n = 1 + P
+    return frames * L * 2 * n * n * D + depth * (frames * 2 * n * n * D
+                                                 + P * 2 * frames * frames * D)
+
+
+@pytest.mark.parametrize('frames, depth, paper', PAPER_SELF)
+def test_stan_self_b16_matches_the_paper(frames, depth, paper):
+    macs = full(frames, depth=depth)
+    assert macs == clip_macs(frames, **B16) + branch_macs(1, frames, 196, 768, depth)
+    assert macs / 1e9 == pytest.approx(paper, rel=0.05)
+    # The remaining ~4 % is exactly the attention products: without Q K^T and A V (which
+    # counters miss on nn.MultiheadAttention / fused kernels) the paper's figure comes out.
+    no_attn = macs - attention_matmul_macs(frames, depth)
+    assert no_attn / 1e9 == pytest.approx(paper, rel=0.002)
+
+
+@pytest.mark.parametrize('depth, paper', [(4, 714 / 3), (6, 845 / 3)])
+def test_stan_conv_b16_is_below_the_paper(depth, paper):
+    """Eq. 9's D/8 bottleneck costs 0.27 G per layer at 8 frames; counted like the
+    paper's attention rows (without attention products), the paper's conv rows imply
+    13-14 G per conv temporal layer (more than a full spatial block), i.e. a much wider
+    module than Eq. 9 describes. Not reproduced: we check our own count and the gap."""
+    macs = full(8, depth=depth, temporal_module='conv')
+    assert macs == clip_macs(8, **B16) + branch_macs(1, 8, 196, 768, depth, temporal='conv')
+    assert macs / 1e9 < paper * 0.85
+
+
+# ----------------------------------------------------------------------------- tool
+def _tool():
+    path = ROOT / 'tools' / 'analysis' / 'get_flops.py'
+    spec = importlib.util.spec_from_file_location('get_flops', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tool_arch_mode(capsys):
+    assert _tool().main(['--arch', 'ViT-B-32', '--frames', '12', '--depth', '4']) == 0
+    out = capsys.readouterr().out
+    expected = (clip_macs(12, 49, 768, 12, 32, 512) + branch_macs(1, 12, 49, 768, 4)) / 1e9
+    assert f'GFLOPs (G multiply-accumulates): {expected:.3f}' in out
+    assert 'uncounted matmul/conv/attention ops: none' in out
+
+
+def test_tool_on_recognition_config(capsys):
+    config = ROOT / 'configs' / 'stan' / 'k400_self_b16.py'
+    if not config.exists():
+        pytest.skip('config not present')
+    assert _tool().main([str(config), '--cfg-options', 'model.backbone.depth=2']) == 0
+    out = capsys.readouterr().out
+    backbone = clip_macs(8, **B16) + branch_macs(1, 8, 196, 768, 2)
+    per_view = float(out.split('GFLOPs (G multiply-accumulates): ')[1].split()[0])
+    assert per_view == pytest.approx(backbone / 1e9, rel=1e-3)   # + a tiny head
+    assert 'x 3 test views' in out and 'backbone.branch' in out

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""GFLOPs (G multiply-accumulates) and parameter counts of a stan-mm model.
+
+    # a config: recognition -> whole model (backbone + head) per view [1, C, T, H, W];
+    #           retrieval  -> video tower [1, T, C, H, W] and text tower [1, L] separately
+    python tools/analysis/get_flops.py configs/stan/k400_self_b16.py
+    python tools/analysis/get_flops.py CONFIG --shape 16 224 224 \
+        --cfg-options model.backbone.depth=6
+    # a CLIPSTAN backbone from an arch name, no weights, no config
+    python tools/analysis/get_flops.py --arch ViT-B-16 --frames 8 --depth 4 --temporal-module attn
+
+Counting convention: one multiply-add = one FLOP (fvcore / mmengine.analysis); matrix
+products, convolutions and attention (Q K^T, A V) are counted, element-wise ops are not;
+gradient checkpointing off; weights are not loaded (``pretrained`` stripped) and the
+model is built on the ``meta`` device unless ``--device cpu``. Ops that look like matrix
+products but had no formula are listed (they would make the total too low).
+Shape (T, H, W) and the number of test views default to the config's test pipeline.
+"""
+import argparse
+import sys
+
+import torch
+from mmengine.config import Config, DictAction
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', nargs='?', help='config file (omit with --arch)')
+    p.add_argument('--shape', type=int, nargs=3, metavar=('T', 'H', 'W'),
+                   help='frames and frame size of one view (default: test pipeline, '
+                        'else 8 224 224)')
+    p.add_argument('--text-len', type=int, help='token length for the text tower '
+                   '(default: test pipeline context_length, else 32)')
+    p.add_argument('--views', type=int, help='views per video for the total line '
+                   '(default: the test pipeline\'s num_clips x crops)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   metavar='KEY=VALUE', help='override config entries, as in tools/train.py')
+    p.add_argument('--device', default='meta', choices=['meta', 'cpu'],
+                   help='meta: shapes only (fast, no memory); cpu: real tensors')
+    p.add_argument('--keep-weights', action='store_true',
+                   help='keep pretrained paths (by default they are stripped)')
+    g = p.add_argument_group('CLIPSTAN without a config')
+    g.add_argument('--arch', help="CLIP arch name, e.g. ViT-B-16, 'ViT-B/16', ViT-L-14")
+    g.add_argument('--frames', type=int, default=8)
+    g.add_argument('--image-size', type=int, help='default: the arch\'s image size')
+    g.add_argument('--depth', type=int, default=4)
+    g.add_argument('--temporal-module', default='attn', help="attn | conv | none")
+    g.add_argument('--no-spatial', action='store_true', help='spatial_module=False')
+    g.add_argument('--levels', type=int, nargs='+', help='1-based CLIP levels')
+    g.add_argument('--level-proj', action='store_true')
+    g.add_argument('--structure', default='branch', choices=['branch', 'posterior'])
+    return p.parse_args(argv)
+
+
+def _arch_report(args, device):
+    from stan_mm.models.backbones import CLIPSTAN
+    from stan_mm.utils.flops import TowerFlops, count_macs, count_params
+    with torch.device(device):
+        model = CLIPSTAN(
+            arch=args.arch, depth=args.depth,
+            temporal_module=None if args.temporal_module == 'none' else args.temporal_module,
+            spatial_module=not args.no_spatial, levels=args.levels,
+            level_proj=args.level_proj, structure=args.structure,
+            max_frames=max(64, args.frames))
+        size = args.image_size or model.visual.image_size[0]
+        x = torch.randn(1, args.frames, 3, size, size)
+    res = count_macs(model, (x, ))
+    return [TowerFlops(f'CLIPSTAN({args.arch}, depth={args.depth}, '
+                       f'temporal_module={args.temporal_module!r})', tuple(x.shape), res,
+                       count_params(model, 1))]
+
+
+def _config_report(args, device):
+    from stan_mm.utils.flops import (DEFAULT_SHAPE, build_model_for_flops,
+                                     recognition_flops, retrieval_flops, shape_from_config,
+                                     text_len_from_config, views_from_config)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    shape = tuple(args.shape) if args.shape else (shape_from_config(cfg) or DEFAULT_SHAPE)
+    model, notes = build_model_for_flops(cfg, device, args.keep_weights)
+    for n in notes:
+        print('note:', n)
+    if hasattr(model, 'text_backbone'):
+        text_len = args.text_len or text_len_from_config(cfg) or 32
+        return retrieval_flops(model, shape, text_len), None
+    views = args.views or views_from_config(cfg)
+    return [recognition_flops(model, shape)], views
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import stan_mm  # noqa: F401  (registers the models)
+    if bool(args.config) == bool(args.arch):
+        print('give either CONFIG or --arch', file=sys.stderr)
+        return 2
+    views = None
+    if args.arch:
+        reports = _arch_report(args, args.device)
+    else:
+        reports, views = _config_report(args, args.device)
+    for r in reports:
+        print(r.format())
+    if views and len(reports) == 1:
+        g = reports[0].result.gmacs
+        print(f'per view {g:.2f} G x {views} test views = {g * views:.1f} G per video')
+    return 1 if any(r.result.skipped for r in reports) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Convert a public STAN checkpoint (HuggingFace CLIP key names) to a stan-mm checkpoint.
+
+    python tools/convert/stan_public_to_mm.py IN.pth OUT.pth
+    python tools/convert/stan_public_to_mm.py --export OURS.pth PUBLIC_LAYOUT.pth
+
+Prints every key it did not map. The output loads with ``load_from = 'OUT.pth'`` into a
+retrieval model whose backbone is ``CLIPSTAN(depth=K, temporal_module='attn')`` (K as
+reported) and whose text backbone is ``CLIPTextEncoder``. ``--export`` does the inverse
+(stan-mm -> public layout). Key mapping: ``stan_mm/utils/stan_convert.py``.
+"""
+import argparse
+import sys
+
+import stan_mm  # noqa: F401  (checkpoint-loading fixes)
+from stan_mm.compat import safe_torch_load
+from stan_mm.utils.stan_convert import (convert_public_checkpoint,
+                                        export_public_checkpoint)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('src', help='input checkpoint')
+    p.add_argument('dst', help='output checkpoint')
+    p.add_argument('--export', action='store_true',
+                   help='convert a stan-mm checkpoint to the public STAN layout instead')
+    p.add_argument('--trust', action='store_true',
+                   help='allow unpickling arbitrary objects (only for files you trust)')
+    p.add_argument('--strict', action='store_true',
+                   help='exit with status 1 if any key was not mapped')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.export:
+        report = export_public_checkpoint(
+            safe_torch_load(args.src, map_location='cpu', trust=args.trust), args.dst)
+    else:
+        report = convert_public_checkpoint(args.src, args.dst, trust=args.trust)
+    print(report.format())
+    print(f'wrote {args.dst}')
+    return 1 if (args.strict and report.unmapped) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Validate a retrieval dataset folder and optionally write MMAction2 VideoTextDataset JSON.
+
+``RetrievalVideoTextDataset`` reads the CLIP4Clip annotation files directly, so no
+conversion is needed to train or test with stan-mm. This tool checks a split before a
+long run and converts it for users of MMAction2's own ``VideoTextDataset``::
+
+    python tools/data/prepare_retrieval.py msrvtt data/msrvtt/MSRVTT_JSFUSION_test.csv \\
+        --video-root data/msrvtt/videos [--out-json data/msrvtt/test_jsfusion.json]
+    python tools/data/prepare_retrieval.py msrvtt data/msrvtt/MSRVTT_train.9k.csv \\
+        --caption-file data/msrvtt/MSRVTT_data.json --video-root data/msrvtt/videos
+    python tools/data/prepare_retrieval.py didemo data/didemo/test_list.txt \\
+        --caption-file data/didemo/test_data.json --video-root data/didemo/videos \\
+        --video-lookup scan
+    python tools/data/prepare_retrieval.py lsmdc data/lsmdc/LSMDC16_annos_training.csv \\
+        --video-root data/lsmdc/avi
+    python tools/data/prepare_retrieval.py msvd data/msvd/test_list.txt \\
+        --caption-file data/msvd/raw-captions.pkl --video-root data/msvd/YouTubeClips
+
+The report gives the numbers of videos and captions, captions per video, caption lengths
+(words, characters), non-ASCII and repeated captions, every annotation issue (empty
+captions, videos listed twice, captions of videos outside the split, videos without
+captions: located by file and line) and the videos whose file is missing under
+``--video-root`` (all of them with ``--list-missing``). Malformed records stop the tool
+with the file and line. Exit status: 0 clean, 1 issues or missing videos, 2 malformed.
+
+``--out-json`` writes ``{"<video file relative to --video-root>": ["caption", ...]}``
+(issues dropped; missing videos dropped too with ``--drop-missing``). Note that
+MMAction2's ``VideoTextDataset`` makes one sample per caption and its
+``RetrievalMetric`` assumes one caption per video, so a multi-caption TEST split (MSVD,
+MSR-VTT with all captions) only makes sense with ``RetrievalVideoTextDataset``.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+from typing import Dict, List, Optional
+
+from stan_mm.datasets.readers import ANN_FORMATS, read_annotations
+from stan_mm.datasets.readers_common import AnnotationError, AnnotationPolicy, IssueLog
+from stan_mm.datasets.retrieval import VIDEO_EXTS, locate_videos
+
+ISSUE_KINDS = ('empty_caption', 'duplicate_video', 'unknown_video',
+               'video_without_captions')
+
+
+def _stats(values: List[int]) -> str:
+    if not values:
+        return 'n/a'
+    return (f'min {min(values)}, mean {sum(values) / len(values):.1f}, '
+            f'max {max(values)}')
+
+
+def validate(ann_format: str, ann_file: str, caption_file: Optional[str] = None,
+             video_root: Optional[str] = None, video_tmpl: Optional[str] = None,
+             video_lookup: str = 'template', paragraph_sep: str = ' ') -> Dict:
+    """Read a split leniently and gather the report.
+
+    Returns:
+        dict: ``entries`` (list of VideoEntry, issues dropped), ``issues`` (kind -> list
+        of located messages), ``missing`` (video ids without a file; ``None`` when no
+        ``video_root``) and summary numbers.
+
+    Raises:
+        AnnotationError: a malformed record (file, line, field in the message).
+    """
+    log = IssueLog(AnnotationPolicy(*(['drop'] * 4)))
+    entries = read_annotations(ann_format, ann_file, caption_file, video_tmpl=video_tmpl,
+                               paragraph_sep=paragraph_sep, issues=log)
+    missing = None
+    if video_root is not None:
+        missing = [e.video_id for e in locate_videos(entries, video_root, video_lookup,
+                                                     VIDEO_EXTS, check_files=True)]
+    captions = [c for e in entries for c in e.captions]
+    return dict(
+        entries=entries,
+        issues={k: log.messages(k) for k in ISSUE_KINDS if log.count(k)},
+        missing=missing,
+        num_videos=len(entries),
+        num_captions=len(captions),
+        captions_per_video=[len(e.captions) for e in entries],
+        words=[len(c.split()) for c in captions],
+        chars=[len(c) for c in captions],
+        non_ascii=sum(not c.isascii() for c in captions),
+        repeated=sum(len(e.captions) - len(set(e.captions)) for e in entries),
+    )
+
+
+def format_report(report: Dict, ann_file: str, list_missing: bool = False) -> str:
+    lines = [f'== {ann_file}',
+             f'videos: {report["num_videos"]}',
+             f'captions: {report["num_captions"]}',
+             f'captions per video: {_stats(report["captions_per_video"])}',
+             f'caption words: {_stats(report["words"])}',
+             f'caption characters: {_stats(report["chars"])}',
+             f'non-ASCII captions: {report["non_ascii"]}',
+             f'repeated captions within a video (kept): {report["repeated"]}']
+    for kind, msgs in report['issues'].items():
+        lines.append(f'{kind}: {len(msgs)} (left out)')
+        lines.extend('  ' + m for m in msgs[:None if list_missing else 20])
+        if not list_missing and len(msgs) > 20:
+            lines.append(f'  ... and {len(msgs) - 20} more (--list-missing lists all)')
+    missing = report['missing']
+    if missing is None:
+        lines.append('video files: not checked (no --video-root)')
+    else:
+        lines.append(f'missing video files: {len(missing)}')
+        shown = missing if list_missing else missing[:20]
+        lines.extend('  ' + vid for vid in shown)
+        if len(shown) < len(missing):
+            lines.append(f'  ... and {len(missing) - len(shown)} more (--list-missing)')
+    return '\n'.join(lines)
+
+
+def write_video_text_json(entries, out: str, skip_ids=()) -> int:
+    """Write MMAction2 VideoTextDataset JSON; returns the number of videos written."""
+    skip = set(skip_ids)
+    data = {e.filename: list(e.captions) for e in entries if e.video_id not in skip}
+    with open(out, 'w', encoding='utf-8') as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+    return len(data)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('format', choices=ANN_FORMATS)
+    p.add_argument('ann_file', help='split file (csv / *_list.txt / json)')
+    p.add_argument('--caption-file', help='MSRVTT_data.json, {split}_data.json or '
+                   'raw-captions.pkl')
+    p.add_argument('--video-root', help='folder of the videos (enables the file check)')
+    p.add_argument('--video-tmpl', help='file name template, e.g. "{video_id}.mp4", '
+                   '"{stem}.mp4", "{movie}/{video_id}.avi" (default: per format)')
+    p.add_argument('--video-lookup', choices=('template', 'scan'), default='template')
+    p.add_argument('--paragraph-sep', default=' ', help='DiDeMo paragraph separator')
+    p.add_argument('--out-json', help='write MMAction2 VideoTextDataset JSON here')
+    p.add_argument('--drop-missing', action='store_true',
+                   help='leave videos without a file out of --out-json')
+    p.add_argument('--list-missing', action='store_true',
+                   help='list every missing video and issue (default: first 20)')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.video_lookup == 'scan' and args.video_root is None:
+        print('error: --video-lookup scan needs --video-root', file=sys.stderr)
+        return 2
+    try:
+        report = validate(args.format, args.ann_file, args.caption_file, args.video_root,
+                          args.video_tmpl, args.video_lookup, args.paragraph_sep)
+    except (AnnotationError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(format_report(report, args.ann_file, args.list_missing))
+    if args.out_json:
+        skip = report['missing'] if (args.drop_missing and report['missing']) else ()
+        n = write_video_text_json(report['entries'], args.out_json, skip)
+        print(f'wrote {n} videos to {args.out_json} (VideoTextDataset: '
+              f'data_prefix=dict(video={osp.abspath(args.video_root or ".")!r}))')
+    return 1 if (report['issues'] or report['missing']) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
