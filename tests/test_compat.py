@@ -164,6 +164,19 @@ def test_mmengine_checkpoint_loads_weights_only(tmp_path):
                        ['state_dict']['w'])
 
 
+def test_mmengine_checkpoint_loads_in_fresh_process(tmp_path):
+    """A new process has created no HistoryBuffer yet (its statistics registry is empty)."""
+    path = tmp_path / 'epoch_1.pth'
+    torch.save(_mmengine_like_checkpoint(), path)
+    r = run_py(f'''
+import stan_mm
+from mmengine.runner.checkpoint import _load_checkpoint
+ckpt = _load_checkpoint(r'{path}', map_location='cpu')
+print('LOADED', ckpt['meta']['message_hub']['log_scalars']['train/loss'].current())
+''')
+    assert r.returncode == 0 and 'LOADED' in r.stdout, r.stderr[-2000:]
+
+
 def test_code_running_checkpoint_is_refused(tmp_path):
     import stan_mm  # noqa: F401
     from mmengine.runner.checkpoint import _load_checkpoint

@@ -22,9 +22,12 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='where the test logs and metrics go')
     p.add_argument('--dump', type=str,
                    help='also write the model outputs (per-sample predictions) to this .pkl')
+    p.add_argument('--views', metavar='CLIPSxCROPS',
+                   help='multi-view testing, e.g. 1x3 (the paper), 4x3, 1x1: sets num_clips '
+                   'of the frame sampler and ThreeCrop/CenterCrop/TenCrop in the test '
+                   'pipeline; scores are softmaxed per view and averaged')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. the multi-view setting: '
-                   'test_pipeline.0.num_clips=4 (see docs/testing.md)')
+                   help='override config entries, e.g. model.cls_head.temperature=0.02')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                    default='none', help='job launcher')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -33,9 +36,36 @@ def parse_args(argv=None):
     return args
 
 
+SAMPLERS = ('SampleFrames', 'UniformSample', 'UniformSampleFrames')
+CROPS = {1: 'CenterCrop', 3: 'ThreeCrop', 10: 'TenCrop'}
+
+
+def set_views(cfg, views: str):
+    """Rewrite the test pipeline for ``views`` = 'CLIPSxCROPS' (e.g. '4x3')."""
+    try:
+        clips, crops = (int(v) for v in views.lower().split('x'))
+        assert clips >= 1 and crops in CROPS
+    except (ValueError, AssertionError):
+        raise ValueError(f'--views {views!r}: expected CLIPSxCROPS with CLIPS >= 1 and CROPS '
+                         f'in {sorted(CROPS)}, e.g. 1x3 or 4x3') from None
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    sampler = [t for t in pipeline if t['type'] in SAMPLERS]
+    crop = [t for t in pipeline if t['type'] in CROPS.values()]
+    if len(sampler) != 1 or len(crop) != 1:
+        raise ValueError(f'--views needs exactly one frame sampler {SAMPLERS} and one crop '
+                         f'{tuple(CROPS.values())} in test_dataloader.dataset.pipeline; found '
+                         f'{[t["type"] for t in pipeline]}')
+    sampler[0]['num_clips'] = clips
+    sampler[0]['test_mode'] = True
+    crop[0]['type'] = CROPS[crops]
+    return cfg
+
+
 def merge_args(cfg, args):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if args.views:
+        set_views(cfg, args.views)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -61,11 +61,16 @@ def _safe_globals() -> List[Any]:
     return items
 
 
+_HISTORY_STATS = frozenset({'min', 'max', 'mean', 'current'})
+
+
 def _history_buffer_getattr(obj, name):
     """``getattr`` restricted to the statistics methods of mmengine's ``HistoryBuffer``."""
     from mmengine.logging.history_buffer import HistoryBuffer
-    if ((obj is HistoryBuffer or isinstance(obj, HistoryBuffer))
-            and name in HistoryBuffer._statistics_methods):
+    # ``_statistics_methods`` is filled when the first HistoryBuffer is created, so in a fresh
+    # process it can still be empty: the built-in statistics are always allowed.
+    allowed = _HISTORY_STATS | set(HistoryBuffer._statistics_methods)
+    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and name in allowed:
         return getattr(obj, name)
     raise pickle.UnpicklingError(
         f'checkpoint asks for attribute {name!r} of a {type(obj).__name__}; only the '

@@ -1,0 +1,79 @@
+# DiDeMo paragraph-to-video retrieval, CLIP4Clip layout (STAN_REFERENCE.md section 7):
+#   data/didemo/{train,val,test}_list.txt   video ids, one per line
+#   data/didemo/{train,val,test}_data.json  descriptions (fields video, description, times)
+#   data/didemo/videos/...                   the videos, found by file stem (video_lookup='scan':
+#                                            DiDeMo files keep their original extensions)
+# All descriptions of a video are joined, in file order, into ONE paragraph (train and test);
+# the whole video is decoded (moment times are not used), as in CLIP4Clip.
+#
+# 64 frames, 77 tokens (public reproduction; the paper says 64 tokens). These variables are
+# read when this file is evaluated: changing them in a child config does NOT rebuild the
+# pipelines; override the pipeline entries instead.
+dataset_type = 'RetrievalVideoTextDataset'
+data_root = 'data/didemo'
+num_frames = 64
+context_length = 77
+# dataset-wide video index, caption numbers and sample index travel with every sample: the
+# loss masks two captions of one video in a batch, the metric orders videos by sample_idx
+meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id')
+
+train_pipeline = [
+    dict(type='DecordInit', io_backend='disk'),
+    dict(type='UniformSample', clip_len=num_frames, num_clips=1),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 256)),
+    dict(type='RandomResizedCrop'),
+    dict(type='Resize', scale=(224, 224), keep_ratio=False),
+    dict(type='FormatShape', input_format='NCHW'),               # [T, C, H, W]
+    dict(type='CLIPBPETokenize', context_length=context_length),  # caption -> [L]
+    dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
+]
+test_pipeline = [
+    dict(type='DecordInit', io_backend='disk'),
+    dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 224)),
+    dict(type='CenterCrop', crop_size=224),
+    dict(type='FormatShape', input_format='NCHW'),
+    dict(type='CLIPBPETokenize', context_length=context_length),  # all captions -> [n, L]
+    dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
+]
+
+train_dataloader = dict(
+    batch_size=8,  # x 8 GPUs = 64
+    num_workers=8,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        ann_format='didemo',
+        ann_file='train_list.txt',
+        caption_file='train_data.json',
+        data_root=data_root,
+        data_prefix=dict(video='videos'),
+        video_lookup='scan',
+        caption_sampling='all',  # one paragraph per video
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=16,
+    num_workers=8,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        ann_format='didemo',
+        ann_file='test_list.txt',
+        caption_file='test_data.json',
+        data_root=data_root,
+        data_prefix=dict(video='videos'),
+        video_lookup='scan',
+        test_mode=True,          # one sample per video with all its captions
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+# t2v and v2t R@1/5/10, MdR, MnR. Inference tricks (STAN_REFERENCE.md section 5):
+#   dual softmax:  dict(type='RetrievalRecallMetric', dsl=True)
+#   QB-Norm:       dict(type='RetrievalRecallMetric',
+#                       qb_norm=dict(bank='work_dirs/bank_text_features.npy', beta=20, k=1))
+val_evaluator = dict(type='RetrievalRecallMetric')
+test_evaluator = val_evaluator

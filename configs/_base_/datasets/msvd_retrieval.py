@@ -1,0 +1,78 @@
+# MSVD text-video retrieval, CLIP4Clip layout (STAN_REFERENCE.md section 7):
+#   data/msvd/raw-captions.pkl             video id -> list of token lists
+#   data/msvd/{train,val,test}_list.txt    video ids (1200 / 100 / 670)
+#   data/msvd/YouTubeClips/<video_id>.avi
+# Test: every caption of every test video is a query (~40 per video); v2t counts a video
+# as found at the best rank of any of its captions.
+#
+# 12 frames, 32 tokens (the MSR-VTT setting; the paper gives no MSVD recipe). These variables
+# are read when this file is evaluated: changing them in a child config does NOT rebuild the
+# pipelines; override the pipeline entries instead.
+dataset_type = 'RetrievalVideoTextDataset'
+data_root = 'data/msvd'
+num_frames = 12
+context_length = 32
+# dataset-wide video index, caption numbers and sample index travel with every sample: the
+# loss masks two captions of one video in a batch, the metric orders videos by sample_idx
+meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id')
+
+train_pipeline = [
+    dict(type='DecordInit', io_backend='disk'),
+    dict(type='UniformSample', clip_len=num_frames, num_clips=1),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 256)),
+    dict(type='RandomResizedCrop'),
+    dict(type='Resize', scale=(224, 224), keep_ratio=False),
+    dict(type='FormatShape', input_format='NCHW'),               # [T, C, H, W]
+    dict(type='CLIPBPETokenize', context_length=context_length),  # caption -> [L]
+    dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
+]
+test_pipeline = [
+    dict(type='DecordInit', io_backend='disk'),
+    dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 224)),
+    dict(type='CenterCrop', crop_size=224),
+    dict(type='FormatShape', input_format='NCHW'),
+    dict(type='CLIPBPETokenize', context_length=context_length),  # all captions -> [n, L]
+    dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
+]
+
+train_dataloader = dict(
+    batch_size=16,  # x 8 GPUs = 128
+    num_workers=8,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        ann_format='msvd',
+        ann_file='train_list.txt',
+        caption_file='raw-captions.pkl',
+        data_root=data_root,
+        data_prefix=dict(video='YouTubeClips'),
+        caption_sampling='all',  # one sample per (video, caption): ~48k pairs per epoch
+        pipeline=train_pipeline))
+# ('random': one caption per video per epoch; then add
+#  custom_hooks = [dict(type='CaptionSamplingEpochHook')])
+val_dataloader = dict(
+    batch_size=16,
+    num_workers=8,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        ann_format='msvd',
+        ann_file='test_list.txt',
+        caption_file='raw-captions.pkl',
+        data_root=data_root,
+        data_prefix=dict(video='YouTubeClips'),
+        test_mode=True,          # one sample per video with all its captions
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+# t2v and v2t R@1/5/10, MdR, MnR. Inference tricks (STAN_REFERENCE.md section 5):
+#   dual softmax:  dict(type='RetrievalRecallMetric', dsl=True)
+#   QB-Norm:       dict(type='RetrievalRecallMetric',
+#                       qb_norm=dict(bank='work_dirs/bank_text_features.npy', beta=20, k=1))
+val_evaluator = dict(type='RetrievalRecallMetric')
+test_evaluator = val_evaluator

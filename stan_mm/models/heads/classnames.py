@@ -1,0 +1,83 @@
+"""Class names and prompt templates for text-classifier heads.
+
+A class list is either a list of str in the config or a ``classnames.txt`` file with one
+class name per line, in label order (line i = label i), as written by
+``tools/data/build_k400_lists.py`` and ``tools/data/build_ssv2_lists.py``.
+"""
+import os.path as osp
+from typing import List, Sequence, Union
+
+ClassNames = Union[str, Sequence[str]]
+
+
+def read_classnames_file(path: str) -> List[str]:
+    """Class names from a text file, one per line (label i on line i + 1).
+
+    Surrounding whitespace is stripped; trailing blank lines are ignored. A blank line
+    before the last name, or a name that appears twice, raises ``ValueError`` naming the
+    file and the line numbers (either would silently shift or merge labels).
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'class names file not found: {path!r} (expected a text file with one class '
+            f'name per line in label order, e.g. written by tools/data/build_k400_lists.py '
+            f'or tools/data/build_ssv2_lists.py)')
+    with open(path, encoding='utf-8') as f:
+        lines = [line.strip() for line in f.read().splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [i + 1 for i, name in enumerate(lines) if not name]
+    if blank:
+        raise ValueError(f'{path}: blank line(s) {blank[:10]} among the class names; every '
+                         f'line up to the last one must hold one class name (line i = label '
+                         f'i - 1)')
+    return check_classnames(lines, source=path)
+
+
+def check_classnames(names: Sequence[str], source: str = 'classnames') -> List[str]:
+    """Validate a list of class names: non-empty strs, no duplicates."""
+    names = list(names)
+    if not names:
+        raise ValueError(f'{source}: no class names')
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f'{source}: class {i} is {name!r}; expected a non-empty str')
+    seen = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f'{source}: class name {name!r} appears twice (labels '
+                             f'{seen[name]} and {i}); class names must be unique')
+        seen[name] = i
+    return [n.strip() for n in names]
+
+
+def load_classnames(classnames: ClassNames) -> List[str]:
+    """A ``classnames.txt`` path or a list of names -> list of names (validated)."""
+    if isinstance(classnames, str):
+        return read_classnames_file(classnames)
+    if isinstance(classnames, Sequence):
+        return check_classnames(classnames)
+    raise TypeError(f'classnames must be a path to a classnames.txt file or a list of str, '
+                    f'got {type(classnames).__name__}')
+
+
+def check_templates(templates: Union[str, Sequence[str]]) -> List[str]:
+    """Prompt templates: a str or a list of str, each with exactly one ``{}`` where the
+    class name goes (e.g. ``'a video of {}.'``)."""
+    if isinstance(templates, str):
+        templates = [templates]
+    templates = list(templates)
+    if not templates:
+        raise ValueError('templates: at least one prompt template is needed, e.g. '
+                         "['a video of {}.']")
+    for t in templates:
+        if not isinstance(t, str) or t.count('{}') != 1:
+            raise ValueError(f'prompt template {t!r} must be a str with exactly one "{{}}" '
+                             f'where the class name goes, e.g. "a video of {{}}."')
+    return templates
+
+
+def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> List[str]:
+    """Prompts in class-major order: ``[t0(c0), t1(c0), ..., t0(c1), ...]``
+    (``len(classnames) * len(templates)`` strings)."""
+    return [t.replace('{}', name) for name in classnames for t in templates]

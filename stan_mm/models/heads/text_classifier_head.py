@@ -1,0 +1,226 @@
+"""Text-classifier head: class names through the CLIP text tower, cosine logits / tau."""
+import contextlib
+import math
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from mmaction.models.heads.base import BaseHead
+from mmaction.registry import MODELS
+from torch import nn
+
+from .classnames import ClassNames, build_prompts, check_templates, load_classnames
+
+
+@MODELS.register_module()
+class TextClassifierHead(BaseHead):
+    """Classify a video embedding by its cosine similarity to class-name text embeddings.
+
+    Every class name is put into each prompt template (``'a video of {}.'``), tokenized
+    with CLIP's BPE (offline) and encoded by a CLIP text tower; the class embedding is the
+    mean over templates of the L2-normalized prompt embeddings, L2-normalized again
+    (CLIP's prompt ensembling). Logits for a video embedding ``x`` are::
+
+        logits[n, c] = <x[n] / |x[n]|, w[c]> / temperature        [N, num_classes]
+
+    This is the classifier of the public STAN reproduction (class text encoded once, no
+    gradient). The class embeddings ``w`` [num_classes, E] are cached:
+
+    * ``finetune_text=False`` (default): the text tower is frozen (no gradient, eval mode)
+      and ``w`` is computed once, without grad, at the first forward, then reused;
+    * ``finetune_text=True``: in training mode ``w`` is recomputed with gradient at every
+      forward (the text tower is trained); in eval mode it is computed once and reused
+      until the next ``train()``/``eval()`` switch (the weights may have changed).
+
+    The cache is also dropped when weights are loaded (``load_state_dict``) and by
+    :meth:`set_classnames`, which swaps the class list (zero-shot testing on new classes:
+    ``--cfg-options model.cls_head.classnames=data/ucf101/classnames.txt`` together with
+    that dataset's test list, or ``head.set_classnames([...])`` in code). Class names are
+    not stored in checkpoints, so a checkpoint trained on K400 tests on any class list.
+
+    Multi-view testing: ``average_clips='prob'`` (default) fuses views as softmax per
+    view, then mean over views (``BaseHead.average_clip``).
+
+    Args:
+        classnames: path to ``classnames.txt`` (one name per line, label order) or a list
+            of names.
+        in_channels: width E of the video embedding (CLIPSTAN's ``embed_dim``, 512 for
+            ViT-B); must equal the text tower's output width.
+        text_encoder: config of the text tower, e.g. ``dict(type='CLIPTextEncoder',
+            arch='ViT-B/16', pretrained='checkpoints/clip/ViT-B-16.pt')`` (the same CLIP
+            weights as the backbone), or a built module mapping tokens [M, L] -> [M, E].
+            Its ``frozen`` flag is set from ``finetune_text``.
+        templates: one prompt template or a list (embeddings averaged); each has one
+            ``{}`` for the class name.
+        num_classes: optional check: must equal the number of class names.
+        context_length: token length of the prompts (8..77; prompts are short).
+        temperature: tau of ``cos / tau`` (default 0.01, i.e. CLIP's logit scale 100).
+        learnable_temperature: learn ``log(1 / tau)`` (CLIP style), clamped so that
+            ``1 / tau <= max_logit_scale``.
+        max_logit_scale: upper bound of ``1 / tau`` when learnable (CLIP: 100).
+        finetune_text: train the text tower (see the cache rules above).
+        dropout_ratio: dropout on the video embedding before normalization.
+        text_batch_size: prompts per text-tower call when filling the cache.
+        loss_cls, label_smooth_eps, topk, average_clips, init_cfg: see ``BaseHead``.
+    """
+
+    def __init__(self,
+                 classnames: ClassNames,
+                 in_channels: int,
+                 text_encoder: Union[dict, nn.Module],
+                 templates: Union[str, Sequence[str]] = ('a video of {}.', ),
+                 num_classes: Optional[int] = None,
+                 context_length: int = 77,
+                 temperature: float = 0.01,
+                 learnable_temperature: bool = False,
+                 max_logit_scale: float = 100.0,
+                 finetune_text: bool = False,
+                 dropout_ratio: float = 0.0,
+                 text_batch_size: int = 1024,
+                 loss_cls: Dict = dict(type='CrossEntropyLoss'),
+                 average_clips: Optional[str] = 'prob',
+                 init_cfg: Optional[Dict] = None,
+                 **kwargs) -> None:
+        names = load_classnames(classnames)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f'TextClassifierHead: num_classes={num_classes} but '
+                             f'{len(names)} class names were given ({_describe(classnames)})'
+                             f'; drop num_classes or fix the class list')
+        super().__init__(len(names), in_channels, loss_cls=loss_cls,
+                         average_clips=average_clips, init_cfg=init_cfg, **kwargs)
+        if not temperature > 0:
+            raise ValueError(f'TextClassifierHead: temperature must be > 0, got {temperature}')
+        self.templates = check_templates(templates)
+        self.context_length = context_length
+        self.finetune_text = finetune_text
+        self.text_batch_size = text_batch_size
+        self.text_encoder = self._build_text_encoder(text_encoder, finetune_text)
+        out_dim = getattr(self.text_encoder, 'embed_dim', None)
+        if out_dim is not None and out_dim != in_channels:
+            raise ValueError(f'TextClassifierHead: in_channels={in_channels} but the text '
+                             f'encoder outputs {out_dim}-d embeddings; use the text tower of '
+                             f'the same CLIP as the backbone')
+        self.dropout = nn.Dropout(dropout_ratio) if dropout_ratio > 0 else None
+
+        self.learnable_temperature = learnable_temperature
+        self.init_temperature = temperature
+        self.max_logit_scale = max_logit_scale
+        init = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            if 1.0 / temperature > max_logit_scale:
+                raise ValueError(f'TextClassifierHead: 1 / temperature = {1 / temperature:g} '
+                                 f'exceeds max_logit_scale={max_logit_scale:g}')
+            self.logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer('logit_scale', init, persistent=False)
+
+        self.classnames: List[str] = []
+        self._tokens: Optional[torch.Tensor] = None      # [C * M, L] on CPU
+        self._cache: Optional[torch.Tensor] = None       # [C, E] fp32, normalized
+        self.set_classnames(names)
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _build_text_encoder(cfg, finetune_text: bool) -> nn.Module:
+        if isinstance(cfg, nn.Module):
+            encoder = cfg
+            if not finetune_text:
+                encoder.requires_grad_(False)
+                encoder.eval()
+            return encoder
+        cfg = dict(cfg)
+        frozen = cfg.setdefault('frozen', not finetune_text)
+        if frozen == finetune_text:
+            raise ValueError(f'TextClassifierHead: text_encoder.frozen={frozen} contradicts '
+                             f'finetune_text={finetune_text}; set only finetune_text')
+        return MODELS.build(cfg)
+
+    def set_classnames(self, classnames: ClassNames) -> None:
+        """Use a new class list (path or list): re-tokenizes the prompts, sets
+        ``num_classes`` and drops the cached class embeddings."""
+        from stan_mm.datasets.transforms.tokenize import tokenize
+        names = load_classnames(classnames)
+        prompts = build_prompts(names, self.templates)
+        self._tokens = tokenize(prompts, self.context_length)
+        self.classnames = names
+        self.num_classes = len(names)
+        self.invalidate_cache()
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached class embeddings (recomputed at the next forward)."""
+        self._cache = None
+
+    def train(self, mode: bool = True):
+        if self.finetune_text and mode != self.training:
+            self.invalidate_cache()
+        super().train(mode)
+        if not self.finetune_text:
+            self.text_encoder.eval()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.invalidate_cache()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ class embeddings
+    def _text_device(self) -> torch.device:
+        for p in self.text_encoder.parameters():
+            return p.device
+        return torch.device('cpu')
+
+    def _encode_prompts(self, chunk: Optional[int]) -> torch.Tensor:
+        """All prompts -> class embeddings [C, E] (normalized, averaged over templates)."""
+        tokens = self._tokens.to(self._text_device())
+        step = chunk or tokens.shape[0]
+        emb = torch.cat([self.text_encoder(tokens[i:i + step])
+                         for i in range(0, tokens.shape[0], step)])   # [C * M, E]
+        emb = F.normalize(emb.float(), dim=-1)
+        emb = emb.view(self.num_classes, len(self.templates), -1).mean(dim=1)
+        return F.normalize(emb, dim=-1)                                # [C, E]
+
+    def class_embeddings(self) -> torch.Tensor:
+        """Class text embeddings ``[num_classes, E]`` (fp32, L2-normalized)."""
+        if self.finetune_text and self.training and torch.is_grad_enabled():
+            return self._encode_prompts(chunk=None)
+        device = self._text_device()
+        if self._cache is None or self._cache.device != device:
+            with torch.no_grad(), _autocast_off(device):
+                self._cache = self._encode_prompts(chunk=self.text_batch_size)
+        return self._cache
+
+    # ------------------------------------------------------------------ forward
+    def scale(self) -> torch.Tensor:
+        """Logit scale ``1 / temperature`` (a 0-d tensor)."""
+        if self.learnable_temperature:
+            return self.logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
+        return self.logit_scale.exp()
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Video embeddings ``[N, E]`` -> class scores ``[N, num_classes]``."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f'TextClassifierHead expects video embeddings [N, '
+                             f'{self.in_channels}], got {shape}')
+        if self.dropout is not None:
+            x = self.dropout(x)
+        text = self.class_embeddings().to(x.device)                    # [C, E] fp32
+        with _autocast_off(x.device):  # cosine / tau in fp32 (tau = 0.01 amplifies errors)
+            video = F.normalize(x.float(), dim=-1)                    # [N, E]
+            return self.scale() * video @ text.t()                    # [N, C]
+
+    def extra_repr(self) -> str:
+        return (f'num_classes={self.num_classes}, templates={self.templates}, '
+                f'temperature={self.init_temperature:g}'
+                f'{" (initial, learnable)" if self.learnable_temperature else ""}, '
+                f'finetune_text={self.finetune_text}')
+
+
+def _autocast_off(device: torch.device):
+    """Class embeddings are computed in fp32 even inside an AMP region."""
+    if device.type in ('cuda', 'cpu', 'xpu'):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _describe(classnames) -> str:
+    return classnames if isinstance(classnames, str) else 'a list'

@@ -1,0 +1,205 @@
+"""tools/data/build_ssv2_lists.py and build_k400_lists.py on small official-format files."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+
+TOOLS = osp.join(osp.dirname(__file__), '..', 'tools', 'data')
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ssv2 = _load('build_ssv2_lists')
+k400 = _load('build_k400_lists')
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+# ----------------------------------------------------------------------------- SSv2
+SSV2_LABELS = {  # as in the official labels.json: template without brackets -> id string
+    'Holding something next to something': '1',
+    'Approaching something with your camera': '0',
+    'Pushing something from left to right': '2',
+}
+
+
+def _ssv2_files(tmp_path, train=None, val=None, labels=None):
+    anno = tmp_path / 'annotations'
+    anno.mkdir(exist_ok=True)
+    (anno / 'labels.json').write_text(json.dumps(labels or SSV2_LABELS))
+    train = train if train is not None else [
+        {'id': '78687', 'label': 'holding potato next to vicks vaporub bottle',
+         'template': 'Holding [something] next to [something]',
+         'placeholders': ['potato', 'vicks vaporub bottle']},
+        {'id': '42326', 'label': 'approaching a cup with your camera',
+         'template': 'Approaching [something] with your camera', 'placeholders': ['a cup']},
+        {'id': '100904', 'label': 'pushing a pen from left to right',
+         'template': 'Pushing [something] from left to right', 'placeholders': ['a pen']},
+    ]
+    val = val if val is not None else [
+        {'id': 74225, 'label': 'pushing a box from left to right',
+         'template': 'Pushing [something] from left to right', 'placeholders': ['a box']},
+    ]
+    (anno / 'something-something-v2-train.json').write_text(json.dumps(train))
+    (anno / 'something-something-v2-validation.json').write_text(json.dumps(val))
+    return anno
+
+
+def test_ssv2_lists_and_classnames(tmp_path):
+    anno = _ssv2_files(tmp_path)
+    out = tmp_path / 'out'
+    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(out)]) == 0
+    # Class names in id order, readable (brackets gone), one per line.
+    assert _read(out / 'classnames.txt') == [
+        'Approaching something with your camera', 'Holding something next to something',
+        'Pushing something from left to right']
+    assert _read(out / 'train_list.txt') == ['78687.webm 1', '42326.webm 0', '100904.webm 2']
+    assert _read(out / 'val_list.txt') == ['74225.webm 2']
+
+
+def test_ssv2_class_name_rule():
+    assert ssv2.class_name('Putting [something] onto [something]') == \
+        'Putting something onto something'
+    assert ssv2.class_name('Putting [number of] [something]  onto [something]') == \
+        'Putting number of something onto something'
+
+
+def test_ssv2_missing_videos_are_reported(tmp_path, capsys):
+    anno = _ssv2_files(tmp_path)
+    videos = tmp_path / 'videos'
+    videos.mkdir()
+    (videos / '78687.mp4').write_bytes(b'x')
+    (videos / '74225.mp4').write_bytes(b'x')
+    out = tmp_path / 'out'
+    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(out), '--ext', 'mp4',
+                      '--video-dir', str(videos)]) == 0
+    assert _read(out / 'train_list.txt') == ['78687.mp4 1']
+    assert sorted(_read(out / 'missing_train.txt')) == ['100904.mp4', '42326.mp4']
+    assert not (out / 'missing_val.txt').exists()
+    assert '2 missing videos' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('entry, expected', [
+    ({'label': 'x', 'template': 'Holding [something] next to [something]'},
+     "entry 1: missing field 'id'"),
+    ({'id': '5', 'label': 'x'}, "entry 1 (id '5'): missing field 'template'"),
+    ({'id': '5', 'template': 'Dancing with [something]'}, "entry 1 (id '5'): template"),
+    ({'id': 'a b', 'template': 'Holding [something] next to [something]'}, 'whitespace'),
+    ('not an object', 'entry 1: expected an object'),
+])
+def test_ssv2_malformed_entry_names_file_and_entry(tmp_path, entry, expected):
+    good = {'id': '1', 'template': 'Holding [something] next to [something]'}
+    anno = _ssv2_files(tmp_path, train=[good, entry])
+    with pytest.raises(ssv2.AnnotationError) as e:
+        ssv2.build_lists(str(anno / 'labels.json'),
+                         {'train': str(anno / 'something-something-v2-train.json')},
+                         str(tmp_path / 'out'))
+    msg = str(e.value)
+    assert 'something-something-v2-train.json' in msg and expected in msg, msg
+
+
+def test_ssv2_bad_labels_and_duplicates(tmp_path):
+    anno = _ssv2_files(tmp_path, labels={'A something': '0', 'B something': '2'})
+    with pytest.raises(ssv2.AnnotationError, match=r'labels\.json.*without gaps'):
+        ssv2.read_labels(str(anno / 'labels.json'))
+    anno = _ssv2_files(tmp_path, labels={'A something': '0', 'B something': 'x'})
+    with pytest.raises(ssv2.AnnotationError, match="'B something'.*not an integer"):
+        ssv2.read_labels(str(anno / 'labels.json'))
+    dup = {'id': '7', 'template': 'Holding [something] next to [something]'}
+    anno = _ssv2_files(tmp_path, train=[dup, dup])
+    with pytest.raises(ssv2.AnnotationError, match=r"train\.json: video ids \['7'\]"):
+        ssv2.read_split(str(anno / 'something-something-v2-train.json'),
+                        {n: int(i) for n, i in SSV2_LABELS.items()})
+    # CLI: clear message, exit code 1, no traceback.
+    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(tmp_path / 'o')]) == 1
+
+
+# ----------------------------------------------------------------------------- K400
+K400_TRAIN = """label,youtube_id,time_start,time_end,split,is_cc
+abseiling,---QUuC4vJs,3,13,train,0
+air drumming,--VnA3ztuZg,0,10,train,0
+"passing American football (in game)",-0iGl8Rtn4U,25,35,train,0
+abseiling,-3B32lodo2M,59,69,train,0
+"""
+K400_VAL = """label,youtube_id,time_start,time_end,split
+air drumming,-4pLQ1SvnHA,120,130,val
+abseiling,-8n3X6-ir9w,7,17,val
+"passing American football (in game)",-9n3Yp-Lr9w,1,11,val
+"""
+
+
+def _k400_files(tmp_path, train=K400_TRAIN, val=K400_VAL):
+    (tmp_path / 'train.csv').write_text(train)
+    (tmp_path / 'validate.csv').write_text(val)
+    return str(tmp_path / 'train.csv'), str(tmp_path / 'validate.csv')
+
+
+def test_k400_lists_and_classnames(tmp_path):
+    train, val = _k400_files(tmp_path)
+    out = tmp_path / 'out'
+    assert k400.main(['--train-csv', train, '--val-csv', val, '--out-dir', str(out)]) == 0
+    names = ['abseiling', 'air drumming', 'passing American football (in game)']
+    assert _read(out / 'classnames.txt') == names  # sorted train labels
+    assert _read(out / 'train_list.txt') == [
+        '---QUuC4vJs_000003_000013.mp4 0', '--VnA3ztuZg_000000_000010.mp4 1',
+        '-0iGl8Rtn4U_000025_000035.mp4 2', '-3B32lodo2M_000059_000069.mp4 0']
+    assert _read(out / 'val_list.txt') == [
+        '-4pLQ1SvnHA_000120_000130.mp4 1', '-8n3X6-ir9w_000007_000017.mp4 0',
+        '-9n3Yp-Lr9w_000001_000011.mp4 2']
+
+
+def test_k400_name_format_classnames_order_and_missing(tmp_path):
+    train, val = _k400_files(tmp_path)
+    order = tmp_path / 'my_classnames.txt'
+    order.write_text('passing American football (in game)\nair drumming\nabseiling\n')
+    vdir = tmp_path / 'val_videos'
+    (vdir / 'abseiling').mkdir(parents=True)
+    (vdir / 'abseiling' / '-8n3X6-ir9w.mkv').write_bytes(b'x')
+    out = tmp_path / 'out'
+    rc = k400.main(['--val-csv', val, '--out-dir', str(out), '--classnames', str(order),
+                    '--name-format', '{label_dir}/{youtube_id}.mkv',
+                    '--val-video-dir', str(vdir)])
+    assert rc == 0
+    assert _read(out / 'classnames.txt') == _read(order)
+    assert _read(out / 'val_list.txt') == ['abseiling/-8n3X6-ir9w.mkv 2']
+    assert _read(out / 'missing_val.txt') == [
+        'air_drumming/-4pLQ1SvnHA.mkv',
+        'passing_American_football_(in_game)/-9n3Yp-Lr9w.mkv']
+
+
+@pytest.mark.parametrize('line, expected', [
+    ('abseiling,abc,x,13,train', 'line 3: time_start='),
+    ('abseiling,abc,20,13,train', 'line 3: time_end=13 is not after'),
+    ('abseiling,abc,3', 'line 3: expected'),
+    (',abc,3,13,train', 'line 3: empty label'),
+])
+def test_k400_malformed_rows_name_file_and_line(tmp_path, line, expected):
+    train, _ = _k400_files(tmp_path, train='label,youtube_id,time_start,time_end,split\n'
+                           'abseiling,---QUuC4vJs,3,13,train\n' + line + '\n')
+    with pytest.raises(k400.AnnotationError) as e:
+        k400.read_csv(train)
+    assert 'train.csv' in str(e.value) and expected in str(e.value), str(e.value)
+
+
+def test_k400_bad_header_unknown_val_label_and_spaces(tmp_path):
+    train, val = _k400_files(tmp_path, train='label,id,start,end\nabseiling,a,1,2\n')
+    with pytest.raises(k400.AnnotationError, match=r"train\.csv: header .* lacks columns"):
+        k400.read_csv(train)
+    train, val = _k400_files(tmp_path, val=K400_VAL + 'yoga,zzz,1,11,val\n')
+    with pytest.raises(k400.AnnotationError, match=r"validate\.csv: line 5: label 'yoga'"):
+        k400.build_lists({'train': train, 'val': val}, str(tmp_path / 'out'))
+    train, val = _k400_files(tmp_path)
+    with pytest.raises(ValueError, match='contains a space'):
+        k400.build_lists({'train': train}, str(tmp_path / 'out'),
+                         name_format='{label}/{youtube_id}.mp4')
+    assert k400.main(['--train-csv', train, '--out-dir', str(tmp_path / 'o'),
+                      '--name-format', '{nope}.mp4']) == 1
