@@ -14,9 +14,10 @@
 # over views (cls_head average_clips='prob'). The two variables below are read once, when
 # this file is evaluated; mmengine does NOT re-evaluate them after --cfg-options, so a
 # command-line `test_num_clips=4` changes nothing. On the command line override the
-# pipeline entries instead:
-#   4x3 views: --cfg-options test_dataloader.dataset.pipeline.1.num_clips=4
-#   1x1 views: --cfg-options test_dataloader.dataset.pipeline.4.type=CenterCrop
+# views with tools/test.py's --views flag (or override the pipeline entries):
+#   4x3 views: python tools/test.py CONFIG CKPT --views 4x3
+#              (= --cfg-options test_dataloader.dataset.pipeline.1.num_clips=4)
+#   1x1 views: python tools/test.py CONFIG CKPT --views 1x1
 test_num_clips = 1  # temporal views: clips at different offsets in each segment
 test_crops = 3      # spatial views: 3 = ThreeCrop, 1 = CenterCrop
 

@@ -2,12 +2,10 @@
 # eps 1e-8, lr 2e-6 (CLIP and text tower) and 2e-5 on the STAN branch (lr_mult=10), weight
 # decay 0.05 without decay on norms, biases and other 1-D parameters, fp16 autocast on GPU
 # (fp32 on CPU), grad-clip 5, 10 epochs with a linear warm-up over all 10 epochs.
-# Includes the runtime (this file is the last _base_ of the retrieval configs): the
-# retrieval checkpoint rule and the import that registers the retrieval dataset.
+# Includes the runtime (this file is the last _base_ of the retrieval configs) with the
+# retrieval checkpoint rule.
 _base_ = ['../default_runtime.py']
 
-custom_imports = dict(imports=['stan_mm', 'stan_mm.datasets.retrieval'],
-                      allow_failed_imports=False)
 # keep the best t2v R@1 (RetrievalRecallMetric); mmengine cannot infer 'greater' from the name
 default_hooks = dict(checkpoint=dict(save_best='retrieval/t2v_R1', rule='greater'))
 

@@ -1,0 +1,89 @@
+"""Symmetric InfoNCE over video-text pairs (CLIP / CLIP4Clip / STAN retrieval loss)."""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmaction.registry import MODELS
+
+from .gather import all_gather_no_grad, all_gather_with_grad
+
+DUPLICATE_MODES = ('mask', 'keep')
+
+
+@MODELS.register_module()
+class SymmetricInfoNCELoss(nn.Module):
+    """Symmetric InfoNCE: video->text plus text->video cross-entropy, SUMMED (public STAN
+    reproduction; CLIP4Clip averages the two, i.e. half this value).
+
+    With L2-normalized ``v`` ``[B, E]`` and ``t`` ``[B, E]`` (row i of both is pair i) and
+    ``S = s * v @ t.T`` ``[B, B]`` (``s`` = logit scale = 1/tau)::
+
+        loss = mean_i -log softmax_j(S[i, j])[i]      (video i -> its caption)
+             + mean_j -log softmax_i(S[i, j])[j]      (caption j -> its video)
+
+    Global batch: with ``gather=True`` the features of all ranks are gathered WITH gradient
+    (:func:`.gather.all_gather_with_grad`) before ``S`` is formed, so B is the global batch
+    and the loss equals the one-process loss on the full batch (identity on one process).
+
+    Duplicate videos: one batch can hold two captions of the same video (datasets with
+    ``caption_sampling='all'``). ``duplicate_videos='mask'`` (default) removes the
+    off-diagonal pairs that share a video (``video_ids[i] == video_ids[j]``, i != j) from
+    BOTH softmax denominators: such a pair is a true match, so it is neither pushed apart
+    as a negative nor counted as a second positive. ``'keep'`` treats it as a negative,
+    like the public reproduction and CLIP4Clip do. Without ``video_ids`` nothing is masked.
+
+    Args:
+        gather: gather features (and video ids) across ranks.
+        duplicate_videos: ``'mask'`` or ``'keep'`` (see above).
+        loss_weight: factor on the loss.
+    """
+
+    def __init__(self, gather: bool = True, duplicate_videos: str = 'mask',
+                 loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if duplicate_videos not in DUPLICATE_MODES:
+            raise ValueError(f'SymmetricInfoNCELoss: duplicate_videos={duplicate_videos!r}; '
+                             f'expected one of {DUPLICATE_MODES}')
+        self.gather = gather
+        self.duplicate_videos = duplicate_videos
+        self.loss_weight = float(loss_weight)
+
+    def similarity(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
+                   logit_scale: Union[float, torch.Tensor],
+                   video_ids: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits ``[B, B]`` (video rows, text columns; global batch when gathering) and
+        the gathered ``video_ids`` ``[B]`` (or None)."""
+        if video_emb.dim() != 2 or video_emb.shape != text_emb.shape:
+            raise ValueError(f'SymmetricInfoNCELoss: video_emb {tuple(video_emb.shape)} and '
+                             f'text_emb {tuple(text_emb.shape)} must both be [B, E] with '
+                             'row i of each forming pair i')
+        if video_ids is not None and tuple(video_ids.shape) != (video_emb.shape[0], ):
+            raise ValueError(f'SymmetricInfoNCELoss: video_ids must be [B] = '
+                             f'[{video_emb.shape[0]}], got {tuple(video_ids.shape)}')
+        v = F.normalize(video_emb.float(), dim=-1)
+        t = F.normalize(text_emb.float(), dim=-1)
+        if self.gather:
+            both = all_gather_with_grad(torch.cat([v, t], dim=1))    # one collective
+            v, t = both.split(v.shape[1], dim=1)
+            if video_ids is not None:
+                video_ids = all_gather_no_grad(video_ids)
+        return logit_scale * (v @ t.t()), video_ids
+
+    def forward(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
+                logit_scale: Union[float, torch.Tensor] = 100.0,
+                video_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``video_emb`` ``[B, E]``, ``text_emb`` ``[B, E]`` (pairs by row), ``logit_scale``
+        (scalar, 1/tau), ``video_ids`` ``[B]`` int (optional) -> scalar loss."""
+        logits, video_ids = self.similarity(video_emb, text_emb, logit_scale, video_ids)
+        n = logits.shape[0]
+        if video_ids is not None and self.duplicate_videos == 'mask':
+            same = video_ids[:, None] == video_ids[None, :]
+            same.fill_diagonal_(False)
+            if bool(same.any()):
+                logits = logits.masked_fill(same, float('-inf'))
+        target = torch.arange(n, device=logits.device)
+        loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+        return self.loss_weight * loss
