@@ -14,6 +14,8 @@ import stan_mm  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Test a video model with stan-mm / MMAction2')
@@ -87,6 +89,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = Runner.from_cfg(cfg)
+    # mmengine's load_from only warns on a mismatch and would test random weights
+    check_checkpoint_fits(runner.model, args.checkpoint)
     return runner.test()
 
 

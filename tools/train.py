@@ -70,6 +70,10 @@ def merge_args(cfg, args):
             rnd['seed'] = args.seed
         if args.deterministic:
             rnd['deterministic'] = True
+            # mmengine seeds once per run; exact resumption needs a reseed per epoch
+            hooks = cfg.setdefault('custom_hooks', [])
+            if not any(h.get('type') == 'EpochSeedHook' for h in hooks):
+                hooks.append(dict(type='EpochSeedHook'))
     return cfg
 
 

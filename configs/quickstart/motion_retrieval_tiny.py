@@ -12,11 +12,9 @@
 # v2t R@1 5.0. In this short budget a caption is closer to its own video than to the
 # reversed twin for only 50 % of the captions: the retrieval gain comes from appearance.
 #
-# Training reads every (video, caption) pair through SyntheticMotionTextDataset (which
-# generates the data); validation/testing reads the same files one sample per video with all
-# its captions (RetrievalVideoTextDataset, the contract of RetrievalRecallMetric), so run the
-# training (or python tools/data/make_synthetic.py --out data/motion) once before testing
-# on a fresh checkout.
+# SyntheticMotionTextDataset generates the data on first use: training reads every
+# (video, caption) pair; validation/testing (test_mode=True) one sample per video with all
+# its captions, the contract of RetrievalRecallMetric.
 _base_ = ['../_base_/default_runtime.py']
 
 data_root = 'data/motion'
@@ -56,9 +54,9 @@ model = dict(
 meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id', 'filename')
 # No horizontal flip: it would swap "moving left" and "moving right".
 train_pipeline = [
-    dict(type='DecordInit'),
+    dict(type='SafeDecordInit'),
     dict(type='UniformSample', clip_len=num_frames, num_clips=1),
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 36)),
     dict(type='RandomCrop', size=32),
     dict(type='FormatShape', input_format='NCHW'),
@@ -66,9 +64,9 @@ train_pipeline = [
     dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
 ]
 test_pipeline = [
-    dict(type='DecordInit'),
+    dict(type='SafeDecordInit'),
     dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 32)),
     dict(type='CenterCrop', crop_size=32),
     dict(type='FormatShape', input_format='NCHW'),
@@ -88,17 +86,15 @@ val_dataloader = dict(
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='RetrievalVideoTextDataset', ann_format='json',
-                 ann_file='retrieval/val.json', data_root=data_root,
-                 data_prefix=dict(video='videos'), test_mode=True, pipeline=test_pipeline))
+    dataset=dict(type='SyntheticMotionTextDataset', data_root=data_root, split='val',
+                 generate=motion, test_mode=True, pipeline=test_pipeline))
 test_dataloader = dict(
     batch_size=16,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='RetrievalVideoTextDataset', ann_format='json',
-                 ann_file='retrieval/test.json', data_root=data_root,
-                 data_prefix=dict(video='videos'), test_mode=True, pipeline=test_pipeline))
+    dataset=dict(type='SyntheticMotionTextDataset', data_root=data_root, split='test',
+                 generate=motion, test_mode=True, pipeline=test_pipeline))
 val_evaluator = dict(type='RetrievalRecallMetric')
 test_evaluator = val_evaluator
 

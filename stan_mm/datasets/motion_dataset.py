@@ -9,9 +9,10 @@ fresh checkout with no download and no preparation step.
 import os.path as osp
 from typing import Optional
 
-from mmaction.datasets import VideoDataset, VideoTextDataset
+from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
 
+from .retrieval import RetrievalVideoTextDataset
 from .synthetic import generate_motion_dataset
 
 SPLITS = ('train', 'val', 'test')
@@ -48,10 +49,12 @@ class SyntheticMotionDataset(VideoDataset):
 
 
 @DATASETS.register_module()
-class SyntheticMotionTextDataset(VideoTextDataset):
-    """Video-text retrieval on the synthetic motion benchmark (MMAction2 ``VideoTextDataset``
-    JSON ``retrieval/<split>.json``), generated on first use like
-    :class:`SyntheticMotionDataset`."""
+class SyntheticMotionTextDataset(RetrievalVideoTextDataset):
+    """Video-text retrieval on the synthetic motion benchmark, generated on first use like
+    :class:`SyntheticMotionDataset`. Reads ``retrieval/<split>.json`` (MMAction2
+    ``VideoTextDataset`` JSON) through :class:`RetrievalVideoTextDataset`, so training gives
+    (video, caption) samples and ``test_mode=True`` one sample per video with all its
+    captions, as ``RetrievalRecallMetric`` expects."""
 
     def __init__(self, data_root: str, split: str, pipeline, generate: Optional[dict] = None,
                  **kwargs):
@@ -61,4 +64,4 @@ class SyntheticMotionTextDataset(VideoTextDataset):
         self.motion_meta = _ensure_generated(data_root, generate)
         kwargs.setdefault('data_prefix', dict(video=osp.join(data_root, 'videos')))
         super().__init__(ann_file=osp.join(data_root, 'retrieval', f'{split}.json'),
-                         pipeline=pipeline, **kwargs)
+                         pipeline=pipeline, ann_format='json', **kwargs)

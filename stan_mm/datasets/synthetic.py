@@ -730,15 +730,32 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
         os.makedirs(video_dir)
         from tqdm import tqdm
         all_specs = [s for split in SPLITS for s in specs[split]]
-        for spec in tqdm(all_specs, desc=f'synthetic videos -> {out_dir}', unit='video',
-                         disable=not progress, leave=False):
+        for i, spec in enumerate(tqdm(all_specs, desc=f'synthetic videos -> {out_dir}',
+                                      unit='video', disable=not progress, leave=False)):
             write_video(osp.join(video_dir, spec['filename']), render_video(spec, size), fps)
+            if i == 0:
+                _check_decodable(osp.join(video_dir, spec['filename']), size)
         _write_annotations(tmp, specs, params)
         _move_into_place(tmp, out_dir, params)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_meta(out_dir)
+
+
+def _check_decodable(path: str, size: int) -> None:
+    """Fail early when decord cannot decode what was written (decord 0.6.0 fails on mp4v
+    frames 48 pixels wide, for instance), instead of deep inside a training worker."""
+    try:
+        import decord
+    except ImportError:  # pragma: no cover - decord is a requirement
+        return
+    try:
+        decord.VideoReader(path).get_batch([0]).asnumpy()
+    except Exception as e:
+        raise ValueError(f'size={size}: decord cannot decode the generated video {path} '
+                         f'({type(e).__name__}); choose another frame size, e.g. 32, 64 '
+                         f'or 96') from e
 
 
 def _move_into_place(tmp: str, out_dir: str, params: dict) -> None:

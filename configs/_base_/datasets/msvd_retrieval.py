@@ -17,9 +17,9 @@ context_length = 32
 meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id')
 
 train_pipeline = [
-    dict(type='DecordInit', io_backend='disk'),
+    dict(type='SafeDecordInit', io_backend='disk'),
     dict(type='UniformSample', clip_len=num_frames, num_clips=1),
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 256)),
     dict(type='RandomResizedCrop'),
     dict(type='Resize', scale=(224, 224), keep_ratio=False),
@@ -28,9 +28,9 @@ train_pipeline = [
     dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
 ]
 test_pipeline = [
-    dict(type='DecordInit', io_backend='disk'),
+    dict(type='SafeDecordInit', io_backend='disk'),
     dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 224)),
     dict(type='CenterCrop', crop_size=224),
     dict(type='FormatShape', input_format='NCHW'),

@@ -33,9 +33,9 @@ num_frames = 8
 
 file_client_args = dict(io_backend='disk')
 train_pipeline = [
-    dict(type='DecordInit', **file_client_args),
+    dict(type='SafeDecordInit', **file_client_args),
     dict(type='UniformSample', clip_len=num_frames),
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 256)),
     dict(type='RandomResizedCrop'),
     dict(type='Resize', scale=(224, 224), keep_ratio=False),
@@ -47,19 +47,19 @@ train_pipeline = [
     dict(type='PackActionInputs')
 ]
 val_pipeline = [
-    dict(type='DecordInit', **file_client_args),
+    dict(type='SafeDecordInit', **file_client_args),
     dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 224)),
     dict(type='CenterCrop', crop_size=224),
     dict(type='FormatShape', input_format='NCTHW'),
     dict(type='PackActionInputs')
 ]
 test_pipeline = [
-    dict(type='DecordInit', **file_client_args),
+    dict(type='SafeDecordInit', **file_client_args),
     dict(type='UniformSample', clip_len=num_frames, num_clips=test_num_clips,
          test_mode=True),                                                  # index 1
-    dict(type='DecordDecode'),
+    dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 224)),
     dict(type='ThreeCrop' if test_crops == 3 else 'CenterCrop', crop_size=224),  # index 4
     dict(type='FormatShape', input_format='NCTHW'),

@@ -1,2 +1,3 @@
 """Data transforms, registered in MMAction2's ``TRANSFORMS`` on import."""
 from .tokenize import CLIPBPETokenize, tokenize  # noqa: F401
+from . import video_io  # noqa: F401  (SafeDecordInit, SafeDecordDecode, SkipUnreadable)

@@ -291,8 +291,9 @@ class CLIPSTAN(BaseModule):
         expected = ("expected a 5-D video tensor [N, C, T, H, W] (Recognizer3D) or "
                     "[N, T, C, H, W] (retrieval); set CLIPSTAN(input_layout='NCTHW' or "
                     "'NTCHW')")
+        given = tuple(x.shape)
         if x.dim() != 5:
-            raise ValueError(f'CLIPSTAN: got input of shape {tuple(x.shape)}; {expected}')
+            raise ValueError(f'CLIPSTAN: got input of shape {given}; {expected}')
         C = self.visual.conv1.in_channels
         layout = self.input_layout
         if layout == 'auto':
@@ -309,7 +310,7 @@ class CLIPSTAN(BaseModule):
             x = x.transpose(1, 2)
         if x.shape[2] != C:
             raise ValueError(f'CLIPSTAN(input_layout={self.input_layout!r}): input shape '
-                             f'{tuple(x.shape)} does not have {C} channels where the layout '
+                             f'{given} does not have {C} channels where the layout '
                              f'{layout} puts them')
         N, T = x.shape[:2]
         H, W = x.shape[-2:]
@@ -318,7 +319,9 @@ class CLIPSTAN(BaseModule):
                 f'CLIPSTAN: frames are {H}x{W} but the CLIP positional embedding expects '
                 f'{self.visual.image_size[0]}x{self.visual.image_size[1]} images '
                 f'(grid {self.visual.grid_size}, patch {self.visual.patch_size}); resize/crop '
-                f'the input to that size')
+                f'the input to that size (the last Resize/crop of the data pipeline, e.g. '
+                f'CenterCrop(crop_size={self.visual.image_size[0]})), or use a CLIP arch whose '
+                f'image_size is {H}x{W}')
         return x.reshape(N * T, *x.shape[2:]), N, T
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:

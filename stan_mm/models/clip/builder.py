@@ -94,9 +94,9 @@ def _check_agreement(arch, arch_cfg: Dict, ckpt: ClipCheckpoint) -> None:
             problems.append(f'(vision heads, text heads): arch {arch_heads}, config file '
                             f'{tuple(ckpt.heads)}')
     if problems:
-        what = repr(arch) if isinstance(arch, str) else 'the arch dict'
+        what = f'arch {arch!r}' if isinstance(arch, str) else 'the arch dict'
         raise CLIPArchMismatchError(
-            f'arch {what} does not match the weights in {ckpt.path}:\n  ' + '\n  '.join(
+            f'{what} does not match the weights in {ckpt.path}:\n  ' + '\n  '.join(
                 problems) + '\nPass arch=None to infer the architecture from the weights, '
             'or the arch these weights were trained with.')
 

@@ -1,0 +1,406 @@
+"""Video decoding that fails with the file's name, and a dataset wrapper that skips bad videos.
+
+MMAction2's ``DecordInit``/``DecordDecode`` let decord's own errors through: a zero-byte or
+truncated file gives ``RuntimeError: Error reading 0 bytes...`` or a ``DECORDError`` from
+``video_reader.cc`` that does not say which file it was, and inside a DataLoader worker it
+becomes a traceback of the worker. Measured with decord 0.6.0 on the files the tests write:
+
+==========================  ======================================================
+input                       stock DecordInit / DecordDecode
+==========================  ======================================================
+missing file                ``FileNotFoundError`` (names the file)
+zero bytes, text, header    ``RuntimeError: Error reading N bytes...`` (no name)
+  cut off
+truncated frame data        ``DECORDError ... Error sending packet`` (no name)
+frame width 2..16, 24,      ``DECORDError ... DECORDArrayCopyFromTo: The size must
+  48, 72 px (decord bug)    exactly match`` although the file is fine
+==========================  ======================================================
+
+:class:`SafeDecordInit` and :class:`SafeDecordDecode` are drop-in replacements (same
+arguments, same result keys) that raise :class:`VideoReadError` ``(filename, reason)``
+instead, and decode the frame widths that trip decord's copy bug with OpenCV. Decoded
+frames are always ``[H, W, 3]`` uint8 RGB (grayscale videos become three equal channels).
+
+:class:`SkipUnreadable` wraps any MMAction2 dataset for training: a sample whose video raises
+:class:`VideoReadError` is replaced by another sample chosen deterministically from the
+index, each skip is logged (WARNING, file and reason) and recorded in the substitute's
+``data_samples.metainfo['skipped_videos']``, where :class:`stan_mm.engine.SkippedVideosHook`
+counts it on the main process (so the count is right with DataLoader workers and DDP).
+"""
+import io
+import logging
+import os
+import os.path as osp
+import re
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from mmaction.datasets.transforms.loading import DecordDecode, DecordInit
+from mmaction.registry import DATASETS, TRANSFORMS
+from mmengine.logging import print_log
+
+__all__ = ['VideoReadError', 'SafeDecordInit', 'SafeDecordDecode', 'SkipUnreadable',
+           'decode_frames_opencv']
+
+_MSG = "cannot read video file '{}': {}"
+_MSG_RE = re.compile(r"cannot read video file '(.*?)': (.*)", re.S)
+# decord 0.6.0 fails to copy decoded frames of some widths (linesize padding) although the
+# file decodes fine with FFmpeg/OpenCV.
+_DECORD_COPY_BUG = 'DECORDArrayCopyFromTo'
+
+
+class VideoReadError(RuntimeError):
+    """A video cannot be read. ``filename`` and ``reason`` say which file and why.
+
+    Constructed with one argument (what PyTorch does when it re-raises an exception caught
+    in a DataLoader worker), the message is kept and ``filename``/``reason`` are parsed
+    back from it, so the error keeps its type and its file name across processes.
+    """
+
+    def __init__(self, filename, reason: Optional[str] = None):
+        if reason is None:
+            message = str(filename)
+            found = _MSG_RE.search(message)
+            self.filename = found.group(1) if found else None
+            self.reason = found.group(2).split('\n', 1)[0] if found else message
+        else:
+            self.filename, self.reason = str(filename), str(reason)
+            message = _MSG.format(self.filename, self.reason)
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.filename, self.reason) if self.filename is not None
+                else (self.args[0], ))
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    """The informative part of a decord/FFmpeg error: its last non-empty line, shortened."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    for ln in lines:  # decord's check failures carry the useful part on the first line
+        if 'Check failed' in ln or 'ERROR' in ln:
+            text = ln.split('] ', 1)[-1]
+            break
+    text = f'{type(err).__name__}: {text}'
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+class _VideoSource:
+    """A decord ``VideoReader`` plus what a fallback decoder needs (the bytes, the name).
+
+    Forwards every attribute to the reader, so MMAction2's own transforms that use
+    ``results['video_reader']`` work unchanged.
+    """
+
+    def __init__(self, reader, data: bytes, filename: str):
+        self.reader, self.data, self.filename = reader, data, filename
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getattr__(self, name):
+        if name in ('reader', 'data', 'filename'):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.reader, name)
+
+
+@TRANSFORMS.register_module()
+class SafeDecordInit(DecordInit):
+    """``DecordInit`` that raises :class:`VideoReadError` naming the file.
+
+    Required keys: ``filename``. Added keys: ``video_reader``, ``total_frames``,
+    ``avg_fps`` (as ``DecordInit``).
+
+    Checks, in order: the file can be read (missing: ``file not found``), it is not empty,
+    decord can open it, it has at least one frame.
+
+    Args: as ``DecordInit`` (``io_backend='disk'``, ``num_threads=1``, file client
+    keyword arguments).
+    """
+
+    def _get_video_reader(self, filename: str) -> _VideoSource:
+        if osp.splitext(filename)[0] == filename:  # as DecordInit: 'abc' means 'abc.mp4'
+            filename = filename + '.mp4'
+        import decord
+        try:
+            data = self._read_bytes(filename)
+        except FileNotFoundError:
+            raise VideoReadError(filename, 'file not found') from None
+        except (OSError, ValueError) as e:
+            raise VideoReadError(filename, f'the file cannot be read ({_short(e)})') from e
+        if len(data) == 0:
+            raise VideoReadError(filename, 'the file is empty (0 bytes)')
+        try:
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=self.num_threads)
+        except Exception as e:  # decord raises RuntimeError or DECORDError
+            raise VideoReadError(
+                filename, f'decord cannot open it as a video ({len(data)} bytes; '
+                f'{_short(e)}); the file is not a video, is truncated or is corrupt') from e
+        if len(reader) < 1:
+            raise VideoReadError(filename, 'the video has no frames')
+        return _VideoSource(reader, data, filename)
+
+    def _read_bytes(self, filename: str) -> bytes:
+        if self.io_backend == 'disk' and not self.kwargs:
+            with open(filename, 'rb') as f:
+                return f.read()
+        if self.file_client is None:  # other storages, as DecordInit does
+            from mmengine.fileio import FileClient
+            self.file_client = FileClient(self.io_backend, **self.kwargs)
+        return self.file_client.get(filename)
+
+    def transform(self, results: Dict) -> Dict:
+        source = self._get_video_reader(results['filename'])
+        results['video_reader'] = source
+        results['total_frames'] = len(source)
+        try:
+            results['avg_fps'] = source.get_avg_fps()
+        except Exception as e:
+            raise VideoReadError(source.filename,
+                                 f'decord cannot read its frame rate ({_short(e)})') from e
+        return results
+
+
+@TRANSFORMS.register_module()
+class SafeDecordDecode(DecordDecode):
+    """``DecordDecode`` that raises :class:`VideoReadError` naming the file, decodes the frame
+    widths decord 0.6.0 cannot copy with OpenCV, and always returns RGB ``[H, W, 3]`` uint8
+    frames (``results['imgs']``, a list of T' = ``len(frame_inds)`` arrays).
+
+    Required keys: ``video_reader``, ``frame_inds``, ``filename``. Added keys: ``imgs``,
+    ``original_shape``, ``img_shape`` (as ``DecordDecode``).
+
+    Frame indices outside ``[0, total_frames)`` raise ``IndexError`` (a sampling problem,
+    not a bad file). Works after ``SafeDecordInit`` (preferred) or ``DecordInit``.
+
+    Args:
+        mode: ``'accurate'`` or ``'efficient'`` (as ``DecordDecode``).
+    """
+
+    def transform(self, results: Dict) -> Dict:
+        container = results['video_reader']
+        filename = getattr(container, 'filename', None) or str(results.get('filename'))
+        inds = np.asarray(results['frame_inds']).reshape(-1)
+        total = len(container)
+        if inds.size == 0:
+            raise IndexError(f'{filename}: no frame indices to decode (frame_inds is empty)')
+        if inds.min() < 0 or inds.max() >= total:
+            bad = inds[(inds < 0) | (inds >= total)]
+            raise IndexError(f'{filename}: frame indices {bad[:8].tolist()} lie outside the '
+                             f'video\'s {total} frames; check the sampling transform '
+                             f'(e.g. SampleFrames(out_of_bound_opt=\'loop\') or '
+                             f'UniformSample)')
+        results['frame_inds'] = inds
+        self._filename = filename
+        try:
+            return super().transform(results)
+        finally:
+            self._filename = None
+
+    def _decord_load_frames(self, container, frame_inds: np.ndarray) -> List[np.ndarray]:
+        filename = getattr(self, '_filename', None) or getattr(container, 'filename', '?')
+        try:
+            imgs = super()._decord_load_frames(container, frame_inds)
+        except Exception as e:
+            if _DECORD_COPY_BUG not in str(e):
+                raise VideoReadError(
+                    filename, f'decoding frames {_brief(frame_inds)} failed ({_short(e)}); '
+                    f'the file is probably truncated or corrupt') from e
+            source = filename  # a local file, else the bytes SafeDecordInit read
+            if not osp.isfile(filename) and getattr(container, 'data', None) is not None:
+                source = container.data
+            imgs = decode_frames_opencv(source, frame_inds, filename)
+        return [_as_rgb(img, filename) for img in imgs]
+
+
+def _brief(inds: np.ndarray, limit: int = 8) -> str:
+    inds = np.asarray(inds).reshape(-1).tolist()
+    return str(inds) if len(inds) <= limit else str(inds[:limit])[:-1] + ', ...]'
+
+
+def _as_rgb(img: np.ndarray, filename: str) -> np.ndarray:
+    """``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` uint8 -> ``[H, W, 3]``."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[-1] not in (1, 3, 4) or min(img.shape[:2]) < 1:
+        raise VideoReadError(filename, f'decoded frame has shape {img.shape}; expected '
+                             f'[H, W] or [H, W, 1|3|4]')
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    elif img.shape[-1] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img)
+
+
+def decode_frames_opencv(source, frame_inds: Sequence[int],
+                         filename: Optional[str] = None) -> List[np.ndarray]:
+    """Decode frames ``frame_inds`` (any order, repeats allowed) with OpenCV, reading the
+    stream sequentially up to the largest index (exact frames, no seeking).
+
+    Args:
+        source: a local path, or the file's bytes (written to a temporary file).
+        frame_inds: 0-based frame indices.
+        filename: name for error messages (default: ``source`` when it is a path).
+
+    Returns:
+        ``len(frame_inds)`` RGB frames ``[H, W, 3]`` uint8.
+
+    Raises:
+        VideoReadError: OpenCV cannot open the file or the stream ends early.
+    """
+    import cv2
+    name = filename or (source if isinstance(source, str) else '<bytes>')
+    inds = [int(i) for i in np.asarray(frame_inds).reshape(-1)]
+    tmp = None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        suffix = osp.splitext(name)[1] or '.mp4'
+        fd, tmp = tempfile.mkstemp(suffix=suffix)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(source)
+        path = tmp
+    else:
+        path = os.fspath(source)
+    try:
+        cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            raise VideoReadError(name, 'neither decord nor OpenCV can open it')
+        wanted, frames, i = set(inds), {}, 0
+        last = max(inds)
+        try:
+            while i <= last:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if i in wanted:
+                    frames[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                i += 1
+        finally:
+            cap.release()
+        if i <= last:
+            raise VideoReadError(name, f'the stream ends after {i} frames but frame {last} '
+                                 f'was requested; the file is probably truncated')
+        return [frames[k] for k in inds]
+    finally:
+        if tmp is not None:
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------
+# dataset wrapper
+# ---------------------------------------------------------------------------------------
+@DATASETS.register_module()
+class SkipUnreadable:
+    """Training dataset wrapper: replace samples whose video cannot be read.
+
+    ``dataset[idx]`` is tried first; if it raises :class:`VideoReadError` (raised by
+    :class:`SafeDecordInit`/:class:`SafeDecordDecode`), substitutes are tried in an order
+    that depends only on ``(seed, idx)`` (so a run and its resumption see the same data).
+    Every skip is logged as a WARNING with file and reason, and the substitute's
+    ``data_samples.metainfo['skipped_videos']`` lists the skipped reads as dicts
+    ``{'index', 'filename', 'reason'}`` (``metainfo['substitute_for']`` is ``idx``), so
+    :class:`stan_mm.engine.SkippedVideosHook` counts them per epoch over ranks and workers.
+    Any other exception propagates: only unreadable videos are skipped.
+
+    Example::
+
+        train_dataloader = dict(dataset=dict(
+            type='SkipUnreadable',
+            dataset=dict(type='VideoDataset', ann_file=..., pipeline=train_pipeline)))
+        custom_hooks = [dict(type='SkippedVideosHook')]
+
+    Args:
+        dataset: the dataset or its config (any MMAction2 dataset whose pipeline ends with
+            a ``Pack*`` transform giving ``data_samples``).
+        max_attempts: reads per sample (the sample itself and ``max_attempts - 1``
+            substitutes) before a :class:`VideoReadError` listing them is raised.
+        seed: seed of the substitute order.
+
+    Refused in ``test_mode``: substituting would change evaluation results silently.
+    """
+
+    def __init__(self, dataset, max_attempts: int = 10, seed: int = 0):
+        self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        if getattr(self.dataset, 'test_mode', False):
+            raise ValueError('SkipUnreadable wraps training datasets only: replacing test '
+                             'samples would change evaluation results silently. Remove the '
+                             'wrapper from val/test dataloaders (they then fail naming the '
+                             'unreadable file).')
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f'SkipUnreadable: max_attempts must be an int >= 1, got '
+                             f'{max_attempts!r}')
+        self.max_attempts = max_attempts
+        self.seed = seed
+        self.num_skipped = 0  # in this process only; the hook counts over all processes
+        self._warn_stock_decord()
+
+    def _warn_stock_decord(self) -> None:
+        transforms = getattr(getattr(self.dataset, 'pipeline', None), 'transforms', [])
+        stock = [type(t).__name__ for t in transforms
+                 if type(t) in (DecordInit, DecordDecode)]
+        if stock:
+            print_log(f'SkipUnreadable: the pipeline uses {stock}, whose errors are not '
+                      f'VideoReadError and are not skipped; use SafeDecordInit / '
+                      f'SafeDecordDecode', logger='current', level=logging.WARNING)
+
+    # ---- the dataset interface used by mmengine's runner, samplers and evaluators
+    @property
+    def metainfo(self) -> dict:
+        return self.dataset.metainfo
+
+    def full_init(self) -> None:
+        if hasattr(self.dataset, 'full_init'):
+            self.dataset.full_init()
+
+    def get_data_info(self, idx: int) -> dict:
+        return self.dataset.get_data_info(idx)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def substitutes(self, idx: int):
+        """Indices tried after ``idx`` (distinct, never ``idx``), deterministic in
+        ``(seed, idx)``: a seeded permutation of the other indices."""
+        n = len(self)
+        rng = np.random.default_rng([self.seed, idx])
+        for j in rng.permutation(n - 1)[:self.max_attempts - 1]:
+            yield int(j) + (j >= idx)
+
+    def __getitem__(self, idx: int):
+        skipped: List[dict] = []
+        for j in [idx, *self.substitutes(idx)]:
+            try:
+                sample = self.dataset[j]
+            except VideoReadError as e:
+                name = e.filename or self.get_data_info(j).get('filename', '?')
+                skipped.append(dict(index=j, filename=name, reason=e.reason))
+                self.num_skipped += 1
+                print_log(f'SkipUnreadable: skipping unreadable video {name} (dataset index '
+                          f'{j}, for sample {idx}): {e.reason}', logger='current',
+                          level=logging.WARNING)
+                continue
+            if skipped:
+                self._record(sample, skipped, idx, j)
+            return sample
+        raise VideoReadError(
+            skipped[0]['filename'],
+            f'sample {idx} and {len(skipped) - 1} substitutes are all unreadable: '
+            + '; '.join(f"{s['filename']} ({s['reason']})" for s in skipped)
+            + '. Check the data (raise max_attempts only if most videos are fine).')
+
+    @staticmethod
+    def _record(sample, skipped: List[dict], idx: int, used: int) -> None:
+        data_samples = sample.get('data_samples') if isinstance(sample, dict) else None
+        if data_samples is None or not hasattr(data_samples, 'set_metainfo'):
+            raise TypeError(
+                'SkipUnreadable needs samples with data_samples (a Pack* transform at the end '
+                'of the pipeline) to report skipped videos; got '
+                f'{type(sample).__name__}' + (f' with keys {sorted(sample)}'
+                                              if isinstance(sample, dict) else ''))
+        data_samples.set_metainfo(dict(skipped_videos=list(skipped), substitute_for=idx,
+                                       substitute_index=used))
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(dataset={type(self.dataset).__name__}, '
+                f'len={len(self)}, max_attempts={self.max_attempts}, seed={self.seed})')

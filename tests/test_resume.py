@@ -1,0 +1,343 @@
+"""Killed training runs: SIGKILL mid-epoch, then ``tools/train.py --resume``, replays the
+uninterrupted run exactly (CPU); SIGKILL while a checkpoint is being written never leaves a
+``last_checkpoint`` that names a missing or partial file; ``max_keep_ckpts`` is honoured.
+
+Each run is ``tools/train.py``'s ``main`` in a forked child process (the parent has already
+paid for ``import stan_mm``), one torch thread, killed with a real ``SIGKILL`` by the child
+itself at a chosen moment. The model is the tiny quickstart STAN with drop path 0.2, so the
+main process draws random numbers every iteration; ``num_workers=0`` puts the data
+augmentation (UniformSample, RandomCrop) in the main process too.
+"""
+import glob
+import json
+import multiprocessing as mp
+import os
+import os.path as osp
+import signal
+import sys
+import traceback
+
+import pytest
+import torch
+
+import stan_mm  # noqa: F401
+from mmengine.hooks import Hook
+from mmaction.registry import HOOKS
+from mmengine.registry import init_default_scope
+
+init_default_scope('mmaction')
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+QUICKSTART = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
+MOTION = dict(num_train=12, num_val=2, num_test=2, num_frames=8, size=32, seed=0,
+              progress=False)
+KILL_ITER = 8  # 3 iterations per epoch: the 2nd iteration of epoch 3
+MAX_EPOCHS = 4
+
+
+@HOOKS.register_module(force=True)
+class _SigkillAfterIter(Hook):
+    """Test helper: the process kills itself with SIGKILL after global iteration ``at``
+    (after the other hooks, so that the iteration is logged)."""
+    priority = 'LOWEST'
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 >= self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _load_train_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_stan_train_tool',
+                                                  osp.join(REPO, 'tools', 'train.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _skip_yapf():
+    """Speed only: mmengine formats the config with yapf whenever it logs, dumps or stores it
+    in a checkpoint (~40 % of these tiny runs); keep the text, skip the formatting."""
+    import mmengine.config.config as mm_config
+    mm_config.FormatCode = lambda text, **kwargs: (text, None)
+
+
+def _child(argv, patch):
+    try:
+        torch.set_num_threads(1)
+        _skip_yapf()
+        if patch is not None:
+            patch()
+        _load_train_tool().main(argv)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(3)
+    os._exit(0)
+
+
+def train(argv, patch=None, timeout=300) -> int:
+    """Run ``tools/train.py argv`` in a forked child; its exit code (-9: SIGKILL)."""
+    p = mp.get_context('fork').Process(target=_child, args=(list(map(str, argv)), patch))
+    p.start()
+    p.join(timeout)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+        pytest.fail(f'training did not finish within {timeout} s: {argv}')
+    return p.exitcode
+
+
+def write_config(path, data_root, indices=None, **overrides):
+    """The tiny quickstart config on ``data_root``; ``indices``: use the first N training
+    videos; ``overrides``: top-level assignments appended (they replace the key)."""
+    extra = ''.join(f'{k} = {v!r}\n' for k, v in overrides.items())
+    path.write_text(f"""
+_base_ = [{QUICKSTART!r}]
+data_root = {str(data_root)!r}
+motion = {MOTION!r}
+model = dict(backbone=dict(drop_path_rate=0.2))
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, generate=motion,
+                                     indices={indices!r}))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+max_epochs = {MAX_EPOCHS}
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=100)
+param_scheduler = [dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5,
+                        by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True)]
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval=2, max_keep_ckpts=1, save_best=None))
+log_processor = dict(window_size=1)  # scalars.json then holds every iteration's own loss
+randomness = dict(seed=0, deterministic=True)
+custom_hooks = [dict(type='EpochSeedHook')]
+{extra}""")
+    return path
+
+
+def scalars(run_dir):
+    """{iter: record} of the training iterations logged in one run directory."""
+    out = {}
+    with open(osp.join(run_dir, 'vis_data', 'scalars.json')) as f:
+        for line in f:
+            rec = json.loads(line)
+            if 'loss' in rec:
+                out[rec['iter']] = rec
+    return out
+
+
+def run_dirs(work_dir):
+    return sorted(d for d in glob.glob(osp.join(work_dir, '2*')) if osp.isdir(d))
+
+
+def pth_files(work_dir):
+    return sorted(osp.basename(p) for p in glob.glob(osp.join(work_dir, '*.pth')))
+
+
+def last_checkpoint(work_dir):
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    from stan_mm.datasets.synthetic import generate_motion_dataset
+    root = tmp_path_factory.mktemp('motion') / 'data'
+    generate_motion_dataset(str(root), **MOTION)
+    return root
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_root):
+    """A: uninterrupted 4 epochs. B: the same, SIGKILLed in epoch 3, then ``--resume``."""
+    tmp = tmp_path_factory.mktemp('resume')
+    cfg = write_config(tmp / 'cfg.py', data_root)
+    kill_cfg = write_config(tmp / 'kill.py', data_root, custom_hooks=[
+        dict(type='EpochSeedHook'), dict(type='_SigkillAfterIter', at=KILL_ITER)])
+    a, b = tmp / 'A', tmp / 'B'
+    res = dict(a=str(a), b=str(b))
+    res['code_a'] = train([cfg, '--work-dir', a])
+    res['code_killed'] = train([kill_cfg, '--work-dir', b])
+    res['after_kill'] = dict(last=last_checkpoint(b), pth=pth_files(b),
+                             iters=sorted(scalars(run_dirs(b)[-1])))
+    res['code_resumed'] = train([cfg, '--work-dir', b, '--resume'])
+    return res
+
+
+def test_sigkill_mid_epoch_leaves_epoch_2_checkpoint(runs):
+    assert runs['code_a'] == 0
+    assert runs['code_killed'] == -signal.SIGKILL
+    after = runs['after_kill']
+    assert after['iters'] == list(range(1, KILL_ITER + 1))  # it died inside epoch 3
+    assert osp.basename(after['last']) == 'epoch_2.pth'
+    assert after['pth'] == ['epoch_2.pth']
+
+
+def test_resume_reproduces_losses_exactly(runs):
+    assert runs['code_resumed'] == 0
+    full = scalars(run_dirs(runs['a'])[-1])
+    killed_dir, resumed_dir = run_dirs(runs['b'])
+    resumed = scalars(resumed_dir)
+    assert sorted(full) == list(range(1, 3 * MAX_EPOCHS + 1))
+    assert sorted(resumed) == list(range(7, 3 * MAX_EPOCHS + 1))  # resumed at epoch 3
+    for it in resumed:
+        for key in ('loss', 'grad_norm', 'lr', 'epoch'):
+            assert resumed[it][key] == full[it][key], (it, key, resumed[it], full[it])
+    # the killed run itself agreed with A up to its death
+    killed = scalars(killed_dir)
+    assert all(killed[it]['loss'] == full[it]['loss'] for it in killed)
+
+
+def test_resume_reproduces_final_weights_exactly(runs):
+    from stan_mm.compat import safe_torch_load
+    ca = safe_torch_load(osp.join(runs['a'], 'epoch_4.pth'))
+    cb = safe_torch_load(osp.join(runs['b'], 'epoch_4.pth'))
+    assert ca['state_dict'].keys() == cb['state_dict'].keys()
+    for k, v in ca['state_dict'].items():
+        assert torch.equal(v, cb['state_dict'][k]), k
+    for k, v in ca['optimizer']['state'].items():
+        for name, t in v.items():
+            assert torch.equal(torch.as_tensor(t), torch.as_tensor(
+                cb['optimizer']['state'][k][name])), (k, name)
+
+
+def test_atomic_checkpoint_hook_keeps_max_keep_ckpts(runs):
+    """Checkpoints every 2 epochs, max_keep_ckpts=1: epoch_2.pth is pruned when epoch_4.pth
+    is saved, also by the resumed run (which inherits the list of kept checkpoints)."""
+    for work in (runs['a'], runs['b']):
+        assert pth_files(work) == ['epoch_4.pth']
+        assert osp.basename(last_checkpoint(work)) == 'epoch_4.pth'
+        assert not glob.glob(osp.join(work, '.*.tmp'))
+
+
+# --------------------------------------------------------------------------- kill in save
+class _HalfWriter:
+    """File object that writes half of the data, syncs it and kills the process."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _kill_while_writing(prefix: str, nth: int):
+    """Patch for the child: SIGKILL half-way through the ``nth`` write of a temporary file
+    named ``prefix*`` (how AtomicCheckpointHook / the atomic LocalBackend write)."""
+    def patch():
+        real_fdopen, seen = os.fdopen, [0]
+
+        def fdopen(fd, *args, **kwargs):
+            f = real_fdopen(fd, *args, **kwargs)
+            if osp.basename(os.readlink(f'/proc/self/fd/{fd}')).startswith(prefix):
+                seen[0] += 1
+                if seen[0] == nth:
+                    return _HalfWriter(f)
+            return f
+        os.fdopen = fdopen
+    return patch
+
+
+def _kill_before(func: str, name_prefix: str):
+    """Patch for the child: SIGKILL when ``os.<func>`` is called on a ``name_prefix*`` path."""
+    def patch():
+        real = getattr(os, func)
+
+        def wrapped(path, *args, **kwargs):
+            if osp.basename(str(path)).startswith(name_prefix):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, *args, **kwargs)
+        setattr(os, func, wrapped)
+    return patch
+
+
+KILL_POINTS = {
+    # where the process dies          (patch, expected last_checkpoint, .pth files after)
+    'checkpoint_half_written': (_kill_while_writing('.epoch_2.pth.', 1), 'epoch_1.pth',
+                                ['epoch_1.pth']),
+    'checkpoint_before_rename': (_kill_before('replace', '.epoch_2.pth.'), 'epoch_1.pth',
+                                 ['epoch_1.pth']),
+    'last_checkpoint_half_written': (_kill_while_writing('.last_checkpoint.', 2),
+                                     'epoch_1.pth', ['epoch_1.pth', 'epoch_2.pth']),
+    'before_pruning': (_kill_before('remove', 'epoch_1.pth'), 'epoch_2.pth',
+                       ['epoch_1.pth', 'epoch_2.pth']),
+}
+
+
+@pytest.mark.parametrize('point', list(KILL_POINTS))
+def test_kill_during_checkpoint_save(tmp_path, data_root, point):
+    """max_keep_ckpts=1 (the hardest case: mmengine's own hook deletes the old checkpoint
+    before writing the new one) and one iteration per epoch; killed while saving epoch 2."""
+    from mmengine.config import Config
+    from mmaction.registry import MODELS
+    from stan_mm.compat import safe_torch_load
+    patch, expected, files = KILL_POINTS[point]
+    cfg = write_config(tmp_path / 'cfg.py', data_root, indices=4, param_scheduler=[],
+                       train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=3,
+                                      val_interval=100),
+                       default_hooks=dict(logger=dict(interval=1), checkpoint=dict(
+                           interval=1, max_keep_ckpts=1, save_best=None)))
+    work = tmp_path / 'work'
+    assert train([cfg, '--work-dir', work], patch=patch) == -signal.SIGKILL
+    assert pth_files(work) == files
+    last = last_checkpoint(work)
+    assert osp.basename(last) == expected and osp.isfile(last)
+    ckpt = safe_torch_load(last)
+    assert ckpt['meta']['epoch'] == int(expected[6])
+    model = MODELS.build(Config.fromfile(str(cfg)).model)
+    model.load_state_dict(ckpt['state_dict'], strict=True)  # complete and loadable
+    if point == 'checkpoint_half_written':  # and training goes on from it
+        assert train([cfg, '--work-dir', work, '--resume']) == 0
+        assert pth_files(work) == ['epoch_3.pth']
+        assert safe_torch_load(str(work / 'epoch_3.pth'))['meta']['epoch'] == 3
+
+
+def test_epoch_seed_hook_reseeds_main_process_and_workers():
+    """Unit check of what the exact-resume test relies on: after ``before_train_epoch`` the
+    generators' states depend on (seed, epoch) only, and fresh workers get that seed."""
+    import functools
+    import random
+    import numpy as np
+    from mmengine.dataset import worker_init_fn
+    from stan_mm.engine.seed_hook import EpochSeedHook, epoch_seed
+
+    class Runner:
+        seed = 7
+
+        def __init__(self, epoch):
+            self.epoch = epoch
+            self.train_dataloader = torch.utils.data.DataLoader(
+                list(range(4)), num_workers=1, worker_init_fn=functools.partial(
+                    worker_init_fn, num_workers=1, rank=0, seed=7))
+
+    def draws(epoch, noise):
+        runner = Runner(epoch)
+        torch.rand(noise), np.random.rand(noise), random.random()  # state before: anything
+        EpochSeedHook().before_train_epoch(runner)
+        return ((torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()),
+                runner.train_dataloader.worker_init_fn.keywords['seed'])
+
+    (a, seed_a), (b, _), (c, seed_c) = draws(2, 5), draws(2, 11), draws(3, 5)
+    assert a == b and a != c
+    assert seed_a == epoch_seed(7, 2) and seed_c == epoch_seed(7, 3) and seed_a != seed_c
+    torch.manual_seed(epoch_seed(7, 2))  # reference: plain seeding with the derived seed
+    assert torch.rand(3).tolist() == a[0]
