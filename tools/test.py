@@ -14,6 +14,7 @@ import stan_mm  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from stan_mm.apis.video import set_views as apply_views  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
 
 
@@ -38,28 +39,9 @@ def parse_args(argv=None):
     return args
 
 
-SAMPLERS = ('SampleFrames', 'UniformSample', 'UniformSampleFrames')
-CROPS = {1: 'CenterCrop', 3: 'ThreeCrop', 10: 'TenCrop'}
-
-
 def set_views(cfg, views: str):
     """Rewrite the test pipeline for ``views`` = 'CLIPSxCROPS' (e.g. '4x3')."""
-    try:
-        clips, crops = (int(v) for v in views.lower().split('x'))
-        assert clips >= 1 and crops in CROPS
-    except (ValueError, AssertionError):
-        raise ValueError(f'--views {views!r}: expected CLIPSxCROPS with CLIPS >= 1 and CROPS '
-                         f'in {sorted(CROPS)}, e.g. 1x3 or 4x3') from None
-    pipeline = cfg.test_dataloader.dataset.pipeline
-    sampler = [t for t in pipeline if t['type'] in SAMPLERS]
-    crop = [t for t in pipeline if t['type'] in CROPS.values()]
-    if len(sampler) != 1 or len(crop) != 1:
-        raise ValueError(f'--views needs exactly one frame sampler {SAMPLERS} and one crop '
-                         f'{tuple(CROPS.values())} in test_dataloader.dataset.pipeline; found '
-                         f'{[t["type"] for t in pipeline]}')
-    sampler[0]['num_clips'] = clips
-    sampler[0]['test_mode'] = True
-    crop[0]['type'] = CROPS[crops]
+    apply_views(cfg.test_dataloader.dataset.pipeline, views)
     return cfg
 
 

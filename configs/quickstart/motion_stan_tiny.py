@@ -57,7 +57,7 @@ test_pipeline = [
     dict(type='SafeDecordInit'),
     dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
     dict(type='SafeDecordDecode'),
-    dict(type='Resize', scale=(-1, 36)),
+    dict(type='Resize', scale=(-1, 32)),
     dict(type='CenterCrop', crop_size=32),
     dict(type='FormatShape', input_format='NCTHW'),
     dict(type='PackActionInputs')

@@ -1,0 +1,222 @@
+"""CLIP weights in any supported layout -> one stan-mm CLIP checkpoint (``tools/convert/
+clip_to_mm.py``).
+
+Output (``OUT.pth`` / ``OUT.pt``): ``torch.save`` of::
+
+    {'state_dict': {...},   # open_clip key layout (visual.*, transformer.*, ...), fp32,
+                            # exactly open_clip.model.CLIP(**clip_cfg).state_dict() keys
+     'meta': {'clip_cfg': {...},  # the full architecture: embed_dim, quick_gelu,
+                                  # vision_cfg (with head_width), text_cfg (with heads)
+              'source': ..., 'source_layout': ..., 'activation_reason': ...,
+              'converter': 'tools/convert/clip_to_mm.py'}}
+
+or, for an ``OUT`` without that suffix, an open_clip model folder:
+``OUT/open_clip_config.json`` (``{"model_cfg": clip_cfg}``) + ``OUT/open_clip_model.safetensors``,
+which :func:`stan_mm.models.clip.build_clip` (and open_clip itself) read with the
+architecture and the activation stated, nothing inferred.
+
+Both are CLIP weights: use them as ``pretrained=`` (``CLIPSTAN``, ``STANRetriever``,
+``CLIPTextEncoder``), not as ``load_from``: the STAN branch's spatial blocks are copies of
+CLIP blocks made when the model is built, which only ``pretrained`` does.
+"""
+import json
+import os
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import torch
+
+CONVERTER = 'tools/convert/clip_to_mm.py'
+FILE_SUFFIXES = ('.pth', '.pt')
+
+
+@dataclass
+class ClipExportReport:
+    """What :func:`convert_clip` read and wrote (``format()`` prints it)."""
+    source: str
+    source_layout: str
+    stored_dtype: str
+    clip_cfg: Dict
+    activation_reason: str
+    activation_guessed: bool
+    params: Dict[str, int]
+    num_keys: int
+    ignored_keys: List[str]
+    same_shapes_as: List[str]
+    out: str
+    out_format: str
+    out_bytes: int = 0
+    load_note: str = ''
+    arch_hint: Union[str, Dict, None] = None
+    warnings: List[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        c, v, t = self.clip_cfg, self.clip_cfg['vision_cfg'], self.clip_cfg['text_cfg']
+        vh = v['width'] // v['head_width']
+        act = 'QuickGELU' if c['quick_gelu'] else 'GELU'
+        p = self.params
+        lines = [
+            f'source:        {self.source} ({self.source_layout} layout, stored as '
+            f'{self.stored_dtype})',
+            f'architecture:  embed_dim {c["embed_dim"]}; vision {v["image_size"]}px, patch '
+            f'{v["patch_size"]}, width {v["width"]}, {v["layers"]} layers, {vh} heads; text '
+            f'context {t["context_length"]}, vocab {t["vocab_size"]}, width {t["width"]}, '
+            f'{t["layers"]} layers, {t["heads"]} heads',
+            f'same shapes as open_clip configs: {", ".join(self.same_shapes_as) or "none"}',
+            f'activation:    {act} ({self.activation_reason})',
+            f'parameters:    vision {p["vision"] / 1e6:.2f}M, text {p["text"] / 1e6:.2f}M, '
+            f'other {p["other"]}, total {p["total"] / 1e6:.2f}M',
+            f'keys:          {self.num_keys} tensors written'
+            + (f'; {len(self.ignored_keys)} source keys outside CLIP ignored: '
+               f'{", ".join(self.ignored_keys[:8])}' if self.ignored_keys else ''),
+            f'output:        {self.out} ({self.out_format}, fp32, '
+            f'{self.out_bytes / 2 ** 20:.1f} MiB)',
+        ]
+        use = f"pretrained='{self.out}'"
+        if self.arch_hint is not None:
+            use = f'arch={self.arch_hint!r}, ' + use
+        lines.append(f'use as:        {use}  (CLIPSTAN / STANRetriever / CLIPTextEncoder; '
+                     f'not load_from)')
+        if self.load_note:
+            lines.append(f'note:          {self.load_note}')
+        lines += [f'WARNING: {w}' for w in self.warnings]
+        return '\n'.join(lines)
+
+
+def _activation_reason(quick_gelu, arch, arch_cfg, ckpt):
+    """(reason, guessed), by the same rule as ``build_clip``."""
+    from stan_mm.models.clip.builder import _choose_activation
+    _, reason, guessed = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
+    if quick_gelu is not None:
+        reason = '--quick-gelu' if quick_gelu else '--gelu'
+    return reason, guessed
+
+
+def _count_params(model) -> Dict[str, int]:
+    vision = sum(p.numel() for p in model.visual.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    other = sum(p.numel() for n, p in model.named_parameters() if n in ('logit_scale',
+                                                                        'logit_bias'))
+    return dict(vision=vision, text=total - vision - other, other=other, total=total)
+
+
+def _same_shapes(cfg: Dict) -> List[str]:
+    """Bundled open_clip names whose shapes and head counts equal ``cfg``'s."""
+    import open_clip
+    from stan_mm.models.clip.arch import arch_from_name, shape_mismatches, validate_clip_cfg
+    out = []
+    for name in open_clip.list_models():
+        try:
+            ref = validate_clip_cfg(arch_from_name(name))
+        except (ValueError, TypeError, KeyError):
+            continue
+        if shape_mismatches(cfg, ref):
+            continue
+        if (ref['vision_cfg']['head_width'] == cfg['vision_cfg']['head_width']
+                and ref['text_cfg']['heads'] == cfg['text_cfg']['heads']):
+            out.append(name)
+    return out
+
+
+def _arch_hint(cfg: Dict, same: List[str]):
+    """An ``arch`` that states ``cfg`` fully: a bundled name with the right activation,
+    else the dict itself."""
+    for name in same:
+        if name.endswith('-quickgelu') == bool(cfg['quick_gelu']):
+            return name
+    return cfg
+
+
+def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> None:
+    if fmt == 'pth':
+        parent = osp.dirname(osp.abspath(out))
+        os.makedirs(parent, exist_ok=True)
+        tmp = out + '.tmp'
+        torch.save({'state_dict': sd, 'meta': meta}, tmp)
+        os.replace(tmp, out)
+        return
+    from safetensors.torch import save_file
+    os.makedirs(out, exist_ok=True)
+    tmp = osp.join(out, 'open_clip_model.safetensors.tmp')
+    save_file(sd, tmp, metadata={'converter': CONVERTER})
+    os.replace(tmp, osp.join(out, 'open_clip_model.safetensors'))
+    cfg_tmp = osp.join(out, 'open_clip_config.json.tmp')
+    with open(cfg_tmp, 'w') as f:
+        json.dump({'model_cfg': meta['clip_cfg'], 'stan_mm': {
+            k: v for k, v in meta.items() if k != 'clip_cfg'}}, f, indent=2)
+    os.replace(cfg_tmp, osp.join(out, 'open_clip_config.json'))
+
+
+def _check_reload(out: str, sd: Dict[str, torch.Tensor], cfg: Dict) -> str:
+    """Read ``out`` back; raise if the weights differ; return a note when loading it
+    without ``arch`` would not rebuild ``cfg`` (the reader infers what it is not told)."""
+    from stan_mm.models.clip import infer_clip_cfg, read_clip_checkpoint
+    from stan_mm.models.clip.builder import DEFAULT_QUICK_GELU
+    ck = read_clip_checkpoint(out)
+    if set(ck.state_dict) != set(sd) or not all(torch.equal(ck.state_dict[k], sd[k].float())
+                                                for k in sd):
+        raise RuntimeError(f'{out}: the weights read back differ from those written')
+    try:
+        inferred = infer_clip_cfg(ck.state_dict, heads=ck.heads)
+    except ValueError as e:
+        return f'loading it with arch=None fails ({e}); pass the arch shown above'
+    q = DEFAULT_QUICK_GELU if ck.quick_gelu is None else ck.quick_gelu
+    problems = []
+    if (inferred['vision_cfg']['head_width'], inferred['text_cfg']['heads']) != (
+            cfg['vision_cfg']['head_width'], cfg['text_cfg']['heads']):
+        problems.append('the head counts')
+    if q != cfg['quick_gelu']:
+        problems.append('the activation')
+    if problems:
+        return (f'with arch=None the loader would infer {" and ".join(problems)} wrongly '
+                f'from this file; pass the arch shown above')
+    return ''
+
+
+def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = None,
+                 out_format: Optional[str] = None) -> ClipExportReport:
+    """Read CLIP weights ``src`` (OpenAI state dict or TorchScript archive, open_clip file or
+    folder, HuggingFace folder or file), build the CLIP with
+    :func:`stan_mm.models.clip.build_clip` (``arch`` / ``quick_gelu`` as there; strict key
+    check) and write it to ``out`` (format: module docstring; ``out_format`` ``'pth'`` or
+    ``'dir'``, default from the suffix of ``out``). The written file is read back and
+    compared with the built model's weights.
+    """
+    from stan_mm.models.clip import build_clip, read_clip_checkpoint
+    from stan_mm.models.clip.arch import resolve_arch
+    if out_format is None:
+        out_format = 'pth' if out.endswith(FILE_SUFFIXES) else 'dir'
+    if out_format not in ('pth', 'dir'):
+        raise ValueError(f'out_format must be "pth" or "dir", got {out_format!r}')
+    if osp.abspath(out) == osp.abspath(src):
+        raise ValueError(f'output {out} would overwrite the input')
+    ckpt = read_clip_checkpoint(src)
+    arch_cfg = resolve_arch(arch)[0] if arch is not None else None
+    reason, guessed = _activation_reason(quick_gelu, arch, arch_cfg, ckpt)
+    model = build_clip(arch, src, strict=True, quick_gelu=quick_gelu)
+    cfg = json.loads(json.dumps(model.clip_cfg))
+    sd = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
+    from stan_mm.version import __version__
+    meta = dict(clip_cfg=cfg, converter=CONVERTER, source=osp.abspath(src),
+                source_layout=ckpt.fmt, activation_reason=reason,
+                stan_mm_version=__version__)
+    _write(sd, meta, out, out_format)
+    same = _same_shapes(cfg)
+    report = ClipExportReport(
+        source=src, source_layout=ckpt.fmt, stored_dtype=str(ckpt.stored_dtype).replace(
+            'torch.', ''), clip_cfg=cfg, activation_reason=reason,
+        activation_guessed=guessed, params=_count_params(model), num_keys=len(sd),
+        ignored_keys=list(ckpt.ignored_keys), same_shapes_as=same, out=out,
+        out_format='single file' if out_format == 'pth' else 'open_clip folder')
+    report.out_bytes = (os.path.getsize(out) if out_format == 'pth' else sum(
+        os.path.getsize(osp.join(out, f)) for f in os.listdir(out)))
+    report.load_note = _check_reload(out, sd, cfg)
+    if report.load_note:
+        report.arch_hint = _arch_hint(cfg, same)
+    if guessed:
+        report.warnings.append(
+            'the source does not say which activation it was trained with; QuickGELU '
+            '(OpenAI CLIP) was assumed. For LAION/DataComp weights convert again with '
+            '--gelu (or --arch ViT-B-16 style open_clip names).')
+    return report

@@ -1,0 +1,124 @@
+"""Video and text embeddings of a built model (retriever or recognizer), L2-normalized.
+
+Video embedding ``[N, E]`` of a batch of packed samples (``VideoPipeline`` outputs):
+
+- retrieval model (``STANRetriever``): ``model.encode_video(imgs)`` on the
+  ``[N, T, C, H, W]`` batch of ``model.data_preprocessor`` (one view per video), then L2
+  normalization: the ``video_feature`` of ``tools/test.py``;
+- recognizer (``Recognizer3D`` ...): the backbone output of every view
+  (``model.extract_feat(..., test_mode=True)``: ``[N*V, E]``; feature maps are averaged
+  over their space-time positions), each view L2-normalized, averaged over the V views,
+  and L2-normalized again.
+
+Text embedding ``[M, E]`` (L2-normalized) of raw strings (no prompt template):
+
+- retrieval model: ``model.encode_text`` over CLIP BPE tokens of the test pipeline's
+  ``context_length`` (what the model was tested with; longer texts are cut);
+- recognizer with a text head (``TextClassifierHead``): its ``text_encoder`` over tokens of
+  the encoder's full context length (a causal text tower gives the same embedding for any
+  length that fits the text);
+- a recognizer without a text tower has no text embedding (:func:`text_tower` is None).
+"""
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.dataset import pseudo_collate
+from torch import nn
+
+from .inference import model_kind
+
+
+def pool_features(feats) -> torch.Tensor:
+    """Backbone output -> ``[M, C]``: a tuple's first item; maps ``[M, C, ...]`` averaged
+    over everything after C."""
+    if isinstance(feats, (tuple, list)):
+        feats = feats[0]
+    if feats.dim() > 2:
+        feats = feats.flatten(2).mean(dim=-1)
+    return feats
+
+
+@torch.no_grad()
+def embed_video_batch(model: nn.Module, samples: Sequence[dict]) -> torch.Tensor:
+    """Packed samples (``VideoPipeline`` outputs) -> video embeddings ``[N, E]`` float32,
+    L2-normalized, on the CPU (see the module docstring)."""
+    data = model.data_preprocessor(pseudo_collate(list(samples)), False)
+    inputs = data['inputs']
+    if model_kind(model) == 'retriever':
+        imgs = inputs['imgs'] if isinstance(inputs, dict) else inputs
+        emb = model.encode_video(imgs).float()                        # [N, E]
+    else:
+        n, views = inputs.shape[:2]                                   # [N, V, ...]
+        feats, _ = model.extract_feat(inputs, test_mode=True)
+        feats = F.normalize(pool_features(feats).float(), dim=-1)     # [N*V, E]
+        emb = feats.view(n, views, -1).mean(dim=1)                    # [N, E]
+    return F.normalize(emb, dim=-1).cpu()
+
+
+def _pipeline_context_length(cfg) -> Optional[int]:
+    from .video import config_test_pipeline
+    try:
+        steps = config_test_pipeline(cfg)
+    except ValueError:
+        return None
+    for t in steps:
+        if t['type'] == 'CLIPBPETokenize':
+            return int(t.get('context_length', 77))
+    return None
+
+
+def text_tower(model: nn.Module) -> Optional[Tuple[Callable, int]]:
+    """``(encode: tokens [M, L] -> [M, E], context_length L)`` or None when the model
+    has no text tower (see the module docstring)."""
+    if model_kind(model) == 'retriever':
+        enc = model.text_backbone
+        length = _pipeline_context_length(getattr(model, 'cfg', {})) or int(
+            enc.context_length)
+        return model.encode_text, min(length, int(enc.context_length))
+    encoder = getattr(model.cls_head, 'text_encoder', None)
+    if encoder is None:
+        return None
+    return encoder, int(getattr(encoder, 'context_length', 77))
+
+
+def require_text_tower(model: nn.Module) -> Tuple[Callable, int]:
+    """:func:`text_tower`, or ``ValueError`` explaining which configs have one."""
+    tower = text_tower(model)
+    if tower is None:
+        raise ValueError(f'{type(model.cls_head).__name__} has no text tower: text '
+                         f'embeddings need a retrieval config or a recognition config with '
+                         f'a text-classifier head (TextClassifierHead)')
+    return tower
+
+
+@torch.no_grad()
+def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256
+                ) -> torch.Tensor:
+    """Texts -> ``[M, E]`` float32 L2-normalized embeddings on the CPU.
+
+    Raises:
+        ValueError: the model has no text tower.
+    """
+    from stan_mm.datasets.transforms.tokenize import tokenize
+    encode, length = require_text_tower(model)
+    device = next(model.parameters()).device
+    out: List[torch.Tensor] = []
+    texts = list(texts)
+    for i in range(0, len(texts), batch_size):
+        tokens = tokenize(texts[i:i + batch_size], length).to(device)
+        out.append(F.normalize(encode(tokens).float(), dim=-1).cpu())
+    if not out:
+        return torch.zeros(0, embed_dim(model))
+    return torch.cat(out)
+
+
+def embed_dim(model: nn.Module) -> int:
+    """Width E of the video embedding."""
+    if model_kind(model) == 'retriever':
+        return int(model.embed_dim)
+    backbone = model.backbone
+    for name in ('embed_dim', 'out_channels', 'in_channels'):
+        if isinstance(getattr(backbone, name, None), int):
+            return getattr(backbone, name)
+    return int(model.cls_head.in_channels)

@@ -1,0 +1,484 @@
+"""Resumable video / text feature extraction into a folder (the format of
+``tools/extract_features.py``, also the gallery cache of ``tools/demo/search.py``).
+
+Output folder ``OUT``::
+
+    videos.npy        [Nv, E] float32, every row L2-normalized
+    videos.txt        Nv lines: row i's video, relative to meta.json "video_root"
+                      (absolute paths stay absolute)
+    texts.npy         [Nt, E] float32, L2-normalized        (when texts were given)
+    texts.txt         Nt lines, row i's text (line breaks inside a text become spaces)
+    video_stamps.npy  [Nv, 2] int64: size (bytes) and modification time (ns) of each video
+                      when it was embedded (a changed file is embedded again)
+    text_to_video.npy [Nt] int64: row of videos.npy that text i describes (dataset splits)
+    bad_videos.txt    "<path>\\t<reason>" per unreadable video (with skip_bad)
+    meta.json         written last: config, checkpoint, model key, dims, normalization,
+                      views, pipeline, counts
+    .partial/         shards of an unfinished run; removed once meta.json is written
+
+``texts.npy @ videos.npy.T`` is the cosine similarity ``[Nt, Nv]`` (texts are the rows, as
+``tools/analysis/eval_retrieval.py --sim`` expects).
+
+Resumption: video embeddings are written in shards (``.partial/shard-*.npz``, each one
+written to a temporary name and renamed) every ``shard_size`` videos, when the run is
+interrupted (Ctrl-C, SIGTERM from the tools) and when a video fails. A new run with the
+same model key (config + checkpoint + views) reuses every shard and every row of a finished
+output whose video still has the same path, size and modification time, and embeds only the
+rest; a different model key is refused (``overwrite=True`` starts over). The final files
+are written to temporary names and renamed; ``meta.json`` is removed first and written
+last, so a folder with ``meta.json`` is always complete.
+"""
+import datetime
+import glob
+import hashlib
+import json
+import os
+import os.path as osp
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from stan_mm.datasets.transforms.video_io import VideoReadError
+
+FORMAT = 'stan_mm.features'
+FORMAT_VERSION = 1
+PARTIAL = '.partial'
+OUTPUT_FILES = ('videos.npy', 'videos.txt', 'video_stamps.npy', 'texts.npy', 'texts.txt',
+                'text_to_video.npy', 'bad_videos.txt', 'meta.json')
+NORMALIZATION = ('L2: every row of videos.npy and texts.npy has unit norm, so '
+                 'texts @ videos.T is the cosine similarity')
+
+
+class FeatureFolderError(RuntimeError):
+    """An output folder that holds results of another model (or is unusable)."""
+
+
+def model_key(cfg, checkpoint_fp: str, views: Optional[str]) -> str:
+    """16 hex digits identifying (config content, checkpoint file, views)."""
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    h = hashlib.sha256('\n'.join([text, checkpoint_fp, str(views)]).encode('utf-8'))
+    return h.hexdigest()[:16]
+
+
+def _stamp(path: str) -> Tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return int(st.st_size), int(st.st_mtime_ns)
+    except OSError:
+        return -1, -1
+
+
+def _item_key(rel: str, stamp: Sequence[int]) -> str:
+    return f'{rel}\t{int(stamp[0])}\t{int(stamp[1])}'
+
+
+def _abs(root: str, rel: str) -> str:
+    return rel if osp.isabs(rel) else osp.join(root, rel)
+
+
+def _atomic_save_npy(path: str, array: np.ndarray) -> None:
+    tmp = path + '.tmp.npy'
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _lines(items: Sequence[str], what: str) -> str:
+    for s in items:
+        if '\n' in s or '\r' in s:
+            raise ValueError(f'{what} {s!r} contains a line break; videos.txt/texts.txt hold '
+                             f'one entry per line')
+    return ''.join(f'{s}\n' for s in items)
+
+
+def read_lines(path: str) -> List[str]:
+    """Lines of a ``videos.txt`` / ``texts.txt`` file (line breaks removed, order kept)."""
+    with open(path, encoding='utf-8') as f:
+        return f.read().split('\n')[:-1]
+
+
+# ---------------------------------------------------------------------------------------
+# shards
+# ---------------------------------------------------------------------------------------
+class ShardStore:
+    """``OUT/.partial``: ``shard-<n>.npz`` files holding ``keys`` (video path + size +
+    mtime) and ``emb`` ``[n, E]``, plus ``run.json`` with the model key."""
+
+    def __init__(self, out_dir: str):
+        self.dir = osp.join(out_dir, PARTIAL)
+
+    def exists(self) -> bool:
+        return osp.isfile(osp.join(self.dir, 'run.json'))
+
+    def model_key(self) -> Optional[str]:
+        try:
+            with open(osp.join(self.dir, 'run.json')) as f:
+                return json.load(f).get('model_key')
+        except (OSError, ValueError):
+            return None
+
+    def start(self, key: str) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        _atomic_write_text(osp.join(self.dir, 'run.json'), json.dumps({'model_key': key}))
+        for tmp in glob.glob(osp.join(self.dir, '*.tmp.npz')):  # an interrupted write
+            os.remove(tmp)
+
+    def _next_name(self) -> str:
+        n = len(glob.glob(osp.join(self.dir, 'shard-*.npz')))
+        while osp.exists(osp.join(self.dir, f'shard-{n:06d}.npz')):
+            n += 1
+        return osp.join(self.dir, f'shard-{n:06d}.npz')
+
+    def write(self, keys: Sequence[str], emb: np.ndarray) -> None:
+        if not len(keys):
+            return
+        path = self._next_name()
+        tmp = path[:-4] + '.tmp.npz'
+        np.savez(tmp, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32))
+        os.replace(tmp, path)
+
+    def read(self) -> Dict[str, np.ndarray]:
+        """key -> embedding row, over every complete shard."""
+        done: Dict[str, np.ndarray] = {}
+        for path in sorted(glob.glob(osp.join(self.dir, 'shard-*.npz'))):
+            if path.endswith('.tmp.npz'):
+                continue
+            with np.load(path, allow_pickle=False) as z:
+                keys, emb = z['keys'], z['emb']
+            if len(keys) != len(emb):
+                raise FeatureFolderError(f'{path}: {len(keys)} keys for {len(emb)} rows')
+            done.update(zip(keys.tolist(), emb))
+        return done
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# reading a finished folder
+# ---------------------------------------------------------------------------------------
+def load_meta(out_dir: str) -> Optional[dict]:
+    """``OUT/meta.json`` or None when the folder holds no finished output."""
+    path = osp.join(out_dir, 'meta.json')
+    if not osp.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        meta = json.load(f)
+    if meta.get('format') != FORMAT:
+        raise FeatureFolderError(f'{path} is not a stan-mm feature folder (format '
+                                 f'{meta.get("format")!r})')
+    return meta
+
+
+def load_features(out_dir: str) -> dict:
+    """A finished folder as a dict: ``meta``, ``videos`` ``[Nv, E]`` + ``video_paths``
+    (absolute), ``texts`` ``[Nt, E]`` + ``text_lines``, ``text_to_video`` (or None)."""
+    meta = load_meta(out_dir)
+    if meta is None:
+        raise FeatureFolderError(f'{out_dir} has no meta.json: extraction has not finished '
+                                 f'(rerun the same command to complete it)')
+    res = dict(meta=meta, videos=None, video_paths=[], texts=None, text_lines=[],
+               text_to_video=None)
+    if meta['num_videos']:
+        res['videos'] = np.load(osp.join(out_dir, 'videos.npy'))
+        rel = read_lines(osp.join(out_dir, 'videos.txt'))
+        res['video_paths'] = [_abs(meta['video_root'], p) for p in rel]
+    if meta['num_texts']:
+        res['texts'] = np.load(osp.join(out_dir, 'texts.npy'))
+        res['text_lines'] = read_lines(osp.join(out_dir, 'texts.txt'))
+    if meta.get('has_text_to_video'):
+        res['text_to_video'] = np.load(osp.join(out_dir, 'text_to_video.npy'))
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# extraction
+# ---------------------------------------------------------------------------------------
+class _VideoItems(torch.utils.data.Dataset):
+    """Index -> ``(index, packed sample or None, error reason or None)``; never raises for
+    an unreadable video, so a DataLoader worker does not die on it."""
+
+    def __init__(self, pipeline, paths: Sequence[str]):
+        self.pipeline, self.paths = pipeline, list(paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.pipeline(self.paths[i], i), None
+        except VideoReadError as e:
+            return i, None, e.reason
+
+
+def _collate(items):
+    return items
+
+
+@dataclass
+class ExtractionResult:
+    """What a run did. ``complete``: the final files exist (False after ``limit``)."""
+    out_dir: str
+    complete: bool
+    num_videos: int = 0
+    new: int = 0
+    reused: int = 0
+    remaining: int = 0
+    bad: List[Tuple[str, str]] = field(default_factory=list)
+    num_texts: int = 0
+
+
+def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
+                  ) -> Optional[dict]:
+    """Refuse a folder with another model's results (or clear it with ``overwrite``);
+    return the finished meta of the same model, if any."""
+    meta = load_meta(out_dir)
+    other = []
+    if meta is not None and meta.get('model_key') != key:
+        other.append(f'finished results (meta.json: config {meta.get("config")}, '
+                     f'checkpoint {meta.get("checkpoint")})')
+    if store.exists() and store.model_key() != key:
+        other.append('partial results of an unfinished run')
+    if not other:
+        return meta
+    if not overwrite:
+        raise FeatureFolderError(
+            f'{out_dir} holds {" and ".join(other)} of another model, config, checkpoint or '
+            f'views (model key {key} differs). Use another output folder, or --overwrite to '
+            f'replace them')
+    for name in OUTPUT_FILES:
+        if osp.exists(osp.join(out_dir, name)):
+            os.remove(osp.join(out_dir, name))
+    store.remove()
+    return None
+
+
+def _finished_rows(out_dir: str, meta: dict, video_root: str):
+    """``(keys, embeddings)`` of a finished output (keys relative to ``video_root``), or
+    None when it holds no videos or its files disagree."""
+    if not meta.get('num_videos'):
+        return None
+    emb = np.load(osp.join(out_dir, 'videos.npy'))
+    rel = read_lines(osp.join(out_dir, 'videos.txt'))
+    stamps = np.load(osp.join(out_dir, 'video_stamps.npy')).tolist()
+    if len(rel) != len(emb) or len(stamps) != len(emb):
+        return None  # inconsistent: recompute
+    root = meta['video_root']
+    return [_item_key(_rebase(root, p, video_root), s) for p, s in zip(rel, stamps)], emb
+
+
+def _rebase(old_root: str, rel: str, new_root: str) -> str:
+    """A path relative to ``old_root`` as the path relative to ``new_root`` (keys use the
+    current root so that moving between a folder and a list file keeps the cache)."""
+    if osp.isabs(rel):
+        return rel
+    full = osp.normpath(osp.join(old_root, rel))
+    return osp.relpath(full, new_root).replace(os.sep, '/') if new_root else full
+
+
+def extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = None,
+                     video_root: str = '', texts: Optional[Sequence[str]] = None,
+                     text_to_video: Optional[Sequence[int]] = None, key: str,
+                     views: Optional[str] = None, batch_size: int = 8,
+                     num_workers: int = 2, skip_bad: bool = False,
+                     limit: Optional[int] = None, shard_size: int = 256,
+                     overwrite: bool = False, progress: bool = True,
+                     extra_meta: Optional[dict] = None,
+                     log: Callable[[str], None] = print) -> ExtractionResult:
+    """Embed ``videos`` (paths relative to ``video_root`` or absolute) and ``texts`` with
+    ``model`` into ``out_dir`` (format: module docstring).
+
+    Args:
+        model: from :func:`stan_mm.apis.init_model` (``model.cfg`` gives the pipeline).
+        key: :func:`model_key` of the model (a folder holding another key is refused).
+        text_to_video: for each text, the index in ``videos`` it describes (written as
+            ``text_to_video.npy``, remapped when unreadable videos are skipped; their texts
+            are dropped).
+        views: ``'CLIPSxCROPS'`` test views (recognizers), or None (the config's).
+        skip_bad: list unreadable videos in ``bad_videos.txt`` and go on; otherwise the
+            first one raises :class:`VideoReadError` naming the file (after the finished
+            embeddings were saved).
+        limit: embed at most this many new videos, save them and return
+            (``complete=False``); a later call continues.
+        shard_size: videos per shard file.
+        overwrite: replace results of another model in ``out_dir``.
+
+    Returns:
+        :class:`ExtractionResult`.
+    """
+    from .embed import embed_video_batch, require_text_tower
+    from .inference import model_kind
+    from .video import VideoPipeline, check_views
+    check_views(model_kind(model), views)
+    os.makedirs(out_dir, exist_ok=True)
+    videos = list(videos or [])
+    texts = None if texts is None else list(texts)
+    if text_to_video is not None and (texts is None or len(text_to_video) != len(texts)):
+        raise ValueError('text_to_video needs one video index per text')
+    if texts:
+        require_text_tower(model)  # fail before the long video pass
+    store = ShardStore(out_dir)
+    finished = _check_folder(out_dir, key, overwrite, store)
+    result = ExtractionResult(out_dir=out_dir, complete=False, num_videos=len(videos))
+    stamps = [_stamp(_abs(video_root, p)) for p in videos]
+    keys = [_item_key(_rebase(video_root, p, video_root), s) for p, s in zip(videos, stamps)]
+    rows = _finished_rows(out_dir, finished, video_root) if finished is not None else None
+    if (rows is not None and rows[0] == keys and texts is None and not finished['num_texts']
+            and not store.exists()):
+        log(f'{len(videos)} videos: all already embedded in {out_dir} (reused)')
+        result.complete, result.reused = True, len(videos)
+        return result
+    store.start(key)
+    if rows is not None:
+        store.write(*rows)  # the finished rows become reusable partial results
+    done = store.read()
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    result.reused = len(videos) - len(todo)
+    if videos:
+        log(f'{len(videos)} videos: {result.reused} already embedded (reused), '
+            f'{len(todo)} to embed')
+    if limit is not None and len(todo) > limit:
+        result.remaining = len(todo) - limit
+        todo = todo[:limit]
+
+    pipeline = VideoPipeline(model.cfg, views) if todo else None
+    new_rows: Dict[str, np.ndarray] = {}
+    if todo:
+        _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_rows,
+                       result, batch_size, num_workers, skip_bad, shard_size, progress,
+                       log, embed_video_batch)
+    if videos:
+        log(f'embedded {result.new} new videos, reused {result.reused}, '
+            f'{len(result.bad)} unreadable')
+    if result.remaining:
+        log(f'stopped after {limit} new videos (limit); {result.remaining} left: run the '
+            f'same command again to continue')
+        return result
+    done.update(new_rows)
+    if videos and pipeline is None:
+        pipeline = VideoPipeline(model.cfg, views)
+    meta = dict(format=FORMAT, version=FORMAT_VERSION, model_key=key,
+                model_type=type(model).__name__, normalization=NORMALIZATION, views=views,
+                pipeline=pipeline.describe() if pipeline is not None else None,
+                video_root=video_root, num_bad_videos=len(result.bad),
+                created=datetime.datetime.now().isoformat(timespec='seconds'))
+    meta.update(extra_meta or {})
+    _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_video,
+              result, batch_size, log)
+    store.remove()
+    return result
+
+
+def _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_video,
+              result, batch_size, log) -> None:
+    """Assemble the rows of the readable videos in list order, embed the texts (dropping
+    those of unreadable videos), write the final files (``result`` updated)."""
+    from .embed import embed_dim, embed_texts
+    bad_set = {p for p, _ in result.bad}
+    kept = [i for i, p in enumerate(videos) if p not in bad_set]
+    if videos and not kept:
+        raise VideoReadError(videos[0], f'none of the {len(videos)} videos could be read; '
+                             f'first reason: {result.bad[0][1]}')
+    dim = embed_dim(model)
+    video_emb = (np.stack([done[keys[i]] for i in kept]).astype(np.float32) if kept
+                 else np.zeros((0, dim), np.float32))
+    text_emb, t2v = None, None
+    if texts is not None:
+        if text_to_video is not None:
+            new_index = {old: new for new, old in enumerate(kept)}
+            pairs = [(t, new_index[v]) for t, v in zip(texts, text_to_video)
+                     if v in new_index]
+            if len(pairs) != len(texts):
+                log(f'{len(texts) - len(pairs)} texts of unreadable videos dropped')
+            texts = [t for t, _ in pairs]
+            t2v = np.array([v for _, v in pairs], dtype=np.int64)
+        log(f'embedding {len(texts)} texts')
+        text_emb = embed_texts(model, texts, batch_size=max(batch_size, 64)).numpy()
+    meta.update(embed_dim=int(dim), dtype='float32', num_videos=len(kept),
+                num_texts=0 if texts is None else len(texts),
+                has_text_to_video=t2v is not None)
+    _write_final(out_dir, meta, [videos[i] for i in kept], video_emb,
+                 np.array([stamps[i] for i in kept], dtype=np.int64).reshape(-1, 2), texts,
+                 text_emb, t2v, result.bad)
+    result.complete = True
+    result.num_videos = len(kept)
+    result.num_texts = meta['num_texts']
+
+
+def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_rows,
+                   result, batch_size, num_workers, skip_bad, shard_size, progress, log,
+                   embed_video_batch) -> None:
+    """Embed ``videos[todo]`` in batches; shards are flushed every ``shard_size`` videos
+    and whenever the loop ends (also on errors and interrupts)."""
+    from tqdm import tqdm
+    items = _VideoItems(pipeline, [_abs(video_root, videos[i]) for i in todo])
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=_collate, persistent_workers=False)
+    pending_keys: List[str] = []
+    pending_emb: List[np.ndarray] = []
+
+    def flush():
+        if pending_keys:
+            store.write(pending_keys, np.stack(pending_emb))
+            pending_keys.clear()
+            pending_emb.clear()
+
+    bar = tqdm(total=len(todo), desc='videos', unit='video', disable=not progress)
+    try:
+        for batch in loader:
+            good = [(i, s) for i, s, err in batch if s is not None]
+            if good:  # first: the readable videos of the batch are kept even if one fails
+                emb = embed_video_batch(model, [s for _, s in good]).numpy()
+                for (i, _), row in zip(good, emb):
+                    k = keys[todo[i]]
+                    pending_keys.append(k)
+                    pending_emb.append(row)
+                    new_rows[k] = row
+                result.new += len(good)
+            for i, _, err in batch:
+                if err is not None:
+                    path = videos[todo[i]]
+                    if not skip_bad:
+                        raise VideoReadError(_abs(video_root, path), err)
+                    log(f'WARNING: skipped unreadable video {path}: {err}')
+                    result.bad.append((path, err))
+            bar.update(len(batch))
+            if len(pending_keys) >= shard_size:
+                flush()
+    finally:
+        flush()
+        bar.close()
+
+
+def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, text_emb, t2v,
+                 bad) -> None:
+    meta_path = osp.join(out_dir, 'meta.json')
+    if osp.exists(meta_path):
+        os.remove(meta_path)  # the folder is "unfinished" until the new meta.json exists
+    for name in OUTPUT_FILES[:-1]:
+        if osp.exists(osp.join(out_dir, name)):
+            os.remove(osp.join(out_dir, name))
+    if len(video_paths):
+        _atomic_save_npy(osp.join(out_dir, 'videos.npy'), video_emb)
+        _atomic_write_text(osp.join(out_dir, 'videos.txt'), _lines(video_paths, 'video path'))
+        _atomic_save_npy(osp.join(out_dir, 'video_stamps.npy'), video_stamps)
+    if texts is not None:
+        _atomic_save_npy(osp.join(out_dir, 'texts.npy'), text_emb.astype(np.float32))
+        flat = [' '.join(t.splitlines()) for t in texts]  # one line per text
+        _atomic_write_text(osp.join(out_dir, 'texts.txt'), _lines(flat, 'text'))
+    if t2v is not None:
+        _atomic_save_npy(osp.join(out_dir, 'text_to_video.npy'), t2v)
+    if bad:
+        _atomic_write_text(osp.join(out_dir, 'bad_videos.txt'),
+                           ''.join(f'{p}\t{r}\n' for p, r in bad))
+    _atomic_write_text(meta_path, json.dumps(meta, indent=1))

@@ -1,0 +1,68 @@
+"""Text -> video search over a folder of videos, with a cached gallery.
+
+The gallery embeddings are a feature folder (:mod:`stan_mm.apis.features`) under
+``<cache>/<model key>/``: the first search embeds every video, later searches with the
+same config + checkpoint reuse it and embed only videos that were added or changed.
+
+Scores: ``sim = queries @ videos.T`` ``[Nq, Nv]``, the cosine of L2-normalized embeddings
+(texts are the rows, the layout of ``tools/analysis/eval_retrieval.py --sim``). Ranking:
+descending score; equal scores keep the gallery order (lower row of ``videos.txt`` first).
+"""
+import os.path as osp
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+CACHE_DIRNAME = '.stan_mm_cache'
+
+
+def top_k(sim: np.ndarray, k: int) -> np.ndarray:
+    """``[Nq, Nv]`` scores -> ``[Nq, min(k, Nv)]`` column indices, best first; ties keep
+    the lower index first (stable sort)."""
+    sim = np.asarray(sim)
+    order = np.argsort(-sim, axis=1, kind='stable')
+    return order[:, :min(k, sim.shape[1])]
+
+
+@dataclass
+class SearchResult:
+    """``sim`` ``[Nq, Nv]``, ``ranking`` ``[Nq, k]`` (indices into ``video_paths``),
+    ``video_paths`` (absolute), ``cache_dir`` (the gallery's feature folder)."""
+    queries: List[str]
+    sim: np.ndarray
+    ranking: np.ndarray
+    video_paths: List[str]
+    cache_dir: str
+    bad_videos: list
+
+
+def gallery_cache_dir(gallery: str, key: str, cache: Optional[str] = None) -> str:
+    """``<cache or GALLERY/.stan_mm_cache>/<model key>``."""
+    base = cache if cache is not None else osp.join(gallery, CACHE_DIRNAME)
+    return osp.join(base, key)
+
+
+def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
+                   cache: Optional[str] = None, top: int = 5, batch_size: int = 8,
+                   num_workers: int = 2, progress: bool = True, extra_meta=None,
+                   log: Callable[[str], None] = print) -> SearchResult:
+    """Embed (or reuse) the gallery, embed the queries, rank (see the module docstring).
+
+    Unreadable gallery videos are skipped and reported (``bad_videos``).
+    """
+    from .embed import embed_texts
+    from .features import extract_features, load_features
+    from .video import list_videos
+    if not queries:
+        raise ValueError('no query: give at least one text (--query "...")')
+    root, paths = list_videos(gallery)
+    out = gallery_cache_dir(gallery, key, cache)
+    res = extract_features(model, out, videos=paths, video_root=root, key=key,
+                           batch_size=batch_size, num_workers=num_workers, skip_bad=True,
+                           progress=progress, extra_meta=extra_meta, log=log)
+    feats = load_features(out)
+    q = embed_texts(model, list(queries)).numpy()                      # [Nq, E]
+    sim = q @ feats['videos'].T                                        # [Nq, Nv]
+    return SearchResult(queries=list(queries), sim=sim, ranking=top_k(sim, top),
+                        video_paths=feats['video_paths'], cache_dir=out, bad_videos=res.bad)

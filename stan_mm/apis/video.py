@@ -1,0 +1,169 @@
+"""Videos outside a dataset: find them, and preprocess one exactly as the config's test
+pipeline does (same frames, size and normalization as in testing).
+
+- :func:`list_videos`: a folder (scanned recursively) or a list file -> root + paths;
+- :func:`inference_pipeline`: the config's ``test_dataloader`` pipeline made usable on a
+  bare file name (safe decoding that names the file, no caption tokenization, optional
+  ``CLIPSxCROPS`` views);
+- :class:`VideoPipeline`: ``pipeline(path)`` -> the packed sample (``inputs``,
+  ``data_samples``) that ``model.data_preprocessor`` batches, as in ``tools/test.py``.
+"""
+import copy
+import os
+import os.path as osp
+from typing import List, Optional, Sequence, Tuple
+
+from stan_mm.datasets.retrieval import VIDEO_EXTS
+from stan_mm.datasets.transforms.video_io import VideoReadError
+
+#: transforms replaced by versions whose errors name the file
+SAFE_TRANSFORMS = {'DecordInit': 'SafeDecordInit', 'DecordDecode': 'SafeDecordDecode'}
+#: caption transforms dropped from the pipeline (a bare video has no caption)
+TEXT_TRANSFORMS = ('CLIPBPETokenize', 'CLIPTokenize')
+SAMPLERS = ('SampleFrames', 'UniformSample', 'UniformSampleFrames')
+CROPS = {1: 'CenterCrop', 3: 'ThreeCrop', 10: 'TenCrop'}
+
+
+def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS) -> Tuple[str, List[str]]:
+    """Videos to process: ``(root, paths)``, each path relative to ``root`` unless absolute.
+
+    ``source`` is either a folder, scanned recursively for files with a video extension
+    (``exts``, case-insensitive; hidden files and folders skipped; sorted), or a text file
+    listing one video per line (blank lines and lines starting with ``#`` ignored;
+    relative paths are relative to the list file's folder; order kept).
+    """
+    if osp.isdir(source):
+        root = osp.abspath(source)
+        lower = tuple(e.lower() for e in exts)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+            for name in filenames:
+                if not name.startswith('.') and name.lower().endswith(lower):
+                    found.append(osp.relpath(osp.join(dirpath, name), root).replace(
+                        os.sep, '/'))
+        if not found:
+            raise FileNotFoundError(f'no videos found under {source} (looked for files '
+                                    f'ending in {", ".join(exts)})')
+        return root, sorted(found)
+    if osp.isfile(source):
+        root = osp.dirname(osp.abspath(source))
+        with open(source, encoding='utf-8') as f:
+            paths = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith('#')]
+        if not paths:
+            raise ValueError(f'{source}: the video list is empty (expected one video path '
+                             f'per line)')
+        dup = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(
+            paths) else []
+        if dup:
+            raise ValueError(f'{source}: videos listed more than once: {dup[:5]}')
+        return root, paths
+    raise FileNotFoundError(f'--videos {source!r}: no such folder or list file')
+
+
+def parse_views(views: str) -> Tuple[int, int]:
+    """``'CLIPSxCROPS'`` (``'1x3'``, ``'4x3'``, ``'1x1'``) -> (clips, crops)."""
+    try:
+        clips, crops = (int(v) for v in str(views).lower().split('x'))
+        if clips < 1 or crops not in CROPS:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f'views {views!r}: expected CLIPSxCROPS with CLIPS >= 1 and CROPS '
+                         f'in {sorted(CROPS)}, e.g. 1x3 or 4x3') from None
+    return clips, crops
+
+
+def check_views(kind: str, views: Optional[str]) -> None:
+    """Validate ``views`` (``'CLIPSxCROPS'``); retrieval models embed one view per video
+    (frames ``[T, C, H, W]``): more is refused."""
+    if views is not None and parse_views(views) != (1, 1) and kind == 'retriever':
+        raise ValueError(f'views {views!r}: a retrieval model embeds one view per video '
+                         f'(the test pipeline\'s); multi-view testing is for recognition '
+                         f'configs')
+
+
+def set_views(pipeline: List[dict], views: str) -> List[dict]:
+    """Set ``num_clips`` of the frame sampler and the crop (CenterCrop / ThreeCrop /
+    TenCrop) of a test pipeline for ``views`` (in place; returns the pipeline)."""
+    clips, crops = parse_views(views)
+    sampler = [t for t in pipeline if t['type'] in SAMPLERS]
+    crop = [t for t in pipeline if t['type'] in CROPS.values()]
+    if len(sampler) != 1 or len(crop) != 1:
+        raise ValueError(f'views need exactly one frame sampler {SAMPLERS} and one crop '
+                         f'{tuple(CROPS.values())} in the test pipeline; found '
+                         f'{[t["type"] for t in pipeline]}')
+    sampler[0]['num_clips'] = clips
+    sampler[0]['test_mode'] = True
+    crop[0]['type'] = CROPS[crops]
+    return pipeline
+
+
+def config_test_pipeline(cfg) -> List[dict]:
+    """A deep copy of the config's test pipeline (``test_dataloader``, else
+    ``val_dataloader``)."""
+    for key in ('test_dataloader', 'val_dataloader'):
+        loader = cfg.get(key)
+        dataset = loader.get('dataset') if loader else None
+        while dataset is not None and 'pipeline' not in dataset and 'dataset' in dataset:
+            dataset = dataset['dataset']  # wrappers (RepeatDataset, SkipUnreadable, ...)
+        if dataset is not None and dataset.get('pipeline'):
+            return copy.deepcopy([dict(t) for t in dataset['pipeline']])
+    raise ValueError(f'{cfg.filename}: no test_dataloader.dataset.pipeline (nor '
+                     f'val_dataloader...) to preprocess videos with')
+
+
+def inference_pipeline(cfg, views: Optional[str] = None) -> List[dict]:
+    """The config's test pipeline adapted to bare videos (see the module docstring):
+    decord transforms -> their safe versions, caption tokenization removed,
+    ``PackActionInputs`` collecting only the frames, ``views`` applied when given."""
+    out = []
+    for t in config_test_pipeline(cfg):
+        t = dict(t)
+        if t['type'] in TEXT_TRANSFORMS:
+            continue
+        t['type'] = SAFE_TRANSFORMS.get(t['type'], t['type'])
+        if t['type'] == 'PackActionInputs' and t.get('collect_keys'):
+            keys = tuple(k for k in t['collect_keys'] if k != 'text')
+            t['collect_keys'] = keys or None
+        out.append(t)
+    if views is not None:
+        set_views(out, views)
+    return out
+
+
+class VideoPipeline:
+    """``pipeline(path)`` -> ``dict(inputs=..., data_samples=...)`` for one video file.
+
+    Any failure while reading or transforming a video is raised as
+    :class:`~stan_mm.datasets.transforms.video_io.VideoReadError` ``(filename, reason)``.
+
+    Args:
+        cfg: the model's config.
+        views: ``'CLIPSxCROPS'`` or ``None`` (the config's test views).
+    """
+
+    def __init__(self, cfg, views: Optional[str] = None):
+        from mmengine.dataset import Compose
+        self.steps = inference_pipeline(cfg, views)
+        self.views = views
+        self.compose = Compose(self.steps)
+
+    def __call__(self, filename: str, sample_idx: int = 0) -> dict:
+        results = dict(filename=filename, start_index=0, modality='RGB',
+                       sample_idx=sample_idx)
+        for step, transform in zip(self.steps, self.compose.transforms):
+            try:
+                results = transform(results)
+            except VideoReadError:
+                raise
+            except Exception as e:  # noqa: BLE001  (any transform failure: name the file)
+                raise VideoReadError(filename, f'{step["type"]} of the test pipeline failed '
+                                     f'({type(e).__name__}: {e})') from e
+            if results is None:
+                raise VideoReadError(filename, f'{step["type"]} of the test pipeline returned '
+                                     f'None')
+        return results
+
+    def describe(self) -> str:
+        """The transforms, one line (for logs and meta.json)."""
+        return ' -> '.join(t['type'] for t in self.steps)

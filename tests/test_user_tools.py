@@ -1,0 +1,559 @@
+"""The user tools after training, run on generated videos with tiny random models:
+``tools/extract_features.py``, ``tools/demo/search.py``, ``tools/demo/recognize.py`` and
+``tools/convert/clip_to_mm.py``.
+
+Each tool runs once as a subprocess (``OMP_NUM_THREADS=1``; the four start together in the
+module fixture); further runs of the same tool (resumption, cache reuse, error paths) call
+its ``main(argv)`` in this process. Every number is checked against an independent
+reference computed here: the config's test pipeline through MMAction2's stock transforms,
+the model's own towers and heads, and numpy ranking.
+"""
+import base64
+import glob
+import importlib.util
+import json
+import os
+import os.path as osp
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import stan_mm  # noqa: F401
+from mmaction.registry import MODELS
+from mmengine.config import Config
+from mmengine.dataset import Compose
+from mmengine.registry import init_default_scope
+from stan_mm.datasets.synthetic import generate_motion_dataset
+from stan_mm.datasets.transforms.tokenize import tokenize
+from stan_mm.testing import rounded_fp16, save_open_clip, save_openai_torchscript, tiny_clip
+
+REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+RETRIEVAL_CFG = osp.join(REPO, 'configs', 'quickstart', 'motion_retrieval_tiny.py')
+RECOGNITION_BASE = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
+MEAN = torch.tensor([122.771, 116.746, 104.093])
+STD = torch.tensor([68.500, 66.632, 70.323])
+QUERIES = ['a large yellow cross slides left', 'a shape rotating clockwise']
+CLASSNAMES = ['moving left', 'moving right', 'rotating', 'growing', 'shrinking', 'fading']
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+def load_tool(rel_path):
+    name = 'user_tool_' + re.sub(r'\W', '_', rel_path)
+    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def launch(args):
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return dict(rc=proc.returncode, out=out, err=err)
+
+
+def build(cfg_path, seed=0):
+    """Model of a config with random weights (temporal modules made non-trivial), saved as
+    an mmengine checkpoint next to the config. Returns (cfg, model, checkpoint path)."""
+    cfg = Config.fromfile(cfg_path)
+    init_default_scope('mmaction')
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    with torch.no_grad():  # temporal modules start as the identity (zero fc): perturb them
+        for name, p in model.named_parameters():
+            if 'branch' in name and 'temporal' in name:
+                p.normal_(0, 0.2)
+    ckpt = osp.splitext(cfg_path)[0] + '.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    model.cfg = cfg  # what stan_mm.apis.init_model sets
+    return cfg, model.eval(), ckpt
+
+
+def write_video(path, size=(64, 48), frames=8, seed=0):
+    """A non-square mp4 (ThreeCrop gives three different crops of it)."""
+    import cv2
+    rng = np.random.RandomState(seed)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), 8.0, size)
+    for t in range(frames):
+        frame = rng.randint(0, 90, (size[1], size[0], 3)).astype(np.uint8)
+        frame[10:22, 4 * t:4 * t + 12] = (40, 220, 250)
+        writer.write(frame)
+    writer.release()
+
+
+# ------------------------------------------------------------------ independent references
+STOCK = {'SafeDecordInit': 'DecordInit', 'SafeDecordDecode': 'DecordDecode'}
+
+
+def ref_pipeline(cfg, replace=None):
+    """The config's test pipeline with MMAction2's stock decord transforms, captions and
+    packing removed (so results['imgs'] is the formatted array)."""
+    steps = [dict(t) for t in cfg.test_dataloader.dataset.pipeline
+             if t['type'] not in ('CLIPBPETokenize', 'PackActionInputs')]
+    for t in steps:
+        t['type'] = STOCK.get(t['type'], t['type'])
+        t.update((replace or {}).get(t['type'], {}))
+    return Compose(steps)
+
+
+def normalize_pixels(x, channel_dim):
+    shape = [1] * x.dim()
+    shape[channel_dim] = 3
+    return (x.float() - MEAN.view(shape)) / STD.view(shape)
+
+
+@torch.no_grad()
+def ref_retrieval_video(cfg, model, path):
+    imgs = ref_pipeline(cfg)(dict(filename=path, start_index=0, modality='RGB'))['imgs']
+    x = normalize_pixels(torch.from_numpy(imgs), 1)          # [T, C, H, W]
+    return F.normalize(model.backbone(x[None]), dim=-1)[0].numpy()
+
+
+@torch.no_grad()
+def ref_texts(model, texts, length):
+    return F.normalize(model.text_backbone(tokenize(texts, length)), dim=-1).numpy()
+
+
+def stable_order(scores):
+    return np.argsort(-np.asarray(scores), kind='stable')
+
+
+def parse_table(text):
+    """Rows ``rank score name`` of the tools' tables -> [(rank, score, name)]."""
+    rows = []
+    for line in text.splitlines():
+        m = re.match(r'^\s+(\d+)\s+(-?\d+\.\d{4})\s+(.+)$', line)
+        if m:
+            rows.append((int(m.group(1)), float(m.group(2)), m.group(3).strip()))
+    return rows
+
+
+# ------------------------------------------------------------------ fixture
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp('user_tools'))
+    motion = osp.join(tmp, 'motion')
+    generate_motion_dataset(motion, num_train=2, num_val=2, num_test=2, num_frames=8,
+                            size=32, captions_per_video=2, progress=False)
+    videos = sorted(glob.glob(osp.join(motion, 'videos', '*.mp4')))
+
+    # retrieval model (the quickstart config, tiny CLIP) and its checkpoint
+    ret_cfg_path = osp.join(tmp, 'retrieval.py')
+    with open(ret_cfg_path, 'w') as f:  # the quickstart model; test split = our videos
+        f.write(f'''_base_ = [{RETRIEVAL_CFG!r}]
+test_dataloader = dict(dataset=dict(
+    _delete_=True, type='RetrievalVideoTextDataset', ann_format='json',
+    ann_file='retrieval/test.json', data_root={motion!r}, data_prefix=dict(video='videos'),
+    test_mode=True, pipeline=_base_.test_pipeline))
+''')
+    ret_cfg, ret_model, ret_ckpt = build(ret_cfg_path)
+
+    # recognition model with a text-classifier head; test frames: short side 32, so that
+    # --views 1x3 (ThreeCrop 32) takes three different crops of a 64x48 video
+    rec_cfg_path = osp.join(tmp, 'recognition.py')
+    with open(rec_cfg_path, 'w') as f:
+        f.write(f'''_base_ = [{RECOGNITION_BASE!r}]
+model = dict(cls_head=dict(_delete_=True, type='TextClassifierHead',
+                           classnames=['class a', 'class b'], in_channels=64,
+                           text_encoder=dict(type='CLIPTextEncoder', arch=_base_.clip_cfg),
+                           context_length=16, average_clips='prob'))
+test_pipeline = [
+    dict(type='DecordInit'),
+    dict(type='UniformSample', clip_len=8, num_clips=1, test_mode=True),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 32)),
+    dict(type='CenterCrop', crop_size=32),
+    dict(type='FormatShape', input_format='NCTHW'),
+    dict(type='PackActionInputs')
+]
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+''')
+    rec_cfg, rec_model, rec_ckpt = build(rec_cfg_path, seed=1)
+    wide = osp.join(tmp, 'wide.mp4')
+    write_video(wide)
+
+    # extract_features input: 5 good videos, then an empty file
+    broken = osp.join(tmp, 'broken.mp4')
+    open(broken, 'wb').close()
+    video_list = osp.join(tmp, 'videos.txt')
+    with open(video_list, 'w') as f:
+        f.write('# five videos and a broken one\n')
+        f.writelines(osp.relpath(v, tmp) + '\n' for v in videos[:5])
+        f.write('broken.mp4\n')
+    texts = osp.join(tmp, 'texts.txt')
+    with open(texts, 'w') as f:
+        f.write('\n'.join(QUERIES) + '\n')
+
+    gallery = osp.join(tmp, 'gallery')
+    os.makedirs(gallery)
+    for v in videos:
+        shutil.copy(v, gallery)
+
+    clip = tiny_clip(seed=3, vision_width=128, vision_head_width=64, text_width=64,
+                     text_heads=1)
+    clip_ts = osp.join(tmp, 'ViT-tiny.pt')
+    save_openai_torchscript(clip, clip_ts)
+
+    feat_out = osp.join(tmp, 'features')
+    html = osp.join(tmp, 'search.html')
+    sim = osp.join(tmp, 'search_sim.npy')
+    clip_out = osp.join(tmp, 'ViT-tiny-mm.pth')
+    search_args = [ret_cfg_path, ret_ckpt, '--gallery', gallery, '--query', QUERIES[0],
+                   '--query', QUERIES[1], '--top-k', '3', '--num-workers', '0',
+                   '--no-progress']
+    procs = dict(
+        extract=launch(['tools/extract_features.py', ret_cfg_path, ret_ckpt,
+                        '--videos', video_list, '--texts', texts, '--out', feat_out,
+                        '--limit', '2', '--batch-size', '2', '--shard-size', '1',
+                        '--num-workers', '1', '--no-progress']),
+        search=launch(['tools/demo/search.py', *search_args, '--html', html,
+                       '--save-sim', sim]),
+        recognize=launch(['tools/demo/recognize.py', rec_cfg_path, rec_ckpt, wide,
+                          '--classnames', ','.join(CLASSNAMES), '--views', '1x3']),
+        convert=launch(['tools/convert/clip_to_mm.py', clip_ts, clip_out]))
+    runs = {k: finish(p) for k, p in procs.items()}
+    return dict(tmp=tmp, motion=motion, videos=videos, runs=runs, video_list=video_list,
+                texts=texts, gallery=gallery, feat_out=feat_out, html=html, sim=sim,
+                search_args=search_args, ret=(ret_cfg_path, ret_cfg, ret_model, ret_ckpt),
+                rec=(rec_cfg_path, rec_cfg, rec_model, rec_ckpt), wide=wide, clip=clip,
+                clip_ts=clip_ts, clip_out=clip_out)
+
+
+def ok(run):
+    assert run['rc'] == 0, run['out'][-3000:] + run['err'][-5000:]
+    return run
+
+
+# ------------------------------------------------------------------ extract_features
+def test_extract_features_resumes_and_names_bad_videos(setup, capsys):
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, cfg, model, ckpt = setup['ret']
+    out = setup['feat_out']
+    base = [cfg_path, ckpt, '--videos', setup['video_list'], '--texts', setup['texts'],
+            '--out', out, '--batch-size', '2', '--shard-size', '1', '--num-workers', '0',
+            '--no-progress']
+
+    # 1. (subprocess) --limit 2: two videos embedded and saved, no final files yet
+    r1 = ok(setup['runs']['extract'])
+    assert '6 videos: 0 already embedded (reused), 6 to embed' in r1['out']
+    assert 'embedded 2 new videos' in r1['out']
+    assert not osp.exists(osp.join(out, 'meta.json'))
+    shards = glob.glob(osp.join(out, '.partial', 'shard-*.npz'))
+    assert sum(len(np.load(s)['emb']) for s in shards) == 2
+
+    # 2. rerun without --skip-bad: the two are reused, the empty file stops the run with
+    #    its name, and the three good videos embedded before it are kept
+    rc = tool.main(base)
+    cap = capsys.readouterr()
+    assert rc == 1, cap.out + cap.err
+    assert '6 videos: 2 already embedded (reused), 4 to embed' in cap.out
+    assert 'broken.mp4' in cap.err and 'empty' in cap.err
+    assert not osp.exists(osp.join(out, 'meta.json'))
+
+    # 3. --skip-bad: nothing recomputed, the bad video listed, final files written
+    rc = tool.main(base + ['--skip-bad', '--save-sim'])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.out + cap.err
+    assert '6 videos: 5 already embedded (reused), 1 to embed' in cap.out
+    assert 'embedded 0 new videos' in cap.out
+    assert not osp.exists(osp.join(out, '.partial'))
+
+    videos = np.load(osp.join(out, 'videos.npy'))
+    texts = np.load(osp.join(out, 'texts.npy'))
+    with open(osp.join(out, 'videos.txt')) as f:
+        names = f.read().splitlines()
+    with open(osp.join(out, 'texts.txt')) as f:
+        assert f.read().splitlines() == QUERIES
+    with open(osp.join(out, 'bad_videos.txt')) as f:
+        assert f.read().startswith('broken.mp4\t')
+    meta = json.load(open(osp.join(out, 'meta.json')))
+    assert videos.shape == (5, 64) and texts.shape == (2, 64)
+    assert videos.dtype == np.float32 and texts.dtype == np.float32
+    assert meta['num_videos'] == 5 and meta['num_texts'] == 2 and meta['embed_dim'] == 64
+    assert meta['num_bad_videos'] == 1 and meta['checkpoint'] == osp.abspath(ckpt)
+    np.testing.assert_allclose(np.linalg.norm(videos, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
+    assert names == [osp.relpath(v, setup['tmp']) for v in setup['videos'][:5]]
+
+    # against the model itself: stock pipeline, the video tower, the text tower
+    ref_v = np.stack([ref_retrieval_video(cfg, model, v) for v in setup['videos'][:5]])
+    ref_t = ref_texts(model, QUERIES, 32)
+    np.testing.assert_allclose(videos, ref_v, atol=2e-5)
+    np.testing.assert_allclose(texts, ref_t, atol=2e-5)
+    np.testing.assert_allclose(np.load(osp.join(out, 'sim.npy')), ref_t @ ref_v.T,
+                               atol=5e-5)
+
+    # 4. the same folder with another checkpoint is refused (no silent mixing)
+    other = ckpt.replace('.pth', '_other.pth')
+    shutil.copy(ckpt, other)
+    rc = tool.main([cfg_path, other, '--texts', setup['texts'], '--out', out])
+    cap = capsys.readouterr()
+    assert rc == 2 and 'another model' in cap.err and '--overwrite' in cap.err
+
+
+def test_an_interrupted_extraction_keeps_the_finished_batches(setup, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the tool turns into KeyboardInterrupt) in the second batch:
+    the first batch is saved although the shard is not full, and the rerun reuses it."""
+    from stan_mm.apis import embed as embed_mod
+    from stan_mm.apis import extract_features
+    cfg_path, cfg, model, ckpt = setup['ret']
+    root = osp.dirname(setup['videos'][0])
+    names = [osp.basename(v) for v in setup['videos']]
+    out = osp.join(setup['tmp'], 'interrupted')
+    real, calls = embed_mod.embed_video_batch, []
+
+    def interrupted(model, samples):
+        calls.append(len(samples))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, samples)
+
+    kwargs = dict(videos=names, video_root=root, key='k', batch_size=2, num_workers=0,
+                  shard_size=100, progress=False, log=lambda msg: None)
+    monkeypatch.setattr(embed_mod, 'embed_video_batch', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(model, out, **kwargs)
+    assert not osp.exists(osp.join(out, 'meta.json'))
+    monkeypatch.setattr(embed_mod, 'embed_video_batch', real)
+    res = extract_features(model, out, **kwargs)
+    assert (res.complete, res.reused, res.new) == (True, 2, 4)
+    ref = np.stack([ref_retrieval_video(cfg, model, v) for v in setup['videos']])
+    np.testing.assert_allclose(np.load(osp.join(out, 'videos.npy')), ref, atol=2e-5)
+
+
+def test_extract_features_split_feeds_eval_retrieval(setup, capsys):
+    """--split test: captions grouped by video, text_to_video.npy and sim.npy in the layout
+    of tools/analysis/eval_retrieval.py, whose metrics match ranks computed here."""
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, cfg, model, ckpt = setup['ret']
+    out = osp.join(setup['tmp'], 'split_features')
+    rc = tool.main([cfg_path, ckpt, '--split', 'test', '--out', out, '--save-sim',
+                    '--num-workers', '0', '--no-progress'])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.out + cap.err
+    with open(osp.join(setup['motion'], 'retrieval', 'test.json')) as f:
+        ann = json.load(f)
+    vids = sorted(ann)  # RetrievalVideoTextDataset keeps the JSON order; check both ways
+    with open(osp.join(out, 'videos.txt')) as f:
+        listed = [osp.basename(p) for p in f.read().splitlines()]
+    assert sorted(listed) == vids
+    captions = [c for v in listed for c in ann[v]]
+    with open(osp.join(out, 'texts.txt')) as f:
+        assert f.read().splitlines() == captions
+    t2v = np.load(osp.join(out, 'text_to_video.npy'))
+    assert t2v.tolist() == [i for i, v in enumerate(listed) for _ in ann[v]]
+    sim = np.load(osp.join(out, 'sim.npy'))
+    ref_v = np.stack([ref_retrieval_video(cfg, model, osp.join(setup['motion'], 'videos', v))
+                      for v in listed])
+    ref_sim = ref_texts(model, captions, 32) @ ref_v.T
+    np.testing.assert_allclose(sim, ref_sim, atol=5e-5)
+
+    evaluator = load_tool('tools/analysis/eval_retrieval.py')
+    assert evaluator.main(['--sim', osp.join(out, 'sim.npy'), '--text-to-video',
+                           osp.join(out, 'text_to_video.npy')]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    t2v_ranks = [1 + sum(sim[i, j] >= sim[i, g] for j in range(sim.shape[1]) if j != g)
+                 for i, g in enumerate(t2v)]
+    assert metrics['t2v_R1'] == pytest.approx(100 * np.mean(np.array(t2v_ranks) == 1))
+    assert metrics['t2v_MnR'] == pytest.approx(np.mean(t2v_ranks))
+
+
+def test_extract_features_with_a_recognition_config(setup, capsys):
+    """Recognizer: views embedded by the backbone, each L2-normalized, averaged and
+    normalized again; texts through the text head's tower (no prompt template)."""
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, cfg, model, ckpt = setup['rec']
+    out = osp.join(setup['tmp'], 'rec_features')
+    listing = osp.join(setup['tmp'], 'wide_list.txt')
+    with open(listing, 'w') as f:
+        f.write('wide.mp4\n')
+    rc = tool.main([cfg_path, ckpt, '--videos', listing, '--texts',
+                    setup['texts'], '--views', '1x3', '--out', out, '--num-workers', '0',
+                    '--no-progress'])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.out + cap.err
+    with open(osp.join(out, 'videos.txt')) as f:
+        assert f.read().splitlines() == ['wide.mp4']
+    videos = np.load(osp.join(out, 'videos.npy'))
+    assert videos.shape == (1, 64)
+    pipe = ref_pipeline(cfg, replace={'CenterCrop': dict(type='ThreeCrop')})
+    imgs = pipe(dict(filename=setup['wide'], start_index=0, modality='RGB'))['imgs']
+    views = normalize_pixels(torch.from_numpy(imgs), 1)       # [3, C, T, H, W]
+    with torch.no_grad():
+        per_view = F.normalize(model.backbone(views), dim=-1)  # [3, E]
+        ref_v = F.normalize(per_view.mean(0), dim=0).numpy()
+        enc = model.cls_head.text_encoder  # its full context length (32 here)
+        ref_t = F.normalize(enc(tokenize(QUERIES, enc.context_length)),
+                            dim=-1).numpy()
+    np.testing.assert_allclose(videos[0], ref_v, atol=2e-5)
+    np.testing.assert_allclose(np.load(osp.join(out, 'texts.npy')), ref_t, atol=2e-5)
+
+
+# ------------------------------------------------------------------ search
+def test_search_ranks_like_numpy_caches_and_writes_html(setup, capsys):
+    cfg_path, cfg, model, ckpt = setup['ret']
+    run = ok(setup['runs']['search'])
+    assert '6 videos: 0 already embedded (reused), 6 to embed' in run['out']
+    caches = glob.glob(osp.join(setup['gallery'], '.stan_mm_cache', '*', 'videos.npy'))
+    assert len(caches) == 1
+    gallery_emb = np.load(caches[0])
+    with open(osp.join(osp.dirname(caches[0]), 'videos.txt')) as f:
+        names = f.read().splitlines()
+    assert names == sorted(osp.basename(v) for v in setup['videos'])
+    ref_v = np.stack([ref_retrieval_video(cfg, model, osp.join(setup['gallery'], n))
+                      for n in names])
+    np.testing.assert_allclose(gallery_emb, ref_v, atol=2e-5)
+
+    ref_sim = ref_texts(model, QUERIES, 32) @ ref_v.T
+    rows = parse_table(run['out'])
+    assert len(rows) == 2 * 3
+    for q in range(2):
+        order = stable_order(ref_sim[q])[:3]
+        got = rows[3 * q:3 * q + 3]
+        assert [r[0] for r in got] == [1, 2, 3]
+        assert [r[2] for r in got] == [names[i] for i in order]
+        np.testing.assert_allclose([r[1] for r in got], ref_sim[q, order], atol=6e-5)
+    sim = np.load(setup['sim'])
+    np.testing.assert_allclose(sim, ref_sim, atol=5e-5)
+    with open(setup['sim'][:-4] + '.videos.txt') as f:
+        assert [osp.basename(p) for p in f.read().splitlines()] == names
+
+    # HTML: one table per query, 4 decodable thumbnails per result
+    page = open(setup['html'], encoding='utf-8').read()
+    images = re.findall(r'<img alt="frame" src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(images) == 2 * 3 * 4
+    import cv2
+    thumb = cv2.imdecode(np.frombuffer(base64.b64decode(images[0]), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert thumb is not None and thumb.shape[0] == 96
+    assert all(q in page for q in QUERIES)
+
+    # second search: everything from the cache; a new video: only it is embedded
+    tool = load_tool('tools/demo/search.py')
+    assert tool.main(setup['search_args']) == 0
+    assert '6 videos: all already embedded' in capsys.readouterr().out
+    write_video(osp.join(setup['gallery'], 'zz_new.mp4'), size=(32, 32), seed=5)
+    assert tool.main(setup['search_args']) == 0
+    out = capsys.readouterr().out
+    assert '7 videos: 6 already embedded (reused), 1 to embed' in out
+
+
+# ------------------------------------------------------------------ recognize
+def test_recognize_zero_shot_scores_match_the_model(setup):
+    cfg_path, cfg, model, ckpt = setup['rec']
+    run = ok(setup['runs']['recognize'])
+    rows = parse_table(run['out'])
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+
+    # reference: the same weights with the user's class list, three crops, softmax per
+    # view, mean over views
+    zs_cfg = Config.fromfile(cfg_path)
+    zs_cfg.model.cls_head.classnames = CLASSNAMES
+    zs = MODELS.build(zs_cfg.model)
+    zs.load_state_dict(model.state_dict())
+    zs.eval()
+    pipe = ref_pipeline(zs_cfg, replace={'CenterCrop': dict(type='ThreeCrop')})
+    imgs = pipe(dict(filename=setup['wide'], start_index=0, modality='RGB'))['imgs']
+    views = normalize_pixels(torch.from_numpy(imgs), 1)       # [3, C, T, H, W]
+    assert views.shape[0] == 3 and not torch.equal(views[0], views[1])
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(zs.cls_head(zs.backbone(v[None]))[0], 0)
+                             for v in views]).mean(0).numpy()
+    order = stable_order(probs)[:5]
+    assert [r[2] for r in rows] == [CLASSNAMES[i] for i in order]
+    np.testing.assert_allclose([r[1] for r in rows], probs[order], atol=6e-5)
+
+
+def test_recognize_with_a_retrieval_model_and_a_classnames_file(setup, capsys):
+    cfg_path, cfg, model, ckpt = setup['ret']
+    names_file = osp.join(setup['tmp'], 'classnames.txt')
+    with open(names_file, 'w') as f:
+        f.write('\n'.join(CLASSNAMES[:4]) + '\n')
+    tool = load_tool('tools/demo/recognize.py')
+    video = setup['videos'][0]
+    assert tool.main([cfg_path, ckpt, video, '--classnames', names_file]) == 0
+    rows = parse_table(capsys.readouterr().out)
+    assert len(rows) == 4  # top-5 of four classes
+    v = ref_retrieval_video(cfg, model, video)
+    t = ref_texts(model, [f'a video of {c}.' for c in CLASSNAMES[:4]], 32)
+    logits = torch.from_numpy(t @ v) / model.temperature
+    probs = torch.softmax(logits.double(), 0).numpy()
+    order = stable_order(probs)
+    assert [r[2] for r in rows] == [CLASSNAMES[i] for i in order]
+    np.testing.assert_allclose([r[1] for r in rows], probs[order], atol=6e-5)
+
+
+# ------------------------------------------------------------------ clip_to_mm
+def test_clip_to_mm_round_trip(setup, capsys):
+    from stan_mm.models.clip import build_clip
+    run = ok(setup['runs']['convert'])
+    clip = setup['clip']
+    total = sum(p.numel() for p in clip.parameters())
+    assert 'openai-torchscript layout, stored as float16' in run['out']
+    assert 'QuickGELU' in run['out'] and f'total {total / 1e6:.2f}M' in run['out']
+    saved = torch.load(setup['clip_out'], map_location='cpu', weights_only=True)
+    cfg = saved['meta']['clip_cfg']
+    assert cfg['quick_gelu'] is True and cfg['vision_cfg']['head_width'] == 64
+    assert all(v.dtype == torch.float32 for v in saved['state_dict'].values()
+               if v.is_floating_point())
+
+    # loads with build_clip, architecture from the file; outputs = the fp16-stored original
+    loaded = build_clip(pretrained=setup['clip_out']).eval()
+    ref = rounded_fp16(clip)
+    images = torch.randn(2, 3, 32, 32)
+    tokens = tokenize(QUERIES, 77)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), ref.encode_image(images),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded.encode_text(tokens), ref.encode_text(tokens),
+                                   rtol=1e-5, atol=1e-5)
+
+    # a GELU open_clip file whose heads cannot be inferred (width 32): --arch as JSON,
+    # written as an open_clip folder that build_clip then reads with nothing inferred
+    gelu = tiny_clip(seed=4, quick_gelu=False)
+    src = osp.join(setup['tmp'], 'gelu.safetensors')
+    save_open_clip(gelu, src)
+    out = osp.join(setup['tmp'], 'gelu_mm')
+    tool = load_tool('tools/convert/clip_to_mm.py')
+    assert tool.main([src, out]) == 2  # heads cannot be inferred: a clear error
+    assert 'attention heads' in capsys.readouterr().err
+    from stan_mm.testing import tiny_clip_cfg
+    assert tool.main([src, out, '--arch', json.dumps(tiny_clip_cfg(quick_gelu=False))]) == 0
+    assert 'GELU' in capsys.readouterr().out
+    loaded = build_clip(pretrained=out).eval()
+    assert loaded.clip_cfg['quick_gelu'] is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), gelu.encode_image(images))
+        torch.testing.assert_close(loaded.encode_text(tokens), gelu.encode_text(tokens))
+
+
+# ------------------------------------------------------------------ errors
+def test_clear_errors(setup, tmp_path):
+    from stan_mm.apis import ModelLoadError, init_model, list_videos
+    from stan_mm.apis.recognition import class_labels
+    cfg_path, cfg, model, ckpt = setup['ret']
+    partial = {k: v for k, v in model.state_dict().items() if 'text_backbone' not in k}
+    bad = str(tmp_path / 'partial.pth')
+    torch.save({'state_dict': partial}, bad)
+    with pytest.raises(ModelLoadError, match='model weights are missing'):
+        init_model(cfg_path, bad)
+    with pytest.raises(FileNotFoundError, match='no videos found'):
+        list_videos(str(tmp_path))
+    from stan_mm.apis.video import check_views
+    with pytest.raises(ValueError, match='one view per video'):
+        check_views('retriever', '1x3')
+    check_views('recognizer', '4x3')
+    with pytest.raises(ValueError, match='CLIPSxCROPS'):
+        check_views('recognizer', '2x2')
+    linear = init_model(RECOGNITION_BASE)  # I3DHead with 10 classes
+    with pytest.raises(ValueError, match='10 classes but 2 class names'):
+        class_labels(linear, ['a', 'b'])

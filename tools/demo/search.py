@@ -1,0 +1,116 @@
+"""Search a folder of videos with text: top-k videos per query, as a table and an HTML page.
+
+    python tools/demo/search.py CONFIG CKPT --gallery DIR --query "a dog catching a ball" \\
+        [--query "..."] [--top-k 5] [--html results.html] [--cache DIR] [--save-sim SIM.npy]
+
+The gallery is embedded once and cached under DIR/.stan_mm_cache/<model key>/ (or
+--cache/<model key>/) in the format of tools/extract_features.py; later searches with the
+same config and checkpoint reuse it and embed only new or changed videos. Scores are cosine
+similarities of L2-normalized embeddings; equal scores keep the gallery order.
+
+--save-sim writes the [num_queries, num_videos] similarity matrix (texts are rows, as
+tools/analysis/eval_retrieval.py --sim expects) with SIM.queries.txt and SIM.videos.txt
+naming its rows and columns.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', help='config file of the model (retrieval, or recognition '
+                   'with a text-classifier head)')
+    p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
+    p.add_argument('--gallery', required=True, help='folder of videos (scanned recursively)')
+    p.add_argument('--query', action='append', default=[], help='a text query (repeatable)')
+    p.add_argument('--queries', help='text file with one query per line')
+    p.add_argument('--top-k', type=int, default=5, help='results per query (default 5)')
+    p.add_argument('--html', help='write an HTML page with frame thumbnails here')
+    p.add_argument('--thumbnails', type=int, default=4, help='frames per video in the HTML')
+    p.add_argument('--cache', help='cache folder (default: GALLERY/.stan_mm_cache)')
+    p.add_argument('--save-sim', metavar='SIM.npy',
+                   help='write the query x video similarity matrix (.npy)')
+    p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
+    p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
+    p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config entries')
+    args = p.parse_args(argv)
+    if args.queries:
+        with open(args.queries, encoding='utf-8') as f:
+            args.query += [ln.strip() for ln in f if ln.strip()]
+    if not args.query:
+        p.error('give at least one --query "text" (or --queries FILE)')
+    if args.top_k < 1:
+        p.error('--top-k must be >= 1')
+    if not osp.isdir(args.gallery):
+        p.error(f'--gallery {args.gallery!r} is not a folder')
+    if args.save_sim and not args.save_sim.endswith('.npy'):
+        p.error('--save-sim must end with .npy')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import stan_mm  # noqa: F401
+    from stan_mm.apis import FeatureFolderError, ModelLoadError
+    from stan_mm.datasets.transforms.video_io import VideoReadError
+    try:
+        return run(args)
+    except (FeatureFolderError, ModelLoadError, VideoReadError, FileNotFoundError,
+            ValueError) as e:
+        print(f'search: error: {e}', file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import numpy as np
+    from stan_mm.apis import checkpoint_fingerprint, init_model, model_key, search_gallery
+    from stan_mm.apis.report import display_name, format_table, search_html
+
+    def log(msg):
+        print(f'[search] {msg}', flush=True)
+
+    model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
+                       need_classnames=False)
+    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), None)
+    extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
+                 cfg_options=args.cfg_options, source=osp.abspath(args.gallery))
+    res = search_gallery(model, args.gallery, args.query, key, cache=args.cache,
+                         top=args.top_k, batch_size=args.batch_size,
+                         num_workers=args.num_workers, progress=not args.no_progress,
+                         extra_meta=extra, log=log)
+    root = osp.abspath(args.gallery)
+    names = [display_name(p, root) for p in res.video_paths]
+    log(f'gallery: {len(names)} videos (embeddings in {res.cache_dir})')
+    for q, query in enumerate(res.queries):
+        order = res.ranking[q]
+        print(format_table(query, res.sim[q, order], [names[i] for i in order]))
+        print()
+    if args.save_sim:
+        np.save(args.save_sim, res.sim.astype(np.float32))
+        stem = args.save_sim[:-4]
+        with open(stem + '.queries.txt', 'w', encoding='utf-8') as f:
+            f.writelines(' '.join(q.splitlines()) + '\n' for q in res.queries)
+        with open(stem + '.videos.txt', 'w', encoding='utf-8') as f:
+            f.writelines(p + '\n' for p in res.video_paths)
+        log(f'wrote {args.save_sim} {res.sim.shape} (rows: {stem}.queries.txt, columns: '
+            f'{stem}.videos.txt)')
+    if args.html:
+        page = search_html(res.queries, res.ranking, res.sim, res.video_paths, names,
+                           subtitle=f'{args.config} | {args.checkpoint} | gallery {root} '
+                           f'({len(names)} videos)', thumbs=args.thumbnails)
+        with open(args.html, 'w', encoding='utf-8') as f:
+            f.write(page)
+        log(f'wrote {args.html}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

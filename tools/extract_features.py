@@ -1,0 +1,203 @@
+"""Video (and text) embeddings of a trained model, resumable, in a documented folder format.
+
+    python tools/extract_features.py CONFIG CKPT --videos DIR_OR_LIST [--texts FILE] \\
+        --out OUT [--batch-size 8] [--num-workers 2] [--device cpu|cuda] [--skip-bad]
+    python tools/extract_features.py CONFIG CKPT --split test --out OUT   # a dataset split
+
+Output folder (see stan_mm/apis/features.py and docs/user_tools.md):
+
+    OUT/videos.npy  [Nv, E] float32, L2-normalized rows    OUT/videos.txt  one path per row
+    OUT/texts.npy   [Nt, E] float32, L2-normalized rows    OUT/texts.txt   one text per row
+    OUT/text_to_video.npy  [Nt] (with --split)             OUT/meta.json   written last
+
+so ``texts @ videos.T`` is the cosine similarity [Nt, Nv] (--save-sim writes it as OUT/sim.npy
+for tools/analysis/eval_retrieval.py). Videos are preprocessed by the config's test pipeline
+(frames, size, normalization as in testing). Retrieval configs use the video and text
+towers; recognition configs the backbone (views averaged) and, with a text-classifier head,
+its text tower.
+
+Interrupt it (Ctrl-C, SIGTERM, a crash, --limit) and run the same command again: embedded
+videos are kept in OUT/.partial and skipped. An unreadable video stops the run with its file
+name; --skip-bad lists it in OUT/bad_videos.txt and goes on.
+"""
+import argparse
+import os.path as osp
+import signal
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', help='config file of the model')
+    p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
+    p.add_argument('--videos', help='folder of videos (scanned recursively) or a text file '
+                   'with one video path per line (relative to the file\'s folder)')
+    p.add_argument('--texts', help='text file, one text (caption, query) per line')
+    p.add_argument('--split', choices=['train', 'val', 'test'],
+                   help='take the videos and captions of the config\'s <split>_dataloader '
+                   'dataset instead (writes text_to_video.npy)')
+    p.add_argument('--skip-videos', action='store_true',
+                   help='with --split: captions only (e.g. a QB-Norm querybank from train)')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
+    p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
+    p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    p.add_argument('--views', metavar='CLIPSxCROPS',
+                   help='test views for recognition configs (e.g. 1x3); embeddings are '
+                   'averaged over views. Default: the config\'s test pipeline')
+    p.add_argument('--skip-bad', action='store_true',
+                   help='skip unreadable videos (listed in OUT/bad_videos.txt) instead of '
+                   'stopping at the first one')
+    p.add_argument('--limit', type=int, help='embed at most N new videos, then stop '
+                   '(rerun to continue)')
+    p.add_argument('--shard-size', type=int, default=256,
+                   help='videos per partial-results file (the unit of resumption)')
+    p.add_argument('--save-sim', action='store_true',
+                   help='also write OUT/sim.npy = texts @ videos.T [Nt, Nv]')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace results of another model/config/checkpoint in OUT')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config entries, e.g. model.backbone.depth=6')
+    args = p.parse_args(argv)
+    if args.split is None and args.videos is None and args.texts is None:
+        p.error('give --videos and/or --texts, or --split')
+    if args.split is not None and (args.videos or args.texts):
+        p.error('--split takes videos and captions from the config: drop --videos/--texts')
+    if args.skip_videos and args.split is None:
+        p.error('--skip-videos goes with --split')
+    for name in ('batch_size', 'shard_size'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.limit is not None and args.limit < 1:
+        p.error('--limit must be >= 1')
+    return args
+
+
+def read_texts(path: str):
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'--texts {path!r}: file not found (expected one text per '
+                                f'line)')
+    with open(path, encoding='utf-8') as f:
+        texts = [ln.rstrip('\r\n') for ln in f]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f'--texts {path}: no text in the file')
+    return texts
+
+
+def split_items(cfg, split: str):
+    """Videos (absolute paths, each once), captions, and each caption's video index, from
+    the config's ``<split>_dataloader.dataset`` (captions of a video grouped by file)."""
+    import copy
+    from mmaction.registry import DATASETS
+    loader = cfg.get(f'{split}_dataloader')
+    if not loader or not loader.get('dataset'):
+        raise ValueError(f'{cfg.filename} has no {split}_dataloader.dataset')
+    ds_cfg = copy.deepcopy(loader['dataset'])
+    ds_cfg['pipeline'] = []
+    if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
+        ds_cfg['test_mode'] = True  # one entry per video with all its captions
+    dataset = DATASETS.build(ds_cfg)
+    videos, texts, t2v, index = [], [], [], {}
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        path = osp.abspath(info['filename'])
+        if path not in index:
+            index[path] = len(videos)
+            videos.append(path)
+        caps = info.get('text')
+        caps = [caps] if isinstance(caps, str) else list(caps or [])
+        texts += caps
+        t2v += [index[path]] * len(caps)
+    return videos, texts, t2v
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import stan_mm  # noqa: F401  (registration and stack fixes)
+
+    def log(msg):
+        print(f'[extract_features] {msg}', flush=True)
+
+    from stan_mm.apis import FeatureFolderError, ModelLoadError
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # Slurm preemption: save
+    try:
+        return _run(args, log)
+    except (FeatureFolderError, ModelLoadError, FileNotFoundError, ValueError) as e:
+        print(f'extract_features: error: {e}', file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, log) -> int:
+    from stan_mm.apis import (checkpoint_fingerprint, extract_features, init_model,
+                              list_videos, model_key)
+    from stan_mm.datasets.transforms.video_io import VideoReadError
+    model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
+                       need_classnames=False)
+    videos, root, texts, t2v = [], osp.abspath('.'), None, None
+    if args.split is not None:
+        videos, texts, t2v = split_items(model.cfg, args.split)
+        log(f'{args.split} split: {len(videos)} videos, {len(texts)} captions')
+        if not texts:
+            texts, t2v = None, None
+        if args.skip_videos:
+            if texts is None:
+                raise ValueError(f'--skip-videos: the {args.split} split has no captions')
+            videos, t2v = [], None
+    else:
+        if args.videos:
+            root, videos = list_videos(args.videos)
+        if args.texts:
+            texts = read_texts(args.texts)
+    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), args.views)
+    extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
+                 cfg_options=args.cfg_options, source=args.split or args.videos)
+    try:
+        res = extract_features(
+            model, args.out, videos=videos, video_root=root, texts=texts, text_to_video=t2v,
+            key=key, views=args.views, batch_size=args.batch_size,
+            num_workers=args.num_workers, skip_bad=args.skip_bad, limit=args.limit,
+            shard_size=args.shard_size, overwrite=args.overwrite,
+            progress=not args.no_progress, extra_meta=extra, log=log)
+    except VideoReadError as e:
+        print(f'extract_features: error: {e}\n(the videos embedded so far are saved; rerun '
+              f'with --skip-bad to skip unreadable videos)', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('extract_features: interrupted; the videos embedded so far are saved in '
+              f'{osp.join(args.out, ".partial")}: rerun the same command to continue',
+              file=sys.stderr)
+        return 130
+    if not res.complete:
+        return 0
+    if args.save_sim:
+        write_sim(args.out, log)
+    log(f'wrote {args.out}: {res.num_videos} videos, {res.num_texts} texts')
+    return 0
+
+
+def write_sim(out: str, log) -> None:
+    import numpy as np
+    from stan_mm.apis import load_features
+    feats = load_features(out)
+    if feats['videos'] is None or feats['texts'] is None:
+        raise ValueError('--save-sim needs both videos and texts')
+    sim = (feats['texts'] @ feats['videos'].T).astype(np.float32)
+    np.save(osp.join(out, 'sim.npy'), sim)
+    log(f'wrote {osp.join(out, "sim.npy")} {tuple(sim.shape)} (rows: texts.txt, columns: '
+        f'videos.txt)')
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == '__main__':
+    sys.exit(main())
