@@ -1,0 +1,251 @@
+"""Inference-time rescoring of retrieval similarities: DSL (dual softmax) and QB-Norm.
+
+Both operate on row blocks ``S[rows]`` of the text x video matrix ``S [Nt, Nv]`` (see
+:mod:`stan_mm.evaluation.similarity`); statistics that need every row (a per-video
+logsumexp over all texts, the querybank normalizer) are computed first in a separate
+chunked pass. All rescored values are float64.
+
+DSL (dual softmax, CAMoE, arXiv 2109.04290)
+-------------------------------------------
+``temp`` DIVIDES the similarities inside the softmax (``--dsl-temp`` of the tools means the
+same):
+
+- text->video: ``S'[i, j] = S[i, j] * softmax_i(S[:, j] / temp)[i] * Nt`` (softmax over the
+  text axis, for each video column);
+- video->text: ``S'[i, j] = S[i, j] * softmax_j(S[i, :] / temp)[j] * Nv`` (softmax over the
+  video axis, for each text row).
+
+The constant factor ``N`` (number of entries the softmax runs over) never changes a rank; it
+is kept so that DSL scores stay on the scale of ``S`` on average (a softmax column times its
+length has mean 1), which matters only when QB-Norm follows DSL.
+
+Default ``temp = 0.01`` (:data:`DEFAULT_DSL_TEMP`), for cosine similarities (normalized
+embeddings). This is the CLIP4Clip-family inference setting: those codebases apply
+``softmax(logits, dim=0)`` to logits = 100 * cosine, i.e. ``softmax(cosine / 0.01)``.
+``STAN_REFERENCE.md`` quotes ``temp = 1000`` "in the reference code": that value belongs to
+the CAMoE *training loss* (``sim * softmax(sim / 1000)`` on logit-scaled similarities, meant
+to smooth gradients). Applied to cosine similarities, ``temp = 1000`` makes every column's
+softmax almost uniform (``S / 1000`` spans at most 0.002), so DSL would leave the ranking
+almost unchanged; pass ``dsl_temp=1000`` to reproduce that literally.
+
+Numerics: the softmax weight is ``exp(S / temp - logsumexp(S / temp))`` in float64. It
+underflows only when a column (t2v) or row (v2t) spans more than ~700 * temp; with cosine
+similarities and temp = 0.01 the span is at most 2 / 0.01 + ln(N) ~ 212.
+
+QB-Norm (Querybank Normalisation, dynamic inverted softmax, arXiv 2112.12777), t2v only
+---------------------------------------------------------------------------------------
+Querybank ``B [Nb, Nv]``: similarities of bank queries (training captions) to the test
+gallery (test videos). Activation set ``A``: union over bank queries of their top-``k``
+gallery items (``k = 1``: the argmax, lowest index among equal maxima; ``k > 1``: ``torch.topk``,
+whose choice among items tied at the k-th place is implementation defined). For a test query
+``q`` whose top-1 item (argmax of its score row, lowest index among equal maxima) is in A:
+
+    score(q, g) = exp(beta * s(q, g)) / sum_b exp(beta * s(b, g))
+
+otherwise ``score(q, g) = s(q, g)``. Ranks are computed in log space:
+``beta * s(q, g) - logsumexp_b(beta * s(b, g))`` is a strictly increasing function of the
+probability above, so a normalized row ranks exactly as its probabilities would, without the
+overflow of ``exp(beta * s)``. A row is either entirely normalized or entirely raw, so every
+rank compares scores of one kind. Default ``beta = 20``, ``k = 1``.
+
+DSL and QB-Norm together: DSL first, then QB-Norm on the DSL scores. ``s`` above is then the
+t2v DSL score, for the test queries (softmax over the test texts) and for the bank alike (the
+same operator applied to ``B``: softmax over the bank texts, times ``Nb``), and the activation
+set and the top-1 test are taken on those DSL scores. ``beta = 20`` was tuned for cosine
+scores; DSL scores are on that scale on average but peaked entries reach ``N`` times a
+cosine, so beta may need re-tuning for the combination.
+"""
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from .similarity import SimilaritySource
+
+DEFAULT_DSL_TEMP = 0.01
+DEFAULT_QB_BETA = 20.0
+DEFAULT_QB_K = 1
+DEFAULT_CHUNK_SIZE = 256
+
+
+def iter_chunks(total: int, chunk_size: int) -> Iterator[Tuple[int, int]]:
+    """Yield ``(start, stop)`` row ranges of at most ``chunk_size`` rows covering ``total``."""
+    if chunk_size < 1:
+        raise ValueError(f'chunk_size must be a positive integer, got {chunk_size}')
+    for start in range(0, total, chunk_size):
+        yield start, min(start + chunk_size, total)
+
+
+def check_dsl_temp(temp: float) -> float:
+    temp = float(temp)
+    if not temp > 0 or temp != temp or temp == float('inf'):
+        raise ValueError(f'dsl_temp must be a positive finite number (it divides the '
+                         f'similarities inside the softmax), got {temp}')
+    return temp
+
+
+# ----------------------------------------------------------------------------------- DSL
+def scaled_similarity(sim: torch.Tensor, temp: float) -> torch.Tensor:
+    """``S / temp`` of a block ``[c, Nv]`` as a new float64 tensor."""
+    return sim.to(torch.float64) / temp
+
+
+def block_logsumexps(z: torch.Tensor, consume: bool = False
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-column and per-row logsumexp of a block ``z [c, Nv]`` (float64).
+
+    Both share one ``exp`` shifted by the block maximum; when the block spans more than 600
+    (where that shift could underflow) the two are computed separately. ``consume=True``
+    lets the function overwrite ``z``.
+
+    Returns:
+        ``(col_lse [Nv], row_lse [c])``.
+    """
+    top, low = float(z.max()), float(z.min())
+    if top - low < 600.0:
+        e = (z.sub_(top) if consume else z - top).exp_()
+        return e.sum(dim=0).log_().add_(top), e.sum(dim=1).log_().add_(top)
+    return torch.logsumexp(z, dim=0), torch.logsumexp(z, dim=1)
+
+
+def column_logsumexp(source: SimilaritySource, temp: float, chunk_size: int) -> torch.Tensor:
+    """``logsumexp_i(S[i, j] / temp)`` over all texts i, for every video j.
+
+    Returns:
+        ``[Nv]`` float64 on ``source.device``; one chunked pass over ``source``.
+    """
+    total = torch.full((source.num_videos,), float('-inf'), dtype=torch.float64,
+                       device=source.device)
+    for start, stop in iter_chunks(source.num_texts, chunk_size):
+        z = scaled_similarity(source.rows(start, stop, pad_to=chunk_size), temp)
+        total = torch.logaddexp(total, block_logsumexps(z, consume=True)[0])
+    return total
+
+
+def dsl_t2v_scores(sim: torch.Tensor, col_lse: torch.Tensor, temp: float,
+                   num_texts: Optional[int] = None,
+                   z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Text->video DSL of a row block.
+
+    Args:
+        sim: ``[c, Nv]`` raw similarities (rows of S).
+        col_lse: ``[Nv]`` :func:`column_logsumexp` of the whole matrix.
+        temp: softmax temperature (divides ``sim``).
+        num_texts: ``Nt``, the length of the column softmax; ``None`` leaves out this
+            constant factor (ranks do not change).
+        z: ``sim / temp`` from :func:`scaled_similarity`, if already computed (kept intact).
+
+    Returns:
+        ``[c, Nv]`` float64, ``S * softmax_over_texts(S / temp) [* Nt]``.
+    """
+    z = scaled_similarity(sim, temp) if z is None else z
+    scores = (z - col_lse).exp_().mul_(sim)
+    return scores.mul_(float(num_texts)) if num_texts is not None else scores
+
+
+def dsl_v2t_scores(sim: torch.Tensor, row_lse: torch.Tensor, temp: float,
+                   num_videos: Optional[int] = None, z: Optional[torch.Tensor] = None,
+                   consume_z: bool = False) -> torch.Tensor:
+    """Video->text DSL of a row block: ``S * softmax_over_videos(S / temp) [* Nv]``.
+
+    Args:
+        sim: ``[c, Nv]`` raw similarities (full rows, or ``[c, 1]`` single entries of them);
+        row_lse: ``[c]`` logsumexp of every full row of ``S / temp``.
+        num_videos: the constant factor ``Nv`` or ``None`` to leave it out.
+        z, consume_z: ``sim / temp`` if already computed, and whether it may be overwritten.
+
+    The same sequence of element-wise operations is applied whatever the block shape, so an
+    entry scored alone equals, bit for bit, the same entry scored within its row.
+
+    Returns:
+        ``[c, Nv]`` float64.
+    """
+    z = scaled_similarity(sim, temp) if z is None else z
+    scores = z.sub_(row_lse[:, None]) if consume_z else z - row_lse[:, None]
+    scores = scores.exp_().mul_(sim)
+    return scores.mul_(float(num_videos)) if num_videos is not None else scores
+
+
+# ------------------------------------------------------------------------------ QB-Norm
+@dataclass
+class QueryBankStats:
+    """What QB-Norm needs from the querybank, for a gallery of ``Nv`` videos.
+
+    Attributes:
+        log_norm: ``[Nv]`` float64, ``logsumexp_b(beta * s(b, g))`` over bank queries b.
+        active: ``[Nv]`` bool, the activation set A.
+        beta: inverse temperature of the inverted softmax.
+        num_bank: number of bank queries ``Nb``.
+    """
+    log_norm: torch.Tensor
+    active: torch.Tensor
+    beta: float
+    num_bank: int
+
+
+def querybank_stats(bank: SimilaritySource, beta: float = DEFAULT_QB_BETA,
+                    k: int = DEFAULT_QB_K, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    dsl_temp: Optional[float] = None) -> QueryBankStats:
+    """Normalizer and activation set from a querybank ``[Nb, Nv]``, in chunked passes.
+
+    Args:
+        bank: similarities of ``Nb`` bank queries to the ``Nv`` test videos.
+        beta: inverse temperature; k: top-k of every bank query that enters A.
+        dsl_temp: when given, the bank is first rescored with text->video DSL (softmax over
+            the bank texts, times ``Nb``), as used by DSL followed by QB-Norm.
+    """
+    if bank.num_texts < 1:
+        raise ValueError(f'{bank.name}: the querybank is empty; QB-Norm needs bank queries')
+    beta = float(beta)
+    if not beta > 0:
+        raise ValueError(f'QB-Norm beta must be positive, got {beta}')
+    k = int(k)
+    if not 1 <= k <= bank.num_videos:
+        raise ValueError(f'QB-Norm k must be in [1, {bank.num_videos}] (number of gallery '
+                         f'videos), got {k}')
+    col_lse = column_logsumexp(bank, dsl_temp, chunk_size) if dsl_temp is not None else None
+    log_norm = torch.full((bank.num_videos,), float('-inf'), dtype=torch.float64,
+                          device=bank.device)
+    active = torch.zeros(bank.num_videos, dtype=torch.bool, device=bank.device)
+    for start, stop in iter_chunks(bank.num_texts, chunk_size):
+        block = bank.rows(start, stop, pad_to=chunk_size)
+        if col_lse is not None:
+            block = dsl_t2v_scores(block, col_lse, dsl_temp, bank.num_texts)
+        if k == 1:
+            top = block.argmax(dim=1)
+        else:
+            top = torch.topk(block, k, dim=1).indices.reshape(-1)
+        active[top] = True
+        scaled = block.to(torch.float64) * beta
+        del block
+        log_norm = torch.logaddexp(log_norm, block_logsumexps(scaled, consume=True)[0])
+    return QueryBankStats(log_norm=log_norm, active=active, beta=beta,
+                          num_bank=bank.num_texts)
+
+
+def qb_norm_scores(scores: torch.Tensor, stats: QueryBankStats,
+                   inplace: bool = False) -> torch.Tensor:
+    """Apply QB-Norm to a block of text->video score rows.
+
+    Args:
+        scores: ``[c, Nv]`` scores of ``c`` test queries (raw or DSL).
+        stats: from :func:`querybank_stats` over the same gallery.
+        inplace: overwrite ``scores`` when it is float64.
+
+    Returns:
+        ``[c, Nv]`` float64: rows whose argmax lies in the activation set become
+        ``beta * scores - log_norm`` (log of the inverted-softmax probability), the other rows
+        keep ``scores``.
+    """
+    if scores.shape[1] != stats.log_norm.shape[0]:
+        raise ValueError(f'QB-Norm: scores have {scores.shape[1]} videos but the querybank '
+                         f'covers {stats.log_norm.shape[0]}')
+    normalize = stats.active[scores.argmax(dim=1)]  # [c] bool
+    inplace = inplace and scores.dtype == torch.float64
+    out = scores if inplace else scores.to(torch.float64, copy=True)
+    if bool(normalize.any()):
+        factor = torch.where(normalize, stats.beta, 1.0).to(torch.float64)
+        # normalized rows: beta * s - log_norm; raw rows: s * 1 - 0 (unchanged, exactly)
+        out.mul_(factor[:, None]).addcmul_(normalize.to(torch.float64)[:, None],
+                                           stats.log_norm[None, :], value=-1.0)
+    return out

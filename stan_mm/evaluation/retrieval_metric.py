@@ -1,0 +1,266 @@
+"""``RetrievalRecallMetric``: text<->video retrieval metric (t2v and v2t, DSL, QB-Norm).
+
+Contract with the retrieval model (what ``predict`` / ``test_step`` must emit)
+------------------------------------------------------------------------------
+One data sample = one test VIDEO with ALL of its captions (the dataset is video-level at
+test time: MSR-VTT 1k-A and LSMDC have one caption per video, DiDeMo one paragraph, MSVD
+several captions). For every sample the model returns an ``ActionDataSample`` (or a dict)
+carrying:
+
+===================  =================  ==================================================
+field                shape / type       meaning
+===================  =================  ==================================================
+``video_feature``    ``[E]`` tensor     the video embedding
+``text_feature``     ``[n, E]`` tensor  the embeddings of the video's ``n >= 1`` captions
+                     (or ``[E]``)       (a 1-D tensor means one caption)
+``sample_idx``       ``int``            the dataset index of the sample (metainfo)
+===================  =================  ==================================================
+
+Both features may also sit under ``features`` (``data_sample.features.video_feature``, the
+layout of MMAction2's own ``CLIPSimilarity`` / ``RetrievalMetric``). Features need not be
+normalized: with ``normalize=True`` (default) they are L2-normalized here, so the similarity
+is the cosine. ``sample_idx`` is set by mmengine's ``BaseDataset.get_data_info`` in every data
+info; the packing transform must carry it into the data sample, e.g.
+``dict(type='PackActionInputs', meta_keys=('sample_idx', ...))``. The rank of a caption or a
+video does not depend on the order in which samples arrive: samples are sorted by
+``sample_idx``; caption ``c`` of the video with the ``v``-th smallest index is text row
+``sum(n of earlier videos) + c`` and its ground truth is video ``v``.
+
+Distributed evaluation
+----------------------
+mmengine's ``DefaultSampler(round_up=True)`` pads the index list with its first entries so
+that every rank gets the same number of samples (7 videos on 2 ranks: rank 0 gets 0, 2, 4, 6
+and rank 1 gets 1, 3, 5, 0), and ``collect_results`` drops the padding by POSITION (it
+interleaves the ranks' lists and truncates to the dataset size). This metric does not rely on
+that: it collects every processed sample from every rank (nothing truncated), then drops
+duplicates by ``sample_idx`` and checks that exactly ``size`` distinct samples remain, so
+multi-process evaluation gives the numbers of one process whatever sampler or batch layout
+produced the samples.
+
+Options
+-------
+``dsl`` / ``dsl_temp``: dual softmax, ``temp`` divides the similarities (default 0.01, see
+:mod:`stan_mm.evaluation.rescoring`). ``qb_norm``: ``None`` or
+``dict(bank=..., beta=20, k=1)`` where ``bank`` is a ``.npy`` file (or array/tensor) of
+``[Nb, E]`` TEXT embeddings of the bank queries (training captions) produced by the same
+checkpoint as the test features; the querybank is their similarity to the test videos.
+``chunk_size``: rows of the similarity matrix materialized at a time. ``device``: where the
+ranking runs (``'cpu'`` or ``'cuda'``).
+"""
+import os.path as osp
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.dist import (all_gather_object, broadcast_object_list, collect_results,
+                           get_world_size, is_main_process)
+from mmengine.evaluator import BaseMetric
+
+from mmaction.registry import METRICS
+
+from .rescoring import DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K
+from .ranking import ranks_to_metrics, retrieval_ranks
+from .similarity import EmbeddingSimilarity
+
+_QB_KEYS = {'bank', 'beta', 'k'}
+
+
+def _field(data_sample: dict, key: str):
+    if key in data_sample and data_sample[key] is not None:
+        return data_sample[key]
+    features = data_sample.get('features')
+    if isinstance(features, dict) and features.get(key) is not None:
+        return features[key]
+    if features is not None and hasattr(features, key):
+        return getattr(features, key)
+    return None
+
+
+def _as_feature(value, key: str, idx) -> torch.Tensor:
+    if value is None:
+        raise KeyError(f'RetrievalRecallMetric: data sample {idx} has no {key!r}; the '
+                       f'retrieval model must set data_sample.{key} (see the contract in '
+                       'stan_mm/evaluation/retrieval_metric.py)')
+    tensor = torch.as_tensor(value).detach()
+    if not tensor.is_floating_point():
+        raise TypeError(f'RetrievalRecallMetric: {key} of sample {idx} must be a floating '
+                        f'point tensor, got {tensor.dtype}')
+    return tensor.to('cpu', torch.float32)
+
+
+@METRICS.register_module()
+class RetrievalRecallMetric(BaseMetric):
+    """Text->video and video->text R@1/5/10, MdR, MnR with optional DSL and QB-Norm.
+
+    Args:
+        dsl: apply dual softmax to both directions.
+        dsl_temp: DSL temperature; divides the similarities inside the softmax.
+        qb_norm: ``None`` or ``dict(bank='bank_text_features.npy', beta=20, k=1)``.
+        chunk_size: similarity rows materialized at a time.
+        normalize: L2-normalize video, text and bank features before the dot product.
+        device: device of the ranking computation.
+        collect_device, collect_dir, prefix: as in :class:`mmengine.evaluator.BaseMetric`.
+
+    Returns (``evaluate``): ``{'retrieval/t2v_R1': ..., ..., 'retrieval/v2t_MnR': ...}``
+    (recalls in percent).
+    """
+
+    default_prefix = 'retrieval'
+
+    def __init__(self, dsl: bool = False, dsl_temp: float = DEFAULT_DSL_TEMP,
+                 qb_norm: Optional[dict] = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 normalize: bool = True, device: str = 'cpu', collect_device: str = 'cpu',
+                 prefix: Optional[str] = None, collect_dir: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix,
+                         collect_dir=collect_dir)
+        self.dsl = bool(dsl)
+        self.dsl_temp = float(dsl_temp)
+        if not self.dsl_temp > 0:
+            raise ValueError(f'RetrievalRecallMetric: dsl_temp must be positive, got {dsl_temp}')
+        if qb_norm is not None:
+            if not isinstance(qb_norm, dict) or 'bank' not in qb_norm:
+                raise ValueError("RetrievalRecallMetric: qb_norm must be None or "
+                                 "dict(bank='bank_text_features.npy', beta=20, k=1)")
+            unknown = set(qb_norm) - _QB_KEYS
+            if unknown:
+                raise ValueError(f'RetrievalRecallMetric: unknown qb_norm keys {sorted(unknown)}'
+                                 f'; allowed: {sorted(_QB_KEYS)}')
+            bank = qb_norm['bank']
+            if isinstance(bank, str) and not osp.isfile(bank):
+                raise FileNotFoundError(f'RetrievalRecallMetric: qb_norm bank file {bank!r} '
+                                        'does not exist (expected a .npy array [Nb, E] of '
+                                        'bank text embeddings)')
+            qb_norm = {**dict(beta=DEFAULT_QB_BETA, k=DEFAULT_QB_K), **qb_norm}
+        self.qb_norm = qb_norm
+        self.chunk_size = int(chunk_size)
+        self.normalize = bool(normalize)
+        self.device = device
+        self._expected_size: Optional[int] = None
+
+    # ------------------------------------------------------------------ collection
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        """Keep ``sample_idx``, ``video_feature [E]`` and ``text_feature [n, E]`` per sample."""
+        for data_sample in data_samples:
+            if not isinstance(data_sample, dict):
+                data_sample = data_sample.to_dict()
+            idx = data_sample.get('sample_idx')
+            if idx is None:
+                raise KeyError(
+                    "RetrievalRecallMetric: data sample has no 'sample_idx'; it identifies the "
+                    'video across processes. mmengine datasets set it in every data info: '
+                    "add it to the packing transform, e.g. PackActionInputs(meta_keys=("
+                    "'sample_idx', ...))")
+            idx = int(idx)
+            video = _as_feature(_field(data_sample, 'video_feature'), 'video_feature', idx)
+            text = _as_feature(_field(data_sample, 'text_feature'), 'text_feature', idx)
+            if video.dim() == 2 and video.shape[0] == 1:
+                video = video[0]
+            if text.dim() == 1:
+                text = text[None]
+            if video.dim() != 1 or text.dim() != 2 or text.shape[0] < 1 or \
+                    text.shape[1] != video.shape[0]:
+                raise ValueError(
+                    f'RetrievalRecallMetric: sample {idx} has video_feature of shape '
+                    f'{tuple(video.shape)} and text_feature of shape {tuple(text.shape)}; '
+                    'expected [E] and [n_captions >= 1, E] with the same E')
+            self.results.append(dict(sample_idx=idx, video_feature=video, text_feature=text))
+
+    def evaluate(self, size: int) -> dict:
+        """Collect every sample of every rank, de-duplicate by ``sample_idx``, evaluate on the
+        main process and broadcast the metrics (or the error) to all ranks."""
+        world_size = get_world_size()
+        total = len(self.results)
+        if world_size > 1:
+            total = int(sum(all_gather_object(total)))
+        if self.collect_device == 'cpu':
+            results = collect_results(self.results, total, 'cpu', tmpdir=self.collect_dir)
+        else:
+            results = collect_results(self.results, total, self.collect_device)
+        payload = [None]
+        error: Optional[BaseException] = None
+        if is_main_process():
+            try:
+                self._expected_size = int(size)
+                metrics = self.compute_metrics(results)
+                if self.prefix:
+                    metrics = {f'{self.prefix}/{k}': v for k, v in metrics.items()}
+                payload = [('ok', metrics)]
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                payload = [('error', f'{type(exc).__name__}: {exc}')]
+                error = exc
+            finally:
+                self._expected_size = None
+        broadcast_object_list(payload)
+        self.results.clear()
+        status, value = payload[0]
+        if status == 'error':
+            if error is not None:
+                raise error
+            raise RuntimeError(f'RetrievalRecallMetric failed on the main process: {value}')
+        return value
+
+    # ------------------------------------------------------------------ computation
+    def gather_features(self, results: List[dict]):
+        """De-duplicate by ``sample_idx`` and stack.
+
+        Returns:
+            ``(text_emb [Nt, E], video_emb [Nv, E], text_to_video [Nt], sample_idx [Nv])``.
+        """
+        unique: Dict[int, dict] = {}
+        for item in results:
+            unique.setdefault(int(item['sample_idx']), item)
+        if not unique:
+            raise ValueError('RetrievalRecallMetric: no samples were processed')
+        if self._expected_size is not None and len(unique) != self._expected_size:
+            raise ValueError(
+                f'RetrievalRecallMetric: {len(unique)} distinct samples (by sample_idx) were '
+                f'collected for a dataset of size {self._expected_size}; every test video '
+                'must be evaluated exactly once (check the sampler and that sample_idx is the '
+                'dataset index)')
+        order = sorted(unique)
+        dims = {unique[i]['video_feature'].shape[0] for i in order}
+        if len(dims) != 1:
+            raise ValueError(f'RetrievalRecallMetric: samples have different feature '
+                             f'dims {sorted(dims)}')
+        video_emb = torch.stack([unique[i]['video_feature'] for i in order])
+        texts = [unique[i]['text_feature'] for i in order]
+        text_emb = torch.cat(texts)
+        counts = torch.tensor([t.shape[0] for t in texts])
+        text_to_video = torch.repeat_interleave(torch.arange(len(order)), counts)
+        return text_emb, video_emb, text_to_video, torch.tensor(order)
+
+    def _load_bank(self, dim: int) -> torch.Tensor:
+        bank = self.qb_norm['bank']
+        name = bank if isinstance(bank, str) else 'qb_norm bank'
+        if isinstance(bank, str):
+            bank = np.load(bank)
+        if isinstance(bank, torch.Tensor):
+            bank = bank.detach().float().cpu()
+        else:
+            bank = torch.from_numpy(np.array(bank, dtype=np.float32))
+        if bank.dim() != 2 or bank.shape[1] != dim:
+            raise ValueError(f'RetrievalRecallMetric: {name} has shape {tuple(bank.shape)}; '
+                             f'expected [num_bank_texts, {dim}] text embeddings of the same '
+                             'model as the test features')
+        return bank
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        text_emb, video_emb, text_to_video, _ = self.gather_features(results)
+        bank = self._load_bank(video_emb.shape[1]) if self.qb_norm is not None else None
+        if self.normalize:
+            text_emb = F.normalize(text_emb, dim=-1)
+            video_emb = F.normalize(video_emb, dim=-1)
+            bank = F.normalize(bank, dim=-1) if bank is not None else None
+        text_emb, video_emb = text_emb.to(self.device), video_emb.to(self.device)
+        source = EmbeddingSimilarity(text_emb, video_emb, name='test features')
+        bank_source = None
+        if bank is not None:
+            bank_source = EmbeddingSimilarity(bank.to(self.device), video_emb,
+                                              name='querybank features')
+        ranks = retrieval_ranks(
+            source, text_to_video, dsl=self.dsl, dsl_temp=self.dsl_temp, qb_bank=bank_source,
+            qb_beta=self.qb_norm['beta'] if self.qb_norm else DEFAULT_QB_BETA,
+            qb_k=self.qb_norm['k'] if self.qb_norm else DEFAULT_QB_K,
+            chunk_size=self.chunk_size)
+        return ranks_to_metrics(*ranks)

@@ -1,0 +1,138 @@
+"""Row-chunk access to a text x video similarity matrix that is never held whole in memory.
+
+A :class:`SimilaritySource` hands out row blocks ``S[start:stop]`` of shape ``[rows, Nv]``
+(texts x videos). Two sources exist:
+
+- :class:`EmbeddingSimilarity`: ``S = text_emb @ video_emb.T`` for given (already normalized)
+  embeddings ``text_emb [Nt, E]``, ``video_emb [Nv, E]``; each block is one matrix product, on
+  the device of the embeddings (CPU or GPU).
+- :class:`DenseSimilarity`: a dense matrix ``[Nt, Nv]`` given as a tensor or a numpy array,
+  including a read-only ``np.load(..., mmap_mode='r')`` memmap, so that a matrix larger than
+  memory is read block by block.
+
+Bitwise consistency: BLAS kernels round differently for different row counts (measured on
+this project's CPUs: the same text row multiplied inside a 3-row and a 257-row block differs
+in the last bit for some entries). Exact ties (duplicate captions, duplicate videos) must stay
+exact ties, so :meth:`EmbeddingSimilarity.rows` pads every block to the same number of rows
+(``pad_to``) before the product and drops the padding afterwards.
+"""
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+
+class SimilaritySource:
+    """Interface: ``num_texts``, ``num_videos``, ``name`` and ``rows(start, stop, pad_to)``."""
+
+    name: str = 'similarity'
+    num_texts: int
+    num_videos: int
+    device: torch.device
+
+    def rows(self, start: int, stop: int, pad_to: Optional[int] = None) -> torch.Tensor:
+        """Return ``S[start:stop]``, shape ``[stop - start, Nv]``, floating point, finite.
+
+        The block is a new tensor (never a view of the caller's data); ``pad_to`` asks for the
+        block to be computed as part of a ``pad_to``-row block (same rounding for all blocks).
+        """
+        raise NotImplementedError
+
+    def _check_finite(self, block: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if not bool(torch.isfinite(block).all()):
+            bad = (~torch.isfinite(block)).nonzero()[0].tolist()
+            raise ValueError(
+                f'{self.name}: non-finite similarity (NaN or inf) at text {start + bad[0]}, '
+                f'video {bad[1]} (rows {start}..{stop - 1} checked); similarities must be '
+                'finite numbers, check the features or the matrix that produced them')
+        return block
+
+
+def _as_float_tensor(array, what: str) -> torch.Tensor:
+    tensor = torch.as_tensor(array)
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    if tensor.dim() != 2:
+        raise ValueError(f'{what} must be 2-D, got shape {tuple(tensor.shape)}')
+    return tensor
+
+
+class EmbeddingSimilarity(SimilaritySource):
+    """Dot-product similarity of text and video embeddings, computed one row block at a time.
+
+    Args:
+        text_emb: ``[Nt, E]`` text (query) embeddings, already normalized.
+        video_emb: ``[Nv, E]`` video embeddings, already normalized, same dtype/device.
+        name: used in error messages.
+
+    float16/bfloat16 inputs are promoted to float32; float64 inputs stay float64.
+    """
+
+    def __init__(self, text_emb: torch.Tensor, video_emb: torch.Tensor,
+                 name: str = 'embeddings') -> None:
+        self.text_emb = _as_float_tensor(text_emb, f'{name}: text embeddings')
+        self.video_emb = _as_float_tensor(video_emb, f'{name}: video embeddings')
+        if self.text_emb.shape[1] != self.video_emb.shape[1]:
+            raise ValueError(
+                f'{name}: text embeddings have dim {self.text_emb.shape[1]} but video '
+                f'embeddings have dim {self.video_emb.shape[1]}; both must come from the same '
+                'model (same projection width)')
+        if self.text_emb.device != self.video_emb.device:
+            raise ValueError(f'{name}: text embeddings on {self.text_emb.device}, video '
+                             f'embeddings on {self.video_emb.device}; put both on one device')
+        dtype = torch.promote_types(self.text_emb.dtype, self.video_emb.dtype)
+        self.text_emb = self.text_emb.to(dtype)
+        self.video_emb = self.video_emb.to(dtype)
+        self._video_t = self.video_emb.t()  # [E, Nv] view, no copy
+        self.name = name
+        self.num_texts = self.text_emb.shape[0]
+        self.num_videos = self.video_emb.shape[0]
+        self.device = self.text_emb.device
+
+    def rows(self, start: int, stop: int, pad_to: Optional[int] = None) -> torch.Tensor:
+        queries = self.text_emb[start:stop]  # [c, E]
+        count = queries.shape[0]
+        if pad_to is not None and count < pad_to:
+            queries = torch.cat([queries, queries.new_zeros(pad_to - count, queries.shape[1])])
+        block = (queries @ self._video_t)[:count]  # [c, Nv]
+        return self._check_finite(block, start, stop)
+
+
+class DenseSimilarity(SimilaritySource):
+    """A dense ``[Nt, Nv]`` similarity matrix (tensor, numpy array or read-only memmap).
+
+    Only the requested rows are read and converted (to float32, or float64 when the matrix is
+    float64), then moved to ``device``.
+    """
+
+    def __init__(self, sim: Union[torch.Tensor, np.ndarray], name: str = 'similarity matrix',
+                 device: Union[str, torch.device, None] = None) -> None:
+        if sim.ndim != 2:
+            raise ValueError(f'{name}: expected a 2-D [num_texts, num_videos] matrix, got '
+                             f'shape {tuple(sim.shape)}')
+        self.sim = sim
+        self.name = name
+        self.num_texts, self.num_videos = int(sim.shape[0]), int(sim.shape[1])
+        if device is None:
+            device = sim.device if isinstance(sim, torch.Tensor) else 'cpu'
+        self.device = torch.device(device)
+        if isinstance(sim, torch.Tensor):
+            if not (sim.is_floating_point() or sim.dtype in (torch.int32, torch.int64)):
+                raise ValueError(f'{name}: unsupported dtype {sim.dtype}')
+            self._dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
+        else:
+            if sim.dtype.kind not in 'fiu':
+                raise ValueError(f'{name}: expected a numeric matrix, got dtype {sim.dtype}')
+            self._dtype = torch.float64 if sim.dtype == np.float64 else torch.float32
+
+    def rows(self, start: int, stop: int, pad_to: Optional[int] = None) -> torch.Tensor:
+        block = self.sim[start:stop]
+        if isinstance(block, np.ndarray):  # also a memmap slice: read now, as a private copy
+            np_dtype = np.float64 if self._dtype == torch.float64 else np.float32
+            block = torch.from_numpy(np.array(block, dtype=np_dtype, order='C', copy=True))
+            block = block.to(self.device)
+        else:
+            block = block.to(device=self.device, dtype=self._dtype, copy=True)
+        return self._check_finite(block, start, stop)

@@ -1,0 +1,371 @@
+"""Retrieval ranking, DSL, QB-Norm and RetrievalRecallMetric (single process).
+
+Expected numbers are either written by hand from small matrices (reasoning in comments) or
+come from the plain-loop references below, written from the formulas of STAN_REFERENCE.md
+section 5 and independent of stan_mm's chunked code.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import stan_mm  # noqa: F401  (registers RetrievalRecallMetric)
+from stan_mm.evaluation import (DenseSimilarity, EmbeddingSimilarity, RetrievalRecallMetric,
+                                ranks_to_metrics, retrieval_metrics_from_embeddings,
+                                retrieval_metrics_from_similarity, retrieval_ranks)
+
+
+# ------------------------------------------------------------------ plain-loop references
+def ref_t2v_ranks(X, t2v):
+    ranks = []
+    for i in range(X.shape[0]):
+        g = t2v[i]
+        ranks.append(1 + sum(1 for j in range(X.shape[1]) if j != g and X[i, j] >= X[i, g]))
+    return ranks
+
+
+def ref_v2t_ranks(Y, t2v):
+    ranks = []
+    for j in range(Y.shape[1]):
+        best = max(Y[i, j] for i in range(Y.shape[0]) if t2v[i] == j)
+        ranks.append(1 + sum(1 for i in range(Y.shape[0]) if t2v[i] != j and Y[i, j] >= best))
+    return ranks
+
+
+def ref_dsl_t2v(S, temp):
+    """S'[i, j] = S[i, j] * softmax over texts i of S[:, j] / temp, times Nt."""
+    nt, nv = S.shape
+    out = np.zeros((nt, nv))
+    for j in range(nv):
+        m = max(S[i, j] for i in range(nt))
+        w = [math.exp((S[i, j] - m) / temp) for i in range(nt)]
+        for i in range(nt):
+            out[i, j] = S[i, j] * w[i] / sum(w) * nt
+    return out
+
+
+def ref_dsl_v2t(S, temp):
+    """S'[i, j] = S[i, j] * softmax over videos j of S[i, :] / temp, times Nv."""
+    nt, nv = S.shape
+    out = np.zeros((nt, nv))
+    for i in range(nt):
+        m = max(S[i, j] for j in range(nv))
+        w = [math.exp((S[i, j] - m) / temp) for j in range(nv)]
+        for j in range(nv):
+            out[i, j] = S[i, j] * w[j] / sum(w) * nv
+    return out
+
+
+def ref_qb_norm(X, B, beta, k):
+    """Dynamic inverted softmax with probabilities computed directly (no log space)."""
+    nq, nv = X.shape
+    active = set()
+    for b in range(B.shape[0]):
+        order = sorted(range(nv), key=lambda g: (-B[b, g], g))
+        active.update(order[:k])
+    norm = [sum(math.exp(beta * B[b, g]) for b in range(B.shape[0])) for g in range(nv)]
+    out = np.array(X, dtype=np.float64)
+    for q in range(nq):
+        top1 = max(range(nv), key=lambda g: (X[q, g], -g))
+        if top1 in active:
+            for g in range(nv):
+                out[q, g] = math.exp(beta * X[q, g]) / norm[g]
+    return out
+
+
+def ranks_of(sim, t2v, **kwargs):
+    t2v_r, v2t_r = retrieval_ranks(DenseSimilarity(np.asarray(sim)), torch.tensor(t2v),
+                                   **kwargs)
+    return t2v_r.tolist(), v2t_r.tolist()
+
+
+# ------------------------------------------------------------------ hand-computed cases
+# one caption per video: text i belongs to video i
+S_ONE = np.array([[0.9, 0.2, 0.1, 0.0],    # GT 0.9 is the row max          -> rank 1
+                  [0.3, 0.5, 0.7, 0.1],    # GT 0.5, ahead: 0.7             -> rank 2
+                  [0.6, 0.8, 0.4, 0.7],    # GT 0.4, ahead: 0.6 0.8 0.7     -> rank 4
+                  [0.2, 0.1, 0.3, 0.25]],  # GT 0.25, ahead: 0.3            -> rank 2
+                 dtype=np.float32)
+# v2t, column j vs incorrect texts: v0 0.9 (none ahead) 1; v1 0.5 (0.8) 2; v2 0.4 (0.7) 2;
+# v3 0.25 (0.7) 2.
+
+# several captions per video: t2v = [0, 0, 1, 2, 2]
+S_MULTI = np.array([[0.5, 0.6, 0.1],    # t0 -> v0: GT 0.5, ahead 0.6         -> 2
+                    [0.7, 0.2, 0.3],    # t1 -> v0: GT 0.7                    -> 1
+                    [0.4, 0.3, 0.35],   # t2 -> v1: GT 0.3, ahead 0.4 0.35    -> 3
+                    [0.1, 0.2, 0.9],    # t3 -> v2: GT 0.9                    -> 1
+                    [0.8, 0.6, 0.2]],   # t4 -> v2: GT 0.2, ahead 0.8 0.6     -> 3
+                   dtype=np.float32)
+T2V_MULTI = [0, 0, 1, 2, 2]
+# v2t: v0 best correct max(0.5, 0.7) = 0.7, incorrect 0.4 0.1 0.8 -> 0.8 ahead -> 2
+#      v1 best correct 0.3, incorrect 0.6 0.2 0.2 0.6 -> two ahead -> 3
+#      v2 best correct max(0.9, 0.2) = 0.9, incorrect 0.1 0.3 0.35 -> 1
+
+
+def test_one_caption_per_video_hand():
+    t2v, v2t = ranks_of(S_ONE, [0, 1, 2, 3])
+    assert t2v == [1, 2, 4, 2]
+    assert v2t == [1, 2, 2, 2]
+    metrics = retrieval_metrics_from_similarity(S_ONE, [0, 1, 2, 3])
+    assert metrics == pytest.approx(dict(
+        t2v_R1=25.0, t2v_R5=100.0, t2v_R10=100.0, t2v_MdR=2.0, t2v_MnR=9 / 4,
+        v2t_R1=25.0, v2t_R5=100.0, v2t_R10=100.0, v2t_MdR=2.0, v2t_MnR=7 / 4))
+
+
+def test_several_captions_per_video_hand():
+    t2v, v2t = ranks_of(S_MULTI, T2V_MULTI)
+    assert t2v == [2, 1, 3, 1, 3]
+    assert v2t == [2, 3, 1]
+    metrics = retrieval_metrics_from_similarity(S_MULTI, T2V_MULTI, chunk_size=2)
+    assert metrics['t2v_R1'] == pytest.approx(40.0)
+    assert metrics['t2v_MdR'] == 2.0 and metrics['t2v_MnR'] == pytest.approx(2.0)
+    assert metrics['v2t_R1'] == pytest.approx(100 / 3)
+    assert metrics['v2t_MdR'] == 2.0 and metrics['v2t_MnR'] == pytest.approx(2.0)
+
+
+def test_ties_rank_the_ground_truth_behind():
+    S = np.array([[0.5, 0.5, 0.375],     # t0 -> v0: tie with v1                -> 2
+                  [0.25, 0.25, 0.25],    # t1 -> v1: ties with both others      -> 3
+                  [0.125, 0.375, 0.375]],  # t2 -> v2: tie with v1               -> 2
+                 dtype=np.float32)
+    # v2t: v0 correct 0.5, incorrect 0.25 0.125 -> 1; v1 correct 0.25, incorrect 0.5 0.375
+    # -> 3; v2 correct 0.375, incorrect 0.375 (tie) 0.25 -> 2
+    assert ranks_of(S, [0, 1, 2]) == ([2, 3, 2], [1, 3, 2])
+    # a constant matrix ranks everything last
+    assert ranks_of(np.zeros((4, 4)), [0, 1, 2, 3]) == ([4] * 4, [4] * 4)
+
+
+def test_duplicate_captions_tie_in_v2t():
+    # t1 (video 1) is an exact duplicate of t0 (video 0): for video 0 the incorrect t1 ties
+    # with the correct t0 and ranks ahead; likewise for video 1.
+    S = np.array([[0.7, 0.2], [0.7, 0.2], [0.1, 0.9]], dtype=np.float32)
+    t2v, v2t = ranks_of(S, [0, 1, 1])
+    assert t2v == [1, 2, 1]   # t1 -> v1: 0.2 behind 0.7
+    assert v2t == [2, 1]      # v0: t1 ties at 0.7; v1: best correct 0.9, t0 has 0.2
+
+
+def test_dsl_changes_ranks_as_reasoned():
+    # video 1 is a hub: text 0 prefers it (0.7 > 0.6) although its GT is video 0.
+    S = np.array([[0.6, 0.7], [0.0, 0.9]], dtype=np.float32)
+    assert ranks_of(S, [0, 1])[0] == [2, 1]
+    # temp 0.1, softmax over texts: column 0 weights e^6 : e^0 -> text 0 keeps ~1;
+    # column 1 weights e^7 : e^9 -> text 0 keeps ~0.12. Text 0: 0.6 * ~1 > 0.7 * 0.12 -> rank
+    # 1; text 1: 0 vs 0.9 * 0.88 -> rank 1.
+    assert ranks_of(S, [0, 1], dsl=True, dsl_temp=0.1)[0] == [1, 1]
+    # temp 1000 makes both softmaxes nearly uniform: the ranking stays the raw one
+    assert ranks_of(S, [0, 1], dsl=True, dsl_temp=1000.0)[0] == [2, 1]
+
+
+# QB-Norm: bank b0, b1 both have video 1 as top-1 -> activation set A = {1}.
+QB_TEST = np.array([[0.5, 0.6, -0.5],   # t0 -> v0, top-1 = v1 in A -> normalized
+                    [0.1, 0.9, 0.0],    # t1 -> v1, top-1 = v1 in A -> normalized
+                    [0.7, 0.1, 0.65]],  # t2 -> v2, top-1 = v0 not in A -> raw
+                   dtype=np.float32)
+QB_BANK = np.array([[0.6, 0.8, 0.0], [0.5, 0.7, 0.0]], dtype=np.float32)
+
+
+def test_qb_norm_hand():
+    # beta = 10: Z0 = e^6 + e^5 = 551.8, Z1 = e^8 + e^7 = 4078, Z2 = 2.
+    # t0: e^5/Z0 = 0.269, e^6/Z1 = 0.099, e^-5/Z2 = 0.003 -> GT v0 first: rank 1 (raw: 2).
+    # t1: e^1/Z0 = 0.005, e^9/Z1 = 1.99, e^0/Z2 = 0.5 -> rank 1.
+    # t2 stays raw: 0.65 behind 0.7 -> rank 2 (normalized it would have won: e^6.5/2 = 332).
+    bank = DenseSimilarity(QB_BANK)
+    assert ranks_of(QB_TEST, [0, 1, 2])[0] == [2, 1, 2]
+    t2v, v2t = ranks_of(QB_TEST, [0, 1, 2], qb_bank=bank, qb_beta=10.0, qb_k=1)
+    assert t2v == [1, 1, 2]
+    # v2t is untouched by QB-Norm: v0 correct 0.5 vs 0.1, 0.7 -> 2; v1 0.9 -> 1; v2 0.65 -> 1
+    assert v2t == [2, 1, 1]
+
+
+# ------------------------------------------------------------------ against the references
+def random_case(seed, nt, nv, dim=16, bank=9):
+    """float64 embeddings: texts [nt, dim] (noisy copies of their video), videos [nv, dim],
+    bank texts [bank, dim]; every video has at least one caption."""
+    gen = torch.Generator().manual_seed(seed)
+    t2v = torch.cat([torch.arange(nv), torch.randint(0, nv, (nt - nv,), generator=gen)])
+    t2v = t2v[torch.randperm(nt, generator=gen)]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    normalize = torch.nn.functional.normalize
+    video = normalize(randn(nv, dim), dim=1)
+    text = normalize(video[t2v] + 0.9 * randn(nt, dim), dim=1)
+    bank_text = normalize(randn(bank, dim), dim=1)
+    return text, video, bank_text, t2v
+
+
+CHUNKS = [1, 2, 5, 7, 16, 1000]
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_plain_ranks_match_reference_for_all_chunk_sizes(seed):
+    text, video, _, t2v = random_case(seed, 23, 11)
+    S = (text @ video.T).numpy()
+    expected = (ref_t2v_ranks(S, t2v.tolist()), ref_v2t_ranks(S, t2v.tolist()))
+    for chunk in CHUNKS:
+        assert ranks_of(S, t2v.tolist(), chunk_size=chunk) == expected
+        emb = retrieval_ranks(EmbeddingSimilarity(text, video), t2v, chunk_size=chunk)
+        assert (emb[0].tolist(), emb[1].tolist()) == expected
+
+
+@pytest.mark.parametrize('temp', [0.05, 0.01])
+def test_dsl_matches_reference_for_all_chunk_sizes(temp):
+    text, video, _, t2v = random_case(3, 23, 11)
+    S = (text @ video.T).numpy()
+    expected = (ref_t2v_ranks(ref_dsl_t2v(S, temp), t2v.tolist()),
+                ref_v2t_ranks(ref_dsl_v2t(S, temp), t2v.tolist()))
+    raw = (ref_t2v_ranks(S, t2v.tolist()), ref_v2t_ranks(S, t2v.tolist()))
+    assert expected != raw, 'test data must make DSL matter'
+    for chunk in CHUNKS:
+        assert ranks_of(S, t2v.tolist(), dsl=True, dsl_temp=temp, chunk_size=chunk) == expected
+        emb = retrieval_ranks(EmbeddingSimilarity(text, video), t2v, dsl=True, dsl_temp=temp,
+                              chunk_size=chunk)
+        assert (emb[0].tolist(), emb[1].tolist()) == expected
+
+
+@pytest.mark.parametrize('beta,k', [(20.0, 1), (20.0, 2), (5.0, 1)])
+def test_qb_norm_matches_reference_for_all_chunk_sizes(beta, k):
+    text, video, bank_text, t2v = random_case(4, 23, 11)
+    S = (text @ video.T).numpy()
+    B = (bank_text @ video.T).numpy()
+    expected_t2v = ref_t2v_ranks(ref_qb_norm(S, B, beta, k), t2v.tolist())
+    expected_v2t = ref_v2t_ranks(S, t2v.tolist())
+    for chunk in CHUNKS:
+        got = ranks_of(S, t2v.tolist(), qb_bank=DenseSimilarity(B), qb_beta=beta, qb_k=k,
+                       chunk_size=chunk)
+        assert got == (expected_t2v, expected_v2t)
+    metrics = retrieval_metrics_from_embeddings(text, video, t2v, qb_bank_emb=bank_text,
+                                                qb_beta=beta, qb_k=k, chunk_size=4)
+    assert metrics == pytest.approx(ranks_to_metrics(torch.tensor(expected_t2v),
+                                                     torch.tensor(expected_v2t)))
+
+
+def test_dsl_then_qb_norm_matches_reference():
+    text, video, bank_text, t2v = random_case(5, 23, 11)
+    S = (text @ video.T).numpy()
+    B = (bank_text @ video.T).numpy()
+    temp, beta = 0.05, 2.0
+    X = ref_qb_norm(ref_dsl_t2v(S, temp), ref_dsl_t2v(B, temp), beta, 1)
+    expected = (ref_t2v_ranks(X, t2v.tolist()), ref_v2t_ranks(ref_dsl_v2t(S, temp), t2v.tolist()))
+    for chunk in CHUNKS:
+        got = ranks_of(S, t2v.tolist(), dsl=True, dsl_temp=temp, qb_bank=DenseSimilarity(B),
+                       qb_beta=beta, chunk_size=chunk)
+        assert got == expected
+
+
+def test_duplicate_embeddings_stay_exact_ties_across_chunks():
+    gen = torch.Generator().manual_seed(3)  # a seed where unpadded blocks break the tie
+    video = torch.nn.functional.normalize(torch.randn(9, 64, generator=gen), dim=1)
+    video[5] = video[2]                                   # duplicate videos
+    t2v = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 2, 5, 3, 1])  # video 0: caption 0 only
+    text = torch.nn.functional.normalize(video[t2v] + 0.8 * torch.randn(13, 64, generator=gen),
+                                         dim=1)
+    text[9] = text[2]                                     # duplicate captions, same video
+    text[10] = text[5]
+    text[12] = text[0]                                    # duplicate caption, other video
+    S = (text.double() @ video.double().T).numpy()
+    expected = (ref_t2v_ranks(S, t2v.tolist()), ref_v2t_ranks(S, t2v.tolist()))
+    expected_dsl = (ref_t2v_ranks(ref_dsl_t2v(S, 0.05), t2v.tolist()),
+                    ref_v2t_ranks(ref_dsl_v2t(S, 0.05), t2v.tolist()))
+    # the duplicates really tie (in float64 as in the float32 product): video 5 == video 2 for
+    # every text, caption 12 (of video 1) == caption 0 (of video 0) for every video
+    assert S[12, 0] == S[0, 0] and S[3, 2] == S[3, 5]
+    assert expected[1][0] >= 2 and expected_dsl[1][0] >= 2  # caption 12 ties video 0's only one
+    assert expected[0][2] >= 2 and expected[0][5] >= 2      # video 5 ties video 2 and back
+    for chunk in [1, 3, 4, 5, 13]:
+        got = retrieval_ranks(EmbeddingSimilarity(text, video), t2v, chunk_size=chunk)
+        assert (got[0].tolist(), got[1].tolist()) == expected
+        got = retrieval_ranks(EmbeddingSimilarity(text, video), t2v, dsl=True, dsl_temp=0.05,
+                              chunk_size=chunk)
+        assert (got[0].tolist(), got[1].tolist()) == expected_dsl
+
+
+# ------------------------------------------------------------------ validation
+def test_bad_inputs_are_reported_clearly():
+    with pytest.raises(ValueError, match='no caption'):
+        ranks_of(S_ONE, [0, 1, 1, 0])
+    with pytest.raises(ValueError, match='not a valid video index'):
+        ranks_of(S_ONE, [0, 1, 2, 4])
+    with pytest.raises(ValueError, match='4 texts'):
+        ranks_of(S_ONE, [0, 1, 2])
+    with pytest.raises(ValueError, match='integer'):
+        ranks_of(S_ONE, [0.0, 1.0, 2.0, 3.0])
+    bad = S_ONE.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match='non-finite'):
+        ranks_of(bad, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match='querybank covers'):
+        ranks_of(S_ONE, [0, 1, 2, 3], qb_bank=DenseSimilarity(np.zeros((2, 3))))
+    with pytest.raises(ValueError, match='dsl_temp'):
+        ranks_of(S_ONE, [0, 1, 2, 3], dsl=True, dsl_temp=0.0)
+
+
+# ------------------------------------------------------------------ the registered metric
+def make_samples(text, video, t2v, rng_order=None, nested=False):
+    samples = []
+    for v in range(video.shape[0]):
+        caps = text[t2v == v]
+        feats = dict(video_feature=video[v] * 3.0, text_feature=caps * 2.0)  # unnormalized
+        sample = dict(sample_idx=v, **({'features': feats} if nested else feats))
+        samples.append(sample)
+    if rng_order is not None:
+        samples = [samples[i] for i in rng_order]
+    return samples
+
+
+def test_metric_matches_core_and_ignores_order_and_duplicates():
+    from mmaction.registry import METRICS
+    text, video, bank_text, t2v = random_case(6, 19, 8)
+    order = [3, 0, 7, 1, 5, 2, 6, 4]
+    expected = retrieval_metrics_from_embeddings(text, video, t2v)
+    metric = METRICS.build(dict(type='RetrievalRecallMetric', chunk_size=3))
+    samples = make_samples(text, video, t2v, order)
+    metric.process(None, samples[:5])
+    metric.process(None, samples[5:] + samples[1:3])  # padded duplicates, mid-list
+    result = metric.evaluate(size=8)
+    assert result == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
+    assert metric.results == []
+
+
+def test_metric_dsl_qb_and_nested_features(tmp_path):
+    text, video, bank_text, t2v = random_case(8, 19, 8)
+    bank_path = tmp_path / 'bank.npy'
+    np.save(bank_path, (bank_text * 5.0).float().numpy())  # normalized inside the metric
+    metric = RetrievalRecallMetric(dsl=True, dsl_temp=0.05,
+                                   qb_norm=dict(bank=str(bank_path), beta=3.0), chunk_size=4)
+    metric.process(None, make_samples(text, video, t2v, nested=True))
+    result = metric.evaluate(size=8)
+    expected = retrieval_metrics_from_embeddings(
+        text.float(), video.float(), t2v, dsl=True, dsl_temp=0.05,
+        qb_bank_emb=bank_text.float(), qb_beta=3.0)
+    assert result == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
+
+
+def test_metric_action_data_sample_and_errors():
+    from mmaction.structures import ActionDataSample
+    text, video, _, t2v = random_case(9, 8, 8)
+    metric = RetrievalRecallMetric()
+    samples = []
+    for v in range(8):
+        ds = ActionDataSample(metainfo=dict(sample_idx=v))
+        ds.video_feature = video[v].float()
+        ds.text_feature = text[t2v == v][0].float()  # one caption as a 1-D tensor
+        samples.append(ds.to_dict())
+    metric.process(None, samples)
+    result = metric.evaluate(8)
+    expected = retrieval_metrics_from_embeddings(text.float(), video.float(), t2v)
+    assert result == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
+
+    with pytest.raises(KeyError, match='sample_idx'):
+        metric.process(None, [dict(video_feature=video[0], text_feature=text[:1])])
+    with pytest.raises(KeyError, match='text_feature'):
+        metric.process(None, [dict(sample_idx=0, video_feature=video[0])])
+    metric.process(None, samples[:7])
+    with pytest.raises(ValueError, match='7 distinct samples'):
+        metric.evaluate(8)
+    with pytest.raises(ValueError, match='qb_norm'):
+        RetrievalRecallMetric(qb_norm=dict(beta=20))
+    with pytest.raises(FileNotFoundError, match='missing.npy'):
+        RetrievalRecallMetric(qb_norm=dict(bank='missing.npy'))
