@@ -60,10 +60,13 @@ class BranchEmbedding(nn.Module):
                 pos_embedding: torch.Tensor):
         """``level``: CLIP tokens ``[B, T, 1+P, D]``; ``class_embedding``: ``[D]``;
         ``pos_embedding``: ``[1+P, D]``. Returns ``cls [B, D]``, ``x [B, P, T, D]``."""
-        T = level.shape[1]
-        cls = 0.5 * (level[:, :, 0].mean(dim=1) + (class_embedding + pos_embedding[0]))
-        x = (level[:, :, 1:].transpose(1, 2) + pos_embedding[1:, None, :]
-             + self.time_table(T)[None, None])
+        T, P = level.shape[1], level.shape[2] - 1
+        level_cls, level_x = level.split([1, P], dim=2)      # backward: one concatenation
+        cls = 0.5 * (level_cls.squeeze(2).mean(dim=1) + (class_embedding + pos_embedding[0]))
+        pos_time = pos_embedding[1:, None, :] + self.time_table(T)[None]     # [P, T, D]
+        # one pass over the tokens; the contiguous [P, T, D] operand goes first so the
+        # result is laid out [B, P, T, D] in memory (no extra copy)
+        x = torch.add(pos_time, level_x.transpose(1, 2))
         return cls, self.drop(x.contiguous())              # [B, P, T, D] in memory too
 
 
@@ -86,7 +89,8 @@ class LevelFusion(nn.Module):
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor, level: torch.Tensor):
         """``cls [B, D]``, ``x [B, P, T, D]``, ``level [B, T, 1+P, D]`` -> ``(cls, x)``."""
-        level_cls, level_x = level[:, :, 0].mean(dim=1), level[:, :, 1:]
+        level_cls, level_x = level.split([1, level.shape[2] - 1], dim=2)
+        level_cls = level_cls.squeeze(2).mean(dim=1)
         if self.proj is not None:
             level_cls, level_x = self.proj(level_cls), self.proj(level_x)
         return cls + level_cls, x + level_x.transpose(1, 2)

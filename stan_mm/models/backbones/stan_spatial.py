@@ -5,6 +5,8 @@ import torch
 from mmcv.cnn.bricks import DropPath
 from torch import nn
 
+from .stan_temporal import check_packed_attention, packed_self_attention
+
 
 class SpatialBlock(nn.Module):
     """Intra-frame module (paper Eq. 7; public reproduction's ``STAN_S_layers``).
@@ -38,6 +40,7 @@ class SpatialBlock(nn.Module):
         block = copy.deepcopy(block)
         if not getattr(block.attn, 'batch_first', False):
             raise ValueError('SpatialBlock expects a batch_first nn.MultiheadAttention')
+        check_packed_attention(block.attn, 'SpatialBlock')
         self.ln_1, self.attn, self.ls_1 = block.ln_1, block.attn, block.ls_1
         self.ln_2, self.mlp, self.ls_2 = block.ln_2, block.mlp, block.ls_2
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -48,10 +51,15 @@ class SpatialBlock(nn.Module):
         seq = torch.cat([cls[:, None, None, :].expand(B, T, 1, D), x.transpose(1, 2)],
                         dim=2).reshape(B * T, 1 + P, D)           # [B*T, 1+P, D]
         y = self.ln_1(seq)
-        y = self.attn(y, y, y, need_weights=False)[0]
-        y = self.drop_path(self.ls_1(y)).view(B, T, 1 + P, D)
-        cls = cls + y[:, :, 0].mean(dim=1)
-        x = x + y[:, :, 1:].transpose(1, 2)
-        cls = cls + self.ls_2(self.mlp(self.ln_2(cls)))
-        x = x + self.ls_2(self.mlp(self.ln_2(x)))
-        return cls, x
+        y = packed_self_attention(y, self.attn)                    # [B*T, 1+P, D]
+        # split (not two slices): its backward is one concatenation, where slicing would
+        # zero-fill a full-size gradient per slice and add them
+        y_cls, y_x = self.drop_path(self.ls_1(y)).view(B, T, 1 + P, D).split([1, P], dim=2)
+        cls = cls + y_cls.squeeze(2).mean(dim=1)
+        x = x + y_x.transpose(1, 2)
+        # one MLP call over all 1 + P*T tokens (a separate call for the video CLS would be
+        # a matrix-vector product that reads the MLP weights once more, forward and back)
+        z = torch.cat([cls[:, None], x.flatten(1, 2)], dim=1)      # [B, 1+P*T, D]
+        z = z + self.ls_2(self.mlp(self.ln_2(z)))
+        cls, x = z.split([1, P * T], dim=1)
+        return cls.squeeze(1), x.unflatten(1, (P, T))

@@ -8,6 +8,7 @@ initialization: the last linear map of the residual branch is zero-initialized.
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 from torch import nn
 
@@ -31,6 +32,39 @@ def normalize_temporal_module(name) -> Optional[str]:
 
 def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+def check_packed_attention(attn: nn.Module, owner: str) -> None:
+    """Refuse attention modules :func:`packed_self_attention` cannot compute exactly."""
+    ok = (isinstance(attn, nn.MultiheadAttention) and attn.batch_first
+          and attn._qkv_same_embed_dim and attn.in_proj_weight is not None
+          and attn.bias_k is None and not attn.add_zero_attn)
+    if not ok:
+        raise ValueError(f'{owner} needs a batch_first nn.MultiheadAttention with a packed '
+                         f'in-projection, no bias_k/bias_v and add_zero_attn=False; got '
+                         f'{attn!r}')
+
+
+def packed_self_attention(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch.Tensor:
+    """``attn(x, x, x, need_weights=False)[0]`` of a batch-first, packed-projection
+    ``nn.MultiheadAttention`` (same parameters, same result), computed directly::
+
+        x [N, L, D] -> in-proj [N, L, 3D] -> q, k, v views [N, H, L, D/H]
+          -> F.scaled_dot_product_attention -> [N, L, D] (free view) -> out-proj
+
+    ``nn.MultiheadAttention`` transposes batch-first input to sequence-first and copies
+    q/k/v and the attention output on its training path; here q/k/v are strided views
+    handed to the fused kernel and its output is already ``[N, L, H, D/H]`` in memory.
+    Attention dropout (``attn.dropout``) applies in training mode.
+    """
+    N, L, D = x.shape
+    H = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)           # [N, L, 3D]
+    q, k, v = qkv.view(N, L, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(                                  # [N, H, L, D/H]
+        q, k, v, dropout_p=attn.dropout if attn.training else 0.)
+    y = y.transpose(1, 2).reshape(N, L, D)
+    return F.linear(y, attn.out_proj.weight, attn.out_proj.bias)
 
 
 class TemporalAttention(nn.Module):
@@ -65,7 +99,7 @@ class TemporalAttention(nn.Module):
         """``x``: patch tokens ``[B, P, T, D]`` -> same shape."""
         B, P, T, D = x.shape
         y = self.norm(x.reshape(B * P, T, D))
-        y = self.attn(y, y, y, need_weights=False)[0]
+        y = packed_self_attention(y, self.attn)                 # [B*P, T, D]
         y = self.fc(self.drop_path(y))
         return x + y.view(B, P, T, D)
 

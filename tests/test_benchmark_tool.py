@@ -1,0 +1,251 @@
+"""Benchmark tool (tools/analysis/benchmark.py, stan_mm/utils/benchmark.py): runs end to end
+on a tiny CLIP on CPU and writes sane JSON; the FLOPs ratio equals hand-computed
+multiply-accumulates and get_flops' own figures; runs alternate; the pipeline benchmark's
+bare decoding reads exactly the frames the pipeline decoded. No timed assertions."""
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+import stan_mm  # noqa: F401
+from stan_mm.utils import benchmark as B
+
+torch.set_num_threads(1)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(embed_dim=24, quick_gelu=True,
+            vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=4, head_width=8),
+            text_cfg=dict(context_length=16, vocab_size=64, width=16, heads=2, layers=2))
+FRAMES = 4
+
+TINY_CONFIG = f"""
+model = dict(
+    type='Recognizer3D',
+    backbone=dict(type='CLIPSTAN', arch={TINY!r}, pretrained=None, depth=2,
+                  temporal_module='attn', drop_path_rate=0.1, input_layout='NCTHW'),
+    cls_head=dict(type='I3DHead', in_channels=24, num_classes=4, spatial_type=None))
+train_pipeline = [
+    dict(type='DecordInit'),
+    dict(type='UniformSample', clip_len={FRAMES}, num_clips=1),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 36)),
+    dict(type='RandomCrop', size=32),
+    dict(type='Flip', flip_ratio=0.5),
+    dict(type='FormatShape', input_format='NCTHW'),
+    dict(type='PackActionInputs')
+]
+train_dataloader = dict(batch_size=2, dataset=dict(type='VideoDataset', ann_file='x.txt',
+                                                   pipeline=train_pipeline))
+"""
+
+
+def _load(name, rel):
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------- by hand
+def clip_macs(M, P, D, L, p, E, mlp=4):
+    """M frames through a CLIP ViT (patch embedding, L blocks, final projection)."""
+    n = 1 + P
+    return M * (P * D * 3 * p * p + L * (4 * n * D * D + 2 * n * n * D + 2 * mlp * n * D * D)
+                + D * E)
+
+
+def branch_macs(N, T, P, D, K, mlp=4):
+    """K STAN-self layers: temporal attention (+ fc) over N*P sequences of length T,
+    spatial attention over N*T sequences of length 1+P, MLP over 1+T*P tokens."""
+    n = 1 + P
+    temporal = N * P * (4 * T * D * D + 2 * T * T * D) + N * P * T * D * D
+    spatial = N * T * (4 * n * D * D + 2 * n * n * D) + N * (1 + T * P) * 2 * mlp * D * D
+    return K * (temporal + spatial)
+
+
+@pytest.fixture(scope='module')
+def run_tool(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('bench')
+    config = tmp / 'tiny_bench.py'
+    config.write_text(TINY_CONFIG)
+    out = tmp / 'results.json'
+    tool = _load('benchmark_tool', 'tools/analysis/benchmark.py')
+    rc = tool.main([str(config), '--batch', '2', '--warmup', '1', '--repeats', '3',
+                    '--num-videos', '2', '--video-size', '64', '48', '--video-frames', '16',
+                    '--video-cache', str(tmp / 'videos'), '--pipeline-repeats', '2',
+                    '--out', str(out)])
+    assert rc == 0
+    return json.loads(out.read_text()), tmp
+
+
+def test_json_model_section(run_tool):
+    res, _ = run_tool
+    assert res['machine']['torch'] == torch.__version__
+    assert res['machine']['torch_threads'] == 1 and res['machine']['cpu_count'] >= 1
+    model = res['model']
+    setup = model['setup']
+    assert (setup['frames'], setup['image_size'], setup['batch']) == (FRAMES, [32, 32], 2)
+    assert setup['kwargs']['depth'] == 2 and setup['kwargs']['pretrained'] is None
+    assert setup['params']['stan'] > setup['params']['clip'] > 0
+    runs = {(r['mode'], r['grad_checkpointing']): r for r in model['runs']}
+    assert set(runs) == {('forward', False), ('train', False)}
+    for run in runs.values():
+        for name in ('stan', 'clip'):
+            e = run[name]
+            assert e['clips_per_s'] > 0 and e['cpu_clips_per_s'] > 0
+            t = e['time_s']
+            assert len(t['values']) == 3                          # warm-up excluded
+            assert t['min'] <= t['median'] <= t['max']
+            assert e['clips_per_s'] == pytest.approx(2 / t['median'])
+            mem = e['memory']
+            assert mem['delta'] >= 0 and mem['peak'] >= mem['before'] > 0
+            assert mem['model_bytes'] > 0 and mem['method']
+        ratios = run['time_ratio']['values']
+        expected = [a / b for a, b in zip(run['stan']['time_s']['values'],
+                                          run['clip']['time_s']['values'])]
+        assert ratios == pytest.approx(expected)
+        assert run['time_over_flops'] == pytest.approx(
+            run['time_ratio']['median'] / run['flops_ratio'])
+        assert run['cpu_time_over_flops'] == pytest.approx(
+            run['cpu_time_ratio']['median'] / run['flops_ratio'])
+    # the memory children built the same two models
+    assert runs['train', False]['stan']['memory']['model_bytes'] > runs[
+        'train', False]['clip']['memory']['model_bytes']
+
+
+def test_flops_ratio_equals_hand_count(run_tool):
+    res, _ = run_tool
+    f = res['model']['flops']
+    P, D, L, p, E = 16, 32, 4, 8, 24
+    clip = clip_macs(FRAMES, P, D, L, p, E)
+    stan = clip + branch_macs(1, FRAMES, P, D, 2)
+    assert (f['clip_macs'], f['stan_macs']) == (clip, stan)
+    assert f['ratio'] == pytest.approx(stan / clip, rel=1e-12)
+    for run in res['model']['runs']:
+        assert run['flops_ratio'] == f['ratio']
+
+
+def test_flops_ratio_equals_get_flops_b32(capsys):
+    """Full-size arch on the meta device: the benchmark's ratio equals the ratio of the
+    two figures the FLOPs tool prints."""
+    get_flops = _load('get_flops_tool', 'tools/analysis/get_flops.py')
+
+    def tool_gflops(depth):
+        assert get_flops.main(['--arch', 'ViT-B-32', '--frames', '12', '--depth',
+                               str(depth)]) == 0
+        out = capsys.readouterr().out
+        return float(out.split('GFLOPs (G multiply-accumulates): ')[1].split()[0])
+    kw = dict(arch='ViT-B-32', pretrained=None, depth=4, temporal_module='attn')
+    f = B.flops_per_clip(kw, 12)
+    assert f['stan_macs'] / 1e9 == pytest.approx(tool_gflops(4), abs=1e-3)
+    assert f['clip_macs'] / 1e9 == pytest.approx(tool_gflops(0), abs=1e-3)
+    assert f['ratio'] == pytest.approx(tool_gflops(4) / tool_gflops(0), rel=1e-4)
+    hand = (clip_macs(12, 49, 768, 12, 32, 512) + branch_macs(1, 12, 49, 768, 4)) / \
+        clip_macs(12, 49, 768, 12, 32, 512)
+    assert f['ratio'] == pytest.approx(hand, rel=1e-12)
+
+
+def test_json_pipeline_section(run_tool):
+    res, tmp = run_tool
+    pipe = res['pipeline']
+    assert pipe['num_videos'] == 2 and pipe['frames_per_clip'] == FRAMES
+    assert [(v['width'], v['height'], v['frames']) for v in pipe['videos']] == [(64, 48, 16)] * 2
+    assert pipe['transforms'][0] == 'DecordInit' and 'RandomCrop' in pipe['transforms']
+    for key in ('pipeline', 'bare'):
+        assert pipe[key]['clips_per_s'] > 0
+        assert len(pipe[key]['round_time_s']['values']) == 2
+    assert pipe['overhead']['median'] > 0
+    assert pipe['overhead']['values'] == pytest.approx(
+        [a / b for a, b in zip(pipe['pipeline']['round_time_s']['values'],
+                               pipe['bare']['round_time_s']['values'])])
+    names = [name for name, _ in pipe['per_transform_cpu_ms']]
+    assert names == pipe['transforms']
+    assert all(ms >= 0 for _, ms in pipe['per_transform_cpu_ms'])
+    assert pipe['bare']['cpu_ms_per_clip'] > 0
+    assert len(list((tmp / 'videos').glob('*.mp4'))) == 2        # --video-cache kept
+
+
+def test_bare_decode_reads_the_pipeline_frames(tmp_path):
+    videos = B.write_benchmark_videos(str(tmp_path), num_videos=1, width=64, height=48,
+                                      num_frames=20, seed=1)
+    runner = B.PipelineRunner([dict(type='DecordInit'),
+                               dict(type='UniformSample', clip_len=5, num_clips=1),
+                               dict(type='DecordDecode')])
+    for _ in range(3):                                  # random frame indices each call
+        results, inds = runner(videos[0])
+        assert len(inds) == 5 and inds.min() >= 0 and inds.max() < 20
+        bare = B.bare_decode(videos[0], inds)
+        assert bare.shape == (5, 48, 64, 3)
+        np.testing.assert_array_equal(np.stack(results['imgs']), bare)
+
+
+def test_generated_videos_have_motion(tmp_path):
+    path = B.write_benchmark_videos(str(tmp_path), 1, 80, 64, 12, seed=0)[0]
+    frames = B.bare_decode(path, list(range(12))).astype(np.float32)
+    assert frames.shape == (12, 64, 80, 3)
+    assert np.abs(np.diff(frames, axis=0)).mean() > 2        # content changes over time
+    assert frames.std() > 20                                  # textured, not flat
+    again = B.write_benchmark_videos(str(tmp_path), 1, 80, 64, 12, seed=0)[0]
+    assert again == path                                       # reused, not rewritten
+
+
+def test_alternation_order_and_warmup():
+    calls = []
+    steps = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
+    t = B.alternate(steps, warmup=2, repeats=3, iters=2)
+    assert calls == ['a', 'a', 'b', 'b'] * 5
+    assert len(t['a'].wall) == len(t['b'].cpu) == 3
+    with pytest.raises(ValueError, match='repeats'):
+        B.alternate(steps, repeats=0)
+
+
+def test_baseline_kwargs_and_config_kwargs():
+    kw = dict(arch='ViT-B-16', pretrained=None, depth=4, temporal_module='conv',
+              levels=(9, 10, 11, 12), level_proj=True, drop_path_rate=0.2,
+              branch_grad_checkpointing=True, grad_checkpointing=True, input_layout='NTCHW')
+    assert B.baseline_kwargs(kw) == dict(arch='ViT-B-16', pretrained=None, depth=0,
+                                         grad_checkpointing=True, input_layout='NTCHW')
+    retrieval = dict(model=dict(type='STANRetriever', arch='ViT-B/32', pretrained='w.pt',
+                                backbone=dict(type='CLIPSTAN', depth=4,
+                                              input_layout='NTCHW')))
+    assert B.clipstan_kwargs_from_config(retrieval) == dict(
+        depth=4, input_layout='NTCHW', arch='ViT-B/32', pretrained=None)
+    with pytest.raises(ValueError, match='CLIPSTAN backbone'):
+        B.clipstan_kwargs_from_config(dict(model=dict(backbone=dict(type='ResNet3d'))))
+
+
+def test_step_modes_and_grad_release():
+    model = B.build_clipstan(dict(arch=TINY, depth=1, input_layout='NTCHW'))
+    x = torch.randn(1, 3, 3, 32, 32)
+    B.make_step(model, x, 'forward')()
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = model.branch.layers[0].spatial.mlp.c_fc.weight.detach().clone()
+    B.make_step(model, x, 'train', optimizer=opt)()
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert not torch.equal(before, model.branch.layers[0].spatial.mlp.c_fc.weight)
+    with pytest.raises(ValueError, match='mode'):
+        B.make_step(model, x, 'backward')
+
+
+def test_step_rss_sees_an_allocation():
+    def step():
+        a = np.ones(64 * 2**20 // 8)             # 64 MiB, touched
+        a += 1
+    mem = B.measure_step_rss(step)
+    if 'VmHWM' not in mem['method']:
+        pytest.skip('no /proc/self/clear_refs here: ru_maxrss is only a lower bound')
+    assert mem['delta'] >= 48 * 2**20
+
+
+def test_cuda_request_without_cuda_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    tool = _load('benchmark_tool_cuda', 'tools/analysis/benchmark.py')
+    with pytest.raises(SystemExit, match='cuda'):
+        tool.main(['--arch', 'ViT-B-16', '--device', 'cuda', '--skip-pipeline'])
+    assert tool._combos(['forward', 'train'], 'both') == [
+        ('forward', False), ('train', False), ('train', True)]

@@ -1,0 +1,363 @@
+#!/usr/bin/env python
+"""Throughput, peak memory and FLOPs of CLIPSTAN against the same CLIP with mean pooling,
+and of a config's training data pipeline against bare decord decoding.
+
+    # CPU, a config (its model.backbone and train pipeline; weights are never loaded)
+    python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --batch 1 --out r.json
+    # CPU, a bare CLIPSTAN
+    python tools/analysis/benchmark.py --arch ViT-B-16 --frames 8 --depth 4 \\
+        --temporal-module attn --batch 2 --out r.json
+    # GPU training step: bf16 autocast, AdamW step, with and without gradient checkpointing
+    python tools/analysis/benchmark.py --arch ViT-B-16 --frames 8 --depth 4 --batch 16 \\
+        --device cuda --modes train --grad-ckpt both --optim-step --skip-pipeline \\
+        --out gpu.json
+    # data pipeline only (generates 340x256, 64-frame mp4 videos unless --videos DIR)
+    python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --skip-model
+
+Model benchmark: ``forward`` (eval, no_grad) and ``train`` (forward + backward of the mean
+squared video embedding, + AdamW step with --optim-step) of CLIPSTAN ("STAN") and of
+``CLIPSTAN(depth=0)`` ("CLIP", mean pooling over frames), ALTERNATING runs (STAN, CLIP,
+STAN, CLIP, ...), warm-up rounds excluded, medians over --repeats rounds. The time ratio is
+the median of the per-round STAN/CLIP ratios; it is printed next to the FLOPs ratio
+(multiply-accumulates per clip from stan_mm.utils.flops) and ``time_ratio / flops_ratio``
+(1.0 = the branch costs exactly what its FLOPs say). On CPU the process CPU time is
+reported too (with --threads 1 it ignores the time spent waiting for a core on a shared
+machine). CUDA: bf16 autocast (--amp), torch.cuda.max_memory_allocated, MFU =
+3 (train) or 1 (forward) x forward FLOPs (2 per multiply-accumulate) x clips/s /
+(--peak-tflops x 1e12; default 989 = H100 SXM dense bf16). CPU peak memory: measured in
+a child process, peak RSS of one step above the RSS before it (see
+stan_mm/utils/benchmark.py). Pipeline benchmark: clips/s of the config's train pipeline
+(decord + transforms, one process = one data worker, torch and OpenCV single-threaded as
+in DataLoader workers under mmengine) against bare decord decoding of the same frame
+indices, alternating per video. Writes every number to --out (JSON). See
+docs/benchmarks.md.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+from mmengine.config import Config, DictAction
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', nargs='?', help='config file (omit with --arch)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   metavar='KEY=VALUE',
+                   help='override config entries, as in tools/train.py')
+    g = p.add_argument_group('CLIPSTAN without a config')
+    g.add_argument('--arch', help="CLIP arch name, e.g. ViT-B-16, 'ViT-B/32'")
+    g.add_argument('--frames', type=int, help='frames per clip (default: the config\'s '
+                   'train pipeline clip_len, else 8)')
+    g.add_argument('--depth', type=int, default=4)
+    g.add_argument('--temporal-module', default='attn', help='attn | conv | none')
+    g.add_argument('--no-spatial', action='store_true', help='spatial_module=False')
+    g = p.add_argument_group('model benchmark')
+    g.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
+    g.add_argument('--batch', type=int, help='clips per step (default: 2 on CPU, 16 on CUDA)')
+    g.add_argument('--modes', nargs='+', default=['forward', 'train'],
+                   choices=['forward', 'train'])
+    g.add_argument('--grad-ckpt', choices=['off', 'on', 'both'],
+                   help='gradient checkpointing of CLIP blocks and branch layers in train '
+                        'mode (default: off on CPU, both on CUDA)')
+    g.add_argument('--amp', choices=['bf16', 'fp16', 'none'],
+                   help='autocast dtype (default: bf16 on CUDA, none on CPU)')
+    g.add_argument('--optim-step', action='store_true',
+                   help='train mode includes an AdamW step (a full training step)')
+    g.add_argument('--warmup', type=int, default=1, help='unrecorded rounds')
+    g.add_argument('--repeats', type=int, default=5, help='recorded rounds')
+    g.add_argument('--iters', type=int, help='steps per timed run (default: 1 on CPU, 10 '
+                   'on CUDA)')
+    g.add_argument('--threads', type=int, default=1,
+                   help='torch intra-op threads on CPU (default 1: stable on shared cores)')
+    g.add_argument('--peak-tflops', type=float, default=989.0,
+                   help='peak dense TFLOP/s for MFU (default 989: H100 SXM bf16)')
+    g.add_argument('--no-memory', action='store_true', help='skip peak memory')
+    g.add_argument('--seed', type=int, default=0)
+    g = p.add_argument_group('data pipeline benchmark')
+    g.add_argument('--pipeline-config', help='config whose train pipeline is measured '
+                   '(default: CONFIG)')
+    g.add_argument('--videos', help='folder of .mp4 videos (default: generate some)')
+    g.add_argument('--num-videos', type=int, default=6)
+    g.add_argument('--video-size', type=int, nargs=2, default=[340, 256],
+                   metavar=('W', 'H'))
+    g.add_argument('--video-frames', type=int, default=64)
+    g.add_argument('--video-cache', help='where generated videos are kept (default: a '
+                   'temporary folder, removed afterwards)')
+    g.add_argument('--pipeline-warmup', type=int, default=1)
+    g.add_argument('--pipeline-repeats', type=int, default=5)
+    g = p.add_argument_group('what to run / output')
+    g.add_argument('--skip-model', action='store_true')
+    g.add_argument('--skip-pipeline', action='store_true')
+    g.add_argument('--out', help='write the results as JSON here')
+    return p.parse_args(argv)
+
+
+def _load_config(path, options):
+    cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg
+
+
+def _train_clip_len(cfg):
+    from stan_mm.utils.benchmark import train_pipeline_from_config
+    from stan_mm.utils.flops import shape_from_config
+    try:
+        for step in train_pipeline_from_config(cfg):
+            if 'clip_len' in step:
+                return int(step['clip_len']) * int(step.get('num_clips', 1))
+    except ValueError:
+        pass
+    shape = shape_from_config(cfg)
+    return shape[0] if shape else None
+
+
+def _model_setup(args, cfg):
+    from stan_mm.utils.benchmark import clipstan_kwargs_from_config
+    if cfg is not None:
+        kwargs = clipstan_kwargs_from_config(cfg)
+        frames = args.frames or _train_clip_len(cfg) or 8
+    else:
+        tm = None if args.temporal_module == 'none' else args.temporal_module
+        kwargs = dict(arch=args.arch, pretrained=None, depth=args.depth,
+                      temporal_module=tm, spatial_module=not args.no_spatial)
+        frames = args.frames or 8
+    kwargs['input_layout'] = 'NTCHW'          # the benchmark feeds [N, T, C, H, W]
+    kwargs['max_frames'] = max(kwargs.get('max_frames', 64), frames)
+    return kwargs, frames
+
+
+def _combos(modes, grad_ckpt):
+    ckpts = {'off': [False], 'on': [True], 'both': [False, True]}[grad_ckpt]
+    out = []
+    for mode in modes:
+        for ck in (ckpts if mode == 'train' else [False]):
+            out.append((mode, ck))
+    return out
+
+
+def run_model_benchmark(args, kwargs, frames):
+    from stan_mm.utils import benchmark as B
+    device = torch.device(args.device)
+    is_cuda = device.type == 'cuda'
+    if is_cuda and not torch.cuda.is_available():
+        raise SystemExit('benchmark: --device cuda but torch.cuda.is_available() is False')
+    amp = args.amp or ('bf16' if is_cuda else 'none')
+    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp]
+    batch = args.batch or (16 if is_cuda else 2)
+    iters = args.iters or (10 if is_cuda else 1)
+    grad_ckpt = args.grad_ckpt or ('both' if is_cuda else 'off')
+
+    flops = B.flops_per_clip(kwargs, frames)
+    torch.manual_seed(args.seed)
+    models = {'stan': B.build_clipstan(kwargs, device),
+              'clip': B.build_clipstan(B.baseline_kwargs(kwargs), device)}
+    size = B.image_size(models['stan'])
+    x = torch.randn(batch, frames, 3, *size, device=device)
+    optims = {n: (torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                    lr=1e-6) if args.optim_step else None)
+              for n, m in models.items()}
+    sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
+    setup = dict(frames=frames, image_size=list(size), batch=batch, device=str(device),
+                 amp=amp, iters=iters, warmup=args.warmup, repeats=args.repeats,
+                 threads=torch.get_num_threads(), optim_step=args.optim_step,
+                 kwargs={k: v for k, v in kwargs.items()},
+                 params={n: sum(p.numel() for p in m.parameters())
+                         for n, m in models.items()})
+    runs = []
+    for mode, ck in _combos(args.modes, grad_ckpt):
+        steps = {}
+        for name, model in models.items():
+            B.set_grad_checkpointing(model, ck)
+            steps[name] = B.make_step(model, x, mode, amp_dtype,
+                                      optims[name] if mode == 'train' else None)
+        print(f'... {mode}, grad_checkpointing={ck}: {args.warmup} warm-up + '
+              f'{args.repeats} alternating rounds', flush=True)
+        t = B.alternate(steps, args.warmup, args.repeats, iters, sync)
+        run = dict(mode=mode, grad_checkpointing=ck, flops_ratio=flops['ratio'])
+        for name in models:
+            wall = B.summarize(t[name].wall)
+            entry = dict(clips_per_s=batch / wall['median'], time_s=wall)
+            if not is_cuda:
+                cpu = B.summarize(t[name].cpu)
+                entry.update(cpu_time_s=cpu, cpu_clips_per_s=batch / cpu['median'])
+            if is_cuda:
+                fwd_flops = 2 * flops[f'{name}_macs']
+                factor = 3 if mode == 'train' else 1
+                entry['mfu'] = (factor * fwd_flops * entry['clips_per_s']
+                                / (args.peak_tflops * 1e12))
+                if not args.no_memory:
+                    mem = B.cuda_peak_memory(steps[name], device)
+                    resident = (B.model_bytes(models[name]) + x.numel() * x.element_size()
+                                + B.optimizer_state_bytes(optims[name]))
+                    entry['memory'] = dict(mem, resident=resident,
+                                           peak_alone=resident + mem['delta'],
+                                           method='torch.cuda.max_memory_allocated')
+            run[name] = entry
+        ratio = B.summarize(B.paired_ratios(t['stan'].wall, t['clip'].wall))
+        run['time_ratio'] = ratio
+        run['time_over_flops'] = ratio['median'] / flops['ratio']
+        if not is_cuda:
+            cratio = B.summarize(B.paired_ratios(t['stan'].cpu, t['clip'].cpu))
+            run['cpu_time_ratio'] = cratio
+            run['cpu_time_over_flops'] = cratio['median'] / flops['ratio']
+        runs.append(run)
+    if not is_cuda and not args.no_memory:
+        print('... CPU peak memory (in a child process)', flush=True)
+        del models, optims
+        for ck in sorted({ck for _, ck in _combos(args.modes, grad_ckpt)}):
+            modes = [m for m, c in _combos(args.modes, grad_ckpt) if c == ck]
+            mem = B.cpu_peak_memory({'stan': kwargs, 'clip': B.baseline_kwargs(kwargs)},
+                                    batch, frames, modes, args.threads, ck)
+            for run in runs:
+                for name in ('stan', 'clip'):
+                    if run['grad_checkpointing'] == ck and run['mode'] in mem[name]:
+                        run[name]['memory'] = dict(mem[name][run['mode']],
+                                                   model_bytes=mem[name]['model_bytes'])
+    return dict(setup=setup, flops=flops, runs=runs)
+
+
+def run_pipeline_benchmark(args, cfg):
+    from stan_mm.utils import benchmark as B
+    pipeline = B.train_pipeline_from_config(cfg)
+    tmp = None
+    if args.videos:
+        videos = sorted(os.path.join(args.videos, f) for f in os.listdir(args.videos)
+                        if f.lower().endswith(('.mp4', '.avi', '.mkv', '.webm')))
+        if not videos:
+            raise SystemExit(f'benchmark: no .mp4/.avi/.mkv/.webm files in {args.videos}')
+        videos = videos[:args.num_videos]
+    else:
+        folder = args.video_cache or tempfile.mkdtemp(prefix='stan_bench_videos_')
+        tmp = None if args.video_cache else folder
+        w, h = args.video_size
+        print(f'... writing {args.num_videos} videos {w}x{h}, {args.video_frames} frames '
+              f'to {folder}', flush=True)
+        videos = B.write_benchmark_videos(folder, args.num_videos, w, h, args.video_frames,
+                                          seed=args.seed)
+    try:
+        import cv2
+        cv2.setNumThreads(0)     # mmengine's default env_cfg for data workers
+        print(f'... pipeline: {args.pipeline_warmup} warm-up + {args.pipeline_repeats} '
+              f'rounds over {len(videos)} videos', flush=True)
+        res = B.pipeline_benchmark(pipeline, videos, args.pipeline_warmup,
+                                   args.pipeline_repeats)
+        res['videos'] = [dict(B.video_info(v), file=os.path.basename(v)) for v in videos]
+        res['transforms'] = [t.get('type') for t in pipeline]
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+# ----------------------------------------------------------------------------- printing
+def _mb(n):
+    return f'{n / 2**20:,.0f} MiB'
+
+
+def format_model(res) -> str:
+    s, f = res['setup'], res['flops']
+    kw = s['kwargs']
+    arch = kw.get('arch')
+    if isinstance(arch, dict):
+        v = arch.get('vision_cfg', {})
+        arch = (f"custom (width {v.get('width')}, layers {v.get('layers')}, patch "
+                f"{v.get('patch_size')})")
+    lines = [f"CLIPSTAN vs CLIP mean pooling: arch {arch}, depth "
+             f"{kw.get('depth', 4)}, temporal {kw.get('temporal_module', 'attn')}, "
+             f"{s['frames']} frames {s['image_size'][0]}x{s['image_size'][1]}, batch "
+             f"{s['batch']}, {s['device']}, amp {s['amp']}, threads {s['threads']}, "
+             f"optimizer step {s['optim_step']}",
+             f"FLOPs per clip (G multiply-accumulates): STAN {f['stan_macs'] / 1e9:.2f}, "
+             f"CLIP {f['clip_macs'] / 1e9:.2f}, ratio {f['ratio']:.4f}",
+             f"{'mode':<8}{'ckpt':<6}{'model':<6}{'clips/s':>10}{'s/step (median [min, max])':>32}"
+             f"{'cpu s/step':>12}{'peak mem':>18}{'MFU':>8}"]
+    for run in res['runs']:
+        for name in ('stan', 'clip'):
+            e = run[name]
+            t = e['time_s']
+            cpu = f"{e['cpu_time_s']['median']:.3f}" if 'cpu_time_s' in e else '-'
+            mem = e.get('memory')
+            mem_s = _mb(mem.get('peak_alone', mem['delta'])) if mem else '-'
+            mfu = f"{100 * e['mfu']:.1f}%" if 'mfu' in e else '-'
+            lines.append(f"{run['mode']:<8}{'on' if run['grad_checkpointing'] else 'off':<6}"
+                         f"{name.upper():<6}{e['clips_per_s']:>10.3f}"
+                         f"{t['median']:>12.3f} [{t['min']:.3f}, {t['max']:.3f}]".ljust(58)
+                         + f"{cpu:>10}{mem_s:>18}{mfu:>8}")
+        r = run['time_ratio']
+        line = (f"  -> time ratio STAN/CLIP {r['median']:.3f} (per-round range "
+                f"{r['min']:.3f}-{r['max']:.3f}), FLOPs ratio {run['flops_ratio']:.3f}, "
+                f"time/FLOPs {run['time_over_flops']:.3f}")
+        if 'cpu_time_ratio' in run:
+            c = run['cpu_time_ratio']
+            line += (f"; CPU-time ratio {c['median']:.3f} ({c['min']:.3f}-{c['max']:.3f}), "
+                     f"CPU-time/FLOPs {run['cpu_time_over_flops']:.3f}")
+        lines.append(line)
+    if any('memory' in run['stan'] for run in res['runs']):
+        lines.append('peak mem: ' + (
+            'parameters + optimizer state + input + (max_memory_allocated over one step - '
+            'memory allocated before it), i.e. the model alone on the device'
+            if s['device'].startswith('cuda') else
+            'resident memory one step adds (peak RSS of the step - RSS before it, measured '
+            'in a child process)'))
+    return '\n'.join(lines)
+
+
+def format_pipeline(res) -> str:
+    v = res['videos'][0]
+    o, co = res['overhead'], res['cpu_overhead']
+    return '\n'.join([
+        f"data pipeline ({' > '.join(res['transforms'])}) on {res['num_videos']} videos "
+        f"{v['width']}x{v['height']}, {v['frames']} frames, {res['frames_per_clip']} "
+        f"frames per clip, single process",
+        f"  train pipeline {res['pipeline']['clips_per_s']:.1f} clips/s, bare decord "
+        f"{res['bare']['clips_per_s']:.1f} clips/s",
+        f"  -> overhead pipeline/bare {o['median']:.3f} (per-round range {o['min']:.3f}-"
+        f"{o['max']:.3f}); CPU time {co['median']:.3f} ({co['min']:.3f}-{co['max']:.3f})",
+        '  CPU ms per clip: ' + ', '.join(f'{name} {ms:.2f}'
+                                          for name, ms in res['per_transform_cpu_ms'])
+        + f"; bare decord {res['bare']['cpu_ms_per_clip']:.2f}"])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import stan_mm  # noqa: F401  (registers models and transforms)
+    from stan_mm.utils.benchmark import machine_info
+    if bool(args.config) == bool(args.arch):
+        print('benchmark: give either CONFIG or --arch', file=sys.stderr)
+        return 2
+    cfg = _load_config(args.config, args.cfg_options) if args.config else None
+    pipe_cfg = (_load_config(args.pipeline_config, None) if args.pipeline_config else cfg)
+    out = dict(machine=machine_info(args.device), config=args.config,
+               argv=list(sys.argv[1:] if argv is None else argv))
+    if not args.skip_model:
+        kwargs, frames = _model_setup(args, cfg)
+        out['model'] = run_model_benchmark(args, kwargs, frames)
+        print(format_model(out['model']), flush=True)
+    if not args.skip_pipeline:
+        if pipe_cfg is None:
+            print('(pipeline benchmark skipped: give CONFIG or --pipeline-config)')
+        else:
+            out['pipeline'] = run_pipeline_benchmark(args, pipe_cfg)
+            print(format_pipeline(out['pipeline']), flush=True)
+    try:
+        out['machine']['loadavg_end'] = list(os.getloadavg())
+    except OSError:
+        pass
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(out, f, indent=1, default=str)
+        print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
