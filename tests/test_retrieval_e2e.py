@@ -33,7 +33,8 @@ def data_options(root):
         opts.append(f'{split}_dataloader.dataset.data_root={root}')
         opts += [f'{split}_dataloader.{k}' for k in
                  ('num_workers=0', 'persistent_workers=False')]
-    opts += [f'train_dataloader.dataset.generate.{k}={v}' for k, v in GEN.items()]
+    opts += [f'{split}_dataloader.dataset.generate.{k}={v}' for k, v in GEN.items()
+             for split in ('train', 'val', 'test')]
     return opts
 
 

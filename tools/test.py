@@ -48,7 +48,7 @@ def set_views(cfg, views: str):
 def merge_args(cfg, args):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    if args.views:
+    if getattr(args, 'views', None):
         set_views(cfg, args.views)
     cfg.launcher = args.launcher
     if args.work_dir is not None:

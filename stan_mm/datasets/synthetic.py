@@ -66,6 +66,7 @@ import os
 import os.path as osp
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -744,8 +745,10 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
 
 
 def _check_decodable(path: str, size: int) -> None:
-    """Fail early when decord cannot decode what was written (decord 0.6.0 fails on mp4v
-    frames 48 pixels wide, for instance), instead of deep inside a training worker."""
+    """Warn when decord 0.6.0 cannot decode what was written (it fails on mp4v frames 16,
+    24, 48 or 72 pixels wide, for instance): MMAction2's stock ``DecordInit``/``DecordDecode``
+    would then fail in a worker; stan-mm's ``SafeDecordInit``/``SafeDecordDecode`` fall
+    back to OpenCV for such files."""
     try:
         import decord
     except ImportError:  # pragma: no cover - decord is a requirement
@@ -753,9 +756,9 @@ def _check_decodable(path: str, size: int) -> None:
     try:
         decord.VideoReader(path).get_batch([0]).asnumpy()
     except Exception as e:
-        raise ValueError(f'size={size}: decord cannot decode the generated video {path} '
-                         f'({type(e).__name__}); choose another frame size, e.g. 32, 64 '
-                         f'or 96') from e
+        warnings.warn(f'size={size}: decord cannot decode the generated video {path} '
+                      f'({type(e).__name__}); use SafeDecordInit/SafeDecordDecode (OpenCV '
+                      f'fallback) in the pipeline or another frame size, e.g. 32, 64 or 96')
 
 
 def _move_into_place(tmp: str, out_dir: str, params: dict) -> None:
