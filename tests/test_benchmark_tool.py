@@ -1,7 +1,8 @@
 """Benchmark tool (tools/analysis/benchmark.py, stan_mm/utils/benchmark.py): runs end to end
 on a tiny CLIP on CPU and writes sane JSON; the FLOPs ratio equals hand-computed
 multiply-accumulates and get_flops' own figures; runs alternate; the pipeline benchmark's
-bare decoding reads exactly the frames the pipeline decoded. No timed assertions."""
+bare decoding reads exactly the frames the pipeline decoded; the branch's fused attention
+(speed work) equals nn.MultiheadAttention. No timed assertions."""
 import importlib.util
 import json
 import pathlib
@@ -101,7 +102,7 @@ def test_json_model_section(run_tool):
             assert t['min'] <= t['median'] <= t['max']
             assert e['clips_per_s'] == pytest.approx(2 / t['median'])
             mem = e['memory']
-            assert mem['delta'] >= 0 and mem['peak'] >= mem['before'] > 0
+            assert mem['before'] > 0 and mem['delta'] == mem['peak'] - mem['before'] >= 0
             assert mem['model_bytes'] > 0 and mem['method']
         ratios = run['time_ratio']['values']
         expected = [a / b for a, b in zip(run['stan']['time_s']['values'],
@@ -249,3 +250,23 @@ def test_cuda_request_without_cuda_is_refused(tmp_path):
         tool.main(['--arch', 'ViT-B-16', '--device', 'cuda', '--skip-pipeline'])
     assert tool._combos(['forward', 'train'], 'both') == [
         ('forward', False), ('train', False), ('train', True)]
+
+
+def test_packed_attention_equals_multihead_attention():
+    """The branch's fused attention (speed work) computes nn.MultiheadAttention exactly:
+    outputs and gradients, eval (MHA fast path) and train mode."""
+    from stan_mm.models.backbones.stan_temporal import packed_self_attention
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    torch.nn.init.normal_(attn.in_proj_bias)
+    for training in (False, True):
+        attn.train(training)
+        x = torch.randn(3, 7, 32, requires_grad=True)
+        ref = attn(x, x, x, need_weights=False)[0]
+        got = packed_self_attention(x, attn)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        if training:
+            g_ref = torch.autograd.grad(ref.pow(2).sum(), [x, attn.in_proj_weight])
+            g_got = torch.autograd.grad(got.pow(2).sum(), [x, attn.in_proj_weight])
+            for a, b in zip(g_got, g_ref):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -26,8 +26,9 @@ Peak memory:
   other, so the benchmark's own models and timing runs do not count: the peak resident set
   size (``VmHWM``, reset through ``/proc/self/clear_refs`` right before the step) minus
   the resident size just before the step, with glibc's mmap threshold lowered so freed
-  tensors go back to the system. Without ``clear_refs`` it falls back to ``getrusage`` (``ru_maxrss``), which is
-  a lower bound of the step's extra memory when building the model peaked higher.
+  tensors go back to the system; each model first runs one unmeasured forward step.
+  Without ``clear_refs`` it falls back to ``getrusage`` (``ru_maxrss``), which is a lower
+  bound of the step's extra memory when building the model peaked higher.
 """
 import contextlib
 import copy
@@ -271,11 +272,13 @@ def _peak_rss_since_reset(reset_ok: bool) -> tuple:
 def measure_step_rss(step: Callable[[], None]) -> Dict[str, Any]:
     """Peak resident memory of one ``step`` (in this process) above the RSS before it."""
     gc.collect()
-    before = current_rss()
     ok = _reset_peak_rss()
+    before = current_rss()
     step()
     peak, method = _peak_rss_since_reset(ok)
-    return dict(before=before, peak=peak, delta=max(peak - before, 0), method=method)
+    # the kernel's RSS counters are batched per CPU: a few pages of slack either way
+    peak = max(peak, before)
+    return dict(before=before, peak=peak, delta=peak - before, method=method)
 
 
 def _memory_child() -> None:
@@ -355,7 +358,9 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
     ``num_frames`` frames) with realistic content for decoding benchmarks: a textured
     background panning across the frame (fine noise on smooth blobs, so the encoder has
     residual detail to code) and a few moving, colour-changing ellipses. Files that exist
-    already are reused. Returns the paths."""
+    already are reused. Returns the paths. Note: decord 0.6.0 cannot copy out frames of
+    some small widths (e.g. 48 px; 64, 96, 320 and 340 work), so keep the width >= 64 for
+    bare decord decoding."""
     import cv2
     if num_videos < 1 or num_frames < 1 or width < 16 or height < 16:
         raise ValueError('write_benchmark_videos: need num_videos >= 1, num_frames >= 1 '

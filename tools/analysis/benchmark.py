@@ -237,8 +237,8 @@ def run_pipeline_benchmark(args, cfg):
         folder = args.video_cache or tempfile.mkdtemp(prefix='stan_bench_videos_')
         tmp = None if args.video_cache else folder
         w, h = args.video_size
-        print(f'... writing {args.num_videos} videos {w}x{h}, {args.video_frames} frames '
-              f'to {folder}', flush=True)
+        print(f'... {args.num_videos} videos {w}x{h}, {args.video_frames} frames in {folder} '
+              f'(written unless already there)', flush=True)
         videos = B.write_benchmark_videos(folder, args.num_videos, w, h, args.video_frames,
                                           seed=args.seed)
     try:

@@ -50,12 +50,12 @@ def packed_self_attention(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch
     ``nn.MultiheadAttention`` (same parameters, same result), computed directly::
 
         x [N, L, D] -> in-proj [N, L, 3D] -> q, k, v views [N, H, L, D/H]
-          -> F.scaled_dot_product_attention -> [N, L, D] (free view) -> out-proj
+          -> F.scaled_dot_product_attention -> [N, L, D] -> out-proj
 
     ``nn.MultiheadAttention`` transposes batch-first input to sequence-first and copies
     q/k/v and the attention output on its training path; here q/k/v are strided views
-    handed to the fused kernel and its output is already ``[N, L, H, D/H]`` in memory.
-    Attention dropout (``attn.dropout``) applies in training mode.
+    handed to the fused kernel, whose output is already ``[N, L, H, D/H]`` in memory (the
+    fused CPU and CUDA kernels), so the reshape to ``[N, L, D]`` is free. Attention dropout (``attn.dropout``) applies in training mode.
     """
     N, L, D = x.shape
     H = attn.num_heads
