@@ -221,7 +221,8 @@ g = model.weight.grad.clone()
 gathered = [torch.zeros_like(g) for _ in range(get_world_size())]
 torch.distributed.all_gather(gathered, g)
 assert torch.allclose(gathered[0], gathered[1])  # DDP averaged the gradients
-print('DDP_OK', get_rank(), get_world_size())
+open(os.path.join(os.environ['OUT_DIR'], f'rank{get_rank()}'), 'w').write(
+    f'DDP_OK {get_rank()} {get_world_size()}')
 '''
 
 
@@ -231,14 +232,16 @@ def test_cpu_torchrun_ddp(tmp_path, with_fix):
     script = tmp_path / 'ddp.py'
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), WITH_FIX='1' if with_fix else '0',
-               OMP_NUM_THREADS='1')
+               OMP_NUM_THREADS='1', OUT_DIR=str(tmp_path))
     port = 29600 + (1 if with_fix else 0) + os.getpid() % 200
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
                         f'--master_port={port}', str(script)], env=env,
                        capture_output=True, text=True, timeout=300)
     if with_fix:
         assert r.returncode == 0, r.stderr[-3000:]
-        assert 'DDP_OK 0 2' in r.stdout and 'DDP_OK 1 2' in r.stdout
+        # each rank reports in its own file (their stdout lines may interleave)
+        assert (tmp_path / 'rank0').read_text() == 'DDP_OK 0 2'
+        assert (tmp_path / 'rank1').read_text() == 'DDP_OK 1 2'
     else:
         assert r.returncode != 0
 
