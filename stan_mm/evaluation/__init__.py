@@ -21,6 +21,7 @@ __all__ = [
     'retrieval_metrics_from_embeddings', 'retrieval_metrics_from_similarity',
     'retrieval_ranks', 'DEFAULT_CHUNK_SIZE', 'DEFAULT_DSL_TEMP', 'DEFAULT_QB_BETA',
     'DEFAULT_QB_K', 'QueryBankStats', 'dsl_t2v_scores', 'dsl_v2t_scores', 'qb_norm_scores',
-    'querybank_stats', 'MotionPairMetric', 'RetrievalRecallMetric', 'DenseSimilarity', 'EmbeddingSimilarity',
+    'querybank_stats', 'MotionPairMetric',
+    'RetrievalRecallMetric', 'DenseSimilarity', 'EmbeddingSimilarity',
     'SimilaritySource',
 ]
