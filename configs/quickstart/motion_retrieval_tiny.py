@@ -15,27 +15,11 @@
 # SyntheticMotionTextDataset generates the data on first use: training reads every
 # (video, caption) pair; validation/testing (test_mode=True) one sample per video with all
 # its captions, the contract of RetrievalRecallMetric.
-_base_ = ['../_base_/default_runtime.py']
-
-data_root = 'data/motion'
-# Keyword arguments of stan_mm.datasets.synthetic.generate_motion_dataset.
-motion = dict(num_train=480, num_val=160, num_test=160, num_frames=16, size=64, seed=0,
-              progress=True)
-num_frames = 8
-context_length = 32
-
-# A tiny CLIP (random init): 32x32 frames, 4x4 patches of 8 px, width 96, 4 layers; text
-# width 64, 2 layers, 32 tokens.
-clip_cfg = dict(
-    embed_dim=64,
-    quick_gelu=False,
-    vision_cfg=dict(image_size=32, patch_size=8, width=96, layers=4, head_width=32),
-    text_cfg=dict(context_length=context_length, vocab_size=49408, width=64, heads=2,
-                  layers=2))
+_base_ = ['../_base_/default_runtime.py', './_motion_common.py']
 
 model = dict(
     type='STANRetriever',
-    arch=clip_cfg,
+    arch=_base_.clip_cfg,
     pretrained=None,
     backbone=dict(
         type='CLIPSTAN',
@@ -55,22 +39,22 @@ meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id', 'filename')
 # No horizontal flip: it would swap "moving left" and "moving right".
 train_pipeline = [
     dict(type='SafeDecordInit'),
-    dict(type='UniformSample', clip_len=num_frames, num_clips=1),
+    dict(type='UniformSample', clip_len=_base_.num_frames, num_clips=1),
     dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 36)),
     dict(type='RandomCrop', size=32),
     dict(type='FormatShape', input_format='NCHW'),
-    dict(type='CLIPBPETokenize', context_length=context_length),
+    dict(type='CLIPBPETokenize', context_length=_base_.context_length),
     dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
 ]
 test_pipeline = [
     dict(type='SafeDecordInit'),
-    dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
+    dict(type='UniformSample', clip_len=_base_.num_frames, num_clips=1, test_mode=True),
     dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 32)),
     dict(type='CenterCrop', crop_size=32),
     dict(type='FormatShape', input_format='NCHW'),
-    dict(type='CLIPBPETokenize', context_length=context_length),
+    dict(type='CLIPBPETokenize', context_length=_base_.context_length),
     dict(type='PackActionInputs', collect_keys=('imgs', 'text'), meta_keys=meta_keys)
 ]
 
@@ -79,22 +63,22 @@ train_dataloader = dict(
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='SyntheticMotionTextDataset', data_root=data_root, split='train',
-                 generate=motion, pipeline=train_pipeline))
+    dataset=dict(type='SyntheticMotionTextDataset', data_root=_base_.data_root, split='train',
+                 generate=_base_.motion, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='SyntheticMotionTextDataset', data_root=data_root, split='val',
-                 generate=motion, test_mode=True, pipeline=test_pipeline))
+    dataset=dict(type='SyntheticMotionTextDataset', data_root=_base_.data_root, split='val',
+                 generate=_base_.motion, test_mode=True, pipeline=test_pipeline))
 test_dataloader = dict(
     batch_size=16,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='SyntheticMotionTextDataset', data_root=data_root, split='test',
-                 generate=motion, test_mode=True, pipeline=test_pipeline))
+    dataset=dict(type='SyntheticMotionTextDataset', data_root=_base_.data_root, split='test',
+                 generate=_base_.motion, test_mode=True, pipeline=test_pipeline))
 val_evaluator = dict(type='RetrievalRecallMetric')
 test_evaluator = val_evaluator
 

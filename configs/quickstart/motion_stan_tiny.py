@@ -3,27 +3,15 @@
 # few minutes:  python tools/quickstart.py   (or: python tools/train.py THIS_CONFIG)
 # Every class has a partner class whose videos are the same frames played backwards, so a
 # model that ignores frame order (motion_meanpool_tiny.py) is at chance within each pair.
-_base_ = ['../_base_/default_runtime.py']
+_base_ = ['../_base_/default_runtime.py', './_motion_common.py']
 
-data_root = 'data/motion'
-# Keyword arguments of stan_mm.datasets.synthetic.generate_motion_dataset.
-motion = dict(num_train=480, num_val=160, num_test=160, num_frames=16, size=64, seed=0,
-              progress=True)
 num_classes = 10
-num_frames = 8
-
-# A tiny CLIP (random init): 32x32 frames, 4x4 patches of 8 px, width 96, 4 layers.
-clip_cfg = dict(
-    embed_dim=64,
-    quick_gelu=False,
-    vision_cfg=dict(image_size=32, patch_size=8, width=96, layers=4, head_width=32),
-    text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2))
 
 model = dict(
     type='Recognizer3D',
     backbone=dict(
         type='CLIPSTAN',
-        arch=clip_cfg,
+        arch=_base_.clip_cfg,
         pretrained=None,
         depth=2,                  # K = 2 branch layers on CLIP blocks 3..4
         temporal_module='attn',
@@ -46,7 +34,7 @@ model = dict(
 # No horizontal flip: it would swap "moving left" and "moving right".
 train_pipeline = [
     dict(type='SafeDecordInit'),
-    dict(type='UniformSample', clip_len=num_frames, num_clips=1),
+    dict(type='UniformSample', clip_len=_base_.num_frames, num_clips=1),
     dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 36)),
     dict(type='RandomCrop', size=32),
@@ -55,7 +43,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='SafeDecordInit'),
-    dict(type='UniformSample', clip_len=num_frames, num_clips=1, test_mode=True),
+    dict(type='UniformSample', clip_len=_base_.num_frames, num_clips=1, test_mode=True),
     dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 32)),
     dict(type='CenterCrop', crop_size=32),
@@ -68,22 +56,22 @@ train_dataloader = dict(
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='SyntheticMotionDataset', data_root=data_root, split='train',
-                 generate=motion, pipeline=train_pipeline))
+    dataset=dict(type='SyntheticMotionDataset', data_root=_base_.data_root, split='train',
+                 generate=_base_.motion, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='SyntheticMotionDataset', data_root=data_root, split='val',
-                 generate=motion, pipeline=test_pipeline, test_mode=True))
+    dataset=dict(type='SyntheticMotionDataset', data_root=_base_.data_root, split='val',
+                 generate=_base_.motion, pipeline=test_pipeline, test_mode=True))
 test_dataloader = dict(
     batch_size=16,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='SyntheticMotionDataset', data_root=data_root, split='test',
-                 generate=motion, pipeline=test_pipeline, test_mode=True))
+    dataset=dict(type='SyntheticMotionDataset', data_root=_base_.data_root, split='test',
+                 generate=_base_.motion, pipeline=test_pipeline, test_mode=True))
 val_evaluator = [dict(type='AccMetric'), dict(type='MotionPairMetric')]
 test_evaluator = val_evaluator
 
