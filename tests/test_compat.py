@@ -223,6 +223,8 @@ torch.distributed.all_gather(gathered, g)
 assert torch.allclose(gathered[0], gathered[1])  # DDP averaged the gradients
 open(os.path.join(os.environ['OUT_DIR'], f'rank{get_rank()}'), 'w').write(
     f'DDP_OK {get_rank()} {get_world_size()}')
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # clean gloo shutdown (no abort at exit)
 '''
 
 
