@@ -252,10 +252,22 @@ def test_cuda_request_without_cuda_is_refused(tmp_path):
         ('forward', False), ('train', False), ('train', True)]
 
 
-def test_packed_attention_equals_multihead_attention():
+@pytest.mark.parametrize('short_path', [False, True], ids=['sdpa', 'short-sequence'])
+def test_packed_attention_equals_multihead_attention(monkeypatch, short_path):
     """The branch's fused attention (speed work) computes nn.MultiheadAttention exactly:
-    outputs and gradients, eval (MHA fast path) and train mode."""
+    outputs and gradients, eval (MHA fast path) and train mode; both the fused-kernel path
+    and the explicit short-sequence path that CUDA takes for T <= 32 (forced here on CPU)."""
+    from stan_mm.models.backbones import stan_temporal
     from stan_mm.models.backbones.stan_temporal import packed_self_attention
+    calls = []
+    real = stan_temporal.short_sequence_attention
+
+    def spy(q, k, v):
+        calls.append(q.shape)
+        return real(q, k, v)
+    monkeypatch.setattr(stan_temporal, 'short_sequence_attention', spy)
+    monkeypatch.setattr(stan_temporal, 'use_short_sequence_path',
+                        lambda x, length: short_path)
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
     torch.nn.init.normal_(attn.in_proj_bias)
@@ -270,3 +282,14 @@ def test_packed_attention_equals_multihead_attention():
             g_got = torch.autograd.grad(got.pow(2).sum(), [x, attn.in_proj_weight])
             for a, b in zip(g_got, g_ref):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert bool(calls) == short_path
+
+
+def test_short_sequence_path_only_on_cuda():
+    from stan_mm.models.backbones.stan_temporal import (SHORT_SEQUENCE,
+                                                          use_short_sequence_path)
+    x = torch.zeros(2, 8, 4)
+    assert not use_short_sequence_path(x, 8)
+    if torch.cuda.is_available():
+        assert use_short_sequence_path(x.cuda(), 8)
+        assert not use_short_sequence_path(x.cuda(), SHORT_SEQUENCE + 1)

@@ -69,6 +69,12 @@ def parse_args(argv=None):
                    help='autocast dtype (default: bf16 on CUDA, none on CPU)')
     g.add_argument('--optim-step', action='store_true',
                    help='train mode includes an AdamW step (a full training step)')
+    g.add_argument('--fused-adamw', action='store_true',
+                   help='AdamW(fused=True) for the optimizer step (CUDA; as '
+                        "optim_wrapper=dict(optimizer=dict(type='AdamW', fused=True)))")
+    g.add_argument('--compile', action='store_true',
+                   help='run both models through torch.compile (default mode); the '
+                        'warm-up round(s) absorb the compilation')
     g.add_argument('--warmup', type=int, default=1, help='unrecorded rounds')
     g.add_argument('--repeats', type=int, default=5, help='recorded rounds')
     g.add_argument('--iters', type=int, help='steps per timed run (default: 1 on CPU, 10 '
@@ -160,13 +166,19 @@ def run_model_benchmark(args, kwargs, frames):
               'clip': B.build_clipstan(B.baseline_kwargs(kwargs), device)}
     size = B.image_size(models['stan'])
     x = torch.randn(batch, frames, 3, *size, device=device)
+    fused = dict(fused=True) if args.fused_adamw else {}
     optims = {n: (torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
-                                    lr=1e-6) if args.optim_step else None)
+                                    lr=1e-6, **fused) if args.optim_step else None)
               for n, m in models.items()}
     sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
+    # torch.compile wraps each model; the wrapper shares parameters, train()/eval() and
+    # attributes (gradient checkpointing flags) with the original module.
+    runners = ({n: torch.compile(m) for n, m in models.items()} if args.compile
+               else models)
     setup = dict(frames=frames, image_size=list(size), batch=batch, device=str(device),
                  amp=amp, iters=iters, warmup=args.warmup, repeats=args.repeats,
                  threads=torch.get_num_threads(), optim_step=args.optim_step,
+                 compile=bool(args.compile), fused_adamw=bool(args.fused_adamw),
                  kwargs={k: v for k, v in kwargs.items()},
                  params={n: sum(p.numel() for p in m.parameters())
                          for n, m in models.items()})
@@ -175,7 +187,7 @@ def run_model_benchmark(args, kwargs, frames):
         steps = {}
         for name, model in models.items():
             B.set_grad_checkpointing(model, ck)
-            steps[name] = B.make_step(model, x, mode, amp_dtype,
+            steps[name] = B.make_step(runners[name], x, mode, amp_dtype,
                                       optims[name] if mode == 'train' else None)
         print(f'... {mode}, grad_checkpointing={ck}: {args.warmup} warm-up + '
               f'{args.repeats} alternating rounds', flush=True)
@@ -273,7 +285,8 @@ def format_model(res) -> str:
              f"{kw.get('depth', 4)}, temporal {kw.get('temporal_module', 'attn')}, "
              f"{s['frames']} frames {s['image_size'][0]}x{s['image_size'][1]}, batch "
              f"{s['batch']}, {s['device']}, amp {s['amp']}, threads {s['threads']}, "
-             f"optimizer step {s['optim_step']}",
+             f"optimizer step {s['optim_step']}, torch.compile {s.get('compile', False)}, "
+             f"fused AdamW {s.get('fused_adamw', False)}",
              f"FLOPs per clip (G multiply-accumulates): STAN {f['stan_macs'] / 1e9:.2f}, "
              f"CLIP {f['clip_macs'] / 1e9:.2f}, ratio {f['ratio']:.4f}",
              f"{'mode':<8}{'ckpt':<6}{'model':<6}{'clips/s':>10}{'s/step (median [min, max])':>32}"
