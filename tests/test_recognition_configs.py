@@ -88,7 +88,7 @@ def test_config_recipe_and_full_size_meta_forward(name):
         assert pipeline[1].type == 'UniformSample' and pipeline[1].clip_len == frames
     train_types = [t.type for t in raw.train_dataloader.dataset.pipeline]
     assert ('Flip' in train_types) == (dataset == 'k400')  # SSv2: never flipped
-    assert 'TorchVisionWrapper' in train_types and 'PytorchVideoWrapper' not in train_types
+    assert 'ClipRandAugment' in train_types and 'PytorchVideoWrapper' not in train_types
     test = raw.test_dataloader.dataset.pipeline
     assert (test[1].num_clips, test[4].type) == (1, 'ThreeCrop')  # 1x3 views
 

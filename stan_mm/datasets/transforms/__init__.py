@@ -1,3 +1,4 @@
 """Data transforms, registered in MMAction2's ``TRANSFORMS`` on import."""
 from .tokenize import CLIPBPETokenize, tokenize  # noqa: F401
 from . import video_io  # noqa: F401  (SafeDecordInit, SafeDecordDecode, SkipUnreadable)
+from . import clip_randaugment  # noqa: F401  (ClipRandAugment)

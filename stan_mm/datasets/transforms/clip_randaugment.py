@@ -1,0 +1,607 @@
+"""Clip-level RandAugment on uint8 numpy frames, equivalent to torchvision's.
+
+``TorchVisionWrapper(op='RandAugment', ...)`` stacks the frames into a uint8 ``[T, C, H, W]``
+tensor and runs ``torchvision.transforms.RandAugment`` on it: ``num_ops`` operations are drawn
+once per clip and applied to every frame. Its tensor kernels are slow on uint8 (8-12 ms of
+CPU time for 8 frames of 224x224, 2 ops, on one core), most of the cost of decoding the clip.
+:class:`ClipRandAugment` draws the same operations with the same calls to torch's global
+random generator (so with the same torch seed it picks the same ops, magnitudes and signs)
+and applies them with OpenCV / numpy to the HWC frames (about 1.8 ms for the same clip):
+
+=========================  ==============================================================
+op                         implementation, and how it compares with torchvision 0.29
+=========================  ==============================================================
+ShearX/Y, Rotate           ``cv2.remap`` with sampling maps computed in float32 the way
+                           torchvision builds its ``grid_sample`` grid (same inverse
+                           affine matrix, same pixel-centre convention, half-to-even
+                           rounding for NEAREST): equal pixels (NEAREST). BILINEAR: OpenCV
+                           quantises sampling points to 1/32 pixel, so pixels at strong
+                           edges differ by a few grey levels (fill: torchvision's formula).
+TranslateX/Y               an integer shift (torchvision truncates the magnitude): a copy.
+Brightness, Posterize,     one 256-entry table for the whole clip (``cv2.LUT``) or a bit
+Solarize                   mask, entries computed with torchvision's float32 arithmetic.
+AutoContrast, Equalize     one table per frame and channel (min/max, histogram).
+Contrast                   one table per frame (the frame's mean grey level).
+Color, Sharpness           float32 blend with the grey image / the 3x3 smoothed image,
+                           same operation order and truncation as torchvision.
+=========================  ==============================================================
+
+All but BILINEAR give torchvision's pixels exactly (tests/test_clip_randaugment.py; 300 of
+300 random 8x224x224 draws of the K400 recipe equal TorchVisionWrapper's bit for bit).
+Frames are RGB (what MMAction2's decoders give), as torchvision's grey-level weights assume.
+"""
+import math
+import threading
+from numbers import Number
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from mmaction.registry import TRANSFORMS
+from mmcv.transforms import BaseTransform
+
+__all__ = ['ClipRandAugment', 'RANDAUGMENT_OPS', 'randaugment_space', 'sample_ops',
+           'apply_op']
+
+# torchvision's RandAugment op order: the op index drawn from torch's generator is an index
+# into this tuple.
+RANDAUGMENT_OPS = ('Identity', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate',
+                   'Brightness', 'Color', 'Contrast', 'Sharpness', 'Posterize', 'Solarize',
+                   'AutoContrast', 'Equalize')
+_GEOMETRIC = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
+_INTERPOLATIONS = {'nearest': cv2.INTER_NEAREST, 'bilinear': cv2.INTER_LINEAR}
+_F32 = np.float32
+# ITU-R 601-2 luma weights as torchvision uses them (float32, truncated to uint8)
+_GREY_WEIGHTS = (_F32(0.2989), _F32(0.587), _F32(0.114))
+_NAME = 'ClipRandAugment'
+
+Clip = np.ndarray  # uint8 [T, H, W, 3]
+# what the ops read: a uint8 [T, H, W, 3] array or a list of T C-contiguous [H, W, 3] frames
+Frames = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+# ------------------------------------------------------------------------- op sampling
+def randaugment_space(num_bins: int, height: int,
+                      width: int) -> Dict[str, Tuple[torch.Tensor, bool]]:
+    """``{op: (magnitudes, signed)}``: the magnitude of each op at each of ``num_bins``
+    levels (a 0-dim tensor for ops without a magnitude), float32 as torchvision computes
+    them, and whether a random sign applies. Translations scale with the image size."""
+    lin = torch.linspace
+    return {
+        'Identity': (torch.tensor(0.0), False),
+        'ShearX': (lin(0.0, 0.3, num_bins), True),
+        'ShearY': (lin(0.0, 0.3, num_bins), True),
+        'TranslateX': (lin(0.0, 150.0 / 331.0 * width, num_bins), True),
+        'TranslateY': (lin(0.0, 150.0 / 331.0 * height, num_bins), True),
+        'Rotate': (lin(0.0, 30.0, num_bins), True),
+        'Brightness': (lin(0.0, 0.9, num_bins), True),
+        'Color': (lin(0.0, 0.9, num_bins), True),
+        'Contrast': (lin(0.0, 0.9, num_bins), True),
+        'Sharpness': (lin(0.0, 0.9, num_bins), True),
+        # bits kept: 8 at level 0 down to 4 at the last level
+        'Posterize': (8 - (torch.arange(num_bins) / ((num_bins - 1) / 4)).round().int(),
+                      False),
+        'Solarize': (lin(255.0, 0.0, num_bins), False),
+        'AutoContrast': (torch.tensor(0.0), False),
+        'Equalize': (torch.tensor(0.0), False),
+    }
+
+
+def sample_ops(num_ops: int, magnitude: int, num_bins: int, height: int,
+               width: int) -> List[Tuple[str, float]]:
+    """Draw ``num_ops`` ``(op_name, signed magnitude)`` pairs from torch's global random
+    generator with the same calls, in the same order, as torchvision's
+    ``RandAugment.forward``: ``torch.randint(14, (1,))`` for the op, then, for signed ops
+    only, ``torch.randint(2, (1,))`` (1 = negative)."""
+    levels = _levels(magnitude, num_bins, height, width)
+    ops = []
+    for _ in range(num_ops):
+        name = RANDAUGMENT_OPS[int(torch.randint(len(RANDAUGMENT_OPS), (1,)).item())]
+        mag, signed = levels[name]
+        if signed and torch.randint(2, (1,)):
+            mag *= -1.0
+        ops.append((name, mag))
+    return ops
+
+
+_LEVELS_CACHE: Dict[tuple, Dict[str, Tuple[float, bool]]] = {}
+
+
+def _levels(magnitude: int, num_bins: int, height: int,
+            width: int) -> Dict[str, Tuple[float, bool]]:
+    """``{op: (magnitude at level ``magnitude`` as a Python float, signed)}`` (cached)."""
+    key = (magnitude, num_bins, height, width)
+    levels = _LEVELS_CACHE.get(key)
+    if levels is None:
+        levels = {name: (float(mags[magnitude].item()) if mags.ndim > 0 else 0.0, signed)
+                  for name, (mags, signed) in randaugment_space(num_bins, height,
+                                                                width).items()}
+        if len(_LEVELS_CACHE) >= 64:
+            _LEVELS_CACHE.clear()
+        _LEVELS_CACHE[key] = levels
+    return levels
+
+
+# ------------------------------------------------------------------------- geometric ops
+def _inverse_affine(center: Sequence[float], angle: float, translate: Sequence[float],
+                    shear: Sequence[float]) -> List[float]:
+    """Output-to-input affine map (2x3, row-major) in coordinates centred on the image
+    centre, for a rotation by ``angle`` degrees, shears ``shear`` (degrees, x then y) about
+    ``center`` followed by a translation, scale 1. The forward map is
+    ``T * C * R(angle) * SHy * SHx * C^-1``; its linear part has determinant 1."""
+    rot = math.radians(angle)
+    sx, sy = math.radians(shear[0]), math.radians(shear[1])
+    cx, cy = center
+    tx, ty = translate
+    # forward linear part [[a, b], [c, d]] = R(rot) * SHy(sy) * SHx(sx)
+    a = math.cos(rot - sy) / math.cos(sy)
+    b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
+    return m
+
+
+def _geometric_matrix(op: str, magnitude: float, height: int, width: int) -> List[float]:
+    """The inverse affine matrix torchvision's ``_apply_op`` builds for ``op``."""
+    if op in ('ShearX', 'ShearY'):
+        shear = math.degrees(math.atan(magnitude))
+        # sheared about the top-left corner (torchvision passes center=[0, 0])
+        corner = [-width * 0.5, -height * 0.5]
+        return _inverse_affine(corner, 0.0, [0.0, 0.0],
+                               [shear, 0.0] if op == 'ShearX' else [0.0, shear])
+    if op == 'TranslateX':
+        return _inverse_affine([0.0, 0.0], 0.0, [float(int(magnitude)), 0.0], [0.0, 0.0])
+    if op == 'TranslateY':
+        return _inverse_affine([0.0, 0.0], 0.0, [0.0, float(int(magnitude))], [0.0, 0.0])
+    if op == 'Rotate':   # F.rotate: counter-clockwise, about the centre
+        return _inverse_affine([0.0, 0.0], -magnitude, [0.0, 0.0], [0.0, 0.0])
+    raise ValueError(f'{_NAME}: {op!r} is not a geometric op')
+
+
+def sampling_maps(matrix: Sequence[float], height: int,
+                  width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Input pixel coordinates ``(x, y)``, float32 ``[H, W]`` each, that output pixel
+    ``(row, col)`` samples, computed in float32 in the order torchvision's tensor ``affine``
+    and ``grid_sample(align_corners=False)`` compute them: pixel centres relative to the
+    image centre, the matrix divided by the half sizes, then un-normalised to pixel
+    indices. Rounding these half-to-even (``cv2.remap`` NEAREST) gives torchvision's
+    nearest-neighbour choice, including exact ties."""
+    theta = np.asarray(matrix, dtype=_F32).reshape(2, 3)
+    rx = theta[0] / _F32(0.5 * width)
+    ry = theta[1] / _F32(0.5 * height)
+    xs = np.arange(width, dtype=_F32) - _F32(width * 0.5 - 0.5)            # [W]
+    ys = (np.arange(height, dtype=_F32) - _F32(height * 0.5 - 0.5))[:, None]  # [H, 1]
+    gx = (xs * rx[0] + ys * rx[1]) + rx[2]
+    gy = (xs * ry[0] + ys * ry[1]) + ry[2]
+    map_x = (gx + _F32(1)) * _F32(width * 0.5) - _F32(0.5)
+    map_y = (gy + _F32(1)) * _F32(height * 0.5) - _F32(0.5)
+    return map_x.astype(_F32), map_y.astype(_F32)
+
+
+_MAP_CACHE: Dict[tuple, tuple] = {}
+_MAP_CACHE_SIZE = 64
+
+
+def _remap_maps(op: str, magnitude: float, height: int, width: int,
+                interpolation: str) -> tuple:
+    """``cv2.remap`` maps for one op (fixed-point, converted once and cached: a config has
+    only a few distinct geometric ops per image size)."""
+    key = (op, magnitude, height, width, interpolation)
+    maps = _MAP_CACHE.get(key)
+    if maps is None:
+        mx, my = sampling_maps(_geometric_matrix(op, magnitude, height, width),
+                               height, width)
+        # NEAREST: integer coordinates rounded half-to-even; BILINEAR: OpenCV's
+        # fixed-point coordinates + interpolation table indices.
+        maps = cv2.convertMaps(mx, my, cv2.CV_16SC2,
+                               nninterpolation=interpolation == 'nearest')
+        if len(_MAP_CACHE) >= _MAP_CACHE_SIZE:
+            _MAP_CACHE.clear()
+        _MAP_CACHE[key] = maps
+    return maps
+
+
+def _partial_border(op: str, magnitude: float, height: int, width: int) -> tuple:
+    """BILINEAR: pixels whose 4 source pixels are not all inside the image, as ``(rows,
+    cols, inside weight)``; the weight is the warp of an all-ones image (cached)."""
+    key = ('border', op, magnitude, height, width)
+    border = _MAP_CACHE.get(key)
+    if border is None:
+        map1, map2 = _remap_maps(op, magnitude, height, width, 'bilinear')
+        mask = cv2.remap(np.ones((height, width), _F32), map1, map2, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        rows, cols = np.nonzero(mask < 1)
+        border = (rows, cols, mask[rows, cols][:, None])
+        _MAP_CACHE[key] = border
+    return border
+
+
+def _shape(frames: Frames) -> Tuple[int, int, int, int]:
+    return (len(frames),) + tuple(frames[0].shape)
+
+
+def _new_like(frames: Frames) -> Clip:
+    return np.empty(_shape(frames), np.uint8)
+
+
+def _geometric(frames: Frames, op: str, magnitude: float, interpolation: str,
+               fill: Optional[Tuple[float, float, float]]) -> Clip:
+    T, H, W, _ = _shape(frames)
+    map1, map2 = _remap_maps(op, magnitude, H, W, interpolation)
+    # NEAREST: a pixel from outside is `fill`, OpenCV's constant border. BILINEAR: the
+    # warp with a 0 border, then torchvision's fill step `out * w + (1 - w) * fill`, w the
+    # inside weight of the pixel (it weights the inside pixels twice; kept as is).
+    bilinear_fill = fill is not None and interpolation == 'bilinear'
+    border_value = (0.0, 0.0, 0.0) if fill is None or bilinear_fill else fill
+    out = _new_like(frames)
+    for t in range(T):   # one warp per frame with shared maps (no layout copies)
+        cv2.remap(frames[t], map1, map2, _INTERPOLATIONS[interpolation], dst=out[t],
+                  borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    if bilinear_fill:
+        rows, cols, w = _partial_border(op, magnitude, H, W)
+        edge = out[:, rows, cols].astype(_F32) * w + (1 - w) * np.asarray(fill, _F32)
+        out[:, rows, cols] = np.rint(edge).clip(0, 255).astype(np.uint8)
+    return out
+
+
+def _translate(frames: Frames, dx: int, dy: int,
+               fill: Optional[Tuple[float, float, float]]) -> Clip:
+    """An integer translation samples exactly one source pixel (or none) with either
+    interpolation: a shifted copy, ``fill`` (or 0) where the image moved away."""
+    T, H, W, C = _shape(frames)
+    out = _new_like(frames)
+    out[...] = 0 if fill is None else np.asarray(fill, _F32).astype(np.uint8)
+    if abs(dx) < W and abs(dy) < H:
+        src_y, dst_y = slice(max(-dy, 0), H - max(dy, 0)), slice(max(dy, 0), H - max(-dy, 0))
+        src_x, dst_x = slice(max(-dx, 0), W - max(dx, 0)), slice(max(dx, 0), W - max(-dx, 0))
+        for t in range(T):
+            out[t, dst_y, dst_x] = frames[t][src_y, src_x]
+    return out
+
+
+# ------------------------------------------------------------------------- colour ops
+# Point-wise ops write into `out`, which may be `frames` itself (in place) when `frames`
+# is an array the transform owns.
+def _lut(frames: Frames, lut: np.ndarray, out: Clip) -> Clip:
+    """One 256-entry table for every pixel of the clip."""
+    if isinstance(frames, np.ndarray):
+        T, H, W, C = frames.shape
+        cv2.LUT(frames.reshape(T * H, W, C), lut, dst=out.reshape(T * H, W, C))
+    else:
+        for t, frame in enumerate(frames):
+            cv2.LUT(frame, lut, dst=out[t])
+    return out
+
+
+def _lut_frames(frames: Frames, luts: np.ndarray, out: Clip) -> Clip:
+    """``luts`` uint8 ``[T, 256]`` (one table per frame) or ``[T, 256, C]`` (per frame and
+    channel)."""
+    for t, frame in enumerate(frames):
+        cv2.LUT(frame, np.ascontiguousarray(luts[t][None]), dst=out[t])
+    return out
+
+
+def _posterize(frames: Frames, bits: int, out: Clip) -> Clip:
+    keep = np.uint8((0xFF << (8 - bits)) & 0xFF)      # torchvision: img & -(2 ** (8 - bits))
+    if isinstance(frames, np.ndarray):
+        return np.bitwise_and(frames, keep, out=out)
+    for t, frame in enumerate(frames):
+        np.bitwise_and(frame, keep, out=out[t])
+    return out
+
+
+def _truncate(x: np.ndarray) -> np.ndarray:
+    """float -> uint8 as torchvision's blend does: clamp to [0, 255], then truncate."""
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _blend_lut(ratio: float, other: Union[float, np.ndarray]) -> np.ndarray:
+    """``trunc(clamp(ratio * v + (1 - ratio) * other))`` for v = 0..255 in float32 (one
+    table; ``other`` a scalar or an array broadcasting against ``[256]``)."""
+    v = np.arange(256, dtype=_F32)
+    return _truncate(v * _F32(ratio) + np.asarray(other, dtype=_F32) * _F32(1.0 - ratio))
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: Sequence[int], dtype) -> np.ndarray:
+    """A per-thread work buffer reused across calls: fresh 0.6 MB temporaries per frame
+    cost page faults that are a large part of these ops' time."""
+    bufs = _SCRATCH.__dict__.setdefault('bufs', {})
+    buf = bufs.get(name)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+        buf = bufs[name] = np.empty(shape, dtype)
+    return buf
+
+
+def _grey_frame(frame: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` RGB -> uint8 ``[H, W]``: ``trunc(0.2989 r + 0.587 g + 0.114 b)``,
+    float32, left to right (torchvision's ``rgb_to_grayscale``). Returns a scratch buffer
+    (valid until the next call)."""
+    H, W = frame.shape[:2]
+    r, g, b = cv2.split(frame)
+    x = _scratch('grey_x', (H, W), _F32)
+    y = _scratch('grey_y', (H, W), _F32)
+    wr, wg, wb = _GREY_WEIGHTS
+    np.multiply(r, wr, out=x, dtype=_F32)
+    np.multiply(g, wg, out=y, dtype=_F32)
+    x += y
+    np.multiply(b, wb, out=y, dtype=_F32)
+    x += y
+    grey = _scratch('grey', (H, W), np.uint8)
+    np.copyto(grey, x, casting='unsafe')          # truncation, as .to(torch.uint8)
+    return grey
+
+
+class _Blender:
+    """``trunc(clamp(ratio * frame + (1 - ratio) * other))`` in float32, one ``[H, W, C]``
+    frame at a time, as torchvision's ``_blend``: each product is one float32 rounding
+    (here read from a 256-entry float32 table), then one float32 sum, clamp, truncate."""
+
+    def __init__(self, shape: Sequence[int], ratio: float) -> None:
+        v = np.arange(256, dtype=_F32)
+        self.lut_frame = v * _F32(ratio)
+        self.lut_other = v * _F32(1.0 - ratio)
+        self.a = _scratch('blend_a', shape, _F32)
+        self.b = _scratch('blend_b', shape, _F32)
+
+    def __call__(self, frame: np.ndarray, other: np.ndarray, out: np.ndarray) -> None:
+        """``other``: uint8 like ``frame``; ``out`` may be ``frame``."""
+        a, b = self.a, self.b
+        cv2.LUT(frame, self.lut_frame, dst=a)
+        cv2.LUT(other, self.lut_other, dst=b)
+        cv2.add(a, b, dst=a)
+        np.clip(a, 0, 255, out=out, casting='unsafe')     # truncation, as .to(torch.uint8)
+
+
+def _color(frames: Frames, factor: float, out: Clip) -> Clip:
+    blend = _Blender(frames[0].shape, factor)
+    grey3 = _scratch('grey3', frames[0].shape, np.uint8)
+    for t, frame in enumerate(frames):
+        cv2.cvtColor(_grey_frame(frame), cv2.COLOR_GRAY2RGB, dst=grey3)   # same grey x 3
+        blend(frame, grey3, out[t])
+    return out
+
+
+def _contrast(frames: Frames, factor: float, out: Clip) -> Clip:
+    # torchvision: mean of the (truncated uint8) grey image over each frame, float32.
+    # The float32 sum of integers is exact below 2**24, so sum exactly and divide in
+    # float32: bit for bit up to 65793 pixels per frame; beyond, torch's float32 sum may
+    # round (measured still equal at 340x256 and 640x480).
+    H, W = frames[0].shape[:2]
+    sums = np.array([cv2.sumElems(_grey_frame(f))[0] for f in frames], dtype=np.float64)
+    means = sums.astype(_F32) / _F32(H * W)                            # [T]
+    return _lut_frames(frames, _blend_lut(factor, means[:, None]), out)  # [T, 256] tables
+
+
+_SMOOTH = np.ones((3, 3), np.float32)
+_SMOOTH[1, 1] = 5.0
+_SMOOTH /= _SMOOTH.sum()
+
+
+def _sharpness(frames: Frames, factor: float, out: Clip) -> Clip:
+    T, H, W, C = _shape(frames)
+    if H <= 2 or W <= 2:          # torchvision returns such images unchanged
+        out[...] = frames
+        return out
+    blend = _Blender((H, W, C), factor)
+    blurred = _scratch('blurred', (H, W, C), np.uint8)
+    for t, frame in enumerate(frames):
+        # torchvision's 3x3 smoothing (1/13, centre 5/13) rounded to uint8 (the exact
+        # value S/13 is never a tie, so float error cannot flip it); border pixels keep
+        # their value
+        cv2.filter2D(frame, -1, _SMOOTH, dst=blurred, borderType=cv2.BORDER_REPLICATE)
+        blurred[0], blurred[-1] = frame[0], frame[-1]
+        blurred[:, 0], blurred[:, -1] = frame[:, 0], frame[:, -1]
+        blend(frame, blurred, out[t])
+    return out
+
+
+def _autocontrast(frames: Frames, out: Clip) -> Clip:
+    T, _, _, C = _shape(frames)
+    lo = np.empty((T, C), _F32)
+    hi = np.empty((T, C), _F32)
+    for t, frame in enumerate(frames):
+        for c, plane in enumerate(cv2.split(frame)):
+            lo[t, c], hi[t, c] = cv2.minMaxLoc(plane)[:2]
+    flat = hi == lo
+    with np.errstate(divide='ignore'):
+        # torchvision's `255 / (max - min)` is a tensor __rtruediv__: reciprocal, then
+        # times 255, both float32 (not the same float as a direct division)
+        scale = (_F32(1) / (hi - lo)) * _F32(255)
+    lo[flat], scale[flat] = 0, 1          # constant channel: unchanged
+    v = np.arange(256, dtype=_F32)
+    luts = _truncate((v[None, :, None] - lo[:, None, :]) * scale[:, None, :])  # [T,256,C]
+    return _lut_frames(frames, luts, out)
+
+
+def _equalize(frames: Frames, out: Clip) -> Clip:
+    T, _, _, C = _shape(frames)
+    hist = np.empty((T, C, 256), np.int64)
+    for t, frame in enumerate(frames):
+        for c in range(C):
+            hist[t, c] = cv2.calcHist([frame], [c], None, [256], [0, 256]).reshape(-1)
+    # torchvision's _scale_channel: step = (count of all nonzero bins but the last) // 255
+    last = 255 - np.argmax(hist[..., ::-1] != 0, axis=-1)                    # [T, C]
+    total = hist.sum(-1)
+    step = (total - np.take_along_axis(hist, last[..., None], -1)[..., 0]) // 255
+    safe = np.maximum(step, 1)[..., None]
+    lut = (np.cumsum(hist, -1) + (step // 2)[..., None]) // safe
+    lut = np.concatenate([np.zeros_like(lut[..., :1]), lut[..., :-1]], -1).clip(0, 255)
+    identity = np.broadcast_to(np.arange(256), lut.shape)
+    lut = np.where((step == 0)[..., None], identity, lut).astype(np.uint8)   # [T, C, 256]
+    return _lut_frames(frames, lut.transpose(0, 2, 1), out)
+
+
+def _apply(frames: Frames, op: str, magnitude: float, interpolation: str,
+           fill: Optional[Tuple[float, float, float]], inplace: bool) -> Frames:
+    """One op on ``frames``. ``inplace``: point-wise ops may overwrite ``frames`` (an array
+    the caller owns); geometric ops always return a new array."""
+    if op == 'Identity':
+        return frames
+    if op in ('TranslateX', 'TranslateY'):
+        shift = int(magnitude)
+        return _translate(frames, shift if op == 'TranslateX' else 0,
+                          shift if op == 'TranslateY' else 0, fill)
+    if op in _GEOMETRIC:
+        return _geometric(frames, op, magnitude, interpolation, fill)
+    out = frames if inplace and isinstance(frames, np.ndarray) else _new_like(frames)
+    if op == 'Brightness':
+        return _lut(frames, _blend_lut(1.0 + magnitude, 0.0), out)
+    if op == 'Color':
+        return _color(frames, 1.0 + magnitude, out)
+    if op == 'Contrast':
+        return _contrast(frames, 1.0 + magnitude, out)
+    if op == 'Sharpness':
+        return _sharpness(frames, 1.0 + magnitude, out)
+    if op == 'Posterize':
+        return _posterize(frames, int(magnitude), out)
+    if op == 'Solarize':
+        v = np.arange(256)
+        return _lut(frames, np.where(v >= magnitude, 255 - v, v).astype(np.uint8), out)
+    if op == 'AutoContrast':
+        return _autocontrast(frames, out)
+    if op == 'Equalize':
+        return _equalize(frames, out)
+    raise ValueError(f'{_NAME}: unknown op {op!r}; expected one of {RANDAUGMENT_OPS}')
+
+
+def apply_op(frames: Frames, op: str, magnitude: float, interpolation: str = 'nearest',
+             fill: Optional[Sequence[float]] = None) -> Frames:
+    """Apply one RandAugment op, as torchvision's ``_apply_op`` defines it, to every frame.
+
+    Args:
+        frames: uint8 ``[T, H, W, 3]`` array or list of ``[H, W, 3]`` frames (RGB,
+            C-contiguous). Not modified.
+        op: one of :data:`RANDAUGMENT_OPS`.
+        magnitude: the signed value (not the level), as :func:`sample_ops` returns it.
+        interpolation: ``'nearest'`` or ``'bilinear'`` (geometric ops).
+        fill: 3 values for the pixels a geometric op brings in (None: 0).
+
+    Returns:
+        a new uint8 ``[T, H, W, 3]`` array (``Identity``: ``frames`` itself).
+    """
+    if op not in RANDAUGMENT_OPS:
+        raise ValueError(f'{_NAME}: unknown op {op!r}; expected one of {RANDAUGMENT_OPS}')
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"{_NAME}: interpolation must be 'nearest' or 'bilinear', got "
+                         f'{interpolation!r}')
+    fill3 = None if fill is None else tuple(float(np.rint(f)) for f in fill)
+    return _apply(frames, op, magnitude, interpolation, fill3, inplace=False)
+
+
+# ------------------------------------------------------------------------- transform
+def _check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        rng = f'in [{low}, {high}]' if high is not None else f'>= {low}'
+        raise ValueError(f'{_NAME}: {name} must be an integer {rng}, got {value!r}')
+    return int(value)
+
+
+@TRANSFORMS.register_module()
+class ClipRandAugment(BaseTransform):
+    """torchvision's RandAugment for a clip of uint8 frames, same ops for every frame.
+
+    Required keys: ``imgs``, a list of ``[H, W, 3]`` uint8 RGB frames of one size or a
+    uint8 array ``[T, H, W, 3]`` (MMAction2's layout before ``FormatShape``). Modified
+    keys: ``imgs``, same container type (a list of C-contiguous frames, or an array).
+
+    Equivalent to ``TorchVisionWrapper(op='RandAugment', ...)`` with the same arguments:
+    the same ops, magnitudes and signs are drawn from torch's global generator (same calls,
+    same order), and each op gives torchvision's pixels (see the module docstring for the
+    few exceptions), at a fraction of the cost.
+
+    Args:
+        num_ops (int): ops applied one after the other. Default 2.
+        magnitude (int): level of every op, in ``[0, num_magnitude_bins - 1]``. Default 9.
+        num_magnitude_bins (int): number of levels (>= 2). Default 31.
+        interpolation (str): ``'nearest'`` (default) or ``'bilinear'``, for the geometric
+            ops.
+        fill (None | number | sequence of 3 numbers): value(s) in [0, 255] of the pixels
+            that geometric ops bring in. Default None (0).
+    """
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31,
+                 interpolation: str = 'nearest',
+                 fill: Union[None, Number, Sequence[Number]] = None) -> None:
+        self.num_ops = _check_int('num_ops', num_ops, 0)
+        self.num_magnitude_bins = _check_int('num_magnitude_bins', num_magnitude_bins, 2)
+        self.magnitude = _check_int('magnitude', magnitude, 0, self.num_magnitude_bins - 1)
+        interp = getattr(interpolation, 'value', interpolation)   # InterpolationMode too
+        if not isinstance(interp, str) or interp.lower() not in _INTERPOLATIONS:
+            raise ValueError(f"{_NAME}: interpolation must be 'nearest' or 'bilinear', "
+                             f'got {interpolation!r}')
+        self.interpolation = interp.lower()
+        self.fill = self._check_fill(fill)
+
+    @staticmethod
+    def _check_fill(fill) -> Optional[Tuple[float, float, float]]:
+        if fill is None:
+            return None
+        values = [fill] * 3 if isinstance(fill, Number) else fill
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            values = None
+        if (values is None or len(values) != 3 or isinstance(fill, (str, bytes))
+                or not all(0 <= v <= 255 for v in values)):
+            raise ValueError(f'{_NAME}: fill must be None, a number or 3 numbers (R, G, B) '
+                             f'in [0, 255], got {fill!r}')
+        return tuple(values)
+
+    @staticmethod
+    def _check_imgs(imgs) -> Tuple[int, int]:
+        """Validate ``results['imgs']``; return the frame size ``(H, W)``."""
+        where = f"{_NAME}: results['imgs']"
+        if isinstance(imgs, np.ndarray):
+            if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3:
+                raise ValueError(f'{where} must be uint8 [T, H, W, 3] (RGB frames before '
+                                 f'FormatShape), got a {imgs.dtype} array of shape '
+                                 f'{imgs.shape}')
+            return imgs.shape[1:3]
+        if not isinstance(imgs, (list, tuple)) or not imgs:
+            raise ValueError(f'{where} must be a non-empty list of [H, W, 3] uint8 frames or '
+                             f'a uint8 [T, H, W, 3] array, got {type(imgs).__name__} '
+                             f'{imgs!r:.60}')
+        first = imgs[0]
+        for i, f in enumerate(imgs):
+            if (not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 3
+                    or f.shape[-1] != 3 or f.shape != first.shape):
+                got = (f'a {f.dtype} array of shape {f.shape}' if isinstance(f, np.ndarray)
+                       else type(f).__name__)
+                raise ValueError(f'{where}[{i}] must be a uint8 [H, W, 3] RGB frame of the '
+                                 f'same size as frame 0 {getattr(first, "shape", None)}, '
+                                 f'got {got} (place {_NAME} before FormatShape)')
+        return first.shape[:2]
+
+    def transform(self, results: Dict) -> Dict:
+        if 'imgs' not in results:
+            raise KeyError(f"{_NAME}: results has no 'imgs' (decoded frames); place it "
+                           f'after the decoding transform and before FormatShape')
+        imgs = results['imgs']
+        H, W = self._check_imgs(imgs)
+        ops = [(op, mag) for op, mag in sample_ops(
+            self.num_ops, self.magnitude, self.num_magnitude_bins, H, W) if op != 'Identity']
+        if not ops:
+            return results       # only Identity drawn: frames untouched
+        is_array = isinstance(imgs, np.ndarray)
+        frames = (np.ascontiguousarray(imgs) if is_array
+                  else [np.ascontiguousarray(f) for f in imgs])       # no copy if contiguous
+        fill = None if self.fill is None else tuple(float(np.rint(f)) for f in self.fill)
+        for i, (op, mag) in enumerate(ops):
+            # the first op reads the input frames (left untouched) into a new [T, H, W, 3]
+            # array; later point-wise ops work in place on that array
+            frames = _apply(frames, op, mag, self.interpolation, fill, inplace=i > 0)
+        results['imgs'] = frames if is_array else list(frames)
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_ops={self.num_ops}, '
+                f'magnitude={self.magnitude}, num_magnitude_bins={self.num_magnitude_bins}, '
+                f"interpolation='{self.interpolation}', fill={self.fill})")
