@@ -435,3 +435,21 @@ def test_cli(tmp_path, capsys):
                                'a shape appearing', 'a shape disappearing']
     assert 'order-invariant' in capsys.readouterr().out
     assert len(decord.VideoReader(osp.join(out, 'videos', 'video0.mp4'))) == 4
+
+
+def test_older_format_is_regenerated(tmp_path):
+    out = str(tmp_path / 'ds')
+    small = dict(TINY, num_train=2, num_val=2, num_test=0)
+    syn.generate_motion_dataset(out, **small)
+    path = osp.join(out, 'meta.json')
+    with open(path) as f:
+        meta = json.load(f)
+    meta['format_version'] = syn.FORMAT_VERSION - 1
+    with open(path, 'w') as f:
+        json.dump(meta, f)
+    with pytest.warns(UserWarning, match='older format'):
+        new = syn.generate_motion_dataset(out, **small)
+    assert new['format_version'] == syn.FORMAT_VERSION == syn.load_meta(out)['format_version']
+    # a dataset of the current format with other parameters is still refused
+    with pytest.raises(FileExistsError, match='overwrite'):
+        syn.generate_motion_dataset(out, **dict(small, seed=11))

@@ -13,7 +13,7 @@ from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
 
 from .retrieval import RetrievalVideoTextDataset
-from .synthetic import generate_motion_dataset
+from .synthetic import generate_motion_dataset, load_video_records
 
 SPLITS = ('train', 'val', 'test')
 
@@ -42,10 +42,32 @@ class SyntheticMotionDataset(VideoDataset):
             raise ValueError(f'SyntheticMotionDataset: split={split!r}; expected one of {SPLITS}')
         meta = _ensure_generated(data_root, generate)
         self.motion_meta = meta
+        self.motion_root = data_root
+        self.split = split
         kwargs.setdefault('data_prefix', dict(video=osp.join(data_root, 'videos')))
         super().__init__(ann_file=osp.join(data_root, f'{split}.txt'), pipeline=pipeline,
                          num_classes=len(meta['classes']), **kwargs)
         self._metainfo = dict(self._metainfo, classes=tuple(meta['classes']))
+
+    def twin_groups(self):
+        """Indices of this dataset grouped by trajectory: ``[[i_forward, i_backward], ...]``
+        (one-member groups where a twin is missing), in first-appearance order. Used by
+        :class:`~stan_mm.datasets.samplers.TwinGroupSampler`."""
+        group_of = {rec['filename']: rec['group'] for rec in load_video_records(self.motion_root)
+                    if rec['split'] == self.split}
+        groups, order = {}, []
+        for index in range(len(self)):
+            name = osp.basename(self.get_data_info(index)['filename'])
+            if name not in group_of:
+                raise KeyError(f'SyntheticMotionDataset: {name} (index {index}) is not a '
+                               f'{self.split} video of {self.motion_root}/annotations/'
+                               'videos.json; regenerate the benchmark (delete the folder)')
+            key = group_of[name]
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(index)
+        return [groups[k] for k in order]
 
 
 @DATASETS.register_module()

@@ -81,7 +81,7 @@ __all__ = [
     'load_video_records', 'paired_direction_accuracy',
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: larger shapes and moves (a from-scratch tiny model learns them)
 SPLITS = ('train', 'val', 'test')
 _SPLIT_CODE = {'train': 0, 'val': 1, 'test': 2}
 _MSRVTT_SPLIT = {'train': 'train', 'val': 'validate', 'test': 'test'}
@@ -153,7 +153,7 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {  # RGB
     'yellow': (240, 220, 30), 'cyan': (30, 210, 220), 'magenta': (220, 40, 200),
     'white': (245, 245, 245),
 }
-SIZES: Dict[str, float] = {'small': 0.10, 'medium': 0.14, 'large': 0.18}  # radius / side
+SIZES: Dict[str, float] = {'small': 0.14, 'medium': 0.17, 'large': 0.20}  # radius / side
 BACKGROUNDS: Dict[str, Tuple[str, ...]] = {  # kind -> caption adjectives
     'noise': ('noisy', 'mottled'),
     'gradient': ('gradient', 'shaded'),
@@ -171,7 +171,7 @@ _CAPTION_TEMPLATES = (
 )
 
 # Trajectory ranges (fractions of the frame side unless stated).
-_MOVE_DISTANCE = (0.35, 0.55)  # displacement over the whole video
+_MOVE_DISTANCE = (0.45, 0.6)  # displacement over the whole video
 _ROTATION_STEP = (0.07, 0.11)  # per frame, fraction of the shape's symmetry period: the
 #   direction stays unambiguous for temporal strides up to 4 (4 * 0.11 < 0.5 period)
 _SCALE_START = (0.06, 0.09)  # start radius of a growing shape
@@ -654,6 +654,18 @@ def _is_complete(out_dir: str, meta: dict) -> bool:
     return all(osp.isfile(osp.join(out_dir, p)) for p in paths) and len(found) == num_videos
 
 
+def _older_format(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds a dataset written by an older version of this generator
+    (safe to replace: it is generated data)."""
+    try:
+        meta = load_meta(out_dir)
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return False
+    version = meta.get('format_version')
+    return (meta.get('generator') == 'stan_mm.datasets.synthetic.generate_motion_dataset'
+            and isinstance(version, int) and version < FORMAT_VERSION)
+
+
 def _same_dataset(out_dir: str, params: dict) -> Tuple[bool, str]:
     """Whether ``out_dir`` already holds the dataset of ``params`` (and why not)."""
     try:
@@ -707,6 +719,10 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
     same, reason = _same_dataset(out_dir, params)
     if same:
         return load_meta(out_dir)
+    if osp.exists(out_dir) and not overwrite and _older_format(out_dir):
+        warnings.warn(f'{out_dir} holds this benchmark in an older format ({reason}); '
+                      'regenerating it')
+        overwrite = True
     if osp.exists(out_dir) and not overwrite:
         if not osp.isdir(out_dir):
             raise FileExistsError(f'{out_dir} exists and is not a directory')

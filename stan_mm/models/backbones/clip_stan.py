@@ -124,6 +124,17 @@ class CLIPSTAN(BaseModule):
             (decided by which of dims 1 and 2 equals 3; ambiguous shapes raise).
         precision: passed to ``build_clip`` (``'fp32'``, ``'fp16'``, ``'bf16'``).
         quick_gelu: force CLIP's activation (default: ``build_clip``'s rule).
+        pos_embed_init_std: random init only (``pretrained=None``): draw CLIP's positional
+            embedding ``[1+P, D]`` from N(0, std) instead of open_clip's N(0, D^-0.5).
+            The branch reads patch positions from this table; at open_clip's scale a
+            from-scratch tiny model does not learn position-dependent motion (moving
+            left/right/up/down) in minutes, at std 1.0 it does (the quickstart;
+            measurements in docs/quickstart.md).
+        temporal_out_init_std: 0 (default, paper and public reproduction): the temporal
+            modules' output layers (attn ``fc``, conv ``up``) start at zero, so the branch
+            adds nothing at init to a pretrained CLIP. > 0: their weights start N(0, std)
+            (biases zero); from random weights the temporal path then gets gradients from
+            the first step (the quickstart uses 0.02).
         init_cfg: mmengine init config.
     """
 
@@ -148,6 +159,8 @@ class CLIPSTAN(BaseModule):
                  input_layout: str = 'auto',
                  precision: str = 'fp32',
                  quick_gelu: Optional[bool] = None,
+                 pos_embed_init_std: Optional[float] = None,
+                 temporal_out_init_std: float = 0.,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if input_layout not in LAYOUTS:
@@ -164,6 +177,8 @@ class CLIPSTAN(BaseModule):
 
         self.visual = build_clip_visual(arch, pretrained, precision, quick_gelu)
         check_vision_tower(self.visual)
+        if pos_embed_init_std is not None:
+            self._reinit_pos_embed(pos_embed_init_std, pretrained)
         blocks = self.visual.transformer.resblocks
         self.num_layers = len(blocks)
         self.width = self.visual.conv1.out_channels
@@ -194,10 +209,36 @@ class CLIPSTAN(BaseModule):
                 spatial_src, temporal_module, spatial_module, fuse, level_proj,
                 drop_path_rate, max_frames, interpolate_time_embed, conv_reduction,
                 branch_grad_checkpointing)
+            self._init_temporal_out(temporal_out_init_std)
             self.branch.to(self.visual.conv1.weight.dtype)   # precision='fp16'/'bf16'
         self._freeze()
 
     # ------------------------------------------------------------------ construction
+    def _reinit_pos_embed(self, std, pretrained) -> None:
+        if pretrained is not None:
+            raise ValueError(
+                'CLIPSTAN: pos_embed_init_std re-draws CLIP\'s positional embedding and would '
+                f'overwrite the pretrained one loaded from {pretrained!r}; it is meant for '
+                'training from random weights (pretrained=None). Remove one of the two.')
+        if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > 0:
+            raise ValueError(f'CLIPSTAN: pos_embed_init_std={std!r}; expected a number > 0')
+        with torch.no_grad():
+            self.visual.positional_embedding.normal_(0.0, float(std))
+
+    def _init_temporal_out(self, std) -> None:
+        """Output layer of every temporal module (attn ``fc``, conv ``up``): zero (default,
+        the module is the identity at init) or weights N(0, std), zero bias."""
+        if not isinstance(std, (int, float)) or isinstance(std, bool) or std < 0:
+            raise ValueError(f'CLIPSTAN: temporal_out_init_std={std!r}; expected a number '
+                             '>= 0 (0: zero init, as in the paper)')
+        if not std:
+            return
+        for layer in self.branch.layers:
+            out = getattr(layer.temporal, 'fc', None) or getattr(layer.temporal, 'up', None)
+            if out is not None:
+                with torch.no_grad():
+                    out.weight.normal_(0.0, float(std))
+
     def _check_depth(self, depth) -> int:
         if not isinstance(depth, int) or depth < 0 or depth > self.num_layers:
             raise ValueError(f'CLIPSTAN: depth={depth!r}; expected an int in '

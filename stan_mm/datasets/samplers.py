@@ -1,0 +1,97 @@
+"""Samplers that keep groups of related samples together in a batch.
+
+``TwinGroupSampler`` serves the synthetic motion benchmark's *twins* (one trajectory
+rendered forward and backward: the same frames in opposite order, with partner labels)
+next to each other, so that with an even batch size both twins of a group land in the same
+batch. Each such batch holds pairs of inputs that an order-blind model cannot tell apart
+while their labels differ, so every step's gradient is about frame order: on the
+quickstart this is what lets a from-scratch tiny STAN learn growing vs shrinking
+(``docs/quickstart.md`` has the measurements).
+"""
+import math
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+from mmaction.registry import DATA_SAMPLERS
+from mmengine.dist import get_dist_info, sync_random_seed
+from torch.utils.data import Sampler
+
+
+def _check_groups(groups: Sequence[Sequence[int]], size: int, owner: str) -> List[List[int]]:
+    groups = [[int(i) for i in g] for g in groups]
+    flat = [i for g in groups for i in g]
+    if any(len(g) == 0 for g in groups):
+        raise ValueError(f'{owner}: empty group in the dataset\'s twin_groups()')
+    if sorted(flat) != list(range(size)):
+        raise ValueError(f'{owner}: twin_groups() must cover every index 0..{size - 1} '
+                         f'exactly once (got {len(flat)} indices for {size} samples)')
+    return groups
+
+
+@DATA_SAMPLERS.register_module()
+class TwinGroupSampler(Sampler):
+    """Shuffle groups of samples, never their members: the indices of a group are yielded
+    consecutively (in the group's order), groups in a random order per epoch.
+
+    The dataset must provide ``twin_groups() -> list[list[int]]`` (every index exactly
+    once), as :class:`~stan_mm.datasets.SyntheticMotionDataset` does. Groups with fewer
+    members than the largest are served last, so with a batch size that is a multiple
+    of the group size every full group stays within one batch.
+
+    Distributed: like mmengine's ``DefaultSampler``, every rank draws the same permutation
+    (``seed`` synchronized across ranks) and takes every ``world_size``-th group; with
+    ``round_up`` the group list is padded by repetition so all ranks see as many groups.
+
+    Args:
+        dataset: a dataset with ``twin_groups()``.
+        shuffle (bool): shuffle the group order each epoch (``set_epoch``).
+        seed (int, optional): base seed; None draws one (synchronized across ranks).
+        round_up (bool): pad so that every rank gets the same number of groups.
+    """
+
+    def __init__(self, dataset, shuffle: bool = True, seed: Optional[int] = None,
+                 round_up: bool = True):
+        name = type(dataset).__name__
+        if not callable(getattr(dataset, 'twin_groups', None)):
+            raise TypeError(
+                f'TwinGroupSampler needs a dataset with twin_groups() (e.g. '
+                f'SyntheticMotionDataset); {name} has none. Use '
+                f"sampler=dict(type='DefaultSampler') for this dataset.")
+        self.dataset = dataset
+        self.groups = _check_groups(dataset.twin_groups(), len(dataset),
+                                    f'TwinGroupSampler({name})')
+        self.rank, self.world_size = get_dist_info()
+        self.shuffle = shuffle
+        self.seed = sync_random_seed() if seed is None else seed
+        self.round_up = round_up
+        self.epoch = 0
+        n = len(self.groups)
+        if round_up:
+            self.num_groups = math.ceil(n / self.world_size)
+        else:
+            self.num_groups = math.ceil((n - self.rank) / self.world_size)
+
+    def _rank_groups(self) -> List[List[int]]:
+        order = list(range(len(self.groups)))
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.groups), generator=g).tolist()
+        if self.round_up:
+            total = self.num_groups * self.world_size
+            order = (order * math.ceil(total / max(len(order), 1)))[:total]
+        mine = [self.groups[i] for i in order[self.rank::self.world_size]]
+        full = max((len(g) for g in self.groups), default=0)
+        # stable: full groups first (in the shuffled order), then the short ones
+        return [g for g in mine if len(g) == full] + [g for g in mine if len(g) != full]
+
+    def __iter__(self) -> Iterator[int]:
+        for group in self._rank_groups():
+            yield from group
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self._rank_groups())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch (a new group order per epoch when ``shuffle``)."""
+        self.epoch = epoch
