@@ -33,7 +33,10 @@ def clipstan(**kwargs):
 
 
 def recognizer_cfg(**backbone):
+    """The quickstart recognizer with a 4-block CLIP (so depth 3 is valid) and 10 classes."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py'))
+    cfg.model.backbone.arch.vision_cfg.layers = 4
+    cfg.model.cls_head.num_classes = 10
     cfg.model.backbone.update(backbone)
     return cfg.model
 
@@ -205,12 +208,14 @@ def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, recognizer)
     from stan_mm.datasets.synthetic import generate_motion_dataset
     root = tmp_path / 'motion'
     motion = dict(num_train=2, num_val=2, num_test=2, num_frames=8, size=32, progress=False)
+    # the 10-class (5-pair) benchmark the checkpoint's 10-class head was built for
     generate_motion_dataset(str(root), **motion)
     torch.save(_ckpt(recognizer), tmp_path / 'depth2.pth')
     cfg = tmp_path / 'cfg.py'
     cfg.write_text(f"""
 _base_ = [{osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')!r}]
-model = dict(backbone=dict(depth=3))
+model = dict(backbone=dict(depth=3, arch=dict(vision_cfg=dict(layers=4))),
+             cls_head=dict(num_classes=10))
 test_evaluator = [dict(type='AccMetric')]
 val_evaluator = test_evaluator
 test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,

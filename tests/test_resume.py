@@ -30,6 +30,7 @@ init_default_scope('mmaction')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICKSTART = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
 MOTION = dict(num_train=12, num_val=2, num_test=2, num_frames=8, size=32, seed=0,
+              pairs=('horizontal', 'vertical', 'scale', 'fade'),  # the quickstart's classes
               progress=False)
 KILL_ITER = 8  # 3 iterations per epoch: the 2nd iteration of epoch 3
 MAX_EPOCHS = 4

@@ -507,7 +507,8 @@ def test_training_skips_and_reports_per_epoch(tmp_path):
     from stan_mm.datasets.synthetic import generate_motion_dataset
     root = tmp_path / 'motion'
     generate_motion_dataset(str(root), num_train=8, num_val=2, num_test=2, num_frames=8,
-                            size=32, progress=False)
+                            size=32, pairs=('horizontal', 'vertical', 'scale', 'fade'),
+                            progress=False)
     vids = root / 'videos'
     lines = (root / 'train.txt').read_text().splitlines()
     open(vids / 'empty.mp4', 'wb').close()

@@ -555,5 +555,5 @@ def test_clear_errors(setup, tmp_path):
     with pytest.raises(ValueError, match='CLIPSxCROPS'):
         check_views('recognizer', '2x2')
     linear = init_model(RECOGNITION_BASE)  # I3DHead with 10 classes
-    with pytest.raises(ValueError, match='10 classes but 2 class names'):
+    with pytest.raises(ValueError, match='8 classes but 2 class names'):
         class_labels(linear, ['a', 'b'])
