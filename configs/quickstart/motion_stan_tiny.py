@@ -84,7 +84,7 @@ test_dataloader = dict(
 val_evaluator = [dict(type='AccMetric'), dict(type='MotionPairMetric')]
 test_evaluator = val_evaluator
 
-max_epochs = 8                 # 300 iterations of 16 clips per epoch
+max_epochs = 10                # 300 iterations of 16 clips per epoch
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
                  val_interval=2)
 val_cfg = dict(type='ValLoop')
