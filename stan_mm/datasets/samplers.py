@@ -65,6 +65,7 @@ class TwinGroupSampler(Sampler):
         self.seed = sync_random_seed() if seed is None else seed
         self.round_up = round_up
         self.epoch = 0
+        self._cache = None  # (epoch, this rank's groups): shared by __iter__ and __len__
         n = len(self.groups)
         if round_up:
             self.num_groups = math.ceil(n / self.world_size)
@@ -72,6 +73,11 @@ class TwinGroupSampler(Sampler):
             self.num_groups = math.ceil((n - self.rank) / self.world_size)
 
     def _rank_groups(self) -> List[List[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._draw_rank_groups())
+        return self._cache[1]
+
+    def _draw_rank_groups(self) -> List[List[int]]:
         order = list(range(len(self.groups)))
         if self.shuffle:
             g = torch.Generator()
