@@ -99,3 +99,20 @@ def test_dist_test_reproduces_single_process_exactly(trained):
     assert _top1(a) == _top1(b)
     assert single['acc/top1'] == pytest.approx(_top1(a), abs=1e-6)
     assert dist_top1 == pytest.approx(single['acc/top1'], abs=1e-4)  # log rounds to 4 places
+
+
+def test_shutdown_distributed_destroys_the_process_group(tmp_path):
+    """The tools end a distributed run by destroying the group (mmengine leaves it to exit,
+    where gloo can abort the rank); without a group the call does nothing."""
+    import torch.distributed as dist
+    from stan_mm.engine.shutdown import shutdown_distributed
+    shutdown_distributed()  # no group: no error
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "init"}', rank=0,
+                            world_size=1)
+    try:
+        assert dist.is_initialized()
+        shutdown_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

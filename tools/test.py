@@ -15,6 +15,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from stan_mm.apis.video import set_views as apply_views  # noqa: E402
+from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
 
 
@@ -73,7 +74,9 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg)
     # mmengine's load_from only warns on a mismatch and would test random weights
     check_checkpoint_fits(runner.model, args.checkpoint)
-    return runner.test()
+    metrics = runner.test()
+    shutdown_distributed()
+    return metrics
 
 
 if __name__ == '__main__':

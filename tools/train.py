@@ -14,6 +14,8 @@ import stan_mm  # noqa: E402,F401  (stack fixes + registration, before any confi
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Train a video model with stan-mm / MMAction2')
@@ -82,6 +84,7 @@ def main(argv=None):
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':
