@@ -453,3 +453,49 @@ def test_older_format_is_regenerated(tmp_path):
     # a dataset of the current format with other parameters is still refused
     with pytest.raises(FileExistsError, match='overwrite'):
         syn.generate_motion_dataset(out, **dict(small, seed=11))
+
+
+def test_twin_caption_accuracy_by_hand():
+    from stan_mm.evaluation.motion_metric import twin_caption_accuracy
+    # videos 0 <-> 1 are twins, video 2 has none
+    video = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    text = np.array([[2.0, 0.1],    # video 0: cos to v0 > cos to v1 -> 1
+                     [0.0, 3.0],    # video 0: closer to v1 -> 0
+                     [1.0, 1.0],    # video 1: equally close to v0 and v1 -> 0.5
+                     [0.2, 5.0],    # video 1: closer to v1 -> 1
+                     [5.0, 0.0]])   # video 2: no twin, left out
+    owner = np.array([0, 0, 1, 1, 2])
+    acc = twin_caption_accuracy(text, owner, video, np.array([1, 0, -1]))
+    assert acc == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    with pytest.raises(ValueError, match='no caption'):
+        twin_caption_accuracy(text[4:], owner[4:], video, np.array([1, 0, -1]))
+
+
+def test_twin_retrieval_metric_reads_the_benchmark_pairs(tiny):
+    """The metric finds each video's twin in the benchmark's records: features that encode
+    the time direction give 100, features blind to it (twins embedded alike) give 50."""
+    import torch
+    from stan_mm.datasets.synthetic import load_video_records
+    from stan_mm.evaluation import MotionTwinRetrievalMetric
+    root = tiny[0]
+    recs = [r for r in load_video_records(root) if r['split'] == 'test']
+    assert recs
+
+    def run(blind):
+        # the folder from the argument, or (as in the configs) from the dataset's metainfo
+        metric = MotionTwinRetrievalMetric(data_root=None if blind else root)
+        if blind:
+            metric.dataset_meta = dict(motion_root=root)
+        samples = []
+        for r in recs:
+            direction = 0.0 if blind else (1.0 if r['reversed'] else -1.0)
+            v = torch.tensor([1.0, direction, float(r['group'])])
+            samples.append(dict(filename=f'/any/where/{r["filename"]}', video_feature=v,
+                                text_feature=v[None].repeat(2, 1) + 0.01))
+        metric.process(None, samples + samples[:1])   # a padded duplicate
+        return metric.compute_metrics(metric.results)['twin_t2v_acc']
+
+    assert run(blind=False) == pytest.approx(100.0)
+    assert run(blind=True) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match='motion_root'):
+        MotionTwinRetrievalMetric().compute_metrics([dict(name=recs[0]['filename'])])

@@ -124,3 +124,27 @@ def test_builds_from_a_dataloader_config(dataset):
             dataset=dataset, collate_fn=dict(type='default_collate')), seed=0)
     assert isinstance(loader.sampler, TwinGroupSampler)
     assert osp.isdir(dataset.motion_root)
+
+
+def test_text_dataset_pairs_the_twins_kth_captions(tmp_path_factory, dataset):
+    """Retrieval training set (one sample per caption): a group holds the k-th caption of a
+    video and the k-th caption of its reversed twin, which differ only in the motion."""
+    from stan_mm.datasets.motion_dataset import SyntheticMotionTextDataset
+    text_ds = SyntheticMotionTextDataset(dataset.motion_root, 'train', pipeline=[],
+                                         generate=GEN)
+    groups = text_ds.twin_groups()
+    assert sorted(i for g in groups for i in g) == list(range(len(text_ds)))
+    assert len(groups) == GEN['num_train'] // 2 * GEN['captions_per_video']
+    video_twins = {frozenset(osp.basename(dataset.get_data_info(i)['filename']) for i in g)
+                   for g in dataset.twin_groups()}
+    for a, b in groups:
+        ia, ib = text_ds.get_data_info(a), text_ds.get_data_info(b)
+        names = frozenset(osp.basename(i['filename']) for i in (ia, ib))
+        assert names in video_twins
+        wa, wb = ia['text'].split(), ib['text'].split()
+        assert wa != wb and len(set(wa) ^ set(wb)) <= 6, (ia['text'], ib['text'])
+    sampler = TwinGroupSampler(text_ds, shuffle=True, seed=1)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(text_ds)))
+    pairs = {frozenset(g) for g in groups}
+    assert all(frozenset(order[j:j + 2]) in pairs for j in range(0, len(order), 2))

@@ -7,7 +7,7 @@ several ranks call it at once). So ``python tools/train.py configs/quickstart/..
 fresh checkout with no download and no preparation step.
 """
 import os.path as osp
-from typing import Optional
+from typing import List, Optional
 
 from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
@@ -20,6 +20,30 @@ SPLITS = ('train', 'val', 'test')
 
 def _ensure_generated(data_root: str, generate: Optional[dict]) -> dict:
     return generate_motion_dataset(data_root, **(generate or {}))
+
+
+def _twin_groups(dataset) -> List[List[int]]:
+    """``dataset``'s indices grouped by trajectory (the benchmark's ``group`` field: a
+    forward video and its time-reversed twin) and by the number of earlier samples of the
+    same video: the k-th sample of a video goes with the k-th sample of its twin (a
+    retrieval training set has one sample per caption, the twins' k-th captions differing
+    only in the motion phrase). First-appearance order."""
+    group_of = {rec['filename']: rec['group'] for rec in load_video_records(dataset.motion_root)
+                if rec['split'] == dataset.split}
+    groups, order, seen = {}, [], {}
+    for index in range(len(dataset)):
+        name = osp.basename(dataset.get_data_info(index)['filename'])
+        if name not in group_of:
+            raise KeyError(f'{type(dataset).__name__}: {name} (index {index}) is not a '
+                           f'{dataset.split} video of {dataset.motion_root}/annotations/'
+                           'videos.json; regenerate the benchmark (delete the folder)')
+        key = (group_of[name], seen.get(name, 0))
+        seen[name] = seen.get(name, 0) + 1
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(index)
+    return [groups[k] for k in order]
 
 
 @DATASETS.register_module()
@@ -53,21 +77,7 @@ class SyntheticMotionDataset(VideoDataset):
         """Indices of this dataset grouped by trajectory: ``[[i_forward, i_backward], ...]``
         (one-member groups where a twin is missing), in first-appearance order. Used by
         :class:`~stan_mm.datasets.samplers.TwinGroupSampler`."""
-        group_of = {rec['filename']: rec['group'] for rec in load_video_records(self.motion_root)
-                    if rec['split'] == self.split}
-        groups, order = {}, []
-        for index in range(len(self)):
-            name = osp.basename(self.get_data_info(index)['filename'])
-            if name not in group_of:
-                raise KeyError(f'SyntheticMotionDataset: {name} (index {index}) is not a '
-                               f'{self.split} video of {self.motion_root}/annotations/'
-                               'videos.json; regenerate the benchmark (delete the folder)')
-            key = group_of[name]
-            if key not in groups:
-                groups[key] = []
-                order.append(key)
-            groups[key].append(index)
-        return [groups[k] for k in order]
+        return _twin_groups(self)
 
 
 @DATASETS.register_module()
@@ -85,5 +95,17 @@ class SyntheticMotionTextDataset(RetrievalVideoTextDataset):
                 f'SyntheticMotionTextDataset: split={split!r}; expected one of {SPLITS}')
         self.motion_meta = _ensure_generated(data_root, generate)
         kwargs.setdefault('data_prefix', dict(video=osp.join(data_root, 'videos')))
+        self.motion_root = data_root
+        self.split = split
         super().__init__(ann_file=osp.join(data_root, 'retrieval', f'{split}.json'),
                          pipeline=pipeline, ann_format='json', **kwargs)
+        # read by MotionTwinRetrievalMetric (the evaluator's dataset_meta)
+        self._metainfo = dict(self._metainfo, motion_root=data_root)
+
+    def twin_groups(self):
+        """Indices grouped by trajectory for
+        :class:`~stan_mm.datasets.samplers.TwinGroupSampler`: training (one sample per
+        caption) pairs the k-th caption of a video with the k-th caption of its
+        time-reversed twin, so with an even batch size each batch holds twin pairs, each
+        the other's hard negative in the contrastive loss; test mode pairs the videos."""
+        return _twin_groups(self)

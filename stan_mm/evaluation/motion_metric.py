@@ -9,14 +9,15 @@
   that ignores frame order sits near 50 here whatever its ``pair_acc``;
 - ``chance``: 100 / num_classes, for reference.
 """
-from typing import List, Sequence
+import os.path as osp
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from mmaction.registry import METRICS
 
-from ..datasets.synthetic import paired_direction_accuracy
+from ..datasets.synthetic import load_video_records, paired_direction_accuracy
 
 
 @METRICS.register_module()
@@ -44,3 +45,101 @@ class MotionPairMetric(BaseMetric):
             pair_acc=float(100 * np.mean(pred // 2 == labels // 2)),
             direction_acc=float(100 * paired_direction_accuracy(scores, labels)),
             chance=float(100 / scores.shape[1]))
+
+
+def twin_caption_accuracy(text_features, text_video, video_features, twin_of) -> float:
+    """How often a caption is closer (cosine) to its own video than to that video's
+    time-reversed twin; ties count half.
+
+    Args:
+        text_features: ``[N_t, E]`` caption embeddings.
+        text_video: ``[N_t]`` index of each caption's video (rows of ``video_features``).
+        video_features: ``[N_v, E]`` video embeddings.
+        twin_of: ``[N_v]`` index of each video's twin, -1 where it has none (its captions
+            are left out).
+
+    Returns:
+        a fraction in [0, 1] over the captions whose video has a twin.
+    """
+    t = np.asarray(text_features, dtype=np.float64)
+    v = np.asarray(video_features, dtype=np.float64)
+    own = np.asarray(text_video)
+    twin_of = np.asarray(twin_of)
+    if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1] or own.shape != t.shape[:1] \
+            or twin_of.shape != v.shape[:1]:
+        raise ValueError(f'twin_caption_accuracy: expected text [N_t, E], text_video [N_t], '
+                         f'video [N_v, E], twin_of [N_v]; got {t.shape}, {own.shape}, '
+                         f'{v.shape}, {twin_of.shape}')
+    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    keep = twin_of[own] >= 0
+    if not keep.any():
+        raise ValueError('twin_caption_accuracy: no caption belongs to a video with a twin')
+    t, own = t[keep], own[keep]
+    s_own = np.einsum('ne,ne->n', t, v[own])
+    s_twin = np.einsum('ne,ne->n', t, v[twin_of[own]])
+    return float(np.mean((s_own > s_twin) + 0.5 * (s_own == s_twin)))
+
+
+@METRICS.register_module()
+class MotionTwinRetrievalMetric(BaseMetric):
+    """Time direction in retrieval on the synthetic motion benchmark: ``twin_t2v_acc``, the
+    percentage of test captions closer to their own video than to its time-reversed twin
+    (the twins' captions differ only in the motion phrase; a model blind to frame order
+    embeds twins alike and sits near 50). Reads ``filename``, ``video_feature [E]`` and
+    ``text_feature [n, E]`` of each test sample (the retrieval model's outputs, as for
+    ``RetrievalRecallMetric``; put it next to that metric in ``test_evaluator``).
+
+    Args:
+        data_root (str, optional): the benchmark folder (its ``annotations/videos.json``
+            pairs the twins). Default: the evaluated dataset's, which
+            :class:`~stan_mm.datasets.SyntheticMotionTextDataset` puts in its metainfo.
+    """
+
+    default_prefix = 'motion'
+
+    def __init__(self, data_root: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_root = data_root
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        for s in data_samples:
+            if not isinstance(s, dict):
+                s = s.to_dict()
+            missing = [k for k in ('filename', 'video_feature', 'text_feature') if k not in s]
+            if missing:
+                raise KeyError(f'MotionTwinRetrievalMetric: data sample lacks {missing}; it '
+                               "needs the retrieval model's outputs and 'filename' in "
+                               'PackActionInputs(meta_keys=...)')
+            text = torch.as_tensor(s['text_feature']).detach().cpu().float()
+            self.results.append(dict(
+                name=osp.basename(str(s['filename'])),
+                video=torch.as_tensor(s['video_feature']).detach().cpu().float().reshape(-1),
+                text=text.reshape(-1, text.shape[-1])))
+
+    def compute_metrics(self, results: List[dict]) -> dict:
+        by_name = {r['name']: r for r in results}     # padded duplicates collapse
+        root = self.data_root or (self.dataset_meta or {}).get('motion_root')
+        if root is None:
+            raise ValueError('MotionTwinRetrievalMetric: no data_root given and the dataset '
+                             "metainfo has no 'motion_root' (evaluate a "
+                             'SyntheticMotionTextDataset, or pass data_root=)')
+        group_of = {rec['filename']: rec['group'] for rec in load_video_records(root)}
+        unknown = [name for name in by_name if name not in group_of]
+        if unknown:
+            raise KeyError(f'MotionTwinRetrievalMetric: videos {unknown[:5]} are not in '
+                           f'{root}/annotations/videos.json (wrong data_root?)')
+        ids = sorted(by_name)
+        members = {}
+        for i, vid in enumerate(ids):
+            members.setdefault(group_of[vid], []).append(i)
+        twin_of = np.full(len(ids), -1)
+        for group in members.values():
+            if len(group) == 2:
+                twin_of[group[0]], twin_of[group[1]] = group[1], group[0]
+        text = torch.cat([by_name[vid]['text'] for vid in ids]).numpy()
+        text_video = np.concatenate([np.full(len(by_name[vid]['text']), i)
+                                     for i, vid in enumerate(ids)])
+        video = torch.stack([by_name[vid]['video'] for vid in ids]).numpy()
+        return dict(twin_t2v_acc=float(100 * twin_caption_accuracy(text, text_video, video,
+                                                                   twin_of)))
