@@ -129,17 +129,17 @@ class MotionTwinRetrievalMetric(BaseMetric):
         if unknown:
             raise KeyError(f'MotionTwinRetrievalMetric: videos {unknown[:5]} are not in '
                            f'{root}/annotations/videos.json (wrong data_root?)')
-        ids = sorted(by_name)
+        names = sorted(by_name)
         members = {}
-        for i, vid in enumerate(ids):
-            members.setdefault(group_of[vid], []).append(i)
-        twin_of = np.full(len(ids), -1)
+        for i, name in enumerate(names):
+            members.setdefault(group_of[name], []).append(i)
+        twin_of = np.full(len(names), -1)
         for group in members.values():
             if len(group) == 2:
                 twin_of[group[0]], twin_of[group[1]] = group[1], group[0]
-        text = torch.cat([by_name[vid]['text'] for vid in ids]).numpy()
-        text_video = np.concatenate([np.full(len(by_name[vid]['text']), i)
-                                     for i, vid in enumerate(ids)])
-        video = torch.stack([by_name[vid]['video'] for vid in ids]).numpy()
+        text = torch.cat([by_name[name]['text'] for name in names]).numpy()
+        text_video = np.concatenate([np.full(len(by_name[name]['text']), i)
+                                     for i, name in enumerate(names)])
+        video = torch.stack([by_name[name]['video'] for name in names]).numpy()
         return dict(twin_t2v_acc=float(100 * twin_caption_accuracy(text, text_video, video,
                                                                    twin_of)))
