@@ -293,3 +293,31 @@ def test_short_sequence_path_only_on_cuda():
     if torch.cuda.is_available():
         assert use_short_sequence_path(x.cuda(), 8)
         assert not use_short_sequence_path(x.cuda(), SHORT_SEQUENCE + 1)
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    """--compile-mode (for the GPU runs: max-autotune, CUDA graphs) wraps both models with
+    torch.compile(mode=...) and is recorded in the JSON; --compile alone is mode 'default'.
+    torch.compile is replaced by a recorder here (no compilation on CPU)."""
+    tool = _load('benchmark_tool_compile', 'tools/analysis/benchmark.py')
+    seen = []
+
+    def fake_compile(model, mode=None):
+        seen.append((type(model).__name__, mode))
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    for flags, mode in ((['--compile-mode', 'max-autotune'], 'max-autotune'),
+                        (['--compile'], 'default')):
+        seen.clear()
+        out = tmp_path / f'{mode}.json'
+        config = tmp_path / 'tiny_bench.py'
+        config.write_text(TINY_CONFIG)
+        rc = tool.main([str(config), '--batch', '1', '--modes', 'forward', '--warmup', '0',
+                        '--repeats', '1', '--skip-pipeline', '--no-memory', '--out',
+                        str(out), *flags])
+        assert rc == 0
+        assert seen == [('CLIPSTAN', mode), ('CLIPSTAN', mode)]
+        assert json.loads(out.read_text())['model']['setup']['compile'] == mode
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--arch', 'ViT-B/16', '--compile-mode', 'fastest'])

@@ -42,6 +42,8 @@ import tempfile
 import torch
 from mmengine.config import Config, DictAction
 
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
@@ -75,6 +77,10 @@ def parse_args(argv=None):
     g.add_argument('--compile', action='store_true',
                    help='run both models through torch.compile (default mode); the '
                         'warm-up round(s) absorb the compilation')
+    g.add_argument('--compile-mode', choices=COMPILE_MODES,
+                   help='torch.compile mode (implies --compile): max-autotune searches '
+                        'matmul/attention kernels, reduce-overhead adds CUDA graphs; give '
+                        'enough --warmup rounds for the search')
     g.add_argument('--warmup', type=int, default=1, help='unrecorded rounds')
     g.add_argument('--repeats', type=int, default=5, help='recorded rounds')
     g.add_argument('--iters', type=int, help='steps per timed run (default: 1 on CPU, 10 '
@@ -173,12 +179,13 @@ def run_model_benchmark(args, kwargs, frames):
     sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
     # torch.compile wraps each model; the wrapper shares parameters, train()/eval() and
     # attributes (gradient checkpointing flags) with the original module.
-    runners = ({n: torch.compile(m) for n, m in models.items()} if args.compile
-               else models)
+    compile_mode = args.compile_mode or ('default' if args.compile else None)
+    runners = ({n: torch.compile(m, mode=compile_mode) for n, m in models.items()}
+               if compile_mode else models)
     setup = dict(frames=frames, image_size=list(size), batch=batch, device=str(device),
                  amp=amp, iters=iters, warmup=args.warmup, repeats=args.repeats,
                  threads=torch.get_num_threads(), optim_step=args.optim_step,
-                 compile=bool(args.compile), fused_adamw=bool(args.fused_adamw),
+                 compile=compile_mode or False, fused_adamw=bool(args.fused_adamw),
                  kwargs={k: v for k, v in kwargs.items()},
                  params={n: sum(p.numel() for p in m.parameters())
                          for n, m in models.items()})
