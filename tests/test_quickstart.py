@@ -47,6 +47,8 @@ def test_quickstart_tool_trains_tests_and_plots(tmp_path):
     assert result['chance'] == pytest.approx(100 / len(meta['classes']))
     assert 0 <= result['top1'] <= 100 and 0 <= result['direction_acc'] <= 100
     assert f"test top-1 {result['top1']:.1f}%" in r.stdout
+    minutes, seconds = divmod(int(result['wall_time_s']), 60)
+    assert 0 < result['wall_time_s'] < 600 and f'{minutes} min {seconds:02d} s' in r.stdout
     png = work / 'training_curves.png'
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert (work / 'epoch_2.pth').exists()

@@ -14,6 +14,7 @@ import json
 import os
 import os.path as osp
 import sys
+import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -94,9 +95,11 @@ def main(argv=None):
     cfg.work_dir = args.work_dir or osp.join('work_dirs', 'quickstart', name)
     cfg.launcher = 'none'
 
-    runner = Runner.from_cfg(cfg)
+    start = time.time()
+    runner = Runner.from_cfg(cfg)   # generates data/motion on first use
     runner.train()
     metrics = runner.test()
+    elapsed = time.time() - start
 
     runs = {n: osp.join(osp.dirname(cfg.work_dir), n) for n in CONFIGS}
     runs[name] = cfg.work_dir
@@ -107,11 +110,13 @@ def main(argv=None):
     result = {k.split('/', 1)[1]: round(v, 2) for k, v in metrics.items()
               if k.startswith('motion/')}
     result['model'] = name
+    result['wall_time_s'] = round(elapsed, 1)
     with open(osp.join(cfg.work_dir, 'quickstart_result.json'), 'w') as f:
         json.dump(result, f, indent=1)
     print(f"\n[quickstart] {name}: test top-1 {result['top1']:.1f}% "
           f"(chance {result['chance']:.1f}%), time-direction accuracy "
-          f"{result['direction_acc']:.1f}% (order-blind models: ~50%)")
+          f"{result['direction_acc']:.1f}% (order-blind models: ~50%); "
+          '{} min {:02d} s'.format(*divmod(int(result['wall_time_s']), 60)))
     print(f'[quickstart] curves: {out_png}')
     return result
 
