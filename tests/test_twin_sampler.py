@@ -126,7 +126,7 @@ def test_builds_from_a_dataloader_config(dataset):
     assert osp.isdir(dataset.motion_root)
 
 
-def test_text_dataset_pairs_the_twins_kth_captions(tmp_path_factory, dataset):
+def test_text_dataset_pairs_the_twins_kth_captions(dataset):
     """Retrieval training set (one sample per caption): a group holds the k-th caption of a
     video and the k-th caption of its reversed twin, which differ only in the motion."""
     from stan_mm.datasets.motion_dataset import SyntheticMotionTextDataset
