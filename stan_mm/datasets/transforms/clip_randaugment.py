@@ -30,6 +30,7 @@ All but BILINEAR give torchvision's pixels exactly (tests/test_clip_randaugment.
 300 random 8x224x224 draws of the K400 recipe equal TorchVisionWrapper's bit for bit).
 Frames are RGB (what MMAction2's decoders give), as torchvision's grey-level weights assume.
 """
+import functools
 import math
 import threading
 from numbers import Number
@@ -105,22 +106,13 @@ def sample_ops(num_ops: int, magnitude: int, num_bins: int, height: int,
     return ops
 
 
-_LEVELS_CACHE: Dict[tuple, Dict[str, Tuple[float, bool]]] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _levels(magnitude: int, num_bins: int, height: int,
             width: int) -> Dict[str, Tuple[float, bool]]:
-    """``{op: (magnitude at level ``magnitude`` as a Python float, signed)}`` (cached)."""
-    key = (magnitude, num_bins, height, width)
-    levels = _LEVELS_CACHE.get(key)
-    if levels is None:
-        levels = {name: (float(mags[magnitude].item()) if mags.ndim > 0 else 0.0, signed)
-                  for name, (mags, signed) in randaugment_space(num_bins, height,
-                                                                width).items()}
-        if len(_LEVELS_CACHE) >= 64:
-            _LEVELS_CACHE.clear()
-        _LEVELS_CACHE[key] = levels
-    return levels
+    """``{op: (magnitude at level ``magnitude`` as a Python float, signed)}`` (cached;
+    callers must not modify it)."""
+    return {name: (float(mags[magnitude].item()) if mags.ndim > 0 else 0.0, signed)
+            for name, (mags, signed) in randaugment_space(num_bins, height, width).items()}
 
 
 # ------------------------------------------------------------------------- geometric ops
@@ -182,42 +174,26 @@ def sampling_maps(matrix: Sequence[float], height: int,
     return map_x.astype(_F32), map_y.astype(_F32)
 
 
-_MAP_CACHE: Dict[tuple, tuple] = {}
-_MAP_CACHE_SIZE = 64
-
-
+@functools.lru_cache(maxsize=64)
 def _remap_maps(op: str, magnitude: float, height: int, width: int,
                 interpolation: str) -> tuple:
     """``cv2.remap`` maps for one op (fixed-point, converted once and cached: a config has
     only a few distinct geometric ops per image size)."""
-    key = (op, magnitude, height, width, interpolation)
-    maps = _MAP_CACHE.get(key)
-    if maps is None:
-        mx, my = sampling_maps(_geometric_matrix(op, magnitude, height, width),
-                               height, width)
-        # NEAREST: integer coordinates rounded half-to-even; BILINEAR: OpenCV's
-        # fixed-point coordinates + interpolation table indices.
-        maps = cv2.convertMaps(mx, my, cv2.CV_16SC2,
-                               nninterpolation=interpolation == 'nearest')
-        if len(_MAP_CACHE) >= _MAP_CACHE_SIZE:
-            _MAP_CACHE.clear()
-        _MAP_CACHE[key] = maps
-    return maps
+    mx, my = sampling_maps(_geometric_matrix(op, magnitude, height, width), height, width)
+    # NEAREST: integer coordinates rounded half-to-even; BILINEAR: OpenCV's fixed-point
+    # coordinates + interpolation table indices.
+    return cv2.convertMaps(mx, my, cv2.CV_16SC2, nninterpolation=interpolation == 'nearest')
 
 
+@functools.lru_cache(maxsize=64)
 def _partial_border(op: str, magnitude: float, height: int, width: int) -> tuple:
     """BILINEAR: pixels whose 4 source pixels are not all inside the image, as ``(rows,
     cols, inside weight)``; the weight is the warp of an all-ones image (cached)."""
-    key = ('border', op, magnitude, height, width)
-    border = _MAP_CACHE.get(key)
-    if border is None:
-        map1, map2 = _remap_maps(op, magnitude, height, width, 'bilinear')
-        mask = cv2.remap(np.ones((height, width), _F32), map1, map2, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        rows, cols = np.nonzero(mask < 1)
-        border = (rows, cols, mask[rows, cols][:, None])
-        _MAP_CACHE[key] = border
-    return border
+    map1, map2 = _remap_maps(op, magnitude, height, width, 'bilinear')
+    mask = cv2.remap(np.ones((height, width), _F32), map1, map2, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    rows, cols = np.nonzero(mask < 1)
+    return rows, cols, mask[rows, cols][:, None]
 
 
 def _shape(frames: Frames) -> Tuple[int, int, int, int]:
