@@ -193,6 +193,38 @@ def test_generated_videos_have_motion(tmp_path):
     assert again == path                                       # reused, not rewritten
 
 
+def test_h264_videos_are_h264_with_the_same_content(tmp_path):
+    """--video-codec h264: PyAV + libx264 files that decord reads, with the frames of the
+    mp4v video of the same seed (both lossy, so close, not equal) and far apart key frames
+    (x264's default), unlike mp4v's short groups of pictures."""
+    av = pytest.importorskip('av')
+    h264 = B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 40, seed=3, codec='h264')[0]
+    mp4v = B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 40, seed=3)[0]
+    assert h264 != mp4v and h264.endswith('_h264.mp4')
+    with av.open(h264) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == 'h264'
+        keys = [p.is_keyframe for p in container.demux(stream) if p.size]
+    assert len(keys) == 40 and sum(keys) == 1                 # one GOP for 40 frames
+    with av.open(mp4v) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == 'mpeg4'
+        assert sum(p.is_keyframe for p in container.demux(stream) if p.size) > 1
+    info = B.video_info(h264)
+    assert (info['frames'], info['width'], info['height']) == (40, 96, 64)
+    a = B.bare_decode(h264, range(40)).astype(np.float32)
+    b = B.bare_decode(mp4v, range(40)).astype(np.float32)
+    assert np.abs(a - b).mean() < 8 and np.abs(np.diff(a, axis=0)).mean() > 2
+
+
+def test_video_writer_rejects_bad_codec_and_odd_sizes(tmp_path):
+    with pytest.raises(ValueError, match='codec must be one of'):
+        B.write_benchmark_videos(str(tmp_path), 1, 64, 48, 4, codec='theora')
+    for codec in ('h264', 'vp9'):
+        with pytest.raises(ValueError, match='even width and height'):
+            B.write_benchmark_videos(str(tmp_path), 1, 65, 48, 4, codec=codec)
+
+
 def test_alternation_order_and_warmup():
     calls = []
     steps = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}

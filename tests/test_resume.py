@@ -15,6 +15,7 @@ import os
 import os.path as osp
 import signal
 import sys
+import time
 import traceback
 
 import pytest
@@ -168,8 +169,18 @@ def runs(tmp_path_factory, data_root):
     res['code_killed'] = train([kill_cfg, '--work-dir', b])
     res['after_kill'] = dict(last=last_checkpoint(b), pth=pth_files(b),
                              iters=sorted(scalars(run_dirs(b)[-1])))
+    # mmengine names a run's log folder by its start time to the second; the killed run
+    # can be over within a second, and the resumed one must not share its folder
+    _next_second()
     res['code_resumed'] = train([cfg, '--work-dir', b, '--resume'])
     return res
+
+
+def _next_second():
+    """Sleep until the wall-clock second changes."""
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.05)
 
 
 def test_sigkill_mid_epoch_leaves_epoch_2_checkpoint(runs):

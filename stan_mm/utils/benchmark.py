@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -351,65 +351,126 @@ def machine_info(device: str = 'cpu') -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- videos
+VIDEO_CODECS = ('mp4v', 'h264', 'vp9')
+
+
 def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
                            height: int = 256, num_frames: int = 64, fps: float = 30.0,
-                           seed: int = 0) -> List[str]:
-    """Write ``num_videos`` mp4 files (OpenCV ``mp4v``, ``width`` x ``height``,
-    ``num_frames`` frames) with realistic content for decoding benchmarks: a textured
-    background panning across the frame (fine noise on smooth blobs, so the encoder has
-    residual detail to code) and a few moving, colour-changing ellipses. Files that exist
-    already are reused. Returns the paths. Note: decord 0.6.0 cannot copy out frames of
-    some small widths (e.g. 48 px; 64, 96, 320 and 340 work), so keep the width >= 64 for
-    bare decord decoding."""
-    import cv2
+                           seed: int = 0, codec: str = 'mp4v') -> List[str]:
+    """Write ``num_videos`` mp4 files (``width`` x ``height``, ``num_frames`` frames) with
+    realistic content for decoding benchmarks: a textured background panning across the
+    frame (fine noise on smooth blobs, so the encoder has residual detail to code) and a
+    few moving, colour-changing ellipses. Files that exist already are reused. Returns the
+    paths.
+
+    ``codec``: ``'mp4v'`` (MPEG-4 part 2 through OpenCV, ``.mp4``: short groups of
+    pictures, cheap to decode, the hard case for a pipeline-overhead ratio), ``'h264'``
+    (libx264 through PyAV, ``.mp4``, with x264's defaults as ffmpeg applies them: CRF 23,
+    B-frames, key frames up to 250 frames apart; how Kinetics videos re-encoded with ffmpeg
+    look) or ``'vp9'`` (libvpx-vp9 through PyAV, ``.webm``, as Something-Something-v2 is
+    distributed). PyAV: ``pip install av`` (its wheels bundle both encoders).
+    Note: decord 0.6.0 cannot copy out frames of some small widths (e.g. 48 px; 64, 96,
+    320 and 340 work), so keep the width >= 64 for bare decord decoding."""
+    if codec not in VIDEO_CODECS:
+        raise ValueError(f'write_benchmark_videos: codec must be one of {VIDEO_CODECS}, '
+                         f'got {codec!r}')
     if num_videos < 1 or num_frames < 1 or width < 16 or height < 16:
         raise ValueError('write_benchmark_videos: need num_videos >= 1, num_frames >= 1 '
                          f'and a frame of at least 16x16 (got {num_videos}, {num_frames}, '
                          f'{width}x{height})')
+    if codec != 'mp4v' and (width % 2 or height % 2):
+        raise ValueError(f'write_benchmark_videos: {codec} (yuv420p) needs an even width '
+                         f'and height, got {width}x{height}')
     os.makedirs(out_dir, exist_ok=True)
+    tag = ('' if fps == 30 else f'_{fps:g}fps') + ('' if codec == 'mp4v' else f'_{codec}')
+    ext = '.webm' if codec == 'vp9' else '.mp4'
     paths = []
     for i in range(num_videos):
-        path = osp.join(out_dir, f'bench_{width}x{height}_{num_frames}f_s{seed}_{i}.mp4')
+        path = osp.join(out_dir, f'bench_{width}x{height}_{num_frames}f_s{seed}_{i}{tag}{ext}')
         paths.append(path)
         if osp.exists(path) and osp.getsize(path) > 0:
             continue
-        rng = np.random.default_rng((seed, i))
-        pan = rng.uniform(0.5, 2.0, size=2) * rng.choice([-1, 1], size=2)
-        cw = width + int(abs(pan[0]) * num_frames) + 2
-        ch = height + int(abs(pan[1]) * num_frames) + 2
-        blobs = rng.uniform(0, 255, size=(max(ch // 24, 2), max(cw // 24, 2), 3))
-        canvas = cv2.resize(blobs.astype(np.float32), (cw, ch), interpolation=cv2.INTER_CUBIC)
-        canvas += rng.normal(0, 12, size=canvas.shape).astype(np.float32)
-        canvas = np.clip(canvas, 0, 255).astype(np.uint8)
-        objects = [dict(c=rng.uniform([0, 0], [width, height]),
-                        v=rng.uniform(-4, 4, size=2),
-                        axes=tuple(int(a) for a in rng.uniform(
-                            max(min(width, height) / 16, 2), max(min(width, height) / 5, 3),
-                            size=2)),
-                        colour=rng.uniform(0, 255, size=3)) for _ in range(3)]
-        tmp = path + '.tmp.mp4'
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*'mp4v'), float(fps),
-                                 (width, height))
-        if not writer.isOpened():
-            raise RuntimeError(f'write_benchmark_videos: OpenCV cannot write {tmp} with the '
-                               f"'mp4v' codec (check cv2.getBuildInformation())")
-        try:
-            for t in range(num_frames):
-                x0 = int(round(t * pan[0])) if pan[0] > 0 else int(round(-pan[0] * (
-                    num_frames - t)))
-                y0 = int(round(t * pan[1])) if pan[1] > 0 else int(round(-pan[1] * (
-                    num_frames - t)))
-                frame = canvas[y0:y0 + height, x0:x0 + width].copy()
-                for ob in objects:
-                    c = ob['c'] + t * ob['v']
-                    colour = tuple(float((v + 3 * t) % 256) for v in ob['colour'])
-                    cv2.ellipse(frame, (int(c[0]) % width, int(c[1]) % height), ob['axes'],
-                                (7 * t) % 180, 0, 360, colour, -1, cv2.LINE_AA)
-                writer.write(frame)
-        finally:
-            writer.release()
+        tmp = path + '.tmp' + ext
+        frames = _synthetic_frames(np.random.default_rng((seed, i)), width, height,
+                                   num_frames)
+        if codec == 'mp4v':
+            _write_mp4v(tmp, frames, width, height, fps)
+        else:
+            _write_pyav(tmp, frames, width, height, fps,
+                        'libx264' if codec == 'h264' else 'libvpx-vp9')
         os.replace(tmp, path)
     return paths
+
+
+def _synthetic_frames(rng: np.random.Generator, width: int, height: int,
+                      num_frames: int) -> Iterator[np.ndarray]:
+    """BGR uint8 ``[H, W, 3]`` frames of one benchmark video (see
+    :func:`write_benchmark_videos`)."""
+    import cv2
+    pan = rng.uniform(0.5, 2.0, size=2) * rng.choice([-1, 1], size=2)
+    cw = width + int(abs(pan[0]) * num_frames) + 2
+    ch = height + int(abs(pan[1]) * num_frames) + 2
+    blobs = rng.uniform(0, 255, size=(max(ch // 24, 2), max(cw // 24, 2), 3))
+    canvas = cv2.resize(blobs.astype(np.float32), (cw, ch), interpolation=cv2.INTER_CUBIC)
+    canvas += rng.normal(0, 12, size=canvas.shape).astype(np.float32)
+    canvas = np.clip(canvas, 0, 255).astype(np.uint8)
+    objects = [dict(c=rng.uniform([0, 0], [width, height]),
+                    v=rng.uniform(-4, 4, size=2),
+                    axes=tuple(int(a) for a in rng.uniform(
+                        max(min(width, height) / 16, 2), max(min(width, height) / 5, 3),
+                        size=2)),
+                    colour=rng.uniform(0, 255, size=3)) for _ in range(3)]
+    for t in range(num_frames):
+        x0 = int(round(t * pan[0])) if pan[0] > 0 else int(round(-pan[0] * (num_frames - t)))
+        y0 = int(round(t * pan[1])) if pan[1] > 0 else int(round(-pan[1] * (num_frames - t)))
+        frame = canvas[y0:y0 + height, x0:x0 + width].copy()
+        for ob in objects:
+            c = ob['c'] + t * ob['v']
+            colour = tuple(float((v + 3 * t) % 256) for v in ob['colour'])
+            cv2.ellipse(frame, (int(c[0]) % width, int(c[1]) % height), ob['axes'],
+                        (7 * t) % 180, 0, 360, colour, -1, cv2.LINE_AA)
+        yield frame
+
+
+def _write_mp4v(path: str, frames: Iterable[np.ndarray], width: int, height: int,
+                fps: float) -> None:
+    import cv2
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), float(fps),
+                             (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f'write_benchmark_videos: OpenCV cannot write {path} with the '
+                           f"'mp4v' codec (check cv2.getBuildInformation())")
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+
+
+def _write_pyav(path: str, frames: Iterable[np.ndarray], width: int, height: int,
+                fps: float, encoder: str) -> None:
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError(f'write_benchmark_videos: {encoder} videos are written with '
+                           f'PyAV; install it with `pip install av` (or use codec '
+                           f'mp4v)') from None
+    from fractions import Fraction
+    container = av.open(path, 'w')
+    try:
+        try:
+            stream = container.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001))
+        except Exception as e:  # an FFmpeg build without this encoder
+            raise RuntimeError(f'write_benchmark_videos: this PyAV build has no {encoder} '
+                               f'encoder ({e}); use codec mp4v') from e
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        for frame in frames:
+            packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                      format='bgr24')
+            container.mux(stream.encode(packet_frame))
+        container.mux(stream.encode())        # flush the encoder
+    finally:
+        container.close()
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -13,6 +13,12 @@ and of a config's training data pipeline against bare decord decoding.
         --out gpu.json
     # data pipeline only (generates 340x256, 64-frame mp4 videos unless --videos DIR)
     python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --skip-model
+    # ... on Kinetics-like videos: 10 s at 30 fps, H.264 (needs `pip install av`)
+    python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --skip-model \\
+        --video-frames 300 --video-codec h264
+    # ... on Something-Something-v2-like videos: VP9 .webm, 426x240, 4 s at 12 fps
+    python tools/analysis/benchmark.py configs/stan/ssv2_self_b16.py --skip-model \\
+        --video-size 426 240 --video-frames 48 --video-fps 12 --video-codec vp9
 
 Model benchmark: ``forward`` (eval, no_grad) and ``train`` (forward + backward of the mean
 squared video embedding, + AdamW step with --optim-step) of CLIPSTAN ("STAN") and of
@@ -99,6 +105,12 @@ def parse_args(argv=None):
     g.add_argument('--video-size', type=int, nargs=2, default=[340, 256],
                    metavar=('W', 'H'))
     g.add_argument('--video-frames', type=int, default=64)
+    g.add_argument('--video-fps', type=float, default=30.0)
+    g.add_argument('--video-codec', choices=['mp4v', 'h264', 'vp9'], default='mp4v',
+                   help='codec of the generated videos: mp4v (OpenCV, short groups of '
+                   'pictures, cheap to decode: the hard case), h264 (libx264 with '
+                   "ffmpeg's defaults, as re-encoded Kinetics videos) or vp9 (.webm, as "
+                   'Something-Something-v2); h264 and vp9 need PyAV (`pip install av`)')
     g.add_argument('--video-cache', help='where generated videos are kept (default: a '
                    'temporary folder, removed afterwards)')
     g.add_argument('--pipeline-warmup', type=int, default=1)
@@ -256,10 +268,11 @@ def run_pipeline_benchmark(args, cfg):
         folder = args.video_cache or tempfile.mkdtemp(prefix='stan_bench_videos_')
         tmp = None if args.video_cache else folder
         w, h = args.video_size
-        print(f'... {args.num_videos} videos {w}x{h}, {args.video_frames} frames in {folder} '
-              f'(written unless already there)', flush=True)
+        print(f'... {args.num_videos} videos {w}x{h}, {args.video_frames} frames '
+              f'({args.video_codec}) in {folder} (written unless already there)', flush=True)
         videos = B.write_benchmark_videos(folder, args.num_videos, w, h, args.video_frames,
-                                          seed=args.seed)
+                                          fps=args.video_fps, seed=args.seed,
+                                          codec=args.video_codec)
     try:
         import cv2
         cv2.setNumThreads(0)     # mmengine's default env_cfg for data workers

@@ -6,24 +6,26 @@ once per clip and applied to every frame. Its tensor kernels are slow on uint8 (
 CPU time for 8 frames of 224x224, 2 ops, on one core), most of the cost of decoding the clip.
 :class:`ClipRandAugment` draws the same operations with the same calls to torch's global
 random generator (so with the same torch seed it picks the same ops, magnitudes and signs)
-and applies them with OpenCV / numpy to the HWC frames (about 1.8 ms for the same clip):
+and applies them with OpenCV / numpy to the HWC frames (about 1.5 ms for the same clip):
 
 =========================  ==============================================================
 op                         implementation, and how it compares with torchvision 0.29
 =========================  ==============================================================
-ShearX/Y, Rotate           ``cv2.remap`` with sampling maps computed in float32 the way
-                           torchvision builds its ``grid_sample`` grid (same inverse
-                           affine matrix, same pixel-centre convention, half-to-even
-                           rounding for NEAREST): equal pixels (NEAREST). BILINEAR: OpenCV
-                           quantises sampling points to 1/32 pixel, so pixels at strong
-                           edges differ by a few grey levels (fill: torchvision's formula).
+ShearX/Y, Rotate           ``cv2.remap``. NEAREST: the source pixel of every output pixel
+                           is torchvision's own choice (its op run once, per op and size,
+                           on an image of pixel coordinates): equal pixels on any CPU.
+                           BILINEAR: sampling maps computed in float32 the way torchvision
+                           builds its ``grid_sample`` grid; OpenCV quantises sampling
+                           points to 1/32 pixel, so pixels at strong edges differ by a few
+                           grey levels (fill: torchvision's formula).
 TranslateX/Y               an integer shift (torchvision truncates the magnitude): a copy.
 Brightness, Posterize,     one 256-entry table for the whole clip (``cv2.LUT``) or a bit
 Solarize                   mask, entries computed with torchvision's float32 arithmetic.
 AutoContrast, Equalize     one table per frame and channel (min/max, histogram).
 Contrast                   one table per frame (the frame's mean grey level).
-Color, Sharpness           float32 blend with the grey image / the 3x3 smoothed image,
-                           same operation order and truncation as torchvision.
+Color, Sharpness           float32 blend with the grey image / the 3x3 smoothed image
+                           (exact integer rounding of the 1/13 kernel), same operation
+                           order and truncation as torchvision.
 =========================  ==============================================================
 
 All but BILINEAR give torchvision's pixels exactly (tests/test_clip_randaugment.py; 300 of
@@ -175,14 +177,45 @@ def sampling_maps(matrix: Sequence[float], height: int,
 
 
 @functools.lru_cache(maxsize=64)
+def _nearest_source(op: str, magnitude: float, height: int, width: int) -> np.ndarray:
+    """int16 ``[H, W, 2]``: the input pixel ``(x, y)`` that torchvision's NEAREST ``op``
+    copies into each output pixel, ``(-1, -1)`` where it brings in the fill.
+
+    Found by running torchvision's own op (``F.affine`` / ``F.rotate`` with the arguments
+    its RandAugment passes) on a float32 image of 1-based pixel coordinates: its sampling
+    grid is a float32 matrix product whose rounding depends on the CPU's BLAS kernels (an
+    FMA changes which way a coordinate on a .5 tie goes), so asking torch, once per op,
+    magnitude and size (cached), gives its choice on this machine exactly."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+    ys, xs = torch.meshgrid(torch.arange(1, height + 1, dtype=torch.float32),
+                            torch.arange(1, width + 1, dtype=torch.float32), indexing='ij')
+    coords = torch.stack([xs, ys])                                     # [2, H, W]
+    nearest = InterpolationMode.NEAREST
+    if op in ('ShearX', 'ShearY'):
+        shear = math.degrees(math.atan(magnitude))
+        out = TF.affine(coords, angle=0.0, translate=[0, 0], scale=1.0,
+                        shear=[shear, 0.0] if op == 'ShearX' else [0.0, shear],
+                        interpolation=nearest, fill=None, center=[0, 0])
+    elif op == 'Rotate':
+        out = TF.rotate(coords, magnitude, interpolation=nearest, fill=None)
+    else:
+        raise ValueError(f'{_NAME}: no sampling grid for {op!r}')
+    # 0 (outside, zero padding) -> -1: OpenCV's constant border
+    return np.ascontiguousarray((out.round().to(torch.int16) - 1).permute(1, 2, 0).numpy())
+
+
+@functools.lru_cache(maxsize=64)
 def _remap_maps(op: str, magnitude: float, height: int, width: int,
                 interpolation: str) -> tuple:
-    """``cv2.remap`` maps for one op (fixed-point, converted once and cached: a config has
-    only a few distinct geometric ops per image size)."""
+    """``cv2.remap`` maps for one op (converted once and cached: a config has only a few
+    distinct geometric ops per image size). NEAREST: torchvision's own pixel choice
+    (:func:`_nearest_source`). BILINEAR: OpenCV's fixed-point coordinates and
+    interpolation table indices from :func:`sampling_maps`."""
+    if interpolation == 'nearest':
+        return _nearest_source(op, magnitude, height, width), None
     mx, my = sampling_maps(_geometric_matrix(op, magnitude, height, width), height, width)
-    # NEAREST: integer coordinates rounded half-to-even; BILINEAR: OpenCV's fixed-point
-    # coordinates + interpolation table indices.
-    return cv2.convertMaps(mx, my, cv2.CV_16SC2, nninterpolation=interpolation == 'nearest')
+    return cv2.convertMaps(mx, my, cv2.CV_16SC2, nninterpolation=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -295,52 +328,69 @@ def _scratch(name: str, shape: Sequence[int], dtype) -> np.ndarray:
     return buf
 
 
+_GREY_SCALE = tuple(float(w) for w in _GREY_WEIGHTS) + (0.0,)
+_ONES_1x3 = np.ones((1, 3), _F32)
+
+
 def _grey_frame(frame: np.ndarray) -> np.ndarray:
     """``[H, W, 3]`` RGB -> uint8 ``[H, W]``: ``trunc(0.2989 r + 0.587 g + 0.114 b)``,
     float32, left to right (torchvision's ``rgb_to_grayscale``). Returns a scratch buffer
-    (valid until the next call)."""
+    (valid until the next call).
+
+    Each product is one float32 rounding (``cv2.multiply`` by the per-channel weights);
+    the channel sum is ``cv2.transform`` with the matrix ``[1, 1, 1]``, which OpenCV
+    evaluates as ``((1*r' + 1*g') + 1*b') + 0`` (its scalar path for one output channel):
+    products by 1 are exact, so a fused multiply-add cannot change the rounding, and the
+    order is torchvision's. Checked on all 2**24 RGB values in the tests."""
     H, W = frame.shape[:2]
-    r, g, b = cv2.split(frame)
-    x = _scratch('grey_x', (H, W), _F32)
-    y = _scratch('grey_y', (H, W), _F32)
-    wr, wg, wb = _GREY_WEIGHTS
-    np.multiply(r, wr, out=x, dtype=_F32)
-    np.multiply(g, wg, out=y, dtype=_F32)
-    x += y
-    np.multiply(b, wb, out=y, dtype=_F32)
-    x += y
+    x = _scratch('grey_x3', (H, W, 3), _F32)
+    np.copyto(x, frame)                                     # exact: small integers
+    cv2.multiply(x, _GREY_SCALE, dst=x)
+    total = cv2.transform(x, _ONES_1x3, dst=_scratch('grey_sum', (H, W), _F32))
     grey = _scratch('grey', (H, W), np.uint8)
-    np.copyto(grey, x, casting='unsafe')          # truncation, as .to(torch.uint8)
+    np.copyto(grey, total.reshape(H, W), casting='unsafe')  # truncation, as .to(uint8)
     return grey
 
 
 class _Blender:
     """``trunc(clamp(ratio * frame + (1 - ratio) * other))`` in float32, one ``[H, W, C]``
     frame at a time, as torchvision's ``_blend``: each product is one float32 rounding
-    (here read from a 256-entry float32 table), then one float32 sum, clamp, truncate."""
+    (``numpy.multiply`` of the uint8 values by the float32 factor), then one float32 sum,
+    clamp, truncate. With ``0 <= ratio <= 1`` both factors are >= 0 and the sum stays
+    below 256, so the clamp is skipped (truncation alone gives the same bytes)."""
 
     def __init__(self, shape: Sequence[int], ratio: float) -> None:
-        v = np.arange(256, dtype=_F32)
-        self.lut_frame = v * _F32(ratio)
-        self.lut_other = v * _F32(1.0 - ratio)
+        self.ratio = _F32(ratio)
+        self.other_ratio = _F32(1.0 - ratio)      # torchvision: (1.0 - ratio) in double
+        self.clamp = not 0.0 <= ratio <= 1.0
         self.a = _scratch('blend_a', shape, _F32)
         self.b = _scratch('blend_b', shape, _F32)
+        self.b1 = _scratch('blend_b1', shape[:2], _F32)
 
-    def __call__(self, frame: np.ndarray, other: np.ndarray, out: np.ndarray) -> None:
-        """``other``: uint8 like ``frame``; ``out`` may be ``frame``."""
-        a, b = self.a, self.b
-        cv2.LUT(frame, self.lut_frame, dst=a)
-        cv2.LUT(other, self.lut_other, dst=b)
-        cv2.add(a, b, dst=a)
-        np.clip(a, 0, 255, out=out, casting='unsafe')     # truncation, as .to(torch.uint8)
+    def other_term(self, other: np.ndarray) -> np.ndarray:
+        """float32 ``(1 - ratio) * other`` for a uint8 ``other`` shaped like the frame, or
+        ``[H, W]`` (a grey image, repeated over the channels). Returns a scratch buffer."""
+        if other.ndim == 2:
+            np.multiply(other, self.other_ratio, out=self.b1, dtype=_F32)
+            cv2.cvtColor(self.b1, cv2.COLOR_GRAY2RGB, dst=self.b)   # copies, exact
+        else:
+            np.multiply(other, self.other_ratio, out=self.b, dtype=_F32)
+        return self.b
+
+    def __call__(self, frame: np.ndarray, other_term: np.ndarray, out: np.ndarray) -> None:
+        """``other_term`` from :meth:`other_term`; ``out`` may be ``frame``."""
+        a = self.a
+        np.multiply(frame, self.ratio, out=a, dtype=_F32)
+        cv2.add(a, other_term, dst=a)
+        if self.clamp:
+            np.clip(a, 0, 255, out=a)
+        np.copyto(out, a, casting='unsafe')       # truncation, as .to(torch.uint8)
 
 
 def _color(frames: Frames, factor: float, out: Clip) -> Clip:
     blend = _Blender(frames[0].shape, factor)
-    grey3 = _scratch('grey3', frames[0].shape, np.uint8)
     for t, frame in enumerate(frames):
-        cv2.cvtColor(_grey_frame(frame), cv2.COLOR_GRAY2RGB, dst=grey3)   # same grey x 3
-        blend(frame, grey3, out[t])
+        blend(frame, blend.other_term(_grey_frame(frame)), out[t])
     return out
 
 
@@ -355,9 +405,20 @@ def _contrast(frames: Frames, factor: float, out: Clip) -> Clip:
     return _lut_frames(frames, _blend_lut(factor, means[:, None]), out)  # [T, 256] tables
 
 
-_SMOOTH = np.ones((3, 3), np.float32)
-_SMOOTH[1, 1] = 5.0
-_SMOOTH /= _SMOOTH.sum()
+def _smoothed(frame: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """torchvision's 3x3 smoothing of a uint8 ``[H, W, C]`` frame (weights 1/13, centre
+    5/13) rounded to uint8, inside the one-pixel border: ``round(S / 13)`` with the
+    integer ``S = box3x3 + 4 * centre`` (the exact value S/13 is never a tie, and the
+    float error of ``box / 13 + centre * 4 / 13`` is below 1e-3, so the rounding cannot
+    flip). The border of ``dst`` is left to the caller."""
+    shape = frame.shape
+    box = _scratch('smooth_box', shape, np.uint16)
+    centre = _scratch('smooth_centre', shape, np.uint16)
+    cv2.boxFilter(frame, cv2.CV_16U, (3, 3), dst=box, normalize=False,
+                  borderType=cv2.BORDER_REPLICATE)
+    np.copyto(centre, frame)
+    cv2.addWeighted(box, 1.0 / 13.0, centre, 4.0 / 13.0, 0.0, dst=dst, dtype=cv2.CV_8U)
+    return dst
 
 
 def _sharpness(frames: Frames, factor: float, out: Clip) -> Clip:
@@ -368,13 +429,11 @@ def _sharpness(frames: Frames, factor: float, out: Clip) -> Clip:
     blend = _Blender((H, W, C), factor)
     blurred = _scratch('blurred', (H, W, C), np.uint8)
     for t, frame in enumerate(frames):
-        # torchvision's 3x3 smoothing (1/13, centre 5/13) rounded to uint8 (the exact
-        # value S/13 is never a tie, so float error cannot flip it); border pixels keep
-        # their value
-        cv2.filter2D(frame, -1, _SMOOTH, dst=blurred, borderType=cv2.BORDER_REPLICATE)
+        _smoothed(frame, blurred)
+        # torchvision keeps the border pixels of the image
         blurred[0], blurred[-1] = frame[0], frame[-1]
         blurred[:, 0], blurred[:, -1] = frame[:, 0], frame[:, -1]
-        blend(frame, blurred, out[t])
+        blend(frame, blend.other_term(blurred), out[t])
     return out
 
 
