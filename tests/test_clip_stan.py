@@ -56,6 +56,63 @@ def test_depth0_is_clip_encode_image_mean_over_frames():
     assert 'branch_tokens' not in out
 
 
+def test_depth0_training_forward_and_gradients_are_open_clips():
+    """Training mode (grad enabled, where nn.MultiheadAttention leaves its fast path): the
+    video tower's per-frame embeddings and its weight gradients equal open_clip's
+    ``encode_image`` over the frames; the blocks run the packed attention path."""
+    from stan_mm.models.backbones.clip_stan import _is_plain_open_clip_block
+    model = make(depth=0).train()
+    assert all(_is_plain_open_clip_block(b) for b in model.visual.transformer.resblocks)
+    clip = build_clip(ARCH).train()
+    clip.visual.load_state_dict(model.visual.state_dict())
+    x = video(layout='NTCHW')
+    per_frame = clip.encode_image(x.flatten(0, 1)).view(2, 4, -1)
+    out = model(x, return_dict=True)['frames']
+    torch.testing.assert_close(out, per_frame, rtol=0, atol=1e-6)
+    out.square().sum().backward()
+    per_frame.square().sum().backward()
+    ours = dict(model.visual.named_parameters())
+    for name, p in clip.visual.named_parameters():
+        torch.testing.assert_close(ours[name].grad, p.grad, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('ls_init_value', [None, 0.5])
+def test_clip_block_forward_is_the_blocks_own(ls_init_value):
+    """clip_block_forward(block, x) == block(x) for an open_clip ResidualAttentionBlock
+    (LayerScale or not, train / eval / no_grad), outputs and gradients; any other block
+    (here a subclass) runs its own forward."""
+    from open_clip.transformer import ResidualAttentionBlock
+    from stan_mm.models.backbones.clip_stan import clip_block_forward
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(32, 4, ls_init_value=ls_init_value)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))         # nonzero biases, non-unit scales
+    x = torch.randn(3, 17, 32)
+    for training in (True, False):
+        block.train(training)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = block(xa), clip_block_forward(block, xb)
+        torch.testing.assert_close(yb, ya, rtol=0, atol=1e-6)
+        ga = torch.autograd.grad(ya.square().sum(), [xa, *block.parameters()])
+        gb = torch.autograd.grad(yb.square().sum(), [xb, *block.parameters()])
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():          # eval + no_grad: MultiheadAttention's fused fast path
+        torch.testing.assert_close(clip_block_forward(block.eval(), x), block(x), rtol=0,
+                                   atol=1e-6)
+
+    class Scaled(ResidualAttentionBlock):
+        def forward(self, q_x, *args, **kwargs):
+            return 2 * super().forward(q_x, *args, **kwargs)
+
+    torch.manual_seed(0)
+    other = Scaled(32, 4, ls_init_value=ls_init_value).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clip_block_forward(other, x), other(x), rtol=0, atol=0)
+
+
 def test_layouts_agree_and_forward_returns_video():
     model = randomize_branch(make(depth=2)).eval()
     x = video(layout='NTCHW')

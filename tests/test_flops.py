@@ -88,14 +88,19 @@ def test_tiny_count_equals_hand_count_on_every_path(kw, expected_kw):
 
 
 def test_missing_formula_is_reported(monkeypatch):
-    """Without the extra formulas, nn.MultiheadAttention's fast path would be invisible:
-    the counter must say so instead of returning a silently low total."""
+    """Without the extra formulas, the fused attention kernels (the CLIP blocks' and the
+    branch's scaled-dot-product attention, nn.MultiheadAttention's fast path) would be
+    invisible: the counter must say so instead of returning a silently low total."""
     model = CLIPSTAN(arch=TINY, depth=1).eval()
     x = torch.randn(1, 4, 3, 32, 32)
     monkeypatch.setattr(F, 'EXTRA_FORMULAS', {})
     got = count_macs(model, (x, ))
-    assert 'aten._native_multi_head_attention' in got.skipped
+    assert any('attention' in op for op in got.skipped), got.skipped
     assert got.macs < tiny_expected(1, 4, K=1)
+    # the tower alone, with nn.MultiheadAttention's own fast path
+    mha = nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    got = count_macs(mha, (torch.randn(1, 5, 16), ) * 3)
+    assert 'aten._native_multi_head_attention' in got.skipped
 
 
 def test_checkpointing_flags_are_off_while_counting_and_restored():
