@@ -6,6 +6,7 @@ bare decoding reads exactly the frames the pipeline decoded; the branch's fused 
 import importlib.util
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -215,6 +216,27 @@ def test_h264_videos_are_h264_with_the_same_content(tmp_path):
     a = B.bare_decode(h264, range(40)).astype(np.float32)
     b = B.bare_decode(mp4v, range(40)).astype(np.float32)
     assert np.abs(a - b).mean() < 8 and np.abs(np.diff(a, axis=0)).mean() > 2
+
+
+def test_vp9_videos_are_webm_that_decord_reads(tmp_path):
+    av = pytest.importorskip('av')
+    path = B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 12, fps=12, seed=3,
+                                    codec='vp9')[0]
+    assert path.endswith('_12fps_vp9.webm')
+    with av.open(path) as container:
+        assert container.streams.video[0].codec_context.name in ('vp9', 'libvpx-vp9')
+    info = B.video_info(path)
+    assert (info['frames'], info['width'], info['height'], info['fps']) == (12, 96, 64, 12.0)
+    mp4v = B.bare_decode(B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 12, seed=3)[0],
+                         range(12)).astype(np.float32)
+    assert np.abs(B.bare_decode(path, range(12)) - mp4v).mean() < 8
+
+
+def test_h264_without_pyav_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'av', None)          # `import av` raises ImportError
+    with pytest.raises(RuntimeError, match='pip install av'):
+        B.write_benchmark_videos(str(tmp_path), 1, 64, 48, 4, codec='h264')
+    assert not list(tmp_path.iterdir())                   # no partial file left behind
 
 
 def test_video_writer_rejects_bad_codec_and_odd_sizes(tmp_path):

@@ -393,11 +393,16 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
         tmp = path + '.tmp' + ext
         frames = _synthetic_frames(np.random.default_rng((seed, i)), width, height,
                                    num_frames)
-        if codec == 'mp4v':
-            _write_mp4v(tmp, frames, width, height, fps)
-        else:
-            _write_pyav(tmp, frames, width, height, fps,
-                        'libx264' if codec == 'h264' else 'libvpx-vp9')
+        try:
+            if codec == 'mp4v':
+                _write_mp4v(tmp, frames, width, height, fps)
+            else:
+                _write_pyav(tmp, frames, width, height, fps,
+                            'libx264' if codec == 'h264' else 'libvpx-vp9')
+        except BaseException:
+            if osp.exists(tmp):           # never leave a partial video behind
+                os.remove(tmp)
+            raise
         os.replace(tmp, path)
     return paths
 
