@@ -367,3 +367,24 @@ def test_inside_recognizer3d():
     with torch.no_grad():
         scores = model(x, mode='tensor', stage='head')
     assert scores.shape == (6, 5)
+
+
+@pytest.mark.parametrize('depth,temporal_module', [(4, 'attn'), (4, 'conv'), (0, 'attn')])
+def test_training_forward_is_one_graph_for_torch_compile(depth, temporal_module):
+    """torch.compile sees the whole training forward as one graph (a graph break would
+    split the kernels it fuses; the GPU benchmark's compiled MFU depends on it). Traced with
+    dynamo's explain (no code generation, CPU)."""
+    import torch._dynamo as dynamo
+    model = randomize_branch(make(depth=depth, temporal_module=temporal_module)).train()
+    x = video()
+
+    def loss(x):
+        return model(x, return_dict=True)['video'].square().mean()
+
+    dynamo.reset()
+    try:
+        report = dynamo.explain(loss)(x)
+    finally:
+        dynamo.reset()
+    assert report.graph_break_count == 0, [b.reason for b in report.break_reasons]
+    assert report.graph_count == 1
