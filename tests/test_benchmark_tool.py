@@ -6,6 +6,7 @@ bare decoding reads exactly the frames the pipeline decoded; the branch's fused 
 import importlib.util
 import json
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -194,23 +195,38 @@ def test_generated_videos_have_motion(tmp_path):
     assert again == path                                       # reused, not rewritten
 
 
+def needs_pyav():
+    """Skip without PyAV, without importing it here (see :func:`_probe`)."""
+    if importlib.util.find_spec('av') is None:
+        pytest.skip('PyAV (av) is not installed')
+
+
+def _probe(path):
+    """(codec name, key-frame flag per packet) of a video's first stream, read by PyAV in
+    a child interpreter (PyAV and decord are kept out of one process, see
+    ``stan_mm.utils.benchmark._write_in_child``)."""
+    code = ('import av, json, sys\n'
+            'with av.open(sys.argv[1]) as c:\n'
+            '    s = c.streams.video[0]\n'
+            '    keys = [bool(p.is_keyframe) for p in c.demux(s) if p.size]\n'
+            '    print(json.dumps([s.codec_context.name, keys]))\n')
+    out = subprocess.run([sys.executable, '-c', code, path], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def test_h264_videos_are_h264_with_the_same_content(tmp_path):
     """--video-codec h264: PyAV + libx264 files that decord reads, with the frames of the
     mp4v video of the same seed (both lossy, so close, not equal) and far apart key frames
     (x264's default), unlike mp4v's short groups of pictures."""
-    av = pytest.importorskip('av')
+    needs_pyav()
     h264 = B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 40, seed=3, codec='h264')[0]
     mp4v = B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 40, seed=3)[0]
     assert h264 != mp4v and h264.endswith('_h264.mp4')
-    with av.open(h264) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == 'h264'
-        keys = [p.is_keyframe for p in container.demux(stream) if p.size]
-    assert len(keys) == 40 and sum(keys) == 1                 # one GOP for 40 frames
-    with av.open(mp4v) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == 'mpeg4'
-        assert sum(p.is_keyframe for p in container.demux(stream) if p.size) > 1
+    name, keys = _probe(h264)
+    assert name == 'h264' and len(keys) == 40 and sum(keys) == 1   # one GOP, 40 frames
+    name, keys = _probe(mp4v)
+    assert name == 'mpeg4' and sum(keys) > 1
     info = B.video_info(h264)
     assert (info['frames'], info['width'], info['height']) == (40, 96, 64)
     a = B.bare_decode(h264, range(40)).astype(np.float32)
@@ -219,12 +235,11 @@ def test_h264_videos_are_h264_with_the_same_content(tmp_path):
 
 
 def test_vp9_videos_are_webm_that_decord_reads(tmp_path):
-    av = pytest.importorskip('av')
+    needs_pyav()
     path = B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 12, fps=12, seed=3,
                                     codec='vp9')[0]
     assert path.endswith('_12fps_vp9.webm')
-    with av.open(path) as container:
-        assert container.streams.video[0].codec_context.name in ('vp9', 'libvpx-vp9')
+    assert _probe(path)[0] in ('vp9', 'libvpx-vp9')
     info = B.video_info(path)
     assert (info['frames'], info['width'], info['height'], info['fps']) == (12, 96, 64, 12.0)
     mp4v = B.bare_decode(B.write_benchmark_videos(str(tmp_path), 1, 96, 64, 12, seed=3)[0],
@@ -233,10 +248,26 @@ def test_vp9_videos_are_webm_that_decord_reads(tmp_path):
 
 
 def test_h264_without_pyav_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, 'av', None)          # `import av` raises ImportError
+    # the videos are encoded in a child interpreter: hide PyAV there
+    fake = tmp_path / 'fake_site'
+    fake.mkdir()
+    (fake / 'av.py').write_text("raise ImportError('No module named av')\n")
+    monkeypatch.setenv('PYTHONPATH', str(fake))
+    out = tmp_path / 'videos'
     with pytest.raises(RuntimeError, match='pip install av'):
-        B.write_benchmark_videos(str(tmp_path), 1, 64, 48, 4, codec='h264')
-    assert not list(tmp_path.iterdir())                   # no partial file left behind
+        B.write_benchmark_videos(str(out), 1, 64, 48, 4, codec='h264')
+    assert not list(out.iterdir())                        # no partial file left behind
+
+
+def test_pyav_videos_are_written_outside_this_process(tmp_path):
+    """decord is loaded here (it breaks PyAV's VP9 encoder in the same process): the
+    VP9 and H.264 writers still work, and PyAV is never imported into this process."""
+    import decord  # noqa: F401
+    had_av = 'av' in sys.modules
+    for codec in ('vp9', 'h264'):
+        path = B.write_benchmark_videos(str(tmp_path), 1, 64, 48, 6, codec=codec)[0]
+        assert B.video_info(path)['frames'] == 6
+    assert ('av' in sys.modules) == had_av
 
 
 def test_video_writer_rejects_bad_codec_and_odd_sizes(tmp_path):

@@ -43,11 +43,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from . import bench_videos
 
 MODES = ('forward', 'train')
 # CLIPSTAN arguments that only concern the branch: dropped for the mean-pooling baseline
@@ -391,14 +393,13 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
         if osp.exists(path) and osp.getsize(path) > 0:
             continue
         tmp = path + '.tmp' + ext
-        frames = _synthetic_frames(np.random.default_rng((seed, i)), width, height,
-                                   num_frames)
+        job = dict(path=tmp, seed=[seed, i], width=width, height=height,
+                   num_frames=num_frames, fps=fps, codec=codec)
         try:
             if codec == 'mp4v':
-                _write_mp4v(tmp, frames, width, height, fps)
+                bench_videos.write_video(**job)
             else:
-                _write_pyav(tmp, frames, width, height, fps,
-                            'libx264' if codec == 'h264' else 'libvpx-vp9')
+                _write_in_child(job)
         except BaseException:
             if osp.exists(tmp):           # never leave a partial video behind
                 os.remove(tmp)
@@ -407,75 +408,19 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
     return paths
 
 
-def _synthetic_frames(rng: np.random.Generator, width: int, height: int,
-                      num_frames: int) -> Iterator[np.ndarray]:
-    """BGR uint8 ``[H, W, 3]`` frames of one benchmark video (see
-    :func:`write_benchmark_videos`)."""
-    import cv2
-    pan = rng.uniform(0.5, 2.0, size=2) * rng.choice([-1, 1], size=2)
-    cw = width + int(abs(pan[0]) * num_frames) + 2
-    ch = height + int(abs(pan[1]) * num_frames) + 2
-    blobs = rng.uniform(0, 255, size=(max(ch // 24, 2), max(cw // 24, 2), 3))
-    canvas = cv2.resize(blobs.astype(np.float32), (cw, ch), interpolation=cv2.INTER_CUBIC)
-    canvas += rng.normal(0, 12, size=canvas.shape).astype(np.float32)
-    canvas = np.clip(canvas, 0, 255).astype(np.uint8)
-    objects = [dict(c=rng.uniform([0, 0], [width, height]),
-                    v=rng.uniform(-4, 4, size=2),
-                    axes=tuple(int(a) for a in rng.uniform(
-                        max(min(width, height) / 16, 2), max(min(width, height) / 5, 3),
-                        size=2)),
-                    colour=rng.uniform(0, 255, size=3)) for _ in range(3)]
-    for t in range(num_frames):
-        x0 = int(round(t * pan[0])) if pan[0] > 0 else int(round(-pan[0] * (num_frames - t)))
-        y0 = int(round(t * pan[1])) if pan[1] > 0 else int(round(-pan[1] * (num_frames - t)))
-        frame = canvas[y0:y0 + height, x0:x0 + width].copy()
-        for ob in objects:
-            c = ob['c'] + t * ob['v']
-            colour = tuple(float((v + 3 * t) % 256) for v in ob['colour'])
-            cv2.ellipse(frame, (int(c[0]) % width, int(c[1]) % height), ob['axes'],
-                        (7 * t) % 180, 0, 360, colour, -1, cv2.LINE_AA)
-        yield frame
-
-
-def _write_mp4v(path: str, frames: Iterable[np.ndarray], width: int, height: int,
-                fps: float) -> None:
-    import cv2
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), float(fps),
-                             (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f'write_benchmark_videos: OpenCV cannot write {path} with the '
-                           f"'mp4v' codec (check cv2.getBuildInformation())")
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
-
-
-def _write_pyav(path: str, frames: Iterable[np.ndarray], width: int, height: int,
-                fps: float, encoder: str) -> None:
-    try:
-        import av
-    except ImportError:
-        raise RuntimeError(f'write_benchmark_videos: {encoder} videos are written with '
-                           f'PyAV; install it with `pip install av` (or use codec '
-                           f'mp4v)') from None
-    from fractions import Fraction
-    container = av.open(path, 'w')
-    try:
-        try:
-            stream = container.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001))
-        except Exception as e:  # an FFmpeg build without this encoder
-            raise RuntimeError(f'write_benchmark_videos: this PyAV build has no {encoder} '
-                               f'encoder ({e}); use codec mp4v') from e
-        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-        for frame in frames:
-            packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
-                                                      format='bgr24')
-            container.mux(stream.encode(packet_frame))
-        container.mux(stream.encode())        # flush the encoder
-    finally:
-        container.close()
+def _write_in_child(job: Mapping[str, Any]) -> None:
+    """Encode one PyAV video in a fresh interpreter. decord and PyAV bundle two builds of
+    FFmpeg; loaded into one process they break each other (after ``import decord``,
+    PyAV's libvpx-vp9 encoder fails to open with EINVAL; after ``import av``, decord cannot
+    read the VP9 file it wrote), so PyAV never runs in the benchmark's own process."""
+    runner = 'import runpy, sys; runpy.run_path(sys.argv[1], run_name="__main__")'
+    proc = subprocess.run([sys.executable, '-c', runner, bench_videos.__file__,
+                           json.dumps(dict(job))], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError(lines[-1] if lines else
+                           f'write_benchmark_videos: writing {job["path"]} failed '
+                           f'(exit code {proc.returncode})')
 
 
 # ----------------------------------------------------------------------------- pipeline
