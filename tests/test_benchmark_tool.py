@@ -271,6 +271,8 @@ def test_pyav_videos_are_written_outside_this_process(tmp_path):
 
 
 def test_video_writer_rejects_bad_codec_and_odd_sizes(tmp_path):
+    tool = _load('benchmark_tool_codecs', 'tools/analysis/benchmark.py')
+    assert tool.VIDEO_CODECS == B.VIDEO_CODECS            # the CLI offers what is written
     with pytest.raises(ValueError, match='codec must be one of'):
         B.write_benchmark_videos(str(tmp_path), 1, 64, 48, 4, codec='theora')
     for codec in ('h264', 'vp9'):

@@ -14,6 +14,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+# codec -> file extension; PyAV encoder of the codecs not written by OpenCV
+EXTENSIONS = {'mp4v': '.mp4', 'h264': '.mp4', 'vp9': '.webm'}
+CODECS = tuple(EXTENSIONS)
 ENCODERS = {'h264': 'libx264', 'vp9': 'libvpx-vp9'}
 
 

@@ -353,7 +353,7 @@ def machine_info(device: str = 'cpu') -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- videos
-VIDEO_CODECS = ('mp4v', 'h264', 'vp9')
+VIDEO_CODECS = bench_videos.CODECS
 
 
 def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
@@ -385,7 +385,7 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
                          f'and height, got {width}x{height}')
     os.makedirs(out_dir, exist_ok=True)
     tag = ('' if fps == 30 else f'_{fps:g}fps') + ('' if codec == 'mp4v' else f'_{codec}')
-    ext = '.webm' if codec == 'vp9' else '.mp4'
+    ext = bench_videos.EXTENSIONS[codec]
     paths = []
     for i in range(num_videos):
         path = osp.join(out_dir, f'bench_{width}x{height}_{num_frames}f_s{seed}_{i}{tag}{ext}')

@@ -49,6 +49,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+VIDEO_CODECS = ('mp4v', 'h264', 'vp9')   # stan_mm.utils.bench_videos.CODECS (tested)
 
 
 def parse_args(argv=None):
@@ -106,7 +107,7 @@ def parse_args(argv=None):
                    metavar=('W', 'H'))
     g.add_argument('--video-frames', type=int, default=64)
     g.add_argument('--video-fps', type=float, default=30.0)
-    g.add_argument('--video-codec', choices=['mp4v', 'h264', 'vp9'], default='mp4v',
+    g.add_argument('--video-codec', choices=VIDEO_CODECS, default='mp4v',
                    help='codec of the generated videos: mp4v (OpenCV, short groups of '
                    'pictures, cheap to decode: the hard case), h264 (libx264 with '
                    "ffmpeg's defaults, as re-encoded Kinetics videos) or vp9 (.webm, as "
