@@ -221,6 +221,67 @@ def test_safe_decode_after_stock_init(videos):
     check_frames(res)
 
 
+from mmengine.fileio import BaseStorageBackend  # noqa: E402
+
+
+class _MemoryBackend(BaseStorageBackend):
+    """A file-client storage holding videos in a dict (stands in for Ceph, LMDB, ...)."""
+    files = {}
+
+    def __init__(self, **kwargs):
+        pass
+
+    def get(self, filepath):
+        try:
+            return self.files[str(filepath)]
+        except KeyError:
+            raise FileNotFoundError(filepath) from None
+
+    def get_text(self, filepath, encoding='utf-8'):
+        return self.get(filepath).decode(encoding)
+
+
+def test_local_files_are_opened_by_path_and_file_clients_by_bytes(videos):
+    """On the local disk decord opens the path (no copy of the file in memory); another
+    io_backend reads the bytes through mmengine's FileClient. Both decode the same frames
+    and name the file when it is missing or empty."""
+    from mmengine.dataset import Compose
+    from mmengine.fileio import FileClient
+    from stan_mm.datasets.transforms.video_io import SafeDecordInit
+    FileClient.register_backend('stan_test_memory', _MemoryBackend, force=True)
+    _MemoryBackend.files = {'mem/ok.mp4': open(videos['ok'], 'rb').read(),
+                            'mem/zero.mp4': b''}
+    local = decode(videos['ok'])
+    init = SafeDecordInit(io_backend='stan_test_memory')
+    res = init(dict(filename='mem/ok.mp4', start_index=0, modality='RGB'))
+    assert isinstance(res['video_reader'].data, bytes)        # read through the client
+    res['frame_inds'] = np.asarray(local['frame_inds'])
+    res = Compose([dict(type='SafeDecordDecode')])(res)
+    np.testing.assert_array_equal(np.stack(res['imgs']), np.stack(local['imgs']))
+    for name, words in (('mem/missing.mp4', 'file not found'),
+                        ('mem/zero.mp4', r'empty \(0 bytes\)')):
+        with pytest.raises(VideoReadError, match=words) as info:
+            init(dict(filename=name, start_index=0, modality='RGB'))
+        assert info.value.filename == name
+    disk = SafeDecordInit()(dict(filename=videos['ok'], start_index=0, modality='RGB'))
+    assert disk['video_reader'].data is None and disk['total_frames'] == 16
+
+
+def test_directory_and_unreadable_file_are_named(videos, tmp_path):
+    from stan_mm.datasets.transforms.video_io import SafeDecordInit
+    folder = tmp_path / 'clips.mp4'
+    folder.mkdir()
+    with pytest.raises(VideoReadError, match='directory') as info:
+        SafeDecordInit()(dict(filename=str(folder), start_index=0, modality='RGB'))
+    assert info.value.filename == str(folder)
+    if os.geteuid() != 0:          # root reads any file
+        locked = tmp_path / 'locked.mp4'
+        shutil.copy(videos['ok'], locked)
+        locked.chmod(0)
+        with pytest.raises(VideoReadError, match='cannot be read'):
+            SafeDecordInit()(dict(filename=str(locked), start_index=0, modality='RGB'))
+
+
 def test_opencv_fallback_matches_decord_frames(videos):
     """The fallback decoder returns the same frames decord returns where decord works."""
     from stan_mm.datasets.transforms.video_io import decode_frames_opencv

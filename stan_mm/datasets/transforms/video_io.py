@@ -87,7 +87,8 @@ def _short(err: BaseException, limit: int = 200) -> str:
 
 
 class _VideoSource:
-    """A decord ``VideoReader`` plus what a fallback decoder needs (the bytes, the name).
+    """A decord ``VideoReader`` plus what a fallback decoder needs (the name, and the bytes
+    when the video came from a file client rather than the local disk).
 
     Forwards every attribute to the reader, so MMAction2's own transforms that use
     ``results['video_reader']`` work unchanged.
@@ -123,28 +124,47 @@ class SafeDecordInit(DecordInit):
         if osp.splitext(filename)[0] == filename:  # as DecordInit: 'abc' means 'abc.mp4'
             filename = filename + '.mp4'
         import decord
-        try:
-            data = self._read_bytes(filename)
-        except FileNotFoundError:
-            raise VideoReadError(filename, 'file not found') from None
-        except (OSError, ValueError) as e:
-            raise VideoReadError(filename, f'the file cannot be read ({_short(e)})') from e
-        if len(data) == 0:
+        if self._local():
+            # a local file: decord opens the path itself (as bare decord does), which
+            # saves reading the whole file into memory first (~0.4 ms per 340x256 clip)
+            try:
+                size = os.stat(filename).st_size
+            except FileNotFoundError:
+                raise VideoReadError(filename, 'file not found') from None
+            except OSError as e:
+                raise VideoReadError(filename,
+                                     f'the file cannot be read ({_short(e)})') from e
+            if osp.isdir(filename):
+                raise VideoReadError(filename, 'it is a directory, not a video file')
+            source, data = filename, None
+            if not os.access(filename, os.R_OK):
+                raise VideoReadError(filename, 'the file cannot be read (no read permission)')
+        else:
+            try:
+                data = self._read_bytes(filename)
+            except FileNotFoundError:
+                raise VideoReadError(filename, 'file not found') from None
+            except (OSError, ValueError) as e:
+                raise VideoReadError(filename,
+                                     f'the file cannot be read ({_short(e)})') from e
+            source, size = io.BytesIO(data), len(data)
+        if size == 0:
             raise VideoReadError(filename, 'the file is empty (0 bytes)')
         try:
-            reader = decord.VideoReader(io.BytesIO(data), num_threads=self.num_threads)
+            reader = decord.VideoReader(source, num_threads=self.num_threads)
         except Exception as e:  # decord raises RuntimeError or DECORDError
             raise VideoReadError(
-                filename, f'decord cannot open it as a video ({len(data)} bytes; '
+                filename, f'decord cannot open it as a video ({size} bytes; '
                 f'{_short(e)}); the file is not a video, is truncated or is corrupt') from e
         if len(reader) < 1:
             raise VideoReadError(filename, 'the video has no frames')
         return _VideoSource(reader, data, filename)
 
+    def _local(self) -> bool:
+        """Files on the local disk, read without a file client."""
+        return self.io_backend == 'disk' and not self.kwargs
+
     def _read_bytes(self, filename: str) -> bytes:
-        if self.io_backend == 'disk' and not self.kwargs:
-            with open(filename, 'rb') as f:
-                return f.read()
         if self.file_client is None:  # other storages, as DecordInit does
             from mmengine.fileio import FileClient
             self.file_client = FileClient(self.io_backend, **self.kwargs)
