@@ -408,3 +408,89 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
         assert json.loads(out.read_text())['model']['setup']['compile'] == mode
     with pytest.raises(SystemExit):
         tool.parse_args(['--arch', 'ViT-B/16', '--compile-mode', 'fastest'])
+
+
+# ------------------------------------------------------------------ GPU session script
+def test_gpu_session_steps_are_valid_benchmark_commands(tmp_path):
+    """Every step of tools/analysis/gpu_session.py is a command line benchmark.py accepts,
+    on the paper's GPU setting (ViT-B/16, 8 frames, batch 16, CUDA, training step), and the
+    compiled steps use the modes the GPU section asks for. A typo here would only show on
+    a borrowed GPU."""
+    session = _load('gpu_session', 'tools/analysis/gpu_session.py')
+    tool = _load('benchmark_tool_session', 'tools/analysis/benchmark.py')
+    args = session.parse_args(['--out', str(tmp_path)])
+    steps = session.step_commands(args)
+    assert [s[0] for s in steps] == ['compile', 'autotune', 'cudagraphs', 'eager']
+    assert sum(limit for _, _, limit, _ in steps[:2]) < args.budget   # the first two fit
+    modes = {}
+    for name, argv, limit, _ in steps:
+        assert argv[1] == str(ROOT / 'tools' / 'analysis' / 'benchmark.py')
+        a = tool.parse_args(argv[2:])
+        assert (a.arch, a.frames, a.depth, a.temporal_module, a.batch) == (
+            'ViT-B-16', 8, 4, 'attn', 16)
+        assert a.device == 'cuda' and a.modes == ['train'] and a.optim_step
+        assert a.skip_pipeline and a.out == str(tmp_path / f'{name}.json')
+        modes[name] = a.compile_mode or ('default' if a.compile else None)
+    assert modes == dict(compile='default', autotune='max-autotune-no-cudagraphs',
+                         cudagraphs='reduce-overhead', eager=None)
+    picked = session.step_commands(session.parse_args(['--steps', 'eager', 'compile']))
+    assert [s[0] for s in picked] == ['eager', 'compile']
+
+
+def test_gpu_session_runs_a_step_and_writes_the_summary(tmp_path):
+    """The eager step end to end on CPU with the tiny config: the step's JSON, its log,
+    machine.txt and a summary table with one row per gradient-checkpointing setting."""
+    session = _load('gpu_session_run', 'tools/analysis/gpu_session.py')
+    config = tmp_path / 'tiny_bench.py'
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / 'out'
+    rc = session.main(['--out', str(out), '--steps', 'eager', '--device', 'cpu',
+                       '--model-args', f'{config} --batch 1',
+                       '--extra', '--warmup 0 --repeats 1 --no-memory'])
+    assert rc == 0
+    data = json.loads((out / 'eager.json').read_text())
+    runs = data['model']['runs']
+    assert [r['grad_checkpointing'] for r in runs] == [False, True]
+    assert (out / 'eager.log').read_text().startswith('$ ')
+    assert (out / 'machine.txt').read_text().strip()
+    rows = [r for r in (out / 'summary.md').read_text().splitlines()
+            if r.startswith('| eager')]
+    assert len(rows) == 2
+    for row, run in zip(rows, runs):
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        assert cells[2] == ('on' if run['grad_checkpointing'] else 'off')
+        assert float(cells[3]) == pytest.approx(run['stan']['clips_per_s'], abs=0.05)
+        assert float(cells[4]) == pytest.approx(run['clip']['clips_per_s'], abs=0.05)
+        assert float(cells[7]) == pytest.approx(run['time_over_flops'], abs=5e-4)
+
+
+def test_gpu_session_without_the_stack_installs_the_carried_wheels(tmp_path):
+    """An interpreter that cannot import the stack: with no wheels the script stops naming
+    the fetch script; with wheels it installs them (pip, no index) into --site and stops
+    only because this stand-in wheel is not the stack."""
+    import zipfile
+    session = _load('gpu_session_wheels', 'tools/analysis/gpu_session.py')
+    blocker = tmp_path / 'blocker'         # the stack is "missing": mmengine cannot import
+    blocker.mkdir()
+    (blocker / 'mmengine.py').write_text('raise ImportError("no mmengine here")\n')
+    bare = tmp_path / 'bare-python'
+    bare.write_text(f'#!/bin/sh\nPYTHONPATH={blocker}${{PYTHONPATH:+:$PYTHONPATH}} '
+                    f'exec {sys.executable} "$@"\n')
+    bare.chmod(0o755)
+    common = ['--out', str(tmp_path / 'out'), '--python', str(bare), '--site',
+              str(tmp_path / 'site'), '--steps', 'eager', '--device', 'cpu']
+    with pytest.raises(SystemExit, match='fetch_gpu_wheels.sh'):
+        session.main(common + ['--wheels', str(tmp_path / 'none')])
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / 'standin-0.1-py3-none-any.whl', 'w') as z:
+        z.writestr('standin/__init__.py', 'VALUE = 7\n')
+        z.writestr('standin-0.1.dist-info/METADATA',
+                   'Metadata-Version: 2.1\nName: standin\nVersion: 0.1\n')
+        z.writestr('standin-0.1.dist-info/WHEEL',
+                   'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n'
+                   'Tag: py3-none-any\n')
+        z.writestr('standin-0.1.dist-info/RECORD', '')
+    with pytest.raises(SystemExit, match='still does not import'):
+        session.main(common + ['--wheels', str(wheels)])
+    assert (tmp_path / 'site' / 'standin' / '__init__.py').read_text() == 'VALUE = 7\n'

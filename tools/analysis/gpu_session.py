@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""The GPU measurements of docs/benchmarks.md ("GPU") in one command, sized for one call
+on a borrowed GPU machine (10 minutes, nothing downloadable there).
+
+    # here, once, where pip can reach the package index: the stan-mm stack as wheels for
+    # the GPU machine's Python (3.12, x86-64), into .whl/ (git-ignored, about 20 MB)
+    bash tools/analysis/fetch_gpu_wheels.sh
+    # there, from the repository root, with .whl carried along:
+    python3 tools/analysis/gpu_session.py --out "$OUT"
+
+Steps, most important first (``--steps`` picks some); each runs
+``tools/analysis/benchmark.py`` in a child process under its own time limit, and a step
+that no longer fits the remaining ``--budget`` is skipped:
+
+==============  ===========================================================================
+``compile``     ``torch.compile`` (default mode) + fused AdamW: the best row of the GPU table
+                re-measured (MFU goal: 35 %)
+``autotune``    the same with ``--compile-mode max-autotune-no-cudagraphs``
+``cudagraphs``  the same with ``--compile-mode reduce-overhead`` (CUDA graphs)
+``eager``       eager, with and without gradient checkpointing, peak memory
+==============  ===========================================================================
+
+The model is ViT-B/16, 8 frames, STAN depth 4 with the attention temporal module, batch 16,
+bf16 autocast, a full training step (forward, backward, AdamW), against the same CLIP with
+mean pooling, alternating (``--model-args`` replaces the model and batch arguments; the
+tests use a tiny config on CPU).
+
+Writes ``OUT/<step>.json`` and ``OUT/<step>.log`` per step, ``OUT/machine.txt`` and
+``OUT/summary.md`` (clips/s, MFU and time/FLOPs of both models per step; the same table is
+printed at the end).
+
+Only the standard library is imported here, so the script runs on the machine's own
+Python before the stack is there: when ``import mmengine, mmaction, open_clip, decord``
+fails in a child process and ``--wheels`` (default ``.whl``) holds wheels, they are
+installed with ``pip --no-index --no-deps`` into ``--site`` and the steps run with
+``PYTHONPATH=<site>:<repository>``.
+"""
+import argparse
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCHMARK = os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py')
+STACK_IMPORT = 'import mmengine, mmaction, open_clip, decord'
+
+MODEL_ARGS = ['--arch', 'ViT-B-16', '--frames', '8', '--depth', '4', '--temporal-module',
+              'attn', '--batch', '16']
+_TRAIN = ['--modes', 'train', '--optim-step', '--skip-pipeline']
+_COMPILED = _TRAIN + ['--grad-ckpt', 'off', '--fused-adamw', '--no-memory']
+# (name, benchmark arguments after the model's, time limit in seconds, what it measures)
+STEPS = (
+    ('compile', _COMPILED + ['--compile', '--warmup', '2'], 180,
+     'torch.compile default mode, fused AdamW'),
+    ('autotune', _COMPILED + ['--compile-mode', 'max-autotune-no-cudagraphs', '--warmup',
+                              '3'], 240, 'max-autotune (no CUDA graphs), fused AdamW'),
+    ('cudagraphs', _COMPILED + ['--compile-mode', 'reduce-overhead', '--warmup', '3'], 150,
+     'reduce-overhead (CUDA graphs), fused AdamW'),
+    ('eager', _TRAIN + ['--grad-ckpt', 'both'], 120,
+     'eager, gradient checkpointing off/on, peak memory'),
+)
+STEP_NAMES = tuple(s[0] for s in STEPS)
+MIN_STEP_S = 45   # a step with less time than this left is skipped, not started
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default=os.environ.get('OUT') or 'work_dirs/gpu_session',
+                   help='output folder (default: $OUT, else work_dirs/gpu_session)')
+    p.add_argument('--steps', nargs='+', choices=STEP_NAMES, default=list(STEP_NAMES),
+                   help='steps to run, in the order given (default: all)')
+    p.add_argument('--budget', type=float, default=540.0,
+                   help='seconds for all steps together (default 540: a 600 s call)')
+    p.add_argument('--device', default='cuda', help='cuda (default) | cpu (for tests)')
+    p.add_argument('--model-args', default=None,
+                   help='replaces the model/batch arguments (default: '
+                        f'"{" ".join(MODEL_ARGS)}"), e.g. "CONFIG --batch 2"')
+    p.add_argument('--extra', default='',
+                   help='arguments appended to every step, e.g. "--repeats 3"')
+    p.add_argument('--wheels', default=os.path.join(ROOT, '.whl'),
+                   help='folder of wheels to install when the stack is missing')
+    p.add_argument('--site', default='/tmp/stan_site',
+                   help='where those wheels are installed')
+    p.add_argument('--python', default=sys.executable, help='interpreter for the steps')
+    p.add_argument('--dry-run', action='store_true',
+                   help='print the steps\' commands and exit')
+    return p.parse_args(argv)
+
+
+def step_commands(args) -> list:
+    """``[(name, argv, limit_s, what)]`` for the chosen steps, in the chosen order."""
+    model = shlex.split(args.model_args) if args.model_args else list(MODEL_ARGS)
+    extra = shlex.split(args.extra)
+    table = {name: (tail, limit, what) for name, tail, limit, what in STEPS}
+    out = []
+    for name in args.steps:
+        tail, limit, what = table[name]
+        argv = ([args.python, BENCHMARK] + model + ['--device', args.device] + tail + extra
+                + ['--out', os.path.join(args.out, f'{name}.json')])
+        out.append((name, argv, limit, what))
+    return out
+
+
+def stack_env(args, log) -> dict:
+    """The environment the steps run in: the repository on PYTHONPATH, and the carried
+    wheels installed first when the stack cannot be imported."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    paths = [ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+    env['PYTHONPATH'] = os.pathsep.join(paths)
+    if _imports(args.python, env):
+        return env
+    wheels = sorted(glob.glob(os.path.join(args.wheels, '*.whl')))
+    if not wheels:
+        raise SystemExit(
+            f'gpu_session: `{STACK_IMPORT}` fails with {args.python} and {args.wheels} has '
+            f'no wheels. Run `bash tools/analysis/fetch_gpu_wheels.sh` where pip can reach '
+            f'the index and carry .whl along (or install the stack on this machine).')
+    log(f'installing {len(wheels)} wheels from {args.wheels} into {args.site}')
+    cmd = [args.python, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
+           '--no-compile', '--no-cache-dir', '--upgrade', '--target', args.site] + wheels
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f'gpu_session: installing the wheels failed:\n{done.stderr[-3000:]}')
+    env['PYTHONPATH'] = os.pathsep.join([args.site] + paths)
+    if not _imports(args.python, env):
+        probe = subprocess.run([args.python, '-c', STACK_IMPORT], env=env,
+                               capture_output=True, text=True)
+        raise SystemExit(f'gpu_session: the stack still does not import after installing '
+                         f'the wheels (a dependency missing from .whl?):\n'
+                         f'{probe.stderr[-3000:]}')
+    return env
+
+
+def _imports(python: str, env: dict) -> bool:
+    return subprocess.run([python, '-c', STACK_IMPORT], env=env,
+                          capture_output=True).returncode == 0
+
+
+def run_step(argv, limit_s: float, log_path: str, env: dict) -> dict:
+    """Run one step in its own process group, its output into ``log_path``; kill the group
+    (compile workers included) at ``limit_s``."""
+    t0 = time.monotonic()
+    with open(log_path, 'w') as log:
+        log.write('$ ' + shlex.join(argv) + '\n')
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=ROOT, start_new_session=True)
+        timed_out = False
+        try:
+            rc = proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+    if timed_out:
+        with open(log_path, 'a') as log:
+            log.write(f'\n[gpu_session] killed after {limit_s:.0f} s\n')
+    return dict(rc=rc, timed_out=timed_out, seconds=round(time.monotonic() - t0, 1))
+
+
+def tail(path: str, lines: int = 25) -> str:
+    with open(path, errors='replace') as f:
+        return ''.join(f.readlines()[-lines:])
+
+
+def summarize(results) -> str:
+    """A markdown table from ``[(name, what, status, json_or_None)]``."""
+    rows = ['| step | setting | grad ckpt | STAN clips/s | CLIP clips/s | STAN MFU | '
+            'CLIP MFU | time / FLOPs ratio | STAN peak mem |',
+            '|---|---|---|---|---|---|---|---|---|']
+    for name, what, status, data in results:
+        runs = (data or {}).get('model', {}).get('runs', [])
+        if not runs:
+            rows.append(f'| {name} | {what} | | {status} | | | | | |')
+            continue
+        for r in runs:
+            stan, clip = r.get('stan', {}), r.get('clip', {})
+            mem = stan.get('memory', {}).get('peak_alone')
+            rows.append('| {} | {} | {} | {:.1f} | {:.1f} | {} | {} | {:.3f} | {} |'.format(
+                name, what, 'on' if r.get('grad_checkpointing') else 'off',
+                stan.get('clips_per_s', float('nan')), clip.get('clips_per_s', float('nan')),
+                _pct(stan.get('mfu')), _pct(clip.get('mfu')),
+                r.get('time_over_flops', float('nan')),
+                f'{mem / 2**20:,.0f} MiB' if mem else '-'))
+    return '\n'.join(rows) + '\n'
+
+
+def _pct(x) -> str:
+    return '-' if x is None else f'{100 * x:.1f} %'
+
+
+def machine_text(python: str, env: dict) -> str:
+    parts = []
+    for cmd in (['nvidia-smi', '--query-gpu=name,memory.total,driver_version,clocks.max.sm,'
+                 'power.limit', '--format=csv'],
+                [python, '-c', 'import torch, platform; print("torch", torch.__version__, '
+                 '"cuda", torch.version.cuda, "python", platform.python_version()); '
+                 'print(torch.cuda.get_device_name() if torch.cuda.is_available() '
+                 'else "no CUDA device")']):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+            parts.append(done.stdout.strip() or done.stderr.strip()[-500:])
+        except (OSError, subprocess.TimeoutExpired) as e:
+            parts.append(f'{cmd[0]}: {e}')
+    return '\n'.join(parts) + '\n'
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    steps = step_commands(args)
+    if args.dry_run:
+        for name, cmd, limit, what in steps:
+            print(f'# {name} ({what}; limit {limit} s)\n{shlex.join(cmd)}')
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    start = time.monotonic()
+
+    def log(msg):
+        print(f'[gpu_session {time.monotonic() - start:6.1f} s] {msg}', flush=True)
+
+    env = stack_env(args, log)
+    with open(os.path.join(args.out, 'machine.txt'), 'w') as f:
+        f.write(machine_text(args.python, env))
+    results = []
+    for name, cmd, limit, what in steps:
+        left = args.budget - (time.monotonic() - start)
+        if left < MIN_STEP_S:
+            log(f'{name}: skipped, {left:.0f} s left of the budget')
+            results.append((name, what, f'skipped ({left:.0f} s left)', None))
+            continue
+        log(f'{name}: {what} (limit {min(limit, left):.0f} s)')
+        res = run_step(cmd, min(limit, left), os.path.join(args.out, f'{name}.log'), env)
+        data = None
+        path = os.path.join(args.out, f'{name}.json')
+        if res['rc'] == 0 and os.path.isfile(path):
+            with open(path) as f:
+                data = json.load(f)
+            status = f'done in {res["seconds"]} s'
+        elif res['timed_out']:
+            status = f'killed at its {min(limit, left):.0f} s limit'
+        else:
+            status = f'failed (exit {res["rc"]}; see {name}.log)'
+        log(f'{name}: {status}; last lines of {name}.log:')
+        print(tail(os.path.join(args.out, f'{name}.log')), flush=True)
+        results.append((name, what, status, data))
+    table = summarize(results)
+    with open(os.path.join(args.out, 'summary.md'), 'w') as f:
+        f.write(table)
+    print('\n' + table, flush=True)
+    return 0 if any(d is not None for *_, d in results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
