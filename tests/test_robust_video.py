@@ -267,6 +267,24 @@ def test_local_files_are_opened_by_path_and_file_clients_by_bytes(videos):
     assert disk['video_reader'].data is None and disk['total_frames'] == 16
 
 
+def test_relative_names_with_a_colon_are_files(videos, tmp_path, monkeypatch):
+    """FFmpeg reads a relative 'clip:1.mp4' as protocol 'clip' (decord: 'Protocol not
+    found'); SafeDecordInit, the OpenCV fallback and the demos' thumbnails open local
+    files by their absolute path."""
+    from stan_mm.datasets.transforms.video_io import SafeDecordInit
+    for name in ('clip:1.mp4', 'a b%20 é.mp4'):
+        shutil.copy(videos['ok'], tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    from stan_mm.apis.report import video_thumbnails
+    from stan_mm.datasets.transforms.video_io import decode_frames_opencv
+    for name in ('clip:1.mp4', 'a b%20 é.mp4'):
+        res = SafeDecordInit()(dict(filename=name, start_index=0, modality='RGB'))
+        assert res['total_frames'] == 16 and res['video_reader'].filename == name
+        assert len(decode_frames_opencv(name, [0, 15])) == 2       # the OpenCV fallback
+        jpgs = video_thumbnails(name, 2)                            # the demos' thumbnails
+        assert len(jpgs) == 2 and all(j[:2] == b'\xff\xd8' for j in jpgs)
+
+
 def test_directory_and_unreadable_file_are_named(videos, tmp_path):
     from stan_mm.datasets.transforms.video_io import SafeDecordInit
     folder = tmp_path / 'clips.mp4'

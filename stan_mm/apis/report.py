@@ -14,19 +14,20 @@ def video_thumbnails(path: str, num: int = 4, height: int = 96) -> List[bytes]:
     Raises ``VideoReadError`` when neither can read the file."""
     import cv2
     from stan_mm.datasets.transforms.video_io import VideoReadError, decode_frames_opencv
+    local = osp.abspath(path)   # FFmpeg reads a relative 'a:b.mp4' as protocol 'a'
     try:
         import decord
-        reader = decord.VideoReader(path, num_threads=1)
+        reader = decord.VideoReader(local, num_threads=1)
         total = len(reader)
         inds = _centres(total, num)
         frames = list(reader.get_batch(inds).asnumpy())
     except Exception:  # noqa: BLE001  (decord failures: try OpenCV, which names the file)
-        cap = cv2.VideoCapture(path)
+        cap = cv2.VideoCapture(local)
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
         cap.release()
         if total < 1:
             raise VideoReadError(path, 'neither decord nor OpenCV can read it')
-        frames = decode_frames_opencv(path, _centres(total, num), path)
+        frames = decode_frames_opencv(local, _centres(total, num), path)
     out = []
     for rgb in frames:
         h, w = rgb.shape[:2]

@@ -480,7 +480,7 @@ def bare_decode(path: str, inds: Sequence[int]) -> np.ndarray:
     """Bare decord decoding: ``[T', H, W, 3]`` uint8 frames ``inds`` of ``path`` (one
     decoder thread, as MMAction2's ``DecordInit``)."""
     import decord
-    reader = decord.VideoReader(path, num_threads=1)
+    reader = decord.VideoReader(osp.abspath(path), num_threads=1)
     return reader.get_batch(list(map(int, inds))).asnumpy()
 
 
@@ -531,7 +531,7 @@ def pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str], warmu
 
 def video_info(path: str) -> Dict[str, Any]:
     import decord
-    reader = decord.VideoReader(path, num_threads=1)
+    reader = decord.VideoReader(osp.abspath(path), num_threads=1)
     h, w = reader[0].shape[:2]
     return dict(frames=len(reader), width=int(w), height=int(h),
                 fps=float(reader.get_avg_fps()))

@@ -136,7 +136,8 @@ class SafeDecordInit(DecordInit):
                                      f'the file cannot be read ({_short(e)})') from e
             if osp.isdir(filename):
                 raise VideoReadError(filename, 'it is a directory, not a video file')
-            source, data = filename, None
+            # absolute, so FFmpeg never reads a relative 'name:rest' as a protocol
+            source, data = osp.abspath(filename), None
             if not os.access(filename, os.R_OK):
                 raise VideoReadError(filename, 'the file cannot be read (no read permission)')
         else:
@@ -281,7 +282,7 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
             f.write(source)
         path = tmp
     else:
-        path = os.fspath(source)
+        path = osp.abspath(os.fspath(source))   # a relative 'a:b.mp4' is no protocol
     try:
         cap = cv2.VideoCapture(path)
         if not cap.isOpened():
