@@ -451,8 +451,9 @@ def test_gpu_session_runs_a_step_and_writes_the_summary(tmp_path):
     data = json.loads((out / 'eager.json').read_text())
     runs = data['model']['runs']
     assert [r['grad_checkpointing'] for r in runs] == [False, True]
-    assert (out / 'eager.log').read_text().startswith('$ ')
+    assert (out / 'steps.log').read_text().startswith('$ ')
     assert (out / 'machine.txt').read_text().strip()
+    assert len(list(out.iterdir())) <= 8          # what a borrowed machine sends back
     rows = [r for r in (out / 'summary.md').read_text().splitlines()
             if r.startswith('| eager')]
     assert len(rows) == 2
@@ -494,3 +495,21 @@ def test_gpu_session_without_the_stack_installs_the_carried_wheels(tmp_path):
     with pytest.raises(SystemExit, match='still does not import'):
         session.main(common + ['--wheels', str(wheels)])
     assert (tmp_path / 'site' / 'standin' / '__init__.py').read_text() == 'VALUE = 7\n'
+
+
+def test_gpu_session_kills_a_step_at_its_time_limit(tmp_path, monkeypatch):
+    """A step past its limit is killed with its process group and reported as such; with
+    no step done the script exits 1."""
+    session = _load('gpu_session_kill', 'tools/analysis/gpu_session.py')
+    monkeypatch.setattr(session, 'STEPS', tuple(
+        (name, tail, 1 if name == 'eager' else limit, what)
+        for name, tail, limit, what in session.STEPS))
+    config = tmp_path / 'tiny_bench.py'
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / 'out'
+    rc = session.main(['--out', str(out), '--steps', 'eager', '--device', 'cpu',
+                       '--model-args', f'{config} --batch 1'])
+    assert rc == 1
+    assert not (out / 'eager.json').exists()
+    assert 'killed after 1 s' in (out / 'steps.log').read_text()
+    assert 'killed at its 1 s limit' in (out / 'summary.md').read_text()

@@ -25,9 +25,10 @@ bf16 autocast, a full training step (forward, backward, AdamW), against the same
 mean pooling, alternating (``--model-args`` replaces the model and batch arguments; the
 tests use a tiny config on CPU).
 
-Writes ``OUT/<step>.json`` and ``OUT/<step>.log`` per step, ``OUT/machine.txt`` and
-``OUT/summary.md`` (clips/s, MFU and time/FLOPs of both models per step; the same table is
-printed at the end).
+Writes ``OUT/<step>.json`` per step, ``OUT/steps.log`` (every step's output, one after the
+other), ``OUT/machine.txt`` and ``OUT/summary.md`` (clips/s, MFU and time/FLOPs of both
+models per step; the same table is printed at the end): at most 7 files, as a borrowed
+machine sends back at most 8.
 
 Only the standard library is imported here, so the script runs on the machine's own
 Python before the stack is there: when ``import mmengine, mmaction, open_clip, decord``
@@ -143,10 +144,10 @@ def _imports(python: str, env: dict) -> bool:
 
 
 def run_step(argv, limit_s: float, log_path: str, env: dict) -> dict:
-    """Run one step in its own process group, its output into ``log_path``; kill the group
-    (compile workers included) at ``limit_s``."""
+    """Run one step in its own process group, its output appended to ``log_path``; kill
+    the group (compile workers included) at ``limit_s``."""
     t0 = time.monotonic()
-    with open(log_path, 'w') as log:
+    with open(log_path, 'a') as log:
         log.write('$ ' + shlex.join(argv) + '\n')
         log.flush()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -164,9 +165,12 @@ def run_step(argv, limit_s: float, log_path: str, env: dict) -> dict:
     return dict(rc=rc, timed_out=timed_out, seconds=round(time.monotonic() - t0, 1))
 
 
-def tail(path: str, lines: int = 25) -> str:
-    with open(path, errors='replace') as f:
-        return ''.join(f.readlines()[-lines:])
+def tail(path: str, start: int = 0, lines: int = 25) -> str:
+    """The last ``lines`` lines of ``path`` after byte ``start``."""
+    with open(path, 'rb') as f:
+        f.seek(start)
+        text = f.read().decode(errors='replace')
+    return ''.join(text.splitlines(keepends=True)[-lines:])
 
 
 def summarize(results) -> str:
@@ -228,6 +232,8 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, 'machine.txt'), 'w') as f:
         f.write(machine_text(args.python, env))
     results = []
+    log_path = os.path.join(args.out, 'steps.log')
+    open(log_path, 'w').close()
     for name, cmd, limit, what in steps:
         left = args.budget - (time.monotonic() - start)
         if left < MIN_STEP_S:
@@ -235,7 +241,8 @@ def main(argv=None) -> int:
             results.append((name, what, f'skipped ({left:.0f} s left)', None))
             continue
         log(f'{name}: {what} (limit {min(limit, left):.0f} s)')
-        res = run_step(cmd, min(limit, left), os.path.join(args.out, f'{name}.log'), env)
+        log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        res = run_step(cmd, min(limit, left), log_path, env)
         data = None
         path = os.path.join(args.out, f'{name}.json')
         if res['rc'] == 0 and os.path.isfile(path):
@@ -245,9 +252,9 @@ def main(argv=None) -> int:
         elif res['timed_out']:
             status = f'killed at its {min(limit, left):.0f} s limit'
         else:
-            status = f'failed (exit {res["rc"]}; see {name}.log)'
-        log(f'{name}: {status}; last lines of {name}.log:')
-        print(tail(os.path.join(args.out, f'{name}.log')), flush=True)
+            status = f'failed (exit {res["rc"]}; see steps.log)'
+        log(f'{name}: {status}; the end of its output:')
+        print(tail(log_path, log_start), flush=True)
         results.append((name, what, status, data))
     table = summarize(results)
     with open(os.path.join(args.out, 'summary.md'), 'w') as f:
