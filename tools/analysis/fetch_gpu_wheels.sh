@@ -10,9 +10,12 @@ cd "$(dirname "$0")/../.."
 DEST=${1:-.whl}
 PYVER=${STAN_WHEEL_PYTHON:-3.12}
 # the pinned stack of requirements.txt (its == lines), mmcv-lite as tools/install.sh
-# installs it, and the small packages they import that such machines lack
+# installs it, and the small packages they import that such machines lack (found
+# 2026-12-06 by importing stan_mm, mmaction and open_clip and running the benchmark with
+# every other distribution than the GPU image's hidden: mmaction imports importlib_metadata)
 PINNED=$(grep -E '^(mmengine|mmaction2|mmpretrain|decord|open-clip-torch)==' requirements.txt)
-PKGS="$PINNED mmcv-lite==2.1.0 addict yapf platformdirs termcolor ftfy wcwidth"
+PKGS="$PINNED mmcv-lite==2.1.0 addict yapf platformdirs termcolor ftfy wcwidth
+      importlib-metadata lazy-importer"
 mkdir -p "$DEST"
 for pkg in $PKGS; do
   python3 -m pip download -q --no-deps --only-binary=:all: --dest "$DEST" \
