@@ -770,7 +770,7 @@ def _check_decodable(path: str, size: int) -> None:
     except ImportError:  # pragma: no cover - decord is a requirement
         return
     try:
-        decord.VideoReader(path).get_batch([0]).asnumpy()
+        decord.VideoReader(osp.abspath(path)).get_batch([0]).asnumpy()  # no protocol
     except Exception as e:
         warnings.warn(f'size={size}: decord cannot decode the generated video {path} '
                       f'({type(e).__name__}); use SafeDecordInit/SafeDecordDecode (OpenCV '
