@@ -513,3 +513,34 @@ def test_gpu_session_kills_a_step_at_its_time_limit(tmp_path, monkeypatch):
     assert not (out / 'eager.json').exists()
     assert 'killed after 1 s' in (out / 'steps.log').read_text()
     assert 'killed at its 1 s limit' in (out / 'summary.md').read_text()
+
+
+def test_parallel_pipeline_workers(tmp_path):
+    """--pipeline-workers 2: two worker processes measured at once; the aggregate clips/s
+    are the sums of the workers' own figures and the overhead is their ratio; a failing
+    worker is reported with its traceback."""
+    tool = _load('benchmark_tool_workers', 'tools/analysis/benchmark.py')
+    config = tmp_path / 'tiny_bench.py'
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / 'workers.json'
+    rc = tool.main([str(config), '--skip-model', '--num-videos', '2', '--video-size', '64',
+                    '48', '--video-frames', '16', '--video-cache', str(tmp_path / 'videos'),
+                    '--pipeline-warmup', '0', '--pipeline-repeats', '1',
+                    '--pipeline-workers', '2', '--out', str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())['pipeline']
+    assert res['workers'] == 2 and len(res['per_worker']) == 2
+    assert res['frames_per_clip'] == FRAMES
+    agg = res['aggregate']
+    pipe = [w['pipeline']['clips_per_s'] for w in res['per_worker']]
+    bare = [w['bare']['clips_per_s'] for w in res['per_worker']]
+    assert agg['pipeline_clips_per_s'] == pytest.approx(sum(pipe))
+    assert agg['bare_clips_per_s'] == pytest.approx(sum(bare))
+    assert agg['overhead'] == pytest.approx(sum(bare) / sum(pipe))
+    assert res['overhead_per_worker'] == [w['overhead']['median'] for w in res['per_worker']]
+    with pytest.raises(RuntimeError, match=r'worker \d failed:(.|\n)*NoSuchTransform'):
+        B.parallel_pipeline_benchmark([dict(type='NoSuchTransform')],
+                                      [str(p) for p in (tmp_path / 'videos').iterdir()],
+                                      2, 0, 1)
+    with pytest.raises(SystemExit):
+        tool.parse_args([str(config), '--pipeline-workers', '0'])

@@ -14,7 +14,8 @@ Two benchmarks, each against its own baseline measured in the same process:
 * **pipeline**: clips/s of a config's training pipeline (decord decoding + transforms,
   single process = one data worker) against bare decord decoding of the same frame
   indices (``decord.VideoReader(path, num_threads=1).get_batch(inds)``), alternating per
-  video.
+  video; or N such workers at once (:func:`parallel_pipeline_benchmark`), sharing the
+  cores as data workers do in training.
 
 Peak memory:
 
@@ -527,6 +528,82 @@ def pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str], warmu
     out['cpu_overhead'] = summarize(paired_ratios(rounds['pipeline_cpu'],
                                                   rounds['bare_cpu']))
     return out
+
+
+def _pipeline_worker(job: Mapping[str, Any], barrier, queue) -> None:
+    """One data worker of :func:`parallel_pipeline_benchmark` (a spawned process): OpenCV
+    and torch single-threaded, as mmengine's DataLoader workers; waits for the others,
+    then runs :func:`pipeline_benchmark` and puts ``(rank, result, error)`` on ``queue``."""
+    import traceback
+    try:
+        import cv2
+        cv2.setNumThreads(0)
+        torch.set_num_threads(1)
+        import stan_mm  # noqa: F401
+        barrier.wait(timeout=600)
+        res = pipeline_benchmark(job['pipeline'], job['videos'], job['warmup'],
+                                 job['repeats'])
+        queue.put((job['rank'], res, None))
+    except BaseException:  # noqa: BLE001  (reported to the parent with the traceback)
+        queue.put((job['rank'], None, traceback.format_exc()))
+
+
+def parallel_pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str],
+                                workers: int, warmup: int = 1, repeats: int = 5,
+                                timeout: float = 3600) -> Dict[str, Any]:
+    """``workers`` processes run :func:`pipeline_benchmark` at the same time, each over
+    every video, started together: data workers sharing the machine's cores, as in
+    training with as many workers as cores, where decord's helper thread no longer runs
+    on an idle core. Each worker pairs its own pipeline and bare rounds.
+
+    Returns ``per_worker`` (each worker's :func:`pipeline_benchmark` result) and
+    ``aggregate``: clips/s of the pipeline and of bare decoding summed over the workers,
+    and ``overhead`` = bare clips/s / pipeline clips/s (the time ratio of all workers
+    together); ``overhead_per_worker`` lists each worker's median paired ratio."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    if workers < 2:
+        raise ValueError(f'benchmark: parallel pipeline benchmark needs >= 2 workers, got '
+                         f'{workers}')
+    ctx = mp.get_context('spawn')
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_pipeline_worker, daemon=True, args=(
+        dict(rank=r, pipeline=[dict(t) for t in pipeline], videos=list(videos),
+             warmup=warmup, repeats=repeats), barrier, results)) for r in range(workers)]
+    for p in procs:
+        p.start()
+    per_worker: List[Optional[dict]] = [None] * workers
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(workers):
+            while True:
+                try:
+                    rank, res, err = results.get(timeout=2.0)
+                    break
+                except queue_mod.Empty:
+                    dead = [r for r, p in enumerate(procs)
+                            if p.exitcode not in (None, 0) and per_worker[r] is None]
+                    if dead or time.monotonic() > deadline:
+                        why = (f'exited with code {procs[dead[0]].exitcode}' if dead
+                               else f'did not finish within {timeout:.0f} s')
+                        raise RuntimeError(f'benchmark: pipeline worker '
+                                           f'{dead[0] if dead else "?"} {why}')
+            if err is not None:
+                raise RuntimeError(f'benchmark: pipeline worker {rank} failed:\n{err}')
+            per_worker[rank] = res
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=10)
+    pipe = sum(r['pipeline']['clips_per_s'] for r in per_worker)
+    bare = sum(r['bare']['clips_per_s'] for r in per_worker)
+    return dict(workers=workers, num_videos=len(videos),
+                frames_per_clip=per_worker[0]['frames_per_clip'], warmup=warmup,
+                repeats=repeats, per_worker=per_worker,
+                overhead_per_worker=[r['overhead']['median'] for r in per_worker],
+                aggregate=dict(pipeline_clips_per_s=pipe, bare_clips_per_s=bare,
+                               overhead=bare / pipe))
 
 
 def video_info(path: str) -> Dict[str, Any]:

@@ -13,6 +13,9 @@ and of a config's training data pipeline against bare decord decoding.
         --out gpu.json
     # data pipeline only (generates 340x256, 64-frame mp4 videos unless --videos DIR)
     python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --skip-model
+    # ... with 8 data workers at once (all cores busy on an 8-core machine)
+    python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --skip-model \\
+        --pipeline-workers 8
     # ... on Kinetics-like videos: 10 s at 30 fps, H.264 (needs `pip install av`)
     python tools/analysis/benchmark.py configs/stan/k400_self_b16.py --skip-model \\
         --video-frames 300 --video-codec h264
@@ -35,7 +38,9 @@ a child process, peak RSS of one step above the RSS before it (see
 stan_mm/utils/benchmark.py). Pipeline benchmark: clips/s of the config's train pipeline
 (decord + transforms, one process = one data worker, torch and OpenCV single-threaded as
 in DataLoader workers under mmengine) against bare decord decoding of the same frame
-indices, alternating per video. Writes every number to --out (JSON). See
+indices, alternating per video; --pipeline-workers N runs N such workers at once in
+separate processes (the cores shared as in training). Writes every number to --out
+(JSON). See
 docs/benchmarks.md.
 """
 import argparse
@@ -114,13 +119,20 @@ def parse_args(argv=None):
                    'Something-Something-v2); h264 and vp9 need PyAV (`pip install av`)')
     g.add_argument('--video-cache', help='where generated videos are kept (default: a '
                    'temporary folder, removed afterwards)')
+    g.add_argument('--pipeline-workers', type=int, default=1,
+                   help='data workers measured at the same time, each in its own process '
+                        '(default 1: one worker alone on the machine; the number of cores: '
+                        'all cores busy, as in training with that many workers)')
     g.add_argument('--pipeline-warmup', type=int, default=1)
     g.add_argument('--pipeline-repeats', type=int, default=5)
     g = p.add_argument_group('what to run / output')
     g.add_argument('--skip-model', action='store_true')
     g.add_argument('--skip-pipeline', action='store_true')
     g.add_argument('--out', help='write the results as JSON here')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.pipeline_workers < 1:
+        p.error(f'--pipeline-workers must be >= 1, got {args.pipeline_workers}')
+    return args
 
 
 def _load_config(path, options):
@@ -279,8 +291,13 @@ def run_pipeline_benchmark(args, cfg):
         cv2.setNumThreads(0)     # mmengine's default env_cfg for data workers
         print(f'... pipeline: {args.pipeline_warmup} warm-up + {args.pipeline_repeats} '
               f'rounds over {len(videos)} videos', flush=True)
-        res = B.pipeline_benchmark(pipeline, videos, args.pipeline_warmup,
-                                   args.pipeline_repeats)
+        if args.pipeline_workers > 1:
+            print(f'... {args.pipeline_workers} pipeline workers at once', flush=True)
+            res = B.parallel_pipeline_benchmark(pipeline, videos, args.pipeline_workers,
+                                                args.pipeline_warmup, args.pipeline_repeats)
+        else:
+            res = B.pipeline_benchmark(pipeline, videos, args.pipeline_warmup,
+                                       args.pipeline_repeats)
         res['videos'] = [dict(B.video_info(v), file=os.path.basename(v)) for v in videos]
         res['transforms'] = [t.get('type') for t in pipeline]
     finally:
@@ -345,6 +362,16 @@ def format_model(res) -> str:
 
 def format_pipeline(res) -> str:
     v = res['videos'][0]
+    if 'aggregate' in res:
+        a = res['aggregate']
+        return '\n'.join([
+            f"data pipeline ({' > '.join(res['transforms'])}) on {res['num_videos']} videos "
+            f"{v['width']}x{v['height']}, {v['frames']} frames, {res['frames_per_clip']} "
+            f"frames per clip, {res['workers']} worker processes at once",
+            f"  train pipeline {a['pipeline_clips_per_s']:.1f} clips/s, bare decord "
+            f"{a['bare_clips_per_s']:.1f} clips/s (sums over the workers)",
+            f"  -> overhead pipeline/bare {a['overhead']:.3f}; per worker (paired rounds) "
+            + ', '.join(f'{x:.3f}' for x in res['overhead_per_worker'])])
     o, co = res['overhead'], res['cpu_overhead']
     return '\n'.join([
         f"data pipeline ({' > '.join(res['transforms'])}) on {res['num_videos']} videos "
