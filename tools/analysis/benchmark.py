@@ -362,21 +362,22 @@ def format_model(res) -> str:
 
 def format_pipeline(res) -> str:
     v = res['videos'][0]
+    workers = res.get('workers', 1)
+    header = (f"data pipeline ({' > '.join(res['transforms'])}) on {res['num_videos']} "
+              f"videos {v['width']}x{v['height']}, {v['frames']} frames, "
+              f"{res['frames_per_clip']} frames per clip, "
+              + (f'{workers} worker processes at once' if workers > 1 else 'single process'))
     if 'aggregate' in res:
         a = res['aggregate']
         return '\n'.join([
-            f"data pipeline ({' > '.join(res['transforms'])}) on {res['num_videos']} videos "
-            f"{v['width']}x{v['height']}, {v['frames']} frames, {res['frames_per_clip']} "
-            f"frames per clip, {res['workers']} worker processes at once",
+            header,
             f"  train pipeline {a['pipeline_clips_per_s']:.1f} clips/s, bare decord "
             f"{a['bare_clips_per_s']:.1f} clips/s (sums over the workers)",
             f"  -> overhead pipeline/bare {a['overhead']:.3f}; per worker (paired rounds) "
             + ', '.join(f'{x:.3f}' for x in res['overhead_per_worker'])])
     o, co = res['overhead'], res['cpu_overhead']
     return '\n'.join([
-        f"data pipeline ({' > '.join(res['transforms'])}) on {res['num_videos']} videos "
-        f"{v['width']}x{v['height']}, {v['frames']} frames, {res['frames_per_clip']} "
-        f"frames per clip, single process",
+        header,
         f"  train pipeline {res['pipeline']['clips_per_s']:.1f} clips/s, bare decord "
         f"{res['bare']['clips_per_s']:.1f} clips/s",
         f"  -> overhead pipeline/bare {o['median']:.3f} (per-round range {o['min']:.3f}-"

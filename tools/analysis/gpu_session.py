@@ -114,7 +114,7 @@ def stack_env(args, log) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     paths = [ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
     env['PYTHONPATH'] = os.pathsep.join(paths)
-    if _imports(args.python, env):
+    if _import_error(args.python, env) is None:
         return env
     wheels = sorted(glob.glob(os.path.join(args.wheels, '*.whl')))
     if not wheels:
@@ -129,18 +129,18 @@ def stack_env(args, log) -> dict:
     if done.returncode != 0:
         raise SystemExit(f'gpu_session: installing the wheels failed:\n{done.stderr[-3000:]}')
     env['PYTHONPATH'] = os.pathsep.join([args.site] + paths)
-    if not _imports(args.python, env):
-        probe = subprocess.run([args.python, '-c', STACK_IMPORT], env=env,
-                               capture_output=True, text=True)
+    error = _import_error(args.python, env)
+    if error is not None:
         raise SystemExit(f'gpu_session: the stack still does not import after installing '
-                         f'the wheels (a dependency missing from .whl?):\n'
-                         f'{probe.stderr[-3000:]}')
+                         f'the wheels (a dependency missing from .whl?):\n{error[-3000:]}')
     return env
 
 
-def _imports(python: str, env: dict) -> bool:
-    return subprocess.run([python, '-c', STACK_IMPORT], env=env,
-                          capture_output=True).returncode == 0
+def _import_error(python: str, env: dict):
+    """None when ``python`` imports the stack in ``env``, else its error output."""
+    done = subprocess.run([python, '-c', STACK_IMPORT], env=env, capture_output=True,
+                          text=True)
+    return None if done.returncode == 0 else done.stderr
 
 
 def run_step(argv, limit_s: float, log_path: str, env: dict) -> dict:

@@ -38,8 +38,7 @@ def apply_resize_fast_path() -> None:
             return list(imgs)
         return original(self, imgs, new_w, new_h)
 
-    setattr(_resize_imgs, _MARK, True)
-    _resize_imgs.__wrapped__ = original
+    setattr(_resize_imgs, _MARK, True)       # functools.wraps set __wrapped__
     Resize._resize_imgs = _resize_imgs
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import os.path as osp
 import re
+import stat
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
@@ -132,14 +133,15 @@ class SafeDecordInit(DecordInit):
             # a local file: decord opens the path itself (as bare decord does), which
             # saves reading the whole file into memory first (~0.3 ms per 340x256 clip)
             try:
-                size = os.stat(filename).st_size
+                info = os.stat(filename)
             except FileNotFoundError:
                 raise VideoReadError(filename, 'file not found') from None
             except OSError as e:
                 raise VideoReadError(filename,
                                      f'the file cannot be read ({_short(e)})') from e
-            if osp.isdir(filename):
+            if stat.S_ISDIR(info.st_mode):
                 raise VideoReadError(filename, 'it is a directory, not a video file')
+            size = info.st_size
             # absolute, so FFmpeg never reads a relative 'name:rest' as a protocol
             source, data = osp.abspath(filename), None
             if not os.access(filename, os.R_OK):
