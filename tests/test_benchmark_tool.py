@@ -544,3 +544,46 @@ def test_parallel_pipeline_workers(tmp_path):
                                       2, 0, 1)
     with pytest.raises(SystemExit):
         tool.parse_args([str(config), '--pipeline-workers', '0'])
+
+
+def test_compare_fast_paths_runs_the_pipeline_both_ways(tmp_path):
+    """--compare-fast-paths: every video also goes through the pipeline with stan_mm's fast
+    paths off (checked from inside the pipeline), and the reported ratios are the paired
+    per-round ratios of the recorded times."""
+    from mmaction.registry import TRANSFORMS
+    from mmaction.datasets.transforms import FormatShape
+    from stan_mm.datasets.transforms import video_io
+    seen = []
+
+    @TRANSFORMS.register_module(name='RecordFastPathsForTest', force=True)
+    class Record:
+        def __call__(self, results):
+            seen.append((video_io.ZERO_COPY,
+                         hasattr(FormatShape.transform, '__wrapped__')))
+            return results
+
+    videos = B.write_benchmark_videos(str(tmp_path), num_videos=2, width=64, height=48,
+                                      num_frames=16, seed=2)
+    pipeline = [dict(type='SafeDecordInit'), dict(type='UniformSample', clip_len=FRAMES),
+                dict(type='SafeDecordDecode'), dict(type='RecordFastPathsForTest'),
+                dict(type='FormatShape', input_format='NCTHW'), dict(type='PackActionInputs')]
+    res = B.pipeline_benchmark(pipeline, videos, warmup=1, repeats=2,
+                               compare_fast_paths=True)
+    assert sorted(set(seen)) == [(False, False), (True, True)]
+    assert seen.count((True, True)) == seen.count((False, False)) == 3 * 2
+    assert video_io.ZERO_COPY and hasattr(FormatShape.transform, '__wrapped__')
+    stock = res['without_fast_paths']
+    with_t = res['pipeline']['round_time_s']['values']
+    without_t = stock['round_time_s']['values']
+    bare_t = res['bare']['round_time_s']['values']
+    assert len(with_t) == len(without_t) == 2
+    assert res['fast_paths_time_ratio']['values'] == pytest.approx(
+        [a / b for a, b in zip(with_t, without_t)])
+    assert stock['overhead']['values'] == pytest.approx(
+        [a / b for a, b in zip(without_t, bare_t)])
+    assert res['fast_paths_cpu_ratio']['median'] > 0 and stock['cpu_clips_per_s'] > 0
+    plain = B.pipeline_benchmark(pipeline, videos, warmup=0, repeats=1)
+    assert 'without_fast_paths' not in plain and 'fast_paths_time_ratio' not in plain
+    tool = _load('benchmark_tool_fast_paths', 'tools/analysis/benchmark.py')
+    with pytest.raises(SystemExit):
+        tool.parse_args(['x.py', '--compare-fast-paths', '--pipeline-workers', '2'])

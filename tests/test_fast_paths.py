@@ -1,10 +1,15 @@
-"""The exact fast path for MMAction2's Resize (stan_mm/datasets/transforms/fast_paths.py):
-frames already at the target size are handed on, bit for bit what cv2.resize returns."""
+"""The exact fast paths for MMAction2's transforms (stan_mm/datasets/transforms/fast_paths.py):
+Resize hands on frames already at the target size, bit for bit what cv2.resize returns;
+FormatShape uses the array a list of frames tiles instead of copying it; UniformSample draws
+a training clip's indices in one call, the same indices and generator state as MMAction2's
+loop."""
+import os
+
 import numpy as np
 import pytest
 
 import stan_mm  # noqa: F401  (installs the fast path)
-from mmaction.datasets.transforms import Resize
+from mmaction.datasets.transforms import FormatShape, Resize, UniformSample
 from mmcv.image.geometric import cv2_interp_codes
 
 cv2 = pytest.importorskip('cv2')
@@ -75,3 +80,155 @@ def test_fast_path_is_installed_once():
     apply_resize_fast_path()
     assert Resize._resize_imgs is before
     assert not getattr(Resize._resize_imgs.__wrapped__, '_stan_mm_fast_path', False)
+
+
+# --------------------------------------------------------------------------- FormatShape
+def _format(imgs, input_format, patched=True, num_clips=1):
+    results = dict(imgs=imgs, num_clips=num_clips, clip_len=len(imgs) // num_clips,
+                   modality='RGB')
+    fmt = FormatShape(input_format=input_format)
+    if patched:
+        return fmt(results)
+    saved = FormatShape.transform
+    FormatShape.transform = saved.__wrapped__
+    try:
+        return fmt(results)
+    finally:
+        FormatShape.transform = saved
+
+
+def _frame_lists():
+    """(name, frames, whether they tile one array)"""
+    rng = np.random.default_rng(2)
+    clip = rng.integers(0, 256, (8, 6, 5, 3), dtype=np.uint8)
+    separate = [f.copy() for f in clip]
+    read_only = clip.copy()
+    read_only.flags.writeable = False
+    strided = rng.integers(0, 256, (8, 6, 10, 3), dtype=np.uint8)[:, :, ::2]
+    yield 'views', list(clip), True
+    yield 'views of a float clip', list(clip.astype(np.float32)), True
+    yield 'separate arrays', separate, False
+    yield 'views, reordered', list(clip[::-1]), False
+    yield 'views, one swapped', [clip[1], clip[0]] + list(clip[2:]), False
+    yield 'views of part of an array', list(clip)[:4], False
+    yield 'a view and a copy', [clip[0].copy()] + list(clip[1:]), False
+    yield 'strided views', list(strided), False
+    yield 'read-only array', list(read_only), False
+    yield 'crops of the views', [f[1:5, 1:4] for f in clip], False
+
+
+@pytest.mark.parametrize('input_format', ['NCTHW', 'NCHW'])
+def test_format_shape_equals_mmaction_without_the_fast_path(input_format):
+    for name, imgs, tiles in _frame_lists():
+        fast = _format(list(imgs), input_format)
+        slow = _format(list(imgs), input_format, patched=False)
+        assert fast['imgs'].dtype == slow['imgs'].dtype, name
+        assert fast['imgs'].shape == slow['imgs'].shape == fast['input_shape'], name
+        assert fast['imgs'].strides == slow['imgs'].strides, name
+        np.testing.assert_array_equal(fast['imgs'], slow['imgs'], err_msg=name)
+        # the copy is skipped exactly when the frames tile one writeable array
+        assert np.shares_memory(fast['imgs'], imgs[0]) == tiles, name
+        assert not np.shares_memory(slow['imgs'], imgs[0]), name
+
+
+def test_format_shape_after_clip_randaugment_skips_the_copy():
+    """ClipRandAugment returns views of its output array; FormatShape keeps that array."""
+    from stan_mm.datasets.transforms.clip_randaugment import ClipRandAugment
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(4)]
+    torch = pytest.importorskip('torch')
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = ClipRandAugment(num_ops=2, magnitude=21)(dict(imgs=list(imgs)))['imgs']
+        if any(a is b for a, b in zip(out, imgs)):
+            continue                   # only Identity drawn: the input frames themselves
+        fast = _format(out, 'NCTHW')
+        np.testing.assert_array_equal(fast['imgs'][0], np.stack(out).transpose(3, 0, 1, 2))
+        assert np.shares_memory(fast['imgs'], out[0])
+        return
+    pytest.fail('no seed drew a non-Identity op')
+
+
+# --------------------------------------------------------------------------- UniformSample
+def _sample(sampler, num_frames, patched=True):
+    if patched:
+        return sampler._get_sample_clips(num_frames)
+    return UniformSample._get_sample_clips.__wrapped__(sampler, num_frames)
+
+
+@pytest.mark.parametrize('clip_len', [1, 3, 8, 16, 32])
+def test_uniform_sample_draws_what_mmaction_draws(clip_len):
+    """Same indices and same generator state afterwards, over seeds and frame counts
+    (fewer frames than clip_len included)."""
+    sampler = UniformSample(clip_len=clip_len)
+    for num_frames in (1, 2, 5, 8, 9, 17, 64, 301, 1000, 2 ** 20):
+        for seed in range(40):
+            np.random.seed(seed)
+            fast = _sample(sampler, num_frames)
+            after_fast = np.random.random()
+            np.random.seed(seed)
+            slow = _sample(sampler, num_frames, patched=False)
+            after_slow = np.random.random()
+            assert fast.dtype == slow.dtype and fast.shape == slow.shape == (clip_len,)
+            np.testing.assert_array_equal(fast, slow, err_msg=f'{num_frames} {seed}')
+            assert after_fast == after_slow
+            assert fast.min() >= 0 and fast.max() <= num_frames - 1
+
+
+def test_uniform_sample_transform_and_test_mode():
+    np.random.seed(0)
+    fast = UniformSample(clip_len=8)(dict(total_frames=np.int64(90), start_index=1))
+    np.random.seed(0)
+    saved = UniformSample._get_sample_clips
+    UniformSample._get_sample_clips = saved.__wrapped__
+    try:
+        slow = UniformSample(clip_len=8)(dict(total_frames=np.int64(90), start_index=1))
+        test_slow = UniformSample(clip_len=8, num_clips=2, test_mode=True)._get_sample_clips(90)
+    finally:
+        UniformSample._get_sample_clips = saved
+    assert fast['frame_inds'].dtype == slow['frame_inds'].dtype == np.int32
+    np.testing.assert_array_equal(fast['frame_inds'], slow['frame_inds'])
+    test_fast = UniformSample(clip_len=8, num_clips=2, test_mode=True)._get_sample_clips(90)
+    np.testing.assert_array_equal(test_fast, test_slow)
+
+
+def test_disabled_restores_mmaction_and_the_copy(tmp_path):
+    from stan_mm.datasets.transforms import fast_paths, video_io
+    patched = (Resize._resize_imgs, FormatShape.transform, UniformSample._get_sample_clips)
+    assert video_io.ZERO_COPY
+    with fast_paths.disabled():
+        assert (Resize._resize_imgs, FormatShape.transform,
+                UniformSample._get_sample_clips) == tuple(f.__wrapped__ for f in patched)
+        assert not video_io.ZERO_COPY
+        clip = np.zeros((2, 4, 5, 3), np.uint8)
+        assert not np.shares_memory(_format(list(clip), 'NCTHW')['imgs'], clip)
+    assert (Resize._resize_imgs, FormatShape.transform,
+            UniformSample._get_sample_clips) == patched
+    assert video_io.ZERO_COPY
+    assert np.shares_memory(_format(list(clip), 'NCTHW')['imgs'], clip)
+    with pytest.raises(KeyError):
+        with fast_paths.disabled():
+            raise KeyError('restored on errors too')
+    assert FormatShape.transform is patched[1] and video_io.ZERO_COPY
+
+
+def test_environment_variable_turns_them_off():
+    import subprocess
+    import sys
+    code = ('import stan_mm; from mmaction.datasets.transforms import Resize, FormatShape; '
+            'from stan_mm.datasets.transforms import video_io; '
+            "print(hasattr(Resize._resize_imgs, '__wrapped__'), "
+            "hasattr(FormatShape.transform, '__wrapped__'), video_io.ZERO_COPY)")
+    for value, expected in (('1', 'False False False'), ('0', 'True True True')):
+        env = dict(os.environ, STAN_MM_NO_FAST_PATHS=value)
+        out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split('\n')
+        assert out[-2] == expected, (value, out)
+
+
+def test_fast_paths_are_installed_once():
+    from stan_mm.datasets.transforms import fast_paths
+    before = FormatShape.transform, UniformSample._get_sample_clips
+    fast_paths.apply_format_shape_fast_path()
+    fast_paths.apply_uniform_sample_fast_path()
+    assert (FormatShape.transform, UniformSample._get_sample_clips) == before

@@ -142,6 +142,71 @@ def test_good_video_matches_stock_decord(videos):
     check_frames(safe)
 
 
+def test_decoded_batch_is_handed_over_without_a_copy(videos):
+    """SafeDecordDecode takes decord's batch through DLPack: the frames are the bytes
+    ``asnumpy()`` gives, views of one array per clip that outlives the reader and is not
+    reused by the next clip."""
+    import gc
+    import decord
+    from stan_mm.datasets.transforms.fast_paths import tiled_array
+    inds = np.array([0, 3, 5, 9, 15])
+    reader = decord.VideoReader(videos['ok'], num_threads=1)
+    copied = reader.get_batch(inds).asnumpy()
+    first = decode(videos['ok'], sampler=dict(type='UniformSample', clip_len=5,
+                                              test_mode=True))
+    results = dict(video_reader=reader, frame_inds=inds, filename=videos['ok'])
+    imgs = SafeDecordDecode()(results)['imgs']
+    assert results['video_reader'] is None
+    del reader, results
+    gc.collect()
+    np.testing.assert_array_equal(np.stack(imgs), copied)
+    base = tiled_array(imgs)
+    assert base is not None and base.shape == copied.shape       # one array ...
+    assert not base.flags.owndata                                 # ... decord's memory
+    assert not np.shares_memory(base, np.stack(first['imgs']))
+    again = decode(videos['ok'], sampler='all')['imgs']          # a later clip ...
+    imgs[0][...] = 0                                              # ... and a write
+    np.testing.assert_array_equal(np.stack(imgs[1:]), copied[1:])  # leave the rest
+    assert not np.shares_memory(tiled_array(again), base)
+    check_frames(dict(imgs=again, frame_inds=np.arange(16)))
+
+
+class _FakeBatch:
+    """A decord batch stand-in: ``to_dlpack`` as given, ``asnumpy`` counted."""
+
+    def __init__(self, arr, to_dlpack=None, ctx='cpu(0)'):
+        self.arr, self.ctx, self.copies = arr, ctx, 0
+        if to_dlpack is not None:
+            self.to_dlpack = to_dlpack
+
+    def asnumpy(self):
+        self.copies += 1
+        return self.arr.copy()
+
+
+def test_batch_conversion_falls_back_to_a_copy():
+    from stan_mm.datasets.transforms.video_io import decord_batch_to_numpy
+    arr = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
+    tensor = torch.from_numpy(arr)
+
+    def broken():
+        raise RuntimeError('no DLPack here')
+
+    for batch, copies in [
+            (_FakeBatch(arr), 1),                                      # no to_dlpack
+            (_FakeBatch(arr, broken), 1),                              # it fails
+            (_FakeBatch(arr, lambda: torch.utils.dlpack.to_dlpack(tensor), 'gpu(0)'), 1),
+            (_FakeBatch(arr.astype(np.float32),                        # not uint8
+                        lambda: torch.utils.dlpack.to_dlpack(tensor.float())), 1),
+            (_FakeBatch(arr, lambda: torch.utils.dlpack.to_dlpack(tensor)), 0)]:
+        out = decord_batch_to_numpy(batch)
+        np.testing.assert_array_equal(out, arr)
+        assert batch.copies == copies
+        assert out.dtype == batch.arr.dtype or copies == 0
+    viewed = decord_batch_to_numpy(tensor)                # decord's torch bridge
+    assert np.shares_memory(viewed, arr)
+
+
 @pytest.mark.parametrize('name,words', [
     ('missing', 'file not found'),
     ('zero', 'empty (0 bytes)'),

@@ -486,26 +486,47 @@ def bare_decode(path: str, inds: Sequence[int]) -> np.ndarray:
 
 
 def pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str], warmup: int = 1,
-                       repeats: int = 5) -> Dict[str, Any]:
+                       repeats: int = 5, compare_fast_paths: bool = False) -> Dict[str, Any]:
     """Alternate, per video, the training pipeline and bare decoding of the frames that
     pipeline call decoded. One round visits every video; clips/s of a round = videos /
-    seconds. Returns per-round figures, medians and the paired ratio."""
+    seconds. Returns per-round figures, medians and the paired ratio.
+
+    ``compare_fast_paths``: also run the pipeline without stan_mm's exact fast paths
+    (``stan_mm.datasets.transforms.fast_paths.disabled()``: MMAction2's own ``Resize``,
+    ``FormatShape`` and ``UniformSample`` code, decord's batch copied), per video before or
+    after the pipeline with them (the order alternates), on its own random draws. Adds
+    ``without_fast_paths`` (clips/s, CPU clips/s, overhead over bare decoding) and
+    ``fast_paths_time_ratio`` / ``fast_paths_cpu_ratio``: paired per-round ratios of the
+    time with them to the time without (below 1: they save time)."""
     if not videos:
         raise ValueError('benchmark: no videos for the pipeline benchmark')
+    from stan_mm.datasets.transforms.fast_paths import disabled
     runner = PipelineRunner(pipeline)
-    rounds = dict(pipeline_wall=[], bare_wall=[], pipeline_cpu=[], bare_cpu=[])
+    stock = PipelineRunner(pipeline) if compare_fast_paths else None
+    keys = ['pipeline', 'bare'] + (['stock'] if compare_fast_paths else [])
+    rounds = {f'{k}_{t}': [] for k in keys for t in ('wall', 'cpu')}
     frames_per_clip = None
+
+    def timed(key, acc, fn):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        acc[f'{key}_wall'] += time.perf_counter() - w0
+        acc[f'{key}_cpu'] += time.process_time() - c0
+        return out
+
+    def run_stock(path):
+        with disabled():
+            return stock(path)
+
     for r in range(warmup + repeats):
         acc = dict.fromkeys(rounds, 0.0)
-        for path in videos:
-            w0, c0 = time.perf_counter(), time.process_time()
-            _, inds = runner(path)
-            acc['pipeline_wall'] += time.perf_counter() - w0
-            acc['pipeline_cpu'] += time.process_time() - c0
-            w0, c0 = time.perf_counter(), time.process_time()
-            frames = bare_decode(path, inds)
-            acc['bare_wall'] += time.perf_counter() - w0
-            acc['bare_cpu'] += time.process_time() - c0
+        for i, path in enumerate(videos):
+            if stock is not None and (r + i) % 2:
+                timed('stock', acc, lambda: run_stock(path))
+            _, inds = timed('pipeline', acc, lambda: runner(path))
+            if stock is not None and not (r + i) % 2:
+                timed('stock', acc, lambda: run_stock(path))
+            frames = timed('bare', acc, lambda: bare_decode(path, inds))
             frames_per_clip = len(frames)
         if r >= warmup:
             for k, v in acc.items():
@@ -515,11 +536,12 @@ def pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str], warmu
     n = len(videos)
     out = dict(num_videos=n, frames_per_clip=frames_per_clip, warmup=warmup,
                repeats=repeats)
-    for key in ('pipeline', 'bare'):
-        out[key] = dict(clips_per_s=n / statistics.median(rounds[f'{key}_wall']),
-                        cpu_clips_per_s=n / statistics.median(rounds[f'{key}_cpu']),
-                        round_time_s=summarize(rounds[f'{key}_wall']),
-                        round_cpu_time_s=summarize(rounds[f'{key}_cpu']))
+    for key in keys:
+        out['without_fast_paths' if key == 'stock' else key] = dict(
+            clips_per_s=n / statistics.median(rounds[f'{key}_wall']),
+            cpu_clips_per_s=n / statistics.median(rounds[f'{key}_cpu']),
+            round_time_s=summarize(rounds[f'{key}_wall']),
+            round_cpu_time_s=summarize(rounds[f'{key}_cpu']))
     out['per_transform_cpu_ms'] = [
         [name, 1e3 * sec / (n * repeats)] for name, sec in zip(runner.names,
                                                                 runner.cpu_seconds)]
@@ -527,6 +549,14 @@ def pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str], warmu
     out['overhead'] = summarize(paired_ratios(rounds['pipeline_wall'], rounds['bare_wall']))
     out['cpu_overhead'] = summarize(paired_ratios(rounds['pipeline_cpu'],
                                                   rounds['bare_cpu']))
+    if stock is not None:
+        out['without_fast_paths'].update(
+            overhead=summarize(paired_ratios(rounds['stock_wall'], rounds['bare_wall'])),
+            cpu_overhead=summarize(paired_ratios(rounds['stock_cpu'], rounds['bare_cpu'])))
+        out['fast_paths_time_ratio'] = summarize(paired_ratios(rounds['pipeline_wall'],
+                                                               rounds['stock_wall']))
+        out['fast_paths_cpu_ratio'] = summarize(paired_ratios(rounds['pipeline_cpu'],
+                                                              rounds['stock_cpu']))
     return out
 
 

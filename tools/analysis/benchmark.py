@@ -123,6 +123,10 @@ def parse_args(argv=None):
                    help='data workers measured at the same time, each in its own process '
                         '(default 1: one worker alone on the machine; the number of cores: '
                         'all cores busy, as in training with that many workers)')
+    g.add_argument('--compare-fast-paths', action='store_true',
+                   help="also time the pipeline without stan_mm's exact fast paths "
+                        "(MMAction2's own Resize/FormatShape/UniformSample code, decord's "
+                        'batch copied), alternating with it; single process only')
     g.add_argument('--pipeline-warmup', type=int, default=1)
     g.add_argument('--pipeline-repeats', type=int, default=5)
     g = p.add_argument_group('what to run / output')
@@ -132,6 +136,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.pipeline_workers < 1:
         p.error(f'--pipeline-workers must be >= 1, got {args.pipeline_workers}')
+    if args.compare_fast_paths and args.pipeline_workers > 1:
+        p.error('--compare-fast-paths measures one worker: use it without --pipeline-workers')
     return args
 
 
@@ -297,7 +303,8 @@ def run_pipeline_benchmark(args, cfg):
                                                 args.pipeline_warmup, args.pipeline_repeats)
         else:
             res = B.pipeline_benchmark(pipeline, videos, args.pipeline_warmup,
-                                       args.pipeline_repeats)
+                                       args.pipeline_repeats,
+                                       compare_fast_paths=args.compare_fast_paths)
         res['videos'] = [dict(B.video_info(v), file=os.path.basename(v)) for v in videos]
         res['transforms'] = [t.get('type') for t in pipeline]
     finally:
@@ -376,6 +383,15 @@ def format_pipeline(res) -> str:
             f"  -> overhead pipeline/bare {a['overhead']:.3f}; per worker (paired rounds) "
             + ', '.join(f'{x:.3f}' for x in res['overhead_per_worker'])])
     o, co = res['overhead'], res['cpu_overhead']
+    extra = []
+    if 'without_fast_paths' in res:
+        w, r, rc = (res['without_fast_paths'], res['fast_paths_time_ratio'],
+                    res['fast_paths_cpu_ratio'])
+        extra = [f"  without stan_mm's fast paths {w['clips_per_s']:.1f} clips/s, overhead "
+                 f"over bare {w['overhead']['median']:.3f} (CPU time "
+                 f"{w['cpu_overhead']['median']:.3f}); time with / without "
+                 f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}), CPU time "
+                 f"{rc['median']:.3f}"]
     return '\n'.join([
         header,
         f"  train pipeline {res['pipeline']['clips_per_s']:.1f} clips/s, bare decord "
@@ -384,7 +400,7 @@ def format_pipeline(res) -> str:
         f"{o['max']:.3f}); CPU time {co['median']:.3f} ({co['min']:.3f}-{co['max']:.3f})",
         '  CPU ms per clip: ' + ', '.join(f'{name} {ms:.2f}'
                                           for name, ms in res['per_transform_cpu_ms'])
-        + f"; bare decord {res['bare']['cpu_ms_per_clip']:.2f}"])
+        + f"; bare decord {res['bare']['cpu_ms_per_clip']:.2f}"] + extra)
 
 
 def main(argv=None) -> int:

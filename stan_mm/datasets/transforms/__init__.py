@@ -2,4 +2,4 @@
 from .tokenize import CLIPBPETokenize, tokenize  # noqa: F401
 from . import video_io  # noqa: F401  (SafeDecordInit, SafeDecordDecode, SkipUnreadable)
 from . import clip_randaugment  # noqa: F401  (ClipRandAugment)
-from . import fast_paths  # noqa: F401  (MMAction2's Resize skips resizes to the same size)
+from . import fast_paths  # noqa: F401  (exact fast paths for MMAction2's Resize, FormatShape, UniformSample)

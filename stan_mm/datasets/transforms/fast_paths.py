@@ -10,13 +10,73 @@ With the fast path the frames are handed on as they are: the same pixels, shapes
 types, without the copy. The one difference is aliasing: a later in-place transform (e.g.
 ``Flip``) then writes into the decoded arrays, which nothing but ``results['imgs']`` holds.
 ``[H, W, 1]`` frames keep the slow path (``cv2.resize`` drops their channel axis).
+
+``FormatShape`` on a list of frames that are consecutive views of one C-contiguous array
+(what :class:`~stan_mm.datasets.transforms.ClipRandAugment` and
+:class:`~stan_mm.datasets.transforms.SafeDecordDecode` return). ``FormatShape`` stacks the
+list with ``np.array(imgs)``, a copy of the whole clip (1.2 MB for 8 frames of 224x224);
+that array is the one the views already tile, so it is used as it is. Same values, shape,
+dtype and strides; the list of views is replaced, as the copy replaced it.
+
+``UniformSample`` in training mode draws one index per segment with a Python loop of
+``np.random.randint(start, end + 1)`` calls; the fast path makes one call with the arrays
+of bounds (cached per frame count and clip length). NumPy's legacy generator draws an
+array-bounded ``randint`` element by element with the same bounded-integer routine as the
+scalar call, so the indices and the generator's state afterwards are the same
+(``tests/test_fast_paths.py`` compares with MMAction2's method over many seeds and frame
+counts). Test mode keeps MMAction2's code.
+
+:class:`~stan_mm.datasets.transforms.SafeDecordDecode` has one more of the same kind: it
+takes decord's batch without ``asnumpy()``'s copy (``video_io.decord_batch_to_numpy``).
+
+All of them can be turned off: environment variable ``STAN_MM_NO_FAST_PATHS=1`` before
+``import stan_mm`` (nothing is patched, the decoder copies), or ``with disabled(): ...``
+for a block (what ``tools/analysis/benchmark.py --compare-fast-paths`` measures).
 """
+import contextlib
 import functools
-from typing import List, Sequence
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 _MARK = '_stan_mm_fast_path'
+ENV_OFF = 'STAN_MM_NO_FAST_PATHS'
+_PATCHED: List[Tuple[type, str]] = []     # (class, attribute) of every installed patch
+
+
+def enabled_by_env() -> bool:
+    """False when ``STAN_MM_NO_FAST_PATHS`` is set to anything but ``''`` or ``'0'``."""
+    return os.environ.get(ENV_OFF, '').strip() in ('', '0')
+
+
+def _install(owner: type, name: str, make) -> None:
+    """Replace ``owner.name`` by ``make(original)`` once (idempotent)."""
+    original = getattr(owner, name)
+    if getattr(original, _MARK, False):
+        return
+    fast = functools.wraps(original)(make(original))      # sets __wrapped__
+    setattr(fast, _MARK, True)
+    setattr(owner, name, fast)
+    _PATCHED.append((owner, name))
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """MMAction2's own methods, and ``SafeDecordDecode`` copying decord's batch, inside the
+    block. Swaps class attributes: not for use while other threads run transforms."""
+    from . import video_io
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _PATCHED]
+    zero_copy = video_io.ZERO_COPY
+    try:
+        for owner, name, fast in saved:
+            setattr(owner, name, getattr(fast, '__wrapped__', fast))
+        video_io.ZERO_COPY = False
+        yield
+    finally:
+        for owner, name, fast in saved:
+            setattr(owner, name, fast)
+        video_io.ZERO_COPY = zero_copy
 
 
 def _unchanged(imgs: Sequence[np.ndarray], new_w: int, new_h: int) -> bool:
@@ -28,18 +88,88 @@ def apply_resize_fast_path() -> None:
     """Make ``mmaction.datasets.transforms.Resize`` skip resizes to the frames' own size
     (idempotent)."""
     from mmaction.datasets.transforms.processing import Resize
-    original = Resize._resize_imgs
-    if getattr(original, _MARK, False):
-        return
 
-    @functools.wraps(original)
-    def _resize_imgs(self, imgs, new_w, new_h) -> List[np.ndarray]:
-        if len(imgs) and _unchanged(imgs, new_w, new_h):
-            return list(imgs)
-        return original(self, imgs, new_w, new_h)
+    def make(original):
+        def _resize_imgs(self, imgs, new_w, new_h) -> List[np.ndarray]:
+            if len(imgs) and _unchanged(imgs, new_w, new_h):
+                return list(imgs)
+            return original(self, imgs, new_w, new_h)
+        return _resize_imgs
 
-    setattr(_resize_imgs, _MARK, True)       # functools.wraps set __wrapped__
-    Resize._resize_imgs = _resize_imgs
+    _install(Resize, '_resize_imgs', make)
 
 
-apply_resize_fast_path()
+def tiled_array(imgs) -> Optional[np.ndarray]:
+    """The C-contiguous, writeable array ``A`` with ``imgs[i]`` the view ``A[i]`` for every
+    ``i`` (same memory, shape, strides and dtype), or None if ``imgs`` is not such a list.
+    ``A`` then equals ``np.array(imgs)``."""
+    if not isinstance(imgs, list) or not imgs or not isinstance(imgs[0], np.ndarray):
+        return None
+    first = imgs[0]
+    base = first.base
+    if (not isinstance(base, np.ndarray) or base.ndim != first.ndim + 1
+            or base.shape != (len(imgs),) + first.shape or base.dtype != first.dtype
+            or not base.flags.c_contiguous or not base.flags.writeable):
+        return None
+    start = base.__array_interface__['data'][0]
+    step, strides = base.strides[0], base.strides[1:]
+    for i, img in enumerate(imgs):
+        if (not isinstance(img, np.ndarray) or img.base is not base
+                or img.shape != first.shape or img.dtype != base.dtype
+                or img.strides != strides
+                or img.__array_interface__['data'][0] != start + i * step):
+            return None
+    return base
+
+
+def apply_format_shape_fast_path() -> None:
+    """Make ``mmaction.datasets.transforms.FormatShape`` use the array a list of frames
+    tiles instead of copying it (idempotent)."""
+    from mmaction.datasets.transforms.formatting import FormatShape
+
+    def make(original):
+        def transform(self, results):
+            stacked = tiled_array(results.get('imgs'))
+            if stacked is not None:
+                results['imgs'] = stacked
+            return original(self, results)
+        return transform
+
+    _install(FormatShape, 'transform', make)
+
+
+@functools.lru_cache(maxsize=256)
+def _segment_bounds(num_frames: int, clip_len: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends + 1)`` of ``UniformSample``'s segments, computed with its own
+    expressions (read-only arrays, cached)."""
+    seg_size = float(num_frames - 1) / clip_len
+    starts = [int(np.round(seg_size * i)) for i in range(clip_len)]
+    stops = [int(np.round(seg_size * (i + 1))) + 1 for i in range(clip_len)]
+    lows, highs = np.array(starts), np.array(stops)
+    lows.flags.writeable = highs.flags.writeable = False
+    return lows, highs
+
+
+def apply_uniform_sample_fast_path() -> None:
+    """Make ``mmaction.datasets.transforms.UniformSample`` draw a training clip's indices
+    in one ``np.random.randint`` call (idempotent)."""
+    from mmaction.datasets.transforms.loading import UniformSample
+
+    def make(original):
+        def _get_sample_clips(self, num_frames) -> np.ndarray:
+            clip_len = self.clip_len
+            if (self.test_mode or not isinstance(clip_len, (int, np.integer))
+                    or clip_len < 1 or not isinstance(num_frames, (int, np.integer))
+                    or num_frames < 1):
+                return original(self, num_frames)
+            lows, highs = _segment_bounds(int(num_frames), int(clip_len))
+            return np.random.randint(lows, highs)
+        return _get_sample_clips
+
+    _install(UniformSample, '_get_sample_clips', make)
+
+
+if enabled_by_env():
+    apply_resize_fast_path()
+    apply_format_shape_fast_path()
+    apply_uniform_sample_fast_path()
