@@ -12,6 +12,8 @@ import stan_mm  # noqa: F401  (installs the fast path)
 from mmaction.datasets.transforms import FormatShape, Resize, UniformSample
 from mmcv.image.geometric import cv2_interp_codes
 
+from stan_mm.datasets.transforms.fast_paths import tiled_array
+
 cv2 = pytest.importorskip('cv2')
 SHAPES = [(256, 340, 3), (17, 33, 3), (240, 426, 4), (5, 7)]
 
@@ -64,6 +66,36 @@ def test_resize_equals_mmaction_without_the_fast_path(interpolation, config, siz
     unchanged = tuple(fast['img_shape']) == size
     # the fast path is taken exactly when the size does not change: no copies then
     assert all((a is b) == unchanged for a, b in zip(fast['imgs'], imgs))
+    # a real resize writes every frame into one array (FormatShape then keeps it)
+    assert (tiled_array(fast['imgs']) is not None) == (not unchanged)
+    assert tiled_array(slow['imgs']) is None
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.uint16, np.float32])
+def test_resize_into_one_array_equals_mmaction(dtype, monkeypatch):
+    rng = np.random.default_rng(4)
+    imgs = [(rng.random((30, 41, 3)) * 255).astype(dtype) for _ in range(3)]
+    for interpolation in sorted(cv2_interp_codes):
+        resize = Resize(scale=(17, 23), keep_ratio=False, interpolation=interpolation)
+        fast, slow = _run(resize, imgs), _run(resize, imgs, patched=False)
+        assert tiled_array(fast['imgs']) is not None
+        for a, b in zip(fast['imgs'], slow['imgs']):
+            assert a.dtype == b.dtype and a.shape == b.shape == (23, 17, 3)
+            np.testing.assert_array_equal(a, b, err_msg=interpolation)
+    # frames of two sizes, and mmcv's pillow backend: MMAction2's own path
+    mixed = imgs[:2] + [(rng.random((31, 41, 3)) * 255).astype(dtype)]
+    resize = Resize(scale=(17, 23), keep_ratio=False)
+    fast = _run(resize, mixed)
+    assert tiled_array(fast['imgs']) is None
+    for a, b in zip(fast['imgs'], _run(resize, mixed, patched=False)['imgs']):
+        np.testing.assert_array_equal(a, b)
+    if dtype == np.uint8:
+        from mmcv.image import geometric
+        monkeypatch.setattr(geometric, 'imread_backend', 'pillow')
+        fast, slow = _run(resize, imgs), _run(resize, imgs, patched=False)
+        assert tiled_array(fast['imgs']) is None
+        for a, b in zip(fast['imgs'], slow['imgs']):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_single_channel_frames_keep_cv2_shape():

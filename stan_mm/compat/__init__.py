@@ -20,10 +20,15 @@ Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a 
                 ``device_ids`` (see :mod:`stan_mm.compat.dist`).
 ``amp``         ``AutoAmpOptimWrapper`` picks ``AmpOptimWrapper`` on GPU and a plain
                 ``OptimWrapper`` on CPU.
+``decord_fork`` (found in this project's CI, not in the notes) a decord ``VideoReader``
+                inherited by a forked DataLoader worker and garbage-collected there
+                hangs or aborts the worker; such readers are no longer freed in the
+                child (see :mod:`stan_mm.compat.decord_fork`).
 =====  ==========================================================================
 """
 from .checkpoint import (UnsafeCheckpointError, apply_checkpoint_fix,  # noqa: F401
                          safe_torch_load, trusted_checkpoints)
+from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
 from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
@@ -41,5 +46,6 @@ def apply_all() -> None:
     apply_multimodal_fix()
     apply_checkpoint_fix()
     apply_dist_fix()
+    apply_decord_fork_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

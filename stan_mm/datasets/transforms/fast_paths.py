@@ -9,7 +9,11 @@ clip in the K400 training pipeline, 3 % of a data worker's time (docs/benchmarks
 With the fast path the frames are handed on as they are: the same pixels, shapes and
 types, without the copy. The one difference is aliasing: a later in-place transform (e.g.
 ``Flip``) then writes into the decoded arrays, which nothing but ``results['imgs']`` holds.
-``[H, W, 1]`` frames keep the slow path (``cv2.resize`` drops their channel axis).
+``[H, W, 1]`` frames keep the slow path (``cv2.resize`` drops their channel axis). A real
+resize writes the frames into one ``[T, H', W', C]`` array (``cv2.resize(..., dst=)``, what
+``mmcv.imresize(..., out=)`` does): the same values, one allocation instead of T, and a
+list that ``FormatShape`` below takes without a copy (the MSR-VTT pipeline ends with
+``Resize``; ``Flip`` flips in place). Only with mmcv's ``cv2`` backend.
 
 ``FormatShape`` on a list of frames that are consecutive views of one C-contiguous array
 (what :class:`~stan_mm.datasets.transforms.ClipRandAugment` and
@@ -84,6 +88,32 @@ def _unchanged(imgs: Sequence[np.ndarray], new_w: int, new_h: int) -> bool:
                and not (img.ndim == 3 and img.shape[2] == 1) for img in imgs)
 
 
+_CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def _resize_into_one_array(imgs: Sequence[np.ndarray], new_w: int, new_h: int,
+                           interpolation: str) -> Optional[List[np.ndarray]]:
+    """``[cv2.resize(img, (new_w, new_h)) for img in imgs]`` written into one array and
+    returned as its views, or None where ``mmcv.imresize`` would do something else (pillow
+    backend, frames of different shapes or types, ``[H, W, 1]`` frames)."""
+    from mmcv.image import geometric
+    first = imgs[0]
+    if (geometric.imread_backend != 'cv2' or interpolation not in geometric.cv2_interp_codes
+            or not isinstance(first, np.ndarray) or first.ndim != 3 or first.shape[2] < 2
+            or first.dtype.type not in _CV2_DTYPES or new_w < 1 or new_h < 1
+            or not all(isinstance(img, np.ndarray) and img.shape == first.shape
+                       and img.dtype == first.dtype for img in imgs)):
+        return None
+    import cv2
+    code = geometric.cv2_interp_codes[interpolation]
+    out = np.empty((len(imgs), new_h, new_w, first.shape[2]), first.dtype)
+    for t, img in enumerate(imgs):
+        res = cv2.resize(img, (new_w, new_h), dst=out[t], interpolation=code)
+        if not np.shares_memory(res, out[t]):     # not written in place: keep its result
+            out[t] = res
+    return list(out)
+
+
 def apply_resize_fast_path() -> None:
     """Make ``mmaction.datasets.transforms.Resize`` skip resizes to the frames' own size
     (idempotent)."""
@@ -93,6 +123,10 @@ def apply_resize_fast_path() -> None:
         def _resize_imgs(self, imgs, new_w, new_h) -> List[np.ndarray]:
             if len(imgs) and _unchanged(imgs, new_w, new_h):
                 return list(imgs)
+            if len(imgs):
+                out = _resize_into_one_array(imgs, new_w, new_h, self.interpolation)
+                if out is not None:
+                    return out
             return original(self, imgs, new_w, new_h)
         return _resize_imgs
 
