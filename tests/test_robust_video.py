@@ -171,6 +171,42 @@ def test_decoded_batch_is_handed_over_without_a_copy(videos):
     check_frames(dict(imgs=again, frame_inds=np.arange(16)))
 
 
+class _PackedDataset(torch.utils.data.Dataset):
+    """Decoded clips packed into tensors that still use decord's memory (no crop or resize
+    in between): sent to the main process as they are when the loader does not collate."""
+
+    def __init__(self, files):
+        from mmengine.dataset import Compose
+        init_default_scope('mmaction')
+        self.files = files
+        self.pipe = Compose([dict(type='SafeDecordInit'),
+                             dict(type='UniformSample', clip_len=4, test_mode=True),
+                             dict(type='SafeDecordDecode'),
+                             dict(type='FormatShape', input_format='NCTHW'),
+                             dict(type='PackActionInputs')])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.pipe(dict(filename=self.files[i], start_index=0, modality='RGB',
+                              label=0))['inputs']
+
+
+@pytest.mark.parametrize('batch_size', [None, 2])
+def test_zero_copy_frames_cross_dataloader_workers(videos, batch_size):
+    """Tensors on decord's buffer are moved to shared memory by the worker (the buffer is
+    then released there) and arrive intact, collated or not."""
+    files = [videos['ok'], videos['gray_mp4'], videos['ok'], videos['gray_mp4']]
+    dataset = _PackedDataset(files)
+    here = [dataset[i] for i in range(len(files))]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=1)
+    got = list(loader) if batch_size is None else [t for b in loader for t in b]
+    assert len(got) == len(here)
+    for a, b in zip(got, here):
+        assert torch.equal(a, b)
+
+
 class _FakeBatch:
     """A decord batch stand-in: ``to_dlpack`` as given, ``asnumpy`` counted."""
 
