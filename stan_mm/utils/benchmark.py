@@ -546,17 +546,17 @@ def pipeline_benchmark(pipeline: Sequence[Mapping], videos: Sequence[str], warmu
         [name, 1e3 * sec / (n * repeats)] for name, sec in zip(runner.names,
                                                                 runner.cpu_seconds)]
     out['bare']['cpu_ms_per_clip'] = 1e3 * sum(rounds['bare_cpu']) / (n * repeats)
-    out['overhead'] = summarize(paired_ratios(rounds['pipeline_wall'], rounds['bare_wall']))
-    out['cpu_overhead'] = summarize(paired_ratios(rounds['pipeline_cpu'],
-                                                  rounds['bare_cpu']))
+
+    def ratio(a: str, b: str, clock: str) -> Dict[str, Any]:
+        return summarize(paired_ratios(rounds[f'{a}_{clock}'], rounds[f'{b}_{clock}']))
+
+    out['overhead'] = ratio('pipeline', 'bare', 'wall')
+    out['cpu_overhead'] = ratio('pipeline', 'bare', 'cpu')
     if stock is not None:
-        out['without_fast_paths'].update(
-            overhead=summarize(paired_ratios(rounds['stock_wall'], rounds['bare_wall'])),
-            cpu_overhead=summarize(paired_ratios(rounds['stock_cpu'], rounds['bare_cpu'])))
-        out['fast_paths_time_ratio'] = summarize(paired_ratios(rounds['pipeline_wall'],
-                                                               rounds['stock_wall']))
-        out['fast_paths_cpu_ratio'] = summarize(paired_ratios(rounds['pipeline_cpu'],
-                                                              rounds['stock_cpu']))
+        out['without_fast_paths'].update(overhead=ratio('stock', 'bare', 'wall'),
+                                         cpu_overhead=ratio('stock', 'bare', 'cpu'))
+        out['fast_paths_time_ratio'] = ratio('pipeline', 'stock', 'wall')
+        out['fast_paths_cpu_ratio'] = ratio('pipeline', 'stock', 'cpu')
     return out
 
 

@@ -107,11 +107,12 @@ def _resize_into_one_array(imgs: Sequence[np.ndarray], new_w: int, new_h: int,
     import cv2
     code = geometric.cv2_interp_codes[interpolation]
     out = np.empty((len(imgs), new_h, new_w, first.shape[2]), first.dtype)
-    for t, img in enumerate(imgs):
-        res = cv2.resize(img, (new_w, new_h), dst=out[t], interpolation=code)
-        if not np.shares_memory(res, out[t]):     # not written in place: keep its result
-            out[t] = res
-    return list(out)
+    frames = list(out)
+    for img, dst in zip(imgs, frames):
+        res = cv2.resize(img, (new_w, new_h), dst=dst, interpolation=code)
+        if res is not dst:                # cv2 did not write into dst: keep its result
+            dst[...] = res
+    return frames
 
 
 def apply_resize_fast_path() -> None:
@@ -121,9 +122,9 @@ def apply_resize_fast_path() -> None:
 
     def make(original):
         def _resize_imgs(self, imgs, new_w, new_h) -> List[np.ndarray]:
-            if len(imgs) and _unchanged(imgs, new_w, new_h):
-                return list(imgs)
             if len(imgs):
+                if _unchanged(imgs, new_w, new_h):
+                    return list(imgs)
                 out = _resize_into_one_array(imgs, new_w, new_h, self.interpolation)
                 if out is not None:
                     return out

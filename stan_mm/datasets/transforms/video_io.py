@@ -37,6 +37,7 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 from mmaction.datasets.transforms.loading import DecordDecode, DecordInit
 from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.logging import print_log
@@ -263,7 +264,6 @@ def decord_batch_to_numpy(batch) -> np.ndarray:
     tensor (decord's ``torch`` bridge) is viewed as well; anything else, and a batch DLPack
     cannot hand over, is copied with ``asnumpy()`` as before.
     """
-    import torch
     if isinstance(batch, torch.Tensor):
         return batch.numpy()
     to_dlpack = getattr(batch, 'to_dlpack', None)
