@@ -282,6 +282,95 @@ def test_duplicate_embeddings_stay_exact_ties_across_chunks():
         assert (got[0].tolist(), got[1].tolist()) == expected_dsl
 
 
+def test_duplicate_caption_ties_under_dsl_whatever_the_chunk_size():
+    # caption 3 (of video 2) is an exact copy of caption 0 (of video 0). DSL v2t, temp 0.01
+    # (softmax over each caption's row): video 0's only caption scores
+    # 0.32 * e^-8 / (1 + e^-8 + e^-11) ~ 1e-4; caption 1 scores 0.73 * ~1 (ahead) and
+    # caption 3 the same bits as caption 0 (a tie: ahead) -> rank 3. Video 1: caption 1
+    # scores 0.47 * e^-26 ~ 2e-12, captions 0 and 3 0.29 * e^-11 ~ 5e-6 (ahead), caption 2
+    # 0.11 * e^-48 -> rank 3. Video 2: best correct 0.59 * ~1 (caption 2), caption 0 has
+    # 0.40 * ~1, caption 1 0.24 * e^-49 -> rank 1. The row normalizers of captions 0 and 3
+    # used to depend on which rows shared their chunk (chunk size 2: rank 2 for video 0).
+    S = np.array([[.32, .29, .40], [.73, .47, .24], [.04, .11, .59], [.32, .29, .40]])
+    for chunk in (1, 2, 3, 4):
+        assert ranks_of(S, [0, 1, 2, 2], dsl=True, chunk_size=chunk)[1] == [3, 3, 1]
+
+
+@pytest.mark.parametrize('seed', [2, 3, 27, 46])
+def test_duplicate_rows_and_columns_tie_under_dsl_and_qb_norm(seed):
+    """Exact duplicates (captions = rows, videos = columns, also in the querybank) give
+    bit-equal DSL / QB-Norm normalizers, so every rank equals the plain-loop reference and
+    none depends on the chunk size. Scores are multiples of 0.01, as in a coarse matrix.
+    Seeds where a summation order that depends on the position (``Tensor.sum`` of a block,
+    ``torch.logaddexp`` across chunks) broke a tie: 2 DSL, 3 QB-Norm, 27 QB-Norm, 46 DSL
+    then QB-Norm."""
+    g = torch.Generator().manual_seed(seed)
+    nv, nt, nb = 17, 23, 40
+    t2v = list(range(nv)) + [3, 16, 5, 0, 8, 2]
+    S = (torch.randint(0, 100, (nt, nv), generator=g).double() / 100)
+    B = (torch.randint(0, 100, (nb, nv), generator=g).double() / 100)
+    S[:, 16], B[:, 16] = S[:, 0], B[:, 0]          # video 16 duplicates video 0
+    S[:, 9], B[:, 9] = S[:, 5], B[:, 5]            # video 9 duplicates video 5
+    S[nv + 1] = S[3]                               # caption of video 16 copies one of video 3
+    S[nv + 4] = S[11]                              # caption of video 8 copies one of video 11
+    S, B = S.numpy(), B.numpy()
+    temp, beta = 0.05, 20.0
+    cases = {
+        'dsl': (dict(dsl=True, dsl_temp=temp),
+                ref_dsl_t2v(S, temp), ref_dsl_v2t(S, temp)),
+        'qb': (dict(qb_bank=DenseSimilarity(B), qb_beta=beta), ref_qb_norm(S, B, beta, 1), S),
+        # beta 2: DSL scores of the bank reach Nb = 40, exp(20 * 40) would overflow the
+        # reference's plain floats
+        'dsl_qb': (dict(dsl=True, dsl_temp=temp, qb_bank=DenseSimilarity(B), qb_beta=2.0),
+                   ref_qb_norm(ref_dsl_t2v(S, temp), ref_dsl_t2v(B, temp), 2.0, 1),
+                   ref_dsl_v2t(S, temp)),
+    }
+    for name, (kwargs, X, Y) in cases.items():
+        expected = (ref_t2v_ranks(X, t2v), ref_v2t_ranks(Y, t2v))
+        for chunk in (1, 2, 3, 7, 16, 40):
+            assert ranks_of(S, t2v, chunk_size=chunk, **kwargs) == expected, (name, chunk)
+
+
+def test_pairwise_sum_is_the_same_for_equal_rows_and_columns():
+    from stan_mm.evaluation.rescoring import block_logsumexps, pairwise_sum
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(37, 53, generator=g, dtype=torch.float64) * 40
+    x[:, 50] = x[:, 1]                     # equal columns at a vector lane and in the tail
+    x[36] = x[2]                           # equal rows
+    cols = pairwise_sum(x.clone(), 0)
+    rows = pairwise_sum(x.clone(), 1)
+    assert cols[50] == cols[1] and rows[36] == rows[2]
+    torch.testing.assert_close(cols, x.sum(0), rtol=1e-14, atol=0)
+    torch.testing.assert_close(rows, x.sum(1), rtol=1e-14, atol=0)
+    for span in (1.0, 900.0):              # shared exponentials, and per-column shifts
+        z = x * (span / 40)
+        col, row = block_logsumexps(z.clone())
+        assert col[50] == col[1] and row[36] == row[2]
+        torch.testing.assert_close(col, torch.logsumexp(z, 0), rtol=1e-13, atol=0)
+        torch.testing.assert_close(row, torch.logsumexp(z, 1), rtol=1e-13, atol=0)
+        # a row alone in its block gets the same bits as within the block
+        assert block_logsumexps(z[36:37].clone())[1][0] == row[36]
+        assert block_logsumexps(z.clone(), rows=False)[1] is None
+
+
+def test_logaddexp_is_the_same_at_every_position():
+    from stan_mm.evaluation.rescoring import logaddexp
+    g = torch.Generator().manual_seed(0)
+    # running logsumexps and a block's: close values (torch.logaddexp gives 1-ulp
+    # differences between positions for about 1 pair in 100 of these)
+    a = torch.rand(34000, generator=g, dtype=torch.float64) * 40
+    b = a + (torch.rand(34000, generator=g, dtype=torch.float64) - 0.5) * 3
+    torch.testing.assert_close(logaddexp(a, b), torch.logaddexp(a, b), rtol=1e-15, atol=0)
+    # each pair at every position of a 17-entry tensor (vector lanes and tail), one call
+    # per pair as in the ranking's per-video accumulators
+    for i in range(0, 34000, 17):
+        out = logaddexp(a[i].expand(17).contiguous(), b[i].expand(17).contiguous())
+        assert bool((out == out[0]).all()), i
+    inf = torch.tensor([float('-inf'), float('-inf'), 2.0], dtype=torch.float64)
+    other = torch.tensor([float('-inf'), 1.5, float('-inf')], dtype=torch.float64)
+    assert logaddexp(inf, other).tolist() == [float('-inf'), 1.5, 2.0]
+
+
 # ------------------------------------------------------------------ validation
 def test_bad_inputs_are_reported_clearly():
     with pytest.raises(ValueError, match='no caption'):

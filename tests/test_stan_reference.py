@@ -138,8 +138,10 @@ def spatial(cls, z, sd, pre, T, quick_gelu):
     return ffn(cls), [[ffn(new_z[p][t]) for t in range(T)] for p in range(P)]
 
 
-def reference(video, sd, *, levels, temporal, spatial_on, fuse, level_proj, quick_gelu):
-    """video [N, T, 3, H, W] -> (video emb [N, E], frames [N, T, E], branch tokens)."""
+def reference(video, sd, *, levels, temporal, spatial_on, fuse, level_proj, quick_gelu,
+              video_cls='public'):
+    """video [N, T, 3, H, W] -> (video emb [N, E], frames [N, T, E], branch tokens).
+    ``video_cls``: 'public' (public reproduction) or 'mean' (paper Eq. 4)."""
     N, T = video.shape[:2]
     videos, frames_out, tokens_out = [], [], []
     for n in range(N):
@@ -150,7 +152,10 @@ def reference(video, sd, *, levels, temporal, spatial_on, fuse, level_proj, quic
             h = [hs[t][levels[0]] for t in range(T)]
             pos = sd['visual.positional_embedding']
             mean_cls = sum(h[t][0] for t in range(T)) / T
-            cls = 0.5 * (mean_cls + sd['visual.class_embedding'] + pos[0])
+            if video_cls == 'public':
+                cls = 0.5 * (mean_cls + sd['visual.class_embedding'] + pos[0])
+            else:                                   # paper Eq. 4: the frame CLS mean
+                cls = mean_cls
             time = sd['branch.embed.time_embed.weight']
             z = [[h[t][1 + p] + pos[1 + p] + time[t] for t in range(T)] for p in range(P)]
             for k in range(len(spatial_on)):
@@ -217,6 +222,7 @@ CASES = {
     'temporal_off': dict(depth=2, temporal_module=None),
     'spatial_off': dict(depth=2, spatial_module=False),
     'gelu_conv_k3': dict(depth=3, temporal_module='conv', quick_gelu=False),
+    'paper_video_cls': dict(depth=2, video_cls='mean', level_proj=True),
 }
 
 
@@ -230,7 +236,8 @@ def ref_args(case):
     fuse = kw.get('structure', 'branch') == 'branch' and kw.get('multi_level', True)
     return dict(levels=levels, temporal=kw.get('temporal_module', 'attn'),
                 spatial_on=[kw.get('spatial_module', True)] * K, fuse=fuse,
-                level_proj=kw.get('level_proj', False), quick_gelu=kw.get('quick_gelu', True))
+                level_proj=kw.get('level_proj', False), quick_gelu=kw.get('quick_gelu', True),
+                video_cls=kw.get('video_cls', 'public'))
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -259,3 +266,46 @@ def test_reference_is_sensitive_to_the_level_choice():
     sd = model.state_dict()
     wrong = {**ref_args('attn'), 'levels': [2, 4]}
     assert (reference(video, sd, **wrong)[0] - out['video']).abs().max() > 1e-4
+
+
+def test_reference_is_sensitive_to_the_video_cls_choice():
+    """Guards the test itself: the public and the paper's first video CLS differ."""
+    model = build(depth=2, video_cls='mean')
+    video = torch.randn(1, 2, 3, IMAGE, IMAGE, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(video, return_dict=True)
+    sd = model.state_dict()
+    wrong = {**ref_args('attn'), 'video_cls': 'public'}
+    assert (reference(video, sd, **wrong)[0] - out['video']).abs().max() > 1e-4
+
+
+def test_embedding_dropout_acts_on_patch_tokens_only():
+    """``embed_drop_rate``: dropout after the embeddings of layer 1 (paper Eq. 4) on the
+    patch tokens; the video CLS and eval mode are untouched."""
+    from stan_mm.models.backbones.stan_branch import BranchEmbedding
+    D, T = 8, 3
+    level = torch.randn(2, T, 1 + P, D)
+    ce, pos = torch.randn(D), torch.randn(1 + P, D)
+    emb = BranchEmbedding(D, drop_rate=0.5)
+    emb.eval()
+    cls_eval, x_eval = emb(level, ce, pos)
+    emb.train()
+    torch.manual_seed(0)
+    cls_train, x_train = emb(level, ce, pos)
+    torch.testing.assert_close(cls_train, cls_eval)
+    dropped = x_train == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    torch.testing.assert_close(x_train[~dropped], 2 * x_eval[~dropped])   # 1 / (1 - p)
+    model = MODELS.build(dict(type='CLIPSTAN', arch=tiny_arch(), depth=2,
+                              embed_drop_rate=0.25))
+    assert model.branch.embed.drop.p == 0.25
+
+
+@pytest.mark.parametrize('kw, match', [
+    (dict(video_cls='first'), "video_cls='first'"),
+    (dict(embed_drop_rate=1.0), 'embed_drop_rate=1.0'),
+    (dict(embed_drop_rate=-0.1), 'embed_drop_rate=-0.1'),
+])
+def test_bad_embedding_options_name_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MODELS.build(dict(type='CLIPSTAN', arch=tiny_arch(), depth=2, **kw))

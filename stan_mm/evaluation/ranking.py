@@ -33,7 +33,7 @@ import torch
 
 from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K,
                         QueryBankStats, block_logsumexps, check_dsl_temp, dsl_t2v_scores,
-                        dsl_v2t_scores, iter_chunks, qb_norm_scores, querybank_stats,
+                        dsl_v2t_scores, iter_chunks, logaddexp, qb_norm_scores, querybank_stats,
                         scaled_similarity)
 from .similarity import DenseSimilarity, EmbeddingSimilarity, SimilaritySource
 
@@ -137,7 +137,7 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
         if dsl:
             block_col, block_row = block_logsumexps(scaled_similarity(sim, dsl_temp),
                                                     consume=True)
-            col_lse = torch.logaddexp(col_lse, block_col)
+            col_lse = logaddexp(col_lse, block_col)
             row_lse[start:stop] = block_row
             # the element-wise sequence of pass 2 applied to the GT entries alone: the
             # same bits as the full-row computation there (exact ties stay ties)

@@ -90,22 +90,78 @@ def scaled_similarity(sim: torch.Tensor, temp: float) -> torch.Tensor:
     return sim.to(torch.float64) / temp
 
 
-def block_logsumexps(z: torch.Tensor, consume: bool = False
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-column and per-row logsumexp of a block ``z [c, Nv]`` (float64).
+def pairwise_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of ``x`` over ``dim`` (0 or 1 of a 2-D tensor) by repeated halving: the first
+    half plus the second half, element-wise, until one slice is left. ``x`` is overwritten.
 
-    Both share one ``exp`` shifted by the block maximum; when the block spans more than 600
-    (where that shift could underflow) the two are computed separately. ``consume=True``
-    lets the function overwrite ``z``.
+    Every output entry goes through the same additions in the same order whatever its
+    position in ``x`` and whatever the other dimension's size, so equal rows (``dim=1``)
+    or equal columns (``dim=0``) give bit-identical sums. ``Tensor.sum`` does not promise
+    that: its vectorized and tail loops group the terms differently (measured: two equal
+    columns of one block summed to values 1 ulp apart).
 
     Returns:
-        ``(col_lse [Nv], row_lse [c])``.
+        a 1-D view into ``x``.
     """
-    top, low = float(z.max()), float(z.min())
-    if top - low < 600.0:
-        e = (z.sub_(top) if consume else z - top).exp_()
-        return e.sum(dim=0).log_().add_(top), e.sum(dim=1).log_().add_(top)
-    return torch.logsumexp(z, dim=0), torch.logsumexp(z, dim=1)
+    n = x.shape[dim]
+    while n > 1:
+        half = n // 2
+        x.narrow(dim, 0, half).add_(x.narrow(dim, half, half))
+        if n % 2:     # the odd slice out joins the first one
+            x.narrow(dim, 0, 1).add_(x.narrow(dim, n - 1, 1))
+        n = half
+    return x.select(dim, 0)
+
+
+def logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise ``log(exp(a) + exp(b))`` as ``max + log1p(exp(-|a - b|))``, ``-inf``
+    where both are ``-inf``.
+
+    ``torch.logaddexp`` is not used: on CPU its vectorized and tail loops round differently
+    (measured with torch 2.14: equal inputs at positions 0 and 16 of a 17-entry tensor gave
+    results 1 ulp apart), which would break exact ties between duplicate videos. ``exp``,
+    ``log1p``, ``maximum`` and ``abs`` gave the same bits at every position."""
+    top = torch.maximum(a, b)
+    out = top + torch.log1p(torch.exp(-(a - b).abs()))
+    return torch.where(top == float('-inf'), top, out)
+
+
+# Within this span of a block's values the column sums use the row-shifted exponentials
+# (e^(z - row max) e^(row max - block max) >= e^-span, far above float64's underflow at
+# e^-708); a wider block shifts every column by its own maximum instead (one more exp).
+_SHARED_EXP_SPAN = 600.0
+
+
+def block_logsumexps(z: torch.Tensor, consume: bool = False, rows: bool = True
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-column and per-row logsumexp of a block ``z [c, Nv]`` (float64).
+
+    Each row's logsumexp depends only on that row's values, each column's only on that
+    column's values (and on which rows form the block), bit for bit: rows are shifted by
+    their own maximum and all sums are :func:`pairwise_sum`. So duplicate captions (equal
+    rows, possibly in different chunks) get equal DSL normalizers and duplicate videos
+    (equal columns) equal DSL / QB-Norm normalizers: exact ties stay exact ties, whatever
+    the chunk size. ``consume=True`` lets the function overwrite ``z``; ``rows=False``
+    skips the row logsumexps (returns ``None`` for them).
+
+    Returns:
+        ``(col_lse [Nv], row_lse [c] or None)``.
+    """
+    row_max = z.amax(dim=1, keepdim=True)                          # [c, 1], exact
+    top = row_max.max()
+    if float(top - z.min()) < _SHARED_EXP_SPAN:
+        e = (z.sub_(row_max) if consume else z - row_max).exp_()   # one exp for both
+        scale = (row_max - top).exp_()                # e^(z - top) = e * scale, per entry
+        if not rows:
+            return pairwise_sum(e.mul_(scale), 0).log_().add_(top), None
+        col_lse = pairwise_sum(e * scale, 0).log_().add_(top)
+        return col_lse, pairwise_sum(e, 1).log_().add_(row_max[:, 0])
+    col_max = z.amax(dim=0)                                        # [Nv], exact
+    row_lse = None
+    if rows:
+        row_lse = pairwise_sum((z - row_max).exp_(), 1).log_().add_(row_max[:, 0])
+    e = (z.sub_(col_max) if consume else z - col_max).exp_()
+    return pairwise_sum(e, 0).log_().add_(col_max), row_lse
 
 
 def column_logsumexp(source: SimilaritySource, temp: float, chunk_size: int) -> torch.Tensor:
@@ -118,7 +174,7 @@ def column_logsumexp(source: SimilaritySource, temp: float, chunk_size: int) -> 
                        device=source.device)
     for start, stop in iter_chunks(source.num_texts, chunk_size):
         z = scaled_similarity(source.rows(start, stop, pad_to=chunk_size), temp)
-        total = torch.logaddexp(total, block_logsumexps(z, consume=True)[0])
+        total = logaddexp(total, block_logsumexps(z, consume=True, rows=False)[0])
     return total
 
 
@@ -218,7 +274,7 @@ def querybank_stats(bank: SimilaritySource, beta: float = DEFAULT_QB_BETA,
         active[top] = True
         scaled = block.to(torch.float64) * beta
         del block
-        log_norm = torch.logaddexp(log_norm, block_logsumexps(scaled, consume=True)[0])
+        log_norm = logaddexp(log_norm, block_logsumexps(scaled, consume=True, rows=False)[0])
     return QueryBankStats(log_norm=log_norm, active=active, beta=beta,
                           num_bank=bank.num_texts)
 

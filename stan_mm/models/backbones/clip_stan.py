@@ -109,7 +109,8 @@ class CLIPSTAN(BaseModule):
     * input of layer 1 (:class:`BranchEmbedding`): video CLS =
       ``0.5 * (mean_t frameCLS + class_embedding + pos_embedding[0])``, patch (t, p) =
       ``f_{t,p} + pos_embedding[1 + p] + time_embed[t]`` (``time_embed`` learnable
-      ``Embedding(max_frames, D)``, N(0, 1) init, dropout 0);
+      ``Embedding(max_frames, D)``, N(0, 1) init, dropout 0); ``video_cls='mean'`` and
+      ``embed_drop_rate`` give the paper's Eq. 4 instead;
     * layers k > 1 first add level k (:class:`LevelFusion`): plain sum, level CLS averaged
       over frames; ``level_proj=True`` puts the paper's ``W_proj`` (Eqs. 5-6, a
       ``Linear(D, D)`` initialized to the identity) on the level;
@@ -142,6 +143,12 @@ class CLIPSTAN(BaseModule):
         drop_path_rate: maximum drop-path rate of the branch layers.
         max_frames: rows of the temporal embedding (public reproduction: 64).
         interpolate_time_embed: allow T > max_frames by interpolating that table.
+        video_cls: the first video [CLS] token: ``'public'`` (default, the public
+            reproduction: ``0.5 * (mean_t frameCLS + class_embedding + pos_embedding[0])``)
+            or ``'mean'`` (paper Eq. 4: ``mean_t frameCLS``).
+        embed_drop_rate: dropout on the branch's patch tokens after the spatial and
+            temporal embeddings are added (paper Eq. 4 "then dropout"; public
+            reproduction: 0).
         conv_reduction: bottleneck ratio of the conv temporal module (paper: 8).
         grad_checkpointing: recompute CLIP blocks in backward.
         branch_grad_checkpointing: recompute branch layers in backward.
@@ -181,6 +188,8 @@ class CLIPSTAN(BaseModule):
                  drop_path_rate: float = 0.1,
                  max_frames: int = 64,
                  interpolate_time_embed: bool = False,
+                 video_cls: str = 'public',
+                 embed_drop_rate: float = 0.,
                  conv_reduction: int = 8,
                  grad_checkpointing: bool = False,
                  branch_grad_checkpointing: bool = False,
@@ -238,7 +247,7 @@ class CLIPSTAN(BaseModule):
             self.branch = self._build_branch(
                 spatial_src, temporal_module, spatial_module, fuse, level_proj,
                 drop_path_rate, max_frames, interpolate_time_embed, conv_reduction,
-                branch_grad_checkpointing)
+                branch_grad_checkpointing, video_cls, embed_drop_rate)
             self._init_temporal_out(temporal_out_init_std)
             self.branch.to(self.visual.conv1.weight.dtype)   # precision='fp16'/'bf16'
         self._freeze()
@@ -298,7 +307,7 @@ class CLIPSTAN(BaseModule):
 
     def _build_branch(self, spatial_src, temporal_module, spatial_module, fuse, level_proj,
                       drop_path_rate, max_frames, interpolate_time_embed, conv_reduction,
-                      grad_ckpt) -> STANBranch:
+                      grad_ckpt, video_cls='public', embed_drop_rate=0.) -> STANBranch:
         K, D = self.depth, self.width
         dpr = [drop_path_rate * k / max(K - 1, 1) for k in range(K)]  # linspace(0, rate, K)
         blocks = self.visual.transformer.resblocks
@@ -310,7 +319,8 @@ class CLIPSTAN(BaseModule):
                                                conv_reduction),
                 spatial=SpatialBlock(blocks[spatial_src[k] - 1], dpr[k])
                 if spatial_module else None))
-        embedding = BranchEmbedding(D, max_frames, interpolate_time_embed)
+        embedding = BranchEmbedding(D, max_frames, interpolate_time_embed,
+                                    drop_rate=embed_drop_rate, video_cls=video_cls)
         return STANBranch(layers, embedding, grad_ckpt)
 
     # ------------------------------------------------------------------ freezing

@@ -15,27 +15,44 @@ from torch.utils.checkpoint import checkpoint
 
 
 class BranchEmbedding(nn.Module):
-    """Input of the first branch layer (paper Eq. 4, public reproduction's ``input_ini``).
+    """Input of the first branch layer (paper Eq. 4; public reproduction's ``input_ini``).
 
-    ``cls = 0.5 * (mean_t frameCLS_t + (class_embedding + pos_embedding[0]))`` and
-    ``x[p, t] = f_{t,p} + Pos_s(p) + Pos_t(t)``, where ``Pos_s`` is CLIP's own pretrained
-    positional embedding of the patches (passed in, it stays a CLIP parameter) and
-    ``Pos_t`` a learnable ``Embedding(max_frames, D)`` initialized N(0, 1)
-    (``time_embed``). Dropout (p=0 by default) acts on the patch tokens.
+    Video [CLS] token, ``video_cls``:
+
+    * ``'public'`` (default; the public reproduction, its checkpoints need it):
+      ``cls = 0.5 * (mean_t frameCLS_t + (class_embedding + pos_embedding[0]))``;
+    * ``'mean'`` (paper Eq. 4): ``cls = mean_t frameCLS_t``.
+
+    Patch tokens: ``x[p, t] = f_{t,p} + Pos_s(p) + Pos_t(t)``, where ``Pos_s`` is CLIP's own
+    pretrained positional embedding of the patches (passed in, it stays a CLIP parameter)
+    and ``Pos_t`` a learnable ``Embedding(max_frames, D)`` initialized N(0, 1)
+    (``time_embed``), then dropout (``drop_rate``; the public reproduction uses 0).
 
     Args:
         dim: width D.
         max_frames: rows of ``time_embed``; more frames raise unless
             ``interpolate_time_embed`` (linear interpolation of the table to T rows).
         interpolate_time_embed: allow T > max_frames.
-        drop_rate: dropout after the embeddings.
+        drop_rate: dropout on the patch tokens after the embeddings are added.
+        video_cls: ``'public'`` or ``'mean'``, see above.
     """
 
+    VIDEO_CLS = ('public', 'mean')
+
     def __init__(self, dim: int, max_frames: int = 64, interpolate_time_embed: bool = False,
-                 drop_rate: float = 0.):
+                 drop_rate: float = 0., video_cls: str = 'public'):
         super().__init__()
         if max_frames < 1:
             raise ValueError(f'max_frames must be >= 1, got {max_frames}')
+        if video_cls not in self.VIDEO_CLS:
+            raise ValueError(f'CLIPSTAN: video_cls={video_cls!r}; expected one of '
+                             f"{self.VIDEO_CLS} ('public': the public reproduction, "
+                             f"'mean': paper Eq. 4)")
+        if (not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool)
+                or not 0 <= drop_rate < 1):
+            raise ValueError(f'CLIPSTAN: embed_drop_rate={drop_rate!r}; expected a number in '
+                             f'[0, 1)')
+        self.video_cls = video_cls
         self.max_frames = max_frames
         self.interpolate_time_embed = interpolate_time_embed
         self.time_embed = nn.Embedding(max_frames, dim)
@@ -62,7 +79,9 @@ class BranchEmbedding(nn.Module):
         ``pos_embedding``: ``[1+P, D]``. Returns ``cls [B, D]``, ``x [B, P, T, D]``."""
         T, P = level.shape[1], level.shape[2] - 1
         level_cls, level_x = level.split([1, P], dim=2)      # backward: one concatenation
-        cls = 0.5 * (level_cls.squeeze(2).mean(dim=1) + (class_embedding + pos_embedding[0]))
+        cls = level_cls.squeeze(2).mean(dim=1)                                # [B, D]
+        if self.video_cls == 'public':
+            cls = 0.5 * (cls + (class_embedding + pos_embedding[0]))
         pos_time = pos_embedding[1:, None, :] + self.time_table(T)[None]     # [P, T, D]
         # one pass over the tokens; the contiguous [P, T, D] operand goes first so the
         # result is laid out [B, P, T, D] in memory (no extra copy)
