@@ -98,6 +98,48 @@ def test_ranks_split_the_groups(dataset, monkeypatch):
         assert all(frozenset(order[j:j + 2]) in groups for j in range(0, len(order), 2))
 
 
+class Uneven(BaseDataset):
+    """Groups of 1 and 2 samples (twins missing), as in the helper's reproduction."""
+
+    def __init__(self, groups):
+        super().__init__(lazy_init=True, serialize_data=False)
+        self.groups = groups
+        n = sum(len(g) for g in groups)
+        self.data_list, self._fully_initialized = [dict(i=i) for i in range(n)], True
+
+    def __len__(self):
+        return len(self.data_list)
+
+    def twin_groups(self):
+        return self.groups
+
+
+@pytest.mark.parametrize('world_size', [2, 3])
+@pytest.mark.parametrize('shuffle', [False, True])
+def test_ranks_get_equal_sample_counts_when_groups_differ_in_size(monkeypatch, world_size,
+                                                                  shuffle):
+    # unshuffled, 2 ranks: groups 0, 2, 4 (1 sample each) go to rank 0 and groups 1, 3, 5
+    # (2 each) to rank 1: 3 vs 6 samples, i.e. 2 vs 3 batches of 2 -- a hang under DDP
+    groups = [[0], [1, 2], [3], [4, 5], [6], [7, 8]]
+    orders = []
+    for rank in range(world_size):
+        monkeypatch.setattr(samplers_mod, 'get_dist_info', lambda r=rank: (r, world_size))
+        s = TwinGroupSampler(Uneven(groups), shuffle=shuffle, seed=5)
+        orders.append(list(s))
+        assert len(s) == len(orders[-1])
+    assert len({len(o) for o in orders}) == 1
+    assert set().union(*orders) == set(range(9))          # nothing lost
+    for order in orders:          # whole groups stay together (first occurrences)
+        for g in groups:
+            if len(g) == 2 and g[0] in order:
+                assert order[order.index(g[0]) + 1] == g[1]
+    if not shuffle and world_size == 2:
+        assert orders[0] == [0, 3, 6, 0, 3, 6] and orders[1] == [1, 2, 4, 5, 7, 8]
+    # without round_up the counts may differ (as DefaultSampler's)
+    monkeypatch.setattr(samplers_mod, 'get_dist_info', lambda: (0, 2))
+    assert len(TwinGroupSampler(Uneven(groups), shuffle=False, round_up=False)) == 3
+
+
 def test_clear_errors():
     class NoGroups(BaseDataset):
         def __init__(self):

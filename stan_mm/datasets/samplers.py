@@ -39,14 +39,19 @@ class TwinGroupSampler(Sampler):
     of the group size every full group stays within one batch.
 
     Distributed: like mmengine's ``DefaultSampler``, every rank draws the same permutation
-    (``seed`` synchronized across ranks) and takes every ``world_size``-th group; with
-    ``round_up`` the group list is padded by repetition so all ranks see as many groups.
+    (``seed`` synchronized across ranks) and takes every ``world_size``-th group. With
+    ``round_up`` every rank yields the same number of samples, as ``DefaultSampler``'s
+    ranks do (otherwise a rank with an extra batch would wait forever at the gradient
+    synchronization): the group list is padded by repetition so all ranks get as many
+    groups, and when groups differ in size (a twin missing) a rank with fewer samples than
+    the largest repeats its own first samples at the end of its list.
 
     Args:
         dataset: a dataset with ``twin_groups()``.
         shuffle (bool): shuffle the group order each epoch (``set_epoch``).
         seed (int, optional): base seed; None draws one (synchronized across ranks).
-        round_up (bool): pad so that every rank gets the same number of groups.
+        round_up (bool): pad so that every rank gets the same number of groups and of
+            samples.
     """
 
     def __init__(self, dataset, shuffle: bool = True, seed: Optional[int] = None,
@@ -89,7 +94,16 @@ class TwinGroupSampler(Sampler):
         mine = [self.groups[i] for i in order[self.rank::self.world_size]]
         full = max((len(g) for g in self.groups), default=0)
         # stable: full groups first (in the shuffled order), then the short ones
-        return [g for g in mine if len(g) == full] + [g for g in mine if len(g) != full]
+        mine = [g for g in mine if len(g) == full] + [g for g in mine if len(g) != full]
+        if self.round_up and self.world_size > 1:
+            # every rank computes every rank's sample count from the shared permutation
+            counts = [sum(len(self.groups[i]) for i in order[r::self.world_size])
+                      for r in range(self.world_size)]
+            missing = max(counts) - counts[self.rank]
+            if missing:
+                flat = [i for g in mine for i in g]
+                mine.append((flat * math.ceil(missing / len(flat)))[:missing])
+        return mine
 
     def __iter__(self) -> Iterator[int]:
         for group in self._rank_groups():

@@ -47,7 +47,7 @@ train_dataloader = dict(
         ann_file='LSMDC16_annos_training.csv',
         data_root=data_root,
         data_prefix=dict(video='avi'),
-        caption_sampling='all',  # one caption per clip
+        caption_sampling='all',  # one sample per (clip, sentence); a clip id may have several
         pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
