@@ -317,10 +317,40 @@ def test_kill_during_checkpoint_save(tmp_path, data_root, point):
     assert ckpt['meta']['epoch'] == int(expected[6])
     model = MODELS.build(Config.fromfile(str(cfg)).model)
     model.load_state_dict(ckpt['state_dict'], strict=True)  # complete and loadable
-    if point == 'checkpoint_half_written':  # and training goes on from it
+    if point in ('checkpoint_half_written', 'before_pruning'):  # training goes on from it
+        if point == 'checkpoint_half_written':
+            assert glob.glob(osp.join(work, '.epoch_2.pth.*.tmp'))   # the partial write
         assert train([cfg, '--work-dir', work, '--resume']) == 0
+        # the resumed run removes what the kill left: the partial write, or epoch_1.pth
+        # (pruning was due once epoch_2.pth was published)
         assert pth_files(work) == ['epoch_3.pth']
+        assert not glob.glob(osp.join(work, '.*.tmp'))
         assert safe_torch_load(str(work / 'epoch_3.pth'))['meta']['epoch'] == 3
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    """mkstemp creates 0600 files; checkpoints must follow the umask (readable by the group
+    on a shared cluster) or keep the mode of the file they replace."""
+    from mmengine.fileio.backends import LocalBackend
+    import stan_mm  # noqa: F401  (makes LocalBackend.put atomic)
+    from stan_mm.engine import atomic_write_bytes
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(b'x', str(tmp_path / 'a.pth'))
+        LocalBackend().put(b'y', str(tmp_path / 'b.pth'))
+        with open(tmp_path / 'c.pth', 'wb') as f:      # what mmengine would do
+            f.write(b'z')
+        modes = {n: os.stat(tmp_path / n).st_mode & 0o777 for n in ('a.pth', 'b.pth', 'c.pth')}
+        assert modes == {'a.pth': 0o644, 'b.pth': 0o644, 'c.pth': 0o644}
+        os.umask(0o077)
+        atomic_write_bytes(b'x', str(tmp_path / 'd.pth'))
+        assert os.stat(tmp_path / 'd.pth').st_mode & 0o777 == 0o600
+        os.chmod(tmp_path / 'a.pth', 0o640)              # an existing file keeps its mode
+        atomic_write_bytes(b'new', str(tmp_path / 'a.pth'))
+        assert os.stat(tmp_path / 'a.pth').st_mode & 0o777 == 0o640
+        assert (tmp_path / 'a.pth').read_bytes() == b'new'
+    finally:
+        os.umask(old)
 
 
 def test_epoch_seed_hook_reseeds_main_process_and_workers():

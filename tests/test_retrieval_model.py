@@ -310,6 +310,31 @@ def test_learnable_temperature_is_clamped():
     fixed = build_model(temperature=0.02)
     assert fixed.get_logit_scale().item() == pytest.approx(50.0)
     assert not any('logit_scale' in n for n, _ in fixed.named_parameters())
+    with pytest.raises(ValueError, match='max_logit_scale'):
+        build_model(learnable_temperature=True, max_logit_scale=0)
+
+
+def test_learnable_temperature_learns_from_an_openai_checkpoint_value():
+    """OpenAI's checkpoints store logit_scale = 4.6055 (fp16 of ln 100 = 4.6052): above the
+    bound. The scale must still get a gradient and move (as in CLIP's training, which
+    clamps the parameter, not exp of it)."""
+    model = build_model(learnable_temperature=True)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6055)
+    videos, texts = make_batch(3)
+    samples = [ActionDataSample(metainfo=dict(video_idx=i)) for i in range(3)]
+    data = model.data_preprocessor(dict(inputs=dict(imgs=videos, text=texts),
+                                        data_samples=samples), training=True)
+    loss = model(**data, mode='loss')['loss']
+    # float32 parameter: the nearest float32 to ln 100
+    assert model.logit_scale.item() == pytest.approx(math.log(100.0), abs=1e-6)
+    loss.backward()
+    grad = model.logit_scale.grad
+    assert grad is not None and grad.abs().item() > 1e-6
+    optim = torch.optim.SGD([model.logit_scale], lr=1e-3)
+    before = model.logit_scale.item()
+    optim.step()
+    assert model.logit_scale.item() != before
 
 
 def test_loss_mode_errors_are_clear():

@@ -9,11 +9,15 @@ during (2) leaves a truncated ``epoch_N.pth``; a kill during (3) leaves an empty
 temporary file in the same folder, flushed, fsync'ed and renamed into place; then
 ``last_checkpoint`` is replaced the same way; only then is the oldest checkpoint deleted. At
 every instant the work dir holds a complete checkpoint that ``last_checkpoint`` names.
+A run killed between publishing and pruning leaves the old checkpoint behind; each
+checkpoint records what is to be pruned after it, so a run resumed from it deletes that
+file, and any temporary file a kill left in the checkpoint folder, when it starts.
 ``stan_mm.compat`` also makes mmengine's local ``put``/``put_text`` atomic, which covers
 ``save_best`` and any other writer that goes through mmengine's file backends.
 """
 import os
 import os.path as osp
+import re
 import tempfile
 
 from mmengine.dist import is_main_process
@@ -21,13 +25,37 @@ from mmengine.hooks import CheckpointHook
 from mmaction.registry import HOOKS
 
 
+def _umask() -> int:
+    """The process umask, read from /proc where possible (``os.umask`` can only be read by
+    setting it, which races with other threads creating files)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(data: bytes, path: str) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
-    partial one (temporary file in the same folder + fsync + ``os.replace``)."""
+    partial one (temporary file in the same folder + fsync + ``os.replace``).
+
+    The file gets the permissions ``open(path, 'wb')`` would give it: those of the file it
+    replaces, else ``0o666`` less the umask (``mkstemp``'s own ``0o600`` would hide
+    checkpoints from the rest of a group on a shared cluster)."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
@@ -49,6 +77,42 @@ class AtomicCheckpointHook(CheckpointHook):
                                              max_keep_ckpts=2, save_best='auto'))
     """
 
+    PRUNE_KEY = 'stan_mm_prune_ckpt_ids'
+    # mkstemp names of atomic_write_bytes: '.<file>.<8 random characters>.tmp'
+    _TMP_NAME = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$')
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if not is_main_process():
+            return
+        # a resumed run finishes the pruning that a kill interrupted
+        keep = set(getattr(self, 'keep_ckpt_ids', ()))
+        for step in runner.message_hub.runtime_info.get(self.PRUNE_KEY) or []:
+            if step not in keep and self._remove(step):
+                runner.logger.info(
+                    f'AtomicCheckpointHook: removed {self.filename_tmpl.format(step)}, '
+                    f'which a killed run published a newer checkpoint for but did not delete')
+        for folder in {str(self.out_dir), str(runner.work_dir)}:
+            if not osp.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                match = self._TMP_NAME.match(name)
+                if match and (match['name'] == 'last_checkpoint'
+                              or match['name'].endswith('.pth')):
+                    os.remove(osp.join(folder, name))
+                    runner.logger.warning(f'AtomicCheckpointHook: removed {name} from '
+                                          f'{folder}, a partial write of a killed run')
+
+    def _remove(self, step) -> bool:
+        old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
+        if self.file_backend.isfile(old):
+            self.file_backend.remove(old)
+        elif self.file_backend.isdir(old):
+            self.file_backend.rmtree(old)
+        else:
+            return False
+        return True
+
     def _save_checkpoint_with_step(self, runner, step, meta):
         stale = None
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and
@@ -57,7 +121,9 @@ class AtomicCheckpointHook(CheckpointHook):
                 stale = self.keep_ckpt_ids.popleft()
             self.keep_ckpt_ids.append(step)
             # stored before saving so that the checkpoint carries the list it leaves behind
+            # and what is to be deleted once it is published
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+            runner.message_hub.update_info(self.PRUNE_KEY, [] if stale is None else [stale])
 
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
@@ -73,8 +139,4 @@ class AtomicCheckpointHook(CheckpointHook):
         atomic_write_bytes(str(self.last_ckpt).encode(),
                            osp.join(runner.work_dir, 'last_checkpoint'))
         if stale is not None:
-            old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(stale))
-            if self.file_backend.isfile(old):
-                self.file_backend.remove(old)
-            elif self.file_backend.isdir(old):
-                self.file_backend.rmtree(old)
+            self._remove(stale)

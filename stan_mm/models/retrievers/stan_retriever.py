@@ -3,6 +3,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -117,7 +118,10 @@ class STANRetriever(BaseModel):
 
     Logit scale: fixed ``1 / temperature`` (public reproduction), or with
     ``learnable_temperature=True`` CLIP's learnable ``logit_scale`` (log scale, initialized
-    from the checkpoint) with ``exp(logit_scale)`` clamped at ``max_logit_scale``.
+    from the checkpoint), kept at most ``log(max_logit_scale)`` as CLIP's training does: the
+    parameter itself is clamped (in place, outside autograd) each time the scale is read,
+    so the gradient flows at the bound. (Clamping ``exp(logit_scale)`` in the graph would
+    give a zero gradient from the first step: OpenAI's checkpoints store 4.6055 > ln 100.)
 
     Learning rates: branch parameters are named ``backbone.branch.*``; the paper's 10x
     learning rate on them is ``optim_wrapper.paramwise_cfg.custom_keys =
@@ -137,7 +141,7 @@ class STANRetriever(BaseModel):
         loss: loss config (default ``SymmetricInfoNCELoss``).
         temperature: tau of the fixed logit scale 1/tau.
         learnable_temperature: learn CLIP's ``logit_scale`` instead.
-        max_logit_scale: clamp of ``exp(logit_scale)`` (learnable only).
+        max_logit_scale: upper bound of ``exp(logit_scale)`` (learnable only).
         text_chunk_size: captions encoded at a time in predict mode (None: all).
         precision, quick_gelu: passed to ``build_clip``.
         data_preprocessor: default ``RetrievalDataPreprocessor`` (CLIP mean/std).
@@ -167,6 +171,10 @@ class STANRetriever(BaseModel):
                                               and temperature > 0):
             raise ValueError(f'STANRetriever: temperature must be a positive number, got '
                              f'{temperature!r}')
+        if learnable_temperature and not (isinstance(max_logit_scale, (int, float))
+                                          and max_logit_scale > 0):
+            raise ValueError(f'STANRetriever: max_logit_scale must be a positive number, got '
+                             f'{max_logit_scale!r}')
         if text_chunk_size is not None and text_chunk_size < 1:
             raise ValueError(f'STANRetriever: text_chunk_size must be >= 1 or None, got '
                              f'{text_chunk_size}')
@@ -190,9 +198,12 @@ class STANRetriever(BaseModel):
         return self.backbone.embed_dim
 
     def get_logit_scale(self) -> torch.Tensor:
-        """``exp(logit_scale)`` clamped at ``max_logit_scale`` (learnable), else 1/tau."""
+        """``exp(logit_scale)`` (learnable; the parameter is first clamped in place to at
+        most ``log(max_logit_scale)``), else 1/tau."""
         if self.learnable_temperature:
-            return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+            with torch.no_grad():
+                self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
+            return self.logit_scale.exp()
         return torch.tensor(1.0 / self.temperature)
 
     def encode_video(self, imgs: torch.Tensor) -> torch.Tensor:
