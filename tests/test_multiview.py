@@ -115,6 +115,30 @@ def test_documented_view_switches_on_full_configs(config):
     assert (p[1].num_clips, p[4].type, p[4].crop_size) == (1, 'CenterCrop', 224)
 
 
+def test_tencrop_is_refused_where_training_never_mirrors():
+    """TenCrop's 10 views include 5 horizontally mirrored crops: fine for K400 (trained
+    with Flip), wrong for SSv2's direction-sensitive labels (trained without it)."""
+    from stan_mm.apis.video import inference_pipeline, trains_with_flip
+
+    def views(config, v):
+        cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', config))
+        args = argparse.Namespace(cfg_options=None, launcher='none', work_dir='/tmp/unused',
+                                  checkpoint=__file__, dump=None, views=v)
+        return cfg, test_tool.merge_args(cfg, args).test_dataloader.dataset.pipeline
+
+    cfg, p = views('k400_self_b16.py', '2x10')
+    assert trains_with_flip(cfg) is True
+    assert (p[1].num_clips, p[4].type) == (2, 'TenCrop')
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'ssv2_self_b16.py'))
+    assert trains_with_flip(cfg) is False
+    with pytest.raises(ValueError, match='TenCrop mirrors 5 of its 10 views.*Use 1x3'):
+        views('ssv2_self_b16.py', '1x10')
+    with pytest.raises(ValueError, match='TenCrop mirrors'):
+        inference_pipeline(cfg, '1x10')
+    _, p = views('ssv2_self_b16.py', '4x3')                     # other views unaffected
+    assert (p[1].num_clips, p[4].type) == (4, 'ThreeCrop')
+
+
 def test_pipeline_views_match_fused_batch_layout(tiny):
     """Recognizer3D folds [N, V, ...] into [N*V, ...] sample-major, which is the layout
     average_clip assumes (views of one sample contiguous)."""

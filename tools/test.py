@@ -14,7 +14,7 @@ import stan_mm  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from stan_mm.apis.video import set_views as apply_views  # noqa: E402
+from stan_mm.apis.video import set_views as apply_views, trains_with_flip  # noqa: E402
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
 
@@ -42,7 +42,8 @@ def parse_args(argv=None):
 
 def set_views(cfg, views: str):
     """Rewrite the test pipeline for ``views`` = 'CLIPSxCROPS' (e.g. '4x3')."""
-    apply_views(cfg.test_dataloader.dataset.pipeline, views)
+    apply_views(cfg.test_dataloader.dataset.pipeline, views,
+                mirrored_ok=trains_with_flip(cfg) is not False)
     return cfg
 
 

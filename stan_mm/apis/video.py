@@ -82,10 +82,33 @@ def check_views(kind: str, views: Optional[str]) -> None:
                          f'configs')
 
 
-def set_views(pipeline: List[dict], views: str) -> List[dict]:
+def trains_with_flip(cfg) -> Optional[bool]:
+    """Whether the config's training pipeline mirrors frames (a ``Flip`` with
+    ``flip_ratio > 0``); ``None`` when the config has no training pipeline."""
+    loader = cfg.get('train_dataloader')
+    dataset = loader.get('dataset') if loader else None
+    while dataset is not None and 'pipeline' not in dataset and 'dataset' in dataset:
+        dataset = dataset['dataset']
+    if dataset is None or not dataset.get('pipeline'):
+        return None
+    return any(t.get('type') == 'Flip' and t.get('flip_ratio', 0.5) > 0
+               for t in dataset['pipeline'])
+
+
+def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> List[dict]:
     """Set ``num_clips`` of the frame sampler and the crop (CenterCrop / ThreeCrop /
-    TenCrop) of a test pipeline for ``views`` (in place; returns the pipeline)."""
+    TenCrop) of a test pipeline for ``views`` (in place; returns the pipeline).
+
+    ``mirrored_ok=False`` refuses ``CROPS = 10``: MMAction2's ``TenCrop`` adds a
+    horizontally mirrored copy of each of its 5 crops, which is wrong for direction
+    sensitive labels (Something-Something-v2's "left to right"), i.e. for a model trained
+    without ``Flip`` (see :func:`trains_with_flip`)."""
     clips, crops = parse_views(views)
+    if crops == 10 and not mirrored_ok:
+        raise ValueError(
+            f'views {views!r}: TenCrop mirrors 5 of its 10 views, but this config trains '
+            f'without Flip (direction-sensitive labels, e.g. Something-Something-v2: a '
+            f'mirrored "left to right" clip shows "right to left"). Use {clips}x3 or {clips}x1.')
     sampler = [t for t in pipeline if t['type'] in SAMPLERS]
     crop = [t for t in pipeline if t['type'] in CROPS.values()]
     if len(sampler) != 1 or len(crop) != 1:
@@ -127,7 +150,7 @@ def inference_pipeline(cfg, views: Optional[str] = None) -> List[dict]:
             t['collect_keys'] = keys or None
         out.append(t)
     if views is not None:
-        set_views(out, views)
+        set_views(out, views, mirrored_ok=trains_with_flip(cfg) is not False)
     return out
 
 
