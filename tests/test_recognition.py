@@ -306,6 +306,13 @@ def test_text_head_finetune_text_recomputes_with_grad_and_caches_in_eval():
     head(x)
     assert len(calls) == 4
     torch.testing.assert_close(head(x), before)
+    # training mode without grad (a hook, a probe): fresh embeddings, never the cache
+    head.train()
+    with torch.no_grad():
+        first = head(x)
+        head.text_encoder.token_embedding.weight.mul_(1.5)     # another "optimizer step"
+        second = head(x)
+    assert len(calls) == 6 and not torch.allclose(first, second)
 
 
 def test_text_head_learnable_temperature_and_loss_with_label_smoothing():
@@ -322,6 +329,14 @@ def test_text_head_learnable_temperature_and_loss_with_label_smoothing():
     expected = -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
     torch.testing.assert_close(losses['loss_cls'].detach(), expected)
     losses['loss_cls'].backward()
+    assert head.logit_scale.grad is not None and head.logit_scale.grad != 0
+    # above the bound (an optimizer step past it, or a checkpoint value): the parameter is
+    # clamped and still gets a gradient
+    head.zero_grad()
+    with torch.no_grad():
+        head.logit_scale.fill_(math.log(100.0) + 0.01)
+    head.loss(x, samples(labels))['loss_cls'].backward()
+    assert head.logit_scale.item() <= math.log(100.0) + 1e-6
     assert head.logit_scale.grad is not None and head.logit_scale.grad != 0
     # A fixed temperature is not a parameter (nothing to optimize, nothing in the checkpoint).
     fixed = text_head(tiny_clip(seed=3), ['a', 'b'])
@@ -425,7 +440,7 @@ def test_tiny_recognizer_loss_and_predict(tmp_path, head):
 
 def test_paramwise_lr_mult_on_branch_and_head(tmp_path):
     """The schedule's custom_keys put the STAN branch (CLIPSTAN docstring prefix
-    'backbone.branch') and the head at 10x the CLIP learning rate."""
+    'backbone.branch') and the head's new parameters at 10x the CLIP learning rate."""
     from mmengine.optim import build_optim_wrapper
     cfg, model = _tiny_model(tmp_path, head='linear')
     ow = build_optim_wrapper(model, cfg.optim_wrapper)
@@ -440,6 +455,31 @@ def test_paramwise_lr_mult_on_branch_and_head(tmp_path):
     # CLIP's LayerNorm weights and biases have no weight decay, its matrices do.
     assert by_param[id(names['backbone.visual.ln_post.weight'])]['weight_decay'] == 0
     assert by_param[id(names['backbone.visual.conv1.weight'])]['weight_decay'] == 0.02
+
+
+def test_finetuned_text_tower_follows_clip_rules(tmp_path):
+    """With finetune_text=True the text classifier's tower is CLIP, not a new parameter:
+    CLIP's learning rate and no decay on its norms and biases; the learnable temperature
+    is new (10x) and never decays."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(write_tiny_config(tmp_path, head='text'))
+    cfg.model.cls_head.update(finetune_text=True, learnable_temperature=True)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    ow = build_optim_wrapper(model, cfg.optim_wrapper)
+    base = cfg.optim_wrapper.optimizer.lr
+    by_param = {id(p): g for g in ow.optimizer.param_groups for p in g['params']}
+    names = dict(model.named_parameters())
+    text = [n for n in names if n.startswith('cls_head.text_encoder.')]
+    assert text and all(names[n].requires_grad for n in text)
+    for n in text:
+        assert math.isclose(by_param[id(names[n])]['lr'], base), n
+        if n.endswith('.bias') or '.ln_' in n:
+            assert by_param[id(names[n])]['weight_decay'] == 0, n
+    scale = by_param[id(names['cls_head.logit_scale'])]
+    assert math.isclose(scale['lr'], 10 * base) and scale['weight_decay'] == 0
 
 
 def test_train_through_tools_train_validates_and_checkpoints(tmp_path):

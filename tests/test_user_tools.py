@@ -492,6 +492,22 @@ def test_recognize_with_a_retrieval_model_and_a_classnames_file(setup, capsys):
     np.testing.assert_allclose([r[1] for r in rows], probs[order], atol=6e-5)
 
 
+def test_recognize_leaves_the_retrieval_models_text_tower_as_it_was(setup):
+    """recognize() builds a temporary text classifier on the retrieval model's own text
+    tower; the caller's model keeps its trainable flags and modes."""
+    from stan_mm.apis.inference import init_model
+    from stan_mm.apis.recognition import recognize
+    cfg_path, _, _, ckpt = setup['ret']
+    model = init_model(cfg_path, ckpt, device='cpu')
+    tower = model.text_backbone
+    tower.train().requires_grad_(True)
+    before = [p.requires_grad for p in tower.parameters()]
+    names, scores = recognize(model, setup['videos'][0], classnames=CLASSNAMES[:3])
+    assert len(names) == 3 and abs(scores.sum() - 1) < 1e-9
+    assert [p.requires_grad for p in tower.parameters()] == before and all(before)
+    assert all(m.training for m in tower.modules())
+
+
 # ------------------------------------------------------------------ clip_to_mm
 def test_clip_to_mm_round_trip(setup, capsys):
     from stan_mm.models.clip import build_clip

@@ -96,9 +96,19 @@ def recognize(model, video: str, views: Optional[str] = None,
     from .embed import embed_video_batch, text_tower
     _, length = text_tower(model)
     scale = float(model.get_logit_scale())
-    head = TextClassifierHead(classnames=names, in_channels=int(model.embed_dim),
-                              text_encoder=model.text_backbone, templates=list(templates),
-                              context_length=length, temperature=1.0 / scale)
-    video_emb = embed_video_batch(model, [sample]).to(next(model.parameters()).device)
-    logits = head(video_emb)[0]                                          # [C]
+    tower = model.text_backbone
+    # the head freezes a text tower it is given: restore the caller's model afterwards
+    trainable = [p.requires_grad for p in tower.parameters()]
+    modes = [m.training for m in tower.modules()]
+    try:
+        head = TextClassifierHead(classnames=names, in_channels=int(model.embed_dim),
+                                  text_encoder=tower, templates=list(templates),
+                                  context_length=length, temperature=1.0 / scale)
+        video_emb = embed_video_batch(model, [sample]).to(next(model.parameters()).device)
+        logits = head(video_emb)[0]                                      # [C]
+    finally:
+        for p, flag in zip(tower.parameters(), trainable):
+            p.requires_grad_(flag)
+        for m, mode in zip(tower.modules(), modes):
+            m.training = mode
     return names, torch.softmax(logits.double(), dim=0).cpu().numpy()

@@ -20,14 +20,19 @@ optim_wrapper = dict(
     # No decay on CLIP's norms, biases and other 1-D parameters (class embedding,
     # attention in_proj_bias); the 2-D positional embedding decays. Parameters matched by
     # a custom key follow only that key (mmengine rule): branch and head parameters all
-    # decay, their norms and biases included.
+    # decay, their norms and biases included. The custom keys name only the head's new
+    # parameters, so a fine-tuned CLIP text tower (cls_head.text_encoder, with
+    # finetune_text=True) follows CLIP's rules: 2e-6, no decay on norms and biases.
     paramwise_cfg=dict(
         norm_decay_mult=0.0,
         bias_decay_mult=0.0,
         flat_decay_mult=0.0,
         custom_keys={
             'backbone.branch': dict(lr_mult=10.0),  # STAN branch: 2e-5
-            'cls_head': dict(lr_mult=10.0),        # new head parameters: 2e-5
+            # new head parameters, 2e-5: the linear head's classifier, the text
+            # classifier's learnable temperature (learnable_temperature=True; no decay)
+            'cls_head.fc_cls': dict(lr_mult=10.0),
+            'cls_head.logit_scale': dict(lr_mult=10.0, decay_mult=0.0),
         }),
     clip_grad=dict(max_norm=5.0, norm_type=2))
 

@@ -28,9 +28,10 @@ class TextClassifierHead(BaseHead):
 
     * ``finetune_text=False`` (default): the text tower is frozen (no gradient, eval mode)
       and ``w`` is computed once, without grad, at the first forward, then reused;
-    * ``finetune_text=True``: in training mode ``w`` is recomputed with gradient at every
-      forward (the text tower is trained); in eval mode it is computed once and reused
-      until the next ``train()``/``eval()`` switch (the weights may have changed).
+    * ``finetune_text=True``: in training mode ``w`` is recomputed at every forward (with
+      gradient when grad is enabled; the text tower is trained, never cached); in eval
+      mode it is computed once and reused until the next ``train()``/``eval()`` switch
+      (the weights may have changed).
 
     The cache is also dropped when weights are loaded (``load_state_dict``) and by
     :meth:`set_classnames`, which swaps the class list (zero-shot testing on new classes:
@@ -55,8 +56,8 @@ class TextClassifierHead(BaseHead):
         num_classes: optional check: must equal the number of class names.
         context_length: token length of the prompts (8..77; prompts are short).
         temperature: tau of ``cos / tau`` (default 0.01, i.e. CLIP's logit scale 100).
-        learnable_temperature: learn ``log(1 / tau)`` (CLIP style), clamped so that
-            ``1 / tau <= max_logit_scale``.
+        learnable_temperature: learn ``log(1 / tau)`` (CLIP style); the parameter is
+            clamped in place so that ``1 / tau <= max_logit_scale``.
         max_logit_scale: upper bound of ``1 / tau`` when learnable (CLIP: 100).
         finetune_text: train the text tower (see the cache rules above).
         dropout_ratio: dropout on the video embedding before normalization.
@@ -180,8 +181,12 @@ class TextClassifierHead(BaseHead):
 
     def class_embeddings(self) -> torch.Tensor:
         """Class text embeddings ``[num_classes, E]`` (fp32, L2-normalized)."""
-        if self.finetune_text and self.training and torch.is_grad_enabled():
-            return self._encode_prompts(chunk=None)
+        if self.finetune_text and self.training:
+            # the tower changes with every optimizer step: never served from the cache
+            if torch.is_grad_enabled():
+                return self._encode_prompts(chunk=None)
+            with _autocast_off(self._text_device()):
+                return self._encode_prompts(chunk=self.text_batch_size)
         device = self._text_device()
         if self._cache is None or self._cache.device != device:
             with torch.no_grad(), _autocast_off(device):
@@ -192,7 +197,10 @@ class TextClassifierHead(BaseHead):
     def scale(self) -> torch.Tensor:
         """Logit scale ``1 / temperature`` (a 0-d tensor)."""
         if self.learnable_temperature:
-            return self.logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
+            # clamp the parameter itself (as CLIP's training does), not exp of it: a clamp
+            # in the graph would stop the gradient for good once the scale reached the bound
+            with torch.no_grad():
+                self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
         return self.logit_scale.exp()
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
