@@ -184,6 +184,27 @@ def test_hf_directory_heads_from_config(tmp_path, inputs, hf_models):
     assert_same_as_hf(model, hf_models['narrow'], inputs)
 
 
+def test_folder_with_both_layouts_reads_hints_from_config_json(tmp_path, inputs, hf_models):
+    """A hub folder with HF files and open_clip weights but no open_clip_config.json: the
+    open_clip file is read, config.json still gives the activation (GELU here; the default
+    rule would pick QuickGELU) and the heads."""
+    hf = hf_models['gelu'][0]
+    hf.save_pretrained(tmp_path / 'both')
+    sd = hf_clip_to_openclip({k: v.contiguous() for k, v in hf.state_dict().items()
+                              if not k.endswith('position_ids')})
+    torch.save(sd, tmp_path / 'both' / 'open_clip_pytorch_model.bin')
+    ckpt = read_clip_checkpoint(tmp_path / 'both')
+    assert ckpt.fmt == 'open_clip' and ckpt.weights_file.endswith('open_clip_pytorch_model.bin')
+    assert ckpt.quick_gelu is False and 'config.json' in ckpt.quick_gelu_reason
+    assert ckpt.heads is not None
+    assert_same_as_hf(build_clip(pretrained=tmp_path / 'both'), hf_models['gelu'], inputs)
+    # a config.json that is not a CLIP config gives no hints
+    (tmp_path / 'other').mkdir()
+    torch.save(sd, tmp_path / 'other' / 'open_clip_pytorch_model.bin')
+    (tmp_path / 'other' / 'config.json').write_text('{"note": "not a model config"}')
+    assert read_clip_checkpoint(tmp_path / 'other').quick_gelu is None
+
+
 @pytest.mark.parametrize('fname', ['model.safetensors', 'pytorch_model.bin'])
 def test_hf_weights_file_alone(tmp_path, inputs, hf_models, fname):
     sd = {k: v.contiguous() for k, v in hf_models['quick_gelu'][0].state_dict().items()}

@@ -550,6 +550,13 @@ def test_clip_to_mm_round_trip(setup, capsys):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(images), gelu.encode_image(images))
         torch.testing.assert_close(loaded.encode_text(tokens), gelu.encode_text(tokens))
+    # an arch that does not state the activation (open_clip: GELU): the warning names
+    # the activation that was used and the option for the other one
+    arch = {k: v for k, v in tiny_clip_cfg(quick_gelu=False).items() if k != 'quick_gelu'}
+    assert tool.main([src, out + '2', '--arch', json.dumps(arch)]) == 0
+    printed = capsys.readouterr().out
+    assert 'GELU was used' in printed and '--quick-gelu' in printed
+    assert 'QuickGELU (OpenAI CLIP) was assumed' not in printed
 
 
 # ------------------------------------------------------------------ errors

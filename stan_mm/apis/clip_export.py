@@ -214,9 +214,15 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     report.load_note = _check_reload(out, sd, cfg)
     if report.load_note:
         report.arch_hint = _arch_hint(cfg, same)
-    if guessed:
+    if guessed and cfg['quick_gelu']:
         report.warnings.append(
             'the source does not say which activation it was trained with; QuickGELU '
             '(OpenAI CLIP) was assumed. For LAION/DataComp weights convert again with '
             '--gelu (or --arch ViT-B-16 style open_clip names).')
+    elif guessed:
+        report.warnings.append(
+            'the source does not say which activation it was trained with; GELU was used '
+            '(what open_clip means by an arch name without -quickgelu). For OpenAI CLIP '
+            'weights convert again with --quick-gelu (or --arch ViT-B-16-quickgelu style '
+            'names).')
     return report

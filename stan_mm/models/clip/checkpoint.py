@@ -201,13 +201,30 @@ def _open_clip_config_hints(config_file: str):
     return q, f'quick_gelu={q} in {config_file}', heads
 
 
+def _is_hf_clip_config(config_file: str) -> bool:
+    """A readable HuggingFace CLIP ``config.json`` (both tower configs present)."""
+    try:
+        with open(config_file) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(cfg, dict) and isinstance(cfg.get('vision_config'), dict)
+            and isinstance(cfg.get('text_config'), dict))
+
+
 def _resolve_dir(path: str) -> Tuple[str, Optional[str], Optional[str]]:
     """Directory -> (weights file, HF config.json or None, open_clip config or None)."""
     names = set(os.listdir(path))
     for fname in _OC_DIR_FILES:
         if fname in names:
             oc_cfg = osp.join(path, 'open_clip_config.json')
-            return osp.join(path, fname), None, oc_cfg if osp.isfile(oc_cfg) else None
+            if osp.isfile(oc_cfg):
+                return osp.join(path, fname), None, oc_cfg
+            # hub folders that ship both layouts without open_clip_config.json: the HF
+            # config.json describes the same model (activation, heads)
+            hf_cfg = osp.join(path, 'config.json')
+            return (osp.join(path, fname), hf_cfg if _is_hf_clip_config(hf_cfg) else None,
+                    None)
     for fname in _HF_DIR_FILES:
         if fname in names:
             hf_cfg = osp.join(path, 'config.json')
