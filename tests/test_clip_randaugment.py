@@ -157,6 +157,17 @@ def test_geometric_ops_nearest_match_torchvision(op, size):
             assert not differ.any(), (op, mag, fill, int(differ.sum()))
 
 
+def test_fractional_fill_is_rounded_as_torchvision_rounds_it():
+    """torchvision turns the fill into float32 before rounding: 2.5000001 is 2.5 in float32
+    (rounds to 2, half to even), 3.4999999 is 3.5 (rounds to 4); float64 would give 3, 3."""
+    clip = make_clip(*SIZES[0], seed=1)
+    fill = (2.5000001, 3.4999999, 127.5)
+    ref = torchvision_op(clip, 'Rotate', 30.0, 'nearest', fill)
+    out = apply_op(clip, 'Rotate', 30.0, 'nearest', fill)
+    assert (ref[:, 0, 0] == [2, 4, 128]).all()             # a corner is all fill
+    assert not (out != ref).any()
+
+
 @pytest.mark.parametrize('op', GEOMETRIC_OPS)
 def test_geometric_ops_bilinear_close_to_torchvision(op):
     T, H, W = SIZES[0]

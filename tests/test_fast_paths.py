@@ -71,6 +71,39 @@ def test_resize_equals_mmaction_without_the_fast_path(interpolation, config, siz
     assert tiled_array(slow['imgs']) is None
 
 
+def test_unchanged_size_copies_frames_that_cannot_stand_in_for_copies():
+    """The skip hands frames on only when they behave like cv2.resize's copies; otherwise
+    MMAction2's copies. Checked through an in-place Flip after Resize, which is where
+    aliasing shows: a repeated frame object (PyAVDecode repeats one array for a repeated
+    index) would be flipped once per slot, a negative-stride view (OpenCVDecode's
+    BGR->RGB) makes cv2.flip fail, a read-only frame cannot be flipped in place."""
+    from mmaction.datasets.transforms import Flip
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    shared = np.ascontiguousarray(base[0])
+    readonly = base[1].copy()
+    readonly.flags.writeable = False
+    cases = {
+        'same object twice': [shared, shared, base[2].copy()],
+        'same memory, two views': [base[0], base[0][...], base[1]],
+        'negative strides': [f[:, :, ::-1] for f in base],
+        'read-only': [readonly, base[2].copy()],
+        'int64 (cv2 makes it int32)': [f.astype(np.int64) for f in base],
+    }
+    resize = Resize(scale=(-1, 8))
+    for name, imgs in cases.items():
+        expect = _run(resize, [f.copy() for f in imgs], patched=False)
+        got = _run(resize, list(imgs))
+        assert [a.dtype for a in got['imgs']] == [b.dtype for b in expect['imgs']], name
+        assert not any(a is b for a, b in zip(got['imgs'], imgs)), name
+        flipped = Flip(flip_ratio=1.0)(dict(got, modality='RGB'))['imgs']
+        for a, f in zip(flipped, imgs):
+            np.testing.assert_array_equal(a, np.asarray(f)[:, ::-1], err_msg=name)
+    # frames that can stand in for copies are handed on as they are (the fast path)
+    distinct = list(base.copy())
+    assert all(a is b for a, b in zip(_run(resize, distinct)['imgs'], distinct))
+
+
 @pytest.mark.parametrize('dtype', [np.uint8, np.uint16, np.float32])
 def test_resize_into_one_array_equals_mmaction(dtype, monkeypatch):
     rng = np.random.default_rng(4)

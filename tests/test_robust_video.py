@@ -416,6 +416,11 @@ def test_opencv_fallback_matches_decord_frames(videos):
     assert res['total_frames'] == 16
     with pytest.raises(VideoReadError, match='ends after 16 frames'):
         decode_frames_opencv(videos['ok'], [16], 'ok.mp4')
+    # a repeated index is its own array (as in decord's batch): an in-place Flip must flip
+    # every slot once
+    got = decode_frames_opencv(videos['ok'], inds, 'ok.mp4')
+    assert not np.shares_memory(got[1], got[2])
+    np.testing.assert_array_equal(got[1], got[2])
 
 
 def test_long_video(videos):

@@ -526,7 +526,8 @@ def apply_op(frames: Frames, op: str, magnitude: float, interpolation: str = 'ne
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"{_NAME}: interpolation must be 'nearest' or 'bilinear', got "
                          f'{interpolation!r}')
-    fill3 = None if fill is None else tuple(float(np.rint(f)) for f in fill)
+    # torchvision rounds the fill as float32
+    fill3 = None if fill is None else tuple(float(np.rint(np.float32(f))) for f in fill)
     return _apply(frames, op, magnitude, interpolation, fill3, inplace=False)
 
 
@@ -628,7 +629,8 @@ class ClipRandAugment(BaseTransform):
         is_array = isinstance(imgs, np.ndarray)
         frames = (np.ascontiguousarray(imgs) if is_array
                   else [np.ascontiguousarray(f) for f in imgs])       # no copy if contiguous
-        fill = None if self.fill is None else tuple(float(np.rint(f)) for f in self.fill)
+        fill = None if self.fill is None else tuple(float(np.rint(np.float32(f)))
+                                                    for f in self.fill)   # torchvision's
         for i, (op, mag) in enumerate(ops):
             # the first op reads the input frames (left untouched) into a new [T, H, W, 3]
             # array; later point-wise ops work in place on that array

@@ -9,7 +9,11 @@ clip in the K400 training pipeline, 3 % of a data worker's time (docs/benchmarks
 With the fast path the frames are handed on as they are: the same pixels, shapes and
 types, without the copy. The one difference is aliasing: a later in-place transform (e.g.
 ``Flip``) then writes into the decoded arrays, which nothing but ``results['imgs']`` holds.
-``[H, W, 1]`` frames keep the slow path (``cv2.resize`` drops their channel axis). A real
+So the skip applies only to frames that behave like the copies would: C-contiguous,
+writeable, of a type ``cv2.resize`` keeps, and no two sharing memory (a decoder may repeat
+one array for a repeated frame index; a shared frame would be flipped once per slot).
+Other frames, and ``[H, W, 1]`` ones (``cv2.resize`` drops their channel axis), keep the
+slow path. A real
 resize writes the frames into one ``[T, H', W', C]`` array (``cv2.resize(..., dst=)``, what
 ``mmcv.imresize(..., out=)`` does): the same values, one allocation instead of T, and a
 list that ``FormatShape`` below takes without a copy (the MSR-VTT pipeline ends with
@@ -83,12 +87,20 @@ def disabled() -> Iterator[None]:
         video_io.ZERO_COPY = zero_copy
 
 
-def _unchanged(imgs: Sequence[np.ndarray], new_w: int, new_h: int) -> bool:
-    return all(isinstance(img, np.ndarray) and img.shape[:2] == (new_h, new_w)
-               and not (img.ndim == 3 and img.shape[2] == 1) for img in imgs)
-
-
 _CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def _unchanged(imgs: Sequence[np.ndarray], new_w: int, new_h: int) -> bool:
+    """True when ``cv2.resize`` to ``(new_w, new_h)`` would return copies equal in every
+    respect to ``imgs`` themselves: same size, a type it keeps, not ``[H, W, 1]``, and
+    frames that can stand in for fresh copies (C-contiguous, writeable, disjoint)."""
+    if not all(isinstance(img, np.ndarray) and img.shape[:2] == (new_h, new_w)
+               and not (img.ndim == 3 and img.shape[2] == 1)
+               and img.dtype.type in _CV2_DTYPES and img.flags.c_contiguous
+               and img.flags.writeable for img in imgs):
+        return False
+    spans = sorted((img.__array_interface__['data'][0], img.nbytes) for img in imgs)
+    return all(start + size <= nxt for (start, size), (nxt, _) in zip(spans, spans[1:]))
 
 
 def _resize_into_one_array(imgs: Sequence[np.ndarray], new_w: int, new_h: int,

@@ -309,7 +309,8 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
         filename: name for error messages (default: ``source`` when it is a path).
 
     Returns:
-        ``len(frame_inds)`` RGB frames ``[H, W, 3]`` uint8.
+        ``len(frame_inds)`` RGB frames ``[H, W, 3]`` uint8, separate arrays (also for a
+        repeated index).
 
     Raises:
         VideoReadError: OpenCV cannot open the file or the stream ends early.
@@ -345,7 +346,13 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
         if i <= last:
             raise VideoReadError(name, f'the stream ends after {i} frames but frame {last} '
                                  f'was requested; the file is probably truncated')
-        return [frames[k] for k in inds]
+        # a repeated index gets its own copy, as decord's batch gives it: a later in-place
+        # transform (Flip) must not act on one array once per slot
+        out, given = [], set()
+        for k in inds:
+            out.append(frames[k] if k not in given else frames[k].copy())
+            given.add(k)
+        return out
     finally:
         if tmp is not None:
             os.remove(tmp)
