@@ -250,6 +250,30 @@ def test_cpu_torchrun_ddp(tmp_path, with_fix):
 
 # ----------------------------------------------------------------------------- AMP wrapper
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback')
+def test_dist_fix_leaves_other_accelerators_to_mmengine(monkeypatch):
+    """Without CUDA the fix replaces mmengine's init by gloo on the CPU, but a device that
+    mmengine sets up itself (NPU, MLU, MUSA: device and hccl/cncl/mccl backend) keeps
+    mmengine's own code; DDP keeps device_ids for modules that are not on the CPU."""
+    import mmengine.device as device
+    import mmengine.dist.utils as dist_utils
+    import stan_mm  # noqa: F401
+    from stan_mm.compat import dist as dist_fix
+    patched = dist_utils._init_dist_pytorch
+    calls = []
+    monkeypatch.setattr(patched, '__wrapped__', lambda backend, init_backend='torch', **k:
+                        calls.append(('mmengine', backend)))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.distributed, 'init_process_group',
+                        lambda **k: calls.append(('gloo', k.get('backend'))))
+    with pytest.warns(UserWarning, match='gloo backend instead of nccl'):
+        patched(backend='nccl')
+    monkeypatch.setattr(device, 'is_npu_available', lambda: True)
+    patched(backend='nccl')
+    assert calls[0] == ('gloo', 'gloo') and calls[1] == ('mmengine', 'nccl')
+    assert dist_fix._module_on_cpu(torch.nn.Linear(2, 2))
+    assert not dist_fix._module_on_cpu(torch.nn.Linear(2, 2).to('meta'))
+
+
 def test_auto_amp_optim_wrapper_on_cpu():
     import stan_mm  # noqa: F401
     from mmaction.registry import OPTIM_WRAPPERS

@@ -418,6 +418,27 @@ def test_metric_matches_core_and_ignores_order_and_duplicates():
     assert metric.results == []
 
 
+def test_metric_stores_compact_features_not_the_batch():
+    """A retrieval model hands out per-sample slices of its batch outputs; the metric's
+    results are pickled to be gathered across processes, and a pickled view carries its
+    whole storage. Stored features must own just their own values."""
+    import pickle
+    from mmaction.registry import METRICS
+    batch_video = torch.randn(16, 512)
+    batch_text = torch.randn(16 * 40, 512)
+    samples = [dict(sample_idx=i, video_feature=batch_video[i],
+                    text_feature=batch_text.split(40)[i]) for i in range(16)]
+    metric = METRICS.build(dict(type='RetrievalRecallMetric'))
+    metric.process(None, samples)
+    feature_bytes = (16 * 512 + 16 * 40 * 512) * 4
+    assert len(pickle.dumps(metric.results)) < 1.2 * feature_bytes
+    # values unchanged; a tensor that already owns its storage is not copied
+    from stan_mm.evaluation.retrieval_metric import own_storage
+    t = torch.randn(3, 4)
+    assert own_storage(t) is t and own_storage(batch_video[2]) is not batch_video[2]
+    torch.testing.assert_close(own_storage(batch_video[2]), batch_video[2])
+
+
 def test_metric_dsl_qb_and_nested_features(tmp_path):
     text, video, bank_text, t2v = random_case(8, 19, 8)
     bank_path = tmp_path / 'bank.npy'

@@ -18,6 +18,7 @@ from mmengine.evaluator import BaseMetric
 from mmaction.registry import METRICS
 
 from ..datasets.synthetic import load_video_records, paired_direction_accuracy
+from .retrieval_metric import own_storage
 
 
 @METRICS.register_module()
@@ -112,10 +113,10 @@ class MotionTwinRetrievalMetric(BaseMetric):
                                "needs the retrieval model's outputs and 'filename' in "
                                'PackActionInputs(meta_keys=...)')
             text = torch.as_tensor(s['text_feature']).detach().cpu().float()
+            video = torch.as_tensor(s['video_feature']).detach().cpu().float().reshape(-1)
             self.results.append(dict(
-                name=osp.basename(str(s['filename'])),
-                video=torch.as_tensor(s['video_feature']).detach().cpu().float().reshape(-1),
-                text=text.reshape(-1, text.shape[-1])))
+                name=osp.basename(str(s['filename'])), video=own_storage(video),
+                text=own_storage(text.reshape(-1, text.shape[-1]))))
 
     def compute_metrics(self, results: List[dict]) -> dict:
         by_name = {r['name']: r for r in results}     # padded duplicates collapse

@@ -86,7 +86,16 @@ def _as_feature(value, key: str, idx) -> torch.Tensor:
     if not tensor.is_floating_point():
         raise TypeError(f'RetrievalRecallMetric: {key} of sample {idx} must be a floating '
                         f'point tensor, got {tensor.dtype}')
-    return tensor.to('cpu', torch.float32)
+    return own_storage(tensor.to('cpu', torch.float32))
+
+
+def own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or a compact copy when it is a view into a larger storage (a
+    model's per-sample slice of its batch output): results are pickled to be gathered
+    across processes, and pickling a view writes its whole storage (the batch)."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
 
 
 @METRICS.register_module()
