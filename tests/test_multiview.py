@@ -137,6 +137,11 @@ def test_tencrop_is_refused_where_training_never_mirrors():
         inference_pipeline(cfg, '1x10')
     _, p = views('ssv2_self_b16.py', '4x3')                     # other views unaffected
     assert (p[1].num_clips, p[4].type) == (4, 'ThreeCrop')
+    # a retrieval model embeds one view: 1x3 would reach it as one clip of 3 x T frames
+    with pytest.raises(ValueError, match='one view per video'):
+        views('msrvtt_self_b32.py', '1x3')
+    _, p = views('msrvtt_self_b32.py', '1x1')
+    assert [t.type for t in p if 'Crop' in t.type] == ['CenterCrop']
 
 
 def test_pipeline_views_match_fused_batch_layout(tiny):

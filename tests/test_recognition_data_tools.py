@@ -174,6 +174,32 @@ def test_k400_name_format_classnames_order_and_missing(tmp_path):
     assert _read(out / 'missing_val.txt') == [
         'air_drumming/-4pLQ1SvnHA.mkv',
         'passing_American_football_(in_game)/-9n3Yp-Lr9w.mkv']
+    # once the videos are there, a rerun removes the old missing list
+    for name in _read(out / 'missing_val.txt'):
+        (vdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (vdir / name).write_bytes(b'x')
+    assert k400.main(['--val-csv', val, '--out-dir', str(out), '--classnames', str(order),
+                      '--name-format', '{label_dir}/{youtube_id}.mkv',
+                      '--val-video-dir', str(vdir)]) == 0
+    assert len(_read(out / 'val_list.txt')) == 3 and not (out / 'missing_val.txt').exists()
+
+
+def test_list_builders_write_nothing_when_a_video_folder_is_wrong(tmp_path):
+    train, val = _k400_files(tmp_path)
+    (tmp_path / 'vtrain').mkdir()
+    out = tmp_path / 'k400_out'
+    with pytest.raises(FileNotFoundError, match='nonexist'):
+        k400.build_lists({'train': train, 'val': val}, str(out),
+                         video_dirs={'train': str(tmp_path / 'vtrain'),
+                                     'val': str(tmp_path / 'nonexist')})
+    assert not out.exists()
+    anno = _ssv2_files(tmp_path)
+    out = tmp_path / 'ssv2_out'
+    with pytest.raises(FileNotFoundError, match='nonexist'):
+        ssv2.build_lists(str(anno / 'labels.json'),
+                         {'train': str(anno / 'something-something-v2-train.json')},
+                         str(out), video_dir=str(tmp_path / 'nonexist'))
+    assert not out.exists()
 
 
 @pytest.mark.parametrize('line, expected', [

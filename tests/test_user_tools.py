@@ -365,6 +365,12 @@ def test_extract_features_split_feeds_eval_retrieval(setup, capsys):
                  for i, g in enumerate(t2v)]
     assert metrics['t2v_R1'] == pytest.approx(100 * np.mean(np.array(t2v_ranks) == 1))
     assert metrics['t2v_MnR'] == pytest.approx(np.mean(t2v_ranks))
+    # a rerun into the folder without --save-sim leaves no sim.npy of the earlier run
+    assert tool.main([cfg_path, ckpt, '--split', 'test', '--out', out, '--num-workers', '0',
+                      '--no-progress']) == 0
+    capsys.readouterr()
+    assert not osp.exists(osp.join(out, 'sim.npy'))
+    assert not [f for f in os.listdir(out) if 'tmp' in f]
 
 
 def test_extract_features_with_a_recognition_config(setup, capsys):

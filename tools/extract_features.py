@@ -21,6 +21,7 @@ videos are kept in OUT/.partial and skipped. An unreadable video stops the run w
 name; --skip-bad lists it in OUT/bad_videos.txt and goes on.
 """
 import argparse
+import os
 import os.path as osp
 import signal
 import sys
@@ -190,7 +191,9 @@ def write_sim(out: str, log) -> None:
     if feats['videos'] is None or feats['texts'] is None:
         raise ValueError('--save-sim needs both videos and texts')
     sim = (feats['texts'] @ feats['videos'].T).astype(np.float32)
-    np.save(osp.join(out, 'sim.npy'), sim)
+    tmp = osp.join(out, 'sim.tmp.npy')          # complete or absent, never half-written
+    np.save(tmp, sim)
+    os.replace(tmp, osp.join(out, 'sim.npy'))
     log(f'wrote {osp.join(out, "sim.npy")} {tuple(sim.shape)} (rows: texts.txt, columns: '
         f'videos.txt)')
 

@@ -46,8 +46,10 @@ from stan_mm.datasets.transforms.video_io import VideoReadError
 FORMAT = 'stan_mm.features'
 FORMAT_VERSION = 1
 PARTIAL = '.partial'
+# meta.json last (written last, removed first); sim.npy is written by extract_features
+# --save-sim after the rest, and removed with it so that no run leaves a stale matrix
 OUTPUT_FILES = ('videos.npy', 'videos.txt', 'video_stamps.npy', 'texts.npy', 'texts.txt',
-                'text_to_video.npy', 'bad_videos.txt', 'meta.json')
+                'text_to_video.npy', 'bad_videos.txt', 'sim.npy', 'meta.json')
 NORMALIZATION = ('L2: every row of videos.npy and texts.npy has unit norm, so '
                  'texts @ videos.T is the cosine similarity')
 

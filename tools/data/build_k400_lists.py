@@ -30,6 +30,9 @@ import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from list_files import write_lines, write_missing  # noqa: E402
+
 REQUIRED = ('label', 'youtube_id', 'time_start', 'time_end')
 DEFAULT_NAME_FORMAT = '{youtube_id}_{time_start:06d}_{time_end:06d}.mp4'
 
@@ -143,11 +146,6 @@ def split_missing(items, video_dir: str):
     return present, missing
 
 
-def write_lines(path: str, lines: Sequence[str]) -> None:
-    with open(path, 'w', encoding='utf-8') as f:
-        f.writelines(f'{line}\n' for line in lines)
-
-
 def build_lists(csvs: Dict[str, str], out_dir: str,
                 name_format: str = DEFAULT_NAME_FORMAT,
                 video_dirs: Optional[Dict[str, str]] = None,
@@ -164,15 +162,14 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
     class_ids = {n: i for i, n in enumerate(names)}
     labelled = {split: label_rows(rows[split], class_ids, csvs[split], name_format)
                 for split in rows}
+    # every check first (a bad video folder fails before anything is written)
+    found = {split: split_missing(items, video_dirs[split]) if video_dirs.get(split)
+             else (items, []) for split, items in labelled.items()}
     os.makedirs(out_dir, exist_ok=True)
     write_lines(osp.join(out_dir, 'classnames.txt'), names)
     report = {}
-    for split, items in labelled.items():
-        missing = []
-        if video_dirs.get(split):
-            items, missing = split_missing(items, video_dirs[split])
-            if missing:
-                write_lines(osp.join(out_dir, f'missing_{split}.txt'), missing)
+    for split, (items, missing) in found.items():
+        write_missing(out_dir, split, missing)
         write_lines(osp.join(out_dir, f'{split}_list.txt'),
                     [f'{name} {label}' for name, label in items])
         report[split] = {'written': len(items), 'missing': len(missing)}

@@ -31,6 +31,9 @@ import re
 import sys
 from typing import Dict, List, Sequence, Tuple
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from list_files import write_lines, write_missing  # noqa: E402
+
 SPLIT_FILES = {'train': 'something-something-v2-train.json',
                'val': 'something-something-v2-validation.json'}
 
@@ -143,11 +146,6 @@ def split_missing(items: Sequence[Tuple[str, int]], video_dir: str, ext: str):
     return present, missing
 
 
-def write_lines(path: str, lines: Sequence[str]) -> None:
-    with open(path, 'w', encoding='utf-8') as f:
-        f.writelines(f'{line}\n' for line in lines)
-
-
 def build_lists(labels: str, splits: Dict[str, str], out_dir: str, ext: str = 'webm',
                 video_dir: str = None) -> Dict[str, Dict[str, int]]:
     """Write ``{split}_list.txt`` for each ``splits`` entry (``{'train': path, ...}``) and
@@ -155,15 +153,14 @@ def build_lists(labels: str, splits: Dict[str, str], out_dir: str, ext: str = 'w
     names = read_labels(labels)
     class_ids = {n: i for i, n in enumerate(names)}
     parsed = {split: read_split(path, class_ids) for split, path in splits.items()}
+    # every check first (a bad video folder fails before anything is written)
+    found = {split: split_missing(items, video_dir, ext) if video_dir is not None
+             else (items, []) for split, items in parsed.items()}
     os.makedirs(out_dir, exist_ok=True)
     write_lines(osp.join(out_dir, 'classnames.txt'), names)
     report = {}
-    for split, items in parsed.items():
-        missing = []
-        if video_dir is not None:
-            items, missing = split_missing(items, video_dir, ext)
-            if missing:
-                write_lines(osp.join(out_dir, f'missing_{split}.txt'), missing)
+    for split, (items, missing) in found.items():
+        write_missing(out_dir, split, missing)
         write_lines(osp.join(out_dir, f'{split}_list.txt'),
                     [f'{vid}.{ext} {label}' for vid, label in items])
         report[split] = {'written': len(items), 'missing': len(missing)}
