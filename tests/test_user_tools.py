@@ -373,6 +373,20 @@ def test_extract_features_split_feeds_eval_retrieval(setup, capsys):
     assert not [f for f in os.listdir(out) if 'tmp' in f]
 
 
+def test_split_items_reads_through_dataset_wrappers(setup):
+    """--split train on a training set wrapped in SkipUnreadable (docs/robustness.md's
+    advice): the wrapped dataset gives the videos and captions."""
+    from mmengine.config import Config
+    tool = load_tool('tools/extract_features.py')
+    cfg = Config.fromfile(setup['ret'][0])
+    # the fixture's test split (its train split is the quickstart's data/motion)
+    plain = tool.split_items(cfg, 'test')
+    cfg.test_dataloader.dataset = dict(type='SkipUnreadable',
+                                       dataset=cfg.test_dataloader.dataset)
+    wrapped = tool.split_items(cfg, 'test')
+    assert len(plain[0]) > 0 and [list(x) for x in wrapped] == [list(x) for x in plain]
+
+
 def test_extract_features_with_a_recognition_config(setup, capsys):
     """Recognizer: views embedded by the backbone, each L2-normalized, averaged and
     normalized again; texts through the text head's tower (no prompt template)."""

@@ -100,6 +100,10 @@ def split_items(cfg, split: str):
     if not loader or not loader.get('dataset'):
         raise ValueError(f'{cfg.filename} has no {split}_dataloader.dataset')
     ds_cfg = copy.deepcopy(loader['dataset'])
+    # wrappers (SkipUnreadable, RepeatDataset, ...) add nothing to the list of videos and
+    # captions: read the dataset they wrap
+    while 'pipeline' not in ds_cfg and isinstance(ds_cfg.get('dataset'), dict):
+        ds_cfg = ds_cfg['dataset']
     ds_cfg['pipeline'] = []
     if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
         ds_cfg['test_mode'] = True  # one entry per video with all its captions
