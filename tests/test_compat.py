@@ -198,6 +198,28 @@ def test_code_running_checkpoint_is_refused(tmp_path):
     assert marker.exists()
 
 
+def test_corrupt_checkpoints_are_named_as_such(tmp_path):
+    """Empty, truncated and non-checkpoint files: an error naming the file and saying
+    what is wrong, not the unpickler's 'invalid load key' or 'KeyError: <number>' (nor the
+    refusal meant for pickles that would run code)."""
+    from stan_mm.compat import CorruptCheckpointError, safe_torch_load
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.randn(64, 64)}}, good)
+    data = good.read_bytes()
+    files = {'empty.pth': (b'', 'is empty'),
+             'text.pth': (b'hello world\n', 'is not a PyTorch checkpoint'),
+             'random.pth': (bytes(range(7, 250)) * 4, 'is not a PyTorch checkpoint'),
+             'truncated.pth': (data[:len(data) // 2], 'probably truncated'),
+             'truncated_pickle.pth': (pickle.dumps({'w': list(range(100))})[:40],
+                                      'probably truncated')}
+    for name, (content, expected) in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CorruptCheckpointError, match=expected) as info:
+            safe_torch_load(tmp_path / name)
+        assert name in str(info.value)
+    assert set(safe_torch_load(good)['state_dict']) == {'w'}
+
+
 def test_missing_checkpoint_names_path(tmp_path):
     from stan_mm.compat import safe_torch_load
     with pytest.raises(FileNotFoundError, match='nope.pth'):

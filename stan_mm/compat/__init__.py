@@ -26,8 +26,8 @@ Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a 
                 child (see :mod:`stan_mm.compat.decord_fork`).
 =====  ==========================================================================
 """
-from .checkpoint import (UnsafeCheckpointError, apply_checkpoint_fix,  # noqa: F401
-                         safe_torch_load, trusted_checkpoints)
+from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
+                         apply_checkpoint_fix, safe_torch_load, trusted_checkpoints)
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401

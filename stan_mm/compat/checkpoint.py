@@ -15,6 +15,7 @@ Trusting a file is an explicit opt-in, for files whose origin you know:
 import contextlib
 import os
 import pickle
+import struct
 from typing import Any, Iterator, List
 
 import torch
@@ -25,6 +26,40 @@ _trust_depth = 0
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs more than the weights-only unpickler allows."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A file that is not a readable PyTorch checkpoint: empty, truncated, another format."""
+
+
+def _check_header(filename) -> None:
+    """``torch.save`` writes a zip archive (``PK``); its legacy format and plain pickles
+    start with the pickle protocol byte ``0x80``. Anything else is named as such instead of
+    the unpickler's ``invalid load key`` or ``KeyError: <number>``."""
+    with open(filename, 'rb') as f:
+        head = f.read(4)
+    if not head:
+        raise CorruptCheckpointError(f'{filename} is empty (0 bytes); expected a PyTorch '
+                                     f'checkpoint written by torch.save')
+    if head[:2] != b'PK' and head[:1] != b'\x80':
+        raise CorruptCheckpointError(
+            f'{filename} is not a PyTorch checkpoint: it starts with {head!r}, not with a '
+            f'zip archive (torch.save) or a pickle. A .safetensors file needs that extension')
+
+
+def _is_weights_only_refusal(err: Exception) -> bool:
+    """The weights-only unpickler refused a global (code it would have to import), as
+    opposed to a pickle it cannot parse: an opcode ``torch.save``'s protocol-2 pickles never
+    contain ('Unsupported operand'), or a damaged stream."""
+    text = str(err)
+    refused = 'WeightsUnpickler error' in text or 'Weights only load failed' in text
+    return refused and 'Unsupported operand' not in text
+
+
+def _corrupt(filename, err: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f'cannot read checkpoint {filename} ({type(err).__name__}: {_reason(err)}); the file '
+        f'is probably truncated (an interrupted copy or download) or not a PyTorch checkpoint')
 
 
 def _safe_globals() -> List[Any]:
@@ -100,21 +135,33 @@ def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs)
         UnsafeCheckpointError: when the file needs other types; the message names the file,
             the offending global and how to opt in.
     """
-    if isinstance(filename, (str, os.PathLike)) and not os.path.isfile(filename):
+    is_path = isinstance(filename, (str, os.PathLike))
+    if is_path and not os.path.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
-    if trust or _trusted():
-        return torch.load(filename, map_location=map_location, weights_only=False, **kwargs)
+    if is_path:
+        _check_header(filename)
     try:
+        if trust or _trusted():
+            return torch.load(filename, map_location=map_location, weights_only=False,
+                              **kwargs)
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True,
                               **kwargs)
     except pickle.UnpicklingError as e:
+        if not _is_weights_only_refusal(e):
+            raise _corrupt(filename, e) from e
         first = _reason(e)
         raise UnsafeCheckpointError(
             f'Refused to load checkpoint {filename}: its pickle needs objects beyond '
             f'tensors, containers, numpy arrays and mmengine buffers, and unpickling it '
             f'could run code ({first}). If you trust where this file comes from, set '
             f'{TRUST_ENV}=1 or load it inside stan_mm.compat.trusted_checkpoints().') from e
+    except (EOFError, KeyError, OSError, struct.error) as e:
+        raise _corrupt(filename, e) from e
+    except RuntimeError as e:
+        if 'PytorchStreamReader' in str(e) or 'zip archive' in str(e):
+            raise _corrupt(filename, e) from e
+        raise
 
 
 def _reason(err: Exception) -> str:
