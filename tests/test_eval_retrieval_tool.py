@@ -112,3 +112,15 @@ def test_tool_reports_missing_file(tmp_path, capsys, tool_main):
     assert tool_main(['--sim', str(tmp_path / 'nope.npy'), '--text-to-video',
                       str(tmp_path / 't.npy')]) == 2
     assert 'nope.npy' in capsys.readouterr().err
+
+
+def test_tool_reports_an_unusable_device(tmp_path, capsys, tool_main, monkeypatch):
+    import torch
+    np.save(tmp_path / 's.npy', S_MULTI)
+    np.save(tmp_path / 't.npy', T2V_MULTI)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    args = ['--sim', str(tmp_path / 's.npy'), '--text-to-video', str(tmp_path / 't.npy')]
+    assert tool_main(args + ['--device', 'cuda']) == 2
+    assert 'CUDA is not available' in capsys.readouterr().err
+    assert tool_main(args + ['--device', 'tpu9']) == 2
+    assert "--device 'tpu9'" in capsys.readouterr().err

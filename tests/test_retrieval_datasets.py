@@ -634,6 +634,10 @@ def test_prepare_tool_report_and_json(msrvtt, capsys, tmp_path):
     rc = _tool().main(['msrvtt', files['test'], '--caption-file', files['data'],
                        '--video-root', str(root / 'videos'), '--out-json', out])
     text = capsys.readouterr().out
+    nested = tmp_path / 'new' / 'folder' / 'train.json'      # its folder is created
+    assert _tool().main(['msrvtt', files['test'], '--caption-file', files['data'],
+                         '--out-json', str(nested)]) == 0 and nested.is_file()
+    capsys.readouterr()
     assert rc == 1  # a missing video
     assert 'videos: 3' in text and 'captions: 6' in text
     assert 'captions per video: min 1, mean 2.0, max 3' in text

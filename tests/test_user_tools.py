@@ -528,6 +528,15 @@ def test_recognize_leaves_the_retrieval_models_text_tower_as_it_was(setup):
     assert all(m.training for m in tower.modules())
 
 
+def test_search_names_an_unreadable_queries_file(tmp_path, capsys):
+    tool = load_tool('tools/demo/search.py')
+    with pytest.raises(SystemExit) as info:
+        tool.parse_args(['CFG', 'CKPT', '--gallery', str(tmp_path),
+                         '--queries', str(tmp_path / 'nope.txt')])
+    assert info.value.code == 2
+    assert "--queries" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ clip_to_mm
 def test_clip_to_mm_round_trip(setup, capsys):
     from stan_mm.models.clip import build_clip
@@ -600,3 +609,12 @@ def test_clear_errors(setup, tmp_path):
     linear = init_model(RECOGNITION_BASE)  # I3DHead with 10 classes
     with pytest.raises(ValueError, match='8 classes but 2 class names'):
         class_labels(linear, ['a', 'b'])
+    # search refuses a model without a text tower before embedding the gallery
+    from stan_mm.apis.search import search_gallery
+    gallery = tmp_path / 'gallery'
+    gallery.mkdir()
+    os.symlink(setup['videos'][0], gallery / 'a.mp4')
+    with pytest.raises(ValueError, match='has no text tower'):
+        search_gallery(linear, str(gallery), ['a query'], key='k', progress=False,
+                       num_workers=0, log=lambda m: None)
+    assert not (gallery / '.stan_mm_cache').exists()      # nothing was embedded

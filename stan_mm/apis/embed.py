@@ -93,21 +93,25 @@ def require_text_tower(model: nn.Module) -> Tuple[Callable, int]:
 
 
 @torch.no_grad()
-def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256
-                ) -> torch.Tensor:
-    """Texts -> ``[M, E]`` float32 L2-normalized embeddings on the CPU.
+def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
+                progress: bool = False) -> torch.Tensor:
+    """Texts -> ``[M, E]`` float32 L2-normalized embeddings on the CPU (``progress``: a
+    progress bar over the texts).
 
     Raises:
         ValueError: the model has no text tower.
     """
+    from tqdm import tqdm
     from stan_mm.datasets.transforms.tokenize import tokenize
     encode, length = require_text_tower(model)
     device = next(model.parameters()).device
     out: List[torch.Tensor] = []
     texts = list(texts)
-    for i in range(0, len(texts), batch_size):
-        tokens = tokenize(texts[i:i + batch_size], length).to(device)
-        out.append(F.normalize(encode(tokens).float(), dim=-1).cpu())
+    with tqdm(total=len(texts), desc='texts', unit='text', disable=not progress) as bar:
+        for i in range(0, len(texts), batch_size):
+            tokens = tokenize(texts[i:i + batch_size], length).to(device)
+            out.append(F.normalize(encode(tokens).float(), dim=-1).cpu())
+            bar.update(len(tokens))
     if not out:
         return torch.zeros(0, embed_dim(model))
     return torch.cat(out)

@@ -404,7 +404,8 @@ def _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_v
             texts = [t for t, _ in pairs]
             t2v = np.array([v for _, v in pairs], dtype=np.int64)
         log(f'embedding {len(texts)} texts')
-        text_emb = embed_texts(model, texts, batch_size=max(batch_size, 64)).numpy()
+        text_emb = embed_texts(model, texts, batch_size=max(batch_size, 64),
+                               progress=progress).numpy()
     meta.update(embed_dim=int(dim), dtype='float32', num_videos=len(kept),
                 num_texts=0 if texts is None else len(texts),
                 has_text_to_video=t2v is not None)

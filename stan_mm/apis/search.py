@@ -51,11 +51,12 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
 
     Unreadable gallery videos are skipped and reported (``bad_videos``).
     """
-    from .embed import embed_texts
+    from .embed import embed_texts, require_text_tower
     from .features import extract_features, load_features
     from .video import list_videos
     if not queries:
         raise ValueError('no query: give at least one text (--query "...")')
+    require_text_tower(model)     # before the gallery pass, not after it
     root, paths = list_videos(gallery)
     out = gallery_cache_dir(gallery, key, cache)
     res = extract_features(model, out, videos=paths, video_root=root, key=key,

@@ -31,6 +31,7 @@ MSR-VTT with all captions) only makes sense with ``RetrievalVideoTextDataset``.
 """
 import argparse
 import json
+import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional
@@ -115,6 +116,7 @@ def write_video_text_json(entries, out: str, skip_ids=()) -> int:
     """Write MMAction2 VideoTextDataset JSON; returns the number of videos written."""
     skip = set(skip_ids)
     data = {e.filename: list(e.captions) for e in entries if e.video_id not in skip}
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     with open(out, 'w', encoding='utf-8') as f:
         json.dump(data, f, ensure_ascii=False, indent=1)
     return len(data)

@@ -43,8 +43,11 @@ def parse_args(argv=None):
                    help='override config entries')
     args = p.parse_args(argv)
     if args.queries:
-        with open(args.queries, encoding='utf-8') as f:
-            args.query += [ln.strip() for ln in f if ln.strip()]
+        try:
+            with open(args.queries, encoding='utf-8') as f:
+                args.query += [ln.strip() for ln in f if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            p.error(f'--queries {args.queries!r}: cannot read it ({e})')
     if not args.query:
         p.error('give at least one --query "text" (or --queries FILE)')
     if args.top_k < 1:
