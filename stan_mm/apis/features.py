@@ -375,13 +375,13 @@ def extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = N
                 created=datetime.datetime.now().isoformat(timespec='seconds'))
     meta.update(extra_meta or {})
     _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_video,
-              result, batch_size, log)
+              result, batch_size, log, progress)
     store.remove()
     return result
 
 
 def _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_video,
-              result, batch_size, log) -> None:
+              result, batch_size, log, progress: bool = True) -> None:
     """Assemble the rows of the readable videos in list order, embed the texts (dropping
     those of unreadable videos), write the final files (``result`` updated)."""
     from .embed import embed_dim, embed_texts
