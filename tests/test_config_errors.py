@@ -198,12 +198,6 @@ def _test_child(argv):
     os._exit(0)
 
 
-_TOOL_CHECKS = 'check_checkpoint_fits' in open(osp.join(REPO, 'tools', 'test.py')).read()
-
-
-@pytest.mark.xfail(not _TOOL_CHECKS, strict=True,
-                   reason='tools/test.py does not call stan_mm.utils.checkpoint_check.'
-                   'check_checkpoint_fits yet (see docs/robustness.md)')
 def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, recognizer):
     from stan_mm.datasets.synthetic import generate_motion_dataset
     root = tmp_path / 'motion'
