@@ -319,6 +319,20 @@ def test_step_modes_and_grad_release():
         B.make_step(model, x, 'backward')
 
 
+def test_cpu_memory_child_measures_the_timed_step():
+    """With --optim-step the measured training step includes AdamW (its two state tensors
+    per parameter are allocated in that step), as the timed step does."""
+    wide = dict(TINY, vision_cfg=dict(TINY['vision_cfg'], width=256, head_width=64))
+    kwargs = dict(arch=wide, depth=1, input_layout='NTCHW')
+    plain = B.cpu_peak_memory({'stan': kwargs}, 1, 2, ['train'])
+    if 'VmHWM' not in plain['stan']['train']['method']:
+        pytest.skip('no /proc/self/clear_refs here: ru_maxrss is only a lower bound')
+    adamw = B.cpu_peak_memory({'stan': kwargs}, 1, 2, ['train'], optim_step=True)
+    state = 2 * plain['stan']['model_bytes']                # exp_avg + exp_avg_sq
+    extra = adamw['stan']['train']['delta'] - plain['stan']['train']['delta']
+    assert extra >= 0.8 * state, (extra, state)
+
+
 def test_step_rss_sees_an_allocation():
     def step():
         a = np.ones(64 * 2**20 // 8)             # 64 MiB, touched

@@ -201,6 +201,14 @@ def test_tool_arch_mode(capsys):
     expected = (clip_macs(12, 49, 768, 12, 32, 512) + branch_macs(1, 12, 49, 768, 4)) / 1e9
     assert f'GFLOPs (G multiply-accumulates): {expected:.3f}' in out
     assert 'uncounted matmul/conv/attention ops: none' in out
+    # 3 frames (a clip shape that the automatic layout could not tell from [N, C, T, ...])
+    # and a CLIP built for 336-pixel frames (7 x 7 -> 21 x 21 patches of 16 at B/16)
+    assert _tool().main(['--arch', 'ViT-B-32', '--frames', '3', '--depth', '4']) == 0
+    expected = (clip_macs(3, 49, 768, 12, 32, 512) + branch_macs(1, 3, 49, 768, 4)) / 1e9
+    assert f'GFLOPs (G multiply-accumulates): {expected:.3f}' in capsys.readouterr().out
+    assert _tool().main(['--arch', 'ViT-B-16', '--frames', '8', '--image-size', '336']) == 0
+    expected = (clip_macs(8, 441, 768, 12, 16, 512) + branch_macs(1, 8, 441, 768, 4)) / 1e9
+    assert f'GFLOPs (G multiply-accumulates): {expected:.3f}' in capsys.readouterr().out
 
 
 def test_tool_on_recognition_config(capsys):

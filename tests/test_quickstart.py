@@ -64,6 +64,18 @@ def test_quickstart_baseline_config_is_mean_pooling():
     stan.model.backbone.depth = 0
     assert stan.model.to_dict() == base.model.to_dict()
     assert stan.train_dataloader.to_dict() == base.train_dataloader.to_dict()
+    # the head has a class per direction of every generated pair (adding the rotation pair
+    # to _motion_common.py must not leave an 8-class head for 10 classes)
+    pairs = stan.train_dataloader.dataset.generate.pairs
+    assert stan.model.cls_head.num_classes == 2 * len(pairs) == 8
+
+
+def test_empty_split_is_named(tmp_path):
+    import stan_mm  # noqa: F401
+    from stan_mm.datasets.motion_dataset import SyntheticMotionDataset
+    gen = dict(num_train=2, num_val=0, num_test=2, num_frames=4, size=32, progress=False)
+    with pytest.raises(ValueError, match='val split of .* has no videos'):
+        SyntheticMotionDataset(str(tmp_path / 'm'), 'val', pipeline=[], generate=gen)
 
 
 def test_dist_train_quickstart_on_cpu(tmp_path):

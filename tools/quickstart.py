@@ -37,7 +37,9 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='default: work_dirs/quickstart/<stan|meanpool>')
     p.add_argument('--epochs', type=int, help='override the number of training epochs')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. motion.num_train=960')
+                   help='override config entries, e.g. train_dataloader.batch_size=8 (the '
+                   'dataset itself, e.g. its size or motion pairs, is set in '
+                   'configs/quickstart/_motion_common.py: the configs copy it when loaded)')
     return p.parse_args(argv)
 
 
@@ -113,10 +115,14 @@ def main(argv=None):
     result['wall_time_s'] = round(elapsed, 1)
     with open(osp.join(cfg.work_dir, 'quickstart_result.json'), 'w') as f:
         json.dump(result, f, indent=1)
-    print(f"\n[quickstart] {name}: test top-1 {result['top1']:.1f}% "
-          f"(chance {result['chance']:.1f}%), time-direction accuracy "
-          f"{result['direction_acc']:.1f}% (order-blind models: ~50%); "
-          '{} min {:02d} s'.format(*divmod(int(result['wall_time_s']), 60)))
+    took = '{} min {:02d} s'.format(*divmod(int(result['wall_time_s']), 60))
+    if {'top1', 'chance', 'direction_acc'} <= set(result):
+        print(f"\n[quickstart] {name}: test top-1 {result['top1']:.1f}% "
+              f"(chance {result['chance']:.1f}%), time-direction accuracy "
+              f"{result['direction_acc']:.1f}% (order-blind models: about 50%); {took}")
+    else:   # a config without MotionPairMetric (e.g. the retrieval quickstart)
+        shown = ', '.join(f'{k} {v}' for k, v in metrics.items())
+        print(f'\n[quickstart] {name}: {shown}; {took}')
     print(f'[quickstart] curves: {out_png}')
     return result
 

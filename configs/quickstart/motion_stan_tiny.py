@@ -5,7 +5,7 @@
 # model that ignores frame order (motion_meanpool_tiny.py) is at chance within each pair.
 _base_ = ['../_base_/default_runtime.py', './_motion_common.py']
 
-num_classes = 8                # 4 motion pairs x 2 directions
+num_classes = 2 * len(_base_.motion.pairs)   # 4 motion pairs x 2 directions = 8
 
 model = dict(
     type='Recognizer3D',

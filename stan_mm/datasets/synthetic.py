@@ -351,8 +351,9 @@ def make_video_specs(split: str, num_videos: int, *, seed: int = 0,
         ``rgb``, ``size`` (None for the scale pair), ``background`` (kind + parameters),
         ``trajectory`` (canonical order, lists of length T: ``x``, ``y``, ``radius``
         (fractions of the side), ``angle`` (degrees), ``alpha``) and ``captions``.
-        Classes are balanced: per-pair counts differ by at most one, and within a pair the
-        forward and backward counts differ by at most one.
+        Classes are balanced: per-pair counts differ by at most one group (with twins a
+        group is two videos, so up to two videos), and within a pair the forward and
+        backward counts differ by at most one.
     """
     if split not in _SPLIT_CODE:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')

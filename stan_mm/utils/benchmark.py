@@ -289,6 +289,7 @@ def _memory_child() -> None:
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job.get('threads', 1))
     import stan_mm  # noqa: F401  (registers models, applies the stack fixes)
+    amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(job.get('amp') or 'none')
     out = {}
     for name, kwargs in job['models'].items():
         torch.manual_seed(job.get('seed', 0))
@@ -296,9 +297,14 @@ def _memory_child() -> None:
         x = torch.randn(job['batch'], job['frames'], 3, *image_size(model))
         set_grad_checkpointing(model, bool(job.get('grad_checkpointing')))
         res = dict(model_bytes=model_bytes(model), input_bytes=x.numel() * x.element_size())
-        make_step(model, x, 'forward')()      # one-time initialisations are not counted
+        # the timed step's settings: autocast, and AdamW in training steps (its state is
+        # allocated by the first training step, which is the measured one)
+        optim = (torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                   lr=1e-6) if job.get('optim_step') else None)
+        make_step(model, x, 'forward', amp)()     # one-time initialisations are not counted
         for mode in job['modes']:
-            res[mode] = measure_step_rss(make_step(model, x, mode))
+            res[mode] = measure_step_rss(make_step(model, x, mode, amp,
+                                                   optim if mode == 'train' else None))
         out[name] = res
         del model, x
         gc.collect()
@@ -307,16 +313,20 @@ def _memory_child() -> None:
 
 def cpu_peak_memory(models: Mapping[str, Mapping[str, Any]], batch: int, frames: int,
                     modes: Sequence[str], threads: int = 1,
-                    grad_checkpointing: bool = False, timeout: float = 3600) -> Dict:
+                    grad_checkpointing: bool = False, timeout: float = 3600,
+                    amp: Optional[str] = None, optim_step: bool = False) -> Dict:
     """Peak memory of one step per mode (:func:`measure_step_rss`) of each CLIPSTAN in
     ``models`` (name -> kwargs), measured one model after the other in a fresh Python
     process (so the benchmark's own models and runs do not count); each model first runs
-    one unmeasured forward step. glibc's mmap threshold is lowered in that process so
-    freed tensors are returned to the system and the RSS follows live memory.
+    one unmeasured forward step. ``amp`` (``'bf16'``, ``'fp16'`` or None) and
+    ``optim_step`` (an AdamW step in training steps) as in the timed steps; the steps run
+    eager (``--compile`` is not applied there). glibc's mmap threshold is lowered in that
+    process so freed tensors are returned to the system and the RSS follows live memory.
     Returns ``{name: {mode: {before, peak, delta, method}, 'model_bytes', 'input_bytes'}}``.
     """
     job = dict(models={k: dict(v) for k, v in models.items()}, batch=batch, frames=frames,
-               modes=list(modes), threads=threads, grad_checkpointing=grad_checkpointing)
+               modes=list(modes), threads=threads, grad_checkpointing=grad_checkpointing,
+               amp=amp, optim_step=optim_step)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072',
                OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(

@@ -244,8 +244,10 @@ def run_model_benchmark(args, kwargs, frames):
                                 / (args.peak_tflops * 1e12))
                 if not args.no_memory:
                     mem = B.cuda_peak_memory(steps[name], device)
+                    # AdamW state exists only for (and after) training steps
                     resident = (B.model_bytes(models[name]) + x.numel() * x.element_size()
-                                + B.optimizer_state_bytes(optims[name]))
+                                + (B.optimizer_state_bytes(optims[name])
+                                   if mode == 'train' else 0))
                     entry['memory'] = dict(mem, resident=resident,
                                            peak_alone=resident + mem['delta'],
                                            method='torch.cuda.max_memory_allocated')
@@ -264,7 +266,8 @@ def run_model_benchmark(args, kwargs, frames):
         for ck in sorted({ck for _, ck in _combos(args.modes, grad_ckpt)}):
             modes = [m for m, c in _combos(args.modes, grad_ckpt) if c == ck]
             mem = B.cpu_peak_memory({'stan': kwargs, 'clip': B.baseline_kwargs(kwargs)},
-                                    batch, frames, modes, args.threads, ck)
+                                    batch, frames, modes, args.threads, ck, amp=amp,
+                                    optim_step=bool(args.optim_step))
             for run in runs:
                 for name in ('stan', 'clip'):
                     if run['grad_checkpointing'] == ck and run['mode'] in mem[name]:
@@ -292,9 +295,11 @@ def run_pipeline_benchmark(args, cfg):
         videos = B.write_benchmark_videos(folder, args.num_videos, w, h, args.video_frames,
                                           fps=args.video_fps, seed=args.seed,
                                           codec=args.video_codec)
+    threads = torch.get_num_threads()
     try:
         import cv2
         cv2.setNumThreads(0)     # mmengine's default env_cfg for data workers
+        torch.set_num_threads(1)     # a DataLoader worker's torch runs one thread
         print(f'... pipeline: {args.pipeline_warmup} warm-up + {args.pipeline_repeats} '
               f'rounds over {len(videos)} videos', flush=True)
         if args.pipeline_workers > 1:
@@ -308,6 +313,7 @@ def run_pipeline_benchmark(args, cfg):
         res['videos'] = [dict(B.video_info(v), file=os.path.basename(v)) for v in videos]
         res['transforms'] = [t.get('type') for t in pipeline]
     finally:
+        torch.set_num_threads(threads)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return res

@@ -43,7 +43,8 @@ def parse_args(argv=None):
     g = p.add_argument_group('CLIPSTAN without a config')
     g.add_argument('--arch', help="CLIP arch name, e.g. ViT-B-16, 'ViT-B/16', ViT-L-14")
     g.add_argument('--frames', type=int, default=8)
-    g.add_argument('--image-size', type=int, help='default: the arch\'s image size')
+    g.add_argument('--image-size', type=int, help='input size: the arch built for it (more '
+                   'or fewer patches); default: the arch\'s own image size')
     g.add_argument('--depth', type=int, default=4)
     g.add_argument('--temporal-module', default='attn', help="attn | conv | none")
     g.add_argument('--no-spatial', action='store_true', help='spatial_module=False')
@@ -54,16 +55,22 @@ def parse_args(argv=None):
 
 
 def _arch_report(args, device):
+    import copy
     from stan_mm.models.backbones import CLIPSTAN
+    from stan_mm.models.clip import arch_from_name
     from stan_mm.utils.flops import TowerFlops, count_macs, count_params
+    arch = args.arch
+    if args.image_size:   # the same CLIP built for another input size (more patches)
+        arch = copy.deepcopy(arch_from_name(args.arch))
+        arch['vision_cfg']['image_size'] = args.image_size
     with torch.device(device):
         model = CLIPSTAN(
-            arch=args.arch, depth=args.depth,
+            arch=arch, depth=args.depth,
             temporal_module=None if args.temporal_module == 'none' else args.temporal_module,
             spatial_module=not args.no_spatial, levels=args.levels,
             level_proj=args.level_proj, structure=args.structure,
-            max_frames=max(64, args.frames))
-        size = args.image_size or model.visual.image_size[0]
+            max_frames=max(64, args.frames), input_layout='NTCHW')
+        size = model.visual.image_size[0]
         x = torch.randn(1, args.frames, 3, size, size)
     res = count_macs(model, (x, ))
     return [TowerFlops(f'CLIPSTAN({args.arch}, depth={args.depth}, '
