@@ -92,3 +92,46 @@ def test_dist_train_quickstart_on_cpu(tmp_path):
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     # 12 training videos, batch 4 per process, 2 processes: 2 iterations per epoch
     assert 'Epoch(train) [2][2/2]' in log, log[-2000:]
+
+
+def test_symmetric_sample_mirrors_a_video_and_its_reversal():
+    """SymmetricSample (the quickstart's test sampler) takes frame T-1-t whenever it takes
+    frame t, so a time-reversed twin is shown the same frames, in reverse order; spread from
+    the first frame to the last. Checked against the definition, and against MMAction2's
+    UniformSample(test_mode=True), which is not symmetric (why the sampler exists)."""
+    import numpy as np
+    import stan_mm  # noqa: F401
+    from mmaction.datasets.transforms import UniformSample
+    from stan_mm.datasets.transforms.symmetric_sample import SymmetricSample
+    for total in (1, 2, 5, 15, 16, 17, 64, 300):
+        for clip_len in (1, 2, 4, 7, 8, 12):
+            res = SymmetricSample(clip_len)(dict(total_frames=total, start_index=0))
+            inds = res['frame_inds']
+            assert inds.dtype == np.int32 and inds.shape == (clip_len, )
+            assert (np.diff(inds) >= 0).all() and inds.min() >= 0 and inds.max() < total
+            mirrored = (total - 1) - inds[::-1]
+            exact = clip_len % 2 == 0 or total % 2 == 1
+            assert (inds == mirrored).all() if exact else (inds != mirrored).sum() == 1
+            if clip_len > 1:
+                assert inds[0] == 0 and inds[-1] == total - 1
+            # each index is the frame nearest to its evenly spaced position
+            pos = np.linspace(0, total - 1, clip_len) if clip_len > 1 else [(total - 1) / 2]
+            assert np.abs(inds - pos).max() <= 0.5 + 1e-9
+            assert (res['clip_len'], res['num_clips'], res['frame_interval']) == (
+                clip_len, 1, None)
+    stock = UniformSample(clip_len=8, num_clips=1, test_mode=True)(
+        dict(total_frames=16, start_index=0))['frame_inds']
+    assert sorted(15 - stock) != sorted(stock)
+    shifted = SymmetricSample(8)(dict(total_frames=16, start_index=1))['frame_inds']
+    assert shifted.tolist() == [1, 3, 5, 7, 10, 12, 14, 16]
+    with pytest.raises(ValueError, match='clip_len'):
+        SymmetricSample(0)
+
+
+def test_quickstart_tests_on_frames_symmetric_in_time():
+    import stan_mm  # noqa: F401
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(ROOT / 'configs/quickstart/motion_stan_tiny.py'))
+    for loader in (cfg.val_dataloader, cfg.test_dataloader):
+        samplers = [t for t in loader.dataset.pipeline if 'Sample' in t.type]
+        assert [t.type for t in samplers] == ['SymmetricSample']

@@ -49,7 +49,9 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='SafeDecordInit'),
-    dict(type='UniformSample', clip_len=_base_.num_frames, num_clips=1, test_mode=True),
+    # frames symmetric in time: an order-blind model sees the same frames of a video and
+    # of its time-reversed twin (MMAction2's UniformSample(test_mode=True) does not)
+    dict(type='SymmetricSample', clip_len=_base_.num_frames),
     dict(type='SafeDecordDecode'),
     dict(type='Resize', scale=(-1, 32), interpolation='area'),
     dict(type='CenterCrop', crop_size=32),
