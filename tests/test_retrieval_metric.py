@@ -377,6 +377,9 @@ def test_bad_inputs_are_reported_clearly():
         ranks_of(S_ONE, [0, 1, 1, 0])
     with pytest.raises(ValueError, match='not a valid video index'):
         ranks_of(S_ONE, [0, 1, 2, 4])
+    # an unsigned index too large for int64 is reported as written, not wrapped around
+    with pytest.raises(ValueError, match=r'\[3\] = 9223372036854775808 is not a valid'):
+        ranks_of(S_ONE, np.array([0, 1, 2, 2**63], dtype=np.uint64))
     with pytest.raises(ValueError, match='4 texts'):
         ranks_of(S_ONE, [0, 1, 2])
     with pytest.raises(ValueError, match='integer'):

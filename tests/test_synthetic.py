@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import warnings
 
 import cv2
 import decord
@@ -424,9 +425,22 @@ def test_cli(tmp_path, capsys):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     out = str(tmp_path / 'm')
-    meta = cli.main(['--out', out, '--num-train', '4', '--num-val', '2', '--num-test', '2',
-                     '--num-frames', '4', '--size', '16', '--pairs', 'rotation', 'fade',
-                     '--no-twins', '--seed', '7', '--quiet'])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        meta = cli.main(['--out', out, '--num-train', '4', '--num-val', '2', '--num-test',
+                         '2', '--num-frames', '4', '--size', '16', '--pairs', 'rotation',
+                         'fade', '--no-twins', '--seed', '7', '--quiet'])
+    # decord 0.6.0 cannot decode 16-pixel-wide mp4v: the warning names the file where it
+    # now is, not the temporary build folder
+    undecodable = [str(w.message) for w in caught if 'decord cannot decode' in str(w.message)]
+    try:
+        decord.VideoReader(osp.join(out, 'videos', 'video0.mp4')).get_batch([0])
+        readable = True
+    except Exception:  # noqa: BLE001  (decord's copy bug at this width)
+        readable = False
+    assert len(undecodable) == (0 if readable else 1)
+    for msg in undecodable:
+        assert osp.join(out, 'videos', 'video0.mp4') in msg and '.tmp-' not in msg
     assert meta == syn.load_meta(out)
     assert meta['params'] == dict(num_train=4, num_val=2, num_test=2, num_frames=4, size=16,
                                   fps=8.0, pairs=['rotation', 'fade'], captions_per_video=5,

@@ -751,8 +751,9 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
         for i, spec in enumerate(tqdm(all_specs, desc=f'synthetic videos -> {out_dir}',
                                       unit='video', disable=not progress, leave=False)):
             write_video(osp.join(video_dir, spec['filename']), render_video(spec, size), fps)
-            if i == 0:
-                _check_decodable(osp.join(video_dir, spec['filename']), size)
+            if i == 0:   # named by where it will live (tmp is renamed to out_dir)
+                _check_decodable(osp.join(video_dir, spec['filename']), size,
+                                 shown=osp.join(out_dir, 'videos', spec['filename']))
         _write_annotations(tmp, specs, params)
         _move_into_place(tmp, out_dir, params)
     except BaseException:
@@ -761,7 +762,7 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
     return load_meta(out_dir)
 
 
-def _check_decodable(path: str, size: int) -> None:
+def _check_decodable(path: str, size: int, shown: Optional[str] = None) -> None:
     """Warn when decord 0.6.0 cannot decode what was written (it fails on mp4v frames 16,
     24, 48 or 72 pixels wide, for instance): MMAction2's stock ``DecordInit``/``DecordDecode``
     would then fail in a worker; stan-mm's ``SafeDecordInit``/``SafeDecordDecode`` fall
@@ -773,7 +774,7 @@ def _check_decodable(path: str, size: int) -> None:
     try:
         decord.VideoReader(osp.abspath(path)).get_batch([0]).asnumpy()  # no protocol
     except Exception as e:
-        warnings.warn(f'size={size}: decord cannot decode the generated video {path} '
+        warnings.warn(f'size={size}: decord cannot decode the generated video {shown or path} '
                       f'({type(e).__name__}); use SafeDecordInit/SafeDecordDecode (OpenCV '
                       f'fallback) in the pipeline or another frame size, e.g. 32, 64 or 96')
 

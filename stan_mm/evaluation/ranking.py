@@ -43,6 +43,10 @@ METRIC_KEYS = ('t2v_R1', 't2v_R5', 't2v_R10', 't2v_MdR', 't2v_MnR',
 _EXACT_FLOAT32_COUNT = 2 ** 24  # float32 sums of 0/1 are exact below this
 
 
+_UNSIGNED_WIDE = tuple(getattr(torch, n) for n in ('uint16', 'uint32', 'uint64')
+                       if hasattr(torch, n))
+
+
 def check_text_to_video(text_to_video, num_texts: int, num_videos: int,
                         name: str = 'text_to_video') -> torch.Tensor:
     """Validate the caption -> video map and return it as a CPU LongTensor ``[Nt]``.
@@ -51,8 +55,15 @@ def check_text_to_video(text_to_video, num_texts: int, num_videos: int,
         ValueError: wrong shape or dtype, an index outside ``[0, Nv)``, or a video without
             any caption (its v2t rank would be undefined).
     """
-    t2v = torch.as_tensor(np.asarray(text_to_video) if not isinstance(
-        text_to_video, torch.Tensor) else text_to_video).cpu()
+    raw = text_to_video if isinstance(text_to_video, torch.Tensor) else np.asarray(text_to_video)
+    if isinstance(raw, torch.Tensor) and raw.dtype in _UNSIGNED_WIDE:
+        raw = raw.cpu().numpy()             # torch has few ops for these: check in numpy
+    if isinstance(raw, np.ndarray) and raw.dtype.kind == 'u' and raw.ndim == 1 and raw.size:
+        bad = int(np.argmax(raw >= num_videos))   # checked before the cast to int64 wraps
+        if raw[bad] >= num_videos:
+            raise ValueError(f'{name}[{bad}] = {int(raw[bad])} is not a valid video index: '
+                             f'there are {num_videos} videos (indices 0..{num_videos - 1})')
+    t2v = torch.as_tensor(raw).cpu()
     if t2v.dim() != 1:
         raise ValueError(f'{name} must be 1-D [num_texts], got shape {tuple(t2v.shape)}')
     if t2v.is_floating_point() or t2v.dtype == torch.bool or t2v.is_complex():
