@@ -21,7 +21,6 @@ videos are kept in OUT/.partial and skipped. An unreadable video stops the run w
 name; --skip-bad lists it in OUT/bad_videos.txt and goes on.
 """
 import argparse
-import os
 import os.path as osp
 import signal
 import sys
@@ -96,14 +95,13 @@ def split_items(cfg, split: str):
     the config's ``<split>_dataloader.dataset`` (captions of a video grouped by file)."""
     import copy
     from mmaction.registry import DATASETS
+    from stan_mm.apis.video import dataset_cfg
     loader = cfg.get(f'{split}_dataloader')
     if not loader or not loader.get('dataset'):
         raise ValueError(f'{cfg.filename} has no {split}_dataloader.dataset')
-    ds_cfg = copy.deepcopy(loader['dataset'])
     # wrappers (SkipUnreadable, RepeatDataset, ...) add nothing to the list of videos and
     # captions: read the dataset they wrap
-    while 'pipeline' not in ds_cfg and isinstance(ds_cfg.get('dataset'), dict):
-        ds_cfg = ds_cfg['dataset']
+    ds_cfg = copy.deepcopy(dataset_cfg(loader))
     ds_cfg['pipeline'] = []
     if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
         ds_cfg['test_mode'] = True  # one entry per video with all its captions
@@ -191,13 +189,12 @@ def _run(args, log) -> int:
 def write_sim(out: str, log) -> None:
     import numpy as np
     from stan_mm.apis import load_features
+    from stan_mm.apis.features import atomic_save_npy
     feats = load_features(out)
     if feats['videos'] is None or feats['texts'] is None:
         raise ValueError('--save-sim needs both videos and texts')
     sim = (feats['texts'] @ feats['videos'].T).astype(np.float32)
-    tmp = osp.join(out, 'sim.tmp.npy')          # complete or absent, never half-written
-    np.save(tmp, sim)
-    os.replace(tmp, osp.join(out, 'sim.npy'))
+    atomic_save_npy(osp.join(out, 'sim.npy'), sim)   # complete or absent
     log(f'wrote {osp.join(out, "sim.npy")} {tuple(sim.shape)} (rows: texts.txt, columns: '
         f'videos.txt)')
 

@@ -14,8 +14,7 @@ import stan_mm  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from stan_mm.apis.video import (check_views, set_views as apply_views,  # noqa: E402
-                                 trains_with_flip)
+from stan_mm.apis.video import set_config_views  # noqa: E402
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
 
@@ -41,21 +40,10 @@ def parse_args(argv=None):
     return args
 
 
-def config_kind(cfg) -> str:
-    """'retriever' when the config's model class has video and text towers, else
-    'recognizer'."""
-    from mmaction.registry import MODELS
-    cls = MODELS.get(cfg.model.get('type')) if isinstance(cfg.get('model'), dict) else None
-    towers = cls is not None and hasattr(cls, 'encode_video') and hasattr(cls, 'encode_text')
-    return 'retriever' if towers else 'recognizer'
-
-
 def set_views(cfg, views: str):
     """Rewrite the test pipeline for ``views`` = 'CLIPSxCROPS' (e.g. '4x3'); refused for
     retrieval configs (one view per video: more would reach the model as one long clip)."""
-    check_views(config_kind(cfg), views)
-    apply_views(cfg.test_dataloader.dataset.pipeline, views,
-                mirrored_ok=trains_with_flip(cfg) is not False)
+    set_config_views(cfg, cfg.test_dataloader.dataset.pipeline, views)
     return cfg
 
 

@@ -81,7 +81,8 @@ def _abs(root: str, rel: str) -> str:
     return rel if osp.isabs(rel) else osp.join(root, rel)
 
 
-def _atomic_save_npy(path: str, array: np.ndarray) -> None:
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` so that it is complete or absent (temporary file + rename)."""
     tmp = path + '.tmp.npy'
     np.save(tmp, array)
     os.replace(tmp, path)
@@ -472,15 +473,15 @@ def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, tex
         if osp.exists(osp.join(out_dir, name)):
             os.remove(osp.join(out_dir, name))
     if len(video_paths):
-        _atomic_save_npy(osp.join(out_dir, 'videos.npy'), video_emb)
+        atomic_save_npy(osp.join(out_dir, 'videos.npy'), video_emb)
         _atomic_write_text(osp.join(out_dir, 'videos.txt'), _lines(video_paths, 'video path'))
-        _atomic_save_npy(osp.join(out_dir, 'video_stamps.npy'), video_stamps)
+        atomic_save_npy(osp.join(out_dir, 'video_stamps.npy'), video_stamps)
     if texts is not None:
-        _atomic_save_npy(osp.join(out_dir, 'texts.npy'), text_emb.astype(np.float32))
+        atomic_save_npy(osp.join(out_dir, 'texts.npy'), text_emb.astype(np.float32))
         flat = [' '.join(t.splitlines()) for t in texts]  # one line per text
         _atomic_write_text(osp.join(out_dir, 'texts.txt'), _lines(flat, 'text'))
     if t2v is not None:
-        _atomic_save_npy(osp.join(out_dir, 'text_to_video.npy'), t2v)
+        atomic_save_npy(osp.join(out_dir, 'text_to_video.npy'), t2v)
     if bad:
         _atomic_write_text(osp.join(out_dir, 'bad_videos.txt'),
                            ''.join(f'{p}\t{r}\n' for p, r in bad))

@@ -141,10 +141,24 @@ def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False)
                   f'initial values', logger='current', level=logging.WARNING)
 
 
+def _has_towers(obj) -> bool:
+    """A retrieval model (or its class): video and text towers."""
+    return hasattr(obj, 'encode_video') and hasattr(obj, 'encode_text')
+
+
+def config_model_kind(cfg) -> str:
+    """``'retriever'`` when the class of ``cfg.model`` has video and text towers, else
+    ``'recognizer'`` (without building the model)."""
+    from mmaction.registry import MODELS
+    model = cfg.get('model')
+    cls = MODELS.get(model.get('type')) if isinstance(model, dict) else None
+    return 'retriever' if cls is not None and _has_towers(cls) else 'recognizer'
+
+
 def model_kind(model: nn.Module) -> str:
     """``'retriever'`` (video + text towers: ``encode_video``/``encode_text``) or
     ``'recognizer'`` (an MMAction2 recognizer: ``backbone`` + ``cls_head``)."""
-    if hasattr(model, 'encode_video') and hasattr(model, 'encode_text'):
+    if _has_towers(model):
         return 'retriever'
     if hasattr(model, 'backbone') and hasattr(model, 'cls_head') and \
             hasattr(model, 'extract_feat'):

@@ -82,13 +82,21 @@ def check_views(kind: str, views: Optional[str]) -> None:
                          f'configs')
 
 
+def dataset_cfg(loader) -> Optional[dict]:
+    """The dataset config of a dataloader config, through wrappers (``RepeatDataset``,
+    ``SkipUnreadable``, ...): the innermost one with a ``pipeline`` (None without a
+    dataset)."""
+    dataset = loader.get('dataset') if loader else None
+    while (dataset is not None and 'pipeline' not in dataset
+           and isinstance(dataset.get('dataset'), dict)):
+        dataset = dataset['dataset']
+    return dataset
+
+
 def trains_with_flip(cfg) -> Optional[bool]:
     """Whether the config's training pipeline mirrors frames (a ``Flip`` with
     ``flip_ratio > 0``); ``None`` when the config has no training pipeline."""
-    loader = cfg.get('train_dataloader')
-    dataset = loader.get('dataset') if loader else None
-    while dataset is not None and 'pipeline' not in dataset and 'dataset' in dataset:
-        dataset = dataset['dataset']
+    dataset = dataset_cfg(cfg.get('train_dataloader'))
     if dataset is None or not dataset.get('pipeline'):
         return None
     return any(t.get('type') == 'Flip' and t.get('flip_ratio', 0.5) > 0
@@ -121,14 +129,20 @@ def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> Lis
     return pipeline
 
 
+def set_config_views(cfg, pipeline: List[dict], views: str) -> List[dict]:
+    """:func:`set_views` on a test pipeline of ``cfg``, with the config's own limits:
+    refused for a retrieval model (one view per video, :func:`check_views`) and TenCrop
+    refused when the config trains without ``Flip`` (:func:`trains_with_flip`)."""
+    from .inference import config_model_kind
+    check_views(config_model_kind(cfg), views)
+    return set_views(pipeline, views, mirrored_ok=trains_with_flip(cfg) is not False)
+
+
 def config_test_pipeline(cfg) -> List[dict]:
     """A deep copy of the config's test pipeline (``test_dataloader``, else
     ``val_dataloader``)."""
     for key in ('test_dataloader', 'val_dataloader'):
-        loader = cfg.get(key)
-        dataset = loader.get('dataset') if loader else None
-        while dataset is not None and 'pipeline' not in dataset and 'dataset' in dataset:
-            dataset = dataset['dataset']  # wrappers (RepeatDataset, SkipUnreadable, ...)
+        dataset = dataset_cfg(cfg.get(key))
         if dataset is not None and dataset.get('pipeline'):
             return copy.deepcopy([dict(t) for t in dataset['pipeline']])
     raise ValueError(f'{cfg.filename}: no test_dataloader.dataset.pipeline (nor '
@@ -150,7 +164,7 @@ def inference_pipeline(cfg, views: Optional[str] = None) -> List[dict]:
             t['collect_keys'] = keys or None
         out.append(t)
     if views is not None:
-        set_views(out, views, mirrored_ok=trains_with_flip(cfg) is not False)
+        set_config_views(cfg, out, views)
     return out
 
 

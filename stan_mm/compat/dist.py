@@ -7,8 +7,9 @@ torchrun and wraps models in DDP with ``device_ids=[LOCAL_RANK]``; both fail on 
   NPU / MLU / MUSA devices mmengine handles itself) it skips ``set_device`` and uses
   ``gloo`` (``nccl`` needs GPUs);
 - ``MMDistributedDataParallel`` drops ``device_ids``/``output_device`` when every
-  parameter of the wrapped module is on the CPU. The class itself is patched (not a child registry entry),
-  because the runner instantiates it directly when ``model_wrapper_cfg`` is unset.
+  parameter of the wrapped module is on the CPU. The class itself is patched (not a child
+  registry entry), because the runner instantiates it directly when ``model_wrapper_cfg``
+  is unset.
 """
 import functools
 import warnings

@@ -65,8 +65,7 @@ class SyntheticMotionDataset(VideoDataset):
         if split not in SPLITS:
             raise ValueError(f'SyntheticMotionDataset: split={split!r}; expected one of {SPLITS}')
         meta = _ensure_generated(data_root, generate)
-        count = (meta.get('counts') or {}).get(split, {}).get('videos')
-        if count == 0:
+        if meta['counts'][split]['videos'] == 0:
             raise ValueError(f'SyntheticMotionDataset: the {split} split of {data_root} has no '
                              f'videos (generated with num_{split}=0); generate it with '
                              f'num_{split} >= 1 or leave this split out of the config')

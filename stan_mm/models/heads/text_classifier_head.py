@@ -9,6 +9,7 @@ from mmaction.models.heads.base import BaseHead
 from mmaction.registry import MODELS
 from torch import nn
 
+from ..losses import learned_logit_scale
 from .classnames import ClassNames, build_prompts, check_templates, load_classnames
 
 
@@ -197,10 +198,7 @@ class TextClassifierHead(BaseHead):
     def scale(self) -> torch.Tensor:
         """Logit scale ``1 / temperature`` (a 0-d tensor)."""
         if self.learnable_temperature:
-            # clamp the parameter itself (as CLIP's training does), not exp of it: a clamp
-            # in the graph would stop the gradient for good once the scale reached the bound
-            with torch.no_grad():
-                self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
+            return learned_logit_scale(self.logit_scale, self.max_logit_scale)
         return self.logit_scale.exp()
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Symmetric InfoNCE over video-text pairs (CLIP / CLIP4Clip / STAN retrieval loss)."""
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -10,6 +11,16 @@ from mmaction.registry import MODELS
 from .gather import all_gather_no_grad, all_gather_with_grad
 
 DUPLICATE_MODES = ('mask', 'keep')
+
+
+def learned_logit_scale(log_scale: nn.Parameter, max_scale: float) -> torch.Tensor:
+    """``exp(log_scale)`` of a learnable log logit scale, after clamping the parameter
+    itself (in place, outside autograd) to at most ``log(max_scale)``, as CLIP's training
+    does. Clamping ``exp(log_scale)`` in the graph instead would give a zero gradient for
+    good once the bound is reached (OpenAI's checkpoints store 4.6055 > ln 100)."""
+    with torch.no_grad():
+        log_scale.clamp_(max=math.log(max_scale))
+    return log_scale.exp()
 
 
 @MODELS.register_module()

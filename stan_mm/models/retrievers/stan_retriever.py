@@ -3,7 +3,6 @@ import contextlib
 import hashlib
 import inspect
 import logging
-import math
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -16,6 +15,7 @@ from mmaction.registry import MODELS
 
 from ..backbones import CLIPSTAN
 from ..clip import CLIPTextEncoder, build_clip
+from ..losses import learned_logit_scale
 
 Tokens = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -201,9 +201,7 @@ class STANRetriever(BaseModel):
         """``exp(logit_scale)`` (learnable; the parameter is first clamped in place to at
         most ``log(max_logit_scale)``), else 1/tau."""
         if self.learnable_temperature:
-            with torch.no_grad():
-                self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
-            return self.logit_scale.exp()
+            return learned_logit_scale(self.logit_scale, self.max_logit_scale)
         return torch.tensor(1.0 / self.temperature)
 
     def encode_video(self, imgs: torch.Tensor) -> torch.Tensor:
