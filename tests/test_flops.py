@@ -75,6 +75,12 @@ def test_tiny_count_equals_hand_count_on_every_path(kw, expected_kw):
     assert got.by_module.get('branch', 0) == branch_macs(N, T, 16, 32, **expected_kw)
     assert got.macs == pytest.approx(expected, rel=0.01)
     assert got.macs == expected                         # in fact exact
+    # the CLIP blocks (their packed attention included) are credited to the tower; the
+    # root's own forward keeps only the class-token projection
+    M = N * T
+    assert got.by_module['visual'] == clip_macs(M, 16, 32, 4, 8, 24) - M * 32 * 24
+    assert got.by_module['(root)'] == M * 32 * 24
+    assert all('forward' not in vars(b.attn) for b in model.visual.transformer.resblocks)
     # fused CPU attention kernel (training path), and the meta device
     counter = F._Counter()
     model.train()

@@ -140,6 +140,32 @@ def _group_by_module(counts: Mapping[str, Mapping[Any, int]], root: str,
     return {k: v for k, v in sorted(out.items()) if v}
 
 
+@contextlib.contextmanager
+def packed_attention_as_module_calls() -> Iterator[None]:
+    """Credit the CLIP blocks' attention to ``<block>.attn`` in the per-module breakdown.
+
+    :func:`~stan_mm.models.backbones.clip_stan.clip_block_forward` computes a block's
+    self-attention with functional ops on ``block.attn``'s parameters, outside any module
+    call, so :class:`~torch.utils.flop_counter.FlopCounterMode` would credit those ops to
+    whichever module called the blocks (``(root)``). While this is active the same
+    function runs as a call of ``block.attn`` (same ops, same result)."""
+    from stan_mm.models.backbones import clip_stan
+    original = clip_stan.packed_self_attention
+
+    def as_module_call(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch.Tensor:
+        attn.forward = lambda inp: original(inp, attn)   # instance attribute, undone below
+        try:
+            return attn(x)
+        finally:
+            del attn.forward
+
+    clip_stan.packed_self_attention = as_module_call
+    try:
+        yield
+    finally:
+        clip_stan.packed_self_attention = original
+
+
 def count_macs(module: nn.Module, args: Sequence[Any] = (),
                kwargs: Optional[Mapping[str, Any]] = None, depth: int = 2) -> FlopsResult:
     """Multiply-accumulates of ``module(*args, **kwargs)`` (eval mode, no grad,
@@ -149,7 +175,8 @@ def count_macs(module: nn.Module, args: Sequence[Any] = (),
     counter = _Counter()
     try:
         module.eval()
-        with checkpointing_off(module), torch.no_grad(), counter:
+        with checkpointing_off(module), packed_attention_as_module_calls(), \
+                torch.no_grad(), counter:
             module(*args, **kwargs)
     finally:
         module.train(was_training)
