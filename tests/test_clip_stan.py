@@ -322,10 +322,47 @@ def test_max_frames_and_interpolation():
     (dict(depth=2, temporal_module=None, spatial_module=False), r'empty'),
     (dict(depth=2, structure='posterior', level_proj=True), r'level_proj=True needs'),
     (dict(frozen_stages=7), r'frozen_stages=7'),
+    (dict(depth=2, drop_path_rate=1.0), r'drop_path_rate=1\.0.*\[0, 1\)'),
+    (dict(depth=2, drop_path_rate=-0.5), r'drop_path_rate=-0\.5'),
+    (dict(depth=2, drop_path_rate='0.1'), r"drop_path_rate='0\.1'"),
 ])
 def test_construction_errors(kw, pattern):
     with pytest.raises(ValueError, match=pattern):
         make(**kw)
+
+
+def test_patch_dropout_is_refused_with_a_branch():
+    """CLIP's patch dropout removes patch tokens in training, the branch reads all of them
+    (the forward would fail with a shape error deep in the branch)."""
+    arch = copy.deepcopy(ARCH)
+    arch['vision_cfg']['patch_dropout'] = 0.5
+    with pytest.raises(ValueError, match=r'patch_dropout=0\.5.*every patch'):
+        CLIPSTAN(arch=arch, depth=2)
+    CLIPSTAN(arch=arch, depth=0)                      # mean pooling reads only the CLS
+
+
+@pytest.mark.parametrize('temporal_module', ['attn', 'conv', None])
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_low_precision_weights_run_the_branch(precision, temporal_module):
+    """precision='bf16'/'fp16' casts CLIP as open_clip does (norms and embeddings stay
+    fp32) and the branch the same way; the forward runs in that dtype and stays close to
+    the fp32 model with the same weights."""
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+    kw = dict(depth=2, temporal_module=temporal_module)
+    ref = randomize_branch(make(**kw)).eval()
+    low = make(precision=precision, **kw).eval()
+    low.load_state_dict(ref.state_dict())             # copies cast to each parameter's dtype
+    assert low.branch.layers[0].spatial.ln_1.weight.dtype == torch.float32
+    assert low.branch.embed.time_embed.weight.dtype == torch.float32
+    assert low.branch.layers[0].spatial.attn.in_proj_weight.dtype == dtype
+    if temporal_module == 'conv':
+        assert low.branch.layers[0].temporal.conv.weight.dtype == dtype
+    x = video()
+    with torch.no_grad():
+        want, got = ref(x), low(x.to(dtype))
+    assert got.dtype == dtype
+    err = (got.float() - want).norm() / want.norm()
+    assert err < 0.05, err
 
 
 def test_input_errors():

@@ -241,6 +241,14 @@ def test_one_clip_feeds_both_towers(tmp_path, monkeypatch):
                                    rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='ONE CLIP'):
         build_model(backbone=dict(type='CLIPSTAN', arch='ViT-B/32', depth=2))
+    # the shared tower was loaded by the retriever: re-drawing its positional embedding is
+    # refused as CLIPSTAN(pretrained=...) refuses it (the pretrained path is named)
+    with pytest.raises(ValueError, match=r'pos_embed_init_std.*clip\.pt'):
+        build_model(pretrained=str(path), backbone=dict(
+            type='CLIPSTAN', depth=2, input_layout='NTCHW', pos_embed_init_std=1.0))
+    scratch = build_model(backbone=dict(type='CLIPSTAN', depth=2, input_layout='NTCHW',
+                                        pos_embed_init_std=1.0))   # random weights: allowed
+    assert scratch.backbone.visual.positional_embedding.std() > 0.5
 
 
 def test_converted_public_checkpoint_loads(tmp_path):

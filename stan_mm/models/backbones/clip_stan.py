@@ -54,6 +54,20 @@ def clip_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def cast_branch_weights(branch: nn.Module, dtype: torch.dtype) -> None:
+    """``precision='fp16'``/``'bf16'``: the branch's weights in ``dtype`` the way open_clip's
+    ``convert_weights_to_lp`` leaves CLIP's: norms (they compute in fp32 from fp16/bf16
+    input) and the time embedding (like CLIP's class and positional embeddings; cast to the
+    tokens' dtype where used) stay fp32, every other parameter is cast."""
+    if dtype == torch.float32:
+        return
+    for m in branch.modules():
+        if isinstance(m, (nn.LayerNorm, nn.Embedding)):
+            continue
+        for p in m.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+
+
 def check_vision_tower(visual: nn.Module) -> None:
     """Refuse image towers STAN is not defined for (no class token pooling, custom blocks)."""
     problems = []
@@ -225,6 +239,17 @@ class CLIPSTAN(BaseModule):
         self.num_heads = blocks[0].attn.num_heads
 
         self.depth = self._check_depth(depth)
+        if (not isinstance(drop_path_rate, (int, float)) or isinstance(drop_path_rate, bool)
+                or not 0 <= drop_path_rate < 1):
+            raise ValueError(f'CLIPSTAN: drop_path_rate={drop_path_rate!r}; expected a number '
+                             f'in [0, 1) (the last STAN layer drops its residual branch with '
+                             f'this probability)')
+        patch_drop = getattr(getattr(self.visual, 'patch_dropout', None), 'prob', 0.)
+        if self.depth > 0 and patch_drop > 0:
+            raise ValueError(f'CLIPSTAN: the CLIP arch has vision_cfg.patch_dropout='
+                             f'{patch_drop}, which drops patch tokens in training; the STAN '
+                             f'branch needs every patch of every frame. Set '
+                             f'vision_cfg.patch_dropout=0 (or use depth=0).')
         self.structure = structure
         branch_levels = self._resolve_levels(levels, structure)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_layers:
@@ -249,7 +274,7 @@ class CLIPSTAN(BaseModule):
                 drop_path_rate, max_frames, interpolate_time_embed, conv_reduction,
                 branch_grad_checkpointing, video_cls, embed_drop_rate)
             self._init_temporal_out(temporal_out_init_std)
-            self.branch.to(self.visual.conv1.weight.dtype)   # precision='fp16'/'bf16'
+            cast_branch_weights(self.branch, self.visual.conv1.weight.dtype)
         self._freeze()
 
     # ------------------------------------------------------------------ construction

@@ -78,11 +78,15 @@ class BranchEmbedding(nn.Module):
         """``level``: CLIP tokens ``[B, T, 1+P, D]``; ``class_embedding``: ``[D]``;
         ``pos_embedding``: ``[1+P, D]``. Returns ``cls [B, D]``, ``x [B, P, T, D]``."""
         T, P = level.shape[1], level.shape[2] - 1
+        # CLIP keeps its embeddings in fp32 under precision='fp16'/'bf16' (open_clip's
+        # convert_weights_to_lp), as does the time table: computed in the tokens' dtype
+        dtype = level.dtype
+        class_embedding, pos_embedding = class_embedding.to(dtype), pos_embedding.to(dtype)
         level_cls, level_x = level.split([1, P], dim=2)      # backward: one concatenation
         cls = level_cls.squeeze(2).mean(dim=1)                                # [B, D]
         if self.video_cls == 'public':
             cls = 0.5 * (cls + (class_embedding + pos_embedding[0]))
-        pos_time = pos_embedding[1:, None, :] + self.time_table(T)[None]     # [P, T, D]
+        pos_time = pos_embedding[1:, None, :] + self.time_table(T).to(dtype)[None]  # [P, T, D]
         # one pass over the tokens; the contiguous [P, T, D] operand goes first so the
         # result is laid out [B, P, T, D] in memory (no extra copy)
         x = torch.add(pos_time, level_x.transpose(1, 2))

@@ -42,10 +42,17 @@ def _reuse_clip_visual(clip: nn.Module) -> Iterator[None]:
         clip_stan.build_clip_visual = original
 
 
-def build_video_tower(cfg: dict, clip: nn.Module) -> CLIPSTAN:
+def build_video_tower(cfg: dict, clip: nn.Module, pretrained: Optional[str] = None
+                      ) -> CLIPSTAN:
     """A ``CLIPSTAN`` (or subclass) from ``cfg`` whose CLIP part IS ``clip.visual`` (shared
-    module, weights already loaded; the branch's spatial blocks are copied from it)."""
+    module, weights already loaded from ``pretrained``; the branch's spatial blocks are
+    copied from it)."""
     cfg = dict(cfg)
+    if cfg.get('pos_embed_init_std') is not None and pretrained is not None:
+        raise ValueError(
+            "STANRetriever: backbone.pos_embed_init_std re-draws CLIP's positional embedding "
+            f'and would overwrite the pretrained one loaded from {pretrained!r}; it is meant '
+            'for training from random weights (pretrained=None). Remove one of the two.')
     cls = MODELS.get(cfg.pop('type', 'CLIPSTAN'))
     if cls is None or not (isinstance(cls, type) and issubclass(cls, CLIPSTAN)):
         raise TypeError(f'STANRetriever: backbone type must be CLIPSTAN (or a subclass), got '
@@ -180,7 +187,7 @@ class STANRetriever(BaseModel):
                              f'{text_chunk_size}')
 
         clip = build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu)
-        self.backbone = build_video_tower(backbone, clip)
+        self.backbone = build_video_tower(backbone, clip, pretrained)
         self.text_backbone = build_text_tower(text_backbone, clip)
         self.learnable_temperature = bool(learnable_temperature)
         self.temperature = float(temperature)
