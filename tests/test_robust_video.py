@@ -432,6 +432,29 @@ def test_long_video(videos):
     check_frames(res)
 
 
+def test_max_seconds_samples_the_start_of_the_video(videos):
+    """SafeDecordInit(max_seconds=s): the sampler spreads its frames over the frames whose
+    timestamp is below s (the DiDeMo configs' 31 s window), and decodes those frames."""
+    from mmengine import Config
+    from mmengine.dataset import Compose
+    sampler = dict(type='UniformSample', clip_len=8, num_clips=1, test_mode=True)
+    for seconds, total in ((31, 248), (31.01, 249), (0.01, 1), (1e4, 2000)):  # 8 fps
+        res = Compose([dict(type='SafeDecordInit', max_seconds=seconds), sampler,
+                       dict(type='SafeDecordDecode')])(
+            dict(filename=videos['long'], start_index=0, modality='RGB'))
+        assert res['total_frames'] == total, seconds
+        inds = np.asarray(res['frame_inds'])
+        assert inds.max() < total and (total < 8 or len(set(inds.tolist())) == 8)
+        check_frames(res)
+    for bad in (0, -1, float('inf'), '31', True):
+        with pytest.raises(ValueError, match='max_seconds'):
+            Compose([dict(type='SafeDecordInit', max_seconds=bad)])
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'didemo_self_b32.py'))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        init = cfg[loader]['dataset']['pipeline'][0]
+        assert init['type'] == 'SafeDecordInit' and init['max_seconds'] == 31, loader
+
+
 def test_out_of_range_indices_are_a_sampling_error(videos):
     from mmengine.dataset import Compose
     init = Compose([dict(type='SafeDecordInit')])

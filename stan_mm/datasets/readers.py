@@ -43,7 +43,8 @@ Rules (all documented behaviour, each covered by ``tests/test_retrieval_datasets
   ``paragraph_sep`` (default ``' '``, as CLIP4Clip). The moment ``times`` (5-second
   segment indices per annotator) are validated and kept in ``extra['moments']`` as
   seconds with CLIP4Clip's formula ``(mean(start) * 5, (mean(end) + 1) * 5)``; they are
-  NOT used: paragraph-to-video retrieval decodes the whole video.
+  NOT used: paragraph-to-video retrieval reads the video's first 31 s whatever the
+  paragraph (the DiDeMo configs' ``SafeDecordInit(max_seconds=31)``).
 - LSMDC: six tab-separated fields ``clip_id start_al end_al start_ex end_ex sentence``
   (trailing empty fields are tolerated). The four times position the clip inside its
   MOVIE; the distributed ``.avi`` clips are already cut, so they are kept in

@@ -51,9 +51,10 @@ those captions, consecutive), ``video_idx`` (== ``sample_idx``), ``filename``,
 Per dataset: MSR-VTT JSFusion 1k-A test: 1000 videos x 1 caption. MSVD test: all
 captions of every video (~40). DiDeMo: one paragraph per video (descriptions joined in
 file order with ``paragraph_sep=' '``). LSMDC: one caption per clip. The moment times of
-DiDeMo and the movie times of LSMDC are NOT put into ``results``: retrieval decodes
-the whole (pre-cut) video, as CLIP4Clip does (the readers keep them in
-``VideoEntry.extra``).
+DiDeMo and the movie times of LSMDC are NOT put into ``results`` (the readers keep them
+in ``VideoEntry.extra``): LSMDC clips are pre-cut, and the DiDeMo configs sample the
+first 31 s of each video (``SafeDecordInit(max_seconds=31)``), the window its
+annotations cover, whatever the paragraph.
 
 Video files
 -----------

@@ -29,6 +29,7 @@ counts it on the main process (so the count is right with DataLoader workers and
 """
 import io
 import logging
+import math
 import os
 import os.path as osp
 import re
@@ -128,9 +129,30 @@ class SafeDecordInit(DecordInit):
     from their absolute path, as bare decord does; other storages are read into memory
     through mmengine's ``FileClient`` and decord reads those bytes (as ``DecordInit``).
 
+    With ``max_seconds`` only the start of each video is used: ``total_frames`` becomes
+    the number of frames whose timestamp ``index / avg_fps`` lies below ``max_seconds``
+    (at least 1), so the sampler that follows spreads its frames over that window. The
+    DiDeMo configs use 31 s, the window CLIP4Clip-style code decodes (DiDeMo's moment
+    annotations cover only the first 30 s of a video). A video whose frame rate is not a
+    positive number is used whole, with a warning naming it.
+
     Args: as ``DecordInit`` (``io_backend='disk'``, ``num_threads=1``, file client
-    keyword arguments).
+    keyword arguments), plus ``max_seconds`` (``None``: the whole video).
     """
+
+    def __init__(self, io_backend: str = 'disk', num_threads: int = 1,
+                 max_seconds: Optional[float] = None, **kwargs) -> None:
+        super().__init__(io_backend=io_backend, num_threads=num_threads, **kwargs)
+        if max_seconds is not None and (
+                not isinstance(max_seconds, (int, float)) or isinstance(max_seconds, bool)
+                or not 0 < max_seconds < float('inf')):
+            raise ValueError(f'SafeDecordInit: max_seconds={max_seconds!r}; expected a '
+                             f'positive number of seconds or None (the whole video)')
+        self.max_seconds = max_seconds
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(io_backend={self.io_backend}, '
+                f'num_threads={self.num_threads}, max_seconds={self.max_seconds})')
 
     def _get_video_reader(self, filename: str) -> _VideoSource:
         if osp.splitext(filename)[0] == filename:  # as DecordInit: 'abc' means 'abc.mp4'
@@ -193,6 +215,15 @@ class SafeDecordInit(DecordInit):
         except Exception as e:
             raise VideoReadError(source.filename,
                                  f'decord cannot read its frame rate ({_short(e)})') from e
+        if self.max_seconds is not None:
+            fps = results['avg_fps']
+            if isinstance(fps, (int, float)) and 0 < fps < float('inf'):
+                window = max(1, math.ceil(self.max_seconds * fps))
+                results['total_frames'] = min(results['total_frames'], window)
+            else:
+                print_log(f'SafeDecordInit: {source.filename} reports frame rate {fps!r}; '
+                          f'max_seconds={self.max_seconds} cannot be applied, the whole '
+                          f'video is used', logger='current', level=logging.WARNING)
         return results
 
 
