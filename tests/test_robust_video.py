@@ -777,3 +777,23 @@ randomness = dict(seed=0)
     scalars = [json.loads(ln) for ln in (run_dir / 'vis_data' / 'scalars.json').open()]
     assert all(np.isfinite(s['loss']) for s in scalars if 'loss' in s)
     shutil.rmtree(root)
+
+
+def test_error_reasons_drop_decords_location_prefixes():
+    """A nested decord failure carries two ``path:line: [time]`` prefixes; the reason keeps
+    the check that failed, not the source paths."""
+    from stan_mm.datasets.transforms.video_io import _short
+
+    class DECORDError(Exception):
+        pass
+    src = '/github/workspace/src/video/ffmpeg/threaded_decoder.cc'
+    err = DECORDError(f'{src}:292: [05:20:06] {src}:218: Check failed: '
+                      f'avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. '
+                      f'0) Error sending packet.\n\nStack trace:\n  [bt] (0) libdecord.so\n')
+    assert _short(err) == ('DECORDError: Check failed: avcodec_send_packet(dec_ctx_.get(), '
+                           'pkt.get()) >= 0 (-1094995529 vs. 0) Error sending packet.')
+    opening = RuntimeError('[05:20:06] /src/video/video_reader.cc:83: ERROR opening: '
+                           '/x.mp4, Invalid data found when processing input')
+    assert _short(opening) == ('RuntimeError: ERROR opening: /x.mp4, Invalid data found '
+                               'when processing input')
+    assert _short(OSError('x' * 500)).endswith('...') and len(_short(OSError('x' * 500))) == 200

@@ -12,8 +12,9 @@ missing file                ``FileNotFoundError`` (names the file)
 zero bytes, text, header    ``RuntimeError: Error reading N bytes...`` (no name)
   cut off
 truncated frame data        ``DECORDError ... Error sending packet`` (no name)
-frame width 2..16, 24,      ``DECORDError ... DECORDArrayCopyFromTo: The size must
-  48, 72 px (decord bug)    exactly match`` although the file is fine
+frame width 2-8, 12, 16,    ``DECORDError ... DECORDArrayCopyFromTo: The size must
+  24, 48, 72 px (mp4v;      exactly match`` although the file is fine
+  decord bug)
 ==========================  ======================================================
 
 :class:`SafeDecordInit` and :class:`SafeDecordDecode` are drop-in replacements (same
@@ -83,14 +84,21 @@ class VideoReadError(RuntimeError):
                 else (self.args[0], ))
 
 
+#: decord's location prefixes (``[hh:mm:ss] ``, ``/src/.../file.cc:123: ``); nested errors
+#: carry several, which would fill the shortened reason with paths
+_DECORD_PREFIX = re.compile(r'\[\d\d:\d\d:\d\d\]\s*|\S+\.(?:cc|cpp|cu|h):\d+:\s*')
+
+
 def _short(err: BaseException, limit: int = 200) -> str:
-    """The informative part of a decord/FFmpeg error: its last non-empty line, shortened."""
+    """The informative part of a decord/FFmpeg error: its last non-empty line (decord's
+    check failures: their first line), without decord's location prefixes, shortened."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     text = lines[-1] if lines else type(err).__name__
     for ln in lines:  # decord's check failures carry the useful part on the first line
         if 'Check failed' in ln or 'ERROR' in ln:
-            text = ln.split('] ', 1)[-1]
+            text = ln
             break
+    text = _DECORD_PREFIX.sub('', text).strip() or type(err).__name__
     text = f'{type(err).__name__}: {text}'
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
