@@ -282,6 +282,27 @@ def test_duplicate_embeddings_stay_exact_ties_across_chunks():
         assert (got[0].tolist(), got[1].tolist()) == expected_dsl
 
 
+@pytest.mark.parametrize('num_videos, dim', [(300, 512), (65, 768)])
+def test_duplicate_videos_tie_at_chunk_size_one(num_videos, dim):
+    """chunk_size=1: a one-row block would be a matrix-vector product, which rounds a
+    column's dot product differently depending on its position, so a duplicate video could
+    beat the ground truth by 1 ulp. Every chunk size ranks alike, ties count against."""
+    gen = torch.Generator().manual_seed(0)
+    video = torch.nn.functional.normalize(torch.randn(num_videos, dim, generator=gen), dim=1)
+    for k in range(20):
+        video[num_videos - 1 - k] = video[k]             # 20 videos stored twice
+    t2v = torch.arange(num_videos)
+    text = torch.nn.functional.normalize(video + 0.02 * torch.randn(video.shape, generator=gen),
+                                         dim=1)
+    runs = [retrieval_ranks(EmbeddingSimilarity(text, video), t2v, chunk_size=c)
+            for c in (1, 2, 7, 256, 10 ** 6)]
+    for got in runs[1:]:
+        assert torch.equal(got[0], runs[0][0]) and torch.equal(got[1], runs[0][1])
+    t2v_ranks = runs[0][0]
+    dup = list(range(20)) + list(range(num_videos - 20, num_videos))
+    assert (t2v_ranks[dup] >= 2).all()                    # the twin ties the ground truth
+
+
 def test_duplicate_caption_ties_under_dsl_whatever_the_chunk_size():
     # caption 3 (of video 2) is an exact copy of caption 0 (of video 0). DSL v2t, temp 0.01
     # (softmax over each caption's row): video 0's only caption scores

@@ -14,7 +14,10 @@ Bitwise consistency: BLAS kernels round differently for different row counts (me
 this project's CPUs: the same text row multiplied inside a 3-row and a 257-row block differs
 in the last bit for some entries). Exact ties (duplicate captions, duplicate videos) must stay
 exact ties, so :meth:`EmbeddingSimilarity.rows` pads every block to the same number of rows
-(``pad_to``) before the product and drops the padding afterwards.
+(``pad_to``) before the product and drops the padding afterwards. That number is at least 2
+(a one-row product runs a matrix-vector kernel whose rounding depends on the column's
+position, so duplicate videos would not tie) and at most the matrix's row count (rows past
+it would be computed for nothing).
 """
 from typing import Optional, Union
 
@@ -94,6 +97,8 @@ class EmbeddingSimilarity(SimilaritySource):
     def rows(self, start: int, stop: int, pad_to: Optional[int] = None) -> torch.Tensor:
         queries = self.text_emb[start:stop]  # [c, E]
         count = queries.shape[0]
+        if pad_to is not None:  # one block shape per matrix, never a matrix-vector product
+            pad_to = max(2, min(pad_to, self.num_texts))
         if pad_to is not None and count < pad_to:
             queries = torch.cat([queries, queries.new_zeros(pad_to - count, queries.shape[1])])
         block = (queries @ self._video_t)[:count]  # [c, Nv]
