@@ -158,3 +158,27 @@ def test_pipeline_views_match_fused_batch_layout(tiny):
     for o, s in zip(out, singles):
         torch.testing.assert_close(o.pred_score, s, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(out[0].pred_score, out[1].pred_score)
+
+
+def test_mean_class_accuracy_averages_over_the_test_classes():
+    """mean1 by hand: class 0 has 2 of 2 right, class 1 has 1 of 2 right -> 0.75. Class 2
+    is predicted once but has no test sample: MMAction2's AccMetric counts it as a class
+    with accuracy 0 (0.5); the recognition configs' RecognitionAccMetric does not."""
+    import numpy as np
+    from mmaction.evaluation.metrics import AccMetric
+    from stan_mm.evaluation import RecognitionAccMetric
+    scores = [np.array(s) for s in ([.9, .05, .05, 0], [.9, .05, .05, 0], [.05, .9, .05, 0],
+                                    [.05, .05, .9, 0])]
+    labels = [0, 0, 1, 1]
+    got = RecognitionAccMetric().calculate(scores, labels)
+    assert got['mean1'] == pytest.approx(0.75) and got['top1'] == pytest.approx(0.75)
+    assert AccMetric().calculate(scores, labels)['mean1'] == pytest.approx(0.5)  # upstream
+    # every class present: both agree (random scores, 7 classes, 50 samples)
+    gen = np.random.default_rng(0)
+    scores = list(gen.random((50, 7)))
+    labels = [int(c) for c in gen.permutation(np.arange(50) % 7)]
+    assert RecognitionAccMetric().calculate(scores, labels)['mean1'] == pytest.approx(
+        AccMetric().calculate(scores, labels)['mean1'])
+    for config in ('k400_self_b16.py', 'ssv2_self_b16.py'):
+        cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', config))
+        assert cfg.test_evaluator['type'] == 'RecognitionAccMetric'

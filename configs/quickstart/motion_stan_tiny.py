@@ -83,7 +83,7 @@ test_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(type='SyntheticMotionDataset', data_root=_base_.data_root, split='test',
                  generate=_base_.motion, pipeline=test_pipeline, test_mode=True))
-val_evaluator = [dict(type='AccMetric'), dict(type='MotionPairMetric')]
+val_evaluator = [dict(type='RecognitionAccMetric'), dict(type='MotionPairMetric')]
 test_evaluator = val_evaluator
 
 max_epochs = 10                # 300 iterations of 16 clips per epoch

@@ -4,8 +4,11 @@
 - :mod:`.similarity`: row-chunk sources of the text x video similarity matrix;
 - :mod:`.rescoring`: DSL (dual softmax) and QB-Norm (querybank normalisation);
 - :mod:`.ranking`: two-pass exact ranks and R@K / MdR / MnR;
-- :mod:`.retrieval_metric`: the mmengine metric (contract with the retrieval model).
+- :mod:`.retrieval_metric`: the mmengine metric (contract with the retrieval model);
+- :mod:`.acc_metric`: ``RecognitionAccMetric`` (``AccMetric`` with an exact mean class
+  accuracy).
 """
+from .acc_metric import RecognitionAccMetric, mean_class_accuracy  # noqa: F401
 from .ranking import (METRIC_KEYS, check_text_to_video, ranks_to_metrics,  # noqa: F401
                       retrieval_metrics_from_embeddings, retrieval_metrics_from_similarity,
                       retrieval_ranks)
@@ -23,5 +26,5 @@ __all__ = [
     'DEFAULT_QB_K', 'QueryBankStats', 'dsl_t2v_scores', 'dsl_v2t_scores', 'qb_norm_scores',
     'querybank_stats', 'MotionPairMetric', 'MotionTwinRetrievalMetric',
     'RetrievalRecallMetric', 'DenseSimilarity', 'EmbeddingSimilarity',
-    'SimilaritySource',
+    'SimilaritySource', 'RecognitionAccMetric', 'mean_class_accuracy',
 ]

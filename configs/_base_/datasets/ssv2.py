@@ -100,5 +100,5 @@ test_dataloader = dict(
         pipeline=test_pipeline,
         test_mode=True))
 
-val_evaluator = dict(type='AccMetric')
+val_evaluator = dict(type='RecognitionAccMetric')
 test_evaluator = val_evaluator
