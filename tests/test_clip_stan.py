@@ -153,6 +153,50 @@ def test_only_time_embedding_and_temporal_module_see_frame_order():
         torch.testing.assert_close(m(x), m(x.flip(2)), rtol=0, atol=1e-5)
 
 
+ABLATIONS = [dict(), dict(temporal_module='conv'), dict(temporal_module=None),
+             dict(spatial_module=False), dict(spatial_module=False, temporal_module='conv'),
+             dict(structure='posterior'), dict(multi_level=False), dict(level_proj=True)]
+
+
+@pytest.mark.parametrize('kw', ABLATIONS)
+def test_every_ablation_uses_every_branch_parameter(kw):
+    """Every trainable parameter gets a gradient (DDP needs it), and with a temporal module
+    the output depends on frame order (the Table 6 rows with cross-frame modules beat mean
+    pooling on SSv2, so their temporal modules must reach the output). The time table and
+    the temporal out-projections start at random values so that gradients are non-zero."""
+    m = randomize_branch(make(depth=2, drop_path_rate=0., **kw)).train()
+    x = video(t=4)
+    m(x).square().sum().backward()
+    for name, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if kw.get('temporal_module', 'attn') is not None:
+        m.eval()
+        with torch.no_grad():
+            assert (m(x) - m(x.flip(2))).abs().max() > 1e-4
+            y = m(x)
+            for name, p in m.named_parameters():
+                if '.temporal.' in name:
+                    p.add_(0.1)
+            assert (m(x) - y).abs().max() > 1e-4
+
+
+def test_intra_frame_off_reads_the_temporal_update_into_the_cls():
+    """spatial_module=False: the layer's video CLS adds the temporal module's update
+    averaged over the patch tokens (zero at init, so the model starts as the plain sum)."""
+    m = randomize_branch(make(depth=1, spatial_module=False)).eval()
+    layer = m.branch.layers[0]
+    cls, x = torch.randn(2, WIDTH), torch.randn(2, 16, 4, WIDTH)   # [B, D], [B, P, T, D]
+    with torch.no_grad():
+        got_cls, got_x = layer(cls, x)
+        want_x = layer.temporal(x)
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_cls, cls + (want_x - x).mean(dim=(1, 2)))
+    fresh = make(depth=1, spatial_module=False).eval()         # zero-initialized out-proj
+    with torch.no_grad():
+        assert torch.equal(fresh.branch.layers[0](cls, x)[0], cls)
+
+
 def test_temporal_modules_are_identity_at_init():
     x = torch.randn(2, 5, 3, 16)                                # [B, P, T, D]
     for mod in (TemporalAttention(16, 4, drop_path=0.1), TemporalConv(16, 8, drop_path=0.1)):

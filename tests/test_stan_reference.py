@@ -171,10 +171,16 @@ def reference(video, sd, *, levels, temporal, spatial_on, fuse, level_proj, quic
                     else:
                         cls = cls + lc
                         z = [[z[p][t] + h[t][1 + p] for t in range(T)] for p in range(P)]
+                before = [list(row) for row in z]
                 if temporal == 'attn':
                     z = temporal_attn(z, sd, pre + 'temporal.', T)
                 elif temporal == 'conv':
                     z = temporal_conv(z, sd, pre + 'temporal.', T)
+                if temporal and not spatial_on[k]:
+                    # intra-frame off: the CLS reads the temporal update, averaged (our
+                    # read-out; the paper does not say)
+                    cls = cls + sum(z[p][t] - before[p][t] for p in range(P)
+                                    for t in range(T)) / (P * T)
                 if spatial_on[k]:
                     cls, z = spatial(cls, z, sd, pre + 'spatial.', T, quick_gelu)
             branch_cls = cls

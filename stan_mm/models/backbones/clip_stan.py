@@ -141,7 +141,8 @@ class CLIPSTAN(BaseModule):
         temporal_module: ``'attn'`` (Eq. 8, alias ``'selfattn'``), ``'conv'`` (Eq. 9) or
             ``None`` (Table 6 "cross-frame off").
         spatial_module: ``False`` removes the intra-frame module (attention and MLP) from
-            every branch layer (Table 6 "intra-frame off").
+            every branch layer (Table 6 "intra-frame off"); the video CLS then reads the
+            temporal modules' updates averaged over the patch tokens (``STANLayer``).
         levels: 1-based indices of the CLIP blocks whose outputs feed the branch, strictly
             increasing, one per branch layer, e.g. ``(6, 8, 10, 12)`` (Table 8). Default:
             the last K blocks ``(L-K+1, ..., L)``. Only for ``structure='branch'``.

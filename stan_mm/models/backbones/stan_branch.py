@@ -121,7 +121,15 @@ class LevelFusion(nn.Module):
 
 class STANLayer(nn.Module):
     """One branch layer: optional level fusion, then the temporal module, then the spatial
-    module (order of the public reproduction). Any of the three may be ``None``."""
+    module (order of the public reproduction). Any of the three may be ``None``.
+
+    Without a spatial module (Table 6 "intra-frame off") nothing would carry the patch
+    tokens into the video CLS, which is all the branch outputs: the temporal modules would
+    not reach the output (order-blind, their parameters unused, DDP fails). The paper does
+    not say how that row reads the branch out; here the video CLS then adds the temporal
+    module's update averaged over all patch tokens, ``cls += mean_{p,t}(temporal(x) - x)``
+    (zero at initialization, like the modules themselves).
+    """
 
     def __init__(self, fusion: Optional[nn.Module], temporal: Optional[nn.Module],
                  spatial: Optional[nn.Module]):
@@ -136,7 +144,10 @@ class STANLayer(nn.Module):
         if self.fusion is not None:
             cls, x = self.fusion(cls, x, level)
         if self.temporal is not None:
-            x = self.temporal(x)
+            y = self.temporal(x)
+            if self.spatial is None:           # the CLS reads the update (see class doc)
+                cls = cls + (y - x).mean(dim=(1, 2))
+            x = y
         if self.spatial is not None:
             cls, x = self.spatial(cls, x)
         return cls, x
