@@ -500,3 +500,24 @@ def test_train_through_tools_train_validates_and_checkpoints(tmp_path):
     assert len(val) == 1 and 0 <= val[0]['acc/top1'] <= 1
     train_rec = [r for r in records if 'loss' in r]
     assert train_rec and all(math.isfinite(r['loss']) for r in train_rec)
+
+
+def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
+    """--seed / --deterministic / --auto-scale-lr on configs without randomness,
+    custom_hooks or auto_scale_lr (every configs/stan file lacks the first two): the values
+    must land in the config (mmengine's Config.setdefault returns a detached copy)."""
+    from mmengine.config import Config
+    train = load_tool('tools/train.py', 'stan_train_tool_flags')
+    bare = tmp_path / 'bare.py'
+    bare.write_text('optim_wrapper = dict(optimizer=dict(type="SGD", lr=0.1))\n')
+    for path in (str(bare), osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')):
+        args = train.parse_args([path, '--seed', '7', '--deterministic', '--auto-scale-lr'])
+        cfg = train.merge_args(Config.fromfile(path), args)
+        assert cfg.randomness.seed == 7 and cfg.randomness.deterministic is True, path
+        assert [h['type'] for h in cfg.custom_hooks] == ['EpochSeedHook'], path
+        assert cfg.auto_scale_lr.enable is True, path
+        again = train.merge_args(cfg, args)                      # no second hook
+        assert [h['type'] for h in again.custom_hooks] == ['EpochSeedHook']
+    cfg = train.merge_args(Config.fromfile(str(bare)), train.parse_args([str(bare), '--amp']))
+    assert cfg.optim_wrapper.type == 'AutoAmpOptimWrapper'
+    assert cfg.optim_wrapper.dtype == 'bfloat16'

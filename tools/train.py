@@ -26,8 +26,9 @@ def parse_args(argv=None):
                    help='resume from CKPT, or from the latest checkpoint of the work dir '
                    'when given without a value')
     p.add_argument('--amp', action='store_true',
-                   help='mixed precision (bf16 on GPU through AutoAmpOptimWrapper; '
-                   'plain fp32 on CPU)')
+                   help='mixed precision for configs without it: a plain OptimWrapper '
+                   'becomes AutoAmpOptimWrapper with bf16 (GPU; plain fp32 on CPU). The '
+                   'stan configs already autocast (recognition bf16, retrieval fp16)')
     p.add_argument('--no-validate', action='store_true',
                    help='skip validation during training')
     p.add_argument('--auto-scale-lr', action='store_true',
@@ -64,18 +65,24 @@ def merge_args(cfg, args):
         cfg.resume, cfg.load_from = True, args.resume
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    # (mmengine's Config.setdefault stores a converted copy of a missing default, so what
+    # is changed below is always read back from the config after assigning it)
     if args.auto_scale_lr:
-        cfg.setdefault('auto_scale_lr', dict(enable=True, base_batch_size=256)).enable = True
+        if cfg.get('auto_scale_lr') is None:
+            cfg.auto_scale_lr = dict(enable=True, base_batch_size=256)
+        cfg.auto_scale_lr.enable = True
     if args.seed is not None or args.deterministic:
-        rnd = cfg.setdefault('randomness', dict())
+        if cfg.get('randomness') is None:
+            cfg.randomness = dict()
         if args.seed is not None:
-            rnd['seed'] = args.seed
+            cfg.randomness.seed = args.seed
         if args.deterministic:
-            rnd['deterministic'] = True
+            cfg.randomness.deterministic = True
             # mmengine seeds once per run; exact resumption needs a reseed per epoch
-            hooks = cfg.setdefault('custom_hooks', [])
+            hooks = list(cfg.get('custom_hooks') or [])
             if not any(h.get('type') == 'EpochSeedHook' for h in hooks):
                 hooks.append(dict(type='EpochSeedHook'))
+            cfg.custom_hooks = hooks
     return cfg
 
 
