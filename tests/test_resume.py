@@ -383,3 +383,51 @@ def test_epoch_seed_hook_reseeds_main_process_and_workers():
     assert seed_a == epoch_seed(7, 2) and seed_c == epoch_seed(7, 3) and seed_a != seed_c
     torch.manual_seed(epoch_seed(7, 2))  # reference: plain seeding with the derived seed
     assert torch.rand(3).tolist() == a[0]
+
+
+class _BestRunner:
+    """What CheckpointHook's save_best path uses of a runner; ``kill`` makes the next
+    checkpoint write die (an exception standing in for SIGKILL mid-write)."""
+
+    def __init__(self, work_dir, name):
+        from mmengine.logging import MessageHub, MMLogger
+        self.work_dir, self.epoch, self.iter, self.kill = str(work_dir), 1, 1, False
+        self.message_hub = MessageHub.get_instance(name)
+        self.logger = MMLogger.get_instance('stan_mm_best_ckpt_test')
+
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        from stan_mm.engine.checkpoint_hook import atomic_write_bytes
+        if self.kill:
+            raise KeyboardInterrupt('killed while writing ' + filename)
+        atomic_write_bytes(f'epoch {self.epoch}'.encode(), osp.join(out_dir, filename))
+
+
+def test_best_checkpoint_survives_a_kill_while_the_next_best_is_written(tmp_path):
+    """mmengine deletes the previous best checkpoint before writing the new one: a kill in
+    between left no best checkpoint. AtomicCheckpointHook deletes it only afterwards."""
+    from stan_mm.engine.checkpoint_hook import AtomicCheckpointHook
+
+    def best_files():
+        return sorted(p.name for p in tmp_path.glob('best_*.pth'))
+    runner = _BestRunner(tmp_path, 'best_kill_1')
+    hook = AtomicCheckpointHook(interval=1, save_best='acc', rule='greater')
+    hook.before_train(runner)
+    hook._save_best_checkpoint(runner, {'acc': 0.5})
+    assert best_files() == ['best_acc_epoch_1.pth']
+    runner.epoch, runner.kill = 2, True
+    with pytest.raises(KeyboardInterrupt):
+        hook._save_best_checkpoint(runner, {'acc': 0.7})
+    assert best_files() == ['best_acc_epoch_1.pth']          # the old best is still there
+    # the resumed run knows the best checkpoint of its last saved state (epoch 1) and
+    # replaces it once a better one is written
+    resumed = _BestRunner(tmp_path, 'best_kill_2')
+    resumed.message_hub.update_info('best_ckpt', str(tmp_path / 'best_acc_epoch_1.pth'))
+    resumed.message_hub.update_info('best_score', 0.5)
+    hook = AtomicCheckpointHook(interval=1, save_best='acc', rule='greater')
+    hook.before_train(resumed)
+    resumed.epoch = 3
+    hook._save_best_checkpoint(resumed, {'acc': 0.4})           # not better: nothing
+    assert best_files() == ['best_acc_epoch_1.pth']
+    hook._save_best_checkpoint(resumed, {'acc': 0.8})
+    assert best_files() == ['best_acc_epoch_3.pth']
+    assert (tmp_path / 'best_acc_epoch_3.pth').read_bytes() == b'epoch 3'

@@ -14,6 +14,11 @@ checkpoint records what is to be pruned after it, so a run resumed from it delet
 file, and any temporary file a kill left in the checkpoint folder, when it starts.
 ``stan_mm.compat`` also makes mmengine's local ``put``/``put_text`` atomic, which covers
 ``save_best`` and any other writer that goes through mmengine's file backends.
+
+``save_best``: mmengine deletes the previous best checkpoint before it writes the new one,
+so a kill in between left no best checkpoint at all (and a resumed run never rewrites it).
+Here every deletion requested while a best checkpoint is saved waits until that save is
+done. A kill in between leaves both best files; the older one stays on disk.
 """
 import os
 import os.path as osp
@@ -67,6 +72,21 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
         raise
 
 
+class _DeferredRemovals:
+    """A file backend whose ``remove`` only records the path (everything else is the
+    wrapped backend's)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.removals = []
+
+    def remove(self, path) -> None:
+        self.removals.append(path)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """Drop-in replacement for ``CheckpointHook`` (same arguments): save, publish, then prune.
@@ -102,6 +122,22 @@ class AtomicCheckpointHook(CheckpointHook):
                     os.remove(osp.join(folder, name))
                     runner.logger.warning(f'AtomicCheckpointHook: removed {name} from '
                                           f'{folder}, a partial write of a killed run')
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """mmengine's, with the previous best checkpoint deleted after the new one is
+        written instead of before (see the module docstring)."""
+        backend = self.file_backend
+        deferred = _DeferredRemovals(backend)
+        self.file_backend = deferred
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        current = {getattr(self, 'best_ckpt_path', None),
+                   *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        for path in deferred.removals:
+            if path not in current and backend.isfile(path):
+                backend.remove(path)
 
     def _remove(self, step) -> bool:
         old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
