@@ -307,6 +307,12 @@ def test_loss_mode_reads_video_identity_from_metainfo():
                    for f in ('a.mp4', 'b.mp4', 'c.mp4', 'c.mp4')]
         torch.testing.assert_close(loss_with(by_name), loss_with(samples([0, 1, 2, 2])))
         assert loss_with(samples([0, 1, 2, 2])) != loss_with(samples([0, 1, 2, 3]))
+        # concatenated datasets: video_idx restarts at 0 in each, the files differ, and the
+        # files decide (the 'video_idx' of samples 0 and 3 would wrongly mask them)
+        concat = [ActionDataSample(metainfo=dict(video_idx=v, filename=f)) for v, f in
+                  ((0, 'msrvtt/v0.mp4'), (1, 'msrvtt/v1.mp4'), (2, 'msrvtt/v2.mp4'),
+                   (0, 'msvd/x.avi'))]
+        torch.testing.assert_close(loss_with(concat), loss_with(samples([0, 1, 2, 3])))
 
 
 def test_learnable_temperature_is_clamped():

@@ -10,9 +10,10 @@ dataset_type = 'RetrievalVideoTextDataset'
 data_root = 'data/lsmdc'
 num_frames = 12
 context_length = 32
-# dataset-wide video index, caption numbers and sample index travel with every sample: the
-# loss masks two captions of one video in a batch, the metric orders videos by sample_idx
-meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id')
+# the video's file, its index, caption numbers and sample index travel with every sample:
+# the loss masks two captions of one video file in a batch (also across concatenated
+# datasets), the metric orders videos by sample_idx
+meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id', 'filename')
 
 train_pipeline = [
     dict(type='SafeDecordInit', io_backend='disk'),

@@ -19,10 +19,11 @@ from ..losses import learned_logit_scale
 
 Tokens = Union[torch.Tensor, List[torch.Tensor]]
 
-#: metainfo keys that identify a sample's video, by preference (``video_idx`` is the
-#: dataset-wide index of :class:`~stan_mm.datasets.retrieval.RetrievalVideoTextDataset`;
-#: the others are hashed)
-VIDEO_ID_KEYS = ('video_idx', 'video_id', 'filename')
+#: metainfo keys that identify a sample's video, by preference. ``filename`` (hashed) first:
+#: it also tells apart the videos of concatenated datasets, whose ``video_idx`` (the
+#: per-dataset index of :class:`~stan_mm.datasets.retrieval.RetrievalVideoTextDataset`)
+#: restarts at 0 in each; ``video_id`` is hashed too
+VIDEO_ID_KEYS = ('filename', 'video_idx', 'video_id')
 _BACKBONE_OWNED = ('arch', 'pretrained', 'precision', 'quick_gelu', 'clip_model')
 _TEXT_OPTIONS = ('frozen', 'with_cp')
 
