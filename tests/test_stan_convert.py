@@ -3,6 +3,7 @@
 unmapped keys are reported."""
 import importlib.util
 import pathlib
+import re
 
 import pytest
 import torch
@@ -227,6 +228,33 @@ def test_exporter_reports_weights_without_public_counterpart():
                                    for k in report.unmapped)
     assert 'backbone.branch.layers.1.fusion.proj.weight' in report.unmapped
     assert 'backbone.branch.layers.0.temporal.conv.weight' in report.unmapped
+
+
+def test_converter_errors_exit_2_without_writing(tmp_path, capsys):
+    """Wrong direction (--export of a public-layout file), a model checkpoint given as a
+    public one, a missing file and a pickle with objects: one error line naming the file,
+    exit status 2, no output file."""
+    import argparse
+    tool = load_tool('convert/stan_public_to_mm.py')
+    pub = tmp_path / 'public.pth'
+    torch.save({'state_dict': public_state_dict(hf_clip())}, pub)
+    ours = tmp_path / 'ours.pth'
+    torch.save({'state_dict': _randomized_model().state_dict()}, ours)
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save({'state_dict': public_state_dict(hf_clip()), 'args': argparse.Namespace(a=1)},
+               unsafe)
+    for argv, words in ((['--export', str(pub)], r'public\.pth: no stan-mm video-tower.*drop '
+                         r'--export'),
+                        ([str(ours)], r'ours\.pth: no public STAN video-tower keys'),
+                        ([str(tmp_path / 'nothere.pth')], r'nothere\.pth'),
+                        ([str(unsafe)], r'unsafe\.pth.*(--trust|TRUST)')):
+        out = tmp_path / 'out.pth'
+        assert tool.main(argv + [str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith('stan_public_to_mm: error: ') and 'Traceback' not in err
+        assert re.search(words, err, re.S), err
+        assert not out.exists()
+    assert tool.main([str(unsafe), str(tmp_path / 'ok.pth'), '--trust']) == 0
 
 
 def test_not_a_stan_checkpoint(tmp_path):

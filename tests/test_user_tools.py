@@ -588,6 +588,22 @@ def test_clip_to_mm_round_trip(setup, capsys):
     assert 'QuickGELU (OpenAI CLIP) was assumed' not in printed
 
 
+def test_clip_to_mm_refuses_a_model_checkpoint(setup, tmp_path, capsys):
+    """A trained stan-mm model given where CLIP weights belong (the converter, or
+    pretrained=): one line naming the file and what to do with it instead."""
+    from stan_mm.models.clip import build_clip
+    _, _, model, _ = setup['ret']
+    path = str(tmp_path / 'retrieval.pth')
+    torch.save({'state_dict': model.state_dict()}, path)
+    tool = load_tool('tools/convert/clip_to_mm.py')
+    assert tool.main([path, str(tmp_path / 'x.pth')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('clip_to_mm: error: ') and not err.startswith('clip_to_mm: error: "')
+    assert 'retrieval.pth: this is a stan-mm model checkpoint' in err and 'load_from' in err
+    with pytest.raises(ValueError, match='stan-mm model checkpoint'):
+        build_clip(pretrained=path)
+
+
 # ------------------------------------------------------------------ errors
 def test_clear_errors(setup, tmp_path):
     from stan_mm.apis import ModelLoadError, init_model, list_videos

@@ -228,9 +228,19 @@ def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
 
 
 def export_public_checkpoint(state_dict: Mapping[str, Tensor], out_path: str,
-                             ) -> ConversionReport:
-    """Write a stan-mm state dict in the public STAN layout (mmengine checkpoint)."""
-    out, report = mm_to_public(_state_dict_of(state_dict))
+                             source: str = 'the state dict') -> ConversionReport:
+    """Write a stan-mm state dict in the public STAN layout (mmengine checkpoint).
+
+    Raises ``ValueError`` (naming ``source``) when it holds no stan-mm video tower, e.g. a
+    checkpoint that is already in the public layout; nothing is written then."""
+    sd = _state_dict_of(state_dict)
+    if not any(k.startswith(VIDEO_PREFIX + 'visual.') for k in sd):
+        sample = ', '.join(list(sd)[:5])
+        raise ValueError(f'{source}: no stan-mm video-tower keys found (expected '
+                         f'{VIDEO_PREFIX}visual.*, {VIDEO_PREFIX}branch.*; the file starts '
+                         f'with: {sample}). A checkpoint in the public layout converts the '
+                         f'other way: drop --export.')
+    out, report = mm_to_public(sd)
     torch.save({'meta': {'converter': 'stan_mm.utils.stan_convert.mm_to_public',
                          'unmapped_keys': report.unmapped}, 'state_dict': out}, out_path)
     return report

@@ -18,6 +18,7 @@ Prints a report: architecture, activation and why, parameter counts, source layo
 import argparse
 import json
 import os.path as osp
+import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -62,8 +63,11 @@ def main(argv=None) -> int:
     try:
         report = convert_clip(args.src, args.dst, arch=parse_arch(args.arch),
                               quick_gelu=args.quick_gelu, out_format=args.format)
-    except (ValueError, KeyError, TypeError, OSError, CLIPKeysMismatchError) as e:
-        print(f'clip_to_mm: error: {e}', file=sys.stderr)
+    except (ValueError, KeyError, TypeError, OSError, CLIPKeysMismatchError,
+            pickle.UnpicklingError) as e:
+        # (UnsafeCheckpointError is an UnpicklingError; a KeyError's str() adds quotes)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'clip_to_mm: error: {message}', file=sys.stderr)
         return 2
     print(report.format())
     return 0

@@ -10,6 +10,7 @@ reported) and whose text backbone is ``CLIPTextEncoder``. ``--export`` does the 
 (stan-mm -> public layout). Key mapping: ``stan_mm/utils/stan_convert.py``.
 """
 import argparse
+import pickle
 import sys
 
 import stan_mm  # noqa: F401  (checkpoint-loading fixes)
@@ -34,11 +35,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.export:
-        report = export_public_checkpoint(
-            safe_torch_load(args.src, map_location='cpu', trust=args.trust), args.dst)
-    else:
-        report = convert_public_checkpoint(args.src, args.dst, trust=args.trust)
+    try:
+        if args.export:
+            report = export_public_checkpoint(
+                safe_torch_load(args.src, map_location='cpu', trust=args.trust), args.dst,
+                source=args.src)
+        else:
+            report = convert_public_checkpoint(args.src, args.dst, trust=args.trust)
+    except (ValueError, KeyError, OSError, pickle.UnpicklingError) as e:
+        # missing/corrupt/refused files and inputs of the wrong layout (UnsafeCheckpointError
+        # is an UnpicklingError and names --trust)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'stan_public_to_mm: error: {message}', file=sys.stderr)
+        return 2
     print(report.format())
     print(f'wrote {args.dst}')
     return 1 if (args.strict and report.unmapped) else 0

@@ -168,6 +168,14 @@ def _strip_prefix(sd: Dict[str, Tensor], file: str) -> Tuple[Dict[str, Tensor], 
             break
     if not prefix:
         return sd, []
+    model_keys = [k for k in sd if k.startswith(('backbone.branch.', 'text_backbone.',
+                                                 'cls_head.'))]
+    if prefix == 'backbone.' and model_keys:
+        raise ValueError(
+            f'{file}: this is a stan-mm model checkpoint (keys such as {model_keys[0]!r}), '
+            f'not CLIP weights: test or fine-tune it with load_from= / tools/test.py CONFIG '
+            f'{file}; pretrained= and tools/convert/clip_to_mm.py take OpenAI, open_clip or '
+            f'HuggingFace CLIP weights')
     inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     ignored = [k for k in sd if not k.startswith(prefix)]
     return inside, ignored
