@@ -52,6 +52,27 @@ def test_quickstart_tool_trains_tests_and_plots(tmp_path):
     png = work / 'training_curves.png'
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert (work / 'epoch_2.pth').exists()
+    # named after the config, every logged number kept (MMAction2's accuracy included)
+    assert result['model'] == 'tiny' and 0 <= result['acc/top1'] <= 1
+
+
+def test_quickstart_names_runs_after_their_config(capsys):
+    """Another --config never writes into (or is labelled as) the STAN run's folder."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('quickstart_tool',
+                                                  ROOT / 'tools' / 'quickstart.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cases = {(): 'stan', ('--baseline', ): 'meanpool',
+             ('--config', str(ROOT / 'configs/quickstart/motion_stan_tiny.py')): 'stan',
+             ('--config', str(ROOT / 'configs/quickstart/motion_meanpool_tiny.py')): 'meanpool',
+             ('--config', 'configs/quickstart/motion_retrieval_tiny.py'):
+                 'motion_retrieval_tiny'}
+    for argv, name in cases.items():
+        assert tool.run_name(tool.parse_args(list(argv))) == name, argv
+    with pytest.raises(SystemExit) as e:
+        tool.parse_args(['--baseline', '--config', 'configs/quickstart/motion_stan_tiny.py'])
+    assert e.value.code == 2 and 'drop one of the two' in capsys.readouterr().err
 
 
 def test_quickstart_baseline_config_is_mean_pooling():

@@ -33,14 +33,31 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--baseline', action='store_true',
                    help='run the order-blind baseline (CLIP mean pooling) instead of STAN')
-    p.add_argument('--config', help='another config (default: the quickstart STAN config)')
-    p.add_argument('--work-dir', help='default: work_dirs/quickstart/<stan|meanpool>')
+    p.add_argument('--config', help='another config (default: the quickstart STAN config); '
+                   'its results go to work_dirs/quickstart/<config name>')
+    p.add_argument('--work-dir', help='default: work_dirs/quickstart/<stan|meanpool|config '
+                   'name>')
     p.add_argument('--epochs', type=int, help='override the number of training epochs')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, e.g. train_dataloader.batch_size=8 (the '
                    'dataset itself, e.g. its size or motion pairs, is set in '
                    'configs/quickstart/_motion_common.py: the configs copy it when loaded)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.baseline and args.config:
+        p.error('--baseline runs configs/quickstart/motion_meanpool_tiny.py; with --config '
+                'the config alone decides the model: drop one of the two')
+    return args
+
+
+def run_name(args) -> str:
+    """'stan' / 'meanpool' for the two quickstart configs, else the config's file name (so
+    another config never writes into, or is labelled as, the STAN run)."""
+    if not args.config:
+        return 'meanpool' if args.baseline else 'stan'
+    for name, path in CONFIGS.items():
+        if osp.abspath(args.config) == osp.abspath(path):
+            return name
+    return osp.splitext(osp.basename(args.config))[0]
 
 
 def read_scalars(work_dir):
@@ -84,7 +101,7 @@ def plot_curves(runs, out_png):
 
 def main(argv=None):
     args = parse_args(argv)
-    name = 'meanpool' if args.baseline else 'stan'
+    name = run_name(args)
     cfg = Config.fromfile(args.config or CONFIGS[name])
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -109,8 +126,12 @@ def main(argv=None):
     out_png = osp.join(cfg.work_dir, 'training_curves.png')
     plot_curves(runs, out_png)
 
-    result = {k.split('/', 1)[1]: round(v, 2) for k, v in metrics.items()
-              if k.startswith('motion/')}
+    # motion metrics (percent) under their short names, every other number as logged
+    result = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+            short = k.split('/', 1)[1] if k.startswith('motion/') else k
+            result[short] = round(float(v), 2 if k.startswith('motion/') else 4)
     result['model'] = name
     result['wall_time_s'] = round(elapsed, 1)
     with open(osp.join(cfg.work_dir, 'quickstart_result.json'), 'w') as f:
@@ -121,7 +142,8 @@ def main(argv=None):
               f"(chance {result['chance']:.1f}%), time-direction accuracy "
               f"{result['direction_acc']:.1f}% (order-blind models: about 50%); {took}")
     else:   # a config without MotionPairMetric (e.g. the retrieval quickstart)
-        shown = ', '.join(f'{k} {v}' for k, v in metrics.items())
+        shown = ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
+                          for k, v in metrics.items())
         print(f'\n[quickstart] {name}: {shown}; {took}')
     print(f'[quickstart] curves: {out_png}')
     return result
