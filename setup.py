@@ -25,7 +25,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['stan_mm', 'stan_mm.*']),
     package_data={'stan_mm': ['compat/_shims/*.py']},
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     # torch, torchvision and mmcv are left to tools/install.sh so that an existing CUDA torch
     # or full mmcv is never replaced.
     install_requires=_read_requirements('requirements.txt'),

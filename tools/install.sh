@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
 # One-command setup of stan-mm on a fresh machine or into an existing MMAction2 environment.
 #   bash tools/install.sh            runtime + test dependencies, stan-mm in editable mode
-# Environment: PYTHON (default python3), STAN_TORCH (default "torch==2.14.1 torchvision==0.29.1"),
-#   STAN_SKIP_TESTS_DEPS=1 to skip pytest/hypothesis/transformers.
+# Environment: PYTHON (default python3; 3.10 or 3.11), STAN_TORCH (a torch/torchvision pair to
+#   install even over a working one; default: keep a working pair, else install
+#   "torch==2.14.1 torchvision==0.29.1"), STAN_SKIP_TESTS_DEPS=1 to skip
+#   requirements/tests.txt (pytest, hypothesis, transformers, av).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip"
 
-# 1. torch + torchvision as a matching pair; an existing working pair is kept.
-if ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
-  $PIP install ${STAN_TORCH:-torch==2.14.1 torchvision==0.29.1}
+# 1. torch + torchvision as a matching pair: STAN_TORCH when set, else an existing working
+#    pair is kept, else the default pair.
+if [ -n "${STAN_TORCH:-}" ]; then
+  $PIP install $STAN_TORCH
+elif ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
+  $PIP install torch==2.14.1 torchvision==0.29.1
 else
   echo "[install] keeping torch $($PY -c 'import torch; print(torch.__version__)')"
 fi
 
-# 2. mmcv 2.0/2.1: keep an existing full mmcv; otherwise the pure-Python mmcv-lite 2.1.0.
-if $PY -c "import mmcv, sys; v=tuple(int(x) for x in mmcv.__version__.split('.')[:2]); sys.exit(0 if (2,0)<=v<(2,2) else 1)" >/dev/null 2>&1; then
-  echo "[install] keeping mmcv $($PY -c 'import mmcv; print(mmcv.__version__)')"
+# 2. mmcv 2.0/2.1 (mmaction2 1.2.0 refuses >= 2.2): an installed one is kept; with none,
+#    the pure-Python mmcv-lite 2.1.0. Another installed mmcv stops the install: mmcv-lite
+#    would be unpacked into the same mmcv package and mix the two.
+if $PY -c "import mmcv" >/dev/null 2>&1; then
+  MMCV_VERSION=$($PY -c 'import mmcv; print(mmcv.__version__)')
+  if $PY -c "import mmcv, sys; v=tuple(int(x) for x in mmcv.__version__.split('.')[:2]); sys.exit(0 if (2,0)<=v<(2,2) else 1)" >/dev/null 2>&1; then
+    echo "[install] keeping mmcv $MMCV_VERSION"
+  else
+    echo "[install] error: mmcv $MMCV_VERSION is installed; mmaction2 1.2.0 needs mmcv 2.0 or 2.1." >&2
+    echo "[install] Uninstall it first ($PIP uninstall -y mmcv mmcv-lite), then rerun this script" >&2
+    echo "[install] (it installs mmcv-lite 2.1.0), or install a full mmcv 2.1 for your torch." >&2
+    exit 1
+  fi
 else
   $PIP install "mmcv-lite==2.1.0"
 fi
