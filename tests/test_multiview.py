@@ -144,6 +144,21 @@ def test_tencrop_is_refused_where_training_never_mirrors():
     assert [t.type for t in p if 'Crop' in t.type] == ['CenterCrop']
 
 
+def test_single_clip_sampler_takes_crop_views_only():
+    """The motion quickstart tests on SymmetricSample (one clip): 1x3 changes the crop,
+    4x3 is refused naming the sampler, 1x10 is refused (trained without Flip)."""
+    from stan_mm.apis.video import set_config_views, config_test_pipeline
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py'))
+    pipe = set_config_views(cfg, config_test_pipeline(cfg), '1x3')
+    assert [t['type'] for t in pipe if 'Crop' in t['type']] == ['ThreeCrop']
+    sampler = [t for t in pipe if t['type'] == 'SymmetricSample'][0]
+    assert 'num_clips' not in sampler
+    with pytest.raises(ValueError, match=r"'4x3'.*SymmetricSample.*one clip.*use 1x3"):
+        set_config_views(cfg, config_test_pipeline(cfg), '4x3')
+    with pytest.raises(ValueError, match='TenCrop mirrors'):
+        set_config_views(cfg, config_test_pipeline(cfg), '1x10')
+
+
 def test_pipeline_views_match_fused_batch_layout(tiny):
     """Recognizer3D folds [N, V, ...] into [N*V, ...] sample-major, which is the layout
     average_clip assumes (views of one sample contiguous)."""

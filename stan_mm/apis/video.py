@@ -21,6 +21,8 @@ SAFE_TRANSFORMS = {'DecordInit': 'SafeDecordInit', 'DecordDecode': 'SafeDecordDe
 #: caption transforms dropped from the pipeline (a bare video has no caption)
 TEXT_TRANSFORMS = ('CLIPBPETokenize', 'CLIPTokenize')
 SAMPLERS = ('SampleFrames', 'UniformSample', 'UniformSampleFrames')
+#: samplers that always draw one clip: views ``1xN`` change only the crop
+SINGLE_CLIP_SAMPLERS = ('SymmetricSample', )
 CROPS = {1: 'CenterCrop', 3: 'ThreeCrop', 10: 'TenCrop'}
 
 
@@ -117,14 +119,21 @@ def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> Lis
             f'views {views!r}: TenCrop mirrors 5 of its 10 views, but this config trains '
             f'without Flip (direction-sensitive labels, e.g. Something-Something-v2: a '
             f'mirrored "left to right" clip shows "right to left"). Use {clips}x3 or {clips}x1.')
-    sampler = [t for t in pipeline if t['type'] in SAMPLERS]
+    sampler = [t for t in pipeline if t['type'] in SAMPLERS + SINGLE_CLIP_SAMPLERS]
     crop = [t for t in pipeline if t['type'] in CROPS.values()]
     if len(sampler) != 1 or len(crop) != 1:
-        raise ValueError(f'views need exactly one frame sampler {SAMPLERS} and one crop '
+        raise ValueError(f'views need exactly one frame sampler '
+                         f'{SAMPLERS + SINGLE_CLIP_SAMPLERS} and one crop '
                          f'{tuple(CROPS.values())} in the test pipeline; found '
                          f'{[t["type"] for t in pipeline]}')
-    sampler[0]['num_clips'] = clips
-    sampler[0]['test_mode'] = True
+    if sampler[0]['type'] in SINGLE_CLIP_SAMPLERS:
+        if clips != 1:
+            raise ValueError(f'views {views!r}: the test pipeline samples frames with '
+                             f'{sampler[0]["type"]}, which draws one clip per video; use '
+                             f'1x{crops}')
+    else:
+        sampler[0]['num_clips'] = clips
+        sampler[0]['test_mode'] = True
     crop[0]['type'] = CROPS[crops]
     return pipeline
 

@@ -730,8 +730,9 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
         if os.listdir(out_dir):
             raise FileExistsError(
                 f'{out_dir} is not empty and does not hold this synthetic dataset ({reason}). '
-                'Pass overwrite=True (CLI: --overwrite) to replace it, or choose another '
-                'output directory.')
+                'Delete it (the quickstart configs then regenerate it on first use), pass '
+                'overwrite=True (tools/data/make_synthetic.py: --overwrite) to replace it, or '
+                'choose another output directory.')
 
     parent = osp.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)

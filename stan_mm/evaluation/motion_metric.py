@@ -87,7 +87,8 @@ class MotionTwinRetrievalMetric(BaseMetric):
     """Time direction in retrieval on the synthetic motion benchmark: ``twin_t2v_acc``, the
     percentage of test captions closer to their own video than to its time-reversed twin
     (the twins' captions differ only in the motion phrase; a model blind to frame order
-    embeds twins alike and sits near 50). Reads ``filename``, ``video_feature [E]`` and
+    embeds twins alike and sits near 50 when it is shown the same frames of both twins,
+    e.g. with ``SymmetricSample``). Reads ``filename``, ``video_feature [E]`` and
     ``text_feature [n, E]`` of each test sample (the retrieval model's outputs, as for
     ``RetrievalRecallMetric``; put it next to that metric in ``test_evaluator``).
 
