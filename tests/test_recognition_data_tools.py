@@ -229,3 +229,30 @@ def test_k400_bad_header_unknown_val_label_and_spaces(tmp_path):
                          name_format='{label}/{youtube_id}.mp4')
     assert k400.main(['--train-csv', train, '--out-dir', str(tmp_path / 'o'),
                       '--name-format', '{nope}.mp4']) == 1
+
+
+@pytest.mark.parametrize('config, make_lists', [
+    ('k400_self_b16.py', lambda tmp: (k400.main(
+        ['--train-csv', _k400_files(tmp)[0], '--val-csv', _k400_files(tmp)[1],
+         '--out-dir', str(tmp / 'root')]), 4, 3)),
+    ('ssv2_self_b16.py', lambda tmp: (ssv2.main(
+        ['--anno-dir', str(_ssv2_files(tmp)), '--out-dir', str(tmp / 'root')]), 3, 1)),
+])
+def test_one_data_root_override_moves_a_recognition_dataset(tmp_path, config, make_lists):
+    """The documented override (data_root per dataloader) finds the lists the tools wrote
+    under another root; the video prefix moves with it."""
+    import stan_mm  # noqa: F401
+    from mmaction.registry import DATASETS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmaction')
+    rc, n_train, n_val = make_lists(tmp_path)
+    assert rc == 0
+    root = str(tmp_path / 'root')
+    cfg = Config.fromfile(osp.join(osp.dirname(__file__), '..', 'configs', 'stan', config))
+    cfg.merge_from_dict({f'{split}_dataloader.dataset.data_root': root
+                         for split in ('train', 'val', 'test')})
+    for split, n in (('train', n_train), ('val', n_val), ('test', n_val)):
+        dataset = DATASETS.build(cfg[f'{split}_dataloader'].dataset)
+        assert len(dataset) == n, split
+        assert dataset.get_data_info(0)['filename'].startswith(root + '/videos'), split

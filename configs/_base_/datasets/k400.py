@@ -17,12 +17,15 @@ test_num_clips = 1  # temporal views: clips at different offsets in each segment
 test_crops = 3      # spatial views: 3 = ThreeCrop, 1 = CenterCrop
 
 dataset_type = 'VideoDataset'
+# paths below data_root (the datasets join them), so that one override moves the data:
+#   --cfg-options train_dataloader.dataset.data_root=/datasets/k400 (and val_/test_)
+#   model.cls_head.classnames=/datasets/k400/classnames.txt
 data_root = 'data/kinetics400'
-data_root_train = f'{data_root}/videos_train'
-data_root_val = f'{data_root}/videos_val'
-ann_file_train = f'{data_root}/train_list.txt'
-ann_file_val = f'{data_root}/val_list.txt'
-ann_file_test = f'{data_root}/val_list.txt'
+data_root_train = 'videos_train'
+data_root_val = 'videos_val'
+ann_file_train = 'train_list.txt'
+ann_file_val = 'val_list.txt'
+ann_file_test = 'val_list.txt'
 classnames = f'{data_root}/classnames.txt'
 num_classes = 400
 num_frames = 8
@@ -72,6 +75,7 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
+        data_root=data_root,
         ann_file=ann_file_train,
         data_prefix=dict(video=data_root_train),
         pipeline=train_pipeline))
@@ -82,6 +86,7 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        data_root=data_root,
         ann_file=ann_file_val,
         data_prefix=dict(video=data_root_val),
         pipeline=val_pipeline,
@@ -93,6 +98,7 @@ test_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        data_root=data_root,
         ann_file=ann_file_test,
         data_prefix=dict(video=data_root_val),
         pipeline=test_pipeline,
