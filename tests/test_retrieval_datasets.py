@@ -668,6 +668,13 @@ def test_prepare_tool_issues_and_malformed(didemo, capsys, tmp_path):
     assert _tool().main(['lsmdc', bad]) == 2
     assert 'LSMDC16_annos_val.csv:1: expected 6 tab-separated fields' in \
         capsys.readouterr().err
+    # usage errors are malformed input too (2), never "data issues" (1), and no traceback
+    good = write(tmp_path / 'LSMDC16_challenge_1000_publictect.csv',
+                 'clip_1\t1\t2\t3\t4\ta man\n')
+    for argv, words in ((['msvd', bad], 'caption_file'),
+                        (['lsmdc', good, '--video-tmpl', '{clip}.avi'], 'video_tmpl')):
+        assert _tool().main(argv) == 2, argv
+        assert words in capsys.readouterr().err
 
 
 def test_mmaction_video_pipeline_reads_samples(tmp_path):

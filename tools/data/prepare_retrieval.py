@@ -149,7 +149,9 @@ def main(argv=None) -> int:
     try:
         report = validate(args.format, args.ann_file, args.caption_file, args.video_root,
                           args.video_tmpl, args.video_lookup, args.paragraph_sep)
-    except (AnnotationError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
+        # AnnotationError is a ValueError; usage errors (a missing --caption-file, a bad
+        # --video-tmpl) are ValueErrors too: all exit 2, never 1 ("data issues")
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(format_report(report, args.ann_file, args.list_missing))
