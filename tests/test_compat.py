@@ -310,6 +310,24 @@ def test_auto_amp_optim_wrapper_on_cpu():
     w.update_params(model(torch.ones(1, 2)).sum())  # a real step runs
 
 
+def test_num_workers_zero_overrides_persistent_workers():
+    """The configs' persistent_workers=True plus a command-line num_workers=0 builds a
+    loader (torch alone raises); with workers, persistent_workers is kept."""
+    import stan_mm  # noqa: F401
+    from mmengine.runner import Runner
+    cfg = dict(batch_size=2, num_workers=0, persistent_workers=True,
+               sampler=dict(type='DefaultSampler', shuffle=False),
+               dataset=list(range(5)), collate_fn=dict(type='default_collate'))
+    with pytest.raises(ValueError, match='persistent_workers'):   # the rule itself
+        torch.utils.data.DataLoader(list(range(5)), num_workers=0, persistent_workers=True)
+    loader = Runner.build_dataloader(cfg)
+    assert loader.num_workers == 0 and not loader.persistent_workers
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4]]
+    assert cfg['persistent_workers'] is True                      # the caller's dict unchanged
+    loader = Runner.build_dataloader(dict(cfg, num_workers=1))
+    assert loader.persistent_workers
+
+
 # ----------------------------------------------------------------------------- decord + fork
 FORK_GC = '''
 import gc, multiprocessing as mp, sys

@@ -20,6 +20,9 @@ Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a 
                 ``device_ids`` (see :mod:`stan_mm.compat.dist`).
 ``amp``         ``AutoAmpOptimWrapper`` picks ``AmpOptimWrapper`` on GPU and a plain
                 ``OptimWrapper`` on CPU.
+``workers``     ``num_workers=0`` with the configs' ``persistent_workers=True`` no
+                longer raises: the runner drops ``persistent_workers`` when there
+                are no workers (see :mod:`stan_mm.compat.workers`).
 ``decord_fork`` (found in this project's CI, not in the notes) a decord ``VideoReader``
                 inherited by a forked DataLoader worker and garbage-collected there
                 hangs or aborts the worker; such readers are no longer freed in the
@@ -32,6 +35,7 @@ from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
 from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
+from .workers import apply_workers_fix  # noqa: F401
 
 _APPLIED = False
 
@@ -47,5 +51,6 @@ def apply_all() -> None:
     apply_checkpoint_fix()
     apply_dist_fix()
     apply_decord_fork_fix()
+    apply_workers_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True
