@@ -503,3 +503,13 @@ def test_metric_action_data_sample_and_errors():
         RetrievalRecallMetric(qb_norm=dict(beta=20))
     with pytest.raises(FileNotFoundError, match='missing.npy'):
         RetrievalRecallMetric(qb_norm=dict(bank='missing.npy'))
+
+
+def test_dsl_overflow_is_named():
+    """A finite similarity whose S / dsl_temp overflows float64: a ValueError naming DSL and
+    the temperature, not an internal rank error."""
+    S = 0.5 * np.eye(4)
+    S[1, 2] = 1e307
+    with pytest.raises(ValueError, match=r'DSL: similarity / dsl_temp overflows.*0\.01'):
+        retrieval_metrics_from_similarity(S, np.arange(4), dsl=True)
+    retrieval_metrics_from_similarity(S, np.arange(4))            # fine without DSL

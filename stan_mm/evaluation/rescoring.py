@@ -26,7 +26,8 @@ embeddings). This is the CLIP4Clip-family inference setting: those codebases app
 the CAMoE *training loss* (``sim * softmax(sim / 1000)`` on logit-scaled similarities, meant
 to smooth gradients). Applied to cosine similarities, ``temp = 1000`` makes every column's
 softmax almost uniform (``S / 1000`` spans at most 0.002), so DSL would leave the ranking
-almost unchanged; pass ``dsl_temp=1000`` to reproduce that literally.
+almost unchanged. The CAMoE softmax itself, ``softmax(logits / 1000)`` with logits =
+cosine / tau, is ``temp = 1000 * tau`` on cosines (10 for tau = 0.01): nearly as uniform.
 
 Numerics: the softmax weight is ``exp(S / temp - logsumexp(S / temp))`` in float64. It
 underflows only when a column (t2v) or row (v2t) spans more than ~700 * temp; with cosine
@@ -86,8 +87,14 @@ def check_dsl_temp(temp: float) -> float:
 
 # ----------------------------------------------------------------------------------- DSL
 def scaled_similarity(sim: torch.Tensor, temp: float) -> torch.Tensor:
-    """``S / temp`` of a block ``[c, Nv]`` as a new float64 tensor."""
-    return sim.to(torch.float64) / temp
+    """``S / temp`` of a block ``[c, Nv]`` as a new float64 tensor (``ValueError`` when
+    it overflows: similarities near the float64 limit, or a tiny ``temp``)."""
+    z = sim.to(torch.float64) / temp
+    if not torch.isfinite(z).all():
+        raise ValueError(f'DSL: similarity / dsl_temp overflows float64 (largest |similarity| '
+                         f'{sim.abs().max().item():.3g}, dsl_temp {temp:g}); DSL expects '
+                         f'cosine similarities or logits and a temperature around 0.01')
+    return z
 
 
 def pairwise_sum(x: torch.Tensor, dim: int) -> torch.Tensor:

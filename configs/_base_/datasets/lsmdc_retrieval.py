@@ -67,8 +67,8 @@ test_dataloader = val_dataloader
 
 # t2v and v2t R@1/5/10, MdR, MnR. Inference tricks (STAN_REFERENCE.md section 5):
 #   dual softmax:  dict(type='RetrievalRecallMetric', dsl=True)  (dsl_temp=0.01: softmax of
-#                  100 x cosine; the reference code's 1000 is a training-loss value, see
-#                  docs/retrieval.md; dsl_temp=1000 reproduces it literally)
+#                  100 x cosine; the reference code's 1000 is a training-loss value on
+#                  logits = cosine / tau, i.e. dsl_temp = 1000 x tau here: docs/retrieval.md)
 #   QB-Norm:       dict(type='RetrievalRecallMetric',
 #                       qb_norm=dict(bank='work_dirs/bank_text_features.npy', beta=20, k=1))
 val_evaluator = dict(type='RetrievalRecallMetric')
