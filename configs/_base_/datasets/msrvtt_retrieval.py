@@ -14,8 +14,8 @@ data_root = 'data/msrvtt'
 num_frames = 12
 context_length = 32
 # the video's file, its index, caption numbers and sample index travel with every sample:
-# the loss masks two captions of one video file in a batch (also across concatenated
-# datasets), the metric orders videos by sample_idx
+# the metric orders videos by sample_idx; a loss with duplicate_videos='mask' masks two
+# captions of one video file in a batch (also across concatenated datasets)
 meta_keys = ('sample_idx', 'video_idx', 'text_idx', 'video_id', 'filename')
 
 train_pipeline = [
