@@ -586,6 +586,16 @@ def test_clip_to_mm_round_trip(setup, capsys):
     printed = capsys.readouterr().out
     assert 'GELU was used' in printed and '--quick-gelu' in printed
     assert 'QuickGELU (OpenAI CLIP) was assumed' not in printed
+    # the same as a single file: its meta.clip_cfg states the activation and the heads,
+    # so arch=None rebuilds the GELU model (no 'use as' hint, no QuickGELU default)
+    single = out + '.pth'
+    assert tool.main([src, single, '--arch', json.dumps(tiny_clip_cfg(quick_gelu=False))]) == 0
+    use_as = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('use as')]
+    assert use_as and 'arch=' not in use_as[0]
+    loaded = build_clip(pretrained=single).eval()
+    assert loaded.clip_cfg['quick_gelu'] is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), gelu.encode_image(images))
 
 
 def test_clip_to_mm_refuses_a_model_checkpoint(setup, tmp_path, capsys):

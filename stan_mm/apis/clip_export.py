@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-CONVERTER = 'tools/convert/clip_to_mm.py'
+from stan_mm.models.clip.checkpoint import CLIP_TO_MM as CONVERTER
 FILE_SUFFIXES = ('.pth', '.pt')
 
 

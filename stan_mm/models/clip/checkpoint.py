@@ -38,6 +38,8 @@ from .hf_convert import hf_clip_to_openclip, is_hf_clip_state_dict
 
 Tensor = torch.Tensor
 
+#: what tools/convert/clip_to_mm.py records as meta.converter in the files it writes
+CLIP_TO_MM = 'tools/convert/clip_to_mm.py'
 OPENAI_META_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 _OC_ANCHOR = 'visual.conv1.weight'
 _HF_ANCHORS = ('vision_model.embeddings.patch_embedding.weight',
@@ -197,16 +199,30 @@ def _hf_config_hints(config_file: str) -> Tuple[Optional[bool], str, Optional[Tu
     return act == 'quick_gelu', f'hidden_act={act!r} in {config_file}', heads
 
 
-def _open_clip_config_hints(config_file: str):
-    with open(config_file) as f:
-        cfg = json.load(f)
-    model_cfg = cfg.get('model_cfg', cfg)
+def _model_cfg_hints(model_cfg: Mapping, where: str):
+    """Activation and head counts stated by an open_clip model config."""
     q = bool(model_cfg.get('quick_gelu', False))
     heads = None
     v, t = model_cfg.get('vision_cfg', {}), model_cfg.get('text_cfg', {})
     if 'width' in v and 'heads' in t:
         heads = (v['width'] // v.get('head_width', 64), t['heads'])
-    return q, f'quick_gelu={q} in {config_file}', heads
+    return q, f'quick_gelu={q} in {where}', heads
+
+
+def _open_clip_config_hints(config_file: str):
+    with open(config_file) as f:
+        cfg = json.load(f)
+    return _model_cfg_hints(cfg.get('model_cfg', cfg), config_file)
+
+
+def _converted_clip_cfg(raw) -> Optional[Mapping]:
+    """The ``clip_cfg`` that tools/convert/clip_to_mm.py stores in a single-file output
+    (``{'meta': {'converter': ..., 'clip_cfg': ...}, 'state_dict': ...}``), else None."""
+    meta = raw.get('meta') if isinstance(raw, Mapping) else None
+    if (isinstance(meta, Mapping) and meta.get('converter') == CLIP_TO_MM
+            and isinstance(meta.get('clip_cfg'), Mapping)):
+        return meta['clip_cfg']
+    return None
 
 
 def _is_hf_clip_config(config_file: str) -> bool:
@@ -264,6 +280,7 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
         raw, torchscript = _read_sharded(file), False
     else:
         raw, torchscript = _read_file(file)
+    converted_cfg = _converted_clip_cfg(raw)
     sd = _unwrap(raw, file)
     sd, ignored = _strip_prefix(sd, file)
 
@@ -293,6 +310,9 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
         ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _hf_config_hints(hf_cfg)
     elif oc_cfg is not None:
         ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _open_clip_config_hints(oc_cfg)
+    elif converted_cfg is not None:
+        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _model_cfg_hints(
+            converted_cfg, f'the clip_cfg {CLIP_TO_MM} stored in {file}')
     elif torchscript:
         ckpt.quick_gelu, ckpt.quick_gelu_reason = True, 'a TorchScript archive (OpenAI release)'
     elif present_meta:
