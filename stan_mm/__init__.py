@@ -9,7 +9,14 @@ from .version import __version__  # noqa: F401
 
 _apply_compat_fixes()
 
-import mmaction.models  # noqa: E402,F401  (registers MMAction2's own modules first)
+import warnings  # noqa: E402
+
+with warnings.catch_warnings():
+    # mmcv-lite (what tools/install.sh installs) lacks the compiled MultiScaleDeformable-
+    # Attention op, which no MMAction2 video model uses; mmcv warns about it on import
+    warnings.filterwarnings('ignore', message='Fail to import ``MultiScaleDeformableAttention',
+                            category=UserWarning)
+    import mmaction.models  # noqa: E402,F401  (registers MMAction2's own modules first)
 
 from . import datasets  # noqa: E402,F401
 from . import engine  # noqa: E402,F401

@@ -373,3 +373,15 @@ def test_decord_reader_inherited_through_fork(tmp_path, with_fix):
         assert 'child collected' in r.stdout and 'child exit code 0' in r.stdout, r.stdout
     elif 'child exit code 0' in r.stdout:
         pytest.skip('this decord frees a reader inherited through fork without harm')
+
+
+def test_import_prints_no_stack_warnings():
+    """A fresh `import stan_mm` does not greet users with the setuptools deprecation of
+    pkg_resources ('pin to Setuptools<81') or mmcv-lite's missing compiled op, neither of
+    which they can or need to act on."""
+    out = subprocess.run([sys.executable, '-W', 'default', '-c', 'import stan_mm'],
+                         capture_output=True, text=True, timeout=300, cwd=str(ROOT),
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert 'pkg_resources is deprecated' not in out.stderr
+    assert 'MultiScaleDeformableAttention' not in out.stderr

@@ -7,6 +7,7 @@ folder to the front of ``sys.path``; that happens only when the real module cann
 """
 import os
 import sys
+import warnings
 
 SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_shims')
 
@@ -16,7 +17,13 @@ def apply_pkg_resources_fix() -> bool:
     if sys.modules.get('pkg_resources') is not None:
         return False
     try:
-        import pkg_resources  # noqa: F401
+        # setuptools 81 warns on every first import that pkg_resources is deprecated ("pin
+        # to Setuptools<81"); the stack needs it (requirements.txt pins setuptools<82 and
+        # the shim takes over beyond), so the warning would only puzzle users of every tool
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                                    category=UserWarning)
+            import pkg_resources  # noqa: F401
         return False
     except Exception:  # ImportError (setuptools >= 82), or a broken setuptools
         pass
