@@ -569,6 +569,14 @@ def test_skip_unreadable_with_synthetic_motion_dataset(tmp_path):
     assert all('skipped_videos' not in s['data_samples'].metainfo for i, s in
                enumerate(samples) if i != 2)
     assert samples[2]['data_samples'].metainfo['substitute_index'] != 2
+    # the quickstart's twin-batch sampler reads the groups through the wrapper
+    from stan_mm.datasets.samplers import TwinGroupSampler
+    assert ds.twin_groups() == ds.dataset.twin_groups()
+    assert sorted(TwinGroupSampler(ds, seed=0)) == list(range(len(ds)))
+    plain = DATASETS.build(dict(type='SkipUnreadable',
+                                dataset=_video_dataset(tmp_path, [bad])))
+    with pytest.raises(TypeError, match='twin_groups'):
+        TwinGroupSampler(plain, seed=0)
 
 
 def test_skip_unreadable_limits_and_refusals(tmp_path, videos):

@@ -469,6 +469,12 @@ class SkipUnreadable:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def twin_groups(self):
+        """The wrapped dataset's ``twin_groups`` (for ``TwinGroupSampler``; ``None`` when
+        it has none). A substituted sample takes the skipped one's place in its group."""
+        return getattr(self.dataset, 'twin_groups', None)
+
     def substitutes(self, idx: int):
         """Indices tried after ``idx`` (distinct, never ``idx``), deterministic in
         ``(seed, idx)``: a seeded permutation of the other indices."""
