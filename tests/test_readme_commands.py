@@ -213,6 +213,17 @@ def test_shell_scripts_parse():
         assert proc.returncode == 0, f'{script}: {proc.stderr}'
 
 
+def test_launch_scripts_print_usage_when_arguments_are_missing():
+    """One argument short: a usage line and exit 2 (not 'unbound variable' from set -u),
+    before anything is launched."""
+    for script, (_, n) in FORWARDING.items():
+        args = ['x'] * (n - 1)
+        proc = subprocess.run(['bash', osp.join(REPO, script), *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2, (script, proc.stderr)
+        assert proc.stderr.startswith(f'usage: bash {script} '), (script, proc.stderr)
+
+
 def test_the_checker_catches_drift(tmp_path):
     """The checks above can fail: a missing script, a missing config, an option a tool
     does not have, an unknown command and broken python are all reported."""

@@ -2,6 +2,10 @@
 # Usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options, e.g. --dump out.pkl]
 # Multi-node: NNODES NODE_RANK MASTER_ADDR PORT as for dist_train.sh.
 set -euo pipefail
+if [ "$#" -lt 3 ]; then
+  echo "usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]" >&2
+  exit 2
+fi
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

@@ -3,6 +3,10 @@
 # Multi-node: NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh ...
 # On a machine without CUDA, GPUS processes run on CPU with the gloo backend.
 set -euo pipefail
+if [ "$#" -lt 2 ]; then
+  echo "usage: bash tools/dist_train.sh CONFIG GPUS [train.py options]" >&2
+  exit 2
+fi
 CONFIG=$1
 GPUS=$2
 shift 2
