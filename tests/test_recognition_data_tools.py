@@ -157,6 +157,30 @@ def test_k400_lists_and_classnames(tmp_path):
         '-9n3Yp-Lr9w_000001_000011.mp4 2']
 
 
+def test_k400_val_only_run_keeps_the_class_ids_already_there(tmp_path, capsys):
+    """Rebuilding the val list from a CSV that lacks a class: the ids stay those of the
+    classnames.txt written with the train list (sorting the val labels alone would
+    renumber 'passing American football' from 2 to 1)."""
+    train, val = _k400_files(tmp_path)
+    out = tmp_path / 'out'
+    assert k400.main(['--train-csv', train, '--val-csv', val, '--out-dir', str(out)]) == 0
+    subset = tmp_path / 'val_subset.csv'
+    lines = _read(val)
+    subset.write_text('\n'.join([lines[0]] + [ln for ln in lines[1:]
+                                               if not ln.startswith('air drumming')]) + '\n')
+    capsys.readouterr()
+    assert k400.main(['--val-csv', str(subset), '--out-dir', str(out)]) == 0
+    assert 'class order: ' in capsys.readouterr().out
+    assert _read(out / 'classnames.txt') == [
+        'abseiling', 'air drumming', 'passing American football (in game)']
+    assert _read(out / 'val_list.txt') == ['-8n3X6-ir9w_000007_000017.mp4 0',
+                                           '-9n3Yp-Lr9w_000001_000011.mp4 2']
+    fresh = tmp_path / 'fresh'                    # nothing there yet: the val labels sorted
+    assert k400.main(['--val-csv', str(subset), '--out-dir', str(fresh)]) == 0
+    assert _read(fresh / 'classnames.txt') == ['abseiling',
+                                               'passing American football (in game)']
+
+
 def test_k400_name_format_classnames_order_and_missing(tmp_path):
     train, val = _k400_files(tmp_path)
     order = tmp_path / 'my_classnames.txt'

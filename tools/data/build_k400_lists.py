@@ -13,7 +13,8 @@ The CSVs are the official ones: header ``label,youtube_id,time_start,time_end,sp
   ``VideoDataset``; paths relative to the split's video folder);
 - ``classnames.txt``: the class names, one per line; class id = line number - 1. The order
   is the sorted set of train labels (MMAction2's Kinetics label map order), or the order of
-  ``--classnames`` when given (to match an existing label map).
+  ``--classnames`` when given (to match an existing label map). A run with ``--val-csv``
+  alone keeps the ``classnames.txt`` already in ``--out-dir`` (else it sorts the val labels).
 
 Video file names follow ``--name-format`` (Python format fields: ``youtube_id``,
 ``time_start``, ``time_end`` (ints), ``label``, ``label_dir`` (the label with spaces
@@ -154,6 +155,12 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
     and ``classnames.txt``; returns ``{split: {'written': n, 'missing': m}}``."""
     video_dirs = video_dirs or {}
     rows = {split: read_csv(path) for split, path in csvs.items()}
+    existing = osp.join(out_dir, 'classnames.txt')
+    if classnames is None and 'train' not in rows and osp.isfile(existing):
+        # a val-only run keeps the class ids of the lists already there (a val CSV that
+        # lacks some classes would otherwise renumber every class after them)
+        classnames = existing
+        print(f'class order: {existing} (already there; --classnames to choose another)')
     if classnames is not None:
         names = read_classnames(classnames)
     else:
