@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup of stan-mm on a fresh machine or into an existing MMAction2 environment.
 #   bash tools/install.sh            runtime + test dependencies, stan-mm in editable mode
-# Environment: PYTHON (default python3; 3.10 or 3.11), STAN_TORCH (a torch/torchvision pair to
+# Environment: PYTHON (default python3; 3.10 or newer), STAN_TORCH (a torch/torchvision pair to
 #   install even over a working one; default: keep a working pair, else install
 #   "torch==2.14.1 torchvision==0.29.1"), STAN_SKIP_TESTS_DEPS=1 to skip
 #   requirements/tests.txt (pytest, hypothesis, transformers, av).

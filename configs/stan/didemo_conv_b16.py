@@ -1,4 +1,5 @@
-# STAN-conv (C-STA) ViT-B/16, K = 4, DiDeMo, 64 frames, 77 tokens.
+# STAN-conv (C-STA) ViT-B/16, K = 4, DiDeMo, 64 frames from the first 31 s of each video,
+# 77 tokens.
 # Paper: t2v R@1/5/10/MdR 49.4 / 74.9 / 83.2 / 1 (54.6 with DSL/QB-Norm).
 # The public reproduction gives no B/16 DiDeMo recipe; this one keeps the B/32 recipe
 # (8/GPU x 8, lr 2e-6, wd 0.01, 20 epochs warm-up 4 + cosine, tau 0.05, gradient

@@ -1,4 +1,5 @@
-# STAN-self (A-STA) ViT-B/32, K = 4, DiDeMo paragraph-to-video, 64 frames, 77 tokens.
+# STAN-self (A-STA) ViT-B/32, K = 4, DiDeMo paragraph-to-video, 64 frames from the first
+# 31 s of each video, 77 tokens.
 # Paper: t2v R@1/5/10/MdR 46.2 / 70.4 / 80.0 / 2.
 # Recipe (public reproduction): 8/GPU x 8, lr 2e-6 (branch 2e-5), wd 0.01, 20 epochs (warm-up
 # 4, cosine), tau 0.05, gradient checkpointing (64 frames per video).

@@ -6,7 +6,9 @@
 # All descriptions of a video are joined, in file order, into ONE paragraph (train and test);
 # frames are sampled from the first 31 s of each video (SafeDecordInit max_seconds): DiDeMo's
 # moments annotate only the first 30 s, and CLIP4Clip-style loaders decode the same window
-# (set max_seconds=None for whole videos). The moment times themselves are not used.
+# (whole videos: max_seconds=None on pipeline entry 0 of the train_, val_ and test_dataloader,
+# e.g. --cfg-options test_dataloader.dataset.pipeline.0.max_seconds=None). The moment times
+# themselves are not used.
 #
 # 64 frames, 77 tokens (public reproduction; the paper says 64 tokens). These variables are
 # read when this file is evaluated: changing them in a child config does NOT rebuild the

@@ -11,8 +11,9 @@
 # Zero-shot test on another class list (class names are not stored in checkpoints):
 #   python tools/test.py CONFIG CKPT --cfg-options \
 #       model.cls_head.classnames=data/ucf101/classnames.txt \
-#       test_dataloader.dataset.ann_file=data/ucf101/val_list.txt \
-#       test_dataloader.dataset.data_prefix.video=data/ucf101/videos
+#       test_dataloader.dataset.data_root=data/ucf101 \
+#       test_dataloader.dataset.ann_file=val_list.txt \
+#       test_dataloader.dataset.data_prefix.video=videos
 clip_arch = 'ViT-B/16'  # OpenAI spelling: QuickGELU, as the OpenAI weights were trained
 clip_pretrained = 'checkpoints/clip/ViT-B-16.pt'
 clip_embed_dim = 512
