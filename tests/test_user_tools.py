@@ -609,8 +609,8 @@ def test_clip_to_mm_refuses_a_model_checkpoint(setup, tmp_path, capsys):
     assert tool.main([path, str(tmp_path / 'x.pth')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('clip_to_mm: error: ') and not err.startswith('clip_to_mm: error: "')
-    assert 'retrieval.pth: this is a stan-mm model checkpoint' in err and 'load_from' in err
-    with pytest.raises(ValueError, match='stan-mm model checkpoint'):
+    assert 'retrieval.pth: this is a model checkpoint' in err and 'load_from' in err
+    with pytest.raises(ValueError, match='a model checkpoint .stan-mm or MMAction2'):
         build_clip(pretrained=path)
 
 

@@ -26,9 +26,10 @@ def parse_args(argv=None):
                    help='resume from CKPT, or from the latest checkpoint of the work dir '
                    'when given without a value')
     p.add_argument('--amp', action='store_true',
-                   help='mixed precision for configs without it: a plain OptimWrapper '
-                   'becomes AutoAmpOptimWrapper with bf16 (GPU; plain fp32 on CPU). The '
-                   'stan configs already autocast (recognition bf16, retrieval fp16)')
+                   help='mixed precision: an OptimWrapper or AmpOptimWrapper becomes '
+                   'AutoAmpOptimWrapper, bf16 unless the config sets a dtype (GPU; plain '
+                   'fp32 on CPU). The stan configs already autocast (recognition bf16, '
+                   'retrieval fp16): no change for them')
     p.add_argument('--no-validate', action='store_true',
                    help='skip validation during training')
     p.add_argument('--auto-scale-lr', action='store_true',

@@ -18,7 +18,8 @@ file, and any temporary file a kill left in the checkpoint folder, when it start
 ``save_best``: mmengine deletes the previous best checkpoint before it writes the new one,
 so a kill in between left no best checkpoint at all (and a resumed run never rewrites it).
 Here every deletion requested while a best checkpoint is saved waits until that save is
-done. A kill in between leaves both best files; the older one stays on disk.
+done. A kill in between leaves both best files, and one of them (the older or, when the
+kill came before the resumable checkpoint was rewritten, the newer) stays on disk.
 """
 import os
 import os.path as osp

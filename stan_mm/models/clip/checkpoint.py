@@ -174,10 +174,10 @@ def _strip_prefix(sd: Dict[str, Tensor], file: str) -> Tuple[Dict[str, Tensor], 
                                                  'cls_head.'))]
     if prefix == 'backbone.' and model_keys:
         raise ValueError(
-            f'{file}: this is a stan-mm model checkpoint (keys such as {model_keys[0]!r}), '
-            f'not CLIP weights: test or fine-tune it with load_from= / tools/test.py CONFIG '
-            f'{file}; pretrained= and tools/convert/clip_to_mm.py take OpenAI, open_clip or '
-            f'HuggingFace CLIP weights')
+            f'{file}: this is a model checkpoint (stan-mm or MMAction2; keys such as '
+            f'{model_keys[0]!r}), not CLIP weights: test or fine-tune it with load_from= / '
+            f'tools/test.py CONFIG {file}; pretrained= and tools/convert/clip_to_mm.py take '
+            f'OpenAI, open_clip or HuggingFace CLIP weights')
     inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     ignored = [k for k in sd if not k.startswith(prefix)]
     return inside, ignored

@@ -37,7 +37,8 @@ class TextClassifierHead(BaseHead):
     The cache is also dropped when weights are loaded (``load_state_dict``) and by
     :meth:`set_classnames`, which swaps the class list (zero-shot testing on new classes:
     ``--cfg-options model.cls_head.classnames=data/ucf101/classnames.txt`` together with
-    that dataset's test list, or ``head.set_classnames([...])`` in code). Class names are
+    that dataset's ``test_dataloader.dataset.data_root`` / ``ann_file`` / ``data_prefix``,
+    or ``head.set_classnames([...])`` in code). Class names are
     not stored in checkpoints, so a checkpoint trained on K400 tests on any class list.
 
     Multi-view testing: ``average_clips='prob'`` (default) fuses views as softmax per
