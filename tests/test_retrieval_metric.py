@@ -510,6 +510,14 @@ def test_dsl_overflow_is_named():
     the temperature, not an internal rank error."""
     S = 0.5 * np.eye(4)
     S[1, 2] = 1e307
-    with pytest.raises(ValueError, match=r'DSL: similarity / dsl_temp overflows.*0\.01'):
+    with pytest.raises(ValueError, match=r'DSL / QB-Norm: .*overflow float64.*0\.01'):
         retrieval_metrics_from_similarity(S, np.arange(4), dsl=True)
     retrieval_metrics_from_similarity(S, np.arange(4))            # fine without DSL
+    S[1, 2] = -1e307                                              # negative overflow too
+    with pytest.raises(ValueError, match=r'overflow float64'):
+        retrieval_metrics_from_similarity(S, np.arange(4), dsl=True)
+    bank = np.full((3, 4), 0.5)
+    bank[0, 0] = 1e307                                            # QB-Norm: beta * S
+    with pytest.raises(ValueError, match=r'overflow float64'):
+        retrieval_metrics_from_similarity(0.5 * np.eye(4), np.arange(4),
+                                          qb_bank_sim=bank)

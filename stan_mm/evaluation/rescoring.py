@@ -56,6 +56,7 @@ set and the top-1 test are taken on those DSL scores. ``beta = 20`` was tuned fo
 scores; DSL scores are on that scale on average but peaked entries reach ``N`` times a
 cosine, so beta may need re-tuning for the combination.
 """
+import math
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
@@ -87,14 +88,9 @@ def check_dsl_temp(temp: float) -> float:
 
 # ----------------------------------------------------------------------------------- DSL
 def scaled_similarity(sim: torch.Tensor, temp: float) -> torch.Tensor:
-    """``S / temp`` of a block ``[c, Nv]`` as a new float64 tensor (``ValueError`` when
-    it overflows: similarities near the float64 limit, or a tiny ``temp``)."""
-    z = sim.to(torch.float64) / temp
-    if not torch.isfinite(z).all():
-        raise ValueError(f'DSL: similarity / dsl_temp overflows float64 (largest |similarity| '
-                         f'{sim.abs().max().item():.3g}, dsl_temp {temp:g}); DSL expects '
-                         f'cosine similarities or logits and a temperature around 0.01')
-    return z
+    """``S / temp`` of a block ``[c, Nv]`` as a new float64 tensor (an overflow is
+    reported by :func:`block_logsumexps`, which every DSL pass runs first)."""
+    return sim.to(torch.float64) / temp
 
 
 def pairwise_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -155,8 +151,14 @@ def block_logsumexps(z: torch.Tensor, consume: bool = False, rows: bool = True
         ``(col_lse [Nv], row_lse [c] or None)``.
     """
     row_max = z.amax(dim=1, keepdim=True)                          # [c, 1], exact
-    top = row_max.max()
-    if float(top - z.min()) < _SHARED_EXP_SPAN:
+    top, low = row_max.max(), z.min()
+    if not (math.isfinite(float(top)) and math.isfinite(float(low))):
+        raise ValueError(
+            f'DSL / QB-Norm: the scaled similarities (S / dsl_temp, qb_beta * S) overflow '
+            f'float64 (range [{float(low):g}, {float(top):g}]); DSL expects cosine '
+            f'similarities or logits with a temperature around 0.01, QB-Norm a beta '
+            f'around 20')
+    if float(top - low) < _SHARED_EXP_SPAN:
         e = (z.sub_(row_max) if consume else z - row_max).exp_()   # one exp for both
         scale = (row_max - top).exp_()                # e^(z - top) = e * scale, per entry
         if not rows:
