@@ -99,6 +99,24 @@ def test_symmetric_infonce_equals_hand_computation():
         loss(v, t[:5], 7.5)
 
 
+def test_infonce_logits_stay_fp32_under_autocast():
+    """cosine / tau with tau = 0.01: bf16 logits would be off by up to ~0.2. Inside an
+    autocast region the logits are still computed in fp32, equal to the plain run."""
+    gen = torch.Generator().manual_seed(0)
+    v, t = torch.randn(64, 32, generator=gen), torch.randn(64, 32, generator=gen)
+    loss = SymmetricInfoNCELoss(gather=False)
+    plain, _ = loss.similarity(v, t, 100.0)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        amp, _ = loss.similarity(v.bfloat16(), t.bfloat16(), 100.0)
+        amp_loss = loss(v, t, 100.0)
+    assert amp.dtype == torch.float32
+    ref, _ = loss.similarity(v.bfloat16().float(), t.bfloat16().float(), 100.0)
+    torch.testing.assert_close(amp, ref)                  # only the inputs were bf16
+    assert amp_loss.dtype == torch.float32
+    assert amp_loss.item() == pytest.approx(loss(v, t, 100.0).item(), rel=1e-6)
+    assert plain.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------- 2 processes
 def _dist_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
@@ -241,6 +259,8 @@ def test_one_clip_feeds_both_towers(tmp_path, monkeypatch):
                                    rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='ONE CLIP'):
         build_model(backbone=dict(type='CLIPSTAN', arch='ViT-B/32', depth=2))
+    with pytest.raises(ValueError, match=r"input_layout='NCTHW'.*\[N, T, C, H, W\]"):
+        build_model(backbone=dict(type='CLIPSTAN', depth=2, input_layout='NCTHW'))
     # the shared tower was loaded by the retriever: re-drawing its positional embedding is
     # refused as CLIPSTAN(pretrained=...) refuses it (the pretrained path is named)
     with pytest.raises(ValueError, match=r'pos_embed_init_std.*clip\.pt'):

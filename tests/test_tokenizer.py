@@ -54,6 +54,33 @@ def test_truncation_keeps_eot(length):
     assert cut[1:-1].tolist() == bpe[:length - 2]  # the start of the caption is kept
 
 
+@pytest.mark.parametrize('length', [8, 32, 64])
+def test_slice_truncation_is_the_public_reproductions(length):
+    """truncate='slice': the 77-token row cut to its first L tokens (the public STAN
+    reproduction's CLIPTokenize(length=L)); a long caption keeps no <end_of_text>, a short
+    one is tokenized as with 'eot'. The transform passes the rule on."""
+    for text in (LONG, LONG + ' ' + LONG, 'a dog'):
+        want = _open_clip_reference(text, 77)[:length]
+        torch.testing.assert_close(tokenize(text, length, truncate='slice'), want)
+    assert EOT not in tokenize(LONG, 32, truncate='slice').tolist()
+    assert torch.equal(tokenize('a dog', 32, truncate='slice'), tokenize('a dog', 32))
+    out = CLIPBPETokenize(context_length=length, truncate='slice')(dict(text=[LONG]))['text']
+    torch.testing.assert_close(out[0], _open_clip_reference(LONG, 77)[:length])
+    with pytest.raises(ValueError, match="truncate must be one of .*'eot'.*'slice'"):
+        CLIPBPETokenize(truncate='end')
+
+
+def test_documented_tokenizer_index_of_the_32_token_configs():
+    """docs/weights.md: `test_dataloader.dataset.pipeline.6.truncate=slice`."""
+    import os.path as osp
+    from mmengine.config import Config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    for name in ('msrvtt_self_b32', 'msrvtt_self_b16', 'lsmdc_self_b32', 'lsmdc_self_b16'):
+        cfg = Config.fromfile(osp.join(root, 'configs', 'stan', name + '.py'))
+        entry = cfg.test_dataloader.dataset.pipeline[6]
+        assert entry.type == 'CLIPBPETokenize' and entry.context_length == 32, name
+
+
 def test_empty_caption():
     tokens = tokenize('', 32)
     assert tokens[:2].tolist() == [SOT, EOT] and torch.all(tokens[2:] == 0)

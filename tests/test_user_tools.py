@@ -614,6 +614,33 @@ def test_clip_to_mm_refuses_a_model_checkpoint(setup, tmp_path, capsys):
         build_clip(pretrained=path)
 
 
+def test_text_embeddings_follow_the_pipelines_truncation_rule(setup):
+    """embed_texts tokenizes as the config's test pipeline does, truncation rule included
+    (truncate='slice' for the public reproduction's checkpoints)."""
+    import copy
+    from stan_mm.apis import embed_texts
+    from stan_mm.apis.video import dataset_cfg
+    from stan_mm.datasets.transforms import tokenize
+    _, cfg, model, _ = setup['ret']
+    long = ' '.join(['a man walks his dog through the park'] * 8)
+    tok = [t for t in dataset_cfg(cfg.test_dataloader)['pipeline']
+           if t['type'] == 'CLIPBPETokenize'][0]
+    length = tok['context_length']
+    original = model.cfg
+    try:
+        for rule in ('eot', 'slice'):
+            model.cfg = copy.deepcopy(original)
+            for t in dataset_cfg(model.cfg.test_dataloader)['pipeline']:
+                if t['type'] == 'CLIPBPETokenize':
+                    t['truncate'] = rule
+            with torch.no_grad():
+                want = torch.nn.functional.normalize(
+                    model.encode_text(tokenize([long], length, rule)).float(), dim=-1)
+            torch.testing.assert_close(embed_texts(model, [long]), want)
+    finally:
+        model.cfg = original
+
+
 # ------------------------------------------------------------------ errors
 def test_clear_errors(setup, tmp_path):
     from stan_mm.apis import ModelLoadError, init_model, list_videos

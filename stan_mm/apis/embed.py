@@ -56,7 +56,9 @@ def embed_video_batch(model: nn.Module, samples: Sequence[dict]) -> torch.Tensor
     return F.normalize(emb, dim=-1).cpu()
 
 
-def _pipeline_context_length(cfg) -> Optional[int]:
+def _pipeline_tokenizer(cfg) -> Optional[dict]:
+    """The test pipeline's ``CLIPBPETokenize`` entry (its context length and truncation
+    rule), or None."""
     from .video import config_test_pipeline
     try:
         steps = config_test_pipeline(cfg)
@@ -64,8 +66,13 @@ def _pipeline_context_length(cfg) -> Optional[int]:
         return None
     for t in steps:
         if t['type'] == 'CLIPBPETokenize':
-            return int(t.get('context_length', 77))
+            return t
     return None
+
+
+def _pipeline_context_length(cfg) -> Optional[int]:
+    t = _pipeline_tokenizer(cfg)
+    return None if t is None else int(t.get('context_length', 77))
 
 
 def text_tower(model: nn.Module) -> Optional[Tuple[Callable, int]]:
@@ -104,12 +111,16 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     from tqdm import tqdm
     from stan_mm.datasets.transforms.tokenize import tokenize
     encode, length = require_text_tower(model)
+    truncate = 'eot'
+    if model_kind(model) == 'retriever':   # the captions' rule in tools/test.py too
+        truncate = (_pipeline_tokenizer(getattr(model, 'cfg', {})) or {}).get('truncate',
+                                                                              'eot')
     device = next(model.parameters()).device
     out: List[torch.Tensor] = []
     texts = list(texts)
     with tqdm(total=len(texts), desc='texts', unit='text', disable=not progress) as bar:
         for i in range(0, len(texts), batch_size):
-            tokens = tokenize(texts[i:i + batch_size], length).to(device)
+            tokens = tokenize(texts[i:i + batch_size], length, truncate).to(device)
             out.append(F.normalize(encode(tokens).float(), dim=-1).cpu())
             bar.update(len(tokens))
     if not out:

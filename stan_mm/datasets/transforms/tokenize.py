@@ -15,6 +15,12 @@ from mmaction.registry import TRANSFORMS
 
 MIN_CONTEXT_LENGTH = 8
 MAX_CONTEXT_LENGTH = 77  # CLIP's positional embedding length
+#: how a caption longer than the context is cut: 'eot' keeps <end_of_text> as the last
+#: token (open_clip, OpenAI CLIP, CLIP4Clip); 'slice' tokenizes at 77 and keeps the first
+#: L tokens (the public STAN reproduction's CLIPTokenize(length=L)): a caption of L - 1 or
+#: more BPE tokens then has no <end_of_text>, and CLIP's argmax pooling reads the
+#: <start_of_text> position instead, the same vector for every such caption
+TRUNCATIONS = ('eot', 'slice')
 
 
 @lru_cache(maxsize=1)
@@ -34,15 +40,27 @@ def _check_length(context_length) -> int:
     return context_length
 
 
-def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77) -> torch.Tensor:
+def _check_truncate(truncate) -> str:
+    if truncate not in TRUNCATIONS:
+        raise ValueError(f'truncate must be one of {TRUNCATIONS} (\'eot\': keep '
+                         f'<end_of_text> last, CLIP\'s rule; \'slice\': the public STAN '
+                         f'reproduction\'s), got {truncate!r}')
+    return truncate
+
+
+def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77,
+             truncate: str = 'eot') -> torch.Tensor:
     """CLIP BPE token ids: a str -> LongTensor [L]; a list of str -> LongTensor [n, L].
 
     Each caption becomes ``<start_of_text> tokens <end_of_text>`` zero-padded to
-    ``context_length``; a longer caption is cut so that its last token is still
-    ``<end_of_text>`` (the token CLIP pools at). An empty caption gives just the two special
-    tokens.
+    ``context_length``. A longer caption is cut so that its last token is still
+    ``<end_of_text>`` (the token CLIP pools at) with ``truncate='eot'``; with
+    ``truncate='slice'`` the 77-token row is cut to its first ``context_length`` tokens, as
+    the public STAN reproduction does (see :data:`TRUNCATIONS`). An empty caption gives
+    just the two special tokens.
     """
     context_length = _check_length(context_length)
+    truncate = _check_truncate(truncate)
     single = isinstance(texts, str)
     items: List[str] = [texts] if single else list(texts)
     for i, t in enumerate(items):
@@ -51,8 +69,10 @@ def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77) -> torc
                             f'index {i}')
     tok = _tokenizer()
     out = torch.zeros(len(items), context_length, dtype=torch.long)
+    keep = context_length if truncate == 'eot' else MAX_CONTEXT_LENGTH
     for i, t in enumerate(items):
-        ids = [tok.sot_token_id] + tok.encode(t)[:context_length - 2] + [tok.eot_token_id]
+        ids = [tok.sot_token_id] + tok.encode(t)[:keep - 2] + [tok.eot_token_id]
+        ids = ids[:context_length]
         out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     return out[0] if single else out
 
@@ -70,11 +90,15 @@ class CLIPBPETokenize(BaseTransform):
             encoder runs over L tokens, so compute is proportional to it.
         keys: result keys holding captions.
         out_keys: where to write the token ids (default: overwrite ``keys``).
+        truncate: ``'eot'`` (default, CLIP's rule) or ``'slice'`` (the public STAN
+            reproduction's, for evaluating its released checkpoints exactly); see
+            :data:`TRUNCATIONS`.
     """
 
     def __init__(self, context_length: int = 77, keys: Sequence[str] = ('text', ),
-                 out_keys: Optional[Sequence[str]] = None):
+                 out_keys: Optional[Sequence[str]] = None, truncate: str = 'eot'):
         self.context_length = _check_length(context_length)
+        self.truncate = _check_truncate(truncate)
         self.keys = (keys, ) if isinstance(keys, str) else tuple(keys)
         out_keys = self.keys if out_keys is None else out_keys
         self.out_keys = (out_keys, ) if isinstance(out_keys, str) else tuple(out_keys)
@@ -90,9 +114,9 @@ class CLIPBPETokenize(BaseTransform):
             if not isinstance(value, (str, list, tuple)):
                 raise TypeError(f'CLIPBPETokenize: results[{key!r}] must be a str or a list '
                                 f'of str, got {type(value).__name__}')
-            results[out_key] = tokenize(value, self.context_length)
+            results[out_key] = tokenize(value, self.context_length, self.truncate)
         return results
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(context_length={self.context_length}, '
-                f'keys={self.keys}, out_keys={self.out_keys})')
+                f'keys={self.keys}, out_keys={self.out_keys}, truncate={self.truncate!r})')

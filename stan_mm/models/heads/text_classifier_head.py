@@ -1,5 +1,4 @@
 """Text-classifier head: class names through the CLIP text tower, cosine logits / tau."""
-import contextlib
 import math
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -9,7 +8,7 @@ from mmaction.models.heads.base import BaseHead
 from mmaction.registry import MODELS
 from torch import nn
 
-from ..losses import learned_logit_scale
+from ..losses import autocast_off, learned_logit_scale
 from .classnames import ClassNames, build_prompts, check_templates, load_classnames
 
 
@@ -184,14 +183,16 @@ class TextClassifierHead(BaseHead):
     def class_embeddings(self) -> torch.Tensor:
         """Class text embeddings ``[num_classes, E]`` (fp32, L2-normalized)."""
         if self.finetune_text and self.training:
-            # the tower changes with every optimizer step: never served from the cache
+            # the tower changes with every optimizer step: never served from the cache.
+            # Fine-tuned, it runs under the training's AMP like the video tower (the
+            # logits are still computed in fp32, see forward); frozen or cached, in fp32
             if torch.is_grad_enabled():
                 return self._encode_prompts(chunk=None)
-            with _autocast_off(self._text_device()):
+            with autocast_off(self._text_device()):
                 return self._encode_prompts(chunk=self.text_batch_size)
         device = self._text_device()
         if self._cache is None or self._cache.device != device:
-            with torch.no_grad(), _autocast_off(device):
+            with torch.no_grad(), autocast_off(device):
                 self._cache = self._encode_prompts(chunk=self.text_batch_size)
         return self._cache
 
@@ -211,7 +212,7 @@ class TextClassifierHead(BaseHead):
         if self.dropout is not None:
             x = self.dropout(x)
         text = self.class_embeddings().to(x.device)                    # [C, E] fp32
-        with _autocast_off(x.device):  # cosine / tau in fp32 (tau = 0.01 amplifies errors)
+        with autocast_off(x.device):  # cosine / tau in fp32 (tau = 0.01 amplifies errors)
             video = F.normalize(x.float(), dim=-1)                    # [N, E]
             return self.scale() * video @ text.t()                    # [N, C]
 
@@ -220,13 +221,6 @@ class TextClassifierHead(BaseHead):
                 f'temperature={self.init_temperature:g}'
                 f'{" (initial, learnable)" if self.learnable_temperature else ""}, '
                 f'finetune_text={self.finetune_text}')
-
-
-def _autocast_off(device: torch.device):
-    """Class embeddings are computed in fp32 even inside an AMP region."""
-    if device.type in ('cuda', 'cpu', 'xpu'):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _describe(classnames) -> str:

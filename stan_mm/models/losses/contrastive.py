@@ -1,4 +1,5 @@
 """Symmetric InfoNCE over video-text pairs (CLIP / CLIP4Clip / STAN retrieval loss)."""
+import contextlib
 import math
 from typing import Optional, Tuple, Union
 
@@ -21,6 +22,15 @@ def learned_logit_scale(log_scale: nn.Parameter, max_scale: float) -> torch.Tens
     with torch.no_grad():
         log_scale.clamp_(max=math.log(max_scale))
     return log_scale.exp()
+
+
+def autocast_off(device: torch.device):
+    """A context in which autocast is disabled on ``device`` (cosine / tau logits stay fp32
+    inside an AMP region: tau = 0.01 turns bf16's 3 significant digits of a cosine into
+    errors of 0.2 and more in a logit)."""
+    if device.type in ('cuda', 'cpu', 'xpu'):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @MODELS.register_module()
@@ -74,14 +84,15 @@ class SymmetricInfoNCELoss(nn.Module):
         if video_ids is not None and tuple(video_ids.shape) != (video_emb.shape[0], ):
             raise ValueError(f'SymmetricInfoNCELoss: video_ids must be [B] = '
                              f'[{video_emb.shape[0]}], got {tuple(video_ids.shape)}')
-        v = F.normalize(video_emb.float(), dim=-1)
-        t = F.normalize(text_emb.float(), dim=-1)
-        if self.gather:
-            both = all_gather_with_grad(torch.cat([v, t], dim=1))    # one collective
-            v, t = both.split(v.shape[1], dim=1)
-            if video_ids is not None:
-                video_ids = all_gather_no_grad(video_ids)
-        return logit_scale * (v @ t.t()), video_ids
+        with autocast_off(video_emb.device):                         # fp32 logits
+            v = F.normalize(video_emb.float(), dim=-1)
+            t = F.normalize(text_emb.float(), dim=-1)
+            if self.gather:
+                both = all_gather_with_grad(torch.cat([v, t], dim=1))    # one collective
+                v, t = both.split(v.shape[1], dim=1)
+                if video_ids is not None:
+                    video_ids = all_gather_no_grad(video_ids)
+            return logit_scale * (v @ t.t()), video_ids
 
     def forward(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
                 logit_scale: Union[float, torch.Tensor] = 100.0,

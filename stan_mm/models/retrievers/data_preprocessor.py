@@ -2,9 +2,9 @@
 
 Why not MMAction2's ``ActionDataPreprocessor(format_shape='NCHW')``: it expects one tensor
 per sample, not the ``dict(imgs=..., text=...)`` that ``PackActionInputs(collect_keys=
-('imgs', 'text'))`` makes, and its ``stack_batch`` zero-pads tensors of different shapes,
-which would silently turn the ``[n_i, L]`` caption tensors of a test batch (n_i captions per
-video) into ``[max n, L]`` with empty fake captions.
+('imgs', 'text'))`` makes, and its ``stack_batch`` needs one shape for all samples, so the
+``[n_i, L]`` caption tensors of a test batch (n_i captions per video) cannot be batched by
+it (it raises on differing caption counts).
 """
 from typing import List, Sequence, Union
 

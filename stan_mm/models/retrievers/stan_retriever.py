@@ -49,6 +49,11 @@ def build_video_tower(cfg: dict, clip: nn.Module, pretrained: Optional[str] = No
     module, weights already loaded from ``pretrained``; the branch's spatial blocks are
     copied from it)."""
     cfg = dict(cfg)
+    if cfg.get('input_layout', 'auto') not in ('NTCHW', 'auto'):
+        raise ValueError(
+            f"STANRetriever: backbone.input_layout={cfg['input_layout']!r}; the retrieval "
+            f"data preprocessor gives [N, T, C, H, W] clips: use 'NTCHW' (with 3 frames "
+            f"'NCTHW' would silently swap time and colour)")
     if cfg.get('pos_embed_init_std') is not None and pretrained is not None:
         raise ValueError(
             "STANRetriever: backbone.pos_embed_init_std re-draws CLIP's positional embedding "
