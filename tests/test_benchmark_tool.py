@@ -5,9 +5,11 @@ bare decoding reads exactly the frames the pipeline decoded; the branch's fused 
 (speed work) equals nn.MultiheadAttention. No timed assertions."""
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -434,15 +436,17 @@ def test_gpu_session_steps_are_valid_benchmark_commands(tmp_path):
     tool = _load('benchmark_tool_session', 'tools/analysis/benchmark.py')
     args = session.parse_args(['--out', str(tmp_path)])
     steps = session.step_commands(args)
-    assert [s[0] for s in steps] == ['compile', 'autotune', 'cudagraphs', 'eager']
-    assert sum(limit for _, _, limit, _ in steps[:2]) < args.budget   # the first two fit
+    assert [s[0] for s in steps] == ['compile', 'eager', 'autotune', 'cudagraphs']
+    assert sum(limit for _, _, limit, _, _ in steps[:2]) < args.budget   # the first two fit
     modes = {}
-    for name, argv, limit, _ in steps:
+    for name, argv, limit, least, _ in steps:
         assert argv[1] == str(ROOT / 'tools' / 'analysis' / 'benchmark.py')
+        assert 0 < least <= limit
         a = tool.parse_args(argv[2:])
         assert (a.arch, a.frames, a.depth, a.temporal_module, a.batch) == (
             'ViT-B-16', 8, 4, 'attn', 16)
-        assert a.device == 'cuda' and a.modes == ['train'] and a.optim_step
+        assert a.device == 'cuda' and a.optim_step
+        assert a.modes == (['forward', 'train'] if name == 'eager' else ['train'])
         assert a.skip_pipeline and a.out == str(tmp_path / f'{name}.json')
         modes[name] = a.compile_mode or ('default' if a.compile else None)
     assert modes == dict(compile='default', autotune='max-autotune-no-cudagraphs',
@@ -464,19 +468,21 @@ def test_gpu_session_runs_a_step_and_writes_the_summary(tmp_path):
     assert rc == 0
     data = json.loads((out / 'eager.json').read_text())
     runs = data['model']['runs']
-    assert [r['grad_checkpointing'] for r in runs] == [False, True]
+    assert [(r['mode'], r['grad_checkpointing']) for r in runs] == [
+        ('forward', False), ('train', False), ('train', True)]
     assert (out / 'steps.log').read_text().startswith('$ ')
     assert (out / 'machine.txt').read_text().strip()
     assert len(list(out.iterdir())) <= 8          # what a borrowed machine sends back
     rows = [r for r in (out / 'summary.md').read_text().splitlines()
             if r.startswith('| eager')]
-    assert len(rows) == 2
+    assert len(rows) == 3
     for row, run in zip(rows, runs):
         cells = [c.strip() for c in row.strip('|').split('|')]
-        assert cells[2] == ('on' if run['grad_checkpointing'] else 'off')
-        assert float(cells[3]) == pytest.approx(run['stan']['clips_per_s'], abs=0.05)
-        assert float(cells[4]) == pytest.approx(run['clip']['clips_per_s'], abs=0.05)
-        assert float(cells[7]) == pytest.approx(run['time_over_flops'], abs=5e-4)
+        assert cells[2] == run['mode']
+        assert cells[3] == ('on' if run['grad_checkpointing'] else 'off')
+        assert float(cells[4]) == pytest.approx(run['stan']['clips_per_s'], abs=0.05)
+        assert float(cells[5]) == pytest.approx(run['clip']['clips_per_s'], abs=0.05)
+        assert float(cells[8]) == pytest.approx(run['time_over_flops'], abs=5e-4)
 
 
 def test_gpu_session_without_the_stack_installs_the_carried_wheels(tmp_path):
@@ -516,8 +522,8 @@ def test_gpu_session_kills_a_step_at_its_time_limit(tmp_path, monkeypatch):
     no step done the script exits 1."""
     session = _load('gpu_session_kill', 'tools/analysis/gpu_session.py')
     monkeypatch.setattr(session, 'STEPS', tuple(
-        (name, tail, 1 if name == 'eager' else limit, what)
-        for name, tail, limit, what in session.STEPS))
+        (name, tail, 1 if name == 'eager' else limit, 1 if name == 'eager' else least, what)
+        for name, tail, limit, least, what in session.STEPS))
     config = tmp_path / 'tiny_bench.py'
     config.write_text(TINY_CONFIG)
     out = tmp_path / 'out'
@@ -527,6 +533,70 @@ def test_gpu_session_kills_a_step_at_its_time_limit(tmp_path, monkeypatch):
     assert not (out / 'eager.json').exists()
     assert 'killed after 1 s' in (out / 'steps.log').read_text()
     assert 'killed at its 1 s limit' in (out / 'summary.md').read_text()
+
+
+def test_benchmark_saves_each_finished_setting(tmp_path, monkeypatch):
+    """The JSON is written after every finished setting (mode x checkpointing), marked
+    partial until the run ends: a run killed in its second setting keeps the first."""
+    from stan_mm.utils import benchmark as bench
+    tool = _load('benchmark_tool_partial', 'tools/analysis/benchmark.py')
+    config = tmp_path / 'tiny_bench.py'
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / 'partial.json'
+    real, calls = bench.alternate, []
+
+    def alternate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt('killed in the second setting')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bench, 'alternate', alternate)
+    with pytest.raises(KeyboardInterrupt):
+        tool.main([str(config), '--batch', '1', '--device', 'cpu', '--modes', 'train',
+                   '--grad-ckpt', 'both', '--skip-pipeline', '--warmup', '0', '--repeats',
+                   '1', '--no-memory', '--out', str(out)])
+    data = json.loads(out.read_text())
+    assert data['partial'] is True and data['model']['partial'] is True
+    assert [r['grad_checkpointing'] for r in data['model']['runs']] == [False]
+    assert data['model']['runs'][0]['stan']['clips_per_s'] > 0
+    monkeypatch.setattr(bench, 'alternate', real)
+    assert tool.main([str(config), '--batch', '1', '--device', 'cpu', '--modes', 'train',
+                      '--grad-ckpt', 'both', '--skip-pipeline', '--warmup', '0',
+                      '--repeats', '1', '--no-memory', '--out', str(out)]) == 0
+    data = json.loads(out.read_text())                  # complete: not marked partial
+    assert 'partial' not in data and 'partial' not in data['model']
+    assert len(data['model']['runs']) == 2
+
+
+def test_gpu_session_reports_the_kept_settings_of_a_killed_step(tmp_path, monkeypatch):
+    """A step killed at its limit whose JSON holds finished settings: they are read and
+    summarized; a relative --out works from any working directory; a step with less time
+    left than it needs is skipped and the next one run."""
+    session = _load('gpu_session_partial', 'tools/analysis/gpu_session.py')
+    monkeypatch.setattr(session, 'STEPS', tuple(
+        (name, tail, limit, 10 ** 4 if name == 'compile' else 1, what)
+        for name, tail, limit, least, what in session.STEPS))
+    run = dict(mode='train', grad_checkpointing=False, time_over_flops=1.01,
+               stan=dict(clips_per_s=2.0), clip=dict(clips_per_s=3.0))
+    seen = []
+
+    def run_step(argv, limit_s, log_path, env):
+        seen.append(argv)
+        out = argv[argv.index('--out') + 1]
+        with open(out, 'w') as f:
+            json.dump(dict(partial=True, model=dict(partial=True, runs=[run])), f)
+        return dict(rc=-9, timed_out=True, seconds=limit_s)
+    monkeypatch.setattr(session, 'run_step', run_step)
+    monkeypatch.setattr(session, 'stack_env', lambda args, log: dict(os.environ))
+    monkeypatch.setattr(session, 'machine_text', lambda python, env: 'test machine\n')
+    monkeypatch.chdir(tmp_path)
+    rc = session.main(['--out', 'rel_out', '--steps', 'compile', 'eager', '--device', 'cpu'])
+    assert rc == 0 and len(seen) == 1                      # compile skipped, eager run
+    assert seen[0][seen[0].index('--out') + 1] == str(tmp_path / 'rel_out' / 'eager.json')
+    summary = (tmp_path / 'rel_out' / 'summary.md').read_text()
+    assert '| compile |' in summary and 'skipped' in summary
+    row = [r for r in summary.splitlines() if r.startswith('| eager')]
+    assert len(row) == 1 and '2.0' in row[0] and '3.0' in row[0]
 
 
 def test_parallel_pipeline_workers(tmp_path):

@@ -185,7 +185,9 @@ def _combos(modes, grad_ckpt):
     return out
 
 
-def run_model_benchmark(args, kwargs, frames):
+def run_model_benchmark(args, kwargs, frames, on_run=None):
+    """Model rows (``on_run(partial_result)`` after each mode / checkpointing setting, so
+    that a run killed later keeps what it measured)."""
     from stan_mm.utils import benchmark as B
     device = torch.device(args.device)
     is_cuda = device.type == 'cuda'
@@ -260,6 +262,8 @@ def run_model_benchmark(args, kwargs, frames):
             run['cpu_time_ratio'] = cratio
             run['cpu_time_over_flops'] = cratio['median'] / flops['ratio']
         runs.append(run)
+        if on_run is not None:
+            on_run(dict(setup=setup, flops=flops, runs=list(runs), partial=True))
     if not is_cuda and not args.no_memory:
         print('... CPU peak memory (in a child process)', flush=True)
         del models, optims
@@ -340,8 +344,9 @@ def format_model(res) -> str:
              f"fused AdamW {s.get('fused_adamw', False)}",
              f"FLOPs per clip (G multiply-accumulates): STAN {f['stan_macs'] / 1e9:.2f}, "
              f"CLIP {f['clip_macs'] / 1e9:.2f}, ratio {f['ratio']:.4f}",
-             f"{'mode':<8}{'ckpt':<6}{'model':<6}{'clips/s':>10}{'s/step (median [min, max])':>32}"
-             f"{'cpu s/step':>12}{'peak mem':>18}{'MFU':>8}"]
+             f"{'mode':<8}{'ckpt':<6}{'model':<6}{'clips/s':>10}"
+             f"{'  s/step (median [min, max])':<28}{'cpu s/step':>10}{'peak mem':>18}"
+             f"{'MFU':>8}"]
     for run in res['runs']:
         for name in ('stan', 'clip'):
             e = run[name]
@@ -421,9 +426,24 @@ def main(argv=None) -> int:
     pipe_cfg = (_load_config(args.pipeline_config, None) if args.pipeline_config else cfg)
     out = dict(machine=machine_info(args.device), config=args.config,
                argv=list(sys.argv[1:] if argv is None else argv))
+
+    def write(result) -> None:
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            tmp = args.out + '.tmp'
+            with open(tmp, 'w') as f:
+                json.dump(result, f, indent=1, default=str)
+            os.replace(tmp, args.out)
+
+    def partial_model(model) -> None:
+        # each finished setting is printed and saved at once: a run killed at a time
+        # limit (the borrowed GPU machine's) keeps the rows it measured
+        print(format_model(model), flush=True)
+        write(dict(out, model=model, partial=True))
+
     if not args.skip_model:
         kwargs, frames = _model_setup(args, cfg)
-        out['model'] = run_model_benchmark(args, kwargs, frames)
+        out['model'] = run_model_benchmark(args, kwargs, frames, on_run=partial_model)
         print(format_model(out['model']), flush=True)
     if not args.skip_pipeline:
         if pipe_cfg is None:
@@ -436,9 +456,7 @@ def main(argv=None) -> int:
     except OSError:
         pass
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(out, f, indent=1, default=str)
+        write(out)
         print(f'wrote {args.out}')
     return 0
 

@@ -9,15 +9,18 @@ on a borrowed GPU machine (10 minutes, nothing downloadable there).
     python3 tools/analysis/gpu_session.py --out "$OUT"
 
 Steps, most important first (``--steps`` picks some); each runs
-``tools/analysis/benchmark.py`` in a child process under its own time limit, and a step
-that no longer fits the remaining ``--budget`` is skipped:
+``tools/analysis/benchmark.py`` in a child process under its own time limit (cut to what
+is left of ``--budget``); a step with less time left than it needs to be worth starting
+is skipped and the next one tried. Each finished setting of a step is written to its JSON
+at once, so a step killed at its limit keeps what it finished:
 
 ==============  ===========================================================================
 ``compile``     ``torch.compile`` (default mode) + fused AdamW: the best row of the GPU table
                 re-measured (MFU goal: 35 %)
-``autotune``    the same with ``--compile-mode max-autotune-no-cudagraphs``
-``cudagraphs``  the same with ``--compile-mode reduce-overhead`` (CUDA graphs)
-``eager``       eager, with and without gradient checkpointing, peak memory
+``eager``       eager forward and training step, with and without gradient checkpointing,
+                peak memory
+``autotune``    the compile step with ``--compile-mode max-autotune-no-cudagraphs``
+``cudagraphs``  the compile step with ``--compile-mode reduce-overhead`` (CUDA graphs)
 ==============  ===========================================================================
 
 The model is ViT-B/16, 8 frames, STAN depth 4 with the attention temporal module, batch 16,
@@ -48,25 +51,28 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCHMARK = os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py')
-STACK_IMPORT = 'import mmengine, mmaction, open_clip, decord'
+STACK_IMPORT = 'import stan_mm, decord'   # what the steps import (the whole stack)
 
 MODEL_ARGS = ['--arch', 'ViT-B-16', '--frames', '8', '--depth', '4', '--temporal-module',
               'attn', '--batch', '16']
 _TRAIN = ['--modes', 'train', '--optim-step', '--skip-pipeline']
 _COMPILED = _TRAIN + ['--grad-ckpt', 'off', '--fused-adamw', '--no-memory']
-# (name, benchmark arguments after the model's, time limit in seconds, what it measures)
+# (name, benchmark arguments after the model's, time limit in seconds, the least time worth
+# starting it with (with less left it is skipped and the next step tried), what it
+# measures). Every finished setting of a step is saved at once, so a step killed at its
+# limit keeps the settings it finished.
 STEPS = (
-    ('compile', _COMPILED + ['--compile', '--warmup', '2'], 180,
+    ('compile', _COMPILED + ['--compile', '--warmup', '2'], 180, 100,
      'torch.compile default mode, fused AdamW'),
+    ('eager', ['--modes', 'forward', 'train', '--optim-step', '--skip-pipeline',
+               '--grad-ckpt', 'both'], 120, 70,
+     'eager forward and training step, gradient checkpointing off/on, peak memory'),
     ('autotune', _COMPILED + ['--compile-mode', 'max-autotune-no-cudagraphs', '--warmup',
-                              '3'], 240, 'max-autotune (no CUDA graphs), fused AdamW'),
+                              '3'], 240, 150, 'max-autotune (no CUDA graphs), fused AdamW'),
     ('cudagraphs', _COMPILED + ['--compile-mode', 'reduce-overhead', '--warmup', '3'], 150,
-     'reduce-overhead (CUDA graphs), fused AdamW'),
-    ('eager', _TRAIN + ['--grad-ckpt', 'both'], 120,
-     'eager, gradient checkpointing off/on, peak memory'),
+     90, 'reduce-overhead (CUDA graphs), fused AdamW'),
 )
 STEP_NAMES = tuple(s[0] for s in STEPS)
-MIN_STEP_S = 45   # a step with less time than this left is skipped, not started
 
 
 def parse_args(argv=None):
@@ -98,13 +104,13 @@ def step_commands(args) -> list:
     """``[(name, argv, limit_s, what)]`` for the chosen steps, in the chosen order."""
     model = shlex.split(args.model_args) if args.model_args else list(MODEL_ARGS)
     extra = shlex.split(args.extra)
-    table = {name: (tail, limit, what) for name, tail, limit, what in STEPS}
+    table = {name: (tail, limit, least, what) for name, tail, limit, least, what in STEPS}
     out = []
     for name in args.steps:
-        tail, limit, what = table[name]
+        tail, limit, least, what = table[name]
         argv = ([args.python, BENCHMARK] + model + ['--device', args.device] + tail + extra
                 + ['--out', os.path.join(args.out, f'{name}.json')])
-        out.append((name, argv, limit, what))
+        out.append((name, argv, limit, least, what))
     return out
 
 
@@ -175,19 +181,20 @@ def tail(path: str, start: int = 0, lines: int = 25) -> str:
 
 def summarize(results) -> str:
     """A markdown table from ``[(name, what, status, json_or_None)]``."""
-    rows = ['| step | setting | grad ckpt | STAN clips/s | CLIP clips/s | STAN MFU | '
+    rows = ['| step | setting | mode | grad ckpt | STAN clips/s | CLIP clips/s | STAN MFU | '
             'CLIP MFU | time / FLOPs ratio | STAN peak mem |',
-            '|---|---|---|---|---|---|---|---|---|']
+            '|---|---|---|---|---|---|---|---|---|---|']
     for name, what, status, data in results:
         runs = (data or {}).get('model', {}).get('runs', [])
         if not runs:
-            rows.append(f'| {name} | {what} | | {status} | | | | | |')
+            rows.append(f'| {name} | {what} | | | {status} | | | | | |')
             continue
         for r in runs:
             stan, clip = r.get('stan', {}), r.get('clip', {})
-            mem = stan.get('memory', {}).get('peak_alone')
-            rows.append('| {} | {} | {} | {:.1f} | {:.1f} | {} | {} | {:.3f} | {} |'.format(
-                name, what, 'on' if r.get('grad_checkpointing') else 'off',
+            memory = stan.get('memory', {})
+            mem = memory.get('peak_alone', memory.get('delta'))   # CUDA, else CPU
+            rows.append('| {} | {} | {} | {} | {:.1f} | {:.1f} | {} | {} | {:.3f} | {} |'.format(
+                name, what, r.get('mode', ''), 'on' if r.get('grad_checkpointing') else 'off',
                 stan.get('clips_per_s', float('nan')), clip.get('clips_per_s', float('nan')),
                 _pct(stan.get('mfu')), _pct(clip.get('mfu')),
                 r.get('time_over_flops', float('nan')),
@@ -217,10 +224,12 @@ def machine_text(python: str, env: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.out = os.path.abspath(args.out)   # the steps run from the repository root
     steps = step_commands(args)
     if args.dry_run:
-        for name, cmd, limit, what in steps:
-            print(f'# {name} ({what}; limit {limit} s)\n{shlex.join(cmd)}')
+        for name, cmd, limit, least, what in steps:
+            print(f'# {name} ({what}; limit {limit} s, started with at least {least} s '
+                  f'left)\n{shlex.join(cmd)}')
         return 0
     os.makedirs(args.out, exist_ok=True)
     start = time.monotonic()
@@ -234,10 +243,10 @@ def main(argv=None) -> int:
     results = []
     log_path = os.path.join(args.out, 'steps.log')
     open(log_path, 'w').close()
-    for name, cmd, limit, what in steps:
+    for name, cmd, limit, least, what in steps:
         left = args.budget - (time.monotonic() - start)
-        if left < MIN_STEP_S:
-            log(f'{name}: skipped, {left:.0f} s left of the budget')
+        if left < least:
+            log(f'{name}: skipped, {left:.0f} s left of the budget (needs {least} s)')
             results.append((name, what, f'skipped ({left:.0f} s left)', None))
             continue
         log(f'{name}: {what} (limit {min(limit, left):.0f} s)')
@@ -245,14 +254,16 @@ def main(argv=None) -> int:
         res = run_step(cmd, min(limit, left), log_path, env)
         data = None
         path = os.path.join(args.out, f'{name}.json')
-        if res['rc'] == 0 and os.path.isfile(path):
+        if os.path.isfile(path):   # complete, or the settings finished before a kill
             with open(path) as f:
                 data = json.load(f)
+        partial = ' (the settings it finished are kept)' if data is not None else ''
+        if res['rc'] == 0 and data is not None:
             status = f'done in {res["seconds"]} s'
         elif res['timed_out']:
-            status = f'killed at its {min(limit, left):.0f} s limit'
+            status = f'killed at its {min(limit, left):.0f} s limit{partial}'
         else:
-            status = f'failed (exit {res["rc"]}; see steps.log)'
+            status = f'failed (exit {res["rc"]}; see steps.log){partial}'
         log(f'{name}: {status}; the end of its output:')
         print(tail(log_path, log_start), flush=True)
         results.append((name, what, status, data))
