@@ -373,6 +373,33 @@ def test_extract_features_split_feeds_eval_retrieval(setup, capsys):
     assert not [f for f in os.listdir(out) if 'tmp' in f]
 
 
+def test_extract_features_keeps_what_a_later_run_would_drop(setup, capsys, tmp_path):
+    """A --texts-only run into a folder of finished video embeddings (e.g. the QB-Norm bank
+    with --split train --skip-videos pointed at the test features) would delete them:
+    refused unless --overwrite; an input list that is the folder's own videos.txt too."""
+    import shutil
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, cfg, model, ckpt = setup['ret']
+    src = osp.join(setup['tmp'], 'split_features')       # finished: videos and texts
+    if not osp.exists(osp.join(src, 'meta.json')):
+        assert tool.main([cfg_path, ckpt, '--split', 'test', '--out', src,
+                          '--num-workers', '0', '--no-progress']) == 0
+    out = str(tmp_path / 'feats')
+    shutil.copytree(src, out)
+    before = np.load(osp.join(out, 'videos.npy'))
+    common = ['--num-workers', '0', '--no-progress']
+    assert tool.main([cfg_path, ckpt, '--texts', setup['texts'], '--out', out] + common) == 2
+    err = capsys.readouterr().err
+    assert 'video embeddings of an earlier run' in err and '--overwrite' in err
+    assert np.array_equal(np.load(osp.join(out, 'videos.npy')), before)
+    assert tool.main([cfg_path, ckpt, '--videos', osp.join(out, 'videos.txt'), '--out', out]
+                     + common) == 2
+    assert 'is the videos.txt this tool writes' in capsys.readouterr().err
+    assert tool.main([cfg_path, ckpt, '--texts', setup['texts'], '--out', out, '--overwrite']
+                     + common) == 0
+    assert not osp.exists(osp.join(out, 'videos.npy'))      # replaced, as asked
+
+
 def test_split_items_reads_through_dataset_wrappers(setup):
     """--split train on a training set wrapped in SkipUnreadable (docs/robustness.md's
     advice): the wrapped dataset gives the videos and captions."""
@@ -641,6 +668,22 @@ def test_text_embeddings_follow_the_pipelines_truncation_rule(setup):
         model.cfg = original
 
 
+def test_cache_key_follows_the_model_actually_built(tmp_path):
+    """init_model builds without a missing CLIP file (possibly another activation): the
+    cache key of search / extract_features must then differ from the key of the model
+    built with the file, and stay the same as before when nothing was adjusted."""
+    import copy
+    from mmengine.config import Config
+    from stan_mm.apis.features import model_key
+    cfg = Config(dict(model=dict(type='STANRetriever', arch='ViT-B-16', pretrained='c.pt')))
+    same = copy.deepcopy(cfg.model)
+    adjusted = copy.deepcopy(cfg.model)
+    adjusted['pretrained'] = None
+    base = model_key(cfg, 'ckpt|1|2', None)
+    assert model_key(cfg, 'ckpt|1|2', None, same) == base
+    assert model_key(cfg, 'ckpt|1|2', None, adjusted) != base
+
+
 # ------------------------------------------------------------------ errors
 def test_clear_errors(setup, tmp_path):
     from stan_mm.apis import ModelLoadError, init_model, list_videos
@@ -653,6 +696,21 @@ def test_clear_errors(setup, tmp_path):
         init_model(cfg_path, bad)
     with pytest.raises(FileNotFoundError, match='no videos found'):
         list_videos(str(tmp_path))
+    # names videos.txt cannot hold are refused before any embedding; lists: linear time,
+    # a BOM is not part of the first path
+    odd = tmp_path / 'odd'
+    odd.mkdir()
+    (odd / 'fine.mp4').write_bytes(b'x')
+    (odd / 'two\nlines.mp4').write_bytes(b'x')
+    with pytest.raises(ValueError, match=r"1 video file name.*'two\\nlines.mp4'"):
+        list_videos(str(odd))
+    listing = tmp_path / 'list.txt'
+    listing.write_text('\ufeffa.mp4\n' + ''.join(f'v{i}.mp4\n' for i in range(30000))
+                       + 'v7.mp4\n', encoding='utf-8')
+    with pytest.raises(ValueError, match=r"listed more than once: \['v7.mp4'\]"):
+        list_videos(str(listing))
+    listing.write_text('\ufeffa.mp4\nb.mp4\n', encoding='utf-8')
+    assert list_videos(str(listing))[1] == ['a.mp4', 'b.mp4']
     from stan_mm.apis.video import check_views
     with pytest.raises(ValueError, match='one view per video'):
         check_views('retriever', '1x3')

@@ -82,7 +82,7 @@ def read_texts(path: str):
     if not osp.isfile(path):
         raise FileNotFoundError(f'--texts {path!r}: file not found (expected one text per '
                                 f'line)')
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:   # a BOM is not part of the first text
         texts = [ln.rstrip('\r\n') for ln in f]
     texts = [t for t in texts if t.strip()]
     if not texts:
@@ -155,11 +155,18 @@ def _run(args, log) -> int:
                 raise ValueError(f'--skip-videos: the {args.split} split has no captions')
             videos, t2v = [], None
     else:
+        for given, written in ((args.videos, 'videos.txt'), (args.texts, 'texts.txt')):
+            target = osp.join(args.out, written)
+            if given and osp.isfile(given) and osp.exists(target) and osp.samefile(given,
+                                                                                  target):
+                raise ValueError(f'{given} is the {written} this tool writes into --out '
+                                 f'{args.out}: copy it elsewhere first, or choose another --out')
         if args.videos:
             root, videos = list_videos(args.videos)
         if args.texts:
             texts = read_texts(args.texts)
-    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), args.views)
+    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), args.views,
+                    getattr(model, 'build_cfg', None))
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=args.split or args.videos)
     try:

@@ -58,11 +58,23 @@ class FeatureFolderError(RuntimeError):
     """An output folder that holds results of another model (or is unusable)."""
 
 
-def model_key(cfg, checkpoint_fp: str, views: Optional[str]) -> str:
-    """16 hex digits identifying (config content, checkpoint file, views)."""
+def model_key(cfg, checkpoint_fp: str, views: Optional[str], build_cfg=None) -> str:
+    """16 hex digits identifying (config content, checkpoint file, views, and the model
+    config actually built when it differs from ``cfg.model``: :func:`init_model` builds
+    without a missing CLIP file, which can change the activation, see ``model.build_cfg``).
+    """
     text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    h = hashlib.sha256('\n'.join([text, checkpoint_fp, str(views)]).encode('utf-8'))
+    parts = [text, checkpoint_fp, str(views)]
+    if build_cfg is not None:
+        built = json.dumps(_plain(build_cfg), sort_keys=True, default=str)
+        if built != json.dumps(_plain(cfg.get('model')), sort_keys=True, default=str):
+            parts.append(built)
+    h = hashlib.sha256('\n'.join(parts).encode('utf-8'))
     return h.hexdigest()[:16]
+
+
+def _plain(node):
+    return node.to_dict() if hasattr(node, 'to_dict') else node
 
 
 def _stamp(path: str) -> Tuple[int, int]:
@@ -331,6 +343,18 @@ def extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = N
         require_text_tower(model)  # fail before the long video pass
     store = ShardStore(out_dir)
     finished = _check_folder(out_dir, key, overwrite, store)
+    if finished is not None and not overwrite:
+        # a finished folder is rewritten with what this run embeds: refuse to drop the
+        # video (or text) embeddings of an earlier run that this one does not redo
+        kinds = (('num_videos', 'video embeddings', videos),
+                 ('num_texts', 'text embeddings', texts))
+        dropped = [f'{finished[n]} {what}' for n, what, given in kinds
+                   if finished.get(n) and not given]
+        if dropped:
+            raise FeatureFolderError(
+                f'{out_dir} holds {" and ".join(dropped)} of an earlier run, which this run '
+                f'would drop (it embeds none). Pass those inputs again to keep them, use '
+                f'another output folder, or --overwrite to replace them')
     result = ExtractionResult(out_dir=out_dir, complete=False, num_videos=len(videos))
     stamps = [_stamp(_abs(video_root, p)) for p in videos]
     keys = [_item_key(_rebase(video_root, p, video_root), s) for p, s in zip(videos, stamps)]

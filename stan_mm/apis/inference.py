@@ -220,6 +220,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     if checkpoint is not None:
         load_weights(model, checkpoint, allow_missing)
     model.cfg = cfg
+    model.build_cfg = model_cfg   # what was built (cache keys: apis.features.model_key)
     model_kind(model)
     return model.to(device).eval()
 

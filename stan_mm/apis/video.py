@@ -8,6 +8,7 @@ pipeline does (same frames, size and normalization as in testing).
 - :class:`VideoPipeline`: ``pipeline(path)`` -> the packed sample (``inputs``,
   ``data_samples``) that ``model.data_preprocessor`` batches, as in ``tools/test.py``.
 """
+import collections
 import copy
 import os
 import os.path as osp
@@ -26,13 +27,27 @@ SINGLE_CLIP_SAMPLERS = ('SymmetricSample', )
 CROPS = {1: 'CenterCrop', 3: 'ThreeCrop', 10: 'TenCrop'}
 
 
+def _storable(path: str) -> bool:
+    """``path`` fits on one UTF-8 line (no line break, no undecodable bytes)."""
+    if '\n' in path or '\r' in path:
+        return False
+    try:
+        path.encode('utf-8')
+    except UnicodeEncodeError:   # surrogate escapes of bytes that are not UTF-8
+        return False
+    return True
+
+
 def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS) -> Tuple[str, List[str]]:
     """Videos to process: ``(root, paths)``, each path relative to ``root`` unless absolute.
 
     ``source`` is either a folder, scanned recursively for files with a video extension
-    (``exts``, case-insensitive; hidden files and folders skipped; sorted), or a text file
-    listing one video per line (blank lines and lines starting with ``#`` ignored;
-    relative paths are relative to the list file's folder; order kept).
+    (``exts``, case-insensitive; hidden files and folders skipped; symbolic links to
+    folders not followed; sorted), or a text file listing one video per line (blank lines
+    and lines starting with ``#`` ignored; relative paths are relative to the list file's
+    folder; order kept). A file name that cannot be written as one UTF-8 line of
+    ``videos.txt`` (a line break, bytes that are not UTF-8) is refused before anything is
+    embedded.
     """
     if osp.isdir(source):
         root = osp.abspath(source)
@@ -47,16 +62,21 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS) -> Tuple[str, Lis
         if not found:
             raise FileNotFoundError(f'no videos found under {source} (looked for files '
                                     f'ending in {", ".join(exts)})')
+        bad = [p for p in found if not _storable(p)]
+        if bad:
+            raise ValueError(f'{source}: {len(bad)} video file name(s) cannot be stored one '
+                             f'per line in UTF-8 (a line break, or bytes that are not '
+                             f'UTF-8): {", ".join(ascii(p) for p in bad[:5])}; rename them or '
+                             f'list the videos to use in a text file')
         return root, sorted(found)
     if osp.isfile(source):
         root = osp.dirname(osp.abspath(source))
-        with open(source, encoding='utf-8') as f:
+        with open(source, encoding='utf-8-sig') as f:   # a BOM is not part of the path
             paths = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith('#')]
         if not paths:
             raise ValueError(f'{source}: the video list is empty (expected one video path '
                              f'per line)')
-        dup = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(
-            paths) else []
+        dup = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
         if dup:
             raise ValueError(f'{source}: videos listed more than once: {dup[:5]}')
         return root, paths

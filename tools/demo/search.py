@@ -44,7 +44,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.queries:
         try:
-            with open(args.queries, encoding='utf-8') as f:
+            with open(args.queries, encoding='utf-8-sig') as f:   # no BOM in the first query
                 args.query += [ln.strip() for ln in f if ln.strip()]
         except (OSError, UnicodeDecodeError) as e:
             p.error(f'--queries {args.queries!r}: cannot read it ({e})')
@@ -82,7 +82,8 @@ def run(args) -> int:
 
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
-    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), None)
+    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), None,
+                    getattr(model, 'build_cfg', None))
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=osp.abspath(args.gallery))
     res = search_gallery(model, args.gallery, args.query, key, cache=args.cache,
