@@ -400,6 +400,35 @@ def test_extract_features_keeps_what_a_later_run_would_drop(setup, capsys, tmp_p
     assert not osp.exists(osp.join(out, 'videos.npy'))      # replaced, as asked
 
 
+def test_a_second_run_on_one_folder_is_refused(setup, tmp_path):
+    """Two runs writing one feature folder (or one search cache) at once: the second is
+    refused naming the lock, and nothing of the first is touched; the lock is released
+    when the first run ends (also when it fails)."""
+    import subprocess
+    import sys as _sys
+    from stan_mm.apis import FeatureFolderError, extract_features
+    _, _, model, _ = setup['ret']
+    out = tmp_path / 'locked'
+    out.mkdir()
+    holder = subprocess.Popen([_sys.executable, '-c', (
+        'import fcntl, sys, time\n'
+        f'f = open({str(out / ".lock")!r}, "a")\n'
+        'fcntl.flock(f.fileno(), fcntl.LOCK_EX)\n'
+        'print("locked", flush=True)\n'
+        'time.sleep(60)\n')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        with pytest.raises(FeatureFolderError, match=r'being written by another run.*\.lock'):
+            extract_features(model, str(out), videos=[], texts=['a'], key='k',
+                             progress=False, log=lambda m: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    res = extract_features(model, str(out), videos=[], texts=['a'], key='k',
+                           progress=False, log=lambda m: None)     # free again
+    assert res.complete and res.num_texts == 1
+
+
 def test_split_items_reads_through_dataset_wrappers(setup):
     """--split train on a training set wrapped in SkipUnreadable (docs/robustness.md's
     advice): the wrapped dataset gives the videos and captions."""

@@ -28,6 +28,7 @@ rest; a different model key is refused (``overwrite=True`` starts over). The fin
 are written to temporary names and renamed; ``meta.json`` is removed first and written
 last, so a folder with ``meta.json`` is always complete.
 """
+import contextlib
 import datetime
 import glob
 import hashlib
@@ -36,7 +37,7 @@ import os
 import os.path as osp
 import shutil
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -300,7 +301,36 @@ def _rebase(old_root: str, rel: str, new_root: str) -> str:
     return osp.relpath(full, new_root).replace(os.sep, '/') if new_root else full
 
 
-def extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = None,
+@contextlib.contextmanager
+def _folder_lock(out_dir: str) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` (``flock``; released by the OS even when the process is
+    killed) so that two runs never write one folder at once (one would delete the other's
+    partial results); a second run is refused at once."""
+    try:
+        import fcntl
+    except ImportError:      # not POSIX: no locking
+        yield
+        return
+    with open(osp.join(out_dir, '.lock'), 'a') as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeatureFolderError(
+                f'{out_dir} is being written by another run (it holds {out_dir}/.lock): '
+                f'wait for it to finish, or use another output folder') from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def extract_features(model, out_dir: str, **kwargs) -> 'ExtractionResult':
+    os.makedirs(out_dir, exist_ok=True)
+    with _folder_lock(out_dir):
+        return _extract_features(model, out_dir, **kwargs)
+
+
+def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = None,
                      video_root: str = '', texts: Optional[Sequence[str]] = None,
                      text_to_video: Optional[Sequence[int]] = None, key: str,
                      views: Optional[str] = None, batch_size: int = 8,
@@ -510,3 +540,10 @@ def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, tex
         _atomic_write_text(osp.join(out_dir, 'bad_videos.txt'),
                            ''.join(f'{p}\t{r}\n' for p, r in bad))
     _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+
+
+extract_features.__doc__ = _extract_features.__doc__ + """
+    The run holds ``out_dir/.lock``: a second run on the same folder (another
+    ``extract_features``, or a search on the same gallery cache) is refused with
+    :class:`FeatureFolderError` instead of deleting this run's partial results.
+    """
