@@ -697,6 +697,15 @@ def test_text_embeddings_follow_the_pipelines_truncation_rule(setup):
         model.cfg = original
 
 
+def test_galleries_sharing_a_cache_folder_keep_their_own_embeddings(tmp_path):
+    from stan_mm.apis.search import gallery_cache_dir
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    assert gallery_cache_dir(a, 'k') == osp.join(a, '.stan_mm_cache', 'k')
+    shared = [gallery_cache_dir(g, 'k', str(tmp_path / 'cache')) for g in (a, b, a + '/')]
+    assert shared[0] != shared[1] and shared[0] == shared[2]
+    assert all(osp.basename(d).startswith('k-') for d in shared)
+
+
 def test_cache_key_follows_the_model_actually_built(tmp_path):
     """init_model builds without a missing CLIP file (possibly another activation): the
     cache key of search / extract_features must then differ from the key of the model

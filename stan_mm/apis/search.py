@@ -1,13 +1,15 @@
 """Text -> video search over a folder of videos, with a cached gallery.
 
 The gallery embeddings are a feature folder (:mod:`stan_mm.apis.features`) under
-``<cache>/<model key>/``: the first search embeds every video, later searches with the
+``GALLERY/.stan_mm_cache/<model key>/`` (see :func:`gallery_cache_dir` for ``--cache``):
+the first search embeds every video, later searches with the
 same config + checkpoint reuse it and embed only videos that were added or changed.
 
 Scores: ``sim = queries @ videos.T`` ``[Nq, Nv]``, the cosine of L2-normalized embeddings
 (texts are the rows, the layout of ``tools/analysis/eval_retrieval.py --sim``). Ranking:
 descending score; equal scores keep the gallery order (lower row of ``videos.txt`` first).
 """
+import hashlib
 import os.path as osp
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -38,9 +40,13 @@ class SearchResult:
 
 
 def gallery_cache_dir(gallery: str, key: str, cache: Optional[str] = None) -> str:
-    """``<cache or GALLERY/.stan_mm_cache>/<model key>``."""
-    base = cache if cache is not None else osp.join(gallery, CACHE_DIRNAME)
-    return osp.join(base, key)
+    """``GALLERY/.stan_mm_cache/<model key>``, or with ``cache``
+    ``<cache>/<model key>-<gallery>`` (``<gallery>``: 8 hex digits of the gallery's
+    absolute path, so that galleries sharing one cache folder keep their own embeddings)."""
+    if cache is None:
+        return osp.join(gallery, CACHE_DIRNAME, key)
+    where = hashlib.sha256(osp.abspath(gallery).encode('utf-8', 'surrogateescape'))
+    return osp.join(cache, f'{key}-{where.hexdigest()[:8]}')
 
 
 def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
