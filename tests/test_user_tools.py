@@ -697,6 +697,18 @@ def test_text_embeddings_follow_the_pipelines_truncation_rule(setup):
         model.cfg = original
 
 
+def test_a_damaged_shard_is_dropped_and_its_videos_redone(tmp_path):
+    from stan_mm.apis.features import ShardStore
+    store = ShardStore(str(tmp_path))
+    store.start('k')
+    store.write(['a', 'b'], np.ones((2, 3)))
+    store.write(['c'], np.full((1, 3), 2.0))
+    shards = sorted(glob.glob(osp.join(store.dir, 'shard-*.npz')))
+    open(shards[1], 'wb').close()                 # a 0-byte shard left by a crash
+    done = store.read()
+    assert sorted(done) == ['a', 'b'] and not osp.exists(shards[1])
+
+
 def test_galleries_sharing_a_cache_folder_keep_their_own_embeddings(tmp_path):
     from stan_mm.apis.search import gallery_cache_dir
     a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
@@ -732,6 +744,11 @@ def test_clear_errors(setup, tmp_path):
     torch.save({'state_dict': partial}, bad)
     with pytest.raises(ModelLoadError, match='model weights are missing'):
         init_model(cfg_path, bad)
+    with pytest.raises(ValueError, match=r"--device 'gpu': not a device name"):
+        init_model(cfg_path, bad, device='gpu')             # before anything is built
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='no usable CUDA device'):
+            init_model(cfg_path, bad, device='cuda')
     with pytest.raises(FileNotFoundError, match='no videos found'):
         list_videos(str(tmp_path))
     # names videos.txt cannot hold are refused before any embedding; lists: linear time,

@@ -33,14 +33,17 @@ import datetime
 import glob
 import hashlib
 import json
+import logging
 import os
 import os.path as osp
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 
 from stan_mm.datasets.transforms.video_io import VideoReadError
 
@@ -159,7 +162,10 @@ class ShardStore:
             return
         path = self._next_name()
         tmp = path[:-4] + '.tmp.npz'
-        np.savez(tmp, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32))
+        with open(tmp, 'wb') as f:   # on disk before the rename (a power loss: no 0-byte shard)
+            np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def read(self) -> Dict[str, np.ndarray]:
@@ -168,10 +174,18 @@ class ShardStore:
         for path in sorted(glob.glob(osp.join(self.dir, 'shard-*.npz'))):
             if path.endswith('.tmp.npz'):
                 continue
-            with np.load(path, allow_pickle=False) as z:
-                keys, emb = z['keys'], z['emb']
-            if len(keys) != len(emb):
-                raise FeatureFolderError(f'{path}: {len(keys)} keys for {len(emb)} rows')
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    keys, emb = z['keys'], z['emb']
+                if len(keys) != len(emb):
+                    raise ValueError(f'{len(keys)} keys for {len(emb)} rows')
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                # a damaged shard (e.g. truncated by a crash): its videos are embedded again
+                print_log(f'{path} is damaged ({type(e).__name__}: {e}); removed, its '
+                          f'videos will be embedded again', logger='current',
+                          level=logging.WARNING)
+                os.remove(path)
+                continue
             done.update(zip(keys.tolist(), emb))
         return done
 

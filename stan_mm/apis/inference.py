@@ -182,6 +182,24 @@ def placeholder_classnames(model_cfg: dict) -> Optional[str]:
     return None
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` for a name torch does not know or a
+    CUDA device this machine does not have (before any model is built)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f'--device {device!r}: not a device name ({e}); use cpu, cuda or '
+                         f'cuda:N') from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'--device {device!r}: this machine has no usable CUDA device '
+                             f'(torch.cuda.is_available() is False); use --device cpu')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'--device {device!r}: only {torch.cuda.device_count()} CUDA '
+                             f'device(s) here')
+    return dev
+
+
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
                device: str = 'cpu', cfg_options: Optional[dict] = None,
                allow_missing: bool = False, need_classnames: bool = True) -> nn.Module:
@@ -204,6 +222,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     import copy
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
+    check_device(device)
     cfg = load_config(config, cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     model_cfg = copy.deepcopy(cfg.model)
