@@ -370,8 +370,12 @@ def test_text_head_errors(tmp_path):
     with pytest.raises(ValueError, match=r'bad\.txt: blank line\(s\) \[2\]'):
         text_head(clip, classnames=str(bad))
     bad.write_text('a\nb\na\n')
-    with pytest.raises(ValueError, match=r"'a' appears twice \(labels 0 and 2\)"):
+    with pytest.raises(ValueError, match=r"'a' \(label 0\) and 'a' \(label 2\) are the same"):
         text_head(clip, classnames=str(bad))
+    # names CLIP's tokenizer cannot tell apart (case, extra spaces) are duplicates too
+    for names in (['Run', 'run'], ['air drumming', 'air  drumming'], ['run', 'run ']):
+        with pytest.raises(ValueError, match=r'same text for CLIP.s tokenizer'):
+            text_head(clip, classnames=names)
     with pytest.raises(FileNotFoundError, match='class names file not found'):
         text_head(clip, classnames=str(tmp_path / 'none.txt'))
     head = text_head(clip)

@@ -21,7 +21,9 @@ clip_embed_dim = 512
 clip_mean = [122.771, 116.746, 104.093]
 clip_std = [68.500, 66.632, 70.323]
 
-# Default head (the public STAN reproduction): cosine(video, text(class name)) / 0.01.
+# Default head: cosine(video, text(prompt with the class name)) / 0.01, as the authors'
+# public code scores classes; it encodes bare names with a plain cross-entropy
+# (templates=['{}'], label_smooth_eps=0 reproduce that; the prompt and smoothing are ours).
 text_head = dict(
     type='TextClassifierHead',
     in_channels=clip_embed_dim,

@@ -35,7 +35,10 @@ def read_classnames_file(path: str) -> List[str]:
 
 
 def check_classnames(names: Sequence[str], source: str = 'classnames') -> List[str]:
-    """Validate a list of class names: non-empty strs, no duplicates."""
+    """Validate a list of class names: non-empty strs, no duplicates. Names the tokenizer
+    cannot tell apart (case, whitespace: it lower-cases and squeezes spaces) count as
+    duplicates: they would get identical text embeddings, and the higher label could never
+    be predicted."""
     names = list(names)
     if not names:
         raise ValueError(f'{source}: no class names')
@@ -44,10 +47,13 @@ def check_classnames(names: Sequence[str], source: str = 'classnames') -> List[s
             raise ValueError(f'{source}: class {i} is {name!r}; expected a non-empty str')
     seen = {}
     for i, name in enumerate(names):
-        if name in seen:
-            raise ValueError(f'{source}: class name {name!r} appears twice (labels '
-                             f'{seen[name]} and {i}); class names must be unique')
-        seen[name] = i
+        same = ' '.join(name.split()).lower()
+        if same in seen:
+            j = seen[same]
+            raise ValueError(f'{source}: class names {names[j]!r} (label {j}) and {name!r} '
+                             f'(label {i}) are the same text for CLIP\'s tokenizer (it '
+                             f'ignores case and extra spaces); class names must be unique')
+        seen[same] = i
     return [n.strip() for n in names]
 
 

@@ -23,8 +23,12 @@ class TextClassifierHead(BaseHead):
 
         logits[n, c] = <x[n] / |x[n]|, w[c]> / temperature        [N, num_classes]
 
-    This is the classifier of the public STAN reproduction (class text encoded once, no
-    gradient). The class embeddings ``w`` [num_classes, E] are cached:
+    The authors' public code scores classes the same way (class text encoded once, no
+    gradient) but encodes the bare class names with no template and trains with a plain
+    cross-entropy: ``templates=['{}']``, ``label_smooth_eps=0`` reproduce that; the
+    recognition configs' ``'a video of {}.'`` and label smoothing 0.1 are this project's
+    choice (the paper states neither). The class embeddings ``w`` [num_classes, E] are
+    cached:
 
     * ``finetune_text=False`` (default): the text tower is frozen (no gradient, eval mode)
       and ``w`` is computed once, without grad, at the first forward, then reused;
