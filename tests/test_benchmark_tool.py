@@ -597,6 +597,14 @@ def test_gpu_session_reports_the_kept_settings_of_a_killed_step(tmp_path, monkey
     assert '| compile |' in summary and 'skipped' in summary
     row = [r for r in summary.splitlines() if r.startswith('| eager')]
     assert len(row) == 1 and '2.0' in row[0] and '3.0' in row[0]
+    assert 'killed at its' in row[0]                   # kept rows say the step was cut
+    # an earlier session's JSON in --out is not reported as this session's result
+    monkeypatch.setattr(session, 'run_step',
+                        lambda argv, limit_s, log_path, env: dict(rc=1, timed_out=False,
+                                                                   seconds=1.0))
+    assert session.main(['--out', 'rel_out', '--steps', 'eager', '--device', 'cpu']) == 1
+    assert not (tmp_path / 'rel_out' / 'eager.json').exists()
+    assert 'failed (exit 1' in (tmp_path / 'rel_out' / 'summary.md').read_text()
 
 
 def test_parallel_pipeline_workers(tmp_path):

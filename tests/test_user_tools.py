@@ -411,14 +411,14 @@ def test_a_second_run_on_one_folder_is_refused(setup, tmp_path):
     out = tmp_path / 'locked'
     out.mkdir()
     holder = subprocess.Popen([_sys.executable, '-c', (
-        'import fcntl, sys, time\n'
-        f'f = open({str(out / ".lock")!r}, "a")\n'
-        'fcntl.flock(f.fileno(), fcntl.LOCK_EX)\n'
+        'import fcntl, os, time\n'
+        f'fd = os.open({str(out)!r}, os.O_RDONLY)\n'
+        'fcntl.flock(fd, fcntl.LOCK_EX)\n'
         'print("locked", flush=True)\n'
         'time.sleep(60)\n')], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'locked'
-        with pytest.raises(FeatureFolderError, match=r'being written by another run.*\.lock'):
+        with pytest.raises(FeatureFolderError, match=r'being written by another run'):
             extract_features(model, str(out), videos=[], texts=['a'], key='k',
                              progress=False, log=lambda m: None)
     finally:
@@ -427,6 +427,18 @@ def test_a_second_run_on_one_folder_is_refused(setup, tmp_path):
     res = extract_features(model, str(out), videos=[], texts=['a'], key='k',
                            progress=False, log=lambda m: None)     # free again
     assert res.complete and res.num_texts == 1
+    assert not (out / '.lock').exists()                  # nothing written for the lock
+    from stan_mm.apis.features import folder_lock
+    with folder_lock(str(out)):                          # re-entrant within one process
+        res = extract_features(model, str(out), videos=[], texts=['a'], key='k',
+                               progress=False, log=lambda m: None)
+    # a read-only folder (e.g. a complete cache on a read-only mount) can still be locked
+    os.chmod(out, 0o555)
+    try:
+        with folder_lock(str(out)):
+            pass
+    finally:
+        os.chmod(out, 0o755)
 
 
 def test_split_items_reads_through_dataset_wrappers(setup):
@@ -719,19 +731,23 @@ def test_galleries_sharing_a_cache_folder_keep_their_own_embeddings(tmp_path):
 
 
 def test_cache_key_follows_the_model_actually_built(tmp_path):
-    """init_model builds without a missing CLIP file (possibly another activation): the
-    cache key of search / extract_features must then differ from the key of the model
-    built with the file, and stay the same as before when nothing was adjusted."""
-    import copy
+    """init_model builds without a missing CLIP file: when the arch name does not state the
+    activation, the model may differ from the one built with the file, and the cache key of
+    search / extract_features must differ; otherwise (an OpenAI arch spelling, or the file
+    present) the key stays the config's, whatever the working directory."""
     from mmengine.config import Config
     from stan_mm.apis.features import model_key
+    from stan_mm.apis.inference import drop_missing_clip_weights
     cfg = Config(dict(model=dict(type='STANRetriever', arch='ViT-B-16', pretrained='c.pt')))
-    same = copy.deepcopy(cfg.model)
-    adjusted = copy.deepcopy(cfg.model)
-    adjusted['pretrained'] = None
     base = model_key(cfg, 'ckpt|1|2', None)
-    assert model_key(cfg, 'ckpt|1|2', None, same) == base
-    assert model_key(cfg, 'ckpt|1|2', None, adjusted) != base
+    assert model_key(cfg, 'ckpt|1|2', None, None) == base
+    assert model_key(cfg, 'ckpt|1|2', None, 'activation assumed GELU') != base
+    for arch, expect in (('ViT-B-16', ['model']), ('ViT-B/16', []),
+                         ('ViT-B-16-quickgelu', [])):
+        guessed = []
+        drop_missing_clip_weights(dict(type='STANRetriever', arch=arch,
+                                       pretrained=str(tmp_path / 'missing.pt')), guessed)
+        assert [g.split('.')[0] for g in guessed] == expect, arch
 
 
 # ------------------------------------------------------------------ errors

@@ -21,6 +21,7 @@ videos are kept in OUT/.partial and skipped. An unreadable video stops the run w
 name; --skip-bad lists it in OUT/bad_videos.txt and goes on.
 """
 import argparse
+import os
 import os.path as osp
 import signal
 import sys
@@ -139,9 +140,8 @@ def main(argv=None) -> int:
 
 
 def _run(args, log) -> int:
-    from stan_mm.apis import (checkpoint_fingerprint, extract_features, init_model,
-                              list_videos, model_key)
-    from stan_mm.datasets.transforms.video_io import VideoReadError
+    from stan_mm.apis import checkpoint_fingerprint, init_model, list_videos, model_key
+    from stan_mm.apis.features import folder_lock
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
     videos, root, texts, t2v = [], osp.abspath('.'), None, None
@@ -155,20 +155,29 @@ def _run(args, log) -> int:
                 raise ValueError(f'--skip-videos: the {args.split} split has no captions')
             videos, t2v = [], None
     else:
-        for given, written in ((args.videos, 'videos.txt'), (args.texts, 'texts.txt')):
-            target = osp.join(args.out, written)
-            if given and osp.isfile(given) and osp.exists(target) and osp.samefile(given,
-                                                                                  target):
-                raise ValueError(f'{given} is the {written} this tool writes into --out '
-                                 f'{args.out}: copy it elsewhere first, or choose another --out')
+        # (OUT/texts.txt as --texts is fine: it is read whole before being rewritten)
+        target = osp.join(args.out, 'videos.txt')
+        if (args.videos and osp.isfile(args.videos) and osp.exists(target)
+                and osp.samefile(args.videos, target)):
+            raise ValueError(f'{args.videos} is the videos.txt this tool writes into --out '
+                             f'{args.out} (paths relative to the videos\' root, rewritten by '
+                             f'each run): copy it elsewhere first, or choose another --out')
         if args.videos:
             root, videos = list_videos(args.videos)
         if args.texts:
             texts = read_texts(args.texts)
     key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), args.views,
-                    getattr(model, 'build_cfg', None))
+                    getattr(model, 'build_note', None))
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=args.split or args.videos)
+    os.makedirs(args.out, exist_ok=True)
+    with folder_lock(args.out):    # through --save-sim, which reads what was written
+        return _extract(args, model, videos, root, texts, t2v, key, extra, log)
+
+
+def _extract(args, model, videos, root, texts, t2v, key, extra, log) -> int:
+    from stan_mm.apis import extract_features
+    from stan_mm.datasets.transforms.video_io import VideoReadError
     try:
         res = extract_features(
             model, args.out, videos=videos, video_root=root, texts=texts, text_to_video=t2v,

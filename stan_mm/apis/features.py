@@ -62,23 +62,16 @@ class FeatureFolderError(RuntimeError):
     """An output folder that holds results of another model (or is unusable)."""
 
 
-def model_key(cfg, checkpoint_fp: str, views: Optional[str], build_cfg=None) -> str:
-    """16 hex digits identifying (config content, checkpoint file, views, and the model
-    config actually built when it differs from ``cfg.model``: :func:`init_model` builds
-    without a missing CLIP file, which can change the activation, see ``model.build_cfg``).
-    """
+def model_key(cfg, checkpoint_fp: str, views: Optional[str],
+              build_note: Optional[str] = None) -> str:
+    """16 hex digits identifying (config content, checkpoint file, views, and
+    ``build_note``: how the built model departs from what the config means, e.g. the
+    activation :func:`~stan_mm.apis.init_model` assumed because the CLIP weights file
+    was missing, see ``model.build_note``; None keeps the key of the config's model)."""
     text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    parts = [text, checkpoint_fp, str(views)]
-    if build_cfg is not None:
-        built = json.dumps(_plain(build_cfg), sort_keys=True, default=str)
-        if built != json.dumps(_plain(cfg.get('model')), sort_keys=True, default=str):
-            parts.append(built)
+    parts = [text, checkpoint_fp, str(views)] + ([build_note] if build_note else [])
     h = hashlib.sha256('\n'.join(parts).encode('utf-8'))
     return h.hexdigest()[:16]
-
-
-def _plain(node):
-    return node.to_dict() if hasattr(node, 'to_dict') else node
 
 
 def _stamp(path: str) -> Tuple[int, int]:
@@ -179,7 +172,7 @@ class ShardStore:
                     keys, emb = z['keys'], z['emb']
                 if len(keys) != len(emb):
                     raise ValueError(f'{len(keys)} keys for {len(emb)} rows')
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
                 # a damaged shard (e.g. truncated by a crash): its videos are embedded again
                 print_log(f'{path} is damaged ({type(e).__name__}: {e}); removed, its '
                           f'videos will be embedded again', logger='current',
@@ -315,32 +308,53 @@ def _rebase(old_root: str, rel: str, new_root: str) -> str:
     return osp.relpath(full, new_root).replace(os.sep, '/') if new_root else full
 
 
+_HELD: set = set()   # folders this process holds (the lock is re-entrant per process)
+
+
 @contextlib.contextmanager
-def _folder_lock(out_dir: str) -> Iterator[None]:
-    """Hold ``out_dir/.lock`` (``flock``; released by the OS even when the process is
-    killed) so that two runs never write one folder at once (one would delete the other's
-    partial results); a second run is refused at once."""
+def folder_lock(out_dir: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder ``out_dir`` itself (released by the OS even
+    when the process is killed; no file is created, so read-only folders work) so that
+    two runs never write one folder at once: one would delete the other's partial results.
+    A second process is refused at once with :class:`FeatureFolderError`; the same process
+    may nest it. Where the file system has no locks, the run goes on unlocked (a warning).
+    """
+    key = osp.realpath(out_dir)
     try:
         import fcntl
     except ImportError:      # not POSIX: no locking
+        fcntl = None
+    if fcntl is None or key in _HELD:
         yield
         return
-    with open(osp.join(out_dir, '.lock'), 'a') as f:
+    fd = os.open(key, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
             raise FeatureFolderError(
-                f'{out_dir} is being written by another run (it holds {out_dir}/.lock): '
-                f'wait for it to finish, or use another output folder') from None
+                f'{out_dir} is being written by another run (it holds a lock on the '
+                f'folder): wait for it to finish, or use another output folder') from None
+        except OSError as e:   # e.g. ENOLCK on some network file systems
+            print_log(f'{out_dir}: cannot lock the folder ({e}); going on without a lock '
+                      f'(do not run two extractions into it at once)', logger='current',
+                      level=logging.WARNING)
+            locked = False
+        _HELD.add(key)
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            _HELD.discard(key)
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def extract_features(model, out_dir: str, **kwargs) -> 'ExtractionResult':
     os.makedirs(out_dir, exist_ok=True)
-    with _folder_lock(out_dir):
+    with folder_lock(out_dir):
         return _extract_features(model, out_dir, **kwargs)
 
 
@@ -556,8 +570,8 @@ def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, tex
     _atomic_write_text(meta_path, json.dumps(meta, indent=1))
 
 
-extract_features.__doc__ = _extract_features.__doc__ + """
-    The run holds ``out_dir/.lock``: a second run on the same folder (another
-    ``extract_features``, or a search on the same gallery cache) is refused with
+extract_features.__doc__ = (_extract_features.__doc__ or '') + """
+    The run holds :func:`folder_lock` on ``out_dir``: a second run on the same folder
+    (another ``extract_features``, or a search on the same gallery cache) is refused with
     :class:`FeatureFolderError` instead of deleting this run's partial results.
     """

@@ -73,9 +73,12 @@ def _clip_nodes(node, path: str = 'model') -> List[Tuple[str, dict]]:
     return found
 
 
-def drop_missing_clip_weights(model_cfg: dict) -> List[str]:
+def drop_missing_clip_weights(model_cfg: dict, guessed: Optional[List[str]] = None
+                              ) -> List[str]:
     """Set ``pretrained=None`` where the CLIP weights file the config names is missing (a
-    trained checkpoint holds every weight). Returns what was changed, as readable lines.
+    trained checkpoint holds every weight). Returns what was changed, as readable lines;
+    ``guessed`` (a list) receives the config paths whose activation was then assumed
+    (GELU: the arch name does not state it and the file that would have is missing).
 
     Raises:
         ModelLoadError: the architecture would have been inferred from the missing file.
@@ -96,6 +99,8 @@ def drop_missing_clip_weights(model_cfg: dict) -> List[str]:
         line = f'{path}.pretrained: {pretrained!r} is missing; built with arch={arch!r} ' \
                f'and filled from the checkpoint'
         if not _arch_states_activation(arch) and node.get('quick_gelu') is None:
+            if guessed is not None:
+                guessed.append(path)
             line += (f'. The activation is GELU (open_clip\'s meaning of {arch!r}); if the '
                      f'model was trained from OpenAI weights (QuickGELU) add --cfg-options '
                      f'{path}.quick_gelu=True')
@@ -229,7 +234,8 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
-        drop_missing_clip_weights(model_cfg)
+        guessed: List[str] = []
+        drop_missing_clip_weights(model_cfg, guessed)
     if not need_classnames:
         missing = placeholder_classnames(model_cfg)
         if missing:
@@ -239,7 +245,10 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     if checkpoint is not None:
         load_weights(model, checkpoint, allow_missing)
     model.cfg = cfg
-    model.build_cfg = model_cfg   # what was built (cache keys: apis.features.model_key)
+    # a model built differently from what the config means (cache keys must differ:
+    # apis.features.model_key); None when it is the config's model
+    model.build_note = (f'activation assumed GELU for {guessed} (CLIP weights file missing)'
+                        if checkpoint is not None and guessed else None)
     model_kind(model)
     return model.to(device).eval()
 

@@ -10,6 +10,7 @@ Scores: ``sim = queries @ videos.T`` ``[Nq, Nv]``, the cosine of L2-normalized e
 descending score; equal scores keep the gallery order (lower row of ``videos.txt`` first).
 """
 import hashlib
+import os
 import os.path as osp
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -58,17 +59,19 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     Unreadable gallery videos are skipped and reported (``bad_videos``).
     """
     from .embed import embed_texts, require_text_tower
-    from .features import extract_features, load_features
+    from .features import extract_features, folder_lock, load_features
     from .video import list_videos
     if not queries:
         raise ValueError('no query: give at least one text (--query "...")')
     require_text_tower(model)     # before the gallery pass, not after it
     root, paths = list_videos(gallery)
     out = gallery_cache_dir(gallery, key, cache)
-    res = extract_features(model, out, videos=paths, video_root=root, key=key,
-                           batch_size=batch_size, num_workers=num_workers, skip_bad=True,
-                           progress=progress, extra_meta=extra_meta, log=log)
-    feats = load_features(out)
+    os.makedirs(out, exist_ok=True)
+    with folder_lock(out):   # no other run may rewrite the cache before it is read
+        res = extract_features(model, out, videos=paths, video_root=root, key=key,
+                               batch_size=batch_size, num_workers=num_workers, skip_bad=True,
+                               progress=progress, extra_meta=extra_meta, log=log)
+        feats = load_features(out)
     q = embed_texts(model, list(queries)).numpy()                      # [Nq, E]
     sim = q @ feats['videos'].T                                        # [Nq, Nv]
     return SearchResult(queries=list(queries), sim=sim, ranking=top_k(sim, top),

@@ -189,12 +189,14 @@ def summarize(results) -> str:
         if not runs:
             rows.append(f'| {name} | {what} | | | {status} | | | | | |')
             continue
+        # a step that did not finish: its kept settings are marked with its status
+        label = what if not data.get('partial') else f'{what} ({status})'
         for r in runs:
             stan, clip = r.get('stan', {}), r.get('clip', {})
             memory = stan.get('memory', {})
             mem = memory.get('peak_alone', memory.get('delta'))   # CUDA, else CPU
             rows.append('| {} | {} | {} | {} | {:.1f} | {:.1f} | {} | {} | {:.3f} | {} |'.format(
-                name, what, r.get('mode', ''), 'on' if r.get('grad_checkpointing') else 'off',
+                name, label, r.get('mode', ''), 'on' if r.get('grad_checkpointing') else 'off',
                 stan.get('clips_per_s', float('nan')), clip.get('clips_per_s', float('nan')),
                 _pct(stan.get('mfu')), _pct(clip.get('mfu')),
                 r.get('time_over_flops', float('nan')),
@@ -251,9 +253,12 @@ def main(argv=None) -> int:
             continue
         log(f'{name}: {what} (limit {min(limit, left):.0f} s)')
         log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        path = os.path.join(args.out, f'{name}.json')
+        for stale in (path, path + '.tmp'):   # an earlier session's file is not this one's
+            if os.path.exists(stale):
+                os.remove(stale)
         res = run_step(cmd, min(limit, left), log_path, env)
         data = None
-        path = os.path.join(args.out, f'{name}.json')
         if os.path.isfile(path):   # complete, or the settings finished before a kill
             with open(path) as f:
                 data = json.load(f)

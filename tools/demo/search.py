@@ -4,7 +4,8 @@
         [--query "..."] [--top-k 5] [--html results.html] [--cache DIR] [--save-sim SIM.npy]
 
 The gallery is embedded once and cached under DIR/.stan_mm_cache/<model key>/ (or
---cache/<model key>/) in the format of tools/extract_features.py; later searches with the
+<--cache>/<model key>-<8 hex digits of the gallery path>/) in the format of
+tools/extract_features.py; later searches with the
 same config and checkpoint reuse it and embed only new or changed videos. Scores are cosine
 similarities of L2-normalized embeddings; equal scores keep the gallery order.
 
@@ -83,7 +84,7 @@ def run(args) -> int:
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
     key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), None,
-                    getattr(model, 'build_cfg', None))
+                    getattr(model, 'build_note', None))
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=osp.abspath(args.gallery))
     res = search_gallery(model, args.gallery, args.query, key, cache=args.cache,

@@ -22,7 +22,7 @@ def read_classnames_file(path: str) -> List[str]:
             f'class names file not found: {path!r} (expected a text file with one class '
             f'name per line in label order, e.g. written by tools/data/build_k400_lists.py '
             f'or tools/data/build_ssv2_lists.py)')
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:   # a BOM is not part of the first name
         lines = [line.strip() for line in f.read().splitlines()]
     while lines and not lines[-1]:
         lines.pop()
