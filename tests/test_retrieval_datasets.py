@@ -563,6 +563,17 @@ def test_empty_caption_error_or_drop(tmp_path):
     ds = build(ann_format='msrvtt', ann_file=f, data_prefix=dict(video=''),
                check_files=False, empty_caption='drop', video_without_captions='drop')
     assert [s['video_id'] for s in samples(ds)] == ['video1']
+    # captions CLIP's cleaning empties (an HTML space, control characters) are empty too:
+    # the tokenizer would give them [SOT, EOT] and nothing else
+    from stan_mm.datasets.transforms import tokenize
+    for blank in ('&nbsp;', '&amp;nbsp;', '\x01\x02'):
+        assert tokenize(blank, 8)[:3].tolist() == [49406, 49407, 0]      # the reason
+        f = write(tmp_path / 'blank.csv',
+                  f'key,vid_key,video_id,sentence\nr0,m0,video0,{blank}\nr1,m1,video0,ok\n')
+        with pytest.raises(AnnotationError, match='empty once cleaned'):
+            read_msrvtt(f)
+    f = write(tmp_path / 'fine.csv', 'key,vid_key,video_id,sentence\nr0,m0,video0,&amp; co\n')
+    assert read_msrvtt(f)[0].captions == ['&amp; co']
 
 
 def test_duplicate_video_in_list(msvd):

@@ -65,8 +65,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .readers_common import (AnnotationError, AnnotationPolicy, IssueLog, JsonDocument,
                              VideoEntry, check_video_tmpl, clean_caption, clean_video_id,
-                             format_video_path, iter_csv_rows, iter_text_lines,
-                             load_restricted_pickle, short_repr, type_name)
+                             format_video_path, has_visible_text, iter_csv_rows,
+                             iter_text_lines, load_restricted_pickle, short_repr, type_name)
 
 __all__ = [
     'ANN_FORMATS', 'DEFAULT_VIDEO_TMPL', 'read_annotations', 'read_msrvtt',
@@ -112,9 +112,11 @@ class _SplitBuilder:
                     error: Callable[[str], AnnotationError],
                     field: Optional[str] = None) -> Optional[str]:
         cap = clean_caption(raw, error)
-        if not cap:
+        if not cap or not has_visible_text(cap):
+            what = 'empty caption' if not cap else \
+                f'caption {cap!r} is empty once cleaned (HTML entities, control characters)'
             self.issues.add('empty_caption', file, where,
-                            f'empty caption for video {entry.video_id!r}', field=field)
+                            f'{what} for video {entry.video_id!r}', field=field)
             self._dropped_captions[entry.video_id] = (
                 self._dropped_captions.get(entry.video_id, 0) + 1)
             return None

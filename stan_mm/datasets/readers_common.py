@@ -19,6 +19,7 @@ the field:
 import bisect
 import collections
 import csv
+import html
 import io
 import json
 import json.decoder
@@ -126,7 +127,8 @@ class AnnotationPolicy:
     always raise.
 
     Attributes:
-        empty_caption: a caption that is empty after stripping whitespace.
+        empty_caption: a caption that is empty after stripping whitespace, or after
+            CLIP's text cleaning (e.g. ``'&nbsp;'``, see :func:`has_visible_text`).
         duplicate_video: a video id listed twice in a split list (or a JSON key repeated);
             ``'drop'`` keeps the first.
         unknown_video: a caption naming a video outside the split, for caption files that
@@ -447,6 +449,14 @@ def clean_caption(raw: Any, where_error) -> str:
         raise where_error('caption is not valid Unicode text (lone surrogate escape); '
                           'fix the \\udxxx escapes in the file') from None
     return raw.strip()
+
+
+def has_visible_text(caption: str) -> bool:
+    """Whether CLIP's text cleaning (HTML unescaped twice, control characters dropped,
+    whitespace squeezed) leaves anything of ``caption``: ``'&nbsp;'`` or ``'\\x00'``
+    tokenize to an empty caption."""
+    text = html.unescape(html.unescape(caption))
+    return any(ch.isprintable() and not ch.isspace() for ch in text)
 
 
 def clean_video_id(raw: Any, where_error) -> str:
