@@ -533,6 +533,28 @@ def test_search_ranks_like_numpy_caches_and_writes_html(setup, capsys):
     assert tool.main(setup['search_args']) == 0
     out = capsys.readouterr().out
     assert '7 videos: 6 already embedded (reused), 1 to embed' in out
+    # an unreadable video is tried once: later searches reuse the cache (no rewrite of
+    # videos.npy) until the file changes
+    broken = osp.join(setup['gallery'], 'zz_broken.mp4')
+    open(broken, 'wb').close()
+    try:
+        assert tool.main(setup['search_args']) == 0
+        out = capsys.readouterr().out
+        assert '8 videos: 7 already embedded (reused), 1 to embed' in out
+        assert 'zz_broken.mp4' in out
+        cache = glob.glob(osp.join(setup['gallery'], '.stan_mm_cache', '*', 'videos.npy'))[0]
+        written = os.stat(cache).st_mtime_ns
+        assert tool.main(setup['search_args']) == 0
+        out = capsys.readouterr().out
+        assert ('8 videos: all already embedded' in out
+                and '1 unreadable, unchanged since they failed (not retried)' in out)
+        assert os.stat(cache).st_mtime_ns == written
+        with open(broken, 'wb') as f:                      # changed: tried again
+            f.write(b'not a video')
+        assert tool.main(setup['search_args']) == 0
+        assert '8 videos: 7 already embedded (reused), 1 to embed' in capsys.readouterr().out
+    finally:
+        os.remove(broken)
 
 
 # ------------------------------------------------------------------ recognize

@@ -299,6 +299,16 @@ def _finished_rows(out_dir: str, meta: dict, video_root: str):
     return [_item_key(_rebase(root, p, video_root), s) for p, s in zip(rel, stamps)], emb
 
 
+def _known_bad(meta: dict, video_root: str) -> Dict[str, str]:
+    """Key -> reason of the unreadable videos a finished folder recorded (with their size
+    and modification time: a changed file is tried again)."""
+    out = {}
+    for entry in meta.get('bad_videos') or []:
+        path, size, mtime, reason = entry
+        out[_item_key(_rebase(meta['video_root'], path, video_root), (size, mtime))] = reason
+    return out
+
+
 def _rebase(old_root: str, rel: str, new_root: str) -> str:
     """A path relative to ``old_root`` as the path relative to ``new_root`` (keys use the
     current root so that moving between a folder and a list file keeps the cache)."""
@@ -417,17 +427,24 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     stamps = [_stamp(_abs(video_root, p)) for p in videos]
     keys = [_item_key(_rebase(video_root, p, video_root), s) for p, s in zip(videos, stamps)]
     rows = _finished_rows(out_dir, finished, video_root) if finished is not None else None
-    if (rows is not None and rows[0] == keys and texts is None and not finished['num_texts']
+    known_bad = _known_bad(finished, video_root) if (finished and skip_bad) else {}
+    good = [k for k in keys if k not in known_bad]
+    if (rows is not None and rows[0] == good and texts is None and not finished['num_texts']
             and not store.exists()):
-        log(f'{len(videos)} videos: all already embedded in {out_dir} (reused)')
-        result.complete, result.reused = True, len(videos)
+        bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
+        log(f'{len(videos)} videos: all already embedded in {out_dir} (reused)'
+            + (f'; {len(bad)} unreadable, unchanged since they failed (not retried)'
+               if bad else ''))
+        result.complete, result.reused, result.bad = True, len(good), bad
+        result.num_videos = len(good)
         return result
     store.start(key)
     if rows is not None:
         store.write(*rows)  # the finished rows become reusable partial results
     done = store.read()
-    todo = [i for i, k in enumerate(keys) if k not in done]
-    result.reused = len(videos) - len(todo)
+    result.bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
+    todo = [i for i, k in enumerate(keys) if k not in done and k not in known_bad]
+    result.reused = len(videos) - len(todo) - len(result.bad)
     if videos:
         log(f'{len(videos)} videos: {result.reused} already embedded (reused), '
             f'{len(todo)} to embed')
@@ -489,9 +506,12 @@ def _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_v
         log(f'embedding {len(texts)} texts')
         text_emb = embed_texts(model, texts, batch_size=max(batch_size, 64),
                                progress=progress).numpy()
+    stamp_of = dict(zip(videos, stamps))
     meta.update(embed_dim=int(dim), dtype='float32', num_videos=len(kept),
                 num_texts=0 if texts is None else len(texts),
-                has_text_to_video=t2v is not None)
+                has_text_to_video=t2v is not None,
+                # path, size, mtime_ns, reason: an unchanged unreadable video is not retried
+                bad_videos=[[p, *stamp_of[p], r] for p, r in result.bad if p in stamp_of])
     _write_final(out_dir, meta, [videos[i] for i in kept], video_emb,
                  np.array([stamps[i] for i in kept], dtype=np.int64).reshape(-1, 2), texts,
                  text_emb, t2v, result.bad)
