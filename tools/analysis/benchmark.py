@@ -345,7 +345,7 @@ def format_model(res) -> str:
              f"FLOPs per clip (G multiply-accumulates): STAN {f['stan_macs'] / 1e9:.2f}, "
              f"CLIP {f['clip_macs'] / 1e9:.2f}, ratio {f['ratio']:.4f}",
              f"{'mode':<8}{'ckpt':<6}{'model':<6}{'clips/s':>10}"
-             f"{'  s/step (median [min, max])':<28}{'cpu s/step':>10}{'peak mem':>18}"
+             f"{'  s/step (median [min, max])':<28}{'cpu s/step':>12}{'peak mem':>18}"
              f"{'MFU':>8}"]
     for run in res['runs']:
         for name in ('stan', 'clip'):
@@ -358,7 +358,7 @@ def format_model(res) -> str:
             lines.append(f"{run['mode']:<8}{'on' if run['grad_checkpointing'] else 'off':<6}"
                          f"{name.upper():<6}{e['clips_per_s']:>10.3f}"
                          f"{t['median']:>12.3f} [{t['min']:.3f}, {t['max']:.3f}]".ljust(58)
-                         + f"{cpu:>10}{mem_s:>18}{mfu:>8}")
+                         + f"{cpu:>12}{mem_s:>18}{mfu:>8}")
         r = run['time_ratio']
         line = (f"  -> time ratio STAN/CLIP {r['median']:.3f} (per-round range "
                 f"{r['min']:.3f}-{r['max']:.3f}), FLOPs ratio {run['flops_ratio']:.3f}, "
