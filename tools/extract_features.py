@@ -21,7 +21,6 @@ videos are kept in OUT/.partial and skipped. An unreadable video stops the run w
 name; --skip-bad lists it in OUT/bad_videos.txt and goes on.
 """
 import argparse
-import os
 import os.path as osp
 import signal
 import sys
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, log) -> int:
-    from stan_mm.apis import checkpoint_fingerprint, init_model, list_videos, model_key
+    from stan_mm.apis import init_model, list_videos, loaded_model_key
     from stan_mm.apis.features import folder_lock
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
@@ -166,11 +165,9 @@ def _run(args, log) -> int:
             root, videos = list_videos(args.videos)
         if args.texts:
             texts = read_texts(args.texts)
-    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), args.views,
-                    getattr(model, 'build_note', None))
+    key = loaded_model_key(model, args.checkpoint, args.views)
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=args.split or args.videos)
-    os.makedirs(args.out, exist_ok=True)
     with folder_lock(args.out):    # through --save-sim, which reads what was written
         return _extract(args, model, videos, root, texts, t2v, key, extra, log)
 

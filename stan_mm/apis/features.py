@@ -74,6 +74,14 @@ def model_key(cfg, checkpoint_fp: str, views: Optional[str],
     return h.hexdigest()[:16]
 
 
+def loaded_model_key(model, checkpoint: Optional[str], views: Optional[str] = None) -> str:
+    """:func:`model_key` of a model from :func:`~stan_mm.apis.init_model` (its config, the
+    checkpoint file it was loaded from, its ``build_note``)."""
+    from .inference import checkpoint_fingerprint
+    return model_key(model.cfg, checkpoint_fingerprint(checkpoint), views,
+                     getattr(model, 'build_note', None))
+
+
 def _stamp(path: str) -> Tuple[int, int]:
     try:
         st = os.stat(path)
@@ -328,7 +336,9 @@ def folder_lock(out_dir: str) -> Iterator[None]:
     two runs never write one folder at once: one would delete the other's partial results.
     A second process is refused at once with :class:`FeatureFolderError`; the same process
     may nest it. Where the file system has no locks, the run goes on unlocked (a warning).
+    The folder is created if needed.
     """
+    os.makedirs(out_dir, exist_ok=True)
     key = osp.realpath(out_dir)
     try:
         import fcntl
@@ -363,7 +373,6 @@ def folder_lock(out_dir: str) -> Iterator[None]:
 
 
 def extract_features(model, out_dir: str, **kwargs) -> 'ExtractionResult':
-    os.makedirs(out_dir, exist_ok=True)
     with folder_lock(out_dir):
         return _extract_features(model, out_dir, **kwargs)
 
@@ -429,20 +438,18 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     rows = _finished_rows(out_dir, finished, video_root) if finished is not None else None
     known_bad = _known_bad(finished, video_root) if (finished and skip_bad) else {}
     good = [k for k in keys if k not in known_bad]
+    result.bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
     if (rows is not None and rows[0] == good and texts is None and not finished['num_texts']
             and not store.exists()):
-        bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
         log(f'{len(videos)} videos: all already embedded in {out_dir} (reused)'
-            + (f'; {len(bad)} unreadable, unchanged since they failed (not retried)'
-               if bad else ''))
-        result.complete, result.reused, result.bad = True, len(good), bad
-        result.num_videos = len(good)
+            + (f'; {len(result.bad)} unreadable, unchanged since they failed (not retried)'
+               if result.bad else ''))
+        result.complete, result.reused, result.num_videos = True, len(good), len(good)
         return result
     store.start(key)
     if rows is not None:
         store.write(*rows)  # the finished rows become reusable partial results
     done = store.read()
-    result.bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
     todo = [i for i, k in enumerate(keys) if k not in done and k not in known_bad]
     result.reused = len(videos) - len(todo) - len(result.bad)
     if videos:

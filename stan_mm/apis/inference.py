@@ -197,8 +197,8 @@ def check_device(device: str) -> torch.device:
                          f'cuda:N') from None
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
-            raise ValueError(f'--device {device!r}: this machine has no usable CUDA device '
-                             f'(torch.cuda.is_available() is False); use --device cpu')
+            raise ValueError(f'--device {device!r}: CUDA is not available on this machine '
+                             f'(no usable CUDA device); use --device cpu')
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f'--device {device!r}: only {torch.cuda.device_count()} CUDA '
                              f'device(s) here')

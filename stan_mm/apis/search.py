@@ -10,7 +10,6 @@ Scores: ``sim = queries @ videos.T`` ``[Nq, Nv]``, the cosine of L2-normalized e
 descending score; equal scores keep the gallery order (lower row of ``videos.txt`` first).
 """
 import hashlib
-import os
 import os.path as osp
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -66,7 +65,6 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     require_text_tower(model)     # before the gallery pass, not after it
     root, paths = list_videos(gallery)
     out = gallery_cache_dir(gallery, key, cache)
-    os.makedirs(out, exist_ok=True)
     with folder_lock(out):   # no other run may rewrite the cache before it is read
         res = extract_features(model, out, videos=paths, video_root=root, key=key,
                                batch_size=batch_size, num_workers=num_workers, skip_bad=True,

@@ -102,22 +102,9 @@ def load_inputs(args):
     return sim, t2v, bank
 
 
-def check_device(device: str) -> None:
-    import torch
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f'--device {device!r}: {e}') from None
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'--device {device!r}: CUDA is not available on this machine; use '
-                         f'--device cpu')
-    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f'--device {device!r}: this machine has '
-                         f'{torch.cuda.device_count()} CUDA devices')
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from stan_mm.apis.inference import check_device
     from stan_mm.evaluation import retrieval_metrics_from_similarity
     try:
         check_device(args.device)

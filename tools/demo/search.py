@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     import numpy as np
-    from stan_mm.apis import checkpoint_fingerprint, init_model, model_key, search_gallery
+    from stan_mm.apis import init_model, loaded_model_key, search_gallery
     from stan_mm.apis.report import display_name, format_table, search_html
 
     def log(msg):
@@ -83,8 +83,7 @@ def run(args) -> int:
 
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
-    key = model_key(model.cfg, checkpoint_fingerprint(args.checkpoint), None,
-                    getattr(model, 'build_note', None))
+    key = loaded_model_key(model, args.checkpoint)
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=osp.abspath(args.gallery))
     res = search_gallery(model, args.gallery, args.query, key, cache=args.cache,
