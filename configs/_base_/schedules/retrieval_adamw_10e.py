@@ -1,6 +1,8 @@
-# Retrieval fine-tuning, public STAN reproduction (MSR-VTT / LSMDC): AdamW betas (0.9, 0.98),
-# eps 1e-8, lr 2e-6 (CLIP and text tower) and 2e-5 on the STAN branch (lr_mult=10), weight
-# decay 0.05 without decay on norms, biases and other 1-D parameters, fp16 autocast on GPU
+# Retrieval fine-tuning, public STAN reproduction (MSR-VTT; reused for LSMDC, whose epoch
+# count the reference does not give): AdamW betas (0.9, 0.98), eps 1e-8, lr 2e-6 (CLIP and
+# text tower) and 2e-5 on the STAN branch (lr_mult=10), weight decay 0.05 without decay on
+# CLIP's and the text tower's norms, biases and other 1-D parameters (the branch's: see
+# paramwise_cfg below), fp16 autocast on GPU
 # (fp32 on CPU), grad-clip 5, 10 epochs with a linear warm-up over all 10 epochs.
 # Includes the runtime (this file is the last _base_ of the retrieval configs) with the
 # retrieval checkpoint rule.
