@@ -587,6 +587,40 @@ def test_duplicate_video_in_list(msvd):
     assert len(ds) == 2 and ds.num_captions == 5
 
 
+def test_two_ids_naming_one_file_are_a_duplicate(tmp_path, capsys):
+    """``clip3.mp4`` and ``./clip3.mp4`` (or a symlink to it) are one video: kept twice,
+    the gallery would hold an exact tie that outranks the ground truth."""
+    videos = tmp_path / 'videos'
+    touch_videos(videos, ['clip1.mp4', 'clip3.mp4', 'sub/clip4.mp4'])
+    os.symlink(videos / 'clip1.mp4', videos / 'alias1.mp4')
+    ann = ('{\n  "clip1.mp4": ["one"],\n  "clip3.mp4": ["three"],\n'
+           '  "./clip3.mp4": ["three again"],\n  "sub/../clip3.mp4": ["and again"],\n'
+           '  "sub/clip4.mp4": ["four"],\n  "alias1.mp4": ["one by a link"]\n}\n')
+    f = write(tmp_path / 'ann.json', ann)
+    with pytest.raises(AnnotationError) as e:
+        build(ann_format='json', ann_file=f, data_prefix=dict(video=str(videos)),
+              test_mode=True)
+    msg = str(e.value)
+    assert '3 x duplicate_video' in msg and "duplicate_video='drop'" in msg
+    assert "video './clip3.mp4' (ann.json:./clip3.mp4)" in msg  # its JSON key
+    assert "already listed as video 'clip3.mp4' (ann.json:clip3.mp4)" in msg
+    assert "video 'alias1.mp4'" in msg and "already listed as video 'clip1.mp4'" in msg
+    ds = build(ann_format='json', ann_file=f, data_prefix=dict(video=str(videos)),
+               test_mode=True, duplicate_video='drop')
+    assert [s['video_id'] for s in samples(ds)] == ['clip1.mp4', 'clip3.mp4',
+                                                     'sub/clip4.mp4']
+    assert ds.num_captions == 3 and ds.text_to_video.tolist() == [0, 1, 2]
+    # the data tool reports them without a dataset
+    assert _tool().main(['json', f, '--video-root', str(videos)]) == 1
+    out = capsys.readouterr().out
+    assert 'duplicate_video' in out and "'./clip3.mp4'" in out and "'alias1.mp4'" in out
+    # distinct files stay distinct (no false alarm), with and without a root
+    f2 = write(tmp_path / 'ok.json', '{"clip1.mp4": ["a"], "sub/clip4.mp4": ["b"]}')
+    assert len(build(ann_format='json', ann_file=f2, data_prefix=dict(video=str(videos)),
+                     test_mode=True)) == 2
+    assert _tool().main(['json', f2]) == 0
+
+
 def test_control_characters_in_video_id(tmp_path):
     f = write(tmp_path / 'list.txt', 'good\nba\x01d\n')
     caps = write(tmp_path / 'c.pkl', pickle.dumps({'good': ['x']}), mode='wb')

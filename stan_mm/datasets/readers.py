@@ -34,7 +34,9 @@ Rules (all documented behaviour, each covered by ``tests/test_retrieval_datasets
   annotators); each is a separate query.
 - A video with several records: LSMDC clips and JSFusion rows are grouped per video in
   order of first appearance (captions in file order). A video repeated in a split LIST
-  (csv of ids, ``*_list.txt``, repeated JSON key) is a ``duplicate_video`` issue.
+  (csv of ids, ``*_list.txt``, repeated JSON key) is a ``duplicate_video`` issue; so are
+  two ids that name one file (``a.mp4`` and ``./a.mp4``, a symlink), found by the dataset
+  once the files are located (:func:`~stan_mm.datasets.retrieval.drop_same_file_entries`).
 - Policies (``'error'`` | ``'drop'``, see :class:`AnnotationPolicy`): ``empty_caption``
   (default error), ``duplicate_video`` (error), ``unknown_video`` (drop with a warning;
   only DiDeMo's split-specific ``{split}_data.json`` can have them),
@@ -63,7 +65,7 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
-from .readers_common import (AnnotationError, AnnotationPolicy, IssueLog, JsonDocument,
+from .readers_common import (AnnotationError, _json_path_str, AnnotationPolicy, IssueLog, JsonDocument,
                              VideoEntry, check_video_tmpl, clean_caption, clean_video_id,
                              format_video_path, has_visible_text, iter_csv_rows,
                              iter_text_lines, load_restricted_pickle, short_repr, type_name)
@@ -140,8 +142,8 @@ class _SplitBuilder:
 
 def _source(file: str, where: Any) -> str:
     if isinstance(where, tuple):
-        path = ''.join(f'[{k}]' if isinstance(k, int) else f'.{k}' for k in where)
-        return f'{osp.basename(file)}:{path.lstrip(".")}'
+        # a JSON path: ``ann.json:./clip3.mp4`` for the key ``./clip3.mp4``
+        return f'{osp.basename(file)}:{_json_path_str(where)}'
     return f'{osp.basename(file)}:{where}' if where is not None else osp.basename(file)
 
 

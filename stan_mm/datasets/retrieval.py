@@ -86,10 +86,10 @@ from mmaction.datasets import BaseActionDataset
 from mmaction.registry import DATASETS, HOOKS
 
 from .readers import ANN_FORMATS, read_annotations
-from .readers_common import AnnotationError, AnnotationPolicy, VideoEntry
+from .readers_common import AnnotationError, AnnotationPolicy, IssueLog, VideoEntry
 
 __all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
-           'scan_video_files', 'locate_videos']
+           'scan_video_files', 'locate_videos', 'drop_same_file_entries']
 
 VIDEO_EXTS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.3gp', '.3gpp', '.mpg',
               '.mpeg', '.wmv', '.flv', '.ogv')
@@ -161,6 +161,45 @@ def locate_videos(entries: List[VideoEntry], root: str, video_lookup: str = 'tem
     if not check_files:
         return []
     return [e for e in entries if not exists(join_path(root, e.filename))]
+
+
+def _file_key(path: str) -> str:
+    """What identifies a video file: the path with symlinks, ``.`` and ``..`` resolved
+    (URIs such as ``s3://...`` are compared as written)."""
+    return path if '://' in path else osp.realpath(path)
+
+
+def drop_same_file_entries(entries: List[VideoEntry], issues: IssueLog, ann_file: str,
+                           root: Optional[str] = None) -> List[VideoEntry]:
+    """Find videos listed under two ids that name one file (``clip3.mp4`` and
+    ``./clip3.mp4``, or a symlink to it): a ``duplicate_video`` issue for each later one.
+
+    The gallery would otherwise hold the same video twice: an exact tie that ranks ahead
+    of the ground truth for half of its captions, a silently lower score.
+
+    Args:
+        entries: the videos, ``filename`` settled (:func:`locate_videos`).
+        issues: where the issues go (its policy decides: error or drop).
+        ann_file: the annotation file the messages name.
+        root: joined in front of each ``filename`` (``None``: the names as they are).
+
+    Returns:
+        list[VideoEntry]: ``entries`` without the later entries of each file.
+    """
+    first: Dict[str, VideoEntry] = {}
+    kept = []
+    for entry in entries:
+        path = join_path(root, entry.filename) if root else entry.filename
+        key = _file_key(path)
+        if key in first:
+            issues.add('duplicate_video', ann_file, None,
+                       f'video {entry.video_id!r} ({entry.source or "?"}) is the file '
+                       f'{path!r}, already listed as video {first[key].video_id!r} '
+                       f'({first[key].source or "?"})')
+            continue
+        first[key] = entry
+        kept.append(entry)
+    return kept
 
 
 @DATASETS.register_module()
@@ -294,8 +333,15 @@ class RetrievalVideoTextDataset(BaseActionDataset):
                                 self.check_files)
         for entry in entries:
             entry.filename = join_path(root, entry.filename) if root else entry.filename
-        if not missing:
-            return entries
+        if missing:
+            entries = self._handle_missing(entries, missing, root)
+        issues = IssueLog(self.policy)
+        entries = drop_same_file_entries(entries, issues, self.ann_file)
+        issues.resolve()
+        return entries
+
+    def _handle_missing(self, entries: List[VideoEntry], missing: List[VideoEntry],
+                        root: str) -> List[VideoEntry]:
         ids = [e.video_id for e in missing]
         where = (f'{len(missing)} of {len(entries)} videos of {self.ann_file} have no file '
                  f'under {root!r} (video_lookup={self.video_lookup!r}'

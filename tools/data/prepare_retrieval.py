@@ -18,7 +18,7 @@ long run and converts it for users of MMAction2's own ``VideoTextDataset``::
 
 The report gives the numbers of videos and captions, captions per video, caption lengths
 (words, characters), non-ASCII and repeated captions, every annotation issue (empty
-captions, videos listed twice, captions of videos outside the split, videos without
+captions, videos listed twice (also under two ids that name one file), captions of videos outside the split, videos without
 captions: located by file and line) and the videos whose file is missing under
 ``--video-root`` (all of them with ``--list-missing``). Malformed records stop the tool
 with the file and line. Exit status: 0 clean, 1 issues or missing videos, 2 malformed.
@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 
 from stan_mm.datasets.readers import ANN_FORMATS, read_annotations
 from stan_mm.datasets.readers_common import AnnotationError, AnnotationPolicy, IssueLog
-from stan_mm.datasets.retrieval import VIDEO_EXTS, locate_videos
+from stan_mm.datasets.retrieval import VIDEO_EXTS, drop_same_file_entries, locate_videos
 
 ISSUE_KINDS = ('empty_caption', 'duplicate_video', 'unknown_video',
                'video_without_captions')
@@ -71,6 +71,8 @@ def validate(ann_format: str, ann_file: str, caption_file: Optional[str] = None,
     if video_root is not None:
         missing = [e.video_id for e in locate_videos(entries, video_root, video_lookup,
                                                      VIDEO_EXTS, check_files=True)]
+    # two ids naming one file (``a.mp4`` and ``./a.mp4``, a symlink): the later one dropped
+    entries = drop_same_file_entries(entries, log, ann_file, video_root)
     captions = [c for e in entries for c in e.captions]
     return dict(
         entries=entries,
