@@ -124,3 +124,17 @@ def test_tool_reports_an_unusable_device(tmp_path, capsys, tool_main, monkeypatc
     assert 'CUDA is not available' in capsys.readouterr().err
     assert tool_main(args + ['--device', 'tpu9']) == 2
     assert "--device 'tpu9'" in capsys.readouterr().err
+
+
+def test_errors_name_the_text_to_video_file_intact(tmp_path, capsys, tool_main):
+    """extract_features writes ``text_to_video.npy``: a message about it must show that
+    path as it is (an earlier rewrite of 'text_to_video' in messages mangled it)."""
+    np.save(tmp_path / 's.npy', S_MULTI)
+    bad = np.asarray(T2V_MULTI).copy()
+    bad[1] = S_MULTI.shape[1]                       # no such video
+    path = tmp_path / 'text_to_video.npy'
+    np.save(path, bad)
+    assert tool_main(['--sim', str(tmp_path / 's.npy'), '--text-to-video', str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"text-to-video file {str(path)!r}[1] = {S_MULTI.shape[1]}" in err, err
+    assert err.count('text_to_video') == 1, err     # only inside the path itself

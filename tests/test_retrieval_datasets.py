@@ -542,6 +542,13 @@ def test_video_text_json_errors(tmp_path):
     with pytest.raises(AnnotationError) as e:
         read_video_text_json(f)
     assert e.value.line == 2 and e.value.field == 'v1.mp4.[1]'
+    # the mistakes of a user who wrote the wrong kind of JSON: named in plain words
+    f = write(tmp_path / 'd.json', '{"v1.mp4": {"captions": ["a"]}}')
+    with pytest.raises(AnnotationError, match='expected a list of captions, got dict$'):
+        read_video_text_json(f)
+    f = write(tmp_path / 'MSRVTT_data.json', MSRVTT_JSON)
+    with pytest.raises(AnnotationError, match="MSR-VTT caption file.*ann_format='msrvtt'"):
+        read_video_text_json(f)
 
 
 # ----------------------------------------------------------------------------- policies

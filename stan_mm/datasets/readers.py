@@ -497,11 +497,17 @@ def _video_text_json(ann_file: str, video_tmpl: str, issues: IssueLog
     if not isinstance(data, dict):
         raise doc.error((), 'expected an object {"video.mp4": ["caption", ...], ...} '
                         f'(MMAction2 VideoTextDataset), got {type_name(data)}')
+    if 'sentences' in data and 'videos' in data:
+        raise doc.error((), 'this is an MSR-VTT caption file (MSRVTT_data.json: "videos" and '
+                        '"sentences"), not a VideoTextDataset JSON {"video.mp4": '
+                        '["caption", ...]}; use ann_format=\'msrvtt\' with it as '
+                        'caption_file and a split csv as ann_file')
     seen: Dict[str, int] = {}
     for key in getattr(data, 'duplicates', []):
         seen[key] = seen.get(key, 0) + 1
         issues.add('duplicate_video', ann_file, _key_line(doc.text, key, seen[key]),
-                   f'video {key!r} appears more than once (the first entry is kept)')
+                   f'video {key!r} appears more than once (duplicate_video=\'drop\' '
+                   'keeps the first entry)')
     for key, texts in data.items():
         path = (key,)
         vid = clean_video_id(key, lambda m: doc.error((), m, field=key))

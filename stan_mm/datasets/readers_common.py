@@ -407,6 +407,11 @@ class JsonDocument:
 
 
 def type_name(value: Any) -> str:
+    """The type of ``value`` for messages: ``dict`` / ``list`` for JSON objects and
+    arrays (whatever class the parser used), else the class name."""
+    for base in (dict, list):
+        if isinstance(value, base):
+            return base.__name__
     return type(value).__name__
 
 

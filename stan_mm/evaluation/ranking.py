@@ -100,7 +100,8 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
                     dsl_temp: float = DEFAULT_DSL_TEMP,
                     qb_bank: Optional[SimilaritySource] = None,
                     qb_beta: float = DEFAULT_QB_BETA, qb_k: int = DEFAULT_QB_K,
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
+                    chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    t2v_name: str = 'text_to_video') -> Tuple[torch.Tensor, torch.Tensor]:
     """Exact t2v and v2t ranks, two chunked passes over ``source``.
 
     Args:
@@ -111,6 +112,7 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
             the t2v direction (after DSL when both are on).
         qb_beta, qb_k: QB-Norm inverse temperature and activation top-k.
         chunk_size: rows of S materialized at a time.
+        t2v_name: what error messages call ``text_to_video`` (e.g. its file).
 
     Returns:
         ``(t2v_ranks [Nt], v2t_ranks [Nv])``, CPU LongTensors, 1 = best.
@@ -119,7 +121,8 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
     if num_texts == 0 or num_videos == 0:
         raise ValueError(f'{source.name}: nothing to rank ({num_texts} texts, '
                          f'{num_videos} videos)')
-    t2v = check_text_to_video(text_to_video, num_texts, num_videos).to(source.device)
+    t2v = check_text_to_video(text_to_video, num_texts, num_videos,
+                              name=t2v_name).to(source.device)
     chunk_size = int(chunk_size)
     if dsl:
         dsl_temp = check_dsl_temp(dsl_temp)
@@ -231,8 +234,8 @@ def retrieval_metrics_from_similarity(
         qb_bank_sim: Union[torch.Tensor, np.ndarray, None] = None,
         qb_beta: float = DEFAULT_QB_BETA, qb_k: int = DEFAULT_QB_K,
         chunk_size: int = DEFAULT_CHUNK_SIZE, device: Union[str, torch.device, None] = None,
-        sim_name: str = 'similarity matrix',
-        bank_name: str = 'querybank matrix') -> Dict[str, float]:
+        sim_name: str = 'similarity matrix', bank_name: str = 'querybank matrix',
+        t2v_name: str = 'text_to_video') -> Dict[str, float]:
     """Metrics for a dense ``sim [Nt, Nv]`` (tensor, array or memmap, read chunk by chunk);
     ``qb_bank_sim [Nb, Nv]``: bank queries x the same videos."""
     source = DenseSimilarity(sim, name=sim_name, device=device)
@@ -240,5 +243,6 @@ def retrieval_metrics_from_similarity(
     if qb_bank_sim is not None:
         bank = DenseSimilarity(qb_bank_sim, name=bank_name, device=source.device)
     ranks = retrieval_ranks(source, text_to_video, dsl=dsl, dsl_temp=dsl_temp, qb_bank=bank,
-                            qb_beta=qb_beta, qb_k=qb_k, chunk_size=chunk_size)
+                            qb_beta=qb_beta, qb_k=qb_k, chunk_size=chunk_size,
+                            t2v_name=t2v_name)
     return ranks_to_metrics(*ranks)

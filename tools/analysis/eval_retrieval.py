@@ -113,12 +113,10 @@ def main(argv=None) -> int:
             sim, t2v, dsl=args.dsl, dsl_temp=args.dsl_temp, qb_bank_sim=bank,
             qb_beta=args.qb_beta, qb_k=args.qb_k, chunk_size=args.chunk_size,
             device=args.device, sim_name=f'similarity file {args.sim!r}',
-            bank_name=f'querybank file {args.qb_norm!r}')
+            bank_name=f'querybank file {args.qb_norm!r}',
+            t2v_name=f'text-to-video file {args.text_to_video!r}')
     except (InputError, ValueError) as exc:
-        msg = str(exc)
-        if 'text_to_video' in msg:
-            msg = msg.replace('text_to_video', f'text-to-video file {args.text_to_video!r}')
-        print(f'eval_retrieval: error: {msg}', file=sys.stderr)
+        print(f'eval_retrieval: error: {exc}', file=sys.stderr)
         return 2
     print(json.dumps(metrics))
     return 0
