@@ -197,3 +197,18 @@ def test_mean_class_accuracy_averages_over_the_test_classes():
     for config in ('k400_self_b16.py', 'ssv2_self_b16.py'):
         cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', config))
         assert cfg.test_evaluator['type'] == 'RecognitionAccMetric'
+
+
+def test_accuracy_refuses_labels_the_model_cannot_score():
+    """A label -1 (a list line without a label, in MMAction2's VideoDataset) or >= the
+    number of scored classes: MMAction2's AccMetric reports a number; ours refuses."""
+    import numpy as np
+    from mmaction.evaluation.metrics import AccMetric
+    from stan_mm.evaluation import RecognitionAccMetric
+    scores = [np.array(s) for s in ([.8, .1, .1], [.1, .8, .1], [.1, .1, .8])]
+    for labels, shown in (([0, -1, 2], 'sample 1: -1'), ([0, 1, 3], 'sample 2: 3')):
+        AccMetric().calculate(scores, labels)           # upstream: a number, no word
+        with pytest.raises(ValueError, match=f'1 of 3 samples have a label outside 0..2.*'
+                                             f'{shown}'):
+            RecognitionAccMetric().calculate(scores, labels)
+    assert RecognitionAccMetric().calculate(scores, [0, 1, 2])['top1'] == pytest.approx(1.0)

@@ -6,6 +6,11 @@ labels and the predictions, so a class that is predicted but has no test sample 
 mean as accuracy 0: ``mean1`` comes out too low on any test set that does not cover every
 class (a subset, a smoke test, a class list longer than the test set). Full K400 / SSv2
 validation sets contain every class, where both agree.
+
+It also refuses labels outside the classes the model scores. MMAction2 scores them
+silently: a list line without a label reads as -1 in its ``VideoDataset``, and a label
+beyond the classifier (a class-name file shorter than the list's classes) can never be
+predicted, so the accuracy comes out wrong without a word.
 """
 from typing import Dict, List, Union
 
@@ -29,6 +34,36 @@ def mean_class_accuracy(scores: List[np.ndarray], labels: List[Union[int, np.nda
     return float(np.mean([np.mean(pred[gt == c] == c) for c in classes]))
 
 
+def check_labels_in_range(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]]
+                          ) -> None:
+    """Raise when a single label lies outside ``[0, num_classes)`` of the scores.
+
+    Args:
+        scores: per-sample class scores, each ``[num_classes]`` (dicts of them: skipped).
+        labels: per-sample class index; multi-label (one-hot) labels are not checked.
+
+    Raises:
+        ValueError: naming how many samples, example labels and what to fix.
+    """
+    if not scores or isinstance(scores[0], dict):
+        return
+    num_classes = np.asarray(scores[0]).reshape(-1).shape[0]
+    bad = []
+    for i, label in enumerate(labels):
+        arr = np.asarray(label).reshape(-1)
+        if arr.size == 1 and not 0 <= int(arr[0]) < num_classes:
+            bad.append((i, int(arr[0])))
+    if bad:
+        shown = ', '.join(f'sample {i}: {lab}' for i, lab in bad[:5])
+        raise ValueError(
+            f'RecognitionAccMetric: {len(bad)} of {len(labels)} samples have a label outside '
+            f'0..{num_classes - 1}, the classes the model scores ({shown}'
+            f'{", ..." if len(bad) > 5 else ""}); no accuracy is computed. A list line '
+            'without a label reads as -1 in MMAction2\'s VideoDataset; a label >= '
+            f'{num_classes} means the model\'s num_classes / classnames do not match the '
+            'list (CheckedVideoDataset with num_classes names the lines)')
+
+
 @METRICS.register_module()
 class RecognitionAccMetric(AccMetric):
     """``AccMetric`` (same arguments, same keys: ``top1``, ``top5``, ``mean1``) whose
@@ -39,6 +74,7 @@ class RecognitionAccMetric(AccMetric):
 
     def calculate(self, preds: List[np.ndarray], labels: List[Union[int, np.ndarray]]
                   ) -> Dict:
+        check_labels_in_range(preds, labels)
         results = super().calculate(preds, labels)
         if 'mean_class_accuracy' in self.metrics and 'mean1' in results:
             results['mean1'] = mean_class_accuracy(preds, labels)

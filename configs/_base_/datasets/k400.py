@@ -16,7 +16,9 @@
 test_num_clips = 1  # temporal views: clips at different offsets in each segment
 test_crops = 3      # spatial views: 3 = ThreeCrop, 1 = CenterCrop
 
-dataset_type = 'VideoDataset'
+# MMAction2's VideoDataset with its list checked line by line (a missing label, a label
+# >= num_classes, a header, a name with spaces: file:line errors at build time)
+dataset_type = 'CheckedVideoDataset'
 # paths below data_root (the datasets join them), so that one override moves the data:
 #   --cfg-options train_dataloader.dataset.data_root=/datasets/k400 (and val_/test_)
 #   model.cls_head.classnames=/datasets/k400/classnames.txt
@@ -75,6 +77,7 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
+        num_classes=num_classes,  # labels checked against it when the list is read
         data_root=data_root,
         ann_file=ann_file_train,
         data_prefix=dict(video=data_root_train),
@@ -86,6 +89,7 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        num_classes=num_classes,  # labels checked against it when the list is read
         data_root=data_root,
         ann_file=ann_file_val,
         data_prefix=dict(video=data_root_val),
@@ -98,6 +102,7 @@ test_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        num_classes=num_classes,  # labels checked against it when the list is read
         data_root=data_root,
         ann_file=ann_file_test,
         data_prefix=dict(video=data_root_val),

@@ -21,7 +21,9 @@
 test_num_clips = 1  # temporal views: clips at different offsets in each segment
 test_crops = 3      # spatial views: 3 = ThreeCrop, 1 = CenterCrop
 
-dataset_type = 'VideoDataset'
+# MMAction2's VideoDataset with its list checked line by line (a missing label, a label
+# >= num_classes, a header, a name with spaces: file:line errors at build time)
+dataset_type = 'CheckedVideoDataset'
 # paths below data_root (the datasets join them), so that one override moves the data:
 #   --cfg-options train_dataloader.dataset.data_root=/datasets/sthv2 (and val_/test_)
 #   model.cls_head.classnames=/datasets/sthv2/classnames.txt
@@ -77,6 +79,7 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
+        num_classes=num_classes,  # labels checked against it when the list is read
         data_root=data_root,
         ann_file=ann_file_train,
         data_prefix=dict(video=data_root_videos),
@@ -88,6 +91,7 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        num_classes=num_classes,  # labels checked against it when the list is read
         data_root=data_root,
         ann_file=ann_file_val,
         data_prefix=dict(video=data_root_videos),
@@ -100,6 +104,7 @@ test_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        num_classes=num_classes,  # labels checked against it when the list is read
         data_root=data_root,
         ann_file=ann_file_test,
         data_prefix=dict(video=data_root_videos),

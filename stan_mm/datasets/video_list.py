@@ -1,0 +1,128 @@
+"""MMAction2's ``VideoDataset`` with its list file checked line by line.
+
+MMAction2 1.2 reads ``path label`` lines with ``line.split(' ')`` and no checks, so the
+usual mistakes of a hand-written list pass silently or fail far from their cause:
+
+- a line without a label gets the "fake label" -1 (meant for inference lists): a test
+  run then reports an accuracy over a class that does not exist, without a word;
+- a label >= the number of classes trains until CrossEntropy stops with "Class values
+  must be smaller than num_classes" (no file, no line), and tests silently;
+- a header line, a file name with spaces, a tab or two spaces between the fields end in
+  ``ValueError: invalid literal for int()`` or ``too many values to unpack``;
+- a blank line becomes the video ``<data_prefix>/`` ("file not found" when it is reached);
+- an empty list ends in ``need at least one array to concatenate``.
+
+:class:`CheckedVideoDataset` reads the same files into the same samples (every list
+MMAction2 reads correctly gives identical ``data_list`` entries), skips blank lines,
+accepts any run of spaces or tabs between the fields, and reports every other problem
+at once as an :class:`~stan_mm.datasets.readers_common.AnnotationError` with the file and
+line numbers, before any model is built.
+"""
+import os.path as osp
+import re
+from typing import List, Optional
+
+from mmaction.datasets import VideoDataset
+from mmaction.registry import DATASETS
+
+from .readers_common import AnnotationError, iter_text_lines, read_text, short_repr
+
+__all__ = ['CheckedVideoDataset']
+
+MAX_LISTED = 20
+
+
+@DATASETS.register_module()
+class CheckedVideoDataset(VideoDataset):
+    """``VideoDataset`` (same arguments, same samples) whose list file is validated.
+
+    Args:
+        num_classes (int, optional): the model's number of classes; when given, every
+            label must lie in ``[0, num_classes)`` (MMAction2 uses it for multi-label
+            lists only; here it also bounds single labels).
+        allow_unlabeled (bool): accept lines without a label, as MMAction2 does, with
+            label -1 (inference lists). Default False: such a line is an error, since a
+            metric computed over label -1 is meaningless.
+        Other arguments: see ``mmaction.datasets.VideoDataset``; ``delimiter=' '`` (the
+            default) splits on any run of whitespace.
+
+    Raises:
+        AnnotationError: from ``load_data_list`` (at build time), listing every bad line:
+            a wrong number of fields, a label that is not an integer (a header line?), a
+            label outside ``[0, num_classes)``, a missing label, or no video at all.
+    """
+
+    def __init__(self, *args, allow_unlabeled: bool = False, **kwargs) -> None:
+        self.allow_unlabeled = allow_unlabeled
+        super().__init__(*args, **kwargs)
+
+    def _split(self, line: str) -> List[str]:
+        # runs of spaces / tabs only: a no-break space inside a name stays in the name
+        return re.split(r'[ \t]+', line.strip()) if self.delimiter == ' ' else [
+            f.strip() for f in line.strip().split(self.delimiter)]
+
+    def _label(self, raw: str, problems: list, lineno: int) -> Optional[int]:
+        try:
+            label = int(raw)
+        except ValueError:
+            problems.append((lineno, f'label {short_repr(raw)} is not an integer (a header '
+                                     'line? remove it)'))
+            return None
+        if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+            bound = ('' if self.num_classes is None else
+                     f' (the dataset\'s num_classes={self.num_classes}: labels 0..'
+                     f'{self.num_classes - 1}; for more classes set the model\'s and the '
+                     'datasets\' num_classes)')
+            problems.append((lineno, f'label {label} is out of range{bound}'))
+            return None
+        return label
+
+    def load_data_list(self) -> List[dict]:
+        """Read ``path label`` lines (``path l1 l2 ...`` with ``multi_class=True``)."""
+        if '://' in self.ann_file:          # other storage backends: MMAction2's reader
+            return super().load_data_list()
+        text = read_text(self.ann_file)
+        problems, data_list = [], []
+        for lineno, line in iter_text_lines(self.ann_file, text):
+            fields = self._split(line)
+            filename, rest = fields[0], fields[1:]
+            if self.multi_class:
+                if not rest:
+                    problems.append((lineno, f'{short_repr(filename)} has no label'))
+                    continue
+                labels = [self._label(r, problems, lineno) for r in rest]
+                if None in labels:
+                    continue
+                label = labels
+            elif not rest:
+                if not self.allow_unlabeled:
+                    problems.append((
+                        lineno, f'{short_repr(filename)} has no label (expected "path '
+                        'label"; an inference list without labels needs '
+                        'allow_unlabeled=True)'))
+                    continue
+                label = -1
+            elif len(rest) > 1:
+                problems.append((
+                    lineno, f'expected "path label", got {len(fields)} fields '
+                    f'{short_repr(line.strip())}: a file name with spaces (rename the '
+                    'file) or a multi-label line (set multi_class=True and num_classes)'))
+                continue
+            else:
+                label = self._label(rest[0], problems, lineno)
+                if label is None:
+                    continue
+            if self.data_prefix['video'] is not None:
+                filename = osp.join(self.data_prefix['video'], filename)
+            data_list.append(dict(filename=filename, label=label))
+        if problems:
+            listed = [f'  line {n}: {msg}' for n, msg in problems[:MAX_LISTED]]
+            if len(problems) > MAX_LISTED:
+                listed.append(f'  ... and {len(problems) - MAX_LISTED} more')
+            raise AnnotationError(
+                f'{len(problems)} bad line(s) in the video list:\n' + '\n'.join(listed),
+                file=self.ann_file, line=problems[0][0], issues=listed)
+        if not data_list:
+            raise AnnotationError('the video list is empty (expected "path label" lines)',
+                                  file=self.ann_file)
+        return data_list

@@ -1,0 +1,117 @@
+"""CheckedVideoDataset: MMAction2's VideoDataset samples, with the list checked per line."""
+import pytest
+from mmaction.registry import DATASETS
+
+import stan_mm  # noqa: F401
+from stan_mm.datasets.readers_common import AnnotationError
+
+
+def build(tmp_path, text, type_='CheckedVideoDataset', name='list.txt', **kw):
+    f = tmp_path / name
+    f.write_bytes(text.encode('utf-8') if isinstance(text, str) else text)
+    kw.setdefault('data_prefix', dict(video='/videos'))
+    return DATASETS.build(dict(type=type_, ann_file=str(f), pipeline=[], **kw))
+
+
+def infos(ds):
+    return [(ds.get_data_info(i)['filename'], ds.get_data_info(i)['label'])
+            for i in range(len(ds))]
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(num_classes=3), dict(test_mode=True),
+                                dict(data_prefix=dict(video=''))])
+def test_same_samples_as_mmaction_on_a_valid_list(tmp_path, kw):
+    text = 'a/v1.mp4 0\nv2.avi 2\nv\u00a0nbsp.mp4 1\n'   # a no-break space inside a name
+    ours = build(tmp_path, text, **kw)
+    theirs = build(tmp_path, text, type_='VideoDataset', **kw)
+    assert infos(ours) == infos(theirs)
+    assert infos(ours)[2][0].endswith('v\u00a0nbsp.mp4')
+
+
+def test_multi_label_same_as_mmaction(tmp_path):
+    text = 'v1.mp4 0 2\nv2.mp4 1\n'
+    ours = build(tmp_path, text, multi_class=True, num_classes=3)
+    theirs = build(tmp_path, text, type_='VideoDataset', multi_class=True, num_classes=3)
+    assert [ours.get_data_info(i)['label'].tolist() for i in range(2)] == [
+        [1., 0., 1.], [0., 1., 0.]]
+    assert [theirs.get_data_info(i)['label'].tolist() for i in range(2)] == [
+        [1., 0., 1.], [0., 1., 0.]]
+    with pytest.raises(AnnotationError, match=r'(?s)list.txt:2: .*line 2: label 3 is out of'):
+        build(tmp_path, 'v1.mp4 0\nv2.mp4 1 3\n', multi_class=True, num_classes=3)
+
+
+def test_blank_lines_tabs_runs_of_spaces_crlf_and_bom(tmp_path):
+    ds = build(tmp_path, '\ufeffv1.mp4\t1\r\n\r\n  v2.mp4   0  \n\n')
+    assert infos(ds) == [('/videos/v1.mp4', 1), ('/videos/v2.mp4', 0)]
+
+
+def test_every_bad_line_reported_at_once(tmp_path):
+    text = ('filename label\n'        # 1: a header
+            'v1.mp4 0\n'
+            'v2.mp4\n'                # 3: no label
+            'my video.mp4 1\n'        # 4: a name with a space
+            'v3.mp4 5\n'              # 5: >= num_classes
+            'v4.mp4 -2\n'             # 6: negative
+            'v5.mp4 1.0\n')           # 7: not an integer
+    with pytest.raises(AnnotationError) as e:
+        build(tmp_path, text, num_classes=5)
+    err = e.value
+    msg = str(err)
+    assert err.line == 1 and msg.startswith(f'{tmp_path / "list.txt"}:1: 6 bad line(s)')
+    assert "line 1: label 'label' is not an integer (a header line? remove it)" in msg
+    assert "line 3: 'v2.mp4' has no label" in msg and 'allow_unlabeled=True' in msg
+    assert 'line 4: expected "path label", got 3 fields' in msg and 'rename' in msg
+    assert "line 5: label 5 is out of range (the dataset's num_classes=5: labels 0..4" in msg
+    assert 'line 6: label -2 is out of range' in msg
+    assert "line 7: label '1.0' is not an integer" in msg
+    assert len(err.issues) == 6
+
+
+def test_unlabeled_lines_only_when_allowed(tmp_path):
+    ds = build(tmp_path, 'v1.mp4\nv2.mp4 1\n', allow_unlabeled=True)
+    assert infos(ds) == [('/videos/v1.mp4', -1), ('/videos/v2.mp4', 1)]
+    # MMAction2 gives -1 silently, which a test run would score as a class
+    assert infos(build(tmp_path, 'v1.mp4\n', type_='VideoDataset')) == [
+        ('/videos/v1.mp4', -1)]
+
+
+def test_empty_list_and_missing_file(tmp_path):
+    with pytest.raises(AnnotationError, match=r'list.txt: the video list is empty'):
+        build(tmp_path, '\n  \n')
+    with pytest.raises(FileNotFoundError, match='nope.txt'):
+        DATASETS.build(dict(type='CheckedVideoDataset', ann_file=str(tmp_path / 'nope.txt'),
+                            pipeline=[]))
+
+
+def test_recognition_configs_use_it_with_their_num_classes():
+    from mmengine.config import Config
+    for name, n in (('k400_self_b16', 400), ('ssv2_self_b16', 174)):
+        cfg = Config.fromfile(f'configs/stan/{name}.py')
+        for split in ('train', 'val', 'test'):
+            ds = cfg[f'{split}_dataloader'].dataset
+            assert ds.type == 'CheckedVideoDataset' and ds.num_classes == n, (name, split)
+
+
+def test_the_documented_own_dataset_config(tmp_path):
+    """docs/data_preparation.md's own-dataset config builds what it says: 5 classes in the
+    datasets, the user's paths, weights and class names, a schedule ending at epoch 10."""
+    import os.path as osp
+    import re
+    from mmengine.config import Config
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    doc = open(osp.join(repo, 'docs', 'data_preparation.md')).read()
+    block = re.search(r'```python\n(# my_dataset_stan\.py.*?)```', doc, re.S).group(1)
+    block = block.replace('/path/to/stan-mm', repo)
+    (tmp_path / 'my_dataset_stan.py').write_text(block)
+    cfg = Config.fromfile(str(tmp_path / 'my_dataset_stan.py'))
+    for split, ann in (('train', 'train_list.txt'), ('val', 'val_list.txt'),
+                       ('test', 'val_list.txt')):
+        ds = cfg[f'{split}_dataloader'].dataset
+        assert (ds.type, ds.num_classes, ds.data_root, ds.ann_file, ds.data_prefix.video) == (
+            'CheckedVideoDataset', 5, 'data/my_dataset', ann, 'videos'), split
+    assert cfg.model.backbone.pretrained == 'checkpoints/clip/ViT-B-16.pt'
+    assert cfg.model.cls_head.text_encoder.pretrained == 'checkpoints/clip/ViT-B-16.pt'
+    assert cfg.model.cls_head.classnames == 'data/my_dataset/classnames.txt'
+    assert cfg.train_cfg.max_epochs == 10
+    assert [s.end for s in cfg.param_scheduler] == [2, 10]
+    assert cfg.model.backbone.depth == 4 and cfg.test_evaluator.type == 'RecognitionAccMetric'
