@@ -386,3 +386,17 @@ def test_precision_fp16_casts_like_open_clip(tmp_path):
     model = build_clip(T.tiny_clip_cfg(), path, precision='fp16')
     assert model.visual.conv1.weight.dtype == torch.float16
     assert model.ln_final.weight.dtype == torch.float32
+
+
+def test_weights_without_the_text_tower_named_with_their_file(tmp_path):
+    """Inferring the architecture needs both towers: a vision-only file is refused with its
+    path and what `pretrained` takes (before: a bare KeyError without the file)."""
+    src = T.tiny_clip(seed=15, **INFERABLE)
+    sd = {k: v for k, v in src.state_dict().items() if k.startswith('visual.')}
+    path = tmp_path / 'vision_only.pt'
+    torch.save(sd, path)
+    with pytest.raises(CLIPArchMismatchError) as err:
+        build_clip(pretrained=path)
+    msg = str(err.value)
+    assert str(path) in msg and 'cannot infer the CLIP architecture' in msg
+    assert 'both towers' in msg and 'load_from' in msg

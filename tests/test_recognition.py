@@ -522,6 +522,31 @@ def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
         assert cfg.auto_scale_lr.enable is True, path
         again = train.merge_args(cfg, args)                      # no second hook
         assert [h['type'] for h in again.custom_hooks] == ['EpochSeedHook']
+    # exact resumption needs fresh workers each epoch: --deterministic turns persistence off
+    path = osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')
+    assert Config.fromfile(path).train_dataloader.persistent_workers is True
+    for flags, persistent in (([], True), (['--deterministic'], False)):
+        cfg = train.merge_args(Config.fromfile(path), train.parse_args([path, *flags]))
+        assert cfg.train_dataloader.persistent_workers is persistent, flags
     cfg = train.merge_args(Config.fromfile(str(bare)), train.parse_args([str(bare), '--amp']))
     assert cfg.optim_wrapper.type == 'AutoAmpOptimWrapper'
     assert cfg.optim_wrapper.dtype == 'bfloat16'
+
+
+def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
+    """--resume reads last_checkpoint; without it mmengine would start from scratch and
+    overwrite the folder's checkpoints. The tool names them and the flag to use."""
+    from mmengine.config import Config
+    train = load_tool('tools/train.py', 'stan_train_tool_resume')
+    bare = tmp_path / 'bare.py'
+    bare.write_text('optim_wrapper = dict(optimizer=dict(type="SGD", lr=0.1))\n')
+    work = tmp_path / 'work'
+    work.mkdir()
+    args = train.parse_args([str(bare), '--work-dir', str(work), '--resume'])
+    assert train.merge_args(Config.fromfile(str(bare)), args).resume is True  # empty: fine
+    (work / 'iter_23.pth').write_bytes(b'x')
+    with pytest.raises(SystemExit, match=r'no last_checkpoint in .*work.*iter_23\.pth.*'
+                                         r'--resume .*iter_23\.pth'):
+        train.merge_args(Config.fromfile(str(bare)), args)
+    (work / 'last_checkpoint').write_text(str(work / 'iter_23.pth'))
+    assert train.merge_args(Config.fromfile(str(bare)), args).resume is True

@@ -431,3 +431,53 @@ def test_best_checkpoint_survives_a_kill_while_the_next_best_is_written(tmp_path
     hook._save_best_checkpoint(resumed, {'acc': 0.8})
     assert best_files() == ['best_acc_epoch_3.pth']
     assert (tmp_path / 'best_acc_epoch_3.pth').read_bytes() == b'epoch 3'
+
+
+def test_checkpoint_hook_refuses_unknown_arguments_at_build():
+    """mmengine passes unknown keywords to save_checkpoint at the first save, after a
+    whole epoch; the hook refuses them when it is built, with the likely name."""
+    from stan_mm.engine import AtomicCheckpointHook
+    with pytest.raises(TypeError, match=r"'max_keep_ckpt' \(did you mean 'max_keep_ckpts'\?\)"):
+        AtomicCheckpointHook(interval=1, max_keep_ckpt=1)
+    assert AtomicCheckpointHook(interval=1, max_keep_ckpts=1).max_keep_ckpts == 1
+
+
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path,
+                                                                       monkeypatch):
+    import errno
+    from stan_mm.engine import checkpoint_hook
+    path = tmp_path / 'epoch_3.pth'
+    path.write_bytes(b'old checkpoint')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(checkpoint_hook.os, 'fsync', full)
+    with pytest.raises(OSError) as err:
+        checkpoint_hook.atomic_write_bytes(b'new checkpoint', str(path))
+    assert err.value.errno == errno.ENOSPC
+    assert f'could not write {path} (free space on that disk)' in str(err.value)
+    assert path.read_bytes() == b'old checkpoint'
+    assert os.listdir(tmp_path) == ['epoch_3.pth']           # no temporary file left
+
+
+def test_iteration_checkpoints_in_an_epoch_loop_are_warned_about():
+    """Resuming from an iteration checkpoint inside an epoch restarts the epoch (mmengine):
+    the hook says so, with the numbers, when the run starts."""
+    from types import SimpleNamespace
+    from mmengine.runner import EpochBasedTrainLoop
+    from stan_mm.engine import AtomicCheckpointHook
+    loop = object.__new__(EpochBasedTrainLoop)
+    loop.dataloader = list(range(6))
+    said = []
+    logger = SimpleNamespace(warning=said.append, info=said.append)
+
+    def warnings(by_epoch, it, epoch):
+        said.clear()
+        runner = SimpleNamespace(_train_loop=loop, iter=it, epoch=epoch, logger=logger)
+        AtomicCheckpointHook(interval=1, by_epoch=by_epoch)._warn_mid_epoch(runner)
+        return list(said)
+    got = warnings(False, 14, 2)
+    assert len(got) == 1 and 'resumed at iteration 14, 2 of the 6 iterations of epoch 3' \
+        in got[0] and '2 iterations past its schedule' in got[0]
+    assert 'by_epoch=False in an epoch-based loop' in warnings(False, 12, 2)[0]
+    assert warnings(True, 14, 2) == []                       # epoch checkpoints: nothing

@@ -4,6 +4,7 @@
     bash tools/dist_train.sh CONFIG GPUS [same options]      # torchrun, NCCL on GPUs, gloo on CPU
 """
 import argparse
+import glob
 import os
 import os.path as osp
 import sys
@@ -61,6 +62,7 @@ def merge_args(cfg, args):
             ow.type = 'AutoAmpOptimWrapper'
         ow.setdefault('dtype', 'bfloat16')
     if args.resume == 'auto':
+        check_auto_resume(cfg.work_dir)
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
@@ -84,7 +86,29 @@ def merge_args(cfg, args):
             if not any(h.get('type') == 'EpochSeedHook' for h in hooks):
                 hooks.append(dict(type='EpochSeedHook'))
             cfg.custom_hooks = hooks
+            # persistent workers keep their random streams across epochs, which a resumed
+            # run cannot replay (docs/robustness.md, "Exact resumption")
+            loader = cfg.get('train_dataloader')
+            if loader and loader.get('persistent_workers') and loader.get('num_workers', 0):
+                loader.persistent_workers = False
+                print('train.py: --deterministic sets train_dataloader.persistent_workers='
+                      'False (exact resumption needs fresh workers each epoch)')
     return cfg
+
+
+def check_auto_resume(work_dir: str) -> None:
+    """``--resume`` without a value reads ``<work_dir>/last_checkpoint``; mmengine starts
+    from scratch when it is missing, and the new run then overwrites the checkpoints of the
+    same names. Refuse when the folder holds checkpoints but no ``last_checkpoint``."""
+    if osp.isfile(osp.join(work_dir, 'last_checkpoint')):
+        return
+    found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime)
+    if found:
+        names = ', '.join(osp.basename(p) for p in found[-5:])
+        raise SystemExit(
+            f'train.py: --resume found no last_checkpoint in {work_dir}, which holds '
+            f'{len(found)} checkpoint(s) ({names}); a run started now would overwrite them. '
+            f'Name the one to resume from: --resume {found[-1]}')
 
 
 def main(argv=None):

@@ -21,6 +21,9 @@ Here every deletion requested while a best checkpoint is saved waits until that 
 done. A kill in between leaves both best files, and one of them (the older or, when the
 kill came before the resumable checkpoint was rewritten, the newer) stays on disk.
 """
+import difflib
+import errno
+import inspect
 import os
 import os.path as osp
 import re
@@ -67,9 +70,14 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if osp.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # (a failed write names no file; the caller's traceback would not either)
+            hint = ' (free space on that disk)' if exc.errno == errno.ENOSPC else ''
+            raise OSError(exc.errno, f'{exc.strerror}: could not write {path}{hint}; the file '
+                          'there before, if any, is unchanged') from exc
         raise
 
 
@@ -102,8 +110,23 @@ class AtomicCheckpointHook(CheckpointHook):
     # mkstemp names of atomic_write_bytes: '.<file>.<8 random characters>.tmp'
     _TMP_NAME = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$')
 
+    def __init__(self, *args, **kwargs) -> None:
+        # mmengine hands unknown keywords to Runner.save_checkpoint at the first save, which
+        # fails there (after a whole epoch of training) with a TypeError: refuse them now
+        known = set(inspect.signature(CheckpointHook.__init__).parameters) - {'self', 'kwargs'}
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, sorted(known), n=1)
+                hints.append(f'{k!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+            raise TypeError(f'AtomicCheckpointHook: unknown argument(s) {", ".join(hints)}; '
+                            f'it takes CheckpointHook\'s: {", ".join(sorted(known))}')
+        super().__init__(*args, **kwargs)
+
     def before_train(self, runner) -> None:
         super().before_train(runner)
+        self._warn_mid_epoch(runner)
         if not is_main_process():
             return
         # a resumed run finishes the pruning that a kill interrupted
@@ -123,6 +146,30 @@ class AtomicCheckpointHook(CheckpointHook):
                     os.remove(osp.join(folder, name))
                     runner.logger.warning(f'AtomicCheckpointHook: removed {name} from '
                                           f'{folder}, a partial write of a killed run')
+
+    def _warn_mid_epoch(self, runner) -> None:
+        """Iteration checkpoints inside an epoch loop: resuming from one restarts that epoch
+        at its first batch (mmengine's ``EpochBasedTrainLoop``), so its finished iterations
+        are trained again and the schedule runs past its end."""
+        from mmengine.runner import EpochBasedTrainLoop
+        loop = getattr(runner, '_train_loop', None)
+        if self.by_epoch or not isinstance(loop, EpochBasedTrainLoop):
+            return
+        per_epoch = len(loop.dataloader)
+        done = runner.iter - runner.epoch * per_epoch
+        if 0 < done < per_epoch:
+            runner.logger.warning(
+                f'AtomicCheckpointHook: resumed at iteration {runner.iter}, {done} of the '
+                f'{per_epoch} iterations of epoch {runner.epoch + 1}; mmengine restarts the '
+                'epoch at its first batch, so these are trained again and the run ends '
+                f'{done} iterations past its schedule. Resume from an epoch checkpoint for '
+                'an exact continuation')
+        else:
+            runner.logger.warning(
+                'AtomicCheckpointHook: by_epoch=False in an epoch-based loop. A run resumed '
+                'from a checkpoint inside an epoch restarts that epoch at its first batch '
+                '(mmengine), training its finished iterations again; keep by_epoch=True '
+                '(checkpoints at epoch ends) or use an IterBasedTrainLoop')
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         """mmengine's, with the previous best checkpoint deleted after the new one is

@@ -40,7 +40,14 @@ class CLIPKeysMismatchError(RuntimeError):
 
 
 def _weights_cfg(ckpt: ClipCheckpoint) -> Dict:
-    return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads)
+    try:
+        return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads)
+    except (KeyError, ValueError) as e:
+        reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise CLIPArchMismatchError(
+            f'{ckpt.path}: {reason}. `pretrained` takes CLIP weights with both towers (a '
+            'trained stan-mm / MMAction2 checkpoint goes to load_from, or to tools/test.py '
+            'as CKPT)') from e
 
 
 def load_clip_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Dict]:
