@@ -385,3 +385,40 @@ def test_import_prints_no_stack_warnings():
     assert out.returncode == 0, out.stderr
     assert 'pkg_resources is deprecated' not in out.stderr
     assert 'MultiScaleDeformableAttention' not in out.stderr
+
+
+FROZEN_CODE = '''
+{prefix}
+import torch
+from mmengine.logging import MMLogger
+from mmengine.optim import build_optim_wrapper
+MMLogger.get_instance('t', log_level='INFO')
+model = torch.nn.ModuleDict(dict(
+    head=torch.nn.ModuleDict(dict(text=torch.nn.Linear(3, 3), fc=torch.nn.Linear(3, 2))),
+    stem=torch.nn.Linear(3, 3)))
+for p in [*model.head.text.parameters(), model.stem.weight]:
+    p.requires_grad_(False)
+build_optim_wrapper(model, dict(optimizer=dict(type='SGD', lr=0.1),
+                               paramwise_cfg=dict(bias_lr_mult=1.0)))
+build_optim_wrapper(torch.nn.Linear(2, 2), dict(optimizer=dict(type='SGD', lr=0.1),
+                    paramwise_cfg=dict(bias_lr_mult=1.0)))
+'''
+
+
+@pytest.mark.parametrize('with_fix', [False, True])
+def test_frozen_parameters_logged_once(with_fix):
+    """mmengine warns once per frozen tensor; with the fix one INFO line per optimizer
+    names the groups and their counts, and nothing else changes."""
+    prefix = 'import stan_mm' if with_fix else ''
+    r = run_py(FROZEN_CODE.format(prefix=prefix))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    per_tensor = [ln for ln in out.splitlines() if 'is skipped since its requires_grad' in ln]
+    summary = [ln for ln in out.splitlines() if 'frozen parameter tensors' in ln]
+    if not with_fix:
+        assert len(per_tensor) == 3 and not summary, out
+        return
+    assert not per_tensor, out
+    assert len(summary) == 1, out       # the second optimizer has nothing frozen: no line
+    assert summary[0].endswith('optimizer: 3 frozen parameter tensors (requires_grad=False) '
+                               'left out: head.text (2), stem.weight (1)'), summary[0]

@@ -27,12 +27,17 @@ Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a 
                 inherited by a forked DataLoader worker and garbage-collected there
                 hangs or aborts the worker; such readers are no longer freed in the
                 child (see :mod:`stan_mm.compat.decord_fork`).
+``frozen_log``  (log noise, not in the notes) the optimizer constructor's WARNING per
+                frozen tensor (~200 per run with the text classifier's frozen tower)
+                becomes one INFO line grouped by module (see
+                :mod:`stan_mm.compat.frozen_log`).
 =====  ==========================================================================
 """
 from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
                          apply_checkpoint_fix, safe_torch_load, trusted_checkpoints)
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
+from .frozen_log import apply_frozen_log_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
 from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
 from .workers import apply_workers_fix  # noqa: F401
@@ -52,5 +57,6 @@ def apply_all() -> None:
     apply_dist_fix()
     apply_decord_fork_fix()
     apply_workers_fix()
+    apply_frozen_log_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True
