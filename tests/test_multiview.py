@@ -212,3 +212,28 @@ def test_accuracy_refuses_labels_the_model_cannot_score():
                                              f'{shown}'):
             RecognitionAccMetric().calculate(scores, labels)
     assert RecognitionAccMetric().calculate(scores, [0, 1, 2])['top1'] == pytest.approx(1.0)
+
+
+def test_recognizer_video_embedding_averages_each_videos_own_views(tiny):
+    """stan_mm.apis.embed_video_batch on two videos x 4x3 views in one batch: each video's
+    embedding is the normalized mean of its own normalized per-view backbone outputs, each
+    view run through the backbone alone, one video at a time."""
+    import torch.nn.functional as F
+    from stan_mm.apis.embed import embed_video_batch
+    cfg, model = tiny
+    cfg = Config(cfg.to_dict())
+    cfg.merge_from_dict(cfg_options('test_dataloader.dataset.pipeline.1.num_clips=4'))
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    samples = [dataset[0], dataset[1]]
+    got = embed_video_batch(model, samples)                    # [2, E]
+    refs = []
+    with torch.no_grad():
+        for sample in samples:
+            views = model.data_preprocessor(pseudo_collate([sample]), False)['inputs'][0]
+            assert views.shape == (12, 3, 4, 32, 32)           # [V, C, T, H, W]
+            per_view = torch.cat([F.normalize(model.backbone(views[v:v + 1]), dim=-1)
+                                  for v in range(len(views))])  # [V, E]
+            refs.append(F.normalize(per_view.mean(dim=0), dim=0))
+    torch.testing.assert_close(got, torch.stack(refs), rtol=1e-5, atol=1e-5)
+    # the two videos are told apart, so a mix-up of views between them would show
+    assert (refs[0] - refs[1]).abs().max() > 1e-3

@@ -74,6 +74,18 @@ def ref_qb_norm(X, B, beta, k):
     return out
 
 
+def ref_metrics(t2v_ranks, v2t_ranks):
+    """R@K = percent of ranks <= K, MdR = median, MnR = mean, straight from numpy."""
+    out = {}
+    for name, ranks in (('t2v', t2v_ranks), ('v2t', v2t_ranks)):
+        r = np.asarray(ranks, dtype=np.float64)
+        for k in (1, 5, 10):
+            out[f'{name}_R{k}'] = 100.0 * np.mean(r <= k)
+        out[f'{name}_MdR'] = np.median(r)
+        out[f'{name}_MnR'] = np.mean(r)
+    return out
+
+
 def ranks_of(sim, t2v, **kwargs):
     t2v_r, v2t_r = retrieval_ranks(DenseSimilarity(np.asarray(sim)), torch.tensor(t2v),
                                    **kwargs)
@@ -122,6 +134,16 @@ def test_several_captions_per_video_hand():
     assert metrics['t2v_MdR'] == 2.0 and metrics['t2v_MnR'] == pytest.approx(2.0)
     assert metrics['v2t_R1'] == pytest.approx(100 / 3)
     assert metrics['v2t_MdR'] == 2.0 and metrics['v2t_MnR'] == pytest.approx(2.0)
+
+
+def test_median_of_an_even_count_averages_the_two_middle_ranks():
+    # t2v 1 2 3 10: R@1 1/4, R@5 3/4, R@10 4/4; median (2 + 3) / 2; mean 16 / 4.
+    # v2t 1 1 2 2:  R@1 2/4, R@5 and R@10 4/4; median (1 + 2) / 2; mean 6 / 4.
+    # The two middle ranks differ in both, so the upper one alone (3, 2) would be caught.
+    metrics = ranks_to_metrics(torch.tensor([1, 2, 3, 10]), torch.tensor([1, 1, 2, 2]))
+    assert metrics == pytest.approx(dict(
+        t2v_R1=25.0, t2v_R5=75.0, t2v_R10=100.0, t2v_MdR=2.5, t2v_MnR=4.0,
+        v2t_R1=50.0, v2t_R5=100.0, v2t_R10=100.0, v2t_MdR=1.5, v2t_MnR=1.5))
 
 
 def test_ties_rank_the_ground_truth_behind():
@@ -238,8 +260,7 @@ def test_qb_norm_matches_reference_for_all_chunk_sizes(beta, k):
         assert got == (expected_t2v, expected_v2t)
     metrics = retrieval_metrics_from_embeddings(text, video, t2v, qb_bank_emb=bank_text,
                                                 qb_beta=beta, qb_k=k, chunk_size=4)
-    assert metrics == pytest.approx(ranks_to_metrics(torch.tensor(expected_t2v),
-                                                     torch.tensor(expected_v2t)))
+    assert metrics == pytest.approx(ref_metrics(expected_t2v, expected_v2t))
 
 
 def test_dsl_then_qb_norm_matches_reference():

@@ -204,19 +204,34 @@ def test_unmapped_and_dropped_keys_are_reported(tmp_path, capsys):
     pub['cls_head.fc.weight'] = torch.zeros(2, 2)
     pub['backbone.STAN_T_layers.0.self_attn.q_proj.weight_extra'] = torch.zeros(1)
     pub['text_backbone.text_model.embeddings.position_ids'] = torch.arange(8)[None]
-    del pub['backbone.STAN_T_layers.1.self_attn.k_proj.bias']       # incomplete q/k/v
     src = tmp_path / 'pub.pth'
     torch.save({'state_dict': pub, 'meta': {'epoch': 3}}, src)
     assert tool.main([str(src), str(tmp_path / 'out.pth'), '--strict']) == 1
     out = capsys.readouterr().out
     for key in ('backbone.some_new_module.weight', 'cls_head.fc.weight',
-                'backbone.STAN_T_layers.0.self_attn.q_proj.weight_extra',
-                'backbone.STAN_T_layers.1.self_attn.q_proj.bias',
-                'backbone.STAN_T_layers.1.self_attn.v_proj.bias'):
+                'backbone.STAN_T_layers.0.self_attn.q_proj.weight_extra'):
         assert key in out, key
     assert 'dropped derived buffers (1)' in out and 'position_ids' in out
     report = convert_public_checkpoint(src, tmp_path / 'out2.pth')
-    assert len(report.unmapped) == 5
+    assert len(report.unmapped) == 3
+
+
+@pytest.mark.parametrize('layers', ['STAN_T_layers', 'STAN_S_layers'])
+def test_incomplete_qkv_is_refused_naming_the_missing_key(tmp_path, capsys, layers):
+    """A q/k/v set with one part missing cannot be stacked into in_proj: an error that
+    names the missing key (the temporal layers once dropped the other two parts silently),
+    from the library and from the tool (exit 2, nothing written)."""
+    pub = public_state_dict(hf_clip())
+    missing = f'backbone.{layers}.1.self_attn.k_proj.bias'
+    del pub[missing]
+    with pytest.raises(KeyError, match=re.escape(missing)):
+        public_to_mm(pub)
+    src, out = tmp_path / 'pub.pth', tmp_path / 'out.pth'
+    torch.save({'state_dict': pub}, src)
+    assert load_tool('convert/stan_public_to_mm.py').main([str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('stan_public_to_mm: error: incomplete attention weights')
+    assert missing in err and 'q_proj' not in err and not out.exists()
 
 
 def test_exporter_reports_weights_without_public_counterpart():

@@ -27,19 +27,22 @@ Mapping (public -> stan-mm), ``B = backbone.``::
 where ``<hf layer>`` -> ``<oc block>`` is :func:`stan_mm.models.clip.hf_clip_block_to_openclip`
 (q/k/v concatenated into ``attn.in_proj_*``, ``layer_norm1/2`` -> ``ln_1/2``,
 ``mlp.fc1/2`` -> ``mlp.c_fc/c_proj``). Every key that is not mapped is reported; derived
-``position_ids`` buffers are dropped (and reported as such). The public reproduction's
-conv temporal module was never defined, so only ``temporal_module='attn'`` checkpoints
-exist; stan-mm weights without a public counterpart (``level_proj``, conv modules) are
-reported as unmapped by the exporter.
+``position_ids`` buffers are dropped (and reported as such). A q/k/v set with a part
+missing (spatial or temporal layer) cannot be stacked: ``KeyError`` naming the missing
+keys. The public reproduction's conv temporal module was never defined, so only
+``temporal_module='attn'`` checkpoints exist; stan-mm weights without a public
+counterpart (``level_proj``, conv modules) are reported as unmapped by the exporter.
 """
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Tuple
 
 import torch
 
-from stan_mm.models.clip import (hf_clip_block_to_openclip, hf_clip_text_to_openclip,
-                                 openclip_block_to_hf_clip, openclip_text_to_hf_clip)
+from stan_mm.models.clip.hf_convert import (hf_clip_block_to_openclip,
+                                            hf_clip_text_to_openclip, in_proj_to_qkv,
+                                            is_position_ids, layer_indices,
+                                            openclip_block_to_hf_clip,
+                                            openclip_text_to_hf_clip, qkv_to_in_proj)
 
 Tensor = torch.Tensor
 
@@ -83,30 +86,6 @@ class ConversionReport:
         return '\n'.join(lines)
 
 
-def _indices(sd: Mapping[str, Tensor], prefix: str) -> List[int]:
-    pat = re.compile(re.escape(prefix) + r'(\d+)\.')
-    return sorted({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
-
-
-def _qkv_to_in_proj(sd, src: str, dst: str, out: Dict[str, Tensor]) -> None:
-    for kind in ('weight', 'bias'):
-        parts = [f'{src}self_attn.{n}_proj.{kind}' for n in 'qkv']
-        if all(p in sd for p in parts):
-            out[f'{dst}attn.in_proj_{kind}'] = torch.cat([sd[p] for p in parts], 0)
-
-
-def _in_proj_to_qkv(sd, src: str, dst: str, out: Dict[str, Tensor]) -> None:
-    for kind in ('weight', 'bias'):
-        key = f'{src}attn.in_proj_{kind}'
-        if key in sd:
-            for n, part in zip('qkv', sd[key].chunk(3, dim=0)):
-                out[f'{dst}self_attn.{n}_proj.{kind}'] = part.clone()
-
-
-def _is_position_ids(key: str) -> bool:
-    return key.endswith('position_ids')
-
-
 def _public_to_mm_keys(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     B, T = VIDEO_PREFIX, TEXT_PREFIX
     out: Dict[str, Tensor] = {}
@@ -115,15 +94,15 @@ def _public_to_mm_keys(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
             out[B + dst] = sd[B + src]
     if B + 'visual_projection.weight' in sd:
         out[B + 'visual.proj'] = sd[B + 'visual_projection.weight'].t().contiguous()
-    for i in _indices(sd, B + 'layers.'):
+    for i in layer_indices(sd, B + 'layers.'):
         out.update(hf_clip_block_to_openclip(sd, f'{B}layers.{i}.',
                                              f'{B}visual.transformer.resblocks.{i}.'))
-    for k in _indices(sd, B + 'STAN_S_layers.'):
+    for k in layer_indices(sd, B + 'STAN_S_layers.'):
         out.update(hf_clip_block_to_openclip(sd, f'{B}STAN_S_layers.{k}.',
                                              f'{B}branch.layers.{k}.spatial.'))
-    for k in _indices(sd, B + 'STAN_T_layers.'):
+    for k in layer_indices(sd, B + 'STAN_T_layers.'):
         src, dst = f'{B}STAN_T_layers.{k}.', f'{B}branch.layers.{k}.temporal.'
-        _qkv_to_in_proj(sd, src, dst, out)
+        out.update(qkv_to_in_proj(sd, src, dst))
         for s, d in _TEMPORAL_PLAIN.items():
             if src + s in sd:
                 out[dst + d] = sd[src + s]
@@ -141,15 +120,15 @@ def _mm_to_public_keys(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
             out[B + dst] = sd[B + src]
     if B + 'visual.proj' in sd:
         out[B + 'visual_projection.weight'] = sd[B + 'visual.proj'].t().contiguous()
-    for i in _indices(sd, B + 'visual.transformer.resblocks.'):
+    for i in layer_indices(sd, B + 'visual.transformer.resblocks.'):
         out.update(openclip_block_to_hf_clip(sd, f'{B}visual.transformer.resblocks.{i}.',
                                              f'{B}layers.{i}.'))
-    for k in _indices(sd, B + 'branch.layers.'):
+    for k in layer_indices(sd, B + 'branch.layers.'):
         out.update(openclip_block_to_hf_clip(sd, f'{B}branch.layers.{k}.spatial.',
                                              f'{B}STAN_S_layers.{k}.'))
         src, dst = f'{B}branch.layers.{k}.temporal.', f'{B}STAN_T_layers.{k}.'
         if src + 'fc.weight' in sd:           # the attention temporal module only
-            _in_proj_to_qkv(sd, src, dst, out)
+            out.update(in_proj_to_qkv(sd, src, dst))
             for d, s in _TEMPORAL_PLAIN.items():
                 if src + s in sd:
                     out[dst + d] = sd[src + s]
@@ -171,12 +150,12 @@ def public_to_mm(state_dict: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor],
     report = ConversionReport()
     for k in state_dict:
         if k not in consumed:
-            (report.dropped if _is_position_ids(k) else report.unmapped).append(k)
+            (report.dropped if is_position_ids(k) else report.unmapped).append(k)
     report.info = {
-        'CLIP vision blocks': len(_indices(state_dict, B + 'layers.')),
-        'STAN depth (STAN_S_layers)': len(_indices(state_dict, B + 'STAN_S_layers.')),
+        'CLIP vision blocks': len(layer_indices(state_dict, B + 'layers.')),
+        'STAN depth (STAN_S_layers)': len(layer_indices(state_dict, B + 'STAN_S_layers.')),
         'STAN temporal self-attention layers (STAN_T_layers)':
-            len(_indices(state_dict, B + 'STAN_T_layers.')),
+            len(layer_indices(state_dict, B + 'STAN_T_layers.')),
         'text tower': any(k.startswith(TEXT_PREFIX) for k in out),
     }
     if B + 'visual.conv1.weight' in out:

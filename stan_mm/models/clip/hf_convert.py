@@ -32,7 +32,7 @@ are left out of its output; the whole-model functions keep them under their orig
 so that loading reports them as unexpected.
 """
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -66,9 +66,53 @@ def is_hf_clip_state_dict(sd: Mapping[str, Tensor], prefix: str = '') -> bool:
             or prefix + 'text_model.embeddings.token_embedding.weight' in sd)
 
 
-def _layer_indices(sd: Mapping[str, Tensor], layers_prefix: str):
+def layer_indices(sd: Mapping[str, Tensor], layers_prefix: str) -> List[int]:
+    """Sorted numbers ``i`` of the keys ``<layers_prefix><i>.*`` in ``sd`` (e.g. the blocks
+    under ``'vision_model.encoder.layers.'``); tensor shapes play no part."""
     pat = re.compile(re.escape(layers_prefix) + r'(\d+)\.')
     return sorted({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
+
+
+def is_position_ids(key: str) -> bool:
+    """True for a derived ``position_ids`` buffer (``[1, C]`` int64 in HF towers): not a
+    weight, so converters drop it."""
+    return key.endswith('position_ids')
+
+
+def qkv_to_in_proj(sd: Mapping[str, Tensor], src: str, dst: str) -> Dict[str, Tensor]:
+    """HF attention projections -> one open_clip ``nn.MultiheadAttention`` input projection.
+
+    ``src + 'self_attn.{q,k,v}_proj.weight'`` (each ``[D, D]``) are stacked in q, k, v order
+    into ``dst + 'attn.in_proj_weight'`` ``[3D, D]``, the biases (each ``[D]``) into
+    ``dst + 'attn.in_proj_bias'`` ``[3D]``. A kind (weight or bias) absent altogether is
+    left out of the result.
+
+    Raises:
+        KeyError: some but not all of q, k, v of one kind are present; the message names
+            the missing keys.
+    """
+    out = {}
+    for kind in ('weight', 'bias'):
+        parts = [f'{src}self_attn.{n}_proj.{kind}' for n in 'qkv']
+        missing = [p for p in parts if p not in sd]
+        if not missing:
+            out[f'{dst}attn.in_proj_{kind}'] = torch.cat([sd[p] for p in parts], 0)
+        elif len(missing) < len(parts):
+            raise KeyError(f'incomplete attention weights: {missing} missing')
+    return out
+
+
+def in_proj_to_qkv(sd: Mapping[str, Tensor], src: str, dst: str) -> Dict[str, Tensor]:
+    """Inverse of :func:`qkv_to_in_proj`: ``src + 'attn.in_proj_weight'`` ``[3D, D]`` is cut
+    into ``dst + 'self_attn.{q,k,v}_proj.weight'`` ``[D, D]`` each, ``in_proj_bias``
+    ``[3D]`` into the ``[D]`` biases. The parts are views of the input tensors."""
+    out = {}
+    for kind in ('weight', 'bias'):
+        key = f'{src}attn.in_proj_{kind}'
+        if key in sd:
+            for n, part in zip('qkv', sd[key].chunk(3, dim=0)):
+                out[f'{dst}self_attn.{n}_proj.{kind}'] = part
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,15 +124,7 @@ def hf_clip_block_to_openclip(sd: Mapping[str, Tensor], hf_prefix: str,
     -> one open_clip ``ResidualAttentionBlock`` under ``oc_prefix``
     (e.g. ``'visual.transformer.resblocks.3.'``). q/k/v [D, D] are stacked into
     ``attn.in_proj_weight`` [3D, D] (and biases [3D])."""
-    out = {}
-    for kind in ('weight', 'bias'):
-        parts = [hf_prefix + f'self_attn.{n}_proj.{kind}' for n in 'qkv']
-        present = [p in sd for p in parts]
-        if all(present):
-            out[oc_prefix + f'attn.in_proj_{kind}'] = torch.cat([sd[p] for p in parts], 0)
-        elif any(present):
-            missing = [p for p, ok in zip(parts, present) if not ok]
-            raise KeyError(f'incomplete attention weights: {missing} missing')
+    out = qkv_to_in_proj(sd, hf_prefix, oc_prefix)
     for hf, oc in _HF_BLOCK_PLAIN.items():
         if hf_prefix + hf in sd:
             out[oc_prefix + oc] = sd[hf_prefix + hf]
@@ -98,12 +134,7 @@ def hf_clip_block_to_openclip(sd: Mapping[str, Tensor], hf_prefix: str,
 def openclip_block_to_hf_clip(sd: Mapping[str, Tensor], oc_prefix: str,
                               hf_prefix: str) -> Dict[str, Tensor]:
     """Inverse of :func:`hf_clip_block_to_openclip` (``in_proj`` split into q, k, v)."""
-    out = {}
-    for kind in ('weight', 'bias'):
-        key = oc_prefix + f'attn.in_proj_{kind}'
-        if key in sd:
-            for n, part in zip('qkv', sd[key].chunk(3, dim=0)):
-                out[hf_prefix + f'self_attn.{n}_proj.{kind}'] = part
+    out = in_proj_to_qkv(sd, oc_prefix, hf_prefix)
     for hf, oc in _HF_BLOCK_PLAIN.items():
         if oc_prefix + oc in sd:
             out[hf_prefix + hf] = sd[oc_prefix + oc]
@@ -121,7 +152,7 @@ def hf_clip_vision_to_openclip(sd: Mapping[str, Tensor], prefix: str = 'vision_m
     ``VisionTransformer`` keys under ``out_prefix``."""
     out = {out_prefix + oc: sd[prefix + hf] for hf, oc in _HF_VISION_PLAIN.items()
            if prefix + hf in sd}
-    for i in _layer_indices(sd, prefix + 'encoder.layers.'):
+    for i in layer_indices(sd, prefix + 'encoder.layers.'):
         out.update(hf_clip_block_to_openclip(sd, f'{prefix}encoder.layers.{i}.',
                                              f'{out_prefix}transformer.resblocks.{i}.'))
     if projection_key is not None and projection_key in sd:
@@ -137,7 +168,7 @@ def hf_clip_text_to_openclip(sd: Mapping[str, Tensor], prefix: str = 'text_model
     ``out_prefix``."""
     out = {out_prefix + oc: sd[prefix + hf] for hf, oc in _HF_TEXT_PLAIN.items()
            if prefix + hf in sd}
-    for i in _layer_indices(sd, prefix + 'encoder.layers.'):
+    for i in layer_indices(sd, prefix + 'encoder.layers.'):
         out.update(hf_clip_block_to_openclip(sd, f'{prefix}encoder.layers.{i}.',
                                              f'{out_prefix}transformer.resblocks.{i}.'))
     if projection_key is not None and projection_key in sd:
@@ -152,7 +183,7 @@ def openclip_vision_to_hf_clip(sd: Mapping[str, Tensor], prefix: str = 'visual.'
     """Inverse of :func:`hf_clip_vision_to_openclip`."""
     out = {out_prefix + hf: sd[prefix + oc] for hf, oc in _HF_VISION_PLAIN.items()
            if prefix + oc in sd}
-    for i in _layer_indices(sd, prefix + 'transformer.resblocks.'):
+    for i in layer_indices(sd, prefix + 'transformer.resblocks.'):
         out.update(openclip_block_to_hf_clip(sd, f'{prefix}transformer.resblocks.{i}.',
                                              f'{out_prefix}encoder.layers.{i}.'))
     if projection_key is not None and prefix + 'proj' in sd:
@@ -167,7 +198,7 @@ def openclip_text_to_hf_clip(sd: Mapping[str, Tensor], prefix: str = '',
     """Inverse of :func:`hf_clip_text_to_openclip`."""
     out = {out_prefix + hf: sd[prefix + oc] for hf, oc in _HF_TEXT_PLAIN.items()
            if prefix + oc in sd}
-    for i in _layer_indices(sd, prefix + 'transformer.resblocks.'):
+    for i in layer_indices(sd, prefix + 'transformer.resblocks.'):
         out.update(openclip_block_to_hf_clip(sd, f'{prefix}transformer.resblocks.{i}.',
                                              f'{out_prefix}encoder.layers.{i}.'))
     if projection_key is not None and prefix + 'text_projection' in sd:
@@ -178,10 +209,6 @@ def openclip_text_to_hf_clip(sd: Mapping[str, Tensor], prefix: str = '',
 # ---------------------------------------------------------------------------------------
 # whole CLIPModel
 # ---------------------------------------------------------------------------------------
-def _is_position_ids(key: str) -> bool:
-    return key.endswith('position_ids')
-
-
 def hf_clip_to_openclip(sd: Mapping[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
     """A whole HF ``CLIPModel`` state dict (keys under ``prefix``) -> open_clip ``CLIP`` keys.
 
@@ -196,7 +223,7 @@ def hf_clip_to_openclip(sd: Mapping[str, Tensor], prefix: str = '') -> Dict[str,
         out['logit_scale'] = sd[prefix + 'logit_scale']
     consumed = set(openclip_to_hf_clip(out, out_prefix=prefix))
     for k, v in sd.items():
-        if k.startswith(prefix) and k not in consumed and not _is_position_ids(k):
+        if k.startswith(prefix) and k not in consumed and not is_position_ids(k):
             out[k[len(prefix):]] = v
     return out
 
