@@ -115,3 +115,26 @@ def test_the_documented_own_dataset_config(tmp_path):
     assert cfg.train_cfg.max_epochs == 10
     assert [s.end for s in cfg.param_scheduler] == [2, 10]
     assert cfg.model.backbone.depth == 4 and cfg.test_evaluator.type == 'RecognitionAccMetric'
+
+
+def test_train_tool_ends_a_bad_list_with_one_error_line(tmp_path):
+    """tools/train.py on a list with a line without a label: exit status 2 and the file,
+    line and fix on stderr, no traceback (STAN_TRACEBACK=1 brings it back)."""
+    import os
+    import subprocess
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_recognition import REPO, write_tiny_config
+    cfg = write_tiny_config(tmp_path, num_train=2, num_val=2)
+    with open(tmp_path / 'train_list.txt', 'a') as f:
+        f.write('unlabeled.mp4\n')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    cmd = [sys.executable, os.path.join(REPO, 'tools', 'train.py'), cfg, '--work-dir',
+           str(tmp_path / 'work')]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"train.py: error: AnnotationError: {tmp_path / 'train_list.txt'}:3:" in r.stderr
+    assert "'unlabeled.mp4' has no label" in r.stderr and 'Traceback' not in r.stderr
+    env['STAN_TRACEBACK'] = '1'
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'Traceback' in r.stderr and 'AnnotationError' in r.stderr

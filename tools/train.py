@@ -120,4 +120,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from stan_mm.utils.cli import run_tool
+    sys.exit(run_tool(main, 'train.py'))
