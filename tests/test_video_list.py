@@ -10,6 +10,8 @@ def build(tmp_path, text, type_='CheckedVideoDataset', name='list.txt', **kw):
     f = tmp_path / name
     f.write_bytes(text.encode('utf-8') if isinstance(text, str) else text)
     kw.setdefault('data_prefix', dict(video='/videos'))
+    if type_ == 'CheckedVideoDataset':
+        kw.setdefault('check_files', False)       # these lists name no real files
     return DATASETS.build(dict(type=type_, ann_file=str(f), pipeline=[], **kw))
 
 
@@ -73,6 +75,26 @@ def test_unlabeled_lines_only_when_allowed(tmp_path):
     # MMAction2 gives -1 silently, which a test run would score as a class
     assert infos(build(tmp_path, 'v1.mp4\n', type_='VideoDataset')) == [
         ('/videos/v1.mp4', -1)]
+
+
+def test_missing_videos_found_when_built(tmp_path):
+    videos = tmp_path / 'videos'
+    (videos / 'sub').mkdir(parents=True)
+    for name in ('a.mp4', 'sub/b.mp4'):
+        (videos / name).write_bytes(b'')
+    text = 'a.mp4 0\nsub/b.mp4 1\ngone.mp4 1\nsub/also_gone.mp4 0\n'
+    kw = dict(data_prefix=dict(video=str(videos)), check_files=True)
+    with pytest.raises(AnnotationError) as e:
+        build(tmp_path, text, **kw)
+    msg = str(e.value)
+    assert '2 of 4 videos have no file' in msg and "missing_video='drop'" in msg
+    assert f"'{videos}/gone.mp4', '{videos}/sub/also_gone.mp4'" in msg
+    ds = build(tmp_path, text, missing_video='drop', **kw)
+    assert infos(ds) == [(f'{videos}/a.mp4', 0), (f'{videos}/sub/b.mp4', 1)]
+    assert len(build(tmp_path, text, data_prefix=dict(video=str(videos)),
+                     check_files=False)) == 4
+    with pytest.raises(ValueError, match="missing_video must be 'error' or 'drop'"):
+        build(tmp_path, text, missing_video='skip', **kw)
 
 
 def test_empty_list_and_missing_file(tmp_path):

@@ -10,20 +10,25 @@ usual mistakes of a hand-written list pass silently or fail far from their cause
 - a header line, a file name with spaces, a tab or two spaces between the fields end in
   ``ValueError: invalid literal for int()`` or ``too many values to unpack``;
 - a blank line becomes the video ``<data_prefix>/`` ("file not found" when it is reached);
-- an empty list ends in ``need at least one array to concatenate``.
+- an empty list ends in ``need at least one array to concatenate``;
+- a missing video (a wrong ``data_prefix``) is found only when its sample is reached,
+  possibly hours into a run.
 
 :class:`CheckedVideoDataset` reads the same files into the same samples (every list
 MMAction2 reads correctly gives identical ``data_list`` entries), skips blank lines,
 accepts any run of spaces or tabs between the fields, and reports every other problem
 at once as an :class:`~stan_mm.datasets.readers_common.AnnotationError` with the file and
-line numbers, before any model is built.
+line numbers, when the dataset is built. It also checks that the videos exist (one
+``stat`` per video; ``check_files=False`` skips it), listing the missing ones.
 """
+import logging
 import os.path as osp
 import re
 from typing import List, Optional
 
 from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
+from mmengine.logging import print_log
 
 from .readers_common import AnnotationError, iter_text_lines, read_text, short_repr
 
@@ -43,6 +48,9 @@ class CheckedVideoDataset(VideoDataset):
         allow_unlabeled (bool): accept lines without a label, as MMAction2 does, with
             label -1 (inference lists). Default False: such a line is an error, since a
             metric computed over label -1 is meaningless.
+        check_files (bool): check that every video exists (local paths; default True).
+        missing_video (str): ``'error'`` (default) or ``'drop'`` (leave the missing
+            videos out, with a warning naming the first few).
         Other arguments: see ``mmaction.datasets.VideoDataset``; ``delimiter=' '`` (the
             default) splits on any run of whitespace.
 
@@ -52,8 +60,13 @@ class CheckedVideoDataset(VideoDataset):
             label outside ``[0, num_classes)``, a missing label, or no video at all.
     """
 
-    def __init__(self, *args, allow_unlabeled: bool = False, **kwargs) -> None:
+    def __init__(self, *args, allow_unlabeled: bool = False, check_files: bool = True,
+                 missing_video: str = 'error', **kwargs) -> None:
+        if missing_video not in ('error', 'drop'):
+            raise ValueError(f"missing_video must be 'error' or 'drop', got {missing_video!r}")
         self.allow_unlabeled = allow_unlabeled
+        self.check_files = check_files
+        self.missing_video = missing_video
         super().__init__(*args, **kwargs)
 
     def _split(self, line: str) -> List[str]:
@@ -125,4 +138,28 @@ class CheckedVideoDataset(VideoDataset):
         if not data_list:
             raise AnnotationError('the video list is empty (expected "path label" lines)',
                                   file=self.ann_file)
+        if self.check_files:
+            data_list = self._check_files(data_list)
         return data_list
+
+    def _check_files(self, data_list: List[dict]) -> List[dict]:
+        missing = [d for d in data_list
+                   if '://' not in d['filename'] and not osp.isfile(d['filename'])]
+        if not missing:
+            return data_list
+        names = ', '.join(repr(d['filename']) for d in missing[:MAX_LISTED])
+        more = f' ... and {len(missing) - MAX_LISTED} more' if len(missing) > MAX_LISTED else ''
+        where = (f'{len(missing)} of {len(data_list)} videos have no file (data_prefix='
+                 f'{self.data_prefix["video"]!r})')
+        if self.missing_video == 'drop':
+            print_log(f'{self.ann_file}: {where}; left out: {names}{more}', logger='current',
+                      level=logging.WARNING)
+            gone = {id(d) for d in missing}
+            kept = [d for d in data_list if id(d) not in gone]
+            if not kept:
+                raise AnnotationError(f'{where}: no video left', file=self.ann_file)
+            return kept
+        raise AnnotationError(
+            f'{where}: {names}{more}. Fix data_prefix (or data_root), or set '
+            "missing_video='drop' to leave them out (check_files=False skips the check)",
+            file=self.ann_file)
