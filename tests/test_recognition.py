@@ -550,3 +550,20 @@ def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
         train.merge_args(Config.fromfile(str(bare)), args)
     (work / 'last_checkpoint').write_text(str(work / 'iter_23.pth'))
     assert train.merge_args(Config.fromfile(str(bare)), args).resume is True
+
+
+def test_shortened_training_warns_about_the_base_schedule(tmp_path, capsys):
+    """max_epochs cut below the schedule's epochs: the LR would stay in warm-up (the base's
+    cosine starts at epoch 5 of 30); the tool says which scheduler and what to do."""
+    from mmengine.config import Config
+    train = load_tool('tools/train.py', 'stan_train_tool_sched')
+    path = osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py')
+    train.merge_args(Config.fromfile(path), train.parse_args([path]))
+    assert 'param_scheduler' not in capsys.readouterr().err          # the recipe: silent
+    train.merge_args(Config.fromfile(path), train.parse_args(
+        [path, '--cfg-options', 'train_cfg.max_epochs=3']))
+    err = capsys.readouterr().err
+    assert 'param_scheduler[0] (LinearLR) runs over epochs 0..5, but max_epochs=3: it is cut' \
+        in err
+    assert 'param_scheduler[1] (CosineAnnealingLR) runs over epochs 5..30, but max_epochs=3: ' \
+        'it never starts' in err
