@@ -330,6 +330,95 @@ def test_an_interrupted_extraction_keeps_the_finished_batches(setup, monkeypatch
     np.testing.assert_allclose(np.load(osp.join(out, 'videos.npy')), ref, atol=2e-5)
 
 
+def copy_videos(setup, folder, n):
+    os.makedirs(folder)
+    for v in setup['videos'][:n]:
+        shutil.copy(v, folder)
+    return str(folder)
+
+
+def test_a_full_disk_stops_extraction_with_one_error_line(setup, capsys, tmp_path,
+                                                         monkeypatch):
+    """The disk fills up while a shard is written: one ``error:`` line naming the shard and
+    what to do, no temporary file left, the failed write not tried again by the final
+    flush, the shard written before kept (and reused by the rerun)."""
+    import errno
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, _, _, ckpt = setup['ret']
+    videos = copy_videos(setup, tmp_path / 'videos', 3)
+    out = str(tmp_path / 'feats')
+    args = [cfg_path, ckpt, '--videos', videos, '--out', out, '--batch-size', '1',
+            '--shard-size', '1', '--num-workers', '0', '--no-progress']
+    real, calls = np.savez, []
+
+    def full_disk(f, **arrays):
+        calls.append(1)
+        if len(calls) == 1:
+            return real(f, **arrays)
+        f.write(b'PK\x03\x04 half a shard')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, 'savez', full_disk)
+    rc = tool.main(args)
+    monkeypatch.undo()
+    cap = capsys.readouterr()
+    partial = osp.join(out, '.partial')
+    assert rc == 2 and 'Traceback' not in cap.err, cap.err
+    errors = [ln for ln in cap.err.splitlines() if 'error' in ln]
+    assert len(errors) == 1, cap.err
+    assert errors[0].startswith('extract_features: error: cannot write '
+                                + osp.join(partial, 'shard-000001.npz'))
+    assert 'No space left on device' in errors[0] and 'Free some disk space' in errors[0]
+    assert 'rerun the same command' in errors[0] and partial in errors[0]
+    assert len(calls) == 2                               # the failed write is not retried
+    assert sorted(os.listdir(partial)) == ['run.json', 'shard-000000.npz']
+    assert tool.main(args) == 0
+    assert '3 videos: 1 already embedded (reused), 2 to embed' in capsys.readouterr().out
+
+
+def test_a_damaged_feature_file_is_named_with_its_fix(setup, capsys, tmp_path):
+    """A truncated videos.npy of a finished folder: load_features, the tool and a search of
+    a cache name the file and what to do; the tool's --overwrite embeds it again."""
+    from stan_mm.apis import FeatureFolderError, load_features
+    from stan_mm.apis.search import search_gallery
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, cfg, model, ckpt = setup['ret']
+    videos = copy_videos(setup, tmp_path / 'videos', 2)
+    out = str(tmp_path / 'feats')
+    args = [cfg_path, ckpt, '--videos', videos, '--out', out, '--num-workers', '0',
+            '--no-progress']
+    assert tool.main(args) == 0
+    capsys.readouterr()
+    path = osp.join(out, 'videos.npy')
+    good = np.load(path)
+
+    def truncate(p):
+        with open(p, 'rb') as f:
+            data = f.read()
+        with open(p, 'wb') as f:
+            f.write(data[:-100])
+
+    truncate(path)
+    with pytest.raises(FeatureFolderError) as info:
+        load_features(out)
+    msg = str(info.value)
+    assert msg.startswith(f'{path} is damaged') and 'Failed to read all data' in msg
+    assert 'tools/extract_features.py with --overwrite' in msg
+    assert tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'extract_features: error: {path} is damaged') and '--overwrite' in err
+    assert tool.main(args + ['--overwrite']) == 0
+    assert 'embedded 2 new videos' in capsys.readouterr().out
+    np.testing.assert_allclose(load_features(out)['videos'], good, atol=1e-6)
+    # a search cache: no --overwrite there, the fix is to delete the cache
+    kw = dict(key='k', num_workers=0, progress=False, log=lambda m: None)
+    cache = search_gallery(model, videos, ['a query'], **kw).cache_dir
+    truncate(osp.join(cache, 'videos.npy'))
+    with pytest.raises(FeatureFolderError, match=rf'videos.npy of the gallery cache is '
+                       rf'damaged .*delete {re.escape(cache)} and search again'):
+        search_gallery(model, videos, ['a query'], **kw)
+
+
 def test_extract_features_split_feeds_eval_retrieval(setup, capsys):
     """--split test: captions grouped by video, text_to_video.npy and sim.npy in the layout
     of tools/analysis/eval_retrieval.py, whose metrics match ranks computed here."""
@@ -625,6 +714,64 @@ def test_search_names_an_unreadable_queries_file(tmp_path, capsys):
                          '--queries', str(tmp_path / 'nope.txt')])
     assert info.value.code == 2
     assert "--queries" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('tool_name,how', [('search', 'SIGINT'), ('search', 'SIGTERM'),
+                                           ('extract_features', 'SIGTERM')])
+def test_an_interrupted_tool_keeps_what_it_embedded(setup, capsys, tmp_path, monkeypatch,
+                                                   tool_name, how):
+    """Ctrl-C, or SIGTERM (Slurm preemption, kill: both tools turn it into an interrupt with
+    one shared handler) in the second batch: the first batch is saved, one line says so,
+    exit status 130, SIGTERM's handler is restored, and the same command continues."""
+    import signal
+    import time
+    from stan_mm.apis import embed as embed_mod
+    cfg_path, _, _, ckpt = setup['ret']
+    videos = copy_videos(setup, tmp_path / 'videos', 6)
+    common = ['--batch-size', '2', '--num-workers', '0', '--no-progress']
+    if tool_name == 'search':
+        tool = load_tool('tools/demo/search.py')
+        args = [cfg_path, ckpt, '--gallery', videos, '--query', QUERIES[0]] + common
+        saved_in = osp.join(videos, '.stan_mm_cache')
+        shards = osp.join(saved_in, '*', '.partial', 'shard-*.npz')
+    else:
+        tool = load_tool('tools/extract_features.py')
+        out = str(tmp_path / 'feats')
+        args = [cfg_path, ckpt, '--videos', videos, '--out', out] + common
+        saved_in = osp.join(out, '.partial')
+        shards = osp.join(saved_in, 'shard-*.npz')
+    real, calls, unhandled = embed_mod.embed_video_batch, [], []
+
+    def interrupted(model, samples):
+        calls.append(len(samples))
+        if len(calls) == 2:
+            if how == 'SIGINT':
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)                       # the tool's handler raises in here
+        return real(model, samples)
+
+    def not_the_tools(signum, frame):           # SIGTERM without the tool's handler:
+        unhandled.append(signum)                # recorded (not the end of pytest)
+
+    previous = signal.signal(signal.SIGTERM, not_the_tools)
+    try:
+        monkeypatch.setattr(embed_mod, 'embed_video_batch', interrupted)
+        rc = tool.main(args)
+        restored = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    cap = capsys.readouterr()
+    assert rc == 130 and not unhandled and 'Traceback' not in cap.err, cap.err
+    assert restored is not_the_tools
+    said = [ln for ln in cap.err.splitlines() if 'interrupted' in ln]
+    assert len(said) == 1 and saved_in in said[0], cap.err
+    assert 'embedded so far are saved' in said[0] and 'rerun the same command' in said[0]
+    saved = glob.glob(shards)
+    assert len(saved) == 1 and len(np.load(saved[0])['keys']) == 2
+    assert tool.main(args) == 0
+    assert '6 videos: 2 already embedded (reused), 4 to embed' in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ clip_to_mm

@@ -18,11 +18,12 @@ its text tower.
 
 Interrupt it (Ctrl-C, SIGTERM, a crash, --limit) and run the same command again: embedded
 videos are kept in OUT/.partial and skipped. An unreadable video stops the run with its file
-name; --skip-bad lists it in OUT/bad_videos.txt and goes on.
+name; --skip-bad lists it in OUT/bad_videos.txt and goes on. A write that fails (a full
+disk) stops it with the file's name, keeping what was saved; a damaged finished file of OUT
+(e.g. a truncated videos.npy) is named too, and --overwrite embeds its videos again.
 """
 import argparse
 import os.path as osp
-import signal
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
@@ -128,14 +129,14 @@ def main(argv=None) -> int:
         print(f'[extract_features] {msg}', flush=True)
 
     from stan_mm.apis import FeatureFolderError, ModelLoadError
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # Slurm preemption: save
+    from stan_mm.apis.features import sigterm_as_interrupt
     try:
-        return _run(args, log)
+        with sigterm_as_interrupt():   # Slurm preemption: save, as on Ctrl-C
+            return _run(args, log)
     except (FeatureFolderError, ModelLoadError, FileNotFoundError, ValueError) as e:
+        # (FeatureFolderError includes a failed write, e.g. a full disk, and a damaged file)
         print(f'extract_features: error: {e}', file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args, log) -> int:
@@ -210,10 +211,6 @@ def write_sim(out: str, log) -> None:
     atomic_save_npy(osp.join(out, 'sim.npy'), sim)   # complete or absent
     log(f'wrote {osp.join(out, "sim.npy")} {tuple(sim.shape)} (rows: texts.txt, columns: '
         f'videos.txt)')
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == '__main__':

@@ -21,15 +21,21 @@ Output folder ``OUT``::
 
 Resumption: video embeddings are written in shards (``.partial/shard-*.npz``, each one
 written to a temporary name and renamed) every ``shard_size`` videos, when the run is
-interrupted (Ctrl-C, SIGTERM from the tools) and when a video fails. A new run with the
+interrupted (Ctrl-C, SIGTERM under :func:`sigterm_as_interrupt`, which both tools hold)
+and when a video fails. A new run with the
 same model key (config + checkpoint + views) reuses every shard and every row of a finished
 output whose video still has the same path, size and modification time, and embeds only the
 rest; a different model key is refused (``overwrite=True`` starts over). The final files
 are written to temporary names and renamed; ``meta.json`` is removed first and written
 last, so a folder with ``meta.json`` is always complete.
+
+Errors name the file: a write that fails (e.g. a full disk) removes its temporary file and
+raises :class:`FeatureWriteError`; a finished file that cannot be read (truncated, missing)
+raises :class:`DamagedFeatureFolder`. Nothing saved before is removed by either.
 """
 import contextlib
 import datetime
+import errno
 import glob
 import hashlib
 import json
@@ -37,6 +43,8 @@ import logging
 import os
 import os.path as osp
 import shutil
+import signal
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -60,6 +68,55 @@ NORMALIZATION = ('L2: every row of videos.npy and texts.npy has unit norm, so '
 
 class FeatureFolderError(RuntimeError):
     """An output folder that holds results of another model (or is unusable)."""
+
+
+class FeatureWriteError(FeatureFolderError):
+    """A file of the folder could not be written (``path``; e.g. the disk is full). Its
+    temporary file is removed; what was saved before is kept."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class DamagedFeatureFolder(FeatureFolderError):
+    """A file of a finished folder cannot be read (``path``; truncated, missing, not an
+    ``.npy``); ``reason``: what numpy (or the OS) said."""
+
+    def __init__(self, path: str, reason: str, message: str):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+def _write_error(path: str, e: OSError, kept: str) -> FeatureWriteError:
+    full = e.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
+    todo = 'free some disk space' if full else 'fix that'
+    return FeatureWriteError(path, f'cannot write {path}: {e.strerror or e}. '
+                             f'{todo.capitalize()} and rerun the same command: {kept}')
+
+
+_KEPT = 'what was saved before is kept'
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While held, SIGTERM (``kill``, Slurm preemption) raises :class:`KeyboardInterrupt`
+    like Ctrl-C, so that an extraction saves the videos embedded so far (its last shard)
+    before the process ends. The previous handler is restored on exit. Used by
+    ``tools/extract_features.py`` and ``tools/demo/search.py``; a no-op outside the main
+    thread (where signal handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def model_key(cfg, checkpoint_fp: str, views: Optional[str],
@@ -98,18 +155,51 @@ def _abs(root: str, rel: str) -> str:
     return rel if osp.isabs(rel) else osp.join(root, rel)
 
 
+@contextlib.contextmanager
+def _writing(path: str, tmp: str, kept: str = _KEPT) -> Iterator[None]:
+    """Remove ``tmp`` if the block fails; an ``OSError`` becomes :class:`FeatureWriteError`
+    naming ``path`` (``kept``: what survives, for the message)."""
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e, kept) from e
+        raise
+
+
 def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` so that it is complete or absent (temporary file + rename)."""
+    """``np.save`` to ``path`` so that it is complete or absent (temporary file + rename);
+    a failed write raises :class:`FeatureWriteError` and leaves no temporary file."""
     tmp = path + '.tmp.npy'
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with _writing(path, tmp):
+        np.save(tmp, array)
+        os.replace(tmp, path)
 
 
 def _atomic_write_text(path: str, text: str) -> None:
     tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with _writing(path, tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
+def _load_npy(path: str, fix: str) -> np.ndarray:
+    """``np.load`` of a finished folder's file; an unreadable one raises
+    :class:`DamagedFeatureFolder` naming it, with ``fix`` (what to do)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DamagedFeatureFolder(path, reason, f'{path} is damaged or incomplete '
+                                   f'({reason}); {fix}') from None
+
+
+# what to do about a damaged finished file (the caller may say it for its own tool)
+RECOMPUTE = ('rerun tools/extract_features.py with --overwrite to embed its videos again '
+             '(or delete the folder)')
 
 
 def _lines(items: Sequence[str], what: str) -> str:
@@ -159,15 +249,20 @@ class ShardStore:
         return osp.join(self.dir, f'shard-{n:06d}.npz')
 
     def write(self, keys: Sequence[str], emb: np.ndarray) -> None:
+        """One more shard; a failed write (e.g. a full disk) leaves no temporary file and
+        raises :class:`FeatureWriteError` (the shards written before are kept)."""
         if not len(keys):
             return
         path = self._next_name()
         tmp = path[:-4] + '.tmp.npz'
-        with open(tmp, 'wb') as f:   # on disk before the rename (a power loss: no 0-byte shard)
-            np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        kept = (f'the videos embedded before are kept in {self.dir} and only the others are '
+                f'embedded')
+        with _writing(path, tmp, kept):
+            with open(tmp, 'wb') as f:  # on disk before the rename (power loss: no 0-byte shard)
+                np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
 
     def read(self) -> Dict[str, np.ndarray]:
         """key -> embedding row, over every complete shard."""
@@ -202,8 +297,13 @@ def load_meta(out_dir: str) -> Optional[dict]:
     path = osp.join(out_dir, 'meta.json')
     if not osp.isfile(path):
         return None
-    with open(path, encoding='utf-8') as f:
-        meta = json.load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DamagedFeatureFolder(path, str(e), (
+            f'{path} is damaged ({e}); delete it and rerun the same command (the folder '
+            f'then counts as unfinished and its videos are embedded again)')) from None
     if meta.get('format') != FORMAT:
         raise FeatureFolderError(f'{path} is not a stan-mm feature folder (format '
                                  f'{meta.get("format")!r})')
@@ -212,7 +312,8 @@ def load_meta(out_dir: str) -> Optional[dict]:
 
 def load_features(out_dir: str) -> dict:
     """A finished folder as a dict: ``meta``, ``videos`` ``[Nv, E]`` + ``video_paths``
-    (absolute), ``texts`` ``[Nt, E]`` + ``text_lines``, ``text_to_video`` (or None)."""
+    (absolute), ``texts`` ``[Nt, E]`` + ``text_lines``, ``text_to_video`` (or None).
+    A file that cannot be read raises :class:`DamagedFeatureFolder` naming it."""
     meta = load_meta(out_dir)
     if meta is None:
         raise FeatureFolderError(f'{out_dir} has no meta.json: extraction has not finished '
@@ -220,14 +321,15 @@ def load_features(out_dir: str) -> dict:
     res = dict(meta=meta, videos=None, video_paths=[], texts=None, text_lines=[],
                text_to_video=None)
     if meta['num_videos']:
-        res['videos'] = np.load(osp.join(out_dir, 'videos.npy'))
+        res['videos'] = _load_npy(osp.join(out_dir, 'videos.npy'), RECOMPUTE)
         rel = read_lines(osp.join(out_dir, 'videos.txt'))
         res['video_paths'] = [_abs(meta['video_root'], p) for p in rel]
     if meta['num_texts']:
-        res['texts'] = np.load(osp.join(out_dir, 'texts.npy'))
+        res['texts'] = _load_npy(osp.join(out_dir, 'texts.npy'), RECOMPUTE)
         res['text_lines'] = read_lines(osp.join(out_dir, 'texts.txt'))
     if meta.get('has_text_to_video'):
-        res['text_to_video'] = np.load(osp.join(out_dir, 'text_to_video.npy'))
+        res['text_to_video'] = _load_npy(osp.join(out_dir, 'text_to_video.npy'),
+                                         RECOMPUTE)
     return res
 
 
@@ -295,12 +397,13 @@ def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
 
 def _finished_rows(out_dir: str, meta: dict, video_root: str):
     """``(keys, embeddings)`` of a finished output (keys relative to ``video_root``), or
-    None when it holds no videos or its files disagree."""
+    None when it holds no videos or its files disagree; an unreadable ``.npy`` raises
+    :class:`DamagedFeatureFolder`."""
     if not meta.get('num_videos'):
         return None
-    emb = np.load(osp.join(out_dir, 'videos.npy'))
+    emb = _load_npy(osp.join(out_dir, 'videos.npy'), RECOMPUTE)
     rel = read_lines(osp.join(out_dir, 'videos.txt'))
-    stamps = np.load(osp.join(out_dir, 'video_stamps.npy')).tolist()
+    stamps = _load_npy(osp.join(out_dir, 'video_stamps.npy'), RECOMPUTE).tolist()
     if len(rel) != len(emb) or len(stamps) != len(emb):
         return None  # inconsistent: recompute
     root = meta['video_root']
@@ -402,7 +505,9 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         limit: embed at most this many new videos, save them and return
             (``complete=False``); a later call continues.
         shard_size: videos per shard file.
-        overwrite: replace results of another model in ``out_dir``.
+        overwrite: replace results of another model in ``out_dir``, and embed again the
+            videos of a finished folder whose files are damaged (otherwise
+            :class:`DamagedFeatureFolder`).
 
     Returns:
         :class:`ExtractionResult`.
@@ -435,7 +540,15 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     result = ExtractionResult(out_dir=out_dir, complete=False, num_videos=len(videos))
     stamps = [_stamp(_abs(video_root, p)) for p in videos]
     keys = [_item_key(_rebase(video_root, p, video_root), s) for p, s in zip(videos, stamps)]
-    rows = _finished_rows(out_dir, finished, video_root) if finished is not None else None
+    rows = None
+    if finished is not None:
+        try:
+            rows = _finished_rows(out_dir, finished, video_root)
+        except DamagedFeatureFolder as e:
+            if not overwrite:
+                raise
+            log(f'{e.path} is damaged ({e.reason}): its videos are embedded again '
+                f'(overwrite)')
     known_bad = _known_bad(finished, video_root) if (finished and skip_bad) else {}
     good = [k for k in keys if k not in known_bad]
     result.bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
@@ -541,10 +654,13 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
     pending_emb: List[np.ndarray] = []
 
     def flush():
+        # taken out of pending before the write: a failed write (full disk) is not tried
+        # again by the flush of the ``finally`` below
         if pending_keys:
-            store.write(pending_keys, np.stack(pending_emb))
+            keys_, emb_ = list(pending_keys), np.stack(pending_emb)
             pending_keys.clear()
             pending_emb.clear()
+            store.write(keys_, emb_)
 
     bar = tqdm(total=len(todo), desc='videos', unit='video', disable=not progress)
     try:
@@ -569,8 +685,10 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
             if len(pending_keys) >= shard_size:
                 flush()
     finally:
-        flush()
-        bar.close()
+        try:
+            flush()
+        finally:
+            bar.close()
 
 
 def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, text_emb, t2v,

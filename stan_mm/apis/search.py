@@ -55,10 +55,14 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
                    log: Callable[[str], None] = print) -> SearchResult:
     """Embed (or reuse) the gallery, embed the queries, rank (see the module docstring).
 
-    Unreadable gallery videos are skipped and reported (``bad_videos``).
+    Unreadable gallery videos are skipped and reported (``bad_videos``). A damaged cache
+    file raises :class:`~stan_mm.apis.features.DamagedFeatureFolder` naming it (delete the
+    cache folder: the gallery is embedded again). On an interrupt, the videos embedded so
+    far stay in the cache folder and the next search reuses them.
     """
     from .embed import embed_texts, require_text_tower
-    from .features import extract_features, folder_lock, load_features
+    from .features import (DamagedFeatureFolder, extract_features, folder_lock,
+                           load_features)
     from .video import list_videos
     if not queries:
         raise ValueError('no query: give at least one text (--query "...")')
@@ -66,10 +70,16 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     root, paths = list_videos(gallery)
     out = gallery_cache_dir(gallery, key, cache)
     with folder_lock(out):   # no other run may rewrite the cache before it is read
-        res = extract_features(model, out, videos=paths, video_root=root, key=key,
-                               batch_size=batch_size, num_workers=num_workers, skip_bad=True,
-                               progress=progress, extra_meta=extra_meta, log=log)
-        feats = load_features(out)
+        try:
+            res = extract_features(model, out, videos=paths, video_root=root, key=key,
+                                   batch_size=batch_size, num_workers=num_workers,
+                                   skip_bad=True, progress=progress, extra_meta=extra_meta,
+                                   log=log)
+            feats = load_features(out)
+        except DamagedFeatureFolder as e:   # the fix for a cache is not --overwrite
+            raise DamagedFeatureFolder(e.path, e.reason, (
+                f'{e.path} of the gallery cache is damaged or incomplete ({e.reason}); '
+                f'delete {out} and search again (the gallery is embedded again)')) from None
     q = embed_texts(model, list(queries)).numpy()                      # [Nq, E]
     sim = q @ feats['videos'].T                                        # [Nq, Nv]
     return SearchResult(queries=list(queries), sim=sim, ranking=top_k(sim, top),

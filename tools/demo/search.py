@@ -8,6 +8,8 @@ The gallery is embedded once and cached under DIR/.stan_mm_cache/<model key>/ (o
 tools/extract_features.py; later searches with the
 same config and checkpoint reuse it and embed only new or changed videos. Scores are cosine
 similarities of L2-normalized embeddings; equal scores keep the gallery order.
+Interrupted while embedding (Ctrl-C, SIGTERM), it keeps the videos embedded so far in the
+cache: the same command continues with the others.
 
 --save-sim writes the [num_queries, num_videos] similarity matrix (texts are rows, as
 tools/analysis/eval_retrieval.py --sim expects) with SIM.queries.txt and SIM.videos.txt
@@ -64,18 +66,24 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import stan_mm  # noqa: F401
     from stan_mm.apis import FeatureFolderError, ModelLoadError
+    from stan_mm.apis.features import sigterm_as_interrupt
     from stan_mm.datasets.transforms.video_io import VideoReadError
     try:
-        return run(args)
+        with sigterm_as_interrupt():   # Slurm preemption, kill: save, as on Ctrl-C
+            return run(args)
     except (FeatureFolderError, ModelLoadError, VideoReadError, FileNotFoundError,
             ValueError) as e:
         print(f'search: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('search: interrupted', file=sys.stderr)
+        return 130
 
 
 def run(args) -> int:
     import numpy as np
     from stan_mm.apis import init_model, loaded_model_key, search_gallery
+    from stan_mm.apis.search import gallery_cache_dir
     from stan_mm.apis.report import display_name, format_table, search_html
 
     def log(msg):
@@ -86,10 +94,17 @@ def run(args) -> int:
     key = loaded_model_key(model, args.checkpoint)
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=osp.abspath(args.gallery))
-    res = search_gallery(model, args.gallery, args.query, key, cache=args.cache,
-                         top=args.top_k, batch_size=args.batch_size,
-                         num_workers=args.num_workers, progress=not args.no_progress,
-                         extra_meta=extra, log=log)
+    try:
+        res = search_gallery(model, args.gallery, args.query, key, cache=args.cache,
+                             top=args.top_k, batch_size=args.batch_size,
+                             num_workers=args.num_workers, progress=not args.no_progress,
+                             extra_meta=extra, log=log)
+    except KeyboardInterrupt:
+        cache = gallery_cache_dir(args.gallery, key, args.cache)
+        print(f'search: interrupted; the gallery videos embedded so far are saved in {cache}: '
+              f'rerun the same command to continue (only the others are embedded)',
+              file=sys.stderr)
+        return 130
     root = osp.abspath(args.gallery)
     names = [display_name(p, root) for p in res.video_paths]
     log(f'gallery: {len(names)} videos (embeddings in {res.cache_dir})')
