@@ -435,11 +435,20 @@ def test_best_checkpoint_survives_a_kill_while_the_next_best_is_written(tmp_path
 
 def test_checkpoint_hook_refuses_unknown_arguments_at_build():
     """mmengine passes unknown keywords to save_checkpoint at the first save, after a
-    whole epoch; the hook refuses them when it is built, with the likely name."""
+    whole epoch; the hook refuses them when training starts, with the likely name, unless
+    the runner's save_checkpoint takes them."""
+    from mmengine.runner import Runner
     from stan_mm.engine import AtomicCheckpointHook
+    runner = object.__new__(Runner)
     with pytest.raises(TypeError, match=r"'max_keep_ckpt' \(did you mean 'max_keep_ckpts'\?\)"):
-        AtomicCheckpointHook(interval=1, max_keep_ckpt=1)
-    assert AtomicCheckpointHook(interval=1, max_keep_ckpts=1).max_keep_ckpts == 1
+        AtomicCheckpointHook(interval=1, max_keep_ckpt=1)._check_save_arguments(runner)
+    AtomicCheckpointHook(interval=1, max_keep_ckpts=1)._check_save_arguments(runner)
+
+    class MyRunner(Runner):
+        def save_checkpoint(self, out_dir, filename, safe_serialization=False, **kw):
+            pass
+    AtomicCheckpointHook(interval=1, safe_serialization=True)._check_save_arguments(
+        object.__new__(MyRunner))
 
 
 def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path,
@@ -458,6 +467,12 @@ def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path
     assert f'could not write {path} (free space on that disk)' in str(err.value)
     assert path.read_bytes() == b'old checkpoint'
     assert os.listdir(tmp_path) == ['epoch_3.pth']           # no temporary file left
+
+    def quota(fd):                                           # an OSError without errno
+        raise OSError('Disk quota exceeded (FUSE)')
+    monkeypatch.setattr(checkpoint_hook.os, 'fsync', quota)
+    with pytest.raises(OSError, match=r'^Disk quota exceeded \(FUSE\)$'):
+        checkpoint_hook.atomic_write_bytes(b'new checkpoint', str(path))
 
 
 def test_iteration_checkpoints_in_an_epoch_loop_are_warned_about():

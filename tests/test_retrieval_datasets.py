@@ -594,9 +594,10 @@ def test_duplicate_video_in_list(msvd):
     assert len(ds) == 2 and ds.num_captions == 5
 
 
-def test_two_ids_naming_one_file_are_a_duplicate(tmp_path, capsys):
-    """``clip3.mp4`` and ``./clip3.mp4`` (or a symlink to it) are one video: kept twice,
-    the gallery would hold an exact tie that outranks the ground truth."""
+def test_two_ids_naming_one_file_are_a_duplicate(tmp_path, capsys, monkeypatch):
+    """``clip3.mp4`` and ``./clip3.mp4`` are one video: kept twice, the gallery would hold
+    an exact tie that outranks the ground truth. Links to one file (a content-addressed
+    store shares a blob between identical videos) are only warned about."""
     videos = tmp_path / 'videos'
     touch_videos(videos, ['clip1.mp4', 'clip3.mp4', 'sub/clip4.mp4'])
     os.symlink(videos / 'clip1.mp4', videos / 'alias1.mp4')
@@ -604,23 +605,35 @@ def test_two_ids_naming_one_file_are_a_duplicate(tmp_path, capsys):
            '  "./clip3.mp4": ["three again"],\n  "sub/../clip3.mp4": ["and again"],\n'
            '  "sub/clip4.mp4": ["four"],\n  "alias1.mp4": ["one by a link"]\n}\n')
     f = write(tmp_path / 'ann.json', ann)
+    from stan_mm.datasets import retrieval
+    logged = []
+    monkeypatch.setattr(retrieval, 'print_log', lambda msg, **kw: logged.append(msg))
     with pytest.raises(AnnotationError) as e:
         build(ann_format='json', ann_file=f, data_prefix=dict(video=str(videos)),
               test_mode=True)
     msg = str(e.value)
-    assert '3 x duplicate_video' in msg and "duplicate_video='drop'" in msg
+    assert '2 x duplicate_video' in msg and "duplicate_video='drop'" in msg
     assert "video './clip3.mp4' (ann.json:./clip3.mp4)" in msg  # its JSON key
     assert "already listed as video 'clip3.mp4' (ann.json:clip3.mp4)" in msg
-    assert "video 'alias1.mp4'" in msg and "already listed as video 'clip1.mp4'" in msg
+    assert f"is the file '{videos / 'clip3.mp4'}'" in msg              # the resolved path
+    assert 'alias1.mp4' not in msg
     ds = build(ann_format='json', ann_file=f, data_prefix=dict(video=str(videos)),
                test_mode=True, duplicate_video='drop')
     assert [s['video_id'] for s in samples(ds)] == ['clip1.mp4', 'clip3.mp4',
-                                                     'sub/clip4.mp4']
-    assert ds.num_captions == 3 and ds.text_to_video.tolist() == [0, 1, 2]
+                                                     'sub/clip4.mp4', 'alias1.mp4']
+    assert ds.num_captions == 4 and ds.text_to_video.tolist() == [0, 1, 2, 3]
+    out = '\n'.join(logged)
+    assert "1 pair(s) of videos are links to one file" in out
+    assert f"'alias1.mp4' and 'clip1.mp4' -> '{videos / 'clip1.mp4'}'" in out
+    # check_files=False: no file system access, so no link warning either
+    logged.clear()
+    build(ann_format='json', ann_file=f, data_prefix=dict(video=str(videos)),
+          test_mode=True, duplicate_video='drop', check_files=False)
+    assert not any('links to one file' in m for m in logged)
     # the data tool reports them without a dataset
     assert _tool().main(['json', f, '--video-root', str(videos)]) == 1
     out = capsys.readouterr().out
-    assert 'duplicate_video' in out and "'./clip3.mp4'" in out and "'alias1.mp4'" in out
+    assert 'duplicate_video' in out and "'./clip3.mp4'" in out and "'alias1.mp4'" not in out
     # distinct files stay distinct (no false alarm), with and without a root
     f2 = write(tmp_path / 'ok.json', '{"clip1.mp4": ["a"], "sub/clip4.mp4": ["b"]}')
     assert len(build(ann_format='json', ann_file=f2, data_prefix=dict(video=str(videos)),

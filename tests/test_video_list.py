@@ -31,13 +31,13 @@ def test_same_samples_as_mmaction_on_a_valid_list(tmp_path, kw):
 
 
 def test_multi_label_same_as_mmaction(tmp_path):
-    text = 'v1.mp4 0 2\nv2.mp4 1\n'
+    text = 'v1.mp4 0 2\nv2.mp4 1\nv3.mp4\n'        # v3: of no class (all negative)
     ours = build(tmp_path, text, multi_class=True, num_classes=3)
     theirs = build(tmp_path, text, type_='VideoDataset', multi_class=True, num_classes=3)
-    assert [ours.get_data_info(i)['label'].tolist() for i in range(2)] == [
-        [1., 0., 1.], [0., 1., 0.]]
-    assert [theirs.get_data_info(i)['label'].tolist() for i in range(2)] == [
-        [1., 0., 1.], [0., 1., 0.]]
+    assert [ours.get_data_info(i)['label'].tolist() for i in range(3)] == [
+        [1., 0., 1.], [0., 1., 0.], [0., 0., 0.]]
+    assert [theirs.get_data_info(i)['label'].tolist() for i in range(3)] == [
+        [1., 0., 1.], [0., 1., 0.], [0., 0., 0.]]
     with pytest.raises(AnnotationError, match=r'(?s)list.txt:2: .*line 2: label 3 is out of'):
         build(tmp_path, 'v1.mp4 0\nv2.mp4 1 3\n', multi_class=True, num_classes=3)
 
@@ -160,3 +160,32 @@ def test_train_tool_ends_a_bad_list_with_one_error_line(tmp_path):
     env['STAN_TRACEBACK'] = '1'
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'Traceback' in r.stderr and 'AnnotationError' in r.stderr
+
+
+def test_dump_is_written_before_the_metric_refuses_unlabeled_samples(tmp_path):
+    """An inference list (allow_unlabeled=True, labels -1) tested with --dump: the
+    predictions are saved, then the accuracy is refused (not the other way round)."""
+    import os
+    import pickle
+    import sys
+    import torch
+    from mmengine.config import Config
+    from mmengine.evaluator import Evaluator
+    from mmengine.registry import DefaultScope
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_recognition import load_tool, write_tiny_config
+    test_tool = load_tool('tools/test.py', 'stan_test_tool_dump_order')
+    cfg_path = write_tiny_config(tmp_path)
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'')
+    out = tmp_path / 'pred.pkl'
+    cfg = test_tool.merge_args(Config.fromfile(cfg_path), test_tool.parse_args(
+        [cfg_path, str(ckpt), '--dump', str(out)]))
+    assert [e['type'] for e in cfg.test_evaluator] == ['DumpResults', 'RecognitionAccMetric']
+    DefaultScope.get_instance('dump_order', scope_name='mmaction')
+    ev = Evaluator(cfg.test_evaluator)
+    ev.process([dict(pred_score=torch.rand(3), gt_label=torch.tensor([-1]))] * 2, None)
+    with pytest.raises(ValueError, match='2 of 2 samples have a label outside 0..2'):
+        ev.evaluate(2)
+    with open(out, 'rb') as f:
+        assert len(pickle.load(f)) == 2

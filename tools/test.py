@@ -65,7 +65,9 @@ def merge_args(cfg, args):
             raise ValueError(f'--dump must end with .pkl or .pickle, got {args.dump}')
         dump = dict(type='DumpResults', out_file_path=args.dump)
         ev = cfg.test_evaluator
-        cfg.test_evaluator = ([*ev, dump] if isinstance(ev, (list, tuple)) else [ev, dump])
+        # first: the predictions are written even when a metric then refuses the labels
+        # (an inference list without labels, allow_unlabeled=True)
+        cfg.test_evaluator = ([dump, *ev] if isinstance(ev, (list, tuple)) else [dump, ev])
     return cfg
 
 

@@ -163,43 +163,71 @@ def locate_videos(entries: List[VideoEntry], root: str, video_lookup: str = 'tem
     return [e for e in entries if not exists(join_path(root, e.filename))]
 
 
-def _file_key(path: str) -> str:
-    """What identifies a video file: the path with symlinks, ``.`` and ``..`` resolved
-    (URIs such as ``s3://...`` are compared as written)."""
-    return path if '://' in path else osp.realpath(path)
+def _path_key(path: str) -> str:
+    """The path with ``.``, ``..`` and repeated separators resolved, without touching the
+    file system (URIs such as ``s3://...`` are compared as written)."""
+    return path if '://' in path else osp.normpath(osp.abspath(path))
 
 
 def drop_same_file_entries(entries: List[VideoEntry], issues: IssueLog, ann_file: str,
-                           root: Optional[str] = None) -> List[VideoEntry]:
-    """Find videos listed under two ids that name one file (``clip3.mp4`` and
-    ``./clip3.mp4``, or a symlink to it): a ``duplicate_video`` issue for each later one.
+                           root: Optional[str] = None, check_links: bool = True
+                           ) -> List[VideoEntry]:
+    """Find videos listed under two ids that name one path (``clip3.mp4`` and
+    ``./clip3.mp4``, ``sub/../clip3.mp4``): a ``duplicate_video`` issue for each later one.
 
     The gallery would otherwise hold the same video twice: an exact tie that ranks ahead
-    of the ground truth for half of its captions, a silently lower score.
+    of the ground truth for half of its captions, a silently lower score. Two different
+    paths that are links to one file (a symlink farm, or a content-addressed store such
+    as git-annex or a hub cache, where identical videos share one blob) are only warned
+    about: the dataset may list such a pair on purpose.
 
     Args:
         entries: the videos, ``filename`` settled (:func:`locate_videos`).
         issues: where the issues go (its policy decides: error or drop).
         ann_file: the annotation file the messages name.
         root: joined in front of each ``filename`` (``None``: the names as they are).
+        check_links: also resolve symlinks (one ``realpath`` per video) for the warning.
 
     Returns:
-        list[VideoEntry]: ``entries`` without the later entries of each file.
+        list[VideoEntry]: ``entries`` without the later entries of each path.
     """
     first: Dict[str, VideoEntry] = {}
     kept = []
     for entry in entries:
         path = join_path(root, entry.filename) if root else entry.filename
-        key = _file_key(path)
+        key = _path_key(path)
         if key in first:
             issues.add('duplicate_video', ann_file, None,
                        f'video {entry.video_id!r} ({entry.source or "?"}) is the file '
-                       f'{path!r}, already listed as video {first[key].video_id!r} '
+                       f'{key!r}, already listed as video {first[key].video_id!r} '
                        f'({first[key].source or "?"})')
             continue
         first[key] = entry
         kept.append(entry)
+    if check_links:
+        _warn_linked(kept, root, ann_file)
     return kept
+
+
+def _warn_linked(entries: List[VideoEntry], root: Optional[str], ann_file: str) -> None:
+    """Log the videos whose different paths resolve (through links) to one file."""
+    target: Dict[str, VideoEntry] = {}
+    pairs = []
+    for entry in entries:
+        path = join_path(root, entry.filename) if root else entry.filename
+        if '://' in path:
+            continue
+        real = osp.realpath(path)
+        if real in target:
+            pairs.append(f'{entry.video_id!r} and {target[real].video_id!r} -> {real!r}')
+        else:
+            target[real] = entry
+    if pairs:
+        print_log(f'{ann_file}: {len(pairs)} pair(s) of videos are links to one file, so '
+                  'their embeddings tie exactly in retrieval (kept: a dataset may list '
+                  'identical videos on purpose): ' + '; '.join(pairs[:5])
+                  + (' ...' if len(pairs) > 5 else ''), logger='current',
+                  level=logging.WARNING)
 
 
 @DATASETS.register_module()
@@ -336,7 +364,8 @@ class RetrievalVideoTextDataset(BaseActionDataset):
         if missing:
             entries = self._handle_missing(entries, missing, root)
         issues = IssueLog(self.policy)
-        entries = drop_same_file_entries(entries, issues, self.ann_file)
+        entries = drop_same_file_entries(entries, issues, self.ann_file,
+                                         check_links=self.check_files)
         issues.resolve()
         return entries
 

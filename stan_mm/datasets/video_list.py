@@ -15,8 +15,9 @@ usual mistakes of a hand-written list pass silently or fail far from their cause
   possibly hours into a run.
 
 :class:`CheckedVideoDataset` reads the same files into the same samples (every list
-MMAction2 reads correctly gives identical ``data_list`` entries), skips blank lines,
-accepts any run of spaces or tabs between the fields, and reports every other problem
+MMAction2 reads correctly gives identical ``data_list`` entries, except file names that
+contain a tab: a tab separates fields here), skips blank lines, accepts any run of spaces
+or tabs between the fields (MMAction2 reads ``v.mp4<TAB>3`` as an unlabeled ``v.mp4<TAB>3``), and reports every other problem
 at once as an :class:`~stan_mm.datasets.readers_common.AnnotationError` with the file and
 line numbers, when the dataset is built. It also checks that the videos exist (one
 ``stat`` per video; ``check_files=False`` skips it), listing the missing ones.
@@ -99,10 +100,7 @@ class CheckedVideoDataset(VideoDataset):
         for lineno, line in iter_text_lines(self.ann_file, text):
             fields = self._split(line)
             filename, rest = fields[0], fields[1:]
-            if self.multi_class:
-                if not rest:
-                    problems.append((lineno, f'{short_repr(filename)} has no label'))
-                    continue
+            if self.multi_class:          # no label at all: a sample of no class, as MMAction2
                 labels = [self._label(r, problems, lineno) for r in rest]
                 if None in labels:
                     continue

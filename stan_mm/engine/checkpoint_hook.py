@@ -73,7 +73,7 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
     except BaseException as exc:
         if osp.exists(tmp):
             os.remove(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
             # (a failed write names no file; the caller's traceback would not either)
             hint = ' (free space on that disk)' if exc.errno == errno.ENOSPC else ''
             raise OSError(exc.errno, f'{exc.strerror}: could not write {path}{hint}; the file '
@@ -110,21 +110,28 @@ class AtomicCheckpointHook(CheckpointHook):
     # mkstemp names of atomic_write_bytes: '.<file>.<8 random characters>.tmp'
     _TMP_NAME = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$')
 
-    def __init__(self, *args, **kwargs) -> None:
-        # mmengine hands unknown keywords to Runner.save_checkpoint at the first save, which
-        # fails there (after a whole epoch of training) with a TypeError: refuse them now
-        known = set(inspect.signature(CheckpointHook.__init__).parameters) - {'self', 'kwargs'}
-        unknown = [k for k in kwargs if k not in known]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, sorted(known), n=1)
-                hints.append(f'{k!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
-            raise TypeError(f'AtomicCheckpointHook: unknown argument(s) {", ".join(hints)}; '
-                            f'it takes CheckpointHook\'s: {", ".join(sorted(known))}')
-        super().__init__(*args, **kwargs)
+    def _check_save_arguments(self, runner) -> None:
+        """mmengine hands keywords it does not know (``self.args``) to the runner's
+        ``save_checkpoint`` at the first save, which fails there, after a whole epoch of
+        training, with a TypeError: refuse the ones that runner does not take now."""
+        params = inspect.signature(type(runner).save_checkpoint).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = [k for k in self.args if k not in params]
+        if not unknown:
+            return
+        known = sorted((set(inspect.signature(CheckpointHook.__init__).parameters)
+                        | set(params)) - {'self', 'kwargs', 'runner'})
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f'{k!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+        raise TypeError(f'AtomicCheckpointHook: unknown argument(s) {", ".join(hints)}; it '
+                        f'takes CheckpointHook\'s and {type(runner).__name__}.save_checkpoint\'s:'
+                        f' {", ".join(known)}')
 
     def before_train(self, runner) -> None:
+        self._check_save_arguments(runner)
         super().before_train(runner)
         self._warn_mid_epoch(runner)
         if not is_main_process():

@@ -18,7 +18,7 @@ long run and converts it for users of MMAction2's own ``VideoTextDataset``::
 
 The report gives the numbers of videos and captions, captions per video, caption lengths
 (words, characters), non-ASCII and repeated captions, every annotation issue (empty
-captions, videos listed twice (also under two ids that name one file), captions of videos outside the split, videos without
+captions, videos listed twice (also under two ids that name one path), captions of videos outside the split, videos without
 captions: located by file and line) and the videos whose file is missing under
 ``--video-root`` (all of them with ``--list-missing``). Malformed records stop the tool
 with the file and line. Exit status: 0 clean, 1 issues or missing videos, 2 malformed.
@@ -71,8 +71,10 @@ def validate(ann_format: str, ann_file: str, caption_file: Optional[str] = None,
     if video_root is not None:
         missing = [e.video_id for e in locate_videos(entries, video_root, video_lookup,
                                                      VIDEO_EXTS, check_files=True)]
-    # two ids naming one file (``a.mp4`` and ``./a.mp4``, a symlink): the later one dropped
-    entries = drop_same_file_entries(entries, log, ann_file, video_root)
+    # two ids naming one path (``a.mp4`` and ``./a.mp4``): the later one dropped (links to
+    # one file: a warning)
+    entries = drop_same_file_entries(entries, log, ann_file, video_root,
+                                     check_links=video_root is not None)
     captions = [c for e in entries for c in e.captions]
     return dict(
         entries=entries,
