@@ -35,7 +35,7 @@ Rules (all documented behaviour, each covered by ``tests/test_retrieval_datasets
 - A video with several records: LSMDC clips and JSFusion rows are grouped per video in
   order of first appearance (captions in file order). A video repeated in a split LIST
   (csv of ids, ``*_list.txt``, repeated JSON key) is a ``duplicate_video`` issue; so are
-  two ids that name one file (``a.mp4`` and ``./a.mp4``, a symlink), found by the dataset
+  two ids that name one path (``a.mp4`` and ``./a.mp4``), found by the dataset
   once the files are located (:func:`~stan_mm.datasets.retrieval.drop_same_file_entries`).
 - Policies (``'error'`` | ``'drop'``, see :class:`AnnotationPolicy`): ``empty_caption``
   (default error), ``duplicate_video`` (error), ``unknown_video`` (drop with a warning;

@@ -130,7 +130,7 @@ class AnnotationPolicy:
         empty_caption: a caption that is empty after stripping whitespace, or after
             CLIP's text cleaning (e.g. ``'&nbsp;'``, see :func:`has_visible_text`).
         duplicate_video: a video id listed twice in a split list (or a JSON key repeated),
-            or two ids naming one file (found once the files are located);
+            or two ids naming one path (found once the files are located);
             ``'drop'`` keeps the first.
         unknown_video: a caption naming a video outside the split, for caption files that
             are split-specific (DiDeMo ``{split}_data.json``). Caption files that cover all
