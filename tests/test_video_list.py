@@ -87,7 +87,8 @@ def test_missing_videos_found_when_built(tmp_path):
     with pytest.raises(AnnotationError) as e:
         build(tmp_path, text, **kw)
     msg = str(e.value)
-    assert '2 of 4 videos have no file' in msg and "missing_video='drop'" in msg
+    assert f"2 of 4 videos of {tmp_path / 'list.txt'} have no file" in msg
+    assert "missing_video='drop'" in msg
     assert f"'{videos}/gone.mp4', '{videos}/sub/also_gone.mp4'" in msg
     ds = build(tmp_path, text, missing_video='drop', **kw)
     assert infos(ds) == [(f'{videos}/a.mp4', 0), (f'{videos}/sub/b.mp4', 1)]

@@ -233,6 +233,32 @@ class IssueLog:
                               file=file, line=line, field=fld, issues=lines)
 
 
+def apply_missing_policy(items: list, missing: list, policy: str, where: str, listed: str,
+                         fix: str, ann_file: str) -> list:
+    """The datasets' rule for videos without a file.
+
+    Args:
+        items: every sample (or video entry); ``missing``: those without a file (the same
+            objects).
+        policy: ``'drop'`` (return the others, with a warning) or ``'error'``.
+        where: what is missing where (``'3 of 40 videos have no file under ...'``);
+            ``listed``: which ones; ``fix``: what to change (``'Fix data_prefix'``).
+        ann_file: the annotation file the error names.
+
+    Raises:
+        AnnotationError: ``'error'``, or nothing left after ``'drop'``.
+    """
+    if policy == 'drop':
+        _log(f'{where}; left out: {listed}')
+        gone = {id(x) for x in missing}
+        kept = [x for x in items if id(x) not in gone]
+        if not kept:
+            raise AnnotationError(f'{where}: no video left', file=ann_file)
+        return kept
+    raise AnnotationError(f"{where}: {listed}. {fix}, or set missing_video='drop' to leave "
+                          'them out (check_files=False skips the check)', file=ann_file)
+
+
 def _log(msg: str, logger: str = 'current', level: int = logging.WARNING) -> None:
     from mmengine.logging import print_log
     print_log(msg, logger=logger, level=level)

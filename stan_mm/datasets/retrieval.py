@@ -86,7 +86,7 @@ from mmaction.datasets import BaseActionDataset
 from mmaction.registry import DATASETS, HOOKS
 
 from .readers import ANN_FORMATS, read_annotations
-from .readers_common import AnnotationError, AnnotationPolicy, IssueLog, VideoEntry
+from .readers_common import AnnotationPolicy, IssueLog, VideoEntry, apply_missing_policy
 
 __all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
            'scan_video_files', 'locate_videos', 'drop_same_file_entries']
@@ -376,23 +376,12 @@ class RetrievalVideoTextDataset(BaseActionDataset):
                  f'under {root!r} (video_lookup={self.video_lookup!r}'
                  + ('' if self.video_lookup == 'scan' else
                     f', e.g. {missing[0].filename!r}') + ')')
-        if self.missing_video == 'drop':
-            print_log(f'{where}; dropped: {", ".join(ids[:10])}'
-                      + (' ...' if len(ids) > 10 else ''), logger='current',
-                      level=logging.WARNING)
-            gone = {id(e) for e in missing}
-            kept = [e for e in entries if id(e) not in gone]
-            if not kept:
-                raise AnnotationError(f'{where}: no video left', file=self.ann_file)
-            return kept
         listed = ', '.join(ids[:MAX_MISSING_LISTED])
         if len(ids) > MAX_MISSING_LISTED:
             listed += (f', ... and {len(ids) - MAX_MISSING_LISTED} more (python '
                        'tools/data/prepare_retrieval.py lists all)')
-        raise AnnotationError(
-            f'{where}: {listed}. Fix data_prefix/video_tmpl/video_lookup, or set '
-            'missing_video=\'drop\' to leave them out (check_files=False skips the check)',
-            file=self.ann_file)
+        return apply_missing_policy(entries, missing, self.missing_video, where, listed,
+                                    'Fix data_prefix/video_tmpl/video_lookup', self.ann_file)
 
     def full_init(self) -> None:
         """mmengine's ``full_init`` (load, filter, ``indices``) followed by numbering the

@@ -22,16 +22,15 @@ at once as an :class:`~stan_mm.datasets.readers_common.AnnotationError` with the
 line numbers, when the dataset is built. It also checks that the videos exist (one
 ``stat`` per video; ``check_files=False`` skips it), listing the missing ones.
 """
-import logging
 import os.path as osp
 import re
 from typing import List, Optional
 
 from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
-from mmengine.logging import print_log
 
-from .readers_common import AnnotationError, iter_text_lines, read_text, short_repr
+from .readers_common import (AnnotationError, apply_missing_policy, iter_text_lines, read_text,
+                             short_repr)
 
 __all__ = ['CheckedVideoDataset']
 
@@ -147,17 +146,8 @@ class CheckedVideoDataset(VideoDataset):
             return data_list
         names = ', '.join(repr(d['filename']) for d in missing[:MAX_LISTED])
         more = f' ... and {len(missing) - MAX_LISTED} more' if len(missing) > MAX_LISTED else ''
-        where = (f'{len(missing)} of {len(data_list)} videos have no file (data_prefix='
-                 f'{self.data_prefix["video"]!r})')
-        if self.missing_video == 'drop':
-            print_log(f'{self.ann_file}: {where}; left out: {names}{more}', logger='current',
-                      level=logging.WARNING)
-            gone = {id(d) for d in missing}
-            kept = [d for d in data_list if id(d) not in gone]
-            if not kept:
-                raise AnnotationError(f'{where}: no video left', file=self.ann_file)
-            return kept
-        raise AnnotationError(
-            f'{where}: {names}{more}. Fix data_prefix (or data_root), or set '
-            "missing_video='drop' to leave them out (check_files=False skips the check)",
-            file=self.ann_file)
+        where = (f'{len(missing)} of {len(data_list)} videos of {self.ann_file} have no file '
+                 f'(data_prefix={self.data_prefix["video"]!r})')
+        return apply_missing_policy(data_list, missing, self.missing_video, where,
+                                    names + more, 'Fix data_prefix (or data_root)',
+                                    self.ann_file)
