@@ -7,7 +7,6 @@ one sample, which mmengine's result collection must drop).
 """
 import os
 import os.path as osp
-import pickle
 import re
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from test_recognition import REPO, load_tool, write_tiny_config  # noqa: E402
+from test_recognition import REPO, assert_same_dumps, load_tool, write_tiny_config  # noqa: E402,E501
 
 NUM_VAL = 5
 
@@ -85,17 +84,9 @@ def test_dist_test_reproduces_single_process_exactly(trained):
                 str(tmp / 'work_dist'), '--dump', str(tmp / 'dist.pkl')], tmp / 'test.log')
     dist_top1 = float(re.search(r'acc/top1: ([0-9.]+)', log).group(1))
 
-    with open(tmp / 'single.pkl', 'rb') as f:
-        a = pickle.load(f)
-    with open(tmp / 'dist.pkl', 'rb') as f:
-        b = pickle.load(f)
-    labels = [int(line.split()[1]) for line in open(tmp / 'val_list.txt')]
     # The padded sample of the 2-process sampler is dropped: 5 results, in dataset order.
-    assert len(a) == len(b) == NUM_VAL
-    assert [int(d['gt_label']) for d in b] == labels == [int(d['gt_label']) for d in a]
-    for x, y in zip(a, b):
-        assert x['pred_score'].shape == (3, )  # 1 clip x 3 crops fused into one score
-        torch.testing.assert_close(x['pred_score'], y['pred_score'], rtol=1e-5, atol=1e-6)
+    a, b = assert_same_dumps(tmp / 'single.pkl', tmp / 'dist.pkl', tmp / 'val_list.txt',
+                             NUM_VAL)
     assert _top1(a) == _top1(b)
     assert single['acc/top1'] == pytest.approx(_top1(a), abs=1e-6)
     assert dist_top1 == pytest.approx(single['acc/top1'], abs=1e-4)  # log rounds to 4 places

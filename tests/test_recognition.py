@@ -25,6 +25,24 @@ EMBED = tiny_clip_cfg()['embed_dim']
 
 
 # ============================================================================ helpers
+def assert_same_dumps(dump_a, dump_b, list_file, num):
+    """Two ``tools/test.py --dump`` files of one tiny 3-class, 3-crop test set: ``num``
+    results each, in the list's order, with the list's labels and equal scores.
+    Returns the two loaded dumps."""
+    import pickle
+    with open(dump_a, 'rb') as f:
+        a = pickle.load(f)
+    with open(dump_b, 'rb') as f:
+        b = pickle.load(f)
+    labels = [int(line.split()[1]) for line in open(list_file)]
+    assert len(a) == len(b) == num
+    assert [int(d['gt_label']) for d in a] == labels == [int(d['gt_label']) for d in b]
+    for x, y in zip(a, b):
+        assert x['pred_score'].shape == (3, )  # 1 clip x 3 crops fused into one score
+        torch.testing.assert_close(x['pred_score'], y['pred_score'], rtol=1e-5, atol=1e-6)
+    return a, b
+
+
 def load_tool(rel_path, name):
     """Import a script under tools/ as a module."""
     spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))

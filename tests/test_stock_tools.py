@@ -8,7 +8,6 @@ gives on the same checkpoint (three-crop testing, scores fused per video).
 """
 import os
 import os.path as osp
-import pickle
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from test_recognition import REPO, write_tiny_config  # noqa: E402
+from test_recognition import REPO, assert_same_dumps, write_tiny_config  # noqa: E402
 
 NUM_VAL = 4
 
@@ -60,13 +59,5 @@ def test_stock_mmaction_tools_train_and_test_a_stan_config(tmp_path):
     _run([sys.executable, osp.join(REPO, 'tools', 'test.py'), cfg, str(ckpt), '--work-dir',
           str(tmp_path / 'wo'), '--dump', str(tmp_path / 'ours.pkl')],
          tmp_path / 'test_ours.log', cwd=REPO)
-    with open(tmp_path / 'stock.pkl', 'rb') as f:
-        stock = pickle.load(f)
-    with open(tmp_path / 'ours.pkl', 'rb') as f:
-        ours = pickle.load(f)
-    labels = [int(line.split()[1]) for line in open(tmp_path / 'val_list.txt')]
-    assert len(stock) == len(ours) == NUM_VAL
-    assert [int(d['gt_label']) for d in stock] == labels == [int(d['gt_label']) for d in ours]
-    for a, b in zip(stock, ours):
-        assert a['pred_score'].shape == (3, )  # 3 crops fused into one score per video
-        torch.testing.assert_close(a['pred_score'], b['pred_score'], rtol=1e-5, atol=1e-6)
+    assert_same_dumps(tmp_path / 'stock.pkl', tmp_path / 'ours.pkl',
+                      tmp_path / 'val_list.txt', NUM_VAL)
