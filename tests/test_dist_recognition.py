@@ -5,11 +5,9 @@
 exactly on a validation set of 5 videos (not divisible by 2: the distributed sampler pads
 one sample, which mmengine's result collection must drop).
 """
-import os
 import os.path as osp
 import re
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +15,8 @@ import pytest
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from test_recognition import REPO, assert_same_dumps, load_tool, write_tiny_config  # noqa: E402,E501
+from test_recognition import (assert_same_dumps, load_tool, run_logged,  # noqa: E402
+                              write_tiny_config)
 
 NUM_VAL = 5
 
@@ -29,13 +28,7 @@ def _free_port():
 
 
 def _run(cmd, log):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=str(_free_port()))
-    with open(log, 'w') as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                              timeout=400)
-    text = open(log).read()
-    assert proc.returncode == 0, f'{" ".join(cmd)} failed:\n{text[-6000:]}'
-    return text
+    return run_logged(cmd, log, PORT=str(_free_port()))
 
 
 @pytest.fixture(scope='module')

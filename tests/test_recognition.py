@@ -43,6 +43,20 @@ def assert_same_dumps(dump_a, dump_b, list_file, num):
     return a, b
 
 
+def run_logged(cmd, log, cwd=REPO, **env_extra):
+    """Run ``cmd`` (one thread per process, stan_mm from this checkout first on the path),
+    its output into the file ``log``; assert it succeeds; return the output."""
+    import subprocess
+    env = dict(os.environ, OMP_NUM_THREADS='1', **env_extra,
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
+    with open(log, 'w') as f:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                              timeout=400)
+    text = open(log).read()
+    assert proc.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{text[-6000:]}'
+    return text
+
+
 def load_tool(rel_path, name):
     """Import a script under tools/ as a module."""
     spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))

@@ -6,16 +6,14 @@ MMAction2 setup"). Both run in fresh interpreters that never import stan_mm them
 The stock test tool must give, prediction for prediction, what this repo's ``tools/test.py``
 gives on the same checkpoint (three-crop testing, scores fused per video).
 """
-import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from test_recognition import REPO, assert_same_dumps, write_tiny_config  # noqa: E402
+from test_recognition import REPO, assert_same_dumps, run_logged, write_tiny_config  # noqa: E402,E501
 
 NUM_VAL = 4
 
@@ -28,24 +26,12 @@ def _stock_tool(name):
     return path
 
 
-def _run(cmd, log, cwd):
-    # PYTHONPATH: stan_mm from this checkout, as an editable install would give it.
-    env = dict(os.environ, OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
-    with open(log, 'w') as f:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                              timeout=400)
-    text = open(log).read()
-    assert proc.returncode == 0, f'{" ".join(cmd)} failed:\n{text[-6000:]}'
-    return text
-
-
 def test_stock_mmaction_tools_train_and_test_a_stan_config(tmp_path):
     train_tool, test_tool = _stock_tool('train.py'), _stock_tool('test.py')
     cfg = write_tiny_config(tmp_path, num_train=4, num_val=NUM_VAL, max_epochs=1)
     work = tmp_path / 'work_stock'
     # cwd outside the repo: nothing is found through the working directory.
-    log = _run([sys.executable, train_tool, cfg, '--work-dir', str(work)],
+    log = run_logged([sys.executable, train_tool, cfg, '--work-dir', str(work)],
                tmp_path / 'train.log', cwd=str(tmp_path))
     assert 'Epoch(train) [1][2/2]' in log, log[-3000:]
     ckpt = work / 'epoch_1.pth'
@@ -53,10 +39,10 @@ def test_stock_mmaction_tools_train_and_test_a_stan_config(tmp_path):
     state = torch.load(str(ckpt), map_location='cpu', weights_only=False)['state_dict']
     assert any(k.startswith('backbone.branch.') for k in state)  # the STAN branch trained
 
-    _run([sys.executable, test_tool, cfg, str(ckpt), '--work-dir', str(tmp_path / 'ws'),
+    run_logged([sys.executable, test_tool, cfg, str(ckpt), '--work-dir', str(tmp_path / 'ws'),
           '--dump', str(tmp_path / 'stock.pkl')], tmp_path / 'test_stock.log',
          cwd=str(tmp_path))
-    _run([sys.executable, osp.join(REPO, 'tools', 'test.py'), cfg, str(ckpt), '--work-dir',
+    run_logged([sys.executable, osp.join(REPO, 'tools', 'test.py'), cfg, str(ckpt), '--work-dir',
           str(tmp_path / 'wo'), '--dump', str(tmp_path / 'ours.pkl')],
          tmp_path / 'test_ours.log', cwd=REPO)
     assert_same_dumps(tmp_path / 'stock.pkl', tmp_path / 'ours.pkl',
