@@ -137,6 +137,14 @@ def test_tencrop_is_refused_where_training_never_mirrors():
         inference_pipeline(cfg, '1x10')
     _, p = views('ssv2_self_b16.py', '4x3')                     # other views unaffected
     assert (p[1].num_clips, p[4].type) == (4, 'ThreeCrop')
+    # SSv2 trained with a label-swapping Flip (MMAction2's own SSv2 recipes): a mirrored
+    # view is another class, which TenCrop does not know, so it is refused as well
+    swap = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'ssv2_self_b16.py'))
+    swap.train_dataloader.dataset.pipeline.insert(
+        3, dict(type='Flip', flip_ratio=0.5, flip_label_map={86: 87, 87: 86}))
+    assert trains_with_flip(swap) is False
+    with pytest.raises(ValueError, match='TenCrop mirrors.*flip_label_map'):
+        inference_pipeline(swap, '1x10')
     # a retrieval model embeds one view: 1x3 would reach it as one clip of 3 x T frames
     with pytest.raises(ValueError, match='one view per video'):
         views('msrvtt_self_b32.py', '1x3')

@@ -408,6 +408,32 @@ def test_text_head_errors(tmp_path):
     for names in (['Run', 'run'], ['air drumming', 'air  drumming'], ['run', 'run ']):
         with pytest.raises(ValueError, match=r'same text for CLIP.s tokenizer'):
             text_head(clip, classnames=names)
+    # ... and so are names that differ only in what CLIP's cleaning removes (tokens equal)
+    from stan_mm.datasets.transforms import tokenize
+    for names in (["can't roll", 'can’t roll'], ['this, then', 'this ,then'],
+                  ['salt & pepper', 'salt &amp; pepper']):
+        assert torch.equal(tokenize(names[0]), tokenize(names[1]))      # the reason
+        with pytest.raises(ValueError, match=r'give identical tokens after CLIP.s text '
+                                             r'cleaning'):
+            text_head(clip, classnames=names)
+    # SSv2 names that differ only past a short context: the cut is warned about, and a cut
+    # that merges two classes is refused
+    import mmengine.logging
+    logged = []
+    real_print_log = mmengine.logging.print_log
+    mmengine.logging.print_log = lambda msg, **kw: logged.append(msg)
+    try:
+        ssv2 = ['Pushing something from left to right', 'Pushing something from right to left']
+        text_head(clip, classnames=ssv2, context_length=16)                 # fits: silent
+        assert not [m for m in logged if 'class prompts' in m]
+        with pytest.raises(ValueError, match=r"'Pushing something from left to right' "
+                           r"\(label 0\) and .* identical tokens after the cut to "
+                           r'context_length=8.*or a larger context_length'):
+            text_head(clip, classnames=ssv2, context_length=8)
+        cut = [m for m in logged if 'class prompts' in m]
+        assert len(cut) == 1 and '2 of 2 class prompts are longer than context_length=8' in cut[0]
+    finally:
+        mmengine.logging.print_log = real_print_log
     with pytest.raises(FileNotFoundError, match='class names file not found'):
         text_head(clip, classnames=str(tmp_path / 'none.txt'))
     head = text_head(clip)

@@ -116,13 +116,16 @@ def dataset_cfg(loader) -> Optional[dict]:
 
 
 def trains_with_flip(cfg) -> Optional[bool]:
-    """Whether the config's training pipeline mirrors frames (a ``Flip`` with
-    ``flip_ratio > 0``); ``None`` when the config has no training pipeline."""
+    """Whether the config's training pipeline mirrors frames keeping their labels (a
+    ``Flip`` with ``flip_ratio > 0`` and no ``flip_label_map``: a mirrored clip is the same
+    class); ``None`` when the config has no training pipeline. A ``Flip`` that swaps labels
+    (Something-Something-v2 style) counts as False: mirroring changes the class there."""
     dataset = dataset_cfg(cfg.get('train_dataloader'))
     if dataset is None or not dataset.get('pipeline'):
         return None
-    return any(t.get('type') == 'Flip' and t.get('flip_ratio', 0.5) > 0
-               for t in dataset['pipeline'])
+    flips = [t for t in dataset['pipeline']
+             if t.get('type') == 'Flip' and t.get('flip_ratio', 0.5) > 0]
+    return bool(flips) and not any(t.get('flip_label_map') for t in flips)
 
 
 def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> List[dict]:
@@ -136,9 +139,11 @@ def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> Lis
     clips, crops = parse_views(views)
     if crops == 10 and not mirrored_ok:
         raise ValueError(
-            f'views {views!r}: TenCrop mirrors 5 of its 10 views, but this config trains '
-            f'without Flip (direction-sensitive labels, e.g. Something-Something-v2: a '
-            f'mirrored "left to right" clip shows "right to left"). Use {clips}x3 or {clips}x1.')
+            f'views {views!r}: TenCrop mirrors 5 of its 10 views (keeping the label), but '
+            f'this config trains without Flip, or with a Flip that swaps labels '
+            f'(flip_label_map): direction-sensitive labels, e.g. Something-Something-v2, '
+            f'where a mirrored "left to right" clip shows "right to left". Use {clips}x3 or '
+            f'{clips}x1.')
     sampler = [t for t in pipeline if t['type'] in SAMPLERS + SINGLE_CLIP_SAMPLERS]
     crop = [t for t in pipeline if t['type'] in CROPS.values()]
     if len(sampler) != 1 or len(crop) != 1:

@@ -27,7 +27,8 @@ def parse_args(argv=None):
     p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
     p.add_argument('video', help='the video file')
     p.add_argument('--classnames', help='class list: a classnames.txt file (one per line) or '
-                   '"name1,name2,..."')
+                   '"name1,name2,..." (names that contain commas, such as some SSv2 '
+                   'classes, need the file)')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='test views, e.g. 1x3 or 4x3 (default: the config\'s)')
     p.add_argument('--top-k', type=int, default=5, help='classes to show (default 5)')

@@ -77,6 +77,12 @@ def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77,
     return out[0] if single else out
 
 
+def token_count(text: str) -> int:
+    """Tokens ``text`` takes before any truncation, ``<start_of_text>`` and
+    ``<end_of_text>`` included: it fits a row of ``context_length`` when at most that."""
+    return len(_tokenizer().encode(text)) + 2
+
+
 @TRANSFORMS.register_module()
 class CLIPBPETokenize(BaseTransform):
     """Tokenize captions with CLIP's BPE, offline.

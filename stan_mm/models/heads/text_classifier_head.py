@@ -1,4 +1,5 @@
 """Text-classifier head: class names through the CLIP text tower, cosine logits / tau."""
+import logging
 import math
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -143,11 +144,38 @@ class TextClassifierHead(BaseHead):
 
     def set_classnames(self, classnames: ClassNames) -> None:
         """Use a new class list (path or list): re-tokenizes the prompts, sets
-        ``num_classes`` and drops the cached class embeddings."""
-        from stan_mm.datasets.transforms.tokenize import tokenize
+        ``num_classes`` and drops the cached class embeddings.
+
+        Prompts longer than ``context_length`` tokens are cut (a warning names them);
+        two classes whose prompts give identical tokens (CLIP's text cleaning: curly vs
+        straight quotes, HTML entities, spaces before punctuation; or the cut) are refused:
+        they would get one embedding and the higher label could never be predicted."""
+        from mmengine.logging import print_log
+        from stan_mm.datasets.transforms.tokenize import token_count, tokenize
         names = load_classnames(classnames)
         prompts = build_prompts(names, self.templates)
-        self._tokens = tokenize(prompts, self.context_length)
+        tokens = tokenize(prompts, self.context_length)
+        long = [(p, n) for p in prompts if (n := token_count(p)) > self.context_length]
+        if long:
+            shown = '; '.join(f'{p!r} ({n} tokens)' for p, n in long[:3])
+            print_log(f'TextClassifierHead: {len(long)} of {len(prompts)} class prompts are '
+                      f'longer than context_length={self.context_length} tokens and are cut, '
+                      f'e.g. {shown}; a larger context_length (77 at most) keeps them whole',
+                      logger='current', level=logging.WARNING)
+        per_class = tokens.view(len(names), len(self.templates), -1)
+        seen: Dict[tuple, int] = {}
+        for c, rows in enumerate(per_class):
+            key = tuple(rows.flatten().tolist())
+            if key in seen:
+                j = seen[key]
+                why = (f'the cut to context_length={self.context_length}' if long else
+                       'CLIP\'s text cleaning (case, spaces, quotes, HTML entities)')
+                raise ValueError(f'TextClassifierHead: class names {names[j]!r} (label {j}) '
+                                 f'and {names[c]!r} (label {c}) give identical tokens after '
+                                 f'{why}; the classes need names CLIP can tell apart'
+                                 + (', or a larger context_length' if long else ''))
+            seen[key] = c
+        self._tokens = tokens
         self.classnames = names
         self.num_classes = len(names)
         self.invalidate_cache()
