@@ -245,3 +245,19 @@ def test_recognizer_video_embedding_averages_each_videos_own_views(tiny):
     torch.testing.assert_close(got, torch.stack(refs), rtol=1e-5, atol=1e-5)
     # the two videos are told apart, so a mix-up of views between them would show
     assert (refs[0] - refs[1]).abs().max() > 1e-3
+
+
+def test_test_tool_refuses_views_with_one_error_line(tmp_path):
+    """tools/test.py --views 1x10 on an SSv2 config: exit status 2 and the reason on one
+    line, no traceback (the refusal happens before any weights are read)."""
+    import subprocess
+    import sys
+    ckpt = tmp_path / 'unused.pth'
+    ckpt.write_bytes(b'')
+    r = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'test.py'),
+                        osp.join(REPO, 'configs', 'stan', 'ssv2_self_b16.py'), str(ckpt),
+                        '--views', '1x10', '--work-dir', str(tmp_path / 'w')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "test.py: error: ViewsError: views '1x10': TenCrop mirrors" in r.stderr
+    assert 'Traceback' not in r.stderr

@@ -83,6 +83,11 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS) -> Tuple[str, Lis
     raise FileNotFoundError(f'--videos {source!r}: no such folder or list file')
 
 
+class ViewsError(ValueError):
+    """Test views (``--views CLIPSxCROPS``) that are malformed or that this config or model
+    cannot take; the message says which and what to use instead."""
+
+
 def parse_views(views: str) -> Tuple[int, int]:
     """``'CLIPSxCROPS'`` (``'1x3'``, ``'4x3'``, ``'1x1'``) -> (clips, crops)."""
     try:
@@ -90,7 +95,7 @@ def parse_views(views: str) -> Tuple[int, int]:
         if clips < 1 or crops not in CROPS:
             raise ValueError
     except ValueError:
-        raise ValueError(f'views {views!r}: expected CLIPSxCROPS with CLIPS >= 1 and CROPS '
+        raise ViewsError(f'views {views!r}: expected CLIPSxCROPS with CLIPS >= 1 and CROPS '
                          f'in {sorted(CROPS)}, e.g. 1x3 or 4x3') from None
     return clips, crops
 
@@ -99,7 +104,7 @@ def check_views(kind: str, views: Optional[str]) -> None:
     """Validate ``views`` (``'CLIPSxCROPS'``); retrieval models embed one view per video
     (frames ``[T, C, H, W]``): more is refused."""
     if views is not None and parse_views(views) != (1, 1) and kind == 'retriever':
-        raise ValueError(f'views {views!r}: a retrieval model embeds one view per video '
+        raise ViewsError(f'views {views!r}: a retrieval model embeds one view per video '
                          f'(the test pipeline\'s); multi-view testing is for recognition '
                          f'configs')
 
@@ -138,7 +143,7 @@ def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> Lis
     without ``Flip`` (see :func:`trains_with_flip`)."""
     clips, crops = parse_views(views)
     if crops == 10 and not mirrored_ok:
-        raise ValueError(
+        raise ViewsError(
             f'views {views!r}: TenCrop mirrors 5 of its 10 views (keeping the label), but '
             f'this config trains without Flip, or with a Flip that swaps labels '
             f'(flip_label_map): direction-sensitive labels, e.g. Something-Something-v2, '
@@ -147,13 +152,13 @@ def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> Lis
     sampler = [t for t in pipeline if t['type'] in SAMPLERS + SINGLE_CLIP_SAMPLERS]
     crop = [t for t in pipeline if t['type'] in CROPS.values()]
     if len(sampler) != 1 or len(crop) != 1:
-        raise ValueError(f'views need exactly one frame sampler '
+        raise ViewsError(f'views need exactly one frame sampler '
                          f'{SAMPLERS + SINGLE_CLIP_SAMPLERS} and one crop '
                          f'{tuple(CROPS.values())} in the test pipeline; found '
                          f'{[t["type"] for t in pipeline]}')
     if sampler[0]['type'] in SINGLE_CLIP_SAMPLERS:
         if clips != 1:
-            raise ValueError(f'views {views!r}: the test pipeline samples frames with '
+            raise ViewsError(f'views {views!r}: the test pipeline samples frames with '
                              f'{sampler[0]["type"]}, which draws one clip per video; use '
                              f'1x{crops}')
     else:

@@ -2,7 +2,7 @@
 
 ``tools/train.py`` and ``tools/test.py`` run through :func:`run_tool`: an error that
 stan-mm raises about the user's input (a bad annotation line, weights that do not fit, an
-unreadable video, an unsafe or damaged checkpoint) ends the tool with its message on one
+unreadable video, an unsafe or damaged checkpoint, test views the config cannot take) ends the tool with its message on one
 line of stderr and exit status 2, instead of a page of mmengine traceback with the message
 at the bottom. Bugs (any other exception) keep their traceback, and ``STAN_TRACEBACK=1``
 shows it for these errors too.
@@ -14,6 +14,7 @@ from typing import Callable, Tuple, Type
 
 def user_errors() -> Tuple[Type[BaseException], ...]:
     """The exception types that describe the user's input, not a bug of the code."""
+    from stan_mm.apis.video import ViewsError
     from stan_mm.compat.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
     from stan_mm.datasets.readers_common import AnnotationError
     from stan_mm.datasets.transforms.video_io import VideoReadError
@@ -21,7 +22,7 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.utils.checkpoint_check import CheckpointMismatchError
     return (AnnotationError, CLIPArchMismatchError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
-            VideoReadError)
+            VideoReadError, ViewsError)
 
 
 def describe(exc: BaseException) -> str:
