@@ -261,3 +261,24 @@ def test_test_tool_refuses_views_with_one_error_line(tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     assert "test.py: error: ViewsError: views '1x10': TenCrop mirrors" in r.stderr
     assert 'Traceback' not in r.stderr
+
+
+def test_retrieval_evaluator_options_reach_a_list_evaluator():
+    """docs/retrieval.md's test_evaluator.dsl=True also works where test_evaluator is a
+    list (the retrieval quickstart: recall metric + twin metric)."""
+    path = osp.join(REPO, 'configs', 'quickstart', 'motion_retrieval_tiny.py')
+    args = argparse.Namespace(cfg_options={'test_evaluator.dsl': True,
+                                           'test_evaluator.qb_norm.k': 3},
+                              launcher='none', work_dir='/tmp/unused', checkpoint=__file__,
+                              dump=None, views=None)
+    cfg = test_tool.merge_args(Config.fromfile(path), args)
+    types = [e['type'] for e in cfg.test_evaluator]
+    i = types.index('RetrievalRecallMetric')
+    assert cfg.test_evaluator[i]['dsl'] is True and cfg.test_evaluator[i]['qb_norm']['k'] == 3
+    assert all('dsl' not in e for j, e in enumerate(cfg.test_evaluator) if j != i)
+    # a single-dict evaluator is untouched; an explicit index passes as written
+    single = osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')
+    cfg = test_tool.merge_args(Config.fromfile(single), args)
+    assert cfg.test_evaluator['dsl'] is True
+    args.cfg_options = {f'test_evaluator.{i}.dsl': True}
+    assert test_tool.merge_args(Config.fromfile(path), args).test_evaluator[i]['dsl'] is True
