@@ -154,7 +154,8 @@ class TextClassifierHead(BaseHead):
         from stan_mm.datasets.transforms.tokenize import token_count, tokenize
         names = load_classnames(classnames)
         prompts = build_prompts(names, self.templates)
-        tokens = tokenize(prompts, self.context_length)
+        with torch.device('cpu'):      # token ids are data, also in a model built on 'meta'
+            tokens = tokenize(prompts, self.context_length)
         long = [(p, n) for p in prompts if (n := token_count(p)) > self.context_length]
         if long:
             shown = '; '.join(f'{p!r} ({n} tokens)' for p, n in long[:3])
