@@ -282,3 +282,13 @@ def test_retrieval_evaluator_options_reach_a_list_evaluator():
     assert cfg.test_evaluator['dsl'] is True
     args.cfg_options = {f'test_evaluator.{i}.dsl': True}
     assert test_tool.merge_args(Config.fromfile(path), args).test_evaluator[i]['dsl'] is True
+    # a tuple of evaluators takes the options too; 'type' (which entry?) is refused
+    cfg = Config.fromfile(path)
+    cfg.test_evaluator = tuple(cfg.test_evaluator)
+    args.cfg_options = {'test_evaluator.dsl': True}
+    assert test_tool.merge_args(cfg, args).test_evaluator[i]['dsl'] is True
+    from stan_mm.utils.cli import ConfigOptionError
+    args.cfg_options = {'test_evaluator.type': 'AccMetric'}
+    with pytest.raises(ConfigOptionError, match=r'test_evaluator\.type: test_evaluator is a '
+                                                r'list of .*test_evaluator\.<index>\.type'):
+        test_tool.merge_args(Config.fromfile(path), args)

@@ -416,6 +416,9 @@ def test_text_head_errors(tmp_path):
         with pytest.raises(ValueError, match=r'give identical tokens after CLIP.s text '
                                              r'cleaning'):
             text_head(clip, classnames=names)
+        # ... also when another, unrelated class is cut by a short context
+        with pytest.raises(ValueError, match=r'after CLIP.s text cleaning.*apart$'):
+            text_head(clip, classnames=names + ['x ' * 40], context_length=16)
     # SSv2 names that differ only past a short context: the cut is warned about, and a cut
     # that merges two classes is refused
     import mmengine.logging

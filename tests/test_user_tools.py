@@ -376,6 +376,33 @@ def test_a_full_disk_stops_extraction_with_one_error_line(setup, capsys, tmp_pat
     assert '3 videos: 1 already embedded (reused), 2 to embed' in capsys.readouterr().out
 
 
+def test_an_interrupt_during_a_shard_write_keeps_its_rows(setup, capsys, tmp_path,
+                                                          monkeypatch):
+    """Ctrl-C (or SIGTERM) while a shard is written: the final flush writes those rows
+    again, so the rerun reuses them (unlike a full disk, where the write is given up)."""
+    tool = load_tool('tools/extract_features.py')
+    cfg_path, _, _, ckpt = setup['ret']
+    videos = copy_videos(setup, tmp_path / 'videos', 3)
+    out = str(tmp_path / 'feats')
+    args = [cfg_path, ckpt, '--videos', videos, '--out', out, '--batch-size', '1',
+            '--shard-size', '1', '--num-workers', '0', '--no-progress']
+    real, calls = np.savez, []
+
+    def interrupted(f, **arrays):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(f, **arrays)
+
+    monkeypatch.setattr(np, 'savez', interrupted)
+    rc = tool.main(args)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert rc == 130 and len(calls) == 3                  # the interrupted rows written again
+    assert tool.main(args) == 0
+    assert '3 videos: 2 already embedded (reused), 1 to embed' in capsys.readouterr().out
+
+
 def test_a_damaged_feature_file_is_named_with_its_fix(setup, capsys, tmp_path):
     """A truncated videos.npy of a finished folder: load_features, the tool and a search of
     a cache name the file and what to do; the tool's --overwrite embeds it again."""
@@ -409,6 +436,22 @@ def test_a_damaged_feature_file_is_named_with_its_fix(setup, capsys, tmp_path):
     assert err.startswith(f'extract_features: error: {path} is damaged') and '--overwrite' in err
     assert tool.main(args + ['--overwrite']) == 0
     assert 'embedded 2 new videos' in capsys.readouterr().out
+    np.testing.assert_allclose(load_features(out)['videos'], good, atol=1e-6)
+    # a missing videos.txt and a damaged meta.json: named too, and --overwrite repairs both
+    os.remove(osp.join(out, 'videos.txt'))
+    with pytest.raises(FeatureFolderError, match=r'videos\.txt is damaged or missing .*'
+                                                 r'--overwrite'):
+        load_features(out)
+    assert tool.main(args) == 2 and 'videos.txt is damaged or missing' in \
+        capsys.readouterr().err
+    assert tool.main(args + ['--overwrite']) == 0
+    capsys.readouterr()
+    np.testing.assert_allclose(load_features(out)['videos'], good, atol=1e-6)
+    with open(osp.join(out, 'meta.json'), 'w') as f:
+        f.write('{"trunc')
+    assert tool.main(args) == 2 and 'meta.json is damaged' in capsys.readouterr().err
+    assert tool.main(args + ['--overwrite']) == 0
+    capsys.readouterr()
     np.testing.assert_allclose(load_features(out)['videos'], good, atol=1e-6)
     # a search cache: no --overwrite there, the fix is to delete the cache
     kw = dict(key='k', num_workers=0, progress=False, log=lambda m: None)

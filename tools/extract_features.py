@@ -137,6 +137,9 @@ def main(argv=None) -> int:
         # (FeatureFolderError includes a failed write, e.g. a full disk, and a damaged file)
         print(f'extract_features: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:     # before or after the embedding (model loading, sim.npy)
+        print('extract_features: interrupted', file=sys.stderr)
+        return 130
 
 
 def _run(args, log) -> int:

@@ -197,6 +197,17 @@ def _load_npy(path: str, fix: str) -> np.ndarray:
                                    f'({reason}); {fix}') from None
 
 
+def _read_lines_of(path: str, fix: str) -> List[str]:
+    """:func:`read_lines` of a finished folder's file; a missing or unreadable one raises
+    :class:`DamagedFeatureFolder` naming it, with ``fix``."""
+    try:
+        return read_lines(path)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DamagedFeatureFolder(path, reason, f'{path} is damaged or missing ({reason}); '
+                                   f'{fix}') from None
+
+
 # what to do about a damaged finished file (the caller may say it for its own tool)
 RECOMPUTE = ('rerun tools/extract_features.py with --overwrite to embed its videos again '
              '(or delete the folder)')
@@ -302,8 +313,9 @@ def load_meta(out_dir: str) -> Optional[dict]:
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise DamagedFeatureFolder(path, str(e), (
-            f'{path} is damaged ({e}); delete it and rerun the same command (the folder '
-            f'then counts as unfinished and its videos are embedded again)')) from None
+            f'{path} is damaged ({e}); rerun tools/extract_features.py with --overwrite, or '
+            f'delete it and rerun the same command (the folder then counts as unfinished and '
+            f'its videos are embedded again)')) from None
     if meta.get('format') != FORMAT:
         raise FeatureFolderError(f'{path} is not a stan-mm feature folder (format '
                                  f'{meta.get("format")!r})')
@@ -322,11 +334,11 @@ def load_features(out_dir: str) -> dict:
                text_to_video=None)
     if meta['num_videos']:
         res['videos'] = _load_npy(osp.join(out_dir, 'videos.npy'), RECOMPUTE)
-        rel = read_lines(osp.join(out_dir, 'videos.txt'))
+        rel = _read_lines_of(osp.join(out_dir, 'videos.txt'), RECOMPUTE)
         res['video_paths'] = [_abs(meta['video_root'], p) for p in rel]
     if meta['num_texts']:
         res['texts'] = _load_npy(osp.join(out_dir, 'texts.npy'), RECOMPUTE)
-        res['text_lines'] = read_lines(osp.join(out_dir, 'texts.txt'))
+        res['text_lines'] = _read_lines_of(osp.join(out_dir, 'texts.txt'), RECOMPUTE)
     if meta.get('has_text_to_video'):
         res['text_to_video'] = _load_npy(osp.join(out_dir, 'text_to_video.npy'),
                                          RECOMPUTE)
@@ -373,8 +385,17 @@ class ExtractionResult:
 def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
                   ) -> Optional[dict]:
     """Refuse a folder with another model's results (or clear it with ``overwrite``);
-    return the finished meta of the same model, if any."""
-    meta = load_meta(out_dir)
+    return the finished meta of the same model, if any. A damaged ``meta.json`` is cleared
+    with ``overwrite`` (its folder then counts as unfinished)."""
+    try:
+        meta = load_meta(out_dir)
+    except DamagedFeatureFolder:
+        if not overwrite:
+            raise
+        for name in OUTPUT_FILES:
+            if osp.exists(osp.join(out_dir, name)):
+                os.remove(osp.join(out_dir, name))
+        meta = None
     other = []
     if meta is not None and meta.get('model_key') != key:
         other.append(f'finished results (meta.json: config {meta.get("config")}, '
@@ -402,7 +423,7 @@ def _finished_rows(out_dir: str, meta: dict, video_root: str):
     if not meta.get('num_videos'):
         return None
     emb = _load_npy(osp.join(out_dir, 'videos.npy'), RECOMPUTE)
-    rel = read_lines(osp.join(out_dir, 'videos.txt'))
+    rel = _read_lines_of(osp.join(out_dir, 'videos.txt'), RECOMPUTE)
     stamps = _load_npy(osp.join(out_dir, 'video_stamps.npy'), RECOMPUTE).tolist()
     if len(rel) != len(emb) or len(stamps) != len(emb):
         return None  # inconsistent: recompute
@@ -654,13 +675,17 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
     pending_emb: List[np.ndarray] = []
 
     def flush():
-        # taken out of pending before the write: a failed write (full disk) is not tried
-        # again by the flush of the ``finally`` below
+        # a failed write (full disk) gives the rows up: the flush of the ``finally`` below
+        # does not try again; an interrupt during the write keeps them for that flush
         if pending_keys:
-            keys_, emb_ = list(pending_keys), np.stack(pending_emb)
+            try:
+                store.write(list(pending_keys), np.stack(pending_emb))
+            except FeatureWriteError:
+                pending_keys.clear()
+                pending_emb.clear()
+                raise
             pending_keys.clear()
             pending_emb.clear()
-            store.write(keys_, emb_)
 
     bar = tqdm(total=len(todo), desc='videos', unit='video', disable=not progress)
     try:

@@ -12,6 +12,11 @@ import sys
 from typing import Callable, Tuple, Type
 
 
+class ConfigOptionError(ValueError):
+    """A command-line config option (``--cfg-options``) the config cannot take as given;
+    the message says how to write it."""
+
+
 def user_errors() -> Tuple[Type[BaseException], ...]:
     """The exception types that describe the user's input, not a bug of the code."""
     from stan_mm.apis.video import ViewsError
@@ -22,7 +27,7 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.utils.checkpoint_check import CheckpointMismatchError
     return (AnnotationError, CLIPArchMismatchError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
-            VideoReadError, ViewsError)
+            VideoReadError, ViewsError, ConfigOptionError)
 
 
 def describe(exc: BaseException) -> str:

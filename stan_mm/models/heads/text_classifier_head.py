@@ -157,6 +157,7 @@ class TextClassifierHead(BaseHead):
         with torch.device('cpu'):      # token ids are data, also in a model built on 'meta'
             tokens = tokenize(prompts, self.context_length)
         long = [(p, n) for p in prompts if (n := token_count(p)) > self.context_length]
+        cut = {p for p, _ in long}
         if long:
             shown = '; '.join(f'{p!r} ({n} tokens)' for p, n in long[:3])
             print_log(f'TextClassifierHead: {len(long)} of {len(prompts)} class prompts are '
@@ -169,12 +170,15 @@ class TextClassifierHead(BaseHead):
             key = tuple(rows.flatten().tolist())
             if key in seen:
                 j = seen[key]
-                why = (f'the cut to context_length={self.context_length}' if long else
+                m = len(self.templates)
+                was_cut = any(p in cut for p in prompts[j * m:(j + 1) * m] +
+                              prompts[c * m:(c + 1) * m])
+                why = (f'the cut to context_length={self.context_length}' if was_cut else
                        'CLIP\'s text cleaning (case, spaces, quotes, HTML entities)')
                 raise ValueError(f'TextClassifierHead: class names {names[j]!r} (label {j}) '
                                  f'and {names[c]!r} (label {c}) give identical tokens after '
                                  f'{why}; the classes need names CLIP can tell apart'
-                                 + (', or a larger context_length' if long else ''))
+                                 + (', or a larger context_length' if was_cut else ''))
             seen[key] = c
         self._tokens = tokens
         self.classnames = names
