@@ -337,18 +337,25 @@ def copy_videos(setup, folder, n):
     return str(folder)
 
 
-def test_a_full_disk_stops_extraction_with_one_error_line(setup, capsys, tmp_path,
-                                                         monkeypatch):
-    """The disk fills up while a shard is written: one ``error:`` line naming the shard and
-    what to do, no temporary file left, the failed write not tried again by the final
-    flush, the shard written before kept (and reused by the rerun)."""
-    import errno
+def _one_video_shards(setup, tmp_path):
+    """extract_features over 3 videos, one video per batch and per shard: (tool, argv,
+    output folder)."""
     tool = load_tool('tools/extract_features.py')
     cfg_path, _, _, ckpt = setup['ret']
     videos = copy_videos(setup, tmp_path / 'videos', 3)
     out = str(tmp_path / 'feats')
     args = [cfg_path, ckpt, '--videos', videos, '--out', out, '--batch-size', '1',
             '--shard-size', '1', '--num-workers', '0', '--no-progress']
+    return tool, args, out
+
+
+def test_a_full_disk_stops_extraction_with_one_error_line(setup, capsys, tmp_path,
+                                                         monkeypatch):
+    """The disk fills up while a shard is written: one ``error:`` line naming the shard and
+    what to do, no temporary file left, the failed write not tried again by the final
+    flush, the shard written before kept (and reused by the rerun)."""
+    import errno
+    tool, args, out = _one_video_shards(setup, tmp_path)
     real, calls = np.savez, []
 
     def full_disk(f, **arrays):
@@ -380,12 +387,7 @@ def test_an_interrupt_during_a_shard_write_keeps_its_rows(setup, capsys, tmp_pat
                                                           monkeypatch):
     """Ctrl-C (or SIGTERM) while a shard is written: the final flush writes those rows
     again, so the rerun reuses them (unlike a full disk, where the write is given up)."""
-    tool = load_tool('tools/extract_features.py')
-    cfg_path, _, _, ckpt = setup['ret']
-    videos = copy_videos(setup, tmp_path / 'videos', 3)
-    out = str(tmp_path / 'feats')
-    args = [cfg_path, ckpt, '--videos', videos, '--out', out, '--batch-size', '1',
-            '--shard-size', '1', '--num-workers', '0', '--no-progress']
+    tool, args, out = _one_video_shards(setup, tmp_path)
     real, calls = np.savez, []
 
     def interrupted(f, **arrays):
