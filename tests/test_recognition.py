@@ -628,3 +628,21 @@ def test_shortened_training_warns_about_the_base_schedule(tmp_path, capsys):
         in err
     assert 'param_scheduler[1] (CosineAnnealingLR) runs over epochs 5..30, but max_epochs=3: ' \
         'it never starts' in err
+
+
+def test_misspelled_top_level_key_is_warned_about(tmp_path, capsys):
+    """mmengine ignores unknown top-level keys: `train_dataloder=dict(batch_size=2)` trained
+    with the base's batch without a word. The train tool names the key it resembles."""
+    from mmengine.config import Config
+    train = load_tool('tools/train.py', 'stan_train_tool_typo')
+    path = osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py')
+    child = tmp_path / 'child.py'
+    child.write_text(f'_base_ = [{path!r}]\ntrain_dataloder = dict(batch_size=2)\n'
+                     'num_frames_ = 8\n')
+    train.merge_args(Config.fromfile(str(child)), train.parse_args([str(child)]))
+    err = capsys.readouterr().err
+    assert "the config sets 'train_dataloder', which nothing reads; did you mean " \
+        "'train_dataloader'?" in err
+    assert err.count('which nothing reads') == 1                  # no false alarm
+    train.merge_args(Config.fromfile(path), train.parse_args([path]))
+    assert 'which nothing reads' not in capsys.readouterr().err

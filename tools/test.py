@@ -95,6 +95,8 @@ def merge_args(cfg, args):
         # first: the predictions are written even when a metric then refuses the labels
         # (an inference list without labels, allow_unlabeled=True)
         cfg.test_evaluator = ([dump, *ev] if isinstance(ev, (list, tuple)) else [dump, ev])
+    from stan_mm.utils.cli import warn_misspelled_keys
+    warn_misspelled_keys(cfg, 'test.py')
     return cfg
 
 

@@ -94,6 +94,8 @@ def merge_args(cfg, args):
                 print('train.py: --deterministic sets train_dataloader.persistent_workers='
                       'False (exact resumption needs fresh workers each epoch)')
     warn_schedule_beyond_training(cfg)
+    from stan_mm.utils.cli import warn_misspelled_keys
+    warn_misspelled_keys(cfg, 'train.py')
     return cfg
 
 

@@ -39,6 +39,38 @@ def describe(exc: BaseException) -> str:
     return str(exc)
 
 
+#: the top-level config keys mmengine's Runner reads (Runner.from_cfg)
+RUNNER_KEYS = (
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader',
+    'train_cfg', 'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
+    'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
+    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level',
+    'visualizer', 'default_scope', 'randomness', 'experiment_name', 'runner_type',
+    'custom_imports', 'vis_backends')
+
+
+def misspelled_keys(cfg) -> list:
+    """``(key, runner key)`` for top-level keys of ``cfg`` that look like a misspelled key
+    the Runner reads (``train_dataloder``): mmengine ignores unknown top-level keys, so
+    the setting would silently not apply. Close = difflib ratio >= 0.9."""
+    import difflib
+    found = []
+    for key in cfg.keys():
+        if key in RUNNER_KEYS or key.startswith('_'):
+            continue
+        close = difflib.get_close_matches(key, RUNNER_KEYS, n=1, cutoff=0.9)
+        if close:
+            found.append((key, close[0]))
+    return found
+
+
+def warn_misspelled_keys(cfg, tool: str) -> None:
+    """Print a warning for each :func:`misspelled_keys` entry."""
+    for key, runner_key in misspelled_keys(cfg):
+        print(f'{tool}: warning: the config sets {key!r}, which nothing reads; did you mean '
+              f'{runner_key!r}? (mmengine ignores unknown top-level keys)', file=sys.stderr)
+
+
 def run_tool(main: Callable[[], object], tool: str) -> int:
     """Call ``main()``; return 0, or 2 after printing ``<tool>: error: <message>`` for an
     error of :func:`user_errors` (re-raised as is when ``STAN_TRACEBACK=1``)."""
