@@ -47,35 +47,9 @@ def set_views(cfg, views: str):
     return cfg
 
 
-def route_evaluator_options(cfg, options: dict) -> dict:
-    """``test_evaluator.dsl=True`` (docs/retrieval.md) addresses one metric; where the
-    config's ``test_evaluator`` is a list (the retrieval quickstart adds its twin metric),
-    the key goes to the list's ``RetrievalRecallMetric`` (mmengine would fail with "list
-    indices must be integers")."""
-    from stan_mm.utils.cli import ConfigOptionError
-    evaluators = cfg.get('test_evaluator')
-    if not isinstance(evaluators, (list, tuple)):
-        return options
-    if isinstance(evaluators, tuple):     # mmengine merges index keys into lists only
-        cfg.test_evaluator = evaluators = list(evaluators)
-    routed = {}
-    for key, value in options.items():
-        head, _, rest = key.partition('.')
-        if head == 'test_evaluator' and rest and not rest.split('.')[0].isdigit():
-            index = [i for i, e in enumerate(evaluators)
-                     if e.get('type') == 'RetrievalRecallMetric']
-            types = [e.get('type') for e in evaluators]
-            if len(index) != 1 or rest.split('.')[0] == 'type':
-                raise ConfigOptionError(
-                    f'--cfg-options {key}: test_evaluator is a list of {types} here; name '
-                    f'the entry: test_evaluator.<index>.{rest}')
-            key = f'test_evaluator.{index[0]}.{rest}'
-        routed[key] = value
-    return routed
-
-
 def merge_args(cfg, args):
     if args.cfg_options:
+        from stan_mm.utils.cli import route_evaluator_options
         cfg.merge_from_dict(route_evaluator_options(cfg, args.cfg_options))
     if getattr(args, 'views', None):
         set_views(cfg, args.views)

@@ -93,30 +93,10 @@ def merge_args(cfg, args):
                 loader.persistent_workers = False
                 print('train.py: --deterministic sets train_dataloader.persistent_workers='
                       'False (exact resumption needs fresh workers each epoch)')
-    warn_schedule_beyond_training(cfg)
-    from stan_mm.utils.cli import warn_misspelled_keys
+    from stan_mm.utils.cli import warn_misspelled_keys, warn_schedule_beyond_training
+    warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')
     return cfg
-
-
-def warn_schedule_beyond_training(cfg) -> None:
-    """A child config (or ``--cfg-options train_cfg.max_epochs=N``) that shortens training
-    keeps the base's schedule, whose warm-up and decay were laid out for the base's epochs:
-    say so when an epoch-based scheduler starts or ends past ``max_epochs``."""
-    train_cfg = cfg.get('train_cfg') or {}
-    max_epochs = train_cfg.get('max_epochs')
-    schedulers = cfg.get('param_scheduler') or []
-    if max_epochs is None:
-        return
-    for i, sched in enumerate(schedulers if isinstance(schedulers, list) else [schedulers]):
-        end, begin = sched.get('end'), sched.get('begin', 0)
-        if not sched.get('by_epoch', True) or end is None or end <= max_epochs:
-            continue
-        print(f'train.py: warning: param_scheduler[{i}] ({sched.get("type")}) runs over epochs '
-              f'{begin}..{end}, but max_epochs={max_epochs}: '
-              + ('it never starts' if begin >= max_epochs else 'it is cut short')
-              + '. Restate param_scheduler for the new length (docs/data_preparation.md, '
-              '"Your own videos")', file=sys.stderr)
 
 
 def check_auto_resume(work_dir: str) -> None:

@@ -186,31 +186,29 @@ def _atomic_write_text(path: str, text: str) -> None:
         os.replace(tmp, path)
 
 
-def _load_npy(path: str, fix: str) -> np.ndarray:
-    """``np.load`` of a finished folder's file; an unreadable one raises
-    :class:`DamagedFeatureFolder` naming it, with ``fix`` (what to do)."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise DamagedFeatureFolder(path, reason, f'{path} is damaged or incomplete '
-                                   f'({reason}); {fix}') from None
-
-
-def _read_lines_of(path: str, fix: str) -> List[str]:
-    """:func:`read_lines` of a finished folder's file; a missing or unreadable one raises
-    :class:`DamagedFeatureFolder` naming it, with ``fix``."""
-    try:
-        return read_lines(path)
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise DamagedFeatureFolder(path, reason, f'{path} is damaged or missing ({reason}); '
-                                   f'{fix}') from None
-
-
-# what to do about a damaged finished file (the caller may say it for its own tool)
+# what to do about a damaged finished file (search_gallery says it for its cache instead)
 RECOMPUTE = ('rerun tools/extract_features.py with --overwrite to embed its videos again '
              '(or delete the folder)')
+
+
+def _read_finished(path: str, read: Callable[[str], object], state: str):
+    """``read(path)`` of a finished folder's file; a missing or unreadable one raises
+    :class:`DamagedFeatureFolder` naming it (``'<path> is damaged or <state>'``) with
+    :data:`RECOMPUTE`."""
+    try:
+        return read(path)
+    except (OSError, ValueError, EOFError) as e:     # (UnicodeDecodeError is a ValueError)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DamagedFeatureFolder(path, reason, f'{path} is damaged or {state} ({reason}); '
+                                   f'{RECOMPUTE}') from None
+
+
+def _load_npy(path: str) -> np.ndarray:
+    return _read_finished(path, lambda p: np.load(p, allow_pickle=False), 'incomplete')
+
+
+def _read_lines_of(path: str) -> List[str]:
+    return _read_finished(path, read_lines, 'missing')
 
 
 def _lines(items: Sequence[str], what: str) -> str:
@@ -333,15 +331,14 @@ def load_features(out_dir: str) -> dict:
     res = dict(meta=meta, videos=None, video_paths=[], texts=None, text_lines=[],
                text_to_video=None)
     if meta['num_videos']:
-        res['videos'] = _load_npy(osp.join(out_dir, 'videos.npy'), RECOMPUTE)
-        rel = _read_lines_of(osp.join(out_dir, 'videos.txt'), RECOMPUTE)
+        res['videos'] = _load_npy(osp.join(out_dir, 'videos.npy'))
+        rel = _read_lines_of(osp.join(out_dir, 'videos.txt'))
         res['video_paths'] = [_abs(meta['video_root'], p) for p in rel]
     if meta['num_texts']:
-        res['texts'] = _load_npy(osp.join(out_dir, 'texts.npy'), RECOMPUTE)
-        res['text_lines'] = _read_lines_of(osp.join(out_dir, 'texts.txt'), RECOMPUTE)
+        res['texts'] = _load_npy(osp.join(out_dir, 'texts.npy'))
+        res['text_lines'] = _read_lines_of(osp.join(out_dir, 'texts.txt'))
     if meta.get('has_text_to_video'):
-        res['text_to_video'] = _load_npy(osp.join(out_dir, 'text_to_video.npy'),
-                                         RECOMPUTE)
+        res['text_to_video'] = _load_npy(osp.join(out_dir, 'text_to_video.npy'))
     return res
 
 
@@ -382,6 +379,13 @@ class ExtractionResult:
     num_texts: int = 0
 
 
+def _remove_outputs(out_dir: str, names: Sequence[str] = OUTPUT_FILES) -> None:
+    """Delete the finished-output files ``names`` of ``out_dir`` that exist (in order)."""
+    for name in names:
+        if osp.exists(osp.join(out_dir, name)):
+            os.remove(osp.join(out_dir, name))
+
+
 def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
                   ) -> Optional[dict]:
     """Refuse a folder with another model's results (or clear it with ``overwrite``);
@@ -392,9 +396,7 @@ def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
     except DamagedFeatureFolder:
         if not overwrite:
             raise
-        for name in OUTPUT_FILES:
-            if osp.exists(osp.join(out_dir, name)):
-                os.remove(osp.join(out_dir, name))
+        _remove_outputs(out_dir)
         meta = None
     other = []
     if meta is not None and meta.get('model_key') != key:
@@ -409,9 +411,7 @@ def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
             f'{out_dir} holds {" and ".join(other)} of another model, config, checkpoint or '
             f'views (model key {key} differs). Use another output folder, or --overwrite to '
             f'replace them')
-    for name in OUTPUT_FILES:
-        if osp.exists(osp.join(out_dir, name)):
-            os.remove(osp.join(out_dir, name))
+    _remove_outputs(out_dir)
     store.remove()
     return None
 
@@ -422,9 +422,9 @@ def _finished_rows(out_dir: str, meta: dict, video_root: str):
     :class:`DamagedFeatureFolder`."""
     if not meta.get('num_videos'):
         return None
-    emb = _load_npy(osp.join(out_dir, 'videos.npy'), RECOMPUTE)
-    rel = _read_lines_of(osp.join(out_dir, 'videos.txt'), RECOMPUTE)
-    stamps = _load_npy(osp.join(out_dir, 'video_stamps.npy'), RECOMPUTE).tolist()
+    emb = _load_npy(osp.join(out_dir, 'videos.npy'))
+    rel = _read_lines_of(osp.join(out_dir, 'videos.txt'))
+    stamps = _load_npy(osp.join(out_dir, 'video_stamps.npy')).tolist()
     if len(rel) != len(emb) or len(stamps) != len(emb):
         return None  # inconsistent: recompute
     root = meta['video_root']
@@ -718,12 +718,8 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
 
 def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, text_emb, t2v,
                  bad) -> None:
-    meta_path = osp.join(out_dir, 'meta.json')
-    if osp.exists(meta_path):
-        os.remove(meta_path)  # the folder is "unfinished" until the new meta.json exists
-    for name in OUTPUT_FILES[:-1]:
-        if osp.exists(osp.join(out_dir, name)):
-            os.remove(osp.join(out_dir, name))
+    # meta.json first: the folder is "unfinished" until the new meta.json exists
+    _remove_outputs(out_dir, ('meta.json', ) + OUTPUT_FILES[:-1])
     if len(video_paths):
         atomic_save_npy(osp.join(out_dir, 'videos.npy'), video_emb)
         _atomic_write_text(osp.join(out_dir, 'videos.txt'), _lines(video_paths, 'video path'))
@@ -737,7 +733,7 @@ def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, tex
     if bad:
         _atomic_write_text(osp.join(out_dir, 'bad_videos.txt'),
                            ''.join(f'{p}\t{r}\n' for p, r in bad))
-    _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    _atomic_write_text(osp.join(out_dir, 'meta.json'), json.dumps(meta, indent=1))
 
 
 extract_features.__doc__ = (_extract_features.__doc__ or '') + """

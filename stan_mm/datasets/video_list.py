@@ -29,12 +29,10 @@ from typing import List, Optional
 from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
 
-from .readers_common import (AnnotationError, apply_missing_policy, iter_text_lines, read_text,
-                             short_repr)
+from .readers_common import (MAX_LISTED, AnnotationError, apply_missing_policy,
+                             iter_text_lines, short_repr)
 
 __all__ = ['CheckedVideoDataset']
-
-MAX_LISTED = 20
 
 
 @DATASETS.register_module()
@@ -94,9 +92,8 @@ class CheckedVideoDataset(VideoDataset):
         """Read ``path label`` lines (``path l1 l2 ...`` with ``multi_class=True``)."""
         if '://' in self.ann_file:          # other storage backends: MMAction2's reader
             return super().load_data_list()
-        text = read_text(self.ann_file)
         problems, data_list = [], []
-        for lineno, line in iter_text_lines(self.ann_file, text):
+        for lineno, line in iter_text_lines(self.ann_file):
             fields = self._split(line)
             filename, rest = fields[0], fields[1:]
             if self.multi_class:          # no label at all: a sample of no class, as MMAction2

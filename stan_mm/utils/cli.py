@@ -32,7 +32,10 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
 
 def describe(exc: BaseException) -> str:
     """The message to print: a video error re-raised from a DataLoader worker carries the
-    worker's traceback in its text; its file and reason are what the user needs."""
+    worker's traceback in its text; its file and reason are what the user needs. A
+    KeyError's message without the quotes its ``str()`` adds."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
     filename, reason = getattr(exc, 'filename', None), getattr(exc, 'reason', None)
     if filename and reason and 'Traceback' in str(exc):
         return f'cannot read video file {filename!r}: {reason}'
@@ -69,6 +72,56 @@ def warn_misspelled_keys(cfg, tool: str) -> None:
     for key, runner_key in misspelled_keys(cfg):
         print(f'{tool}: warning: the config sets {key!r}, which nothing reads; did you mean '
               f'{runner_key!r}? (mmengine ignores unknown top-level keys)', file=sys.stderr)
+
+
+def route_evaluator_options(cfg, options: dict) -> dict:
+    """``--cfg-options`` with ``test_evaluator.<option>`` keys routed for a list of
+    evaluators. ``test_evaluator.dsl=True`` (docs/retrieval.md) addresses one metric;
+    where the config's ``test_evaluator`` is a list (the retrieval quickstart adds its
+    twin metric), the key goes to the list's ``RetrievalRecallMetric`` (mmengine would
+    fail with "list indices must be integers"). A tuple becomes a list in ``cfg``.
+
+    Raises:
+        ConfigOptionError: no single RetrievalRecallMetric entry, or a ``type`` key.
+    """
+    evaluators = cfg.get('test_evaluator')
+    if not isinstance(evaluators, (list, tuple)):
+        return options
+    if isinstance(evaluators, tuple):     # mmengine merges index keys into lists only
+        cfg.test_evaluator = evaluators = list(evaluators)
+    types = [e.get('type') for e in evaluators]
+    index = [i for i, t in enumerate(types) if t == 'RetrievalRecallMetric']
+    routed = {}
+    for key, value in options.items():
+        head, _, rest = key.partition('.')
+        if head == 'test_evaluator' and rest and not rest.split('.')[0].isdigit():
+            if len(index) != 1 or rest.split('.')[0] == 'type':
+                raise ConfigOptionError(
+                    f'--cfg-options {key}: test_evaluator is a list of {types} here; name '
+                    f'the entry: test_evaluator.<index>.{rest}')
+            key = f'test_evaluator.{index[0]}.{rest}'
+        routed[key] = value
+    return routed
+
+
+def warn_schedule_beyond_training(cfg, tool: str) -> None:
+    """A child config (or ``--cfg-options train_cfg.max_epochs=N``) that shortens training
+    keeps the base's schedule, whose warm-up and decay were laid out for the base's epochs:
+    say so (on stderr, as ``tool``) when an epoch-based scheduler starts or ends past
+    ``max_epochs``."""
+    max_epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
+    schedulers = cfg.get('param_scheduler') or []
+    if max_epochs is None:
+        return
+    for i, sched in enumerate(schedulers if isinstance(schedulers, list) else [schedulers]):
+        end, begin = sched.get('end'), sched.get('begin', 0)
+        if not sched.get('by_epoch', True) or end is None or end <= max_epochs:
+            continue
+        print(f'{tool}: warning: param_scheduler[{i}] ({sched.get("type")}) runs over epochs '
+              f'{begin}..{end}, but max_epochs={max_epochs}: '
+              + ('it never starts' if begin >= max_epochs else 'it is cut short')
+              + '. Restate param_scheduler for the new length (docs/data_preparation.md, '
+              '"Your own videos")', file=sys.stderr)
 
 
 def run_tool(main: Callable[[], object], tool: str) -> int:

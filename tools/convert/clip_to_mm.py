@@ -60,14 +60,14 @@ def main(argv=None) -> int:
     import stan_mm  # noqa: F401
     from stan_mm.apis import convert_clip
     from stan_mm.models.clip import CLIPKeysMismatchError
+    from stan_mm.utils.cli import describe
     try:
         report = convert_clip(args.src, args.dst, arch=parse_arch(args.arch),
                               quick_gelu=args.quick_gelu, out_format=args.format)
     except (ValueError, KeyError, TypeError, OSError, CLIPKeysMismatchError,
             pickle.UnpicklingError) as e:
         # (UnsafeCheckpointError is an UnpicklingError; a KeyError's str() adds quotes)
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f'clip_to_mm: error: {message}', file=sys.stderr)
+        print(f'clip_to_mm: error: {describe(e)}', file=sys.stderr)
         return 2
     print(report.format())
     return 0

@@ -15,6 +15,7 @@ import sys
 
 import stan_mm  # noqa: F401  (checkpoint-loading fixes)
 from stan_mm.compat import safe_torch_load
+from stan_mm.utils.cli import describe
 from stan_mm.utils.stan_convert import (convert_public_checkpoint,
                                         export_public_checkpoint)
 
@@ -45,8 +46,7 @@ def main(argv=None) -> int:
     except (ValueError, KeyError, OSError, pickle.UnpicklingError) as e:
         # missing/corrupt/refused files and inputs of the wrong layout (UnsafeCheckpointError
         # is an UnpicklingError and names --trust)
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f'stan_public_to_mm: error: {message}', file=sys.stderr)
+        print(f'stan_public_to_mm: error: {describe(e)}', file=sys.stderr)
         return 2
     print(report.format())
     print(f'wrote {args.dst}')

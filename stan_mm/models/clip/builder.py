@@ -43,7 +43,8 @@ def _weights_cfg(ckpt: ClipCheckpoint) -> Dict:
     try:
         return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads)
     except (KeyError, ValueError) as e:
-        reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        from stan_mm.utils.cli import describe
+        reason = describe(e)
         raise CLIPArchMismatchError(
             f'{ckpt.path}: {reason}. `pretrained` takes CLIP weights with both towers (a '
             'trained stan-mm / MMAction2 checkpoint goes to load_from, or to tools/test.py '

@@ -156,7 +156,10 @@ class TextClassifierHead(BaseHead):
         prompts = build_prompts(names, self.templates)
         with torch.device('cpu'):      # token ids are data, also in a model built on 'meta'
             tokens = tokenize(prompts, self.context_length)
-        long = [(p, n) for p in prompts if (n := token_count(p)) > self.context_length]
+        # only a row filled to its last position can have been cut
+        full = (tokens[:, -1] != 0).tolist()
+        long = [(p, n) for p, f in zip(prompts, full)
+                if f and (n := token_count(p)) > self.context_length]
         cut = {p for p, _ in long}
         if long:
             shown = '; '.join(f'{p!r} ({n} tokens)' for p, n in long[:3])
