@@ -14,7 +14,8 @@ shift 4
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-SRUN_ARGS=${SRUN_ARGS:-""}
+# SRUN_ARGS is split into words but not glob-expanded (node lists such as node[1-4])
+read -r -a SRUN_EXTRA <<< "${SRUN_ARGS:-}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 srun -p "$PARTITION" \
@@ -24,5 +25,5 @@ srun -p "$PARTITION" \
     --ntasks-per-node="$GPUS_PER_NODE" \
     --cpus-per-task="$CPUS_PER_TASK" \
     --kill-on-bad-exit=1 \
-    $SRUN_ARGS \
+    ${SRUN_EXTRA[@]+"${SRUN_EXTRA[@]}"} \
     "${PYTHON:-python3}" -u "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher slurm "$@"

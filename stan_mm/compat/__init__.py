@@ -17,7 +17,9 @@ Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a 
                 the file and the opt-in (see :mod:`stan_mm.compat.checkpoint`).
 ``dist``        on a machine without CUDA, ``torch.cuda.set_device`` is skipped,
                 ``nccl`` falls back to ``gloo``, and DDP is built without
-                ``device_ids`` (see :mod:`stan_mm.compat.dist`).
+                ``device_ids``, for ``--launcher pytorch`` (torchrun) and
+                ``--launcher slurm`` (srun; tested with a simulated ``srun`` in
+                ``tests/test_slurm_scripts.py``) (see :mod:`stan_mm.compat.dist`).
 ``amp``         ``AutoAmpOptimWrapper`` picks ``AmpOptimWrapper`` on GPU and a plain
                 ``OptimWrapper`` on CPU.
 ``workers``     ``num_workers=0`` with the configs' ``persistent_workers=True`` no
