@@ -8,7 +8,8 @@ import torch
 import stan_mm  # noqa: F401  (registers everything, applies compat fixes)
 from stan_mm import testing as T
 from stan_mm.datasets.transforms import tokenize
-from stan_mm.models.clip import (CLIPArchMismatchError, CLIPKeysMismatchError, arch_from_name,
+from stan_mm.models.clip import (CLIPArchMismatchError, CLIPKeysMismatchError,
+                                 CLIPTextTowerMissingError, arch_from_name,
                                  build_clip, hf_clip_to_openclip, infer_clip_cfg,
                                  load_clip_state_dict, normalize_arch_name,
                                  openclip_to_hf_clip, read_clip_checkpoint)
@@ -389,14 +390,20 @@ def test_precision_fp16_casts_like_open_clip(tmp_path):
 
 
 def test_weights_without_the_text_tower_named_with_their_file(tmp_path):
-    """Inferring the architecture needs both towers: a vision-only file is refused with its
-    path and what `pretrained` takes (before: a bare KeyError without the file)."""
+    """build_clip builds both towers: a vision-only file is refused with its path, what it
+    holds and who needs the text tower (before: a bare KeyError without the file). The
+    image tower alone loads with build_clip_vision / CLIPSTAN (tests/test_clip_vision_only.py)."""
     src = T.tiny_clip(seed=15, **INFERABLE)
     sd = {k: v for k, v in src.state_dict().items() if k.startswith('visual.')}
     path = tmp_path / 'vision_only.pt'
     torch.save(sd, path)
-    with pytest.raises(CLIPArchMismatchError) as err:
-        build_clip(pretrained=path)
-    msg = str(err.value)
-    assert str(path) in msg and 'cannot infer the CLIP architecture' in msg
-    assert 'both towers' in msg and 'load_from' in msg
+    for arch in (None, T.tiny_clip_cfg(**INFERABLE)):
+        with pytest.raises(CLIPTextTowerMissingError) as err:
+            build_clip(arch, pretrained=path)
+        msg = str(err.value)
+        assert str(path) in msg and 'only the image tower' in msg
+        assert 'the text tower is missing, and build_clip' in msg
+        assert 'CLIPSTAN(pretrained=...)' in msg and 'both towers' in msg
+    assert isinstance(err.value, CLIPArchMismatchError)   # what callers caught before
+    with pytest.raises(CLIPTextTowerMissingError, match='vision_only.pt'):
+        load_clip_state_dict(path)

@@ -194,7 +194,10 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     ckpt = read_clip_checkpoint(src)
     arch_cfg = resolve_arch(arch)[0] if arch is not None else None
     reason, guessed = _activation_reason(quick_gelu, arch, arch_cfg, ckpt)
-    model = build_clip(arch, src, strict=True, quick_gelu=quick_gelu)
+    model = build_clip(arch, src, strict=True, quick_gelu=quick_gelu,
+                       needed_by=f'{CONVERTER} (it writes a full CLIP checkpoint, both '
+                       f'towers; image-tower-only weights go to CLIPSTAN\'s pretrained= '
+                       f'as they are)')
     cfg = json.loads(json.dumps(model.clip_cfg))
     sd = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
     from stan_mm.version import __version__

@@ -18,11 +18,11 @@ STRUCTURES = ('branch', 'posterior')
 
 def build_clip_visual(arch, pretrained: Optional[str], precision: str = 'fp32',
                       quick_gelu: Optional[bool] = None) -> nn.Module:
-    """open_clip ``VisionTransformer`` of a CLIP built by
-    :func:`stan_mm.models.clip.build_clip` (weights loaded when ``pretrained`` is a path;
-    the text tower is dropped)."""
-    from stan_mm.models.clip import build_clip  # lazy: avoids an import cycle
-    return build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu).visual
+    """open_clip ``VisionTransformer`` from :func:`stan_mm.models.clip.build_clip_vision`:
+    ``build_clip(...).visual`` for full CLIP weights (or none), the image tower built and
+    loaded alone for weights that hold only it (no text tower needed here)."""
+    from stan_mm.models.clip import build_clip_vision  # lazy: avoids an import cycle
+    return build_clip_vision(arch, pretrained, precision=precision, quick_gelu=quick_gelu)
 
 
 def _is_plain_open_clip_block(block: nn.Module) -> bool:
@@ -136,7 +136,9 @@ class CLIPSTAN(BaseModule):
         arch: CLIP architecture: open_clip name (``'ViT-B-16'``), OpenAI spelling
             (``'ViT-B/16'``), a clip_cfg dict, or ``None`` to infer it from ``pretrained``.
         pretrained: local CLIP weights (OpenAI, open_clip or HuggingFace layout) or None
-            (random init). Full STAN checkpoints load with ``load_from``/``init_cfg``.
+            (random init); weights of the image tower alone do too (``visual.*`` keys, an
+            open_clip ``model.visual`` state dict, HF ``CLIPVisionModelWithProjection``).
+            Full STAN checkpoints load with ``load_from``/``init_cfg``.
         depth: number K of branch layers; 0 gives CLIP with mean pooling over frames.
         temporal_module: ``'attn'`` (Eq. 8, alias ``'selfattn'``), ``'conv'`` (Eq. 9) or
             ``None`` (Table 6 "cross-frame off").

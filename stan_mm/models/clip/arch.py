@@ -8,6 +8,10 @@ A *clip_cfg* is the dict open_clip keeps in its model-config JSON files::
      'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 512, 'heads': 8,
                   'layers': 12}}
 
+A *vision clip_cfg* (image tower alone, for weights without the text tower) has only the
+top-level ``embed_dim`` (the projection's output width), ``vision_cfg`` and optionally
+``quick_gelu``; :func:`resolve_vision_arch` and :func:`infer_vision_cfg` produce one.
+
 Only ViT image towers with open_clip's own text transformer are supported (every CLIP that
 STAN uses); ResNet, timm, HuggingFace-text and SigLIP configs are refused with a clear error.
 
@@ -45,6 +49,8 @@ SHAPE_FIELDS = (
     ('text_cfg', 'context_length'), ('text_cfg', 'vocab_size'), ('text_cfg', 'width'),
     ('text_cfg', 'layers'), ('text_cfg', 'mlp_ratio'),
 )
+#: the fields of :data:`SHAPE_FIELDS` that the image tower's weights determine
+VISION_SHAPE_FIELDS = tuple(f for f in SHAPE_FIELDS if f[0] != 'text_cfg')
 
 
 def normalize_arch_name(name: str) -> str:
@@ -108,28 +114,35 @@ def arch_from_name(name: str) -> Dict:
     return cfg
 
 
-def validate_clip_cfg(cfg: Mapping, what: str = 'arch') -> Dict:
+def validate_clip_cfg(cfg: Mapping, what: str = 'arch', vision_only: bool = False) -> Dict:
     """Check a clip_cfg dict and return a normalized deep copy.
 
     Fills ``vision_cfg.head_width`` with 64 when absent (open_clip's default). Raises
-    ``ValueError`` naming the offending field and what was expected.
+    ``ValueError`` naming the offending field and what was expected. ``vision_only``: a
+    vision clip_cfg without ``text_cfg`` is accepted too (a ``text_cfg`` that is present
+    is still checked).
     """
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
     if not isinstance(cfg, Mapping):
         raise TypeError(f'{what} must be a dict (clip_cfg), got {type(cfg).__name__}')
     cfg = copy.deepcopy(dict(cfg))
-    for key in ('embed_dim', 'vision_cfg', 'text_cfg'):
+    required_top = ('embed_dim', 'vision_cfg') if vision_only else (
+        'embed_dim', 'vision_cfg', 'text_cfg')
+    for key in required_top:
         if key not in cfg:
             raise ValueError(f'{what} is missing {key!r}; a clip_cfg needs embed_dim, '
-                             f'vision_cfg {_VISION_REQUIRED} and text_cfg {_TEXT_REQUIRED}')
+                             f'vision_cfg {_VISION_REQUIRED} and text_cfg {_TEXT_REQUIRED}'
+                             + (' (text_cfg may be left out for the image tower alone)'
+                                if vision_only else ''))
     unknown = sorted(set(cfg) - set(_TOP_KEYS))
     if unknown:
         raise ValueError(f'{what} has unsupported keys {unknown}; allowed: {list(_TOP_KEYS)}')
     problem = _plain_vit_problem(cfg)
     if problem:
         raise ValueError(f'{what} is not supported: {problem}')
-    for sub, required, dc in (('vision_cfg', _VISION_REQUIRED, CLIPVisionCfg),
-                              ('text_cfg', _TEXT_REQUIRED, CLIPTextCfg)):
+    towers = (('vision_cfg', _VISION_REQUIRED, CLIPVisionCfg),
+              ('text_cfg', _TEXT_REQUIRED, CLIPTextCfg))
+    for sub, required, dc in (t for t in towers if t[0] in cfg):
         part = cfg[sub]
         if not isinstance(part, Mapping):
             raise ValueError(f'{what}.{sub} must be a dict, got {type(part).__name__}')
@@ -141,12 +154,12 @@ def validate_clip_cfg(cfg: Mapping, what: str = 'arch') -> Dict:
         bad = sorted(set(part) - allowed)
         if bad:
             raise ValueError(f'{what}.{sub} has unknown keys {bad}; allowed: {sorted(allowed)}')
-    v, t = cfg['vision_cfg'], cfg['text_cfg']
+    v, t = cfg['vision_cfg'], cfg.get('text_cfg')
     v.setdefault('head_width', CLIP_HEAD_WIDTH)
     if v['width'] % v['head_width']:
         raise ValueError(f'{what}.vision_cfg.width={v["width"]} is not a multiple of '
                          f'head_width={v["head_width"]}')
-    if t['width'] % t['heads']:
+    if t is not None and t['width'] % t['heads']:
         raise ValueError(f'{what}.text_cfg.width={t["width"]} is not a multiple of '
                          f'heads={t["heads"]}')
     if v['image_size'] % v['patch_size']:
@@ -165,6 +178,25 @@ def resolve_arch(arch) -> Tuple[Dict, str]:
         return validate_clip_cfg(arch), 'the arch dict'
     raise TypeError(f'arch must be None, an open_clip/OpenAI model name or a clip_cfg dict, '
                     f'got {type(arch).__name__}')
+
+
+def is_vision_only_arch(arch) -> bool:
+    """True for a clip_cfg dict without ``text_cfg`` (describes the image tower alone)."""
+    return isinstance(arch, Mapping) and 'text_cfg' not in arch
+
+
+def resolve_vision_arch(arch) -> Tuple[Dict, str]:
+    """``arch`` (name, clip_cfg dict, or vision clip_cfg dict without ``text_cfg``) ->
+    (validated vision clip_cfg ``{'embed_dim', 'vision_cfg', 'quick_gelu'?}``,
+    human-readable description). The text tower of a full arch is checked, then dropped."""
+    if isinstance(arch, str):
+        cfg, desc = resolve_arch(arch)
+    elif isinstance(arch, Mapping):
+        cfg, desc = validate_clip_cfg(arch, vision_only=True), 'the arch dict'
+    else:
+        raise TypeError(f'arch must be None, an open_clip/OpenAI model name or a clip_cfg '
+                        f'dict, got {type(arch).__name__}')
+    return {k: v for k, v in cfg.items() if k != 'text_cfg'}, desc
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,9 +225,12 @@ def _need(sd, keys: List[str]):
                        f'(is this a ViT CLIP checkpoint in OpenAI/open_clip layout?)')
 
 
-def _matching_bundled_cfg(cfg: Dict) -> Optional[Tuple[str, Dict]]:
-    """An open_clip bundled config with the same shapes as ``cfg`` (for head counts)."""
+def _matching_bundled_cfg(cfg: Dict, fields=SHAPE_FIELDS) -> Optional[Tuple[str, Dict]]:
+    """An open_clip bundled config with the same shapes as ``cfg`` on ``fields`` (for head
+    counts); ``None`` when none matches or the matches disagree on the heads (of the towers
+    that ``fields`` covers)."""
     import open_clip
+    with_text = any(f[0] == 'text_cfg' for f in fields)
     matches = []
     for name in open_clip.list_models():
         ref = open_clip.get_model_config(name)
@@ -210,10 +245,99 @@ def _matching_bundled_cfg(cfg: Dict) -> Optional[Tuple[str, Dict]]:
         extra_t = {k for k in ref['text_cfg'] if k not in _TEXT_REQUIRED + ('mlp_ratio',)}
         if extra_v or extra_t:  # special towers (no ln_pre, attn pooling, ...): not ours
             continue
-        if not shape_mismatches(cfg, ref):
+        if not shape_mismatches(cfg, ref, fields):
             matches.append((name, ref))
-    heads = {(r['vision_cfg']['head_width'], r['text_cfg']['heads']) for _, r in matches}
+    heads = {(r['vision_cfg']['head_width'], r['text_cfg']['heads'] if with_text else None)
+             for _, r in matches}
     return matches[0] if len(heads) == 1 else None
+
+
+def _vision_shapes(sd: Mapping[str, torch.Tensor]) -> Dict:
+    """``embed_dim`` and the shape fields of ``vision_cfg`` from ``visual.*`` keys (present:
+    checked by the callers; without ``visual.proj`` there is no ``embed_dim``)."""
+    conv = sd['visual.conv1.weight']
+    width, patch = conv.shape[0], conv.shape[-1]
+    n_pos = sd['visual.positional_embedding'].shape[0] - 1
+    grid = round(n_pos ** 0.5)
+    if grid * grid != n_pos:
+        raise ValueError(f'visual.positional_embedding has {n_pos} patch positions, not a '
+                         f'square grid; non-square images are not supported')
+    proj = sd.get('visual.proj')
+    if proj is not None and (proj.dim() != 2 or proj.shape[0] != width):
+        raise ValueError(f'visual.proj has shape {tuple(proj.shape)}; expected [width '
+                         f'{width}, embed_dim] (an open_clip/OpenAI projection matrix)')
+    v_layers = _count_blocks(sd, 'visual.transformer.resblocks.')
+    if v_layers == 0:
+        raise KeyError('cannot infer the CLIP architecture: no transformer blocks found '
+                       '(expected visual.transformer.resblocks.N.*)')
+    vision = {'image_size': int(grid * patch), 'patch_size': int(patch), 'width': int(width),
+              'layers': v_layers}
+    _need(sd, ['visual.transformer.resblocks.0.mlp.c_fc.weight'])
+    ratio = _mlp_ratio(sd, 'visual.transformer.resblocks.', width)
+    if ratio != 4.0:
+        vision['mlp_ratio'] = ratio
+    if proj is None:
+        return {'vision_cfg': vision}
+    return {'embed_dim': int(proj.shape[1]), 'vision_cfg': vision}
+
+
+def _refuse_resnet(sd: Mapping[str, torch.Tensor]) -> None:
+    if 'visual.layer1.0.conv1.weight' in sd or 'visual.attnpool.positional_embedding' in sd:
+        raise ValueError('ResNet CLIP weights (RN50, ...) are not supported: STAN needs a ViT '
+                         'CLIP (ViT-B/32, ViT-B/16, ViT-L/14, ...).')
+
+
+def infer_vision_shapes(state_dict: Mapping[str, torch.Tensor],
+                        require_proj: bool = True) -> Dict:
+    """The shape fields of a vision clip_cfg (:data:`VISION_SHAPE_FIELDS`) from the image
+    tower's weights alone (open_clip/OpenAI keys ``visual.*``; HF layout converted first).
+
+    Shapes read: ``visual.conv1.weight`` [W, 3, p, p] -> width W, patch p;
+    ``visual.positional_embedding`` [1 + g*g, W] -> image size g*p; the count of
+    ``visual.transformer.resblocks.N`` -> layers; ``mlp.c_fc.weight`` [r*W, W] -> mlp_ratio
+    r (kept only when not 4); ``visual.proj`` [W, E] -> embed_dim E (``require_proj=False``:
+    a tower without it gives no ``embed_dim``).
+    """
+    from .hf_convert import hf_clip_to_openclip, is_hf_clip_state_dict
+    if is_hf_clip_state_dict(state_dict):
+        state_dict = hf_clip_to_openclip(state_dict)
+    _refuse_resnet(state_dict)
+    _need(state_dict, ['visual.conv1.weight', 'visual.positional_embedding']
+          + (['visual.proj'] if require_proj else []))
+    return _vision_shapes(state_dict)
+
+
+def infer_vision_cfg(state_dict: Mapping[str, torch.Tensor],
+                     vision_heads: Optional[int] = None) -> Dict:
+    """Infer the vision clip_cfg (``{'embed_dim', 'vision_cfg'}``, no ``quick_gelu``) of a
+    ViT CLIP image tower from its weights alone (:func:`infer_vision_shapes`).
+
+    Heads, by the rule of :func:`infer_clip_cfg` restricted to the image tower:
+    ``vision_heads`` when given (a config file next to the weights); else those of the
+    bundled open_clip configs whose image tower and ``embed_dim`` have these shapes, when
+    they agree; else CLIP's ``width // 64``; a width that is not a multiple of 64 with no
+    other source raises ``ValueError`` (pass ``arch``).
+    """
+    cfg = infer_vision_shapes(state_dict)
+    v = cfg['vision_cfg']
+    if vision_heads is not None:
+        if v['width'] % vision_heads:
+            raise ValueError(f'{vision_heads} vision heads do not divide the width '
+                             f'{v["width"]}')
+        v['head_width'] = v['width'] // vision_heads
+        return cfg
+    match = _matching_bundled_cfg(cfg, VISION_SHAPE_FIELDS)
+    if match is not None:
+        v['head_width'] = match[1]['vision_cfg']['head_width']
+        return cfg
+    if v['width'] % CLIP_HEAD_WIDTH:
+        raise ValueError(
+            f'cannot infer the number of attention heads of the vision tower: width '
+            f'{v["width"]} is not a multiple of CLIP\'s head width {CLIP_HEAD_WIDTH} and no '
+            f'bundled open_clip config has these shapes. Heads are not stored in the weights; '
+            f'pass arch=dict(embed_dim=..., vision_cfg=dict(..., head_width=...)).')
+    v['head_width'] = CLIP_HEAD_WIDTH
+    return cfg
 
 
 def infer_clip_shapes(state_dict: Mapping[str, torch.Tensor]) -> Dict:
@@ -230,43 +354,27 @@ def infer_clip_shapes(state_dict: Mapping[str, torch.Tensor]) -> Dict:
     if is_hf_clip_state_dict(state_dict):
         state_dict = hf_clip_to_openclip(state_dict)
     sd = state_dict
-    if 'visual.layer1.0.conv1.weight' in sd or 'visual.attnpool.positional_embedding' in sd:
-        raise ValueError('ResNet CLIP weights (RN50, ...) are not supported: STAN needs a ViT '
-                         'CLIP (ViT-B/32, ViT-B/16, ViT-L/14, ...).')
+    _refuse_resnet(sd)
     _need(sd, ['visual.conv1.weight', 'visual.positional_embedding', 'visual.proj',
                'text_projection', 'positional_embedding', 'token_embedding.weight',
                'ln_final.weight'])
-    conv = sd['visual.conv1.weight']
-    width, patch = conv.shape[0], conv.shape[-1]
-    n_pos = sd['visual.positional_embedding'].shape[0] - 1
-    grid = round(n_pos ** 0.5)
-    if grid * grid != n_pos:
-        raise ValueError(f'visual.positional_embedding has {n_pos} patch positions, not a '
-                         f'square grid; non-square images are not supported')
-    v_layers = _count_blocks(sd, 'visual.transformer.resblocks.')
     t_width = sd['ln_final.weight'].shape[0]
     t_layers = _count_blocks(sd, 'transformer.resblocks.')
-    if v_layers == 0 or t_layers == 0:
+    if t_layers == 0 or not any(k.startswith('visual.transformer.resblocks.') for k in sd):
         raise KeyError('cannot infer the CLIP architecture: no transformer blocks found '
                        '(expected visual.transformer.resblocks.N.* and transformer.resblocks.N.*)')
+    cfg = _vision_shapes(sd)
     embed_dim = sd['text_projection'].shape[1]
-    if sd['visual.proj'].shape[1] != embed_dim:
+    if cfg['embed_dim'] != embed_dim:
         raise ValueError(f'visual.proj {tuple(sd["visual.proj"].shape)} and text_projection '
                          f'{tuple(sd["text_projection"].shape)} disagree on embed_dim')
-    cfg = {
-        'embed_dim': int(embed_dim),
-        'vision_cfg': {'image_size': int(grid * patch), 'patch_size': int(patch),
-                       'width': int(width), 'layers': v_layers},
-        'text_cfg': {'context_length': int(sd['positional_embedding'].shape[0]),
-                     'vocab_size': int(sd['token_embedding.weight'].shape[0]),
-                     'width': int(t_width), 'layers': t_layers},
-    }
-    for sub, prefix, w in (('vision_cfg', 'visual.transformer.resblocks.', width),
-                           ('text_cfg', 'transformer.resblocks.', t_width)):
-        _need(sd, [prefix + '0.mlp.c_fc.weight'])
-        ratio = _mlp_ratio(sd, prefix, w)
-        if ratio != 4.0:
-            cfg[sub]['mlp_ratio'] = ratio
+    cfg['text_cfg'] = {'context_length': int(sd['positional_embedding'].shape[0]),
+                       'vocab_size': int(sd['token_embedding.weight'].shape[0]),
+                       'width': int(t_width), 'layers': t_layers}
+    _need(sd, ['transformer.resblocks.0.mlp.c_fc.weight'])
+    ratio = _mlp_ratio(sd, 'transformer.resblocks.', t_width)
+    if ratio != 4.0:
+        cfg['text_cfg']['mlp_ratio'] = ratio
     return cfg
 
 
@@ -317,10 +425,12 @@ def _get(cfg: Mapping, path: Tuple[str, ...]):
     return node
 
 
-def shape_mismatches(arch_cfg: Mapping, weights_cfg: Mapping) -> List[str]:
-    """Fields of :data:`SHAPE_FIELDS` on which two clip_cfgs disagree, as readable lines."""
+def shape_mismatches(arch_cfg: Mapping, weights_cfg: Mapping,
+                     fields=SHAPE_FIELDS) -> List[str]:
+    """Fields of ``fields`` (default :data:`SHAPE_FIELDS`; :data:`VISION_SHAPE_FIELDS` for
+    the image tower alone) on which two clip_cfgs disagree, as readable lines."""
     out = []
-    for path in SHAPE_FIELDS:
+    for path in fields:
         a, w = _get(arch_cfg, path), _get(weights_cfg, path)
         if isinstance(a, float) or isinstance(w, float):
             same = a is not None and w is not None and abs(a - w) < 1e-3

@@ -16,14 +16,27 @@ Activation rule (weights do not store it), first that applies:
 
 The choice and its reason are logged. Weights are loaded in fp32; ``precision='fp16'`` or
 ``'bf16'`` then casts like open_clip does (LayerNorms compute in fp32).
+
+``build_clip_vision``: the image tower (open_clip ``VisionTransformer``) alone, for what
+needs only it (``CLIPSTAN``). Full CLIP weights go through ``build_clip`` (both towers
+checked, the ``.visual`` returned); weights that hold only the image tower (``visual.*``
+keys, an open_clip ``model.visual`` state dict, an HF ``CLIPVisionModelWithProjection``)
+build and strictly load the tower alone, architecture inferred from the image tower
+(``embed_dim`` from its projection) or checked against ``arch``. The activation follows the
+same rule; such files hint at it only through an HF ``config.json`` ``hidden_act``, an
+``open_clip_config.json`` or fp16 storage (OpenAI), else rule 4 or 5 applies. ``build_clip``
+refuses them with :class:`CLIPTextTowerMissingError`, naming the file and the component
+that needs the text tower.
 """
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
 
-from .arch import infer_clip_cfg, infer_clip_shapes, resolve_arch, shape_mismatches
+from .arch import (VISION_SHAPE_FIELDS, infer_clip_cfg, infer_clip_shapes,
+                   infer_vision_cfg, infer_vision_shapes, is_vision_only_arch, resolve_arch,
+                   resolve_vision_arch, shape_mismatches)
 from .checkpoint import ClipCheckpoint, read_clip_checkpoint
 
 DEFAULT_QUICK_GELU = True
@@ -39,7 +52,36 @@ class CLIPKeysMismatchError(RuntimeError):
     """The weights have missing or unexpected keys for the built model (``strict=True``)."""
 
 
-def _weights_cfg(ckpt: ClipCheckpoint) -> Dict:
+class CLIPTextTowerMissingError(CLIPArchMismatchError):
+    """The weights hold only CLIP's image tower, and the caller needs the text tower."""
+
+
+#: who needs the text tower, when ``build_clip``'s caller does not say
+_FULL_CLIP_USER = 'build_clip (it builds both CLIP towers)'
+#: keys of neither tower that an image-tower-only file may carry (ignored, logged)
+_OUTSIDE_TOWERS = ('logit_scale', 'logit_bias')
+
+
+def require_text_tower(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) -> None:
+    """Raise :class:`CLIPTextTowerMissingError` when ``ckpt`` holds no text tower: the
+    message names the file, what it holds and ``needed_by`` (the component that needs the
+    text tower)."""
+    if ckpt.has_text_tower:
+        return
+    layout = f'{ckpt.fmt} layout' + (', image tower saved alone' if ckpt.bare_vision else '')
+    raise CLIPTextTowerMissingError(
+        f'{ckpt.path}: these CLIP weights hold only the image tower ({layout}, '
+        f'{len(ckpt.state_dict)} tensors such as visual.conv1.weight); the text tower is '
+        f'missing, and {needed_by or _FULL_CLIP_USER} needs it. Image-tower-only weights '
+        f'serve the recognition backbone CLIPSTAN(pretrained=...) (build_clip_vision); for '
+        f'text (STANRetriever, CLIPTextEncoder / TextClassifierHead, '
+        f'tools/convert/clip_to_mm.py) pass the full CLIP weights (both towers) of the '
+        f'same model. (A trained stan-mm / MMAction2 checkpoint goes to load_from, or to '
+        f'tools/test.py as CKPT.)')
+
+
+def _weights_cfg(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) -> Dict:
+    require_text_tower(ckpt, needed_by)
     try:
         return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads)
     except (KeyError, ValueError) as e:
@@ -59,7 +101,7 @@ def load_clip_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Dict]:
     file gives none (rule 5 of the module docstring).
     """
     ckpt = read_clip_checkpoint(path)
-    cfg = _weights_cfg(ckpt)
+    cfg = _weights_cfg(ckpt, 'load_clip_state_dict (it returns the clip_cfg of both towers)')
     cfg['quick_gelu'] = DEFAULT_QUICK_GELU if ckpt.quick_gelu is None else ckpt.quick_gelu
     return ckpt.state_dict, cfg
 
@@ -109,16 +151,24 @@ def _check_agreement(arch, arch_cfg: Dict, ckpt: ClipCheckpoint) -> None:
             'or the arch these weights were trained with.')
 
 
-def _load_weights(model: torch.nn.Module, ckpt: ClipCheckpoint, strict: bool) -> None:
+def _load_weights(model: torch.nn.Module, ckpt: ClipCheckpoint, strict: bool,
+                  state_dict: Optional[Dict[str, torch.Tensor]] = None, what: str = 'CLIP',
+                  prefix: str = '', unexpected_in_file: Sequence[str] = ()) -> None:
+    """Load ``state_dict`` (default ``ckpt.state_dict``) into ``model``; missing and
+    unexpected keys are listed (as the file names them: ``prefix`` + model key, plus the
+    file's keys ``unexpected_in_file`` that were not offered to the model) and raise with
+    ``strict``, else warn."""
+    sd = ckpt.state_dict if state_dict is None else state_dict
     try:
-        result = model.load_state_dict(ckpt.state_dict, strict=False)
+        result = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even with strict=False
-        raise CLIPArchMismatchError(f'weights in {ckpt.path} do not fit the built CLIP: '
+        raise CLIPArchMismatchError(f'weights in {ckpt.path} do not fit the built {what}: '
                                     f'{e}') from e
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    missing = [prefix + k for k in result.missing_keys]
+    unexpected = [prefix + k for k in result.unexpected_keys] + list(unexpected_in_file)
     if not missing and not unexpected:
         return
-    msg = (f'CLIP weights {ckpt.path} ({ckpt.fmt} layout): '
+    msg = (f'{what} weights {ckpt.path} ({ckpt.fmt} layout): '
            f'{len(missing)} missing keys [{_list(missing)}]; '
            f'{len(unexpected)} unexpected keys [{_list(unexpected)}]')
     if strict:
@@ -128,7 +178,7 @@ def _load_weights(model: torch.nn.Module, ckpt: ClipCheckpoint, strict: bool) ->
 
 
 def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: bool = True,
-               quick_gelu: Optional[bool] = None):
+               quick_gelu: Optional[bool] = None, needed_by: Optional[str] = None):
     """Build an ``open_clip.model.CLIP`` (ViT) and optionally load local weights.
 
     Args:
@@ -145,6 +195,9 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
         strict: raise :class:`CLIPKeysMismatchError` on missing/unexpected keys (listed);
             ``False`` only warns.
         quick_gelu: force the activation (see the module docstring for the default rule).
+        needed_by: the component that asks for the full CLIP, named in the error when
+            ``pretrained`` holds only the image tower (e.g. ``'STANRetriever (its text
+            tower encodes the captions)'``).
 
     Returns:
         ``open_clip.model.CLIP`` in fp32 (unless ``precision`` says otherwise), with the
@@ -153,19 +206,32 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
     Raises:
         ValueError: neither ``arch`` nor ``pretrained`` given; bad arch.
         FileNotFoundError: ``pretrained`` does not exist.
+        CLIPTextTowerMissingError: ``pretrained`` holds only the image tower (use
+            :func:`build_clip_vision` where only that is needed).
         CLIPArchMismatchError: ``arch`` and the weights disagree (fields listed).
         CLIPKeysMismatchError: missing/unexpected keys with ``strict=True``.
     """
-    from open_clip.model import CLIP, convert_weights_to_lp
+    _check_args('build_clip', arch, pretrained, precision)
+    ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
+    if ckpt is not None:
+        require_text_tower(ckpt, needed_by)
+    return _build_full_clip(arch, ckpt, precision, strict, quick_gelu)
+
+
+def _check_args(fn: str, arch, pretrained, precision: str) -> None:
     if arch is None and pretrained is None:
         raise ValueError(
-            'build_clip needs arch (an open_clip/OpenAI name such as \'ViT-B/16\' or a '
+            f'{fn} needs arch (an open_clip/OpenAI name such as \'ViT-B/16\' or a '
             'clip_cfg dict) for a randomly initialized CLIP, pretrained (a local weights '
             'file or directory) to infer the architecture from, or both.')
     if precision not in _PRECISIONS:
         raise ValueError(f'precision must be one of {list(_PRECISIONS)}, got {precision!r}')
 
-    ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
+
+def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, strict: bool,
+                     quick_gelu: Optional[bool]):
+    """``build_clip`` after its checks, on weights already read (or none)."""
+    from open_clip.model import CLIP, convert_weights_to_lp
     arch_cfg = None
     if arch is not None:
         arch_cfg, desc = resolve_arch(arch)
@@ -198,3 +264,144 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
         convert_weights_to_lp(model, dtype=_PRECISIONS[precision])
     model.clip_cfg = cfg
     return model
+
+
+# ---------------------------------------------------------------------------------------
+# the image tower alone
+# ---------------------------------------------------------------------------------------
+def _refuse_no_projection(ckpt: ClipCheckpoint) -> None:
+    if 'visual.proj' in ckpt.state_dict:
+        return
+    raise CLIPArchMismatchError(
+        f'{ckpt.path}: the CLIP image tower in these weights has no output projection '
+        f'(visual.proj; HuggingFace: visual_projection.weight). A HuggingFace '
+        f'CLIPVisionModel checkpoint leaves it out (CLIPVisionModelWithProjection and '
+        f'CLIPModel keep it). STAN\'s video embedding [N, E] is CLIP\'s projected embedding '
+        f'and embed_dim E is read from the projection, so it is needed: use the '
+        f'CLIPVisionModelWithProjection or full CLIP weights of the same model (or pass '
+        f'arch and strict=False to start the projection from random weights).')
+
+
+def _vision_weights_cfg(ckpt: ClipCheckpoint) -> Dict:
+    _refuse_no_projection(ckpt)
+    try:
+        return infer_vision_cfg(ckpt.state_dict, vision_heads=ckpt.vision_heads)
+    except (KeyError, ValueError) as e:
+        from stan_mm.utils.cli import describe
+        raise CLIPArchMismatchError(
+            f'{ckpt.path}: {describe(e)} (reading the architecture of the CLIP image tower, '
+            f'the only tower in these weights)') from e
+
+
+def _check_vision_agreement(arch, arch_cfg: Dict, ckpt: ClipCheckpoint) -> None:
+    try:
+        weights = infer_vision_shapes(ckpt.state_dict, require_proj=False)
+    except (KeyError, ValueError) as e:
+        raise CLIPArchMismatchError(f'{ckpt.path}: cannot read the architecture of the '
+                                    f'image tower to compare with arch {arch!r}: {e}') from e
+    fields = [f for f in VISION_SHAPE_FIELDS if 'embed_dim' in weights or f != ('embed_dim',)]
+    problems = shape_mismatches(arch_cfg, weights, fields)
+    if ckpt.vision_heads is not None:
+        arch_heads = arch_cfg['vision_cfg']['width'] // arch_cfg['vision_cfg']['head_width']
+        if arch_heads != ckpt.vision_heads:
+            problems.append(f'vision heads: arch {arch_heads}, config file '
+                            f'{ckpt.vision_heads}')
+    if problems:
+        what = f'arch {arch!r}' if isinstance(arch, str) else 'the arch dict'
+        raise CLIPArchMismatchError(
+            f'{what} does not match the image tower weights in {ckpt.path}:\n  '
+            + '\n  '.join(problems) + '\nPass arch=None to infer the architecture from the '
+            'weights, or the arch these weights were trained with.')
+
+
+def _tower_state_dict(ckpt: ClipCheckpoint) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """-> (the ``visual.*`` weights without the prefix, the file's other keys: unexpected).
+    The logit scale/bias belong to neither tower: ignored (logged)."""
+    sd, others, outside = {}, [], []
+    for k, v in ckpt.state_dict.items():
+        if k.startswith('visual.'):
+            sd[k[len('visual.'):]] = v
+        elif k in _OUTSIDE_TOWERS:
+            outside.append(k)
+        else:
+            others.append(k)
+    if outside:
+        print_log(f'{ckpt.path}: not part of the image tower, ignored: {outside}',
+                  logger='current')
+    return sd, others
+
+
+def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
+                      strict: bool = True, quick_gelu: Optional[bool] = None):
+    """Build CLIP's image tower (an open_clip ``VisionTransformer``), optionally loading
+    local weights that may lack the text tower.
+
+    Input ``[M, 3, S, S]`` images -> ``[M, E]`` embeddings (open_clip's ``encode_image``
+    unnormalized), S = ``vision_cfg.image_size``, E = ``embed_dim``.
+
+    * ``pretrained`` with both towers (any layout :func:`build_clip` reads), or no
+      ``pretrained`` and an ``arch`` with ``text_cfg`` (a name or a full clip_cfg dict):
+      exactly ``build_clip(arch, pretrained, ...).visual`` (both towers checked and loaded
+      strictly; the text tower is then dropped).
+    * ``pretrained`` with the image tower alone (``visual.*`` keys; an open_clip/OpenAI
+      ``model.visual`` state dict; HF ``CLIPVisionModelWithProjection``, folder with its
+      ``CLIPVisionConfig`` ``config.json`` or the weights file), or a vision clip_cfg
+      ``{'embed_dim', 'vision_cfg', 'quick_gelu'?}`` without ``text_cfg``: only the tower is
+      built. Architecture: inferred from the tower (:func:`~.arch.infer_vision_cfg`;
+      ``embed_dim`` from ``visual.proj`` [W, E]) or ``arch`` (name, full or vision
+      clip_cfg) checked against it. Loading is strict on the ``visual.*`` keys (missing and
+      unexpected keys listed with the file; ``logit_scale`` is ignored). A tower without
+      the projection (HF ``CLIPVisionModel``) is refused unless ``arch`` is given with
+      ``strict=False``. Activation: the rule of :func:`build_clip`.
+
+    Args: as :func:`build_clip`.
+
+    Returns:
+        open_clip ``VisionTransformer``; built alone, it carries its vision clip_cfg (with
+        ``quick_gelu``) in ``clip_cfg``.
+
+    Raises:
+        ValueError, FileNotFoundError, CLIPArchMismatchError, CLIPKeysMismatchError: as
+        :func:`build_clip`.
+    """
+    _check_args('build_clip_vision', arch, pretrained, precision)
+    ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
+    if (ckpt.has_text_tower if ckpt is not None else not is_vision_only_arch(arch)):
+        return _build_full_clip(arch, ckpt, precision, strict, quick_gelu).visual
+
+    from open_clip.model import _build_vision_tower, convert_weights_to_lp
+    arch_cfg = None
+    if arch is not None:
+        arch_cfg, desc = resolve_vision_arch(arch)
+        if ckpt is not None:
+            if strict:
+                _refuse_no_projection(ckpt)
+            _check_vision_agreement(arch, arch_cfg, ckpt)
+        cfg = arch_cfg
+    else:
+        cfg, desc = _vision_weights_cfg(ckpt), 'inferred from the image tower weights'
+    q, reason, guessed = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
+    cfg = dict(embed_dim=cfg['embed_dim'], quick_gelu=q, vision_cfg=dict(cfg['vision_cfg']))
+    # the constructor open_clip.model.CLIP uses for its own .visual
+    visual = _build_vision_tower(cfg['embed_dim'], dict(cfg['vision_cfg']), q,
+                                 _PRECISIONS[precision])
+    act = 'QuickGELU' if q else 'GELU'
+    if ckpt is None:
+        print_log(f'CLIP image tower {desc}: random init, activation {act} ({reason})',
+                  logger='current')
+    else:
+        if ckpt.ignored_keys:
+            print_log(f'{ckpt.path}: ignored {len(ckpt.ignored_keys)} keys outside the CLIP '
+                      f'weights: [{_list(ckpt.ignored_keys)}]', logger='current',
+                      level=logging.WARNING)
+        tower_sd, others = _tower_state_dict(ckpt)
+        _load_weights(visual, ckpt, strict, state_dict=tower_sd, what='CLIP image tower',
+                      prefix='visual.', unexpected_in_file=others)
+        saved = 'image tower saved alone' if ckpt.bare_vision else 'no text tower'
+        print_log(f'CLIP image tower {desc}: loaded {ckpt.fmt} weights ({saved}) from '
+                  f'{ckpt.weights_file}; activation {act} ({reason})', logger='current',
+                  level=logging.WARNING if guessed else logging.INFO)
+    if _PRECISIONS[precision] is not None:
+        convert_weights_to_lp(visual, dtype=_PRECISIONS[precision])
+    visual.clip_cfg = cfg
+    return visual

@@ -12,7 +12,18 @@ open_clip                 ``torch.save`` of a state dict (``.pt``/``.pth``/``.bi
                           (``open_clip_config.json`` + ``open_clip_model.safetensors`` / ...)
 HF ``transformers``       a directory with ``config.json`` + ``model.safetensors`` /
                           ``pytorch_model.bin`` (sharded ones too), or such a weights file
+image tower alone         any of the above holding only ``visual.*`` keys; an open_clip /
+                          OpenAI ``model.visual.state_dict()`` (``conv1.weight``,
+                          ``class_embedding``, ``transformer.resblocks.N.*``, ``proj``: put
+                          under ``visual.``); an HF ``CLIPVisionModelWithProjection``
+                          (``vision_model.*`` + ``visual_projection.weight``; its
+                          ``config.json`` is a ``CLIPVisionConfig``) or ``CLIPVisionModel``
+                          (no projection; ``vision_model.`` prefix or none)
 ========================  ==============================================================
+
+Such image-tower-only weights have no text tower (:attr:`ClipCheckpoint.has_text_tower`
+is False): :func:`stan_mm.models.clip.build_clip_vision` (``CLIPSTAN``) loads them,
+:func:`stan_mm.models.clip.build_clip` refuses them.
 
 Everything is returned in open_clip's key layout and in fp32. Pickled files are read with
 :func:`stan_mm.compat.safe_torch_load` (weights-only unpickling).
@@ -44,6 +55,15 @@ OPENAI_META_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 _OC_ANCHOR = 'visual.conv1.weight'
 _HF_ANCHORS = ('vision_model.embeddings.patch_embedding.weight',
                'text_model.embeddings.token_embedding.weight')
+# an image tower saved on its own (open_clip/OpenAI ``model.visual``; HF
+# ``CLIPVisionTransformer`` as transformers >= 5 saves ``CLIPVisionModel``): anchor key and
+# a sibling that tells it apart from other models with such a key (a ResNet's conv1)
+_BARE_VISION = (('conv1.weight', 'class_embedding', 'visual.'),
+                ('embeddings.patch_embedding.weight', 'pre_layrnorm.weight', 'vision_model.'))
+#: open_clip-layout keys (or key prefixes) that belong to the text tower
+TEXT_TOWER_KEYS = ('token_embedding.weight', 'positional_embedding', 'ln_final.weight',
+                   'ln_final.bias', 'text_projection')
+TEXT_TOWER_PREFIXES = ('transformer.',)
 _HF_DIR_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
                  'pytorch_model.bin.index.json')
 _OC_DIR_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.safetensors',
@@ -62,7 +82,11 @@ class ClipCheckpoint:
         quick_gelu: activation hint from the file (``None``: the file does not tell).
         quick_gelu_reason: why, for the log line.
         heads: ``(vision_heads, text_heads)`` when a config file states them.
+        vision_heads: the image tower's heads when a config file states them (also a
+            vision-only config such as HF ``CLIPVisionConfig``).
         ignored_keys: keys dropped because they lie outside the CLIP prefix.
+        bare_vision: the file held an image tower saved on its own (keys without the
+            ``visual.`` / ``vision_model.`` prefix), now put under ``visual.``.
     """
     state_dict: Dict[str, Tensor]
     fmt: str
@@ -73,6 +97,20 @@ class ClipCheckpoint:
     heads: Optional[Tuple[int, int]] = None
     stored_dtype: Optional[torch.dtype] = None
     ignored_keys: List[str] = field(default_factory=list)
+    vision_heads: Optional[int] = None
+    bare_vision: bool = False
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether any text tower weight is present (:data:`TEXT_TOWER_KEYS`,
+        ``transformer.*``); False for image-tower-only files."""
+        return any(k in TEXT_TOWER_KEYS or k.startswith(TEXT_TOWER_PREFIXES)
+                   for k in self.state_dict)
+
+    @property
+    def text_keys(self) -> List[str]:
+        """The open_clip-layout keys outside the image tower (``visual.*``)."""
+        return [k for k in self.state_dict if not k.startswith('visual.')]
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,21 +193,44 @@ def _unwrap(obj, file: str) -> Dict[str, Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def _strip_prefix(sd: Dict[str, Tensor], file: str) -> Tuple[Dict[str, Tensor], List[str]]:
-    """Remove a common prefix in front of the CLIP keys (``module.``, ``clip.``, ...)."""
+def _bare_vision_tower(sd: Dict[str, Tensor]) -> Optional[Tuple[Dict[str, Tensor], List[str]]]:
+    """An image tower saved on its own (:data:`_BARE_VISION`), possibly under a common
+    prefix, -> (its keys under ``visual.`` / ``vision_model.``, ignored keys); else None."""
+    for anchor, sibling, tower in _BARE_VISION:
+        for k in sd:
+            prefix = k[:-len(anchor)]
+            if k.endswith(anchor) and (not prefix or prefix.endswith('.')) \
+                    and prefix + sibling in sd:
+                inside = {tower + q[len(prefix):]: v for q, v in sd.items()
+                          if q.startswith(prefix)}
+                return inside, [q for q in sd if not q.startswith(prefix)]
+    return None
+
+
+def _strip_prefix(sd: Dict[str, Tensor], file: str
+                  ) -> Tuple[Dict[str, Tensor], List[str], bool]:
+    """Remove a common prefix in front of the CLIP keys (``module.``, ``clip.``, ...).
+
+    Returns (CLIP keys, ignored keys, whether the keys were an image tower saved alone)."""
     anchor = next((k for k in sd if k.endswith(_OC_ANCHOR)
                    or any(k.endswith(a) for a in _HF_ANCHORS)), None)
     if anchor is None:
+        bare = _bare_vision_tower(sd)
+        if bare is not None:
+            return bare + (True,)
         sample = list(sd)[:8]
         raise ValueError(
             f'{file}: no CLIP image tower found (looked for a key ending in {_OC_ANCHOR!r} '
-            f'(OpenAI/open_clip) or {_HF_ANCHORS[0]!r} (HuggingFace)); first keys: {sample}')
+            f'(OpenAI/open_clip) or {_HF_ANCHORS[0]!r} (HuggingFace), or an image tower '
+            f'saved alone: conv1.weight + class_embedding (open_clip model.visual), '
+            f'embeddings.patch_embedding.weight + pre_layrnorm.weight (HuggingFace)); '
+            f'first keys: {sample}')
     for a in (_OC_ANCHOR,) + _HF_ANCHORS:
         if anchor.endswith(a):
             prefix = anchor[:-len(a)]
             break
     if not prefix:
-        return sd, []
+        return sd, [], False
     model_keys = [k for k in sd if k.startswith(('backbone.branch.', 'text_backbone.',
                                                  'cls_head.'))]
     if prefix == 'backbone.' and model_keys:
@@ -180,12 +241,28 @@ def _strip_prefix(sd: Dict[str, Tensor], file: str) -> Tuple[Dict[str, Tensor], 
             f'OpenAI, open_clip or HuggingFace CLIP weights')
     inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     ignored = [k for k in sd if not k.startswith(prefix)]
-    return inside, ignored
+    return inside, ignored, False
 
 
-def _hf_config_hints(config_file: str) -> Tuple[Optional[bool], str, Optional[Tuple[int, int]]]:
+def _is_hf_vision_config(cfg) -> bool:
+    """An HF ``CLIPVisionConfig`` (``CLIPVisionModel[WithProjection]``'s config.json)."""
+    return isinstance(cfg, dict) and (cfg.get('model_type') == 'clip_vision_model' or (
+        'vision_config' not in cfg and 'hidden_size' in cfg and 'patch_size' in cfg))
+
+
+def _hf_config_hints(config_file: str):
+    """-> (quick_gelu, reason, (vision_heads, text_heads) or None, vision_heads or None)."""
     with open(config_file) as f:
         cfg = json.load(f)
+    if _is_hf_vision_config(cfg):
+        # transformers' CLIPVisionConfig default is quick_gelu too
+        act = cfg.get('hidden_act', 'quick_gelu')
+        if act not in ('quick_gelu', 'gelu'):
+            raise ValueError(f'{config_file}: hidden_act {act!r} is not supported; open_clip '
+                             f'uses "quick_gelu" or "gelu"')
+        v_heads = cfg.get('num_attention_heads')
+        return (act == 'quick_gelu', f'hidden_act={act!r} in {config_file}', None,
+                int(v_heads) if v_heads is not None else None)
     vc, tc = cfg.get('vision_config') or {}, cfg.get('text_config') or {}
     # transformers' CLIP default is quick_gelu when a config omits hidden_act.
     acts = {vc.get('hidden_act', 'quick_gelu'), tc.get('hidden_act', 'quick_gelu')}
@@ -196,17 +273,20 @@ def _hf_config_hints(config_file: str) -> Tuple[Optional[bool], str, Optional[Tu
     heads = None
     if 'num_attention_heads' in vc and 'num_attention_heads' in tc:
         heads = (int(vc['num_attention_heads']), int(tc['num_attention_heads']))
-    return act == 'quick_gelu', f'hidden_act={act!r} in {config_file}', heads
+    v_heads = int(vc['num_attention_heads']) if 'num_attention_heads' in vc else None
+    return act == 'quick_gelu', f'hidden_act={act!r} in {config_file}', heads, v_heads
 
 
 def _model_cfg_hints(model_cfg: Mapping, where: str):
     """Activation and head counts stated by an open_clip model config."""
     q = bool(model_cfg.get('quick_gelu', False))
-    heads = None
+    heads = v_heads = None
     v, t = model_cfg.get('vision_cfg', {}), model_cfg.get('text_cfg', {})
-    if 'width' in v and 'heads' in t:
-        heads = (v['width'] // v.get('head_width', 64), t['heads'])
-    return q, f'quick_gelu={q} in {where}', heads
+    if 'width' in v:
+        v_heads = v['width'] // v.get('head_width', 64)
+    if v_heads is not None and 'heads' in t:
+        heads = (v_heads, t['heads'])
+    return q, f'quick_gelu={q} in {where}', heads, v_heads
 
 
 def _open_clip_config_hints(config_file: str):
@@ -226,14 +306,15 @@ def _converted_clip_cfg(raw) -> Optional[Mapping]:
 
 
 def _is_hf_clip_config(config_file: str) -> bool:
-    """A readable HuggingFace CLIP ``config.json`` (both tower configs present)."""
+    """A readable HuggingFace CLIP ``config.json`` (both tower configs present, or a
+    ``CLIPVisionConfig``)."""
     try:
         with open(config_file) as f:
             cfg = json.load(f)
     except (OSError, ValueError):
         return False
     return (isinstance(cfg, dict) and isinstance(cfg.get('vision_config'), dict)
-            and isinstance(cfg.get('text_config'), dict))
+            and isinstance(cfg.get('text_config'), dict)) or _is_hf_vision_config(cfg)
 
 
 def _resolve_dir(path: str) -> Tuple[str, Optional[str], Optional[str]]:
@@ -282,7 +363,7 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
         raw, torchscript = _read_file(file)
     converted_cfg = _converted_clip_cfg(raw)
     sd = _unwrap(raw, file)
-    sd, ignored = _strip_prefix(sd, file)
+    sd, ignored, bare_vision = _strip_prefix(sd, file)
 
     present_meta = [k for k in OPENAI_META_KEYS if k in sd]
     for k in OPENAI_META_KEYS:
@@ -304,15 +385,18 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
 
     ckpt = ClipCheckpoint(
         state_dict={k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()},
-        fmt=fmt, path=path, weights_file=file, stored_dtype=stored_dtype, ignored_keys=ignored)
+        fmt=fmt, path=path, weights_file=file, stored_dtype=stored_dtype, ignored_keys=ignored,
+        bare_vision=bare_vision)
 
+    hints = None
     if hf_cfg is not None:
-        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _hf_config_hints(hf_cfg)
+        hints = _hf_config_hints(hf_cfg)
     elif oc_cfg is not None:
-        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _open_clip_config_hints(oc_cfg)
+        hints = _open_clip_config_hints(oc_cfg)
     elif converted_cfg is not None:
-        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads = _model_cfg_hints(
-            converted_cfg, f'the clip_cfg {CLIP_TO_MM} stored in {file}')
+        hints = _model_cfg_hints(converted_cfg, f'the clip_cfg {CLIP_TO_MM} stored in {file}')
+    if hints is not None:
+        ckpt.quick_gelu, ckpt.quick_gelu_reason, ckpt.heads, ckpt.vision_heads = hints
     elif torchscript:
         ckpt.quick_gelu, ckpt.quick_gelu_reason = True, 'a TorchScript archive (OpenAI release)'
     elif present_meta:

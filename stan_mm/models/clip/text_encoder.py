@@ -49,7 +49,10 @@ class CLIPTextEncoder(BaseModule):
             if arch is None and pretrained is None:
                 raise ValueError('CLIPTextEncoder needs arch (e.g. \'ViT-B/16\' or a clip_cfg '
                                  'dict) and/or pretrained (a local CLIP weights path)')
-            clip_model = build_clip(arch, pretrained, quick_gelu=quick_gelu)
+            clip_model = build_clip(
+                arch, pretrained, quick_gelu=quick_gelu,
+                needed_by='CLIPTextEncoder (the CLIP text tower, e.g. the text_encoder of '
+                'TextClassifierHead)')
         elif arch is not None or pretrained is not None:
             raise ValueError('pass either clip_model or arch/pretrained, not both')
         self._take_text_modules(clip_model)

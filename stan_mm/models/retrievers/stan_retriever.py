@@ -192,7 +192,8 @@ class STANRetriever(BaseModel):
             raise ValueError(f'STANRetriever: text_chunk_size must be >= 1 or None, got '
                              f'{text_chunk_size}')
 
-        clip = build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu)
+        clip = build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu,
+                          needed_by='STANRetriever (its text tower encodes the captions)')
         self.backbone = build_video_tower(backbone, clip, pretrained)
         self.text_backbone = build_text_tower(text_backbone, clip)
         self.learnable_temperature = bool(learnable_temperature)
