@@ -583,12 +583,20 @@ def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
         assert cfg.auto_scale_lr.enable is True, path
         again = train.merge_args(cfg, args)                      # no second hook
         assert [h['type'] for h in again.custom_hooks] == ['EpochSeedHook']
-    # exact resumption needs fresh workers each epoch: --deterministic turns persistence off
+    # --deterministic adds the per-iteration EpochSeedHook, which seeds every sample where
+    # it is loaded, so persistent workers stay; a config's own per-epoch EpochSeedHook
+    # needs fresh workers each epoch: then persistence is turned off
     path = osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')
     assert Config.fromfile(path).train_dataloader.persistent_workers is True
-    for flags, persistent in (([], True), (['--deterministic'], False)):
+    for flags, persistent in (([], True), (['--deterministic'], True)):
         cfg = train.merge_args(Config.fromfile(path), train.parse_args([path, *flags]))
         assert cfg.train_dataloader.persistent_workers is persistent, flags
+    cfg = train.merge_args(Config.fromfile(path), train.parse_args([path, '--deterministic']))
+    assert cfg.custom_hooks == [dict(type='EpochSeedHook', per_iteration=True)]
+    per_epoch = Config.fromfile(path)
+    per_epoch.custom_hooks = [dict(type='EpochSeedHook')]
+    cfg = train.merge_args(per_epoch, train.parse_args([path, '--deterministic']))
+    assert cfg.train_dataloader.persistent_workers is False
     cfg = train.merge_args(Config.fromfile(str(bare)), train.parse_args([str(bare), '--amp']))
     assert cfg.optim_wrapper.type == 'AutoAmpOptimWrapper'
     assert cfg.optim_wrapper.dtype == 'bfloat16'

@@ -81,18 +81,24 @@ def merge_args(cfg, args):
             cfg.randomness.seed = args.seed
         if args.deterministic:
             cfg.randomness.deterministic = True
-            # mmengine seeds once per run; exact resumption needs a reseed per epoch
+            # mmengine seeds once per run; exact resumption needs a reseed per iteration
+            # and per sample (also from a checkpoint inside an epoch)
             hooks = list(cfg.get('custom_hooks') or [])
-            if not any(h.get('type') == 'EpochSeedHook' for h in hooks):
-                hooks.append(dict(type='EpochSeedHook'))
+            seed_hooks = [h for h in hooks if h.get('type') == 'EpochSeedHook']
+            if not seed_hooks:
+                seed_hooks = [dict(type='EpochSeedHook', per_iteration=True)]
+                hooks.extend(seed_hooks)
             cfg.custom_hooks = hooks
-            # persistent workers keep their random streams across epochs, which a resumed
-            # run cannot replay (docs/robustness.md, "Exact resumption")
+            # a config's own per-epoch EpochSeedHook: persistent workers keep their random
+            # streams across epochs, which a resumed run cannot replay (docs/robustness.md,
+            # "Exact resumption"); per sample they are reseeded wherever they run
             loader = cfg.get('train_dataloader')
-            if loader and loader.get('persistent_workers') and loader.get('num_workers', 0):
+            if (loader and loader.get('persistent_workers') and loader.get('num_workers', 0)
+                    and not all(h.get('per_iteration') for h in seed_hooks)):
                 loader.persistent_workers = False
                 print('train.py: --deterministic sets train_dataloader.persistent_workers='
-                      'False (exact resumption needs fresh workers each epoch)')
+                      'False (the config\'s EpochSeedHook reseeds workers per epoch, which '
+                      'needs fresh workers each epoch; per_iteration=True would keep them)')
     from stan_mm.utils.cli import warn_misspelled_keys, warn_schedule_beyond_training
     warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')

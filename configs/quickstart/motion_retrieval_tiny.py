@@ -91,7 +91,7 @@ val_evaluator = [
 test_evaluator = val_evaluator
 
 max_epochs = 1                 # 4,800 videos x 5 captions = 750 steps of 32
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
+train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
                  val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

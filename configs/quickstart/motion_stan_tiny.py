@@ -87,7 +87,7 @@ val_evaluator = [dict(type='RecognitionAccMetric'), dict(type='MotionPairMetric'
 test_evaluator = val_evaluator
 
 max_epochs = 10                # 300 iterations of 16 clips per epoch
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
+train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
                  val_interval=2)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

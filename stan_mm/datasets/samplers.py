@@ -54,6 +54,9 @@ class TwinGroupSampler(Sampler):
             samples.
     """
 
+    # the order is a function of (seed, epoch): ResumableEpochBasedTrainLoop may skip into it
+    reproducible_order = True
+
     def __init__(self, dataset, shuffle: bool = True, seed: Optional[int] = None,
                  round_up: bool = True):
         name = type(dataset).__name__
@@ -70,7 +73,8 @@ class TwinGroupSampler(Sampler):
         self.seed = sync_random_seed() if seed is None else seed
         self.round_up = round_up
         self.epoch = 0
-        self._cache = None  # (epoch, this rank's groups): shared by __iter__ and __len__
+        # ((epoch, seed), this rank's groups): shared by __iter__ and __len__
+        self._cache = None
         n = len(self.groups)
         if round_up:
             self.num_groups = math.ceil(n / self.world_size)
@@ -78,8 +82,9 @@ class TwinGroupSampler(Sampler):
             self.num_groups = math.ceil((n - self.rank) / self.world_size)
 
     def _rank_groups(self) -> List[List[int]]:
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._draw_rank_groups())
+        key = (self.epoch, self.seed)   # (a resumed run may set the seed back)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._draw_rank_groups())
         return self._cache[1]
 
     def _draw_rank_groups(self) -> List[List[int]]:

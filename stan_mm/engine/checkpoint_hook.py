@@ -155,28 +155,41 @@ class AtomicCheckpointHook(CheckpointHook):
                                           f'{folder}, a partial write of a killed run')
 
     def _warn_mid_epoch(self, runner) -> None:
-        """Iteration checkpoints inside an epoch loop: resuming from one restarts that epoch
-        at its first batch (mmengine's ``EpochBasedTrainLoop``), so its finished iterations
-        are trained again and the schedule runs past its end."""
+        """Iteration checkpoints inside mmengine's ``EpochBasedTrainLoop``: resuming from one
+        restarts that epoch at its first batch, so its finished iterations are trained again
+        and the schedule runs past its end. Nothing to say with
+        :class:`~stan_mm.engine.loops.ResumableEpochBasedTrainLoop`, which continues the
+        epoch (it warns itself, when resuming, if it cannot)."""
         from mmengine.runner import EpochBasedTrainLoop
+        from .loops import ResumableEpochBasedTrainLoop
         loop = getattr(runner, '_train_loop', None)
         if self.by_epoch or not isinstance(loop, EpochBasedTrainLoop):
             return
         per_epoch = len(loop.dataloader)
         done = runner.iter - runner.epoch * per_epoch
-        if 0 < done < per_epoch:
+        if isinstance(loop, ResumableEpochBasedTrainLoop):
+            reason = loop.skip_unsupported_reason()
+            if reason is not None and not 0 < done < per_epoch:  # (resumed: the loop said)
+                runner.logger.warning(
+                    'AtomicCheckpointHook: by_epoch=False, but ResumableEpochBasedTrainLoop '
+                    f'cannot continue an epoch here: {reason}. A run resumed from a '
+                    'checkpoint inside an epoch will restart that epoch at its first batch')
+            return
+        fix = ("train_cfg=dict(type='ResumableEpochBasedTrainLoop', ...) continues the "
+               'epoch instead')
+        if 0 < done <= per_epoch:
             runner.logger.warning(
                 f'AtomicCheckpointHook: resumed at iteration {runner.iter}, {done} of the '
                 f'{per_epoch} iterations of epoch {runner.epoch + 1}; mmengine restarts the '
                 'epoch at its first batch, so these are trained again and the run ends '
                 f'{done} iterations past its schedule. Resume from an epoch checkpoint for '
-                'an exact continuation')
+                f'an exact continuation; {fix}')
         else:
             runner.logger.warning(
                 'AtomicCheckpointHook: by_epoch=False in an epoch-based loop. A run resumed '
                 'from a checkpoint inside an epoch restarts that epoch at its first batch '
                 '(mmengine), training its finished iterations again; keep by_epoch=True '
-                '(checkpoints at epoch ends) or use an IterBasedTrainLoop')
+                '(checkpoints at epoch ends), use an IterBasedTrainLoop, or ' + fix)
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         """mmengine's, with the previous best checkpoint deleted after the new one is

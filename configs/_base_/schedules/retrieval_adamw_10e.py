@@ -15,7 +15,7 @@ max_epochs = 10
 warmup_epochs = 10
 
 train_cfg = dict(
-    type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1, val_interval=1)
+    type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 

@@ -1,0 +1,445 @@
+"""Resuming from an iteration checkpoint inside an epoch (``ResumableEpochBasedTrainLoop``):
+the resumed run trains exactly the batches the checkpoint had not seen, numbers them from
+there, and with ``EpochSeedHook(per_iteration=True)`` ends with the uninterrupted run's
+weights bit for bit (CPU, ``deterministic=True``).
+
+Most tests drive mmengine's ``Runner`` in-process on a toy model (a linear layer behind
+dropout) and a toy dataset whose samples draw "augmentation" noise from ``random``, NumPy
+and torch, so that every generator matters; a hook records which dataset indices each
+iteration trained on. A run is "killed" by an exception after an iteration, the resumed run
+is a new ``Runner`` loading the iteration checkpoint. The last test kills
+``tools/train.py`` with SIGKILL on the tiny quickstart STAN with real videos, two persistent
+DataLoader workers and ``--deterministic``.
+"""
+import glob
+import itertools
+import os.path as osp
+import random
+import re
+import signal
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import stan_mm  # noqa: F401
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+from mmaction.registry import DATA_SAMPLERS, DATASETS, HOOKS, MODELS
+
+from stan_mm.engine.loops import ResumableEpochBasedTrainLoop, skip_first_samples
+
+init_default_scope('mmaction')
+
+SIZE, BATCH, EPOCHS = 11, 2, 3          # 6 batches per epoch (the last one of 1 sample)
+PER_EPOCH = -(-SIZE // BATCH)
+TOTAL = EPOCHS * PER_EPOCH               # 18 iterations
+CKPT_EVERY = 4                           # iter_4, iter_8 (epoch 2, 2 of 6 done), iter_12...
+STOP_AFTER = 10                          # the last checkpoint before the stop: iter_8.pth
+_names = itertools.count()
+
+
+class _Stopped(Exception):
+    """Stands in for a kill (the resumed run only reads the checkpoint)."""
+
+
+@DATASETS.register_module(force=True)
+class _NoisyToyDataset(torch.utils.data.Dataset):
+    """Sample ``i``: ``i / size`` plus noise from torch, NumPy and ``random`` (the three
+    generators data pipelines draw from)."""
+    metainfo = dict()
+
+    def __init__(self, size: int = SIZE):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, idx):
+        noise = torch.rand(4) + float(np.random.rand()) + random.random()
+        return dict(inputs=torch.full((4, ), idx / self.size) + 0.1 * noise, idx=idx)
+
+
+@MODELS.register_module(force=True)
+class _DropoutToyModel(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, inputs, idx=None, data_samples=None, mode='loss'):
+        out = self.fc(self.drop(inputs))
+        return dict(loss=((out - 1) ** 2).mean())
+
+
+@DATA_SAMPLERS.register_module(force=True)
+class _FreshShuffle(torch.utils.data.RandomSampler):
+    """A sampler whose order is not a function of (seed, epoch)."""
+
+    def __init__(self, dataset, seed=None):
+        super().__init__(dataset)
+
+
+@HOOKS.register_module(force=True)
+class _Record(Hook):
+    """Records (global iter, batch_idx, end_of_epoch, dataset indices, inputs) per
+    iteration; raises :class:`_Stopped` after global iteration ``stop_after`` (1-based),
+    after the checkpoint hook has saved."""
+    priority = 'LOWEST'
+
+    def __init__(self, stop_after=None):
+        self.stop_after = stop_after
+        self.seen = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.seen.append((runner.iter + 1, batch_idx,
+                          self.end_of_epoch(runner.train_dataloader, batch_idx),
+                          data_batch['idx'].tolist(), data_batch['inputs'].clone()))
+        if self.stop_after is not None and runner.iter + 1 >= self.stop_after:
+            raise _Stopped(runner.iter + 1)
+
+
+def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=True,
+                num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
+                sampler=None, **runner_kwargs):
+    loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=BATCH,
+                  sampler=sampler or dict(type='DefaultSampler', shuffle=True),
+                  num_workers=num_workers, persistent_workers=num_workers > 0,
+                  collate_fn=dict(type='default_collate'))
+    return Runner(
+        model=dict(type='_DropoutToyModel'),
+        work_dir=str(work_dir),
+        experiment_name=f'mid_epoch_{next(_names)}',
+        train_dataloader=loader,
+        train_cfg=dict(type=loop, max_epochs=EPOCHS),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
+                           checkpoint=dict(type='AtomicCheckpointHook', by_epoch=by_epoch,
+                                           interval=1 if by_epoch else CKPT_EVERY)),
+        custom_hooks=[dict(type='EpochSeedHook', per_iteration=per_iteration),
+                      dict(type='_Record', stop_after=stop_after)],
+        log_processor=dict(window_size=1),
+        randomness=dict(seed=seed, deterministic=True),
+        resume=resume_from is not None,
+        load_from=None if resume_from is None else str(resume_from),
+        default_scope='mmaction', **runner_kwargs)
+
+
+def train(runner):
+    """Train; the records, the final state (weights and optimizer) and the run's log."""
+    try:
+        runner.train()
+    except _Stopped:
+        pass
+    iterator = getattr(runner.train_dataloader, '_iterator', None)
+    if iterator is not None:   # persistent workers: stop them now (when garbage-collected
+        iterator._shutdown_workers()   # instead, each worker takes 5 s to join)
+    record = next(h for h in runner.hooks if isinstance(h, _Record))
+    state = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    for group, values in runner.optim_wrapper.optimizer.state_dict()['state'].items():
+        state.update({f'optim.{group}.{k}': v.clone() for k, v in values.items()})
+    logs = glob.glob(osp.join(runner.log_dir, '*.log'))
+    log = open(logs[0]).read() if logs else ''
+    return dict(seen=record.seen, state=state, iter=runner.iter, log=log)
+
+
+def same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    return train(make_runner(tmp_path_factory.mktemp('full')))
+
+
+def stop_and_resume(tmp_path, ckpt=f'iter_{STOP_AFTER - STOP_AFTER % CKPT_EVERY}.pth',
+                    **kwargs):
+    stopped = train(make_runner(tmp_path / 'stopped', stop_after=STOP_AFTER, **kwargs))
+    assert stopped['iter'] == STOP_AFTER - 1   # (the exception left the last one uncounted)
+    resumed = train(make_runner(tmp_path / 'resumed', resume_from=tmp_path / 'stopped' / ckpt,
+                                **kwargs))
+    return stopped, resumed
+
+
+# -------------------------------------------------------------- the rest of the epoch
+@pytest.mark.parametrize('num_workers', [0, 2], ids=['main_process', 'persistent_workers'])
+def test_resumed_run_trains_the_rest_of_the_epoch_exactly(tmp_path, uninterrupted,
+                                                          num_workers):
+    """Killed in epoch 2, resumed from iter_8.pth (2 of the epoch's 6 batches done): the
+    resumed run trains iterations 9..18 on the uninterrupted run's samples, with its
+    augmentation, and ends with its weights and optimizer state bit for bit. (The
+    uninterrupted run loads in the main process: seeded per sample, the data do not depend
+    on the workers.)"""
+    full = uninterrupted
+    stopped, resumed = stop_and_resume(tmp_path, num_workers=num_workers)
+    assert [s[0] for s in full['seen']] == list(range(1, TOTAL + 1))
+    done = 8
+    assert [s[0] for s in resumed['seen']] == list(range(done + 1, TOTAL + 1))
+    assert resumed['iter'] == TOTAL
+    # the same dataset indices, batch by batch: none repeated, none missed
+    assert [s[3] for s in stopped['seen'][:done] + resumed['seen']] == \
+        [s[3] for s in full['seen']]
+    epoch2 = [i for s in stopped['seen'][PER_EPOCH:done] + resumed['seen'][:PER_EPOCH - 2]
+              for i in s[3]]
+    assert sorted(epoch2) == list(range(SIZE))
+    # the same augmented inputs (seeded per sample) and the same final state
+    for got, want in zip(resumed['seen'], full['seen'][done:]):
+        assert torch.equal(got[4], want[4]), got[0]
+    assert same_state(resumed['state'], full['state'])
+
+
+def test_batch_idx_and_logs_continue_inside_the_epoch(tmp_path):
+    """Hooks get batch_idx 2..5 for the rest of epoch 2 (their end-of-epoch check fires at
+    batch 6 of 6), the log reads [2][3/6] .. [2][6/6] and resumes there, not at [2][1/6]."""
+    _, resumed = stop_and_resume(tmp_path)
+    assert [s[1] for s in resumed['seen']] == [2, 3, 4, 5] + list(range(PER_EPOCH))
+    assert [s[2] for s in resumed['seen']] == [False] * 3 + [True] + [False] * 5 + [True]
+    lines = re.findall(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]', resumed['log'])
+    assert lines[:5] == [('2', '3', '6'), ('2', '4', '6'), ('2', '5', '6'), ('2', '6', '6'),
+                         ('3', '1', '6')]
+    assert ('2', '1', '6') not in lines and len(lines) == TOTAL - 8
+    assert 'continuing at batch 3 (the first 4 indices of this rank\'s sampler are ' \
+        'skipped, not loaded)' in resumed['log']
+    assert 'AtomicCheckpointHook:' not in resumed['log']     # no mid-epoch warning
+
+
+def test_checkpoint_after_the_last_batch_of_an_epoch(tmp_path, uninterrupted):
+    """iter_12.pth is saved after the last batch of epoch 2, before the epoch ended: the
+    resumed run ends epoch 2 without a batch (mmengine would train it again) and trains
+    epoch 3 as the uninterrupted run did."""
+    stopped = train(make_runner(tmp_path / 'stopped13', stop_after=13))
+    resumed = train(make_runner(tmp_path / 'resumed12',
+                                resume_from=tmp_path / 'stopped13' / 'iter_12.pth'))
+    assert stopped['iter'] == 12
+    assert [s[0] for s in resumed['seen']] == list(range(13, TOTAL + 1))
+    assert [s[1] for s in resumed['seen']] == list(range(PER_EPOCH))
+    assert 'after the last batch of epoch 2' in resumed['log']
+    assert same_state(resumed['state'], uninterrupted['state'])
+
+
+def test_per_epoch_seeding_alone_is_not_exact_mid_epoch(tmp_path, uninterrupted):
+    """The same indices, but without per-iteration seeding the resumed dropout and
+    augmentation streams differ (what per_iteration=True is for)."""
+    full = train(make_runner(tmp_path / 'full', per_iteration=False))
+    stopped, resumed = stop_and_resume(tmp_path, per_iteration=False)
+    assert [s[3] for s in stopped['seen'][:8] + resumed['seen']] == [s[3] for s in full['seen']]
+    assert not torch.equal(resumed['seen'][0][4], full['seen'][8][4])
+    assert not same_state(resumed['state'], full['state'])
+
+
+def test_sampler_seed_of_the_interrupted_run_is_restored(tmp_path):
+    """randomness.seed unset: every run draws its own seed and mmengine builds the sampler
+    with it before loading the checkpoint. The loop gives the sampler the checkpoint's seed
+    back, so that the rest of epoch 2 is the rest of the interrupted run's order."""
+    stopped, resumed = stop_and_resume(tmp_path, seed=None)
+    epoch2 = [i for s in stopped['seen'][PER_EPOCH:8] + resumed['seen'][:PER_EPOCH - 2]
+              for i in s[3]]
+    assert sorted(epoch2) == list(range(SIZE))
+    assert 'seed set back to' in resumed['log']
+
+
+# ------------------------------------------------------------ no mid-epoch resume
+def test_without_mid_epoch_resume_it_is_mmengines_loop(tmp_path, uninterrupted):
+    """Uninterrupted, and resumed from an epoch checkpoint: the same batches and weights as
+    mmengine's EpochBasedTrainLoop."""
+    mm = train(make_runner(tmp_path / 'mm', loop='EpochBasedTrainLoop'))
+    assert [s[:4] for s in mm['seen']] == [s[:4] for s in uninterrupted['seen']]
+    assert same_state(mm['state'], uninterrupted['state'])
+    runs = {}
+    for loop in ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop'):
+        work = tmp_path / loop
+        train(make_runner(work / 'stopped', loop=loop, stop_after=STOP_AFTER, by_epoch=True))
+        runs[loop] = train(make_runner(work / 'resumed', loop=loop, by_epoch=True,
+                                       resume_from=work / 'stopped' / 'epoch_1.pth'))
+    a, b = runs.values()
+    assert [s[:4] for s in a['seen']] == [s[:4] for s in b['seen']]
+    assert [s[0] for s in b['seen']] == list(range(PER_EPOCH + 1, TOTAL + 1))
+    assert same_state(a['state'], b['state'])
+    assert same_state(b['state'], uninterrupted['state'])
+
+
+# ---------------------------------------------------------------------- fallback
+def test_unsupported_sampler_falls_back_with_a_warning(tmp_path):
+    """A sampler whose order is not a function of (seed, epoch): mmengine's behaviour (the
+    epoch restarts at its first batch), with a warning naming the sampler."""
+    _, resumed = stop_and_resume(tmp_path, sampler=dict(type='_FreshShuffle'))
+    assert 'ResumableEpochBasedTrainLoop: resumed at iteration 8, inside epoch 2, but its ' \
+        'sampler test_mid_epoch_resume._FreshShuffle is not known' in resumed['log']
+    assert "Falling back to mmengine's behaviour" in resumed['log']
+    assert [s[1] for s in resumed['seen']][:PER_EPOCH] == list(range(PER_EPOCH))
+    assert resumed['iter'] == TOTAL + 2                       # 2 batches trained again
+
+
+# ---------------------------------------------------------------------------------- DDP
+def _ddp_worker(out_dir):
+    """Each of 2 torchrun processes (gloo): uninterrupted, stopped after iteration 5 and
+    resumed from iter_4.pth (each rank: 6 of the 11 samples, 3 batches per epoch, 1 done);
+    writes what its rank trained on."""
+    import json
+    import os
+    from mmengine.dist import barrier, get_rank
+    torch.set_num_threads(1)
+    ddp = dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='gloo')))
+    full = train(make_runner(osp.join(out_dir, 'full'), **ddp))
+    stopped = train(make_runner(osp.join(out_dir, 'stopped'), stop_after=5, **ddp))
+    barrier()
+    resumed = train(make_runner(osp.join(out_dir, 'resumed'), **ddp,
+                                resume_from=osp.join(out_dir, 'stopped', 'iter_4.pth')))
+    result = {name: [s[:4] for s in run['seen']]
+              for name, run in (('full', full), ('stopped', stopped), ('resumed', resumed))}
+    result['same_weights'] = same_state(full['state'], resumed['state'])
+    result['iter'] = resumed['iter']
+    with open(os.path.join(out_dir, f'rank{get_rank()}.json'), 'w') as f:
+        json.dump(result, f)
+
+
+def test_ddp_each_rank_continues_its_own_shard(tmp_path):
+    """torchrun, 2 CPU processes (gloo): each rank trains the rest of its own shard's epoch
+    (together: every sample of epoch 2 exactly once, as uninterrupted), and the resumed
+    weights equal the uninterrupted run's on both ranks."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+         '--master_port', str(port), __file__, str(tmp_path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    ranks = [json.load(open(tmp_path / f'rank{r}.json')) for r in range(2)]
+    per_epoch = 3                        # ceil(11 / 2) = 6 samples per rank, batch 2
+    epoch2 = []
+    for res in ranks:
+        assert res['same_weights'] and res['iter'] == 3 * per_epoch
+        assert [s[0] for s in res['resumed']] == list(range(5, 3 * per_epoch + 1))
+        assert [s[1] for s in res['resumed']][:2] == [1, 2]
+        assert [s[3] for s in res['stopped'][:4] + res['resumed']] == \
+            [s[3] for s in res['full']]
+        epoch2 += [i for s in res['stopped'][3:4] + res['resumed'][:2] for i in s[3]]
+    # round_up pads the 11 samples to 12: one index twice, all of them at least once
+    assert sorted(set(epoch2)) == list(range(SIZE)) and len(epoch2) == 12
+
+
+# ------------------------------------------------------------------------- unit checks
+@pytest.mark.parametrize('world_size', [1, 2])
+def test_skip_is_per_rank_shard(world_size):
+    """DDP: each rank's sampler yields its own shard; skipping ``done * batch_size`` of it
+    leaves exactly that rank's remaining batches (DefaultSampler with round_up padding)."""
+    from mmengine.dataset import DefaultSampler
+    done = 2
+    for rank in range(world_size):
+        with mock.patch('mmengine.dataset.sampler.get_dist_info',
+                        return_value=(rank, world_size)):
+            sampler = DefaultSampler(list(range(SIZE)), shuffle=True, seed=3)
+        sampler.set_epoch(1)
+        loader = torch.utils.data.DataLoader(list(range(SIZE)), batch_size=BATCH,
+                                             sampler=sampler)
+        full = [b.tolist() for b in loader]
+        with skip_first_samples(loader, done * BATCH):
+            assert len(loader) == len(full)                  # the epoch keeps its length
+            rest = [b.tolist() for b in loader]
+        assert rest == full[done:]
+        assert [b.tolist() for b in loader] == full          # restored afterwards
+
+
+def test_twin_group_sampler_redraws_when_its_seed_is_set_back():
+    from stan_mm.datasets.samplers import TwinGroupSampler
+
+    class Twins(list):
+        def twin_groups(self):
+            return [[i, i + 1] for i in range(0, len(self), 2)]
+    sampler = TwinGroupSampler(Twins(range(20)), seed=1)
+    first = list(sampler)
+    sampler.seed = 2
+    assert list(sampler) != first
+    sampler.seed = 1
+    assert list(sampler) == first
+
+
+def test_checkpoint_hook_warns_only_for_mmengines_loop():
+    from types import SimpleNamespace
+    from mmengine.runner import EpochBasedTrainLoop
+    from stan_mm.engine import AtomicCheckpointHook
+
+    said = []
+    logger = SimpleNamespace(warning=said.append, info=said.append)
+
+    def warnings(loop_type, sampler, it=14, epoch=2):
+        loop = object.__new__(loop_type)
+        loop.dataloader = torch.utils.data.DataLoader(list(range(12)), batch_size=2,
+                                                      sampler=sampler)
+        said.clear()
+        runner = SimpleNamespace(_train_loop=loop, iter=it, epoch=epoch, logger=logger)
+        AtomicCheckpointHook(interval=1, by_epoch=False)._warn_mid_epoch(runner)
+        return list(said)
+    seq = torch.utils.data.SequentialSampler(range(12))
+    assert 'resumed at iteration 14, 2 of the 6 iterations' in \
+        warnings(EpochBasedTrainLoop, seq)[0]
+    assert 'resumed at iteration 18, 6 of the 6' in warnings(EpochBasedTrainLoop, seq, 18)[0]
+    assert warnings(ResumableEpochBasedTrainLoop, seq) == []
+    assert warnings(ResumableEpochBasedTrainLoop, seq, it=12) == []
+    fresh = torch.utils.data.RandomSampler(range(12))
+    got = warnings(ResumableEpochBasedTrainLoop, fresh, it=12)
+    assert len(got) == 1 and 'cannot continue an epoch here: its sampler ' \
+        'torch.utils.data.sampler.RandomSampler is not known' in got[0]
+    assert warnings(ResumableEpochBasedTrainLoop, fresh) == []   # resumed: the loop says
+
+
+# ------------------------------------------------------------------ end to end, SIGKILL
+def test_sigkill_mid_epoch_through_train_tool(tmp_path):
+    """tools/train.py --deterministic on the tiny quickstart STAN (drop path; real videos
+    decoded with random frame offsets and crops by 2 DataLoader workers; TwinGroupSampler),
+    iteration checkpoints every 4 of 3 x 3 iterations, SIGKILLed after iteration 5, resumed
+    from iter_4.pth (1 of epoch 2's 3 batches done): the losses of iterations 5..9 and the
+    final weights equal the uninterrupted run's (and the killed run's, up to its death)."""
+    from test_resume import (MOTION, _next_second, run_dirs, scalars, train as train_tool,
+                             write_config)
+    from stan_mm.compat import safe_torch_load
+    from stan_mm.datasets.synthetic import generate_motion_dataset
+    data_root = tmp_path / 'data'
+    generate_motion_dataset(str(data_root), **MOTION)
+    common = dict(
+        train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=3, val_interval=100),
+        # (persistent workers are covered above; here they would add 5 s per run: a
+        # persistent worker's iterator, garbage-collected at exit, waits for it to join)
+        train_dataloader=dict(batch_size=4, num_workers=2, persistent_workers=False,
+                              dataset=dict(data_root=str(data_root), generate=MOTION)),
+        default_hooks=dict(logger=dict(interval=1), checkpoint=dict(
+            by_epoch=False, interval=4, max_keep_ckpts=1, save_best=None)))
+    cfg = write_config(tmp_path / 'cfg.py', data_root, custom_hooks=[], **common)
+    # the killed run loads in the main process: workers of a SIGKILLed process hold the
+    # test's wait for it until they notice (5 s); seeded per sample, the data are the same
+    common['train_dataloader'].update(num_workers=0)
+    kill = write_config(tmp_path / 'kill.py', data_root, **common, custom_hooks=[
+        dict(type='_SigkillAfterIter', at=5)])
+    a, b = tmp_path / 'A', tmp_path / 'B'
+    assert train_tool([cfg, '--work-dir', a, '--deterministic']) == 0
+    assert train_tool([kill, '--work-dir', b, '--deterministic']) == -signal.SIGKILL
+    assert open(b / 'last_checkpoint').read().endswith('iter_4.pth')
+    _next_second()          # the resumed run's log folder is named by the second it starts
+    assert train_tool([cfg, '--work-dir', b, '--deterministic', '--resume']) == 0
+    full = scalars(run_dirs(a)[-1])
+    killed, resumed = (scalars(d) for d in run_dirs(b))
+    assert sorted(full) == list(range(1, 10)) and sorted(resumed) == list(range(5, 10))
+    assert sorted(killed) == list(range(1, 6))
+    assert all(killed[it]['loss'] == full[it]['loss'] for it in killed)
+    for it in resumed:
+        assert resumed[it]['loss'] == full[it]['loss'], (it, resumed[it], full[it])
+    wa = safe_torch_load(str(a / 'iter_9.pth'))['state_dict']
+    wb = safe_torch_load(str(b / 'iter_9.pth'))['state_dict']
+    assert all(torch.equal(v, wb[k]) for k, v in wa.items())
+
+
+if __name__ == '__main__':      # the DDP test's workers (torchrun)
+    import sys
+    _ddp_worker(sys.argv[1])
