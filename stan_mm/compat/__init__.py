@@ -29,6 +29,12 @@ Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a 
                 inherited by a forked DataLoader worker and garbage-collected there
                 hangs or aborts the worker; such readers are no longer freed in the
                 child (see :mod:`stan_mm.compat.decord_fork`).
+``worker_shutdown`` (found in this project's tests, not in the notes) DataLoader
+                workers (persistent ones, kept in ``loader._iterator``) are stopped
+                when ``Runner.train/val/test`` returns or raises; left to the garbage
+                collector, the finished runner's cycles made each worker wait out a
+                5 s join before being killed (see
+                :mod:`stan_mm.compat.worker_shutdown`).
 ``frozen_log``  (log noise, not in the notes) the optimizer constructor's WARNING per
                 frozen tensor (~200 per run with the text classifier's frozen tower)
                 becomes one INFO line grouped by module (see
@@ -43,6 +49,8 @@ from .frozen_log import apply_frozen_log_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
 from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
 from .workers import apply_workers_fix  # noqa: F401
+from .worker_shutdown import (apply_worker_shutdown_fix,  # noqa: F401
+                              shutdown_loader_workers)
 
 _APPLIED = False
 
@@ -59,6 +67,7 @@ def apply_all() -> None:
     apply_dist_fix()
     apply_decord_fork_fix()
     apply_workers_fix()
+    apply_worker_shutdown_fix()
     apply_frozen_log_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

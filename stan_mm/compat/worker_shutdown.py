@@ -1,0 +1,92 @@
+"""DataLoader workers of a finished run are stopped when the run ends, not by the garbage
+collector (found in this project's tests, not in the notes).
+
+torch stops the worker processes of a ``_MultiProcessingDataLoaderIter`` in its ``__del__``:
+it puts ``None`` on each worker's index queue and joins each worker with a 5 s timeout
+(``MP_STATUS_CHECK_INTERVAL``), then terminates the ones still alive. A ``DataLoader`` with
+``persistent_workers=True`` keeps its iterator (``loader._iterator``), and mmengine's
+``Runner`` lives in reference cycles (runner, loops, hooks), so that iterator is freed by
+the cyclic garbage collector, not by reference counting. That collector runs weakref
+callbacks before ``__del__`` methods: the index queues, garbage as well, have already run
+their ``multiprocessing`` finalizer, which tells each queue's feeder thread to stop. The
+``None`` put after that is never sent, every worker waits out the 5 s join and is killed:
+10 s for a loader with 2 workers, 20 s for a run's train and val loaders, at whichever later
+allocation triggers a full collection in a process that goes on (a test session, a notebook,
+a sweep of runs). At interpreter exit there is no delay (torch skips the shutdown and
+``multiprocessing`` terminates the daemonic workers), so a one-run ``tools/train.py`` was
+not slower; it now stops its workers before it exits instead of having them killed there.
+
+The fix wraps ``Runner.train``, ``Runner.val`` and ``Runner.test``: when one returns or
+raises, :func:`shutdown_loader_workers` stops the worker processes of the runner's built
+loops (train, val, test) in order, and the loaders start fresh workers if they are
+iterated again. Batches, seeds and results are unchanged (nothing runs before the run
+ends); loops never built, loaders never iterated and ``num_workers=0`` are left alone; each
+rank stops its own workers, no collective is involved (DDP); a failure to stop them is
+logged and never hides the run's own exception.
+"""
+import functools
+import logging
+
+from mmengine.logging import print_log
+from mmengine.runner import BaseLoop, Runner
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+_MARK = '_stan_mm_worker_shutdown'
+_LOOPS = ('_train_loop', '_val_loop', '_test_loop')   # not the properties: they build loops
+
+
+def _stop(iterator) -> bool:
+    if (not isinstance(iterator, _MultiProcessingDataLoaderIter)
+            or getattr(iterator, '_shutdown', True)):
+        return False
+    iterator._shutdown_workers()
+    return True
+
+
+def shutdown_loader_workers(runner) -> int:
+    """Stop the DataLoader worker processes still running in ``runner``'s built loops
+    (persistent workers, or the open iterator of an ``IterBasedTrainLoop``). Returns how
+    many iterators were stopped. Safe to call more than once."""
+    stopped = 0
+    for name in _LOOPS:
+        loop = getattr(runner, name, None)
+        if not isinstance(loop, BaseLoop):
+            continue
+        loader = getattr(loop, 'dataloader', None)
+        try:
+            if _stop(getattr(loader, '_iterator', None)):
+                stopped += 1
+            if isinstance(getattr(loader, '_iterator', None), _MultiProcessingDataLoaderIter):
+                loader._iterator = None         # iterated again: fresh workers
+            # IterBasedTrainLoop's endless wrapper holds the open iterator of its epoch;
+            # left exhausted, its next step starts the loader over (fresh workers)
+            endless = getattr(loop, 'dataloader_iterator', None)
+            if _stop(getattr(endless, '_iterator', None)):
+                stopped += 1
+            if isinstance(getattr(endless, '_iterator', None), _MultiProcessingDataLoaderIter):
+                endless._iterator = iter(())
+        except Exception as exc:   # never hide what the run itself raised
+            print_log(f'could not stop the DataLoader workers of {name[1:]}: '
+                      f'{type(exc).__name__}: {exc}', logger='current', level=logging.WARNING)
+    return stopped
+
+
+def _stops_workers_after(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            shutdown_loader_workers(self)
+
+    setattr(run, _MARK, True)
+    return run
+
+
+def apply_worker_shutdown_fix() -> bool:
+    """Wrap ``Runner.train/val/test`` (idempotent). Returns whether it was applied now."""
+    if getattr(Runner.train, _MARK, False):
+        return False
+    for name in ('train', 'val', 'test'):
+        setattr(Runner, name, _stops_workers_after(getattr(Runner, name)))
+    return True
