@@ -1,6 +1,8 @@
 """Loading CLIP weights in every layout users have, checked against the source model's own
 forward pass (open_clip for OpenAI/open_clip layouts, transformers for HF layout)."""
+import contextlib
 import copy
+import logging
 
 import pytest
 import torch
@@ -10,9 +12,10 @@ from stan_mm import testing as T
 from stan_mm.datasets.transforms import tokenize
 from stan_mm.models.clip import (CLIPArchMismatchError, CLIPKeysMismatchError,
                                  CLIPTextTowerMissingError, arch_from_name,
-                                 build_clip, hf_clip_to_openclip, infer_clip_cfg,
-                                 load_clip_state_dict, normalize_arch_name,
-                                 openclip_to_hf_clip, read_clip_checkpoint)
+                                 build_clip, build_clip_vision, hf_clip_to_openclip,
+                                 infer_clip_cfg, infer_vision_cfg, load_clip_state_dict,
+                                 normalize_arch_name, openclip_to_hf_clip,
+                                 read_clip_checkpoint)
 
 ATOL = 1e-5
 # widths that are multiples of 64 with 64-wide heads: the architecture is inferable
@@ -275,6 +278,63 @@ def test_infer_full_size_shapes_on_meta(name):
     inferred = infer_clip_cfg(model.state_dict())
     cfg['vision_cfg'].setdefault('head_width', 64)
     assert inferred == cfg
+
+
+@pytest.mark.parametrize('name', ['ViT-H-14-worldwide', 'ViT-bigG-14-worldwide',
+                                  'ViT-bigG-14-worldwide-378'])
+def test_heads_of_a_known_image_tower_with_another_text_tower(name):
+    """ViT-H/14 (80-wide heads) and ViT-bigG/14 (104-wide) with a text tower (multilingual
+    vocabulary) or an image size that no bundled CLIP has: the heads come from the bundled
+    configs with that image tower, as for the image tower alone; CLIP's 64-wide guess would
+    load strictly and compute something else."""
+    import open_clip
+    from open_clip.model import CLIP
+    cfg = open_clip.get_model_config(name)
+    with torch.device('meta'):
+        sd = CLIP(**cfg).state_dict()
+    full = infer_clip_cfg(sd)
+    tower = infer_vision_cfg({k: v for k, v in sd.items() if k.startswith('visual.')})
+    assert full['vision_cfg']['head_width'] == cfg['vision_cfg']['head_width']
+    assert tower['vision_cfg']['head_width'] == cfg['vision_cfg']['head_width']
+    assert full['text_cfg']['heads'] == cfg['text_cfg']['heads']
+
+
+@contextlib.contextmanager
+def logged_warnings():
+    """The messages of the warnings logged through mmengine's current logger."""
+    from mmengine.logging import MMLogger
+    logger, records = MMLogger.get_current_instance(), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_heads_guessed_from_the_width_are_warned_with_the_file(tmp_path):
+    """No config file and no bundled config with these towers: CLIP's width // 64 heads,
+    a guess that is said, with the file and the fix, for each tower (full file and image
+    tower alone); an arch leaves nothing to guess."""
+    src = T.tiny_clip(seed=16, **INFERABLE)
+    full, vis = tmp_path / 'full.pt', tmp_path / 'visual.pt'
+    T.save_open_clip(src, full)
+    torch.save({k: v for k, v in src.state_dict().items() if k.startswith('visual.')}, vis)
+    for build, path, towers in ((build_clip, full, ['vision', 'text']),
+                                (build_clip_vision, full, ['vision', 'text']),
+                                (build_clip_vision, vis, ['vision'])):
+        with logged_warnings() as records:
+            build(pretrained=path)
+        guessed = [r.getMessage() for r in records if 'width // 64' in r.getMessage()]
+        assert len(guessed) == len(towers), guessed
+        for msg, tower in zip(guessed, towers):
+            assert msg.startswith(f'{path}: the number of attention heads of the {tower} '
+                                  f'tower'), msg
+            assert 'pass arch' in msg and 'trained with other heads' in msg, msg
+    with logged_warnings() as records:
+        build_clip(T.tiny_clip_cfg(**INFERABLE), full)
+    assert not [r for r in records if 'width // 64' in r.getMessage()]
 
 
 def test_arch_names():

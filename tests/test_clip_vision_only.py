@@ -261,7 +261,6 @@ def test_missing_and_unexpected_keys_named_with_the_file(tmp_path, src, frames):
     sd = {k: v.clone() for k, v in src.state_dict().items() if k.startswith('visual.')}
     del sd['visual.ln_post.bias']
     sd['visual.extra.weight'] = torch.zeros(3)
-    sd['head.fc.weight'] = torch.zeros(2)
     path = tmp_path / 'damaged.pt'
     torch.save(sd, path)
     arch = vision_cfg_of(T.tiny_clip_cfg(**INFERABLE))
@@ -269,7 +268,21 @@ def test_missing_and_unexpected_keys_named_with_the_file(tmp_path, src, frames):
         build_clip_vision(arch, path)
     msg = str(err.value)
     assert str(path) in msg and '1 missing keys [visual.ln_post.bias]' in msg
-    assert 'visual.extra.weight' in msg and 'head.fc.weight' in msg
+    assert '1 unexpected keys [visual.extra.weight]' in msg and 'strict=False' in msg
+    # CLIPSTAN has no strict option: its error does not suggest one
+    with pytest.raises(CLIPKeysMismatchError) as err:
+        CLIPSTAN(arch=arch, pretrained=str(path), depth=0)
+    msg = str(err.value)
+    assert 'visual.ln_post.bias' in msg and 'CLIPSTAN' in msg and 'load_from' in msg
+    assert 'strict=False' not in msg
+    # a key of neither tower: the file is not an image tower alone, so it is named first
+    sd['head.fc.weight'] = torch.zeros(2)
+    torch.save(sd, path)
+    with pytest.raises(CLIPKeysMismatchError) as err:
+        build_clip_vision(arch, path)
+    msg = str(err.value)
+    assert str(path) in msg and '1 keys of neither CLIP tower [head.fc.weight]' in msg
+    assert 'not CLIP weights' in msg and 'strict=False' in msg
     # strict=False loads the rest: only ln_post.bias keeps its init (zeros)
     visual = build_clip_vision(arch, path, strict=False).eval()
     ref = T.tiny_clip(seed=21, **INFERABLE)
@@ -356,3 +369,113 @@ def test_full_files_still_go_through_build_clip(tmp_path, src, frames):
     torch.save(sd, tmp_path / 'damaged_text.pt')
     with pytest.raises(CLIPKeysMismatchError, match='ln_final.bias'):
         build_clip_vision(pretrained=tmp_path / 'damaged_text.pt')
+
+
+# ------------------------------------------------------------------ vision arch, full file
+def test_vision_arch_with_full_file_loads_the_image_tower(tmp_path, src, frames):
+    """A vision clip_cfg (no text_cfg) describes the image tower alone: with the full CLIP
+    file only that tower is built and loaded (the text tower's keys are left out, not
+    unexpected), equal to open_clip's encode_image; its shapes are still checked."""
+    path = tmp_path / 'full.pt'
+    T.save_open_clip(src, path)
+    arch = vision_cfg_of(T.tiny_clip_cfg(**INFERABLE))
+    visual = build_clip_vision(arch, path).eval()
+    assert visual.clip_cfg == arch
+    assert sum(p.numel() for p in visual.parameters()) == sum(
+        p.numel() for p in src.visual.parameters())
+    model = CLIPSTAN(arch=arch, pretrained=str(path), depth=0, input_layout='NTCHW').eval()
+    video = frames.view(2, 3, 3, 32, 32)                     # [N, T, C, H, W]
+    with torch.no_grad():
+        ref = src.encode_image(frames)
+        torch.testing.assert_close(visual(frames), ref, atol=ATOL, rtol=0)
+        torch.testing.assert_close(model(video, return_dict=True)['frames'],
+                                   ref.view(2, 3, -1), atol=ATOL, rtol=0)
+    with pytest.raises(CLIPArchMismatchError, match='vision_cfg.layers: arch 4, weights 3'):
+        CLIPSTAN(arch=dict(arch, vision_cfg=dict(arch['vision_cfg'], layers=4)),
+                 pretrained=str(path), depth=0)
+
+
+def test_heads_same_from_full_file_and_tower_alone(tmp_path, frames, monkeypatch):
+    """The heads of an image tower do not depend on the text tower saved with it: a bundled
+    config has this image tower with 32-wide heads (as ViT-H/14 has 80-wide ones) and
+    another text tower (as ViT-H-14-worldwide's vocabulary is not CLIP's): the full file
+    and the image tower alone both give 4 heads and open_clip's encode_image."""
+    from open_clip import factory
+    cfg = T.tiny_clip_cfg(vision_width=128, vision_head_width=32, text_width=64, text_heads=1)
+    cfg.pop('quick_gelu')
+    monkeypatch.setitem(factory._MODEL_CONFIGS, 'Tiny-H32-test', cfg)
+    src = T.tiny_clip(seed=25, vision_width=128, vision_head_width=32, text_width=64,
+                      text_heads=1, text_vocab_size=1000)
+    full = tmp_path / 'full.pt'
+    T.save_open_clip(src, full)
+    vis = save_vision_only(src, tmp_path, 'visual_keys')
+    with torch.no_grad():
+        ref = src.encode_image(frames)
+        for path in (full, vis):
+            visual = build_clip_vision(pretrained=path).eval()
+            assert visual.transformer.resblocks[0].attn.num_heads == 4, path
+            torch.testing.assert_close(visual(frames), ref, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------ files that are not CLIP
+def test_clipstan_backbone_state_dict_points_to_load_from(tmp_path, frames):
+    """A trained CLIPSTAN backbone's own state dict (visual.* + branch.*) as pretrained:
+    not an image tower alone; the error lists the branch keys and points to load_from
+    (also before the heads, which this narrow tower would not give), without a strict
+    option CLIPSTAN does not have."""
+    arch = T.tiny_clip_cfg(vision_width=48)                  # heads not inferable
+    backbone = CLIPSTAN(arch=arch, depth=1, input_layout='NTCHW')
+    path = tmp_path / 'stan_backbone.pth'
+    torch.save(backbone.state_dict(), path)
+    for a in (None, arch):
+        with pytest.raises(CLIPKeysMismatchError) as err:
+            CLIPSTAN(arch=a, pretrained=str(path), depth=1, input_layout='NTCHW')
+        msg = str(err.value)
+        assert str(path) in msg and 'keys of neither CLIP tower [branch.' in msg, msg
+        assert 'trained stan-mm CLIPSTAN backbone' in msg and 'load_from' in msg, msg
+        assert 'strict=False' not in msg and 'only the image tower' not in msg, msg
+    with pytest.raises(CLIPArchMismatchError) as err:        # build_clip: not 'text missing'
+        build_clip(pretrained=path)
+    msg = str(err.value)
+    assert not isinstance(err.value, CLIPTextTowerMissingError)
+    assert 'branch.' in msg and 'load_from' in msg, msg
+    # what it is for: the whole backbone back, through load_state_dict / load_from
+    again = CLIPSTAN(arch=arch, depth=1, input_layout='NTCHW')
+    again.load_state_dict(torch.load(path))
+    video = frames.view(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(video), backbone.eval()(video), atol=0, rtol=0)
+
+
+def test_custom_text_clip_is_not_called_image_tower_only(tmp_path, src, frames):
+    """open_clip's CustomTextCLIP keeps its (HuggingFace) text tower under text.*: the file
+    is not an image tower alone whose text tower is missing; it is named as what it is."""
+    sd = {k: v for k, v in src.state_dict().items() if k.startswith('visual.')}
+    sd.update({'text.transformer.embeddings.word_embeddings.weight': torch.zeros(10, 8),
+               'text.proj.0.weight': torch.zeros(32, 8), 'logit_scale': torch.tensor(1.)})
+    path = tmp_path / 'custom_text_clip.pt'
+    torch.save(sd, path)
+    errors = []
+    for build, error in ((build_clip, CLIPArchMismatchError),
+                         (build_clip_vision, CLIPKeysMismatchError),
+                         (lambda pretrained: CLIPSTAN(pretrained=pretrained, depth=0),
+                          CLIPKeysMismatchError)):
+        with pytest.raises(error) as err:
+            build(pretrained=str(path))
+        assert not isinstance(err.value, CLIPTextTowerMissingError)
+        msg = str(err.value)
+        assert str(path) in msg and ('2 keys of neither CLIP tower [text.transformer.'
+                                     'embeddings.word_embeddings.weight, text.proj.0.weight]'
+                                     in msg), msg                  # logit_scale is CLIP's
+        assert 'CustomTextCLIP' in msg and 'not supported' in msg, msg
+        assert 'only the image tower' not in msg, msg
+        errors.append(msg)
+    assert 'build_clip (it builds both CLIP towers) needs' in errors[0]
+    assert 'strict=False' in errors[1] and 'strict=False' not in errors[2]
+    ckpt = read_clip_checkpoint(path)
+    assert not ckpt.has_text_tower and ckpt.stray_keys == [
+        'text.transformer.embeddings.word_embeddings.weight', 'text.proj.0.weight']
+    visual = build_clip_vision(pretrained=path, strict=False).eval()   # asked for
+    with torch.no_grad():
+        torch.testing.assert_close(visual(frames), src.encode_image(frames), atol=ATOL,
+                                   rtol=0)

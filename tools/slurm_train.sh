@@ -13,8 +13,11 @@ shift 3
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-# SRUN_ARGS is split into words but not glob-expanded (node lists such as node[1-4])
-read -r -a SRUN_EXTRA <<< "${SRUN_ARGS:-}"
+# SRUN_ARGS is split into words at any whitespace (spaces, tabs, newlines, carriage
+# returns) but not glob-expanded (node lists such as node[1-4]); read -d '' reads it all
+# (and returns 1 at its end)
+SRUN_ARGS_TEXT=${SRUN_ARGS:-}
+IFS=$' \t\n' read -r -d '' -a SRUN_EXTRA <<< "${SRUN_ARGS_TEXT//$'\r'/ }" || true
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 srun -p "$PARTITION" \

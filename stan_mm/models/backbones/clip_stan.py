@@ -20,9 +20,11 @@ def build_clip_visual(arch, pretrained: Optional[str], precision: str = 'fp32',
                       quick_gelu: Optional[bool] = None) -> nn.Module:
     """open_clip ``VisionTransformer`` from :func:`stan_mm.models.clip.build_clip_vision`:
     ``build_clip(...).visual`` for full CLIP weights (or none), the image tower built and
-    loaded alone for weights that hold only it (no text tower needed here)."""
+    loaded alone for weights that hold only it (no text tower needed here). Loading is
+    strict; the errors name CLIPSTAN, which has no ``strict`` option."""
     from stan_mm.models.clip import build_clip_vision  # lazy: avoids an import cycle
-    return build_clip_vision(arch, pretrained, precision=precision, quick_gelu=quick_gelu)
+    return build_clip_vision(arch, pretrained, precision=precision, quick_gelu=quick_gelu,
+                             loaded_by='CLIPSTAN (pretrained=...)')
 
 
 def _is_plain_open_clip_block(block: nn.Module) -> bool:

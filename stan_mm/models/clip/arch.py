@@ -16,16 +16,21 @@ Only ViT image towers with open_clip's own text transformer are supported (every
 STAN uses); ResNet, timm, HuggingFace-text and SigLIP configs are refused with a clear error.
 
 What weights cannot tell: the activation (QuickGELU vs GELU, see :mod:`.checkpoint`) and
-the number of attention heads. Heads are taken from a bundled open_clip config whose shapes
-match the weights (so ViT-H/14 gets its 80-wide heads), otherwise from CLIP's rule
-``heads = width // 64``. For a width that is not a multiple of 64 (tiny test models) the
-heads cannot be inferred and the caller must pass ``arch``.
+the number of attention heads. Heads are taken tower by tower (the same rule whether the
+file holds one tower or both): from a config file next to the weights when there is one;
+else from open_clip's bundled configs whose tower has the same transformer shape (width,
+layers, MLP ratio), so ViT-H/14 gets its 80-wide heads whatever its text tower or image
+size; else from CLIP's rule ``heads = width // 64``, with a warning naming the weights
+(pass ``arch`` for a model trained with other heads). For a width that is not a multiple
+of 64 (tiny test models) the heads cannot be inferred and the caller must pass ``arch``.
 """
 import copy
+import logging
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+from mmengine.logging import print_log
 
 # OpenAI spellings of the released models -> open_clip config names (QuickGELU variants,
 # since every OpenAI release was trained with QuickGELU).
@@ -225,31 +230,71 @@ def _need(sd, keys: List[str]):
                        f'(is this a ViT CLIP checkpoint in OpenAI/open_clip layout?)')
 
 
-def _matching_bundled_cfg(cfg: Dict, fields=SHAPE_FIELDS) -> Optional[Tuple[str, Dict]]:
-    """An open_clip bundled config with the same shapes as ``cfg`` on ``fields`` (for head
-    counts); ``None`` when none matches or the matches disagree on the heads (of the towers
-    that ``fields`` covers)."""
+#: per tower, the shape fields that fix its heads in open_clip's bundled configs (image size,
+#: patch size, context length, vocabulary and embed_dim do not)
+_HEAD_SHAPE_FIELDS = {
+    'vision': (('vision_cfg', 'width'), ('vision_cfg', 'layers'), ('vision_cfg', 'mlp_ratio')),
+    'text': (('text_cfg', 'width'), ('text_cfg', 'layers'), ('text_cfg', 'mlp_ratio')),
+}
+
+
+def _heads_of(cfg: Mapping, tower: str) -> Optional[int]:
+    """The number of attention heads a clip_cfg states for ``tower`` (``None``: not
+    stated)."""
+    part = cfg.get(f'{tower}_cfg', {})
+    if tower == 'text':
+        return part.get('heads')
+    return part['width'] // part.get('head_width', CLIP_HEAD_WIDTH)
+
+
+def _bundled_heads(cfg: Dict, tower: str) -> Optional[int]:
+    """The heads of ``cfg``'s ``tower`` (``'vision'``/``'text'``) in the bundled open_clip
+    ViT CLIP configs whose tower has the same transformer shape
+    (:data:`_HEAD_SHAPE_FIELDS`); ``None`` when none has it or they disagree."""
     import open_clip
-    with_text = any(f[0] == 'text_cfg' for f in fields)
-    matches = []
+    heads = set()
     for name in open_clip.list_models():
         ref = open_clip.get_model_config(name)
-        if _plain_vit_problem(ref) is not None:
+        if _plain_vit_problem(ref) is not None or shape_mismatches(
+                cfg, ref, _HEAD_SHAPE_FIELDS[tower]):
             continue
-        ref = copy.deepcopy(ref)
-        ref['vision_cfg'].setdefault('head_width', CLIP_HEAD_WIDTH)
-        ref['vision_cfg'].setdefault('mlp_ratio', 4.0)
-        ref['text_cfg'].setdefault('mlp_ratio', 4.0)
-        extra_v = {k for k in ref['vision_cfg'] if k not in
-                   _VISION_REQUIRED + ('head_width', 'mlp_ratio')}
-        extra_t = {k for k in ref['text_cfg'] if k not in _TEXT_REQUIRED + ('mlp_ratio',)}
-        if extra_v or extra_t:  # special towers (no ln_pre, attn pooling, ...): not ours
-            continue
-        if not shape_mismatches(cfg, ref, fields):
-            matches.append((name, ref))
-    heads = {(r['vision_cfg']['head_width'], r['text_cfg']['heads'] if with_text else None)
-             for _, r in matches}
-    return matches[0] if len(heads) == 1 else None
+        n = _heads_of(ref, tower)
+        if n is not None:
+            heads.add(n)
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _infer_heads(cfg: Dict, tower: str, stated: Optional[int], source: str) -> int:
+    """Heads of ``cfg``'s ``tower``: ``stated`` (a config file), else
+    :func:`_bundled_heads`, else CLIP's ``width // 64`` (warned, naming ``source``); raises
+    ``ValueError`` when none applies."""
+    part, field = cfg[f'{tower}_cfg'], ('vision_cfg.head_width' if tower == 'vision'
+                                        else 'text_cfg.heads')
+    width = part['width']
+    if stated is not None:
+        if width % stated:
+            raise ValueError(f'{stated} {tower} heads (stated by the config file) do not '
+                             f'divide the {tower} width {width}')
+        return int(stated)
+    heads = _bundled_heads(cfg, tower)
+    if heads is not None:
+        return heads
+    if width % CLIP_HEAD_WIDTH:
+        raise ValueError(
+            f'cannot infer the number of attention heads of the {tower} tower: width '
+            f'{width} is not a multiple of CLIP\'s head width {CLIP_HEAD_WIDTH} and no '
+            f'bundled open_clip config has a {tower} tower of this shape. Heads are not '
+            f'stored in the weights; pass arch=dict(...) with {field}.')
+    heads = width // CLIP_HEAD_WIDTH
+    print_log(
+        f'{source}: the number of attention heads of the {tower} tower is stored neither '
+        f'in the weights nor in a config file next to them, and no bundled open_clip '
+        f'config has a {tower} tower of this shape (width {width}, {part["layers"]} '
+        f'layers): using CLIP\'s rule width // {CLIP_HEAD_WIDTH} = {heads} head(s). If this '
+        f'model was trained with other heads, its outputs will be wrong: pass arch (an '
+        f'open_clip name or a clip_cfg dict with {field}).',
+        logger='current', level=logging.WARNING)
+    return heads
 
 
 def _vision_shapes(sd: Mapping[str, torch.Tensor]) -> Dict:
@@ -308,35 +353,21 @@ def infer_vision_shapes(state_dict: Mapping[str, torch.Tensor],
 
 
 def infer_vision_cfg(state_dict: Mapping[str, torch.Tensor],
-                     vision_heads: Optional[int] = None) -> Dict:
+                     vision_heads: Optional[int] = None, source: str = 'these weights'
+                     ) -> Dict:
     """Infer the vision clip_cfg (``{'embed_dim', 'vision_cfg'}``, no ``quick_gelu``) of a
     ViT CLIP image tower from its weights alone (:func:`infer_vision_shapes`).
 
-    Heads, by the rule of :func:`infer_clip_cfg` restricted to the image tower:
-    ``vision_heads`` when given (a config file next to the weights); else those of the
-    bundled open_clip configs whose image tower and ``embed_dim`` have these shapes, when
-    they agree; else CLIP's ``width // 64``; a width that is not a multiple of 64 with no
-    other source raises ``ValueError`` (pass ``arch``).
+    Heads, by the rule of :func:`infer_clip_cfg` for the image tower (so a full file and
+    its image tower alone give the same): ``vision_heads`` when given (a config file next
+    to the weights); else those of the bundled open_clip configs whose image tower has this
+    transformer shape, when they agree; else CLIP's ``width // 64``, with a warning naming
+    ``source``; a width that is not a multiple of 64 with no other source raises
+    ``ValueError`` (pass ``arch``).
     """
     cfg = infer_vision_shapes(state_dict)
     v = cfg['vision_cfg']
-    if vision_heads is not None:
-        if v['width'] % vision_heads:
-            raise ValueError(f'{vision_heads} vision heads do not divide the width '
-                             f'{v["width"]}')
-        v['head_width'] = v['width'] // vision_heads
-        return cfg
-    match = _matching_bundled_cfg(cfg, VISION_SHAPE_FIELDS)
-    if match is not None:
-        v['head_width'] = match[1]['vision_cfg']['head_width']
-        return cfg
-    if v['width'] % CLIP_HEAD_WIDTH:
-        raise ValueError(
-            f'cannot infer the number of attention heads of the vision tower: width '
-            f'{v["width"]} is not a multiple of CLIP\'s head width {CLIP_HEAD_WIDTH} and no '
-            f'bundled open_clip config has these shapes. Heads are not stored in the weights; '
-            f'pass arch=dict(embed_dim=..., vision_cfg=dict(..., head_width=...)).')
-    v['head_width'] = CLIP_HEAD_WIDTH
+    v['head_width'] = v['width'] // _infer_heads(cfg, 'vision', vision_heads, source)
     return cfg
 
 
@@ -379,40 +410,25 @@ def infer_clip_shapes(state_dict: Mapping[str, torch.Tensor]) -> Dict:
 
 
 def infer_clip_cfg(state_dict: Mapping[str, torch.Tensor],
-                   heads: Optional[Tuple[int, int]] = None) -> Dict:
+                   heads: Optional[Tuple[int, int]] = None,
+                   source: str = 'these weights') -> Dict:
     """Infer the clip_cfg of a ViT CLIP from its weights (open_clip/OpenAI key layout;
     HuggingFace ``transformers`` layout is converted first).
 
-    Shapes: see :func:`infer_clip_shapes`. Heads (not stored in weights): ``heads`` =
-    ``(vision_heads, text_heads)`` when given (e.g. from a config file); else those of a
-    bundled open_clip config with identical shapes (so ViT-H/14 gets 80-wide heads); else
-    CLIP's rule ``width // 64``. A width that is not a multiple of 64 with no other source
-    raises ``ValueError`` (pass ``arch`` explicitly). The result has no ``quick_gelu`` key
+    Shapes: see :func:`infer_clip_shapes`. Heads (not stored in weights), tower by tower:
+    ``heads`` = ``(vision_heads, text_heads)`` when given (e.g. from a config file); else
+    those of the bundled open_clip configs whose tower has the same transformer shape
+    (width, layers, MLP ratio), when they agree (so ViT-H/14 gets 80-wide heads, also with
+    another text tower); else CLIP's rule ``width // 64``, with a warning naming
+    ``source``. A width that is not a multiple of 64 with no other source raises
+    ``ValueError`` (pass ``arch`` explicitly). The result has no ``quick_gelu`` key
     (weights do not store the activation; see :func:`stan_mm.models.clip.build_clip`).
     """
     cfg = infer_clip_shapes(state_dict)
     v, t = cfg['vision_cfg'], cfg['text_cfg']
-    if heads is not None:
-        v_heads, t_heads = heads
-        if v['width'] % v_heads or t['width'] % t_heads:
-            raise ValueError(f'heads {heads} do not divide the widths '
-                             f'({v["width"]}, {t["width"]})')
-        v['head_width'], t['heads'] = v['width'] // v_heads, int(t_heads)
-        return cfg
-    match = _matching_bundled_cfg(cfg)
-    if match is not None:
-        v['head_width'] = match[1]['vision_cfg']['head_width']
-        t['heads'] = match[1]['text_cfg']['heads']
-        return cfg
-    for name, w in (('vision', v['width']), ('text', t['width'])):
-        if w % CLIP_HEAD_WIDTH:
-            raise ValueError(
-                f'cannot infer the number of attention heads of the {name} tower: width {w} '
-                f'is not a multiple of CLIP\'s head width {CLIP_HEAD_WIDTH} and no bundled '
-                f'open_clip config has these shapes. Heads are not stored in the weights; '
-                f'pass arch=dict(...) with vision_cfg.head_width and text_cfg.heads.')
-    v['head_width'] = CLIP_HEAD_WIDTH
-    t['heads'] = t['width'] // CLIP_HEAD_WIDTH
+    v_heads, t_heads = heads if heads is not None else (None, None)
+    v['head_width'] = v['width'] // _infer_heads(cfg, 'vision', v_heads, source)
+    t['heads'] = _infer_heads(cfg, 'text', t_heads, source)
     return cfg
 
 

@@ -19,14 +19,21 @@ The choice and its reason are logged. Weights are loaded in fp32; ``precision='f
 
 ``build_clip_vision``: the image tower (open_clip ``VisionTransformer``) alone, for what
 needs only it (``CLIPSTAN``). Full CLIP weights go through ``build_clip`` (both towers
-checked, the ``.visual`` returned); weights that hold only the image tower (``visual.*``
-keys, an open_clip ``model.visual`` state dict, an HF ``CLIPVisionModelWithProjection``)
-build and strictly load the tower alone, architecture inferred from the image tower
-(``embed_dim`` from its projection) or checked against ``arch``. The activation follows the
-same rule; such files hint at it only through an HF ``config.json`` ``hidden_act``, an
-``open_clip_config.json`` or fp16 storage (OpenAI), else rule 4 or 5 applies. ``build_clip``
-refuses them with :class:`CLIPTextTowerMissingError`, naming the file and the component
-that needs the text tower.
+checked, the ``.visual`` returned) unless ``arch`` describes the image tower alone (a
+clip_cfg without ``text_cfg``: the text tower's weights are then left unread); weights
+that hold only the image tower (``visual.*`` keys, an open_clip ``model.visual`` state
+dict, an HF ``CLIPVisionModelWithProjection``) build and strictly load the tower alone,
+architecture inferred from the image tower (``embed_dim`` from its projection) or checked
+against ``arch``. The activation follows the same rule; such files hint at it only through
+an HF ``config.json`` ``hidden_act``, an ``open_clip_config.json`` or fp16 storage
+(OpenAI), else rule 4 or 5 applies. ``build_clip`` refuses them with
+:class:`CLIPTextTowerMissingError`, naming the file and the component that needs the text
+tower.
+
+A file with keys of neither CLIP tower besides ``visual.*`` (:attr:`~.checkpoint.
+ClipCheckpoint.stray_keys`: ``branch.*`` of a trained stan-mm backbone, ``text.*`` of an
+open_clip CustomTextCLIP, ...) is not image-tower-only: the errors list those keys and
+say what the file looks like.
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -34,10 +41,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 
-from .arch import (VISION_SHAPE_FIELDS, infer_clip_cfg, infer_clip_shapes,
+from .arch import (SHAPE_FIELDS, VISION_SHAPE_FIELDS, infer_clip_cfg, infer_clip_shapes,
                    infer_vision_cfg, infer_vision_shapes, is_vision_only_arch, resolve_arch,
                    resolve_vision_arch, shape_mismatches)
-from .checkpoint import ClipCheckpoint, read_clip_checkpoint
+from .checkpoint import (OUTSIDE_TOWER_KEYS, ClipCheckpoint, is_text_tower_key,
+                         read_clip_checkpoint)
 
 DEFAULT_QUICK_GELU = True
 _PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -58,16 +66,45 @@ class CLIPTextTowerMissingError(CLIPArchMismatchError):
 
 #: who needs the text tower, when ``build_clip``'s caller does not say
 _FULL_CLIP_USER = 'build_clip (it builds both CLIP towers)'
-#: keys of neither tower that an image-tower-only file may carry (ignored, logged)
-_OUTSIDE_TOWERS = ('logit_scale', 'logit_bias')
+
+
+def _describe_stray_keys(ckpt: ClipCheckpoint) -> str:
+    """What ``ckpt``'s keys of neither CLIP tower (:attr:`ClipCheckpoint.stray_keys`, not
+    empty) are, and what the file looks like, for error messages."""
+    stray = ckpt.stray_keys
+    looks = []
+    if any(k.startswith('branch.') for k in stray):
+        looks.append(
+            'branch.* is a STAN branch: this looks like the state dict of a trained '
+            'stan-mm CLIPSTAN backbone (or of a model holding one), not CLIP weights: '
+            'load it with load_from= (or give it to tools/test.py as CKPT)')
+    if any(k.startswith('text.') for k in stray):
+        looks.append(
+            'text.* is the text tower of an open_clip CustomTextCLIP (a HuggingFace or '
+            'other custom text model), which is not supported: STAN needs a ViT CLIP whose '
+            'text tower is open_clip\'s own transformer (token_embedding, '
+            'transformer.resblocks.N, ln_final, text_projection)')
+    if not looks:
+        looks.append('they are not CLIP weights (CLIP holds visual.*, the text tower '
+                     f'token_embedding, transformer.*, ln_final, text_projection, and '
+                     f'{", ".join(OUTSIDE_TOWER_KEYS)})')
+    return (f'{ckpt.path}: besides the CLIP image tower (visual.*) these weights hold '
+            f'{len(stray)} keys of neither CLIP tower [{_list(stray)}]; '
+            + '; '.join(looks))
 
 
 def require_text_tower(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) -> None:
     """Raise :class:`CLIPTextTowerMissingError` when ``ckpt`` holds no text tower: the
     message names the file, what it holds and ``needed_by`` (the component that needs the
-    text tower)."""
+    text tower). A file without the text tower but with keys of neither tower is not
+    image-tower-only: :class:`CLIPArchMismatchError` lists them.
+    """
     if ckpt.has_text_tower:
         return
+    if ckpt.stray_keys:
+        raise CLIPArchMismatchError(
+            f'{_describe_stray_keys(ckpt)}. {needed_by or _FULL_CLIP_USER} needs CLIP '
+            f'weights with both towers.')
     layout = f'{ckpt.fmt} layout' + (', image tower saved alone' if ckpt.bare_vision else '')
     raise CLIPTextTowerMissingError(
         f'{ckpt.path}: these CLIP weights hold only the image tower ({layout}, '
@@ -83,7 +120,7 @@ def require_text_tower(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) ->
 def _weights_cfg(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) -> Dict:
     require_text_tower(ckpt, needed_by)
     try:
-        return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads)
+        return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads, source=ckpt.path)
     except (KeyError, ValueError) as e:
         from stan_mm.utils.cli import describe
         reason = describe(e)
@@ -130,34 +167,47 @@ def _list(keys) -> str:
     return ', '.join(keys[:_MAX_LISTED]) + more
 
 
-def _check_agreement(arch, arch_cfg: Dict, ckpt: ClipCheckpoint) -> None:
+def _check_agreement(arch, arch_cfg: Dict, ckpt: ClipCheckpoint,
+                     vision_only: bool = False) -> None:
+    """Raise :class:`CLIPArchMismatchError` listing where ``arch`` (resolved to
+    ``arch_cfg``) and the weights disagree: the shapes (``vision_only``: of the image tower
+    and ``embed_dim``, when the file has a projection) and the heads a config file states."""
+    what_weights = 'image tower weights' if vision_only else 'weights'
     try:
-        weights = infer_clip_shapes(ckpt.state_dict)
+        weights = (infer_vision_shapes(ckpt.state_dict, require_proj=False) if vision_only
+                   else infer_clip_shapes(ckpt.state_dict))
     except (KeyError, ValueError) as e:
         raise CLIPArchMismatchError(f'{ckpt.path}: cannot read the architecture of the '
-                                    f'weights to compare with arch {arch!r}: {e}') from e
-    problems = shape_mismatches(arch_cfg, weights)
-    if ckpt.heads is not None:
-        v_heads = arch_cfg['vision_cfg']['width'] // arch_cfg['vision_cfg']['head_width']
-        arch_heads = (v_heads, arch_cfg['text_cfg']['heads'])
-        if arch_heads != tuple(ckpt.heads):
-            problems.append(f'(vision heads, text heads): arch {arch_heads}, config file '
-                            f'{tuple(ckpt.heads)}')
+                                    f'{what_weights} to compare with arch {arch!r}: '
+                                    f'{e}') from e
+    fields = [f for f in (VISION_SHAPE_FIELDS if vision_only else SHAPE_FIELDS)
+              if 'embed_dim' in weights or f != ('embed_dim', )]
+    problems = shape_mismatches(arch_cfg, weights, fields)
+    v_heads = arch_cfg['vision_cfg']['width'] // arch_cfg['vision_cfg']['head_width']
+    if vision_only:
+        name, arch_heads, stated = 'vision heads', v_heads, ckpt.vision_heads
+    else:
+        name, arch_heads = '(vision heads, text heads)', (v_heads, arch_cfg['text_cfg']['heads'])
+        stated = None if ckpt.heads is None else tuple(ckpt.heads)
+    if stated is not None and arch_heads != stated:
+        problems.append(f'{name}: arch {arch_heads}, config file {stated}')
     if problems:
         what = f'arch {arch!r}' if isinstance(arch, str) else 'the arch dict'
         raise CLIPArchMismatchError(
-            f'{what} does not match the weights in {ckpt.path}:\n  ' + '\n  '.join(
-                problems) + '\nPass arch=None to infer the architecture from the weights, '
-            'or the arch these weights were trained with.')
+            f'{what} does not match the {what_weights} in {ckpt.path}:\n  '
+            + '\n  '.join(problems) + '\nPass arch=None to infer the architecture from the '
+            'weights, or the arch these weights were trained with.')
 
 
 def _load_weights(model: torch.nn.Module, ckpt: ClipCheckpoint, strict: bool,
+                  loaded_by: Optional[str] = None,
                   state_dict: Optional[Dict[str, torch.Tensor]] = None, what: str = 'CLIP',
                   prefix: str = '', unexpected_in_file: Sequence[str] = ()) -> None:
     """Load ``state_dict`` (default ``ckpt.state_dict``) into ``model``; missing and
     unexpected keys are listed (as the file names them: ``prefix`` + model key, plus the
     file's keys ``unexpected_in_file`` that were not offered to the model) and raise with
-    ``strict``, else warn."""
+    ``strict``, else warn. The error suggests ``strict=False`` unless ``loaded_by`` names
+    the component that loads the weights (it has no such option)."""
     sd = ckpt.state_dict if state_dict is None else state_dict
     try:
         result = model.load_state_dict(sd, strict=False)
@@ -172,9 +222,43 @@ def _load_weights(model: torch.nn.Module, ckpt: ClipCheckpoint, strict: bool,
            f'{len(missing)} missing keys [{_list(missing)}]; '
            f'{len(unexpected)} unexpected keys [{_list(unexpected)}]')
     if strict:
-        raise CLIPKeysMismatchError(msg + '. Pass strict=False to load anyway (missing '
-                                    'weights keep their random init).')
+        raise CLIPKeysMismatchError(msg + '. ' + (
+            'Pass strict=False to load anyway (missing weights keep their random init).'
+            if loaded_by is None else f'{loaded_by} loads CLIP weights strictly: pass the '
+            f'CLIP weights of the model (a trained stan-mm / MMAction2 checkpoint goes to '
+            f'load_from).'))
     print_log(msg, logger='current', level=logging.WARNING)
+
+
+def _load_and_log(model: torch.nn.Module, ckpt: Optional[ClipCheckpoint], desc: str,
+                  activation: Tuple[bool, str, bool], strict: bool,
+                  loaded_by: Optional[str] = None, what: str = 'CLIP', held: str = '',
+                  **load_kw) -> None:
+    """Load ``ckpt`` into ``model`` (:func:`_load_weights`; ``None``: random init) and log
+    what was built from what: ``desc`` (where the architecture came from), the file,
+    ``held`` (what the file holds, when worth saying), the activation and its reason."""
+    q, reason, guessed = activation
+    act = 'QuickGELU' if q else 'GELU'
+    if ckpt is None:
+        print_log(f'{what} {desc}: random init, activation {act} ({reason})',
+                  logger='current')
+        return
+    if ckpt.ignored_keys:
+        print_log(f'{ckpt.path}: ignored {len(ckpt.ignored_keys)} keys outside the CLIP '
+                  f'weights: [{_list(ckpt.ignored_keys)}]', logger='current',
+                  level=logging.WARNING)
+    _load_weights(model, ckpt, strict, loaded_by, what=what, **load_kw)
+    print_log(f'{what} {desc}: loaded {ckpt.fmt} weights{held} from {ckpt.weights_file}; '
+              f'activation {act} ({reason})', logger='current',
+              level=logging.WARNING if guessed else logging.INFO)
+
+
+def _finish(model: torch.nn.Module, cfg: Dict, precision: str) -> torch.nn.Module:
+    from open_clip.model import convert_weights_to_lp
+    if _PRECISIONS[precision] is not None:
+        convert_weights_to_lp(model, dtype=_PRECISIONS[precision])
+    model.clip_cfg = cfg
+    return model
 
 
 def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: bool = True,
@@ -229,9 +313,9 @@ def _check_args(fn: str, arch, pretrained, precision: str) -> None:
 
 
 def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, strict: bool,
-                     quick_gelu: Optional[bool]):
+                     quick_gelu: Optional[bool], loaded_by: Optional[str] = None):
     """``build_clip`` after its checks, on weights already read (or none)."""
-    from open_clip.model import CLIP, convert_weights_to_lp
+    from open_clip.model import CLIP
     arch_cfg = None
     if arch is not None:
         arch_cfg, desc = resolve_arch(arch)
@@ -241,29 +325,16 @@ def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, stric
     else:
         cfg, desc = _weights_cfg(ckpt), 'inferred from the weights'
 
-    q, reason, guessed = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
+    activation = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
+    q = activation[0]
     cfg = dict(cfg, quick_gelu=q)
     model = CLIP(embed_dim=cfg['embed_dim'], vision_cfg=dict(cfg['vision_cfg']),
                  text_cfg=dict(cfg['text_cfg']), quick_gelu=q,
                  cast_dtype=_PRECISIONS[precision],
                  **({'init_logit_scale': cfg['init_logit_scale']}
                     if 'init_logit_scale' in cfg else {}))
-    act = 'QuickGELU' if q else 'GELU'
-    if ckpt is None:
-        print_log(f'CLIP {desc}: random init, activation {act} ({reason})', logger='current')
-    else:
-        if ckpt.ignored_keys:
-            print_log(f'{ckpt.path}: ignored {len(ckpt.ignored_keys)} keys outside the CLIP '
-                      f'weights: [{_list(ckpt.ignored_keys)}]', logger='current',
-                      level=logging.WARNING)
-        _load_weights(model, ckpt, strict)
-        print_log(f'CLIP {desc}: loaded {ckpt.fmt} weights from {ckpt.weights_file}; '
-                  f'activation {act} ({reason})', logger='current',
-                  level=logging.WARNING if guessed else logging.INFO)
-    if _PRECISIONS[precision] is not None:
-        convert_weights_to_lp(model, dtype=_PRECISIONS[precision])
-    model.clip_cfg = cfg
-    return model
+    _load_and_log(model, ckpt, desc, activation, strict, loaded_by)
+    return _finish(model, cfg, precision)
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,7 +356,8 @@ def _refuse_no_projection(ckpt: ClipCheckpoint) -> None:
 def _vision_weights_cfg(ckpt: ClipCheckpoint) -> Dict:
     _refuse_no_projection(ckpt)
     try:
-        return infer_vision_cfg(ckpt.state_dict, vision_heads=ckpt.vision_heads)
+        return infer_vision_cfg(ckpt.state_dict, vision_heads=ckpt.vision_heads,
+                                source=ckpt.path)
     except (KeyError, ValueError) as e:
         from stan_mm.utils.cli import describe
         raise CLIPArchMismatchError(
@@ -293,68 +365,58 @@ def _vision_weights_cfg(ckpt: ClipCheckpoint) -> Dict:
             f'the only tower in these weights)') from e
 
 
-def _check_vision_agreement(arch, arch_cfg: Dict, ckpt: ClipCheckpoint) -> None:
-    try:
-        weights = infer_vision_shapes(ckpt.state_dict, require_proj=False)
-    except (KeyError, ValueError) as e:
-        raise CLIPArchMismatchError(f'{ckpt.path}: cannot read the architecture of the '
-                                    f'image tower to compare with arch {arch!r}: {e}') from e
-    fields = [f for f in VISION_SHAPE_FIELDS if 'embed_dim' in weights or f != ('embed_dim',)]
-    problems = shape_mismatches(arch_cfg, weights, fields)
-    if ckpt.vision_heads is not None:
-        arch_heads = arch_cfg['vision_cfg']['width'] // arch_cfg['vision_cfg']['head_width']
-        if arch_heads != ckpt.vision_heads:
-            problems.append(f'vision heads: arch {arch_heads}, config file '
-                            f'{ckpt.vision_heads}')
-    if problems:
-        what = f'arch {arch!r}' if isinstance(arch, str) else 'the arch dict'
-        raise CLIPArchMismatchError(
-            f'{what} does not match the image tower weights in {ckpt.path}:\n  '
-            + '\n  '.join(problems) + '\nPass arch=None to infer the architecture from the '
-            'weights, or the arch these weights were trained with.')
-
-
 def _tower_state_dict(ckpt: ClipCheckpoint) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """-> (the ``visual.*`` weights without the prefix, the file's other keys: unexpected).
-    The logit scale/bias belong to neither tower: ignored (logged)."""
-    sd, others, outside = {}, [], []
+    """-> (the ``visual.*`` weights without the prefix, the file's keys of neither tower:
+    unexpected). The logit scale/bias and a text tower are not the image tower's: left
+    out (logged)."""
+    sd, others, outside, text = {}, [], [], 0
     for k, v in ckpt.state_dict.items():
         if k.startswith('visual.'):
             sd[k[len('visual.'):]] = v
-        elif k in _OUTSIDE_TOWERS:
+        elif k in OUTSIDE_TOWER_KEYS:
             outside.append(k)
+        elif is_text_tower_key(k):
+            text += 1
         else:
             others.append(k)
-    if outside:
-        print_log(f'{ckpt.path}: not part of the image tower, ignored: {outside}',
-                  logger='current')
+    if outside or text:
+        print_log(f'{ckpt.path}: not part of the image tower, not loaded: '
+                  + '; '.join(([f'the text tower ({text} keys)'] if text else [])
+                              + outside), logger='current')
     return sd, others
 
 
 def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
-                      strict: bool = True, quick_gelu: Optional[bool] = None):
+                      strict: bool = True, quick_gelu: Optional[bool] = None,
+                      loaded_by: Optional[str] = None):
     """Build CLIP's image tower (an open_clip ``VisionTransformer``), optionally loading
     local weights that may lack the text tower.
 
     Input ``[M, 3, S, S]`` images -> ``[M, E]`` embeddings (open_clip's ``encode_image``
     unnormalized), S = ``vision_cfg.image_size``, E = ``embed_dim``.
 
-    * ``pretrained`` with both towers (any layout :func:`build_clip` reads), or no
-      ``pretrained`` and an ``arch`` with ``text_cfg`` (a name or a full clip_cfg dict):
-      exactly ``build_clip(arch, pretrained, ...).visual`` (both towers checked and loaded
-      strictly; the text tower is then dropped).
+    * ``pretrained`` with both towers (any layout :func:`build_clip` reads) and an ``arch``
+      that is ``None``, a name or a full clip_cfg dict, or no ``pretrained`` and an
+      ``arch`` with ``text_cfg``: exactly ``build_clip(arch, pretrained, ...).visual``
+      (both towers checked and loaded strictly; the text tower is then dropped).
     * ``pretrained`` with the image tower alone (``visual.*`` keys; an open_clip/OpenAI
       ``model.visual`` state dict; HF ``CLIPVisionModelWithProjection``, folder with its
       ``CLIPVisionConfig`` ``config.json`` or the weights file), or a vision clip_cfg
-      ``{'embed_dim', 'vision_cfg', 'quick_gelu'?}`` without ``text_cfg``: only the tower is
-      built. Architecture: inferred from the tower (:func:`~.arch.infer_vision_cfg`;
-      ``embed_dim`` from ``visual.proj`` [W, E]) or ``arch`` (name, full or vision
-      clip_cfg) checked against it. Loading is strict on the ``visual.*`` keys (missing and
-      unexpected keys listed with the file; ``logit_scale`` is ignored). A tower without
-      the projection (HF ``CLIPVisionModel``) is refused unless ``arch`` is given with
-      ``strict=False``. Activation: the rule of :func:`build_clip`.
+      ``{'embed_dim', 'vision_cfg', 'quick_gelu'?}`` without ``text_cfg`` (with or without
+      weights, both towers or one): only the tower is built. Architecture: inferred from
+      the tower (:func:`~.arch.infer_vision_cfg`; ``embed_dim`` from ``visual.proj``
+      [W, E]) or ``arch`` (name, full or vision clip_cfg) checked against it. Loading is
+      strict on the ``visual.*`` keys (missing and unexpected keys listed with the file;
+      ``logit_scale`` and a text tower are left out); keys of neither tower
+      (:attr:`~.checkpoint.ClipCheckpoint.stray_keys`) are refused first, with what the
+      file looks like. A tower without the projection (HF ``CLIPVisionModel``) is refused
+      unless ``arch`` is given with ``strict=False``. Activation: the rule of
+      :func:`build_clip`.
 
-    Args: as :func:`build_clip`.
+    Args: as :func:`build_clip`, and
+        loaded_by: the component that loads the weights (e.g. ``'CLIPSTAN
+            (pretrained=...)'``): named in the errors, which then do not suggest
+            ``strict=False`` (the component has no such option).
 
     Returns:
         open_clip ``VisionTransformer``; built alone, it carries its vision clip_cfg (with
@@ -366,42 +428,39 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
     """
     _check_args('build_clip_vision', arch, pretrained, precision)
     ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
-    if (ckpt.has_text_tower if ckpt is not None else not is_vision_only_arch(arch)):
-        return _build_full_clip(arch, ckpt, precision, strict, quick_gelu).visual
+    if not is_vision_only_arch(arch) and (ckpt is None or ckpt.has_text_tower):
+        return _build_full_clip(arch, ckpt, precision, strict, quick_gelu,
+                                loaded_by).visual
 
-    from open_clip.model import _build_vision_tower, convert_weights_to_lp
+    from open_clip.model import _build_vision_tower
+    if ckpt is not None and ckpt.stray_keys and strict:
+        raise CLIPKeysMismatchError(f'{_describe_stray_keys(ckpt)}. ' + (
+            'Pass strict=False to load the image tower alone and leave them out.'
+            if loaded_by is None else f'{loaded_by} takes CLIP weights (both towers, or '
+            f'the image tower alone).'))
     arch_cfg = None
     if arch is not None:
         arch_cfg, desc = resolve_vision_arch(arch)
         if ckpt is not None:
             if strict:
                 _refuse_no_projection(ckpt)
-            _check_vision_agreement(arch, arch_cfg, ckpt)
+            _check_agreement(arch, arch_cfg, ckpt, vision_only=True)
         cfg = arch_cfg
     else:
         cfg, desc = _vision_weights_cfg(ckpt), 'inferred from the image tower weights'
-    q, reason, guessed = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
+    activation = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
+    q = activation[0]
     cfg = dict(embed_dim=cfg['embed_dim'], quick_gelu=q, vision_cfg=dict(cfg['vision_cfg']))
     # the constructor open_clip.model.CLIP uses for its own .visual
     visual = _build_vision_tower(cfg['embed_dim'], dict(cfg['vision_cfg']), q,
                                  _PRECISIONS[precision])
-    act = 'QuickGELU' if q else 'GELU'
-    if ckpt is None:
-        print_log(f'CLIP image tower {desc}: random init, activation {act} ({reason})',
-                  logger='current')
-    else:
-        if ckpt.ignored_keys:
-            print_log(f'{ckpt.path}: ignored {len(ckpt.ignored_keys)} keys outside the CLIP '
-                      f'weights: [{_list(ckpt.ignored_keys)}]', logger='current',
-                      level=logging.WARNING)
+    tower_kw = {}
+    if ckpt is not None:
         tower_sd, others = _tower_state_dict(ckpt)
-        _load_weights(visual, ckpt, strict, state_dict=tower_sd, what='CLIP image tower',
-                      prefix='visual.', unexpected_in_file=others)
-        saved = 'image tower saved alone' if ckpt.bare_vision else 'no text tower'
-        print_log(f'CLIP image tower {desc}: loaded {ckpt.fmt} weights ({saved}) from '
-                  f'{ckpt.weights_file}; activation {act} ({reason})', logger='current',
-                  level=logging.WARNING if guessed else logging.INFO)
-    if _PRECISIONS[precision] is not None:
-        convert_weights_to_lp(visual, dtype=_PRECISIONS[precision])
-    visual.clip_cfg = cfg
-    return visual
+        held = ('text tower left out' if ckpt.has_text_tower else
+                'image tower saved alone' if ckpt.bare_vision else 'no text tower')
+        tower_kw = dict(state_dict=tower_sd, prefix='visual.', unexpected_in_file=others,
+                        held=f' ({held})')
+    _load_and_log(visual, ckpt, desc, activation, strict, loaded_by,
+                  what='CLIP image tower', **tower_kw)
+    return _finish(visual, cfg, precision)

@@ -22,7 +22,9 @@ image tower alone         any of the above holding only ``visual.*`` keys; an op
 ========================  ==============================================================
 
 Such image-tower-only weights have no text tower (:attr:`ClipCheckpoint.has_text_tower`
-is False): :func:`stan_mm.models.clip.build_clip_vision` (``CLIPSTAN``) loads them,
+is False) and no key of neither tower besides ``logit_scale`` / ``logit_bias``
+(:attr:`ClipCheckpoint.stray_keys` is empty):
+:func:`stan_mm.models.clip.build_clip_vision` (``CLIPSTAN``) loads them,
 :func:`stan_mm.models.clip.build_clip` refuses them.
 
 Everything is returned in open_clip's key layout and in fp32. Pickled files are read with
@@ -64,6 +66,8 @@ _BARE_VISION = (('conv1.weight', 'class_embedding', 'visual.'),
 TEXT_TOWER_KEYS = ('token_embedding.weight', 'positional_embedding', 'ln_final.weight',
                    'ln_final.bias', 'text_projection')
 TEXT_TOWER_PREFIXES = ('transformer.',)
+#: keys of neither tower that CLIP weights carry (the logit scale and bias)
+OUTSIDE_TOWER_KEYS = ('logit_scale', 'logit_bias')
 _HF_DIR_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
                  'pytorch_model.bin.index.json')
 _OC_DIR_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.safetensors',
@@ -104,13 +108,21 @@ class ClipCheckpoint:
     def has_text_tower(self) -> bool:
         """Whether any text tower weight is present (:data:`TEXT_TOWER_KEYS`,
         ``transformer.*``); False for image-tower-only files."""
-        return any(k in TEXT_TOWER_KEYS or k.startswith(TEXT_TOWER_PREFIXES)
-                   for k in self.state_dict)
+        return any(is_text_tower_key(k) for k in self.state_dict)
 
     @property
-    def text_keys(self) -> List[str]:
-        """The open_clip-layout keys outside the image tower (``visual.*``)."""
-        return [k for k in self.state_dict if not k.startswith('visual.')]
+    def stray_keys(self) -> List[str]:
+        """The keys of neither CLIP tower: not ``visual.*``, not the text tower's, not
+        :data:`OUTSIDE_TOWER_KEYS` (none in CLIP weights; e.g. ``branch.*`` of a trained
+        stan-mm backbone, ``text.*`` of an open_clip CustomTextCLIP)."""
+        return [k for k in self.state_dict if not k.startswith('visual.')
+                and not is_text_tower_key(k) and k not in OUTSIDE_TOWER_KEYS]
+
+
+def is_text_tower_key(key: str) -> bool:
+    """An open_clip-layout key of CLIP's text tower (:data:`TEXT_TOWER_KEYS`,
+    :data:`TEXT_TOWER_PREFIXES`)."""
+    return key in TEXT_TOWER_KEYS or key.startswith(TEXT_TOWER_PREFIXES)
 
 
 # ---------------------------------------------------------------------------------------
