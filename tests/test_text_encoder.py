@@ -106,6 +106,32 @@ def test_from_pretrained_path(tmp_path, src):
                                    atol=ATOL, rtol=0)
 
 
+def test_text_towers_of_another_tokenizer_are_refused(tmp_path):
+    """A text tower whose vocabulary is not CLIP BPE's (a multilingual CLIP trained with
+    XLM-V, say) would read stan-mm's token ids as other tokens: both text users refuse the
+    loaded file by name. The vocabulary size comes from open_clip's own tokenizer."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from stan_mm.models.clip import CLIPArchMismatchError
+    from stan_mm.models.clip.builder import CLIP_BPE_VOCAB_SIZE
+    assert CLIP_BPE_VOCAB_SIZE == SimpleTokenizer().vocab_size == len(SimpleTokenizer().encoder)
+    other = T.tiny_clip(seed=3, text_vocab_size=CLIP_BPE_VOCAB_SIZE + 100)
+    path = tmp_path / 'xlmv_clip.pt'
+    T.save_open_clip(other, path)
+    with pytest.raises(CLIPArchMismatchError) as err:
+        CLIPTextEncoder(pretrained=str(path), arch=T.tiny_clip_cfg(text_vocab_size=49508))
+    assert str(path) in str(err.value) and '49,508' in str(err.value)
+    assert 'CLIPTextEncoder' in str(err.value)
+    retriever = dict(type='STANRetriever', arch=T.tiny_clip_cfg(text_vocab_size=49508),
+                     pretrained=str(path), backbone=dict(depth=1))
+    with pytest.raises(CLIPArchMismatchError, match='STANRetriever tokenizes'):
+        MODELS.build(retriever)
+    # random init (tests' small vocabularies) and CLIP's own vocabulary are accepted
+    CLIPTextEncoder(arch=T.tiny_clip_cfg(text_vocab_size=64))
+    same = tmp_path / 'clip.pt'
+    T.save_open_clip(T.tiny_clip(seed=3), same)
+    CLIPTextEncoder(pretrained=str(same), arch=T.tiny_clip_cfg())
+
+
 def test_build_from_config_with_custom_imports(tmp_path, src):
     """A fresh interpreter: only ``custom_imports`` in the config imports stan_mm, then
     stock ``mmaction.registry.MODELS.build`` builds the encoder."""

@@ -117,6 +117,43 @@ def require_text_tower(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) ->
         f'tools/test.py as CKPT.)')
 
 
+#: token ids of CLIP's BPE tokenizer (what stan-mm tokenizes captions and prompts with):
+#: 49,152 merges + 256 bytes, <start_of_text>, <end_of_text>
+CLIP_BPE_VOCAB_SIZE = 49408
+
+
+def require_clip_bpe_vocab(clip: torch.nn.Module, pretrained, user: str) -> None:
+    """Refuse loaded text-tower weights whose vocabulary is not CLIP's BPE vocabulary.
+
+    stan-mm tokenizes text with CLIP's BPE tokenizer (49,408 ids) and pools the text
+    tower at the highest id, ``<end_of_text>``. A text tower trained with another tokenizer
+    (e.g. MetaCLIP's worldwide models, XLM-V, 901,629 ids) would read those ids as other
+    tokens and give wrong text embeddings without any error, so it is refused by name.
+    Randomly initialised towers (``pretrained=None``) are left alone (tests use small
+    vocabularies).
+
+    Args:
+        clip: the built open_clip ``CLIP`` (its ``token_embedding`` ``[V, width]``).
+        pretrained: the weights it was loaded from, or None.
+        user: the component that tokenizes text, named in the message.
+
+    Raises:
+        CLIPArchMismatchError: ``V != 49408`` for loaded weights.
+    """
+    if pretrained is None:
+        return
+    vocab = int(clip.token_embedding.weight.shape[0])
+    if vocab != CLIP_BPE_VOCAB_SIZE:
+        raise CLIPArchMismatchError(
+            f'{pretrained}: the text tower has a vocabulary of {vocab:,} tokens, but '
+            f'{user} tokenizes text with CLIP\'s BPE tokenizer ({CLIP_BPE_VOCAB_SIZE:,} '
+            f'tokens): this model was trained with another tokenizer (multilingual CLIPs '
+            f'such as MetaCLIP worldwide use XLM-V), so its text embeddings would be wrong. '
+            f'Use CLIP weights trained with the CLIP BPE tokenizer (OpenAI, LAION, '
+            f'DataComp, MetaCLIP English); the image tower alone still serves '
+            f'CLIPSTAN(pretrained=...) for recognition.')
+
+
 def _weights_cfg(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) -> Dict:
     require_text_tower(ckpt, needed_by)
     try:

@@ -7,7 +7,7 @@ from torch import nn
 
 from mmaction.registry import MODELS
 
-from .builder import build_clip
+from .builder import build_clip, require_clip_bpe_vocab
 
 
 def causal_mask(length: int) -> torch.Tensor:
@@ -53,6 +53,7 @@ class CLIPTextEncoder(BaseModule):
                 arch, pretrained, quick_gelu=quick_gelu,
                 needed_by='CLIPTextEncoder (the CLIP text tower, e.g. the text_encoder of '
                 'TextClassifierHead)')
+            require_clip_bpe_vocab(clip_model, pretrained, 'CLIPTextEncoder')
         elif arch is not None or pretrained is not None:
             raise ValueError('pass either clip_model or arch/pretrained, not both')
         self._take_text_modules(clip_model)

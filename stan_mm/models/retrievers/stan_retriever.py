@@ -14,7 +14,7 @@ from torch import nn
 from mmaction.registry import MODELS
 
 from ..backbones import CLIPSTAN
-from ..clip import CLIPTextEncoder, build_clip
+from ..clip import CLIPTextEncoder, build_clip, require_clip_bpe_vocab
 from ..losses import learned_logit_scale
 
 Tokens = Union[torch.Tensor, List[torch.Tensor]]
@@ -194,6 +194,7 @@ class STANRetriever(BaseModel):
 
         clip = build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu,
                           needed_by='STANRetriever (its text tower encodes the captions)')
+        require_clip_bpe_vocab(clip, pretrained, 'STANRetriever')
         self.backbone = build_video_tower(backbone, clip, pretrained)
         self.text_backbone = build_text_tower(text_backbone, clip)
         self.learnable_temperature = bool(learnable_temperature)
