@@ -31,7 +31,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmaction.registry import DATA_SAMPLERS, DATASETS, HOOKS, MODELS
 
-from stan_mm.engine.loops import ResumableEpochBasedTrainLoop, skip_first_samples
+from stan_mm.engine.loops import (ORDER_KEY, ResumableEpochBasedTrainLoop,
+                                  skip_first_samples)
 
 init_default_scope('mmaction')
 
@@ -106,8 +107,8 @@ class _Record(Hook):
 
 def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=True,
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
-                sampler=None, **runner_kwargs):
-    loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=BATCH,
+                sampler=None, batch_size=None, train_cfg=None, **runner_kwargs):
+    loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
                   collate_fn=dict(type='default_collate'))
@@ -116,7 +117,7 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
         work_dir=str(work_dir),
         experiment_name=f'mid_epoch_{next(_names)}',
         train_dataloader=loader,
-        train_cfg=dict(type=loop, max_epochs=EPOCHS),
+        train_cfg=train_cfg or dict(type=loop, max_epochs=EPOCHS),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
                            checkpoint=dict(type='AtomicCheckpointHook', by_epoch=by_epoch,
@@ -136,9 +137,9 @@ def train(runner):
         runner.train()
     except _Stopped:
         pass
-    iterator = getattr(runner.train_dataloader, '_iterator', None)
-    if iterator is not None:   # persistent workers: stop them now (when garbage-collected
-        iterator._shutdown_workers()   # instead, each worker takes 5 s to join)
+    # (persistent workers are stopped when train() returns or raises: stan_mm.compat's
+    # worker_shutdown; left to the garbage collector, each worker took 5 s to stop)
+    assert getattr(runner.train_dataloader, '_iterator', None) is None
     record = next(h for h in runner.hooks if isinstance(h, _Record))
     state = {k: v.clone() for k, v in runner.model.state_dict().items()}
     for group, values in runner.optim_wrapper.optimizer.state_dict()['state'].items():
@@ -273,6 +274,194 @@ def test_unsupported_sampler_falls_back_with_a_warning(tmp_path):
     assert "Falling back to mmengine's behaviour" in resumed['log']
     assert [s[1] for s in resumed['seen']][:PER_EPOCH] == list(range(PER_EPOCH))
     assert resumed['iter'] == TOTAL + 2                       # 2 batches trained again
+
+
+# ------------------------------------------- checkpoints without the loop's order record
+NO_RECORD = ('but the checkpoint has no record of its batches and sampler order (it predates '
+             'ResumableEpochBasedTrainLoop\'s record or was not written by '
+             'ResumableEpochBasedTrainLoop')
+
+
+@pytest.mark.parametrize('seeds', [(None, 5), (0, 1)], ids=['seed_unset', 'other_seed'])
+def test_checkpoint_of_mmengines_loop_is_resumed_as_mmengine_does(tmp_path, seeds):
+    """iter_8.pth saved by mmengine's EpochBasedTrainLoop (its seed drawn, or 0) holds no
+    record of the sampler's seed or of the batches; resumed with another seed, the rest of
+    epoch 2 in this run's order would train some samples twice and others never. The loop
+    does what mmengine's does (epoch 2 restarts at its first batch), batch for batch, and
+    warns that it cannot check."""
+    seed_stopped, seed_resumed = seeds
+    stopped = tmp_path / 'stopped'
+    train(make_runner(stopped, loop='EpochBasedTrainLoop', stop_after=STOP_AFTER,
+                      seed=seed_stopped))
+    runs = {loop: train(make_runner(tmp_path / loop, loop=loop, seed=seed_resumed,
+                                    resume_from=stopped / 'iter_8.pth'))
+            for loop in ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop')}
+    mm, ours = runs.values()
+    assert [s[1] for s in ours['seen']] == list(range(PER_EPOCH)) * 2
+    assert [s[:4] for s in ours['seen']] == [s[:4] for s in mm['seen']]
+    assert same_state(ours['state'], mm['state']) and ours['iter'] == TOTAL + 2
+    assert 'ResumableEpochBasedTrainLoop: resumed at iteration 8, which at this run\'s 6 ' \
+        'batches per epoch is 2 batches into epoch 2, ' + NO_RECORD in ours['log']
+    assert 'Epoch 2 restarts at its first batch' in ours['log']
+    assert 'continuing at batch' not in ours['log'] and 'seed set back' not in ours['log']
+
+
+def test_epoch_checkpoint_resumed_with_another_batch_size_is_mmengines(tmp_path):
+    """epoch_1.pth (6 batches of 2 per epoch) resumed with batches of 3 (4 per epoch):
+    iteration 6 is no epoch boundary at this run's epoch length, yet epoch 2 never started.
+    From a checkpoint of either loop, ResumableEpochBasedTrainLoop trains epochs 2 and 3
+    from their first batch, as mmengine's loop does, and says why the iteration is off."""
+    for saved_by in ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop'):
+        work = tmp_path / saved_by
+        train(make_runner(work / 'stopped', loop=saved_by, stop_after=STOP_AFTER,
+                          by_epoch=True))
+        runs = {loop: train(make_runner(work / loop, loop=loop, by_epoch=True, batch_size=3,
+                                        resume_from=work / 'stopped' / 'epoch_1.pth'))
+                for loop in ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop')}
+        mm, ours = runs.values()
+        assert [s[1] for s in ours['seen']] == [0, 1, 2, 3] * 2, saved_by
+        assert [s[:4] for s in ours['seen']] == [s[:4] for s in mm['seen']]
+        assert same_state(ours['state'], mm['state']) and ours['iter'] == 6 + 2 * 4
+        assert 'inside epoch' not in ours['log'] and 'continuing at' not in ours['log']
+        if saved_by == 'EpochBasedTrainLoop':
+            assert NO_RECORD in ours['log']
+        else:
+            assert 'ResumableEpochBasedTrainLoop: the checkpoint was saved at the end of ' \
+                'epoch 1, at iteration 6, which does not fall on an epoch boundary of this ' \
+                'run\'s epoch length (4 batches) because the batch size changed (2 -> 3). ' \
+                'Epoch 2 is trained from its first batch, as with mmengine\'s loop (nothing ' \
+                'is skipped or trained twice); the iteration count goes on from 6, so the ' \
+                'run ends at iteration 14 instead of 12' in ours['log']
+
+
+def planned(loader, it, epoch, saved):
+    """What ``_plan_resume`` decides for a loop over ``loader`` resumed at (iteration,
+    epoch) with ``saved`` in the message hub: (batches skipped, [(level, message)])."""
+    from types import SimpleNamespace
+    from mmengine.logging import MessageHub
+    loop = object.__new__(ResumableEpochBasedTrainLoop)
+    loop.dataloader = loader
+    loop._iter, loop._epoch, loop._max_epochs = it, epoch, EPOCHS
+    hub = MessageHub.get_instance(f'planned_{next(_names)}')
+    if saved is not None:
+        hub.update_info(ORDER_KEY, saved)
+    said = []
+    logger = SimpleNamespace(warning=lambda m: said.append(('warning', m)),
+                             info=lambda m: said.append(('info', m)))
+    loop._runner = SimpleNamespace(message_hub=hub, logger=logger)
+    return loop._plan_resume(), said
+
+
+def toy_loader(batch_size=BATCH, sampler=None):
+    from mmengine.dataset import DefaultSampler
+    data = list(range(SIZE))
+    return torch.utils.data.DataLoader(
+        data, batch_size=batch_size,
+        sampler=sampler or DefaultSampler(data, shuffle=True, seed=0))
+
+
+def test_plan_for_checkpoints_with_and_without_the_epoch_record():
+    """The record of an earlier stan-mm (epoch length, no epoch start) still places the
+    checkpoint; this one's places it whatever the epoch length; none: no skip, and a
+    warning only where the iteration falls inside an epoch of this run."""
+    old = dict(batches_per_epoch=6, batch_size=2, world_size=1, sampler_seed=0)
+    assert planned(toy_loader(), 8, 1, old)[0] == 2
+    skip, said = planned(toy_loader(3), 8, 1, old)      # mid-epoch, then batches of 3
+    assert skip == 0 and 'inside epoch 2, but the checkpoint was saved with 2 batches of ' \
+        'that epoch done and the batch size changed (2 -> 3) since' in said[0][1]
+    skip, said = planned(toy_loader(3), 6, 1, old)      # epoch boundary, then batches of 3
+    assert skip == 0 and 'does not fall on an epoch boundary' in said[0][1]
+    new = dict(old, epoch=1, epoch_start_iter=6)
+    assert planned(toy_loader(), 8, 1, new)[0] == 2
+    assert planned(toy_loader(), 12, 1, new)[0] == 6     # after the epoch's last batch
+    at_end = dict(old, epoch=0, epoch_start_iter=0)      # saved at the end of epoch 1
+    assert planned(toy_loader(), 6, 1, at_end) == (0, [])
+    # (a best checkpoint of mmengine's CheckpointHook is saved as if at iteration + 1)
+    assert planned(toy_loader(), 7, 1, at_end) == (0, [])
+    skip, said = planned(toy_loader(3), 6, 1, at_end)
+    assert skip == 0 and 'which does not fall on an epoch boundary of this run\'s epoch ' \
+        'length (4 batches) because the batch size changed (2 -> 3)' in said[0][1]
+    skip, said = planned(toy_loader(), 8, 1, None)
+    assert skip == 0 and [lvl for lvl, _ in said] == ['warning'] and NO_RECORD in said[0][1]
+    assert planned(toy_loader(), 6, 1, None) == (0, [])   # a boundary here: mmengine's
+    assert planned(toy_loader(), 5, 1, None) == (0, [])   # ahead of this epoch: as mmengine
+    assert planned(toy_loader(3), 6, 1, None)[0] == 0
+
+
+class _Twins(list):
+    def __init__(self, groups):
+        super().__init__(range(sum(len(g) for g in groups)))
+        self.groups = groups
+
+    def twin_groups(self):
+        return self.groups
+
+
+def _twin_sampler(groups, rank, world_size, **kwargs):
+    from stan_mm.datasets.samplers import TwinGroupSampler
+    with mock.patch('stan_mm.datasets.samplers.get_dist_info',
+                    return_value=(rank, world_size)):
+        return TwinGroupSampler(_Twins(groups), seed=0, **kwargs)
+
+
+def test_twin_group_sampler_says_whether_its_epoch_length_is_constant():
+    uneven = [[0, 1], [2, 3], [4], [5], [6, 7], [8]]
+    for rank in range(2):
+        sampler = _twin_sampler(uneven, rank, 2)
+        lengths = []
+        for epoch in range(6):
+            sampler.set_epoch(epoch)
+            lengths.append(len(sampler))
+        assert len(set(lengths)) > 1 and not sampler.constant_epoch_length
+    assert not _twin_sampler(uneven, 0, 2, round_up=False).constant_epoch_length
+    assert _twin_sampler(uneven, 0, 1).constant_epoch_length
+    even = [[2 * i, 2 * i + 1] for i in range(5)]
+    for round_up in (True, False):
+        sampler = _twin_sampler(even, 1, 2, round_up=round_up)
+        lengths = set()
+        for epoch in range(6):
+            sampler.set_epoch(epoch)
+            lengths.add(len(sampler))
+        assert len(lengths) == 1 and sampler.constant_epoch_length
+
+
+def test_sampler_with_a_varying_epoch_length_is_not_skipped_into():
+    """DDP with twin groups of unequal size: a rank's epoch length depends on the epoch,
+    so ``iter - epoch * len`` need not count the epoch's batches: no skip, a warning that
+    says why; an epoch checkpoint (this loop's record) resumes silently."""
+    sampler = _twin_sampler([[0, 1], [2, 3], [4], [5], [6, 7], [8]], 0, 2)
+    loader = toy_loader(sampler=sampler)
+    per_epoch = len(loader)
+    saved = dict(batches_per_epoch=per_epoch, batch_size=BATCH, world_size=1,
+                 sampler_seed=0, epoch=1, epoch_start_iter=per_epoch)
+    skip, said = planned(loader, per_epoch + 1, 1, saved)
+    assert skip == 0 and said[0][0] == 'warning'
+    assert 'inside epoch 2, but the number of samples per epoch of its sampler ' \
+        'stan_mm.datasets.samplers.TwinGroupSampler changes from epoch to epoch ' \
+        '(constant_epoch_length is False' in said[0][1]
+    loop = object.__new__(ResumableEpochBasedTrainLoop)
+    loop.dataloader = loader
+    assert 'changes from epoch to epoch' in loop.skip_unsupported_reason()
+    at_end = dict(saved, epoch=0, epoch_start_iter=0)
+    assert planned(loader, per_epoch + 1, 1, at_end) == (0, [])
+
+
+def test_per_sample_seeding_is_off_with_a_warning_under_an_iteration_loop(tmp_path):
+    """mmengine's IterBasedTrainLoop creates its DataLoader iterator when it is built,
+    before before_train: per-sample seeding could not reach its samples. The hook says so
+    and leaves the DataLoader alone (the per-iteration seeding still runs)."""
+    from stan_mm.engine.seed_hook import EpochSeedHook, SeedPerPosition
+    runner = make_runner(tmp_path, train_cfg=dict(type='IterBasedTrainLoop', max_iters=3))
+    result = train(runner)
+    assert [s[0] for s in result['seen']] == [1, 2, 3]
+    assert 'EpochSeedHook(per_iteration=True): the train loop IterBasedTrainLoop is not ' \
+        'epoch-based' in result['log']
+    assert 'The per-sample seeding is off' in result['log']
+    loader = runner.train_dataloader
+    assert not isinstance(loader.batch_sampler.sampler, SeedPerPosition)
+    assert '__getitems__' not in vars(loader.dataset)
+    hook = next(h for h in runner.hooks if isinstance(h, EpochSeedHook))
+    assert hook._per_sample is None
 
 
 # ---------------------------------------------------------------------------------- DDP

@@ -54,7 +54,8 @@ class TwinGroupSampler(Sampler):
             samples.
     """
 
-    # the order is a function of (seed, epoch): ResumableEpochBasedTrainLoop may skip into it
+    # the order is a function of (seed, epoch): ResumableEpochBasedTrainLoop may skip into
+    # it, where the epoch length is constant too (constant_epoch_length)
     reproducible_order = True
 
     def __init__(self, dataset, shuffle: bool = True, seed: Optional[int] = None,
@@ -116,6 +117,18 @@ class TwinGroupSampler(Sampler):
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._rank_groups())
+
+    @property
+    def constant_epoch_length(self) -> bool:
+        """Whether ``len(self)`` (this rank's samples per epoch) is the same in every epoch:
+        with a single rank, or when all groups have the same size. With groups of unequal
+        size shared by several ranks, a rank's count depends on which groups the epoch's
+        shuffle gives it (e.g. groups of sizes 2, 2, 1, 1, 2, 1 over 2 ranks: 5 or 6
+        samples, depending on the epoch), and
+        :class:`~stan_mm.engine.loops.ResumableEpochBasedTrainLoop` then restarts an epoch
+        it is resumed inside (with a warning) instead of counting its batches from the
+        iteration."""
+        return self.world_size == 1 or len({len(g) for g in self.groups}) <= 1
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch (a new group order per epoch when ``shuffle``)."""

@@ -9,28 +9,43 @@ that were not trained yet, then the following epochs as mmengine does.
 How the rest of the epoch is found: mmengine's ``DefaultSampler`` (and stan-mm's
 ``TwinGroupSampler``) draw their order from ``(seed, epoch)`` (``DistSamplerSeedHook`` sets
 the epoch before it starts), so the resumed run's sampler yields the same indices as the
-interrupted one. The loop drops the first ``done * batch_size`` of them, where ``done =
-iter - epoch * len(dataloader)`` are the batches the checkpoint has seen; those samples are
-never loaded (the indices are skipped in the main process, before any worker decodes a
-video). In DDP every rank's sampler yields its own shard, so each rank drops its own first
-``done * batch_size`` indices. For the duration of the shortened epoch the DataLoader's
-``BatchSampler`` reads from a proxy of the sampler that skips them; ``len(dataloader)``
-stays the full epoch's, and hooks receive ``batch_idx`` from ``done`` on, so logs read
-``[done+1/len]`` and the hooks' end-of-epoch checks (``batch_idx + 1 == len(dataloader)``)
-fire at the true last batch. With ``persistent_workers=True`` the proxy works too: the
-workers only receive indices, and the next epoch's iterator reads the sampler, restored,
-again.
+interrupted one. The loop drops the first ``done * batch_size`` of them, where ``done`` are
+the batches of the epoch the checkpoint has seen (see "Where the checkpoint is" below);
+those samples are never loaded (the indices are skipped in the main process, before any
+worker decodes a video). In DDP every rank's sampler yields its own shard, so each rank
+drops its own first ``done * batch_size`` indices. For the duration of the shortened epoch
+the DataLoader's ``BatchSampler`` reads from a proxy of the sampler that skips them;
+``len(dataloader)`` stays the full epoch's, and hooks receive ``batch_idx`` from ``done``
+on, so logs read ``[done+1/len]`` and the hooks' end-of-epoch checks (``batch_idx + 1 ==
+len(dataloader)``) fire at the true last batch. With ``persistent_workers=True`` the proxy
+works too: the workers only receive indices, and the next epoch's iterator reads the
+sampler, restored, again.
 
 Falls back to mmengine's behaviour, with a warning that names the reason, when the order
 cannot be reproduced: a sampler not known to draw its order from ``(seed, epoch)`` (e.g.
-torch's ``RandomSampler``), a batch sampler other than torch's ``BatchSampler``, or a
-checkpoint whose epoch length, batch size or world size differ from this run's.
+torch's ``RandomSampler``), a sampler whose epoch length varies from epoch to epoch
+(``constant_epoch_length = False``: ``TwinGroupSampler`` with groups of unequal size over
+several ranks), a batch sampler other than torch's ``BatchSampler``, a checkpoint whose
+epoch length, batch size or world size differ from this run's, or a checkpoint without the
+loop's record of them (saved by mmengine's ``EpochBasedTrainLoop`` or by an older stan-mm):
+its iteration cannot be placed in an epoch, so nothing is skipped and the run is
+mmengine's, batch for batch.
+
+Where the checkpoint is: the loop records, with the order information below, the epoch it
+is in and the iteration that epoch started at. A checkpoint saved in the epoch it resumes
+in has done ``iter - epoch start`` of its batches; one saved at the end of the previous
+epoch (an epoch checkpoint) is at an epoch boundary, whatever this run's epoch length
+(resumed with another batch size, world size or dataset, the next epoch starts at its first
+batch as with mmengine's loop, with a warning that the iteration count is offset). (The
+first version of this loop stored the epoch length instead: ``done = iter - epoch * batches
+per epoch``.) A checkpoint without any record: mmengine's behaviour, with a warning where
+its iteration falls inside an epoch at this run's epoch length.
 
 The sampler's seed: with ``randomness.seed`` unset mmengine draws a new seed per run and
 builds the sampler before the checkpoint is loaded, so a resumed run would shuffle the
-epoch differently. The loop stores the sampler's seed (with the epoch length, batch size
-and world size) in the message hub, hence in every checkpoint, and a mid-epoch resume
-gives the sampler the stored seed back.
+epoch differently. The loop stores the sampler's seed (with the epoch length, batch size,
+world size, the epoch and the iteration it started at) in the message hub, hence in every
+checkpoint, and a mid-epoch resume gives the sampler the stored seed back.
 
 Exactness of what is trained: same samples, same order, same number of iterations. Same
 random augmentation and dropout as well needs ``EpochSeedHook(per_iteration=True)``
@@ -103,6 +118,15 @@ def has_reproducible_order(sampler) -> bool:
     return bool(getattr(type(sampler), 'reproducible_order', default))
 
 
+def has_constant_epoch_length(sampler) -> bool:
+    """Whether ``len(sampler)`` (this rank's samples per epoch) is the same in every epoch,
+    so that the batches done in an epoch can be counted from the iteration. A sampler says
+    otherwise with ``constant_epoch_length = False`` (an attribute or property;
+    ``TwinGroupSampler`` has one); mmengine's ``DefaultSampler`` and torch's samplers have
+    a constant length."""
+    return bool(getattr(sampler, 'constant_epoch_length', True))
+
+
 @contextlib.contextmanager
 def skip_first_samples(dataloader, count: int):
     """Within the block, iterating ``dataloader`` skips the first ``count`` indices of its
@@ -130,15 +154,33 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
 
     # ---------------------------------------------------------------- what can be skipped
-    def skip_unsupported_reason(self) -> Optional[str]:
-        """None when the training DataLoader's order can be reproduced and skipped; else
-        why not (names the sampler or batch sampler type)."""
+    def _sampler(self):
+        batch_sampler = getattr(self.dataloader, 'batch_sampler', None)
+        return innermost_sampler(getattr(batch_sampler, 'sampler', None))
+
+    def _length_reason(self) -> Optional[str]:
+        """None when the sampler's epoch length is constant; else why the batches done in
+        an epoch cannot be counted from the iteration."""
+        from stan_mm.datasets.samplers import TwinGroupSampler
+        sampler = self._sampler()
+        if has_constant_epoch_length(sampler):
+            return None
+        why = ('constant_epoch_length is False: its groups differ in size and are shared '
+               f'by {sampler.world_size} ranks' if isinstance(sampler, TwinGroupSampler)
+               else 'its constant_epoch_length is False')
+        return (f'the number of samples per epoch of its sampler {type(sampler).__module__}.'
+                f'{type(sampler).__name__} changes from epoch to epoch ({why}), so the '
+                'batches done in the epoch cannot be counted from the iteration')
+
+    def _order_reason(self) -> Optional[str]:
+        """None when the training DataLoader's order can be reproduced and skipped into;
+        else why not (names the sampler or batch sampler type)."""
         batch_sampler = getattr(self.dataloader, 'batch_sampler', None)
         if type(batch_sampler) is not BatchSampler:
             return (f'its DataLoader batches with {type(batch_sampler).__name__}, not '
                     'torch\'s BatchSampler, so skipping whole batches by sampler indices '
                     'is not known to be exact')
-        sampler = innermost_sampler(batch_sampler.sampler)
+        sampler = self._sampler()
         if not has_reproducible_order(sampler):
             return (f'its sampler {type(sampler).__module__}.{type(sampler).__name__} is '
                     'not known to yield the same order for the same (seed, epoch); use '
@@ -146,11 +188,14 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     'if its order is a function of its seed and epoch')
         return None
 
+    def skip_unsupported_reason(self) -> Optional[str]:
+        """None when the training DataLoader's order can be reproduced and skipped; else
+        why not (names the sampler or batch sampler type)."""
+        return self._order_reason() or self._length_reason()
+
     def _order_info(self) -> dict:
         """What the sampler order of an epoch depends on, stored with each checkpoint."""
-        batch_sampler = getattr(self.dataloader, 'batch_sampler', None)
-        sampler = innermost_sampler(getattr(batch_sampler, 'sampler', None))
-        seed = getattr(sampler, 'seed', None)
+        seed = getattr(self._sampler(), 'seed', None)
         return dict(batches_per_epoch=len(self.dataloader),
                     batch_size=getattr(self.dataloader, 'batch_size', None),
                     world_size=get_world_size(),
@@ -170,32 +215,56 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         the sampler the interrupted run's seed back; records the order info."""
         hub = self.runner.message_hub
         saved = hub.get_info(ORDER_KEY)
-        per_epoch = len(self.dataloader)
-        done = self._iter - self._epoch * per_epoch
         skip = 0
-        if done != 0 and self._epoch < self._max_epochs:
-            skip = self._check_resume(done, per_epoch, saved)
+        if self._iter > 0 and self._epoch < self._max_epochs:
+            skip = self._check_resume(saved)
         hub.update_info(ORDER_KEY, self._order_info())
         return skip
 
-    def _check_resume(self, done: int, per_epoch: int, saved: Optional[dict]) -> int:
-        if not 0 < done <= per_epoch:
+    def _saved_done(self, saved: dict) -> Optional[int]:
+        """Batches of epoch ``self._epoch`` done at the checkpoint, in the run that saved it
+        (0: an epoch boundary there); None if the stored info does not tell."""
+        if isinstance(saved.get('epoch'), int) and isinstance(saved.get('epoch_start_iter'),
+                                                              int):
+            if saved['epoch'] != self._epoch:   # saved at the end of an earlier epoch
+                return 0
+            return self._iter - saved['epoch_start_iter']
+        old_len = saved.get('batches_per_epoch')   # (stored by older stan-mm versions)
+        if isinstance(old_len, int) and old_len > 0:
+            return self._iter - self._epoch * old_len
+        return None
+
+    def _check_resume(self, saved: Optional[dict]) -> int:
+        per_epoch = len(self.dataloader)
+        done = self._iter - self._epoch * per_epoch   # at this run's epoch length
+        old_done = self._saved_done(saved) if isinstance(saved, dict) else None
+        if old_done is None:
+            return self._without_order_info(done, per_epoch)
+        if old_done == 0:   # an epoch boundary of the run that saved it: nothing to skip
+            changed = self._changed(saved, self._order_info())
+            if done != 0 and changed and self._length_reason() is None:
+                self._warn_off_boundary(changed, per_epoch)
+            return 0
+        reason = self._length_reason()
+        if reason is not None:
+            return self._fallback(reason)
+        now = self._order_info()
+        changed = self._changed(saved, now)
+        if changed:
             return self._fallback(
-                f'{done} batches of an epoch of {per_epoch} would be done: the epoch length '
-                'differs from the checkpoint\'s (dataset, batch size or world size changed?)')
+                f'the checkpoint was saved with {old_done} batches of that epoch done and '
+                + ' and '.join(changed) + ' since, so its batches cannot be skipped')
+        if not 0 < old_done <= per_epoch:
+            return self._fallback(
+                f'{old_done} batches of an epoch of {per_epoch} would be done: the epoch '
+                'length differs from the checkpoint\'s (dataset, batch size or world size '
+                'changed?)')
+        done = old_done
         if done < per_epoch:   # (after the epoch's last batch there is no order to follow)
-            reason = self.skip_unsupported_reason()
+            reason = self._order_reason()
             if reason is not None:
                 return self._fallback(reason)
-        now = self._order_info()
-        if isinstance(saved, dict):
-            changed = [f'{k} {saved[k]} -> {now[k]}'
-                       for k in ('batches_per_epoch', 'batch_size', 'world_size')
-                       if k in saved and saved[k] != now[k]]
-            if changed:
-                return self._fallback('the batches differ from the checkpoint\'s ('
-                                      + ', '.join(changed) + ')')
-            self._restore_sampler_seed(saved.get('sampler_seed'), now['sampler_seed'])
+        self._restore_sampler_seed(saved.get('sampler_seed'), now['sampler_seed'])
         if done == per_epoch:
             self.runner.logger.info(
                 f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, after the '
@@ -209,10 +278,55 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 ' indices of this rank\'s sampler are skipped, not loaded)')
         return done
 
+    @staticmethod
+    def _changed(saved: dict, now: dict) -> list:
+        """What differs between the checkpoint's batches and this run's, e.g. ``['the batch
+        size changed (2 -> 3)']``; a changed epoch length alone is named as the dataset's."""
+        names = dict(batch_size='batch size', world_size='world size')
+        changed = [f'the {names[k]} changed ({saved[k]} -> {now[k]})' for k in names
+                   if k in saved and saved[k] != now[k]]
+        k = 'batches_per_epoch'
+        if not changed and k in saved and saved[k] != now[k]:
+            changed.append(f'the dataset length changed ({saved[k]} -> {now[k]} batches per '
+                           'epoch at the same batch size and world size)')
+        return changed
+
+    def _warn_off_boundary(self, changed: list, per_epoch: int) -> None:
+        """The checkpoint is at an epoch boundary of the run that saved it, but its
+        iteration is not a multiple of this run's epoch length (``changed`` says why)."""
+        why = ' because ' + ' and '.join(changed)
+        self.runner.logger.warning(
+            f'ResumableEpochBasedTrainLoop: the checkpoint was saved at the end of epoch '
+            f'{self._epoch}, at iteration {self._iter}, which does not fall on an epoch '
+            f'boundary of this run\'s epoch length ({per_epoch} batches){why}. Epoch '
+            f'{self._epoch + 1} is trained from its first batch, as with mmengine\'s loop '
+            '(nothing is skipped or trained twice); the iteration count goes on from '
+            f'{self._iter}, so the run ends at iteration '
+            f'{self._iter + (self._max_epochs - self._epoch) * per_epoch} instead of '
+            f'{self._max_epochs * per_epoch}, and iteration-based schedules and checkpoint '
+            'intervals are offset accordingly')
+
+    def _without_order_info(self, done: int, per_epoch: int) -> int:
+        """A checkpoint without the loop's record (mmengine's ``EpochBasedTrainLoop``, an
+        older stan-mm): mmengine's behaviour, no skip; a warning where its iteration would
+        fall inside an epoch of this run."""
+        if 0 < done <= per_epoch:
+            self.runner.logger.warning(
+                f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, which at '
+                f'this run\'s {per_epoch} batches per epoch is {done} batches into epoch '
+                f'{self._epoch + 1}, but the checkpoint has no record of its batches and '
+                'sampler order (it predates ResumableEpochBasedTrainLoop\'s record or was not '
+                'written by ResumableEpochBasedTrainLoop, e.g. by mmengine\'s '
+                'EpochBasedTrainLoop), so where it stopped in that epoch cannot be checked. '
+                f'Epoch {self._epoch + 1} restarts at its first batch, as with mmengine\'s '
+                'loop: right if the checkpoint was saved at the end of epoch '
+                f'{self._epoch} with another batch size, world size or dataset; otherwise '
+                'the batches it had finished in that epoch are trained again')
+        return 0
+
     def _restore_sampler_seed(self, old_seed: Optional[int], seed: Optional[int]) -> None:
         """Give the sampler the interrupted run's seed (see the module docstring)."""
-        batch_sampler = getattr(self.dataloader, 'batch_sampler', None)
-        sampler = innermost_sampler(getattr(batch_sampler, 'sampler', None))
+        sampler = self._sampler()
         if old_seed is None or seed == old_seed or not has_reproducible_order(sampler):
             return
         sampler.seed = old_seed
@@ -220,6 +334,15 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             f'ResumableEpochBasedTrainLoop: {type(sampler).__name__} seed set back to '
             f'{old_seed} (the checkpoint\'s; this run drew {seed}) so that the epochs are '
             'shuffled as in the interrupted run')
+
+    def _record_epoch_start(self, start_iter: int) -> None:
+        """Store the epoch and the iteration it started at with the order info (hence in
+        the checkpoints saved during the epoch and at its end)."""
+        hub = self.runner.message_hub
+        info = hub.get_info(ORDER_KEY)
+        info = dict(info) if isinstance(info, dict) else self._order_info()
+        info.update(epoch=self._epoch, epoch_start_iter=int(start_iter))
+        hub.update_info(ORDER_KEY, info)
 
     # ------------------------------------------------------------------------- the loop
     def run(self):
@@ -231,6 +354,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         """mmengine's ``run_epoch``; the epoch a run resumed inside skips the batches the
         checkpoint has seen and numbers the others from there."""
         skip, self._skip_batches = self._skip_batches, 0
+        self._record_epoch_start(self._iter - skip)
         if not skip:
             return super().run_epoch()
         self.runner.call_hook('before_train_epoch')

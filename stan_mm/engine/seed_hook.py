@@ -43,10 +43,13 @@ transform or model creates for itself (``np.random.default_rng()`` without a see
 deterministic (``deterministic=True`` and ``CUBLAS_WORKSPACE_CONFIG`` cover PyTorch's); a
 resumed run with another world size, batch size or dataset; a training dataset that defines
 its own ``__getitems__`` (batched loading; the per-sample seeding is then off, with a
-warning); a random validation pipeline with ``num_workers=0`` after an epoch that was
-resumed after its last batch (it draws from the epoch seed instead of the last
-iteration's). Drawn numbers differ from ``per_iteration=False`` runs (other seeds), not their
-distribution.
+warning); a train loop that is not epoch-based, e.g. mmengine's ``IterBasedTrainLoop`` (its
+endless DataLoader iterator is created when the loop is built, before ``before_train``, and
+restarted without ``before_train_epoch``: the per-sample seeding is then off, with a
+warning, and only the per-iteration seeding of the main process applies); a random
+validation pipeline with ``num_workers=0`` after an epoch that was resumed after its last
+batch (it draws from the epoch seed instead of the last iteration's). Drawn numbers differ
+from ``per_iteration=False`` runs (other seeds), not their distribution.
 """
 import functools
 import random
@@ -56,6 +59,7 @@ import numpy as np
 import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
+from mmengine.runner import EpochBasedTrainLoop
 from mmaction.registry import HOOKS
 
 from .loops import SamplerProxy
@@ -155,8 +159,11 @@ class EpochSeedHook(Hook):
             of the training DataLoader (workers started for this epoch use it).
         per_iteration: also seed the main process before every iteration and every
             training sample where it is loaded (module docstring); the per-sample part
-            needs a batch sampler that draws from a ``sampler`` (torch's ``BatchSampler``,
-            what mmengine builds) and a map-style dataset.
+            needs an epoch-based train loop (mmengine's ``EpochBasedTrainLoop`` or a
+            subclass such as ``ResumableEpochBasedTrainLoop``; not ``IterBasedTrainLoop``),
+            a batch sampler that draws from a ``sampler`` (torch's ``BatchSampler``, what
+            mmengine builds) and a map-style dataset; otherwise it is off, with a warning
+            when training starts, and only the main process is seeded per iteration.
     """
     priority = 'VERY_HIGH'
 
@@ -175,7 +182,16 @@ class EpochSeedHook(Hook):
         loader = runner.train_dataloader
         batch_sampler = getattr(loader, 'batch_sampler', None)
         dataset = getattr(loader, 'dataset', None)
-        if getattr(batch_sampler, 'sampler', None) is None:
+        loop = getattr(runner, 'train_loop', None)
+        if not isinstance(loop, EpochBasedTrainLoop):
+            started = getattr(loop, 'dataloader_iterator', None) is not None
+            problem = (f'the train loop {type(loop).__name__} is not epoch-based (mmengine\'s '
+                       'EpochBasedTrainLoop or a subclass)'
+                       + (': it created its DataLoader iterator when it was built, before '
+                          'before_train, and restarts it without before_train_epoch, so the '
+                          'samples it loads cannot be tagged with their seeds'
+                          if started else ''))
+        elif getattr(batch_sampler, 'sampler', None) is None:
             problem = (f'the training DataLoader batches with '
                        f'{type(batch_sampler).__name__}, which has no sampler to tag')
         elif isinstance(dataset, torch.utils.data.IterableDataset):
@@ -187,10 +203,11 @@ class EpochSeedHook(Hook):
             problem = None
         if problem is not None:
             runner.logger.warning(
-                f'EpochSeedHook(per_iteration=True): {problem}; the data pipeline is not '
-                'seeded per sample, so a run resumed inside an epoch draws other data '
-                'augmentation than the interrupted one (the per-iteration seeding of the '
-                'main process still applies)')
+                f'EpochSeedHook(per_iteration=True): {problem}. The per-sample seeding is '
+                'off: the data pipeline\'s random augmentation is not seeded per sample, so '
+                'it depends on num_workers and on which worker loads a sample, and a resumed '
+                'run draws other augmentation than the interrupted one (the per-iteration '
+                'seeding of the main process still applies)')
             return
         self._per_sample = SeedPerPosition(batch_sampler.sampler, self._base(runner))
         batch_sampler.sampler = self._per_sample
