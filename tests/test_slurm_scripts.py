@@ -215,7 +215,8 @@ def _free_port():
 def make_fake_slurm(folder):
     """Writes fake ``srun`` and ``scontrol`` into ``folder/bin``; returns the environment
     to run the scripts with (fake Slurm first on PATH, one thread per process, CUDA
-    hidden, a free MASTER_PORT, no MASTER_ADDR nor SLURM_* of an enclosing job)."""
+    hidden, a free MASTER_PORT; no MASTER_ADDR, SLURM_* of an enclosing job, nor the
+    scripts' own variables from the caller's shell)."""
     bindir = osp.join(folder, 'bin')
     os.makedirs(bindir, exist_ok=True)
     for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
@@ -224,7 +225,9 @@ def make_fake_slurm(folder):
             f.write(text.format(python=sys.executable))
         os.chmod(path, 0o755)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith('SLURM_') and k not in ('MASTER_ADDR', 'MASTER_PORT')}
+           if not k.startswith('SLURM_') and k not in (
+               'MASTER_ADDR', 'MASTER_PORT', 'GPUS', 'GPUS_PER_NODE', 'CPUS_PER_TASK', 'GRES',
+               'SRUN_ARGS')}
     env.update(
         PATH=bindir + os.pathsep + env.get('PATH', ''), FAKE_SLURM_LOG=osp.join(folder,
                                                                                 'slurm.jsonl'),
@@ -319,6 +322,25 @@ def test_srun_options_and_command(tmp_path):
                                'quotatype': 'auto'}
     assert test['command'] == [sys.executable, '-u', osp.join(REPO, 'tools', 'test.py'),
                                config, 'c.pth', '--launcher', 'slurm', '--views', '1x1']
+
+
+def test_gres_can_be_set_or_left_out(tmp_path):
+    """GRES picks the generic resources (a GPU type), and an empty GRES leaves --gres out,
+    as a CPU-only partition needs; unset, it is gpu:GPUS_PER_NODE."""
+    env = make_fake_slurm(str(tmp_path))
+    for script, extra in (('slurm_train.sh', ['cfg.py']),
+                          ('slurm_test.sh', ['cfg.py', 'c.pth'])):
+        for gres in ('gpu:a100:4', ''):
+            rc, out = run(['bash', osp.join(REPO, 'tools', script), 'p', 'j', *extra], env,
+                          FAKE_SRUN_DRY_RUN='1', GPUS='4', GPUS_PER_NODE='4', GRES=gres)
+            assert rc == 0, out
+            entry = slurm_log(env)[-1]
+            if gres:
+                assert entry['options']['gres'] == gres, entry
+            else:
+                assert 'gres' not in entry['options'], entry
+                assert not any(a.startswith('--gres') for a in entry['argv']), entry
+            assert entry['options']['ntasks-per-node'] == '4', entry
 
 
 def test_failing_tasks_fail_the_script(tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: [GPUS=8 GPUS_PER_NODE=8 CPUS_PER_TASK=5 SRUN_ARGS=""] \
+# Usage: [GPUS=8 GPUS_PER_NODE=8 CPUS_PER_TASK=5 GRES=gpu:8 SRUN_ARGS=""] \
 #        bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py options]
 set -euo pipefail
 if [ "$#" -lt 4 ]; then
@@ -14,6 +14,10 @@ shift 4
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
+# generic resources per node; GRES= (empty) leaves --gres out (CPU-only partitions)
+GRES=${GRES-gpu:$GPUS_PER_NODE}
+GRES_ARG=()
+if [ -n "$GRES" ]; then GRES_ARG=(--gres="$GRES"); fi
 # SRUN_ARGS is split into words at any whitespace (spaces, tabs, newlines, carriage
 # returns) but not glob-expanded (node lists such as node[1-4]); read -d '' reads it all
 # (and returns 1 at its end)
@@ -23,7 +27,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \
-    --gres=gpu:"$GPUS_PER_NODE" \
+    ${GRES_ARG[@]+"${GRES_ARG[@]}"} \
     --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" \
     --cpus-per-task="$CPUS_PER_TASK" \
