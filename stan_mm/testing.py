@@ -168,3 +168,12 @@ def tiny_hf_clip(seed: int = 0, **config_kwargs) -> nn.Module:
             elif name.endswith('bias'):
                 p.normal_(0, 0.02)
     return model.eval()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it), for a test's
+    ``MASTER_PORT`` / torchrun ``PORT``, so that concurrent distributed tests do not clash."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]

@@ -7,12 +7,13 @@ one sample, which mmengine's result collection must drop).
 """
 import os.path as osp
 import re
-import socket
 import sys
 
 import numpy as np
 import pytest
 import torch
+
+from stan_mm.testing import free_port
 
 sys.path.insert(0, osp.dirname(__file__))
 from test_recognition import (assert_same_dumps, load_tool, run_logged,  # noqa: E402
@@ -21,14 +22,8 @@ from test_recognition import (assert_same_dumps, load_tool, run_logged,  # noqa:
 NUM_VAL = 5
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd, log):
-    return run_logged(cmd, log, PORT=str(_free_port()))
+    return run_logged(cmd, log, PORT=str(free_port()))
 
 
 @pytest.fixture(scope='module')

@@ -27,7 +27,6 @@ import os.path as osp
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ import warnings
 
 import pytest
 import torch
+
+from stan_mm.testing import free_port
 
 sys.path.insert(0, osp.dirname(__file__))
 from test_recognition import REPO, assert_same_dumps, load_tool, write_tiny_config  # noqa: E402
@@ -206,12 +207,6 @@ else:
 '''
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def make_fake_slurm(folder):
     """Writes fake ``srun`` and ``scontrol`` into ``folder/bin``; returns the environment
     to run the scripts with (fake Slurm first on PATH, one thread per process, CUDA
@@ -232,7 +227,7 @@ def make_fake_slurm(folder):
         PATH=bindir + os.pathsep + env.get('PATH', ''), FAKE_SLURM_LOG=osp.join(folder,
                                                                                 'slurm.jsonl'),
         FAKE_SLURM_NODE=NODE, PYTHON=sys.executable, OMP_NUM_THREADS='1',
-        CUDA_VISIBLE_DEVICES='', MASTER_PORT=str(_free_port()),
+        CUDA_VISIBLE_DEVICES='', MASTER_PORT=str(free_port()),
         PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
     return env
 
@@ -504,7 +499,7 @@ def test_slurm_test_reproduces_single_process(trained):
     rc, log = run(['bash', 'tools/slurm_test.sh', 'cpu', 'stan_tiny_test', cfg, ckpt,
                    '--work-dir', str(tmp / 'work_dist'), '--dump', str(tmp / 'dist.pkl')],
                   env, log=str(tmp / 'test.log'), GPUS='2', GPUS_PER_NODE='2',
-                  CPUS_PER_TASK='1', MASTER_PORT=str(_free_port()))
+                  CPUS_PER_TASK='1', MASTER_PORT=str(free_port()))
     assert rc == 0, log[-6000:]
     assert 'GPU number: 2' in log, log[-3000:]
     assert [e['returncodes'] for e in slurm_log(env) if 'argv' in e][-1] == [0, 0]
