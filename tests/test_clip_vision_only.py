@@ -84,6 +84,13 @@ def src():
     return T.tiny_clip(seed=21, **INFERABLE)
 
 
+def raised(error, build, *args, **kwargs) -> str:
+    """The message of the ``error`` that ``build(*args, **kwargs)`` raises."""
+    with pytest.raises(error) as err:
+        build(*args, **kwargs)
+    return str(err.value)
+
+
 def act_is_quick(visual) -> bool:
     from open_clip.transformer import QuickGELU
     return isinstance(visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
@@ -264,23 +271,17 @@ def test_missing_and_unexpected_keys_named_with_the_file(tmp_path, src, frames):
     path = tmp_path / 'damaged.pt'
     torch.save(sd, path)
     arch = vision_cfg_of(T.tiny_clip_cfg(**INFERABLE))
-    with pytest.raises(CLIPKeysMismatchError) as err:
-        build_clip_vision(arch, path)
-    msg = str(err.value)
+    msg = raised(CLIPKeysMismatchError, build_clip_vision, arch, path)
     assert str(path) in msg and '1 missing keys [visual.ln_post.bias]' in msg
     assert '1 unexpected keys [visual.extra.weight]' in msg and 'strict=False' in msg
     # CLIPSTAN has no strict option: its error does not suggest one
-    with pytest.raises(CLIPKeysMismatchError) as err:
-        CLIPSTAN(arch=arch, pretrained=str(path), depth=0)
-    msg = str(err.value)
+    msg = raised(CLIPKeysMismatchError, CLIPSTAN, arch=arch, pretrained=str(path), depth=0)
     assert 'visual.ln_post.bias' in msg and 'CLIPSTAN' in msg and 'load_from' in msg
     assert 'strict=False' not in msg
     # a key of neither tower: the file is not an image tower alone, so it is named first
     sd['head.fc.weight'] = torch.zeros(2)
     torch.save(sd, path)
-    with pytest.raises(CLIPKeysMismatchError) as err:
-        build_clip_vision(arch, path)
-    msg = str(err.value)
+    msg = raised(CLIPKeysMismatchError, build_clip_vision, arch, path)
     assert str(path) in msg and '1 keys of neither CLIP tower [head.fc.weight]' in msg
     assert 'not CLIP weights' in msg and 'strict=False' in msg
     # strict=False loads the rest: only ln_post.bias keeps its init (zeros)
@@ -307,15 +308,17 @@ def test_hf_vision_model_without_projection_is_refused(tmp_path, src, prefixed):
         hf = {k[len('vision_model.'):]: v for k, v in hf.items()}
     path = tmp_path / 'clip_vision_model.bin'
     torch.save(hf, path)
-    with pytest.raises(CLIPArchMismatchError) as err:
-        CLIPSTAN(arch=None, pretrained=str(path), depth=0)
-    msg = str(err.value)
-    assert str(path) in msg and 'no output projection' in msg
-    assert 'CLIPVisionModelWithProjection' in msg
-    with pytest.raises(CLIPArchMismatchError, match='no output projection'):
-        build_clip_vision(T.tiny_clip_cfg(**INFERABLE), path)
+    arch = T.tiny_clip_cfg(**INFERABLE)
+    # CLIPSTAN has no strict option: with or without arch, its error does not suggest one
+    for a in (None, arch):
+        msg = raised(CLIPArchMismatchError, CLIPSTAN, arch=a, pretrained=str(path), depth=0)
+        assert str(path) in msg and 'no output projection' in msg, msg
+        assert 'CLIPVisionModelWithProjection' in msg and 'CLIPSTAN' in msg, msg
+        assert 'strict=False' not in msg, msg
+    msg = raised(CLIPArchMismatchError, build_clip_vision, arch, path)
+    assert 'no output projection' in msg and 'strict=False' in msg, msg
     # with arch and strict=False the projection starts from random weights (warned)
-    visual = build_clip_vision(T.tiny_clip_cfg(**INFERABLE), path, strict=False)
+    visual = build_clip_vision(arch, path, strict=False)
     assert torch.equal(visual.conv1.weight, src.visual.conv1.weight)
 
 
@@ -369,6 +372,20 @@ def test_full_files_still_go_through_build_clip(tmp_path, src, frames):
     torch.save(sd, tmp_path / 'damaged_text.pt')
     with pytest.raises(CLIPKeysMismatchError, match='ln_final.bias'):
         build_clip_vision(pretrained=tmp_path / 'damaged_text.pt')
+    # a text tower too damaged to read the architecture from: the error says what each
+    # caller takes (CLIPSTAN: the image tower alone as well)
+    del sd['ln_final.weight']
+    path = tmp_path / 'no_ln_final.pt'
+    torch.save(sd, path)
+    def clipstan(pretrained):
+        return CLIPSTAN(arch=None, pretrained=pretrained, depth=0)
+
+    either = 'takes full CLIP weights, or the image tower alone'
+    for build, takes in ((build_clip, 'build_clip takes CLIP weights with both towers'),
+                         (build_clip_vision, f'build_clip_vision {either}'),
+                         (clipstan, f'CLIPSTAN (pretrained=...) {either}')):
+        msg = raised(CLIPArchMismatchError, build, pretrained=str(path))
+        assert str(path) in msg and 'ln_final.weight' in msg and takes in msg, msg
 
 
 # ------------------------------------------------------------------ vision arch, full file

@@ -872,8 +872,11 @@ def test_clip_to_mm_round_trip(setup, capsys):
     # so arch=None rebuilds the GELU model (no 'use as' hint, no QuickGELU default)
     single = out + '.pth'
     assert tool.main([src, single, '--arch', json.dumps(tiny_clip_cfg(quick_gelu=False))]) == 0
-    use_as = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('use as')]
+    printed = capsys.readouterr().out
+    use_as = [ln for ln in printed.splitlines() if ln.startswith('use as')]
     assert use_as and 'arch=' not in use_as[0]
+    assert '(CLIPSTAN / STANRetriever / CLIPTextEncoder; not load_from)' in use_as[0]
+    assert 'WARNING' not in printed                           # CLIP's BPE vocabulary
     loaded = build_clip(pretrained=single).eval()
     assert loaded.clip_cfg['quick_gelu'] is False
     with torch.no_grad():
@@ -894,6 +897,31 @@ def test_clip_to_mm_refuses_a_model_checkpoint(setup, tmp_path, capsys):
     assert 'retrieval.pth: this is a model checkpoint' in err and 'load_from' in err
     with pytest.raises(ValueError, match='a model checkpoint .stan-mm or MMAction2'):
         build_clip(pretrained=path)
+
+
+def test_clip_to_mm_names_a_text_tower_of_another_tokenizer(tmp_path, capsys):
+    """A text vocabulary that is not CLIP BPE's (a CLIP trained with another tokenizer):
+    the converter still writes the checkpoint, but warns and says it serves CLIPSTAN
+    only, since the text users refuse it."""
+    from stan_mm.models.clip import CLIPArchMismatchError, CLIPTextEncoder
+    src = tiny_clip(seed=21, vision_width=128, vision_head_width=64, text_width=64,
+                    text_heads=1, text_vocab_size=1000)
+    path, out = str(tmp_path / 'xlmv_clip.pt'), str(tmp_path / 'mm.pth')
+    save_open_clip(src, path)
+    tool = load_tool('tools/convert/clip_to_mm.py')
+    assert tool.main([path, out, '--quick-gelu']) == 0
+    printed = capsys.readouterr().out
+    use_as = [ln for ln in printed.splitlines() if ln.startswith('use as')]
+    assert use_as and '(CLIPSTAN only' in use_as[0], printed
+    assert 'STANRetriever' not in use_as[0] and 'CLIPTextEncoder' not in use_as[0], printed
+    warning = [ln for ln in printed.splitlines() if ln.startswith('WARNING:')]
+    assert len(warning) == 1 and 'vocabulary of 1,000 tokens' in warning[0], printed
+    assert '49,408' in warning[0] and 'CLIPTextEncoder' in warning[0], printed
+    # what the report says: the text users refuse the written file, CLIPSTAN takes it
+    with pytest.raises(CLIPArchMismatchError, match='vocabulary of 1,000 tokens'):
+        CLIPTextEncoder(pretrained=out)
+    backbone = MODELS.build(dict(type='CLIPSTAN', arch=None, pretrained=out, depth=0))
+    torch.testing.assert_close(backbone.visual.conv1.weight, src.visual.conv1.weight)
 
 
 def test_text_embeddings_follow_the_pipelines_truncation_rule(setup):

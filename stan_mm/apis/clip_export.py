@@ -1,5 +1,6 @@
-"""CLIP weights in any supported layout -> one stan-mm CLIP checkpoint (``tools/convert/
-clip_to_mm.py``).
+"""Full CLIP weights (both towers) in any supported layout -> one stan-mm CLIP checkpoint
+(``tools/convert/clip_to_mm.py``). Weights of the image tower alone are refused (they go
+to ``CLIPSTAN``'s ``pretrained=`` as they are).
 
 Output (``OUT.pth`` / ``OUT.pt``): ``torch.save`` of::
 
@@ -17,7 +18,10 @@ architecture and the activation stated, nothing inferred.
 
 Both are CLIP weights: use them as ``pretrained=`` (``CLIPSTAN``, ``STANRetriever``,
 ``CLIPTextEncoder``), not as ``load_from``: the STAN branch's spatial blocks are copies of
-CLIP blocks made when the model is built, which only ``pretrained`` does.
+CLIP blocks made when the model is built, which only ``pretrained`` does. A text tower
+whose vocabulary is not CLIP BPE's (:data:`~stan_mm.models.clip.builder.
+CLIP_BPE_VOCAB_SIZE` ids; a CLIP trained with another tokenizer) is converted too, but the
+text users refuse it: the report warns and names ``CLIPSTAN`` alone.
 """
 import json
 import os
@@ -27,6 +31,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
+from stan_mm.models.clip.builder import CLIP_BPE_VOCAB_SIZE
 from stan_mm.models.clip.checkpoint import CLIP_TO_MM as CONVERTER
 FILE_SUFFIXES = ('.pth', '.pt')
 
@@ -76,12 +81,19 @@ class ClipExportReport:
         use = f"pretrained='{self.out}'"
         if self.arch_hint is not None:
             use = f'arch={self.arch_hint!r}, ' + use
-        lines.append(f'use as:        {use}  (CLIPSTAN / STANRetriever / CLIPTextEncoder; '
-                     f'not load_from)')
+        users = ('CLIPSTAN / STANRetriever / CLIPTextEncoder' if _has_clip_bpe_vocab(c) else
+                 'CLIPSTAN only: the text tower is not CLIP BPE\'s')
+        lines.append(f'use as:        {use}  ({users}; not load_from)')
         if self.load_note:
             lines.append(f'note:          {self.load_note}')
         lines += [f'WARNING: {w}' for w in self.warnings]
         return '\n'.join(lines)
+
+
+def _has_clip_bpe_vocab(cfg: Dict) -> bool:
+    """Whether the text tower of clip_cfg ``cfg`` has CLIP BPE's vocabulary, which the text
+    users (``STANRetriever``, ``CLIPTextEncoder``) require of loaded weights."""
+    return cfg['text_cfg']['vocab_size'] == CLIP_BPE_VOCAB_SIZE
 
 
 def _activation_reason(quick_gelu, arch, arch_cfg, ckpt):
@@ -217,6 +229,14 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     report.load_note = _check_reload(out, sd, cfg)
     if report.load_note:
         report.arch_hint = _arch_hint(cfg, same)
+    if not _has_clip_bpe_vocab(cfg):
+        report.warnings.append(
+            f'the text tower has a vocabulary of {cfg["text_cfg"]["vocab_size"]:,} tokens, '
+            f'not the {CLIP_BPE_VOCAB_SIZE:,} of CLIP\'s BPE tokenizer, which stan-mm '
+            f'tokenizes text with: this model was trained with another tokenizer '
+            f'(multilingual CLIPs such as MetaCLIP worldwide use XLM-V), so STANRetriever '
+            f'and CLIPTextEncoder refuse this checkpoint; its image tower serves '
+            f'CLIPSTAN(pretrained=...) for recognition.')
     if guessed and cfg['quick_gelu']:
         report.warnings.append(
             'the source does not say which activation it was trained with; QuickGELU '

@@ -6,12 +6,13 @@
     python tools/convert/clip_to_mm.py IN OUT_FOLDER          # open_clip folder layout
 
 Input: an OpenAI release (state dict or TorchScript archive), an open_clip file or folder,
-or a HuggingFace CLIP folder or weights file; the architecture is read from the weights
+or a HuggingFace CLIP folder or weights file, with both towers; the architecture is read from the weights
 (or --arch), the activation by the rule of stan_mm/models/clip/builder.py (--quick-gelu /
 --gelu force it). Output (see docs/weights.md): OUT.pth / OUT.pt = {'state_dict': open_clip
 layout, fp32, 'meta': {'clip_cfg': the full architecture, source, ...}}; any other OUT = an
 open_clip folder (open_clip_config.json + open_clip_model.safetensors). Use the result as
-pretrained= of CLIPSTAN / STANRetriever / CLIPTextEncoder (not as load_from).
+pretrained= of CLIPSTAN / STANRetriever / CLIPTextEncoder (not as load_from); a text
+tower with another vocabulary than CLIP BPE's is reported, and serves CLIPSTAN only.
 
 Prints a report: architecture, activation and why, parameter counts, source layout, keys.
 """

@@ -16,12 +16,16 @@ LAYOUTS = ('auto', 'NCTHW', 'NTCHW')
 STRUCTURES = ('branch', 'posterior')
 
 
-def build_clip_visual(arch, pretrained: Optional[str], precision: str = 'fp32',
-                      quick_gelu: Optional[bool] = None) -> nn.Module:
-    """open_clip ``VisionTransformer`` from :func:`stan_mm.models.clip.build_clip_vision`:
-    ``build_clip(...).visual`` for full CLIP weights (or none), the image tower built and
-    loaded alone for weights that hold only it (no text tower needed here). Loading is
-    strict; the errors name CLIPSTAN, which has no ``strict`` option."""
+def _build_visual_tower(arch, pretrained: Optional[str], precision: str = 'fp32',
+                        quick_gelu: Optional[bool] = None) -> nn.Module:
+    """The open_clip ``VisionTransformer`` ``CLIPSTAN.__init__`` builds:
+    :func:`stan_mm.models.clip.build_clip_vision` with loading strict and the errors naming
+    CLIPSTAN, which has no ``strict`` option.
+
+    The one place CLIPSTAN builds its CLIP tower, kept a module-level function so that
+    ``STANRetriever`` can replace it while it builds its video tower
+    (``stan_mm.models.retrievers.stan_retriever._reuse_clip_visual``: the video tower then
+    takes the image tower of the retriever's own CLIP instead of building a second one)."""
     from stan_mm.models.clip import build_clip_vision  # lazy: avoids an import cycle
     return build_clip_vision(arch, pretrained, precision=precision, quick_gelu=quick_gelu,
                              loaded_by='CLIPSTAN (pretrained=...)')
@@ -136,7 +140,10 @@ class CLIPSTAN(BaseModule):
 
     Args:
         arch: CLIP architecture: open_clip name (``'ViT-B-16'``), OpenAI spelling
-            (``'ViT-B/16'``), a clip_cfg dict, or ``None`` to infer it from ``pretrained``.
+            (``'ViT-B/16'``), a clip_cfg dict (full, or of the image tower alone:
+            ``{'embed_dim', 'vision_cfg', 'quick_gelu'?}`` without ``text_cfg``, which
+            builds and loads only the image tower, also from full CLIP weights), or
+            ``None`` to infer it from ``pretrained``.
         pretrained: local CLIP weights (OpenAI, open_clip or HuggingFace layout) or None
             (random init); weights of the image tower alone do too (``visual.*`` keys, an
             open_clip ``model.visual`` state dict, HF ``CLIPVisionModelWithProjection``).
@@ -178,8 +185,9 @@ class CLIPSTAN(BaseModule):
             mode in ``train()``; a frozen prefix of CLIP runs under ``no_grad``.
         input_layout: ``'NCTHW'`` (Recognizer3D), ``'NTCHW'`` (retrieval) or ``'auto'``
             (decided by which of dims 1 and 2 equals 3; ambiguous shapes raise).
-        precision: passed to ``build_clip`` (``'fp32'``, ``'fp16'``, ``'bf16'``).
-        quick_gelu: force CLIP's activation (default: ``build_clip``'s rule).
+        precision: passed to ``build_clip_vision`` (``'fp32'``, ``'fp16'``, ``'bf16'``).
+        quick_gelu: force CLIP's activation (default: ``build_clip_vision``'s rule, that of
+            ``build_clip``).
         pos_embed_init_std: random init only (``pretrained=None``): draw CLIP's positional
             embedding ``[1+P, D]`` from N(0, std) instead of open_clip's N(0, D^-0.5).
             The branch reads patch positions from this table; at open_clip's scale a
@@ -233,7 +241,7 @@ class CLIPSTAN(BaseModule):
         self.frozen_stages = frozen_stages
         self.freeze_clip = freeze_clip
 
-        self.visual = build_clip_visual(arch, pretrained, precision, quick_gelu)
+        self.visual = _build_visual_tower(arch, pretrained, precision, quick_gelu)
         check_vision_tower(self.visual)
         if pos_embed_init_std is not None:
             self._reinit_pos_embed(pos_embed_init_std, pretrained)

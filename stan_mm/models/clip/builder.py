@@ -154,17 +154,17 @@ def require_clip_bpe_vocab(clip: torch.nn.Module, pretrained, user: str) -> None
             f'CLIPSTAN(pretrained=...) for recognition.')
 
 
-def _weights_cfg(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) -> Dict:
-    require_text_tower(ckpt, needed_by)
+def _weights_cfg(ckpt: ClipCheckpoint, takes: str) -> Dict:
+    """The clip_cfg of both towers inferred from ``ckpt``, which holds a text tower (the
+    callers check it with :func:`require_text_tower`). ``takes``, in the error: which
+    weights the caller takes (``'build_clip takes CLIP weights with both towers'``)."""
     try:
         return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads, source=ckpt.path)
     except (KeyError, ValueError) as e:
         from stan_mm.utils.cli import describe
-        reason = describe(e)
         raise CLIPArchMismatchError(
-            f'{ckpt.path}: {reason}. `pretrained` takes CLIP weights with both towers (a '
-            'trained stan-mm / MMAction2 checkpoint goes to load_from, or to tools/test.py '
-            'as CKPT)') from e
+            f'{ckpt.path}: {describe(e)}. {takes} (a trained stan-mm / MMAction2 checkpoint '
+            'goes to load_from, or to tools/test.py as CKPT)') from e
 
 
 def load_clip_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Dict]:
@@ -175,7 +175,8 @@ def load_clip_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Dict]:
     file gives none (rule 5 of the module docstring).
     """
     ckpt = read_clip_checkpoint(path)
-    cfg = _weights_cfg(ckpt, 'load_clip_state_dict (it returns the clip_cfg of both towers)')
+    require_text_tower(ckpt, 'load_clip_state_dict (it returns the clip_cfg of both towers)')
+    cfg = _weights_cfg(ckpt, 'load_clip_state_dict takes CLIP weights with both towers')
     cfg['quick_gelu'] = DEFAULT_QUICK_GELU if ckpt.quick_gelu is None else ckpt.quick_gelu
     return ckpt.state_dict, cfg
 
@@ -336,7 +337,9 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
     ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
     if ckpt is not None:
         require_text_tower(ckpt, needed_by)
-    return _build_full_clip(arch, ckpt, precision, strict, quick_gelu)
+    return _build_full_clip(arch, ckpt, precision, strict, quick_gelu,
+                            takes=f'{needed_by or "build_clip"} takes CLIP weights with both '
+                            'towers')
 
 
 def _check_args(fn: str, arch, pretrained, precision: str) -> None:
@@ -350,8 +353,10 @@ def _check_args(fn: str, arch, pretrained, precision: str) -> None:
 
 
 def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, strict: bool,
-                     quick_gelu: Optional[bool], loaded_by: Optional[str] = None):
-    """``build_clip`` after its checks, on weights already read (or none)."""
+                     quick_gelu: Optional[bool], takes: str,
+                     loaded_by: Optional[str] = None):
+    """``build_clip`` after its checks, on weights already read (or none) that hold a text
+    tower; ``takes`` as :func:`_weights_cfg`, ``loaded_by`` as :func:`_load_weights`."""
     from open_clip.model import CLIP
     arch_cfg = None
     if arch is not None:
@@ -360,7 +365,7 @@ def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, stric
             _check_agreement(arch, arch_cfg, ckpt)
         cfg = arch_cfg
     else:
-        cfg, desc = _weights_cfg(ckpt), 'inferred from the weights'
+        cfg, desc = _weights_cfg(ckpt, takes), 'inferred from the weights'
 
     activation = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
     q = activation[0]
@@ -377,7 +382,9 @@ def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, stric
 # ---------------------------------------------------------------------------------------
 # the image tower alone
 # ---------------------------------------------------------------------------------------
-def _refuse_no_projection(ckpt: ClipCheckpoint) -> None:
+def _refuse_no_projection(ckpt: ClipCheckpoint, loaded_by: Optional[str] = None) -> None:
+    """Refuse an image tower without ``visual.proj``; ``loaded_by`` as
+    :func:`_load_weights` (named, and no ``strict=False`` advice)."""
     if 'visual.proj' in ckpt.state_dict:
         return
     raise CLIPArchMismatchError(
@@ -385,13 +392,14 @@ def _refuse_no_projection(ckpt: ClipCheckpoint) -> None:
         f'(visual.proj; HuggingFace: visual_projection.weight). A HuggingFace '
         f'CLIPVisionModel checkpoint leaves it out (CLIPVisionModelWithProjection and '
         f'CLIPModel keep it). STAN\'s video embedding [N, E] is CLIP\'s projected embedding '
-        f'and embed_dim E is read from the projection, so it is needed: use the '
-        f'CLIPVisionModelWithProjection or full CLIP weights of the same model (or pass '
-        f'arch and strict=False to start the projection from random weights).')
+        f'and embed_dim E is read from the projection, so {loaded_by or "it"} needs it: use '
+        f'the CLIPVisionModelWithProjection or full CLIP weights of the same model' + (
+            ' (or pass arch and strict=False to start the projection from random weights).'
+            if loaded_by is None else '.'))
 
 
-def _vision_weights_cfg(ckpt: ClipCheckpoint) -> Dict:
-    _refuse_no_projection(ckpt)
+def _vision_weights_cfg(ckpt: ClipCheckpoint, loaded_by: Optional[str] = None) -> Dict:
+    _refuse_no_projection(ckpt, loaded_by)
     try:
         return infer_vision_cfg(ckpt.state_dict, vision_heads=ckpt.vision_heads,
                                 source=ckpt.path)
@@ -466,7 +474,9 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
     _check_args('build_clip_vision', arch, pretrained, precision)
     ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
     if not is_vision_only_arch(arch) and (ckpt is None or ckpt.has_text_tower):
-        return _build_full_clip(arch, ckpt, precision, strict, quick_gelu,
+        takes = (f'{loaded_by or "build_clip_vision"} takes full CLIP weights, or the '
+                 'image tower alone')
+        return _build_full_clip(arch, ckpt, precision, strict, quick_gelu, takes,
                                 loaded_by).visual
 
     from open_clip.model import _build_vision_tower
@@ -480,11 +490,12 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
         arch_cfg, desc = resolve_vision_arch(arch)
         if ckpt is not None:
             if strict:
-                _refuse_no_projection(ckpt)
+                _refuse_no_projection(ckpt, loaded_by)
             _check_agreement(arch, arch_cfg, ckpt, vision_only=True)
         cfg = arch_cfg
     else:
-        cfg, desc = _vision_weights_cfg(ckpt), 'inferred from the image tower weights'
+        cfg, desc = (_vision_weights_cfg(ckpt, loaded_by),
+                     'inferred from the image tower weights')
     activation = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
     q = activation[0]
     cfg = dict(embed_dim=cfg['embed_dim'], quick_gelu=q, vision_cfg=dict(cfg['vision_cfg']))

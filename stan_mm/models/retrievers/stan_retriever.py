@@ -33,14 +33,14 @@ def _reuse_clip_visual(clip: nn.Module) -> Iterator[None]:
     """While active, ``CLIPSTAN.__init__`` takes ``clip.visual`` instead of building a CLIP.
 
     Temporary bridge until ``CLIPSTAN`` accepts an already built CLIP (``clip_model=``);
-    it replaces ``clip_stan.build_clip_visual``, the one place CLIPSTAN builds its tower."""
+    it replaces ``clip_stan._build_visual_tower``, the one place CLIPSTAN builds its tower."""
     from ..backbones import clip_stan
-    original = clip_stan.build_clip_visual
-    clip_stan.build_clip_visual = lambda *args, **kwargs: clip.visual
+    original = clip_stan._build_visual_tower
+    clip_stan._build_visual_tower = lambda *args, **kwargs: clip.visual
     try:
         yield
     finally:
-        clip_stan.build_clip_visual = original
+        clip_stan._build_visual_tower = original
 
 
 def build_video_tower(cfg: dict, clip: nn.Module, pretrained: Optional[str] = None
