@@ -244,6 +244,44 @@ def test_sampler_seed_of_the_interrupted_run_is_restored(tmp_path):
     assert 'seed set back to' in resumed['log']
 
 
+def test_sampler_seed_is_restored_from_an_epoch_checkpoint_too(tmp_path):
+    """randomness.seed unset, stopped 2 batches into epoch 3, resumed from epoch_2.pth:
+    mmengine gives the runner (hence EpochSeedHook's augmentation seeds) the checkpoint's
+    seed back, and the loop gives it to the sampler as well, so epoch 3 starts with the
+    interrupted run's batches, augmented as there, as from an iteration checkpoint."""
+    stopped = train(make_runner(tmp_path / 'stopped', stop_after=2 * PER_EPOCH + 2,
+                                seed=None, by_epoch=True))
+    resumed = train(make_runner(tmp_path / 'resumed', seed=None, by_epoch=True,
+                                resume_from=tmp_path / 'stopped' / 'epoch_2.pth'))
+    assert [s[0] for s in resumed['seen']][:2] == [2 * PER_EPOCH + 1, 2 * PER_EPOCH + 2]
+    assert [s[3] for s in resumed['seen'][:2]] == [s[3] for s in stopped['seen'][-2:]]
+    for got, want in zip(resumed['seen'][:2], stopped['seen'][-2:]):
+        assert torch.equal(got[4], want[4]), got[0]
+    assert 'seed set back to' in resumed['log']
+
+
+def test_plan_gives_the_sampler_its_seed_back_wherever_the_checkpoint_is():
+    """The stored sampler seed comes back inside an epoch, at an epoch boundary (also with
+    another batch size) and where the loop falls back; not with another world size (other
+    shards) nor from a checkpoint without the loop's record."""
+    at_end = dict(batches_per_epoch=6, batch_size=2, world_size=1, sampler_seed=7, epoch=0,
+                  epoch_start_iter=0)
+    inside = dict(at_end, epoch=1, epoch_start_iter=6)
+
+    def seed_after(saved, it, batch_size=BATCH):
+        loader = toy_loader(batch_size)
+        planned(loader, it, 1, saved)
+        return loader.sampler.seed
+    assert seed_after(inside, 8) == 7
+    assert seed_after(at_end, 6) == 7
+    assert seed_after(at_end, 6, batch_size=3) == 7
+    assert seed_after(inside, 8, batch_size=3) == 7          # falls back: batch size
+    assert seed_after(dict(at_end, world_size=2), 6) == 0
+    assert seed_after(dict(inside, world_size=2), 8) == 0
+    assert seed_after(dict(batches_per_epoch=6, batch_size=2, world_size=1,
+                           sampler_seed=7), 6) == 0
+
+
 # ------------------------------------------------------------ no mid-epoch resume
 def test_without_mid_epoch_resume_it_is_mmengines_loop(tmp_path, uninterrupted):
     """Uninterrupted, and resumed from an epoch checkpoint: the same batches and weights as
@@ -271,15 +309,17 @@ def test_unsupported_sampler_falls_back_with_a_warning(tmp_path):
     _, resumed = stop_and_resume(tmp_path, sampler=dict(type='_FreshShuffle'))
     assert 'ResumableEpochBasedTrainLoop: resumed at iteration 8, inside epoch 2, but its ' \
         'sampler test_mid_epoch_resume._FreshShuffle is not known' in resumed['log']
-    assert "Falling back to mmengine's behaviour" in resumed['log']
+    assert 'Falling back: the epoch restarts at its first batch, as with mmengine\'s ' \
+        'EpochBasedTrainLoop: its iterations done before the checkpoint are trained again ' \
+        'and the run ends 2 iterations past its schedule' in resumed['log']
     assert [s[1] for s in resumed['seen']][:PER_EPOCH] == list(range(PER_EPOCH))
     assert resumed['iter'] == TOTAL + 2                       # 2 batches trained again
 
 
 # ------------------------------------------- checkpoints without the loop's order record
-NO_RECORD = ('but the checkpoint has no record of its batches and sampler order (it predates '
-             'ResumableEpochBasedTrainLoop\'s record or was not written by '
-             'ResumableEpochBasedTrainLoop')
+NO_RECORD = ('but the checkpoint has no record of its batches and sampler order (it was not '
+             'written by ResumableEpochBasedTrainLoop but e.g. by mmengine\'s '
+             'EpochBasedTrainLoop, the stan-mm configs\' loop before it)')
 
 
 @pytest.mark.parametrize('seeds', [(None, 5), (0, 1)], ids=['seed_unset', 'other_seed'])
@@ -302,7 +342,9 @@ def test_checkpoint_of_mmengines_loop_is_resumed_as_mmengine_does(tmp_path, seed
     assert same_state(ours['state'], mm['state']) and ours['iter'] == TOTAL + 2
     assert 'ResumableEpochBasedTrainLoop: resumed at iteration 8, which at this run\'s 6 ' \
         'batches per epoch is 2 batches into epoch 2, ' + NO_RECORD in ours['log']
-    assert 'Epoch 2 restarts at its first batch' in ours['log']
+    assert 'Saved inside that epoch: the epoch restarts at its first batch, as with ' \
+        'mmengine\'s EpochBasedTrainLoop: its iterations done before the checkpoint are ' \
+        'trained again and the run ends 2 iterations past its schedule' in ours['log']
     assert 'continuing at batch' not in ours['log'] and 'seed set back' not in ours['log']
 
 
@@ -334,9 +376,11 @@ def test_epoch_checkpoint_resumed_with_another_batch_size_is_mmengines(tmp_path)
                 'run ends at iteration 14 instead of 12' in ours['log']
 
 
-def planned(loader, it, epoch, saved):
+def planned(loader, it, epoch, saved, with_hook=False):
     """What ``_plan_resume`` decides for a loop over ``loader`` resumed at (iteration,
-    epoch) with ``saved`` in the message hub: (batches skipped, [(level, message)])."""
+    epoch) with ``saved`` in the message hub: (batches skipped, [(level, message)]);
+    ``with_hook``: then what ``AtomicCheckpointHook(by_epoch=False)`` says at the start of
+    training (after the loop's plan, as in ``Runner.train``)."""
     from types import SimpleNamespace
     from mmengine.logging import MessageHub
     loop = object.__new__(ResumableEpochBasedTrainLoop)
@@ -349,7 +393,12 @@ def planned(loader, it, epoch, saved):
     logger = SimpleNamespace(warning=lambda m: said.append(('warning', m)),
                              info=lambda m: said.append(('info', m)))
     loop._runner = SimpleNamespace(message_hub=hub, logger=logger)
-    return loop._plan_resume(), said
+    skip = loop._plan_resume()
+    if with_hook:
+        from stan_mm.engine import AtomicCheckpointHook
+        runner = SimpleNamespace(_train_loop=loop, iter=it, epoch=epoch, logger=logger)
+        AtomicCheckpointHook(interval=1, by_epoch=False)._warn_mid_epoch(runner)
+    return skip, said
 
 
 def toy_loader(batch_size=BATCH, sampler=None):
@@ -361,20 +410,20 @@ def toy_loader(batch_size=BATCH, sampler=None):
 
 
 def test_plan_for_checkpoints_with_and_without_the_epoch_record():
-    """The record of an earlier stan-mm (epoch length, no epoch start) still places the
-    checkpoint; this one's places it whatever the epoch length; none: no skip, and a
-    warning only where the iteration falls inside an epoch of this run."""
-    old = dict(batches_per_epoch=6, batch_size=2, world_size=1, sampler_seed=0)
-    assert planned(toy_loader(), 8, 1, old)[0] == 2
-    skip, said = planned(toy_loader(3), 8, 1, old)      # mid-epoch, then batches of 3
+    """The loop's record (the epoch and the iteration it started at) places the checkpoint
+    whatever this run's epoch length; without it (or without its epoch start): no skip,
+    and a warning only where the iteration falls inside an epoch of this run."""
+    order = dict(batches_per_epoch=6, batch_size=2, world_size=1, sampler_seed=0)
+    new = dict(order, epoch=1, epoch_start_iter=6)
+    assert planned(toy_loader(), 8, 1, new)[0] == 2
+    skip, said = planned(toy_loader(3), 8, 1, new)      # mid-epoch, then batches of 3
     assert skip == 0 and 'inside epoch 2, but the checkpoint was saved with 2 batches of ' \
         'that epoch done and the batch size changed (2 -> 3) since' in said[0][1]
-    skip, said = planned(toy_loader(3), 6, 1, old)      # epoch boundary, then batches of 3
-    assert skip == 0 and 'does not fall on an epoch boundary' in said[0][1]
-    new = dict(old, epoch=1, epoch_start_iter=6)
-    assert planned(toy_loader(), 8, 1, new)[0] == 2
+    assert 'the epoch restarts at its first batch' in said[0][1]
+    skip, said = planned(toy_loader(), 8, 1, order)     # order info, no epoch start
+    assert skip == 0 and NO_RECORD in said[0][1]
     assert planned(toy_loader(), 12, 1, new)[0] == 6     # after the epoch's last batch
-    at_end = dict(old, epoch=0, epoch_start_iter=0)      # saved at the end of epoch 1
+    at_end = dict(order, epoch=0, epoch_start_iter=0)    # saved at the end of epoch 1
     assert planned(toy_loader(), 6, 1, at_end) == (0, [])
     # (a best checkpoint of mmengine's CheckpointHook is saved as if at iteration + 1)
     assert planned(toy_loader(), 7, 1, at_end) == (0, [])
@@ -444,6 +493,30 @@ def test_sampler_with_a_varying_epoch_length_is_not_skipped_into():
     assert 'changes from epoch to epoch' in loop.skip_unsupported_reason()
     at_end = dict(saved, epoch=0, epoch_start_iter=0)
     assert planned(loader, per_epoch + 1, 1, at_end) == (0, [])
+
+
+def test_one_warning_per_situation_with_a_varying_epoch_length():
+    """by_epoch=False and a sampler whose epoch length varies: the loop, resuming, and
+    AtomicCheckpointHook, at the start of training, say once between them that an epoch
+    will restart: the loop's fallback is not repeated by the hook (resumed after the last
+    batch of an epoch), and the hook speaks when the loop did not (a fresh run; an epoch
+    checkpoint resumed with another batch size)."""
+    sampler = _twin_sampler([[0, 1], [2, 3], [4], [5], [6, 7], [8]], 0, 2)
+    loader = toy_loader(sampler=sampler)
+    per_epoch = len(loader)
+    assert per_epoch >= 2
+    inside = dict(batches_per_epoch=per_epoch, batch_size=BATCH, world_size=1,
+                  sampler_seed=0, epoch=1, epoch_start_iter=per_epoch)
+    hook_says = 'AtomicCheckpointHook: by_epoch=False, but ResumableEpochBasedTrainLoop ' \
+        'cannot continue an epoch here: the number of samples per epoch'
+    for it, saved, who in ((2 * per_epoch, inside, 'ResumableEpochBasedTrainLoop: resumed'),
+                           (per_epoch + 1, inside, 'ResumableEpochBasedTrainLoop: resumed'),
+                           (0, None, hook_says),
+                           (per_epoch + 1, dict(inside, epoch=0, epoch_start_iter=0,
+                                                batch_size=3), hook_says)):
+        _, said = planned(loader, it, 1 if it else 0, saved, with_hook=True)
+        assert [lvl for lvl, _ in said] == ['warning'], (it, said)
+        assert said[0][1].startswith(who), (it, said)
 
 
 def test_per_sample_seeding_is_off_with_a_warning_under_an_iteration_loop(tmp_path):
@@ -563,8 +636,9 @@ def test_checkpoint_hook_warns_only_for_mmengines_loop():
     said = []
     logger = SimpleNamespace(warning=said.append, info=said.append)
 
-    def warnings(loop_type, sampler, it=14, epoch=2):
+    def warnings(loop_type, sampler, it=14, epoch=2, loop_warned=False):
         loop = object.__new__(loop_type)
+        loop.warned_epoch_restart = loop_warned
         loop.dataloader = torch.utils.data.DataLoader(list(range(12)), batch_size=2,
                                                       sampler=sampler)
         said.clear()
@@ -581,7 +655,9 @@ def test_checkpoint_hook_warns_only_for_mmengines_loop():
     got = warnings(ResumableEpochBasedTrainLoop, fresh, it=12)
     assert len(got) == 1 and 'cannot continue an epoch here: its sampler ' \
         'torch.utils.data.sampler.RandomSampler is not known' in got[0]
-    assert warnings(ResumableEpochBasedTrainLoop, fresh) == []   # resumed: the loop says
+    got = warnings(ResumableEpochBasedTrainLoop, fresh)          # the loop did not warn
+    assert len(got) == 1 and 'cannot continue an epoch here' in got[0]
+    assert warnings(ResumableEpochBasedTrainLoop, fresh, loop_warned=True) == []
 
 
 # ------------------------------------------------------------------ end to end, SIGKILL

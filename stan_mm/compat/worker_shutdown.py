@@ -17,12 +17,16 @@ a sweep of runs). At interpreter exit there is no delay (torch skips the shutdow
 not slower; it now stops its workers before it exits instead of having them killed there.
 
 The fix wraps ``Runner.train``, ``Runner.val`` and ``Runner.test``: when one returns or
-raises, :func:`shutdown_loader_workers` stops the worker processes of the runner's built
-loops (train, val, test) in order, and the loaders start fresh workers if they are
-iterated again. Batches, seeds and results are unchanged (nothing runs before the run
-ends); loops never built, loaders never iterated and ``num_workers=0`` are left alone; each
-rank stops its own workers, no collective is involved (DDP); a failure to stop them is
-logged and never hides the run's own exception.
+raises, :func:`shutdown_loader_workers` stops the worker processes of the iterators the
+runner's built loops (train, val, test) keep open: a persistent loader's
+(``loader._iterator``) and the endless iterator of an ``IterBasedTrainLoop``; the loaders
+start fresh workers if they are iterated again. A non-persistent loader keeps no iterator:
+its workers stop when its epoch ends, and when the epoch raised its iterator lives in the
+exception's traceback (frames of the loop), out of reach here, until that traceback is
+freed. Batches, seeds and results are unchanged (nothing runs before the run ends); loops
+never built, loaders never iterated and ``num_workers=0`` are left alone; each rank stops
+its own workers, no collective is involved (DDP); a failure to stop them is logged and
+never hides the run's own exception.
 """
 import functools
 import logging
@@ -35,36 +39,37 @@ _MARK = '_stan_mm_worker_shutdown'
 _LOOPS = ('_train_loop', '_val_loop', '_test_loop')   # not the properties: they build loops
 
 
-def _stop(iterator) -> bool:
-    if (not isinstance(iterator, _MultiProcessingDataLoaderIter)
-            or getattr(iterator, '_shutdown', True)):
+def _stop_open_iterator(holder, replacement) -> bool:
+    """Stop the workers of ``holder._iterator`` (a loader, or the endless wrapper of an
+    ``IterBasedTrainLoop``) if it is a multiprocessing iterator, and put ``replacement`` in
+    its place, so that the next iteration starts fresh workers. Returns whether workers were
+    running."""
+    iterator = getattr(holder, '_iterator', None)
+    if not isinstance(iterator, _MultiProcessingDataLoaderIter):
         return False
-    iterator._shutdown_workers()
-    return True
+    running = not getattr(iterator, '_shutdown', True)
+    if running:
+        iterator._shutdown_workers()
+    holder._iterator = replacement
+    return running
 
 
 def shutdown_loader_workers(runner) -> int:
-    """Stop the DataLoader worker processes still running in ``runner``'s built loops
-    (persistent workers, or the open iterator of an ``IterBasedTrainLoop``). Returns how
-    many iterators were stopped. Safe to call more than once."""
+    """Stop the DataLoader worker processes of the iterators ``runner``'s built loops keep
+    open (persistent workers, or the endless iterator of an ``IterBasedTrainLoop``).
+    Returns how many iterators were stopped. Safe to call more than once."""
     stopped = 0
     for name in _LOOPS:
         loop = getattr(runner, name, None)
         if not isinstance(loop, BaseLoop):
             continue
-        loader = getattr(loop, 'dataloader', None)
         try:
-            if _stop(getattr(loader, '_iterator', None)):
-                stopped += 1
-            if isinstance(getattr(loader, '_iterator', None), _MultiProcessingDataLoaderIter):
-                loader._iterator = None         # iterated again: fresh workers
+            # a persistent loader's iterator: iterated again, the loader starts fresh workers
+            stopped += _stop_open_iterator(getattr(loop, 'dataloader', None), None)
             # IterBasedTrainLoop's endless wrapper holds the open iterator of its epoch;
             # left exhausted, its next step starts the loader over (fresh workers)
-            endless = getattr(loop, 'dataloader_iterator', None)
-            if _stop(getattr(endless, '_iterator', None)):
-                stopped += 1
-            if isinstance(getattr(endless, '_iterator', None), _MultiProcessingDataLoaderIter):
-                endless._iterator = iter(())
+            stopped += _stop_open_iterator(getattr(loop, 'dataloader_iterator', None),
+                                           iter(()))
         except Exception as exc:   # never hide what the run itself raised
             print_log(f'could not stop the DataLoader workers of {name[1:]}: '
                       f'{type(exc).__name__}: {exc}', logger='current', level=logging.WARNING)

@@ -157,38 +157,37 @@ class AtomicCheckpointHook(CheckpointHook):
     def _warn_mid_epoch(self, runner) -> None:
         """Iteration checkpoints inside mmengine's ``EpochBasedTrainLoop``: resuming from one
         restarts that epoch at its first batch, so its finished iterations are trained again
-        and the schedule runs past its end. Nothing to say with
+        and the schedule runs past its end. With
         :class:`~stan_mm.engine.loops.ResumableEpochBasedTrainLoop`, which continues the
-        epoch (it warns itself, when resuming, if it cannot)."""
+        epoch, only where its sampler rules that out, and not when this run's resume
+        already made the loop say that it restarts the epoch (one warning per situation)."""
         from mmengine.runner import EpochBasedTrainLoop
-        from .loops import ResumableEpochBasedTrainLoop
+        from .loops import ResumableEpochBasedTrainLoop, epoch_restart_text
         loop = getattr(runner, '_train_loop', None)
         if self.by_epoch or not isinstance(loop, EpochBasedTrainLoop):
             return
-        per_epoch = len(loop.dataloader)
-        done = runner.iter - runner.epoch * per_epoch
         if isinstance(loop, ResumableEpochBasedTrainLoop):
             reason = loop.skip_unsupported_reason()
-            if reason is not None and not 0 < done < per_epoch:  # (resumed: the loop said)
+            if reason is not None and not getattr(loop, 'warned_epoch_restart', False):
                 runner.logger.warning(
                     'AtomicCheckpointHook: by_epoch=False, but ResumableEpochBasedTrainLoop '
-                    f'cannot continue an epoch here: {reason}. A run resumed from a '
-                    'checkpoint inside an epoch will restart that epoch at its first batch')
+                    f'cannot continue an epoch here: {reason}. Resumed from a checkpoint '
+                    f'inside an epoch, {epoch_restart_text()}')
             return
         fix = ("train_cfg=dict(type='ResumableEpochBasedTrainLoop', ...) continues the "
                'epoch instead')
+        per_epoch = len(loop.dataloader)
+        done = runner.iter - runner.epoch * per_epoch
         if 0 < done <= per_epoch:
             runner.logger.warning(
                 f'AtomicCheckpointHook: resumed at iteration {runner.iter}, {done} of the '
-                f'{per_epoch} iterations of epoch {runner.epoch + 1}; mmengine restarts the '
-                'epoch at its first batch, so these are trained again and the run ends '
-                f'{done} iterations past its schedule. Resume from an epoch checkpoint for '
-                f'an exact continuation; {fix}')
+                f'{per_epoch} iterations of epoch {runner.epoch + 1}; '
+                f'{epoch_restart_text(done)}. Resume from an epoch checkpoint for an exact '
+                f'continuation; {fix}')
         else:
             runner.logger.warning(
-                'AtomicCheckpointHook: by_epoch=False in an epoch-based loop. A run resumed '
-                'from a checkpoint inside an epoch restarts that epoch at its first batch '
-                '(mmengine), training its finished iterations again; keep by_epoch=True '
+                'AtomicCheckpointHook: by_epoch=False in an epoch-based loop. Resumed from a '
+                f'checkpoint inside an epoch, {epoch_restart_text()}; keep by_epoch=True '
                 '(checkpoints at epoch ends), use an IterBasedTrainLoop, or ' + fix)
 
     def _save_best_checkpoint(self, runner, metrics) -> None:

@@ -27,25 +27,29 @@ torch's ``RandomSampler``), a sampler whose epoch length varies from epoch to ep
 (``constant_epoch_length = False``: ``TwinGroupSampler`` with groups of unequal size over
 several ranks), a batch sampler other than torch's ``BatchSampler``, a checkpoint whose
 epoch length, batch size or world size differ from this run's, or a checkpoint without the
-loop's record of them (saved by mmengine's ``EpochBasedTrainLoop`` or by an older stan-mm):
-its iteration cannot be placed in an epoch, so nothing is skipped and the run is
-mmengine's, batch for batch.
+loop's record of them (saved by mmengine's ``EpochBasedTrainLoop``, which is what the
+stan-mm configs used before this loop): its iteration cannot be placed in an epoch, so
+nothing is skipped and the run is mmengine's, batch for batch.
 
 Where the checkpoint is: the loop records, with the order information below, the epoch it
 is in and the iteration that epoch started at. A checkpoint saved in the epoch it resumes
 in has done ``iter - epoch start`` of its batches; one saved at the end of the previous
 epoch (an epoch checkpoint) is at an epoch boundary, whatever this run's epoch length
 (resumed with another batch size, world size or dataset, the next epoch starts at its first
-batch as with mmengine's loop, with a warning that the iteration count is offset). (The
-first version of this loop stored the epoch length instead: ``done = iter - epoch * batches
-per epoch``.) A checkpoint without any record: mmengine's behaviour, with a warning where
-its iteration falls inside an epoch at this run's epoch length.
+batch as with mmengine's loop, with a warning that the iteration count is offset). A
+checkpoint without the epoch and its start iteration: mmengine's behaviour, with a warning
+where its iteration falls inside an epoch at this run's epoch length.
 
 The sampler's seed: with ``randomness.seed`` unset mmengine draws a new seed per run and
-builds the sampler before the checkpoint is loaded, so a resumed run would shuffle the
-epoch differently. The loop stores the sampler's seed (with the epoch length, batch size,
-world size, the epoch and the iteration it started at) in the message hub, hence in every
-checkpoint, and a mid-epoch resume gives the sampler the stored seed back.
+builds the sampler before the checkpoint is loaded, so a resumed run would shuffle its
+epochs differently (while mmengine gives the runner, hence ``EpochSeedHook``, the
+checkpoint's seed back). The loop stores the sampler's seed (with the epoch length, batch
+size, world size, the epoch and the iteration it started at) in the message hub, hence in
+every checkpoint. Resumed from a checkpoint with that record, wherever it is (inside an
+epoch, at an epoch boundary, or where the loop falls back to restarting the epoch), the
+loop gives the sampler the stored seed back when the sampler's order is a function of
+``(seed, epoch)`` and the world size is the checkpoint's: the job shuffles its remaining
+epochs as the interrupted run would have, whichever checkpoint it resumes from.
 
 Exactness of what is trained: same samples, same order, same number of iterations. Same
 random augmentation and dropout as well needs ``EpochSeedHook(per_iteration=True)``
@@ -127,6 +131,17 @@ def has_constant_epoch_length(sampler) -> bool:
     return bool(getattr(sampler, 'constant_epoch_length', True))
 
 
+def epoch_restart_text(done: Optional[int] = None) -> str:
+    """What resuming from a checkpoint inside an epoch does with mmengine's
+    ``EpochBasedTrainLoop`` (and with this loop where it falls back): the one wording of
+    that consequence in every warning about it (this loop's and ``AtomicCheckpointHook``'s).
+    ``done``: the epoch's iterations done at the checkpoint, where known."""
+    past = f'{done} iterations' if done else 'as many iterations'
+    return ('the epoch restarts at its first batch, as with mmengine\'s EpochBasedTrainLoop: '
+            'its iterations done before the checkpoint are trained again and the run ends '
+            f'{past} past its schedule')
+
+
 @contextlib.contextmanager
 def skip_first_samples(dataloader, count: int):
     """Within the block, iterating ``dataloader`` skips the first ``count`` indices of its
@@ -152,6 +167,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
+        # this run's resume restarts an epoch and the loop said so (AtomicCheckpointHook
+        # then does not warn again)
+        self.warned_epoch_restart = False
 
     # ---------------------------------------------------------------- what can be skipped
     def _sampler(self):
@@ -201,13 +219,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     world_size=get_world_size(),
                     sampler_seed=seed if isinstance(seed, int) else None)
 
-    def _fallback(self, why: str) -> int:
+    def _fallback(self, why: str, done: Optional[int] = None) -> int:
+        self.warned_epoch_restart = True
         self.runner.logger.warning(
             f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, inside epoch '
-            f'{self._epoch + 1}, but {why}. Falling back to mmengine\'s behaviour: the epoch '
-            'restarts at its first batch, its finished iterations are trained again and the '
-            'run ends past its schedule. Resume from an epoch checkpoint for an exact '
-            'continuation')
+            f'{self._epoch + 1}, but {why}. Falling back: {epoch_restart_text(done)}. '
+            'Resume from an epoch checkpoint for an exact continuation')
         return 0
 
     def _plan_resume(self) -> int:
@@ -224,15 +241,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     def _saved_done(self, saved: dict) -> Optional[int]:
         """Batches of epoch ``self._epoch`` done at the checkpoint, in the run that saved it
         (0: an epoch boundary there); None if the stored info does not tell."""
-        if isinstance(saved.get('epoch'), int) and isinstance(saved.get('epoch_start_iter'),
-                                                              int):
-            if saved['epoch'] != self._epoch:   # saved at the end of an earlier epoch
-                return 0
-            return self._iter - saved['epoch_start_iter']
-        old_len = saved.get('batches_per_epoch')   # (stored by older stan-mm versions)
-        if isinstance(old_len, int) and old_len > 0:
-            return self._iter - self._epoch * old_len
-        return None
+        if not (isinstance(saved.get('epoch'), int)
+                and isinstance(saved.get('epoch_start_iter'), int)):
+            return None
+        if saved['epoch'] != self._epoch:   # saved at the end of an earlier epoch
+            return 0
+        return self._iter - saved['epoch_start_iter']
 
     def _check_resume(self, saved: Optional[dict]) -> int:
         per_epoch = len(self.dataloader)
@@ -240,16 +254,17 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         old_done = self._saved_done(saved) if isinstance(saved, dict) else None
         if old_done is None:
             return self._without_order_info(done, per_epoch)
+        now = self._order_info()
+        if saved.get('world_size') == now['world_size']:   # (wherever the checkpoint is)
+            self._restore_sampler_seed(saved.get('sampler_seed'), now['sampler_seed'])
+        changed = self._changed(saved, now)
         if old_done == 0:   # an epoch boundary of the run that saved it: nothing to skip
-            changed = self._changed(saved, self._order_info())
             if done != 0 and changed and self._length_reason() is None:
                 self._warn_off_boundary(changed, per_epoch)
             return 0
         reason = self._length_reason()
         if reason is not None:
-            return self._fallback(reason)
-        now = self._order_info()
-        changed = self._changed(saved, now)
+            return self._fallback(reason, old_done)
         if changed:
             return self._fallback(
                 f'the checkpoint was saved with {old_done} batches of that epoch done and '
@@ -263,8 +278,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         if done < per_epoch:   # (after the epoch's last batch there is no order to follow)
             reason = self._order_reason()
             if reason is not None:
-                return self._fallback(reason)
-        self._restore_sampler_seed(saved.get('sampler_seed'), now['sampler_seed'])
+                return self._fallback(reason, done)
         if done == per_epoch:
             self.runner.logger.info(
                 f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, after the '
@@ -307,21 +321,22 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             'intervals are offset accordingly')
 
     def _without_order_info(self, done: int, per_epoch: int) -> int:
-        """A checkpoint without the loop's record (mmengine's ``EpochBasedTrainLoop``, an
-        older stan-mm): mmengine's behaviour, no skip; a warning where its iteration would
-        fall inside an epoch of this run."""
+        """A checkpoint without the loop's record (saved by mmengine's
+        ``EpochBasedTrainLoop``, the stan-mm configs' loop before this one): mmengine's
+        behaviour, no skip; a warning where its iteration would fall inside an epoch of this
+        run."""
         if 0 < done <= per_epoch:
+            self.warned_epoch_restart = True
             self.runner.logger.warning(
                 f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, which at '
                 f'this run\'s {per_epoch} batches per epoch is {done} batches into epoch '
                 f'{self._epoch + 1}, but the checkpoint has no record of its batches and '
-                'sampler order (it predates ResumableEpochBasedTrainLoop\'s record or was not '
-                'written by ResumableEpochBasedTrainLoop, e.g. by mmengine\'s '
-                'EpochBasedTrainLoop), so where it stopped in that epoch cannot be checked. '
-                f'Epoch {self._epoch + 1} restarts at its first batch, as with mmengine\'s '
-                'loop: right if the checkpoint was saved at the end of epoch '
-                f'{self._epoch} with another batch size, world size or dataset; otherwise '
-                'the batches it had finished in that epoch are trained again')
+                'sampler order (it was not written by ResumableEpochBasedTrainLoop but e.g. '
+                'by mmengine\'s EpochBasedTrainLoop, the stan-mm configs\' loop before it), '
+                'so where it stopped in that epoch cannot be checked and it is resumed as '
+                'mmengine\'s loop resumes it. Saved inside that epoch: '
+                f'{epoch_restart_text(done)}. Saved at the end of epoch {self._epoch} with '
+                'another batch size, world size or dataset: nothing is trained twice')
         return 0
 
     def _restore_sampler_seed(self, old_seed: Optional[int], seed: Optional[int]) -> None:

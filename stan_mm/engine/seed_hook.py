@@ -16,7 +16,7 @@ gives mmengine's ``worker_init_fn`` that number too, so that fresh (non-persiste
 also draw a different, reproducible stream each epoch instead of the same one every epoch.
 With ``persistent_workers=True`` the workers keep their streams across epochs and a resumed
 run cannot replay them: use ``persistent_workers=False`` (or ``num_workers=0``) for exact
-resumption.
+resumption (per-epoch mode; ``per_iteration=True`` lifts this).
 
 Per epoch is not enough for a run resumed *inside* an epoch (an iteration checkpoint and
 :class:`~stan_mm.engine.loops.ResumableEpochBasedTrainLoop`): at the checkpoint the main
@@ -138,7 +138,8 @@ class SeedEachSample:
 
 @HOOKS.register_module()
 class EpochSeedHook(Hook):
-    """Seed all generators from ``(seed, epoch)`` before every training epoch.
+    """Seed all generators from ``(seed, epoch)`` before every training epoch; with
+    ``per_iteration=True`` also before every training iteration and every training sample.
 
     Example (exact resumption from epoch checkpoints with ``tools/train.py --resume``)::
 
