@@ -566,12 +566,10 @@ def test_ddp_each_rank_continues_its_own_shard(tmp_path):
     weights equal the uninterrupted run's on both ranks."""
     import json
     import os
-    import socket
     import subprocess
     import sys
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    from stan_mm.testing import free_port
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
