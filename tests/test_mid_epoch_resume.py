@@ -146,7 +146,8 @@ def train(runner):
         state.update({f'optim.{group}.{k}': v.clone() for k, v in values.items()})
     logs = glob.glob(osp.join(runner.log_dir, '*.log'))
     log = open(logs[0]).read() if logs else ''
-    return dict(seen=record.seen, state=state, iter=runner.iter, log=log)
+    return dict(seen=record.seen, state=state, iter=runner.iter, log=log,
+                max_iters=runner.max_iters)
 
 
 def same_state(a, b) -> bool:
@@ -181,7 +182,7 @@ def test_resumed_run_trains_the_rest_of_the_epoch_exactly(tmp_path, uninterrupte
     assert [s[0] for s in full['seen']] == list(range(1, TOTAL + 1))
     done = 8
     assert [s[0] for s in resumed['seen']] == list(range(done + 1, TOTAL + 1))
-    assert resumed['iter'] == TOTAL
+    assert resumed['iter'] == resumed['max_iters'] == TOTAL
     # the same dataset indices, batch by batch: none repeated, none missed
     assert [s[3] for s in stopped['seen'][:done] + resumed['seen']] == \
         [s[3] for s in full['seen']]
@@ -280,6 +281,69 @@ def test_plan_gives_the_sampler_its_seed_back_wherever_the_checkpoint_is():
     assert seed_after(dict(inside, world_size=2), 8) == 0
     assert seed_after(dict(batches_per_epoch=6, batch_size=2, world_size=1,
                            sampler_seed=7), 6) == 0
+
+
+def test_checkpoint_after_the_last_batch_resumed_with_another_batch_size(tmp_path):
+    """iter_12.pth (after the last batch of epoch 2, 6 batches of 2) resumed with batches of
+    3 (4 per epoch) is an epoch end, not a checkpoint inside the epoch: epoch 2 is not
+    trained again; the run trains epoch 3 from its first batch as it does from epoch_2.pth
+    (the same state), and says the iteration count is offset (no fallback)."""
+    train(make_runner(tmp_path / 'stopped', stop_after=13))
+    train(make_runner(tmp_path / 'stopped_ep', stop_after=13, by_epoch=True))
+    resumed = train(make_runner(tmp_path / 'resumed', batch_size=3,
+                                resume_from=tmp_path / 'stopped' / 'iter_12.pth'))
+    from_epoch = train(make_runner(tmp_path / 'from_epoch', batch_size=3, by_epoch=True,
+                                   resume_from=tmp_path / 'stopped_ep' / 'epoch_2.pth'))
+    assert [s[0] for s in resumed['seen']] == [13, 14, 15, 16]
+    assert [s[1] for s in resumed['seen']] == [0, 1, 2, 3]
+    assert resumed['iter'] == resumed['max_iters'] == 16
+    assert [s[:4] for s in resumed['seen']] == [s[:4] for s in from_epoch['seen']]
+    assert same_state(resumed['state'], from_epoch['state'])
+    assert 'Falling back' not in resumed['log'] and 'inside epoch' not in resumed['log']
+    assert 'ResumableEpochBasedTrainLoop: resumed at iteration 12, after the last batch of ' \
+        'epoch 2 (the checkpoint was saved there, before the end of the epoch); ending that ' \
+        'epoch (its end-of-epoch hooks and validation) without training a batch, then ' \
+        'epoch 3 is trained from its first batch (nothing is skipped or trained twice). ' \
+        'Iteration 12 does not fall on an epoch boundary of this run\'s epoch length (4 ' \
+        'batches) because the batch size changed (2 -> 3): the iteration count goes on ' \
+        'from 12, so the run ends at iteration 16 instead of 12' in resumed['log']
+    assert open(tmp_path / 'resumed' / 'last_checkpoint').read().endswith('iter_16.pth')
+
+
+def test_plan_of_a_checkpoint_after_the_last_batch_of_an_epoch():
+    """Done batches == the checkpoint's batches per epoch: an epoch end whatever changed
+    (the whole epoch of this run is 'skipped': only its end-of-epoch hooks run), a warning
+    where the iteration is off this run's boundaries, an info line where it is on one; one
+    batch before it, the fallback."""
+    new = dict(batches_per_epoch=6, batch_size=2, world_size=1, sampler_seed=0, epoch=1,
+               epoch_start_iter=6)
+    skip, said = planned(toy_loader(3), 12, 1, new)
+    assert skip == 4 and [lvl for lvl, _ in said] == ['warning']
+    assert 'after the last batch of epoch 2' in said[0][1] and 'Falling' not in said[0][1]
+    # (another batch size, the same epoch length: iteration 12 ends epoch 2 here too)
+    skip, said = planned(toy_loader(), 12, 1, dict(new, batch_size=1))
+    assert skip == 6 and [lvl for lvl, _ in said] == ['info']
+    assert 'after the last batch of epoch 2' in said[0][1]
+    skip, said = planned(toy_loader(3), 11, 1, new)
+    assert skip == 0 and 'Falling back' in said[0][1]
+
+
+def test_max_iters_is_where_the_run_ends_after_a_fallback(tmp_path):
+    """The fallback restarts epoch 1 at iteration 4 (4 of its 6 batches trained again): the
+    run ends at iteration 22, not at mmengine's max_epochs * len(dataloader) = 18. The loop's
+    max_iters says so, hence CheckpointHook saves the last iteration's weights (iter_22.pth,
+    named by last_checkpoint), not iteration 18's as if it were the last."""
+    from stan_mm.compat import safe_torch_load
+    _, resumed = stop_and_resume(tmp_path, ckpt='iter_4.pth',
+                                 sampler=dict(type='_FreshShuffle'))
+    assert 'Falling back' in resumed['log']
+    assert resumed['iter'] == resumed['max_iters'] == TOTAL + 4
+    work = tmp_path / 'resumed'
+    assert open(work / 'last_checkpoint').read().endswith(f'iter_{TOTAL + 4}.pth')
+    assert not (work / f'iter_{TOTAL}.pth').exists()
+    saved = safe_torch_load(str(work / f'iter_{TOTAL + 4}.pth'))
+    assert saved['meta']['iter'] == TOTAL + 4
+    assert all(torch.equal(v, resumed['state'][k]) for k, v in saved['state_dict'].items())
 
 
 # ------------------------------------------------------------ no mid-epoch resume
@@ -386,6 +450,7 @@ def planned(loader, it, epoch, saved, with_hook=False):
     loop = object.__new__(ResumableEpochBasedTrainLoop)
     loop.dataloader = loader
     loop._iter, loop._epoch, loop._max_epochs = it, epoch, EPOCHS
+    loop._max_iters = EPOCHS * len(loader)
     hub = MessageHub.get_instance(f'planned_{next(_names)}')
     if saved is not None:
         hub.update_info(ORDER_KEY, saved)

@@ -25,20 +25,30 @@ Falls back to mmengine's behaviour, with a warning that names the reason, when t
 cannot be reproduced: a sampler not known to draw its order from ``(seed, epoch)`` (e.g.
 torch's ``RandomSampler``), a sampler whose epoch length varies from epoch to epoch
 (``constant_epoch_length = False``: ``TwinGroupSampler`` with groups of unequal size over
-several ranks), a batch sampler other than torch's ``BatchSampler``, a checkpoint whose
-epoch length, batch size or world size differ from this run's, or a checkpoint without the
-loop's record of them (saved by mmengine's ``EpochBasedTrainLoop``, which is what the
-stan-mm configs used before this loop): its iteration cannot be placed in an epoch, so
-nothing is skipped and the run is mmengine's, batch for batch.
+several ranks), a batch sampler other than torch's ``BatchSampler``, a checkpoint saved
+before the last batch of its epoch whose epoch length, batch size or world size differ from
+this run's, or a checkpoint without the loop's record of them (saved by mmengine's
+``EpochBasedTrainLoop``, which is what the stan-mm configs used before this loop): its
+iteration cannot be placed in an epoch, so nothing is skipped and the run is mmengine's,
+batch for batch.
 
 Where the checkpoint is: the loop records, with the order information below, the epoch it
 is in and the iteration that epoch started at. A checkpoint saved in the epoch it resumes
 in has done ``iter - epoch start`` of its batches; one saved at the end of the previous
 epoch (an epoch checkpoint) is at an epoch boundary, whatever this run's epoch length
 (resumed with another batch size, world size or dataset, the next epoch starts at its first
-batch as with mmengine's loop, with a warning that the iteration count is offset). A
+batch as with mmengine's loop, with a warning that the iteration count is offset). One
+saved after the last batch of its epoch (before the epoch's end) ends that epoch without a
+batch (its end-of-epoch hooks, validation), then goes on as from the epoch checkpoint of the
+same state, whatever this run's epoch length (with that warning where it changed). A
 checkpoint without the epoch and its start iteration: mmengine's behaviour, with a warning
 where its iteration falls inside an epoch at this run's epoch length.
+
+The run's end: wherever the resume leaves it (a fallback trains the epoch's first batches
+again; a changed epoch length offsets the count), the loop's ``max_iters`` (hence
+``runner.max_iters``: CheckpointHook's last checkpoint, the ETA) is set to the iteration the
+run really ends at, ``iter - skipped + (max_epochs - epoch) * len(dataloader)``; parameter
+schedulers keep what they were built with.
 
 The sampler's seed: with ``randomness.seed`` unset mmengine draws a new seed per run and
 builds the sampler before the checkpoint is loaded, so a resumed run would shuffle its
@@ -235,8 +245,32 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         skip = 0
         if self._iter > 0 and self._epoch < self._max_epochs:
             skip = self._check_resume(saved)
+            self._set_max_iters(self._iter - skip
+                                + (self._max_epochs - self._epoch) * len(self.dataloader))
         hub.update_info(ORDER_KEY, self._order_info())
         return skip
+
+    def _set_max_iters(self, max_iters: int) -> None:
+        """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *
+        len(dataloader)``, which a resume that restarts an epoch (the fallback) or goes on
+        from an iteration that is no epoch boundary at this run's epoch length misses:
+        ``runner.max_iters`` is what hooks take for the last iteration (CheckpointHook's
+        ``save_last``, the ETA, gradient accumulation's last, partial step). Unchanged by a
+        mid-epoch continuation. Parameter schedulers, built before the resume, are not
+        touched."""
+        max_iters = int(max_iters)
+        if max_iters == self._max_iters:
+            return
+        self._max_iters = max_iters
+        from mmengine.optim import OptimWrapper
+        wrappers = getattr(self.runner, 'optim_wrapper', None)
+        wrappers = (wrappers.values() if hasattr(wrappers, 'values') and
+                    not isinstance(wrappers, OptimWrapper) else [wrappers])
+        for wrapper in wrappers:
+            # (set by Runner.train with the old end; re-counted without its warnings again)
+            if isinstance(wrapper, OptimWrapper) and getattr(wrapper, '_max_counts', -1) >= 0:
+                wrapper._max_counts = max_iters
+                wrapper._remainder_counts = max_iters % wrapper._accumulative_counts
 
     def _saved_done(self, saved: dict) -> Optional[int]:
         """Batches of epoch ``self._epoch`` done at the checkpoint, in the run that saved it
@@ -265,6 +299,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         reason = self._length_reason()
         if reason is not None:
             return self._fallback(reason, old_done)
+        if changed and old_done == saved.get('batches_per_epoch'):
+            # saved after the last batch of the epoch: an epoch end, whatever this run's
+            # epoch length; the epoch is ended without a batch, as at the same length
+            self._end_epoch_off_boundary(changed, per_epoch)
+            return per_epoch
         if changed:
             return self._fallback(
                 f'the checkpoint was saved with {old_done} batches of that epoch done and '
@@ -319,6 +358,28 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             f'{self._iter + (self._max_epochs - self._epoch) * per_epoch} instead of '
             f'{self._max_epochs * per_epoch}, and iteration-based schedules and checkpoint '
             'intervals are offset accordingly')
+
+    def _end_epoch_off_boundary(self, changed: list, per_epoch: int) -> None:
+        """The checkpoint was saved after the last batch of epoch ``self._epoch + 1`` (before
+        its end-of-epoch hooks), and this run's epoch length differs (``changed`` says why):
+        the epoch is ended without a batch, then the next starts at its first batch, as
+        from the epoch checkpoint of the same state."""
+        end = self._iter + (self._max_epochs - self._epoch - 1) * per_epoch
+        what = (f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, after the '
+                f'last batch of epoch {self._epoch + 1} (the checkpoint was saved there, '
+                'before the end of the epoch); ending that epoch (its end-of-epoch hooks and '
+                'validation) without training a batch, then epoch '
+                f'{self._epoch + 2} is trained from its first batch (nothing is skipped or '
+                'trained twice)')
+        if self._iter == (self._epoch + 1) * per_epoch:    # a boundary at this length too
+            self.runner.logger.info(what)
+            return
+        self.runner.logger.warning(
+            f'{what}. Iteration {self._iter} does not fall on an epoch boundary of this '
+            f'run\'s epoch length ({per_epoch} batches) because ' + ' and '.join(changed)
+            + f': the iteration count goes on from {self._iter}, so the run ends at '
+            f'iteration {end} instead of {self._max_epochs * per_epoch}, and '
+            'iteration-based schedules and checkpoint intervals are offset accordingly')
 
     def _without_order_info(self, done: int, per_epoch: int) -> int:
         """A checkpoint without the loop's record (saved by mmengine's
