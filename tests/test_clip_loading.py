@@ -313,6 +313,55 @@ def logged_warnings():
         logger.removeHandler(handler)
 
 
+@contextlib.contextmanager
+def logged_messages():
+    """The messages logged (INFO and above) through mmengine's current logger."""
+    from mmengine.logging import MMLogger
+    logger, records = MMLogger.get_current_instance(), []
+    handler, level = logging.Handler(logging.INFO), logger.level
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_load_line_says_where_the_architecture_came_from(tmp_path):
+    """The build line reads '<what> (architecture ...): loaded/random init ...' for an arch
+    dict, an arch name and an inferred architecture, for both builders."""
+    src = T.tiny_clip(seed=17, **INFERABLE)
+    arch = T.tiny_clip_cfg(**INFERABLE)
+    vision_arch = {k: v for k, v in arch.items() if k != 'text_cfg'}
+    path, vis = tmp_path / 'full.pt', tmp_path / 'visual.pt'
+    T.save_open_clip(src, path)
+    torch.save({k: v for k, v in src.state_dict().items() if k.startswith('visual.')}, vis)
+    cases = [
+        (build_clip, arch, path, 'CLIP (architecture from the arch dict): loaded open_clip '
+                                 f'weights from {path}'),
+        (build_clip, None, path, 'CLIP (architecture inferred from the weights): loaded '
+                                 f'open_clip weights from {path}'),
+        (build_clip_vision, vision_arch, path,
+         'CLIP image tower (architecture from the arch dict): loaded open_clip weights '
+         f'(text tower left out) from {path}'),
+        (build_clip_vision, None, vis,
+         'CLIP image tower (architecture inferred from the image tower weights): loaded '
+         f'open_clip weights (no text tower) from {vis}'),
+        (build_clip, 'ViT-B-32', None, "CLIP (architecture 'ViT-B-32'): random init, "
+                                       'activation GELU'),
+        (build_clip_vision, vision_arch, None,
+         'CLIP image tower (architecture from the arch dict): random init, activation'),
+    ]
+    for build, a, p, expected in cases:
+        with logged_messages() as records:
+            build(a, p)
+        lines = [m for m in records if m.startswith('CLIP')]
+        assert any(m.startswith(expected) for m in lines), (expected, lines)
+        assert not any('the arch dict:' in m or 'tower the ' in m for m in lines), lines
+
+
 def test_heads_guessed_from_the_width_are_warned_with_the_file(tmp_path):
     """No config file and no bundled config with these towers: CLIP's width // 64 heads,
     a guess that is said, with the file and the fix, for each tower (full file and image

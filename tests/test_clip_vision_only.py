@@ -356,6 +356,36 @@ def test_text_tower_users_refuse_vision_only_files(tmp_path, src):
     assert not (tmp_path / 'out.pth').exists()
 
 
+def _stored_keys(path):
+    """The tensor keys of the weights file that ``pretrained=path`` reads, as stored."""
+    import os
+    from safetensors.torch import load_file
+    if os.path.isdir(path):
+        names = [n for n in ('model.safetensors', 'pytorch_model.bin') if (path / n).is_file()]
+        path = path / names[0]
+    sd = load_file(str(path)) if str(path).endswith('.safetensors') else torch.load(path)
+    return [k for k, v in sd.items() if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_text_refusal_names_the_files_own_keys_and_count(tmp_path, src, layout):
+    """The refusal counts and names the tensors as the file stores them: an HF file holds
+    vision_model.* keys (and its own count), not the open_clip names it is converted to."""
+    path = save_vision_only(src, tmp_path, layout)
+    keys = _stored_keys(path)
+    msg = raised(CLIPTextTowerMissingError, build_clip, pretrained=path)
+    count, key = msg.split(' tensors such as ')[0].rsplit(' ', 1)[1], \
+        msg.split(' tensors such as ')[1].split(')')[0]
+    assert int(count) == len(keys), (msg, len(keys))
+    assert key in keys, (msg, keys[:5])
+    if layout.startswith('hf'):
+        assert 'patch_embedding' in key and 'visual.conv1.weight' not in msg, msg
+        # the converted (open_clip) dict has another count: the file's own is the one said
+        assert len(keys) != len(read_clip_checkpoint(path).state_dict), len(keys)
+    else:
+        assert key.endswith('conv1.weight'), msg
+
+
 def test_full_files_still_go_through_build_clip(tmp_path, src, frames):
     """A file with both towers: build_clip_vision is build_clip(...).visual (the text tower
     is checked too: a damaged one is reported)."""

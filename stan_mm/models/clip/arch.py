@@ -176,11 +176,13 @@ def validate_clip_cfg(cfg: Mapping, what: str = 'arch', vision_only: bool = Fals
 
 
 def resolve_arch(arch) -> Tuple[Dict, str]:
-    """``arch`` (name or dict) -> (validated clip_cfg, human-readable description)."""
+    """``arch`` (name or dict) -> (validated clip_cfg, human-readable description:
+    ``architecture 'ViT-B-16'``, ``architecture from the arch dict``)."""
     if isinstance(arch, str):
-        return validate_clip_cfg(arch_from_name(arch), what=f'arch {arch!r}'), repr(arch)
+        return (validate_clip_cfg(arch_from_name(arch), what=f'arch {arch!r}'),
+                f'architecture {arch!r}')
     if isinstance(arch, Mapping):
-        return validate_clip_cfg(arch), 'the arch dict'
+        return validate_clip_cfg(arch), 'architecture from the arch dict'
     raise TypeError(f'arch must be None, an open_clip/OpenAI model name or a clip_cfg dict, '
                     f'got {type(arch).__name__}')
 
@@ -197,7 +199,8 @@ def resolve_vision_arch(arch) -> Tuple[Dict, str]:
     if isinstance(arch, str):
         cfg, desc = resolve_arch(arch)
     elif isinstance(arch, Mapping):
-        cfg, desc = validate_clip_cfg(arch, vision_only=True), 'the arch dict'
+        cfg, desc = (validate_clip_cfg(arch, vision_only=True),
+                     'architecture from the arch dict')
     else:
         raise TypeError(f'arch must be None, an open_clip/OpenAI model name or a clip_cfg '
                         f'dict, got {type(arch).__name__}')

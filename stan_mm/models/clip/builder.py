@@ -106,9 +106,15 @@ def require_text_tower(ckpt: ClipCheckpoint, needed_by: Optional[str] = None) ->
             f'{_describe_stray_keys(ckpt)}. {needed_by or _FULL_CLIP_USER} needs CLIP '
             f'weights with both towers.')
     layout = f'{ckpt.fmt} layout' + (', image tower saved alone' if ckpt.bare_vision else '')
+    if ckpt.file_tensors is not None and ckpt.file_key is not None:
+        held = f'{ckpt.file_tensors} tensors such as {ckpt.file_key}'
+    else:       # a ClipCheckpoint made by hand: only the open_clip names are known
+        names = sorted(ckpt.state_dict)
+        held = (f'{len(names)} image-tower tensors (open_clip names) such as '
+                f'{"visual.conv1.weight" if "visual.conv1.weight" in names else names[0]}')
     raise CLIPTextTowerMissingError(
         f'{ckpt.path}: these CLIP weights hold only the image tower ({layout}, '
-        f'{len(ckpt.state_dict)} tensors such as visual.conv1.weight); the text tower is '
+        f'{held}); the text tower is '
         f'missing, and {needed_by or _FULL_CLIP_USER} needs it. Image-tower-only weights '
         f'serve the recognition backbone CLIPSTAN(pretrained=...) (build_clip_vision); for '
         f'text (STANRetriever, CLIPTextEncoder / TextClassifierHead, '
@@ -273,12 +279,13 @@ def _load_and_log(model: torch.nn.Module, ckpt: Optional[ClipCheckpoint], desc: 
                   loaded_by: Optional[str] = None, what: str = 'CLIP', held: str = '',
                   **load_kw) -> None:
     """Load ``ckpt`` into ``model`` (:func:`_load_weights`; ``None``: random init) and log
-    what was built from what: ``desc`` (where the architecture came from), the file,
+    what was built from what: ``desc`` (where the architecture came from, as
+    :func:`resolve_arch` words it: ``architecture 'ViT-B-16'``), the file,
     ``held`` (what the file holds, when worth saying), the activation and its reason."""
     q, reason, guessed = activation
     act = 'QuickGELU' if q else 'GELU'
     if ckpt is None:
-        print_log(f'{what} {desc}: random init, activation {act} ({reason})',
+        print_log(f'{what} ({desc}): random init, activation {act} ({reason})',
                   logger='current')
         return
     if ckpt.ignored_keys:
@@ -286,7 +293,7 @@ def _load_and_log(model: torch.nn.Module, ckpt: Optional[ClipCheckpoint], desc: 
                   f'weights: [{_list(ckpt.ignored_keys)}]', logger='current',
                   level=logging.WARNING)
     _load_weights(model, ckpt, strict, loaded_by, what=what, **load_kw)
-    print_log(f'{what} {desc}: loaded {ckpt.fmt} weights{held} from {ckpt.weights_file}; '
+    print_log(f'{what} ({desc}): loaded {ckpt.fmt} weights{held} from {ckpt.weights_file}; '
               f'activation {act} ({reason})', logger='current',
               level=logging.WARNING if guessed else logging.INFO)
 
@@ -365,7 +372,7 @@ def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, stric
             _check_agreement(arch, arch_cfg, ckpt)
         cfg = arch_cfg
     else:
-        cfg, desc = _weights_cfg(ckpt, takes), 'inferred from the weights'
+        cfg, desc = _weights_cfg(ckpt, takes), 'architecture inferred from the weights'
 
     activation = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
     q = activation[0]
@@ -495,7 +502,7 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
         cfg = arch_cfg
     else:
         cfg, desc = (_vision_weights_cfg(ckpt, loaded_by),
-                     'inferred from the image tower weights')
+                     'architecture inferred from the image tower weights')
     activation = _choose_activation(quick_gelu, arch, arch_cfg, ckpt)
     q = activation[0]
     cfg = dict(embed_dim=cfg['embed_dim'], quick_gelu=q, vision_cfg=dict(cfg['vision_cfg']))

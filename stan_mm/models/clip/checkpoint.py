@@ -91,6 +91,10 @@ class ClipCheckpoint:
         ignored_keys: keys dropped because they lie outside the CLIP prefix.
         bare_vision: the file held an image tower saved on its own (keys without the
             ``visual.`` / ``vision_model.`` prefix), now put under ``visual.``.
+        file_tensors: how many tensors the file holds as CLIP weights, counted as stored
+            (before the conversion to open_clip keys; :attr:`ignored_keys` not counted).
+        file_key: one of those keys as the file spells it (the patch embedding where
+            present), for messages; ``state_dict`` holds open_clip names instead.
     """
     state_dict: Dict[str, Tensor]
     fmt: str
@@ -103,6 +107,8 @@ class ClipCheckpoint:
     ignored_keys: List[str] = field(default_factory=list)
     vision_heads: Optional[int] = None
     bare_vision: bool = False
+    file_tensors: Optional[int] = None
+    file_key: Optional[str] = None
 
     @property
     def has_text_tower(self) -> bool:
@@ -256,6 +262,19 @@ def _strip_prefix(sd: Dict[str, Tensor], file: str
     return inside, ignored, False
 
 
+def _file_keys(sd: Dict[str, Tensor], ignored: List[str]) -> Tuple[int, Optional[str]]:
+    """The file's CLIP tensors as stored (``sd`` less ``ignored``) -> (their count, one
+    of their keys, the image tower's patch embedding where present)."""
+    skip = set(ignored)
+    keys = [k for k in sd if k not in skip]
+    anchors = (_OC_ANCHOR,) + _HF_ANCHORS[:1] + tuple(a for a, _, _ in _BARE_VISION)
+    for a in anchors:
+        key = next((k for k in keys if k == a or k.endswith('.' + a)), None)
+        if key is not None:
+            return len(keys), key
+    return len(keys), keys[0] if keys else None
+
+
 def _is_hf_vision_config(cfg) -> bool:
     """An HF ``CLIPVisionConfig`` (``CLIPVisionModel[WithProjection]``'s config.json)."""
     return isinstance(cfg, dict) and (cfg.get('model_type') == 'clip_vision_model' or (
@@ -375,7 +394,9 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
         raw, torchscript = _read_file(file)
     converted_cfg = _converted_clip_cfg(raw)
     sd = _unwrap(raw, file)
+    file_sd = sd
     sd, ignored, bare_vision = _strip_prefix(sd, file)
+    file_tensors, file_key = _file_keys(file_sd, ignored)
 
     present_meta = [k for k in OPENAI_META_KEYS if k in sd]
     for k in OPENAI_META_KEYS:
@@ -398,7 +419,7 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
     ckpt = ClipCheckpoint(
         state_dict={k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()},
         fmt=fmt, path=path, weights_file=file, stored_dtype=stored_dtype, ignored_keys=ignored,
-        bare_vision=bare_vision)
+        bare_vision=bare_vision, file_tensors=file_tensors, file_key=file_key)
 
     hints = None
     if hf_cfg is not None:
