@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from stan_mm.testing import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -102,7 +104,7 @@ def test_empty_split_is_named(tmp_path):
 def test_dist_train_quickstart_on_cpu(tmp_path):
     cfg, _ = tiny_config(tmp_path)
     work = tmp_path / 'dist'
-    port = str(29700 + os.getpid() % 200)
+    port = str(free_port())
     r = subprocess.run(
         ['bash', 'tools/dist_train.sh', str(cfg), '2', '--work-dir', str(work)],
         cwd=str(ROOT), env=dict(os.environ, OMP_NUM_THREADS='1', PORT=port),

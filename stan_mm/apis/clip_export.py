@@ -195,8 +195,9 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     ``'dir'``, default from the suffix of ``out``). The written file is read back and
     compared with the built model's weights.
     """
-    from stan_mm.models.clip import build_clip, read_clip_checkpoint
+    from stan_mm.models.clip import read_clip_checkpoint
     from stan_mm.models.clip.arch import resolve_arch
+    from stan_mm.models.clip.builder import build_clip_from_checkpoint
     if out_format is None:
         out_format = 'pth' if out.endswith(FILE_SUFFIXES) else 'dir'
     if out_format not in ('pth', 'dir'):
@@ -206,10 +207,10 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     ckpt = read_clip_checkpoint(src)
     arch_cfg = resolve_arch(arch)[0] if arch is not None else None
     reason, guessed = _activation_reason(quick_gelu, arch, arch_cfg, ckpt)
-    model = build_clip(arch, src, strict=True, quick_gelu=quick_gelu,
-                       needed_by=f'{CONVERTER} (it writes a full CLIP checkpoint, both '
-                       f'towers; image-tower-only weights go to CLIPSTAN\'s pretrained= '
-                       f'as they are)')
+    model = build_clip_from_checkpoint(
+        ckpt, arch, strict=True, quick_gelu=quick_gelu,
+        needed_by=f'{CONVERTER} (it writes a full CLIP checkpoint, both towers; '
+        f'image-tower-only weights go to CLIPSTAN\'s pretrained= as they are)')
     cfg = json.loads(json.dumps(model.clip_cfg))
     sd = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
     from stan_mm.version import __version__

@@ -679,7 +679,7 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
         # does not try again; an interrupt during the write keeps them for that flush
         if pending_keys:
             try:
-                store.write(list(pending_keys), np.stack(pending_emb))
+                store.write(pending_keys, np.stack(pending_emb))
             except FeatureWriteError:
                 pending_keys.clear()
                 pending_emb.clear()

@@ -29,7 +29,7 @@ import os.path as osp
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
     'AnnotationError', 'VideoEntry', 'AnnotationPolicy', 'IssueLog', 'read_text',
@@ -219,10 +219,7 @@ class IssueLog:
         lines, first = [], None
         for kind, items in errors:
             lines.append(f'{len(items)} x {kind} ({_POLICY_HINT.get(kind, "")}):')
-            for it in items[:MAX_LISTED]:
-                lines.append('  ' + self._fmt(*it, resolve_lines=True))
-            if len(items) > MAX_LISTED:
-                lines.append(f'  ... and {len(items) - MAX_LISTED} more')
+            lines += head_lines(items, lambda it: '  ' + self._fmt(*it, resolve_lines=True))
             if first is None:
                 first = items[0]
         file, line, fld, _ = first
@@ -231,6 +228,22 @@ class IssueLog:
             line = self._line(file, line)
         raise AnnotationError('annotation problems found:\n' + '\n'.join(lines),
                               file=file, line=line, field=fld, issues=lines)
+
+
+def head_lines(items: Sequence, fmt: Callable[[Any], str]) -> List[str]:
+    """``fmt`` of the first :data:`MAX_LISTED` items (only those are formatted), then
+    ``'  ... and N more'`` when there are more."""
+    lines = [fmt(it) for it in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        lines.append(f'  ... and {len(items) - MAX_LISTED} more')
+    return lines
+
+
+def check_missing_video(policy: str) -> str:
+    """The datasets' ``missing_video`` argument: ``'error'`` or ``'drop'``."""
+    if policy not in ('error', 'drop'):
+        raise ValueError(f"missing_video must be 'error' or 'drop', got {policy!r}")
+    return policy
 
 
 def apply_missing_policy(items: list, missing: list, policy: str, where: str, listed: str,

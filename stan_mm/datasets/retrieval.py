@@ -86,7 +86,8 @@ from mmaction.datasets import BaseActionDataset
 from mmaction.registry import DATASETS, HOOKS
 
 from .readers import ANN_FORMATS, read_annotations
-from .readers_common import AnnotationPolicy, IssueLog, VideoEntry, apply_missing_policy
+from .readers_common import (AnnotationPolicy, IssueLog, VideoEntry, apply_missing_policy,
+                             check_missing_video)
 
 __all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
            'scan_video_files', 'locate_videos', 'drop_same_file_entries']
@@ -289,9 +290,7 @@ class RetrievalVideoTextDataset(BaseActionDataset):
         if video_lookup not in ('template', 'scan'):
             raise ValueError('video_lookup must be \'template\' or \'scan\', got '
                              f'{video_lookup!r}')
-        if missing_video not in ('error', 'drop'):
-            raise ValueError('missing_video must be \'error\' or \'drop\', got '
-                             f'{missing_video!r}')
+        check_missing_video(missing_video)
         if 'video' not in (data_prefix or {}):
             raise ValueError('data_prefix must contain the video folder: '
                              f'dict(video=...), got {data_prefix!r}')

@@ -30,7 +30,7 @@ from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
 
 from .readers_common import (MAX_LISTED, AnnotationError, apply_missing_policy,
-                             iter_text_lines, short_repr)
+                             check_missing_video, head_lines, iter_text_lines, short_repr)
 
 __all__ = ['CheckedVideoDataset']
 
@@ -60,11 +60,9 @@ class CheckedVideoDataset(VideoDataset):
 
     def __init__(self, *args, allow_unlabeled: bool = False, check_files: bool = True,
                  missing_video: str = 'error', **kwargs) -> None:
-        if missing_video not in ('error', 'drop'):
-            raise ValueError(f"missing_video must be 'error' or 'drop', got {missing_video!r}")
         self.allow_unlabeled = allow_unlabeled
         self.check_files = check_files
-        self.missing_video = missing_video
+        self.missing_video = check_missing_video(missing_video)
         super().__init__(*args, **kwargs)
 
     def _split(self, line: str) -> List[str]:
@@ -123,9 +121,7 @@ class CheckedVideoDataset(VideoDataset):
                 filename = osp.join(self.data_prefix['video'], filename)
             data_list.append(dict(filename=filename, label=label))
         if problems:
-            listed = [f'  line {n}: {msg}' for n, msg in problems[:MAX_LISTED]]
-            if len(problems) > MAX_LISTED:
-                listed.append(f'  ... and {len(problems) - MAX_LISTED} more')
+            listed = head_lines(problems, lambda p: f'  line {p[0]}: {p[1]}')
             raise AnnotationError(
                 f'{len(problems)} bad line(s) in the video list:\n' + '\n'.join(listed),
                 file=self.ann_file, line=problems[0][0], issues=listed)

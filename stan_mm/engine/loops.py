@@ -414,11 +414,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     def _record_epoch_start(self, start_iter: int) -> None:
         """Store the epoch and the iteration it started at with the order info (hence in
         the checkpoints saved during the epoch and at its end)."""
-        hub = self.runner.message_hub
-        info = hub.get_info(ORDER_KEY)
-        info = dict(info) if isinstance(info, dict) else self._order_info()
-        info.update(epoch=self._epoch, epoch_start_iter=int(start_iter))
-        hub.update_info(ORDER_KEY, info)
+        hub = self.runner.message_hub   # (run() stored the order info before any epoch)
+        hub.update_info(ORDER_KEY, dict(hub.get_info(ORDER_KEY), epoch=self._epoch,
+                                        epoch_start_iter=int(start_iter)))
 
     # ------------------------------------------------------------------------- the loop
     def run(self):

@@ -69,16 +69,20 @@ _ITER_TAG = 0x49544552   # 'ITER'
 _SAMPLE_TAG = 0x534D504C  # 'SMPL'
 
 
+def _derived_seed(seed: int, *entropy: int) -> int:
+    """A seed in ``[0, 2**31)`` derived from ``(seed, *entropy)`` (NumPy ``SeedSequence``)."""
+    words = [int(seed) % 2**32, *(int(e) for e in entropy)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] % 2**31)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed in ``[0, 2**31)`` derived from ``(seed, epoch)`` (NumPy ``SeedSequence``)."""
-    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch)]).generate_state(1)[0]
-               % 2**31)
+    """A seed in ``[0, 2**31)`` derived from ``(seed, epoch)``."""
+    return _derived_seed(seed, epoch)
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
     """A seed in ``[0, 2**31)`` derived from ``(seed, global iteration)``."""
-    return int(np.random.SeedSequence([int(seed) % 2**32, _ITER_TAG, int(iteration)])
-               .generate_state(1)[0] % 2**31)
+    return _derived_seed(seed, _ITER_TAG, iteration)
 
 
 def seed_everything(seed: int) -> None:

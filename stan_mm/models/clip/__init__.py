@@ -10,12 +10,11 @@
 - :class:`CLIPTextEncoder` (registered in MMAction2's ``MODELS``): the text tower.
 """
 from .arch import (OPENAI_NAMES, arch_from_name, infer_clip_cfg,  # noqa: F401
-                   infer_clip_shapes, infer_vision_cfg, infer_vision_shapes,
+                   infer_clip_shapes, infer_vision_cfg,
                    normalize_arch_name, validate_clip_cfg)
 from .builder import (DEFAULT_QUICK_GELU, CLIPArchMismatchError,  # noqa: F401
                       CLIPKeysMismatchError, CLIPTextTowerMissingError, build_clip,
-                      build_clip_vision, load_clip_state_dict, require_clip_bpe_vocab,
-                      require_text_tower)
+                      build_clip_vision, load_clip_state_dict, require_clip_bpe_vocab)
 from .checkpoint import (ClipCheckpoint, is_torchscript_archive,  # noqa: F401
                          read_clip_checkpoint)
 from .hf_convert import (hf_clip_block_to_openclip, hf_clip_text_to_openclip,  # noqa: F401
@@ -27,7 +26,7 @@ from .text_encoder import CLIPTextEncoder, causal_mask  # noqa: F401
 
 __all__ = [
     'build_clip', 'build_clip_vision', 'load_clip_state_dict', 'infer_clip_cfg',
-    'infer_clip_shapes', 'infer_vision_cfg', 'infer_vision_shapes', 'require_text_tower',
+    'infer_clip_shapes', 'infer_vision_cfg',
     'require_clip_bpe_vocab',
     'CLIPTextTowerMissingError',
     'read_clip_checkpoint', 'ClipCheckpoint', 'CLIPTextEncoder', 'CLIPArchMismatchError',

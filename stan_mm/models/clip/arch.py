@@ -26,11 +26,12 @@ of 64 (tiny test models) the heads cannot be inferred and the caller must pass `
 """
 import copy
 import logging
-import re
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
+
+from .hf_convert import layer_indices
 
 # OpenAI spellings of the released models -> open_clip config names (QuickGELU variants,
 # since every OpenAI release was trained with QuickGELU).
@@ -196,14 +197,11 @@ def resolve_vision_arch(arch) -> Tuple[Dict, str]:
     """``arch`` (name, clip_cfg dict, or vision clip_cfg dict without ``text_cfg``) ->
     (validated vision clip_cfg ``{'embed_dim', 'vision_cfg', 'quick_gelu'?}``,
     human-readable description). The text tower of a full arch is checked, then dropped."""
-    if isinstance(arch, str):
-        cfg, desc = resolve_arch(arch)
-    elif isinstance(arch, Mapping):
+    if isinstance(arch, Mapping):
         cfg, desc = (validate_clip_cfg(arch, vision_only=True),
                      'architecture from the arch dict')
-    else:
-        raise TypeError(f'arch must be None, an open_clip/OpenAI model name or a clip_cfg '
-                        f'dict, got {type(arch).__name__}')
+    else:   # a name (or a wrong type: resolve_arch's TypeError)
+        cfg, desc = resolve_arch(arch)
     return {k: v for k, v in cfg.items() if k != 'text_cfg'}, desc
 
 
@@ -211,10 +209,9 @@ def resolve_vision_arch(arch) -> Tuple[Dict, str]:
 # Inference from an open_clip-layout state dict
 # ---------------------------------------------------------------------------------------
 def _count_blocks(keys, prefix: str) -> int:
-    pat = re.compile(re.escape(prefix) + r'(\d+)\.')
-    idx = {int(m.group(1)) for k in keys for m in [pat.match(k)] if m}
-    if idx and idx != set(range(len(idx))):
-        raise ValueError(f'blocks under {prefix!r} are not numbered 0..N-1: {sorted(idx)}')
+    idx = layer_indices(keys, prefix)
+    if idx != list(range(len(idx))):
+        raise ValueError(f'blocks under {prefix!r} are not numbered 0..N-1: {idx}')
     return len(idx)
 
 

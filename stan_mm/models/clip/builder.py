@@ -342,6 +342,17 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
     """
     _check_args('build_clip', arch, pretrained, precision)
     ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
+    return build_clip_from_checkpoint(ckpt, arch, precision=precision, strict=strict,
+                                      quick_gelu=quick_gelu, needed_by=needed_by)
+
+
+def build_clip_from_checkpoint(ckpt: Optional[ClipCheckpoint], arch=None, *,
+                               precision: str = 'fp32', strict: bool = True,
+                               quick_gelu: Optional[bool] = None,
+                               needed_by: Optional[str] = None):
+    """:func:`build_clip` on weights already read with :func:`read_clip_checkpoint` (or
+    ``None``: random init from ``arch``), for callers that also inspect the checkpoint
+    (the converter), so that the file is read once."""
     if ckpt is not None:
         require_text_tower(ckpt, needed_by)
     return _build_full_clip(arch, ckpt, precision, strict, quick_gelu,
@@ -417,11 +428,11 @@ def _vision_weights_cfg(ckpt: ClipCheckpoint, loaded_by: Optional[str] = None) -
             f'the only tower in these weights)') from e
 
 
-def _tower_state_dict(ckpt: ClipCheckpoint) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """-> (the ``visual.*`` weights without the prefix, the file's keys of neither tower:
-    unexpected). The logit scale/bias and a text tower are not the image tower's: left
-    out (logged)."""
-    sd, others, outside, text = {}, [], [], 0
+def _tower_state_dict(ckpt: ClipCheckpoint) -> Dict[str, torch.Tensor]:
+    """The ``visual.*`` weights without the prefix. The logit scale/bias and a text tower
+    are not the image tower's: left out (logged); keys of neither tower are the
+    checkpoint's ``stray_keys``."""
+    sd, outside, text = {}, [], 0
     for k, v in ckpt.state_dict.items():
         if k.startswith('visual.'):
             sd[k[len('visual.'):]] = v
@@ -429,13 +440,11 @@ def _tower_state_dict(ckpt: ClipCheckpoint) -> Tuple[Dict[str, torch.Tensor], Li
             outside.append(k)
         elif is_text_tower_key(k):
             text += 1
-        else:
-            others.append(k)
     if outside or text:
         print_log(f'{ckpt.path}: not part of the image tower, not loaded: '
                   + '; '.join(([f'the text tower ({text} keys)'] if text else [])
                               + outside), logger='current')
-    return sd, others
+    return sd
 
 
 def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
@@ -511,10 +520,10 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
                                  _PRECISIONS[precision])
     tower_kw = {}
     if ckpt is not None:
-        tower_sd, others = _tower_state_dict(ckpt)
+        tower_sd = _tower_state_dict(ckpt)
         held = ('text tower left out' if ckpt.has_text_tower else
                 'image tower saved alone' if ckpt.bare_vision else 'no text tower')
-        tower_kw = dict(state_dict=tower_sd, prefix='visual.', unexpected_in_file=others,
+        tower_kw = dict(state_dict=tower_sd, prefix='visual.', unexpected_in_file=ckpt.stray_keys,
                         held=f' ({held})')
     _load_and_log(visual, ckpt, desc, activation, strict, loaded_by,
                   what='CLIP image tower', **tower_kw)

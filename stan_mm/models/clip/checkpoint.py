@@ -47,7 +47,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .hf_convert import hf_clip_to_openclip, is_hf_clip_state_dict
+from .hf_convert import hf_clip_to_openclip, is_hf_clip_state_dict, is_position_ids
 
 Tensor = torch.Tensor
 
@@ -263,8 +263,8 @@ def _strip_prefix(sd: Dict[str, Tensor], file: str
 
 
 def _file_keys(sd: Dict[str, Tensor], ignored: List[str]) -> Tuple[int, Optional[str]]:
-    """The file's CLIP tensors as stored (``sd`` less ``ignored``) -> (their count, one
-    of their keys, the image tower's patch embedding where present)."""
+    """The file's CLIP tensors as stored (``sd`` less ``ignored``) -> (their count, one of
+    their keys: the image tower's patch embedding where present, else the first)."""
     skip = set(ignored)
     keys = [k for k in sd if k not in skip]
     anchors = (_OC_ANCHOR,) + _HF_ANCHORS[:1] + tuple(a for a, _, _ in _BARE_VISION)
@@ -401,7 +401,7 @@ def read_clip_checkpoint(path) -> ClipCheckpoint:
     present_meta = [k for k in OPENAI_META_KEYS if k in sd]
     for k in OPENAI_META_KEYS:
         sd.pop(k, None)
-    sd = {k: v for k, v in sd.items() if not k.endswith('position_ids')}
+    sd = {k: v for k, v in sd.items() if not is_position_ids(k)}
 
     hf = is_hf_clip_state_dict(sd)
     anchor = _HF_ANCHORS[0] if hf else _OC_ANCHOR
