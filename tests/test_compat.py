@@ -246,7 +246,12 @@ assert torch.allclose(gathered[0], gathered[1])  # DDP averaged the gradients
 open(os.path.join(os.environ['OUT_DIR'], f'rank{get_rank()}'), 'w').write(
     f'DDP_OK {get_rank()} {get_world_size()}')
 torch.distributed.barrier()
-torch.distributed.destroy_process_group()  # clean gloo shutdown (no abort at exit)
+# clean gloo shutdown: release DDP's reducer (it holds the process group and its threads)
+# before the group itself; left to interpreter exit, either can abort the process
+del ddp
+import gc
+gc.collect()
+torch.distributed.destroy_process_group()
 '''
 
 
@@ -257,7 +262,8 @@ def test_cpu_torchrun_ddp(tmp_path, with_fix):
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), WITH_FIX='1' if with_fix else '0',
                OMP_NUM_THREADS='1', OUT_DIR=str(tmp_path))
-    port = 29600 + (1 if with_fix else 0) + os.getpid() % 200
+    from stan_mm.testing import free_port
+    port = free_port()
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
                         f'--master_port={port}', str(script)], env=env,
                        capture_output=True, text=True, timeout=300)
