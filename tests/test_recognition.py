@@ -157,15 +157,15 @@ _loader = dict(num_workers=0, persistent_workers=False)
 train_dataloader = dict(
     batch_size=2, **_loader,
     dataset=dict(ann_file=f'{{root}}/train_list.txt', data_prefix=dict(video=f'{{root}}/videos'),
-                 pipeline=train_pipeline))
+                 num_classes={num_classes}, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=2, **_loader,
     dataset=dict(ann_file=f'{{root}}/val_list.txt', data_prefix=dict(video=f'{{root}}/videos'),
-                 pipeline=val_pipeline))
+                 num_classes={num_classes}, pipeline=val_pipeline))
 test_dataloader = dict(
     batch_size=1, **_loader,
     dataset=dict(ann_file=f'{{root}}/val_list.txt', data_prefix=dict(video=f'{{root}}/videos'),
-                 pipeline=test_pipeline))
+                 num_classes={num_classes}, pipeline=test_pipeline))
 train_cfg = dict(max_epochs={max_epochs})
 warmup_epochs = 1
 param_scheduler = [
@@ -569,20 +569,22 @@ def test_train_through_tools_train_validates_and_checkpoints(tmp_path):
 
 def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
     """--seed / --deterministic / --auto-scale-lr on configs without randomness,
-    custom_hooks or auto_scale_lr (every configs/stan file lacks the first two): the values
-    must land in the config (mmengine's Config.setdefault returns a detached copy)."""
+    custom_hooks or auto_scale_lr (every configs/stan file lacks randomness; their
+    custom_hooks hold ClassListCheckHook): the values must land in the config (mmengine's
+    Config.setdefault returns a detached copy), beside the config's hooks."""
     from mmengine.config import Config
     train = load_tool('tools/train.py', 'stan_train_tool_flags')
     bare = tmp_path / 'bare.py'
     bare.write_text('optim_wrapper = dict(optimizer=dict(type="SGD", lr=0.1))\n')
-    for path in (str(bare), osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')):
+    stan = osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')
+    for path, own in ((str(bare), []), (stan, ['ClassListCheckHook'])):
         args = train.parse_args([path, '--seed', '7', '--deterministic', '--auto-scale-lr'])
         cfg = train.merge_args(Config.fromfile(path), args)
         assert cfg.randomness.seed == 7 and cfg.randomness.deterministic is True, path
-        assert [h['type'] for h in cfg.custom_hooks] == ['EpochSeedHook'], path
+        assert [h['type'] for h in cfg.custom_hooks] == own + ['EpochSeedHook'], path
         assert cfg.auto_scale_lr.enable is True, path
         again = train.merge_args(cfg, args)                      # no second hook
-        assert [h['type'] for h in again.custom_hooks] == ['EpochSeedHook']
+        assert [h['type'] for h in again.custom_hooks] == own + ['EpochSeedHook']
     # --deterministic adds the per-iteration EpochSeedHook, which seeds every sample where
     # it is loaded, so persistent workers stay; a config's own per-epoch EpochSeedHook
     # needs fresh workers each epoch: then persistence is turned off
@@ -592,7 +594,8 @@ def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
         cfg = train.merge_args(Config.fromfile(path), train.parse_args([path, *flags]))
         assert cfg.train_dataloader.persistent_workers is persistent, flags
     cfg = train.merge_args(Config.fromfile(path), train.parse_args([path, '--deterministic']))
-    assert cfg.custom_hooks == [dict(type='EpochSeedHook', per_iteration=True)]
+    assert cfg.custom_hooks == [dict(type='ClassListCheckHook'),
+                                dict(type='EpochSeedHook', per_iteration=True)]
     per_epoch = Config.fromfile(path)
     per_epoch.custom_hooks = [dict(type='EpochSeedHook')]
     cfg = train.merge_args(per_epoch, train.parse_args([path, '--deterministic']))

@@ -11,6 +11,11 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 
+# recognition: the head's class list against every dataset's labels and num_classes, when
+# training / testing starts (no-op for retrieval). A config that sets its own custom_hooks
+# replaces this list: keep the entry there.
+custom_hooks = [dict(type='ClassListCheckHook')]
+
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -34,7 +34,13 @@ def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
     if ',' not in value and value.endswith('.txt'):
         raise FileNotFoundError(f'class names file not found: {value!r} (give a file with '
                                 f'one class name per line, or names separated by commas)')
-    return load_classnames([n.strip() for n in value.split(',') if n.strip()])
+    names = [n.strip() for n in value.split(',')]
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty and len(names) > 1:
+        raise ValueError(f'class list {value!r}: name {empty[0]} of {len(names)} is empty (two '
+                         f'commas in a row, or a comma at an end); the labels follow the '
+                         f'order of the names, so every name must be there')
+    return load_classnames(names)
 
 
 def head_type(cfg) -> Optional[str]:

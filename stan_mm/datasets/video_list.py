@@ -87,7 +87,10 @@ class CheckedVideoDataset(VideoDataset):
         return label
 
     def load_data_list(self) -> List[dict]:
-        """Read ``path label`` lines (``path l1 l2 ...`` with ``multi_class=True``)."""
+        """Read ``path label`` lines (``path l1 l2 ...`` with ``multi_class=True``).
+        Also sets ``max_label``: ``(largest label, its line number)`` of the file, or None
+        (read by :class:`~stan_mm.engine.ClassListCheckHook`)."""
+        self.max_label = None
         if '://' in self.ann_file:          # other storage backends: MMAction2's reader
             return super().load_data_list()
         problems, data_list = [], []
@@ -117,6 +120,10 @@ class CheckedVideoDataset(VideoDataset):
                 label = self._label(rest[0], problems, lineno)
                 if label is None:
                     continue
+            top = max(label) if isinstance(label, list) and label else label
+            if (isinstance(top, int) and top >= 0
+                    and (self.max_label is None or top > self.max_label[0])):
+                self.max_label = (top, lineno)
             if self.data_prefix['video'] is not None:
                 filename = osp.join(self.data_prefix['video'], filename)
             data_list.append(dict(filename=filename, label=label))

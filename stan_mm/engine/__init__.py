@@ -1,7 +1,9 @@
 """Runner pieces (registered in MMAction2's ``HOOKS`` and ``LOOPS``): crash-safe
 checkpointing, the report of skipped unreadable videos, reseeding for exact resumption, an
-epoch loop that resumes inside an epoch."""
+epoch loop that resumes inside an epoch, the check that the head and the datasets agree on
+the classes."""
 from .checkpoint_hook import AtomicCheckpointHook, atomic_write_bytes  # noqa: F401
 from .skip_hook import SkippedVideosHook  # noqa: F401
 from .loops import ResumableEpochBasedTrainLoop  # noqa: F401
 from .seed_hook import EpochSeedHook  # noqa: F401
+from .class_check_hook import ClassListCheckHook  # noqa: F401

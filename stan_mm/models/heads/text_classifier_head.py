@@ -125,6 +125,7 @@ class TextClassifierHead(BaseHead):
         self._tokens: Optional[torch.Tensor] = None      # [C * M, L] on CPU
         self._cache: Optional[torch.Tensor] = None       # [C, E] fp32, normalized
         self.set_classnames(names)
+        self.classnames_source = classnames if isinstance(classnames, str) else None
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -185,6 +186,8 @@ class TextClassifierHead(BaseHead):
             seen[key] = c
         self._tokens = tokens
         self.classnames = names
+        #: the class-name file, for messages (None: a list was given)
+        self.classnames_source = classnames if isinstance(classnames, str) else None
         self.num_classes = len(names)
         self.invalidate_cache()
 
