@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
     p.add_argument('--videos', help='folder of videos (scanned recursively) or a text file '
                    'with one video path per line (relative to the file\'s folder)')
-    p.add_argument('--texts', help='text file, one text (caption, query) per line')
+    p.add_argument('--texts', help='text file, one text (caption, query) per line: row i of '
+                   'texts.npy is line i + 1, so blank lines are refused (but at the end)')
     p.add_argument('--split', choices=['train', 'val', 'test'],
                    help='take the videos and captions of the config\'s <split>_dataloader '
                    'dataset instead (writes text_to_video.npy)')
@@ -80,15 +81,10 @@ def parse_args(argv=None):
 
 
 def read_texts(path: str):
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'--texts {path!r}: file not found (expected one text per '
-                                f'line)')
-    with open(path, encoding='utf-8-sig') as f:   # a BOM is not part of the first text
-        texts = [ln.rstrip('\r\n') for ln in f]
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise ValueError(f'--texts {path}: no text in the file')
-    return texts
+    """Line i + 1 of ``--texts`` is row i of texts.npy: blank lines are refused (but at the
+    end), see :func:`stan_mm.apis.embed.read_text_lines`."""
+    from stan_mm.apis.embed import read_text_lines
+    return read_text_lines(path, '--texts')
 
 
 def split_items(cfg, split: str):
@@ -144,7 +140,7 @@ def main(argv=None) -> int:
 
 def _run(args, log) -> int:
     from stan_mm.apis import init_model, list_videos, loaded_model_key
-    from stan_mm.apis.features import folder_lock
+    from stan_mm.apis.features import folder_lock, text_model_record
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
     videos, root, texts, t2v = [], osp.abspath('.'), None, None
@@ -171,7 +167,10 @@ def _run(args, log) -> int:
             texts = read_texts(args.texts)
     key = loaded_model_key(model, args.checkpoint, args.views)
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
-                 cfg_options=args.cfg_options, source=args.split or args.videos)
+                 cfg_options=args.cfg_options, source=args.split or args.videos,
+                 # what made texts.npy: a QB-Norm bank is checked against the tested model
+                 **text_model_record(model.cfg, args.checkpoint,
+                                     getattr(model, 'build_note', None)))
     with folder_lock(args.out):    # through --save-sim, which reads what was written
         return _extract(args, model, videos, root, texts, t2v, key, extra, log)
 

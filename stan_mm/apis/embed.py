@@ -18,7 +18,10 @@ Text embedding ``[M, E]`` (L2-normalized) of raw strings (no prompt template):
   the encoder's full context length (a causal text tower gives the same embedding for any
   length that fits the text);
 - a recognizer without a text tower has no text embedding (:func:`text_tower` is None).
+
+Text files (one text per line) are read by :func:`read_text_lines`.
 """
+import os.path as osp
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -126,6 +129,43 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     if not out:
         return torch.zeros(0, embed_dim(model))
     return torch.cat(out)
+
+
+def read_text_lines(path: str, option: str) -> List[str]:
+    """The texts of a file with one text per line (``tools/extract_features.py --texts``,
+    ``tools/demo/search.py --queries``): text i (row i of the embeddings) is line i + 1.
+
+    Line breaks are removed, nothing else; trailing blank lines are ignored (a file may
+    end with a newline). A blank or whitespace-only line before the last text raises
+    ``ValueError`` naming the file and the line numbers: dropping it would shift every
+    later row against the line numbers that users build ground truth from.
+
+    Args:
+        option: how the tool calls the file in messages (``'--texts'``).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: blank lines, no text, not UTF-8.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{option} {path!r}: file not found (expected one text per '
+                                f'line)')
+    try:
+        with open(path, encoding='utf-8-sig') as f:   # a BOM is not part of the first text
+            lines = [ln.rstrip('\r\n') for ln in f]
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{option} {path!r}: not UTF-8 text ({e})') from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ValueError(f'{option} {path!r}: no text in the file')
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        shown = ', '.join(map(str, blank[:10])) + (' ...' if len(blank) > 10 else '')
+        raise ValueError(f'{option} {path!r}: blank line(s) {shown} among the texts; every '
+                         f'line up to the last text must hold one text (row i of the '
+                         f'embeddings is line i + 1). Remove those lines, or put the '
+                         f'missing texts there')
+    return lines
 
 
 def embed_dim(model: nn.Module) -> int:

@@ -13,7 +13,9 @@ Output folder ``OUT``::
     text_to_video.npy [Nt] int64: row of videos.npy that text i describes (dataset splits)
     bad_videos.txt    "<path>\\t<reason>" per unreadable video (with skip_bad)
     meta.json         written last: config, checkpoint, model key, dims, normalization,
-                      views, pipeline, counts
+                      views, pipeline, counts (videos and texts given, and kept: see
+                      :func:`skipped_videos_message`), unreadable videos, and what made the
+                      text embeddings (:func:`text_model_record`)
     .partial/         shards of an unfinished run; removed once meta.json is written
 
 ``texts.npy @ videos.npy.T`` is the cosine similarity ``[Nt, Nv]`` (texts are the rows, as
@@ -32,6 +34,10 @@ last, so a folder with ``meta.json`` is always complete.
 Errors name the file: a write that fails (e.g. a full disk) removes its temporary file and
 raises :class:`FeatureWriteError`; a finished file that cannot be read (truncated, missing)
 raises :class:`DamagedFeatureFolder`. Nothing saved before is removed by either.
+
+A folder's ``texts.npy`` serves as a QB-Norm querybank (``extract_features.py --split train
+--skip-videos``); :func:`check_bank_matches` refuses one made by another model than the one
+tested.
 """
 import contextlib
 import datetime
@@ -342,6 +348,259 @@ def load_features(out_dir: str) -> dict:
     return res
 
 
+SPLITS = ('train', 'val', 'test')
+
+
+def skipped_videos_message(meta: dict, folder: str) -> Optional[str]:
+    """A warning for a finished folder whose ``meta.json`` records unreadable videos that
+    were skipped (``skip_bad``, ``--skip-bad``): its embeddings, and metrics computed from
+    them, cover fewer videos (and, with ``text_to_video``, fewer texts: those of the skipped
+    videos are dropped) than the list or split it was given. None when none was skipped.
+
+    ``meta.json`` counts: ``num_bad_videos`` (skipped) and ``bad_videos`` (their paths),
+    ``num_videos`` / ``num_texts`` (kept), ``num_videos_given`` / ``num_texts_given`` (given;
+    absent from folders written before they were recorded: the videos given are then
+    ``num_videos + num_bad_videos`` and the texts given are not known).
+    """
+    bad = int(meta.get('num_bad_videos') or 0)
+    if not bad:
+        return None
+    kept = int(meta.get('num_videos') or 0)
+    given = int(meta.get('num_videos_given') or kept + bad)
+    source = meta.get('source')
+    what = f'the {source} split' if source in SPLITS else (f'{source}' if source else
+                                                             'the videos given')
+    names = [str(entry[0]) for entry in (meta.get('bad_videos') or [])]
+    shown = ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')
+    texts = ''
+    if meta.get('has_text_to_video') and meta.get('num_texts_given') is not None:
+        texts = (f' and {meta.get("num_texts")} of its {meta["num_texts_given"]} texts (the '
+                 f'captions of the skipped videos were dropped)')
+    elif meta.get('has_text_to_video'):
+        texts = ' and only their captions (those of the skipped videos were dropped)'
+    verb = 'was' if bad == 1 else 'were'
+    return (f'{osp.join(folder, "meta.json")}: {bad} of the {given} videos of {what} {verb} '
+            f'unreadable and skipped at extraction (--skip-bad): {shown}. The features '
+            f'cover {kept} videos{texts}, so metrics computed from them are not comparable to '
+            f'results on the full {"split" if source in SPLITS else "set"}. Make those videos '
+            f'readable (or replace them) and extract again for full numbers')
+
+
+# ---------------------------------------------------------------------------------------
+# which model made a querybank
+# ---------------------------------------------------------------------------------------
+class BankMismatchError(ValueError):
+    """A QB-Norm querybank (``texts.npy`` of a feature folder) made by another model than
+    the one tested: another checkpoint file, model config, text tokenizer or build."""
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def text_model_record(cfg, checkpoint: Optional[str],
+                      build_note: Optional[str] = None) -> dict:
+    """What makes a model's text embeddings, as ``meta.json`` records it (compared by
+    :func:`check_bank_matches`): ``model_cfg`` (the config's ``model`` entry),
+    ``text_tokenizer`` (the test pipeline's ``CLIPBPETokenize`` step: context length and
+    truncation of the texts, or None), ``checkpoint_fingerprint`` (path, size and
+    modification time of ``checkpoint``) and ``build_note`` (see :func:`model_key`).
+
+    Raises:
+        OSError: ``checkpoint`` cannot be read (its fingerprint cannot be computed).
+    """
+    from .embed import _pipeline_tokenizer
+    from .inference import checkpoint_fingerprint
+    return dict(model_cfg=_jsonable(cfg.to_dict().get('model')),
+                text_tokenizer=_jsonable(_pipeline_tokenizer(cfg)),
+                checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
+                build_note=build_note)
+
+
+_ABSENT = object()
+
+
+def _differences(bank, tested, path: str) -> List[str]:
+    """``'<path>: <bank value> (bank) vs <tested value> (tested)'`` for every leaf of two
+    JSON-like values that differs."""
+    if isinstance(bank, dict) and isinstance(tested, dict):
+        out: List[str] = []
+        for key in sorted(set(bank) | set(tested), key=str):
+            out += _differences(bank.get(key, _ABSENT), tested.get(key, _ABSENT),
+                                f'{path}.{key}')
+        return out
+    if isinstance(bank, list) and isinstance(tested, list) and len(bank) == len(tested):
+        return [d for i, (b, t) in enumerate(zip(bank, tested))
+                for d in _differences(b, t, f'{path}.{i}')]
+    if bank == tested:
+        return []
+
+    def show(value):
+        text = 'absent' if value is _ABSENT else repr(value)
+        return text if len(text) <= 60 else text[:57] + '...'
+    return [f'{path}: {show(bank)} (bank) vs {show(tested)} (tested)']
+
+
+def _checkpoint_difference(bank_fp: str, tested_fp: str) -> List[str]:
+    if bank_fp == tested_fp:
+        return []
+    bank_path, tested_path = bank_fp.rsplit('|', 2)[0], tested_fp.rsplit('|', 2)[0]
+    if bank_path != tested_path:
+        return [f'checkpoint: {bank_path} (bank) vs {tested_path} (tested)']
+    return [f'checkpoint: {tested_path} was rewritten after the bank was extracted (size or '
+            f'modification time differ)']
+
+
+def _without_weight_paths(node):
+    """A model config without its ``pretrained`` entries: the checkpoint holds every weight,
+    so where the initial weights came from does not change the embeddings."""
+    if isinstance(node, dict):
+        return {k: _without_weight_paths(v) for k, v in node.items() if k != 'pretrained'}
+    if isinstance(node, list):
+        return [_without_weight_paths(v) for v in node]
+    return node
+
+
+def _record_differences(bank: dict, tested: dict) -> Tuple[List[str], List[str]]:
+    """``(certain, possible)`` differences between two :func:`text_model_record` s: another
+    checkpoint or text tokenizer certainly gives other text embeddings; another model entry
+    or build may (most model options, e.g. drop rates or the loss, do not change them)."""
+    certain = _checkpoint_difference(bank['checkpoint_fingerprint'],
+                                     tested['checkpoint_fingerprint'])
+    certain += _differences(bank['text_tokenizer'], tested['text_tokenizer'],
+                            'test pipeline CLIPBPETokenize')
+    possible = _differences(_without_weight_paths(bank['model_cfg']),
+                            _without_weight_paths(tested['model_cfg']), 'model')
+    if bank.get('build_note') != tested.get('build_note'):
+        possible.append(f'build: {bank.get("build_note") or "as the config says"} (bank) vs '
+                        f'{tested.get("build_note") or "as the config says"} (tested)')
+    return certain, possible
+
+
+def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
+                       build_note: Optional[str] = None) -> Optional[dict]:
+    """Refuse a QB-Norm querybank made by another model than ``cfg``'s ``model`` loaded from
+    ``checkpoint``: its bank queries would be scored with another model's text embeddings.
+
+    The bank is a feature folder's ``texts.npy`` (``tools/extract_features.py --split train
+    --skip-videos``); its ``meta.json`` records :func:`text_model_record`, which is compared
+    with the tested model's. Folders written before that record existed hold the config
+    file, its ``cfg_options``, the checkpoint path and :func:`model_key`: a bank of another
+    checkpoint file is refused; for the same file, the recorded config is read again and its
+    key recomputed with ``checkpoint`` as it is now. Equal keys show that the bank was made
+    from this checkpoint file, unchanged, and from that config, whose model entry and text
+    tokenizer are then compared. Where that cannot be decided (the config file is gone or
+    was changed, the checkpoint was rewritten since, the model was built without its CLIP
+    weights file) or the checkpoint cannot be read, a warning is logged instead.
+
+    ``model_key`` itself is not compared: it covers the whole config (data paths, work_dir,
+    the run's ``cfg_options``), which differs between an extraction and a test run of one
+    model.
+
+    Args:
+        bank_path: the bank ``.npy``; without a ``meta.json`` next to it nothing is checked.
+        cfg: the tested config (``tools/test.py``'s, after ``--cfg-options``).
+        checkpoint: the tested checkpoint file.
+        build_note: how the tested model departs from ``cfg.model`` (``model.build_note``
+            of :func:`~stan_mm.apis.init_model`); None for a model built from ``cfg.model``
+            as it is, as ``tools/test.py``'s runner builds it.
+
+    Returns:
+        the bank folder's meta (None without one).
+
+    Raises:
+        BankMismatchError: another checkpoint file or text tokenizer; the message lists what
+            differs and the command that extracts the bank again. Another model entry
+            (``pretrained`` paths aside) or build is only warned about: most model options
+            leave the text embeddings of a checkpoint as they are.
+    """
+    from .inference import ModelLoadError, load_config
+
+    def warn(why: str) -> None:
+        print_log(f'QB-Norm bank {bank_path}: {why}; cannot tell whether it was made by the '
+                  f'tested model (config {cfg.filename}, checkpoint {checkpoint}). If not, '
+                  f'its scores are normalized with another model\'s text embeddings: '
+                  f'extract it again with this checkpoint to be sure', logger='current',
+                  level=logging.WARNING)
+
+    folder = osp.dirname(osp.abspath(bank_path))
+    try:
+        meta = load_meta(folder)
+    except FeatureFolderError as e:
+        warn(f'its meta.json cannot be used ({e})')
+        return None
+    if meta is None:
+        return None
+    try:
+        tested = text_model_record(cfg, checkpoint, build_note)
+    except OSError as e:
+        warn(f'the checkpoint cannot be read ({e})')
+        return meta
+    possible: List[str] = []
+    if all(k in meta for k in ('model_cfg', 'text_tokenizer', 'checkpoint_fingerprint')):
+        differences, possible = _record_differences(meta, tested)
+    else:   # a folder written before the record existed
+        recorded = meta.get('checkpoint')
+        if not recorded or not checkpoint:
+            warn('its meta.json names no checkpoint')
+            return meta
+        if osp.realpath(recorded) != osp.realpath(checkpoint):
+            differences = [f'checkpoint: {recorded} (bank) vs {osp.abspath(checkpoint)} '
+                           f'(tested)']
+        else:
+            try:
+                bank_cfg = load_config(meta['config'], meta.get('cfg_options'))
+            except (OSError, ValueError, KeyError, ModelLoadError) as e:
+                warn(f'the config its meta.json names cannot be read ({e})')
+                return meta
+            key = model_key(bank_cfg, tested['checkpoint_fingerprint'], meta.get('views'))
+            if key != meta.get('model_key'):
+                warn(f'its meta.json (written before the model record existed) names the '
+                     f'config {meta["config"]} and the checkpoint {recorded}, one of which '
+                     f'changed since (or the model was built without its CLIP weights file)')
+                return meta
+            # (equal keys also mean the bank's model was built as its config says)
+            differences, possible = _record_differences(
+                text_model_record(bank_cfg, checkpoint), tested)
+    if possible and not differences:
+        shown = '; '.join(possible[:5]) + (
+            f'; and {len(possible) - 5} more' if len(possible) > 5 else '')
+        print_log(f'QB-Norm bank {bank_path}: made from this checkpoint, with other model '
+                  f'settings ({shown}); if any of them changes the text embeddings, extract '
+                  f'the bank again with this config', logger='current', level=logging.WARNING)
+    if differences:
+        source = meta.get('source')
+        inputs = f'--split {source} --skip-videos' if source in SPLITS else \
+            '--texts <the bank texts, one per line>'
+        shown = '; '.join(differences[:5]) + (
+            f'; and {len(differences) - 5} more' if len(differences) > 5 else '')
+        raise BankMismatchError(
+            f'QB-Norm bank {bank_path} was made by another model than the one tested '
+            f'({shown}), so its queries are scored with other text embeddings than the test '
+            f'captions. Extract the bank again with this config and checkpoint: python '
+            f'tools/extract_features.py {cfg.filename or "CONFIG"} {checkpoint} {inputs} '
+            f'--out {folder} --overwrite')
+    return meta
+
+
+def check_qb_norm_banks(cfg, checkpoint: Optional[str],
+                        build_note: Optional[str] = None) -> List[str]:
+    """:func:`check_bank_matches` for every QB-Norm bank file of ``cfg.test_evaluator``
+    (a ``RetrievalRecallMetric`` with ``qb_norm=dict(bank='....npy', ...)``, alone or in a
+    list). Returns the bank files checked."""
+    evaluators = cfg.get('test_evaluator')
+    if not isinstance(evaluators, (list, tuple)):
+        evaluators = [evaluators]
+    checked = []
+    for evaluator in evaluators:
+        qb_norm = evaluator.get('qb_norm') if isinstance(evaluator, dict) else None
+        bank = qb_norm.get('bank') if isinstance(qb_norm, dict) else None
+        if isinstance(bank, str):
+            check_bank_matches(bank, cfg, checkpoint, build_note)
+            checked.append(bank)
+    return checked
+
+
 # ---------------------------------------------------------------------------------------
 # extraction
 # ---------------------------------------------------------------------------------------
@@ -586,9 +845,11 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     done = store.read()
     todo = [i for i, k in enumerate(keys) if k not in done and k not in known_bad]
     result.reused = len(videos) - len(todo) - len(result.bad)
-    if videos:
+    if videos:   # the three counts add up to len(videos)
         log(f'{len(videos)} videos: {result.reused} already embedded (reused), '
-            f'{len(todo)} to embed')
+            f'{len(todo)} to embed'
+            + (f', {len(result.bad)} unreadable, unchanged since they failed (not retried)'
+               if result.bad else ''))
     if limit is not None and len(todo) > limit:
         result.remaining = len(todo) - limit
         todo = todo[:limit]
@@ -628,6 +889,7 @@ def _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_v
     from .embed import embed_dim, embed_texts
     bad_set = {p for p, _ in result.bad}
     kept = [i for i, p in enumerate(videos) if p not in bad_set]
+    num_texts_given = None if texts is None else len(texts)
     if videos and not kept:
         raise VideoReadError(videos[0], f'none of the {len(videos)} videos could be read; '
                              f'first reason: {result.bad[0][1]}')
@@ -649,7 +911,8 @@ def _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_v
                                progress=progress).numpy()
     stamp_of = dict(zip(videos, stamps))
     meta.update(embed_dim=int(dim), dtype='float32', num_videos=len(kept),
-                num_texts=0 if texts is None else len(texts),
+                num_texts=0 if texts is None else len(texts), num_videos_given=len(videos),
+                num_texts_given=num_texts_given,
                 has_text_to_video=t2v is not None,
                 # path, size, mtime_ns, reason: an unchanged unreadable video is not retried
                 bad_videos=[[p, *stamp_of[p], r] for p, r in result.bad if p in stamp_of])

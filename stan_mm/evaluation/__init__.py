@@ -13,8 +13,8 @@ from .ranking import (METRIC_KEYS, check_text_to_video, ranks_to_metrics,  # noq
                       retrieval_metrics_from_embeddings, retrieval_metrics_from_similarity,
                       retrieval_ranks)
 from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA,  # noqa: F401
-                        DEFAULT_QB_K, QueryBankStats, dsl_t2v_scores, dsl_v2t_scores,
-                        qb_norm_scores, querybank_stats)
+                        DEFAULT_QB_K, DSL_QB_NORM_WARNING, QueryBankStats,
+                        dsl_t2v_scores, dsl_v2t_scores, qb_norm_scores, querybank_stats)
 from .motion_metric import MotionPairMetric, MotionTwinRetrievalMetric  # noqa: F401
 from .retrieval_metric import RetrievalRecallMetric  # noqa: F401
 from .similarity import DenseSimilarity, EmbeddingSimilarity, SimilaritySource  # noqa: F401
@@ -23,8 +23,8 @@ __all__ = [
     'METRIC_KEYS', 'check_text_to_video', 'ranks_to_metrics',
     'retrieval_metrics_from_embeddings', 'retrieval_metrics_from_similarity',
     'retrieval_ranks', 'DEFAULT_CHUNK_SIZE', 'DEFAULT_DSL_TEMP', 'DEFAULT_QB_BETA',
-    'DEFAULT_QB_K', 'QueryBankStats', 'dsl_t2v_scores', 'dsl_v2t_scores', 'qb_norm_scores',
-    'querybank_stats', 'MotionPairMetric', 'MotionTwinRetrievalMetric',
-    'RetrievalRecallMetric', 'DenseSimilarity', 'EmbeddingSimilarity',
-    'SimilaritySource', 'RecognitionAccMetric', 'mean_class_accuracy',
+    'DEFAULT_QB_K', 'DSL_QB_NORM_WARNING', 'QueryBankStats', 'dsl_t2v_scores',
+    'dsl_v2t_scores', 'qb_norm_scores', 'querybank_stats', 'MotionPairMetric',
+    'MotionTwinRetrievalMetric', 'RetrievalRecallMetric', 'DenseSimilarity',
+    'EmbeddingSimilarity', 'SimilaritySource', 'RecognitionAccMetric', 'mean_class_accuracy',
 ]

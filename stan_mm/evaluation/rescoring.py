@@ -54,7 +54,10 @@ t2v DSL score, for the test queries (softmax over the test texts) and for the ba
 same operator applied to ``B``: softmax over the bank texts, times ``Nb``), and the activation
 set and the top-1 test are taken on those DSL scores. ``beta = 20`` was tuned for cosine
 scores; DSL scores are on that scale on average but peaked entries reach ``N`` times a
-cosine, so beta may need re-tuning for the combination.
+cosine, so beta may need re-tuning for the combination. Neither paper evaluates it, and it
+depends on the bank size: measured, it lowers t2v R@1 below either trick alone, the more the
+larger the bank (docs/retrieval.md gives the figures and the command). The metric and
+``tools/analysis/eval_retrieval.py`` warn when both are on (:data:`DSL_QB_NORM_WARNING`).
 """
 import math
 from dataclasses import dataclass
@@ -68,6 +71,16 @@ DEFAULT_DSL_TEMP = 0.01
 DEFAULT_QB_BETA = 20.0
 DEFAULT_QB_K = 1
 DEFAULT_CHUNK_SIZE = 256
+
+#: logged by ``RetrievalRecallMetric`` and printed by ``tools/analysis/eval_retrieval.py``
+#: when DSL and QB-Norm are both on (see the module docstring)
+DSL_QB_NORM_WARNING = (
+    'DSL and QB-Norm are both on: DSL is applied first and QB-Norm then works on the DSL '
+    'scores. Neither paper evaluates this combination, and it depends on the bank size (bank '
+    'DSL scores are scaled by the number of bank texts, test scores by the number of test '
+    'texts, and beta then acts on values up to that number times a cosine): it was measured '
+    'to lower t2v R@1 below either trick alone (docs/retrieval.md). The STAN paper does not '
+    'say that its starred rows combine them: compare DSL alone and QB-Norm alone')
 
 
 def iter_chunks(total: int, chunk_size: int) -> Iterator[Tuple[int, int]]:

@@ -43,10 +43,16 @@ Options
 :mod:`stan_mm.evaluation.rescoring`). ``qb_norm``: ``None`` or
 ``dict(bank=..., beta=20, k=1)`` where ``bank`` is a ``.npy`` file (or array/tensor) of
 ``[Nb, E]`` TEXT embeddings of the bank queries (training captions) produced by the same
-checkpoint as the test features; the querybank is their similarity to the test videos.
+checkpoint as the test features (:func:`stan_mm.apis.features.check_bank_matches` checks
+that from the bank folder's ``meta.json``); the querybank is their similarity to the test
+videos.
+With ``dsl=True`` too, DSL is applied first and QB-Norm works on the DSL scores; each
+evaluation then logs a warning (:data:`~stan_mm.evaluation.rescoring.DSL_QB_NORM_WARNING`:
+the combination is evaluated by neither paper and was measured to lower R@1).
 ``chunk_size``: rows of the similarity matrix materialized at a time. ``device``: where the
 ranking runs (``'cpu'`` or ``'cuda'``).
 """
+import logging
 import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -56,10 +62,12 @@ import torch.nn.functional as F
 from mmengine.dist import (all_gather_object, broadcast_object_list, collect_results,
                            get_world_size, is_main_process)
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 
 from mmaction.registry import METRICS
 
-from .rescoring import DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K
+from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K,
+                        DSL_QB_NORM_WARNING)
 from .ranking import ranks_to_metrics, retrieval_ranks
 from .similarity import EmbeddingSimilarity
 
@@ -105,7 +113,8 @@ class RetrievalRecallMetric(BaseMetric):
     Args:
         dsl: apply dual softmax to both directions.
         dsl_temp: DSL temperature; divides the similarities inside the softmax.
-        qb_norm: ``None`` or ``dict(bank='bank_text_features.npy', beta=20, k=1)``.
+        qb_norm: ``None`` or ``dict(bank='bank_text_features.npy', beta=20, k=1)``; with
+            ``dsl`` too, every evaluation logs a warning (see the module docstring).
         chunk_size: similarity rows materialized at a time.
         normalize: L2-normalize video, text and bank features before the dot product.
         device: device of the ranking computation.
@@ -255,6 +264,9 @@ class RetrievalRecallMetric(BaseMetric):
         return bank
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
+        if self.dsl and self.qb_norm is not None:    # once per evaluation (main process)
+            print_log(f'RetrievalRecallMetric: {DSL_QB_NORM_WARNING}', logger='current',
+                      level=logging.WARNING)
         text_emb, video_emb, text_to_video, _ = self.gather_features(results)
         bank = self._load_bank(video_emb.shape[1]) if self.qb_norm is not None else None
         if self.normalize:

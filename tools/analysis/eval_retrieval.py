@@ -14,7 +14,14 @@ BANK.npy  [num_bank_texts, num_videos] similarities of querybank texts (training
 
 --dsl-temp X divides the similarities inside the dual softmax:
 S' = S * softmax(S / X) * N (default 0.01, for cosine similarities; see
-stan_mm/evaluation/rescoring.py for why, and for DSL followed by QB-Norm).
+stan_mm/evaluation/rescoring.py for why, and for DSL followed by QB-Norm). --dsl-temp needs
+--dsl, --qb-beta and --qb-k need --qb-norm (usage error otherwise). --dsl with --qb-norm
+prints a warning on stderr: the combination is evaluated by neither paper and was measured
+to lower R@1 (docs/retrieval.md).
+
+When SIM.npy or T2V.npy sits in a feature folder of tools/extract_features.py whose
+meta.json records videos skipped as unreadable (--skip-bad), a warning on stderr names them:
+the metrics then cover fewer videos (and captions) than the split.
 
 The LAST line of stdout is one JSON object with t2v_R1 t2v_R5 t2v_R10 t2v_MdR t2v_MnR
 v2t_R1 v2t_R5 v2t_R10 v2t_MdR v2t_MnR (recalls in percent). Bad input exits with status 2
@@ -39,19 +46,33 @@ def parse_args(argv=None):
     parser.add_argument('--text-to-video', required=True,
                         help='.npy [num_texts] ground-truth video index of every text')
     parser.add_argument('--dsl', action='store_true', help='apply dual softmax (both ways)')
-    parser.add_argument('--dsl-temp', type=float, default=DEFAULT_DSL_TEMP,
-                        help='DSL temperature: S * softmax(S / temp); default %(default)s')
+    parser.add_argument('--dsl-temp', type=float,
+                        help=f'DSL temperature: S * softmax(S / temp), with --dsl; default '
+                             f'{DEFAULT_DSL_TEMP}')
     parser.add_argument('--qb-norm', metavar='BANK.npy', default=None,
                         help='.npy [num_bank_texts, num_videos] querybank similarities')
-    parser.add_argument('--qb-beta', type=float, default=DEFAULT_QB_BETA,
-                        help='QB-Norm inverse temperature; default %(default)s')
-    parser.add_argument('--qb-k', type=int, default=DEFAULT_QB_K,
-                        help='top-k of each bank query in the activation set; default '
-                             '%(default)s')
+    parser.add_argument('--qb-beta', type=float,
+                        help=f'QB-Norm inverse temperature, with --qb-norm; default '
+                             f'{DEFAULT_QB_BETA}')
+    parser.add_argument('--qb-k', type=int,
+                        help=f'top-k of each bank query in the activation set, with '
+                             f'--qb-norm; default {DEFAULT_QB_K}')
     parser.add_argument('--chunk-size', type=int, default=DEFAULT_CHUNK_SIZE,
                         help='similarity rows in memory at a time; default %(default)s')
     parser.add_argument('--device', default='cpu', help='cpu or cuda; default %(default)s')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # an option of a trick that is off would be ignored: refuse it
+    for flag, needs, on in (('--dsl-temp', '--dsl', args.dsl),
+                            ('--qb-beta', '--qb-norm BANK.npy', args.qb_norm is not None),
+                            ('--qb-k', '--qb-norm BANK.npy', args.qb_norm is not None)):
+        if getattr(args, flag[2:].replace('-', '_')) is not None and not on:
+            parser.error(f'{flag} is an option of {needs.split()[0]}, which is not given: '
+                         f'add {needs}, or drop {flag}')
+    for name, default in (('dsl_temp', DEFAULT_DSL_TEMP), ('qb_beta', DEFAULT_QB_BETA),
+                          ('qb_k', DEFAULT_QB_K)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
 
 
 class InputError(Exception):
@@ -102,13 +123,45 @@ def load_inputs(args):
     return sim, t2v, bank
 
 
+def warn(message: str) -> None:
+    print(f'eval_retrieval: warning: {message}', file=sys.stderr, flush=True)
+
+
+def warn_skipped_videos(args) -> None:
+    """Warn when --sim or --text-to-video lies in a feature folder whose meta.json records
+    videos skipped as unreadable at extraction (see
+    stan_mm.apis.features.skipped_videos_message)."""
+    from stan_mm.apis.features import (DamagedFeatureFolder, FeatureFolderError, load_meta,
+                                       skipped_videos_message)
+    folders = []
+    for path in (args.sim, args.text_to_video):
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in folders:
+            folders.append(folder)
+    for folder in folders:
+        try:
+            meta = load_meta(folder)
+        except DamagedFeatureFolder as exc:
+            warn(f'{exc}; whether videos were skipped at extraction is not known')
+            continue
+        except FeatureFolderError:    # another tool's meta.json
+            continue
+        message = skipped_videos_message(meta, folder) if meta is not None else None
+        if message:
+            warn(message)
+            return
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from stan_mm.apis.inference import check_device
-    from stan_mm.evaluation import retrieval_metrics_from_similarity
+    from stan_mm.evaluation import DSL_QB_NORM_WARNING, retrieval_metrics_from_similarity
+    if args.dsl and args.qb_norm is not None:
+        warn(DSL_QB_NORM_WARNING)
     try:
         check_device(args.device)
         sim, t2v, bank = load_inputs(args)
+        warn_skipped_videos(args)
         metrics = retrieval_metrics_from_similarity(
             sim, t2v, dsl=args.dsl, dsl_temp=args.dsl_temp, qb_bank_sim=bank,
             qb_beta=args.qb_beta, qb_k=args.qb_k, chunk_size=args.chunk_size,

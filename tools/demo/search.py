@@ -31,7 +31,9 @@ def parse_args(argv=None):
     p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
     p.add_argument('--gallery', required=True, help='folder of videos (scanned recursively)')
     p.add_argument('--query', action='append', default=[], help='a text query (repeatable)')
-    p.add_argument('--queries', help='text file with one query per line')
+    p.add_argument('--queries', help='text file with one query per line, taken after the '
+                   '--query ones in file order (the rows of --save-sim), so blank lines are '
+                   'refused (but at the end)')
     p.add_argument('--top-k', type=int, default=5, help='results per query (default 5)')
     p.add_argument('--html', help='write an HTML page with frame thumbnails here')
     p.add_argument('--thumbnails', type=int, default=4, help='frames per video in the HTML')
@@ -46,10 +48,12 @@ def parse_args(argv=None):
                    help='override config entries')
     args = p.parse_args(argv)
     if args.queries:
+        from stan_mm.apis.embed import read_text_lines
         try:
-            with open(args.queries, encoding='utf-8-sig') as f:   # no BOM in the first query
-                args.query += [ln.strip() for ln in f if ln.strip()]
-        except (OSError, UnicodeDecodeError) as e:
+            args.query += [q.strip() for q in read_text_lines(args.queries, '--queries')]
+        except (FileNotFoundError, ValueError) as e:   # (their messages name the file)
+            p.error(str(e))
+        except OSError as e:
             p.error(f'--queries {args.queries!r}: cannot read it ({e})')
     if not args.query:
         p.error('give at least one --query "text" (or --queries FILE)')
