@@ -679,3 +679,25 @@ def test_compare_fast_paths_runs_the_pipeline_both_ways(tmp_path):
     tool = _load('benchmark_tool_fast_paths', 'tools/analysis/benchmark.py')
     with pytest.raises(SystemExit):
         tool.parse_args(['x.py', '--compare-fast-paths', '--pipeline-workers', '2'])
+
+
+def test_own_videos_are_found_in_subfolders(tmp_path):
+    """--videos DIR searches subfolders (a Kinetics-style class/video.mp4 layout), as
+    tools/extract_features.py does, and takes the first --num-videos in sorted order."""
+    tool = _load('benchmark_tool_own_videos', 'tools/analysis/benchmark.py')
+    config = tmp_path / 'tiny_bench.py'
+    config.write_text(TINY_CONFIG)
+    for cls, seed in (('b_class', 3), ('a_class', 4)):
+        B.write_benchmark_videos(str(tmp_path / 'own' / cls), num_videos=1, width=64,
+                                 height=48, num_frames=16, seed=seed)
+    (tmp_path / 'own' / 'notes.txt').write_text('not a video')
+    out = tmp_path / 'own.json'
+    assert tool.main([str(config), '--skip-model', '--videos', str(tmp_path / 'own'),
+                      '--num-videos', '1', '--pipeline-warmup', '0', '--pipeline-repeats',
+                      '1', '--out', str(out)]) == 0
+    res = json.loads(out.read_text())['pipeline']
+    first = sorted(os.listdir(tmp_path / 'own' / 'a_class'))[0]
+    assert res['num_videos'] == 1 and [v['file'] for v in res['videos']] == [first]
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SystemExit, match='no videos found under'):
+        tool.main([str(config), '--skip-model', '--videos', str(tmp_path / 'empty')])

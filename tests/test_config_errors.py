@@ -198,17 +198,20 @@ def _test_child(argv):
     os._exit(0)
 
 
-def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, recognizer):
+def _run_test_tool(tmp_path, ckpt: dict, backbone: str) -> int:
+    """Exit code of tools/test.py (in a forked child) on ``ckpt`` with the quickstart config
+    of 4 CLIP blocks and 10 classes, ``backbone`` (config text) added to its backbone, on a
+    tiny 10-class (5-pair) motion benchmark."""
     from stan_mm.datasets.synthetic import generate_motion_dataset
     root = tmp_path / 'motion'
-    motion = dict(num_train=2, num_val=2, num_test=2, num_frames=8, size=32, progress=False)
-    # the 10-class (5-pair) benchmark the checkpoint's 10-class head was built for
+    motion = dict(num_train=2, num_val=2, num_test=2, num_frames=8, size=32, progress=False,
+                  pairs=('horizontal', 'vertical', 'rotation', 'scale', 'fade'))
     generate_motion_dataset(str(root), **motion)
-    torch.save(_ckpt(recognizer), tmp_path / 'depth2.pth')
+    torch.save(ckpt, tmp_path / 'ckpt.pth')
     cfg = tmp_path / 'cfg.py'
     cfg.write_text(f"""
 _base_ = [{osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')!r}]
-model = dict(backbone=dict(depth=3, arch=dict(vision_cfg=dict(layers=4))),
+model = dict(backbone=dict({backbone}, arch=dict(vision_cfg=dict(layers=4))),
              cls_head=dict(num_classes=10))
 test_evaluator = [dict(type='AccMetric')]
 val_evaluator = test_evaluator
@@ -216,7 +219,68 @@ test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                        dataset=dict(data_root={str(root)!r}, generate={motion!r}))
 """)
     p = mp.get_context('fork').Process(target=_test_child, args=(
-        [str(cfg), str(tmp_path / 'depth2.pth'), '--work-dir', str(tmp_path / 'w')], ))
+        [str(cfg), str(tmp_path / 'ckpt.pth'), '--work-dir', str(tmp_path / 'w')], ))
     p.start()
     p.join(240)
-    assert p.exitcode == 5  # CheckpointMismatchError, not a test over random weights
+    return p.exitcode
+
+
+def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, recognizer):
+    # CheckpointMismatchError, not a test over random weights
+    assert _run_test_tool(tmp_path, _ckpt(recognizer), 'depth=3') == 5
+
+
+# ------------------------------------------------- options that leave the weights alone
+def _ckpt_trained_with(model, model_cfg):
+    """A checkpoint of ``model``'s weights whose meta holds a training config with
+    ``model_cfg`` (what mmengine's Runner stores in ``meta['cfg']``)."""
+    ckpt = _ckpt(model)
+    ckpt['meta']['cfg'] = Config(dict(model=model_cfg.to_dict())).pretty_text
+    return ckpt
+
+
+@pytest.mark.parametrize('trained, tested, expected', [
+    (dict(structure='posterior'), {},
+     "model.backbone.structure: checkpoint 'posterior' vs config 'branch'"),
+    (dict(levels=[2, 4]), {}, 'model.backbone.levels: checkpoint [2, 4] vs config [3, 4]'),
+    ({}, dict(multi_level=False), 'model.backbone.multi_level: checkpoint True vs config False'),
+    (dict(video_cls='mean'), {}, "model.backbone.video_cls: checkpoint 'mean' vs config "
+                                 "'public'"),
+])
+def test_options_without_weights_are_compared_with_the_training_config(
+        recognizer, trained, tested, expected):
+    """levels, multi_level, structure and video_cls change what CLIPSTAN computes but not
+    its weights: such a checkpoint loads strictly into a model built with other values. The
+    training config stored in the checkpoint tells them apart."""
+    model = MODELS.build(recognizer_cfg(**tested))
+    ckpt = _ckpt_trained_with(recognizer, recognizer_cfg(**trained))
+    assert model.load_state_dict(ckpt['state_dict'], strict=True)   # the weights fit
+    with pytest.raises(CheckpointMismatchError) as info:
+        check_checkpoint_fits(model, ckpt, name='abl.pth', model_cfg=recognizer_cfg(**tested))
+    msg = str(info.value)
+    assert msg.startswith('checkpoint abl.pth was trained with other CLIPSTAN options')
+    assert expected in msg and msg.count(' vs config ') == 1
+    # without the config, or without a stored training config: only the weights count
+    check_checkpoint_fits(model, ckpt)
+    check_checkpoint_fits(model, _ckpt(recognizer), model_cfg=recognizer_cfg(**tested))
+
+
+def test_equal_options_pass_however_they_are_written(recognizer):
+    """levels=None means the last `depth` CLIP blocks: [3, 4] written out is the same model;
+    drop path (training only) and interpolate_time_embed (a test may turn it on for more
+    frames) are not compared; an unreadable stored config is ignored."""
+    ckpt = _ckpt_trained_with(recognizer, recognizer_cfg(levels=[3, 4], drop_path_rate=0.3))
+    check_checkpoint_fits(recognizer, ckpt,
+                          model_cfg=recognizer_cfg(interpolate_time_embed=True))
+    ckpt['meta']['cfg'] = 'model = dict(backbone=dict(type="CLIPSTAN", structure=)'
+    check_checkpoint_fits(recognizer, ckpt, model_cfg=recognizer_cfg())
+
+
+@pytest.mark.parametrize('structure, exitcode', [('posterior', 5), ('branch', 0)])
+def test_tools_test_refuses_a_checkpoint_of_another_structure(tmp_path, recognizer,
+                                                               structure, exitcode):
+    """tools/test.py passes the config to the check: a checkpoint trained with the default
+    branch, tested with structure='posterior' (same weights), is refused; tested with the
+    branch, it runs."""
+    ckpt = _ckpt_trained_with(recognizer, recognizer_cfg())
+    assert _run_test_tool(tmp_path, ckpt, f'structure={structure!r}') == exitcode

@@ -227,3 +227,40 @@ def test_tool_on_recognition_config(capsys):
     per_view = float(out.split('GFLOPs (G multiply-accumulates): ')[1].split()[0])
     assert per_view == pytest.approx(backbone / 1e9, rel=1e-3)   # + a tiny head
     assert 'x 3 test views' in out and 'backbone.branch' in out
+
+
+def test_tool_views_and_configs_that_infer_the_arch(tmp_path, capsys):
+    """--views takes a count or CLIPSxCROPS (as tools/test.py); a config with arch=None
+    reads its architecture from the CLIP file instead of failing on the stripped path, and
+    without the file the tool ends with one error line naming the option to set."""
+    import subprocess
+    import sys
+    from stan_mm.testing import save_open_clip, tiny_clip
+    config = ROOT / 'configs' / 'stan' / 'k400_self_b16.py'
+    args = [str(config), '--cfg-options', 'model.backbone.depth=1']
+    assert _tool().main(args + ['--views', '2x3']) == 0
+    out = capsys.readouterr().out
+    per_view = float(out.split('GFLOPs (G multiply-accumulates): ')[1].split()[0])
+    assert f'per view {per_view:.2f} G x 6 test views' in out
+    with pytest.raises(SystemExit):
+        _tool().parse_args([str(config), '--views', '2y3'])
+    # tiny CLIP file (heads of width 64, so its architecture can be read from it)
+    clip = tmp_path / 'clip.pt'
+    save_open_clip(tiny_clip(vision_width=128, vision_head_width=64, text_width=64,
+                             text_heads=1), clip)
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text(f"""_base_ = [{str(config)!r}]
+model = dict(backbone=dict(arch=None, pretrained={str(clip)!r}, depth=1),
+             cls_head=dict(in_channels=32, text_encoder=dict(arch=None, pretrained={str(clip)!r})))
+""")
+    assert _tool().main([str(cfg), '--shape', '2', '32', '32']) == 0
+    out = capsys.readouterr().out
+    expected = (clip_macs(2, 16, 128, 3, 8, 32) + branch_macs(1, 2, 16, 128, 1)) / 1e9
+    per_view = float(out.split('GFLOPs (G multiply-accumulates): ')[1].split()[0])
+    assert per_view == pytest.approx(expected, rel=0.05)         # + the tiny head
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'analysis' / 'get_flops.py'),
+                        str(cfg), '--cfg-options', 'model.backbone.pretrained=None'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert 'get_flops.py: error: CLIPArchMissingError:' in r.stderr
+    assert 'model.backbone.arch' in r.stderr and 'Traceback' not in r.stderr

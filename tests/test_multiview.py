@@ -261,6 +261,15 @@ def test_test_tool_refuses_views_with_one_error_line(tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     assert "test.py: error: ViewsError: views '1x10': TenCrop mirrors" in r.stderr
     assert 'Traceback' not in r.stderr
+    # a checkpoint path that does not exist: the same kind of ending
+    r = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'test.py'),
+                        osp.join(REPO, 'configs', 'stan', 'ssv2_self_b16.py'),
+                        str(tmp_path / 'nope.pth'), '--work-dir', str(tmp_path / 'w')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert (f"test.py: error: CommandLineError: checkpoint not found: "
+            f"'{tmp_path / 'nope.pth'}'") in r.stderr
+    assert 'Traceback' not in r.stderr
 
 
 def test_retrieval_evaluator_options_reach_a_list_evaluator():

@@ -14,6 +14,7 @@ import stan_mm  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from stan_mm.apis.features import check_qb_norm_banks  # noqa: E402
 from stan_mm.apis.video import set_config_views  # noqa: E402
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
@@ -58,18 +59,19 @@ def merge_args(cfg, args):
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    from stan_mm.utils.cli import CommandLineError, warn_misspelled_keys
     if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+        raise CommandLineError(f'checkpoint not found: {args.checkpoint!r} (give the path of '
+                               f'a .pth file written by tools/train.py, or a converted one)')
     cfg.load_from = args.checkpoint
     if args.dump is not None:
         if not args.dump.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--dump must end with .pkl or .pickle, got {args.dump}')
+            raise CommandLineError(f'--dump must end with .pkl or .pickle, got {args.dump}')
         dump = dict(type='DumpResults', out_file_path=args.dump)
         ev = cfg.test_evaluator
         # first: the predictions are written even when a metric then refuses the labels
         # (an inference list without labels, allow_unlabeled=True)
         cfg.test_evaluator = ([dump, *ev] if isinstance(ev, (list, tuple)) else [dump, ev])
-    from stan_mm.utils.cli import warn_misspelled_keys
     warn_misspelled_keys(cfg, 'test.py')
     return cfg
 
@@ -77,9 +79,10 @@ def merge_args(cfg, args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
+    check_qb_norm_banks(cfg, args.checkpoint)   # a QB-Norm bank of another model is refused
     runner = Runner.from_cfg(cfg)
     # mmengine's load_from only warns on a mismatch and would test random weights
-    check_checkpoint_fits(runner.model, args.checkpoint)
+    check_checkpoint_fits(runner.model, args.checkpoint, model_cfg=cfg.model)
     metrics = runner.test()
     shutdown_distributed()
     return metrics

@@ -114,30 +114,40 @@ def drop_missing_clip_weights(model_cfg: dict, guessed: Optional[List[str]] = No
 def read_state_dict(checkpoint: str) -> Dict[str, torch.Tensor]:
     """The model weights of an mmengine checkpoint (``{'state_dict': ...}``) or of a plain
     state dict file; ``module.`` prefixes (DDP) are removed. Loaded weights-only."""
+    return _read_checkpoint(checkpoint)[0]
+
+
+def _read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+    """:func:`read_state_dict` and the checkpoint's ``meta`` (None if it has none)."""
     from stan_mm.compat import safe_torch_load
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
     obj = safe_torch_load(checkpoint, map_location='cpu')
+    meta = obj.get('meta') if isinstance(obj, dict) else None
     sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelLoadError(f'{checkpoint} holds no state dict of tensors (expected an '
                              f'mmengine checkpoint {{"state_dict": ...}} written by '
                              f'tools/train.py)')
-    return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()
-            if isinstance(v, torch.Tensor)}
+    sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()
+          if isinstance(v, torch.Tensor)}
+    return sd, meta if isinstance(meta, dict) else None
 
 
-def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False) -> None:
+def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
+                 model_cfg: Optional[dict] = None) -> None:
     """Load ``checkpoint`` into ``model`` after checking that it fits (every model weight
-    present with its shape, nothing extra: :func:`stan_mm.utils.checkpoint_check.
-    check_checkpoint_fits`, the check of ``tools/test.py``). ``allow_missing`` tolerates
-    missing weights (they keep their initial values)."""
+    present with its shape, nothing extra; with ``model_cfg``, the config ``model`` was
+    built from, also the CLIPSTAN options that leave the weights alone: :func:`stan_mm.
+    utils.checkpoint_check.check_checkpoint_fits`, the check of ``tools/test.py``).
+    ``allow_missing`` tolerates missing weights (they keep their initial values)."""
     from stan_mm.utils.checkpoint_check import (CheckpointMismatchError,
                                                 check_checkpoint_fits)
-    sd = read_state_dict(checkpoint)
+    sd, meta = _read_checkpoint(checkpoint)
     try:
-        check_checkpoint_fits(model, {'state_dict': sd}, name=checkpoint,
-                              allow_missing=('.', ) if allow_missing else ())
+        check_checkpoint_fits(model, {'state_dict': sd, 'meta': meta}, name=checkpoint,
+                              allow_missing=('.', ) if allow_missing else (),
+                              model_cfg=model_cfg)
     except CheckpointMismatchError as e:
         raise ModelLoadError(str(e)) from e
     result = model.load_state_dict(sd, strict=False)
@@ -243,7 +253,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
                       f'text tower is used, not its classes)', logger='current')
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        load_weights(model, checkpoint, allow_missing)
+        load_weights(model, checkpoint, allow_missing, model_cfg=model_cfg)
     model.cfg = cfg
     # a model built differently from what the config means (cache keys must differ:
     # apis.features.model_key); None when it is the config's model

@@ -1,7 +1,7 @@
 """Fixes for the pinned OpenMMLab stack, applied once when ``stan_mm`` is imported.
 
-Every fix here answers one item of ``ENVIRONMENT_NOTES.md`` and is covered by a test in
-``tests/test_compat.py`` that fails without it:
+Every fix here answers one known breakage of that stack (the table below says which) and
+is covered by a test in ``tests/test_compat.py`` that fails without it:
 
 =====  ==========================================================================
 ``drn``         mmaction2 1.2.0 wheels lack ``mmaction/models/localizers/drn``;

@@ -1,4 +1,4 @@
-"""``num_workers=0`` with ``persistent_workers=True`` (ENVIRONMENT_NOTES #8).
+"""``num_workers=0`` with ``persistent_workers=True``.
 
 Every dataset config sets ``persistent_workers=True`` next to ``num_workers=8``; overriding
 only the worker count (``--cfg-options train_dataloader.num_workers=0``, the usual first

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 __all__ = ['CheckpointMismatchError', 'checkpoint_state_dict', 'compare_state_dicts',
-           'check_checkpoint_fits']
+           'check_checkpoint_fits', 'silent_option_mismatches']
 
 _MAX_GROUPS = 12
 _BRANCH_LAYER = re.compile(r'(?:^|\.)branch\.layers\.(\d+)\.')
@@ -113,13 +113,88 @@ def _hints(model_keys: List[str], ckpt_keys: List[str]) -> List[str]:
     return hints
 
 
+#: CLIPSTAN options that change what the model computes but not the names or shapes of its
+#: weights: a checkpoint loads strictly into a model built with other values (training-only
+#: options such as drop_path_rate, and interpolate_time_embed, which a test may turn on for
+#: more frames, are not among them)
+SILENT_OPTIONS = ('structure', 'levels', 'multi_level', 'video_cls')
+
+
+def _stan_nodes(node, path: str = 'model') -> Iterable[Tuple[str, Mapping]]:
+    """``(config path, dict)`` of every ``type='CLIPSTAN'`` entry of a model config."""
+    if isinstance(node, Mapping):
+        if node.get('type') == 'CLIPSTAN':
+            yield path, node
+        for k, v in node.items():
+            yield from _stan_nodes(v, f'{path}.{k}')
+
+
+def _option(node: Mapping, key: str, module) -> object:
+    """The value of ``key`` a CLIPSTAN config entry builds, defaults filled in (``levels``
+    resolved as CLIPSTAN does: the last ``depth`` CLIP blocks)."""
+    import inspect
+    from stan_mm.models.backbones import CLIPSTAN
+    defaults = inspect.signature(CLIPSTAN.__init__).parameters
+    value = node.get(key, defaults[key].default)
+    if key == 'levels':
+        if node.get('structure', defaults['structure'].default) != 'branch':
+            return None
+        depth = node.get('depth', defaults['depth'].default)
+        blocks = len(module.visual.transformer.resblocks)
+        return list(value) if value is not None else list(range(blocks - depth + 1,
+                                                                 blocks + 1))
+    return value
+
+
+def saved_model_config(checkpoint: Mapping) -> Optional[Mapping]:
+    """The ``model`` entry of the training config that mmengine stores in a checkpoint's
+    ``meta['cfg']``, or None (no config stored, or not readable)."""
+    text = (checkpoint.get('meta') or {}).get('cfg') if isinstance(checkpoint, Mapping) \
+        else None
+    if not isinstance(text, str):
+        return None
+    try:
+        from mmengine.config import Config
+        model = Config.fromstring(text, '.py').get('model')
+    except Exception:      # a config text mmengine cannot read back: nothing to compare
+        return None
+    return model.to_dict() if hasattr(model, 'to_dict') else model
+
+
+def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
+                             checkpoint: Mapping) -> List[str]:
+    """``'<path>.<option>: checkpoint <v> vs config <w>'`` for each :data:`SILENT_OPTIONS`
+    value of a CLIPSTAN whose training config (stored in the checkpoint) differs from
+    ``model_cfg``; empty when the checkpoint stores no config."""
+    saved = saved_model_config(checkpoint)
+    if saved is None:
+        return []
+    model_cfg = model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg
+    saved_nodes = dict(_stan_nodes(saved))
+    out = []
+    for path, node in _stan_nodes(model_cfg):
+        module = model.get_submodule(path[len('model.'):]) if path != 'model' else model
+        if path not in saved_nodes or not hasattr(module, 'visual'):
+            continue
+        for key in SILENT_OPTIONS:
+            if key == 'levels' and out and out[-1].startswith(f'{path}.structure:'):
+                continue               # levels mean something else in the other structure
+            old, new = (_option(n, key, module) for n in (saved_nodes[path], node))
+            if old != new:
+                out.append(f'{path}.{key}: checkpoint {old!r} vs config {new!r}')
+    return out
+
+
 def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                           allow_missing: Sequence[str] = (),
                           allow_unexpected: Sequence[str] = (),
                           revise_keys: Sequence[Tuple[str, str]] = _DEFAULT_REVISE,
-                          name: Optional[str] = None) -> None:
+                          name: Optional[str] = None,
+                          model_cfg: Optional[Mapping] = None) -> None:
     """Raise :class:`CheckpointMismatchError` unless every model weight is in the checkpoint
-    with the right shape and the checkpoint holds nothing else.
+    with the right shape and the checkpoint holds nothing else; with ``model_cfg``, also
+    when the checkpoint's stored training config built its CLIPSTAN with other
+    :data:`SILENT_OPTIONS` (same weights, another computation).
 
     Args:
         model: the model (a DDP/mmengine wrapper is unwrapped).
@@ -129,13 +204,25 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
         revise_keys: key rewrites applied to the checkpoint first (mmengine's default
             strips ``module.``).
         name: how to call the checkpoint in the message (default: the path).
+        model_cfg: the ``model`` entry of the config the model was built from.
     """
     from mmengine.model import is_model_wrapper
     if is_model_wrapper(model):
         model = model.module
     name = name or (str(checkpoint) if not isinstance(checkpoint, Mapping) else 'checkpoint')
+    if not isinstance(checkpoint, Mapping):
+        from mmengine.runner.checkpoint import _load_checkpoint
+        checkpoint = _load_checkpoint(checkpoint, map_location='cpu')
     model_state = model.state_dict()
     ckpt_state = checkpoint_state_dict(checkpoint, revise_keys)
+    if model_cfg is not None:
+        options = silent_option_mismatches(model, model_cfg, checkpoint)
+        if options:
+            raise CheckpointMismatchError(
+                f'checkpoint {name} was trained with other CLIPSTAN options than this config '
+                f'builds (its weights fit, but the model would compute something else): '
+                + '; '.join(options) + '. Test with the config the checkpoint was trained '
+                'with, or set these options to the checkpoint\'s values (--cfg-options)')
     diff = compare_state_dicts(model_state, ckpt_state)
     missing = [k for k in diff['missing']
                if not any(re.search(p, k) for p in allow_missing)]

@@ -12,22 +12,29 @@ import sys
 from typing import Callable, Tuple, Type
 
 
-class ConfigOptionError(ValueError):
+class CommandLineError(ValueError):
+    """A command-line argument the tool cannot take (a missing checkpoint file, a bad
+    output name); the message says what was expected."""
+
+
+class ConfigOptionError(CommandLineError):
     """A command-line config option (``--cfg-options``) the config cannot take as given;
     the message says how to write it."""
 
 
 def user_errors() -> Tuple[Type[BaseException], ...]:
     """The exception types that describe the user's input, not a bug of the code."""
+    from stan_mm.apis.features import BankMismatchError
     from stan_mm.apis.video import ViewsError
     from stan_mm.compat.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
     from stan_mm.datasets.readers_common import AnnotationError
     from stan_mm.datasets.transforms.video_io import VideoReadError
-    from stan_mm.models.clip.builder import CLIPArchMismatchError, CLIPKeysMismatchError
+    from stan_mm.models.clip.builder import (CLIPArchMismatchError, CLIPArchMissingError,
+                                             CLIPKeysMismatchError)
     from stan_mm.utils.checkpoint_check import CheckpointMismatchError
-    return (AnnotationError, CLIPArchMismatchError, CLIPKeysMismatchError,
+    return (AnnotationError, CLIPArchMismatchError, CLIPArchMissingError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
-            VideoReadError, ViewsError, ConfigOptionError)
+            VideoReadError, ViewsError, CommandLineError, BankMismatchError)
 
 
 def describe(exc: BaseException) -> str:
@@ -125,14 +132,15 @@ def warn_schedule_beyond_training(cfg, tool: str) -> None:
 
 
 def run_tool(main: Callable[[], object], tool: str) -> int:
-    """Call ``main()``; return 0, or 2 after printing ``<tool>: error: <message>`` for an
-    error of :func:`user_errors` (re-raised as is when ``STAN_TRACEBACK=1``)."""
+    """Call ``main()``; return its exit status (an int it returns, else 0), or 2 after
+    printing ``<tool>: error: <message>`` for an error of :func:`user_errors` (re-raised as
+    is when ``STAN_TRACEBACK=1``)."""
     try:
-        main()
+        status = main()
     except user_errors() as exc:
         if os.environ.get('STAN_TRACEBACK', '') not in ('', '0'):
             raise
         print(f'{tool}: error: {type(exc).__name__}: {describe(exc)}\n'
               '(STAN_TRACEBACK=1 shows where it was raised)', file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

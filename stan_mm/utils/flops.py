@@ -217,11 +217,13 @@ DEFAULT_SHAPE = (8, 224, 224)
 
 def strip_weights(node: Any) -> Any:
     """Copy of a model config with every ``pretrained`` path set to None and every
-    ``init_cfg`` of type ``Pretrained`` removed (FLOPs need shapes, not weights)."""
+    ``init_cfg`` of type ``Pretrained`` removed (FLOPs need shapes, not weights), except a
+    ``pretrained`` beside ``arch=None``: the architecture is read from that file."""
     if isinstance(node, Mapping):
         out = {}
+        infer = 'arch' in node and node['arch'] is None
         for k, v in node.items():
-            if k == 'pretrained' and isinstance(v, str):
+            if k == 'pretrained' and isinstance(v, str) and not infer:
                 out[k] = None
             elif k == 'init_cfg' and isinstance(v, Mapping) and v.get('type') == 'Pretrained':
                 out[k] = None
@@ -318,7 +320,12 @@ def build_model_for_flops(cfg, device: str = 'meta', keep_weights: bool = False)
         model_cfg = strip_weights(model_cfg)
     num_classes = cfg.get('num_classes') or 400
     notes = _placeholder_classnames(model_cfg, int(num_classes))
-    with torch.device(device):
+    import warnings
+    with torch.device(device), warnings.catch_warnings():
+        # weights read into a model on 'meta' (arch=None, --keep-weights): torch warns once
+        # per tensor that the copy is a no-op, which is the point here
+        warnings.filterwarnings('ignore', message='.*copying from a non-meta parameter',
+                                category=UserWarning)
         model = MODELS.build(model_cfg)
     return model, notes
 

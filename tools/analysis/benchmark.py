@@ -106,7 +106,9 @@ def parse_args(argv=None):
     g = p.add_argument_group('data pipeline benchmark')
     g.add_argument('--pipeline-config', help='config whose train pipeline is measured '
                    '(default: CONFIG)')
-    g.add_argument('--videos', help='folder of .mp4 videos (default: generate some)')
+    g.add_argument('--videos', help='your videos: a folder (searched recursively, as '
+                   'tools/extract_features.py does) or a text file with one path per line; '
+                   'the first --num-videos are used (default: generate some)')
     g.add_argument('--num-videos', type=int, default=6)
     g.add_argument('--video-size', type=int, nargs=2, default=[340, 256],
                    metavar=('W', 'H'))
@@ -285,11 +287,12 @@ def run_pipeline_benchmark(args, cfg):
     pipeline = B.train_pipeline_from_config(cfg)
     tmp = None
     if args.videos:
-        videos = sorted(os.path.join(args.videos, f) for f in os.listdir(args.videos)
-                        if f.lower().endswith(('.mp4', '.avi', '.mkv', '.webm')))
-        if not videos:
-            raise SystemExit(f'benchmark: no .mp4/.avi/.mkv/.webm files in {args.videos}')
-        videos = videos[:args.num_videos]
+        from stan_mm.apis.video import list_videos
+        try:
+            root, found = list_videos(args.videos)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f'benchmark: {e}')
+        videos = [os.path.join(root, v) for v in found[:args.num_videos]]
     else:
         folder = args.video_cache or tempfile.mkdtemp(prefix='stan_bench_videos_')
         tmp = None if args.video_cache else folder

@@ -11,9 +11,10 @@
 
 Counting convention: one multiply-add = one FLOP (fvcore / mmengine.analysis); matrix
 products, convolutions and attention (Q K^T, A V) are counted, element-wise ops are not;
-gradient checkpointing off; weights are not loaded (``pretrained`` stripped) and the
-model is built on the ``meta`` device unless ``--device cpu``. Ops that look like matrix
-products but had no formula are listed (they would make the total too low).
+gradient checkpointing off; weights are not loaded (``pretrained`` stripped, except where
+``arch=None`` says to read the architecture from it) and the model is built on the ``meta``
+device unless ``--device cpu``. Ops that look like matrix products but had no formula are
+listed (they would make the total too low).
 Shape (T, H, W) and the number of test views default to the config's test pipeline.
 """
 import argparse
@@ -21,6 +22,19 @@ import sys
 
 import torch
 from mmengine.config import Config, DictAction
+
+
+def _views(value: str) -> int:
+    """``--views``: ``'3'`` or ``'1x3'`` (clips x crops) -> the number of views."""
+    parts = value.lower().split('x')
+    try:
+        counts = [int(p) for p in parts]
+    except ValueError:
+        counts = []
+    if not 1 <= len(counts) <= 2 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f'expected a count (3) or CLIPSxCROPS (1x3), got '
+                                         f'{value!r}')
+    return counts[0] * (counts[1] if len(counts) == 2 else 1)
 
 
 def parse_args(argv=None):
@@ -32,8 +46,10 @@ def parse_args(argv=None):
                         'else 8 224 224)')
     p.add_argument('--text-len', type=int, help='token length for the text tower '
                    '(default: test pipeline context_length, else 32)')
-    p.add_argument('--views', type=int, help='views per video for the total line '
-                   '(default: the test pipeline\'s num_clips x crops)')
+    p.add_argument('--views', type=_views, metavar='N|CLIPSxCROPS',
+                   help='views per video for the total line: a count (3) or CLIPSxCROPS as '
+                   'tools/test.py takes it (1x3) (default: the test pipeline\'s num_clips x '
+                   'crops)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                    metavar='KEY=VALUE', help='override config entries, as in tools/train.py')
     p.add_argument('--device', default='meta', choices=['meta', 'cpu'],
@@ -116,4 +132,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from stan_mm.utils.cli import run_tool
+    sys.exit(run_tool(main, 'get_flops.py'))

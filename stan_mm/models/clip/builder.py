@@ -60,6 +60,10 @@ class CLIPKeysMismatchError(RuntimeError):
     """The weights have missing or unexpected keys for the built model (``strict=True``)."""
 
 
+class CLIPArchMissingError(ValueError):
+    """Neither an architecture nor a weights file to infer it from was given."""
+
+
 class CLIPTextTowerMissingError(CLIPArchMismatchError):
     """The weights hold only CLIP's image tower, and the caller needs the text tower."""
 
@@ -362,10 +366,12 @@ def build_clip_from_checkpoint(ckpt: Optional[ClipCheckpoint], arch=None, *,
 
 def _check_args(fn: str, arch, pretrained, precision: str) -> None:
     if arch is None and pretrained is None:
-        raise ValueError(
+        raise CLIPArchMissingError(
             f'{fn} needs arch (an open_clip/OpenAI name such as \'ViT-B/16\' or a '
             'clip_cfg dict) for a randomly initialized CLIP, pretrained (a local weights '
-            'file or directory) to infer the architecture from, or both.')
+            'file or directory) to infer the architecture from, or both. In a config: '
+            'model.backbone.arch (and model.cls_head.text_encoder.arch for a text head), '
+            'e.g. --cfg-options model.backbone.arch=ViT-B/16')
     if precision not in _PRECISIONS:
         raise ValueError(f'precision must be one of {list(_PRECISIONS)}, got {precision!r}')
 

@@ -47,8 +47,11 @@ class CLIPTextEncoder(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if clip_model is None:
             if arch is None and pretrained is None:
-                raise ValueError('CLIPTextEncoder needs arch (e.g. \'ViT-B/16\' or a clip_cfg '
-                                 'dict) and/or pretrained (a local CLIP weights path)')
+                from .builder import CLIPArchMissingError
+                raise CLIPArchMissingError(
+                    'CLIPTextEncoder needs arch (e.g. \'ViT-B/16\' or a clip_cfg dict) and/or '
+                    'pretrained (a local CLIP weights path); in a config: '
+                    'model.cls_head.text_encoder.arch')
             clip_model = build_clip(
                 arch, pretrained, quick_gelu=quick_gelu,
                 needed_by='CLIPTextEncoder (the CLIP text tower, e.g. the text_encoder of '
