@@ -579,13 +579,13 @@ def test_split_items_reads_through_dataset_wrappers(setup):
     """--split train on a training set wrapped in SkipUnreadable (docs/robustness.md's
     advice): the wrapped dataset gives the videos and captions."""
     from mmengine.config import Config
-    tool = load_tool('tools/extract_features.py')
+    from stan_mm.apis.video import split_items
     cfg = Config.fromfile(setup['ret'][0])
     # the fixture's test split (its train split is the quickstart's data/motion)
-    plain = tool.split_items(cfg, 'test')
+    plain = split_items(cfg, 'test')
     cfg.test_dataloader.dataset = dict(type='SkipUnreadable',
                                        dataset=cfg.test_dataloader.dataset)
-    wrapped = tool.split_items(cfg, 'test')
+    wrapped = split_items(cfg, 'test')
     assert len(plain[0]) > 0 and [list(x) for x in wrapped] == [list(x) for x in plain]
 
 

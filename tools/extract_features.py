@@ -87,36 +87,6 @@ def read_texts(path: str):
     return read_text_lines(path, '--texts')
 
 
-def split_items(cfg, split: str):
-    """Videos (absolute paths, each once), captions, and each caption's video index, from
-    the config's ``<split>_dataloader.dataset`` (captions of a video grouped by file)."""
-    import copy
-    from mmaction.registry import DATASETS
-    from stan_mm.apis.video import dataset_cfg
-    loader = cfg.get(f'{split}_dataloader')
-    if not loader or not loader.get('dataset'):
-        raise ValueError(f'{cfg.filename} has no {split}_dataloader.dataset')
-    # wrappers (SkipUnreadable, RepeatDataset, ...) add nothing to the list of videos and
-    # captions: read the dataset they wrap
-    ds_cfg = copy.deepcopy(dataset_cfg(loader))
-    ds_cfg['pipeline'] = []
-    if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
-        ds_cfg['test_mode'] = True  # one entry per video with all its captions
-    dataset = DATASETS.build(ds_cfg)
-    videos, texts, t2v, index = [], [], [], {}
-    for i in range(len(dataset)):
-        info = dataset.get_data_info(i)
-        path = osp.abspath(info['filename'])
-        if path not in index:
-            index[path] = len(videos)
-            videos.append(path)
-        caps = info.get('text')
-        caps = [caps] if isinstance(caps, str) else list(caps or [])
-        texts += caps
-        t2v += [index[path]] * len(caps)
-    return videos, texts, t2v
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import stan_mm  # noqa: F401  (registration and stack fixes)
@@ -141,6 +111,7 @@ def main(argv=None) -> int:
 def _run(args, log) -> int:
     from stan_mm.apis import init_model, list_videos, loaded_model_key
     from stan_mm.apis.features import folder_lock, text_model_record
+    from stan_mm.apis.video import split_items
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
     videos, root, texts, t2v = [], osp.abspath('.'), None, None

@@ -120,6 +120,39 @@ def dataset_cfg(loader) -> Optional[dict]:
     return dataset
 
 
+def split_items(cfg, split: str, check_files: bool = True
+                ) -> Tuple[List[str], List[str], List[int]]:
+    """Videos (absolute paths, each once), captions, and each caption's video index, from
+    the config's ``<split>_dataloader.dataset`` (captions of a video grouped by file).
+    ``check_files=False``: a ``CheckedVideoDataset`` keeps the videos that have no file
+    (for a tool that reports them itself)."""
+    from mmaction.registry import DATASETS
+    loader = cfg.get(f'{split}_dataloader')
+    if not loader or not loader.get('dataset'):
+        raise ValueError(f'{cfg.filename} has no {split}_dataloader.dataset')
+    # wrappers (SkipUnreadable, RepeatDataset, ...) add nothing to the list of videos and
+    # captions: read the dataset they wrap
+    ds_cfg = copy.deepcopy(dataset_cfg(loader))
+    ds_cfg['pipeline'] = []
+    if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
+        ds_cfg['test_mode'] = True  # one entry per video with all its captions
+    if not check_files and ds_cfg.get('type') == 'CheckedVideoDataset':
+        ds_cfg['check_files'] = False
+    dataset = DATASETS.build(ds_cfg)
+    videos, texts, t2v, index = [], [], [], {}
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        path = osp.abspath(info['filename'])
+        if path not in index:
+            index[path] = len(videos)
+            videos.append(path)
+        caps = info.get('text')
+        caps = [caps] if isinstance(caps, str) else list(caps or [])
+        texts += caps
+        t2v += [index[path]] * len(caps)
+    return videos, texts, t2v
+
+
 def trains_with_flip(cfg) -> Optional[bool]:
     """Whether the config's training pipeline mirrors frames keeping their labels (a
     ``Flip`` with ``flip_ratio > 0`` and no ``flip_label_map``: a mirrored clip is the same

@@ -1,0 +1,78 @@
+"""tools/data/check_videos.py: every video opened and decoded as the pipelines read it,
+before a run; the unreadable ones listed with their reasons."""
+import os
+import os.path as osp
+import shutil
+import sys
+
+import pytest
+
+import stan_mm  # noqa: F401
+from stan_mm.apis.video_check import check_video, check_videos
+
+sys.path.insert(0, osp.dirname(__file__))
+from test_recognition import load_tool, write_tiny_config  # noqa: E402
+from test_robust_video import videos  # noqa: E402,F401  (the module's video fixture)
+
+BROKEN = ('missing', 'zero', 'text', 'trunc_half', 'trunc_header', 'trunc_tail',
+          'trunc_frames')
+READABLE = ('ok', 'three', 'single', 'tiny', 'odd', 'gray_mp4', 'long')
+
+
+@pytest.mark.parametrize('frames', ['ends', 'all'])
+def test_each_broken_kind_is_found_and_readable_ones_pass(videos, frames):  # noqa: F811
+    for name in READABLE:
+        assert check_video(videos[name], frames) is None, name
+    reasons = {name: check_video(videos[name], frames) for name in BROKEN}
+    assert all(reasons.values()), reasons
+    assert 'file not found' in reasons['missing'] and '0 bytes' in reasons['zero']
+    # the AVI opens (its index is whole) and fails at its last frames, which 'ends' reads
+    assert 'truncated or corrupt' in reasons['trunc_frames']
+    # the same, through worker processes, in the order given
+    paths = [videos[n] for n in BROKEN + READABLE]
+    assert check_videos(paths, frames, workers=2, progress=False) == [
+        (videos[n], reasons[n]) for n in BROKEN]
+
+
+def test_tool_on_a_folder_and_on_a_config(videos, tmp_path, capsys):  # noqa: F811
+    tool = load_tool('tools/data/check_videos.py', 'stan_check_videos_tool')
+    folder = tmp_path / 'gallery'
+    (folder / 'sub').mkdir(parents=True)
+    shutil.copy(videos['ok'], folder / 'ok.mp4')
+    shutil.copy(videos['trunc_frames'], folder / 'sub' / 'cut.avi')
+    shutil.copy(videos['zero'], folder / 'sub' / 'zero.mp4')
+    out = tmp_path / 'bad.txt'
+    assert tool.main([str(folder), '--out', str(out), '--no-progress']) == 1
+    listed = out.read_text().splitlines()
+    assert listed == [str(folder / 'sub' / 'cut.avi'), str(folder / 'sub' / 'zero.mp4')]
+    text = capsys.readouterr().out
+    assert 'checked 3 videos (ends frames): 2 unreadable' in text
+    assert f"{folder / 'sub' / 'zero.mp4'}: the file is empty (0 bytes)" in text
+    os.remove(folder / 'sub' / 'cut.avi')
+    os.remove(folder / 'sub' / 'zero.mp4')
+    assert tool.main([str(folder), '--out', str(out), '--no-progress']) == 0
+    assert out.read_text() == ''
+    # a config: its datasets' videos, a missing one reported rather than refused
+    cfg = write_tiny_config(tmp_path / 'cfg', num_train=3, num_val=2)
+    with open(tmp_path / 'cfg' / 'val_list.txt', 'a') as f:
+        f.write('gone.mp4 0\n')
+    shutil.copy(videos['trunc_frames'], tmp_path / 'cfg' / 'videos' / 'cut.avi')
+    with open(tmp_path / 'cfg' / 'train_list.txt', 'a') as f:
+        f.write('cut.avi 1\n')
+    assert tool.main(['--config', cfg, '--splits', 'train', 'val', '--out', str(out),
+                      '--no-progress', '--workers', '2']) == 1
+    assert out.read_text().splitlines() == [str(tmp_path / 'cfg' / 'videos' / 'cut.avi'),
+                                            str(tmp_path / 'cfg' / 'videos' / 'gone.mp4')]
+    text = capsys.readouterr().out
+    assert 'train: 4 videos' in text and 'val: 3 videos' in text
+    assert 'checked 7 videos' in text and 'gone.mp4: file not found' in text
+
+
+def test_tool_usage_errors(tmp_path, capsys):
+    tool = load_tool('tools/data/check_videos.py', 'stan_check_videos_tool')
+    with pytest.raises(SystemExit):
+        tool.parse_args([])
+    with pytest.raises(SystemExit):
+        tool.parse_args([str(tmp_path), '--config', 'x.py'])
+    assert tool.main([str(tmp_path / 'nowhere')]) == 2
+    assert 'check_videos: error:' in capsys.readouterr().err
