@@ -129,3 +129,13 @@ def test_comma_separated_class_list_refuses_empty_names():
     for value, where in (('red,,green', '2 of 3'), ('red,green,', '3 of 3'), (',red', '1 of 2')):
         with pytest.raises(ValueError, match=f'name {where} is empty'):
             parse_classnames(value)
+
+
+def test_one_hot_labels_are_not_read_as_class_indices(tmp_path):
+    """MMAction2's multi-label VideoDataset gives one-hot tensors: tensor([1.]) is not
+    label 1 (it would be refused against a one-class head)."""
+    multi = tmp_path / 'm.txt'
+    multi.write_text('a.mp4 0\nb.mp4 0\n')
+    ds = dataset(str(multi), type_='VideoDataset', multi_class=True, num_classes=1)
+    assert ds.get_data_info(0)['label'].tolist() == [1.0]          # one-hot
+    HOOKS.build(dict(type='ClassListCheckHook')).before_test(runner_with(head(1), test=ds))

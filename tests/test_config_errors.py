@@ -284,3 +284,45 @@ def test_tools_test_refuses_a_checkpoint_of_another_structure(tmp_path, recogniz
     branch, it runs."""
     ckpt = _ckpt_trained_with(recognizer, recognizer_cfg())
     assert _run_test_tool(tmp_path, ckpt, f'structure={structure!r}') == exitcode
+
+
+def test_stored_config_is_parsed_never_executed(recognizer, tmp_path):
+    """meta['cfg'] is Python text a checkpoint carries: reading it must not run it (a
+    weights-only load promises no code from the file)."""
+    marker = tmp_path / 'ran'
+    ckpt = _ckpt_trained_with(recognizer, recognizer_cfg(structure='posterior'))
+    ckpt['meta']['cfg'] = (f'x = __import__("pathlib").Path({str(marker)!r}).touch()\n'
+                           + ckpt['meta']['cfg'])
+    with pytest.raises(CheckpointMismatchError, match="structure: checkpoint 'posterior'"):
+        check_checkpoint_fits(recognizer, ckpt, model_cfg=recognizer_cfg())
+    assert not marker.exists()
+    # a model entry that is not a plain literal is not read at all
+    ckpt['meta']['cfg'] = (f'model = dict(backbone=__import__("pathlib").Path('
+                           f'{str(marker)!r}).touch())\n')
+    check_checkpoint_fits(recognizer, ckpt, model_cfg=recognizer_cfg())
+    assert not marker.exists()
+
+
+def test_a_depth_mismatch_is_reported_as_weights_not_levels(recognizer):
+    """Another depth changes the weights: the weights' message (with its depth hint), not
+    a levels difference derived from it."""
+    deeper = MODELS.build(recognizer_cfg(depth=3))
+    ckpt = _ckpt_trained_with(recognizer, recognizer_cfg())
+    with pytest.raises(CheckpointMismatchError) as info:
+        check_checkpoint_fits(deeper, ckpt, model_cfg=recognizer_cfg(depth=3))
+    msg = str(info.value)
+    assert 'depth 2 and the model 3' in msg and 'levels' not in msg.split('hint')[0]
+
+
+def test_options_that_do_not_act_are_not_compared():
+    """Without a branch (depth=0) no option acts; with structure='posterior' levels and
+    multi_level do not; with multi_level=False only the first level is read."""
+    from stan_mm.utils.checkpoint_check import effective_options
+    assert effective_options(dict(depth=0, video_cls='mean', structure='posterior'), 4) == {}
+    post = dict(depth=2, structure='posterior')
+    assert effective_options(dict(post, multi_level=False), 4) == \
+        effective_options(post, 4) == dict(structure='posterior', video_cls='public')
+    assert effective_options(dict(depth=2), 4)['levels'] == [3, 4]
+    assert effective_options(dict(depth=2, multi_level=False), 4)['levels'] == [3]
+    assert effective_options(dict(depth=2, levels=[1, 2], multi_level=False), 4)['levels'] \
+        == [1]

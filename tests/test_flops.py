@@ -264,3 +264,9 @@ model = dict(backbone=dict(arch=None, pretrained={str(clip)!r}, depth=1),
     assert r.returncode == 2, r.stderr[-2000:]
     assert 'get_flops.py: error: CLIPArchMissingError:' in r.stderr
     assert 'model.backbone.arch' in r.stderr and 'Traceback' not in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'analysis' / 'get_flops.py'),
+                        str(cfg), '--cfg-options', f'model.backbone.pretrained={tmp_path}/no.pt'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert 'get_flops.py: error: CommandLineError: CLIP weights not found' in r.stderr
+    assert 'With arch=None the architecture is read from that file' in r.stderr

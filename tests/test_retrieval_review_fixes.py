@@ -355,12 +355,25 @@ def test_a_bank_of_another_tokenizer_is_refused_other_model_settings_warned(
     assert records == []
 
 
-def test_a_checkpoint_rewritten_after_the_bank_is_refused(tmp_path, stub, model_files):
-    cfg_path, (_, ckpt) = model_files
+def test_the_checkpoint_is_known_by_its_bytes(tmp_path, stub, model_files):
+    """The same bytes are the same checkpoint: touched, copied elsewhere or reached through
+    a link, the bank is accepted; other bytes at the same path (rewritten since) are not."""
+    cfg_path, (ckpt5, ckpt) = model_files
     bank = make_bank(tmp_path, cfg_path, ckpt)
     st = os.stat(ckpt)
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
-    with pytest.raises(BankMismatchError, match='was rewritten after the bank'):
+    copy = tmp_path / 'moved' / 'best.pth'
+    copy.parent.mkdir()
+    shutil.copy(ckpt, copy)
+    link = tmp_path / 'latest.pth'
+    link.symlink_to(ckpt)
+    with logged_warnings() as records:
+        for same in (ckpt, str(copy), str(link)):
+            check_bank_matches(bank, as_test_py_merges(cfg_path), same)
+    assert records == []
+    shutil.copy(ckpt5, ckpt)
+    with pytest.raises(BankMismatchError, match='holds other bytes than when the bank was '
+                                                'extracted'):
         check_bank_matches(bank, as_test_py_merges(cfg_path), ckpt)
 
 

@@ -398,22 +398,35 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def checkpoint_digest(checkpoint: Optional[str]) -> Optional[str]:
+    """``'sha256:<hex>'`` of a checkpoint file's bytes (None for None): the same for a copy,
+    a link or a move of the file, other for other contents. Reads the whole file (about a
+    second per GB)."""
+    import hashlib
+    if checkpoint is None:
+        return None
+    digest = hashlib.sha256()
+    with open(checkpoint, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 23), b''):
+            digest.update(block)
+    return 'sha256:' + digest.hexdigest()
+
+
 def text_model_record(cfg, checkpoint: Optional[str],
                       build_note: Optional[str] = None) -> dict:
     """What makes a model's text embeddings, as ``meta.json`` records it (compared by
     :func:`check_bank_matches`): ``model_cfg`` (the config's ``model`` entry),
     ``text_tokenizer`` (the test pipeline's ``CLIPBPETokenize`` step: context length and
-    truncation of the texts, or None), ``checkpoint_fingerprint`` (path, size and
-    modification time of ``checkpoint``) and ``build_note`` (see :func:`model_key`).
+    truncation of the texts, or None), ``checkpoint_sha256`` (:func:`checkpoint_digest`)
+    and ``build_note`` (see :func:`model_key`).
 
     Raises:
-        OSError: ``checkpoint`` cannot be read (its fingerprint cannot be computed).
+        OSError: ``checkpoint`` cannot be read.
     """
     from .embed import _pipeline_tokenizer
-    from .inference import checkpoint_fingerprint
     return dict(model_cfg=_jsonable(cfg.to_dict().get('model')),
                 text_tokenizer=_jsonable(_pipeline_tokenizer(cfg)),
-                checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
+                checkpoint_sha256=checkpoint_digest(checkpoint),
                 build_note=build_note)
 
 
@@ -441,14 +454,16 @@ def _differences(bank, tested, path: str) -> List[str]:
     return [f'{path}: {show(bank)} (bank) vs {show(tested)} (tested)']
 
 
-def _checkpoint_difference(bank_fp: str, tested_fp: str) -> List[str]:
-    if bank_fp == tested_fp:
+def _checkpoint_difference(bank: dict, tested: dict, bank_path: Optional[str],
+                           tested_path: Optional[str]) -> List[str]:
+    """Checkpoints are the same when their bytes are (a copy, a link or a move of the file
+    is the same checkpoint)."""
+    if bank['checkpoint_sha256'] == tested['checkpoint_sha256']:
         return []
-    bank_path, tested_path = bank_fp.rsplit('|', 2)[0], tested_fp.rsplit('|', 2)[0]
-    if bank_path != tested_path:
-        return [f'checkpoint: {bank_path} (bank) vs {tested_path} (tested)']
-    return [f'checkpoint: {tested_path} was rewritten after the bank was extracted (size or '
-            f'modification time differ)']
+    if bank_path and tested_path and osp.realpath(bank_path) == osp.realpath(tested_path):
+        return [f'checkpoint: {tested_path} holds other bytes than when the bank was '
+                f'extracted (rewritten since)']
+    return [f'checkpoint: {bank_path} (bank) vs {tested_path} (tested), other contents']
 
 
 def _without_weight_paths(node):
@@ -461,12 +476,13 @@ def _without_weight_paths(node):
     return node
 
 
-def _record_differences(bank: dict, tested: dict) -> Tuple[List[str], List[str]]:
-    """``(certain, possible)`` differences between two :func:`text_model_record` s: another
-    checkpoint or text tokenizer certainly gives other text embeddings; another model entry
-    or build may (most model options, e.g. drop rates or the loss, do not change them)."""
-    certain = _checkpoint_difference(bank['checkpoint_fingerprint'],
-                                     tested['checkpoint_fingerprint'])
+def _record_differences(bank: dict, tested: dict, bank_path: Optional[str],
+                        tested_path: Optional[str]) -> Tuple[List[str], List[str]]:
+    """``(certain, possible)`` differences between two :func:`text_model_record` s (of the
+    checkpoint files ``bank_path`` and ``tested_path``): another checkpoint or text
+    tokenizer certainly gives other text embeddings; another model entry or build may (most
+    model options, e.g. drop rates or the loss, do not change them)."""
+    certain = _checkpoint_difference(bank, tested, bank_path, tested_path)
     certain += _differences(bank['text_tokenizer'], tested['text_tokenizer'],
                             'test pipeline CLIPBPETokenize')
     possible = _differences(_without_weight_paths(bank['model_cfg']),
@@ -537,8 +553,9 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
         warn(f'the checkpoint cannot be read ({e})')
         return meta
     possible: List[str] = []
-    if all(k in meta for k in ('model_cfg', 'text_tokenizer', 'checkpoint_fingerprint')):
-        differences, possible = _record_differences(meta, tested)
+    if all(k in meta for k in ('model_cfg', 'text_tokenizer', 'checkpoint_sha256')):
+        differences, possible = _record_differences(meta, tested, meta.get('checkpoint'),
+                                                    checkpoint)
     else:   # a folder written before the record existed
         recorded = meta.get('checkpoint')
         if not recorded or not checkpoint:
@@ -553,7 +570,8 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
             except (OSError, ValueError, KeyError, ModelLoadError) as e:
                 warn(f'the config its meta.json names cannot be read ({e})')
                 return meta
-            key = model_key(bank_cfg, tested['checkpoint_fingerprint'], meta.get('views'))
+            from .inference import checkpoint_fingerprint
+            key = model_key(bank_cfg, checkpoint_fingerprint(checkpoint), meta.get('views'))
             if key != meta.get('model_key'):
                 warn(f'its meta.json (written before the model record existed) names the '
                      f'config {meta["config"]} and the checkpoint {recorded}, one of which '
@@ -561,7 +579,7 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
                 return meta
             # (equal keys also mean the bank's model was built as its config says)
             differences, possible = _record_differences(
-                text_model_record(bank_cfg, checkpoint), tested)
+                text_model_record(bank_cfg, checkpoint), tested, checkpoint, checkpoint)
     if possible and not differences:
         shown = '; '.join(possible[:5]) + (
             f'; and {len(possible) - 5} more' if len(possible) > 5 else '')

@@ -27,6 +27,7 @@ neither ``num_classes`` nor their labels.
 import logging
 from typing import Iterator, Optional, Set, Tuple
 
+import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -53,12 +54,12 @@ def _leaf_datasets(dataset) -> Iterator:
 
 
 def _labels_of(info: dict) -> Iterator[int]:
+    """The class indices of a sample: an int or a list of ints. Other forms (MMAction2's
+    multi-label datasets give a one-hot tensor) are not read."""
     label = info.get('label') if isinstance(info, dict) else None
-    for value in (label if isinstance(label, (list, tuple)) else [label]):
-        try:
-            yield int(value)
-        except (TypeError, ValueError):       # a one-hot / tensor label: not checked here
-            return
+    values = label if isinstance(label, (list, tuple)) else [label]
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        yield from (int(v) for v in values)
 
 
 def max_label(dataset) -> Optional[Tuple[int, Optional[int]]]:

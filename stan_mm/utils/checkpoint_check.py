@@ -129,43 +129,90 @@ def _stan_nodes(node, path: str = 'model') -> Iterable[Tuple[str, Mapping]]:
             yield from _stan_nodes(v, f'{path}.{k}')
 
 
-def _option(node: Mapping, key: str, module) -> object:
-    """The value of ``key`` a CLIPSTAN config entry builds, defaults filled in (``levels``
-    resolved as CLIPSTAN does: the last ``depth`` CLIP blocks)."""
+def effective_options(node: Mapping, num_blocks: int) -> Dict[str, object]:
+    """The :data:`SILENT_OPTIONS` a CLIPSTAN config entry builds, as CLIPSTAN resolves them:
+    defaults filled in, ``levels`` the CLIP blocks the branch reads (the last ``depth`` ones
+    by default; only the first with ``multi_level=False``), and only the options that act:
+    none without a branch (``depth=0``), ``levels`` and ``multi_level`` only for
+    ``structure='branch'``."""
     import inspect
     from stan_mm.models.backbones import CLIPSTAN
     defaults = inspect.signature(CLIPSTAN.__init__).parameters
-    value = node.get(key, defaults[key].default)
-    if key == 'levels':
-        if node.get('structure', defaults['structure'].default) != 'branch':
-            return None
-        depth = node.get('depth', defaults['depth'].default)
-        blocks = len(module.visual.transformer.resblocks)
-        return list(value) if value is not None else list(range(blocks - depth + 1,
-                                                                 blocks + 1))
-    return value
+
+    def get(key):
+        return node.get(key, defaults[key].default)
+    depth = get('depth')
+    if not depth:
+        return {}
+    out = dict(structure=get('structure'), video_cls=get('video_cls'))
+    if out['structure'] == 'branch':
+        levels = get('levels')
+        levels = (list(levels) if levels is not None
+                  else list(range(num_blocks - depth + 1, num_blocks + 1)))
+        out.update(multi_level=bool(get('multi_level')),
+                   levels=levels if get('multi_level') else levels[:1])
+    return out
+
+
+class _NotLiteral(ValueError):
+    pass
+
+
+def _literal(node):
+    """The value of an expression made only of literals, ``dict(...)`` calls with keyword
+    arguments, lists, tuples and dicts (what mmengine's ``pretty_text`` writes), else
+    :class:`_NotLiteral`. Nothing is executed."""
+    import ast
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == 'dict' and not node.args and \
+            all(k.arg is not None for k in node.keywords):
+        return {k.arg: _literal(k.value) for k in node.keywords}
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        values = [_literal(v) for v in node.elts]
+        return values if isinstance(node, ast.List) else tuple(values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _literal(node.operand)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value
+    if isinstance(node, ast.Constant):
+        return node.value
+    raise _NotLiteral(type(node).__name__)
 
 
 def saved_model_config(checkpoint: Mapping) -> Optional[Mapping]:
     """The ``model`` entry of the training config that mmengine stores in a checkpoint's
-    ``meta['cfg']``, or None (no config stored, or not readable)."""
+    ``meta['cfg']`` (the config as Python text), or None (no config stored, or its ``model``
+    is not a plain literal). The text is parsed, never executed: a checkpoint could hold any
+    code there."""
+    import ast
     text = (checkpoint.get('meta') or {}).get('cfg') if isinstance(checkpoint, Mapping) \
         else None
     if not isinstance(text, str):
         return None
     try:
-        from mmengine.config import Config
-        model = Config.fromstring(text, '.py').get('model')
-    except Exception:      # a config text mmengine cannot read back: nothing to compare
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
         return None
-    return model.to_dict() if hasattr(model, 'to_dict') else model
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == 'model'):
+            try:
+                model = _literal(stmt.value)
+            except _NotLiteral:
+                return None
+            return model if isinstance(model, dict) else None
+    return None
 
 
 def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
                              checkpoint: Mapping) -> List[str]:
     """``'<path>.<option>: checkpoint <v> vs config <w>'`` for each :data:`SILENT_OPTIONS`
-    value of a CLIPSTAN whose training config (stored in the checkpoint) differs from
-    ``model_cfg``; empty when the checkpoint stores no config."""
+    value that acts (:func:`effective_options`) and differs between a CLIPSTAN of the
+    training config stored in the checkpoint and the same entry of ``model_cfg``; empty
+    when the checkpoint stores no readable config. Meant for a checkpoint whose weights fit
+    ``model`` (another ``depth`` is a difference of weights, reported as such)."""
     saved = saved_model_config(checkpoint)
     if saved is None:
         return []
@@ -176,12 +223,16 @@ def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
         module = model.get_submodule(path[len('model.'):]) if path != 'model' else model
         if path not in saved_nodes or not hasattr(module, 'visual'):
             continue
-        for key in SILENT_OPTIONS:
-            if key == 'levels' and out and out[-1].startswith(f'{path}.structure:'):
-                continue               # levels mean something else in the other structure
-            old, new = (_option(n, key, module) for n in (saved_nodes[path], node))
-            if old != new:
-                out.append(f'{path}.{key}: checkpoint {old!r} vs config {new!r}')
+        blocks = len(module.visual.transformer.resblocks)
+        old, new = (effective_options(n, blocks) for n in (saved_nodes[path], node))
+        if old.get('structure') != new.get('structure'):
+            keys = ['structure']          # the other options mean other things then
+        else:
+            keys = [k for k in SILENT_OPTIONS if k in old or k in new]
+            if old.get('multi_level') != new.get('multi_level'):
+                keys.remove('levels')     # the levels read follow from multi_level
+        out += [f'{path}.{k}: checkpoint {old.get(k)!r} vs config {new.get(k)!r}'
+                for k in keys if old.get(k) != new.get(k)]
     return out
 
 
@@ -215,14 +266,6 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
         checkpoint = _load_checkpoint(checkpoint, map_location='cpu')
     model_state = model.state_dict()
     ckpt_state = checkpoint_state_dict(checkpoint, revise_keys)
-    if model_cfg is not None:
-        options = silent_option_mismatches(model, model_cfg, checkpoint)
-        if options:
-            raise CheckpointMismatchError(
-                f'checkpoint {name} was trained with other CLIPSTAN options than this config '
-                f'builds (its weights fit, but the model would compute something else): '
-                + '; '.join(options) + '. Test with the config the checkpoint was trained '
-                'with, or set these options to the checkpoint\'s values (--cfg-options)')
     diff = compare_state_dicts(model_state, ckpt_state)
     missing = [k for k in diff['missing']
                if not any(re.search(p, k) for p in allow_missing)]
@@ -230,6 +273,14 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                   if not any(re.search(p, k) for p in allow_unexpected)]
     shape = diff['shape']
     if not (missing or unexpected or shape):
+        options = (silent_option_mismatches(model, model_cfg, checkpoint)
+                   if model_cfg is not None else [])
+        if options:
+            raise CheckpointMismatchError(
+                f'checkpoint {name} was trained with other CLIPSTAN options than this config '
+                f'builds (its weights fit, but the model would compute something else): '
+                + '; '.join(options) + '. Test with the config the checkpoint was trained '
+                'with, or set these options to the checkpoint\'s values (--cfg-options)')
         return
     lines = [f'checkpoint {name} does not fit {type(model).__name__} '
              f'({len(model_state)} model keys, {len(ckpt_state)} checkpoint keys):']

@@ -102,7 +102,15 @@ def _config_report(args, device):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     shape = tuple(args.shape) if args.shape else (shape_from_config(cfg) or DEFAULT_SHAPE)
-    model, notes = build_model_for_flops(cfg, device, args.keep_weights)
+    try:
+        model, notes = build_model_for_flops(cfg, device, args.keep_weights)
+    except FileNotFoundError as e:
+        from stan_mm.utils.cli import CommandLineError
+        raise CommandLineError(
+            f'{e}. With arch=None the architecture is read from that file (weights are not '
+            f'counted, but their shapes are): put the file there, or give the arch, e.g. '
+            f'--cfg-options model.backbone.arch=ViT-B/16 (model.arch for a retrieval '
+            f'config)') from e
     for n in notes:
         print('note:', n)
     if hasattr(model, 'text_backbone'):

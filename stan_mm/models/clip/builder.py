@@ -369,9 +369,10 @@ def _check_args(fn: str, arch, pretrained, precision: str) -> None:
         raise CLIPArchMissingError(
             f'{fn} needs arch (an open_clip/OpenAI name such as \'ViT-B/16\' or a '
             'clip_cfg dict) for a randomly initialized CLIP, pretrained (a local weights '
-            'file or directory) to infer the architecture from, or both. In a config: '
-            'model.backbone.arch (and model.cls_head.text_encoder.arch for a text head), '
-            'e.g. --cfg-options model.backbone.arch=ViT-B/16')
+            'file or directory) to infer the architecture from, or both. In a config: the '
+            'arch of the model part that builds this CLIP: model.backbone.arch (CLIPSTAN in '
+            'a recognizer), model.arch (STANRetriever), model.cls_head.text_encoder.arch '
+            '(a text head), e.g. --cfg-options model.backbone.arch=ViT-B/16')
     if precision not in _PRECISIONS:
         raise ValueError(f'precision must be one of {list(_PRECISIONS)}, got {precision!r}')
 
