@@ -231,6 +231,13 @@ def test_heads_are_not_in_the_weights(tmp_path, frames):
     with pytest.raises(CLIPArchMismatchError) as err:
         build_clip_vision(pretrained=path)
     assert str(path) in str(err.value) and 'heads' in str(err.value)
+    # full CLIP weights of such widths, through the converter's path: how to give the arch
+    # there, and no hint about the kind of file (it is the right kind)
+    full = tmp_path / 'narrow_full.pt'
+    T.save_open_clip(narrow, full)
+    msg = raised(CLIPArchMismatchError, build_clip, pretrained=str(full))
+    assert 'clip_to_mm.py: --arch' in msg and 'takes CLIP weights' not in msg
+    assert 'head_width (in a config: arch=' in msg          # one sentence, no '..'
     visual = build_clip_vision(vision_cfg_of(T.tiny_clip_cfg(vision_width=48)), path).eval()
     with torch.no_grad():
         torch.testing.assert_close(visual(frames), narrow.encode_image(frames), atol=ATOL,

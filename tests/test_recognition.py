@@ -605,6 +605,26 @@ def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
     assert cfg.optim_wrapper.dtype == 'bfloat16'
 
 
+def test_deterministic_warns_about_mmengines_epoch_loop(tmp_path, capsys):
+    """--deterministic with mmengine's EpochBasedTrainLoop (a config of the user's own):
+    exact only from epoch-end checkpoints, and the tool says so; this repo's configs (the
+    resumable loop) get no such warning."""
+    from mmengine.config import Config
+    train = load_tool('tools/train.py', 'stan_train_tool_loop_warning')
+    for loop in (dict(by_epoch=True, max_epochs=2), dict(type='EpochBasedTrainLoop',
+                                                         max_epochs=2)):
+        path = tmp_path / 'own.py'
+        path.write_text(f'train_cfg = {loop!r}\n')
+        train.merge_args(Config.fromfile(str(path)),
+                         train.parse_args([str(path), '--deterministic']))
+        err = capsys.readouterr().err
+        assert "train_cfg.type='EpochBasedTrainLoop' restarts an epoch" in err, loop
+        assert "train_cfg.type='ResumableEpochBasedTrainLoop'" in err
+    path = osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')
+    train.merge_args(Config.fromfile(path), train.parse_args([path, '--deterministic']))
+    assert 'restarts an epoch' not in capsys.readouterr().err
+
+
 def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
     """--resume reads last_checkpoint; without it mmengine would start from scratch and
     overwrite the folder's checkpoints. The tool names them and the flag to use."""

@@ -4,6 +4,7 @@ Expected numbers are either written by hand from small matrices (reasoning in co
 come from the plain-loop references below, written from the formulas of STAN_REFERENCE.md
 section 5 and independent of stan_mm's chunked code.
 """
+import logging
 import math
 
 import numpy as np
@@ -461,6 +462,42 @@ def test_metric_matches_core_and_ignores_order_and_duplicates():
     result = metric.evaluate(size=8)
     assert result == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
     assert metric.results == []
+
+
+def test_caption_level_samples_of_one_file_are_one_video():
+    """MMAction2's VideoTextDataset gives one sample per caption, each with its video: the
+    samples of one file are one gallery video with all their captions, so the metrics are
+    those of the video-level layout (without the grouping every copy of a video was its
+    own gallery item, and the ties made every R@1 0)."""
+    from mmaction.registry import METRICS
+    from mmengine.logging import MMLogger
+    text, video, bank_text, t2v = random_case(5, 13, 8)
+    expected = retrieval_metrics_from_embeddings(text, video, t2v)
+    samples, k = [], 0
+    for c in np.random.default_rng(3).permutation(len(t2v)):      # any caption order
+        v = int(t2v[c])
+        samples.append(dict(sample_idx=k, filename=f'/data/v{v}.mp4',
+                            video_feature=video[v], text_feature=text[c]))
+        k += 1
+    metric = METRICS.build(dict(type='RetrievalRecallMetric'))
+    logger, records = MMLogger.get_current_instance(), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger.addHandler(handler)
+    try:
+        metric.process(None, samples)
+        got = metric.evaluate(size=len(samples))
+    finally:
+        logger.removeHandler(handler)
+    # (ranks do not depend on the order of texts or videos)
+    assert got == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
+    assert got['retrieval/t2v_R1'] > 0
+    assert any(f'{len(samples)} test samples hold 8 video files' in r for r in records)
+    # without file names nothing is grouped: each sample is its own video, and the captions
+    # of a video with several lose to its other copies (ties count against the model)
+    metric.process(None, [{k: v for k, v in s.items() if k != 'filename'} for s in samples])
+    ungrouped = metric.evaluate(size=len(samples))
+    assert ungrouped['retrieval/t2v_R1'] < got['retrieval/t2v_R1']
 
 
 def test_metric_stores_compact_features_not_the_batch():

@@ -99,6 +99,16 @@ def merge_args(cfg, args):
                 print('train.py: --deterministic sets train_dataloader.persistent_workers='
                       'False (the config\'s EpochSeedHook reseeds workers per epoch, which '
                       'needs fresh workers each epoch; per_iteration=True would keep them)')
+            train_cfg = cfg.get('train_cfg') or {}
+            loop = train_cfg.get('type') or ('EpochBasedTrainLoop'
+                                             if train_cfg.get('by_epoch') else None)
+            if loop in ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop'):
+                print(f'train.py: warning: --deterministic replays a resumed run exactly from '
+                      f'epoch-end checkpoints only: train_cfg.type={loop!r} restarts an epoch '
+                      f'when resumed from a checkpoint inside it. Set '
+                      f'train_cfg.type=\'ResumableEpochBasedTrainLoop\' (as this repo\'s '
+                      f'configs do) for exact resumption from iteration checkpoints too',
+                      file=sys.stderr)
     from stan_mm.utils.cli import warn_misspelled_keys, warn_schedule_beyond_training
     warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')

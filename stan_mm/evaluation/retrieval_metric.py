@@ -4,7 +4,10 @@ Contract with the retrieval model (what ``predict`` / ``test_step`` must emit)
 ------------------------------------------------------------------------------
 One data sample = one test VIDEO with ALL of its captions (the dataset is video-level at
 test time: MSR-VTT 1k-A and LSMDC have one caption per video, DiDeMo one paragraph, MSVD
-several captions). For every sample the model returns an ``ActionDataSample`` (or a dict)
+several captions). A caption-level dataset (one sample per caption, MMAction2's
+``VideoTextDataset``) is evaluated the same way when the samples carry ``filename``: the
+samples of one file are one gallery video (otherwise each copy would be a separate gallery
+item with the same embedding, and the ties would count every caption's video as missed). For every sample the model returns an ``ActionDataSample`` (or a dict)
 carrying:
 
 ===================  =================  ==================================================
@@ -14,6 +17,8 @@ field                shape / type       meaning
 ``text_feature``     ``[n, E]`` tensor  the embeddings of the video's ``n >= 1`` captions
                      (or ``[E]``)       (a 1-D tensor means one caption)
 ``sample_idx``       ``int``            the dataset index of the sample (metainfo)
+``filename``         ``str`` (optional) the video file (metainfo): samples of one file
+                                        are one gallery video
 ===================  =================  ==================================================
 
 Both features may also sit under ``features`` (``data_sample.features.video_feature``, the
@@ -182,7 +187,9 @@ class RetrievalRecallMetric(BaseMetric):
                     f'RetrievalRecallMetric: sample {idx} has video_feature of shape '
                     f'{tuple(video.shape)} and text_feature of shape {tuple(text.shape)}; '
                     'expected [E] and [n_captions >= 1, E] with the same E')
-            self.results.append(dict(sample_idx=idx, video_feature=video, text_feature=text))
+            filename = data_sample.get('filename')
+            self.results.append(dict(sample_idx=idx, video_feature=video, text_feature=text,
+                                     filename=filename if isinstance(filename, str) else None))
 
     def evaluate(self, size: int) -> dict:
         """Collect every sample of every rank, de-duplicate by ``sample_idx``, evaluate on the
@@ -241,12 +248,31 @@ class RetrievalRecallMetric(BaseMetric):
         if len(dims) != 1:
             raise ValueError(f'RetrievalRecallMetric: samples have different feature '
                              f'dims {sorted(dims)}')
-        video_emb = torch.stack([unique[i]['video_feature'] for i in order])
         texts = [unique[i]['text_feature'] for i in order]
         text_emb = torch.cat(texts)
         counts = torch.tensor([t.shape[0] for t in texts])
-        text_to_video = torch.repeat_interleave(torch.arange(len(order)), counts)
-        return text_emb, video_emb, text_to_video, torch.tensor(order)
+        # the video of each sample: samples of one video file (a caption-level dataset such
+        # as MMAction2's VideoTextDataset gives one sample per caption) are one gallery video
+        names = [unique[i].get('filename') for i in order]
+        video_of = list(range(len(order)))
+        if all(names) and len(set(names)) < len(names):
+            first: Dict[str, int] = {}
+            for k, name in enumerate(names):
+                video_of[k] = first.setdefault(name, len(first))
+            self._warn_caption_level(len(order), len(first))
+        keep = sorted({v: k for k, v in reversed(list(enumerate(video_of)))}.items())
+        video_emb = torch.stack([unique[order[k]]['video_feature'] for _, k in keep])
+        text_to_video = torch.repeat_interleave(torch.tensor(video_of), counts)
+        return text_emb, video_emb, text_to_video, torch.tensor([order[k] for _, k in keep])
+
+    @staticmethod
+    def _warn_caption_level(samples: int, videos: int) -> None:
+        print_log(f'RetrievalRecallMetric: {samples} test samples hold {videos} video files '
+                  f'(a caption-level dataset, e.g. MMAction2\'s VideoTextDataset: one sample '
+                  f'per caption); each file is ranked once as one gallery video, with all its '
+                  f'captions (its first sample\'s video embedding). stan-mm\'s '
+                  f'RetrievalVideoTextDataset gives one sample per video and embeds each '
+                  f'video once', logger='current', level=logging.WARNING)
 
     def _load_bank(self, dim: int) -> torch.Tensor:
         bank = self.qb_norm['bank']

@@ -168,13 +168,17 @@ def _weights_cfg(ckpt: ClipCheckpoint, takes: str) -> Dict:
     """The clip_cfg of both towers inferred from ``ckpt``, which holds a text tower (the
     callers check it with :func:`require_text_tower`). ``takes``, in the error: which
     weights the caller takes (``'build_clip takes CLIP weights with both towers'``)."""
+    from stan_mm.utils.cli import describe
     try:
         return infer_clip_cfg(ckpt.state_dict, heads=ckpt.heads, source=ckpt.path)
-    except (KeyError, ValueError) as e:
-        from stan_mm.utils.cli import describe
+    except KeyError as e:            # keys of another kind of file
         raise CLIPArchMismatchError(
-            f'{ckpt.path}: {describe(e)}. {takes} (a trained stan-mm / MMAction2 checkpoint '
-            'goes to load_from, or to tools/test.py as CKPT)') from e
+            f'{ckpt.path}: {describe(e).rstrip(".")}. {takes} (a trained stan-mm / MMAction2 '
+            'checkpoint goes to load_from, or to tools/test.py as CKPT)') from e
+    except ValueError as e:          # CLIP weights whose shapes do not tell the architecture
+        raise CLIPArchMismatchError(
+            f'{ckpt.path}: {describe(e).rstrip(".")} (in a config: arch=...; '
+            'tools/convert/clip_to_mm.py: --arch NAME or a JSON clip_cfg file)') from e
 
 
 def load_clip_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Dict]:
