@@ -326,3 +326,15 @@ def test_options_that_do_not_act_are_not_compared():
     assert effective_options(dict(depth=2, multi_level=False), 4)['levels'] == [3]
     assert effective_options(dict(depth=2, levels=[1, 2], multi_level=False), 4)['levels'] \
         == [1]
+
+
+def test_stored_config_literals_as_mmengine_writes_them():
+    """pretty_text writes a dict with keys that are not identifiers as dict({...}) and
+    float('inf') as inf: both are read (the option check would otherwise be skipped)."""
+    from stan_mm.utils.checkpoint_check import saved_model_config
+    model = dict(type='X', backbone=dict(type='CLIPSTAN', structure='posterior',
+                                         extra={'a-b': [1, -2.5, None, True]},
+                                         limit=float('inf'), pair=(1, 'x')))
+    text = Config(dict(model=model)).pretty_text
+    assert 'dict({' in text and '=inf' in text.replace(' ', '')
+    assert saved_model_config({'meta': {'cfg': text}}) == model

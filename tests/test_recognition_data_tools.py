@@ -283,3 +283,69 @@ def test_one_data_root_override_moves_a_recognition_dataset(tmp_path, config, ma
         dataset = DATASETS.build(cfg[f'{split}_dataloader'].dataset)
         assert len(dataset) == n, split
         assert dataset.get_data_info(0)['filename'].startswith(root + '/videos'), split
+
+
+def test_k400_rerun_keeps_the_class_order_of_the_lists_there(tmp_path, capsys):
+    """Lists built with a --classnames order, then the train list rebuilt alone: the val
+    list keeps its ids, so classnames.txt must keep that order (sorting the train labels
+    renumbered every class under the val list without a word)."""
+    train, val = _k400_files(tmp_path)
+    order = tmp_path / 'reversed.txt'
+    order.write_text('passing American football (in game)\nair drumming\nabseiling\n')
+    out = tmp_path / 'out'
+    assert k400.main(['--train-csv', train, '--val-csv', val, '--out-dir', str(out),
+                      '--classnames', str(order)]) == 0
+    val_before = _read(out / 'val_list.txt')
+    capsys.readouterr()
+    assert k400.main(['--train-csv', train, '--out-dir', str(out)]) == 0
+    assert 'class order: ' in capsys.readouterr().out
+    assert _read(out / 'classnames.txt') == _read(order)
+    assert _read(out / 'val_list.txt') == val_before
+    assert _read(out / 'train_list.txt')[0] == '---QUuC4vJs_000003_000013.mp4 2'   # abseiling
+
+
+def test_list_builders_refuse_a_folder_without_any_of_the_videos(tmp_path, capsys):
+    """A wrong --name-format or --ext finds none of a split's videos: exit 1 with what to
+    check, and the lists already there stay (an empty list replaced them before)."""
+    train, val = _k400_files(tmp_path)
+    out = tmp_path / 'k400_out'
+    assert k400.main(['--train-csv', train, '--out-dir', str(out)]) == 0
+    before = _read(out / 'train_list.txt')
+    (tmp_path / 'vtrain').mkdir()
+    assert k400.main(['--train-csv', train, '--out-dir', str(out),
+                      '--train-video-dir', str(tmp_path / 'vtrain')]) == 1
+    err = capsys.readouterr().err
+    assert 'none of the 4 videos of the train split' in err and '--name-format' in err
+    assert _read(out / 'train_list.txt') == before
+    anno = _ssv2_files(tmp_path)
+    (tmp_path / 'videos').mkdir()
+    for vid in ('78687', '42326', '100904', '74225'):
+        (tmp_path / 'videos' / f'{vid}.webm').write_bytes(b'x')
+    out = tmp_path / 'ssv2_out'
+    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(out), '--video-dir',
+                      str(tmp_path / 'videos'), '--ext', 'mp4']) == 1
+    assert "Check --ext (now 'mp4'" in capsys.readouterr().err and not out.exists()
+
+
+def test_ssv2_current_archive_names_and_k400_csv_quirks(tmp_path, capsys):
+    """The current SSv2 label archive names its files train.json / validation.json; a
+    Kinetics CSV saved with a BOM reads as usual; inf / nan times are located errors."""
+    anno = _ssv2_files(tmp_path)
+    for old, new in (('something-something-v2-train.json', 'train.json'),
+                     ('something-something-v2-validation.json', 'validation.json')):
+        (anno / old).rename(anno / new)
+    out = tmp_path / 'out'
+    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(out)]) == 0
+    assert len(_read(out / 'train_list.txt')) == 3 and len(_read(out / 'val_list.txt')) == 1
+    train, _ = _k400_files(tmp_path)
+    bom = tmp_path / 'bom.csv'
+    bom.write_bytes(b'\xef\xbb\xbf' + open(train, 'rb').read())
+    assert k400.main(['--train-csv', str(bom), '--out-dir', str(tmp_path / 'k')]) == 0
+    assert len(_read(tmp_path / 'k' / 'train_list.txt')) == 4
+    for bad in ('inf', 'nan'):
+        lines = _read(train)
+        lines.insert(2, f'abseiling,abc,3,{bad},train')
+        path = tmp_path / f'{bad}.csv'
+        path.write_text('\n'.join(lines) + '\n')
+        assert k400.main(['--train-csv', str(path), '--out-dir', str(tmp_path / bad)]) == 1
+        assert f"line 3: time_end='{bad}'" in capsys.readouterr().err

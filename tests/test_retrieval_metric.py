@@ -498,6 +498,17 @@ def test_caption_level_samples_of_one_file_are_one_video():
     metric.process(None, [{k: v for k, v in s.items() if k != 'filename'} for s in samples])
     ungrouped = metric.evaluate(size=len(samples))
     assert ungrouped['retrieval/t2v_R1'] < got['retrieval/t2v_R1']
+    # some samples without a file name while others share files: nothing grouped, and
+    # the log says why
+    records.clear()
+    logger.addHandler(handler)
+    try:
+        metric.process(None, [dict(s, filename=None) if i == 0 else s
+                              for i, s in enumerate(samples)])
+        metric.evaluate(size=len(samples))
+    finally:
+        logger.removeHandler(handler)
+    assert any('1 of 13 test samples carry no filename' in r for r in records), records
 
 
 def test_metric_stores_compact_features_not_the_batch():

@@ -122,8 +122,9 @@ def dataset_cfg(loader) -> Optional[dict]:
 
 def split_items(cfg, split: str, check_files: bool = True
                 ) -> Tuple[List[str], List[str], List[int]]:
-    """Videos (absolute paths, each once), captions, and each caption's video index, from
-    the config's ``<split>_dataloader.dataset`` (captions of a video grouped by file).
+    """Videos (absolute paths, or URLs of other storages, each once), captions, and each
+    caption's video index, from the config's ``<split>_dataloader.dataset`` (captions of a
+    video grouped by file).
     ``check_files=False``: a ``CheckedVideoDataset`` keeps the videos that have no file
     (for a tool that reports them itself)."""
     from mmaction.registry import DATASETS
@@ -142,7 +143,8 @@ def split_items(cfg, split: str, check_files: bool = True
     videos, texts, t2v, index = [], [], [], {}
     for i in range(len(dataset)):
         info = dataset.get_data_info(i)
-        path = osp.abspath(info['filename'])
+        path = info['filename']
+        path = path if '://' in path else osp.abspath(path)   # other storages as they are
         if path not in index:
             index[path] = len(videos)
             videos.append(path)

@@ -18,21 +18,30 @@ A video whose container lost its frame index along with its frames (a cut MJPEG 
 counted as a shorter video) reads as a shorter video and is not reported.
 """
 import multiprocessing as mp
-from typing import Iterable, List, Optional, Sequence, Tuple
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 FRAME_MODES = ('ends', 'all')
-#: frames decoded per batch in ``frames='all'`` (bounds the memory of long videos)
-_ALL_BATCH = 64
+#: bytes of decoded frames per batch in ``frames='all'`` (bounds the memory of a worker on
+#: long or large videos: 64 frames of 1080p, 16 of 4K)
+_ALL_BATCH_BYTES = 400 << 20
+#: the reason given for a video whose decoding killed its worker process
+CRASHED = ('the decoder crashed (its worker process died, e.g. a segmentation fault or '
+           'the out-of-memory killer); the file is probably corrupt')
 
 
-def check_video(path: str, frames: str = 'ends') -> Optional[str]:
+def check_video(path: str, frames: str = 'ends',
+                init: Optional[Dict] = None) -> Optional[str]:
     """Why ``path`` cannot be read as the data pipelines read it, or None if it can.
 
     Args:
-        path: a local video file.
+        path: a video file (local, or any storage ``init``'s ``io_backend`` reads).
         frames: ``'ends'`` or ``'all'`` (see the module docstring).
+        init: keyword arguments of ``SafeDecordInit`` (the config pipeline's:
+            ``io_backend``, ``max_seconds``, file client arguments).
 
     Returns:
         the reason (``VideoReadError``'s, e.g. ``'file not found'``, ``'decoding frames
@@ -43,16 +52,18 @@ def check_video(path: str, frames: str = 'ends') -> Optional[str]:
     if frames not in FRAME_MODES:
         raise ValueError(f'frames={frames!r}; expected one of {FRAME_MODES}')
     try:
-        results = SafeDecordInit().transform(dict(filename=path))
+        results = SafeDecordInit(**(init or {})).transform(dict(filename=path))
         total = results['total_frames']
-        if frames == 'ends':
-            batches = [sorted({0, total // 2, total - 1})]
-        else:
-            batches = [list(range(s, min(s + _ALL_BATCH, total)))
-                       for s in range(0, total, _ALL_BATCH)]
         decode = SafeDecordDecode()
-        for inds in batches:
-            decode.transform(dict(results, frame_inds=np.asarray(inds)))
+        if frames == 'ends':
+            decode.transform(dict(results, frame_inds=np.asarray(sorted(
+                {0, total // 2, total - 1}))))
+            return None
+        first = decode.transform(dict(results, frame_inds=np.asarray([0])))['imgs'][0]
+        step = max(1, _ALL_BATCH_BYTES // max(1, first.nbytes))
+        for start in range(1, total, step):
+            decode.transform(dict(results, frame_inds=np.arange(start,
+                                                                 min(start + step, total))))
     except VideoReadError as e:
         return e.reason
     except Exception as e:       # anything else decord or the pipeline raises on this file
@@ -60,43 +71,93 @@ def check_video(path: str, frames: str = 'ends') -> Optional[str]:
     return None
 
 
-def _check_one(job: Tuple[str, str]) -> Tuple[str, Optional[str]]:
-    path, frames = job
-    return path, check_video(path, frames)
+def _check_one(job: Tuple[str, str, Optional[Dict]]) -> Tuple[str, Optional[str]]:
+    path, frames, init = job
+    return path, check_video(path, frames, init)
 
 
 def check_videos(paths: Sequence[str], frames: str = 'ends', workers: int = 0,
-                 progress: bool = True) -> List[Tuple[str, str]]:
+                 progress: bool = True, init: Optional[Dict] = None
+                 ) -> List[Tuple[str, str]]:
     """``(path, reason)`` of every video of ``paths`` that :func:`check_video` refuses, in
     the order of ``paths``.
 
     Args:
-        workers: processes decoding at once (0: this process).
+        workers: processes decoding at once. With ``workers >= 1`` a video whose decoding
+            kills its process (a decoder crash, the out-of-memory killer) is found again
+            alone in a process of its own and reported (:data:`CRASHED`); with 0 (this
+            process) such a crash ends the caller.
         progress: show a progress bar (tqdm) on stderr.
+        init: ``SafeDecordInit`` keyword arguments (see :func:`check_video`).
     """
     from tqdm import tqdm
     if frames not in FRAME_MODES:
         raise ValueError(f'frames={frames!r}; expected one of {FRAME_MODES}')
-    jobs = [(p, frames) for p in paths]
+    jobs = [(p, frames, init) for p in paths]
     bar = tqdm(total=len(jobs), desc='videos', unit='video', disable=not progress)
-    bad = {}
+    bad: Dict[str, str] = {}
 
-    def collect(results: Iterable[Tuple[str, Optional[str]]]) -> None:
-        for path, reason in results:
-            if reason is not None:
-                bad[path] = reason
-                bar.set_postfix(unreadable=len(bad))
-            bar.update(1)
+    def record(path: str, reason: Optional[str]) -> None:
+        if reason is not None:
+            bad[path] = reason
+            bar.set_postfix(unreadable=len(bad))
+        bar.update(1)
 
     try:
         if workers > 0:
-            # fork: no video is open in this process (stan_mm.compat's decord fix covers
-            # readers a caller left behind); spawn where fork does not exist
-            method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-            with mp.get_context(method).Pool(workers) as pool:
-                collect(pool.imap_unordered(_check_one, jobs, chunksize=4))
+            lost = _run_pool(jobs, workers, record)
+            # a process died and took the unfinished jobs with it: each again in a process
+            # of its own, so that a crash names its video
+            _run_isolated(lost, workers, record)
         else:
-            collect(map(_check_one, jobs))
+            for job in jobs:
+                record(*_check_one(job))
     finally:
         bar.close()
     return [(p, bad[p]) for p in paths if p in bad]
+
+
+def _run_pool(jobs, workers: int, record) -> list:
+    """Run ``jobs`` in ``workers`` processes, ``record`` each result; returns the jobs that
+    were lost with a process that died (empty when none died)."""
+    # fork: no video is open in this process (stan_mm.compat's decord fix covers readers a
+    # caller left behind); spawn where fork does not exist
+    method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
+    lost = []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        futures = {pool.submit(_check_one, job): job for job in jobs}
+        for future, job in futures.items():
+            try:
+                record(*future.result())
+            except BrokenProcessPool:
+                lost.append(job)
+    return lost
+
+
+def _child(job, conn) -> None:
+    conn.send(_check_one(job))
+    conn.close()
+
+
+def _run_isolated(jobs, workers: int, record) -> None:
+    """Each job in a process of its own, ``workers`` at a time; a process that dies
+    without a result (a decoder crash) records :data:`CRASHED` for its video."""
+    from multiprocessing.connection import wait
+    ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+    pending, running = list(jobs), {}
+    while pending or running:
+        while pending and len(running) < workers:
+            job = pending.pop(0)
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(job, send), daemon=True)
+            proc.start()
+            send.close()
+            running[proc.sentinel] = (proc, job, receive)
+        for sentinel in wait(list(running)):
+            proc, job, receive = running.pop(sentinel)
+            try:
+                result = receive.recv() if receive.poll() else None
+            except EOFError:          # died before sending
+                result = None
+            proc.join()
+            record(job[0], result[1] if result is not None else CRASHED)

@@ -255,6 +255,13 @@ class RetrievalRecallMetric(BaseMetric):
         # as MMAction2's VideoTextDataset gives one sample per caption) are one gallery video
         names = [unique[i].get('filename') for i in order]
         video_of = list(range(len(order)))
+        known = [n for n in names if n]
+        if known and len(known) < len(names) and len(set(known)) < len(known):
+            print_log(f'RetrievalRecallMetric: {len(names) - len(known)} of {len(names)} test '
+                      f'samples carry no filename while others share files: nothing is '
+                      f'grouped, so copies of a video are separate gallery items. Put '
+                      f"'filename' in the packing transform's meta_keys", logger='current',
+                      level=logging.WARNING)
         if all(names) and len(set(names)) < len(names):
             first: Dict[str, int] = {}
             for k, name in enumerate(names):

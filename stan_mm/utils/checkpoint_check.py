@@ -164,9 +164,16 @@ def _literal(node):
     :class:`_NotLiteral`. Nothing is executed."""
     import ast
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-            node.func.id == 'dict' and not node.args and \
+            node.func.id == 'dict' and len(node.args) <= 1 and \
             all(k.arg is not None for k in node.keywords):
-        return {k.arg: _literal(k.value) for k in node.keywords}
+        # dict(key=...) and dict({'not-an-identifier': ...}), as pretty_text writes them
+        out = _literal(node.args[0]) if node.args else {}
+        if not isinstance(out, dict):
+            raise _NotLiteral('dict of a non-dict')
+        out.update({k.arg: _literal(k.value) for k in node.keywords})
+        return out
+    if isinstance(node, ast.Name) and node.id in ('inf', 'nan'):   # float('inf') printed
+        return float(node.id)
     if isinstance(node, ast.Dict) and None not in node.keys:
         return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
     if isinstance(node, (ast.List, ast.Tuple)):

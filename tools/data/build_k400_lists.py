@@ -13,8 +13,9 @@ The CSVs are the official ones: header ``label,youtube_id,time_start,time_end,sp
   ``VideoDataset``; paths relative to the split's video folder);
 - ``classnames.txt``: the class names, one per line; class id = line number - 1. The order
   is the sorted set of train labels (MMAction2's Kinetics label map order), or the order of
-  ``--classnames`` when given (to match an existing label map). A run with ``--val-csv``
-  alone keeps the ``classnames.txt`` already in ``--out-dir`` (else it sorts the val labels).
+  ``--classnames`` when given (to match an existing label map). A rerun keeps the
+  ``classnames.txt`` already in ``--out-dir`` (the lists there use its ids); without one, a
+  run with ``--val-csv`` alone sorts the val labels.
 
 Video file names follow ``--name-format`` (Python format fields: ``youtube_id``,
 ``time_start``, ``time_end`` (ints), ``label``, ``label_dir`` (the label with spaces
@@ -22,17 +23,20 @@ replaced by underscores), ``split``); the default is the common
 ``<youtube_id>_<start:06d>_<end:06d>.mp4``; ``'{label_dir}/{youtube_id}_...'`` for class
 folders. With ``--train-video-dir`` / ``--val-video-dir``, videos that are not there (many
 YouTube videos are gone) are left out of the lists, counted and written to
-``missing_<split>.txt``. Malformed rows stop the tool with the file and line number.
+``missing_<split>.txt``; a folder that holds none of a split's videos (a wrong
+``--name-format``) stops the tool before anything is written. Malformed rows stop the tool
+with the file and line number.
 """
 import argparse
 import csv
+import math
 import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from list_files import write_lines, write_missing  # noqa: E402
+from list_files import refuse_empty_splits, write_lines, write_missing  # noqa: E402
 
 REQUIRED = ('label', 'youtube_id', 'time_start', 'time_end')
 DEFAULT_NAME_FORMAT = '{youtube_id}_{time_start:06d}_{time_end:06d}.mp4'
@@ -50,7 +54,7 @@ def _int(value: str, where: str, field: str) -> int:
         f = float(value)
     except (TypeError, ValueError):
         raise AnnotationError(f'{where}: {field}={value!r} is not a number') from None
-    if f != int(f) or f < 0:
+    if not math.isfinite(f) or f != int(f) or f < 0:
         raise AnnotationError(f'{where}: {field}={value!r} must be a non-negative whole '
                               f'number of seconds')
     return int(f)
@@ -62,7 +66,7 @@ def read_csv(path: str) -> List[Row]:
     if not osp.isfile(path):
         raise FileNotFoundError(f'Kinetics CSV not found: {path}')
     rows = []
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:   # a BOM (Excel) is no header
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         absent = [c for c in REQUIRED if c not in header]
@@ -156,11 +160,13 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
     video_dirs = video_dirs or {}
     rows = {split: read_csv(path) for split, path in csvs.items()}
     existing = osp.join(out_dir, 'classnames.txt')
-    if classnames is None and 'train' not in rows and osp.isfile(existing):
-        # a val-only run keeps the class ids of the lists already there (a val CSV that
-        # lacks some classes would otherwise renumber every class after them)
+    if classnames is None and osp.isfile(existing):
+        # a rerun keeps the class ids of the lists already there (a list not rebuilt now
+        # holds them; a val CSV that lacks some classes, or an earlier --classnames order,
+        # would otherwise renumber the classes under it)
         classnames = existing
-        print(f'class order: {existing} (already there; --classnames to choose another)')
+        print(f'class order: {existing} (already there; --classnames to choose another, '
+              f'or delete it for the sorted train labels)')
     if classnames is not None:
         names = read_classnames(classnames)
     else:
@@ -172,6 +178,8 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
     # every check first (a bad video folder fails before anything is written)
     found = {split: split_missing(items, video_dirs[split]) if video_dirs.get(split)
              else (items, []) for split, items in labelled.items()}
+    refuse_empty_splits(found, f'Check --name-format (now {name_format!r}; class folders: '
+                               f"'{{label_dir}}/' + the file name) and the video folder")
     os.makedirs(out_dir, exist_ok=True)
     write_lines(osp.join(out_dir, 'classnames.txt'), names)
     report = {}

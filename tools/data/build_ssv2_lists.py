@@ -7,7 +7,9 @@ Reads the official annotation files (from the dataset's ``labels`` archive):
 
 - ``labels.json``: ``{"Approaching something with your camera": "0", ...}``, class name
   (the template without brackets) -> class id as a string, ids 0..173;
-- ``something-something-v2-train.json`` / ``-validation.json``: a list of
+- ``something-something-v2-train.json`` / ``-validation.json`` (the 20BN names; the
+  current archive's ``train.json`` / ``validation.json`` are read when those are absent,
+  ``--train`` / ``--val`` / ``--labels`` name any other files): a list of
   ``{"id": "78687", "label": "...", "template": "Holding [something] next to [something]",
   "placeholders": [...]}``; the video is ``<id>.webm``.
 
@@ -32,10 +34,12 @@ import sys
 from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from list_files import write_lines, write_missing  # noqa: E402
+from list_files import refuse_empty_splits, write_lines, write_missing  # noqa: E402
 
 SPLIT_FILES = {'train': 'something-something-v2-train.json',
                'val': 'something-something-v2-validation.json'}
+#: the names of the current release's label archive (tried when SPLIT_FILES are absent)
+SPLIT_FILES_NEW = {'train': 'train.json', 'val': 'validation.json'}
 
 
 class AnnotationError(ValueError):
@@ -156,6 +160,8 @@ def build_lists(labels: str, splits: Dict[str, str], out_dir: str, ext: str = 'w
     # every check first (a bad video folder fails before anything is written)
     found = {split: split_missing(items, video_dir, ext) if video_dir is not None
              else (items, []) for split, items in parsed.items()}
+    refuse_empty_splits(found, f'Check --ext (now {ext!r}; webm as distributed) and '
+                               f'--video-dir')
     os.makedirs(out_dir, exist_ok=True)
     write_lines(osp.join(out_dir, 'classnames.txt'), names)
     report = {}
@@ -167,14 +173,23 @@ def build_lists(labels: str, splits: Dict[str, str], out_dir: str, ext: str = 'w
     return report
 
 
+def default_split_file(anno_dir: str, split: str) -> str:
+    """The split's JSON in ``anno_dir``: the 20BN / MMAction2 name
+    (``something-something-v2-train.json``), else the current archive's (``train.json``)."""
+    old, new = (osp.join(anno_dir, names[split]) for names in (SPLIT_FILES, SPLIT_FILES_NEW))
+    return new if not osp.isfile(old) and osp.isfile(new) else old
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Build MMAction2 video lists and classnames.txt '
                                 'from the official Something-Something-v2 JSON files')
     p.add_argument('--anno-dir', default='data/sthv2/annotations',
                    help='folder with labels.json and something-something-v2-*.json')
     p.add_argument('--labels', help='labels.json (default: <anno-dir>/labels.json)')
-    p.add_argument('--train', help=f'train JSON (default: <anno-dir>/{SPLIT_FILES["train"]})')
-    p.add_argument('--val', help=f'validation JSON (default: <anno-dir>/{SPLIT_FILES["val"]})')
+    p.add_argument('--train', help=f'train JSON (default: <anno-dir>/{SPLIT_FILES["train"]}, '
+                   f'else <anno-dir>/{SPLIT_FILES_NEW["train"]})')
+    p.add_argument('--val', help=f'validation JSON (default: <anno-dir>/{SPLIT_FILES["val"]}, '
+                   f'else <anno-dir>/{SPLIT_FILES_NEW["val"]})')
     p.add_argument('--out-dir', default='data/sthv2', help='where the lists go')
     p.add_argument('--ext', default='webm',
                    help='video file extension (webm as distributed; mp4 if re-encoded)')
@@ -186,12 +201,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     labels = args.labels or osp.join(args.anno_dir, 'labels.json')
-    splits = {'train': args.train or osp.join(args.anno_dir, SPLIT_FILES['train']),
-              'val': args.val or osp.join(args.anno_dir, SPLIT_FILES['val'])}
+    splits = {split: given or default_split_file(args.anno_dir, split)
+              for split, given in (('train', args.train), ('val', args.val))}
     try:
         report = build_lists(labels, splits, args.out_dir, args.ext.lstrip('.'),
                              args.video_dir)
-    except (AnnotationError, FileNotFoundError) as e:
+    except (AnnotationError, FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     for split, r in report.items():

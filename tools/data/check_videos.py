@@ -10,13 +10,24 @@ ones that fail (a broken file otherwise stops training when its sample is reache
 
 Per video: ``SafeDecordInit`` and ``SafeDecordDecode`` of the first, middle and last frame
 (``--frames all``: every frame; much slower, finds damage anywhere). Prints each unreadable
-video with the reason; ``--out`` writes their paths, one per line (e.g. for
-``grep -v -F -f bad.txt train_list.txt``). Exit status: 0 every video reads, 1 some do not,
-2 a usage error (no such folder, a config without the split).
+video with the reason. ``--out`` writes their names as the source lists them, one per line:
+relative to the folder or list file, or with ``--config`` to the dataset's video folder (the
+first field of its list lines), so that they can be left out of a list::
+
+    awk 'NR==FNR {bad[$0]; next} !($1 in bad)' bad.txt train_list.txt > train_list.ok.txt
+
+An MMAction2 list of ``<video> <label>`` lines is checked through its config (its names are
+relative to the dataset's ``data_prefix``). Exit status: 0 every video reads, 1 some do not,
+2 a usage error (no such folder, a labelled list without --config, a config without the
+split).
 """
 import argparse
+import json
+import os
 import os.path as osp
+import re
 import sys
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
@@ -50,28 +61,72 @@ def parse_args(argv=None):
     return args
 
 
-def videos_of(args):
-    """The absolute paths to check (each once, in order)."""
+LABELLED_LINE = re.compile(r'^\S+(\s+-?\d+)+\s*$')
+
+
+def _refuse_labelled_list(path: str) -> None:
+    """A list of ``<video> <label>`` lines (MMAction2's) holds names relative to a dataset's
+    video folder, which only the config knows."""
+    with open(path, encoding='utf-8-sig') as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
+    if lines and all(LABELLED_LINE.match(ln) for ln in lines[:100]) and \
+            not osp.exists(osp.join(osp.dirname(osp.abspath(path)), lines[0])):
+        raise ValueError(f'{path} looks like an MMAction2 video list ("<video> <label>" '
+                         f'lines, e.g. {lines[0]!r}): its names are relative to the dataset\'s '
+                         f'video folder (data_prefix). Check it through its config: '
+                         f'--config CONFIG [--splits train val]')
+
+
+def _name_under(path: str, folder: str) -> str:
+    if '://' in path:
+        return path[len(folder):].lstrip('/') if path.startswith(folder) else path
+    rel = osp.relpath(path, folder)
+    return path if rel.startswith('..') else rel
+
+
+def _init_args(pipeline) -> Optional[Dict]:
+    """``SafeDecordInit`` arguments from a pipeline's decord init step (its storage and
+    ``max_seconds``), or None."""
+    for step in pipeline or []:
+        if isinstance(step, dict) and step.get('type') in ('SafeDecordInit', 'DecordInit'):
+            return {k: v for k, v in step.items() if k not in ('type', 'num_threads')}
+    return None
+
+
+def videos_of(args) -> List[Tuple[str, str, Optional[Dict]]]:
+    """``(path, name, init)`` of the videos to check, each once, in order: the absolute
+    path (or URL); the name the source lists, relative to the folder or list file, or to
+    the dataset's video folder (the first field of its list lines); the
+    ``SafeDecordInit`` arguments of the split's pipeline (None for a folder or list)."""
     if args.source:
         from stan_mm.apis.video import list_videos
+        if osp.isfile(args.source):
+            _refuse_labelled_list(args.source)
         root, found = list_videos(args.source)
-        return [osp.join(root, v) if not osp.isabs(v) else v for v in found]
+        return [(v if osp.isabs(v) else osp.join(root, v), v, None) for v in found]
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from stan_mm.apis.video import split_items
+    from stan_mm.apis.video import dataset_cfg, split_items
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     videos, seen = [], set()
     for split in args.splits:
-        if not cfg.get(f'{split}_dataloader'):
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
             print(f'check_videos: {args.config} has no {split}_dataloader; skipped',
                   file=sys.stderr)
             continue
         found = split_items(cfg, split, check_files=False)[0]
+        ds = dataset_cfg(loader) or {}
+        prefix = osp.join(ds.get('data_root') or '',
+                          (ds.get('data_prefix') or {}).get('video') or '')
+        prefix = prefix if '://' in prefix else osp.abspath(prefix)
+        init = _init_args(ds.get('pipeline'))
         print(f'{split}: {len(found)} videos')
-        videos += [v for v in found if not (v in seen or seen.add(v))]
+        videos += [(v, _name_under(v, prefix), init) for v in found
+                   if not (v in seen or seen.add(v))]
     return videos
 
 
@@ -79,15 +134,31 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import stan_mm  # noqa: F401  (registers datasets and transforms)
     from stan_mm.apis.video_check import check_videos
+    if args.out and osp.exists(args.out):
+        os.remove(args.out)          # no list of an earlier run left behind on an error
     try:
         videos = videos_of(args)
-    except (OSError, ValueError) as e:      # no such folder / list / config split
-        print(f'check_videos: error: {e}', file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - no such folder / list / split, a bad config
+        print(f'check_videos: error: cannot list the videos to check: '
+              f'{type(e).__name__}: {e}', file=sys.stderr)
         return 2
     if not videos:
         print('check_videos: error: no videos to check', file=sys.stderr)
         return 2
-    bad = check_videos(videos, args.frames, args.workers, progress=not args.no_progress)
+    names = {path: name for path, name, _ in videos}
+    groups: Dict[str, list] = {}          # one run per decord init (storage, max_seconds)
+    for path, _, init in videos:
+        groups.setdefault(json.dumps(init, sort_keys=True, default=str), [init, []])[1] \
+            .append(path)
+    try:
+        found = {}
+        for init, paths in groups.values():
+            found.update(check_videos(paths, args.frames, args.workers,
+                                      progress=not args.no_progress, init=init))
+    except KeyboardInterrupt:
+        print('check_videos: interrupted', file=sys.stderr)
+        return 130
+    bad = [(p, found[p]) for p, _, _ in videos if p in found]
     print(f'checked {len(videos)} videos ({args.frames} frames): {len(bad)} unreadable')
     for path, reason in bad[:SHOWN]:
         print(f'  {path}: {reason}')
@@ -96,7 +167,8 @@ def main(argv=None) -> int:
                                                       else ' (--out FILE lists them all)'))
     if args.out:
         from stan_mm.engine.checkpoint_hook import atomic_write_bytes
-        atomic_write_bytes(''.join(f'{p}\n' for p, _ in bad).encode('utf-8'), args.out)
+        atomic_write_bytes(''.join(f'{names[p]}\n' for p, _ in bad).encode('utf-8'),
+                           args.out)
     return 1 if bad else 0
 
 
