@@ -113,3 +113,26 @@ def test_a_decoder_crash_is_reported_not_hung(videos, tmp_path, monkeypatch):  #
     got = video_check.check_videos(paths, workers=2, progress=False)
     assert [(osp.basename(p), r == video_check.CRASHED) for p, r in got] == [
         ('b.mp4', True), ('d.mp4', False)] * 2
+
+
+def test_a_retrieval_split_keeps_its_missing_videos_for_the_report(videos, tmp_path):  # noqa: F811,E501
+    """A retrieval dataset refuses missing videos when built; for the checker they stay in
+    the list (file names from the template), so they are reported with the others."""
+    import json
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from stan_mm.apis.video import split_items
+    init_default_scope('mmaction')
+    (tmp_path / 'videos').mkdir()
+    shutil.copy(videos['ok'], tmp_path / 'videos' / 'a.mp4')
+    ann = tmp_path / 'ann.json'
+    ann.write_text(json.dumps({'a.mp4': ['a caption'], 'gone.mp4': ['another caption']}))
+    dataset = dict(type='RetrievalVideoTextDataset', ann_file=str(ann), ann_format='json',
+                   data_prefix=dict(video=str(tmp_path / 'videos')), pipeline=[],
+                   test_mode=True)
+    cfg = Config(dict(test_dataloader=dict(dataset=dataset)))
+    with pytest.raises(Exception, match='gone'):
+        split_items(cfg, 'test')
+    found = split_items(cfg, 'test', check_files=False)[0]
+    assert found == [str(tmp_path / 'videos' / 'a.mp4'), str(tmp_path / 'videos' / 'gone.mp4')]
+    assert [check_video(v) for v in found] == [None, 'file not found']

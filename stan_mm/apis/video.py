@@ -125,8 +125,9 @@ def split_items(cfg, split: str, check_files: bool = True
     """Videos (absolute paths, or URLs of other storages, each once), captions, and each
     caption's video index, from the config's ``<split>_dataloader.dataset`` (captions of a
     video grouped by file).
-    ``check_files=False``: a ``CheckedVideoDataset`` keeps the videos that have no file
-    (for a tool that reports them itself)."""
+    ``check_files=False``: a ``CheckedVideoDataset``, or a ``RetrievalVideoTextDataset`` whose
+    file names come from a template, keeps the videos that have no file (for a tool that
+    reports them itself)."""
     from mmaction.registry import DATASETS
     loader = cfg.get(f'{split}_dataloader')
     if not loader or not loader.get('dataset'):
@@ -137,8 +138,10 @@ def split_items(cfg, split: str, check_files: bool = True
     ds_cfg['pipeline'] = []
     if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
         ds_cfg['test_mode'] = True  # one entry per video with all its captions
-    if not check_files and ds_cfg.get('type') == 'CheckedVideoDataset':
-        ds_cfg['check_files'] = False
+    if not check_files and (ds_cfg.get('type') == 'CheckedVideoDataset' or (
+            ds_cfg.get('type') == 'RetrievalVideoTextDataset'
+            and ds_cfg.get('video_lookup', 'template') == 'template')):
+        ds_cfg['check_files'] = False   # (a scanned name is only known if the file exists)
     dataset = DATASETS.build(ds_cfg)
     videos, texts, t2v, index = [], [], [], {}
     for i in range(len(dataset)):
