@@ -402,7 +402,6 @@ def checkpoint_digest(checkpoint: Optional[str]) -> Optional[str]:
     """``'sha256:<hex>'`` of a checkpoint file's bytes (None for None): the same for a copy,
     a link or a move of the file, other for other contents. Reads the whole file (about a
     second per GB)."""
-    import hashlib
     if checkpoint is None:
         return None
     digest = hashlib.sha256()
@@ -412,13 +411,14 @@ def checkpoint_digest(checkpoint: Optional[str]) -> Optional[str]:
     return 'sha256:' + digest.hexdigest()
 
 
-def text_model_record(cfg, checkpoint: Optional[str],
-                      build_note: Optional[str] = None) -> dict:
+def text_model_record(cfg, checkpoint: Optional[str], build_note: Optional[str] = None,
+                      digest: Optional[str] = None) -> dict:
     """What makes a model's text embeddings, as ``meta.json`` records it (compared by
     :func:`check_bank_matches`): ``model_cfg`` (the config's ``model`` entry),
     ``text_tokenizer`` (the test pipeline's ``CLIPBPETokenize`` step: context length and
     truncation of the texts, or None), ``checkpoint_sha256`` (:func:`checkpoint_digest`)
-    and ``build_note`` (see :func:`model_key`).
+    and ``build_note`` (see :func:`model_key`). ``digest``: the checkpoint's digest when
+    already computed (the file is not read again).
 
     Raises:
         OSError: ``checkpoint`` cannot be read.
@@ -426,7 +426,7 @@ def text_model_record(cfg, checkpoint: Optional[str],
     from .embed import _pipeline_tokenizer
     return dict(model_cfg=_jsonable(cfg.to_dict().get('model')),
                 text_tokenizer=_jsonable(_pipeline_tokenizer(cfg)),
-                checkpoint_sha256=checkpoint_digest(checkpoint),
+                checkpoint_sha256=digest or checkpoint_digest(checkpoint),
                 build_note=build_note)
 
 
@@ -491,6 +491,10 @@ def _record_differences(bank: dict, tested: dict, bank_path: Optional[str],
         possible.append(f'build: {bank.get("build_note") or "as the config says"} (bank) vs '
                         f'{tested.get("build_note") or "as the config says"} (tested)')
     return certain, possible
+
+
+def _first_five(items: List[str]) -> str:
+    return '; '.join(items[:5]) + (f'; and {len(items) - 5} more' if len(items) > 5 else '')
 
 
 def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
@@ -578,11 +582,11 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
                      f'changed since (or the model was built without its CLIP weights file)')
                 return meta
             # (equal keys also mean the bank's model was built as its config says)
-            differences, possible = _record_differences(
-                text_model_record(bank_cfg, checkpoint), tested, checkpoint, checkpoint)
+            bank = text_model_record(bank_cfg, checkpoint,
+                                     digest=tested['checkpoint_sha256'])   # the same file
+            differences, possible = _record_differences(bank, tested, checkpoint, checkpoint)
     if possible and not differences:
-        shown = '; '.join(possible[:5]) + (
-            f'; and {len(possible) - 5} more' if len(possible) > 5 else '')
+        shown = _first_five(possible)
         print_log(f'QB-Norm bank {bank_path}: made from this checkpoint, with other model '
                   f'settings ({shown}); if any of them changes the text embeddings, extract '
                   f'the bank again with this config', logger='current', level=logging.WARNING)
@@ -590,8 +594,7 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
         source = meta.get('source')
         inputs = f'--split {source} --skip-videos' if source in SPLITS else \
             '--texts <the bank texts, one per line>'
-        shown = '; '.join(differences[:5]) + (
-            f'; and {len(differences) - 5} more' if len(differences) > 5 else '')
+        shown = _first_five(differences)
         raise BankMismatchError(
             f'QB-Norm bank {bank_path} was made by another model than the one tested '
             f'({shown}), so its queries are scored with other text embeddings than the test '
@@ -601,8 +604,7 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
     return meta
 
 
-def check_qb_norm_banks(cfg, checkpoint: Optional[str],
-                        build_note: Optional[str] = None) -> List[str]:
+def check_qb_norm_banks(cfg, checkpoint: Optional[str]) -> List[str]:
     """:func:`check_bank_matches` for every QB-Norm bank file of ``cfg.test_evaluator``
     (a ``RetrievalRecallMetric`` with ``qb_norm=dict(bank='....npy', ...)``, alone or in a
     list). Returns the bank files checked."""
@@ -614,7 +616,7 @@ def check_qb_norm_banks(cfg, checkpoint: Optional[str],
         qb_norm = evaluator.get('qb_norm') if isinstance(evaluator, dict) else None
         bank = qb_norm.get('bank') if isinstance(qb_norm, dict) else None
         if isinstance(bank, str):
-            check_bank_matches(bank, cfg, checkpoint, build_note)
+            check_bank_matches(bank, cfg, checkpoint)
             checked.append(bank)
     return checked
 

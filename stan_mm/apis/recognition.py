@@ -35,9 +35,9 @@ def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
         raise FileNotFoundError(f'class names file not found: {value!r} (give a file with '
                                 f'one class name per line, or names separated by commas)')
     names = [n.strip() for n in value.split(',')]
-    empty = [i + 1 for i, n in enumerate(names) if not n]
+    empty = next((i + 1 for i, n in enumerate(names) if not n), None)
     if empty and len(names) > 1:
-        raise ValueError(f'class list {value!r}: name {empty[0]} of {len(names)} is empty (two '
+        raise ValueError(f'class list {value!r}: name {empty} of {len(names)} is empty (two '
                          f'commas in a row, or a comma at an end); the labels follow the '
                          f'order of the names, so every name must be there')
     return load_classnames(names)

@@ -117,14 +117,17 @@ def check_videos(paths: Sequence[str], frames: str = 'ends', workers: int = 0,
     return [(p, bad[p]) for p in paths if p in bad]
 
 
+def _mp_context():
+    """fork: no video is open in this process (stan_mm.compat's decord fix covers readers a
+    caller left behind); spawn where fork does not exist."""
+    return mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+
+
 def _run_pool(jobs, workers: int, record) -> list:
     """Run ``jobs`` in ``workers`` processes, ``record`` each result; returns the jobs that
     were lost with a process that died (empty when none died)."""
-    # fork: no video is open in this process (stan_mm.compat's decord fix covers readers a
-    # caller left behind); spawn where fork does not exist
-    method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
     lost = []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
         futures = {pool.submit(_check_one, job): job for job in jobs}
         for future, job in futures.items():
             try:
@@ -143,7 +146,7 @@ def _run_isolated(jobs, workers: int, record) -> None:
     """Each job in a process of its own, ``workers`` at a time; a process that dies
     without a result (a decoder crash) records :data:`CRASHED` for its video."""
     from multiprocessing.connection import wait
-    ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+    ctx = _mp_context()
     pending, running = list(jobs), {}
     while pending or running:
         while pending and len(running) < workers:

@@ -615,3 +615,16 @@ def load_restricted_pickle(path: str) -> Any:
     except Exception as e:  # any decoding failure of untrusted bytes  # noqa: BLE001
         raise AnnotationError(f'not a readable caption pickle ({type(e).__name__}: '
                               f'{str(e)[:200]})', file=path) from None
+
+
+def datasets_in(dataset) -> list:
+    """The dataset and every dataset wrapped inside it (Concat/Repeat/ClassBalanced)."""
+    out, stack = [], [dataset]
+    while stack:
+        ds = stack.pop()
+        out.append(ds)
+        stack.extend(getattr(ds, 'datasets', []) or [])
+        inner = getattr(ds, 'dataset', None)
+        if inner is not None:
+            stack.append(inner)
+    return out

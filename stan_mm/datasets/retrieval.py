@@ -87,7 +87,7 @@ from mmaction.registry import DATASETS, HOOKS
 
 from .readers import ANN_FORMATS, read_annotations
 from .readers_common import (AnnotationPolicy, IssueLog, VideoEntry, apply_missing_policy,
-                             check_missing_video)
+                             check_missing_video, datasets_in)
 
 __all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
            'scan_video_files', 'locate_videos', 'drop_same_file_entries']
@@ -479,19 +479,6 @@ class RetrievalVideoTextDataset(BaseActionDataset):
         return info
 
 
-def _datasets_in(dataset) -> list:
-    """The dataset and every dataset wrapped inside it (Concat/Repeat/ClassBalanced)."""
-    out, stack = [], [dataset]
-    while stack:
-        ds = stack.pop()
-        out.append(ds)
-        stack.extend(getattr(ds, 'datasets', []) or [])
-        inner = getattr(ds, 'dataset', None)
-        if inner is not None:
-            stack.append(inner)
-    return out
-
-
 @HOOKS.register_module()
 class CaptionSamplingEpochHook(Hook):
     """Tell retrieval datasets the epoch before each training epoch (and the runner's
@@ -502,6 +489,6 @@ class CaptionSamplingEpochHook(Hook):
 
     def before_train_epoch(self, runner) -> None:
         dataset = runner.train_loop.dataloader.dataset
-        for ds in _datasets_in(dataset):
+        for ds in datasets_in(dataset):
             if isinstance(ds, RetrievalVideoTextDataset):
                 ds.set_epoch(runner.epoch, seed=runner.seed)

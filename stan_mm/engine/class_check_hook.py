@@ -33,24 +33,18 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmaction.registry import HOOKS
 
-from stan_mm.datasets.readers_common import AnnotationError
+from stan_mm.datasets.readers_common import AnnotationError, datasets_in
 
 #: datasets with more samples than this are not scanned for their largest label (only
 #: ``CheckedVideoDataset`` records it while reading its list, for free)
 MAX_SCANNED = 2_000_000
 
 
-def _leaf_datasets(dataset) -> Iterator:
+def _leaf_datasets(dataset) -> list:
     """The datasets inside mmengine's wrappers (``ConcatDataset``, ``RepeatDataset``,
     ``ClassBalancedDataset``)."""
-    inner = getattr(dataset, 'datasets', None)
-    if isinstance(inner, (list, tuple)):
-        for d in inner:
-            yield from _leaf_datasets(d)
-    elif getattr(dataset, 'dataset', None) is not None:
-        yield from _leaf_datasets(dataset.dataset)
-    else:
-        yield dataset
+    return [d for d in datasets_in(dataset)
+            if not getattr(d, 'datasets', None) and getattr(d, 'dataset', None) is None]
 
 
 def _labels_of(info: dict) -> Iterator[int]:
@@ -94,7 +88,7 @@ def _head_source(head) -> str:
     if isinstance(names, (list, tuple)) and names:
         source = getattr(head, 'classnames_source', None)
         listed = f'{len(names)} class names'
-        return f'{listed} ({source})' if isinstance(source, str) else listed
+        return f'{listed} ({source})' if source else listed
     return f'num_classes={head.num_classes}'
 
 

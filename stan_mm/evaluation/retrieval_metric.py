@@ -262,24 +262,25 @@ class RetrievalRecallMetric(BaseMetric):
                       f'grouped, so copies of a video are separate gallery items. Put '
                       f"'filename' in the packing transform's meta_keys", logger='current',
                       level=logging.WARNING)
+        keep = list(range(len(order)))       # the first sample of each gallery video
         if all(names) and len(set(names)) < len(names):
             first: Dict[str, int] = {}
+            keep = []
             for k, name in enumerate(names):
-                video_of[k] = first.setdefault(name, len(first))
-            self._warn_caption_level(len(order), len(first))
-        keep = sorted({v: k for k, v in reversed(list(enumerate(video_of)))}.items())
-        video_emb = torch.stack([unique[order[k]]['video_feature'] for _, k in keep])
+                if name not in first:
+                    first[name] = len(first)
+                    keep.append(k)
+                video_of[k] = first[name]
+            print_log(f'RetrievalRecallMetric: {len(order)} test samples hold {len(first)} '
+                      f'video files (a caption-level dataset, e.g. MMAction2\'s '
+                      f'VideoTextDataset: one sample per caption); each file is ranked once as '
+                      f'one gallery video, with all its captions (its first sample\'s video '
+                      f'embedding). stan-mm\'s RetrievalVideoTextDataset gives one sample per '
+                      f'video and embeds each video once', logger='current',
+                      level=logging.WARNING)
+        video_emb = torch.stack([unique[order[k]]['video_feature'] for k in keep])
         text_to_video = torch.repeat_interleave(torch.tensor(video_of), counts)
-        return text_emb, video_emb, text_to_video, torch.tensor([order[k] for _, k in keep])
-
-    @staticmethod
-    def _warn_caption_level(samples: int, videos: int) -> None:
-        print_log(f'RetrievalRecallMetric: {samples} test samples hold {videos} video files '
-                  f'(a caption-level dataset, e.g. MMAction2\'s VideoTextDataset: one sample '
-                  f'per caption); each file is ranked once as one gallery video, with all its '
-                  f'captions (its first sample\'s video embedding). stan-mm\'s '
-                  f'RetrievalVideoTextDataset gives one sample per video and embeds each '
-                  f'video once', logger='current', level=logging.WARNING)
+        return text_emb, video_emb, text_to_video, torch.tensor([order[k] for k in keep])
 
     def _load_bank(self, dim: int) -> torch.Tensor:
         bank = self.qb_norm['bank']

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 __all__ = ['CheckpointMismatchError', 'checkpoint_state_dict', 'compare_state_dicts',
-           'check_checkpoint_fits', 'silent_option_mismatches']
+           'check_checkpoint_fits']
 
 _MAX_GROUPS = 12
 _BRANCH_LAYER = re.compile(r'(?:^|\.)branch\.layers\.(\d+)\.')
@@ -30,14 +30,21 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint's weights do not fit the model (the message lists the differences)."""
 
 
+def _as_checkpoint(checkpoint) -> Mapping:
+    """A loaded checkpoint dict as it is; a path loaded with mmengine's loader (the
+    weights-only loader of :mod:`stan_mm.compat`)."""
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    from mmengine.runner.checkpoint import _load_checkpoint
+    return _load_checkpoint(checkpoint, map_location='cpu')
+
+
 def checkpoint_state_dict(checkpoint, revise_keys: Sequence[Tuple[str, str]] = _DEFAULT_REVISE
                           ) -> Dict[str, torch.Tensor]:
     """The model weights of a checkpoint: a path (loaded with mmengine's loader, i.e. the
     weights-only loader of :mod:`stan_mm.compat`) or a loaded dict, with ``state_dict``
     unwrapped and ``revise_keys`` (regex, replacement) applied like mmengine does."""
-    if not isinstance(checkpoint, Mapping):
-        from mmengine.runner.checkpoint import _load_checkpoint
-        checkpoint = _load_checkpoint(checkpoint, map_location='cpu')
+    checkpoint = _as_checkpoint(checkpoint)
     state = checkpoint.get('state_dict', checkpoint)
     if not isinstance(state, Mapping):
         raise CheckpointMismatchError(f'the checkpoint holds no state dict (its state_dict '
@@ -230,7 +237,7 @@ def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
         module = model.get_submodule(path[len('model.'):]) if path != 'model' else model
         if path not in saved_nodes or not hasattr(module, 'visual'):
             continue
-        blocks = len(module.visual.transformer.resblocks)
+        blocks = module.num_layers
         old, new = (effective_options(n, blocks) for n in (saved_nodes[path], node))
         if old.get('structure') != new.get('structure'):
             keys = ['structure']          # the other options mean other things then
@@ -268,9 +275,7 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
     if is_model_wrapper(model):
         model = model.module
     name = name or (str(checkpoint) if not isinstance(checkpoint, Mapping) else 'checkpoint')
-    if not isinstance(checkpoint, Mapping):
-        from mmengine.runner.checkpoint import _load_checkpoint
-        checkpoint = _load_checkpoint(checkpoint, map_location='cpu')
+    checkpoint = _as_checkpoint(checkpoint)
     model_state = model.state_dict()
     ckpt_state = checkpoint_state_dict(checkpoint, revise_keys)
     diff = compare_state_dicts(model_state, ckpt_state)

@@ -61,17 +61,18 @@ def parse_args(argv=None):
                         help='similarity rows in memory at a time; default %(default)s')
     parser.add_argument('--device', default='cpu', help='cpu or cuda; default %(default)s')
     args = parser.parse_args(argv)
-    # an option of a trick that is off would be ignored: refuse it
-    for flag, needs, on in (('--dsl-temp', '--dsl', args.dsl),
-                            ('--qb-beta', '--qb-norm BANK.npy', args.qb_norm is not None),
-                            ('--qb-k', '--qb-norm BANK.npy', args.qb_norm is not None)):
-        if getattr(args, flag[2:].replace('-', '_')) is not None and not on:
-            parser.error(f'{flag} is an option of {needs.split()[0]}, which is not given: '
-                         f'add {needs}, or drop {flag}')
-    for name, default in (('dsl_temp', DEFAULT_DSL_TEMP), ('qb_beta', DEFAULT_QB_BETA),
-                          ('qb_k', DEFAULT_QB_K)):
+    # an option of a trick that is off would be ignored: refuse it; else fill its default
+    qb_norm = args.qb_norm is not None
+    for flag, needs, on, default in (
+            ('--dsl-temp', '--dsl', args.dsl, DEFAULT_DSL_TEMP),
+            ('--qb-beta', '--qb-norm BANK.npy', qb_norm, DEFAULT_QB_BETA),
+            ('--qb-k', '--qb-norm BANK.npy', qb_norm, DEFAULT_QB_K)):
+        name = flag[2:].replace('-', '_')
         if getattr(args, name) is None:
             setattr(args, name, default)
+        elif not on:
+            parser.error(f'{flag} is an option of {needs.split()[0]}, which is not given: '
+                         f'add {needs}, or drop {flag}')
     return args
 
 

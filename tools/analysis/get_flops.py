@@ -25,16 +25,16 @@ from mmengine.config import Config, DictAction
 
 
 def _views(value: str) -> int:
-    """``--views``: ``'3'`` or ``'1x3'`` (clips x crops) -> the number of views."""
-    parts = value.lower().split('x')
+    """``--views``: a count (``'3'``) or CLIPSxCROPS as tools/test.py takes it (``'1x3'``,
+    :func:`stan_mm.apis.video.parse_views`) -> the number of views."""
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    from stan_mm.apis.video import ViewsError, parse_views
     try:
-        counts = [int(p) for p in parts]
-    except ValueError:
-        counts = []
-    if not 1 <= len(counts) <= 2 or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f'expected a count (3) or CLIPSxCROPS (1x3), got '
-                                         f'{value!r}')
-    return counts[0] * (counts[1] if len(counts) == 2 else 1)
+        clips, crops = parse_views(value)
+    except ViewsError as e:
+        raise argparse.ArgumentTypeError(f'expected a count (3) or CLIPSxCROPS (1x3): {e}')
+    return clips * crops
 
 
 def parse_args(argv=None):

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     try:
         report = build_lists(labels, splits, args.out_dir, args.ext.lstrip('.'),
                              args.video_dir)
-    except (AnnotationError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:   # (AnnotationError is a ValueError)
         print(f'error: {e}', file=sys.stderr)
         return 1
     for split, r in report.items():

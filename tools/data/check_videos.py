@@ -47,7 +47,8 @@ def parse_args(argv=None):
                    'a split the config lacks is skipped)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                    metavar='KEY=VALUE', help='override config entries')
-    p.add_argument('--frames', choices=['ends', 'all'], default='ends',
+    from stan_mm.apis.video_check import FRAME_MODES
+    p.add_argument('--frames', choices=FRAME_MODES, default='ends',
                    help='decode the first, middle and last frame (default) or every frame')
     p.add_argument('--workers', type=int, default=0,
                    help='processes decoding at once (default 0: this one)')
@@ -64,15 +65,13 @@ def parse_args(argv=None):
 LABELLED_LINE = re.compile(r'^\S+(\s+-?\d+)+\s*$')
 
 
-def _refuse_labelled_list(path: str) -> None:
+def _refuse_labelled_list(source: str, root: str, found: List[str]) -> None:
     """A list of ``<video> <label>`` lines (MMAction2's) holds names relative to a dataset's
     video folder, which only the config knows."""
-    with open(path, encoding='utf-8-sig') as f:
-        lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
-    if lines and all(LABELLED_LINE.match(ln) for ln in lines[:100]) and \
-            not osp.exists(osp.join(osp.dirname(osp.abspath(path)), lines[0])):
-        raise ValueError(f'{path} looks like an MMAction2 video list ("<video> <label>" '
-                         f'lines, e.g. {lines[0]!r}): its names are relative to the dataset\'s '
+    if found and all(LABELLED_LINE.match(v) for v in found[:100]) and \
+            not osp.exists(osp.join(root, found[0])):
+        raise ValueError(f'{source} looks like an MMAction2 video list ("<video> <label>" '
+                         f'lines, e.g. {found[0]!r}): its names are relative to the dataset\'s '
                          f'video folder (data_prefix). Check it through its config: '
                          f'--config CONFIG [--splits train val]')
 
@@ -84,11 +83,16 @@ def _name_under(path: str, folder: str) -> str:
     return path if rel.startswith('..') else rel
 
 
+def _decord_inits() -> Tuple[str, ...]:
+    from stan_mm.apis.video import SAFE_TRANSFORMS
+    return ('DecordInit', SAFE_TRANSFORMS['DecordInit'])
+
+
 def _init_args(pipeline) -> Optional[Dict]:
     """``SafeDecordInit`` arguments from a pipeline's decord init step (its storage and
     ``max_seconds``), or None."""
     for step in pipeline or []:
-        if isinstance(step, dict) and step.get('type') in ('SafeDecordInit', 'DecordInit'):
+        if isinstance(step, dict) and step.get('type') in _decord_inits():
             return {k: v for k, v in step.items() if k not in ('type', 'num_threads')}
     return None
 
@@ -100,9 +104,9 @@ def videos_of(args) -> List[Tuple[str, str, Optional[Dict]]]:
     ``SafeDecordInit`` arguments of the split's pipeline (None for a folder or list)."""
     if args.source:
         from stan_mm.apis.video import list_videos
-        if osp.isfile(args.source):
-            _refuse_labelled_list(args.source)
         root, found = list_videos(args.source)
+        if osp.isfile(args.source):
+            _refuse_labelled_list(args.source, root, found)
         return [(v if osp.isabs(v) else osp.join(root, v), v, None) for v in found]
     from mmengine.config import Config
     from mmengine.registry import init_default_scope

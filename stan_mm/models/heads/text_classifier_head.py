@@ -124,8 +124,7 @@ class TextClassifierHead(BaseHead):
         self.classnames: List[str] = []
         self._tokens: Optional[torch.Tensor] = None      # [C * M, L] on CPU
         self._cache: Optional[torch.Tensor] = None       # [C, E] fp32, normalized
-        self.set_classnames(names)
-        self.classnames_source = classnames if isinstance(classnames, str) else None
+        self.set_classnames(names, source=classnames if isinstance(classnames, str) else None)
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -143,9 +142,10 @@ class TextClassifierHead(BaseHead):
                              f'finetune_text={finetune_text}; set only finetune_text')
         return MODELS.build(cfg)
 
-    def set_classnames(self, classnames: ClassNames) -> None:
+    def set_classnames(self, classnames: ClassNames, source: Optional[str] = None) -> None:
         """Use a new class list (path or list): re-tokenizes the prompts, sets
-        ``num_classes`` and drops the cached class embeddings.
+        ``num_classes`` and drops the cached class embeddings. ``source``: where a given
+        list came from, for messages (default: the path, if ``classnames`` is one).
 
         Prompts longer than ``context_length`` tokens are cut (a warning names them);
         two classes whose prompts give identical tokens (CLIP's text cleaning: curly vs
@@ -187,7 +187,8 @@ class TextClassifierHead(BaseHead):
         self._tokens = tokens
         self.classnames = names
         #: the class-name file, for messages (None: a list was given)
-        self.classnames_source = classnames if isinstance(classnames, str) else None
+        self.classnames_source = source or (classnames if isinstance(classnames, str)
+                                            else None)
         self.num_classes = len(names)
         self.invalidate_cache()
 
