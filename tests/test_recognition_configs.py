@@ -82,7 +82,8 @@ def test_config_recipe_and_full_size_meta_forward(name):
     assert ow.paramwise_cfg.custom_keys['backbone.branch'].lr_mult == 10
     assert raw.train_dataloader.batch_size * 8 == 128 == raw.auto_scale_lr.base_batch_size
     assert any(s.type == 'CosineAnnealingLR' for s in raw.param_scheduler)
-    assert head.label_smooth_eps == 0.1
+    # the public reproduction's text classifier: bare class names, plain cross-entropy
+    assert list(head.templates) == ['{}'] and head.label_smooth_eps == 0.0
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         pipeline = raw[loader].dataset.pipeline
         assert pipeline[1].type == 'UniformSample' and pipeline[1].clip_len == frames

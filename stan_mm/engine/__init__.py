@@ -1,4 +1,5 @@
-"""Runner pieces (registered in MMAction2's ``HOOKS`` and ``LOOPS``): crash-safe
+"""Runner pieces (registered in MMAction2's ``HOOKS`` and ``LOOPS``, mmengine's optimizer
+wrapper constructors): the optimizer groups of the STAN recipes, crash-safe
 checkpointing, the report of skipped unreadable videos, reseeding for exact resumption, an
 epoch loop that resumes inside an epoch, the check that the head and the datasets agree on
 the classes."""
@@ -7,3 +8,4 @@ from .skip_hook import SkippedVideosHook  # noqa: F401
 from .loops import ResumableEpochBasedTrainLoop  # noqa: F401
 from .seed_hook import EpochSeedHook  # noqa: F401
 from .class_check_hook import ClassListCheckHook  # noqa: F401
+from .optim_constructor import STANOptimWrapperConstructor  # noqa: F401

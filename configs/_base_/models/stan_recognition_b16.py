@@ -21,21 +21,22 @@ clip_embed_dim = 512
 clip_mean = [122.771, 116.746, 104.093]
 clip_std = [68.500, 66.632, 70.323]
 
-# Default head: cosine(video, text(prompt with the class name)) / 0.01, as the authors'
-# public code scores classes; it encodes bare names with a plain cross-entropy
-# (templates=['{}'], label_smooth_eps=0 reproduce that; the prompt and smoothing are ours).
+# Default head: cosine(video, text(class name)) / 0.01 with a plain cross-entropy, as the
+# public reproduction scores classes (STAN_REFERENCE.md Sec. 4: the bare class names are
+# tokenized and encoded). A prompt and label smoothing are one override away:
+#   cls_head=dict(templates=['a video of {}.'], label_smooth_eps=0.1)
 text_head = dict(
     type='TextClassifierHead',
     in_channels=clip_embed_dim,
     classnames=None,  # set by the dataset config (classnames.txt path or a list)
     text_encoder=dict(
         type='CLIPTextEncoder', arch=clip_arch, pretrained=clip_pretrained),
-    templates=['a video of {}.'],
+    templates=['{}'],  # the bare class name
     context_length=77,
     temperature=0.01,
     learnable_temperature=False,
     finetune_text=False,
-    label_smooth_eps=0.1,
+    label_smooth_eps=0.0,
     average_clips='prob')  # multi-view: softmax per view, mean over views
 
 # MMAction2's linear head on the [N, E] video embedding (spatial_type=None: no pooling).

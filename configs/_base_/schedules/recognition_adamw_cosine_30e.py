@@ -17,16 +17,17 @@ optim_wrapper = dict(
     dtype='bfloat16',
     optimizer=dict(
         type='AdamW', lr=2e-6, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.02),
-    # No decay on CLIP's norms, biases and other 1-D parameters (class embedding,
-    # attention in_proj_bias); the 2-D positional embedding decays. Parameters matched by
-    # a custom key follow only that key (mmengine rule): branch and head parameters all
-    # decay, their norms and biases included. The custom keys name only the head's new
-    # parameters, so a fine-tuned CLIP text tower (cls_head.text_encoder, with
-    # finetune_text=True) follows CLIP's rules: 2e-6, no decay on norms and biases.
+    # No decay on norms and biases (STAN_REFERENCE.md Sec. 4), those of the STAN branch and
+    # the head included: mmengine's default constructor skips its norm/bias rules for
+    # parameters matched by a custom key and for attention in_proj_bias;
+    # STANOptimWrapperConstructor applies them to every norm and bias. All other
+    # parameters decay (CLIP's class embedding too). The custom keys name only the head's
+    # new parameters, so a fine-tuned CLIP text tower (cls_head.text_encoder, with
+    # finetune_text=True) keeps CLIP's learning rate, 2e-6.
+    constructor='STANOptimWrapperConstructor',
     paramwise_cfg=dict(
         norm_decay_mult=0.0,
         bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
         custom_keys={
             'backbone.branch': dict(lr_mult=10.0),  # STAN branch: 2e-5
             # new head parameters, 2e-5: the linear head's classifier, the text

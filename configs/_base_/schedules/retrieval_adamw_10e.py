@@ -24,13 +24,14 @@ optim_wrapper = dict(
     dtype='float16',             # public reproduction; 'bfloat16' needs no loss scaling
     optimizer=dict(
         type='AdamW', lr=2e-6, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.05),
-    # mmengine rule: parameters matched by a custom key follow only that key, so the
-    # branch's own norms and biases decay (as in the public reproduction, which puts its
-    # lr_mult on the STAN parameters the same way).
+    # No decay on norms and biases (STAN_REFERENCE.md Sec. 4), the STAN branch's included:
+    # mmengine's default constructor skips its norm/bias rules for parameters matched by a
+    # custom key and for attention in_proj_bias; STANOptimWrapperConstructor applies them
+    # to every norm and bias. All other parameters decay (CLIP's class embedding too).
+    constructor='STANOptimWrapperConstructor',
     paramwise_cfg=dict(
         norm_decay_mult=0.0,
         bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
         custom_keys={
             'backbone.branch': dict(lr_mult=10.0),  # STAN branch: 2e-5
             'logit_scale': dict(decay_mult=0.0),    # only with learnable_temperature=True

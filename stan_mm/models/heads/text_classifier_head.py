@@ -17,7 +17,8 @@ from .classnames import ClassNames, build_prompts, check_templates, load_classna
 class TextClassifierHead(BaseHead):
     """Classify a video embedding by its cosine similarity to class-name text embeddings.
 
-    Every class name is put into each prompt template (``'a video of {}.'``), tokenized
+    Every class name is put into each prompt template (default ``'a video of {}.'``; the
+    recognition configs use the bare name, ``'{}'``), tokenized
     with CLIP's BPE (offline) and encoded by a CLIP text tower; the class embedding is the
     mean over templates of the L2-normalized prompt embeddings, L2-normalized again
     (CLIP's prompt ensembling). Logits for a video embedding ``x`` are::
@@ -26,10 +27,9 @@ class TextClassifierHead(BaseHead):
 
     The authors' public code scores classes the same way (class text encoded once, no
     gradient) but encodes the bare class names with no template and trains with a plain
-    cross-entropy: ``templates=['{}']``, ``label_smooth_eps=0`` reproduce that; the
-    recognition configs' ``'a video of {}.'`` and label smoothing 0.1 are this project's
-    choice (the paper states neither). The class embeddings ``w`` [num_classes, E] are
-    cached:
+    cross-entropy: ``templates=['{}']``, ``label_smooth_eps=0``, what the recognition
+    configs set (the paper states neither). The class embeddings ``w`` [num_classes, E]
+    are cached:
 
     * ``finetune_text=False`` (default): the text tower is frozen (no gradient, eval mode)
       and ``w`` is computed once, without grad, at the first forward, then reused;

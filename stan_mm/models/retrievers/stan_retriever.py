@@ -138,8 +138,9 @@ class STANRetriever(BaseModel):
 
     Learning rates: branch parameters are named ``backbone.branch.*``; the paper's 10x
     learning rate on them is ``optim_wrapper.paramwise_cfg.custom_keys =
-    {'backbone.branch': dict(lr_mult=10.0)}``. A learnable ``logit_scale`` is a 0-d
-    parameter that mmengine's ``flat_decay_mult`` does not cover: add ``'logit_scale':
+    {'backbone.branch': dict(lr_mult=10.0)}`` (with ``constructor=
+    'STANOptimWrapperConstructor'`` its norms and biases get no decay either). A learnable
+    ``logit_scale`` is a 0-d parameter, neither norm nor bias: add ``'logit_scale':
     dict(decay_mult=0.0)``.
 
     Args:
