@@ -327,6 +327,88 @@ def test_drop_path_rates_linspace():
     assert rates_t == pytest.approx([0., 0.15, 0.3])
 
 
+def _hand_spatial(spatial, cls, x, frame_weight):
+    """The intra-frame module written out from its sub-modules (STAN_REFERENCE.md
+    section 2, SpatialBlock's docstring), with the attention residual of video b, frame t
+    multiplied by ``frame_weight[b, t]`` (drop path: 0 dropped, 1 / keep_prob kept); the MLP
+    residual is never scaled. Plain loops over videos and frames; attention through
+    ``nn.MultiheadAttention``'s own forward."""
+    B, P, T, D = x.shape
+    cls_out, x_out = torch.empty(B, D), torch.empty(B, P, T, D)
+    for b in range(B):
+        new_cls, new_x = cls[b].clone(), x[b].clone()             # [D], [P, T, D]
+        for t in range(T):
+            seq = spatial.ln_1(torch.cat([cls[b][None], x[b, :, t]])[None])   # [1, 1+P, D]
+            a = spatial.attn(seq, seq, seq, need_weights=False)[0][0] * frame_weight[b][t]
+            new_cls = new_cls + a[0] / T                           # CLS: mean over frames
+            new_x[:, t] = x[b, :, t] + a[1:]
+        z = torch.cat([new_cls[None], new_x.reshape(P * T, D)])    # [1+P*T, D]
+        z = z + spatial.mlp(spatial.ln_2(z))
+        cls_out[b], x_out[b] = z[0], z[1:].view(P, T, D)
+    return cls_out, x_out
+
+
+def test_drop_path_acts_on_attention_branches_in_training():
+    """Training mode, drop path 0.5 in the second of two layers: every (video, frame) of the
+    spatial module's output is the hand formula with that frame's attention residual
+    dropped (x 0) or kept (x 1 / 0.5) and the MLP residual untouched; in the temporal module
+    every (video, patch) gets x + FC(0) (dropped before the FC: the FC bias stays) or
+    x + FC(2 * attention). Both outcomes must occur; eval mode keeps everything (x 1)."""
+    import itertools
+    from mmcv.cnn.bricks import DropPath
+    m = randomize_branch(make(depth=2, drop_path_rate=0.5)).train()
+    spatial, temporal = m.branch.layers[1].spatial, m.branch.layers[1].temporal
+    assert isinstance(spatial.drop_path, DropPath) and spatial.drop_path.drop_prob == 0.5
+    assert isinstance(temporal.drop_path, DropPath) and temporal.drop_path.drop_prob == 0.5
+    assert isinstance(spatial.ls_1, nn.Identity) and isinstance(spatial.ls_2, nn.Identity)
+    g = torch.Generator().manual_seed(5)
+    B, P, T = 2, 16, 3
+    cls, x = torch.randn(B, WIDTH, generator=g), torch.randn(B, P, T, WIDTH, generator=g)
+
+    def close(a, b):
+        return torch.allclose(a, b, rtol=0, atol=1e-5)
+
+    masks = list(itertools.product((0., 2.), repeat=T))
+    seen = set()
+    with torch.no_grad():
+        hand = {mask: _hand_spatial(spatial, cls, x, [mask] * B) for mask in masks}
+        for seed in range(6):
+            torch.manual_seed(seed)
+            got_cls, got_x = spatial(cls, x)
+            for b in range(B):
+                match = [mask for mask in masks if close(got_cls[b], hand[mask][0][b])
+                         and close(got_x[b], hand[mask][1][b])]
+                assert len(match) == 1, (
+                    f'seed {seed}, video {b}: matches {match} of the hand formulas (attention '
+                    f'residual x0 or x2 per frame, MLP residual x1)')
+                seen.update(match[0])
+        assert seen == {0., 2.}
+        want = _hand_spatial(spatial, cls, x, [[1.] * T] * B)
+        got = spatial.eval()(cls, x)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
+
+        fc = temporal.fc
+        assert fc.bias.abs().min() > 0
+        rows = x.reshape(B * P, T, WIDTH)
+        y = temporal.norm(rows)
+        attn = temporal.attn(y, y, y, need_weights=False)[0]       # [B*P, T, D]
+        dropped, kept = rows + fc(torch.zeros_like(attn)), rows + fc(2 * attn)
+        seen = set()
+        for seed in range(3):
+            torch.manual_seed(seed)
+            got = temporal.train()(x).reshape(B * P, T, WIDTH)
+            for i in range(B * P):
+                match = [name for name, ref in (('dropped', dropped), ('kept', kept))
+                         if close(got[i], ref[i])]
+                assert len(match) == 1, (
+                    f'seed {seed}, row {i}: matches {match} of x + FC(0), x + FC(2 attn)')
+                seen.update(match)
+        assert seen == {'dropped', 'kept'}
+        torch.testing.assert_close(temporal.eval()(x).reshape(B * P, T, WIDTH),
+                                   rows + fc(attn), rtol=0, atol=1e-5)
+
+
 def test_registry_build_and_state_dict_roundtrip():
     m = MODELS.build(dict(type='CLIPSTAN', arch=ARCH, depth=2, temporal_module='selfattn'))
     assert isinstance(m, CLIPSTAN) and isinstance(m.branch.layers[0].temporal,
@@ -336,6 +418,31 @@ def test_registry_build_and_state_dict_roundtrip():
 
 
 # ----------------------------------------------------------------------------- frames/time
+def test_time_embed_is_a_64_row_table_initialized_standard_normal():
+    """Pos_t of the public reproduction: a learnable ``Embedding(64, D)`` with PyTorch's
+    default N(0, 1) init (STAN_REFERENCE.md section 2), not a ViT-style N(0, 0.02) table.
+    Over 3 seeds x 64 x 32 = 6144 draws the sample std of N(0, 1) is within ~0.01 of 1 and
+    the mean within ~0.013 of 0; a std-0.02 init would be off by 0.98."""
+    values = []
+    for seed in range(3):
+        m = make(seed=seed, depth=2)
+        w = m.branch.embed.time_embed.weight
+        assert isinstance(m.branch.embed.time_embed, nn.Embedding)
+        assert tuple(w.shape) == (64, WIDTH) and w.requires_grad
+        before = w.detach().clone()
+        m.init_weights()                                   # the runner calls it: no change
+        assert torch.equal(m.branch.embed.time_embed.weight, before)
+        values.append(w.detach().flatten().double())
+    values = torch.cat(values)
+    assert abs(values.std().item() - 1) < 0.1, values.std()
+    assert abs(values.mean().item()) < 0.1, values.mean()
+    # a normal, not a uniform or truncated table: about 4.6 % of N(0, 1) lies beyond 2
+    assert 0.02 < (values.abs() > 2).double().mean().item() < 0.08
+    # every row differs (a repeated or zero row would make frames indistinguishable)
+    assert torch.cdist(w.detach(), w.detach()).add(torch.eye(64) * 1e9).min() > 1
+    assert make(depth=1, max_frames=8).branch.embed.time_embed.weight.shape == (8, WIDTH)
+
+
 def test_max_frames_and_interpolation():
     m = make(depth=1, max_frames=4).eval()
     with pytest.raises(ValueError, match=r'T=5 .*max_frames=4.*interpolate_time_embed'):

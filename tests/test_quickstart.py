@@ -13,7 +13,9 @@ from stan_mm.testing import free_port
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp_path, base='motion_stan_tiny.py', name='tiny.py'):
+def tiny_config(tmp_path, base='motion_stan_tiny.py', name='tiny.py', dump=None):
+    """A 2-epoch config on a tiny generated dataset; ``dump``: also write the test
+    predictions there (mmengine's DumpResults next to the config's own metrics)."""
     data_root = tmp_path / 'motion'
     gen = dict(num_train=12, num_val=6, num_test=6, num_frames=8, size=64, seed=3,
                progress=False)
@@ -27,6 +29,10 @@ def tiny_config(tmp_path, base='motion_stan_tiny.py', name='tiny.py'):
         "train_cfg = dict(max_epochs=2, val_interval=1)\n"
         "param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True)]\n"
         "default_hooks = dict(logger=dict(interval=1))\n")
+    if dump is not None:
+        with open(cfg, 'a') as f:
+            f.write(f"test_evaluator = _base_.test_evaluator + "
+                    f"[dict(type='DumpResults', out_file_path={str(dump)!r})]\n")
     return cfg, data_root
 
 
@@ -37,7 +43,10 @@ def run(cmd, **kw):
 
 
 def test_quickstart_tool_trains_tests_and_plots(tmp_path):
-    cfg, data_root = tiny_config(tmp_path)
+    import pickle
+    import numpy as np
+    dump = tmp_path / 'test_predictions.pkl'
+    cfg, data_root = tiny_config(tmp_path, dump=dump)
     work = tmp_path / 'work' / 'stan'
     r = run([sys.executable, 'tools/quickstart.py', '--config', str(cfg),
              '--work-dir', str(work)])
@@ -48,6 +57,25 @@ def test_quickstart_tool_trains_tests_and_plots(tmp_path):
     meta = json.loads((data_root / 'meta.json').read_text())
     assert result['chance'] == pytest.approx(100 / len(meta['classes']))
     assert 0 <= result['top1'] <= 100 and 0 <= result['direction_acc'] <= 100
+    # both recomputed by hand from the dumped test predictions: top-1 = argmax over the
+    # class scores; direction = the true class scores above its time-reversed partner
+    # (classes 2p and 2p + 1 are the two directions of pair p), a tie counting half
+    with open(dump, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 6
+    classes = len(meta['classes'])
+    assert all(np.asarray(p['pred_score']).shape == (classes, ) for p in preds)
+    top1 = direction = 0.0
+    for p in preds:
+        score = [float(x) for x in np.asarray(p['pred_score'])]
+        label = int(np.asarray(p['gt_label']).reshape(-1)[0])
+        top1 += score.index(max(score)) == label
+        partner = label + 1 if label % 2 == 0 else label - 1
+        direction += 1.0 if score[label] > score[partner] else (
+            0.5 if score[label] == score[partner] else 0.0)
+    assert result['top1'] == pytest.approx(100 * top1 / len(preds), abs=0.006)
+    assert result['direction_acc'] == pytest.approx(100 * direction / len(preds), abs=0.006)
+    assert result['acc/top1'] == pytest.approx(top1 / len(preds), abs=1e-4)
     assert f"test top-1 {result['top1']:.1f}%" in r.stdout
     minutes, seconds = divmod(int(result['wall_time_s']), 60)
     assert 0 < result['wall_time_s'] < 600 and f'{minutes} min {seconds:02d} s' in r.stdout

@@ -55,6 +55,50 @@ def trained(tmp_path_factory):
     return dict(tmp=tmp, root=root, work=work, opts=data_options(root))
 
 
+def hand_retrieval_metrics(videos, captions):
+    """t2v / v2t R@1/5/10, MdR, MnR written out with plain loops from the dumped features:
+    ``videos[v]`` the embedding of test video v, ``captions[v]`` its captions' embeddings.
+    Cosine similarity; every caption is a t2v query whose rank is 1 + the number of other
+    videos scoring at least its own (ties count against); a video's v2t rank is 1 + the
+    number of other videos' captions scoring at least its best own caption (RetrievalRecall
+    Metric's contract, STAN_REFERENCE.md section 7 for several captions per video)."""
+    import math
+
+    def unit(a):
+        a = [float(x) for x in a]
+        n = math.sqrt(sum(x * x for x in a))
+        return [x / n for x in a]
+
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
+    vids = [unit(v) for v in videos]
+    caps = [(unit(c), v) for v, cs in enumerate(captions) for c in cs]
+    t2v = []
+    for c, own in caps:
+        s_own = dot(c, vids[own])
+        t2v.append(1 + sum(1 for j, v in enumerate(vids) if j != own and dot(c, v) >= s_own))
+    v2t = []
+    for j, v in enumerate(vids):
+        best = max(dot(c, v) for c, own in caps if own == j)
+        v2t.append(1 + sum(1 for c, own in caps if own != j and dot(c, v) >= best))
+
+    def stats(ranks):
+        srt, n = sorted(ranks), len(ranks)
+        median = srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2
+        out = {f'R{k}': 100.0 * sum(r <= k for r in ranks) / n for k in (1, 5, 10)}
+        return dict(out, MdR=median, MnR=sum(ranks) / n)
+    return stats(t2v), stats(v2t), t2v, v2t
+
+
+def hand_cosines(captions, video):
+    """Cosine of every caption with ``video`` (plain Python)."""
+    import math
+    vn = math.sqrt(sum(x * x for x in video))
+    return [sum(x * y for x, y in zip(c, video)) / (math.sqrt(sum(x * x for x in c)) * vn)
+            for c in captions]
+
+
 def read_scalars(work):
     files = glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json'))
     assert len(files) == 1, files
@@ -101,3 +145,30 @@ def test_test_tool_reports_both_directions_and_dumps(trained):
     for r in results:
         assert tuple(r['video_feature'].shape) == (64, )
         assert tuple(r['text_feature'].shape) == (GEN['captions_per_video'], 64)
+
+    # the logged numbers are the hand computation on the dumped features
+    results = sorted(results, key=lambda r: r['sample_idx'])
+    t2v, v2t, t2v_ranks, v2t_ranks = hand_retrieval_metrics(
+        [r['video_feature'].tolist() for r in results],
+        [r['text_feature'].tolist() for r in results])
+    for d, hand in (('t2v', t2v), ('v2t', v2t)):
+        for key, value in hand.items():
+            assert metrics[f'retrieval/{d}_{key}'] == pytest.approx(value, abs=1e-4), (
+                d, key, metrics, t2v_ranks, v2t_ranks)
+
+    # twin accuracy by hand: a caption counts 1 when its own video's cosine beats the
+    # time-reversed twin's (the other video of its group in annotations/videos.json), 1/2
+    # on a tie
+    with open(osp.join(trained['root'], 'annotations', 'videos.json')) as f:
+        group = {rec['filename']: rec['group'] for rec in json.load(f)}
+    names = [osp.basename(r['filename']) for r in results]
+    scores = []
+    for i, r in enumerate(results):
+        twins = [j for j, n in enumerate(names) if j != i and group[n] == group[names[i]]]
+        assert len(twins) == 1, (names[i], twins)          # 8 test videos = 4 twin pairs
+        own, twin = (hand_cosines(r['text_feature'].tolist(),
+                                  results[j]['video_feature'].tolist()) for j in (i, twins[0]))
+        scores += [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(own, twin)]
+    assert len(scores) == GEN['num_test'] * GEN['captions_per_video']
+    assert metrics['motion/twin_t2v_acc'] == pytest.approx(100 * sum(scores) / len(scores),
+                                                           abs=1e-4)

@@ -87,6 +87,26 @@ def ref_metrics(t2v_ranks, v2t_ranks):
     return out
 
 
+def ref_metrics_from_embeddings(text, video, t2v, dsl_temp=None, bank=None, beta=None):
+    """The plain-loop references on L2-normalized float64 features (cosine similarity):
+    raw, or DSL (``dsl_temp``) and / or QB-Norm (``bank`` [Nb, E], ``beta``, k = 1)."""
+    def unit(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    S = unit(text) @ unit(video).T
+    t2v = [int(i) for i in t2v]
+    X, Y = S, S
+    if dsl_temp is not None:
+        X, Y = ref_dsl_t2v(S, dsl_temp), ref_dsl_v2t(S, dsl_temp)
+    if bank is not None:
+        B = unit(bank) @ unit(video).T
+        if dsl_temp is not None:
+            B = ref_dsl_t2v(B, dsl_temp)
+        X = ref_qb_norm(X, B, beta, 1)
+    return ref_metrics(ref_t2v_ranks(X, t2v), ref_v2t_ranks(Y, t2v))
+
+
 def ranks_of(sim, t2v, **kwargs):
     t2v_r, v2t_r = retrieval_ranks(DenseSimilarity(np.asarray(sim)), torch.tensor(t2v),
                                    **kwargs)
@@ -438,11 +458,22 @@ def test_bad_inputs_are_reported_clearly():
 
 
 # ------------------------------------------------------------------ the registered metric
-def make_samples(text, video, t2v, rng_order=None, nested=False):
+def random_norms(n, seed):
+    """A norm per feature in [0.2, 5): the metric must normalize each one (a common
+    factor, e.g. every video x 3, would leave every rank as it is)."""
+    gen = torch.Generator().manual_seed(seed)
+    return 0.2 + 4.8 * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def make_samples(text, video, t2v, rng_order=None, nested=False, seed=0):
+    """One sample per video with all its captions; every video and every caption scaled
+    by its own random norm (unnormalized features)."""
     samples = []
+    video = video * random_norms(video.shape[0], seed)[:, None]
+    text = text * random_norms(text.shape[0], seed + 1)[:, None]
     for v in range(video.shape[0]):
         caps = text[t2v == v]
-        feats = dict(video_feature=video[v] * 3.0, text_feature=caps * 2.0)  # unnormalized
+        feats = dict(video_feature=video[v], text_feature=caps)
         sample = dict(sample_idx=v, **({'features': feats} if nested else feats))
         samples.append(sample)
     if rng_order is not None:
@@ -454,7 +485,7 @@ def test_metric_matches_core_and_ignores_order_and_duplicates():
     from mmaction.registry import METRICS
     text, video, bank_text, t2v = random_case(6, 19, 8)
     order = [3, 0, 7, 1, 5, 2, 6, 4]
-    expected = retrieval_metrics_from_embeddings(text, video, t2v)
+    expected = ref_metrics_from_embeddings(text, video, t2v)
     metric = METRICS.build(dict(type='RetrievalRecallMetric', chunk_size=3))
     samples = make_samples(text, video, t2v, order)
     metric.process(None, samples[:5])
@@ -472,7 +503,7 @@ def test_caption_level_samples_of_one_file_are_one_video():
     from mmaction.registry import METRICS
     from mmengine.logging import MMLogger
     text, video, bank_text, t2v = random_case(5, 13, 8)
-    expected = retrieval_metrics_from_embeddings(text, video, t2v)
+    expected = ref_metrics_from_embeddings(text, video, t2v)
     samples, k = [], 0
     for c in np.random.default_rng(3).permutation(len(t2v)):      # any caption order
         v = int(t2v[c])
@@ -535,14 +566,14 @@ def test_metric_stores_compact_features_not_the_batch():
 def test_metric_dsl_qb_and_nested_features(tmp_path):
     text, video, bank_text, t2v = random_case(8, 19, 8)
     bank_path = tmp_path / 'bank.npy'
-    np.save(bank_path, (bank_text * 5.0).float().numpy())  # normalized inside the metric
+    # a norm per bank row too: normalized inside the metric
+    np.save(bank_path, (bank_text * random_norms(len(bank_text), 7)[:, None]).float().numpy())
     metric = RetrievalRecallMetric(dsl=True, dsl_temp=0.05,
                                    qb_norm=dict(bank=str(bank_path), beta=3.0), chunk_size=4)
-    metric.process(None, make_samples(text, video, t2v, nested=True))
+    metric.process(None, make_samples(text, video, t2v, nested=True, seed=3))
     result = metric.evaluate(size=8)
-    expected = retrieval_metrics_from_embeddings(
-        text.float(), video.float(), t2v, dsl=True, dsl_temp=0.05,
-        qb_bank_emb=bank_text.float(), qb_beta=3.0)
+    expected = ref_metrics_from_embeddings(text, video, t2v, dsl_temp=0.05, bank=bank_text,
+                                           beta=3.0)
     assert result == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
 
 
@@ -558,7 +589,7 @@ def test_metric_action_data_sample_and_errors():
         samples.append(ds.to_dict())
     metric.process(None, samples)
     result = metric.evaluate(8)
-    expected = retrieval_metrics_from_embeddings(text.float(), video.float(), t2v)
+    expected = ref_metrics_from_embeddings(text, video, t2v)
     assert result == pytest.approx({f'retrieval/{k}': v for k, v in expected.items()})
 
     with pytest.raises(KeyError, match='sample_idx'):

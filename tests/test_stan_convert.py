@@ -37,9 +37,8 @@ def load_tool(rel):
     return mod
 
 
-def hf_clip(seed=0):
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
+def clip_config():
+    return CLIPConfig(
         text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2,
                          max_position_embeddings=8, hidden_act='quick_gelu',
@@ -48,7 +47,11 @@ def hf_clip(seed=0):
                            num_hidden_layers=LAYERS, num_attention_heads=4,
                            image_size=IMAGE, patch_size=PATCH, hidden_act='quick_gelu'),
         projection_dim=EMBED)
-    return CLIPModel(cfg).eval()
+
+
+def hf_clip(seed=0):
+    torch.manual_seed(seed)
+    return CLIPModel(clip_config()).eval()
 
 
 def public_state_dict(hf, seed=1):
@@ -119,32 +122,74 @@ def test_public_to_mm_loads_strictly_and_matches_transformers():
         torch.testing.assert_close(model.text_backbone(tokens()), hf_txt, rtol=0, atol=1e-5)
 
 
-def test_stan_layers_map_onto_hf_modules():
-    """T layer attention == HF CLIPAttention with the public q/k/v/out weights; S layer
-    (run with one frame) == HF CLIPEncoderLayer with the public STAN_S weights."""
-    hf = hf_clip()
-    pub = public_state_dict(hf)
-    model = Retrieval().eval()
-    model.load_state_dict(public_to_mm(pub)[0])
-    vcfg = hf.config.vision_config
-    for k in range(K):
-        attn = CLIPAttention(vcfg).eval()
-        attn.load_state_dict({n: pub[f'backbone.STAN_T_layers.{k}.self_attn.{n}']
-                              for n in attn.state_dict()})
-        x = torch.randn(6, 5, WIDTH)                              # [B*P, T, D]
-        temporal = model.backbone.branch.layers[k].temporal
-        with torch.no_grad():
-            ours = temporal.attn(x, x, x, need_weights=False)[0]
-            torch.testing.assert_close(ours, attn(x)[0], rtol=0, atol=1e-5)
-            torch.testing.assert_close(temporal.norm.weight,
-                                       pub[f'backbone.STAN_T_layers.{k}.layer_norm1.weight'])
-            torch.testing.assert_close(temporal.fc.bias,
-                                       pub[f'backbone.STAN_T_layers.{k}.temporal_fc.bias'])
+def hf_temporal_layer(pub, k, vcfg):
+    """The public reproduction's temporal layer ``STAN_T_layers.k`` built from HF / torch
+    modules loaded with the public (HF-named) tensors, independent of stan-mm's module:
+    per spatial position, over the T frames, ``y = x + temporal_fc(self_attn(layer_norm1(x)))``
+    (STAN_REFERENCE.md section 2; eval mode: no drop path)."""
+    t = f'backbone.STAN_T_layers.{k}.'
+    attn = CLIPAttention(vcfg).eval()
+    attn.load_state_dict({n: pub[t + 'self_attn.' + n] for n in attn.state_dict()})
+    norm = nn.LayerNorm(vcfg.hidden_size, eps=vcfg.layer_norm_eps)
+    norm.load_state_dict({n: pub[t + 'layer_norm1.' + n] for n in ('weight', 'bias')})
+    fc = nn.Linear(vcfg.hidden_size, vcfg.hidden_size)
+    fc.load_state_dict({n: pub[t + 'temporal_fc.' + n] for n in ('weight', 'bias')})
 
-        layer = CLIPEncoderLayer(vcfg).eval()
-        layer.load_state_dict({n: pub[f'backbone.STAN_S_layers.{k}.{n}']
-                               for n in layer.state_dict()})
-        tok = torch.randn(3, 1 + 16, WIDTH)                       # [B, 1+P, D], one frame
+    def forward(x):                                               # x [B, P, T, D]
+        B, P, T, D = x.shape
+        y = x.reshape(B * P, T, D)
+        out = attn(norm(y))
+        out = out[0] if isinstance(out, tuple) else out
+        return (y + fc(out)).view(B, P, T, D)
+    return attn, forward
+
+
+def hf_spatial_layer(pub, k, vcfg):
+    """``STAN_S_layers.k`` as a HF CLIPEncoderLayer loaded with the public tensors."""
+    layer = CLIPEncoderLayer(vcfg).eval()
+    layer.load_state_dict({n: pub[f'backbone.STAN_S_layers.{k}.{n}']
+                           for n in layer.state_dict()})
+    return layer
+
+
+def assert_branch_layers_match_public(model, pub, vcfg, seed=0):
+    """Every temporal layer of ``model`` computes what the public temporal layer built
+    from ``pub`` computes (random input, so a transposed or misplaced tensor shows), each
+    of its tensors equals the public counterpart, and every spatial layer run on one frame
+    is HF's CLIPEncoderLayer with the public STAN_S weights."""
+    g = torch.Generator().manual_seed(seed)
+    for k in range(K):
+        t = f'backbone.STAN_T_layers.{k}.'
+        temporal = model.backbone.branch.layers[k].temporal
+        # the check must be able to see a transposed FC: non-zero, not symmetric
+        fc_w = pub[t + 'temporal_fc.weight']
+        assert fc_w.abs().min() > 0 and not torch.allclose(fc_w, fc_w.t())
+        attn, reference = hf_temporal_layer(pub, k, vcfg)
+        x = torch.randn(2, 3, 5, WIDTH, generator=g)                # [B, P, T, D]
+        with torch.no_grad():
+            seq = x.reshape(6, 5, WIDTH)
+            torch.testing.assert_close(temporal.attn(seq, seq, seq, need_weights=False)[0],
+                                       attn(seq)[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(temporal(x), reference(x), rtol=0, atol=1e-5)
+        # tensor by tensor (the names of stan-mm's module against the public ones)
+        ours = temporal.state_dict()
+        for mine, public in (('norm.weight', 'layer_norm1.weight'),
+                             ('norm.bias', 'layer_norm1.bias'),
+                             ('fc.weight', 'temporal_fc.weight'),
+                             ('fc.bias', 'temporal_fc.bias'),
+                             ('attn.out_proj.weight', 'self_attn.out_proj.weight'),
+                             ('attn.out_proj.bias', 'self_attn.out_proj.bias')):
+            torch.testing.assert_close(ours[mine], pub[t + public], rtol=0, atol=0,
+                                       msg=lambda m: f'layer {k} {mine}: {m}')
+        torch.testing.assert_close(
+            ours['attn.in_proj_weight'],
+            torch.cat([pub[t + f'self_attn.{n}_proj.weight'] for n in 'qkv']), rtol=0, atol=0)
+        torch.testing.assert_close(
+            ours['attn.in_proj_bias'],
+            torch.cat([pub[t + f'self_attn.{n}_proj.bias'] for n in 'qkv']), rtol=0, atol=0)
+
+        layer = hf_spatial_layer(pub, k, vcfg)
+        tok = torch.randn(3, 1 + 16, WIDTH, generator=g)          # [B, 1+P, D], one frame
         spatial = model.backbone.branch.layers[k].spatial
         with torch.no_grad():
             cls, patches = spatial(tok[:, 0], tok[:, 1:, None])   # patches [B, P, T=1, D]
@@ -153,7 +198,18 @@ def test_stan_layers_map_onto_hf_modules():
         torch.testing.assert_close(torch.cat([cls[:, None], patches[:, :, 0]], 1), ref,
                                    rtol=0, atol=1e-5)
     torch.testing.assert_close(model.backbone.branch.embed.time_embed.weight,
-                               pub['backbone.STAN_time_embed.weight'])
+                               pub['backbone.STAN_time_embed.weight'], rtol=0, atol=0)
+
+
+def test_stan_layers_map_onto_hf_modules():
+    """T layer == the public temporal layer built from HF CLIPAttention / LayerNorm / Linear
+    with the public weights (and tensor by tensor); S layer (run with one frame) == HF
+    CLIPEncoderLayer with the public STAN_S weights."""
+    hf = hf_clip()
+    pub = public_state_dict(hf)
+    model = Retrieval().eval()
+    model.load_state_dict(public_to_mm(pub)[0])
+    assert_branch_layers_match_public(model, pub, hf.config.vision_config)
 
 
 def _randomized_model(seed=3, **kw):
@@ -188,6 +244,9 @@ def test_export_then_convert_round_trip(tmp_path, capsys):
                 'text_backbone.text_projection.weight'):
         assert key in pub_sd, key
     assert not any('visual.' in k or 'branch.' in k for k in pub_sd)
+    # the exported tensors mean in the public layers what they meant in ours (a round trip
+    # alone would pass with a transposition on both ways)
+    assert_branch_layers_match_public(model, pub_sd, clip_config().vision_config)
 
     fresh = Retrieval().eval()
     fresh.load_state_dict(torch.load(back)['state_dict'], strict=True)
