@@ -96,6 +96,11 @@ class _Record(Hook):
     def __init__(self, stop_after=None):
         self.stop_after = stop_after
         self.seen = []
+        self.lrs = []     # (epoch, batch_idx, learning rate the iteration trained with)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.lrs.append((runner.epoch, batch_idx,
+                         runner.optim_wrapper.optimizer.param_groups[0]['lr']))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.seen.append((runner.iter + 1, batch_idx,
@@ -147,7 +152,7 @@ def train(runner):
     logs = glob.glob(osp.join(runner.log_dir, '*.log'))
     log = open(logs[0]).read() if logs else ''
     return dict(seen=record.seen, state=state, iter=runner.iter, log=log,
-                max_iters=runner.max_iters)
+                max_iters=runner.max_iters, lrs=record.lrs)
 
 
 def same_state(a, b) -> bool:
@@ -771,3 +776,74 @@ def test_sigkill_mid_epoch_through_train_tool(tmp_path):
 if __name__ == '__main__':      # the DDP test's workers (torchrun)
     import sys
     _ddp_worker(sys.argv[1])
+
+
+# warm-up over two epochs, then cosine to 0 over the third, both written per epoch
+EPOCH_SCHEDULE = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=2,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=1, eta_min=0.0, by_epoch=True, begin=2, end=3,
+         convert_to_iter_based=True),
+]
+
+
+@pytest.mark.parametrize('first_batch', [2, 5])
+def test_epoch_schedule_follows_a_new_epoch_length(tmp_path, first_batch):
+    """Epoch 1 trained at one batch size (6 or 3 batches per epoch), resumed from its epoch
+    checkpoint at batch size 3 (4 batches per epoch), as after a change of world size: every
+    later iteration trains with the learning rate a run at batch size 3 from the start
+    has at the same epoch and batch (mmengine's resume kept the old iteration counts: the
+    warm-up and the cosine ended early, or never, and the rest ran at the wrong rate)."""
+    def lr_by_position(run):
+        return {(e, b): lr for e, b, lr in run['lrs']}
+
+    reference = lr_by_position(train(make_runner(
+        tmp_path / 'ref', batch_size=3, param_scheduler=EPOCH_SCHEDULE)))
+    assert len(reference) == 3 * 4
+    first = train(make_runner(tmp_path / 'run', batch_size=first_batch, by_epoch=True,
+                              param_scheduler=EPOCH_SCHEDULE,
+                              stop_after=-(-SIZE // first_batch) + 1))
+    assert osp.isfile(tmp_path / 'run' / 'epoch_1.pth')
+    resumed = train(make_runner(tmp_path / 'run', batch_size=3, by_epoch=True,
+                                param_scheduler=EPOCH_SCHEDULE,
+                                resume_from=tmp_path / 'run' / 'epoch_1.pth'))
+    got = lr_by_position(resumed)
+    assert sorted(got) == [(e, b) for e in (1, 2) for b in range(4)]
+    for pos, lr in got.items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr, reference)
+    # the schedule by hand: linear warm-up 0.01 -> 0.1 over the 8 iterations of epochs
+    # 1-2, then 0.05 (1 + cos(pi t / 4)) over the last 4
+    assert reference[(1, 0)] == pytest.approx(0.1 * (0.1 + 0.9 * 4 / 7))
+    assert [reference[(2, b)] for b in range(4)] == pytest.approx(
+        [0.05 * (1 + np.cos(np.pi * t / 4)) for t in range(4)])
+    assert 'the parameter schedules written per epoch are put on this run' in resumed['log']
+    assert first['lrs'][0][2] == pytest.approx(0.01)
+
+
+def test_epoch_schedule_after_a_fallback_and_next_to_iteration_schedules(tmp_path):
+    """Resumed inside epoch 1 at another batch size, the epoch restarts (the fallback) and
+    so does its learning rate: the restarted epoch trains with the rates of a run at the
+    new batch size from its first batch. A schedule written in iterations keeps the
+    checkpoint's counts, and the warning says so."""
+    reference = {(e, b): lr for e, b, lr in train(make_runner(
+        tmp_path / 'ref', batch_size=3, param_scheduler=EPOCH_SCHEDULE))['lrs']}
+    train(make_runner(tmp_path / 'run', batch_size=2, param_scheduler=EPOCH_SCHEDULE,
+                      stop_after=5))                               # iter_4.pth: 4 of 6 done
+    resumed = train(make_runner(tmp_path / 'run', batch_size=3, param_scheduler=EPOCH_SCHEDULE,
+                                resume_from=tmp_path / 'run' / 'iter_4.pth'))
+    got = {(e, b): lr for e, b, lr in resumed['lrs']}
+    assert sorted(got) == sorted(reference)                # the whole of epoch 1 again
+    for pos, lr in got.items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+
+    mixed = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5),
+             dict(EPOCH_SCHEDULE[1], begin=1)]
+    train(make_runner(tmp_path / 'mixed', batch_size=2, by_epoch=True, param_scheduler=mixed,
+                      stop_after=7))
+    ckpt_lr = torch.load(str(tmp_path / 'mixed' / 'epoch_1.pth'), map_location='cpu',
+                         weights_only=False)['optimizer']['param_groups'][0]['lr']
+    resumed = train(make_runner(tmp_path / 'mixed', batch_size=3, by_epoch=True,
+                                param_scheduler=mixed,
+                                resume_from=tmp_path / 'mixed' / 'epoch_1.pth'))
+    assert resumed['lrs'][0][2] == pytest.approx(ckpt_lr)   # untouched
+    assert 'schedules written in iterations (by_epoch=False)' in resumed['log']

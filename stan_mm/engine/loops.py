@@ -47,8 +47,12 @@ where its iteration falls inside an epoch at this run's epoch length.
 The run's end: wherever the resume leaves it (a fallback trains the epoch's first batches
 again; a changed epoch length offsets the count), the loop's ``max_iters`` (hence
 ``runner.max_iters``: CheckpointHook's last checkpoint, the ETA) is set to the iteration the
-run really ends at, ``iter - skipped + (max_epochs - epoch) * len(dataloader)``; parameter
-schedulers keep what they were built with.
+run really ends at, ``iter - skipped + (max_epochs - epoch) * len(dataloader)``. Parameter
+schedules written per epoch (the stan-mm schedules) are put on this run's epoch length when
+it differs from the checkpoint's (:meth:`ResumableEpochBasedTrainLoop._rescale_schedulers`;
+mmengine's resume keeps the checkpoint's iteration counts: with more batches per epoch, the
+learning rate reached its end early and stayed there); those of an optimizer with a schedule
+written in iterations are left as they are.
 
 The sampler's seed: with ``randomness.seed`` unset mmengine draws a new seed per run and
 builds the sampler before the checkpoint is loaded, so a resumed run would shuffle its
@@ -176,7 +180,13 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        import copy
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
+        # the parameter scheduler configs (the runner builds the loop before it turns them
+        # into schedulers): what _rescale_schedulers rebuilds at a new epoch length
+        configs = getattr(self.runner, 'param_schedulers', None)
+        self._scheduler_cfgs = (copy.deepcopy(configs) if isinstance(configs, (dict, list))
+                                else None)
         # this run's resume restarts an epoch and the loop said so (AtomicCheckpointHook
         # then does not warn again)
         self.warned_epoch_restart = False
@@ -247,8 +257,120 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             skip = self._check_resume(saved)
             self._set_max_iters(self._iter - skip
                                 + (self._max_epochs - self._epoch) * len(self.dataloader))
+            old_length = saved.get('batches_per_epoch') if isinstance(saved, dict) else None
+            if isinstance(old_length, int) and 0 < old_length != len(self.dataloader):
+                self._rescale_schedulers(old_length, len(self.dataloader), skip)
         hub.update_info(ORDER_KEY, self._order_info())
         return skip
+
+    def _scheduler_lists(self):
+        """``[(schedulers, their configs)]``, one pair per optimizer, for the parameter
+        schedulers the runner built from configs (in build order); ``[]`` when they cannot
+        be paired with their configs."""
+        schedulers = getattr(self.runner, 'param_schedulers', None)
+        cfgs = getattr(self, '_scheduler_cfgs', None)
+        if not schedulers or not cfgs:
+            return []
+        if isinstance(schedulers, dict):        # one list per optimizer
+            if not isinstance(cfgs, dict) or isinstance(cfgs.get('type'), str):
+                return []
+            groups = [(schedulers[k], cfgs.get(k)) for k in schedulers]
+        else:
+            groups = [(schedulers, cfgs)]
+        out = []
+        for built, cfg_list in groups:
+            cfg_list = [cfg_list] if isinstance(cfg_list, dict) else list(cfg_list or [])
+            if len(cfg_list) != len(built) or not all(isinstance(c, dict) for c in cfg_list):
+                return []
+            out.append((list(built), cfg_list))
+        return out
+
+    def _rescale_schedulers(self, old_length: int, new_length: int, skip: int) -> None:
+        """Put the parameter schedules written per epoch on this run's epoch length.
+
+        mmengine's resume loads every scheduler's state, iteration counts included: a
+        schedule written per epoch and converted to iterations (``by_epoch=True,
+        convert_to_iter_based=True``, the stan-mm schedules) would go on ending where it
+        ended at the checkpoint's epoch length, so with more (fewer) batches per epoch now
+        the learning rate would reach its end early and stay there (or never get there).
+
+        Here the schedules of each optimizer are built again from their configs at this
+        run's epoch length, on a stand-in optimizer with one group per distinct set of
+        initial values, and stepped as ``ParamSchedulerHook`` steps them up to where this
+        run goes on: epoch ``self._epoch`` plus the ``skip`` batches of it the checkpoint
+        has trained (an epoch restarted by the fallback starts again at its first batch,
+        with that batch's rate). Their states, and the values they set (learning rate,
+        momentum, ...), replace those the checkpoint brought: the rest of the run has the
+        rates of a run at this epoch length from the start. An optimizer with any schedule
+        written in iterations (``by_epoch=False``) keeps the checkpoint's (with a warning):
+        its iteration count goes on from the checkpoint's."""
+        import copy
+        import torch
+        from mmengine.registry import PARAM_SCHEDULERS
+        target = self._epoch * new_length + skip      # iterations trained, this length
+        notes = []
+        for built, cfgs in self._scheduler_lists():
+            if not any(c.get('convert_to_iter_based', False) for c in cfgs):
+                continue          # nothing counted in iterations
+            if not all(c.get('by_epoch', True) for c in cfgs):
+                notes.append('not for an optimizer that also has schedules written in '
+                             'iterations (by_epoch=False): its schedules keep the '
+                             'checkpoint\'s iteration counts')
+                continue
+            optimizer = built[0].optimizer
+            optimizer = getattr(optimizer, 'optimizer', optimizer)   # an OptimWrapper
+            names = sorted({s.param_name for s in built})
+            if any(n not in g for g in optimizer.param_groups for n in names):
+                notes.append(f'not for schedules of {", ".join(names)}, which the '
+                             f'{type(optimizer).__name__} groups hold under another name '
+                             '(e.g. betas): they keep the checkpoint\'s iteration counts')
+                continue
+            keys = [tuple(g.get(f'initial_{n}', g.get(n)) for n in names)
+                    for g in optimizer.param_groups]
+            distinct = list(dict.fromkeys(keys))
+            where = [distinct.index(k) for k in keys]
+            first_of = [keys.index(k) for k in distinct]
+            stand_in = torch.optim.SGD(
+                [dict({k: v for k, v in optimizer.param_groups[i].items()
+                       if k != 'params' and not k.startswith('initial_')},
+                      **{n: optimizer.param_groups[i].get(f'initial_{n}',
+                                                          optimizer.param_groups[i][n])
+                         for n in names},
+                      params=[torch.zeros(1, requires_grad=True)]) for i in first_of],
+                lr=0.0)
+            fresh = []
+            for cfg in cfgs:
+                cfg = copy.deepcopy(dict(cfg))
+                cfg.setdefault('end', self._max_epochs)
+                fresh.append(PARAM_SCHEDULERS.build(
+                    cfg, default_args=dict(optimizer=stand_in, epoch_length=new_length)))
+            stand_in.step()     # (schedulers warn when stepped before their optimizer)
+            per_iter = [f for f in fresh if not f.by_epoch]
+            per_epoch = [f for f in fresh if f.by_epoch]
+            for it in range(1, target + 1):
+                for f in per_iter:
+                    f.step()
+                if it % new_length == 0 and it // new_length <= self._epoch:
+                    for f in per_epoch:
+                        f.step()
+            for real, f in zip(built, fresh):
+                state = f.state_dict()
+                for key in ('base_values', '_last_value'):
+                    if isinstance(state.get(key), list) and len(state[key]) == len(distinct):
+                        state[key] = [state[key][j] for j in where]
+                real.load_state_dict(state)
+            for group, j in zip(optimizer.param_groups, where):
+                for n in names:
+                    group[n] = stand_in.param_groups[j][n]
+            notes.append(', '.join(f'{type(s).__name__} [{s.begin}, {s.end})' for s in built)
+                         + f' (learning rate now {optimizer.param_groups[0].get("lr"):.4g}'
+                         ' in the first parameter group)')
+        if notes:
+            self.runner.logger.warning(
+                f'ResumableEpochBasedTrainLoop: the epoch length changed ({old_length} -> '
+                f'{new_length} batches); the parameter schedules written per epoch are put '
+                f'on this run\'s epoch length, at iteration {target} of it: '
+                + '; '.join(notes))
 
     def _set_max_iters(self, max_iters: int) -> None:
         """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *
@@ -256,8 +378,8 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         from an iteration that is no epoch boundary at this run's epoch length misses:
         ``runner.max_iters`` is what hooks take for the last iteration (CheckpointHook's
         ``save_last``, the ETA, gradient accumulation's last, partial step). Unchanged by a
-        mid-epoch continuation. Parameter schedulers, built before the resume, are not
-        touched."""
+        mid-epoch continuation. Parameter schedulers are not touched here (see
+        :meth:`_rescale_schedulers`)."""
         max_iters = int(max_iters)
         if max_iters == self._max_iters:
             return
@@ -356,8 +478,8 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             '(nothing is skipped or trained twice); the iteration count goes on from '
             f'{self._iter}, so the run ends at iteration '
             f'{self._iter + (self._max_epochs - self._epoch) * per_epoch} instead of '
-            f'{self._max_epochs * per_epoch}, and iteration-based schedules and checkpoint '
-            'intervals are offset accordingly')
+            f'{self._max_epochs * per_epoch}; schedules written in iterations '
+            '(by_epoch=False) and iteration checkpoint intervals are offset accordingly')
 
     def _end_epoch_off_boundary(self, changed: list, per_epoch: int) -> None:
         """The checkpoint was saved after the last batch of epoch ``self._epoch + 1`` (before
@@ -378,8 +500,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             f'{what}. Iteration {self._iter} does not fall on an epoch boundary of this '
             f'run\'s epoch length ({per_epoch} batches) because ' + ' and '.join(changed)
             + f': the iteration count goes on from {self._iter}, so the run ends at '
-            f'iteration {end} instead of {self._max_epochs * per_epoch}, and '
-            'iteration-based schedules and checkpoint intervals are offset accordingly')
+            f'iteration {end} instead of {self._max_epochs * per_epoch}; schedules written '
+            'in iterations (by_epoch=False) and iteration checkpoint intervals are offset '
+            'accordingly')
 
     def _without_order_info(self, done: int, per_epoch: int) -> int:
         """A checkpoint without the loop's record (saved by mmengine's
