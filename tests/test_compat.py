@@ -310,9 +310,13 @@ def test_auto_amp_optim_wrapper_on_cpu():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(AssertionError):  # the stock wrapper refuses CPU
         OPTIM_WRAPPERS.build(dict(type='AmpOptimWrapper', dtype='bfloat16', optimizer=opt))
-    w = OPTIM_WRAPPERS.build(dict(type='AutoAmpOptimWrapper', dtype='bfloat16',
-                                  optimizer=opt, clip_grad=dict(max_norm=5.0)))
+    from unittest import mock
+    with mock.patch('mmengine.logging.print_log') as log:
+        w = OPTIM_WRAPPERS.build(dict(type='AutoAmpOptimWrapper', dtype='bfloat16',
+                                      optimizer=opt, clip_grad=dict(max_norm=5.0)))
     assert type(w) is OptimWrapper and not isinstance(w, AmpOptimWrapper)
+    said = ' | '.join(c[0][0] for c in log.call_args_list)   # the log names the precision
+    assert 'plain fp32' in said and "dtype='bfloat16' applies on GPU" in said
     w.update_params(model(torch.ones(1, 2)).sum())  # a real step runs
 
 

@@ -136,6 +136,20 @@ def test_depth_mismatch_is_listed(recognizer):
     assert f'{len(missing)} model weights are missing' in msg
 
 
+@pytest.mark.parametrize('temporal,value', [('conv', "'conv'"), (None, 'None')])
+def test_temporal_module_mismatch_names_the_option(recognizer, temporal, value):
+    """An attn checkpoint into a model built with another cross-frame module: the keys
+    differ, and the hint names the option to set (as for depth)."""
+    assert recognizer_cfg().backbone.get('temporal_module', 'attn') == 'attn'
+    other = MODELS.build(recognizer_cfg(temporal_module=temporal))
+    with pytest.raises(CheckpointMismatchError) as info:
+        check_checkpoint_fits(other, _ckpt(recognizer), name='epoch_4.pth')
+    assert "set model.backbone.temporal_module='attn'" in str(info.value)
+    with pytest.raises(CheckpointMismatchError) as info:
+        check_checkpoint_fits(recognizer, _ckpt(other), name='epoch_4.pth')
+    assert f'set model.backbone.temporal_module={value}' in str(info.value)
+
+
 def test_shape_mismatch_is_listed(recognizer):
     cfg = recognizer_cfg()
     cfg.cls_head.num_classes = 6
@@ -338,3 +352,57 @@ def test_stored_config_literals_as_mmengine_writes_them():
     text = Config(dict(model=model)).pretty_text
     assert 'dict({' in text and '=inf' in text.replace(' ', '')
     assert saved_model_config({'meta': {'cfg': text}}) == model
+
+
+# ----------------------------------------------------------------------------- launchers
+def test_launcher_that_does_not_match_how_the_tool_was_started():
+    """--launcher none in a torchrun worker would train WORLD_SIZE independent copies into
+    one work dir; a distributed launcher without its starter's variables failed with a
+    bare KeyError. Both are refused, naming the fix."""
+    from stan_mm.utils.cli import CommandLineError, check_launcher
+    torchrun = dict(RANK='1', WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT='29500',
+                    LOCAL_RANK='1')
+    with pytest.raises(CommandLineError, match=r'WORLD_SIZE=2.*--launcher pytorch'):
+        check_launcher('none', 'train.py', torchrun)
+    check_launcher('pytorch', 'train.py', torchrun)
+    check_launcher('none', 'train.py', dict(WORLD_SIZE='1'))
+    check_launcher('none', 'train.py', {})
+    with pytest.raises(CommandLineError, match=r'--launcher pytorch .*missing: RANK, '
+                                                r'WORLD_SIZE, MASTER_ADDR, MASTER_PORT'):
+        check_launcher('pytorch', 'test.py', {})
+    with pytest.raises(CommandLineError, match=r'srun.*missing: SLURM_PROCID'):
+        check_launcher('slurm', 'train.py', dict(SLURM_NTASKS='2', SLURM_NODELIST='n1'))
+    check_launcher('slurm', 'train.py', dict(SLURM_PROCID='0', SLURM_NTASKS='2',
+                                             SLURM_NODELIST='n1'))
+    with pytest.raises(CommandLineError, match=r'mpirun.*OMPI_COMM_WORLD_LOCAL_RANK'):
+        check_launcher('mpi', 'train.py', {})
+
+
+def test_train_tool_refuses_launcher_none_under_torchrun(tmp_path):
+    """The tool ends with one error line and status 2 before building anything."""
+    import subprocess
+    env = dict(os.environ, WORLD_SIZE='2', RANK='0', OMP_NUM_THREADS='1')
+    work = tmp_path / 'work'
+    r = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'),
+                        osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py'),
+                        '--work-dir', str(work)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert 'train.py: error: CommandLineError: --launcher none' in r.stderr
+    assert 'Traceback' not in r.stderr and not work.exists()
+
+
+def test_missing_annotation_file_is_a_located_error(tmp_path):
+    """A list that is not there names itself and the data_root rule (it was a bare
+    FileNotFoundError traceback from the tools)."""
+    from stan_mm.datasets.readers_common import AnnotationError
+    from stan_mm.utils.cli import user_errors
+    init_default_scope('mmaction')
+    from mmaction.registry import DATASETS
+    with pytest.raises(AnnotationError, match=r'train_list.txt: annotation file not found '
+                                              r'\(no such file\).*data_root') as info:
+        DATASETS.build(dict(type='CheckedVideoDataset', ann_file='train_list.txt',
+                            data_root=str(tmp_path), data_prefix=dict(video='videos'),
+                            pipeline=[]))
+    assert isinstance(info.value, FileNotFoundError)   # what callers caught before
+    assert isinstance(info.value, user_errors())

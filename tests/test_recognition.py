@@ -641,7 +641,34 @@ def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
                                          r'--resume .*iter_23\.pth'):
         train.merge_args(Config.fromfile(str(bare)), args)
     (work / 'last_checkpoint').write_text(str(work / 'iter_23.pth'))
-    assert train.merge_args(Config.fromfile(str(bare)), args).resume is True
+    cfg = train.merge_args(Config.fromfile(str(bare)), args)
+    assert cfg.resume is True and cfg.load_from is None     # mmengine reads last_checkpoint
+
+
+def test_resume_in_a_copied_work_dir_uses_its_own_checkpoint(tmp_path, capsys):
+    """last_checkpoint holds an absolute path: in a copy of a work dir it named the
+    original's file, and the copy silently resumed from there. The copy's own file of that
+    name is taken (with a note); a checkpoint elsewhere with no file of its name here (a
+    CheckpointHook out_dir) is left to mmengine."""
+    from mmengine.config import Config
+    train = load_tool('tools/train.py', 'stan_train_tool_resume_copy')
+    bare = tmp_path / 'bare.py'
+    bare.write_text('optim_wrapper = dict(optimizer=dict(type="SGD", lr=0.1))\n')
+    original, copy = tmp_path / 'original', tmp_path / 'copy'
+    for work in (original, copy):
+        work.mkdir()
+        (work / 'epoch_3.pth').write_bytes(work.name.encode())
+        (work / 'last_checkpoint').write_text(str(original / 'epoch_3.pth'))
+    args = train.parse_args([str(bare), '--work-dir', str(copy), '--resume'])
+    cfg = train.merge_args(Config.fromfile(str(bare)), args)
+    assert cfg.resume is True and cfg.load_from == str(copy / 'epoch_3.pth')
+    assert 'outside this work dir' in capsys.readouterr().err
+    args = train.parse_args([str(bare), '--work-dir', str(original), '--resume'])
+    assert train.merge_args(Config.fromfile(str(bare)), args).load_from is None
+    (copy / 'epoch_3.pth').unlink()
+    (copy / 'last_checkpoint').write_text(str(tmp_path / 'out_dir' / 'epoch_3.pth'))
+    args = train.parse_args([str(bare), '--work-dir', str(copy), '--resume'])
+    assert train.merge_args(Config.fromfile(str(bare)), args).load_from is None
 
 
 def test_shortened_training_warns_about_the_base_schedule(tmp_path, capsys):

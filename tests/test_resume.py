@@ -496,3 +496,25 @@ def test_iteration_checkpoints_in_an_epoch_loop_are_warned_about():
         in got[0] and '2 iterations past its schedule' in got[0]
     assert 'by_epoch=False in an epoch-based loop' in warnings(False, 12, 2)[0]
     assert warnings(True, 14, 2) == []                       # epoch checkpoints: nothing
+
+
+def test_a_save_best_that_names_no_metric_is_a_clear_error(tmp_path):
+    """A typo in save_best ('acc/top_1') ran until the first validation, then ended on
+    mmengine's bare KeyError; now the error names the metrics the validation reports, and
+    nothing is written or removed."""
+    from stan_mm.engine.checkpoint_hook import AtomicCheckpointHook
+    from stan_mm.utils.cli import ConfigOptionError, user_errors
+    runner = _BestRunner(tmp_path, 'best_typo')
+    hook = AtomicCheckpointHook(interval=1, save_best='acc/top_1', rule='greater')
+    hook.before_train(runner)
+    with pytest.raises(ConfigOptionError, match=r"'acc/top_1'.*acc/mean1, acc/top1, "
+                                                r"acc/top5") as info:
+        hook._save_best_checkpoint(runner, {'acc/top1': 0.5, 'acc/top5': 0.9,
+                                            'acc/mean1': 0.4})
+    assert isinstance(info.value, user_errors())
+    assert not list(tmp_path.glob('best_*.pth'))
+    # the right name works
+    hook = AtomicCheckpointHook(interval=1, save_best='acc/top1', rule='greater')
+    hook.before_train(runner)
+    hook._save_best_checkpoint(runner, {'acc/top1': 0.5, 'acc/top5': 0.9})
+    assert [p.name for p in tmp_path.glob('best_*.pth')] == ['best_acc_top1_epoch_1.pth']

@@ -54,6 +54,8 @@ def merge_args(cfg, args):
         cfg.merge_from_dict(route_evaluator_options(cfg, args.cfg_options))
     if getattr(args, 'views', None):
         set_views(cfg, args.views)
+    from stan_mm.utils.cli import check_launcher
+    check_launcher(args.launcher, 'test.py')
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -51,6 +51,8 @@ def parse_args(argv=None):
 def merge_args(cfg, args):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    from stan_mm.utils.cli import check_launcher
+    check_launcher(args.launcher, 'train.py')
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -62,8 +64,7 @@ def merge_args(cfg, args):
             ow.type = 'AutoAmpOptimWrapper'
         ow.setdefault('dtype', 'bfloat16')
     if args.resume == 'auto':
-        check_auto_resume(cfg.work_dir)
-        cfg.resume, cfg.load_from = True, None
+        cfg.resume, cfg.load_from = True, check_auto_resume(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     if args.no_validate:
@@ -115,12 +116,28 @@ def merge_args(cfg, args):
     return cfg
 
 
-def check_auto_resume(work_dir: str) -> None:
+def check_auto_resume(work_dir: str):
     """``--resume`` without a value reads ``<work_dir>/last_checkpoint``; mmengine starts
     from scratch when it is missing, and the new run then overwrites the checkpoints of the
-    same names. Refuse when the folder holds checkpoints but no ``last_checkpoint``."""
-    if osp.isfile(osp.join(work_dir, 'last_checkpoint')):
-        return
+    same names. Refuse when the folder holds checkpoints but no ``last_checkpoint``.
+
+    ``last_checkpoint`` holds an absolute path: in a copied or moved work dir it still
+    names the original folder's file. When it points outside ``work_dir`` and ``work_dir``
+    holds a file of the same name, that file is the one to resume from (returned, with a
+    note); otherwise None (mmengine reads ``last_checkpoint``; e.g. checkpoints written to
+    a ``CheckpointHook`` ``out_dir`` elsewhere)."""
+    record = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(record):
+        with open(record) as f:
+            named = f.read().strip()
+        here = osp.join(work_dir, osp.basename(named))
+        if (named and osp.realpath(osp.dirname(named)) != osp.realpath(work_dir)
+                and osp.isfile(here)):
+            print(f'train.py: {record} names {named}, outside this work dir (copied or '
+                  f'moved?); resuming from {here}, the file of that name here. Name another '
+                  f'with --resume PATH', file=sys.stderr)
+            return here
+        return None
     found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime)
     if found:
         names = ', '.join(osp.basename(p) for p in found[-5:])

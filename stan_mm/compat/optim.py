@@ -18,6 +18,9 @@ def AutoAmpOptimWrapper(optimizer, **kwargs):  # noqa: N802 (registered like a c
     """Build ``AmpOptimWrapper`` when CUDA is available, else ``OptimWrapper``."""
     if torch.cuda.is_available():
         return AmpOptimWrapper(optimizer=optimizer, **kwargs)
-    for key in _AMP_ONLY:
-        kwargs.pop(key, None)
+    dropped = {key: kwargs.pop(key) for key in _AMP_ONLY if key in kwargs}
+    from mmengine.logging import print_log
+    print_log('AutoAmpOptimWrapper: no CUDA device, training in plain fp32 (OptimWrapper)'
+              + (f'; {", ".join(f"{k}={v!r}" for k, v in dropped.items())} applies on GPU'
+                 if dropped else ''), logger='current')
     return OptimWrapper(optimizer=optimizer, **kwargs)

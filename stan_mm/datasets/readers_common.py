@@ -68,6 +68,10 @@ class AnnotationError(ValueError):
         super().__init__(_locate(file, line, field, column) + message)
 
 
+class AnnotationFileNotFoundError(AnnotationError, FileNotFoundError):
+    """An annotation file that does not exist (a ``FileNotFoundError`` too)."""
+
+
 def _locate(file: Optional[str], line: Optional[int], field: Optional[str],
             column: Optional[int] = None) -> str:
     where = ''
@@ -282,11 +286,15 @@ def read_text(path: str) -> str:
     """Read a UTF-8 text file (a leading BOM is dropped).
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        AnnotationFileNotFoundError: the file does not exist (a FileNotFoundError too).
         AnnotationError: invalid UTF-8, with the line of the first bad byte.
     """
     if not osp.isfile(path):
-        raise FileNotFoundError(f'annotation file not found: {path}')
+        what = 'a folder, not a file' if osp.isdir(path) else 'no such file'
+        raise AnnotationFileNotFoundError(
+            f'annotation file not found ({what}); a relative ann_file is read below the '
+            "dataset's data_root: check both (e.g. --cfg-options "
+            'train_dataloader.dataset.data_root=... / .ann_file=...)', file=path)
     with open(path, 'rb') as f:
         data = f.read()
     try:

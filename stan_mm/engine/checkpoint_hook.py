@@ -192,7 +192,18 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         """mmengine's, with the previous best checkpoint deleted after the new one is
-        written instead of before (see the module docstring)."""
+        written instead of before (see the module docstring); a ``save_best`` that names no
+        metric of the validation is an error naming the metrics (mmengine: a bare
+        ``KeyError`` after the first validation)."""
+        keys = [k for k in (getattr(self, 'key_indicators', None) or []) if k != 'auto']
+        missing = [k for k in keys if k not in metrics] if self.save_best and metrics else []
+        if missing:
+            from stan_mm.utils.cli import ConfigOptionError
+            raise ConfigOptionError(
+                f'default_hooks.checkpoint.save_best names {", ".join(map(repr, missing))}, '
+                f'which this validation does not report; its metrics are '
+                f'{", ".join(sorted(metrics))}. Set save_best to one of them (this epoch\'s '
+                f'checkpoint is saved: resume with --resume)')
         backend = self.file_backend
         deferred = _DeferredRemovals(backend)
         self.file_backend = deferred

@@ -97,6 +97,19 @@ def _branch_depth(keys: Iterable[str]) -> Optional[int]:
     return max(found) + 1 if found else None
 
 
+def _temporal_module(keys: Iterable[str]) -> Optional[str]:
+    """The branch's cross-frame module read off its weight names: ``'attn'``, ``'conv'``,
+    ``'none'`` (a branch without one), None (no branch)."""
+    keys = [k for k in keys if _BRANCH_LAYER.search(k)]
+    if not keys:
+        return None
+    if any('.temporal.attn.' in k for k in keys):
+        return 'attn'
+    if any('.temporal.conv.' in k for k in keys):
+        return 'conv'
+    return 'none'
+
+
 def _hints(model_keys: List[str], ckpt_keys: List[str]) -> List[str]:
     hints = []
     if not set(model_keys) & set(ckpt_keys):
@@ -117,6 +130,12 @@ def _hints(model_keys: List[str], ckpt_keys: List[str]) -> List[str]:
         hints.append(f'the checkpoint has a STAN branch of depth {c_depth or 0} and the model '
                      f'{m_depth or 0}: set model.backbone.depth={c_depth or 0} (and levels, '
                      f'if set) as in the config it was trained with')
+    m_temporal, c_temporal = _temporal_module(model_keys), _temporal_module(ckpt_keys)
+    if m_temporal and c_temporal and m_temporal != c_temporal:
+        value = 'None' if c_temporal == 'none' else repr(c_temporal)
+        hints.append(f'the checkpoint\'s branch has the cross-frame module {c_temporal!r} and '
+                     f'the model {m_temporal!r}: set model.backbone.temporal_module={value} as '
+                     f'in the config it was trained with')
     return hints
 
 

@@ -131,6 +131,55 @@ def warn_schedule_beyond_training(cfg, tool: str) -> None:
               '"Your own videos")', file=sys.stderr)
 
 
+#: what each launcher reads from the environment, and what sets it
+_LAUNCHER_ENV = {
+    'pytorch': (('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+                'torchrun (bash tools/dist_train.sh CONFIG N, or torchrun --nproc_per_node N '
+                'TOOL CONFIG --launcher pytorch)'),
+    'slurm': (('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
+              'srun (bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR)'),
+    'mpi': (('OMPI_COMM_WORLD_LOCAL_RANK', 'OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
+             'MASTER_ADDR'), "Open MPI's mpirun, with MASTER_ADDR exported"),
+}
+
+
+def check_launcher(launcher: str, tool: str, environ=None) -> None:
+    """Refuse a ``--launcher`` that does not match how the process was started.
+
+    * ``none`` in one of several processes started by torchrun (``WORLD_SIZE`` > 1): each
+      process would run the whole job alone, on all the data, writing the same work dir
+      (mmengine says "Distributed training: False" and goes on).
+    * ``pytorch`` / ``slurm`` / ``mpi`` without the variables its starter sets (mmengine
+      fails with a bare ``KeyError``).
+
+    Raises:
+        CommandLineError: naming the launcher to use, or how to start the tool.
+    """
+    env = os.environ if environ is None else environ
+    if launcher == 'none':
+        world = env.get('WORLD_SIZE', '')
+        if world.isdigit() and int(world) > 1:
+            raise CommandLineError(
+                f'--launcher none, but this process is one of WORLD_SIZE={world} started by '
+                f'torchrun: each would train alone on all the data, into the same work '
+                f'dir. Add --launcher pytorch (tools/dist_train.sh and dist_test.sh pass it; '
+                f'a --launcher after theirs overrides it)')
+        step_tasks = env.get('SLURM_STEP_NUM_TASKS', '')
+        if step_tasks.isdigit() and int(step_tasks) > 1 and 'SLURM_PROCID' in env:
+            print(f'{tool}: warning: --launcher none in a Slurm job step of '
+                  f'{step_tasks} tasks: if srun started this command {step_tasks} times, '
+                  'each runs the whole job alone; add --launcher slurm '
+                  '(tools/slurm_train.sh does)', file=sys.stderr)
+        return
+    needed, starter = _LAUNCHER_ENV.get(launcher, ((), ''))
+    missing = [k for k in needed if k not in env]
+    if missing:
+        raise CommandLineError(
+            f'--launcher {launcher} needs the variables {starter} sets; missing: '
+            f'{", ".join(missing)}. Start {tool} with {starter}, or leave --launcher out '
+            f'for one process')
+
+
 def run_tool(main: Callable[[], object], tool: str) -> int:
     """Call ``main()``; return its exit status (an int it returns, else 0), or 2 after
     printing ``<tool>: error: <message>`` for an error of :func:`user_errors` (re-raised as
