@@ -12,6 +12,7 @@ is a new ``Runner`` loading the iteration checkpoint. The last test kills
 DataLoader workers and ``--deterministic``.
 """
 import glob
+import json
 import itertools
 import os.path as osp
 import random
@@ -29,7 +30,8 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
-from mmaction.registry import DATA_SAMPLERS, DATASETS, HOOKS, MODELS
+from mmaction.registry import DATA_SAMPLERS, DATASETS, HOOKS, METRICS, MODELS
+from mmengine.evaluator import BaseMetric
 
 from stan_mm.engine.loops import (ORDER_KEY, ResumableEpochBasedTrainLoop,
                                   skip_first_samples)
@@ -75,6 +77,8 @@ class _DropoutToyModel(BaseModel):
 
     def forward(self, inputs, idx=None, data_samples=None, mode='loss'):
         out = self.fc(self.drop(inputs))
+        if mode != 'loss':          # (validation: one output per sample)
+            return list(out)
         return dict(loss=((out - 1) ** 2).mean())
 
 
@@ -93,10 +97,19 @@ class _Record(Hook):
     after the checkpoint hook has saved."""
     priority = 'LOWEST'
 
-    def __init__(self, stop_after=None):
+    def __init__(self, stop_after=None, stop_in_val=None):
         self.stop_after = stop_after
+        self.stop_in_val = stop_in_val   # "killed" during the validation after this epoch
         self.seen = []
         self.lrs = []     # (epoch, batch_idx, learning rate the iteration trained with)
+        self.validated = []   # the epochs whose validation finished
+
+    def before_val_epoch(self, runner):
+        if self.stop_in_val is not None and runner.epoch == self.stop_in_val:
+            raise _Stopped(runner.iter)
+
+    def after_val_epoch(self, runner, metrics=None):
+        self.validated.append(runner.epoch)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.lrs.append((runner.epoch, batch_idx,
@@ -112,7 +125,8 @@ class _Record(Hook):
 
 def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=True,
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
-                sampler=None, batch_size=None, train_cfg=None, **runner_kwargs):
+                sampler=None, batch_size=None, train_cfg=None, stop_in_val=None,
+                **runner_kwargs):
     loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -128,7 +142,7 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
                            checkpoint=dict(type='AtomicCheckpointHook', by_epoch=by_epoch,
                                            interval=1 if by_epoch else CKPT_EVERY)),
         custom_hooks=[dict(type='EpochSeedHook', per_iteration=per_iteration),
-                      dict(type='_Record', stop_after=stop_after)],
+                      dict(type='_Record', stop_after=stop_after, stop_in_val=stop_in_val)],
         log_processor=dict(window_size=1),
         randomness=dict(seed=seed, deterministic=True),
         resume=resume_from is not None,
@@ -152,7 +166,7 @@ def train(runner):
     logs = glob.glob(osp.join(runner.log_dir, '*.log'))
     log = open(logs[0]).read() if logs else ''
     return dict(seen=record.seen, state=state, iter=runner.iter, log=log,
-                max_iters=runner.max_iters, lrs=record.lrs)
+                max_iters=runner.max_iters, lrs=record.lrs, validated=record.validated)
 
 
 def same_state(a, b) -> bool:
@@ -847,3 +861,50 @@ def test_epoch_schedule_after_a_fallback_and_next_to_iteration_schedules(tmp_pat
                                 resume_from=tmp_path / 'mixed' / 'epoch_1.pth'))
     assert resumed['lrs'][0][2] == pytest.approx(ckpt_lr)   # untouched
     assert 'schedules written in iterations (by_epoch=False)' in resumed['log']
+
+
+@METRICS.register_module(force=True)
+class _CountMetric(BaseMetric):
+    """Counts the validation batches (a metric the toy model can feed)."""
+
+    def process(self, data_batch, data_samples):
+        self.results.append(1)
+
+    def compute_metrics(self, results):
+        return dict(batches=float(len(results)))
+
+
+def _with_validation(**kwargs):
+    return dict(kwargs, val_dataloader=dict(
+        dataset=dict(type='_NoisyToyDataset'), batch_size=4, num_workers=0,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        collate_fn=dict(type='default_collate')),
+        val_cfg=dict(), val_evaluator=dict(type='_CountMetric'))
+
+
+def test_validation_cut_by_a_kill_runs_when_resumed(tmp_path):
+    """An epoch checkpoint is written before that epoch's validation: a run killed during
+    the validation of epoch 1 used to resume at epoch 2 with no result for epoch 1. Now
+    that validation runs first; a run killed after it does not repeat it."""
+    killed = train(make_runner(tmp_path / 'killed', by_epoch=True, stop_in_val=1,
+                               **_with_validation()))
+    assert killed['validated'] == [] and osp.isfile(tmp_path / 'killed' / 'epoch_1.pth')
+    resumed = train(make_runner(tmp_path / 'killed', by_epoch=True,
+                                resume_from=tmp_path / 'killed' / 'epoch_1.pth',
+                                **_with_validation()))
+    assert resumed['validated'] == [1, 2, 3]
+    assert 'validating epoch 1 before training epoch 2' in resumed['log']
+    assert resumed['iter'] == TOTAL                       # nothing trained twice
+
+    # killed while training epoch 2, after epoch 1's validation: not repeated
+    done = train(make_runner(tmp_path / 'later', by_epoch=True, stop_after=PER_EPOCH + 2,
+                             **_with_validation()))
+    assert done['validated'] == [1]
+    again = train(make_runner(tmp_path / 'later', by_epoch=True,
+                              resume_from=tmp_path / 'later' / 'epoch_1.pth',
+                              **_with_validation()))
+    assert again['validated'] == [2, 3] and 'validating epoch 1' not in again['log']
+    # the record names the last validated epoch's checkpoint
+    record = json.loads((tmp_path / 'later' / '.stan_validated.json').read_text())
+    assert record['epoch'] == 3 and record['checkpoint']['path'] == str(
+        tmp_path / 'later' / 'epoch_3.pth')

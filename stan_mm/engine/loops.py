@@ -65,6 +65,12 @@ loop gives the sampler the stored seed back when the sampler's order is a functi
 ``(seed, epoch)`` and the world size is the checkpoint's: the job shuffles its remaining
 epochs as the interrupted run would have, whichever checkpoint it resumes from.
 
+A validation cut short: an epoch checkpoint is written before the epoch's validation, so
+a job killed during it resumed, with mmengine's loop, at the next epoch with no result for
+that epoch. Each finished validation is recorded in the work dir
+(``.stan_validated.json``: the checkpoint it followed); resumed from an epoch checkpoint
+without that record, the loop runs the epoch's validation before training on.
+
 Exactness of what is trained: same samples, same order, same number of iterations. Same
 random augmentation and dropout as well needs ``EpochSeedHook(per_iteration=True)``
 (see :mod:`stan_mm.engine.seed_hook`).
@@ -86,6 +92,19 @@ from mmaction.registry import LOOPS
 from torch.utils.data import BatchSampler, SequentialSampler
 
 ORDER_KEY = 'stan_mm_train_order'   # message hub (runtime info, saved in checkpoints)
+#: in the work dir: the checkpoint whose epoch's validation last finished (see
+#: ResumableEpochBasedTrainLoop._plan_validation)
+VALIDATED_FILE = '.stan_validated.json'
+
+
+def file_identity(path) -> Optional[dict]:
+    """``{'path', 'size', 'mtime_ns'}`` of an existing file, else None."""
+    import os
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return dict(path=os.path.abspath(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
 class SamplerProxy:
@@ -182,6 +201,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         super().__init__(*args, **kwargs)
         import copy
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
+        self._revalidate = False  # resumed epoch checkpoint whose validation was cut short
         # the parameter scheduler configs (the runner builds the loop before it turns them
         # into schedulers): what _rescale_schedulers rebuilds at a new epoch length
         configs = getattr(self.runner, 'param_schedulers', None)
@@ -260,8 +280,81 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             old_length = saved.get('batches_per_epoch') if isinstance(saved, dict) else None
             if isinstance(old_length, int) and 0 < old_length != len(self.dataloader):
                 self._rescale_schedulers(old_length, len(self.dataloader), skip)
+            if skip == 0 and isinstance(saved, dict) and self._saved_done(saved) == 0:
+                self._revalidate = self._plan_validation()
         hub.update_info(ORDER_KEY, self._order_info())
         return skip
+
+    # ------------------------------------------------------- validation cut by a kill
+    def _validation_due(self, epoch: int) -> bool:
+        """Whether mmengine's loop validates after ``epoch`` (1-based) epochs."""
+        if getattr(self.runner, '_val_loop', None) is None or epoch < 1:
+            return False
+        return epoch >= self.val_begin and (epoch % self.val_interval == 0
+                                            or epoch == self._max_epochs)
+
+    def _plan_validation(self) -> bool:
+        """Resumed from an epoch checkpoint: whether that epoch's validation still has to
+        run. An epoch checkpoint is written before the epoch's validation (mmengine's
+        order), so a job killed during the validation resumed at the next epoch with no
+        result for that epoch, and ``save_best`` never compared it. After each validation
+        the main process records, in ``<work_dir>/.stan_validated.json``, the checkpoint
+        whose epoch it followed (path, size, modification time); the validation runs again
+        when the resumed checkpoint is not that file (killed during the validation, or a
+        work dir without the record: at most one validation more). Decided on the main
+        process, for every rank."""
+        import json
+        import os.path as osp
+        from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
+        decision = [False]
+        if is_main_process() and self._validation_due(self._epoch):
+            own = file_identity(self.runner.message_hub.get_info('last_ckpt'))
+            try:
+                with open(osp.join(self.runner.work_dir, VALIDATED_FILE)) as f:
+                    done = json.load(f).get('checkpoint')
+            except (OSError, ValueError, AttributeError):
+                done = None
+            decision = [own is None or done != own]
+        if get_world_size() > 1:
+            broadcast_object_list(decision)
+        if decision[0]:
+            name = self.runner.message_hub.get_info('last_ckpt') or 'the checkpoint'
+            self.runner.logger.warning(
+                f'ResumableEpochBasedTrainLoop: {osp.basename(str(name))} was saved at the '
+                f'end of epoch {self._epoch}, before its validation, and this work dir has '
+                f'no record that the validation finished (killed during it?): validating '
+                f'epoch {self._epoch} before training epoch {self._epoch + 1}')
+        return decision[0]
+
+    def _record_validation(self) -> None:
+        """After a validation: record the checkpoint of this epoch (main process)."""
+        import json
+        import os.path as osp
+        from mmengine.dist import is_main_process
+        from stan_mm.engine.checkpoint_hook import atomic_write_bytes
+        own = file_identity(self.runner.message_hub.get_info('last_ckpt'))
+        if not is_main_process() or own is None:
+            return
+        try:
+            atomic_write_bytes(json.dumps(dict(checkpoint=own, epoch=self._epoch)).encode(),
+                               osp.join(self.runner.work_dir, VALIDATED_FILE))
+        except OSError as e:
+            self.runner.logger.warning(f'ResumableEpochBasedTrainLoop: could not record the '
+                                       f'finished validation ({e})')
+
+    def _watch_validation(self) -> None:
+        """Make every run of the validation loop record itself when it finishes."""
+        val_loop = getattr(self.runner, '_val_loop', None)
+        run = getattr(val_loop, 'run', None)
+        if run is None or getattr(run, '_stan_recorded', False):
+            return
+
+        def run_and_record(*args, **kwargs):
+            out = run(*args, **kwargs)
+            self._record_validation()
+            return out
+        run_and_record._stan_recorded = True
+        val_loop.run = run_and_record
 
     def _scheduler_lists(self):
         """``[(schedulers, their configs)]``, one pair per optimizer, for the parameter
@@ -545,11 +638,16 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     def run(self):
         """mmengine's ``run``, after deciding where the resumed epoch continues."""
         self._skip_batches = self._plan_resume()
+        self._watch_validation()
         return super().run()
 
     def run_epoch(self) -> None:
         """mmengine's ``run_epoch``; the epoch a run resumed inside skips the batches the
-        checkpoint has seen and numbers the others from there."""
+        checkpoint has seen and numbers the others from there. Resumed from an epoch
+        checkpoint whose validation was cut short, that validation runs first."""
+        if getattr(self, '_revalidate', False):
+            self._revalidate = False
+            self.runner.val_loop.run()
         skip, self._skip_batches = self._skip_batches, 0
         self._record_epoch_start(self._iter - skip)
         if not skip:
