@@ -406,3 +406,18 @@ def test_missing_annotation_file_is_a_located_error(tmp_path):
                             pipeline=[]))
     assert isinstance(info.value, FileNotFoundError)   # what callers caught before
     assert isinstance(info.value, user_errors())
+
+
+def test_a_number_option_given_as_text_is_named():
+    """--cfg-options optim_wrapper.optimizer.lr=1e-3x is read as a string; mmengine failed
+    deep inside with "can't multiply sequence by non-int of type 'float'"."""
+    from stan_mm.utils.cli import ConfigOptionError, check_numeric_options
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py'))
+    check_numeric_options(cfg)                                   # the shipped values pass
+    cfg.merge_from_dict({'optim_wrapper.optimizer.lr': '1e-3x',
+                         'train_dataloader.batch_size': 2.5})
+    with pytest.raises(ConfigOptionError) as info:
+        check_numeric_options(cfg)
+    msg = str(info.value)
+    assert "optim_wrapper.optimizer.lr='1e-3x' (expected a number)" in msg
+    assert 'train_dataloader.batch_size=2.5 (expected a whole number)' in msg

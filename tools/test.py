@@ -61,7 +61,9 @@ def merge_args(cfg, args):
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    from stan_mm.utils.cli import CommandLineError, warn_misspelled_keys
+    from stan_mm.utils.cli import (CommandLineError, check_numeric_options,
+                                   warn_misspelled_keys)
+    check_numeric_options(cfg)
     if not osp.isfile(args.checkpoint):
         raise CommandLineError(f'checkpoint not found: {args.checkpoint!r} (give the path of '
                                f'a .pth file written by tools/train.py, or a converted one)')

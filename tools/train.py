@@ -110,7 +110,9 @@ def merge_args(cfg, args):
                       f'train_cfg.type=\'ResumableEpochBasedTrainLoop\' (as this repo\'s '
                       f'configs do) for exact resumption from iteration checkpoints too',
                       file=sys.stderr)
-    from stan_mm.utils.cli import warn_misspelled_keys, warn_schedule_beyond_training
+    from stan_mm.utils.cli import (check_numeric_options, warn_misspelled_keys,
+                                   warn_schedule_beyond_training)
+    check_numeric_options(cfg)
     warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')
     return cfg

@@ -81,6 +81,40 @@ def warn_misspelled_keys(cfg, tool: str) -> None:
               f'{runner_key!r}? (mmengine ignores unknown top-level keys)', file=sys.stderr)
 
 
+#: config entries that must be numbers (``int``: whole numbers), checked before the run
+#: is built: ``--cfg-options optim_wrapper.optimizer.lr=1e-3x`` is read as a string, which
+#: mmengine only trips over deep inside (``TypeError: can't multiply sequence``)
+NUMERIC_OPTIONS = (
+    ('optim_wrapper.optimizer.lr', float), ('optim_wrapper.optimizer.weight_decay', float),
+    ('optim_wrapper.optimizer.eps', float), ('optim_wrapper.clip_grad.max_norm', float),
+    ('train_cfg.max_epochs', int), ('train_cfg.max_iters', int), ('train_cfg.val_interval', int),
+    ('train_dataloader.batch_size', int), ('train_dataloader.num_workers', int),
+    ('val_dataloader.batch_size', int), ('val_dataloader.num_workers', int),
+    ('test_dataloader.batch_size', int), ('test_dataloader.num_workers', int))
+
+
+def check_numeric_options(cfg) -> None:
+    """Raise :class:`ConfigOptionError` listing the :data:`NUMERIC_OPTIONS` of ``cfg`` that
+    are set to something else than a number (a whole number where ``int``)."""
+    bad = []
+    for path, kind in NUMERIC_OPTIONS:
+        node = cfg
+        for part in path.split('.'):
+            node = node.get(part) if hasattr(node, 'get') else None
+            if node is None:
+                break
+        if node is None:
+            continue
+        ok = (isinstance(node, (int, float)) and not isinstance(node, bool)
+              and (kind is float or isinstance(node, int)))
+        if not ok:
+            want = 'a whole number' if kind is int else 'a number'
+            bad.append(f'{path}={node!r} (expected {want})')
+    if bad:
+        raise ConfigOptionError('config entries that must be numbers are not: '
+                                + '; '.join(bad) + '. Check the --cfg-options values')
+
+
 def route_evaluator_options(cfg, options: dict) -> dict:
     """``--cfg-options`` with ``test_evaluator.<option>`` keys routed for a list of
     evaluators. ``test_evaluator.dsl=True`` (docs/retrieval.md) addresses one metric;
