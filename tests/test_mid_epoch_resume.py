@@ -103,6 +103,7 @@ class _Record(Hook):
         self.seen = []
         self.lrs = []     # (epoch, batch_idx, learning rate the iteration trained with)
         self.validated = []   # the epochs whose validation finished
+        self.betas = []       # (epoch, batch_idx, Adam's betas the iteration trained with)
 
     def before_val_epoch(self, runner):
         if self.stop_in_val is not None and runner.epoch == self.stop_in_val:
@@ -112,8 +113,9 @@ class _Record(Hook):
         self.validated.append(runner.epoch)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        self.lrs.append((runner.epoch, batch_idx,
-                         runner.optim_wrapper.optimizer.param_groups[0]['lr']))
+        group = runner.optim_wrapper.optimizer.param_groups[0]
+        self.lrs.append((runner.epoch, batch_idx, group['lr']))
+        self.betas.append((runner.epoch, batch_idx, tuple(group.get('betas', ()))))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.seen.append((runner.iter + 1, batch_idx,
@@ -126,7 +128,7 @@ class _Record(Hook):
 def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=True,
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
                 sampler=None, batch_size=None, train_cfg=None, stop_in_val=None,
-                **runner_kwargs):
+                optim_wrapper=None, **runner_kwargs):
     loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -137,7 +139,7 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
         experiment_name=f'mid_epoch_{next(_names)}',
         train_dataloader=loader,
         train_cfg=train_cfg or dict(type=loop, max_epochs=EPOCHS),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
                            checkpoint=dict(type='AtomicCheckpointHook', by_epoch=by_epoch,
                                            interval=1 if by_epoch else CKPT_EVERY)),
@@ -166,7 +168,8 @@ def train(runner):
     logs = glob.glob(osp.join(runner.log_dir, '*.log'))
     log = open(logs[0]).read() if logs else ''
     return dict(seen=record.seen, state=state, iter=runner.iter, log=log,
-                max_iters=runner.max_iters, lrs=record.lrs, validated=record.validated)
+                max_iters=runner.max_iters, lrs=record.lrs, validated=record.validated,
+                betas=record.betas)
 
 
 def same_state(a, b) -> bool:
@@ -908,3 +911,67 @@ def test_validation_cut_by_a_kill_runs_when_resumed(tmp_path):
     record = json.loads((tmp_path / 'later' / '.stan_validated.json').read_text())
     assert record['epoch'] == 3 and record['checkpoint']['path'] == str(
         tmp_path / 'later' / 'epoch_3.pth')
+
+
+def test_adam_momentum_schedule_follows_a_new_epoch_length(tmp_path):
+    """A momentum schedule on AdamW acts on betas[0]: after a resume at another epoch length
+    betas follow a run at that length from the start (a first version replayed on an SGD
+    stand-in, which turned the schedule onto an unused 'momentum' entry)."""
+    adamw = dict(optimizer=dict(type='AdamW', lr=0.1, betas=(0.9, 0.999)))
+    schedule = EPOCH_SCHEDULE + [dict(type='CosineAnnealingMomentum', T_max=3, eta_min=0.6,
+                                      by_epoch=True, begin=0, end=3,
+                                      convert_to_iter_based=True)]
+    ref = train(make_runner(tmp_path / 'ref', batch_size=3, optim_wrapper=adamw,
+                            param_scheduler=schedule))
+    train(make_runner(tmp_path / 'run', batch_size=2, by_epoch=True, optim_wrapper=adamw,
+                      param_scheduler=schedule, stop_after=PER_EPOCH + 1))
+    resumed = train(make_runner(tmp_path / 'run', batch_size=3, by_epoch=True,
+                                optim_wrapper=adamw, param_scheduler=schedule,
+                                resume_from=tmp_path / 'run' / 'epoch_1.pth'))
+    want = {(e, b): betas for e, b, betas in ref['betas']}
+    got = {(e, b): betas for e, b, betas in resumed['betas']}
+    assert sorted(got) == [(e, b) for e in (1, 2) for b in range(4)]
+    assert len({v[0] for v in got.values()}) == len(got)     # betas[0] moves every step
+    for pos, betas in got.items():
+        assert betas == pytest.approx(want[pos], rel=1e-9), (pos, betas, want[pos])
+    lrs = {(e, b): lr for e, b, lr in ref['lrs']}
+    for e, b, lr in resumed['lrs']:
+        assert lr == pytest.approx(lrs[(e, b)], rel=1e-9)
+
+
+def test_plateau_schedules_are_kept_with_a_warning(tmp_path):
+    """ReduceOnPlateau follows validation metrics, which a replay does not have: the
+    optimizer's schedules keep the checkpoint's state, and the warning says so."""
+    schedule = [EPOCH_SCHEDULE[0],
+                dict(type='ReduceOnPlateauLR', monitor='batches', rule='less', patience=0,
+                     factor=0.5, by_epoch=True, begin=0, end=3)]
+    train(make_runner(tmp_path / 'run', batch_size=2, by_epoch=True, param_scheduler=schedule,
+                      stop_after=PER_EPOCH + 1, **_with_validation()))
+    ckpt = torch.load(str(tmp_path / 'run' / 'epoch_1.pth'), map_location='cpu',
+                      weights_only=False)
+    resumed = train(make_runner(tmp_path / 'run', batch_size=3, by_epoch=True,
+                                param_scheduler=schedule,
+                                resume_from=tmp_path / 'run' / 'epoch_1.pth',
+                                **_with_validation()))
+    assert 'a ReduceOnPlateau schedule follows metrics' in resumed['log']
+    assert resumed['lrs'][0][2] == pytest.approx(
+        ckpt['optimizer']['param_groups'][0]['lr'])
+
+
+def test_one_schedule_list_shared_by_several_optimizers_is_paired_with_each():
+    """mmengine builds one list of schedulers per optimizer from a shared config list; each
+    is paired with the configs (a first version found no pairing and silently kept the
+    old counts). Unpairable schedulers are reported, not skipped silently."""
+    from types import SimpleNamespace
+    loop = ResumableEpochBasedTrainLoop.__new__(ResumableEpochBasedTrainLoop)
+    cfgs = [dict(type='LinearLR', by_epoch=True, convert_to_iter_based=True),
+            dict(type='CosineAnnealingLR', by_epoch=True, convert_to_iter_based=True)]
+    loop._scheduler_cfgs = cfgs
+    loop._runner = SimpleNamespace(param_schedulers={'gen': ['g1', 'g2'], 'dis': ['d1', 'd2']})
+    pairs, why = loop._scheduler_lists()
+    assert why is None
+    assert [(label, built, c) for label, built, c in pairs] == [
+        ('gen', ['g1', 'g2'], cfgs), ('dis', ['d1', 'd2'], cfgs)]
+    loop._runner = SimpleNamespace(param_schedulers=['only one'])
+    pairs, why = loop._scheduler_lists()
+    assert pairs == [] and 'cannot be paired' in why

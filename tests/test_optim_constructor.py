@@ -119,6 +119,11 @@ def test_a_custom_decay_mult_keeps_the_last_word():
     clip_ln = 'backbone.visual.ln_post.weight'
     assert groups[clip_ln]['weight_decay'] == 0.0
     assert groups['backbone.visual.conv1.weight'].get('weight_decay', 0.1) == 0.1
+    # a key's own weight_decay too
+    optim['paramwise_cfg']['custom_keys']['backbone.branch'] = dict(lr_mult=10.0,
+                                                                    weight_decay=0.3)
+    groups = _groups(model, optim)
+    assert all(groups[n]['weight_decay'] == 0.3 for n in branch)
 
 
 def test_only_the_multipliers_given_act():

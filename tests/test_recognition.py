@@ -645,10 +645,11 @@ def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
     assert cfg.resume is True and cfg.load_from is None     # mmengine reads last_checkpoint
 
 
-def test_resume_in_a_copied_work_dir_uses_its_own_checkpoint(tmp_path, capsys):
-    """last_checkpoint holds an absolute path: in a copy of a work dir it named the
-    original's file, and the copy silently resumed from there. The copy's own file of that
-    name is taken (with a note); a checkpoint elsewhere with no file of its name here (a
+def test_resume_in_a_moved_or_copied_work_dir(tmp_path, capsys):
+    """last_checkpoint holds an absolute path. In a moved work dir it named a file that is
+    gone: the work dir's file of that name is taken (with a note). In a copy it named the
+    original's file, and the copy silently resumed from there: with both files present the
+    tool asks which one. A checkpoint elsewhere with no file of its name here (a
     CheckpointHook out_dir) is left to mmengine."""
     from mmengine.config import Config
     train = load_tool('tools/train.py', 'stan_train_tool_resume_copy')
@@ -659,16 +660,21 @@ def test_resume_in_a_copied_work_dir_uses_its_own_checkpoint(tmp_path, capsys):
         work.mkdir()
         (work / 'epoch_3.pth').write_bytes(work.name.encode())
         (work / 'last_checkpoint').write_text(str(original / 'epoch_3.pth'))
-    args = train.parse_args([str(bare), '--work-dir', str(copy), '--resume'])
-    cfg = train.merge_args(Config.fromfile(str(bare)), args)
+
+    def resume(work):
+        args = train.parse_args([str(bare), '--work-dir', str(work), '--resume'])
+        return train.merge_args(Config.fromfile(str(bare)), args)
+    with pytest.raises(SystemExit, match=r'outside this work dir.*--resume .*original.*'
+                                         r'epoch_3\.pth, or --resume .*copy.*epoch_3\.pth'):
+        resume(copy)
+    assert resume(original).load_from is None
+    (original / 'epoch_3.pth').unlink()                           # moved: the original gone
+    cfg = resume(copy)
     assert cfg.resume is True and cfg.load_from == str(copy / 'epoch_3.pth')
-    assert 'outside this work dir' in capsys.readouterr().err
-    args = train.parse_args([str(bare), '--work-dir', str(original), '--resume'])
-    assert train.merge_args(Config.fromfile(str(bare)), args).load_from is None
+    assert 'which is gone' in capsys.readouterr().err
     (copy / 'epoch_3.pth').unlink()
     (copy / 'last_checkpoint').write_text(str(tmp_path / 'out_dir' / 'epoch_3.pth'))
-    args = train.parse_args([str(bare), '--work-dir', str(copy), '--resume'])
-    assert train.merge_args(Config.fromfile(str(bare)), args).load_from is None
+    assert resume(copy).load_from is None
 
 
 def test_shortened_training_warns_about_the_base_schedule(tmp_path, capsys):

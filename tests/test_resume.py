@@ -518,3 +518,27 @@ def test_a_save_best_that_names_no_metric_is_a_clear_error(tmp_path):
     hook.before_train(runner)
     hook._save_best_checkpoint(runner, {'acc/top1': 0.5, 'acc/top5': 0.9})
     assert [p.name for p in tmp_path.glob('best_*.pth')] == ['best_acc_top1_epoch_1.pth']
+
+
+def test_a_best_checkpoint_of_another_folder_is_never_deleted(tmp_path):
+    """Resumed in a copy of a work dir, the message hub names the original folder's best
+    checkpoint; mmengine deleted it at the copy's first better score."""
+    from stan_mm.engine.checkpoint_hook import AtomicCheckpointHook
+    original, copy = tmp_path / 'original', tmp_path / 'copy'
+    for folder in (original, copy):
+        folder.mkdir()
+        (folder / 'best_acc_epoch_1.pth').write_bytes(b'epoch 1')
+    runner = _BestRunner(copy, 'best_other_folder')
+    runner.message_hub.update_info('best_ckpt', str(original / 'best_acc_epoch_1.pth'))
+    runner.message_hub.update_info('best_score', 0.5)
+    hook = AtomicCheckpointHook(interval=1, save_best='acc', rule='greater')
+    hook.before_train(runner)
+    runner.epoch = 2
+    hook._save_best_checkpoint(runner, {'acc': 0.8})
+    assert (original / 'best_acc_epoch_1.pth').read_bytes() == b'epoch 1'   # kept
+    assert (copy / 'best_acc_epoch_2.pth').read_bytes() == b'epoch 2'
+    # in its own folder the previous best is replaced as before
+    runner.epoch = 3
+    hook._save_best_checkpoint(runner, {'acc': 0.9})
+    assert sorted(p.name for p in copy.glob('best_*.pth')) == ['best_acc_epoch_1.pth',
+                                                               'best_acc_epoch_3.pth']

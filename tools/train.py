@@ -123,23 +123,33 @@ def check_auto_resume(work_dir: str):
     from scratch when it is missing, and the new run then overwrites the checkpoints of the
     same names. Refuse when the folder holds checkpoints but no ``last_checkpoint``.
 
-    ``last_checkpoint`` holds an absolute path: in a copied or moved work dir it still
-    names the original folder's file. When it points outside ``work_dir`` and ``work_dir``
-    holds a file of the same name, that file is the one to resume from (returned, with a
-    note); otherwise None (mmengine reads ``last_checkpoint``; e.g. checkpoints written to
-    a ``CheckpointHook`` ``out_dir`` elsewhere)."""
+    ``last_checkpoint`` holds an absolute path: in a moved work dir it names a file that
+    is gone, in a copied one the original folder's file. When it points outside
+    ``work_dir``: a file it names that no longer exists, with a file of that name in
+    ``work_dir``, is replaced by the latter (returned, with a note); both existing (a copy
+    of a work dir, or a ``CheckpointHook`` ``out_dir`` elsewhere next to an older file of
+    the same name here) is refused, naming both. Otherwise None (mmengine reads
+    ``last_checkpoint``)."""
     record = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(record):
         with open(record) as f:
             named = f.read().strip()
         here = osp.join(work_dir, osp.basename(named))
-        if (named and osp.realpath(osp.dirname(named)) != osp.realpath(work_dir)
-                and osp.isfile(here)):
-            print(f'train.py: {record} names {named}, outside this work dir (copied or '
-                  f'moved?); resuming from {here}, the file of that name here. Name another '
-                  f'with --resume PATH', file=sys.stderr)
+        if (not named or osp.realpath(osp.dirname(named)) == osp.realpath(work_dir)
+                or not osp.isfile(here)):
+            return None
+        if not osp.exists(named):
+            print(f'train.py: {record} names {named}, which is gone (a moved work dir?); '
+                  f'resuming from {here}, the file of that name here. Name another with '
+                  f'--resume PATH', file=sys.stderr)
             return here
-        return None
+        if osp.samefile(named, here):
+            return None
+        raise SystemExit(
+            f'train.py: {record} names {named}, outside this work dir, and the work dir has '
+            f'a file of the same name ({here}): a copy of another work dir, or checkpoints '
+            f'written elsewhere (CheckpointHook out_dir)? Name the one to resume from: '
+            f'--resume {named}, or --resume {here}')
     found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime)
     if found:
         names = ', '.join(osp.basename(p) for p in found[-5:])

@@ -199,11 +199,13 @@ class AtomicCheckpointHook(CheckpointHook):
         missing = [k for k in keys if k not in metrics] if self.save_best and metrics else []
         if missing:
             from stan_mm.utils.cli import ConfigOptionError
+            last = runner.message_hub.get_info('last_ckpt')
+            saved = (f'the last checkpoint written is {last} (--resume goes on from it)'
+                     if last else 'no checkpoint has been written yet')
             raise ConfigOptionError(
                 f'default_hooks.checkpoint.save_best names {", ".join(map(repr, missing))}, '
                 f'which this validation does not report; its metrics are '
-                f'{", ".join(sorted(metrics))}. Set save_best to one of them (this epoch\'s '
-                f'checkpoint is saved: resume with --resume)')
+                f'{", ".join(sorted(metrics))}. Set save_best to one of them; {saved}')
         backend = self.file_backend
         deferred = _DeferredRemovals(backend)
         self.file_backend = deferred
@@ -214,8 +216,24 @@ class AtomicCheckpointHook(CheckpointHook):
         current = {getattr(self, 'best_ckpt_path', None),
                    *getattr(self, 'best_ckpt_path_dict', {}).values()}
         for path in deferred.removals:
-            if path not in current and backend.isfile(path):
-                backend.remove(path)
+            if path in current or not backend.isfile(path):
+                continue
+            if not self._in_out_dir(path):
+                # a best checkpoint named by a resumed checkpoint's message hub, in another
+                # folder (a copied work dir): another run's file, not this run's to delete
+                runner.logger.info(f'AtomicCheckpointHook: the previous best checkpoint '
+                                   f'{path} is outside this run\'s folder {self.out_dir}; '
+                                   'not deleting it')
+                continue
+            backend.remove(path)
+
+    def _in_out_dir(self, path: str) -> bool:
+        """Whether ``path`` lies directly in this run's checkpoint folder (local paths;
+        other storages are compared as strings)."""
+        out_dir = str(getattr(self, 'out_dir', '') or '')
+        if '://' in out_dir or '://' in str(path):
+            return str(path).rsplit('/', 1)[0].rstrip('/') == out_dir.rstrip('/')
+        return osp.realpath(osp.dirname(str(path))) == osp.realpath(out_dir)
 
     def _remove(self, step) -> bool:
         old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))

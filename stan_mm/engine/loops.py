@@ -205,8 +205,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         # the parameter scheduler configs (the runner builds the loop before it turns them
         # into schedulers): what _rescale_schedulers rebuilds at a new epoch length
         configs = getattr(self.runner, 'param_schedulers', None)
-        self._scheduler_cfgs = (copy.deepcopy(configs) if isinstance(configs, (dict, list))
-                                else None)
+        entries = (list(configs.values()) if isinstance(configs, dict)
+                   and not isinstance(configs.get('type'), str) else [configs])
+        entries = [c for e in entries for c in (e if isinstance(e, list) else [e])]
+        # (only configs: built schedulers hold the optimizer and, through it, the model)
+        self._scheduler_cfgs = (copy.deepcopy(configs) if entries and all(
+            isinstance(c, dict) for c in entries) else None)
         # this run's resume restarts an epoch and the loop said so (AtomicCheckpointHook
         # then does not warn again)
         self.warned_epoch_restart = False
@@ -357,26 +361,29 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         val_loop.run = run_and_record
 
     def _scheduler_lists(self):
-        """``[(schedulers, their configs)]``, one pair per optimizer, for the parameter
-        schedulers the runner built from configs (in build order); ``[]`` when they cannot
-        be paired with their configs."""
+        """``([(label, schedulers, their configs)], why not)``: one entry per optimizer for
+        the parameter schedulers the runner built from configs (in build order; ``label``
+        the optimizer's name where there are several, else ``''``), and, when they cannot
+        be paired with their configs, the reason (the entries are then empty)."""
         schedulers = getattr(self.runner, 'param_schedulers', None)
         cfgs = getattr(self, '_scheduler_cfgs', None)
-        if not schedulers or not cfgs:
-            return []
-        if isinstance(schedulers, dict):        # one list per optimizer
-            if not isinstance(cfgs, dict) or isinstance(cfgs.get('type'), str):
-                return []
-            groups = [(schedulers[k], cfgs.get(k)) for k in schedulers]
+        if not schedulers:
+            return [], None
+        if not cfgs:
+            return [], 'they were not built from configs'
+        if isinstance(schedulers, dict):        # several optimizers
+            shared = not isinstance(cfgs, dict) or isinstance(cfgs.get('type'), str)
+            groups = [(k, v, cfgs if shared else cfgs.get(k)) for k, v in schedulers.items()]
         else:
-            groups = [(schedulers, cfgs)]
+            groups = [('', schedulers, cfgs)]
         out = []
-        for built, cfg_list in groups:
+        for label, built, cfg_list in groups:
             cfg_list = [cfg_list] if isinstance(cfg_list, dict) else list(cfg_list or [])
             if len(cfg_list) != len(built) or not all(isinstance(c, dict) for c in cfg_list):
-                return []
-            out.append((list(built), cfg_list))
-        return out
+                return [], (f'the schedulers{" of " + label if label else ""} cannot be '
+                            'paired with their configs')
+            out.append((label, list(built), cfg_list))
+        return out, None
 
     def _rescale_schedulers(self, old_length: int, new_length: int, skip: int) -> None:
         """Put the parameter schedules written per epoch on this run's epoch length.
@@ -388,49 +395,72 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         the learning rate would reach its end early and stay there (or never get there).
 
         Here the schedules of each optimizer are built again from their configs at this
-        run's epoch length, on a stand-in optimizer with one group per distinct set of
-        initial values, and stepped as ``ParamSchedulerHook`` steps them up to where this
-        run goes on: epoch ``self._epoch`` plus the ``skip`` batches of it the checkpoint
-        has trained (an epoch restarted by the fallback starts again at its first batch,
-        with that batch's rate). Their states, and the values they set (learning rate,
-        momentum, ...), replace those the checkpoint brought: the rest of the run has the
-        rates of a run at this epoch length from the start. An optimizer with any schedule
-        written in iterations (``by_epoch=False``) keeps the checkpoint's (with a warning):
-        its iteration count goes on from the checkpoint's."""
+        run's epoch length, on a stand-in optimizer (no parameters, the optimizer's own
+        defaults, one group per distinct set of initial values), and stepped as
+        ``ParamSchedulerHook`` steps them up to where this run goes on: epoch
+        ``self._epoch`` plus the ``skip`` batches of it the checkpoint has trained (an
+        epoch restarted by the fallback starts again at its first batch, with that batch's
+        rate). Their states, and the values they set (learning rate, momentum or Adam's
+        ``betas``, ...), replace those the checkpoint brought: the rest of the run has the
+        rates of a run at this epoch length from the start. Kept as the checkpoint has
+        them, with a warning: the schedules of an optimizer with a schedule written in
+        iterations (``by_epoch=False``: its iteration count goes on from the
+        checkpoint's) or with a ``ReduceOnPlateau`` schedule (driven by metrics, which
+        cannot be replayed)."""
         import copy
         import torch
         from mmengine.registry import PARAM_SCHEDULERS
+
+        class StandIn(torch.optim.Optimizer):
+            """Holds param groups for the schedulers; ``step`` does nothing."""
+
+            def step(self, closure=None):
+                return None
+
         target = self._epoch * new_length + skip      # iterations trained, this length
         notes = []
-        for built, cfgs in self._scheduler_lists():
+        lists, why_not = self._scheduler_lists()
+        if why_not and any(c.get('convert_to_iter_based', False) for c in
+                           self._config_entries()):
+            notes.append(f'not done: {why_not}; they keep the checkpoint\'s iteration counts')
+        for label, built, cfgs in lists:
+            where_ = f' of optimizer {label!r}' if label else ''
             if not any(c.get('convert_to_iter_based', False) for c in cfgs):
                 continue          # nothing counted in iterations
             if not all(c.get('by_epoch', True) for c in cfgs):
-                notes.append('not for an optimizer that also has schedules written in '
-                             'iterations (by_epoch=False): its schedules keep the '
+                notes.append(f'not for the schedules{where_}: one is written in iterations '
+                             '(by_epoch=False); they keep the checkpoint\'s iteration counts')
+                continue
+            if any('ReduceOnPlateau' in type(s).__name__ for s in built):
+                notes.append(f'not for the schedules{where_}: a ReduceOnPlateau schedule '
+                             'follows metrics, which cannot be replayed; they keep the '
                              'checkpoint\'s iteration counts')
                 continue
             optimizer = built[0].optimizer
             optimizer = getattr(optimizer, 'optimizer', optimizer)   # an OptimWrapper
             names = sorted({s.param_name for s in built})
+            copied = names + (['betas'] if 'momentum' in names and all(
+                'betas' in g for g in optimizer.param_groups) else [])
             if any(n not in g for g in optimizer.param_groups for n in names):
-                notes.append(f'not for schedules of {", ".join(names)}, which the '
-                             f'{type(optimizer).__name__} groups hold under another name '
-                             '(e.g. betas): they keep the checkpoint\'s iteration counts')
+                notes.append(f'not for the schedules{where_} of {", ".join(names)}, which '
+                             f'the {type(optimizer).__name__} groups do not hold; they keep '
+                             'the checkpoint\'s iteration counts')
                 continue
             keys = [tuple(g.get(f'initial_{n}', g.get(n)) for n in names)
                     for g in optimizer.param_groups]
             distinct = list(dict.fromkeys(keys))
             where = [distinct.index(k) for k in keys]
             first_of = [keys.index(k) for k in distinct]
-            stand_in = torch.optim.SGD(
-                [dict({k: v for k, v in optimizer.param_groups[i].items()
-                       if k != 'params' and not k.startswith('initial_')},
-                      **{n: optimizer.param_groups[i].get(f'initial_{n}',
-                                                          optimizer.param_groups[i][n])
-                         for n in names},
-                      params=[torch.zeros(1, requires_grad=True)]) for i in first_of],
-                lr=0.0)
+            groups = []
+            for i in first_of:
+                g = {k: v for k, v in optimizer.param_groups[i].items()
+                     if k != 'params' and not k.startswith('initial_')}
+                g.update({n: optimizer.param_groups[i].get(f'initial_{n}', g[n])
+                          for n in names})
+                if 'betas' in copied and 'initial_momentum' in optimizer.param_groups[i]:
+                    g['betas'] = (g['momentum'], *tuple(g['betas'])[1:])
+                groups.append(dict(g, params=[torch.zeros(1, requires_grad=True)]))
+            stand_in = StandIn(groups, dict(optimizer.defaults))
             fresh = []
             for cfg in cfgs:
                 cfg = copy.deepcopy(dict(cfg))
@@ -453,17 +483,26 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                         state[key] = [state[key][j] for j in where]
                 real.load_state_dict(state)
             for group, j in zip(optimizer.param_groups, where):
-                for n in names:
+                for n in copied:
                     group[n] = stand_in.param_groups[j][n]
+            now = ', '.join(f'{n} {optimizer.param_groups[0][n]:.4g}' for n in names
+                            if isinstance(optimizer.param_groups[0][n], (int, float)))
             notes.append(', '.join(f'{type(s).__name__} [{s.begin}, {s.end})' for s in built)
-                         + f' (learning rate now {optimizer.param_groups[0].get("lr"):.4g}'
-                         ' in the first parameter group)')
+                         + where_ + (f' ({now} in the first parameter group)' if now else ''))
         if notes:
             self.runner.logger.warning(
                 f'ResumableEpochBasedTrainLoop: the epoch length changed ({old_length} -> '
                 f'{new_length} batches); the parameter schedules written per epoch are put '
                 f'on this run\'s epoch length, at iteration {target} of it: '
                 + '; '.join(notes))
+
+    def _config_entries(self) -> list:
+        """Every scheduler config (dict) of this run, whatever the layout."""
+        cfgs = getattr(self, '_scheduler_cfgs', None)
+        if isinstance(cfgs, dict) and not isinstance(cfgs.get('type'), str):
+            cfgs = [c for v in cfgs.values() for c in (v if isinstance(v, list) else [v])]
+        cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs or [])
+        return [c for c in cfgs if isinstance(c, dict)]
 
     def _set_max_iters(self, max_iters: int) -> None:
         """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *

@@ -19,9 +19,9 @@ every parameter:
 * else whose name ends with ``bias`` (``bias``, ``in_proj_bias``), when
   ``bias_decay_mult`` is set: ``weight_decay = base_wd * bias_decay_mult``;
 
-whether or not a custom key matched the parameter (the precedence of mmengine's rules). A custom
-key that sets ``decay_mult`` itself keeps the last word for the parameters it matches.
-Learning rates (``lr_mult``) are unchanged. Use it with
+whether or not a custom key matched the parameter (the precedence of mmengine's rules). A
+custom key that sets ``decay_mult`` or ``weight_decay`` itself keeps the last word for the
+parameters it matches. Learning rates (``lr_mult``) are unchanged. Use it with
 ``optim_wrapper = dict(constructor='STANOptimWrapperConstructor', paramwise_cfg=...)``.
 """
 from typing import Dict, List, Optional, Union
@@ -71,7 +71,8 @@ class STANOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 continue
             path, p_name, mod = owner[id(group['params'][0])]
             key = next((k for k in keys if k in path), None)
-            if key is not None and 'decay_mult' in custom_keys[key]:
+            if key is not None and ('decay_mult' in custom_keys[key]
+                                    or 'weight_decay' in custom_keys[key]):
                 continue
             if isinstance(mod, NORM_LAYERS) and norm_mult is not None:
                 mult = norm_mult
@@ -88,7 +89,8 @@ class STANOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if changed:
             shown = ', '.join(changed[:5]) + (f', ... ({len(changed)} in all)'
                                               if len(changed) > 5 else '')
-            print_log(f'STANOptimWrapperConstructor: weight decay of norms x{norm_mult}, '
-                      f'biases x{bias_mult} also for {len(changed)} parameters the '
-                      f'default rules leave decaying (custom-key matches, in_proj_bias): '
-                      f'{shown}', logger='current')
+            rules = ' and '.join(f'{what} x{mult}' for what, mult in (
+                ('norms', norm_mult), ('biases', bias_mult)) if mult is not None)
+            print_log(f'STANOptimWrapperConstructor: weight decay of {rules} also for '
+                      f'{len(changed)} parameters the default rules give another rate '
+                      f'(custom-key matches, in_proj_bias): {shown}', logger='current')

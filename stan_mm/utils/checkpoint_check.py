@@ -269,6 +269,30 @@ def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
     return out
 
 
+def prompt_differences(model_cfg: Mapping, checkpoint: Mapping) -> List[str]:
+    """``'<path>.templates: checkpoint [...] vs config [...]'`` where a text-classifier head
+    (``TextClassifierHead``) of ``model_cfg`` encodes its classes with other prompt
+    templates than the training config stored in the checkpoint (the class embeddings are
+    computed from the templates, not stored); empty without a readable stored config."""
+    import inspect
+    from stan_mm.models.heads.text_classifier_head import TextClassifierHead
+    saved = saved_model_config(checkpoint)
+    if saved is None or model_cfg is None:
+        return []
+    model_cfg = model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg
+    default = inspect.signature(TextClassifierHead).parameters['templates'].default
+
+    def templates(head) -> Optional[List[str]]:
+        if not isinstance(head, Mapping) or head.get('type') != 'TextClassifierHead':
+            return None
+        value = head.get('templates', default)
+        return [value] if isinstance(value, str) else list(value)
+    old, new = templates(saved.get('cls_head')), templates(model_cfg.get('cls_head'))
+    if old is None or new is None or old == new:
+        return []
+    return [f'model.cls_head.templates: checkpoint {old!r} vs config {new!r}']
+
+
 def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                           allow_missing: Sequence[str] = (),
                           allow_unexpected: Sequence[str] = (),
@@ -312,6 +336,16 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                 f'builds (its weights fit, but the model would compute something else): '
                 + '; '.join(options) + '. Test with the config the checkpoint was trained '
                 'with, or set these options to the checkpoint\'s values (--cfg-options)')
+        prompts = prompt_differences(model_cfg, checkpoint) if model_cfg is not None else []
+        if prompts:
+            import logging
+            from mmengine.logging import print_log
+            print_log(f'checkpoint {name}: the text head encodes the class names with other '
+                      f'prompt templates than it was trained with ({"; ".join(prompts)}); '
+                      f'the scores differ from the trained model\'s. To test it as trained: '
+                      f'--cfg-options "{prompts[0].split(":")[0]}=<the checkpoint\'s list>"'
+                      f' (a zero-shot test with other prompts may mean it)',
+                      logger='current', level=logging.WARNING)
         return
     lines = [f'checkpoint {name} does not fit {type(model).__name__} '
              f'({len(model_state)} model keys, {len(ckpt_state)} checkpoint keys):']

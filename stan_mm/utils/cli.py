@@ -165,24 +165,35 @@ def warn_schedule_beyond_training(cfg, tool: str) -> None:
               '"Your own videos")', file=sys.stderr)
 
 
-#: what each launcher reads from the environment, and what sets it
+#: what each launcher reads from the environment
 _LAUNCHER_ENV = {
-    'pytorch': (('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
-                'torchrun (bash tools/dist_train.sh CONFIG N, or torchrun --nproc_per_node N '
-                'TOOL CONFIG --launcher pytorch)'),
-    'slurm': (('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
-              'srun (bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR)'),
-    'mpi': (('OMPI_COMM_WORLD_LOCAL_RANK', 'OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
-             'MASTER_ADDR'), "Open MPI's mpirun, with MASTER_ADDR exported"),
+    'pytorch': ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+    'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
+    'mpi': ('OMPI_COMM_WORLD_LOCAL_RANK', 'OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
+            'MASTER_ADDR'),
 }
+
+
+def _start_command(launcher: str, tool: str) -> str:
+    """How to start ``tool`` (``train.py`` / ``test.py``) under ``launcher``."""
+    test = tool.startswith('test')
+    args = 'CONFIG CHECKPOINT' if test else 'CONFIG'
+    kind = 'test' if test else 'train'
+    if launcher == 'pytorch':
+        return (f'torchrun: bash tools/dist_{kind}.sh {args} N, or torchrun '
+                f'--nproc_per_node N tools/{kind}.py {args} --launcher pytorch')
+    if launcher == 'slurm':
+        return f'srun: bash tools/slurm_{kind}.sh PARTITION JOB_NAME {args}'
+    return "Open MPI's mpirun, with MASTER_ADDR exported"
 
 
 def check_launcher(launcher: str, tool: str, environ=None) -> None:
     """Refuse a ``--launcher`` that does not match how the process was started.
 
-    * ``none`` in one of several processes started by torchrun (``WORLD_SIZE`` > 1): each
-      process would run the whole job alone, on all the data, writing the same work dir
-      (mmengine says "Distributed training: False" and goes on).
+    * ``none`` in one of several processes of a distributed job (``WORLD_SIZE`` > 1, as
+      torchrun or a cluster's job controller set it): each process would run the whole
+      job alone, on all the data, writing the same work dir (mmengine says "Distributed
+      training: False" and goes on).
     * ``pytorch`` / ``slurm`` / ``mpi`` without the variables its starter sets (mmengine
       fails with a bare ``KeyError``).
 
@@ -194,23 +205,25 @@ def check_launcher(launcher: str, tool: str, environ=None) -> None:
         world = env.get('WORLD_SIZE', '')
         if world.isdigit() and int(world) > 1:
             raise CommandLineError(
-                f'--launcher none, but this process is one of WORLD_SIZE={world} started by '
-                f'torchrun: each would train alone on all the data, into the same work '
-                f'dir. Add --launcher pytorch (tools/dist_train.sh and dist_test.sh pass it; '
-                f'a --launcher after theirs overrides it)')
+                f'--launcher none, but this process is one of WORLD_SIZE={world} processes '
+                f'of a distributed job (torchrun, or a job controller, set WORLD_SIZE): each '
+                f'would run alone on all the data, into the same work dir. Add --launcher '
+                f'pytorch (tools/dist_{"test" if tool.startswith("test") else "train"}.sh '
+                f'passes it; a --launcher after its own overrides it), or unset WORLD_SIZE '
+                f'for one process')
         step_tasks = env.get('SLURM_STEP_NUM_TASKS', '')
         if step_tasks.isdigit() and int(step_tasks) > 1 and 'SLURM_PROCID' in env:
             print(f'{tool}: warning: --launcher none in a Slurm job step of '
                   f'{step_tasks} tasks: if srun started this command {step_tasks} times, '
-                  'each runs the whole job alone; add --launcher slurm '
-                  '(tools/slurm_train.sh does)', file=sys.stderr)
+                  f'each runs the whole job alone; add --launcher slurm '
+                  f'({_start_command("slurm", tool)} does)', file=sys.stderr)
         return
-    needed, starter = _LAUNCHER_ENV.get(launcher, ((), ''))
-    missing = [k for k in needed if k not in env]
+    missing = [k for k in _LAUNCHER_ENV.get(launcher, ()) if k not in env]
     if missing:
+        starter = _start_command(launcher, tool)
         raise CommandLineError(
-            f'--launcher {launcher} needs the variables {starter} sets; missing: '
-            f'{", ".join(missing)}. Start {tool} with {starter}, or leave --launcher out '
+            f'--launcher {launcher} needs the variables its starter sets; missing: '
+            f'{", ".join(missing)}. Start {tool} with {starter}; or leave --launcher out '
             f'for one process')
 
 
