@@ -428,13 +428,18 @@ def test_a_number_option_given_as_text_is_named():
     from stan_mm.utils.cli import ConfigOptionError, check_numeric_options
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py'))
     check_numeric_options(cfg)                                   # the shipped values pass
+    cfg.merge_from_dict({'train_cfg.max_epochs': 30.0})          # mmengine takes int(30.0)
+    check_numeric_options(cfg)
     cfg.merge_from_dict({'optim_wrapper.optimizer.lr': '1e-3x',
-                         'train_dataloader.batch_size': 2.5})
+                         'train_dataloader.batch_size': 2.5, 'val_dataloader.batch_size': 8.0,
+                         'train_cfg.max_epochs': 30.5})
     with pytest.raises(ConfigOptionError) as info:
         check_numeric_options(cfg)
     msg = str(info.value)
     assert "optim_wrapper.optimizer.lr='1e-3x' (expected a number)" in msg
-    assert 'train_dataloader.batch_size=2.5 (expected a whole number)' in msg
+    assert 'train_dataloader.batch_size=2.5 (expected an integer)' in msg
+    assert 'val_dataloader.batch_size=8.0 (expected an integer: write 8, not 8.0)' in msg
+    assert 'train_cfg.max_epochs=30.5 (expected a whole number)' in msg
 
 
 def test_other_prompt_templates_than_the_training_config_are_named():
@@ -457,4 +462,6 @@ def test_other_prompt_templates_than_the_training_config_are_named():
     assert prompt_differences(dict(cls_head=old), ckpt(bare)) == []
     assert prompt_differences(dict(cls_head=new), ckpt(bare)) != []
     assert prompt_differences(dict(cls_head=dict(type='I3DHead')), ckpt(old)) == []
+    scoped = dict(new, type='mmaction.TextClassifierHead')
+    assert prompt_differences(dict(cls_head=scoped), ckpt(old)) != []
     assert prompt_differences(dict(cls_head=new), {'meta': {}}) == []

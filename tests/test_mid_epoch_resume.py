@@ -106,6 +106,7 @@ class _Record(Hook):
         self.betas = []       # (epoch, batch_idx, Adam's betas the iteration trained with)
 
     def before_val_epoch(self, runner):
+        _VAL_EPOCH[0] = runner.epoch
         if self.stop_in_val is not None and runner.epoch == self.stop_in_val:
             raise _Stopped(runner.iter)
 
@@ -128,7 +129,7 @@ class _Record(Hook):
 def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=True,
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
                 sampler=None, batch_size=None, train_cfg=None, stop_in_val=None,
-                optim_wrapper=None, **runner_kwargs):
+                optim_wrapper=None, save_best=None, extra_hooks=(), **runner_kwargs):
     loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -142,9 +143,12 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
         optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
                            checkpoint=dict(type='AtomicCheckpointHook', by_epoch=by_epoch,
-                                           interval=1 if by_epoch else CKPT_EVERY)),
+                                           interval=1 if by_epoch else CKPT_EVERY,
+                                           **(dict(save_best=save_best, rule='greater')
+                                              if save_best else {}))),
         custom_hooks=[dict(type='EpochSeedHook', per_iteration=per_iteration),
-                      dict(type='_Record', stop_after=stop_after, stop_in_val=stop_in_val)],
+                      dict(type='_Record', stop_after=stop_after, stop_in_val=stop_in_val),
+                      *extra_hooks],
         log_processor=dict(window_size=1),
         randomness=dict(seed=seed, deterministic=True),
         resume=resume_from is not None,
@@ -866,15 +870,20 @@ def test_epoch_schedule_after_a_fallback_and_next_to_iteration_schedules(tmp_pat
     assert 'schedules written in iterations (by_epoch=False)' in resumed['log']
 
 
+_VAL_EPOCH = [0]                       # the epoch being validated (set by _Record)
+SCORES = {1: 0.5, 2: 0.9, 3: 0.7}       # the toy validation score of each epoch
+
+
 @METRICS.register_module(force=True)
 class _CountMetric(BaseMetric):
-    """Counts the validation batches (a metric the toy model can feed)."""
+    """Counts the validation batches (a metric the toy model can feed), and reports the
+    score :data:`SCORES` gives the epoch being validated."""
 
     def process(self, data_batch, data_samples):
         self.results.append(1)
 
     def compute_metrics(self, results):
-        return dict(batches=float(len(results)))
+        return dict(batches=float(len(results)), score=SCORES[_VAL_EPOCH[0]])
 
 
 def _with_validation(**kwargs):
@@ -975,3 +984,62 @@ def test_one_schedule_list_shared_by_several_optimizers_is_paired_with_each():
     loop._runner = SimpleNamespace(param_schedulers=['only one'])
     pairs, why = loop._scheduler_lists()
     assert pairs == [] and 'cannot be paired' in why
+
+
+def test_the_last_epochs_cut_validation_runs_when_resumed(tmp_path):
+    """The validation cut short may be the last epoch's, the one that counts: resumed from
+    the last epoch checkpoint, the run validates it and ends."""
+    train(make_runner(tmp_path, by_epoch=True, stop_in_val=3, **_with_validation()))
+    resumed = train(make_runner(tmp_path, by_epoch=True,
+                                resume_from=tmp_path / 'epoch_3.pth', **_with_validation()))
+    assert resumed['validated'] == [3] and resumed['iter'] == TOTAL
+    assert 'validating epoch 3 (the last) before the run ends' in resumed['log']
+
+
+def test_a_best_found_by_the_cut_validation_is_recorded_in_the_epoch_checkpoint(tmp_path):
+    """Epoch 2 (score 0.9, the best) has its validation cut; re-run on resume it saves
+    best_score_epoch_2.pth and writes epoch_2.pth again with that best in its record, so a
+    second resume from epoch_2.pth does not take epoch 3 (0.7) for a new best."""
+    kw = dict(by_epoch=True, save_best='score', **_with_validation())
+    train(make_runner(tmp_path, stop_in_val=2, **kw))
+    assert sorted(p.name for p in tmp_path.glob('best_*.pth')) == ['best_score_epoch_1.pth']
+    first = train(make_runner(tmp_path, resume_from=tmp_path / 'epoch_2.pth',
+                              stop_after=2 * PER_EPOCH + 1, **kw))
+    assert first['validated'] == [2]
+    assert sorted(p.name for p in tmp_path.glob('best_*.pth')) == ['best_score_epoch_2.pth']
+    hub = torch.load(str(tmp_path / 'epoch_2.pth'), map_location='cpu',
+                     weights_only=False)['message_hub']['runtime_info']
+    assert hub['best_score'] == 0.9 and hub['best_ckpt'].endswith('best_score_epoch_2.pth')
+    second = train(make_runner(tmp_path, resume_from=tmp_path / 'epoch_2.pth', **kw))
+    assert second['validated'] == [3]
+    assert sorted(p.name for p in tmp_path.glob('best_*.pth')) == ['best_score_epoch_2.pth']
+
+
+@pytest.mark.parametrize('val_interval,dynamic,killed,expected', [
+    (2, [(1, 1)], dict(stop_in_val=1), [1, 2, 3]),     # interval 1 from epoch 1: 1 is due
+    (1, [(2, 3)], dict(stop_after=2 * PER_EPOCH + 1), [3]),  # every 3rd from 2: 2 is not
+])
+def test_cut_validation_follows_dynamic_intervals(tmp_path, val_interval, dynamic, killed,
+                                                 expected):
+    train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=EPOCHS,
+                     val_interval=val_interval, dynamic_intervals=dynamic)
+    train(make_runner(tmp_path, by_epoch=True, train_cfg=train_cfg, **killed,
+                      **_with_validation()))
+    ckpt = 'epoch_1.pth' if 'stop_in_val' in killed else 'epoch_2.pth'
+    resumed = train(make_runner(tmp_path, by_epoch=True, train_cfg=train_cfg,
+                                resume_from=tmp_path / ckpt, **_with_validation()))
+    assert resumed['validated'] == [e for e in expected if e >= int(ckpt[6])]
+
+
+def test_an_early_stop_decided_by_the_cut_validation_stops_the_run(tmp_path):
+    """EarlyStoppingHook reaching its threshold on the re-run validation (epoch 2, 0.9)
+    stops the run there, as it stopped the uninterrupted one."""
+    stop = [dict(type='EarlyStoppingHook', monitor='score', rule='greater',
+                 stopping_threshold=0.8)]
+    kw = dict(by_epoch=True, extra_hooks=stop, **_with_validation())
+    whole = train(make_runner(tmp_path / 'whole', **kw))
+    assert whole['validated'] == [1, 2] and whole['iter'] == 2 * PER_EPOCH
+    train(make_runner(tmp_path / 'cut', stop_in_val=2, **kw))
+    resumed = train(make_runner(tmp_path / 'cut', resume_from=tmp_path / 'cut' / 'epoch_2.pth',
+                                **kw))
+    assert resumed['validated'] == [2] and resumed['iter'] == 2 * PER_EPOCH

@@ -675,6 +675,9 @@ def test_resume_in_a_moved_or_copied_work_dir(tmp_path, capsys):
     (copy / 'epoch_3.pth').unlink()
     (copy / 'last_checkpoint').write_text(str(tmp_path / 'out_dir' / 'epoch_3.pth'))
     assert resume(copy).load_from is None
+    (copy / 'epoch_3.pth').write_bytes(b'older')            # remote out_dir: left to mmengine
+    (copy / 'last_checkpoint').write_text('s3://bucket/ckpts/copy/epoch_3.pth')
+    assert resume(copy).load_from is None
 
 
 def test_shortened_training_warns_about_the_base_schedule(tmp_path, capsys):

@@ -135,6 +135,8 @@ def check_auto_resume(work_dir: str):
         with open(record) as f:
             named = f.read().strip()
         here = osp.join(work_dir, osp.basename(named))
+        if '://' in named:            # another storage (CheckpointHook out_dir): mmengine's
+            return None
         if (not named or osp.realpath(osp.dirname(named)) == osp.realpath(work_dir)
                 or not osp.isfile(here)):
             return None

@@ -87,6 +87,7 @@ from typing import Iterator, Optional
 
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_world_size
+from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 from mmaction.registry import LOOPS
 from torch.utils.data import BatchSampler, SequentialSampler
@@ -98,13 +99,39 @@ VALIDATED_FILE = '.stan_validated.json'
 
 
 def file_identity(path) -> Optional[dict]:
-    """``{'path', 'size', 'mtime_ns'}`` of an existing file, else None."""
+    """``{'path', 'size', 'mtime_ns'}`` of an existing local file; ``{'path'}`` for a
+    storage URL (``s3://...``: named, not read); else None."""
     import os
+    if isinstance(path, str) and '://' in path:
+        return dict(path=path)
     try:
         st = os.stat(path)
     except (OSError, TypeError, ValueError):
         return None
     return dict(path=os.path.abspath(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def _same_folder(path: str, folder) -> bool:
+    """Whether ``path`` lies directly in ``folder`` (local paths resolved; URLs as text)."""
+    import os.path as osp
+    if not folder:
+        return False
+    if '://' in str(path) or '://' in str(folder):
+        return str(path).rsplit('/', 1)[0].rstrip('/') == str(folder).rstrip('/')
+    return osp.realpath(osp.dirname(str(path))) == osp.realpath(str(folder))
+
+
+class _CutValidationHook(Hook):
+    """Runs :meth:`ResumableEpochBasedTrainLoop.run_cut_validation` at the end of
+    ``before_train`` (registered by the loop only when a validation was cut short)."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def before_train(self, runner) -> None:
+        self.loop.run_cut_validation()
 
 
 class SamplerProxy:
@@ -284,17 +311,24 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             old_length = saved.get('batches_per_epoch') if isinstance(saved, dict) else None
             if isinstance(old_length, int) and 0 < old_length != len(self.dataloader):
                 self._rescale_schedulers(old_length, len(self.dataloader), skip)
-            if skip == 0 and isinstance(saved, dict) and self._saved_done(saved) == 0:
-                self._revalidate = self._plan_validation()
+        if (self._iter > 0 and self._epoch <= self._max_epochs and skip == 0
+                and isinstance(saved, dict) and self._saved_done(saved) == 0):
+            # (the last epoch's checkpoint too: its validation may be the one cut short)
+            self._revalidate = self._plan_validation()
         hub.update_info(ORDER_KEY, self._order_info())
         return skip
 
     # ------------------------------------------------------- validation cut by a kill
     def _validation_due(self, epoch: int) -> bool:
-        """Whether mmengine's loop validates after ``epoch`` (1-based) epochs."""
+        """Whether mmengine's loop validates after ``epoch`` (1-based) epochs: its
+        ``run`` test, with the interval its ``_decide_current_val_interval`` picks then
+        (``dynamic_intervals``)."""
+        import bisect
         if getattr(self.runner, '_val_loop', None) is None or epoch < 1:
             return False
-        return epoch >= self.val_begin and (epoch % self.val_interval == 0
+        interval = self.dynamic_intervals[bisect.bisect(self.dynamic_milestones, epoch + 1)
+                                          - 1]
+        return epoch >= self.val_begin and (epoch % interval == 0
                                             or epoch == self._max_epochs)
 
     def _plan_validation(self) -> bool:
@@ -327,7 +361,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 f'ResumableEpochBasedTrainLoop: {osp.basename(str(name))} was saved at the '
                 f'end of epoch {self._epoch}, before its validation, and this work dir has '
                 f'no record that the validation finished (killed during it?): validating '
-                f'epoch {self._epoch} before training epoch {self._epoch + 1}')
+                f'epoch {self._epoch} ' + (f'before training epoch {self._epoch + 1}'
+                                           if self._epoch < self._max_epochs
+                                           else '(the last) before the run ends'))
         return decision[0]
 
     def _record_validation(self) -> None:
@@ -675,18 +711,36 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     # ------------------------------------------------------------------------- the loop
     def run(self):
-        """mmengine's ``run``, after deciding where the resumed epoch continues."""
+        """mmengine's ``run``, after deciding where the resumed epoch continues. Resumed
+        from an epoch checkpoint whose validation was cut short, that validation runs at
+        the end of ``before_train`` (a hook of the lowest priority), before any epoch: the
+        last epoch's too, and an early stop it triggers stops the run."""
         self._skip_batches = self._plan_resume()
         self._watch_validation()
+        if self._revalidate:
+            self.runner.register_hook(_CutValidationHook(self), priority='LOWEST')
         return super().run()
+
+    def run_cut_validation(self) -> None:
+        """The validation planned by :meth:`_plan_validation`. The checkpoint hooks are
+        told which checkpoint this epoch's is (the message hub's ``last_ckpt``, when it
+        lies in their folder): with a new best score, mmengine saves it again, so that it
+        records that best (a resumed run's hooks have not written a checkpoint yet)."""
+        if not self._revalidate:
+            return
+        self._revalidate = False
+        from mmengine.hooks import CheckpointHook
+        last = self.runner.message_hub.get_info('last_ckpt')
+        for hook in self.runner.hooks:
+            if (isinstance(hook, CheckpointHook) and last
+                    and getattr(hook, 'last_ckpt', None) is None
+                    and _same_folder(last, getattr(hook, 'out_dir', None))):
+                hook.last_ckpt = last
+        self.runner.val_loop.run()
 
     def run_epoch(self) -> None:
         """mmengine's ``run_epoch``; the epoch a run resumed inside skips the batches the
-        checkpoint has seen and numbers the others from there. Resumed from an epoch
-        checkpoint whose validation was cut short, that validation runs first."""
-        if getattr(self, '_revalidate', False):
-            self._revalidate = False
-            self.runner.val_loop.run()
+        checkpoint has seen and numbers the others from there."""
         skip, self._skip_batches = self._skip_batches, 0
         self._record_epoch_start(self._iter - skip)
         if not skip:

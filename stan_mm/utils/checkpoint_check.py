@@ -283,7 +283,9 @@ def prompt_differences(model_cfg: Mapping, checkpoint: Mapping) -> List[str]:
     default = inspect.signature(TextClassifierHead).parameters['templates'].default
 
     def templates(head) -> Optional[List[str]]:
-        if not isinstance(head, Mapping) or head.get('type') != 'TextClassifierHead':
+        kind = head.get('type') if isinstance(head, Mapping) else None
+        name = getattr(kind, '__name__', str(kind)).rsplit('.', 1)[-1]   # 'mmaction.X'
+        if name != 'TextClassifierHead':
             return None
         value = head.get('templates', default)
         return [value] if isinstance(value, str) else list(value)

@@ -87,7 +87,10 @@ def warn_misspelled_keys(cfg, tool: str) -> None:
 NUMERIC_OPTIONS = (
     ('optim_wrapper.optimizer.lr', float), ('optim_wrapper.optimizer.weight_decay', float),
     ('optim_wrapper.optimizer.eps', float), ('optim_wrapper.clip_grad.max_norm', float),
-    ('train_cfg.max_epochs', int), ('train_cfg.max_iters', int), ('train_cfg.val_interval', int),
+    # mmengine's loops take int(x) of these and accept 30.0 or 1e5
+    ('train_cfg.max_epochs', 'whole'), ('train_cfg.max_iters', 'whole'),
+    ('train_cfg.val_interval', 'whole'),
+    # torch's DataLoader takes only ints
     ('train_dataloader.batch_size', int), ('train_dataloader.num_workers', int),
     ('val_dataloader.batch_size', int), ('val_dataloader.num_workers', int),
     ('test_dataloader.batch_size', int), ('test_dataloader.num_workers', int))
@@ -95,7 +98,8 @@ NUMERIC_OPTIONS = (
 
 def check_numeric_options(cfg) -> None:
     """Raise :class:`ConfigOptionError` listing the :data:`NUMERIC_OPTIONS` of ``cfg`` that
-    are set to something else than a number (a whole number where ``int``)."""
+    are set to something else than a number: ``float`` any number, ``'whole'`` a whole
+    number (``30`` or ``30.0``), ``int`` an integer written as one (``8``, not ``8.0``)."""
     bad = []
     for path, kind in NUMERIC_OPTIONS:
         node = cfg
@@ -105,10 +109,17 @@ def check_numeric_options(cfg) -> None:
                 break
         if node is None:
             continue
-        ok = (isinstance(node, (int, float)) and not isinstance(node, bool)
-              and (kind is float or isinstance(node, int)))
+        number = isinstance(node, (int, float)) and not isinstance(node, bool)
+        if kind is float:
+            ok, want = number, 'a number'
+        elif kind == 'whole':
+            ok = number and float(node).is_integer()
+            want = 'a whole number'
+        else:
+            ok = number and isinstance(node, int)
+            want = (f'an integer: write {int(node)}, not {node!r}'
+                    if number and float(node).is_integer() else 'an integer')
         if not ok:
-            want = 'a whole number' if kind is int else 'a number'
             bad.append(f'{path}={node!r} (expected {want})')
     if bad:
         raise ConfigOptionError('config entries that must be numbers are not: '
@@ -213,10 +224,11 @@ def check_launcher(launcher: str, tool: str, environ=None) -> None:
                 f'for one process')
         step_tasks = env.get('SLURM_STEP_NUM_TASKS', '')
         if step_tasks.isdigit() and int(step_tasks) > 1 and 'SLURM_PROCID' in env:
+            kind = 'test' if tool.startswith('test') else 'train'
             print(f'{tool}: warning: --launcher none in a Slurm job step of '
                   f'{step_tasks} tasks: if srun started this command {step_tasks} times, '
                   f'each runs the whole job alone; add --launcher slurm '
-                  f'({_start_command("slurm", tool)} does)', file=sys.stderr)
+                  f'(tools/slurm_{kind}.sh passes it)', file=sys.stderr)
         return
     missing = [k for k in _LAUNCHER_ENV.get(launcher, ()) if k not in env]
     if missing:
