@@ -136,3 +136,32 @@ def test_a_retrieval_split_keeps_its_missing_videos_for_the_report(videos, tmp_p
     found = split_items(cfg, 'test', check_files=False)[0]
     assert found == [str(tmp_path / 'videos' / 'a.mp4'), str(tmp_path / 'videos' / 'gone.mp4')]
     assert [check_video(v) for v in found] == [None, 'file not found']
+
+
+def test_a_concat_dataset_split_is_checked_dataset_by_dataset(videos, tmp_path, capsys):  # noqa: F811,E501
+    """A split made of a ConcatDataset (e.g. two video collections): every dataset it holds
+    is listed and checked, each with its own video folder (it used to stop the listing)."""
+    tool = load_tool('tools/data/check_videos.py', 'stan_check_videos_concat')
+    cfg_path = write_tiny_config(tmp_path / 'cfg', num_train=3, num_val=2)
+    second = tmp_path / 'second'
+    (second / 'clips').mkdir(parents=True)
+    shutil.copy(videos['ok'], second / 'clips' / 'a.mp4')
+    shutil.copy(videos['zero'], second / 'clips' / 'b.mp4')
+    (second / 'list.txt').write_text('a.mp4 0\nb.mp4 1\n')
+    from mmengine.config import Config
+    cfg = Config.fromfile(cfg_path)
+    first = cfg.train_dataloader.dataset
+    other = dict(first, data_root=str(second), ann_file='list.txt',
+                 data_prefix=dict(video='clips'))
+    cfg.train_dataloader.dataset = dict(type='ConcatDataset', datasets=[first, other])
+    concat_cfg = tmp_path / 'concat.py'
+    cfg.dump(str(concat_cfg))
+    out = tmp_path / 'bad.txt'
+    assert tool.main(['--config', str(concat_cfg), '--splits', 'train', '--out', str(out),
+                      '--no-progress']) == 1
+    text = capsys.readouterr().out
+    assert 'train (dataset 1 of 2): 3 videos' in text
+    assert 'train (dataset 2 of 2): 2 videos' in text
+    assert 'checked 5 videos' in text and f"{second / 'clips' / 'b.mp4'}: the file is " \
+        'empty (0 bytes)' in text
+    assert out.read_text().splitlines() == ['b.mp4']      # as its list line names it

@@ -17,7 +17,8 @@ first field of its list lines), so that they can be left out of a list::
     awk 'NR==FNR {bad[$0]; next} !($1 in bad)' bad.txt train_list.txt > train_list.ok.txt
 
 An MMAction2 list of ``<video> <label>`` lines is checked through its config (its names are
-relative to the dataset's ``data_prefix``). Exit status: 0 every video reads, 1 some do not,
+relative to the dataset's ``data_prefix``). A split whose dataset is a ``ConcatDataset`` is
+checked dataset by dataset, each with its own video folder and decoder settings. Exit status: 0 every video reads, 1 some do not,
 2 a usage error (no such folder, a labelled list without --config, a config without the
 split).
 """
@@ -122,16 +123,36 @@ def videos_of(args) -> List[Tuple[str, str, Optional[Dict]]]:
             print(f'check_videos: {args.config} has no {split}_dataloader; skipped',
                   file=sys.stderr)
             continue
-        found = split_items(cfg, split, check_files=False)[0]
-        ds = dataset_cfg(loader) or {}
-        prefix = osp.join(ds.get('data_root') or '',
-                          (ds.get('data_prefix') or {}).get('video') or '')
-        prefix = prefix if '://' in prefix else osp.abspath(prefix)
-        init = _init_args(ds.get('pipeline'))
-        print(f'{split}: {len(found)} videos')
-        videos += [(v, _name_under(v, prefix), init) for v in found
-                   if not (v in seen or seen.add(v))]
+        leaves = _leaf_datasets(loader.get('dataset'))
+        for k, leaf in enumerate(leaves):
+            # each dataset of a ConcatDataset (through any wrappers) on its own
+            one = cfg.copy()
+            one[f'{split}_dataloader'] = dict(loader, dataset=leaf)
+            found = split_items(one, split, check_files=False)[0]
+            ds = dataset_cfg(one[f'{split}_dataloader']) or {}
+            prefix = osp.join(ds.get('data_root') or '',
+                              (ds.get('data_prefix') or {}).get('video') or '')
+            prefix = prefix if '://' in prefix else osp.abspath(prefix)
+            init = _init_args(ds.get('pipeline'))
+            part = f' (dataset {k + 1} of {len(leaves)})' if len(leaves) > 1 else ''
+            print(f'{split}{part}: {len(found)} videos')
+            videos += [(v, _name_under(v, prefix), init) for v in found
+                       if not (v in seen or seen.add(v))]
     return videos
+
+
+def _leaf_datasets(dataset) -> list:
+    """The dataset configs of a dataloader's ``dataset`` that hold videos, in order: the
+    dataset itself, or each one a ``ConcatDataset`` (``datasets``) holds, through
+    wrappers (``dataset``)."""
+    if not isinstance(dataset, dict):
+        return [dataset]
+    if isinstance(dataset.get('datasets'), (list, tuple)):
+        return [leaf for d in dataset['datasets'] for leaf in _leaf_datasets(d)]
+    if 'pipeline' not in dataset and isinstance(dataset.get('dataset'), dict):
+        inner = _leaf_datasets(dataset['dataset'])
+        return [dict(dataset, dataset=d) for d in inner] if len(inner) > 1 else [dataset]
+    return [dataset]
 
 
 def main(argv=None) -> int:
