@@ -165,3 +165,18 @@ def test_a_concat_dataset_split_is_checked_dataset_by_dataset(videos, tmp_path, 
     assert 'checked 5 videos' in text and f"{second / 'clips' / 'b.mp4'}: the file is " \
         'empty (0 bytes)' in text
     assert out.read_text().splitlines() == ['b.mp4']      # as its list line names it
+
+
+def test_the_tool_survives_a_decoder_crash_by_default(videos, tmp_path, monkeypatch,  # noqa: F811,E501
+                                                      capsys):
+    """Without --workers the tool decodes in one worker process, so a video that crashes
+    the decoder is reported instead of ending the tool."""
+    from stan_mm.apis import video_check
+    tool = load_tool('tools/data/check_videos.py', 'stan_check_videos_crash')
+    for name in ('a.mp4', 'b.mp4', 'c.mp4'):
+        shutil.copy(videos['ok'], tmp_path / name)
+    monkeypatch.setattr(video_check, 'check_video', _crash_on_b)
+    assert tool.main([str(tmp_path), '--no-progress']) == 1
+    text = capsys.readouterr().out
+    assert 'checked 3 videos (ends frames): 1 unreadable' in text
+    assert f"{tmp_path / 'b.mp4'}: {video_check.CRASHED}" in text

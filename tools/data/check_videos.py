@@ -51,8 +51,9 @@ def parse_args(argv=None):
     from stan_mm.apis.video_check import FRAME_MODES
     p.add_argument('--frames', choices=FRAME_MODES, default='ends',
                    help='decode the first, middle and last frame (default) or every frame')
-    p.add_argument('--workers', type=int, default=0,
-                   help='processes decoding at once (default 0: this one)')
+    p.add_argument('--workers', type=int, default=1,
+                   help='processes decoding at once (default 1); a video that crashes its '
+                   'decoder is reported. 0: decode in this process (a crash ends the tool)')
     p.add_argument('--out', help='write the unreadable videos\' paths here, one per line')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
