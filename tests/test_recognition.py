@@ -713,3 +713,28 @@ def test_misspelled_top_level_key_is_warned_about(tmp_path, capsys):
     assert err.count('which nothing reads') == 1                  # no false alarm
     train.merge_args(Config.fromfile(path), train.parse_args([path]))
     assert 'which nothing reads' not in capsys.readouterr().err
+
+
+def test_a_second_training_run_into_a_locked_work_dir_is_refused(tmp_path):
+    """Two runs writing one work dir overwrite each other's checkpoints; the second is
+    refused at once (the first holds a lock on the folder, released when it ends)."""
+    import subprocess
+    import sys as _sys
+    work = tmp_path / 'work'
+    work.mkdir()
+    holder = subprocess.Popen(
+        [_sys.executable, '-c', 'import fcntl, os, sys, time; '
+         f'fd = os.open({str(work)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); '
+         'print("locked", flush=True); time.sleep(120)'], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        cfg = write_tiny_config(tmp_path)
+        r = subprocess.run([_sys.executable, 'tools/train.py', cfg, '--work-dir', str(work)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, OMP_NUM_THREADS='1'))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f'{work} is being written by another training run' in r.stderr
+    assert os.listdir(work) == []                   # nothing written by the refused run

@@ -4,6 +4,7 @@
     bash tools/dist_train.sh CONFIG GPUS [same options]      # torchrun, NCCL on GPUs, gloo on CPU
 """
 import argparse
+import contextlib
 import glob
 import os
 import os.path as osp
@@ -161,11 +162,40 @@ def check_auto_resume(work_dir: str):
             f'Name the one to resume from: --resume {found[-1]}')
 
 
+@contextlib.contextmanager
+def work_dir_lock(work_dir: str):
+    """Hold a lock on the work dir (main process only: rank 0 of ``RANK``,
+    ``SLURM_PROCID`` or ``OMPI_COMM_WORLD_RANK``) while training, so that a second run
+    into the same folder is refused at once instead of overwriting the first's
+    checkpoints and ``last_checkpoint`` (e.g. the workers of a torchrun job whose launcher
+    alone was killed go on training). The OS releases it when the process ends, however
+    it ends."""
+    rank = next((os.environ[k] for k in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
+                 if os.environ.get(k)), '0')
+    if rank != '0':
+        yield
+        return
+    from stan_mm.apis.features import FeatureFolderError, folder_lock
+    from stan_mm.utils.cli import CommandLineError
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(folder_lock(work_dir))
+    except FeatureFolderError:
+        raise CommandLineError(
+            f'{work_dir} is being written by another training run (it holds a lock on the '
+            f'folder; the workers of a torchrun job whose launcher was killed go on '
+            f'running: look for them with ps). Wait for it, stop it, or use another '
+            f'--work-dir') from None
+    with stack:
+        yield
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    with work_dir_lock(cfg.work_dir):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
     shutdown_distributed()
 
 
