@@ -402,6 +402,17 @@ class _BestRunner:
         atomic_write_bytes(f'epoch {self.epoch}'.encode(), osp.join(out_dir, filename))
 
 
+def _resumed_best_hook(runner, best_ckpt, best_score):
+    """An AtomicCheckpointHook (save_best='acc') of a run resumed from a checkpoint whose
+    message hub names ``best_ckpt`` with ``best_score``."""
+    from stan_mm.engine.checkpoint_hook import AtomicCheckpointHook
+    runner.message_hub.update_info('best_ckpt', str(best_ckpt))
+    runner.message_hub.update_info('best_score', best_score)
+    hook = AtomicCheckpointHook(interval=1, save_best='acc', rule='greater')
+    hook.before_train(runner)
+    return hook
+
+
 def test_best_checkpoint_survives_a_kill_while_the_next_best_is_written(tmp_path):
     """mmengine deletes the previous best checkpoint before writing the new one: a kill in
     between left no best checkpoint. AtomicCheckpointHook deletes it only afterwards."""
@@ -421,10 +432,7 @@ def test_best_checkpoint_survives_a_kill_while_the_next_best_is_written(tmp_path
     # the resumed run knows the best checkpoint of its last saved state (epoch 1) and
     # replaces it once a better one is written
     resumed = _BestRunner(tmp_path, 'best_kill_2')
-    resumed.message_hub.update_info('best_ckpt', str(tmp_path / 'best_acc_epoch_1.pth'))
-    resumed.message_hub.update_info('best_score', 0.5)
-    hook = AtomicCheckpointHook(interval=1, save_best='acc', rule='greater')
-    hook.before_train(resumed)
+    hook = _resumed_best_hook(resumed, tmp_path / 'best_acc_epoch_1.pth', 0.5)
     resumed.epoch = 3
     hook._save_best_checkpoint(resumed, {'acc': 0.4})           # not better: nothing
     assert best_files() == ['best_acc_epoch_1.pth']
@@ -523,16 +531,12 @@ def test_a_save_best_that_names_no_metric_is_a_clear_error(tmp_path):
 def test_a_best_checkpoint_of_another_folder_is_never_deleted(tmp_path):
     """Resumed in a copy of a work dir, the message hub names the original folder's best
     checkpoint; mmengine deleted it at the copy's first better score."""
-    from stan_mm.engine.checkpoint_hook import AtomicCheckpointHook
     original, copy = tmp_path / 'original', tmp_path / 'copy'
     for folder in (original, copy):
         folder.mkdir()
         (folder / 'best_acc_epoch_1.pth').write_bytes(b'epoch 1')
     runner = _BestRunner(copy, 'best_other_folder')
-    runner.message_hub.update_info('best_ckpt', str(original / 'best_acc_epoch_1.pth'))
-    runner.message_hub.update_info('best_score', 0.5)
-    hook = AtomicCheckpointHook(interval=1, save_best='acc', rule='greater')
-    hook.before_train(runner)
+    hook = _resumed_best_hook(runner, original / 'best_acc_epoch_1.pth', 0.5)
     runner.epoch = 2
     hook._save_best_checkpoint(runner, {'acc': 0.8})
     assert (original / 'best_acc_epoch_1.pth').read_bytes() == b'epoch 1'   # kept

@@ -49,6 +49,16 @@ def _umask() -> int:
     return mask
 
 
+def in_folder(path: str, folder) -> bool:
+    """Whether ``path`` lies directly in ``folder`` (local paths resolved, symlinks
+    included; storage URLs compared as text); False without a folder."""
+    if not folder:
+        return False
+    if '://' in str(path) or '://' in str(folder):
+        return str(path).rsplit('/', 1)[0].rstrip('/') == str(folder).rstrip('/')
+    return osp.realpath(osp.dirname(str(path))) == osp.realpath(str(folder))
+
+
 def atomic_write_bytes(data: bytes, path: str) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
     partial one (temporary file in the same folder + fsync + ``os.replace``).
@@ -218,7 +228,7 @@ class AtomicCheckpointHook(CheckpointHook):
         for path in deferred.removals:
             if path in current or not backend.isfile(path):
                 continue
-            if not self._in_out_dir(path):
+            if not in_folder(path, getattr(self, 'out_dir', None)):
                 # a best checkpoint named by a resumed checkpoint's message hub, in another
                 # folder (a copied work dir): another run's file, not this run's to delete
                 runner.logger.info(f'AtomicCheckpointHook: the previous best checkpoint '
@@ -226,14 +236,6 @@ class AtomicCheckpointHook(CheckpointHook):
                                    'not deleting it')
                 continue
             backend.remove(path)
-
-    def _in_out_dir(self, path: str) -> bool:
-        """Whether ``path`` lies directly in this run's checkpoint folder (local paths;
-        other storages are compared as strings)."""
-        out_dir = str(getattr(self, 'out_dir', '') or '')
-        if '://' in out_dir or '://' in str(path):
-            return str(path).rsplit('/', 1)[0].rstrip('/') == out_dir.rstrip('/')
-        return osp.realpath(osp.dirname(str(path))) == osp.realpath(out_dir)
 
     def _remove(self, step) -> bool:
         old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))

@@ -81,8 +81,13 @@ Example::
     default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False,
                                          interval=2000))
 """
+import bisect
 import contextlib
+import copy
 import itertools
+import json
+import os
+import os.path as osp
 from typing import Iterator, Optional
 
 from mmengine.dataset import DefaultSampler
@@ -101,7 +106,6 @@ VALIDATED_FILE = '.stan_validated.json'
 def file_identity(path) -> Optional[dict]:
     """``{'path', 'size', 'mtime_ns'}`` of an existing local file; ``{'path'}`` for a
     storage URL (``s3://...``: named, not read); else None."""
-    import os
     if isinstance(path, str) and '://' in path:
         return dict(path=path)
     try:
@@ -111,19 +115,21 @@ def file_identity(path) -> Optional[dict]:
     return dict(path=os.path.abspath(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
-def _same_folder(path: str, folder) -> bool:
-    """Whether ``path`` lies directly in ``folder`` (local paths resolved; URLs as text)."""
-    import os.path as osp
-    if not folder:
-        return False
-    if '://' in str(path) or '://' in str(folder):
-        return str(path).rsplit('/', 1)[0].rstrip('/') == str(folder).rstrip('/')
-    return osp.realpath(osp.dirname(str(path))) == osp.realpath(str(folder))
+def scheduler_entries(configs) -> list:
+    """The scheduler entries of a ``param_scheduler`` value, flattened: one dict, a list,
+    or one of those per optimizer (a dict of them); ``[]`` for None."""
+    if configs is None:
+        return []
+    groups = (list(configs.values()) if isinstance(configs, dict)
+              and not isinstance(configs.get('type'), str) else [configs])
+    return [c for g in groups for c in (g if isinstance(g, list) else [g])]
 
 
-class _CutValidationHook(Hook):
-    """Runs :meth:`ResumableEpochBasedTrainLoop.run_cut_validation` at the end of
-    ``before_train`` (registered by the loop only when a validation was cut short)."""
+class _ValidationHook(Hook):
+    """The loop's validation bookkeeping, at the lowest priority (after the checkpoint
+    hooks): the validation cut short by a kill runs at the end of ``before_train``
+    (:meth:`ResumableEpochBasedTrainLoop.run_cut_validation`), and every finished
+    validation is recorded (:meth:`ResumableEpochBasedTrainLoop._record_validation`)."""
 
     priority = 'LOWEST'
 
@@ -132,6 +138,9 @@ class _CutValidationHook(Hook):
 
     def before_train(self, runner) -> None:
         self.loop.run_cut_validation()
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.loop._record_validation()
 
 
 class SamplerProxy:
@@ -226,15 +235,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        import copy
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
         self._revalidate = False  # resumed epoch checkpoint whose validation was cut short
         # the parameter scheduler configs (the runner builds the loop before it turns them
         # into schedulers): what _rescale_schedulers rebuilds at a new epoch length
         configs = getattr(self.runner, 'param_schedulers', None)
-        entries = (list(configs.values()) if isinstance(configs, dict)
-                   and not isinstance(configs.get('type'), str) else [configs])
-        entries = [c for e in entries for c in (e if isinstance(e, list) else [e])]
+        entries = scheduler_entries(configs)
         # (only configs: built schedulers hold the optimizer and, through it, the model)
         self._scheduler_cfgs = (copy.deepcopy(configs) if entries and all(
             isinstance(c, dict) for c in entries) else None)
@@ -323,7 +329,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         """Whether mmengine's loop validates after ``epoch`` (1-based) epochs: its
         ``run`` test, with the interval its ``_decide_current_val_interval`` picks then
         (``dynamic_intervals``)."""
-        import bisect
         if getattr(self.runner, '_val_loop', None) is None or epoch < 1:
             return False
         interval = self.dynamic_intervals[bisect.bisect(self.dynamic_milestones, epoch + 1)
@@ -341,8 +346,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         when the resumed checkpoint is not that file (killed during the validation, or a
         work dir without the record: at most one validation more). Decided on the main
         process, for every rank."""
-        import json
-        import os.path as osp
         from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
         decision = [False]
         if is_main_process() and self._validation_due(self._epoch):
@@ -368,8 +371,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def _record_validation(self) -> None:
         """After a validation: record the checkpoint of this epoch (main process)."""
-        import json
-        import os.path as osp
         from mmengine.dist import is_main_process
         from stan_mm.engine.checkpoint_hook import atomic_write_bytes
         own = file_identity(self.runner.message_hub.get_info('last_ckpt'))
@@ -381,20 +382,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         except OSError as e:
             self.runner.logger.warning(f'ResumableEpochBasedTrainLoop: could not record the '
                                        f'finished validation ({e})')
-
-    def _watch_validation(self) -> None:
-        """Make every run of the validation loop record itself when it finishes."""
-        val_loop = getattr(self.runner, '_val_loop', None)
-        run = getattr(val_loop, 'run', None)
-        if run is None or getattr(run, '_stan_recorded', False):
-            return
-
-        def run_and_record(*args, **kwargs):
-            out = run(*args, **kwargs)
-            self._record_validation()
-            return out
-        run_and_record._stan_recorded = True
-        val_loop.run = run_and_record
 
     def _scheduler_lists(self):
         """``([(label, schedulers, their configs)], why not)``: one entry per optimizer for
@@ -443,7 +430,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         iterations (``by_epoch=False``: its iteration count goes on from the
         checkpoint's) or with a ``ReduceOnPlateau`` schedule (driven by metrics, which
         cannot be replayed)."""
-        import copy
         import torch
         from mmengine.registry import PARAM_SCHEDULERS
 
@@ -457,7 +443,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         notes = []
         lists, why_not = self._scheduler_lists()
         if why_not and any(c.get('convert_to_iter_based', False) for c in
-                           self._config_entries()):
+                           scheduler_entries(self._scheduler_cfgs)):
             notes.append(f'not done: {why_not}; they keep the checkpoint\'s iteration counts')
         for label, built, cfgs in lists:
             where_ = f' of optimizer {label!r}' if label else ''
@@ -531,14 +517,6 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 f'{new_length} batches); the parameter schedules written per epoch are put '
                 f'on this run\'s epoch length, at iteration {target} of it: '
                 + '; '.join(notes))
-
-    def _config_entries(self) -> list:
-        """Every scheduler config (dict) of this run, whatever the layout."""
-        cfgs = getattr(self, '_scheduler_cfgs', None)
-        if isinstance(cfgs, dict) and not isinstance(cfgs.get('type'), str):
-            cfgs = [c for v in cfgs.values() for c in (v if isinstance(v, list) else [v])]
-        cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs or [])
-        return [c for c in cfgs if isinstance(c, dict)]
 
     def _set_max_iters(self, max_iters: int) -> None:
         """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *
@@ -713,12 +691,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     def run(self):
         """mmengine's ``run``, after deciding where the resumed epoch continues. Resumed
         from an epoch checkpoint whose validation was cut short, that validation runs at
-        the end of ``before_train`` (a hook of the lowest priority), before any epoch: the
-        last epoch's too, and an early stop it triggers stops the run."""
+        the end of ``before_train`` (:class:`_ValidationHook`, which also records every
+        finished validation), before any epoch: the last epoch's too, and an early stop it
+        triggers stops the run."""
         self._skip_batches = self._plan_resume()
-        self._watch_validation()
-        if self._revalidate:
-            self.runner.register_hook(_CutValidationHook(self), priority='LOWEST')
+        self.runner.register_hook(_ValidationHook(self), priority='LOWEST')
         return super().run()
 
     def run_cut_validation(self) -> None:
@@ -730,11 +707,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             return
         self._revalidate = False
         from mmengine.hooks import CheckpointHook
+        from stan_mm.engine.checkpoint_hook import in_folder
         last = self.runner.message_hub.get_info('last_ckpt')
         for hook in self.runner.hooks:
             if (isinstance(hook, CheckpointHook) and last
                     and getattr(hook, 'last_ckpt', None) is None
-                    and _same_folder(last, getattr(hook, 'out_dir', None))):
+                    and in_folder(last, getattr(hook, 'out_dir', None))):
                 hook.last_ckpt = last
         self.runner.val_loop.run()
 

@@ -240,13 +240,13 @@ def saved_model_config(checkpoint: Mapping) -> Optional[Mapping]:
 
 
 def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
-                             checkpoint: Mapping) -> List[str]:
+                             saved: Optional[Mapping]) -> List[str]:
     """``'<path>.<option>: checkpoint <v> vs config <w>'`` for each :data:`SILENT_OPTIONS`
-    value that acts (:func:`effective_options`) and differs between a CLIPSTAN of the
-    training config stored in the checkpoint and the same entry of ``model_cfg``; empty
-    when the checkpoint stores no readable config. Meant for a checkpoint whose weights fit
-    ``model`` (another ``depth`` is a difference of weights, reported as such)."""
-    saved = saved_model_config(checkpoint)
+    value that acts (:func:`effective_options`) and differs between a CLIPSTAN of
+    ``saved``, the training config's model stored in the checkpoint
+    (:func:`saved_model_config`), and the same entry of ``model_cfg``; empty without a
+    stored config. Meant for a checkpoint whose weights fit ``model`` (another ``depth`` is
+    a difference of weights, reported as such)."""
     if saved is None:
         return []
     model_cfg = model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg
@@ -274,9 +274,13 @@ def prompt_differences(model_cfg: Mapping, checkpoint: Mapping) -> List[str]:
     (``TextClassifierHead``) of ``model_cfg`` encodes its classes with other prompt
     templates than the training config stored in the checkpoint (the class embeddings are
     computed from the templates, not stored); empty without a readable stored config."""
+    return _prompt_differences(model_cfg, saved_model_config(checkpoint))
+
+
+def _prompt_differences(model_cfg: Mapping, saved: Optional[Mapping]) -> List[str]:
+    """:func:`prompt_differences` against ``saved``, the stored training config's model."""
     import inspect
     from stan_mm.models.heads.text_classifier_head import TextClassifierHead
-    saved = saved_model_config(checkpoint)
     if saved is None or model_cfg is None:
         return []
     model_cfg = model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg
@@ -330,15 +334,15 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                   if not any(re.search(p, k) for p in allow_unexpected)]
     shape = diff['shape']
     if not (missing or unexpected or shape):
-        options = (silent_option_mismatches(model, model_cfg, checkpoint)
-                   if model_cfg is not None else [])
+        saved = saved_model_config(checkpoint) if model_cfg is not None else None
+        options = silent_option_mismatches(model, model_cfg, saved) if saved else []
         if options:
             raise CheckpointMismatchError(
                 f'checkpoint {name} was trained with other CLIPSTAN options than this config '
                 f'builds (its weights fit, but the model would compute something else): '
                 + '; '.join(options) + '. Test with the config the checkpoint was trained '
                 'with, or set these options to the checkpoint\'s values (--cfg-options)')
-        prompts = prompt_differences(model_cfg, checkpoint) if model_cfg is not None else []
+        prompts = _prompt_differences(model_cfg, saved)
         if prompts:
             import logging
             from mmengine.logging import print_log
