@@ -837,7 +837,9 @@ def test_epoch_schedule_follows_a_new_epoch_length(tmp_path, first_batch):
     assert reference[(1, 0)] == pytest.approx(0.1 * (0.1 + 0.9 * 4 / 7))
     assert [reference[(2, b)] for b in range(4)] == pytest.approx(
         [0.05 * (1 + np.cos(np.pi * t / 4)) for t in range(4)])
-    assert 'the parameter schedules written per epoch are put on this run' in resumed['log']
+    assert 'the epoch length changed (6 -> 4 batches)' in resumed['log'] or \
+        'the epoch length changed (3 -> 4 batches)' in resumed['log']
+    assert 'the parameter schedules are rebuilt for this run' in resumed['log']
     assert first['lrs'][0][2] == pytest.approx(0.01)
 
 
@@ -984,6 +986,95 @@ def test_one_schedule_list_shared_by_several_optimizers_is_paired_with_each():
     loop._runner = SimpleNamespace(param_schedulers=['only one'])
     pairs, why = loop._scheduler_lists()
     assert pairs == [] and 'cannot be paired' in why
+
+
+SCALE = dict(enable=True, base_batch_size=4)      # auto_scale_lr: lr x (batch / 4)
+
+
+def _lrs(run):
+    return {(e, b): lr for e, b, lr in run['lrs']}
+
+
+@pytest.mark.parametrize('first', [
+    dict(batch_size=2, auto_scale_lr=SCALE),     # fewer GPUs / another batch: 0.5 -> 0.75
+    dict(batch_size=3),                          # --auto-scale-lr turned on at the resume
+], ids=['another_batch', 'turned_on'])
+def test_auto_scale_lr_follows_the_resumed_runs_batch(tmp_path, first):
+    """With auto_scale_lr, mmengine scales the configured rates by the real batch / the base
+    batch when a run starts, but its resume brings back the rates the checkpoint's run had
+    scaled for its own batch. Resumed at batch 3 (factor 3/4) from a run at batch 2 (1/2),
+    or from a run without the option, every later iteration now trains with the rate of a
+    run at batch 3 with auto_scale_lr from the start."""
+    reference = _lrs(train(make_runner(tmp_path / 'ref', batch_size=3, auto_scale_lr=SCALE,
+                                       param_scheduler=EPOCH_SCHEDULE)))
+    # by hand: warm-up from 0.1 x 3/4 x 0.1 to 0.075 over 8 iterations, then cosine to 0
+    assert reference[(0, 0)] == pytest.approx(0.1 * 0.75 * 0.1)
+    assert reference[(2, 0)] == pytest.approx(0.075)
+    train(make_runner(tmp_path / 'run', by_epoch=True, param_scheduler=EPOCH_SCHEDULE,
+                      stop_after=-(-SIZE // first['batch_size']) + 1, **first))
+    resumed = train(make_runner(tmp_path / 'run', batch_size=3, by_epoch=True,
+                                auto_scale_lr=SCALE, param_scheduler=EPOCH_SCHEDULE,
+                                resume_from=tmp_path / 'run' / 'epoch_1.pth'))
+    got = _lrs(resumed)
+    assert sorted(got) == [(e, b) for e in (1, 2) for b in range(4)]
+    for pos, lr in got.items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+    factor = 0.75 / (0.5 if 'auto_scale_lr' in first else 1.0)
+    assert f'auto_scale_lr scales the learning rates by {factor:.4g}' in resumed['log']
+    # the optimizer's initial rates are this run's: a second resume at the same batch
+    # replays nothing and keeps them
+    ckpt = torch.load(str(tmp_path / 'run' / 'epoch_2.pth'), map_location='cpu',
+                      weights_only=False)
+    assert ckpt['optimizer']['param_groups'][0]['initial_lr'] == pytest.approx(0.075)
+    again = train(make_runner(tmp_path / 'run', batch_size=3, by_epoch=True,
+                              auto_scale_lr=SCALE, param_scheduler=EPOCH_SCHEDULE,
+                              resume_from=tmp_path / 'run' / 'epoch_2.pth'))
+    assert 'advanced to iteration 8' not in again['log']    # (both runs may log there)
+    for pos, lr in _lrs(again).items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+
+
+def test_auto_scale_lr_rescales_iteration_schedules_and_constant_rates(tmp_path):
+    """At the same epoch length (no epoch restarted) a schedule written in iterations is
+    replayed at the new scale too; an optimizer without a schedule has its rate scaled.
+    auto_scale_lr off at the resume: the checkpoint's rates, as mmengine keeps them."""
+    warm = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10)]
+    reference = _lrs(train(make_runner(tmp_path / 'ref', auto_scale_lr=SCALE,
+                                       param_scheduler=warm)))
+    train(make_runner(tmp_path / 'run', by_epoch=True, param_scheduler=warm,
+                      stop_after=PER_EPOCH + 1))
+    resumed = train(make_runner(tmp_path / 'run', by_epoch=True, auto_scale_lr=SCALE,
+                                param_scheduler=warm,
+                                resume_from=tmp_path / 'run' / 'epoch_1.pth'))
+    got = _lrs(resumed)
+    assert len(got) == 2 * PER_EPOCH and reference[(0, 0)] == pytest.approx(0.005)
+    for pos, lr in got.items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+
+    train(make_runner(tmp_path / 'flat', by_epoch=True, stop_after=PER_EPOCH + 1))
+    flat = train(make_runner(tmp_path / 'flat', by_epoch=True, auto_scale_lr=SCALE,
+                             resume_from=tmp_path / 'flat' / 'epoch_1.pth'))
+    assert [lr for _, _, lr in flat['lrs']] == pytest.approx([0.05] * 2 * PER_EPOCH)
+    assert 'no schedule: learning rate 0.05' in flat['log']
+
+    train(make_runner(tmp_path / 'off', by_epoch=True, auto_scale_lr=SCALE,
+                      param_scheduler=warm, stop_after=PER_EPOCH + 1))
+    off = train(make_runner(tmp_path / 'off', by_epoch=True, param_scheduler=warm,
+                            resume_from=tmp_path / 'off' / 'epoch_1.pth'))
+    for pos, lr in _lrs(off).items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+
+
+def test_auto_scale_lr_without_the_checkpoints_factor_keeps_its_rates(tmp_path):
+    """A checkpoint that does not record its run's factor (written by mmengine's loop, or
+    an earlier stan-mm) at another batch: its rates are kept, with a warning that says
+    what to do."""
+    train(make_runner(tmp_path, loop='EpochBasedTrainLoop', by_epoch=True, batch_size=2,
+                      auto_scale_lr=SCALE, stop_after=PER_EPOCH + 1))
+    resumed = train(make_runner(tmp_path, by_epoch=True, batch_size=3, auto_scale_lr=SCALE,
+                                resume_from=tmp_path / 'epoch_1.pth'))
+    assert [lr for _, _, lr in resumed['lrs']] == pytest.approx([0.05] * 2 * 4)
+    assert 'does not record the learning-rate factor' in resumed['log']
 
 
 def test_the_last_epochs_cut_validation_runs_when_resumed(tmp_path):

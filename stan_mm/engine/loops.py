@@ -52,7 +52,12 @@ schedules written per epoch (the stan-mm schedules) are put on this run's epoch 
 it differs from the checkpoint's (:meth:`ResumableEpochBasedTrainLoop._rescale_schedulers`;
 mmengine's resume keeps the checkpoint's iteration counts: with more batches per epoch, the
 learning rate reached its end early and stayed there); those of an optimizer with a schedule
-written in iterations are left as they are.
+written in iterations are left as they are. With ``auto_scale_lr`` on (``--auto-scale-lr``)
+the learning rates follow this run's real batch (world size x batch size), as mmengine
+scales them when a run starts: the checkpoint records the factor its run applied, and a
+resume whose factor differs (another world size or batch size, or the option turned on)
+replays the schedules from the initial rates rescaled by the ratio of the two (mmengine's
+resume brought back the rates scaled for the run that saved the checkpoint).
 
 The sampler's seed: with ``randomness.seed`` unset mmengine draws a new seed per run and
 builds the sampler before the checkpoint is loaded, so a resumed run would shuffle its
@@ -294,7 +299,43 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         return dict(batches_per_epoch=len(self.dataloader),
                     batch_size=getattr(self.dataloader, 'batch_size', None),
                     world_size=get_world_size(),
-                    sampler_seed=seed if isinstance(seed, int) else None)
+                    sampler_seed=seed if isinstance(seed, int) else None,
+                    lr_scale=self._lr_scale())
+
+    def _lr_scale(self) -> float:
+        """The factor mmengine's ``auto_scale_lr`` applied to this run's learning rates when
+        it started (``Runner.scale_lr``: world size x batch size / ``base_batch_size``);
+        1.0 when it is off."""
+        cfg = getattr(self.runner, 'auto_scale_lr', None)
+        batch_size = getattr(self.dataloader, 'batch_size', None)
+        if (not isinstance(cfg, dict) or not cfg.get('enable', False)
+                or not cfg.get('base_batch_size') or not isinstance(batch_size, int)):
+            return 1.0
+        return get_world_size() * batch_size / float(cfg['base_batch_size'])
+
+    def _lr_factor(self, saved) -> float:
+        """By how much this run's ``auto_scale_lr`` factor differs from the one of the run
+        that saved the checkpoint (1.0 when ``auto_scale_lr`` is off now: the checkpoint's
+        rates are kept, as mmengine keeps them). Warns when the checkpoint does not say."""
+        now = self._lr_scale()
+        cfg = getattr(self.runner, 'auto_scale_lr', None)
+        if not (isinstance(cfg, dict) and cfg.get('enable', False)):
+            return 1.0
+        old = saved.get('lr_scale') if isinstance(saved, dict) else None
+        if isinstance(old, (int, float)) and old > 0:
+            return now / float(old)
+        same = isinstance(saved, dict) and all(
+            saved.get(k) == v for k, v in self._order_info().items()
+            if k in ('batch_size', 'world_size'))
+        if not same:
+            self.runner.logger.warning(
+                'ResumableEpochBasedTrainLoop: auto_scale_lr is on, but the checkpoint does '
+                'not record the learning-rate factor of the run that saved it (it was '
+                'written by mmengine\'s loop or an earlier stan-mm), so its learning rates '
+                'are kept as they are, scaled for that run\'s batch. Set '
+                'optim_wrapper.optimizer.lr to the rate for this run\'s batch and resume '
+                'without --auto-scale-lr if that batch differs')
+        return 1.0
 
     def _fallback(self, why: str, done: Optional[int] = None) -> int:
         self.warned_epoch_restart = True
@@ -315,8 +356,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             self._set_max_iters(self._iter - skip
                                 + (self._max_epochs - self._epoch) * len(self.dataloader))
             old_length = saved.get('batches_per_epoch') if isinstance(saved, dict) else None
-            if isinstance(old_length, int) and 0 < old_length != len(self.dataloader):
-                self._rescale_schedulers(old_length, len(self.dataloader), skip)
+            if not (isinstance(old_length, int) and old_length > 0):
+                old_length = len(self.dataloader)
+            factor = self._lr_factor(saved)
+            if old_length != len(self.dataloader) or factor != 1.0:
+                self._rescale_schedulers(old_length, len(self.dataloader), skip, factor)
         if (self._iter > 0 and self._epoch <= self._max_epochs and skip == 0
                 and isinstance(saved, dict) and self._saved_done(saved) == 0):
             # (the last epoch's checkpoint too: its validation may be the one cut short)
@@ -408,8 +452,10 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             out.append((label, list(built), cfg_list))
         return out, None
 
-    def _rescale_schedulers(self, old_length: int, new_length: int, skip: int) -> None:
-        """Put the parameter schedules written per epoch on this run's epoch length.
+    def _rescale_schedulers(self, old_length: int, new_length: int, skip: int,
+                            lr_factor: float = 1.0) -> None:
+        """Put the parameter schedules written per epoch on this run's epoch length, and the
+        learning rates on this run's ``auto_scale_lr`` factor.
 
         mmengine's resume loads every scheduler's state, iteration counts included: a
         schedule written per epoch and converted to iterations (``by_epoch=True,
@@ -429,7 +475,17 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         them, with a warning: the schedules of an optimizer with a schedule written in
         iterations (``by_epoch=False``: its iteration count goes on from the
         checkpoint's) or with a ``ReduceOnPlateau`` schedule (driven by metrics, which
-        cannot be replayed)."""
+        cannot be replayed).
+
+        ``lr_factor`` (this run's ``auto_scale_lr`` factor over the checkpoint run's; see
+        :meth:`_lr_factor`): the initial learning rates of the replay, and those of the
+        optimizer's groups, are the checkpoint's times ``lr_factor``, as if this run had
+        started with its own scaling (``Runner.scale_lr`` scales the optimizer's rates before
+        the schedules are built; an absolute ``eta_min`` stays as written). Schedules
+        written in iterations are replayed too when the iteration count this run goes on
+        from is the replay's (the same epoch length and no epoch restarted). An optimizer
+        without schedules has its rates multiplied by ``lr_factor``; one whose schedules are
+        kept as the checkpoint has them keeps its rates too (the warning says so)."""
         import torch
         from mmengine.registry import PARAM_SCHEDULERS
 
@@ -440,33 +496,49 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 return None
 
         target = self._epoch * new_length + skip      # iterations trained, this length
+        scaled = lr_factor != 1.0
+        kept = (' and learning rates (not rescaled for auto_scale_lr)' if scaled else '')
         notes = []
         lists, why_not = self._scheduler_lists()
-        if why_not and any(c.get('convert_to_iter_based', False) for c in
-                           scheduler_entries(self._scheduler_cfgs)):
-            notes.append(f'not done: {why_not}; they keep the checkpoint\'s iteration counts')
+        if why_not and (scaled or any(c.get('convert_to_iter_based', False) for c in
+                                      scheduler_entries(self._scheduler_cfgs))):
+            notes.append(f'not done: {why_not}; they keep the checkpoint\'s iteration counts'
+                         + kept)
+        optimizers = self._optimizers()
+        if scaled and not why_not:
+            with_schedules = {id(self._inner(built[0].optimizer)) for _, built, _ in lists}
+            for label, optimizer in optimizers:
+                if id(optimizer) not in with_schedules:
+                    for group in optimizer.param_groups:
+                        for key in ('lr', 'initial_lr'):
+                            if isinstance(group.get(key), (int, float)):
+                                group[key] = group[key] * lr_factor
+                    where_ = f' of optimizer {label!r}' if label else ''
+                    notes.append(f'no schedule{where_}: learning rate '
+                                 f'{optimizer.param_groups[0]["lr"]:.4g} in the first '
+                                 'parameter group')
         for label, built, cfgs in lists:
             where_ = f' of optimizer {label!r}' if label else ''
-            if not any(c.get('convert_to_iter_based', False) for c in cfgs):
+            if not scaled and not any(c.get('convert_to_iter_based', False) for c in cfgs):
                 continue          # nothing counted in iterations
-            if not all(c.get('by_epoch', True) for c in cfgs):
+            if not all(c.get('by_epoch', True) for c in cfgs) and target != self._iter:
                 notes.append(f'not for the schedules{where_}: one is written in iterations '
-                             '(by_epoch=False); they keep the checkpoint\'s iteration counts')
+                             '(by_epoch=False); they keep the checkpoint\'s iteration counts'
+                             + kept)
                 continue
             if any('ReduceOnPlateau' in type(s).__name__ for s in built):
                 notes.append(f'not for the schedules{where_}: a ReduceOnPlateau schedule '
                              'follows metrics, which cannot be replayed; they keep the '
-                             'checkpoint\'s iteration counts')
+                             'checkpoint\'s iteration counts' + kept)
                 continue
-            optimizer = built[0].optimizer
-            optimizer = getattr(optimizer, 'optimizer', optimizer)   # an OptimWrapper
+            optimizer = self._inner(built[0].optimizer)
             names = sorted({s.param_name for s in built})
             copied = names + (['betas'] if 'momentum' in names and all(
                 'betas' in g for g in optimizer.param_groups) else [])
             if any(n not in g for g in optimizer.param_groups for n in names):
                 notes.append(f'not for the schedules{where_} of {", ".join(names)}, which '
                              f'the {type(optimizer).__name__} groups do not hold; they keep '
-                             'the checkpoint\'s iteration counts')
+                             'the checkpoint\'s iteration counts' + kept)
                 continue
             keys = [tuple(g.get(f'initial_{n}', g.get(n)) for n in names)
                     for g in optimizer.param_groups]
@@ -479,14 +551,19 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                      if k != 'params' and not k.startswith('initial_')}
                 g.update({n: optimizer.param_groups[i].get(f'initial_{n}', g[n])
                           for n in names})
+                if scaled:
+                    g['lr'] = g['lr'] * lr_factor      # (scale_lr: before the schedules)
                 if 'betas' in copied and 'initial_momentum' in optimizer.param_groups[i]:
                     g['betas'] = (g['momentum'], *tuple(g['betas'])[1:])
                 groups.append(dict(g, params=[torch.zeros(1, requires_grad=True)]))
             stand_in = StandIn(groups, dict(optimizer.defaults))
             fresh = []
-            for cfg in cfgs:
+            for cfg, real in zip(cfgs, built):
                 cfg = copy.deepcopy(dict(cfg))
-                cfg.setdefault('end', self._max_epochs)
+                # (an unset end: max_epochs, or for a schedule written in iterations the
+                # checkpoint run's max_iters, which its loaded state holds)
+                cfg.setdefault('end', self._max_epochs if cfg.get('by_epoch', True)
+                               else real.end)
                 fresh.append(PARAM_SCHEDULERS.build(
                     cfg, default_args=dict(optimizer=stand_in, epoch_length=new_length)))
             stand_in.step()     # (schedulers warn when stepped before their optimizer)
@@ -507,16 +584,43 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             for group, j in zip(optimizer.param_groups, where):
                 for n in copied:
                     group[n] = stand_in.param_groups[j][n]
+                for n in names:     # (what a later resume's replay starts from)
+                    if f'initial_{n}' in stand_in.param_groups[j]:
+                        group[f'initial_{n}'] = stand_in.param_groups[j][f'initial_{n}']
+                if scaled and 'lr' not in names:    # no learning-rate schedule here
+                    for key in ('lr', 'initial_lr'):
+                        if isinstance(group.get(key), (int, float)):
+                            group[key] = group[key] * lr_factor
             now = ', '.join(f'{n} {optimizer.param_groups[0][n]:.4g}' for n in names
                             if isinstance(optimizer.param_groups[0][n], (int, float)))
             notes.append(', '.join(f'{type(s).__name__} [{s.begin}, {s.end})' for s in built)
                          + where_ + (f' ({now} in the first parameter group)' if now else ''))
         if notes:
+            changed = []
+            if old_length != new_length:
+                changed.append(f'the epoch length changed ({old_length} -> {new_length} '
+                               'batches)')
+            if scaled:
+                changed.append(f'auto_scale_lr scales the learning rates by {lr_factor:.4g} '
+                               'times the factor of the run that saved the checkpoint (real '
+                               f'batch {get_world_size() * self.dataloader.batch_size} now)')
             self.runner.logger.warning(
-                f'ResumableEpochBasedTrainLoop: the epoch length changed ({old_length} -> '
-                f'{new_length} batches); the parameter schedules written per epoch are put '
-                f'on this run\'s epoch length, at iteration {target} of it: '
-                + '; '.join(notes))
+                'ResumableEpochBasedTrainLoop: ' + ' and '.join(changed) + '; the parameter '
+                'schedules are rebuilt for this run (its epoch length and learning-rate '
+                f'scale) and advanced to iteration {target} of it: ' + '; '.join(notes))
+
+    @staticmethod
+    def _inner(optimizer):
+        """The torch optimizer inside an ``OptimWrapper`` (or the optimizer itself)."""
+        return getattr(optimizer, 'optimizer', optimizer)
+
+    def _optimizers(self) -> list:
+        """``[(label, torch optimizer)]`` of the runner (label '' for a single one)."""
+        from mmengine.optim import OptimWrapper
+        wrappers = getattr(self.runner, 'optim_wrapper', None)
+        if isinstance(wrappers, OptimWrapper) or not hasattr(wrappers, 'items'):
+            return [('', self._inner(wrappers))] if wrappers is not None else []
+        return [(k, self._inner(w)) for k, w in wrappers.items()]
 
     def _set_max_iters(self, max_iters: int) -> None:
         """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *
