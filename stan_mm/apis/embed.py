@@ -21,8 +21,9 @@ Text embedding ``[M, E]`` (L2-normalized) of raw strings (no prompt template):
 
 Text files (one text per line) are read by :func:`read_text_lines`.
 """
+import contextlib
 import os.path as osp
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,27 +43,48 @@ def pool_features(feats) -> torch.Tensor:
     return feats
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block (no dropout / drop path: deterministic
+    embeddings); on exit every submodule gets back its own ``training`` flag (a model in
+    training mode with frozen, eval-mode parts is restored exactly)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 @torch.no_grad()
 def embed_video_batch(model: nn.Module, samples: Sequence[dict]) -> torch.Tensor:
     """Packed samples (``VideoPipeline`` outputs) -> video embeddings ``[N, E]`` float32,
-    L2-normalized, on the CPU (see the module docstring)."""
-    data = model.data_preprocessor(pseudo_collate(list(samples)), False)
-    inputs = data['inputs']
-    if model_kind(model) == 'retriever':
-        imgs = inputs['imgs'] if isinstance(inputs, dict) else inputs
-        emb = model.encode_video(imgs).float()                        # [N, E]
-    else:
-        n, views = inputs.shape[:2]                                   # [N, V, ...]
-        feats, _ = model.extract_feat(inputs, test_mode=True)
-        feats = F.normalize(pool_features(feats).float(), dim=-1)     # [N*V, E]
-        emb = feats.view(n, views, -1).mean(dim=1)                    # [N, E]
+    L2-normalized, on the CPU (see the module docstring).
+
+    The model runs in eval mode (no dropout / drop path, as in testing) whatever its mode;
+    its previous mode is restored afterwards, also on an error."""
+    with eval_mode(model):
+        data = model.data_preprocessor(pseudo_collate(list(samples)), False)
+        inputs = data['inputs']
+        if model_kind(model) == 'retriever':
+            imgs = inputs['imgs'] if isinstance(inputs, dict) else inputs
+            emb = model.encode_video(imgs).float()                    # [N, E]
+        else:
+            n, views = inputs.shape[:2]                               # [N, V, ...]
+            feats, _ = model.extract_feat(inputs, test_mode=True)
+            feats = F.normalize(pool_features(feats).float(), dim=-1)  # [N*V, E]
+            emb = feats.view(n, views, -1).mean(dim=1)                # [N, E]
     return F.normalize(emb, dim=-1).cpu()
 
 
 def _pipeline_tokenizer(cfg) -> Optional[dict]:
     """The test pipeline's ``CLIPBPETokenize`` entry (its context length and truncation
-    rule), or None."""
+    rule), or None (also when ``cfg`` is None or empty: a model built without a config,
+    e.g. by ``MODELS.build``, has no ``model.cfg``)."""
     from .video import config_test_pipeline
+    if cfg is None:
+        return None
     try:
         steps = config_test_pipeline(cfg)
     except ValueError:
@@ -83,7 +105,7 @@ def text_tower(model: nn.Module) -> Optional[Tuple[Callable, int]]:
     has no text tower (see the module docstring)."""
     if model_kind(model) == 'retriever':
         enc = model.text_backbone
-        length = _pipeline_context_length(getattr(model, 'cfg', {})) or int(
+        length = _pipeline_context_length(getattr(model, 'cfg', None)) or int(
             enc.context_length)
         return model.encode_text, min(length, int(enc.context_length))
     encoder = getattr(model.cls_head, 'text_encoder', None)
@@ -108,6 +130,12 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     """Texts -> ``[M, E]`` float32 L2-normalized embeddings on the CPU (``progress``: a
     progress bar over the texts).
 
+    The model runs in eval mode (no dropout / drop path, as in testing) whatever its mode;
+    its previous mode is restored afterwards, also on an error. A model without
+    ``model.cfg`` (built by ``MODELS.build``, not :func:`init_model`) tokenizes with its
+    text tower's full context length and cuts long texts keeping the end-of-text token
+    (``truncate='eot'``).
+
     Raises:
         ValueError: the model has no text tower.
     """
@@ -116,12 +144,13 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     encode, length = require_text_tower(model)
     truncate = 'eot'
     if model_kind(model) == 'retriever':   # the captions' rule in tools/test.py too
-        truncate = (_pipeline_tokenizer(getattr(model, 'cfg', {})) or {}).get('truncate',
-                                                                              'eot')
+        truncate = (_pipeline_tokenizer(getattr(model, 'cfg', None)) or {}).get(
+            'truncate', 'eot')
     device = next(model.parameters()).device
     out: List[torch.Tensor] = []
     texts = list(texts)
-    with tqdm(total=len(texts), desc='texts', unit='text', disable=not progress) as bar:
+    with tqdm(total=len(texts), desc='texts', unit='text', disable=not progress) as bar, \
+            eval_mode(model):
         for i in range(0, len(texts), batch_size):
             tokens = tokenize(texts[i:i + batch_size], length, truncate).to(device)
             out.append(F.normalize(encode(tokens).float(), dim=-1).cpu())

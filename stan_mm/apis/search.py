@@ -21,7 +21,9 @@ CACHE_DIRNAME = '.stan_mm_cache'
 
 def top_k(sim: np.ndarray, k: int) -> np.ndarray:
     """``[Nq, Nv]`` scores -> ``[Nq, min(k, Nv)]`` column indices, best first; ties keep
-    the lower index first (stable sort)."""
+    the lower index first (stable sort). ``k`` must be an integer >= 1 (``ValueError``)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f'top_k: k must be an integer >= 1 (results per query), got {k!r}')
     sim = np.asarray(sim)
     order = np.argsort(-sim, axis=1, kind='stable')
     return order[:, :min(k, sim.shape[1])]

@@ -109,6 +109,12 @@ def check_views(kind: str, views: Optional[str]) -> None:
                          f'configs')
 
 
+def config_name(cfg) -> str:
+    """The config's file name for messages (``'the config'`` for a plain dict or a
+    ``Config`` built in code, which have no file)."""
+    return getattr(cfg, 'filename', None) or 'the config'
+
+
 def dataset_cfg(loader) -> Optional[dict]:
     """The dataset config of a dataloader config, through wrappers (``RepeatDataset``,
     ``SkipUnreadable``, ...): the innermost one with a ``pipeline`` (None without a
@@ -131,7 +137,7 @@ def split_items(cfg, split: str, check_files: bool = True
     from mmaction.registry import DATASETS
     loader = cfg.get(f'{split}_dataloader')
     if not loader or not loader.get('dataset'):
-        raise ValueError(f'{cfg.filename} has no {split}_dataloader.dataset')
+        raise ValueError(f'{config_name(cfg)} has no {split}_dataloader.dataset')
     # wrappers (SkipUnreadable, RepeatDataset, ...) add nothing to the list of videos and
     # captions: read the dataset they wrap
     ds_cfg = copy.deepcopy(dataset_cfg(loader))
@@ -222,7 +228,7 @@ def config_test_pipeline(cfg) -> List[dict]:
         dataset = dataset_cfg(cfg.get(key))
         if dataset is not None and dataset.get('pipeline'):
             return copy.deepcopy([dict(t) for t in dataset['pipeline']])
-    raise ValueError(f'{cfg.filename}: no test_dataloader.dataset.pipeline (nor '
+    raise ValueError(f'{config_name(cfg)}: no test_dataloader.dataset.pipeline (nor '
                      f'val_dataloader...) to preprocess videos with')
 
 

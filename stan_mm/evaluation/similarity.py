@@ -109,11 +109,26 @@ class DenseSimilarity(SimilaritySource):
     """A dense ``[Nt, Nv]`` similarity matrix (tensor, numpy array or read-only memmap).
 
     Only the requested rows are read and converted (to float32, or float64 when the matrix is
-    float64), then moved to ``device``.
+    float64), then moved to ``device``. Any other array-like of numbers (a nested Python
+    list ``[[...], ...]``) is converted with ``np.asarray``; what cannot be converted to a
+    numeric array (ragged rows, objects) raises ``TypeError``.
     """
 
-    def __init__(self, sim: Union[torch.Tensor, np.ndarray], name: str = 'similarity matrix',
+    def __init__(self, sim: Union[torch.Tensor, np.ndarray, list],
+                 name: str = 'similarity matrix',
                  device: Union[str, torch.device, None] = None) -> None:
+        if not isinstance(sim, (torch.Tensor, np.ndarray)):
+            given = type(sim).__name__
+            try:
+                sim = np.asarray(sim)
+            except (ValueError, TypeError) as e:
+                raise TypeError(f'{name}: expected a [num_texts, num_videos] tensor, numpy '
+                                f'array or nested list of numbers, got a {given} that is not '
+                                f'a numeric matrix ({e})') from None
+            if sim.dtype == object:
+                raise TypeError(f'{name}: expected a [num_texts, num_videos] tensor, numpy '
+                                f'array or nested list of numbers, got a {given} that is not '
+                                f'a numeric matrix (rows of different lengths, or objects)')
         if sim.ndim != 2:
             raise ValueError(f'{name}: expected a 2-D [num_texts, num_videos] matrix, got '
                              f'shape {tuple(sim.shape)}')

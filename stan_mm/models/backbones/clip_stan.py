@@ -406,13 +406,25 @@ class CLIPSTAN(BaseModule):
 
     # ------------------------------------------------------------------ forward
     def to_frames(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        """``[N, C, T, H, W]`` or ``[N, T, C, H, W]`` -> frames ``[N*T, C, H, W]``, N, T."""
+        """``[N, C, T, H, W]`` or ``[N, T, C, H, W]`` -> frames ``[N*T, C, H, W]``, N, T.
+
+        ``x`` must be floating point and already normalized with CLIP's mean/std (what the
+        data preprocessor, ``ActionDataPreprocessor`` with CLIP's ``mean``/``std``, gives);
+        integer pixels (uint8 / int64 frames from a video reader) raise ``TypeError``:
+        cast to float they would be read as normalized values."""
         expected = ("expected a 5-D video tensor [N, C, T, H, W] (Recognizer3D) or "
                     "[N, T, C, H, W] (retrieval); set CLIPSTAN(input_layout='NCTHW' or "
                     "'NTCHW')")
         given = tuple(x.shape)
         if x.dim() != 5:
             raise ValueError(f'CLIPSTAN: got input of shape {given}; {expected}')
+        if not x.is_floating_point():
+            raise TypeError(
+                f'CLIPSTAN: the input video x must be a floating point tensor already '
+                f'normalized with CLIP\'s mean/std, got dtype {x.dtype} (shape {given}): raw '
+                f'pixels? Pass the frames through the model\'s data preprocessor '
+                f'(ActionDataPreprocessor with CLIP\'s mean/std, e.g. '
+                f'model.data_preprocessor(data)) or normalize them yourself')
         C = self.visual.conv1.in_channels
         layout = self.input_layout
         if layout == 'auto':

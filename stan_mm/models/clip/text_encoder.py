@@ -107,7 +107,9 @@ class CLIPTextEncoder(BaseModule):
         return super().train(mode and not self.frozen)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [N, L] (int, L <= context_length) -> text embeddings [N, E]."""
+        """tokens [N, L] (int ids in ``[0, vocab_size)``, L <= context_length) -> text
+        embeddings [N, E]. Ids outside the vocabulary raise ``ValueError`` (tokens of
+        another tokenizer, or of a CLIP with a larger vocabulary)."""
         if tokens.dim() != 2:
             raise ValueError(f'tokens must be [N, L], got shape {tuple(tokens.shape)}')
         if tokens.dtype.is_floating_point:
@@ -116,6 +118,13 @@ class CLIPTextEncoder(BaseModule):
         if length > self.context_length:
             raise ValueError(f'token length {length} exceeds the context length '
                              f'{self.context_length} of this CLIP text encoder')
+        vocab = int(self.token_embedding.num_embeddings)
+        if tokens.numel() and not tokens.is_meta:
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= vocab:
+                raise ValueError(f'tokens must be ids in [0, {vocab}) (the vocabulary size '
+                                 f'of this CLIP text encoder), got ids from {low} to {high}; '
+                                 f'tokenize with the same CLIP BPE vocabulary as the weights')
         cast_dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(tokens).to(cast_dtype)            # [N, L, W]
         x = x + self.positional_embedding[:length].to(cast_dtype)

@@ -1,4 +1,5 @@
 """Text-classifier head: class names through the CLIP text tower, cosine logits / tau."""
+import itertools
 import logging
 import math
 from typing import Dict, List, Optional, Sequence, Union
@@ -38,7 +39,15 @@ class TextClassifierHead(BaseHead):
       mode it is computed once and reused until the next ``train()``/``eval()`` switch
       (the weights may have changed).
 
-    The cache is also dropped when weights are loaded (``load_state_dict``) and by
+    The cache is stored with a fingerprint of the text tower's parameters and buffers
+    (each tensor's storage address and in-place version counter) and recomputed when the
+    fingerprint differs: after any change of the tower's weights, whether through the
+    head's ``load_state_dict``, ``head.text_encoder.load_state_dict(...)``, an in-place edit
+    (``weight.mul_(...)``, an optimizer step) or a move to another device (an edit through
+    ``param.data`` bypasses the version counter: call :meth:`invalidate_cache` after it).
+    The cache is never an inference tensor: filled inside ``torch.inference_mode()`` (a
+    validation pass), it is still usable by a later training step. It is also dropped when weights
+    are loaded (``load_state_dict``) and by
     :meth:`set_classnames`, which swaps the class list (zero-shot testing on new classes:
     ``--cfg-options model.cls_head.classnames=data/ucf101/classnames.txt`` together with
     that dataset's ``test_dataloader.dataset.data_root`` / ``ann_file`` / ``data_prefix``,
@@ -124,6 +133,7 @@ class TextClassifierHead(BaseHead):
         self.classnames: List[str] = []
         self._tokens: Optional[torch.Tensor] = None      # [C * M, L] on CPU
         self._cache: Optional[torch.Tensor] = None       # [C, E] fp32, normalized
+        self._cache_key: Optional[tuple] = None           # _text_fingerprint() of _cache
         self.set_classnames(names, source=classnames if isinstance(classnames, str) else None)
 
     # ------------------------------------------------------------------ setup
@@ -195,6 +205,7 @@ class TextClassifierHead(BaseHead):
     def invalidate_cache(self) -> None:
         """Forget the cached class embeddings (recomputed at the next forward)."""
         self._cache = None
+        self._cache_key = None
 
     def train(self, mode: bool = True):
         if self.finetune_text and mode != self.training:
@@ -213,6 +224,17 @@ class TextClassifierHead(BaseHead):
         for p in self.text_encoder.parameters():
             return p.device
         return torch.device('cpu')
+
+    def _text_fingerprint(self) -> tuple:
+        """Cheap fingerprint of the text tower's weights: ``(data_ptr, version)`` of every
+        parameter and buffer. Any in-place change of a tensor (``copy_`` in
+        ``load_state_dict``, an optimizer step, ``mul_``) bumps its version counter; a
+        replaced tensor or a move to another device changes its address. Inference tensors
+        have no version counter (-1: only their address counts)."""
+        key = []
+        for t in itertools.chain(self.text_encoder.parameters(), self.text_encoder.buffers()):
+            key.append((t.data_ptr(), -1 if t.is_inference() else t._version))
+        return tuple(key)
 
     def _encode_prompts(self, chunk: Optional[int]) -> torch.Tensor:
         """All prompts -> class embeddings [C, E] (normalized, averaged over templates)."""
@@ -235,9 +257,15 @@ class TextClassifierHead(BaseHead):
             with autocast_off(self._text_device()):
                 return self._encode_prompts(chunk=self.text_batch_size)
         device = self._text_device()
-        if self._cache is None or self._cache.device != device:
-            with torch.no_grad(), autocast_off(device):
+        key = self._text_fingerprint()
+        if (self._cache is None or self._cache.device != device or self._cache_key != key
+                or self._cache.is_inference()):
+            # inference_mode(False): a cache filled in a validation pass under
+            # torch.inference_mode() must stay usable by a later training step (an
+            # inference tensor cannot be saved for backward)
+            with torch.inference_mode(False), torch.no_grad(), autocast_off(device):
                 self._cache = self._encode_prompts(chunk=self.text_batch_size)
+            self._cache_key = key
         return self._cache
 
     # ------------------------------------------------------------------ forward
