@@ -471,3 +471,44 @@ def test_the_count_line_of_a_rerun_adds_up(tmp_path, stub):
     assert sorted(osp.basename(p) for p, _ in res.bad_videos) == ['empty.mp4', 'trunc.mp4']
     assert [osp.basename(p) for p in res.video_paths] == ['a.mp4', 'b.mp4', 'c.mp4']
     assert res.ranking[0, 0] == 2                   # the query spells c.mp4's vector
+
+
+# ------------------------------------------------- large-scale review: DSL underflow, sim.npy
+def test_dsl_refuses_weights_that_underflow_instead_of_tying_them():
+    """Logits (cosine / 0.01) passed as similarities at the cosine temperature: a column of
+    S / dsl_temp spans ~20,000, most softmax weights were exactly 0 and the entries tied,
+    so t2v MdR came out as the worst rank without a word. Now an error that names the fix;
+    the same matrix as cosines, and as logits at dsl_temp = 0.01 / tau, rank alike."""
+    from stan_mm.evaluation.ranking import retrieval_metrics_from_similarity
+    gen = torch.Generator().manual_seed(0)
+    t = F.normalize(torch.randn(60, 16, generator=gen), dim=-1)
+    v = F.normalize(t + 0.8 * torch.randn(60, 16, generator=gen), dim=-1)
+    cos = t @ v.T
+    t2v = torch.arange(60)
+    want = retrieval_metrics_from_similarity(cos, t2v, dsl=True, dsl_temp=0.01)
+    for flag in (True, False):     # text->video weights (columns), video->text (rows)
+        with pytest.raises(ValueError, match=r'underflow float64.*dsl_temp = 0.01 / tau'):
+            retrieval_metrics_from_similarity(cos / 0.01, t2v, dsl=True, dsl_temp=0.01,
+                                              **({} if flag else dict(chunk_size=7)))
+    got = retrieval_metrics_from_similarity(cos / 0.01, t2v, dsl=True, dsl_temp=1.0)
+    assert got == pytest.approx(want)
+
+
+def test_save_sim_writes_the_product_in_blocks_complete_or_absent(tmp_path):
+    """sim.npy is written row block by row block into a memory-mapped temporary file (the
+    whole product in memory, twice, ran a 50k x 50k extraction out of memory); it equals
+    texts @ videos.T, and a failed write leaves neither the file nor a temporary one."""
+    from stan_mm.apis.features import atomic_save_product_npy
+    rng = np.random.default_rng(0)
+    texts = rng.standard_normal((37, 8)).astype(np.float32)
+    videos = rng.standard_normal((11, 8)).astype(np.float32)
+    path = str(tmp_path / 'sim.npy')
+    assert atomic_save_product_npy(path, texts, videos, block_bytes=3 * 4 * 11) == (37, 11)
+    got = np.load(path)
+    assert got.dtype == np.float32 and got.shape == (37, 11)
+    np.testing.assert_allclose(got, texts.astype(np.float64) @ videos.T.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
+    bad = str(tmp_path / 'bad.npy')
+    with pytest.raises(ValueError):
+        atomic_save_product_npy(bad, texts, videos[:, :5])      # E differs
+    assert sorted(os.listdir(tmp_path)) == ['sim.npy']

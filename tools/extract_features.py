@@ -174,16 +174,14 @@ def _extract(args, model, videos, root, texts, t2v, key, extra, log) -> int:
 
 
 def write_sim(out: str, log) -> None:
-    import numpy as np
     from stan_mm.apis import load_features
-    from stan_mm.apis.features import atomic_save_npy
+    from stan_mm.apis.features import atomic_save_product_npy
     feats = load_features(out)
     if feats['videos'] is None or feats['texts'] is None:
         raise ValueError('--save-sim needs both videos and texts')
-    sim = (feats['texts'] @ feats['videos'].T).astype(np.float32)
-    atomic_save_npy(osp.join(out, 'sim.npy'), sim)   # complete or absent
-    log(f'wrote {osp.join(out, "sim.npy")} {tuple(sim.shape)} (rows: texts.txt, columns: '
-        f'videos.txt)')
+    # complete or absent; written in row blocks, never whole in memory
+    shape = atomic_save_product_npy(osp.join(out, 'sim.npy'), feats['texts'], feats['videos'])
+    log(f'wrote {osp.join(out, "sim.npy")} {shape} (rows: texts.txt, columns: videos.txt)')
 
 
 if __name__ == '__main__':

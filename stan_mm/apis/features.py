@@ -184,6 +184,31 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
         os.replace(tmp, path)
 
 
+def atomic_save_product_npy(path: str, left: np.ndarray, right: np.ndarray,
+                            block_bytes: int = 64 << 20) -> Tuple[int, int]:
+    """``left [N, E] @ right [M, E].T`` as float32 ``[N, M]`` saved to ``path`` (``.npy``),
+    complete or absent (:func:`atomic_save_npy`'s rule), computed and appended to the file
+    in row blocks of about ``block_bytes``: the matrix is never held in memory
+    (``--save-sim`` at 50k x 50k is a 10 GB file). Returns its shape."""
+    left = np.asarray(left, dtype=np.float32)
+    right = np.asarray(right, dtype=np.float32)
+    if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[1]:
+        raise ValueError(f'{path}: cannot multiply embeddings of shapes {left.shape} and '
+                         f'{right.shape} (expected [N, E] and [M, E])')
+    n, m = left.shape[0], right.shape[0]
+    rows = max(1, block_bytes // max(1, 4 * m))
+    tmp = path + '.tmp.npy'
+    with _writing(path, tmp):
+        with open(tmp, 'wb') as f:
+            np.lib.format.write_array_header_1_0(f, dict(
+                descr=np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                fortran_order=False, shape=(n, m)))
+            for start in range(0, n, rows):
+                (left[start:start + rows] @ right.T).tofile(f)
+        os.replace(tmp, path)
+    return n, m
+
+
 def _atomic_write_text(path: str, text: str) -> None:
     tmp = path + '.tmp'
     with _writing(path, tmp):

@@ -31,7 +31,9 @@ cosine / tau, is ``temp = 1000 * tau`` on cosines (10 for tau = 0.01): nearly as
 
 Numerics: the softmax weight is ``exp(S / temp - logsumexp(S / temp))`` in float64. It
 underflows only when a column (t2v) or row (v2t) spans more than ~700 * temp; with cosine
-similarities and temp = 0.01 the span is at most 2 / 0.01 + ln(N) ~ 212.
+similarities and temp = 0.01 the span is at most 2 / 0.01 + ln(N) ~ 212. An underflow
+(e.g. logits ``cosine / tau`` passed as similarities at the cosine temperature) is an error
+(:func:`check_dsl_weights`): underflowed entries would score 0 and tie.
 
 QB-Norm (Querybank Normalisation, dynamic inverted softmax, arXiv 2112.12777), t2v only
 ---------------------------------------------------------------------------------------
@@ -200,6 +202,30 @@ def column_logsumexp(source: SimilaritySource, temp: float, chunk_size: int) -> 
     return total
 
 
+# exp() of a log weight below this leaves float64's normal range (and reaches 0 at ~-745)
+_LOG_WEIGHT_FLOOR = -708.0
+
+
+def check_dsl_weights(log_w: torch.Tensor, sim: torch.Tensor, temp: float, axis: str) -> None:
+    """Refuse DSL weights ``exp(log_w)`` that underflow float64 where ``sim != 0``: such
+    entries would score exactly 0 and tie with each other, and ties count against the
+    query, so ranks would be wrong without a word (seen with logits ``cosine / tau``
+    passed as similarities at the cosine temperature). One reduction per block when
+    nothing underflows."""
+    if not log_w.numel():
+        return
+    low = float(log_w.min())
+    if low >= _LOG_WEIGHT_FLOOR or not bool(((log_w < _LOG_WEIGHT_FLOOR) & (sim != 0)).any()):
+        return
+    raise ValueError(
+        f'DSL: softmax weights exp(S / dsl_temp - logsumexp) underflow float64 (down to '
+        f'e^{low:.0f}): over {axis}, S / dsl_temp spans more than ~708, so entries would '
+        f'score exactly 0 and tie, and ranks would be wrong. dsl_temp={temp:g} expects cosine '
+        f'similarities (normalized embeddings, S in [-1, 1], a span of at most '
+        f'{2 / temp:g} after scaling); for logits (cosine / tau) use dsl_temp = {temp:g} / '
+        f'tau (the same softmax on the cosines), or pass the cosines')
+
+
 def dsl_t2v_scores(sim: torch.Tensor, col_lse: torch.Tensor, temp: float,
                    num_texts: Optional[int] = None,
                    z: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -217,7 +243,9 @@ def dsl_t2v_scores(sim: torch.Tensor, col_lse: torch.Tensor, temp: float,
         ``[c, Nv]`` float64, ``S * softmax_over_texts(S / temp) [* Nt]``.
     """
     z = scaled_similarity(sim, temp) if z is None else z
-    scores = (z - col_lse).exp_().mul_(sim)
+    scores = z - col_lse
+    check_dsl_weights(scores, sim, temp, 'a column (the texts, for one video)')
+    scores = scores.exp_().mul_(sim)
     return scores.mul_(float(num_texts)) if num_texts is not None else scores
 
 
@@ -240,6 +268,7 @@ def dsl_v2t_scores(sim: torch.Tensor, row_lse: torch.Tensor, temp: float,
     """
     z = scaled_similarity(sim, temp) if z is None else z
     scores = z.sub_(row_lse[:, None]) if consume_z else z - row_lse[:, None]
+    check_dsl_weights(scores, sim, temp, 'a row (the videos, for one text)')
     scores = scores.exp_().mul_(sim)
     return scores.mul_(float(num_videos)) if num_videos is not None else scores
 

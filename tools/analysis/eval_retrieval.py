@@ -14,7 +14,8 @@ BANK.npy  [num_bank_texts, num_videos] similarities of querybank texts (training
 
 --dsl-temp X divides the similarities inside the dual softmax:
 S' = S * softmax(S / X) * N (default 0.01, for cosine similarities; see
-stan_mm/evaluation/rescoring.py for why, and for DSL followed by QB-Norm). --dsl-temp needs
+stan_mm/evaluation/rescoring.py for why, and for DSL followed by QB-Norm; logits cosine / tau
+need X = 0.01 / tau: weights that underflow are an error, not ties). --dsl-temp needs
 --dsl, --qb-beta and --qb-k need --qb-norm (usage error otherwise). --dsl with --qb-norm
 prints a warning on stderr: the combination is evaluated by neither paper and was measured
 to lower R@1 (docs/retrieval.md).
