@@ -138,3 +138,17 @@ def test_errors_name_the_text_to_video_file_intact(tmp_path, capsys, tool_main):
     err = capsys.readouterr().err
     assert f"text-to-video file {str(path)!r}[1] = {S_MULTI.shape[1]}" in err, err
     assert err.count('text_to_video') == 1, err     # only inside the path itself
+
+
+def test_tool_shows_ranking_progress_unless_asked_not_to(tmp_path, capsys, tool_main):
+    """A 30k x 30k DSL evaluation ran for minutes without a line of output: the ranking
+    passes now show a progress bar on stderr (--no-progress: none); stdout keeps only the
+    metrics line."""
+    p = save(tmp_path, sim=S_MULTI, t2v=T2V_MULTI)
+    argv = ['--sim', str(p['sim']), '--text-to-video', str(p['t2v']), '--chunk-size', '2']
+    assert tool_main(argv) == 0
+    out, err = capsys.readouterr()
+    assert 'ranking (2 passes over the text rows)' in err
+    assert json.loads(out.strip()) == pytest.approx(HAND_MULTI)
+    assert tool_main(argv + ['--no-progress']) == 0
+    assert 'ranking' not in capsys.readouterr().err

@@ -101,7 +101,8 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
                     qb_bank: Optional[SimilaritySource] = None,
                     qb_beta: float = DEFAULT_QB_BETA, qb_k: int = DEFAULT_QB_K,
                     chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    t2v_name: str = 'text_to_video') -> Tuple[torch.Tensor, torch.Tensor]:
+                    t2v_name: str = 'text_to_video',
+                    progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Exact t2v and v2t ranks, two chunked passes over ``source``.
 
     Args:
@@ -113,6 +114,7 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
         qb_beta, qb_k: QB-Norm inverse temperature and activation top-k.
         chunk_size: rows of S materialized at a time.
         t2v_name: what error messages call ``text_to_video`` (e.g. its file).
+        progress: a progress bar (stderr) over the rows of the two passes.
 
     Returns:
         ``(t2v_ranks [Nt], v2t_ranks [Nv])``, CPU LongTensors, 1 = best.
@@ -134,6 +136,9 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
                              'similarities of bank queries to the same test videos')
         qb_stats = querybank_stats(qb_bank, qb_beta, qb_k, chunk_size,
                                    dsl_temp=dsl_temp if dsl else None)
+    from tqdm import tqdm
+    bar = tqdm(total=2 * num_texts, desc='ranking (2 passes over the text rows)', unit='row',
+               unit_scale=True, disable=not progress, leave=False)
 
     # ---- pass 1: best correct v2t score per video (+ DSL logsumexps)
     # v2t DSL scores leave out the constant factor Nv (ranks only compare them); t2v DSL
@@ -163,6 +168,7 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
                                       device=source.device)
         best_correct.scatter_reduce_(0, gt, gt_v2t, reduce='amax')
         del sim
+        bar.update(stop - start)
 
     # ---- pass 2: t2v ranks, v2t counts
     count_dtype = torch.float32 if num_videos < _EXACT_FLOAT32_COUNT else torch.float64
@@ -191,6 +197,8 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
         ahead.scatter_add_(0, gt, -correct.to(torch.float64))  # only incorrect texts count
         v2t_ahead += ahead
         del scores, sim
+        bar.update(stop - start)
+    bar.close()
     v2t_ranks = v2t_ahead.round().long() + 1
     t2v_ranks, v2t_ranks = t2v_ranks.cpu(), v2t_ranks.cpu()
     if int(t2v_ranks.min()) < 1 or int(v2t_ranks.min()) < 1:  # pragma: no cover - invariant
@@ -235,14 +243,15 @@ def retrieval_metrics_from_similarity(
         qb_beta: float = DEFAULT_QB_BETA, qb_k: int = DEFAULT_QB_K,
         chunk_size: int = DEFAULT_CHUNK_SIZE, device: Union[str, torch.device, None] = None,
         sim_name: str = 'similarity matrix', bank_name: str = 'querybank matrix',
-        t2v_name: str = 'text_to_video') -> Dict[str, float]:
+        t2v_name: str = 'text_to_video', progress: bool = False) -> Dict[str, float]:
     """Metrics for a dense ``sim [Nt, Nv]`` (tensor, array or memmap, read chunk by chunk);
-    ``qb_bank_sim [Nb, Nv]``: bank queries x the same videos."""
+    ``qb_bank_sim [Nb, Nv]``: bank queries x the same videos; ``progress``: a progress bar
+    over the ranking passes."""
     source = DenseSimilarity(sim, name=sim_name, device=device)
     bank = None
     if qb_bank_sim is not None:
         bank = DenseSimilarity(qb_bank_sim, name=bank_name, device=source.device)
     ranks = retrieval_ranks(source, text_to_video, dsl=dsl, dsl_temp=dsl_temp, qb_bank=bank,
                             qb_beta=qb_beta, qb_k=qb_k, chunk_size=chunk_size,
-                            t2v_name=t2v_name)
+                            t2v_name=t2v_name, progress=progress)
     return ranks_to_metrics(*ranks)

@@ -61,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument('--chunk-size', type=int, default=DEFAULT_CHUNK_SIZE,
                         help='similarity rows in memory at a time; default %(default)s')
     parser.add_argument('--device', default='cpu', help='cpu or cuda; default %(default)s')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress bar (on stderr) while ranking')
     args = parser.parse_args(argv)
     # an option of a trick that is off would be ignored: refuse it; else fill its default
     qb_norm = args.qb_norm is not None
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
             qb_beta=args.qb_beta, qb_k=args.qb_k, chunk_size=args.chunk_size,
             device=args.device, sim_name=f'similarity file {args.sim!r}',
             bank_name=f'querybank file {args.qb_norm!r}',
-            t2v_name=f'text-to-video file {args.text_to_video!r}')
+            t2v_name=f'text-to-video file {args.text_to_video!r}',
+            progress=not args.no_progress)
     except (InputError, ValueError) as exc:
         print(f'eval_retrieval: error: {exc}', file=sys.stderr)
         return 2
