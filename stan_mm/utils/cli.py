@@ -37,6 +37,56 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
             VideoReadError, ViewsError, CommandLineError, BankMismatchError)
 
 
+def check_output_file(path: str, flag: str) -> str:
+    """Refuse, before any work, an output file path the tool could not write: an existing
+    folder, a parent that is a file, or a parent folder that cannot be created. Creates
+    the missing parent folders. Returns ``path``.
+
+    Raises:
+        CommandLineError: naming ``flag`` and the path.
+    """
+    if os.path.isdir(path):
+        raise CommandLineError(f'{flag} {path!r} is a folder; give a file name')
+    parent = os.path.dirname(os.path.abspath(path))
+    check_output_dir(parent, f'{flag} {path!r}: its folder')
+    return path
+
+
+def check_output_dir(path: str, flag: str) -> str:
+    """Refuse, before any work, an output folder the tool could not use: an existing
+    file, a path through a file, or one that cannot be created (the OS reason is named).
+    Creates it when missing. Returns ``path``.
+
+    Raises:
+        CommandLineError: naming ``flag`` and the path.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandLineError(f'{flag} {path!r} is a file, not a folder; give a folder '
+                               '(it is created when missing)')
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise CommandLineError(f'{flag} {path!r} cannot be created: {reason}') from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CommandLineError(f'{flag} {path!r} is not writable')
+    return path
+
+
+def check_input_file(path: str, flag: str, what: str = 'file') -> str:
+    """Refuse a missing input file, or a folder given for it, naming ``flag``: "not
+    found" only when nothing is there.
+
+    Raises:
+        CommandLineError
+    """
+    if os.path.isdir(path):
+        raise CommandLineError(f'{flag} {path!r} is a folder; give the {what}')
+    if not os.path.isfile(path):
+        raise CommandLineError(f'{flag} {path!r}: {what} not found')
+    return path
+
+
 def describe(exc: BaseException) -> str:
     """The message to print: a video error re-raised from a DataLoader worker carries the
     worker's traceback in its text; its file and reason are what the user needs. A
