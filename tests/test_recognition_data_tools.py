@@ -119,8 +119,8 @@ def test_ssv2_bad_labels_and_duplicates(tmp_path):
     with pytest.raises(ssv2.AnnotationError, match=r"train\.json: video ids \['7'\]"):
         ssv2.read_split(str(anno / 'something-something-v2-train.json'),
                         {n: int(i) for n, i in SSV2_LABELS.items()})
-    # CLI: clear message, exit code 1, no traceback.
-    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(tmp_path / 'o')]) == 1
+    # CLI: clear message, exit code 2, no traceback.
+    assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(tmp_path / 'o')]) == 2
 
 
 # ----------------------------------------------------------------------------- K400
@@ -252,7 +252,7 @@ def test_k400_bad_header_unknown_val_label_and_spaces(tmp_path):
         k400.build_lists({'train': train}, str(tmp_path / 'out'),
                          name_format='{label}/{youtube_id}.mp4')
     assert k400.main(['--train-csv', train, '--out-dir', str(tmp_path / 'o'),
-                      '--name-format', '{nope}.mp4']) == 1
+                      '--name-format', '{nope}.mp4']) == 2
 
 
 @pytest.mark.parametrize('config, make_lists', [
@@ -305,7 +305,7 @@ def test_k400_rerun_keeps_the_class_order_of_the_lists_there(tmp_path, capsys):
 
 
 def test_list_builders_refuse_a_folder_without_any_of_the_videos(tmp_path, capsys):
-    """A wrong --name-format or --ext finds none of a split's videos: exit 1 with what to
+    """A wrong --name-format or --ext finds none of a split's videos: exit 2 with what to
     check, and the lists already there stay (an empty list replaced them before)."""
     train, val = _k400_files(tmp_path)
     out = tmp_path / 'k400_out'
@@ -313,7 +313,7 @@ def test_list_builders_refuse_a_folder_without_any_of_the_videos(tmp_path, capsy
     before = _read(out / 'train_list.txt')
     (tmp_path / 'vtrain').mkdir()
     assert k400.main(['--train-csv', train, '--out-dir', str(out),
-                      '--train-video-dir', str(tmp_path / 'vtrain')]) == 1
+                      '--train-video-dir', str(tmp_path / 'vtrain')]) == 2
     err = capsys.readouterr().err
     assert 'none of the 4 videos of the train split' in err and '--name-format' in err
     assert _read(out / 'train_list.txt') == before
@@ -323,7 +323,7 @@ def test_list_builders_refuse_a_folder_without_any_of_the_videos(tmp_path, capsy
         (tmp_path / 'videos' / f'{vid}.webm').write_bytes(b'x')
     out = tmp_path / 'ssv2_out'
     assert ssv2.main(['--anno-dir', str(anno), '--out-dir', str(out), '--video-dir',
-                      str(tmp_path / 'videos'), '--ext', 'mp4']) == 1
+                      str(tmp_path / 'videos'), '--ext', 'mp4']) == 2
     assert "Check --ext (now 'mp4'" in capsys.readouterr().err and not out.exists()
 
 
@@ -347,5 +347,5 @@ def test_ssv2_current_archive_names_and_k400_csv_quirks(tmp_path, capsys):
         lines.insert(2, f'abseiling,abc,3,{bad},train')
         path = tmp_path / f'{bad}.csv'
         path.write_text('\n'.join(lines) + '\n')
-        assert k400.main(['--train-csv', str(path), '--out-dir', str(tmp_path / bad)]) == 1
+        assert k400.main(['--train-csv', str(path), '--out-dir', str(tmp_path / bad)]) == 2
         assert f"line 3: time_end='{bad}'" in capsys.readouterr().err

@@ -25,18 +25,21 @@ folders. With ``--train-video-dir`` / ``--val-video-dir``, videos that are not t
 YouTube videos are gone) are left out of the lists, counted and written to
 ``missing_<split>.txt``; a folder that holds none of a split's videos (a wrong
 ``--name-format``) stops the tool before anything is written. Malformed rows stop the tool
-with the file and line number.
+with the file and line number. Each file is replaced in one step (an interrupt leaves the
+one there before). Exit status: 0 written, 2 an error (a malformed, missing or non-UTF-8
+CSV or class list, a bad ``--name-format`` or ``--out-dir``: found before anything is
+written).
 """
 import argparse
 import csv
 import math
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from list_files import refuse_empty_splits, write_lines, write_missing  # noqa: E402
+from list_files import (check_input_file, check_output_dir, make_output_dir,  # noqa: E402
+                        not_utf8, refuse_empty_splits, write_lines, write_missing)
 
 REQUIRED = ('label', 'youtube_id', 'time_start', 'time_end')
 DEFAULT_NAME_FORMAT = '{youtube_id}_{time_start:06d}_{time_end:06d}.mp4'
@@ -60,11 +63,19 @@ def _int(value: str, where: str, field: str) -> int:
     return int(f)
 
 
-def read_csv(path: str) -> List[Row]:
+def read_csv(path: str, flag: str = 'CSV') -> List[Row]:
     """Rows of a Kinetics CSV as dicts with ``label``, ``youtube_id``, ``time_start``,
-    ``time_end`` (ints), ``split`` and ``line`` (1-based line number)."""
+    ``time_end`` (ints), ``split`` and ``line`` (1-based line number). ``flag``: the
+    option that names the file, for the errors."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'Kinetics CSV not found: {path}')
+        raise FileNotFoundError(f'{flag} {path!r}: Kinetics CSV not found')
+    try:
+        return _read_csv(path)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, flag, e) from None
+
+
+def _read_csv(path: str) -> List[Row]:
     rows = []
     with open(path, newline='', encoding='utf-8-sig') as f:   # a BOM (Excel) is no header
         reader = csv.DictReader(f)
@@ -114,9 +125,13 @@ def video_name(row: Row, name_format: str) -> str:
     return name
 
 
-def read_classnames(path: str) -> List[str]:
-    with open(path, encoding='utf-8') as f:
-        names = [line.strip() for line in f if line.strip()]
+def read_classnames(path: str, flag: str = '--classnames') -> List[str]:
+    check_input_file(path, flag, 'class-name file (one class per line)')
+    try:
+        with open(path, encoding='utf-8') as f:
+            names = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, flag, e) from None
     if len(set(names)) != len(names):
         raise AnnotationError(f'{path}: duplicate class names')
     return names
@@ -158,17 +173,19 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
     """Write ``{split}_list.txt`` for each ``csvs`` entry (``{'train': path, 'val': path}``)
     and ``classnames.txt``; returns ``{split: {'written': n, 'missing': m}}``."""
     video_dirs = video_dirs or {}
-    rows = {split: read_csv(path) for split, path in csvs.items()}
+    check_output_dir(out_dir, '--out-dir')
+    rows = {split: read_csv(path, f'--{split}-csv') for split, path in csvs.items()}
     existing = osp.join(out_dir, 'classnames.txt')
+    flag = '--classnames'
     if classnames is None and osp.isfile(existing):
         # a rerun keeps the class ids of the lists already there (a list not rebuilt now
         # holds them; a val CSV that lacks some classes, or an earlier --classnames order,
         # would otherwise renumber the classes under it)
-        classnames = existing
+        classnames, flag = existing, "--out-dir's class list"
         print(f'class order: {existing} (already there; --classnames to choose another, '
               f'or delete it for the sorted train labels)')
     if classnames is not None:
-        names = read_classnames(classnames)
+        names = read_classnames(classnames, flag)
     else:
         source = 'train' if 'train' in rows else next(iter(rows))
         names = sorted({r['label'] for r in rows[source]})
@@ -180,7 +197,7 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
              else (items, []) for split, items in labelled.items()}
     refuse_empty_splits(found, f'Check --name-format (now {name_format!r}; class folders: '
                                f"'{{label_dir}}/' + the file name) and the video folder")
-    os.makedirs(out_dir, exist_ok=True)
+    make_output_dir(out_dir, '--out-dir')
     write_lines(osp.join(out_dir, 'classnames.txt'), names)
     report = {}
     for split, (items, missing) in found.items():
@@ -217,11 +234,20 @@ def main(argv=None) -> int:
     csvs = {k: v for k, v in (('train', args.train_csv), ('val', args.val_csv)) if v}
     video_dirs = {'train': args.train_video_dir, 'val': args.val_video_dir}
     try:
+        check_output_dir(args.out_dir, '--out-dir')
+        for split, path in csvs.items():
+            check_input_file(path, f'--{split}-csv', 'Kinetics CSV')
+        if args.classnames:
+            check_input_file(args.classnames, '--classnames',
+                             'class-name file (one class per line)')
+        for split, folder in video_dirs.items():
+            if folder and not osp.isdir(folder):
+                raise ValueError(f'--{split}-video-dir {folder!r} is not a folder')
         report = build_lists(csvs, args.out_dir, args.name_format, video_dirs,
                              args.classnames)
-    except (AnnotationError, FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    except (OSError, ValueError) as e:   # (AnnotationError is a ValueError)
+        print(f'build_k400_lists: error: {e}', file=sys.stderr)
+        return 2
     for split, r in report.items():
         extra = (f', {r["missing"]} missing videos left out (see '
                  f'{osp.join(args.out_dir, f"missing_{split}.txt")})' if r['missing'] else '')

@@ -23,18 +23,20 @@ Writes into ``--out-dir``:
 
 With ``--video-dir``, videos that are not there are left out of the lists, counted, and
 written to ``missing_train.txt`` / ``missing_val.txt``. Malformed entries stop the tool
-with the file, the entry index and its id.
+with the file, the entry index and its id. Each file is replaced in one step (an interrupt
+leaves the one there before). Exit status: 0 written, 2 an error (a malformed or missing
+annotation file, a bad ``--ext`` or ``--out-dir``: found before anything is written).
 """
 import argparse
 import json
-import os
 import os.path as osp
 import re
 import sys
 from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from list_files import refuse_empty_splits, write_lines, write_missing  # noqa: E402
+from list_files import (check_input_file, check_output_dir, make_output_dir,  # noqa: E402
+                        not_utf8, refuse_empty_splits, write_lines, write_missing)
 
 SPLIT_FILES = {'train': 'something-something-v2-train.json',
                'val': 'something-something-v2-validation.json'}
@@ -52,19 +54,31 @@ def class_name(template: str) -> str:
     return re.sub(r'\s+', ' ', template.replace('[', '').replace(']', '')).strip()
 
 
-def _load_json(path: str):
+def _load_json(path: str, flag: str = 'annotation file'):
+    """The JSON of ``path`` (``flag``: the option that names it, for the errors)."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'SSv2 annotation file not found: {path}')
+        raise FileNotFoundError(f'{flag} {path!r}: SSv2 annotation file not found')
     try:
         with open(path, encoding='utf-8') as f:
             return json.load(f)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, flag, e) from None
     except json.JSONDecodeError as e:
         raise AnnotationError(f'{path}: not valid JSON ({e})') from None
 
 
-def read_labels(path: str) -> List[str]:
+def check_ext(ext: str) -> str:
+    """The video file extension without its dot (``webm``, ``.mp4`` -> ``mp4``)."""
+    bare = ext.lstrip('.')
+    if not bare or any(c.isspace() for c in bare) or '/' in bare:
+        raise ValueError(f'--ext {ext!r}: give the video file extension, e.g. webm or mp4 '
+                         f'(the list names <id>.<ext>)')
+    return bare
+
+
+def read_labels(path: str, flag: str = '--labels') -> List[str]:
     """labels.json -> class names in id order (index = class id)."""
-    data = _load_json(path)
+    data = _load_json(path, flag)
     if not isinstance(data, dict) or not data:
         raise AnnotationError(f'{path}: expected a non-empty JSON object mapping class '
                               f'template -> class id string, got {type(data).__name__}')
@@ -92,9 +106,10 @@ def read_labels(path: str) -> List[str]:
     return names
 
 
-def read_split(path: str, class_ids: Dict[str, int]) -> List[Tuple[str, int]]:
+def read_split(path: str, class_ids: Dict[str, int], flag: str = 'split file'
+               ) -> List[Tuple[str, int]]:
     """A split file -> ``[(video id, class id)]`` in file order."""
-    data = _load_json(path)
+    data = _load_json(path, flag)
     if not isinstance(data, list):
         raise AnnotationError(f'{path}: expected a JSON list of entries with "id" and '
                               f'"template", got {type(data).__name__}')
@@ -154,15 +169,18 @@ def build_lists(labels: str, splits: Dict[str, str], out_dir: str, ext: str = 'w
                 video_dir: str = None) -> Dict[str, Dict[str, int]]:
     """Write ``{split}_list.txt`` for each ``splits`` entry (``{'train': path, ...}``) and
     ``classnames.txt``; returns ``{split: {'written': n, 'missing': m}}``."""
+    ext = check_ext(ext)
+    check_output_dir(out_dir, '--out-dir')
     names = read_labels(labels)
     class_ids = {n: i for i, n in enumerate(names)}
-    parsed = {split: read_split(path, class_ids) for split, path in splits.items()}
+    parsed = {split: read_split(path, class_ids, f'--{split}')
+              for split, path in splits.items()}
     # every check first (a bad video folder fails before anything is written)
     found = {split: split_missing(items, video_dir, ext) if video_dir is not None
              else (items, []) for split, items in parsed.items()}
     refuse_empty_splits(found, f'Check --ext (now {ext!r}; webm as distributed) and '
                                f'--video-dir')
-    os.makedirs(out_dir, exist_ok=True)
+    make_output_dir(out_dir, '--out-dir')
     write_lines(osp.join(out_dir, 'classnames.txt'), names)
     report = {}
     for split, (items, missing) in found.items():
@@ -204,11 +222,18 @@ def main(argv=None) -> int:
     splits = {split: given or default_split_file(args.anno_dir, split)
               for split, given in (('train', args.train), ('val', args.val))}
     try:
-        report = build_lists(labels, splits, args.out_dir, args.ext.lstrip('.'),
-                             args.video_dir)
-    except (FileNotFoundError, ValueError) as e:   # (AnnotationError is a ValueError)
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        check_ext(args.ext)
+        check_output_dir(args.out_dir, '--out-dir')
+        for flag, given, path in (('--labels', args.labels, labels),
+                                  ('--train', args.train, splits['train']),
+                                  ('--val', args.val, splits['val'])):
+            what = 'SSv2 annotation file' + ('' if given else
+                                             f' (default of --anno-dir; or give {flag})')
+            check_input_file(path, flag, what)
+        report = build_lists(labels, splits, args.out_dir, args.ext, args.video_dir)
+    except (OSError, ValueError) as e:   # (AnnotationError is a ValueError)
+        print(f'build_ssv2_lists: error: {e}', file=sys.stderr)
+        return 2
     for split, r in report.items():
         extra = (f', {r["missing"]} missing videos left out (see '
                  f'{osp.join(args.out_dir, f"missing_{split}.txt")})' if r['missing'] else '')

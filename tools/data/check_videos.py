@@ -5,22 +5,25 @@ ones that fail (a broken file otherwise stops training when its sample is reache
     # the videos of a config's splits (the files its datasets would read)
     python tools/data/check_videos.py --config configs/stan/k400_self_b16.py \
         --splits train val --workers 8 --out work_dirs/k400_bad_videos.txt
-    # a folder (searched recursively) or a text file with one path per line
+    # a folder (searched recursively), a text file with one path per line, or one video
     python tools/data/check_videos.py data/msrvtt/videos --workers 8
 
 Per video: ``SafeDecordInit`` and ``SafeDecordDecode`` of the first, middle and last frame
 (``--frames all``: every frame; much slower, finds damage anywhere). Prints each unreadable
 video with the reason. ``--out`` writes their names as the source lists them, one per line:
 relative to the folder or list file, or with ``--config`` to the dataset's video folder (the
-first field of its list lines), so that they can be left out of a list::
+first field of its list lines), so that they can be left out of a list. It is replaced once
+the videos are checked (an error before that leaves it as it was; an interrupted check
+removes it, as it would name the videos of an earlier run); an input of the run (the list,
+the config, a split's annotation file) is refused as ``--out``::
 
     awk 'NR==FNR {bad[$0]; next} !($1 in bad)' bad.txt train_list.txt > train_list.ok.txt
 
 An MMAction2 list of ``<video> <label>`` lines is checked through its config (its names are
 relative to the dataset's ``data_prefix``). A split whose dataset is a ``ConcatDataset`` is
 checked dataset by dataset, each with its own video folder and decoder settings. Exit status: 0 every video reads, 1 some do not,
-2 a usage error (no such folder, a labelled list without --config, a config without the
-split).
+2 a usage error (no such folder, a file that is neither a video nor a UTF-8 list, a labelled
+list without --config, a config without the split, an --out that cannot be written).
 """
 import argparse
 import json
@@ -39,8 +42,9 @@ def parse_args(argv=None):
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('source', nargs='?', help='a folder of videos (recursive) or a text file '
-                   'with one video path per line (omit with --config)')
+    p.add_argument('source', nargs='?', metavar='SOURCE',
+                   help='a folder of videos (recursive), a text file with one video path '
+                   'per line, or one video file (omit with --config)')
     p.add_argument('--config', help='check the videos of this config\'s datasets')
     p.add_argument('--splits', nargs='+', default=['train', 'val', 'test'],
                    choices=['train', 'val', 'test'],
@@ -99,20 +103,70 @@ def _init_args(pipeline) -> Optional[Dict]:
     return None
 
 
-def videos_of(args) -> List[Tuple[str, str, Optional[Dict]]]:
+def _list_source(source: str) -> Tuple[str, List[str]]:
+    """``(root, names)`` of SOURCE: a folder, a list file, or one video file.
+
+    Raises:
+        CommandLineError: SOURCE is missing, or a file that is neither a video nor a UTF-8
+            text list.
+    """
+    from stan_mm.apis.video import list_videos
+    from stan_mm.datasets.retrieval import VIDEO_EXTS
+    from stan_mm.utils.cli import CommandLineError
+    if not osp.exists(source):
+        raise CommandLineError(f'SOURCE {source!r}: no such folder, video or list file')
+    if osp.isfile(source) and source.lower().endswith(tuple(e.lower() for e in VIDEO_EXTS)):
+        return osp.dirname(osp.abspath(source)), [osp.basename(source)]
+    if osp.isfile(source):
+        why = _not_utf8(source)
+        if why:
+            raise CommandLineError(
+                f'SOURCE {source!r} is neither a folder, a video (a file ending in '
+                f'{", ".join(VIDEO_EXTS)}) nor a UTF-8 text list of videos ({why})')
+    return list_videos(source)
+
+
+def _not_utf8(path: str) -> Optional[str]:
+    """Why the file ``path`` is not UTF-8 text, or None (read in chunks: a large binary
+    file is not read whole)."""
+    import codecs
+    decoder = codecs.getincrementaldecoder('utf-8-sig')()
+    offset = 0
+    try:
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    return (f'byte {chunk[e.start]:#04x} at position {offset + e.start} is '
+                            f'not UTF-8') if e.start < len(chunk) else 'it is not UTF-8'
+                offset += len(chunk)
+            decoder.decode(b'', final=True)
+    except UnicodeDecodeError:
+        return 'it ends inside a UTF-8 character'
+    except OSError:
+        return None                  # (list_videos says why it cannot be read)
+    return None
+
+
+def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, Optional[Dict]]]:
     """``(path, name, init)`` of the videos to check, each once, in order: the absolute
     path (or URL); the name the source lists, relative to the folder or list file, or to
     the dataset's video folder (the first field of its list lines); the
-    ``SafeDecordInit`` arguments of the split's pipeline (None for a folder or list)."""
+    ``SafeDecordInit`` arguments of the split's pipeline (None for a folder or list).
+    ``inputs``: a list that gets the files the run reads (list file, config, annotation
+    files), which ``--out`` must not replace."""
+    inputs = [] if inputs is None else inputs
     if args.source:
-        from stan_mm.apis.video import list_videos
-        root, found = list_videos(args.source)
+        root, found = _list_source(args.source)
         if osp.isfile(args.source):
+            inputs.append(args.source)
             _refuse_labelled_list(args.source, root, found)
         return [(v if osp.isabs(v) else osp.join(root, v), v, None) for v in found]
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from stan_mm.apis.video import dataset_cfg, split_items
+    inputs.append(args.config)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -131,6 +185,10 @@ def videos_of(args) -> List[Tuple[str, str, Optional[Dict]]]:
             one[f'{split}_dataloader'] = dict(loader, dataset=leaf)
             found = split_items(one, split, check_files=False)[0]
             ds = dataset_cfg(one[f'{split}_dataloader']) or {}
+            ann = ds.get('ann_file')
+            if isinstance(ann, str) and ann and '://' not in ann:
+                inputs.append(ann if osp.isabs(ann) else osp.join(ds.get('data_root') or '',
+                                                                  ann))
             prefix = osp.join(ds.get('data_root') or '',
                               (ds.get('data_prefix') or {}).get('video') or '')
             prefix = prefix if '://' in prefix else osp.abspath(prefix)
@@ -156,14 +214,30 @@ def _leaf_datasets(dataset) -> list:
     return [dataset]
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return osp.samefile(a, b)
+    except OSError:                  # (one of them is not there)
+        return osp.realpath(a) == osp.realpath(b)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from stan_mm.utils.cli import CommandLineError, check_output_file
+    try:
+        if args.out:
+            check_output_file(args.out, '--out')
+    except CommandLineError as e:
+        print(f'check_videos: error: {e}', file=sys.stderr)
+        return 2
     import stan_mm  # noqa: F401  (registers datasets and transforms)
     from stan_mm.apis.video_check import check_videos
-    if args.out and osp.exists(args.out):
-        os.remove(args.out)          # no list of an earlier run left behind on an error
+    inputs: List[str] = []
     try:
-        videos = videos_of(args)
+        videos = videos_of(args, inputs)
+    except CommandLineError as e:
+        print(f'check_videos: error: {e}', file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - no such folder / list / split, a bad config
         print(f'check_videos: error: cannot list the videos to check: '
               f'{type(e).__name__}: {e}', file=sys.stderr)
@@ -171,6 +245,12 @@ def main(argv=None) -> int:
     if not videos:
         print('check_videos: error: no videos to check', file=sys.stderr)
         return 2
+    if args.out:
+        same = [f for f in inputs if _same_file(args.out, f)]
+        if same:
+            print(f'check_videos: error: --out {args.out!r} is {same[0]!r}, an input of this '
+                  f'run; give another file for the list of unreadable videos', file=sys.stderr)
+            return 2
     names = {path: name for path, name, _ in videos}
     groups: Dict[str, list] = {}          # one run per decord init (storage, max_seconds)
     for path, _, init in videos:
@@ -182,7 +262,11 @@ def main(argv=None) -> int:
             found.update(check_videos(paths, args.frames, args.workers,
                                       progress=not args.no_progress, init=init))
     except KeyboardInterrupt:
-        print('check_videos: interrupted', file=sys.stderr)
+        stale = ''
+        if args.out and osp.isfile(args.out):
+            os.remove(args.out)      # it lists the unreadable videos of an earlier run
+            stale = f'; removed the --out list of an earlier run ({args.out})'
+        print(f'check_videos: interrupted{stale}', file=sys.stderr)
         return 130
     bad = [(p, found[p]) for p, _, _ in videos if p in found]
     print(f'checked {len(videos)} videos ({args.frames} frames): {len(bad)} unreadable')

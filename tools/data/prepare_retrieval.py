@@ -21,17 +21,20 @@ The report gives the numbers of videos and captions, captions per video, caption
 captions, videos listed twice (also under two ids that name one path), captions of videos outside the split, videos without
 captions: located by file and line) and the videos whose file is missing under
 ``--video-root`` (all of them with ``--list-missing``). Malformed records stop the tool
-with the file and line. Exit status: 0 clean, 1 issues or missing videos, 2 malformed.
+with the file and line. Exit status: 0 clean, 1 issues or missing videos, 2 malformed
+files or a usage error (a ``--video-root`` that is not a folder, an ``--out-json`` that
+cannot be written or would hold no video).
 
 ``--out-json`` writes ``{"<video file relative to --video-root>": ["caption", ...]}``
-(issues dropped; missing videos dropped too with ``--drop-missing``). Note that
+(issues dropped; missing videos dropped too with ``--drop-missing``), replacing the file
+in one step; a JSON without any video (every file missing under a wrong ``--video-root``)
+is not written, and the file there before is kept. Note that
 MMAction2's ``VideoTextDataset`` makes one sample per caption and its
 ``RetrievalMetric`` assumes one caption per video, so a multi-caption TEST split (MSVD,
 MSR-VTT with all captions) only makes sense with ``RetrievalVideoTextDataset``.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional
@@ -116,13 +119,18 @@ def format_report(report: Dict, ann_file: str, list_missing: bool = False) -> st
     return '\n'.join(lines)
 
 
-def write_video_text_json(entries, out: str, skip_ids=()) -> int:
-    """Write MMAction2 VideoTextDataset JSON; returns the number of videos written."""
+def video_text_json(entries, skip_ids=()) -> Dict[str, List[str]]:
+    """``{video file: [caption, ...]}`` of ``entries`` but ``skip_ids``."""
     skip = set(skip_ids)
-    data = {e.filename: list(e.captions) for e in entries if e.video_id not in skip}
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    with open(out, 'w', encoding='utf-8') as f:
-        json.dump(data, f, ensure_ascii=False, indent=1)
+    return {e.filename: list(e.captions) for e in entries if e.video_id not in skip}
+
+
+def write_video_text_json(entries, out: str, skip_ids=()) -> int:
+    """Write MMAction2 VideoTextDataset JSON (atomically: a reader, or an interrupt, never
+    meets a half-written file); returns the number of videos written."""
+    from stan_mm.engine.checkpoint_hook import atomic_write_bytes
+    data = video_text_json(entries, skip_ids)
+    atomic_write_bytes(json.dumps(data, ensure_ascii=False, indent=1).encode('utf-8'), out)
     return len(data)
 
 
@@ -145,23 +153,51 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _error(message: str) -> int:
+    print(f'prepare_retrieval: error: {message}', file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
+    from stan_mm.utils.cli import CommandLineError, check_output_file
     args = parse_args(argv)
     if args.video_lookup == 'scan' and args.video_root is None:
-        print('error: --video-lookup scan needs --video-root', file=sys.stderr)
-        return 2
+        return _error('--video-lookup scan needs --video-root')
+    if args.video_root is not None and not osp.isdir(args.video_root):
+        # (a mistyped folder would report every video missing, and --drop-missing would
+        # write a JSON without any)
+        return _error(f'--video-root {args.video_root!r} is not a folder' + (
+            ' (it is a file)' if osp.exists(args.video_root) else ' (no such folder)'))
+    if args.out_json:
+        try:
+            check_output_file(args.out_json, '--out-json')
+        except CommandLineError as e:
+            return _error(str(e))
     try:
         report = validate(args.format, args.ann_file, args.caption_file, args.video_root,
                           args.video_tmpl, args.video_lookup, args.paragraph_sep)
     except (ValueError, OSError) as e:
         # AnnotationError is a ValueError; usage errors (a missing --caption-file, a bad
         # --video-tmpl) are ValueErrors too: all exit 2, never 1 ("data issues")
-        print(f'error: {e}', file=sys.stderr)
+        print(f'prepare_retrieval: error: {e}', file=sys.stderr)
         return 2
     print(format_report(report, args.ann_file, args.list_missing))
     if args.out_json:
         skip = report['missing'] if (args.drop_missing and report['missing']) else ()
-        n = write_video_text_json(report['entries'], args.out_json, skip)
+        if not video_text_json(report['entries'], skip):
+            if report['entries'] and skip:
+                why = (f'all {len(report["entries"])} videos are missing under --video-root '
+                       f'{args.video_root!r} (--drop-missing leaves them out); check the '
+                       f'folder and --video-tmpl')
+            else:
+                why = 'no video of the split is left once the issues above are dropped'
+            return _error(f'--out-json {args.out_json!r} not written: {why}' + (
+                '; the file there is unchanged' if osp.exists(args.out_json) else ''))
+        try:
+            n = write_video_text_json(report['entries'], args.out_json, skip)
+        except OSError as e:
+            return _error(f'--out-json {args.out_json!r} cannot be written: '
+                          f'{e.strerror or e}')
         print(f'wrote {n} videos to {args.out_json} (VideoTextDataset: '
               f'data_prefix=dict(video={osp.abspath(args.video_root or ".")!r}))')
     return 1 if (report['issues'] or report['missing']) else 0
