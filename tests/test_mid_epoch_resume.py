@@ -1065,6 +1065,26 @@ def test_auto_scale_lr_rescales_iteration_schedules_and_constant_rates(tmp_path)
         assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
 
 
+def test_the_recorded_factor_is_the_one_the_rates_carry(tmp_path):
+    """Trained with auto_scale_lr (x 1/2), resumed without it (the checkpoint's rates kept,
+    as mmengine keeps them), then with it again at the same batch: the rates are those of
+    an uninterrupted run with auto_scale_lr. (The second run recorded its own factor, 1,
+    while its rates still carried 1/2, and the third scaled them by 1/2 again.)"""
+    reference = _lrs(train(make_runner(tmp_path / 'ref', auto_scale_lr=SCALE,
+                                       param_scheduler=EPOCH_SCHEDULE)))
+    run = tmp_path / 'run'
+    train(make_runner(run, by_epoch=True, auto_scale_lr=SCALE, param_scheduler=EPOCH_SCHEDULE,
+                      stop_after=PER_EPOCH + 1))
+    off = train(make_runner(run, by_epoch=True, param_scheduler=EPOCH_SCHEDULE,
+                            resume_from=run / 'epoch_1.pth', stop_after=2 * PER_EPOCH + 1))
+    on = train(make_runner(run, by_epoch=True, auto_scale_lr=SCALE,
+                           param_scheduler=EPOCH_SCHEDULE, resume_from=run / 'epoch_2.pth'))
+    got = {**_lrs(off), **_lrs(on)}
+    assert sorted(got) == [(e, b) for e in (1, 2) for b in range(PER_EPOCH)]
+    for pos, lr in got.items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+
+
 def test_auto_scale_lr_without_the_checkpoints_factor_keeps_its_rates(tmp_path):
     """A checkpoint that does not record its run's factor (written by mmengine's loop, or
     an earlier stan-mm) at another batch: its rates are kept, with a warning that says

@@ -103,6 +103,7 @@ from mmaction.registry import LOOPS
 from torch.utils.data import BatchSampler, SequentialSampler
 
 ORDER_KEY = 'stan_mm_train_order'   # message hub (runtime info, saved in checkpoints)
+_OWN_SCALE = object()   # ResumableEpochBasedTrainLoop._carried_lr_scale: this run's factor
 #: in the work dir: the checkpoint whose epoch's validation last finished (see
 #: ResumableEpochBasedTrainLoop._plan_validation)
 VALIDATED_FILE = '.stan_validated.json'
@@ -252,6 +253,10 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         # this run's resume restarts an epoch and the loop said so (AtomicCheckpointHook
         # then does not warn again)
         self.warned_epoch_restart = False
+        # the auto_scale_lr factor the optimizer's rates carry, recorded with the
+        # checkpoints: this run's own unless a resume kept the checkpoint's rates (then
+        # theirs; None: not known)
+        self._carried_lr_scale = _OWN_SCALE
 
     # ---------------------------------------------------------------- what can be skipped
     def _sampler(self):
@@ -300,7 +305,8 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     batch_size=getattr(self.dataloader, 'batch_size', None),
                     world_size=get_world_size(),
                     sampler_seed=seed if isinstance(seed, int) else None,
-                    lr_scale=self._lr_scale())
+                    lr_scale=(self._lr_scale() if self._carried_lr_scale is _OWN_SCALE
+                              else self._carried_lr_scale))
 
     def _lr_scale(self) -> float:
         """The factor mmengine's ``auto_scale_lr`` applied to this run's learning rates when
@@ -312,6 +318,22 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 or not cfg.get('base_batch_size') or not isinstance(batch_size, int)):
             return 1.0
         return get_world_size() * batch_size / float(cfg['base_batch_size'])
+
+    def _scale_after_resume(self, saved, factor: float, rescaled: Optional[str]):
+        """The auto_scale_lr factor the rates carry after the resume: the checkpoint's
+        where its rates were kept (auto_scale_lr off now, or schedules the rescale left as
+        they were), this run's where they were rescaled to it; None when not known (the
+        checkpoint has no record, or some optimizers were rescaled and others not)."""
+        old = saved.get('lr_scale') if isinstance(saved, dict) else None
+        old = float(old) if isinstance(old, (int, float)) and old > 0 else None
+        cfg = getattr(self.runner, 'auto_scale_lr', None)
+        if not (isinstance(cfg, dict) and cfg.get('enable', False)):
+            return old                    # the checkpoint's rates, as they came
+        if old is None:
+            return None
+        if factor == 1.0 or rescaled == 'all':
+            return self._lr_scale()
+        return old if rescaled == 'none' else None
 
     def _lr_factor(self, saved) -> float:
         """By how much this run's ``auto_scale_lr`` factor differs from the one of the run
@@ -359,8 +381,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             if not (isinstance(old_length, int) and old_length > 0):
                 old_length = len(self.dataloader)
             factor = self._lr_factor(saved)
+            rescaled = None
             if old_length != len(self.dataloader) or factor != 1.0:
-                self._rescale_schedulers(old_length, len(self.dataloader), skip, factor)
+                rescaled = self._rescale_schedulers(old_length, len(self.dataloader), skip,
+                                                    factor)
+            self._carried_lr_scale = self._scale_after_resume(saved, factor, rescaled)
         if (self._iter > 0 and self._epoch <= self._max_epochs and skip == 0
                 and isinstance(saved, dict) and self._saved_done(saved) == 0):
             # (the last epoch's checkpoint too: its validation may be the one cut short)
@@ -453,7 +478,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         return out, None
 
     def _rescale_schedulers(self, old_length: int, new_length: int, skip: int,
-                            lr_factor: float = 1.0) -> None:
+                            lr_factor: float = 1.0) -> str:
         """Put the parameter schedules written per epoch on this run's epoch length, and the
         learning rates on this run's ``auto_scale_lr`` factor.
 
@@ -485,7 +510,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         written in iterations are replayed too when the iteration count this run goes on
         from is the replay's (the same epoch length and no epoch restarted). An optimizer
         without schedules has its rates multiplied by ``lr_factor``; one whose schedules are
-        kept as the checkpoint has them keeps its rates too (the warning says so)."""
+        kept as the checkpoint has them keeps its rates too (the warning says so).
+
+        Returns:
+            whether the learning rates were rescaled by ``lr_factor``: ``'all'`` (also when
+            ``lr_factor`` is 1), ``'none'`` or ``'some'`` (of the optimizers)."""
         import torch
         from mmengine.registry import PARAM_SCHEDULERS
 
@@ -499,11 +528,13 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         scaled = lr_factor != 1.0
         kept = (' and learning rates (not rescaled for auto_scale_lr)' if scaled else '')
         notes = []
+        counts = dict(scaled=0, kept=0)       # optimizers whose rates were rescaled / kept
         lists, why_not = self._scheduler_lists()
         if why_not and (scaled or any(c.get('convert_to_iter_based', False) for c in
                                       scheduler_entries(self._scheduler_cfgs))):
             notes.append(f'not done: {why_not}; they keep the checkpoint\'s iteration counts'
                          + kept)
+            counts['kept'] += 1
         optimizers = self._optimizers()
         if scaled and not why_not:
             with_schedules = {id(self._inner(built[0].optimizer)) for _, built, _ in lists}
@@ -514,6 +545,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                             if isinstance(group.get(key), (int, float)):
                                 group[key] = group[key] * lr_factor
                     where_ = f' of optimizer {label!r}' if label else ''
+                    counts['scaled'] += 1
                     notes.append(f'no schedule{where_}: learning rate '
                                  f'{optimizer.param_groups[0]["lr"]:.4g} in the first '
                                  'parameter group')
@@ -525,11 +557,13 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 notes.append(f'not for the schedules{where_}: one is written in iterations '
                              '(by_epoch=False); they keep the checkpoint\'s iteration counts'
                              + kept)
+                counts['kept'] += 1
                 continue
             if any('ReduceOnPlateau' in type(s).__name__ for s in built):
                 notes.append(f'not for the schedules{where_}: a ReduceOnPlateau schedule '
                              'follows metrics, which cannot be replayed; they keep the '
                              'checkpoint\'s iteration counts' + kept)
+                counts['kept'] += 1
                 continue
             optimizer = self._inner(built[0].optimizer)
             names = sorted({s.param_name for s in built})
@@ -539,6 +573,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 notes.append(f'not for the schedules{where_} of {", ".join(names)}, which '
                              f'the {type(optimizer).__name__} groups do not hold; they keep '
                              'the checkpoint\'s iteration counts' + kept)
+                counts['kept'] += 1
                 continue
             keys = [tuple(g.get(f'initial_{n}', g.get(n)) for n in names)
                     for g in optimizer.param_groups]
@@ -591,6 +626,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     for key in ('lr', 'initial_lr'):
                         if isinstance(group.get(key), (int, float)):
                             group[key] = group[key] * lr_factor
+            counts['scaled'] += 1
             now = ', '.join(f'{n} {optimizer.param_groups[0][n]:.4g}' for n in names
                             if isinstance(optimizer.param_groups[0][n], (int, float)))
             notes.append(', '.join(f'{type(s).__name__} [{s.begin}, {s.end})' for s in built)
@@ -608,6 +644,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 'ResumableEpochBasedTrainLoop: ' + ' and '.join(changed) + '; the parameter '
                 'schedules are rebuilt for this run (its epoch length and learning-rate '
                 f'scale) and advanced to iteration {target} of it: ' + '; '.join(notes))
+        if not scaled or not counts['kept']:
+            return 'all'
+        return 'none' if not counts['scaled'] else 'some'
 
     @staticmethod
     def _inner(optimizer):
