@@ -198,6 +198,47 @@ def test_code_running_checkpoint_is_refused(tmp_path):
     assert marker.exists()
 
 
+class _GetattrPayload:
+    """Pickles into ``getattr(OneCycleParamScheduler, <name>)`` for any name: the restricted
+    getattr must refuse everything but the two annealing functions."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+        return (getattr, (OneCycleParamScheduler, self.name))
+
+
+@pytest.mark.parametrize('strategy', ['cos', 'linear'])
+def test_checkpoint_with_a_one_cycle_scheduler_loads(tmp_path, strategy):
+    """mmengine's OneCycleLR keeps its annealing function in its state (a static method
+    pickled as getattr of the class): a run with it could not be resumed or tested without
+    STAN_MM_TRUST_CHECKPOINTS. It loads now, and the state resumes a scheduler; other
+    attributes of the class stay refused."""
+    from mmengine.optim.scheduler import OneCycleLR
+    from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+    from stan_mm.compat import UnsafeCheckpointError, safe_torch_load
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = OneCycleLR(opt, eta_max=0.01, total_steps=10, anneal_strategy=strategy)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    path = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': {}, 'param_schedulers': [sched.state_dict()]}, path)
+    state = safe_torch_load(path)['param_schedulers'][0]
+    assert state['anneal_func'] is getattr(OneCycleParamScheduler, f'_annealing_{strategy}')
+    fresh = OneCycleLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+                       eta_max=0.01, total_steps=10)
+    fresh.load_state_dict(state)
+    assert fresh.last_step == sched.last_step and fresh.anneal_func(0.0, 1.0, 0.5) == \
+        sched.anneal_func(0.0, 1.0, 0.5)
+    evil = tmp_path / 'evil.pth'
+    torch.save({'x': _GetattrPayload('__init__')}, evil)
+    with pytest.raises(UnsafeCheckpointError):
+        safe_torch_load(evil)
+
+
 def test_corrupt_checkpoints_are_named_as_such(tmp_path):
     """Empty, truncated and non-checkpoint files: an error naming the file and saying
     what is wrong, not the unpickler's 'invalid load key' or 'KeyError: <number>' (nor the

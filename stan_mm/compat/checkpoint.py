@@ -84,8 +84,15 @@ def _safe_globals() -> List[Any]:
         # HistoryBuffer pickles its statistics as bound methods, i.e. as calls of the
         # builtin ``getattr``; allowing that builtin would open every attribute of every
         # allowed object, so a restricted stand-in takes its name instead.
-        items += [(_history_buffer_getattr, name)
+        items += [(_restricted_getattr, name)
                   for name in ('builtins.getattr', '__builtin__.getattr')]
+    except ImportError:
+        pass
+    try:
+        # mmengine's OneCycle schedulers store their annealing function in their state
+        # (``anneal_func``, a static method reached through getattr of the class)
+        from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+        items.append(OneCycleParamScheduler)
     except ImportError:
         pass
     try:
@@ -99,17 +106,30 @@ def _safe_globals() -> List[Any]:
 _HISTORY_STATS = frozenset({'min', 'max', 'mean', 'current'})
 
 
-def _history_buffer_getattr(obj, name):
-    """``getattr`` restricted to the statistics methods of mmengine's ``HistoryBuffer``."""
+_ONE_CYCLE_ANNEALING = frozenset({'_annealing_cos', '_annealing_linear'})
+
+
+def _restricted_getattr(obj, name):
+    """``getattr`` restricted to what mmengine's checkpoints pickle as bound methods: the
+    statistics methods of ``HistoryBuffer`` (message hub) and the annealing functions of
+    ``OneCycleParamScheduler`` (a OneCycleLR / OneCycleMomentum scheduler's state)."""
     from mmengine.logging.history_buffer import HistoryBuffer
     # ``_statistics_methods`` is filled when the first HistoryBuffer is created, so in a fresh
     # process it can still be empty: the built-in statistics are always allowed.
     allowed = _HISTORY_STATS | set(HistoryBuffer._statistics_methods)
     if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and name in allowed:
         return getattr(obj, name)
+    try:
+        from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+    except ImportError:      # pragma: no cover - an mmengine without it
+        OneCycleParamScheduler = None
+    if (OneCycleParamScheduler is not None and obj is OneCycleParamScheduler
+            and name in _ONE_CYCLE_ANNEALING):
+        return getattr(obj, name)
     raise pickle.UnpicklingError(
         f'checkpoint asks for attribute {name!r} of a {type(obj).__name__}; only the '
-        f'statistics methods of mmengine HistoryBuffer are allowed')
+        f'statistics methods of mmengine HistoryBuffer and the annealing functions of '
+        f'its OneCycle schedulers are allowed')
 
 
 def _trusted() -> bool:
