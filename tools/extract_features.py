@@ -35,8 +35,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config', help='config file of the model')
     p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
-    p.add_argument('--videos', help='folder of videos (scanned recursively) or a text file '
-                   'with one video path per line (relative to the file\'s folder)')
+    p.add_argument('--videos', help='folder of videos (scanned recursively), one video file, '
+                   'or a text file with one video path per line (relative to the file\'s '
+                   'folder)')
     p.add_argument('--texts', help='text file, one text (caption, query) per line: row i of '
                    'texts.npy is line i + 1, so blank lines are refused (but at the end)')
     p.add_argument('--split', choices=['train', 'val', 'test'],
@@ -75,9 +76,23 @@ def parse_args(argv=None):
     for name in ('batch_size', 'shard_size'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.num_workers < 0:
+        p.error('--num-workers must be >= 0 (0: decode videos in the main process)')
     if args.limit is not None and args.limit < 1:
         p.error('--limit must be >= 1')
     return args
+
+
+def check_paths(args) -> None:
+    """Refuse, before the model is loaded, the files and folders the run could not use:
+    a missing CONFIG, CHECKPOINT or --texts file (or a folder given for one), an --out
+    that is a file or cannot be created (CommandLineError, naming the argument)."""
+    from stan_mm.utils.cli import check_input_file, check_output_dir
+    check_input_file(args.config, 'CONFIG', 'config file')
+    check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
+    if args.texts:
+        check_input_file(args.texts, '--texts', 'text file (one text per line)')
+    check_output_dir(args.out, '--out')
 
 
 def read_texts(path: str):
@@ -112,9 +127,22 @@ def _run(args, log) -> int:
     from stan_mm.apis import init_model, list_videos, loaded_model_key
     from stan_mm.apis.features import folder_lock, text_model_record
     from stan_mm.apis.video import split_items
+    check_paths(args)
+    videos, root, texts, t2v = [], osp.abspath('.'), None, None
+    if args.split is None:   # read the inputs before the model is loaded
+        # (OUT/texts.txt as --texts is fine: it is read whole before being rewritten)
+        target = osp.join(args.out, 'videos.txt')
+        if (args.videos and osp.isfile(args.videos) and osp.exists(target)
+                and osp.samefile(args.videos, target)):
+            raise ValueError(f'{args.videos} is the videos.txt this tool writes into --out '
+                             f'{args.out} (paths relative to the videos\' root, rewritten by '
+                             f'each run): copy it elsewhere first, or choose another --out')
+        if args.videos:
+            root, videos = list_videos(args.videos, option='--videos')
+        if args.texts:
+            texts = read_texts(args.texts)
     model = init_model(args.config, args.checkpoint, args.device, args.cfg_options,
                        need_classnames=False)
-    videos, root, texts, t2v = [], osp.abspath('.'), None, None
     if args.split is not None:
         videos, texts, t2v = split_items(model.cfg, args.split)
         log(f'{args.split} split: {len(videos)} videos, {len(texts)} captions')
@@ -124,18 +152,6 @@ def _run(args, log) -> int:
             if texts is None:
                 raise ValueError(f'--skip-videos: the {args.split} split has no captions')
             videos, t2v = [], None
-    else:
-        # (OUT/texts.txt as --texts is fine: it is read whole before being rewritten)
-        target = osp.join(args.out, 'videos.txt')
-        if (args.videos and osp.isfile(args.videos) and osp.exists(target)
-                and osp.samefile(args.videos, target)):
-            raise ValueError(f'{args.videos} is the videos.txt this tool writes into --out '
-                             f'{args.out} (paths relative to the videos\' root, rewritten by '
-                             f'each run): copy it elsewhere first, or choose another --out')
-        if args.videos:
-            root, videos = list_videos(args.videos)
-        if args.texts:
-            texts = read_texts(args.texts)
     key = loaded_model_key(model, args.checkpoint, args.views)
     extra = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                  cfg_options=args.cfg_options, source=args.split or args.videos,

@@ -757,6 +757,32 @@ def _rebase(old_root: str, rel: str, new_root: str) -> str:
 _HELD: set = set()   # folders this process holds (the lock is re-entrant per process)
 
 
+def make_feature_folder(out_dir: str) -> str:
+    """Create the feature folder ``out_dir`` (and its parents) if missing.
+
+    Raises:
+        FeatureWriteError: ``out_dir`` (or a folder above it) is a file, or the folder
+            cannot be created (the OS reason is named), instead of the OS error's traceback.
+    """
+    if osp.isdir(out_dir):
+        return out_dir
+    if osp.lexists(out_dir):
+        raise FeatureWriteError(out_dir, f'the feature folder {out_dir!r} is a file, not a '
+                                f'folder: give a folder (it is created when missing)')
+    above = osp.dirname(osp.abspath(out_dir))
+    while above and not osp.exists(above) and osp.dirname(above) != above:
+        above = osp.dirname(above)
+    if osp.exists(above) and not osp.isdir(above):
+        raise FeatureWriteError(out_dir, f'the feature folder {out_dir!r} cannot be created: '
+                                f'{above!r} is a file, not a folder')
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise FeatureWriteError(out_dir, f'the feature folder {out_dir!r} cannot be created: '
+                                f'{e.strerror or e}') from None
+    return out_dir
+
+
 @contextlib.contextmanager
 def folder_lock(out_dir: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the folder ``out_dir`` itself (released by the OS even
@@ -764,9 +790,10 @@ def folder_lock(out_dir: str) -> Iterator[None]:
     two runs never write one folder at once: one would delete the other's partial results.
     A second process is refused at once with :class:`FeatureFolderError`; the same process
     may nest it. Where the file system has no locks, the run goes on unlocked (a warning).
-    The folder is created if needed.
+    The folder is created if needed (:func:`make_feature_folder`: a path that is a file,
+    or one that cannot be created, raises :class:`FeatureWriteError` naming it).
     """
-    os.makedirs(out_dir, exist_ok=True)
+    make_feature_folder(out_dir)
     key = osp.realpath(out_dir)
     try:
         import fcntl
@@ -841,7 +868,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     from .inference import model_kind
     from .video import VideoPipeline, check_views
     check_views(model_kind(model), views)
-    os.makedirs(out_dir, exist_ok=True)
+    make_feature_folder(out_dir)
     videos = list(videos or [])
     texts = None if texts is None else list(texts)
     if text_to_video is not None and (texts is None or len(text_to_video) != len(texts)):

@@ -29,6 +29,9 @@ def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
     from stan_mm.models.heads import load_classnames
     if not isinstance(value, str):
         return load_classnames(list(value))
+    if osp.isdir(value):
+        raise ValueError(f'--classnames {value!r} is a folder; give the class names file (one '
+                         f'name per line), or names separated by commas')
     if osp.isfile(value):
         return load_classnames(value)
     if ',' not in value and value.endswith('.txt'):
@@ -89,8 +92,11 @@ def recognize(model, video: str, views: Optional[str] = None,
               classnames: Optional[List[str]] = None,
               templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tuple[List[str], np.ndarray]:
     """``video`` -> (class names, scores ``[C]`` float64 summing to 1); see the module
-    docstring. Raises ``VideoReadError`` naming the file when it cannot be read."""
+    docstring. Raises ``VideoReadError`` naming the file when it cannot be read, and
+    ``ValueError`` when ``video`` is a folder (the reader would look for ``<folder>.mp4``)."""
     from .video import VideoPipeline, check_views
+    if isinstance(video, str) and osp.isdir(video):
+        raise ValueError(f'{video!r} is a folder; give the video file')
     check_views(model_kind(model), views)
     names = class_labels(model, classnames)
     sample = VideoPipeline(model.cfg, views)(video)

@@ -38,16 +38,43 @@ def _storable(path: str) -> bool:
     return True
 
 
-def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS) -> Tuple[str, List[str]]:
+def _read_video_list(source: str, exts: Sequence[str], option: str = '') -> List[str]:
+    """The paths of a list file (blank and ``#`` lines skipped). A file that is not UTF-8
+    text (an image, a video with another extension) raises ``ValueError`` naming it (after
+    ``option``, the tool's flag, when given)."""
+    name = f'{option} {source!r}' if option else repr(source)
+
+    def not_a_list(why: str) -> ValueError:
+        return ValueError(f'{name} is neither a folder, a video (a file ending in '
+                          f'{", ".join(exts)}) nor a UTF-8 text list of videos ({why})')
+    try:
+        with open(source, encoding='utf-8-sig') as f:   # a BOM is not part of the path
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise not_a_list(f'byte {e.object[e.start]:#04x} at position {e.start} is not '
+                         f'UTF-8') from None
+    except OSError as e:
+        raise ValueError(f'{name}: cannot read the video list: {e.strerror or e}') from None
+    nul = text.find('\x00')
+    if nul >= 0:
+        raise not_a_list(f'it holds NUL bytes, from position {nul}')
+    return [ln.strip() for ln in text.split('\n')   # (as the lines of the file)
+            if ln.strip() and not ln.lstrip().startswith('#')]
+
+
+def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS,
+                option: str = '') -> Tuple[str, List[str]]:
     """Videos to process: ``(root, paths)``, each path relative to ``root`` unless absolute.
 
     ``source`` is either a folder, scanned recursively for files with a video extension
     (``exts``, case-insensitive; hidden files and folders skipped; symbolic links to
-    folders not followed; sorted), or a text file listing one video per line (blank lines
-    and lines starting with ``#`` ignored; relative paths are relative to the list file's
-    folder; order kept). A file name that cannot be written as one UTF-8 line of
-    ``videos.txt`` (a line break, bytes that are not UTF-8) is refused before anything is
-    embedded.
+    folders not followed; sorted), one video file (a file with a video extension), or a
+    UTF-8 text file listing one video per line (blank lines and lines starting with ``#``
+    ignored; relative paths are relative to the list file's folder; order kept; any other
+    file, e.g. an image, raises ``ValueError`` naming it). A file name that cannot be
+    written as one UTF-8 line of ``videos.txt`` (a line break, bytes that are not UTF-8) is
+    refused before anything is embedded. ``option``: the tool's flag for ``source``, named
+    in the messages.
     """
     if osp.isdir(source):
         root = osp.abspath(source)
@@ -71,8 +98,9 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS) -> Tuple[str, Lis
         return root, sorted(found)
     if osp.isfile(source):
         root = osp.dirname(osp.abspath(source))
-        with open(source, encoding='utf-8-sig') as f:   # a BOM is not part of the path
-            paths = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith('#')]
+        if source.lower().endswith(tuple(e.lower() for e in exts)):   # one video
+            return root, [osp.basename(source)]
+        paths = _read_video_list(source, exts, option)
         if not paths:
             raise ValueError(f'{source}: the video list is empty (expected one video path '
                              f'per line)')

@@ -83,7 +83,14 @@ class InputError(Exception):
     """A problem with a user-supplied file; reported without a traceback."""
 
 
-def load_matrix(path: str, what: str) -> np.ndarray:
+def check_not_folder(path: str, flag: str, what: str) -> None:
+    """Refuse a folder given for the .npy file of ``flag`` (not "does not exist")."""
+    if os.path.isdir(path):
+        raise InputError(f'{flag} {path!r} is a folder; give the {what} .npy file')
+
+
+def load_matrix(path: str, what: str, flag: str) -> np.ndarray:
+    check_not_folder(path, flag, what.split(' (')[0])
     if not os.path.isfile(path):
         raise InputError(f'{what} file {path!r} does not exist')
     try:
@@ -99,9 +106,10 @@ def load_matrix(path: str, what: str) -> np.ndarray:
 
 
 def load_inputs(args):
-    sim = load_matrix(args.sim, 'similarity (--sim)')
+    sim = load_matrix(args.sim, 'similarity (--sim)', '--sim')
     num_texts, num_videos = sim.shape
     path = args.text_to_video
+    check_not_folder(path, '--text-to-video', 'text-to-video')
     if not os.path.isfile(path):
         raise InputError(f'text-to-video file {path!r} does not exist')
     try:
@@ -119,7 +127,7 @@ def load_inputs(args):
                          'must be [num_texts, num_videos] with texts as rows')
     bank = None
     if args.qb_norm is not None:
-        bank = load_matrix(args.qb_norm, 'querybank (--qb-norm)')
+        bank = load_matrix(args.qb_norm, 'querybank (--qb-norm)', '--qb-norm')
         if bank.shape[1] != num_videos:
             raise InputError(f'querybank file {args.qb_norm!r} has {bank.shape[1]} columns but '
                              f'{args.sim!r} has {num_videos} videos; the bank must hold '

@@ -11,6 +11,9 @@ replaces the class list of a text-classifier head: zero-shot recognition of clas
 model was not trained on. A retrieval config scores --classnames with its text tower
 (prompts "a video of {}.", --template to change). A linear head only takes --classnames as
 the names of its own classes.
+
+A mistake in the input (a missing or unreadable video, a folder given for a file, a class
+list that does not fit) ends with one line, "recognize: error: ...", and exit status 2.
 """
 import argparse
 import os.path as osp
@@ -44,13 +47,33 @@ def parse_args(argv=None):
     return args
 
 
+def check_paths(args) -> None:
+    """Refuse, before the model is loaded, a missing CONFIG or CHECKPOINT, or a folder
+    given for one of them or for VIDEO, a missing VIDEO ('abc' may name 'abc.mp4', as for
+    DecordInit; URLs are left to the reader) (CommandLineError, naming the argument)."""
+    from stan_mm.utils.cli import CommandLineError, check_input_file
+    check_input_file(args.config, 'CONFIG', 'config file')
+    check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
+    video = args.video
+    if osp.isdir(video):
+        raise CommandLineError(f'VIDEO {video!r} is a folder; give the video file')
+    bare = osp.splitext(video)[0] == video   # 'abc' is read as 'abc.mp4'
+    if ('://' not in video and not osp.exists(video)
+            and not (bare and osp.isfile(video + '.mp4'))):
+        raise CommandLineError(f'VIDEO {video!r}: video file not found')
+
+
 def main(argv=None) -> int:
+    """Exit status 0, or 2 after a one-line ``recognize: error: ...`` for a mistake in the
+    input: a missing or unreadable video, config or checkpoint, a bad class list."""
     args = parse_args(argv)
     import stan_mm  # noqa: F401
     from stan_mm.apis import ModelLoadError
+    from stan_mm.datasets.transforms.video_io import VideoReadError
     try:
+        check_paths(args)
         return run(args)
-    except (ModelLoadError, FileNotFoundError, ValueError) as e:
+    except (ModelLoadError, VideoReadError, FileNotFoundError, ValueError) as e:
         print(f'recognize: error: {e}', file=sys.stderr)
         return 2
 
@@ -61,7 +84,6 @@ def run(args) -> int:
     from stan_mm.apis.recognition import (DEFAULT_TEMPLATES, apply_classnames,
                                           missing_classnames_file, parse_classnames)
     from stan_mm.apis.report import format_table
-    from stan_mm.datasets.transforms.video_io import VideoReadError
 
     names = parse_classnames(args.classnames) if args.classnames else None
     cfg = load_config(args.config, args.cfg_options)
@@ -73,12 +95,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     model = init_model(cfg, args.checkpoint, args.device)
-    try:
-        labels, scores = recognize(model, args.video, views=args.views, classnames=names,
-                                   templates=args.template or DEFAULT_TEMPLATES)
-    except VideoReadError as e:
-        print(f'recognize: error: {e}', file=sys.stderr)
-        return 1
+    labels, scores = recognize(model, args.video, views=args.views, classnames=names,
+                               templates=args.template or DEFAULT_TEMPLATES)
     order = np.argsort(-scores, kind='stable')[:args.top_k]
     print(f'video: {args.video} ({len(labels)} classes, views: '
           f'{args.views or "from the config"})')

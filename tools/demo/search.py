@@ -16,6 +16,8 @@ tools/analysis/eval_retrieval.py --sim expects) with SIM.queries.txt and SIM.vid
 naming its rows and columns.
 """
 import argparse
+import contextlib
+import os
 import os.path as osp
 import sys
 
@@ -36,7 +38,9 @@ def parse_args(argv=None):
                    'refused (but at the end)')
     p.add_argument('--top-k', type=int, default=5, help='results per query (default 5)')
     p.add_argument('--html', help='write an HTML page with frame thumbnails here')
-    p.add_argument('--thumbnails', type=int, default=4, help='frames per video in the HTML')
+    p.add_argument('--thumbnails', type=int, default=4,
+                   help='frames per video in the HTML page, >= 1 (default 4); leave out '
+                   '--html for no page')
     p.add_argument('--cache', help='cache folder (default: GALLERY/.stan_mm_cache)')
     p.add_argument('--save-sim', metavar='SIM.npy',
                    help='write the query x video similarity matrix (.npy)')
@@ -57,13 +61,70 @@ def parse_args(argv=None):
             p.error(f'--queries {args.queries!r}: cannot read it ({e})')
     if not args.query:
         p.error('give at least one --query "text" (or --queries FILE)')
+    blank = [i + 1 for i, q in enumerate(args.query) if not q.strip()]
+    if blank:
+        p.error(f'--query number {", ".join(map(str, blank))} is blank: give the text to '
+                f'search for (a blank query would rank the gallery by nothing)')
     if args.top_k < 1:
         p.error('--top-k must be >= 1')
+    if args.thumbnails < 1:
+        p.error('--thumbnails must be >= 1 (frames per video in the HTML page; leave out '
+                '--html for no page)')
+    if args.batch_size < 1:
+        p.error('--batch-size must be >= 1')
+    if args.num_workers < 0:
+        p.error('--num-workers must be >= 0 (0: decode videos in the main process)')
     if not osp.isdir(args.gallery):
         p.error(f'--gallery {args.gallery!r} is not a folder')
     if args.save_sim and not args.save_sim.endswith('.npy'):
         p.error('--save-sim must end with .npy')
     return args
+
+
+def sim_files(save_sim: str):
+    """The files --save-sim SIM.npy writes: SIM.npy, SIM.queries.txt, SIM.videos.txt."""
+    stem = save_sim[:-4]
+    return save_sim, stem + '.queries.txt', stem + '.videos.txt'
+
+
+def check_paths(args) -> None:
+    """Refuse, before the model is loaded, the inputs and outputs the run could not use:
+    a missing CONFIG or CHECKPOINT (or a folder given for one), a --cache that is a file or
+    cannot be created, an --html or --save-sim path that is a folder or in a folder that
+    cannot be created, a gallery without videos (CommandLineError or ValueError, naming the
+    argument)."""
+    from stan_mm.apis.search import CACHE_DIRNAME
+    from stan_mm.apis.video import list_videos
+    from stan_mm.utils.cli import check_input_file, check_output_dir, check_output_file
+    check_input_file(args.config, 'CONFIG', 'config file')
+    check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
+    if args.cache is not None:
+        check_output_dir(args.cache, '--cache')
+    else:
+        check_output_dir(osp.join(args.gallery, CACHE_DIRNAME),
+                         'the gallery cache (choose another with --cache)')
+    if args.html:
+        probe_output_file(check_output_file(args.html, '--html'), '--html')
+    if args.save_sim:
+        for path in sim_files(args.save_sim):
+            probe_output_file(check_output_file(path, '--save-sim'), '--save-sim')
+    list_videos(args.gallery, option='--gallery')   # (again in search_gallery: cheap)
+
+
+def probe_output_file(path: str, flag: str) -> None:
+    """Open ``path`` for appending (a new file is removed again): refuses, before any
+    work, a place where no file can be made (``/proc``, a read-only mount) that
+    :func:`~stan_mm.utils.cli.check_output_file` cannot tell (e.g. when run as root)."""
+    from stan_mm.utils.cli import CommandLineError
+    existed = osp.lexists(path)
+    try:
+        with open(path, 'a', encoding='utf-8'):
+            pass
+    except OSError as e:
+        raise CommandLineError(f'{flag} {path!r}: cannot write it: '
+                               f'{e.strerror or e}') from None
+    if not existed:
+        os.remove(path)
 
 
 def main(argv=None) -> int:
@@ -73,6 +134,7 @@ def main(argv=None) -> int:
     from stan_mm.apis.features import sigterm_as_interrupt
     from stan_mm.datasets.transforms.video_io import VideoReadError
     try:
+        check_paths(args)
         with sigterm_as_interrupt():   # Slurm preemption, kill: save, as on Ctrl-C
             return run(args)
     except (FeatureFolderError, ModelLoadError, VideoReadError, FileNotFoundError,
@@ -117,22 +179,36 @@ def run(args) -> int:
         print(format_table(query, res.sim[q, order], [names[i] for i in order]))
         print()
     if args.save_sim:
-        np.save(args.save_sim, res.sim.astype(np.float32))
-        stem = args.save_sim[:-4]
-        with open(stem + '.queries.txt', 'w', encoding='utf-8') as f:
+        sim_path, queries_path, videos_path = sim_files(args.save_sim)
+        with writing(sim_path, '--save-sim'):
+            np.save(sim_path, res.sim.astype(np.float32))
+        with writing(queries_path, '--save-sim'), open(queries_path, 'w',
+                                                       encoding='utf-8') as f:
             f.writelines(' '.join(q.splitlines()) + '\n' for q in res.queries)
-        with open(stem + '.videos.txt', 'w', encoding='utf-8') as f:
+        with writing(videos_path, '--save-sim'), open(videos_path, 'w',
+                                                      encoding='utf-8') as f:
             f.writelines(p + '\n' for p in res.video_paths)
-        log(f'wrote {args.save_sim} {res.sim.shape} (rows: {stem}.queries.txt, columns: '
-            f'{stem}.videos.txt)')
+        log(f'wrote {sim_path} {res.sim.shape} (rows: {queries_path}, columns: '
+            f'{videos_path})')
     if args.html:
         page = search_html(res.queries, res.ranking, res.sim, res.video_paths, names,
                            subtitle=f'{args.config} | {args.checkpoint} | gallery {root} '
                            f'({len(names)} videos)', thumbs=args.thumbnails)
-        with open(args.html, 'w', encoding='utf-8') as f:
+        with writing(args.html, '--html'), open(args.html, 'w', encoding='utf-8') as f:
             f.write(page)
         log(f'wrote {args.html}')
     return 0
+
+
+@contextlib.contextmanager
+def writing(path: str, flag: str):
+    """An OSError while writing ``path`` (a full disk) as a one-line error naming it."""
+    from stan_mm.utils.cli import CommandLineError
+    try:
+        yield
+    except OSError as e:
+        raise CommandLineError(f'{flag} {path!r}: cannot write it: '
+                               f'{e.strerror or e}') from None
 
 
 if __name__ == '__main__':
