@@ -29,6 +29,17 @@ CONFIGS = {
 }
 
 
+def _positive_int(value: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {value!r}')
+    if number < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {value!r}')
+    return number
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--baseline', action='store_true',
@@ -37,7 +48,8 @@ def parse_args(argv=None):
                    'its results go to work_dirs/quickstart/<config name>')
     p.add_argument('--work-dir', help='default: work_dirs/quickstart/<stan|meanpool|config '
                    'name>')
-    p.add_argument('--epochs', type=int, help='override the number of training epochs')
+    p.add_argument('--epochs', type=_positive_int,
+                   help='override the number of training epochs (>= 1)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, e.g. train_dataloader.batch_size=8 (the '
                    'dataset itself, e.g. its size or motion pairs, is set in '
@@ -46,6 +58,14 @@ def parse_args(argv=None):
     if args.baseline and args.config:
         p.error('--baseline runs configs/quickstart/motion_meanpool_tiny.py; with --config '
                 'the config alone decides the model: drop one of the two')
+    from stan_mm.utils.cli import CommandLineError, check_input_file, check_output_dir
+    try:
+        if args.config:
+            check_input_file(args.config, '--config', 'config file')
+        if args.work_dir:
+            check_output_dir(args.work_dir, '--work-dir')
+    except CommandLineError as e:
+        p.error(str(e))
     return args
 
 

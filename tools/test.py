@@ -80,9 +80,24 @@ def merge_args(cfg, args):
     return cfg
 
 
+def check_outputs(cfg, args) -> None:
+    """Refuse, before any work, output paths that cannot be written: the work dir a file,
+    ``--dump`` a folder or in a folder that cannot be made (see :mod:`stan_mm.utils.cli`;
+    missing folders are created)."""
+    from stan_mm.utils.cli import check_output_dir, check_output_file
+    if '://' not in str(cfg.work_dir):
+        check_output_dir(cfg.work_dir, '--work-dir' if args.work_dir is not None
+                         else 'work_dir (from the config)')
+    if args.dump is not None:
+        check_output_file(args.dump, '--dump')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    from stan_mm.utils.cli import check_input_file
+    check_input_file(args.config, 'CONFIG', 'config file')
     cfg = merge_args(Config.fromfile(args.config), args)
+    check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     check_qb_norm_banks(cfg, args.checkpoint)   # a QB-Norm bank of another model is refused
     runner = Runner.from_cfg(cfg)
     # mmengine's load_from only warns on a mismatch and would test random weights

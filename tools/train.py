@@ -67,7 +67,7 @@ def merge_args(cfg, args):
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, check_auto_resume(cfg.work_dir)
     elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
+        cfg.resume, cfg.load_from = True, check_resume_path(args.resume)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     # (mmengine's Config.setdefault stores a converted copy of a missing default, so what
@@ -117,6 +117,36 @@ def merge_args(cfg, args):
     warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')
     return cfg
+
+
+def check_resume_path(path: str) -> str:
+    """``--resume PATH``: a local file path must name a checkpoint file (mmengine would
+    fail deep inside with a traceback); a URL (``scheme://``) is left to mmengine.
+
+    Raises:
+        CommandLineError: naming ``--resume`` and the path.
+    """
+    if '://' in path:
+        return path
+    from stan_mm.utils.cli import CommandLineError
+    if osp.isdir(path):
+        raise CommandLineError(f'--resume {path!r} is a folder; give the checkpoint file (a '
+                               f'.pth file written by tools/train.py), or --resume without a '
+                               f'value for the latest checkpoint of the work dir')
+    if not osp.isfile(path):
+        raise CommandLineError(f'--resume: checkpoint not found: {path!r} (give the path of a '
+                               f'.pth file written by tools/train.py, or --resume without a '
+                               f'value for the latest checkpoint of the work dir)')
+    return path
+
+
+def check_outputs(cfg, args) -> None:
+    """Refuse, before any work, a work dir that cannot be a folder (a file; see
+    :mod:`stan_mm.utils.cli`; a missing one is created)."""
+    from stan_mm.utils.cli import check_output_dir
+    if '://' not in str(cfg.work_dir):
+        check_output_dir(cfg.work_dir, '--work-dir' if args.work_dir is not None
+                         else 'work_dir (from the config)')
 
 
 def check_auto_resume(work_dir: str):
@@ -192,7 +222,10 @@ def work_dir_lock(work_dir: str):
 
 def main(argv=None):
     args = parse_args(argv)
+    from stan_mm.utils.cli import check_input_file
+    check_input_file(args.config, 'CONFIG', 'config file')
     cfg = merge_args(Config.fromfile(args.config), args)
+    check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     with work_dir_lock(cfg.work_dir):
         runner = Runner.from_cfg(cfg)
         runner.train()

@@ -78,7 +78,7 @@ __all__ = [
     'COLOURS', 'SIZES', 'BACKGROUNDS', 'class_names', 'make_video_specs', 'render_background',
     'shape_polygon',
     'render_video', 'write_video', 'generate_motion_dataset', 'load_meta',
-    'load_video_records', 'paired_direction_accuracy',
+    'load_video_records', 'paired_direction_accuracy', 'SyntheticDatasetExistsError',
 ]
 
 FORMAT_VERSION = 2  # 2: larger shapes and moves (a from-scratch tiny model learns them)
@@ -91,6 +91,12 @@ _STREAM_SPLIT, _STREAM_CONTENT, _STREAM_CAPTION = 0, 1, 2
 
 _MARGIN = 0.04  # distance kept between a shape and the frame border, fraction of the side
 _SUBPIXEL_BITS = 4  # cv2.fillPoly fractional bits: positions quantised to 1/16 pixel
+
+
+class SyntheticDatasetExistsError(FileExistsError):
+    """The output folder of :func:`generate_motion_dataset` holds something else than this
+    dataset (a file, or another dataset or other files); the message says what to do.
+    Command-line tools print it as a one-line user error."""
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -726,9 +732,9 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
         overwrite = True
     if osp.exists(out_dir) and not overwrite:
         if not osp.isdir(out_dir):
-            raise FileExistsError(f'{out_dir} exists and is not a directory')
+            raise SyntheticDatasetExistsError(f'{out_dir} exists and is not a directory')
         if os.listdir(out_dir):
-            raise FileExistsError(
+            raise SyntheticDatasetExistsError(
                 f'{out_dir} is not empty and does not hold this synthetic dataset ({reason}). '
                 'Delete it (the quickstart configs then regenerate it on first use), pass '
                 'overwrite=True (tools/data/make_synthetic.py: --overwrite) to replace it, or '

@@ -2,7 +2,8 @@
 
 ``tools/train.py`` and ``tools/test.py`` run through :func:`run_tool`: an error that
 stan-mm raises about the user's input (a bad annotation line, weights that do not fit, an
-unreadable video, an unsafe or damaged checkpoint, test views the config cannot take) ends the tool with its message on one
+unreadable video, an unsafe or damaged checkpoint, test views the config cannot take, a
+synthetic dataset folder that holds something else) ends the tool with its message on one
 line of stderr and exit status 2, instead of a page of mmengine traceback with the message
 at the bottom. Bugs (any other exception) keep their traceback, and ``STAN_TRACEBACK=1``
 shows it for these errors too.
@@ -28,13 +29,15 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.apis.video import ViewsError
     from stan_mm.compat.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
     from stan_mm.datasets.readers_common import AnnotationError
+    from stan_mm.datasets.synthetic import SyntheticDatasetExistsError
     from stan_mm.datasets.transforms.video_io import VideoReadError
     from stan_mm.models.clip.builder import (CLIPArchMismatchError, CLIPArchMissingError,
                                              CLIPKeysMismatchError)
     from stan_mm.utils.checkpoint_check import CheckpointMismatchError
     return (AnnotationError, CLIPArchMismatchError, CLIPArchMissingError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
-            VideoReadError, ViewsError, CommandLineError, BankMismatchError)
+            VideoReadError, ViewsError, CommandLineError, BankMismatchError,
+            SyntheticDatasetExistsError)
 
 
 def check_output_file(path: str, flag: str) -> str:
@@ -149,7 +152,9 @@ NUMERIC_OPTIONS = (
 def check_numeric_options(cfg) -> None:
     """Raise :class:`ConfigOptionError` listing the :data:`NUMERIC_OPTIONS` of ``cfg`` that
     are set to something else than a number: ``float`` any number, ``'whole'`` a whole
-    number (``30`` or ``30.0``), ``int`` an integer written as one (``8``, not ``8.0``)."""
+    number (``30`` or ``30.0``), ``int`` an integer written as one (``8``, not ``8.0``);
+    and the ``batch_size`` (< 1) and ``num_workers`` (< 0) of any ``*_dataloader`` out of
+    range (torch would fail deep inside the run)."""
     bad = []
     for path, kind in NUMERIC_OPTIONS:
         node = cfg
@@ -171,9 +176,33 @@ def check_numeric_options(cfg) -> None:
                     if number and float(node).is_integer() else 'an integer')
         if not ok:
             bad.append(f'{path}={node!r} (expected {want})')
+    out_of_range = []
+    for path, node in _loader_sizes(cfg):
+        if path in [b.split('=')[0] for b in bad]:
+            continue
+        least = 1 if path.endswith('.batch_size') else 0
+        if node < least:
+            out_of_range.append(f'{path}={node!r} (expected an integer >= {least})')
+    parts = []
     if bad:
-        raise ConfigOptionError('config entries that must be numbers are not: '
-                                + '; '.join(bad) + '. Check the --cfg-options values')
+        parts.append('config entries that must be numbers are not: ' + '; '.join(bad))
+    if out_of_range:
+        parts.append('config entries out of range: ' + '; '.join(out_of_range))
+    if parts:
+        raise ConfigOptionError('; '.join(parts) + '. Check the --cfg-options values')
+
+
+def _loader_sizes(cfg):
+    """``(path, value)`` of the ``batch_size`` and ``num_workers`` numbers (not bools) of
+    every top-level ``*_dataloader`` entry of ``cfg``."""
+    for key in list(cfg.keys()):
+        loader = cfg.get(key)
+        if not key.endswith('_dataloader') or not hasattr(loader, 'get'):
+            continue
+        for name in ('batch_size', 'num_workers'):
+            node = loader.get(name)
+            if isinstance(node, (int, float)) and not isinstance(node, bool):
+                yield f'{key}.{name}', node
 
 
 def route_evaluator_options(cfg, options: dict) -> dict:

@@ -33,6 +33,8 @@ keys. The public reproduction's conv temporal module was never defined, so only
 ``temporal_module='attn'`` checkpoints exist; stan-mm weights without a public
 counterpart (``level_proj``, conv modules) are reported as unmapped by the exporter.
 """
+import os
+import os.path as osp
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Tuple
 
@@ -184,14 +186,54 @@ def _state_dict_of(ckpt) -> Dict[str, Tensor]:
     return dict(ckpt)
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (the same real path, or, both existing,
+    the same inode: a hard link)."""
+    if osp.realpath(a) == osp.realpath(b):
+        return True
+    try:
+        return osp.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(in_path: str, out_path: str) -> None:
+    """Raise ``ValueError`` when ``out_path`` is ``in_path`` (writing would destroy it)."""
+    if same_file(in_path, out_path):
+        raise ValueError(f'output {out_path} would overwrite the input {in_path}; give '
+                         f'another output file')
+
+
+def save_atomic(obj, out_path: str) -> None:
+    """``torch.save(obj, out_path)`` through a temporary file in the same folder, renamed
+    over ``out_path`` once complete: a reader never sees a half-written file, and a failed
+    write leaves an existing ``out_path`` as it was."""
+    # (a name of its own per process, created with the usual permissions: mkstemp's
+    # would be 0600)
+    tmp = osp.join(osp.dirname(osp.abspath(out_path)),
+                   f'.{osp.basename(out_path)}.tmp-{os.getpid()}')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
                               ) -> ConversionReport:
     """Read a public STAN checkpoint, write a stan-mm checkpoint
     (``{'meta': {...}, 'state_dict': {...}}``), return the report.
 
-    Raises ``ValueError`` when nothing in the file looks like a public STAN checkpoint.
+    Raises ``ValueError`` when nothing in the file looks like a public STAN checkpoint, or
+    when ``out_path`` is ``in_path``. The file is written atomically (:func:`save_atomic`);
+    an existing ``out_path`` is replaced.
     """
     from stan_mm.compat import safe_torch_load
+    check_not_input(in_path, out_path)
     sd = _state_dict_of(safe_torch_load(in_path, map_location='cpu', trust=trust))
     out, report = public_to_mm(sd)
     if not any(k.startswith(VIDEO_PREFIX + 'visual.') for k in out):
@@ -199,10 +241,10 @@ def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
         raise ValueError(f'{in_path}: no public STAN video-tower keys found (expected '
                          f'backbone.patch_embedding.weight, backbone.layers.N.*, ...; the '
                          f'file starts with: {sample})')
-    torch.save({'meta': {'converted_from': str(in_path),
-                         'converter': 'stan_mm.utils.stan_convert.public_to_mm',
-                         'unmapped_keys': report.unmapped},
-                'state_dict': out}, out_path)
+    save_atomic({'meta': {'converted_from': str(in_path),
+                          'converter': 'stan_mm.utils.stan_convert.public_to_mm',
+                          'unmapped_keys': report.unmapped},
+                 'state_dict': out}, out_path)
     return report
 
 
@@ -211,7 +253,8 @@ def export_public_checkpoint(state_dict: Mapping[str, Tensor], out_path: str,
     """Write a stan-mm state dict in the public STAN layout (mmengine checkpoint).
 
     Raises ``ValueError`` (naming ``source``) when it holds no stan-mm video tower, e.g. a
-    checkpoint that is already in the public layout; nothing is written then."""
+    checkpoint that is already in the public layout; nothing is written then. The file is
+    written atomically (:func:`save_atomic`); an existing ``out_path`` is replaced."""
     sd = _state_dict_of(state_dict)
     if not any(k.startswith(VIDEO_PREFIX + 'visual.') for k in sd):
         sample = ', '.join(list(sd)[:5])
@@ -220,6 +263,6 @@ def export_public_checkpoint(state_dict: Mapping[str, Tensor], out_path: str,
                          f'with: {sample}). A checkpoint in the public layout converts the '
                          f'other way: drop --export.')
     out, report = mm_to_public(sd)
-    torch.save({'meta': {'converter': 'stan_mm.utils.stan_convert.mm_to_public',
-                         'unmapped_keys': report.unmapped}, 'state_dict': out}, out_path)
+    save_atomic({'meta': {'converter': 'stan_mm.utils.stan_convert.mm_to_public',
+                          'unmapped_keys': report.unmapped}, 'state_dict': out}, out_path)
     return report

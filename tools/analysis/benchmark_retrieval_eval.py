@@ -48,7 +48,38 @@ def parse_args(argv=None):
                              '(6.0 at dim 512 and 100k videos leaves R@1 well below 100)')
     parser.add_argument('--out', default='benchmark_retrieval_eval.json')
     parser.add_argument('--worker', choices=list(CONFIGS), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = check_args(args)
+    if problem:   # before any worker starts: one line, exit 2, no JSON written
+        parser.exit(2, f'{parser.prog}: error: {problem}\n')
+    return args
+
+
+def check_args(args):
+    """What is wrong with the numbers of ``args`` (one line), or None; and, outside a
+    worker, an ``--out`` that cannot be written (a folder, a folder through a file)."""
+    for flag, value in (('--num-texts', args.num_texts), ('--num-videos', args.num_videos),
+                        ('--dim', args.dim), ('--chunk-size', args.chunk_size),
+                        ('--threads', args.threads)):
+        if value < 1:
+            return f'{flag} must be >= 1, got {value}'
+    if args.num_texts < args.num_videos:
+        return (f'--num-texts must be >= --num-videos (every video needs a caption), got '
+                f'{args.num_texts} < {args.num_videos}')
+    qb = [c for c in (args.worker and [args.worker] or args.configs) if CONFIGS[c]['qb']]
+    if qb and args.bank < 1:
+        return f'--bank must be >= 1 for the querybank configs ({" ".join(qb)}), got {args.bank}'
+    if args.bank < 0:
+        return f'--bank must be >= 0, got {args.bank}'
+    if not args.noise >= 0:     # (also NaN)
+        return f'--noise must be >= 0, got {args.noise}'
+    if not args.worker:
+        from stan_mm.utils.cli import CommandLineError, check_output_file
+        try:
+            check_output_file(args.out, '--out')
+        except CommandLineError as e:
+            return str(e)
+    return None
 
 
 def _peak_mb() -> float:

@@ -37,14 +37,25 @@ def _views(value: str) -> int:
     return clips * crops
 
 
+def _positive_int(value: str) -> int:
+    """An argparse type: a whole number >= 1 (a size or a count)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {value!r}')
+    if number < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {value!r}')
+    return number
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config', nargs='?', help='config file (omit with --arch)')
-    p.add_argument('--shape', type=int, nargs=3, metavar=('T', 'H', 'W'),
+    p.add_argument('--shape', type=_positive_int, nargs=3, metavar=('T', 'H', 'W'),
                    help='frames and frame size of one view (default: test pipeline, '
                         'else 8 224 224)')
-    p.add_argument('--text-len', type=int, help='token length for the text tower '
+    p.add_argument('--text-len', type=_positive_int, help='token length for the text tower '
                    '(default: test pipeline context_length, else 32)')
     p.add_argument('--views', type=_views, metavar='N|CLIPSxCROPS',
                    help='views per video for the total line: a count (3) or CLIPSxCROPS as '
@@ -58,9 +69,9 @@ def parse_args(argv=None):
                    help='keep pretrained paths (by default they are stripped)')
     g = p.add_argument_group('CLIPSTAN without a config')
     g.add_argument('--arch', help="CLIP arch name, e.g. ViT-B-16, 'ViT-B/16', ViT-L-14")
-    g.add_argument('--frames', type=int, default=8)
-    g.add_argument('--image-size', type=int, help='input size: the arch built for it (more '
-                   'or fewer patches); default: the arch\'s own image size')
+    g.add_argument('--frames', type=_positive_int, default=8)
+    g.add_argument('--image-size', type=_positive_int, help='input size: the arch built for '
+                   'it (more or fewer patches); default: the arch\'s own image size')
     g.add_argument('--depth', type=int, default=4)
     g.add_argument('--temporal-module', default='attn', help="attn | conv | none")
     g.add_argument('--no-spatial', action='store_true', help='spatial_module=False')
@@ -126,6 +137,9 @@ def main(argv=None) -> int:
     if bool(args.config) == bool(args.arch):
         print('give either CONFIG or --arch', file=sys.stderr)
         return 2
+    if args.config:
+        from stan_mm.utils.cli import check_input_file
+        check_input_file(args.config, 'CONFIG', 'config file')
     views = None
     if args.arch:
         reports = _arch_report(args, args.device)

@@ -8,6 +8,11 @@ Prints every key it did not map. The output loads with ``load_from = 'OUT.pth'``
 retrieval model whose backbone is ``CLIPSTAN(depth=K, temporal_module='attn')`` (K as
 reported) and whose text backbone is ``CLIPTextEncoder``. ``--export`` does the inverse
 (stan-mm -> public layout). Key mapping: ``stan_mm/utils/stan_convert.py``.
+
+OUT must not be IN (refused: it would destroy the input). An existing OUT is replaced, as
+tools/convert/clip_to_mm.py does; the file is written to a temporary file next to it and
+renamed into place once complete, so OUT is never half-written and a failed run leaves an
+existing OUT as it was.
 """
 import argparse
 import pickle
@@ -15,8 +20,8 @@ import sys
 
 import stan_mm  # noqa: F401  (checkpoint-loading fixes)
 from stan_mm.compat import safe_torch_load
-from stan_mm.utils.cli import describe
-from stan_mm.utils.stan_convert import (convert_public_checkpoint,
+from stan_mm.utils.cli import check_output_file, describe
+from stan_mm.utils.stan_convert import (check_not_input, convert_public_checkpoint,
                                         export_public_checkpoint)
 
 
@@ -37,6 +42,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        check_not_input(args.src, args.dst)
+        check_output_file(args.dst, 'output')
         if args.export:
             report = export_public_checkpoint(
                 safe_torch_load(args.src, map_location='cpu', trust=args.trust), args.dst,
