@@ -275,3 +275,25 @@ def test_synthetic_folder_of_other_contents_is_a_user_error(tmp_path, capsys):
     line = one_line_error(capsys.readouterr().err, 'train.py: error: ')
     assert 'SyntheticDatasetExistsError' in line and str(other) in line
     assert os.listdir(other) == ['notes.txt']
+
+
+def test_amp_converts_plain_wrappers_and_names_the_others(tmp_path):
+    """--amp turns OptimWrapper / AmpOptimWrapper (scoped names too) into
+    AutoAmpOptimWrapper with bf16; another wrapper type is refused naming --amp (it got
+    a dtype it does not take and failed after the model was built with a bare TypeError)."""
+    train = load_tool('train.py')
+    args = train.parse_args([TINY, '--work-dir', str(tmp_path / 'w'), '--amp'])
+    for kind in (None, 'OptimWrapper', 'mmengine.OptimWrapper', 'AmpOptimWrapper',
+                 'AutoAmpOptimWrapper'):
+        cfg = Config.fromfile(TINY)
+        if kind is None:
+            cfg.optim_wrapper.pop('type', None)
+        else:
+            cfg.optim_wrapper.type = kind
+        out = train.merge_args(cfg, args)
+        assert out.optim_wrapper.type == 'AutoAmpOptimWrapper', kind
+        assert out.optim_wrapper.dtype == 'bfloat16'
+    cfg = Config.fromfile(TINY)
+    cfg.optim_wrapper.type = 'ApexOptimWrapper'
+    with pytest.raises(CommandLineError, match=r"--amp .*'ApexOptimWrapper'"):
+        train.merge_args(cfg, args)

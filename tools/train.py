@@ -60,9 +60,19 @@ def merge_args(cfg, args):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
+        from stan_mm.utils.cli import CommandLineError
         ow = cfg.optim_wrapper
-        if ow.get('type', 'OptimWrapper') in ('OptimWrapper', 'AmpOptimWrapper'):
+        kind = ow.get('type', 'OptimWrapper')
+        name = kind.rsplit('.', 1)[-1] if isinstance(kind, str) else getattr(
+            kind, '__name__', repr(kind))
+        if name in ('OptimWrapper', 'AmpOptimWrapper'):
             ow.type = 'AutoAmpOptimWrapper'
+        elif name != 'AutoAmpOptimWrapper':
+            raise CommandLineError(
+                f'--amp turns an optim_wrapper of type OptimWrapper or AmpOptimWrapper into '
+                f'AutoAmpOptimWrapper (bf16 autocast on CUDA, fp32 on CPU); this config\'s '
+                f'optim_wrapper.type is {kind!r}, which --amp cannot convert: leave --amp '
+                f'out and set that wrapper\'s mixed precision in the config')
         ow.setdefault('dtype', 'bfloat16')
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, check_auto_resume(cfg.work_dir)
