@@ -2,6 +2,9 @@
 the embedding APIs on a model without ``model.cfg`` or in training mode, integer frames in
 CLIPSTAN, and input checks of ``top_k``, the CLIP text encoder and the dense-similarity
 metrics. Tiny random-weight models only (CPU)."""
+import os.path as osp
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,26 +14,12 @@ from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
 from stan_mm.testing import tiny_clip, tiny_clip_cfg
 
+sys.path.insert(0, osp.dirname(__file__))
+from test_recognition import count_calls, text_head  # noqa: E402
+
 torch.set_num_threads(1)
 EMBED = tiny_clip_cfg()['embed_dim']
 SIZE, T = 32, 4
-
-
-def text_head(seed=3, **kwargs):
-    """A TextClassifierHead over the text tower of a tiny random CLIP."""
-    from stan_mm.models.clip import CLIPTextEncoder
-    encoder = CLIPTextEncoder.from_clip(tiny_clip(seed=seed),
-                                        frozen=not kwargs.get('finetune_text', False))
-    cfg = dict(type='TextClassifierHead', classnames=['walking', 'running', 'jumping'],
-               in_channels=EMBED, text_encoder=encoder)
-    cfg.update(kwargs)
-    return MODELS.build(cfg)
-
-
-def count_calls(module):
-    calls = []
-    module.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    return calls
 
 
 def retriever(seed=0, **backbone):
