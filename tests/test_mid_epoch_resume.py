@@ -11,6 +11,7 @@ is a new ``Runner`` loading the iteration checkpoint. The last test kills
 ``tools/train.py`` with SIGKILL on the tiny quickstart STAN with real videos, two persistent
 DataLoader workers and ``--deterministic``.
 """
+import contextlib
 import glob
 import json
 import itertools
@@ -129,13 +130,14 @@ class _Record(Hook):
 def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=True,
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
                 sampler=None, batch_size=None, train_cfg=None, stop_in_val=None,
-                optim_wrapper=None, save_best=None, extra_hooks=(), **runner_kwargs):
+                optim_wrapper=None, save_best=None, extra_hooks=(), model=None,
+                loader_extra=None, **runner_kwargs):
     loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
-                  collate_fn=dict(type='default_collate'))
+                  collate_fn=dict(type='default_collate'), **(loader_extra or {}))
     return Runner(
-        model=dict(type='_DropoutToyModel'),
+        model=model or dict(type='_DropoutToyModel'),
         work_dir=str(work_dir),
         experiment_name=f'mid_epoch_{next(_names)}',
         train_dataloader=loader,
@@ -1081,6 +1083,86 @@ def test_the_recorded_factor_is_the_one_the_rates_carry(tmp_path):
                            param_scheduler=EPOCH_SCHEDULE, resume_from=run / 'epoch_2.pth'))
     got = {**_lrs(off), **_lrs(on)}
     assert sorted(got) == [(e, b) for e in (1, 2) for b in range(PER_EPOCH)]
+    for pos, lr in got.items():
+        assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
+
+
+class _TwoOptimizerToy(BaseModel):
+    """Two linear layers, each with its own optimizer (an OptimWrapperDict)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 3)
+
+    def forward(self, inputs, idx=None, data_samples=None, mode='loss'):
+        return dict(loss=((self.b(self.a(inputs)) - 1) ** 2).mean())
+
+    def train_step(self, data, optim_wrapper):
+        data = self.data_preprocessor(data, True)
+        loss, log = self.parse_losses(self(**data))
+        for wrapper in optim_wrapper.values():
+            wrapper.zero_grad()
+        loss.backward()
+        for wrapper in optim_wrapper.values():
+            wrapper.step()
+        return log
+
+
+class _RecordEachOptimizer(Hook):
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.lrs = []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.lrs.append({k: w.optimizer.param_groups[0]['lr']
+                         for k, w in runner.optim_wrapper.items()})
+
+
+@pytest.mark.parametrize('schedules', [False, True], ids=['no_schedule', 'per_optimizer'])
+def test_auto_scale_lr_with_several_optimizers(tmp_path, schedules, monkeypatch):
+    """An OptimWrapperDict (itself an OptimWrapper) was taken for one optimizer and the
+    rescale failed on its names; each optimizer's rates now follow the new batch."""
+    monkeypatch.setattr(_Record, 'before_train_iter', lambda *a, **k: None)   # (one optimizer)
+    warm = [dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=2,
+                 convert_to_iter_based=True)]
+    extra = dict(param_scheduler=dict(a=warm, b=warm)) if schedules else {}
+
+    def run(work_dir, **kwargs):
+        from mmengine.optim import OptimWrapper
+        torch.manual_seed(0)
+        model = _TwoOptimizerToy()
+        wrappers = dict(a=OptimWrapper(torch.optim.SGD(model.a.parameters(), lr=0.1)),
+                        b=OptimWrapper(torch.optim.SGD(model.b.parameters(), lr=0.2)))
+        record = _RecordEachOptimizer()
+        runner = make_runner(work_dir, model=model, optim_wrapper=wrappers, by_epoch=True,
+                             auto_scale_lr=SCALE, extra_hooks=[record], **extra, **kwargs)
+        with contextlib.suppress(_Stopped):
+            runner.train()
+        return record.lrs
+
+    reference = run(tmp_path / 'ref', batch_size=3)
+    run(tmp_path / 'run', batch_size=2, stop_after=PER_EPOCH + 1)
+    got = run(tmp_path / 'run', batch_size=3, resume_from=tmp_path / 'run' / 'epoch_1.pth')
+    assert len(got) == 8 and got[0]['b'] == pytest.approx(2 * got[0]['a'])
+    for mine, want in zip(got, reference[4:]):
+        assert mine == pytest.approx(want, rel=1e-9)
+
+
+def test_auto_scale_lr_reads_the_batch_of_a_batch_sampler(tmp_path):
+    """With a batch_sampler in the DataLoader config torch sets DataLoader.batch_size to
+    None: the factor was 1 for every run and never carried across a resume."""
+    loader = dict(batch_sampler=dict(type=torch.utils.data.BatchSampler, drop_last=False))
+    reference = _lrs(train(make_runner(tmp_path / 'ref', batch_size=3, auto_scale_lr=SCALE,
+                                       param_scheduler=EPOCH_SCHEDULE)))
+    train(make_runner(tmp_path / 'run', batch_size=2, by_epoch=True, auto_scale_lr=SCALE,
+                      param_scheduler=EPOCH_SCHEDULE, stop_after=PER_EPOCH + 1,
+                      loader_extra=loader))
+    got = _lrs(train(make_runner(tmp_path / 'run', batch_size=3, by_epoch=True,
+                                 auto_scale_lr=SCALE, param_scheduler=EPOCH_SCHEDULE,
+                                 resume_from=tmp_path / 'run' / 'epoch_1.pth',
+                                 loader_extra=loader)))
+    assert len(got) == 8
     for pos, lr in got.items():
         assert lr == pytest.approx(reference[pos], rel=1e-9, abs=1e-12), (pos, lr)
 

@@ -494,6 +494,34 @@ def test_dsl_refuses_weights_that_underflow_instead_of_tying_them():
     assert got == pytest.approx(want)
 
 
+def test_dsl_competitor_weights_that_underflow_keep_exact_ranks():
+    """Only a ground-truth weight that underflows can change a rank: cosines at a tiny
+    dsl_temp (competitors' weights underflow, the ground truth's do not) are ranked, and
+    equal a log-domain reference; a ground truth that underflows is refused, and a
+    temperature too small for cosines is named as such."""
+    from stan_mm.evaluation.ranking import retrieval_metrics_from_similarity
+    sim = torch.full((6, 6), 0.1, dtype=torch.float64)
+    sim.fill_diagonal_(0.9)
+    sim[2, 4] = -0.5
+    sim[3, 1] = 0.85
+    t2v = torch.arange(6)
+    got = retrieval_metrics_from_similarity(sim, t2v, dsl=True, dsl_temp=0.001)
+
+    def log_key(log_w):   # rank by (sign S, log|S| + log weight): exact, no underflow
+        return torch.sign(sim) * (sim.abs().log() + log_w) + 1e6 * torch.sign(sim)
+    t2v_key = log_key(sim / 0.001 - torch.logsumexp(sim / 0.001, dim=0, keepdim=True))
+    v2t_key = log_key(sim / 0.001 - torch.logsumexp(sim / 0.001, dim=1, keepdim=True))
+    t2v_ranks = [int((t2v_key[i] >= t2v_key[i, i]).sum()) for i in range(6)]
+    v2t_ranks = [int((v2t_key[:, j] >= v2t_key[j, j]).sum()) for j in range(6)]
+    assert got['t2v_MnR'] == pytest.approx(np.mean(t2v_ranks))
+    assert got['v2t_MnR'] == pytest.approx(np.mean(v2t_ranks))
+    assert got['t2v_R1'] == pytest.approx(100 * np.mean(np.array(t2v_ranks) == 1))
+    low = sim.clone()
+    low[0, 0] = -0.9                     # the ground truth's own weight underflows
+    with pytest.raises(ValueError, match='too small even for cosine'):
+        retrieval_metrics_from_similarity(low, t2v, dsl=True, dsl_temp=0.001)
+
+
 def test_save_sim_writes_the_product_in_blocks_complete_or_absent(tmp_path):
     """sim.npy is written row block by row block into a memory-mapped temporary file (the
     whole product in memory, twice, ran a 50k x 50k extraction out of memory); it equals

@@ -302,7 +302,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         """What the sampler order of an epoch depends on, stored with each checkpoint."""
         seed = getattr(self._sampler(), 'seed', None)
         return dict(batches_per_epoch=len(self.dataloader),
-                    batch_size=getattr(self.dataloader, 'batch_size', None),
+                    batch_size=self._batch_size(),
                     world_size=get_world_size(),
                     sampler_seed=seed if isinstance(seed, int) else None,
                     lr_scale=(self._lr_scale() if self._carried_lr_scale is _OWN_SCALE
@@ -313,7 +313,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         it started (``Runner.scale_lr``: world size x batch size / ``base_batch_size``);
         1.0 when it is off."""
         cfg = getattr(self.runner, 'auto_scale_lr', None)
-        batch_size = getattr(self.dataloader, 'batch_size', None)
+        batch_size = self._batch_size()
         if (not isinstance(cfg, dict) or not cfg.get('enable', False)
                 or not cfg.get('base_batch_size') or not isinstance(batch_size, int)):
             return 1.0
@@ -639,7 +639,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             if scaled:
                 changed.append(f'auto_scale_lr scales the learning rates by {lr_factor:.4g} '
                                'times the factor of the run that saved the checkpoint (real '
-                               f'batch {get_world_size() * self.dataloader.batch_size} now)')
+                               f'batch {get_world_size() * (self._batch_size() or 0)} now)')
             self.runner.logger.warning(
                 'ResumableEpochBasedTrainLoop: ' + ' and '.join(changed) + '; the parameter '
                 'schedules are rebuilt for this run (its epoch length and learning-rate '
@@ -654,12 +654,26 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         return getattr(optimizer, 'optimizer', optimizer)
 
     def _optimizers(self) -> list:
-        """``[(label, torch optimizer)]`` of the runner (label '' for a single one)."""
-        from mmengine.optim import OptimWrapper
+        """``[(label, torch optimizer)]`` of the runner (label '' for a single one; an
+        ``OptimWrapperDict``, itself an ``OptimWrapper``, gives one entry per optimizer)."""
+        from mmengine.optim import OptimWrapperDict
         wrappers = getattr(self.runner, 'optim_wrapper', None)
-        if isinstance(wrappers, OptimWrapper) or not hasattr(wrappers, 'items'):
-            return [('', self._inner(wrappers))] if wrappers is not None else []
-        return [(k, self._inner(w)) for k, w in wrappers.items()]
+        if wrappers is None:
+            return []
+        if isinstance(wrappers, OptimWrapperDict) or (
+                isinstance(wrappers, dict) and hasattr(wrappers, 'items')):
+            return [(k, self._inner(w)) for k, w in wrappers.items()]
+        return [('', self._inner(wrappers))]
+
+    def _batch_size(self) -> Optional[int]:
+        """Samples per batch of the training DataLoader: its ``batch_size``, or its batch
+        sampler's (torch sets ``DataLoader.batch_size`` to None when a ``batch_sampler``
+        is given; mmengine's ``scale_lr`` reads the config's ``batch_size``)."""
+        size = getattr(self.dataloader, 'batch_size', None)
+        if not isinstance(size, int):
+            size = getattr(getattr(self.dataloader, 'batch_sampler', None), 'batch_size',
+                           None)
+        return size if isinstance(size, int) else None
 
     def _set_max_iters(self, max_iters: int) -> None:
         """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *
@@ -673,10 +687,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         if max_iters == self._max_iters:
             return
         self._max_iters = max_iters
-        from mmengine.optim import OptimWrapper
+        from mmengine.optim import OptimWrapper, OptimWrapperDict
         wrappers = getattr(self.runner, 'optim_wrapper', None)
-        wrappers = (wrappers.values() if hasattr(wrappers, 'values') and
-                    not isinstance(wrappers, OptimWrapper) else [wrappers])
+        wrappers = (wrappers.values() if isinstance(wrappers, OptimWrapperDict) or (
+            hasattr(wrappers, 'values') and not isinstance(wrappers, OptimWrapper))
+            else [wrappers])
         for wrapper in wrappers:
             # (set by Runner.train with the old end; re-counted without its warnings again)
             if isinstance(wrapper, OptimWrapper) and getattr(wrapper, '_max_counts', -1) >= 0:

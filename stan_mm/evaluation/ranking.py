@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K,
-                        QueryBankStats, block_logsumexps, check_dsl_temp, dsl_t2v_scores,
-                        dsl_v2t_scores, iter_chunks, logaddexp, qb_norm_scores, querybank_stats,
-                        scaled_similarity)
+                        QueryBankStats, block_logsumexps, check_dsl_temp, check_dsl_weights,
+                        dsl_t2v_scores, dsl_v2t_scores, iter_chunks, logaddexp, qb_norm_scores,
+                        querybank_stats, scaled_similarity)
 from .similarity import DenseSimilarity, EmbeddingSimilarity, SimilaritySource
 
 METRIC_KEYS = ('t2v_R1', 't2v_R5', 't2v_R10', 't2v_MdR', 't2v_MnR',
@@ -181,7 +181,12 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
         gt = t2v[start:stop]
         z = scaled_similarity(sim, dsl_temp) if dsl else None
         # text -> video
-        scores = dsl_t2v_scores(sim, col_lse, dsl_temp, t2v_factor, z=z) if dsl else sim
+        if dsl:     # a ground-truth weight that underflows is an error (check_dsl_weights)
+            check_dsl_weights(z.gather(1, gt[:, None]) - col_lse[gt][:, None],
+                              sim.gather(1, gt[:, None]), dsl_temp,
+                              'a column (the texts, for one video)')
+        scores = dsl_t2v_scores(sim, col_lse, dsl_temp, t2v_factor, z=z, check=False) \
+            if dsl else sim
         if qb_stats is not None:
             scores = qb_norm_scores(scores, qb_stats, inplace=dsl)
         gt_score = scores.gather(1, gt[:, None])  # [c, 1]
@@ -189,8 +194,8 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
         t2v_ranks[start:stop] = _count_ge(scores, gt_score, 1, buffer).long()
         del scores
         # video -> text
-        scores = dsl_v2t_scores(sim, row_lse[start:stop], dsl_temp, z=z, consume_z=True) \
-            if dsl else sim
+        scores = dsl_v2t_scores(sim, row_lse[start:stop], dsl_temp, z=z, consume_z=True,
+                                check=False) if dsl else sim
         del z
         ahead = _count_ge(scores, best_correct[None, :], 0, buffer).to(torch.float64)
         correct = scores.gather(1, gt[:, None]).squeeze(1) >= best_correct[gt]

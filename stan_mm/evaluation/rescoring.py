@@ -207,28 +207,37 @@ _LOG_WEIGHT_FLOOR = -708.0
 
 
 def check_dsl_weights(log_w: torch.Tensor, sim: torch.Tensor, temp: float, axis: str) -> None:
-    """Refuse DSL weights ``exp(log_w)`` that underflow float64 where ``sim != 0``: such
-    entries would score exactly 0 and tie with each other, and ties count against the
-    query, so ranks would be wrong without a word (seen with logits ``cosine / tau``
-    passed as similarities at the cosine temperature). One reduction per block when
-    nothing underflows."""
+    """Refuse DSL weights ``exp(log_w)`` of ground-truth entries that underflow float64
+    where ``sim != 0``: such an entry would score exactly 0 and tie with the others that
+    underflow, and ties count against the query, so its rank would be wrong without a word
+    (seen with logits ``cosine / tau`` passed as similarities at the cosine temperature).
+    An underflowed competitor cannot change a rank (its true score lies between 0 and the
+    smallest normal weight times ``S``, on the same side of a ground-truth score whose weight
+    is normal), so the ranking checks the ground-truth entries only
+    (``stan_mm.evaluation.ranking``). One reduction when nothing underflows."""
     if not log_w.numel():
         return
     low = float(log_w.min())
     if low >= _LOG_WEIGHT_FLOOR or not bool(((log_w < _LOG_WEIGHT_FLOOR) & (sim != 0)).any()):
         return
+    head = (f'DSL: softmax weights exp(S / dsl_temp - logsumexp) of ground-truth entries '
+            f'underflow float64 (down to e^{low:.0f}): over {axis}, S / dsl_temp spans more '
+            f'than ~708, so they would score exactly 0 and tie with other entries, and ranks '
+            f'would be wrong. ')
+    if 2 / temp > 700:
+        raise ValueError(head + f'dsl_temp={temp:g} is too small even for cosine '
+                         f'similarities (their span after scaling reaches {2 / temp:g}): use '
+                         f'dsl_temp >= {2 / 700:.4f} (the default is {DEFAULT_DSL_TEMP})')
     raise ValueError(
-        f'DSL: softmax weights exp(S / dsl_temp - logsumexp) underflow float64 (down to '
-        f'e^{low:.0f}): over {axis}, S / dsl_temp spans more than ~708, so entries would '
-        f'score exactly 0 and tie, and ranks would be wrong. dsl_temp={temp:g} expects cosine '
-        f'similarities (normalized embeddings, S in [-1, 1], a span of at most '
-        f'{2 / temp:g} after scaling); for logits (cosine / tau) use dsl_temp = {temp:g} / '
-        f'tau (the same softmax on the cosines), or pass the cosines')
+        head + f'dsl_temp={temp:g} expects cosine similarities (normalized embeddings, S in '
+        f'[-1, 1], a span of at most {2 / temp:g} after scaling); for logits (cosine / tau) '
+        f'use dsl_temp = {temp:g} / tau (the same softmax on the cosines), or pass the '
+        f'cosines')
 
 
 def dsl_t2v_scores(sim: torch.Tensor, col_lse: torch.Tensor, temp: float,
                    num_texts: Optional[int] = None,
-                   z: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   z: Optional[torch.Tensor] = None, check: bool = True) -> torch.Tensor:
     """Text->video DSL of a row block.
 
     Args:
@@ -238,20 +247,23 @@ def dsl_t2v_scores(sim: torch.Tensor, col_lse: torch.Tensor, temp: float,
         num_texts: ``Nt``, the length of the column softmax; ``None`` leaves out this
             constant factor (ranks do not change).
         z: ``sim / temp`` from :func:`scaled_similarity`, if already computed (kept intact).
+        check: :func:`check_dsl_weights` on every entry (the ranking checks its
+            ground-truth entries itself and passes False).
 
     Returns:
         ``[c, Nv]`` float64, ``S * softmax_over_texts(S / temp) [* Nt]``.
     """
     z = scaled_similarity(sim, temp) if z is None else z
     scores = z - col_lse
-    check_dsl_weights(scores, sim, temp, 'a column (the texts, for one video)')
+    if check:
+        check_dsl_weights(scores, sim, temp, 'a column (the texts, for one video)')
     scores = scores.exp_().mul_(sim)
     return scores.mul_(float(num_texts)) if num_texts is not None else scores
 
 
 def dsl_v2t_scores(sim: torch.Tensor, row_lse: torch.Tensor, temp: float,
                    num_videos: Optional[int] = None, z: Optional[torch.Tensor] = None,
-                   consume_z: bool = False) -> torch.Tensor:
+                   consume_z: bool = False, check: bool = True) -> torch.Tensor:
     """Video->text DSL of a row block: ``S * softmax_over_videos(S / temp) [* Nv]``.
 
     Args:
@@ -259,6 +271,7 @@ def dsl_v2t_scores(sim: torch.Tensor, row_lse: torch.Tensor, temp: float,
         row_lse: ``[c]`` logsumexp of every full row of ``S / temp``.
         num_videos: the constant factor ``Nv`` or ``None`` to leave it out.
         z, consume_z: ``sim / temp`` if already computed, and whether it may be overwritten.
+        check: :func:`check_dsl_weights` on every entry (see :func:`dsl_t2v_scores`).
 
     The same sequence of element-wise operations is applied whatever the block shape, so an
     entry scored alone equals, bit for bit, the same entry scored within its row.
@@ -268,7 +281,8 @@ def dsl_v2t_scores(sim: torch.Tensor, row_lse: torch.Tensor, temp: float,
     """
     z = scaled_similarity(sim, temp) if z is None else z
     scores = z.sub_(row_lse[:, None]) if consume_z else z - row_lse[:, None]
-    check_dsl_weights(scores, sim, temp, 'a row (the videos, for one text)')
+    if check:
+        check_dsl_weights(scores, sim, temp, 'a row (the videos, for one text)')
     scores = scores.exp_().mul_(sim)
     return scores.mul_(float(num_videos)) if num_videos is not None else scores
 
