@@ -305,8 +305,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     batch_size=self._batch_size(),
                     world_size=get_world_size(),
                     sampler_seed=seed if isinstance(seed, int) else None,
-                    lr_scale=(self._lr_scale() if self._carried_lr_scale is _OWN_SCALE
-                              else self._carried_lr_scale))
+                    lr_scale=self._recorded_lr_scale())
+
+    def _recorded_lr_scale(self) -> Optional[float]:
+        """The auto_scale_lr factor the rates carry (see ``_carried_lr_scale``)."""
+        carried = getattr(self, '_carried_lr_scale', _OWN_SCALE)
+        return self._lr_scale() if carried is _OWN_SCALE else carried
 
     def _lr_scale(self) -> float:
         """The factor mmengine's ``auto_scale_lr`` applied to this run's learning rates when
