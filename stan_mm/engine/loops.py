@@ -350,17 +350,13 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         old = saved.get('lr_scale') if isinstance(saved, dict) else None
         if isinstance(old, (int, float)) and old > 0:
             return now / float(old)
-        same = isinstance(saved, dict) and all(
-            saved.get(k) == v for k, v in self._order_info().items()
-            if k in ('batch_size', 'world_size'))
-        if not same:
-            self.runner.logger.warning(
-                'ResumableEpochBasedTrainLoop: auto_scale_lr is on, but the checkpoint does '
-                'not record the learning-rate factor of the run that saved it (it was '
-                'written by mmengine\'s loop or an earlier stan-mm), so its learning rates '
-                'are kept as they are, scaled for that run\'s batch. Set '
-                'optim_wrapper.optimizer.lr to the rate for this run\'s batch and resume '
-                'without --auto-scale-lr if that batch differs')
+        self.runner.logger.warning(
+            'ResumableEpochBasedTrainLoop: auto_scale_lr is on, but the checkpoint does not '
+            'record the learning-rate factor its rates carry (written by mmengine\'s loop, '
+            'by stan-mm before 2026-12-06, or after a resume that rescaled the rates of only '
+            'some optimizers), so its learning rates are kept as they are. If they are not '
+            'those of this run\'s batch, set optim_wrapper.optimizer.lr to the rate for this '
+            'batch and resume without --auto-scale-lr')
         return 1.0
 
     def _fallback(self, why: str, done: Optional[int] = None) -> int:
