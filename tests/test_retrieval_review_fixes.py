@@ -540,3 +540,25 @@ def test_save_sim_writes_the_product_in_blocks_complete_or_absent(tmp_path):
     with pytest.raises(ValueError):
         atomic_save_product_npy(bad, texts, videos[:, :5])      # E differs
     assert sorted(os.listdir(tmp_path)) == ['sim.npy']
+
+
+def test_eval_retrieval_refuses_sim_and_ground_truth_of_two_extractions(tmp_path, capsys,
+                                                                         stub, eval_tool):
+    """--sim of one feature folder with --text-to-video of another whose videos are listed
+    in another order: the shapes agree, the rows/columns do not; refused naming the file
+    that differs. The same lists in two folders are accepted."""
+    videos = [write(str(tmp_path / 'videos' / f'v{i}.mp4'), t) for i, t in enumerate(
+        ('1 0 0', '0 1 0', '0 0 1'))]
+    texts, t2v = ['1 0.1 0', '0 1 0.1', '0.1 0 1'], [0, 1, 2]
+    a, _ = extract(tmp_path, 'a', videos, texts, t2v, extra=dict(source='test'))
+    b, _ = extract(tmp_path, 'b', videos[::-1], texts[::-1], t2v, extra=dict(source='test'))
+    c, _ = extract(tmp_path, 'c', videos, texts, t2v, extra=dict(source='test'))
+    ta, va = np.load(osp.join(a, 'texts.npy')), np.load(osp.join(a, 'videos.npy'))
+    np.save(osp.join(a, 'sim.npy'), ta @ va.T)
+    argv = ['--sim', osp.join(a, 'sim.npy'), '--text-to-video']
+    assert eval_tool.main(argv + [osp.join(b, 'text_to_video.npy')]) == 2
+    err = capsys.readouterr().err
+    assert 'come from two feature folders whose texts.txt differ' in err
+    assert osp.join(b, 'texts.txt') in err
+    assert eval_tool.main(argv + [osp.join(c, 'text_to_video.npy')]) == 0
+    capsys.readouterr()

@@ -22,7 +22,9 @@ to lower R@1 (docs/retrieval.md).
 
 When SIM.npy or T2V.npy sits in a feature folder of tools/extract_features.py whose
 meta.json records videos skipped as unreadable (--skip-bad), a warning on stderr names them:
-the metrics then cover fewer videos (and captions) than the split.
+the metrics then cover fewer videos (and captions) than the split. SIM.npy and T2V.npy
+from two different feature folders whose texts.txt or videos.txt differ are refused (the
+rows or columns of one are not those of the other, whatever the shapes).
 
 The LAST line of stdout is one JSON object with t2v_R1 t2v_R5 t2v_R10 t2v_MdR t2v_MnR
 v2t_R1 v2t_R5 v2t_R10 v2t_MdR v2t_MnR (recalls in percent). Bad input exits with status 2
@@ -135,6 +137,33 @@ def load_inputs(args):
     return sim, t2v, bank
 
 
+def check_same_extraction(args) -> None:
+    """--sim and --text-to-video from two different feature folders of
+    tools/extract_features.py must list the same texts and videos (``texts.txt`` and
+    ``videos.txt``), else the rows and columns of one do not match the other (shapes alone
+    may agree). Folders without those files are not checked."""
+    folders = [os.path.dirname(os.path.abspath(p)) for p in (args.sim, args.text_to_video)]
+    if folders[0] == folders[1]:
+        return
+    for name in ('texts.txt', 'videos.txt'):
+        files = [os.path.join(f, name) for f in folders]
+        if not all(os.path.isfile(f) and os.path.isfile(os.path.join(os.path.dirname(f),
+                                                                     'meta.json'))
+                   for f in files):
+            return
+        contents = []
+        for f in files:
+            with open(f, 'rb') as fh:
+                contents.append(fh.read())
+        if contents[0] != contents[1]:
+            raise InputError(
+                f'--sim {args.sim!r} and --text-to-video {args.text_to_video!r} come from two '
+                f'feature folders whose {name} differ ({files[0]} vs {files[1]}): the rows '
+                'or columns of one are not those of the other. Use the text_to_video.npy '
+                'written next to the sim.npy (tools/extract_features.py --split ... '
+                '--save-sim writes both)')
+
+
 def warn(message: str) -> None:
     print(f'eval_retrieval: warning: {message}', file=sys.stderr, flush=True)
 
@@ -173,6 +202,7 @@ def main(argv=None) -> int:
     try:
         check_device(args.device)
         sim, t2v, bank = load_inputs(args)
+        check_same_extraction(args)
         warn_skipped_videos(args)
         metrics = retrieval_metrics_from_similarity(
             sim, t2v, dsl=args.dsl, dsl_temp=args.dsl_temp, qb_bank_sim=bank,
