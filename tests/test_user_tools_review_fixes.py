@@ -6,10 +6,10 @@ before the model is loaded.
 Most checks run with a checkpoint file that cannot be loaded (``garbage``): an error about
 the argument under test, not about the checkpoint, shows that it was checked first.
 """
-import importlib.util
 import os
 import os.path as osp
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -17,18 +17,13 @@ import torch
 
 import stan_mm  # noqa: F401
 
+sys.path.insert(0, osp.dirname(__file__))
+from test_user_tools import load_tool  # noqa: E402
+
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 RETRIEVAL_CFG = osp.join(REPO, 'configs', 'quickstart', 'motion_retrieval_tiny.py')
 RECOGNITION_CFG = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
 PNG = b'\x89PNG\r\n\x1a\n' + bytes(range(256)) * 4
-
-
-def load_tool(rel_path):
-    name = 'review_tool_' + re.sub(r'\W', '_', rel_path)
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def write_video(path, frames=8, size=(48, 32)):

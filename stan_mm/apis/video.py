@@ -8,6 +8,7 @@ pipeline does (same frames, size and normalization as in testing).
 - :class:`VideoPipeline`: ``pipeline(path)`` -> the packed sample (``inputs``,
   ``data_samples``) that ``model.data_preprocessor`` batches, as in ``tools/test.py``.
 """
+import codecs
 import collections
 import copy
 import os
@@ -47,14 +48,25 @@ def _read_video_list(source: str, exts: Sequence[str], option: str = '') -> List
     def not_a_list(why: str) -> ValueError:
         return ValueError(f'{name} is neither a folder, a video (a file ending in '
                           f'{", ".join(exts)}) nor a UTF-8 text list of videos ({why})')
+    # read and decoded in chunks: a large binary file stops at its first bad chunk
+    decoder = codecs.getincrementaldecoder('utf-8-sig')()   # a BOM is not part of the path
+    parts, offset = [], 0
     try:
-        with open(source, encoding='utf-8-sig') as f:   # a BOM is not part of the path
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise not_a_list(f'byte {e.object[e.start]:#04x} at position {e.start} is not '
-                         f'UTF-8') from None
+        with open(source, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                try:
+                    parts.append(decoder.decode(chunk))
+                except UnicodeDecodeError as e:   # (e.object: bytes held over + chunk)
+                    where = offset - (len(e.object) - len(chunk)) + e.start
+                    raise not_a_list(f'byte {e.object[e.start]:#04x} at position {where} '
+                                     f'is not UTF-8') from None
+                offset += len(chunk)
+            parts.append(decoder.decode(b'', final=True))
+    except UnicodeDecodeError:
+        raise not_a_list('it ends inside a UTF-8 character') from None
     except OSError as e:
         raise ValueError(f'{name}: cannot read the video list: {e.strerror or e}') from None
+    text = ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')   # (as text mode)
     nul = text.find('\x00')
     if nul >= 0:
         raise not_a_list(f'it holds NUL bytes, from position {nul}')

@@ -104,49 +104,18 @@ def _init_args(pipeline) -> Optional[Dict]:
 
 
 def _list_source(source: str) -> Tuple[str, List[str]]:
-    """``(root, names)`` of SOURCE: a folder, a list file, or one video file.
+    """``(root, names)`` of SOURCE: a folder, a list file, or one video file
+    (:func:`stan_mm.apis.video.list_videos`, which names a file that is neither a video nor
+    a UTF-8 text list).
 
     Raises:
-        CommandLineError: SOURCE is missing, or a file that is neither a video nor a UTF-8
-            text list.
+        CommandLineError: SOURCE is missing.
     """
     from stan_mm.apis.video import list_videos
-    from stan_mm.datasets.retrieval import VIDEO_EXTS
     from stan_mm.utils.cli import CommandLineError
     if not osp.exists(source):
         raise CommandLineError(f'SOURCE {source!r}: no such folder, video or list file')
-    if osp.isfile(source) and source.lower().endswith(tuple(e.lower() for e in VIDEO_EXTS)):
-        return osp.dirname(osp.abspath(source)), [osp.basename(source)]
-    if osp.isfile(source):
-        why = _not_utf8(source)
-        if why:
-            raise CommandLineError(
-                f'SOURCE {source!r} is neither a folder, a video (a file ending in '
-                f'{", ".join(VIDEO_EXTS)}) nor a UTF-8 text list of videos ({why})')
-    return list_videos(source)
-
-
-def _not_utf8(path: str) -> Optional[str]:
-    """Why the file ``path`` is not UTF-8 text, or None (read in chunks: a large binary
-    file is not read whole)."""
-    import codecs
-    decoder = codecs.getincrementaldecoder('utf-8-sig')()
-    offset = 0
-    try:
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as e:
-                    return (f'byte {chunk[e.start]:#04x} at position {offset + e.start} is '
-                            f'not UTF-8') if e.start < len(chunk) else 'it is not UTF-8'
-                offset += len(chunk)
-            decoder.decode(b'', final=True)
-    except UnicodeDecodeError:
-        return 'it ends inside a UTF-8 character'
-    except OSError:
-        return None                  # (list_videos says why it cannot be read)
-    return None
+    return list_videos(source, option='SOURCE')
 
 
 def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, Optional[Dict]]]:
