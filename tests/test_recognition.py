@@ -597,7 +597,7 @@ def test_train_flags_reach_configs_that_lack_the_keys(tmp_path):
     assert cfg.custom_hooks == [dict(type='ClassListCheckHook'),
                                 dict(type='EpochSeedHook', per_iteration=True)]
     per_epoch = Config.fromfile(path)
-    per_epoch.custom_hooks = [dict(type='EpochSeedHook')]
+    per_epoch.custom_hooks = [dict(type='EpochSeedHook', per_iteration=False)]
     cfg = train.merge_args(per_epoch, train.parse_args([path, '--deterministic']))
     assert cfg.train_dataloader.persistent_workers is False
     cfg = train.merge_args(Config.fromfile(str(bare)), train.parse_args([str(bare), '--amp']))

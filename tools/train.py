@@ -95,13 +95,17 @@ def merge_args(cfg, args):
             cfg.randomness.deterministic = True
             # mmengine seeds once per run; exact resumption needs a reseed per iteration
             # and per sample (also from a checkpoint inside an epoch)
-            hooks = list(cfg.get('custom_hooks') or [])
+            # an EpochSeedHook without an explicit per_iteration (the default runtime's
+            # per-epoch one) is upgraded; an explicit per_iteration=False is kept
+            hooks = [dict(h, per_iteration=True)
+                     if h.get('type') == 'EpochSeedHook' and 'per_iteration' not in h else h
+                     for h in (cfg.get('custom_hooks') or [])]
             seed_hooks = [h for h in hooks if h.get('type') == 'EpochSeedHook']
             if not seed_hooks:
                 seed_hooks = [dict(type='EpochSeedHook', per_iteration=True)]
                 hooks.extend(seed_hooks)
             cfg.custom_hooks = hooks
-            # a config's own per-epoch EpochSeedHook: persistent workers keep their random
+            # EpochSeedHook(per_iteration=False): persistent workers keep their random
             # streams across epochs, which a resumed run cannot replay (docs/robustness.md,
             # "Exact resumption"); per sample they are reseeded wherever they run
             loader = cfg.get('train_dataloader')

@@ -11,10 +11,16 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 
-# recognition: the head's class list against every dataset's labels and num_classes, when
-# training / testing starts (no-op for retrieval). A config that sets its own custom_hooks
-# replaces this list: keep the entry there.
-custom_hooks = [dict(type='ClassListCheckHook')]
+# ClassListCheckHook (recognition): the head's class list against every dataset's labels
+# and num_classes, when training / testing starts (no-op for retrieval).
+# EpochSeedHook (per epoch): reseeds random / NumPy / torch and the DataLoader workers'
+# seed from (seed, epoch) before every training epoch, so that every epoch, and a resumed
+# run, draws new augmentation (without it mmengine's worker_init_fn gives workers the same
+# seeds at every start: fresh workers repeat their draws each epoch, a resumed run repeats
+# the first epoch's). tools/train.py --deterministic upgrades it to per_iteration=True
+# (docs/robustness.md, "Exact resumption").
+# A config that sets its own custom_hooks replaces this list: keep both entries there.
+custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -9,7 +9,8 @@ MMAction2's ``VideoTextDataset`` JSON through the readers of :mod:`.readers`
         ann_file='MSRVTT_train.9k.csv', caption_file='MSRVTT_data.json',
         data_root='data/msrvtt', data_prefix=dict(video='videos'),
         caption_sampling='random', pipeline=train_pipeline))
-    custom_hooks = [dict(type='CaptionSamplingEpochHook')]   # needed for 'random'
+    custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook'),  # default
+                    dict(type='CaptionSamplingEpochHook')]   # needed for 'random'
     test_dataloader = dict(dataset=dict(
         type='RetrievalVideoTextDataset', ann_format='msrvtt',
         ann_file='MSRVTT_JSFUSION_test.csv', data_root='data/msrvtt',
@@ -309,20 +310,17 @@ class RetrievalVideoTextDataset(BaseActionDataset):
         # [seed, epoch] in shared memory: set_epoch() in the main process reaches
         # (persistent) DataLoader workers, forked or spawned.
         self._seed_given = seed is not None
-        self._epoch_state = torch.tensor([int(seed or 0), 0], dtype=torch.long)
-        try:
-            self._epoch_state.share_memory_()
-        except (RuntimeError, OSError):  # no shared memory: workers keep epoch 0
-            pass
+        self._epoch_state = self._shared_epoch_state([int(seed or 0), 0])
         self.text_to_video = np.zeros(0, dtype=np.int64)
         self.num_videos = 0
         self.num_captions = 0
         super().__init__(ann_file, pipeline=pipeline, data_prefix=data_prefix,
                          test_mode=test_mode, **kwargs)
         if caption_sampling == 'random' and not test_mode:
-            print_log('caption_sampling=\'random\': add custom_hooks=[dict(type='
-                      '\'CaptionSamplingEpochHook\')] so that every epoch draws new '
-                      'captions', logger='current')
+            print_log('caption_sampling=\'random\': add dict(type='
+                      '\'CaptionSamplingEpochHook\') to custom_hooks (keeping the default '
+                      'runtime\'s entries) so that every epoch draws new captions',
+                      logger='current')
 
     # ------------------------------------------------------------------ paths
     def _join_prefix(self):
@@ -444,8 +442,22 @@ class RetrievalVideoTextDataset(BaseActionDataset):
 
     def get_subset(self, indices) -> 'RetrievalVideoTextDataset':
         sub = super().get_subset(indices)
+        # mmengine deep-copies the attributes: the copy of the epoch state would be an
+        # ordinary tensor (set_epoch() would no longer reach persistent workers), and its
+        # copy memo (a default argument kept across calls) would give every subset of this
+        # dataset the same one. A subset gets its own state, in shared memory.
+        sub._epoch_state = self._shared_epoch_state(self._epoch_state.tolist())
         sub._renumber()
         return sub
+
+    @staticmethod
+    def _shared_epoch_state(values) -> torch.Tensor:
+        state = torch.tensor(values, dtype=torch.long)
+        try:
+            state.share_memory_()
+        except (RuntimeError, OSError):  # no shared memory: workers keep epoch 0
+            pass
+        return state
 
     # ------------------------------------------------------------------ sampling
     def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:

@@ -11,10 +11,24 @@ quickstart this is what lets a from-scratch tiny STAN learn growing vs shrinking
 import math
 from typing import Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 from mmaction.registry import DATA_SAMPLERS
 from mmengine.dist import get_dist_info, sync_random_seed
 from torch.utils.data import Sampler
+
+
+# keeps the sampler's stream apart from other seeds derived from (seed, epoch)
+_ORDER_TAG = 0x5457494E  # 'TWIN'
+
+
+def order_seed(seed: int, epoch: int) -> int:
+    """The torch seed of the group order at ``(seed, epoch)``: a hash of both (NumPy
+    ``SeedSequence``), not ``seed + epoch``, with which seed s at epoch e+1 would shuffle
+    as seed s+1 at epoch e (runs with neighbouring seeds would see shifted copies of each
+    other's orders)."""
+    words = [int(seed) % 2**64, int(epoch) % 2**64, _ORDER_TAG]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] % 2**63)
 
 
 def _check_groups(groups: Sequence[Sequence[int]], size: int, owner: str) -> List[List[int]]:
@@ -92,7 +106,7 @@ class TwinGroupSampler(Sampler):
         order = list(range(len(self.groups)))
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
+            g.manual_seed(order_seed(self.seed, self.epoch))
             order = torch.randperm(len(self.groups), generator=g).tolist()
         if self.round_up:
             total = self.num_groups * self.world_size
