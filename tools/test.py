@@ -77,6 +77,9 @@ def merge_args(cfg, args):
         # (an inference list without labels, allow_unlabeled=True)
         cfg.test_evaluator = ([dump, *ev] if isinstance(ev, (list, tuple)) else [dump, ev])
     warn_misspelled_keys(cfg, 'test.py')
+    # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
+    from stan_mm.utils.cli import check_model_variant
+    check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ))
     return cfg
 
 
@@ -100,8 +103,9 @@ def main(argv=None):
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     check_qb_norm_banks(cfg, args.checkpoint)   # a QB-Norm bank of another model is refused
     runner = Runner.from_cfg(cfg)
-    # mmengine's load_from only warns on a mismatch and would test random weights
-    check_checkpoint_fits(runner.model, args.checkpoint, model_cfg=cfg.model)
+    # mmengine's load_from only warns on a mismatch and would test random weights; the
+    # test pipeline's frame count is compared with the one the checkpoint was trained on
+    check_checkpoint_fits(runner.model, args.checkpoint, model_cfg=cfg.model, config=cfg)
     metrics = runner.test()
     shutdown_distributed()
     return metrics

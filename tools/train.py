@@ -125,11 +125,13 @@ def merge_args(cfg, args):
                       f'train_cfg.type=\'ResumableEpochBasedTrainLoop\' (as this repo\'s '
                       f'configs do) for exact resumption from iteration checkpoints too',
                       file=sys.stderr)
-    from stan_mm.utils.cli import (check_numeric_options, warn_misspelled_keys,
-                                   warn_schedule_beyond_training)
+    from stan_mm.utils.cli import (check_model_variant, check_numeric_options,
+                                   warn_misspelled_keys, warn_schedule_beyond_training)
     check_numeric_options(cfg)
     warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')
+    # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
+    check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'))
     return cfg
 
 

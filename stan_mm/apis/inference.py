@@ -135,11 +135,13 @@ def _read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Optional
 
 
 def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
-                 model_cfg: Optional[dict] = None) -> None:
+                 model_cfg: Optional[dict] = None, config: Optional[Config] = None) -> None:
     """Load ``checkpoint`` into ``model`` after checking that it fits (every model weight
     present with its shape, nothing extra; with ``model_cfg``, the config ``model`` was
-    built from, also the CLIPSTAN options that leave the weights alone: :func:`stan_mm.
-    utils.checkpoint_check.check_checkpoint_fits`, the check of ``tools/test.py``).
+    built from, also the CLIPSTAN options that leave the weights alone; with ``config``,
+    the whole config, a warning when its test pipeline samples more frames than the
+    checkpoint was trained on: :func:`stan_mm.utils.checkpoint_check.
+    check_checkpoint_fits`, the check of ``tools/test.py``).
     ``allow_missing`` tolerates missing weights (they keep their initial values)."""
     from stan_mm.utils.checkpoint_check import (CheckpointMismatchError,
                                                 check_checkpoint_fits)
@@ -147,7 +149,7 @@ def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
     try:
         check_checkpoint_fits(model, {'state_dict': sd, 'meta': meta}, name=checkpoint,
                               allow_missing=('.', ) if allow_missing else (),
-                              model_cfg=model_cfg)
+                              model_cfg=model_cfg, config=config)
     except CheckpointMismatchError as e:
         raise ModelLoadError(str(e)) from e
     result = model.load_state_dict(sd, strict=False)
@@ -253,7 +255,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
                       f'text tower is used, not its classes)', logger='current')
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        load_weights(model, checkpoint, allow_missing, model_cfg=model_cfg)
+        load_weights(model, checkpoint, allow_missing, model_cfg=model_cfg, config=cfg)
     model.cfg = cfg
     # a model built differently from what the config means (cache keys must differ:
     # apis.features.model_key); None when it is the config's model

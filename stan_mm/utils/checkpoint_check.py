@@ -6,10 +6,12 @@ in the log, and the test then runs with randomly initialized weights where the c
 did not fit. :func:`check_checkpoint_fits` compares the checkpoint with the model first and
 raises :class:`CheckpointMismatchError` listing what differs, grouped by module, with hints
 for the usual causes (a recognition checkpoint given to a retrieval model, a STAN branch of
-another depth, CLIP-only or unconverted weights)::
+another depth, CLIP-only or unconverted weights, another image size or ``max_frames``).
+Given the whole config, it also warns when the test pipeline samples more frames than the
+checkpoint's stored training config trained on (untrained temporal-embedding rows)::
 
     runner = Runner.from_cfg(cfg)
-    check_checkpoint_fits(runner.model, args.checkpoint)
+    check_checkpoint_fits(runner.model, args.checkpoint, model_cfg=cfg.model, config=cfg)
     runner.test()
 """
 import re
@@ -110,7 +112,8 @@ def _temporal_module(keys: Iterable[str]) -> Optional[str]:
     return 'none'
 
 
-def _hints(model_keys: List[str], ckpt_keys: List[str]) -> List[str]:
+def _hints(model_keys: List[str], ckpt_keys: List[str],
+           shape: Sequence[Tuple[str, tuple, tuple]] = ()) -> List[str]:
     hints = []
     if not set(model_keys) & set(ckpt_keys):
         hints.append('no key in common: this is a checkpoint of another model or of another '
@@ -136,7 +139,43 @@ def _hints(model_keys: List[str], ckpt_keys: List[str]) -> List[str]:
         hints.append(f'the checkpoint\'s branch has the cross-frame module {c_temporal!r} and '
                      f'the model {m_temporal!r}: set model.backbone.temporal_module={value} as '
                      f'in the config it was trained with')
-    return hints
+    return hints + _shape_hints(shape)
+
+
+def _grid(tokens: int) -> str:
+    """``'14x14 patches'`` for a positional embedding of ``tokens`` rows (class token +
+    a square grid), else ``'N positions'``."""
+    side = int(round((tokens - 1) ** 0.5)) if tokens > 1 else 0
+    return f'{side}x{side} patches' if side * side == tokens - 1 else f'{tokens} positions'
+
+
+def _shape_hints(shape: Sequence[Tuple[str, tuple, tuple]]) -> List[str]:
+    """Hints for the shape mismatches that name their cause: a CLIP positional embedding
+    (image size / patch size, or the text context length) and the STAN temporal embedding
+    (``max_frames``)."""
+    hints: 'OrderedDict[str, str]' = OrderedDict()
+    for key, c, m in shape:
+        if not (c and m) or c[0] == m[0]:
+            continue
+        if key.endswith('positional_embedding') and 'visual' in key.split('.'):
+            hints.setdefault('image', (
+                f'{key}: the checkpoint was trained at another image size / patch size '
+                f'({_grid(c[0])} per frame vs {_grid(m[0])} in the model; grid = '
+                f'image_size / patch_size): use the CLIP arch it was trained with (e.g. '
+                f'ViT-L/14@336px for 336x336 frames) and that frame size in the pipelines; '
+                f'the image tower\'s positional embedding is not interpolated'))
+        elif key.endswith('positional_embedding'):
+            hints.setdefault('text', (
+                f'{key}: the checkpoint\'s text tower has {c[0]} token positions and the '
+                f'model\'s {m[0]}: it was trained with another CLIP text context length '
+                f'(text_cfg.context_length of the arch); use the arch it was trained with'))
+        elif key.endswith('time_embed.weight'):
+            owner = key.split('.branch.')[0] if '.branch.' in key else 'backbone'
+            hints.setdefault('frames', (
+                f'{key}: the checkpoint\'s STAN temporal embedding has {c[0]} rows (one per '
+                f'frame position) and the model\'s {m[0]}: max_frames differs; set '
+                f'model.{owner}.max_frames={c[0]} as in the config it was trained with'))
+    return list(hints.values())
 
 
 #: CLIPSTAN options that change what the model computes but not the names or shapes of its
@@ -214,29 +253,124 @@ def _literal(node):
     raise _NotLiteral(type(node).__name__)
 
 
+def _saved_config_values(checkpoint: Mapping, names: Sequence[str]) -> Dict[str, object]:
+    """The values of the top-level assignments ``names`` of the training config that
+    mmengine stores in a checkpoint's ``meta['cfg']`` (the config as Python text), each
+    from its first assignment; a name missing, or assigned something else than a plain
+    literal (:func:`_literal`), is left out. The text is parsed, never executed: a
+    checkpoint could hold any code there."""
+    import ast
+    text = (checkpoint.get('meta') or {}).get('cfg') if isinstance(checkpoint, Mapping) \
+        else None
+    if not isinstance(text, str):
+        return {}
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return {}
+    out, seen = {}, set()
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in names
+                and stmt.targets[0].id not in seen):
+            seen.add(stmt.targets[0].id)
+            try:
+                out[stmt.targets[0].id] = _literal(stmt.value)
+            except (_NotLiteral, RecursionError):
+                pass
+    return out
+
+
 def saved_model_config(checkpoint: Mapping) -> Optional[Mapping]:
     """The ``model`` entry of the training config that mmengine stores in a checkpoint's
     ``meta['cfg']`` (the config as Python text), or None (no config stored, or its ``model``
     is not a plain literal). The text is parsed, never executed: a checkpoint could hold any
     code there."""
-    import ast
-    text = (checkpoint.get('meta') or {}).get('cfg') if isinstance(checkpoint, Mapping) \
-        else None
-    if not isinstance(text, str):
+    model = _saved_config_values(checkpoint, ('model', )).get('model')
+    return model if isinstance(model, dict) else None
+
+
+def _pipeline_sampler(pipeline, path: str) -> Optional[Tuple[str, int]]:
+    """``('<path>.<i>.clip_len', clip_len)`` of a pipeline's frame sampler: its first step
+    with a ``clip_len`` (``UniformSample``, ``SampleFrames``, ``SymmetricSample``, ...),
+    when that is a whole number >= 1; else None."""
+    if not isinstance(pipeline, (list, tuple)):
         return None
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
-    for stmt in tree.body:
-        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == 'model'):
-            try:
-                model = _literal(stmt.value)
-            except _NotLiteral:
-                return None
-            return model if isinstance(model, dict) else None
+    for i, step in enumerate(pipeline):
+        if isinstance(step, Mapping) and 'clip_len' in step:
+            n = step['clip_len']
+            ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+            return (f'{path}.{i}.clip_len', n) if ok else None
     return None
+
+
+def frame_sampler(config: Mapping, loader: str = 'test_dataloader'
+                  ) -> Optional[Tuple[str, int]]:
+    """``(option, clip_len)`` of the frame sampler of ``config[loader]``'s dataset pipeline
+    (through dataset wrappers: ``dataset.dataset...``), e.g.
+    ``('test_dataloader.dataset.pipeline.1.clip_len', 8)``: the frames of one clip, what
+    the model sees as T; None without one."""
+    node = config.get(loader) if hasattr(config, 'get') else None   # (a Config is no Mapping)
+    if not isinstance(node, Mapping):
+        return None
+    path, ds = f'{loader}.dataset', node.get('dataset')
+    while (isinstance(ds, Mapping) and 'pipeline' not in ds
+           and isinstance(ds.get('dataset'), Mapping)):
+        path, ds = f'{path}.dataset', ds['dataset']
+    if not isinstance(ds, Mapping):
+        return None
+    return _pipeline_sampler(ds.get('pipeline'), f'{path}.pipeline')
+
+
+def trained_frames(checkpoint: Mapping) -> Optional[int]:
+    """The frames per clip the checkpoint was trained on: the ``clip_len`` of the frame
+    sampler of the training config stored in ``meta['cfg']`` (``train_dataloader``'s
+    dataset pipeline, else the ``train_pipeline`` variable); None when the config is
+    missing, unreadable or has no such sampler. Parsed, never executed."""
+    values = _saved_config_values(checkpoint, ('train_dataloader', 'train_pipeline'))
+    found = (frame_sampler(values, 'train_dataloader')
+             or _pipeline_sampler(values.get('train_pipeline'), 'train_pipeline'))
+    return found[1] if found else None
+
+
+def untrained_frames_warning(model: torch.nn.Module, checkpoint: Mapping,
+                             config: Optional[Mapping], name: str = 'checkpoint'
+                             ) -> Optional[str]:
+    """A warning when ``config``'s test pipeline samples more frames per clip than the
+    checkpoint was trained on (:func:`trained_frames`) and ``model`` has a STAN branch
+    with a temporal embedding: its table is indexed by frame position, so the rows beyond
+    the trained count were never trained (they keep their random init), also when
+    ``interpolate_time_embed`` stretches the whole table over more than ``max_frames``
+    frames. None otherwise, and silent without a readable stored config."""
+    from mmengine.model import is_model_wrapper
+    from stan_mm.models.backbones.stan_branch import BranchEmbedding
+    if config is None:
+        return None
+    if is_model_wrapper(model):
+        model = model.module
+    tested = frame_sampler(config, 'test_dataloader')
+    embeds = [(n, m) for n, m in model.named_modules() if isinstance(m, BranchEmbedding)]
+    if tested is None or not embeds:
+        return None
+    trained = trained_frames(_as_checkpoint(checkpoint))
+    option, frames = tested
+    module, embed = embeds[0]
+    if trained is None or frames <= trained or trained >= embed.max_frames:
+        return None     # (trained on max_frames or more: every row was trained)
+    table = f'{module}.time_embed' if module else 'time_embed'
+    if frames > embed.max_frames and embed.interpolate_time_embed:
+        rows = (f'the STAN temporal embedding ({table}, one row per frame position) is '
+                f'interpolated from all its max_frames={embed.max_frames} rows '
+                f'(interpolate_time_embed=True), of which only the first {trained} were '
+                f'trained')
+    else:
+        rows = (f'rows {trained + 1}-{frames} of the STAN temporal embedding ({table}, one '
+                f'row per frame position) were never trained and keep their random init')
+    return (f'checkpoint {name} was trained on {trained}-frame clips (the train pipeline '
+            f'of its stored config) but this config tests {frames} frames ({option}={frames}'
+            f'): {rows}, so the scores are not those of the trained model. Test at the '
+            f'trained count (--cfg-options {option}={trained}), or train at {frames} '
+            f'frames')
 
 
 def silent_option_mismatches(model: torch.nn.Module, model_cfg: Mapping,
@@ -304,7 +438,8 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                           allow_unexpected: Sequence[str] = (),
                           revise_keys: Sequence[Tuple[str, str]] = _DEFAULT_REVISE,
                           name: Optional[str] = None,
-                          model_cfg: Optional[Mapping] = None) -> None:
+                          model_cfg: Optional[Mapping] = None,
+                          config: Optional[Mapping] = None) -> None:
     """Raise :class:`CheckpointMismatchError` unless every model weight is in the checkpoint
     with the right shape and the checkpoint holds nothing else; with ``model_cfg``, also
     when the checkpoint's stored training config built its CLIPSTAN with other
@@ -319,6 +454,9 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
             strips ``module.``).
         name: how to call the checkpoint in the message (default: the path).
         model_cfg: the ``model`` entry of the config the model was built from.
+        config: the whole config it is tested with: its test pipeline's frame count is
+            compared with the training config's (:func:`untrained_frames_warning`; a
+            WARNING is logged, nothing raised).
     """
     from mmengine.model import is_model_wrapper
     if is_model_wrapper(model):
@@ -352,6 +490,11 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                       f'--cfg-options "{prompts[0].split(":")[0]}=<the checkpoint\'s list>"'
                       f' (a zero-shot test with other prompts may mean it)',
                       logger='current', level=logging.WARNING)
+        frames = untrained_frames_warning(model, checkpoint, config, name)
+        if frames:
+            import logging
+            from mmengine.logging import print_log
+            print_log(frames, logger='current', level=logging.WARNING)
         return
     lines = [f'checkpoint {name} does not fit {type(model).__name__} '
              f'({len(model_state)} model keys, {len(ckpt_state)} checkpoint keys):']
@@ -367,7 +510,7 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
         more = len(shape) - _MAX_GROUPS
         lines.append(f'  {len(shape)} shape mismatches: {listed}'
                      + (f'; ... and {more} more' if more > 0 else ''))
-    lines += [f'  hint: {h}' for h in _hints(list(model_state), list(ckpt_state))]
+    lines += [f'  hint: {h}' for h in _hints(list(model_state), list(ckpt_state), shape)]
     lines.append('  Use the config the checkpoint was trained with (or fix the model '
                  'settings above).')
     raise CheckpointMismatchError('\n'.join(lines))

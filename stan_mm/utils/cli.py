@@ -331,3 +331,150 @@ def run_tool(main: Callable[[], object], tool: str) -> int:
               '(STAN_TRACEBACK=1 shows where it was raised)', file=sys.stderr)
         return 2
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+# ------------------------------------------------------------------ model variants
+def _type_name(node) -> str:
+    """``'CLIPSTAN'`` of a config entry's ``type`` (``'mmaction.CLIPSTAN'``, a class)."""
+    kind = node.get('type') if hasattr(node, 'get') else None
+    return getattr(kind, '__name__', str(kind)).rsplit('.', 1)[-1]
+
+
+def _plain(value):
+    return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
+def _same_arch(a, b) -> bool:
+    """Two ``arch`` values name the same CLIP (``'ViT-B/16'`` is open_clip's
+    ``'ViT-B-16-quickgelu'``; dicts compared as dicts)."""
+    from stan_mm.models.clip.arch import OPENAI_NAMES
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, str) and isinstance(b, str):
+        return OPENAI_NAMES.get(a, a) == OPENAI_NAMES.get(b, b)
+    return a == b
+
+
+def _arch_embed_dim(arch):
+    """Output width E of a CLIP ``arch`` (name or clip_cfg dict); None when the config
+    does not say (``arch=None``: read from the weights) or the name is unknown (the model
+    build names that)."""
+    arch = _plain(arch)
+    if isinstance(arch, dict):
+        dim = arch.get('embed_dim')
+        return dim if isinstance(dim, int) else None
+    if isinstance(arch, str):
+        from stan_mm.models.clip.arch import arch_from_name
+        try:
+            return int(arch_from_name(arch)['embed_dim'])
+        except Exception:  # noqa: BLE001  (an unknown name: CLIPSTAN's own error says it)
+            return None
+    return None
+
+
+def _clip_owner(model):
+    """``(config path, entry)`` where the video tower's CLIP ``arch`` is set: ``model`` for
+    a ``STANRetriever`` (one CLIP for both towers), ``model.backbone`` for a
+    ``CLIPSTAN`` backbone; None for other models."""
+    if not hasattr(model, 'get'):
+        return None
+    if _type_name(model) == 'STANRetriever':
+        return 'model', model
+    backbone = model.get('backbone')
+    if hasattr(backbone, 'get') and _type_name(backbone) == 'CLIPSTAN':
+        return 'model.backbone', backbone
+    return None
+
+
+_VARIANT_DOC = 'docs/training_testing.md, "Model variants"'
+
+
+def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_dataloader',
+                                                 'test_dataloader')) -> None:
+    """Check, before anything is built, that the parts of a model variant agree.
+
+    Warnings (stderr, as ``tool``):
+
+    * the top-level ``clip_arch`` (``configs/_base_/models/stan_*.py``) differs from the
+      ``arch`` the CLIPSTAN backbone (or ``STANRetriever``) is built with, or
+      ``num_frames`` (``configs/_base_/datasets/*.py``) from the ``clip_len`` of the frame
+      sampler of one of ``loaders``' pipelines: such variables are read once, when the base
+      file is evaluated, so a child config or ``--cfg-options`` that sets only them changes
+      nothing; the message names the fields that take effect;
+    * the CLIPSTAN backbone and the text classifier head's text encoder name different
+      CLIPs (``arch`` or ``pretrained``, where both are set).
+
+    Raises:
+        ConfigOptionError: the CLIPSTAN backbone's embedding width (read off its ``arch``)
+            is not the classification head's ``in_channels`` (the head would fail at the
+            first batch).
+    """
+    from stan_mm.utils.checkpoint_check import frame_sampler
+    model = cfg.get('model')
+    owner = _clip_owner(model)
+    recognizer = owner is not None and owner[0] == 'model.backbone'
+    head = model.get('cls_head') if recognizer else None
+    head = head if hasattr(head, 'get') else None
+    encoder = head.get('text_encoder') if head is not None else None
+    encoder = encoder if hasattr(encoder, 'get') and _type_name(head) == \
+        'TextClassifierHead' else None
+    clip_arch = cfg.get('clip_arch')
+    if owner is not None and clip_arch is not None:
+        path, node = owner
+        arch = node.get('arch', 'ViT-B-16' if recognizer else None)
+        if not _same_arch(clip_arch, arch):
+            fields = (f'{path}.arch and {path}.pretrained' if not recognizer else
+                      'model.backbone.arch, model.backbone.pretrained, '
+                      'model.cls_head.in_channels' + (
+                          ', model.cls_head.text_encoder.arch and .pretrained'
+                          if encoder is not None else ''))
+            print(f'{tool}: warning: the config sets clip_arch={_plain(clip_arch)!r}, but '
+                  f'the model is built with {path}.arch={_plain(arch)!r}: clip_arch (like '
+                  f'clip_pretrained and clip_embed_dim) is read once, when the base model '
+                  f'config is evaluated, so setting it in a child config or with '
+                  f'--cfg-options changes nothing. What takes effect: {fields} '
+                  f'({_VARIANT_DOC}); set clip_arch to the same value to silence this',
+                  file=sys.stderr)
+    num_frames = cfg.get('num_frames')
+    if isinstance(num_frames, int) and not isinstance(num_frames, bool):
+        differ = [f'{option}={n}' for option, n in filter(None, (
+            frame_sampler(cfg, loader) for loader in loaders)) if n != num_frames]
+        if differ:
+            print(f'{tool}: warning: the config sets num_frames={num_frames}, but the frame '
+                  f'sampler takes {", ".join(differ)}: num_frames is read once, when the '
+                  f'dataset base config is evaluated, so setting it in a child config or '
+                  f'with --cfg-options changes nothing. The samplers\' clip_len takes '
+                  f'effect: set it there (configs/stan/k400_self_b16_16f.py shows how), or '
+                  f'set num_frames to the same value to silence this', file=sys.stderr)
+    if not recognizer:
+        return
+    backbone = owner[1]
+    if encoder is not None:
+        differ = [f'model.backbone.{key}={_plain(backbone.get(key))!r} vs '
+                  f'model.cls_head.text_encoder.{key}={_plain(encoder.get(key))!r}'
+                  for key, same in (('arch', _same_arch),
+                                    ('pretrained', lambda a, b: os.path.normpath(str(a)) ==
+                                     os.path.normpath(str(b))))
+                  if backbone.get(key) is not None and encoder.get(key) is not None
+                  and not same(backbone.get(key), encoder.get(key))]
+        if differ:
+            print(f'{tool}: warning: the backbone and the text classifier head come from '
+                  f'different CLIPs ({"; ".join(differ)}): the class-name embeddings are '
+                  f'then not in the space of the video embeddings. Give both the same CLIP '
+                  f'({_VARIANT_DOC})', file=sys.stderr)
+    arch = backbone.get('arch', 'ViT-B-16')
+    width, in_channels = _arch_embed_dim(arch), head.get('in_channels') if head else None
+    if width is None or not isinstance(in_channels, int) or width == in_channels:
+        return
+    fix = f'set model.cls_head.in_channels={width}'
+    if encoder is not None:
+        text_arch = encoder.get('arch')
+        text_width = _arch_embed_dim(text_arch)
+        now = (f' (now {_plain(text_arch)!r}, {text_width}-d)' if text_width is not None
+               else '')
+        fix += (f' and build the head\'s text encoder from the same CLIP as the backbone: '
+                f'model.cls_head.text_encoder.arch={_plain(arch)!r}{now} and '
+                f'model.cls_head.text_encoder.pretrained=<the backbone\'s CLIP weights>')
+    raise ConfigOptionError(
+        f'model.backbone.arch={_plain(arch)!r} gives {width}-d video embeddings, but '
+        f'model.cls_head.in_channels={in_channels}: the head would fail at the first batch. '
+        f'{fix[0].upper()}{fix[1:]} ({_VARIANT_DOC})')

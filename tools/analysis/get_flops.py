@@ -105,6 +105,38 @@ def _arch_report(args, device):
                        count_params(model, 1))]
 
 
+def _check_shape(model, shape, given: str) -> None:
+    """Refuse, in one line naming the option, a clip shape the config's CLIPSTAN cannot
+    take (the forward pass would fail with a traceback): frames of another size than its
+    CLIP's positional embedding (not interpolated), more frames than the STAN branch's
+    temporal embedding has rows (``max_frames``, without ``interpolate_time_embed``)."""
+    from stan_mm.models.backbones import CLIPSTAN
+    from stan_mm.models.backbones.stan_branch import BranchEmbedding
+    from stan_mm.utils.cli import CommandLineError
+    T, H, W = shape
+    for name, module in model.named_modules():
+        if not isinstance(module, CLIPSTAN):
+            continue
+        size = tuple(int(v) for v in module.visual.image_size)
+        if (H, W) != size:
+            other = (f'count a CLIPSTAN built for {H}x{H} frames with --arch NAME '
+                     f'--image-size {H} --frames {T}' if H == W else
+                     'use square frames')
+            raise CommandLineError(
+                f'{given} {T} {H} {W}: this config\'s CLIP takes {size[0]}x{size[1]} frames '
+                f'(its positional embedding is not interpolated). Give --shape {T} {size[0]} '
+                f'{size[1]}, a config whose CLIP arch is built for {H}x{W} (e.g. '
+                f'ViT-L/14@336px for 336), or {other}')
+        for embed in module.modules():
+            if (isinstance(embed, BranchEmbedding) and T > embed.max_frames
+                    and not embed.interpolate_time_embed):
+                raise CommandLineError(
+                    f'{given} {T} {H} {W}: the STAN branch of this config takes at most '
+                    f'max_frames={embed.max_frames} frames (rows of its temporal embedding). '
+                    f'Give at most {embed.max_frames} frames, or --cfg-options '
+                    f'model.{name}.max_frames={T}')
+
+
 def _config_report(args, device):
     from stan_mm.utils.flops import (DEFAULT_SHAPE, build_model_for_flops,
                                      recognition_flops, retrieval_flops, shape_from_config,
@@ -124,6 +156,7 @@ def _config_report(args, device):
             f'config)') from e
     for n in notes:
         print('note:', n)
+    _check_shape(model, shape, '--shape' if args.shape else 'the test pipeline\'s shape')
     if hasattr(model, 'text_backbone'):
         text_len = args.text_len or text_len_from_config(cfg) or 32
         return retrieval_flops(model, shape, text_len), None

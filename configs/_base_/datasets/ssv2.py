@@ -34,6 +34,11 @@ ann_file_val = 'val_list.txt'
 ann_file_test = 'val_list.txt'
 classnames = f'{data_root}/classnames.txt'
 num_classes = 174
+# Frames per clip of the three samplers below (pipeline index 1). Read when this file is
+# evaluated: a child config or --cfg-options that sets only num_frames does NOT rebuild
+# the pipelines (tools/train.py and tools/test.py warn); override the sampler entries
+# instead, as configs/stan/*_16f.py do (or --cfg-options
+# train_dataloader.dataset.pipeline.1.clip_len=16, and val_/test_).
 num_frames = 8
 
 file_client_args = dict(io_backend='disk')

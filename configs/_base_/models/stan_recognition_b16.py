@@ -14,6 +14,12 @@
 #       test_dataloader.dataset.data_root=data/ucf101 \
 #       test_dataloader.dataset.ann_file=val_list.txt \
 #       test_dataloader.dataset.data_prefix.video=videos
+# The three variables below are read when this file is evaluated: a child config or
+# --cfg-options that sets only them does NOT rebuild the model (tools/train.py and
+# tools/test.py warn about clip_arch). For another CLIP set the entries that use them:
+# model.backbone.arch / .pretrained, model.cls_head.in_channels and
+# model.cls_head.text_encoder.arch / .pretrained (docs/training_testing.md, "Model
+# variants").
 clip_arch = 'ViT-B/16'  # OpenAI spelling: QuickGELU, as the OpenAI weights were trained
 clip_pretrained = 'checkpoints/clip/ViT-B-16.pt'
 clip_embed_dim = 512

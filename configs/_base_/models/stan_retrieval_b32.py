@@ -8,6 +8,10 @@
 # is downloaded. open_clip and HuggingFace layouts load too (see stan_mm.models.clip).
 # A converted public STAN checkpoint (tools/convert/stan_public_to_mm.py) loads with
 # `load_from=...` on top.
+# The two variables below are read when this file is evaluated: a child config or
+# --cfg-options that sets only them does NOT rebuild the model (tools/train.py and
+# tools/test.py warn about clip_arch); set model.arch and model.pretrained
+# (docs/training_testing.md, "Model variants").
 clip_arch = 'ViT-B/32'  # OpenAI spelling: QuickGELU, as the OpenAI weights were trained
 clip_pretrained = 'checkpoints/clip/ViT-B-32.pt'
 # CLIP's normalization in 0..255 pixel units.

@@ -452,7 +452,9 @@ class CLIPSTAN(BaseModule):
                 f'(grid {self.visual.grid_size}, patch {self.visual.patch_size}); resize/crop '
                 f'the input to that size (the last Resize/crop of the data pipeline, e.g. '
                 f'CenterCrop(crop_size={self.visual.image_size[0]})), or use a CLIP arch whose '
-                f'image_size is {H}x{W}')
+                f'image_size is {H}x{W} with weights trained at that size (e.g. '
+                f'ViT-L/14@336px for 336x336; the positional embedding is not interpolated, '
+                f'so the weights must match the resolution)')
         return x.reshape(N * T, *x.shape[2:]), N, T
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,8 @@ class TextClassifierHead(BaseHead):
         if out_dim is not None and out_dim != in_channels:
             raise ValueError(f'TextClassifierHead: in_channels={in_channels} but the text '
                              f'encoder outputs {out_dim}-d embeddings; use the text tower of '
-                             f'the same CLIP as the backbone')
+                             f'the same CLIP as the backbone (model.cls_head.text_encoder '
+                             f'arch/pretrained) and its width as model.cls_head.in_channels')
         self.dropout = nn.Dropout(dropout_ratio) if dropout_ratio > 0 else None
 
         self.learnable_temperature = learnable_temperature
@@ -279,8 +280,14 @@ class TextClassifierHead(BaseHead):
         """Video embeddings ``[N, E]`` -> class scores ``[N, num_classes]``."""
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            hint = ''
+            if isinstance(x, torch.Tensor) and x.dim() == 2:
+                hint = (f': the backbone gives {x.shape[1]}-d embeddings, so the head '
+                        f'(model.cls_head.in_channels={self.in_channels}) and its text '
+                        f'encoder (model.cls_head.text_encoder) must be built from the same '
+                        f'CLIP as the backbone')
             raise ValueError(f'TextClassifierHead expects video embeddings [N, '
-                             f'{self.in_channels}], got {shape}')
+                             f'{self.in_channels}], got {shape}{hint}')
         if self.dropout is not None:
             x = self.dropout(x)
         text = self.class_embeddings().to(x.device)                    # [C, E] fp32
