@@ -3,14 +3,17 @@
 - Recognizer (``Recognizer3D`` + any head): ``model.test_step`` on the video preprocessed by
   the config's test pipeline (``views`` = ``'CLIPSxCROPS'`` overrides its views), i.e. the
   ``pred_score`` of ``tools/test.py``: with ``average_clips='prob'`` the mean over views of
-  the per-view softmax. A text-classifier head scores the class list it was built with:
-  :func:`apply_classnames` puts a user list into the config before the model is built
-  (zero-shot: class names are not stored in checkpoints).
+  the per-view softmax. A text-classifier head scores the class list it was built with,
+  or ``classnames`` when given (zero-shot: class names are not stored in checkpoints), with
+  its own prompt templates, or ``templates`` when given; both only for that call (the
+  head gets its classes and templates back). :func:`apply_classnames` and
+  :func:`apply_templates` put them into the config before the model is built instead.
 - Retrieval model (``STANRetriever``): zero-shot over ``classnames``: prompts
-  (``templates``) through the text tower, prompt-ensembled as
-  :class:`~stan_mm.models.heads.TextClassifierHead` does, logits = cosine x the model's logit
-  scale, softmax over the classes.
+  (``templates``, default :data:`DEFAULT_TEMPLATES`) through the text tower,
+  prompt-ensembled as :class:`~stan_mm.models.heads.TextClassifierHead` does, logits =
+  cosine x the model's logit scale, softmax over the classes.
 """
+import contextlib
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -59,6 +62,27 @@ def apply_classnames(cfg, names: List[str]) -> None:
         cfg.model.cls_head.pop('num_classes', None)
 
 
+def apply_templates(cfg, templates: Optional[Sequence[str]]) -> Optional[List[str]]:
+    """Validate the prompt templates ``templates`` (``--template``; each with one ``{}``,
+    ``ValueError`` otherwise, the message of a retrieval model's) and give them to a
+    recognition config's text-classifier head (in place, as ``--cfg-options
+    model.cls_head.templates=[...]`` does). A retrieval config takes them at
+    :func:`recognize`; a config with another head has no prompts (``ValueError``).
+    Returns the validated list (``None`` for ``None``: the model's own templates)."""
+    if templates is None:
+        return None
+    from stan_mm.models.heads.classnames import check_templates
+    from .inference import config_model_kind
+    templates = check_templates(templates)
+    if head_type(cfg) == 'TextClassifierHead':
+        cfg.model.cls_head.templates = list(templates)
+    elif config_model_kind(cfg) != 'retriever':
+        raise ValueError(f'prompt templates {templates!r}: the config\'s head '
+                         f'({head_type(cfg)}) has no prompts; templates are for a '
+                         f'text-classifier head or a retrieval model')
+    return templates
+
+
 def missing_classnames_file(cfg) -> Optional[str]:
     """The class-names file a text head's config names when that file is missing."""
     if head_type(cfg) != 'TextClassifierHead':
@@ -67,8 +91,19 @@ def missing_classnames_file(cfg) -> Optional[str]:
     return names if isinstance(names, str) and not osp.isfile(names) else None
 
 
+def _prompted_head(model):
+    """The recognizer's head when it encodes class names with prompts (a
+    ``TextClassifierHead``: ``set_classnames`` and ``templates``), else None."""
+    head = getattr(model, 'cls_head', None)
+    if callable(getattr(head, 'set_classnames', None)) and hasattr(head, 'templates'):
+        return head
+    return None
+
+
 def class_labels(model, classnames: Optional[List[str]]) -> List[str]:
-    """Names of the model's output classes, in label order."""
+    """Names of the classes :func:`recognize` scores, in label order: ``classnames`` when
+    given (a linear head: the names of its own classes, the count must match), else the
+    head's own."""
     if model_kind(model) == 'retriever':
         if not classnames:
             raise ValueError('a retrieval model scores a class list: give --classnames')
@@ -76,7 +111,13 @@ def class_labels(model, classnames: Optional[List[str]]) -> List[str]:
     head = model.cls_head
     own = getattr(head, 'classnames', None)
     if own:
-        return list(own)
+        if classnames is None or list(classnames) == list(own):
+            return list(own)
+        if _prompted_head(model) is not None:   # scored with the given list
+            return list(classnames)
+        raise ValueError(f'{type(head).__name__} scores its own {len(own)} classes and '
+                         f'cannot take another class list ({len(classnames)} names given); '
+                         f'zero-shot needs a text-classifier head or a retrieval model')
     n = int(head.num_classes)
     if classnames is None:
         return [f'class {i}' for i in range(n)]
@@ -87,23 +128,69 @@ def class_labels(model, classnames: Optional[List[str]]) -> List[str]:
     return list(classnames)
 
 
+@contextlib.contextmanager
+def _prompts_for_call(head, names: List[str], templates: Optional[List[str]]):
+    """A text-classifier head scoring ``names`` with ``templates`` (None: its own) inside
+    the block; its class list, templates and cached class embeddings afterwards as
+    before."""
+    if list(names) == list(head.classnames) and (templates is None
+                                                 or list(templates) == list(head.templates)):
+        yield
+        return
+    old_templates, old_names = head.templates, list(head.classnames)
+    old_source = getattr(head, 'classnames_source', None)
+    cached = {k: getattr(head, k) for k in ('_cache', '_cache_key') if hasattr(head, k)}
+    try:
+        if templates is not None:
+            head.templates = list(templates)
+        head.set_classnames(list(names))
+        yield
+    finally:
+        head.templates = old_templates
+        head.set_classnames(old_names, source=old_source)
+        for k, v in cached.items():   # (the text tower is unchanged: still valid)
+            setattr(head, k, v)
+
+
 @torch.no_grad()
 def recognize(model, video: str, views: Optional[str] = None,
               classnames: Optional[List[str]] = None,
-              templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tuple[List[str], np.ndarray]:
+              templates: Optional[Sequence[str]] = None) -> Tuple[List[str], np.ndarray]:
     """``video`` -> (class names, scores ``[C]`` float64 summing to 1); see the module
-    docstring. Raises ``VideoReadError`` naming the file when it cannot be read, and
-    ``ValueError`` when ``video`` is a folder (the reader would look for ``<folder>.mp4``)."""
+    docstring.
+
+    ``classnames``: the classes to score (a text-classifier head or a retrieval model: any
+    list; a linear head: the names of its own classes). ``templates``: prompt templates,
+    each with one ``{}`` (a text-classifier head: ``None`` keeps the templates it was
+    built with; a retrieval model: ``None`` means :data:`DEFAULT_TEMPLATES`; a linear head
+    has none: ``ValueError``). A text-classifier head is given back its own classes and
+    templates afterwards.
+
+    Raises ``VideoReadError`` naming the file when it cannot be read, and ``ValueError``
+    when ``video`` is a folder, or for a class list or templates the model cannot take."""
+    from stan_mm.models.heads.classnames import check_templates
     from .video import VideoPipeline, check_views
     if isinstance(video, str) and osp.isdir(video):
         raise ValueError(f'{video!r} is a folder; give the video file')
-    check_views(model_kind(model), views)
+    kind = model_kind(model)
+    check_views(kind, views)
+    if templates is not None:
+        templates = check_templates(templates)
     names = class_labels(model, classnames)
-    sample = VideoPipeline(model.cfg, views)(video)
-    if model_kind(model) == 'recognizer':
-        pred = model.test_step(pseudo_collate([sample]))[0]
+    if kind == 'recognizer':
+        head = _prompted_head(model)
+        if head is None and templates is not None:
+            raise ValueError(f'prompt templates {templates!r}: '
+                             f'{type(model.cls_head).__name__} has no prompts; templates '
+                             f'are for a text-classifier head or a retrieval model')
+        sample = VideoPipeline(model.cfg, views)(video)
+        with (_prompts_for_call(head, names, templates) if head is not None
+              else contextlib.nullcontext()):
+            pred = model.test_step(pseudo_collate([sample]))[0]
         scores = pred.pred_score.detach().float().cpu().numpy().astype(np.float64)
         return names, scores
+    templates = list(DEFAULT_TEMPLATES) if templates is None else templates
+    sample = VideoPipeline(model.cfg, views)(video)
     from stan_mm.models.heads import TextClassifierHead
     from .embed import embed_video_batch, text_tower
     _, length = text_tower(model)

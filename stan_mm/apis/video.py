@@ -16,7 +16,7 @@ import os.path as osp
 from typing import List, Optional, Sequence, Tuple
 
 from stan_mm.datasets.retrieval import VIDEO_EXTS
-from stan_mm.datasets.transforms.video_io import VideoReadError
+from stan_mm.datasets.transforms.video_io import VideoReadError, resolve_video_name
 
 #: transforms replaced by versions whose errors name the file
 SAFE_TRANSFORMS = {'DecordInit': 'SafeDecordInit', 'DecordDecode': 'SafeDecordDecode'}
@@ -74,8 +74,19 @@ def _read_video_list(source: str, exts: Sequence[str], option: str = '') -> List
             if ln.strip() and not ln.lstrip().startswith('#')]
 
 
+def _listed_file(root: str, path: str) -> str:
+    """``path`` of a list file as the decoder reads it (:func:`resolve_video_name`): a name
+    without an extension, ``clip``, becomes ``clip.mp4`` when no file ``clip`` exists (URLs
+    of other storages are left as they are)."""
+    if '://' in path:
+        return path
+    full = path if osp.isabs(path) else osp.join(root, path)
+    found = resolve_video_name(full)
+    return path if found == full else path + found[len(full):]
+
+
 def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS,
-                option: str = '') -> Tuple[str, List[str]]:
+                option: str = '', resolve: bool = True) -> Tuple[str, List[str]]:
     """Videos to process: ``(root, paths)``, each path relative to ``root`` unless absolute.
 
     ``source`` is either a folder, scanned recursively for files with a video extension
@@ -87,6 +98,13 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS,
     written as one UTF-8 line of ``videos.txt`` (a line break, bytes that are not UTF-8) is
     refused before anything is embedded. ``option``: the tool's flag for ``source``, named
     in the messages.
+
+    A listed name without an extension, ``clip``, means the file ``clip`` when there is one,
+    else ``clip.mp4`` (as :class:`~stan_mm.datasets.transforms.video_io.SafeDecordInit`
+    reads it); with ``resolve`` (default) such a name is returned as the file it means
+    (``clip.mp4``), so that what is embedded and what is recorded of it (``videos.txt``,
+    the size and time stamps) are the same file. ``resolve=False`` keeps the names as
+    listed.
     """
     if osp.isdir(source):
         root = osp.abspath(source)
@@ -116,9 +134,15 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS,
         if not paths:
             raise ValueError(f'{source}: the video list is empty (expected one video path '
                              f'per line)')
+        listed = paths
+        if resolve:
+            paths = [_listed_file(root, p) for p in paths]
         dup = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
         if dup:
-            raise ValueError(f'{source}: videos listed more than once: {dup[:5]}')
+            renamed = {q for p, q in zip(listed, paths) if p != q}   # 'clip' -> 'clip.mp4'
+            raise ValueError(f'{source}: videos listed more than once: {dup[:5]}'
+                             + (' (a name without an extension means <name>.mp4 when no '
+                                'file <name> exists)' if renamed & set(dup) else ''))
         return root, paths
     raise FileNotFoundError(f'--videos {source!r}: no such folder or list file')
 

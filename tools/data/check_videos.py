@@ -115,7 +115,9 @@ def _list_source(source: str) -> Tuple[str, List[str]]:
     from stan_mm.utils.cli import CommandLineError
     if not osp.exists(source):
         raise CommandLineError(f'SOURCE {source!r}: no such folder, video or list file')
-    return list_videos(source, option='SOURCE')
+    # names as listed (--out lists them so): a name without an extension is read as the
+    # decoder reads it, 'clip' if that file exists, else 'clip.mp4'
+    return list_videos(source, option='SOURCE', resolve=False)
 
 
 def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, Optional[Dict]]]:

@@ -8,12 +8,17 @@ The video goes through the config's test pipeline (--views CLIPSxCROPS overrides
 and the model's own test step: scores are the per-view softmax averaged over views, as in
 tools/test.py. --classnames (a file with one name per line, or names separated by commas)
 replaces the class list of a text-classifier head: zero-shot recognition of classes the
-model was not trained on. A retrieval config scores --classnames with its text tower
+model was not trained on; --template replaces its prompt templates (default: the config's,
+model.cls_head.templates). A retrieval config scores --classnames with its text tower
 (prompts "a video of {}.", --template to change). A linear head only takes --classnames as
-the names of its own classes.
+the names of its own classes, and no --template.
+
+VIDEO without an extension, "clip", is the file "clip", or "clip.mp4" when there is no file
+"clip" (a warning names both when both exist).
 
 A mistake in the input (a missing or unreadable video, a folder given for a file, a class
-list that does not fit) ends with one line, "recognize: error: ...", and exit status 2.
+list that does not fit, a template without exactly one {}) ends with one line,
+"recognize: error: ...", and exit status 2.
 """
 import argparse
 import os.path as osp
@@ -36,8 +41,10 @@ def parse_args(argv=None):
                    help='test views, e.g. 1x3 or 4x3 (default: the config\'s)')
     p.add_argument('--top-k', type=int, default=5, help='classes to show (default 5)')
     p.add_argument('--template', action='append',
-                   help='prompt template with {} for retrieval configs (repeatable; default '
-                   '"a video of {}.")')
+                   help='prompt template with one {} where the class name goes (repeatable; '
+                   'embeddings averaged over templates): a text-classifier head\'s templates '
+                   '(default: the config\'s, model.cls_head.templates), or a retrieval '
+                   'config\'s prompts (default "a video of {}."); a linear head has none')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries')
@@ -49,18 +56,21 @@ def parse_args(argv=None):
 
 def check_paths(args) -> None:
     """Refuse, before the model is loaded, a missing CONFIG or CHECKPOINT, or a folder
-    given for one of them or for VIDEO, a missing VIDEO ('abc' may name 'abc.mp4', as for
-    DecordInit; URLs are left to the reader) (CommandLineError, naming the argument)."""
+    given for one of them or for VIDEO, a missing VIDEO (a name without an extension,
+    'abc', names the file 'abc', else 'abc.mp4', as the reader takes it:
+    ``resolve_video_name``; URLs are left to the reader) (CommandLineError, naming the
+    argument)."""
+    from stan_mm.datasets.transforms.video_io import resolve_video_name
     from stan_mm.utils.cli import CommandLineError, check_input_file
     check_input_file(args.config, 'CONFIG', 'config file')
     check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
     video = args.video
     if osp.isdir(video):
         raise CommandLineError(f'VIDEO {video!r} is a folder; give the video file')
-    bare = osp.splitext(video)[0] == video   # 'abc' is read as 'abc.mp4'
-    if ('://' not in video and not osp.exists(video)
-            and not (bare and osp.isfile(video + '.mp4'))):
-        raise CommandLineError(f'VIDEO {video!r}: video file not found')
+    if '://' not in video and not osp.exists(resolve_video_name(video)):
+        bare = osp.splitext(video)[0] == video
+        raise CommandLineError(f'VIDEO {video!r}: video file not found'
+                               + (f' (nor {video + ".mp4"!r})' if bare else ''))
 
 
 def main(argv=None) -> int:
@@ -81,12 +91,15 @@ def main(argv=None) -> int:
 def run(args) -> int:
     import numpy as np
     from stan_mm.apis import init_model, load_config, recognize
-    from stan_mm.apis.recognition import (DEFAULT_TEMPLATES, apply_classnames,
+    from stan_mm.apis.recognition import (apply_classnames, apply_templates,
                                           missing_classnames_file, parse_classnames)
     from stan_mm.apis.report import format_table
 
     names = parse_classnames(args.classnames) if args.classnames else None
     cfg = load_config(args.config, args.cfg_options)
+    # --template: checked before the model is built; a text head's templates (as
+    # --cfg-options model.cls_head.templates=[...]), a retrieval model's prompts
+    templates = apply_templates(cfg, args.template)
     if names is not None:
         apply_classnames(cfg, names)
     elif missing_classnames_file(cfg):
@@ -96,7 +109,7 @@ def run(args) -> int:
         return 2
     model = init_model(cfg, args.checkpoint, args.device)
     labels, scores = recognize(model, args.video, views=args.views, classnames=names,
-                               templates=args.template or DEFAULT_TEMPLATES)
+                               templates=templates)
     order = np.argsort(-scores, kind='stable')[:args.top_k]
     print(f'video: {args.video} ({len(labels)} classes, views: '
           f'{args.views or "from the config"})')

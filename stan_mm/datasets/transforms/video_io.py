@@ -123,6 +123,42 @@ class _VideoSource:
         return getattr(self.reader, name)
 
 
+#: local paths already warned about by :func:`resolve_video_name` (once per path)
+_BOTH_WARNED = set()
+
+
+def resolve_video_name(filename: str, local: bool = True) -> str:
+    """The file a video name means, as :class:`SafeDecordInit` reads it.
+
+    MMAction2's ``DecordInit`` reads a name without an extension, ``abc``, as ``abc.mp4``.
+    On the local disk (``local=True``) that holds only when ``abc`` is not a file itself: an
+    existing file ``abc`` is read as named, and when ``abc.mp4`` exists too a warning (once
+    per path) names both. A name that is neither there nor has an ``abc.mp4`` becomes
+    ``abc.mp4`` (what a missing file is reported as, next to the name given). Names of
+    other storages (``local=False``) keep ``DecordInit``'s rule.
+    """
+    if osp.splitext(filename)[0] != filename:
+        return filename
+    mp4 = filename + '.mp4'
+    if not local:
+        return mp4
+    if osp.isfile(filename):
+        if osp.isfile(mp4):
+            key = osp.abspath(filename)
+            if key not in _BOTH_WARNED:
+                _BOTH_WARNED.add(key)
+                import warnings
+                warnings.warn(f'video {filename!r} has no extension and {mp4!r} exists too: '
+                              f'reading {filename!r}, the file the name gives (a name '
+                              f'without an extension means <name>.mp4 only when no such '
+                              f'file exists); give {mp4!r} to read that one', UserWarning,
+                              stacklevel=2)
+        return filename
+    if osp.lexists(filename) and not osp.lexists(mp4):
+        return filename   # a folder (or a dangling link): reported as what it is
+    return mp4
+
+
 @TRANSFORMS.register_module()
 class SafeDecordInit(DecordInit):
     """``DecordInit`` that raises :class:`VideoReadError` naming the file.
@@ -132,6 +168,8 @@ class SafeDecordInit(DecordInit):
 
     Checks, in order: the file can be read (missing: ``file not found``; a directory; no
     read permission), it is not empty, decord can open it, it has at least one frame.
+    A name without an extension, ``abc``, is read as ``abc.mp4`` (as ``DecordInit``) unless
+    a local file ``abc`` exists (:func:`resolve_video_name`).
 
     Local files (``io_backend='disk'`` without file client arguments) are opened by decord
     from their absolute path, as bare decord does; other storages are read into memory
@@ -163,8 +201,8 @@ class SafeDecordInit(DecordInit):
                 f'num_threads={self.num_threads}, max_seconds={self.max_seconds})')
 
     def _get_video_reader(self, filename: str) -> _VideoSource:
-        if osp.splitext(filename)[0] == filename:  # as DecordInit: 'abc' means 'abc.mp4'
-            filename = filename + '.mp4'
+        # 'abc' means 'abc.mp4' (DecordInit) unless a local file 'abc' exists
+        given, filename = filename, resolve_video_name(filename, self._local())
         import decord
         if self._local():
             # a local file: decord opens the path itself (as bare decord does), which
@@ -172,6 +210,9 @@ class SafeDecordInit(DecordInit):
             try:
                 info = os.stat(filename)
             except FileNotFoundError:
+                if filename != given:   # neither 'abc' nor 'abc.mp4'
+                    raise VideoReadError(given, f'file not found (nor {filename!r}, which '
+                                         f'a name without an extension also means)') from None
                 raise VideoReadError(filename, 'file not found') from None
             except OSError as e:
                 raise VideoReadError(filename,
