@@ -122,7 +122,10 @@ class RetrievalRecallMetric(BaseMetric):
             ``dsl`` too, every evaluation logs a warning (see the module docstring).
         chunk_size: similarity rows materialized at a time.
         normalize: L2-normalize video, text and bank features before the dot product.
-        device: device of the ranking computation.
+        device: device of the ranking computation (``'cpu'`` or ``'cuda'``). The features
+            are kept on the CPU as they arrive (``process``; they are pickled to be
+            collected across ranks), so there is no "device of the embeddings" to follow:
+            ``'cuda'`` moves them there for the ranking (memory: docs/retrieval.md).
         collect_device, collect_dir, prefix: as in :class:`mmengine.evaluator.BaseMetric`.
 
     Returns (``evaluate``): ``{'retrieval/t2v_R1': ..., ..., 'retrieval/v2t_MnR': ...}``

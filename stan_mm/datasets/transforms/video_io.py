@@ -314,12 +314,25 @@ class SafeDecordDecode(DecordDecode):
 
     def _decord_load_frames(self, container, frame_inds: np.ndarray) -> List[np.ndarray]:
         filename = getattr(self, '_filename', None) or getattr(container, 'filename', '?')
+        decode_inds, order = frame_inds, None
+        flat = np.asarray(frame_inds).reshape(-1)
+        increasing = bool(np.all(flat[1:] > flat[:-1]))
+        if self.mode == 'accurate' and not increasing:
+            # indices out of stream order or repeated (multi-clip test sampling gives them
+            # clip by clip: 7, 44, ..., 269, 14, 51, ...): decord's get_batch seeks back and
+            # decodes again for every clip (300-frame H.264, 4 clips: the k400 test pipeline
+            # took 2.8x as long, docs/benchmarks.md). Decode each frame once, in stream
+            # order, and hand them out in the order asked (same frames)
+            decode_inds, order = np.unique(flat, return_inverse=True)
+            order = order.reshape(-1)
         try:
             if self.mode == 'accurate' and ZERO_COPY:
                 # as DecordDecode, without its copy of the whole batch (``asnumpy``)
-                imgs = list(decord_batch_to_numpy(container.get_batch(frame_inds)))
+                imgs = list(decord_batch_to_numpy(container.get_batch(decode_inds)))
             else:
-                imgs = super()._decord_load_frames(container, frame_inds)
+                imgs = super()._decord_load_frames(container, decode_inds)
+            if order is not None:
+                imgs = _in_requested_order(imgs, order)
         except Exception as e:
             if _DECORD_COPY_BUG not in str(e):
                 raise VideoReadError(
@@ -356,6 +369,16 @@ def decord_batch_to_numpy(batch) -> np.ndarray:
         if arr is not None and arr.dtype == np.uint8 and arr.flags.c_contiguous:
             return arr
     return batch.asnumpy()
+
+
+def _in_requested_order(frames: List[np.ndarray], order: np.ndarray) -> List[np.ndarray]:
+    """``frames[order[i]]`` for every ``i``; a frame asked for again is a copy (as decord's
+    batch gives it: a later in-place transform, e.g. Flip, must act on each slot once)."""
+    out, given = [], set()
+    for k in order.tolist():
+        out.append(frames[k] if k not in given else frames[k].copy())
+        given.add(k)
+    return out
 
 
 def _brief(inds: np.ndarray, limit: int = 8) -> str:

@@ -119,12 +119,20 @@ class CLIPTextEncoder(BaseModule):
             raise ValueError(f'token length {length} exceeds the context length '
                              f'{self.context_length} of this CLIP text encoder')
         vocab = int(self.token_embedding.num_embeddings)
-        if tokens.numel() and not tokens.is_meta:
+        if tokens.numel() and tokens.device.type == 'cpu':
             low, high = int(tokens.min()), int(tokens.max())
             if low < 0 or high >= vocab:
                 raise ValueError(f'tokens must be ids in [0, {vocab}) (the vocabulary size '
                                  f'of this CLIP text encoder), got ids from {low} to {high}; '
                                  f'tokenize with the same CLIP BPE vocabulary as the weights')
+        elif tokens.numel() and not tokens.is_meta:
+            # on an accelerator: checked there, without waiting for the device (reading
+            # min/max back stalled every training step); a failure surfaces at a later
+            # synchronization as a device-side assertion
+            torch._assert_async(((tokens >= 0) & (tokens < vocab)).all(),
+                                f'tokens must be ids in [0, {vocab}) (the vocabulary size '
+                                f'of this CLIP text encoder); tokenize with the same CLIP '
+                                f'BPE vocabulary as the weights')
         cast_dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(tokens).to(cast_dtype)            # [N, L, W]
         x = x + self.positional_embedding[:length].to(cast_dtype)

@@ -9,7 +9,7 @@ from torch import nn
 
 from mmaction.registry import MODELS
 
-from .gather import all_gather_no_grad, all_gather_with_grad
+from .gather import all_gather_no_grad, all_gather_with_grad, gather_sizes
 
 DUPLICATE_MODES = ('mask', 'keep')
 
@@ -76,7 +76,8 @@ class SymmetricInfoNCELoss(nn.Module):
                    video_ids: Optional[torch.Tensor] = None
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Logits ``[B, B]`` (video rows, text columns; global batch when gathering) and
-        the gathered ``video_ids`` ``[B]`` (or None)."""
+        the gathered ``video_ids`` ``[B]`` (None without ids, and with
+        ``duplicate_videos='keep'``, which does not use them: they are not gathered)."""
         if video_emb.dim() != 2 or video_emb.shape != text_emb.shape:
             raise ValueError(f'SymmetricInfoNCELoss: video_emb {tuple(video_emb.shape)} and '
                              f'text_emb {tuple(text_emb.shape)} must both be [B, E] with '
@@ -84,14 +85,20 @@ class SymmetricInfoNCELoss(nn.Module):
         if video_ids is not None and tuple(video_ids.shape) != (video_emb.shape[0], ):
             raise ValueError(f'SymmetricInfoNCELoss: video_ids must be [B] = '
                              f'[{video_emb.shape[0]}], got {tuple(video_ids.shape)}')
+        if self.duplicate_videos != 'mask':
+            video_ids = None                    # 'keep' never reads them: nothing to gather
         with autocast_off(video_emb.device):                         # fp32 logits
             v = F.normalize(video_emb.float(), dim=-1)
             t = F.normalize(text_emb.float(), dim=-1)
             if self.gather:
-                both = all_gather_with_grad(torch.cat([v, t], dim=1))    # one collective
+                # the ranks' row counts once per step (one collective, one read-back) for
+                # both gathers
+                sizes = gather_sizes(v.shape[0], v.device) if video_ids is not None else None
+                both = all_gather_with_grad(torch.cat([v, t], dim=1),    # one collective
+                                            sizes=sizes)
                 v, t = both.split(v.shape[1], dim=1)
                 if video_ids is not None:
-                    video_ids = all_gather_no_grad(video_ids)
+                    video_ids = all_gather_no_grad(video_ids, sizes=sizes)
             return logit_scale * (v @ t.t()), video_ids
 
     def forward(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -104,8 +111,9 @@ class SymmetricInfoNCELoss(nn.Module):
         if video_ids is not None and self.duplicate_videos == 'mask':
             same = video_ids[:, None] == video_ids[None, :]
             same.fill_diagonal_(False)
-            if bool(same.any()):
-                logits = logits.masked_fill(same, float('-inf'))
+            # unconditionally: an all-False mask changes nothing, and testing for it
+            # (``bool(same.any())``) waited for the device every step
+            logits = logits.masked_fill(same, float('-inf'))
         target = torch.arange(n, device=logits.device)
         loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
         return self.loss_weight * loss

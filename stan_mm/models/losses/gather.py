@@ -22,7 +22,24 @@ def _gather_sizes(n: int, device: torch.device, group) -> List[int]:
     size = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size, group=group)
-    return [int(s.item()) for s in sizes]
+    return torch.cat(sizes).tolist()        # one read-back (one device sync), not one per rank
+
+
+def gather_sizes(n: int, device: torch.device,
+                 group: Optional[object] = None) -> Optional[List[int]]:
+    """The row counts ``[B_0, ..., B_{W-1}]`` of all ranks (one collective, one read-back),
+    to hand to several gathers of one step (``sizes=``); None on a single process."""
+    if get_world_size(group) <= 1:
+        return None
+    return _gather_sizes(n, device, group)
+
+
+def _check_sizes(sizes: List[int], n: int, group) -> List[int]:
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != dist.get_world_size(group) or sizes[dist.get_rank(group)] != n:
+        raise ValueError(f'sizes={sizes} do not match this process group (world size '
+                         f'{dist.get_world_size(group)}) and this rank\'s {n} rows')
+    return sizes
 
 
 def _gather_padded(x: torch.Tensor, sizes: List[int], group) -> torch.Tensor:
@@ -40,8 +57,10 @@ class _AllGatherWithGrad(torch.autograd.Function):
     (sum) of the incoming gradient, then this rank's rows."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        sizes = _gather_sizes(x.shape[0], x.device, group)
+    def forward(ctx, x: torch.Tensor, group, sizes: Optional[List[int]] = None
+                ) -> torch.Tensor:
+        sizes = _gather_sizes(x.shape[0], x.device, group) if sizes is None else \
+            _check_sizes(sizes, x.shape[0], group)
         ctx.group = group
         ctx.sizes = sizes
         ctx.rank = dist.get_rank(group)
@@ -52,21 +71,26 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]], None
+        return grad[start:start + ctx.sizes[ctx.rank]], None, None
 
 
-def all_gather_with_grad(x: torch.Tensor, group: Optional[object] = None) -> torch.Tensor:
+def all_gather_with_grad(x: torch.Tensor, group: Optional[object] = None,
+                         sizes: Optional[List[int]] = None) -> torch.Tensor:
     """Concatenate ``x`` ``[B_r, ...]`` of every rank along dim 0 (rank order), keeping the
-    gradient (see the module docstring). Identity on a single process."""
+    gradient (see the module docstring). Identity on a single process. ``sizes``: the row
+    counts of all ranks from :func:`gather_sizes`, when the caller has them (else gathered
+    here)."""
     if get_world_size(group) <= 1:
         return x
-    return _AllGatherWithGrad.apply(x, group)
+    return _AllGatherWithGrad.apply(x, group, sizes)
 
 
-def all_gather_no_grad(x: torch.Tensor, group: Optional[object] = None) -> torch.Tensor:
+def all_gather_no_grad(x: torch.Tensor, group: Optional[object] = None,
+                       sizes: Optional[List[int]] = None) -> torch.Tensor:
     """Like :func:`all_gather_with_grad` without autograd (e.g. integer ids ``[B_r]``)."""
     if get_world_size(group) <= 1:
         return x
     with torch.no_grad():
-        sizes = _gather_sizes(x.shape[0], x.device, group)
+        sizes = _gather_sizes(x.shape[0], x.device, group) if sizes is None else \
+            _check_sizes(sizes, x.shape[0], group)
         return _gather_padded(x.detach(), sizes, group)
