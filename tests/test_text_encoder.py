@@ -174,3 +174,23 @@ def test_build_from_config_with_custom_imports(tmp_path, src):
 
 def test_registered():
     assert MODELS.get('CLIPTextEncoder') is CLIPTextEncoder
+
+
+def test_text_encoder_exports_and_compiles_with_fullgraph():
+    """The token-range check reads token values back (a data-dependent branch): skipped
+    while a graph is traced, so torch.export and torch.compile(fullgraph=True) work and
+    give the eager embeddings; eager calls still check."""
+    enc = CLIPTextEncoder(arch=T.tiny_clip_cfg(text_context_length=16)).eval()
+    vocab = enc.token_embedding.num_embeddings
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, vocab - 1, (3, 16), generator=g)
+    tokens[:, 10] = vocab - 1                               # end-of-text, for argmax
+    with torch.no_grad():
+        eager = enc(tokens)
+        exported = torch.export.export(enc, (tokens,)).module()(tokens)
+        torch._dynamo.reset()
+        compiled = torch.compile(enc, fullgraph=True, backend='eager')(tokens)
+    torch.testing.assert_close(exported, eager)
+    torch.testing.assert_close(compiled, eager)
+    with pytest.raises(ValueError, match='tokens must be ids'):
+        enc(torch.full((1, 16), vocab))

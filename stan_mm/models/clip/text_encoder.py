@@ -15,6 +15,17 @@ def causal_mask(length: int) -> torch.Tensor:
     return torch.full((length, length), float('-inf')).triu_(1)
 
 
+def _tracing() -> bool:
+    """Whether this forward is being traced into a graph (``torch.compile``,
+    ``torch.export``, ``torch.jit.trace``), where reading token values back is a
+    data-dependent branch the tracer cannot take (export and ``fullgraph=True`` fail)."""
+    compiler = getattr(torch, 'compiler', None)
+    return bool(torch.jit.is_tracing()
+                or (compiler is not None and (compiler.is_compiling()
+                                              or getattr(compiler, 'is_exporting',
+                                                         lambda: False)())))
+
+
 @MODELS.register_module()
 class CLIPTextEncoder(BaseModule):
     """CLIP's text transformer (open_clip modules), run over the given token length.
@@ -119,7 +130,9 @@ class CLIPTextEncoder(BaseModule):
             raise ValueError(f'token length {length} exceeds the context length '
                              f'{self.context_length} of this CLIP text encoder')
         vocab = int(self.token_embedding.num_embeddings)
-        if tokens.numel() and tokens.device.type == 'cpu':
+        if _tracing():
+            pass  # torch.compile / torch.export / jit tracing: no data-dependent branch
+        elif tokens.numel() and tokens.device.type == 'cpu':
             low, high = int(tokens.min()), int(tokens.max())
             if low < 0 or high >= vocab:
                 raise ValueError(f'tokens must be ids in [0, {vocab}) (the vocabulary size '
