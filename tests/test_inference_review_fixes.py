@@ -162,6 +162,26 @@ def test_recognize_tool_reads_a_bare_video_name(ws, models, capsys):
     assert rc == 2 and "VIDEO 'noext/nope': video file not found" in line
 
 
+def test_a_folder_next_to_its_mp4_is_not_refused(ws, models, capsys):
+    """'clip' a folder and 'clip.mp4' a video: the reader reads 'clip.mp4', so neither the
+    tool nor the API may refuse 'clip' as a folder; a folder alone still is."""
+    from stan_mm.apis import init_model
+    from stan_mm.apis.recognition import recognize
+    cfg, ckpt = models['linear']
+    os.mkdir('clip')
+    write_video('clip.mp4')
+    tool = load_tool('tools/demo/recognize.py')
+    rc = tool.main([cfg, ckpt, 'clip'])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    names, scores = recognize(init_model(cfg, ckpt), 'clip')
+    assert len(names) == len(scores) and abs(scores.sum() - 1) < 1e-6
+    os.mkdir('alone')
+    rc = tool.main([cfg, ckpt, 'alone'])
+    line = one_line_error(capsys.readouterr().err, 'recognize')
+    assert rc == 2 and "VIDEO 'alone' is a folder" in line
+
+
 def test_video_lists_name_the_file_the_decoder_reads(ws):
     from stan_mm.apis.video import list_videos
     write_video('a.mp4')                 # listed as 'a'

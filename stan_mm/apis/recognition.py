@@ -170,7 +170,9 @@ def recognize(model, video: str, views: Optional[str] = None,
     when ``video`` is a folder, or for a class list or templates the model cannot take."""
     from stan_mm.models.heads.classnames import check_templates
     from .video import VideoPipeline, check_views
-    if isinstance(video, str) and osp.isdir(video):
+    from stan_mm.datasets.transforms.video_io import resolve_video_name
+    if (isinstance(video, str) and '://' not in video
+            and osp.isdir(resolve_video_name(video))):        # 'abc' may read 'abc.mp4'
         raise ValueError(f'{video!r} is a folder; give the video file')
     kind = model_kind(model)
     check_views(kind, views)

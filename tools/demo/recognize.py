@@ -65,7 +65,7 @@ def check_paths(args) -> None:
     check_input_file(args.config, 'CONFIG', 'config file')
     check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
     video = args.video
-    if osp.isdir(video):
+    if '://' not in video and osp.isdir(resolve_video_name(video)):
         raise CommandLineError(f'VIDEO {video!r} is a folder; give the video file')
     if '://' not in video and not osp.exists(resolve_video_name(video)):
         bare = osp.splitext(video)[0] == video

@@ -482,7 +482,8 @@ class SkipUnreadable:
         train_dataloader = dict(dataset=dict(
             type='SkipUnreadable',
             dataset=dict(type='VideoDataset', ann_file=..., pipeline=train_pipeline)))
-        custom_hooks = [dict(type='SkippedVideosHook')]
+        custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook'),
+                        dict(type='SkippedVideosHook')]   # the defaults, and the report
 
     Args:
         dataset: the dataset or its config (any MMAction2 dataset whose pipeline ends with
