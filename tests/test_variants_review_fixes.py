@@ -163,8 +163,9 @@ test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
 # ------------------------------------------------ 2. variables that are not re-evaluated
 def test_clip_arch_and_num_frames_overrides_that_do_nothing_are_named(capsys):
     cfg = Config.fromfile(K400)
-    cfg.merge_from_dict({'clip_arch': 'ViT-L/14', 'num_frames': 16})   # --cfg-options
-    check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ))
+    options = {'clip_arch': 'ViT-L/14', 'num_frames': 16}               # --cfg-options
+    cfg.merge_from_dict(options)
+    check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ), options=options)
     err = capsys.readouterr().err
     assert ("test.py: warning: the config sets clip_arch='ViT-L/14', but the model is built "
             "with model.backbone.arch='ViT-B/16'") in err
@@ -175,7 +176,7 @@ def test_clip_arch_and_num_frames_overrides_that_do_nothing_are_named(capsys):
     # retrieval: the CLIP is the retriever's
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py'))
     cfg.merge_from_dict({'clip_arch': 'ViT-B/16'})
-    check_model_variant(cfg, 'train.py')
+    check_model_variant(cfg, 'train.py', options={'clip_arch': 'ViT-B/16'})
     err = capsys.readouterr().err
     assert "model.arch='ViT-B/32'" in err and 'model.arch and model.pretrained' in err
 
@@ -196,6 +197,36 @@ def test_child_config_setting_only_num_frames_is_warned_by_train_py(tmp_path, ca
     test.merge_args(Config.fromfile(K400), test.parse_args(
         [K400, str(ckpt), '--cfg-options', 'clip_arch=ViT-B/32']))
     assert "test.py: warning: the config sets clip_arch='ViT-B/32'" in capsys.readouterr().err
+
+
+def test_fields_set_directly_are_not_warned_about(tmp_path, capsys):
+    """clip_arch / num_frames left in their base file while the user sets the fields that
+    take effect (as docs and warnings advise) is no mistake: no warning."""
+    train = load_tool('tools/train.py')
+    test = load_tool('tools/test.py')
+    ckpt = tmp_path / 'c.pth'
+    ckpt.write_bytes(b'')
+    l14 = ['model.backbone.arch=ViT-L/14', 'model.backbone.pretrained=l14.pt',
+           'model.cls_head.in_channels=768', 'model.cls_head.text_encoder.arch=ViT-L/14',
+           'model.cls_head.text_encoder.pretrained=l14.pt']
+    frames16 = [f'{loader}.dataset.pipeline.1.clip_len=16'
+                for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    for argv in (l14, frames16, ['model.backbone.arch=None', 'model.cls_head.in_channels=512']):
+        train.merge_args(Config.fromfile(K400),
+                         train.parse_args([K400, '--cfg-options', *argv]))
+        assert capsys.readouterr().err == '', argv
+    # the 16-frame config tested at 8 frames, as the frame-count warning advises
+    k16 = osp.join(REPO, 'configs', 'stan', 'k400_self_b16_16f.py')
+    test.merge_args(Config.fromfile(k16), test.parse_args(
+        [k16, str(ckpt), '--cfg-options', 'test_dataloader.dataset.pipeline.1.clip_len=8']))
+    assert capsys.readouterr().err == ''
+    # a child config that sets the fields itself and leaves clip_arch alone
+    child = tmp_path / 'k400_l14.py'
+    child.write_text(f'_base_ = [{K400!r}]\n'
+                     f'model = dict(backbone=dict(arch="ViT-L/14"), '
+                     f'cls_head=dict(in_channels=768, text_encoder=dict(arch="ViT-L/14")))\n')
+    train.merge_args(Config.fromfile(str(child)), train.parse_args([str(child)]))
+    assert capsys.readouterr().err == ''
 
 
 def test_shipped_configs_and_consistent_variants_are_silent(capsys):

@@ -79,7 +79,8 @@ def merge_args(cfg, args):
     warn_misspelled_keys(cfg, 'test.py')
     # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
     from stan_mm.utils.cli import check_model_variant
-    check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ))
+    check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ),
+                        options=args.cfg_options)
     return cfg
 
 

@@ -131,7 +131,8 @@ def merge_args(cfg, args):
     warn_schedule_beyond_training(cfg, 'train.py')
     warn_misspelled_keys(cfg, 'train.py')
     # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
-    check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'))
+    check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'),
+                        options=args.cfg_options)
     return cfg
 
 

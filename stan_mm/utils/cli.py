@@ -10,7 +10,7 @@ shows it for these errors too.
 """
 import os
 import sys
-from typing import Callable, Tuple, Type
+from typing import Callable, Mapping, Optional, Tuple, Type
 
 
 class CommandLineError(ValueError):
@@ -388,18 +388,42 @@ def _clip_owner(model):
 _VARIANT_DOC = 'docs/training_testing.md, "Model variants"'
 
 
+def _set_where_it_does_nothing(cfg, name: str, options: Optional[Mapping]) -> bool:
+    """Whether the top-level variable ``name`` is set by ``--cfg-options`` (``options``) or
+    assigned in the config file itself (``cfg.filename``, parsed, never executed), not
+    only in a base file, where the entries built from it read it."""
+    if options and name in options:
+        return True
+    filename = getattr(cfg, 'filename', None)
+    if not filename or not str(filename).endswith('.py') or not os.path.isfile(filename):
+        return False
+    import ast
+    try:
+        with open(filename, encoding='utf-8') as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return False
+    return any(isinstance(t, ast.Name) and t.id == name
+               for stmt in tree.body if isinstance(stmt, (ast.Assign, ast.AnnAssign))
+               for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]))
+
+
 def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_dataloader',
-                                                 'test_dataloader')) -> None:
+                                                 'test_dataloader'),
+                        options: Optional[Mapping] = None) -> None:
     """Check, before anything is built, that the parts of a model variant agree.
 
     Warnings (stderr, as ``tool``):
 
-    * the top-level ``clip_arch`` (``configs/_base_/models/stan_*.py``) differs from the
+    * the top-level ``clip_arch`` (``configs/_base_/models/stan_*.py``) is set by the
+      config file itself or by ``--cfg-options`` (``options``) and differs from the
       ``arch`` the CLIPSTAN backbone (or ``STANRetriever``) is built with, or
-      ``num_frames`` (``configs/_base_/datasets/*.py``) from the ``clip_len`` of the frame
-      sampler of one of ``loaders``' pipelines: such variables are read once, when the base
-      file is evaluated, so a child config or ``--cfg-options`` that sets only them changes
-      nothing; the message names the fields that take effect;
+      ``num_frames`` (``configs/_base_/datasets/*.py``), set so, differs from the
+      ``clip_len`` of the frame sampler of one of ``loaders``' pipelines (a ``clip_len``
+      given in ``options`` is the user's choice and not compared): such variables are read
+      once, when the base file is evaluated, so a child config or ``--cfg-options`` that
+      sets only them changes nothing; the message names the fields that take effect. Set
+      in a base file only, they are not compared (the fields were then set directly);
     * the CLIPSTAN backbone and the text classifier head's text encoder name different
       CLIPs (``arch`` or ``pretrained``, where both are set).
 
@@ -418,7 +442,8 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
     encoder = encoder if hasattr(encoder, 'get') and _type_name(head) == \
         'TextClassifierHead' else None
     clip_arch = cfg.get('clip_arch')
-    if owner is not None and clip_arch is not None:
+    if (owner is not None and clip_arch is not None
+            and _set_where_it_does_nothing(cfg, 'clip_arch', options)):
         path, node = owner
         arch = node.get('arch', 'ViT-B-16' if recognizer else None)
         if not _same_arch(clip_arch, arch):
@@ -435,9 +460,11 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
                   f'({_VARIANT_DOC}); set clip_arch to the same value to silence this',
                   file=sys.stderr)
     num_frames = cfg.get('num_frames')
-    if isinstance(num_frames, int) and not isinstance(num_frames, bool):
+    if (isinstance(num_frames, int) and not isinstance(num_frames, bool)
+            and _set_where_it_does_nothing(cfg, 'num_frames', options)):
         differ = [f'{option}={n}' for option, n in filter(None, (
-            frame_sampler(cfg, loader) for loader in loaders)) if n != num_frames]
+            frame_sampler(cfg, loader) for loader in loaders))
+            if n != num_frames and option not in (options or {})]
         if differ:
             print(f'{tool}: warning: the config sets num_frames={num_frames}, but the frame '
                   f'sampler takes {", ".join(differ)}: num_frames is read once, when the '
