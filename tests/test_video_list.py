@@ -190,3 +190,20 @@ def test_dump_is_written_before_the_metric_refuses_unlabeled_samples(tmp_path):
         ev.evaluate(2)
     with open(out, 'rb') as f:
         assert len(pickle.load(f)) == 2
+
+
+def test_names_without_an_extension_are_checked_as_the_reader_opens_them(tmp_path):
+    """'abc' is the file 'abc' when there is one, else 'abc.mp4' (what SafeDecordInit
+    reads): a list naming 'abc' with only 'abc.mp4' on disk has all its videos."""
+    videos = tmp_path / 'videos'
+    videos.mkdir()
+    for name in ('abc.mp4', 'bare', 'd.avi'):
+        (videos / name).write_bytes(b'')
+    (videos / 'folder').mkdir()                   # a folder is no video, and no folder.mp4
+    kw = dict(data_prefix=dict(video=str(videos)), check_files=True)
+    ds = build(tmp_path, 'abc 0\nbare 1\nd.avi 0\n', **kw)
+    assert [f for f, _ in infos(ds)] == [f'{videos}/abc', f'{videos}/bare', f'{videos}/d.avi']
+    with pytest.raises(AnnotationError) as e:
+        build(tmp_path, 'abc 0\nfolder 1\nnone 0\n', **kw)
+    assert "2 of 3 videos" in str(e.value)
+    assert f"'{videos}/folder', '{videos}/none'" in str(e.value)

@@ -1,7 +1,7 @@
 """Video (and text) embeddings of a trained model, resumable, in a documented folder format.
 
     python tools/extract_features.py CONFIG CKPT --videos DIR_OR_LIST [--texts FILE] \\
-        --out OUT [--batch-size 8] [--num-workers 2] [--device cpu|cuda] [--skip-bad]
+        --out OUT [--batch-size 8] [--num-workers 2] [--device cpu|cuda] [--amp] [--skip-bad]
     python tools/extract_features.py CONFIG CKPT --split test --out OUT   # a dataset split
 
 Output folder (see stan_mm/apis/features.py and docs/user_tools.md):
@@ -49,6 +49,11 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
     p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    p.add_argument('--amp', action='store_true',
+                   help='run the video and text towers under bf16 autocast (CUDA and CPU; '
+                   'on a CPU without bf16 instructions it can be slower); the embeddings '
+                   'are still float32. Check the metric once against a run without --amp. '
+                   'A folder resumed with another --amp setting mixes both')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='test views for recognition configs (e.g. 1x3); embeddings are '
                    'averaged over views. Default: the config\'s test pipeline')
@@ -164,14 +169,17 @@ def _run(args, log) -> int:
 
 def _extract(args, model, videos, root, texts, t2v, key, extra, log) -> int:
     from stan_mm.apis import extract_features
+    from stan_mm.apis.embed import autocast_towers
     from stan_mm.datasets.transforms.video_io import VideoReadError
     try:
-        res = extract_features(
-            model, args.out, videos=videos, video_root=root, texts=texts, text_to_video=t2v,
-            key=key, views=args.views, batch_size=args.batch_size,
-            num_workers=args.num_workers, skip_bad=args.skip_bad, limit=args.limit,
-            shard_size=args.shard_size, overwrite=args.overwrite,
-            progress=not args.no_progress, extra_meta=extra, log=log)
+        with autocast_towers(next(model.parameters()).device, args.amp):  # --amp: bf16
+            res = extract_features(
+                model, args.out, videos=videos, video_root=root, texts=texts,
+                text_to_video=t2v, key=key, views=args.views, batch_size=args.batch_size,
+                num_workers=args.num_workers, skip_bad=args.skip_bad, limit=args.limit,
+                shard_size=args.shard_size, overwrite=args.overwrite,
+                progress=not args.no_progress, extra_meta=dict(extra, amp=args.amp),
+                log=log)
     except VideoReadError as e:
         print(f'extract_features: error: {e}\n(the videos embedded so far are saved; rerun '
               f'with --skip-bad to skip unreadable videos)', file=sys.stderr)

@@ -1,6 +1,7 @@
 """Test a checkpoint: recognition accuracy (multi-view) or retrieval recall.
 
-    python tools/test.py CONFIG CKPT [--dump out.pkl] [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CKPT [--dump out.pkl] [--work-dir DIR] [--amp] \
+        [--cfg-options k=v ...]
     bash tools/dist_test.sh CONFIG CKPT GPUS [same options]
 """
 import argparse
@@ -31,6 +32,10 @@ def parse_args(argv=None):
                    help='multi-view testing, e.g. 1x3 (the paper), 4x3, 1x1: sets num_clips '
                    'of the frame sampler and ThreeCrop/CenterCrop/TenCrop in the test '
                    'pipeline; scores are softmaxed per view and averaged')
+    p.add_argument('--amp', action='store_true',
+                   help='mixed precision: sets test_cfg.fp16=True, so that the TestLoop runs '
+                   'the model under autocast (fp16 on CUDA, bf16 on CPU), as training '
+                   'autocasts; check the metric once against a run without --amp')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, e.g. model.cls_head.temperature=0.02')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -48,12 +53,65 @@ def set_views(cfg, views: str):
     return cfg
 
 
+def set_test_amp(cfg):
+    """``--amp``: ``test_cfg.fp16 = True``. mmengine's ``TestLoop`` (the loop of every stan
+    config) then runs each test step under ``autocast(enabled=True)``: fp16 on CUDA, bf16
+    on CPU. A config without ``test_cfg``, or whose loop takes no ``fp16``, is refused."""
+    import inspect
+
+    from mmaction.registry import LOOPS
+    from stan_mm.utils.cli import CommandLineError
+    loop = cfg.get('test_cfg')
+    if not hasattr(loop, 'get'):
+        raise CommandLineError(
+            f'--amp sets test_cfg.fp16=True, but this config\'s test_cfg is {loop!r}: set '
+            "test_cfg = dict(type='TestLoop') in the config, or leave --amp out")
+    kind = loop.get('type', 'TestLoop')
+    cls = LOOPS.get(kind) if isinstance(kind, str) else kind
+    if cls is None:
+        raise CommandLineError(
+            f'--amp sets test_cfg.fp16=True, but the loop of test_cfg, {kind!r}, is not a '
+            "registered loop: use test_cfg = dict(type='TestLoop'), or leave --amp out")
+    if not (inspect.isclass(cls)
+            and 'fp16' in inspect.signature(cls.__init__).parameters):
+        raise CommandLineError(
+            f'--amp sets test_cfg.fp16=True, but the loop of test_cfg, {kind!r}, takes no '
+            "fp16 argument: use test_cfg = dict(type='TestLoop') (mmengine's), or leave "
+            '--amp out')
+    loop['fp16'] = True
+    cfg.test_cfg = loop
+    return cfg
+
+
+def float32_test_outputs(model) -> None:
+    """``--amp``: bf16 / fp16 tensors of the test outputs (a linear head's scores under
+    autocast) become float32 before the metrics see them: numpy, which the metrics use,
+    has no bf16 (``Got unsupported ScalarType BFloat16`` on the CPU)."""
+    import torch
+    test_step = model.test_step
+
+    def test_step_float32(data):
+        outputs = test_step(data)
+        for sample in outputs:
+            if not (hasattr(sample, 'keys') and hasattr(sample, 'set_field')):
+                continue
+            for key in list(sample.keys()):
+                value = sample.get(key)
+                if torch.is_tensor(value) and value.dtype in (torch.bfloat16, torch.float16):
+                    sample.set_field(value.float(), key)
+        return outputs
+
+    model.test_step = test_step_float32
+
+
 def merge_args(cfg, args):
     if args.cfg_options:
         from stan_mm.utils.cli import route_evaluator_options
         cfg.merge_from_dict(route_evaluator_options(cfg, args.cfg_options))
     if getattr(args, 'views', None):
         set_views(cfg, args.views)
+    if getattr(args, 'amp', False):
+        set_test_amp(cfg)
     from stan_mm.utils.cli import check_launcher
     check_launcher(args.launcher, 'test.py')
     cfg.launcher = args.launcher
@@ -107,6 +165,8 @@ def main(argv=None):
     # mmengine's load_from only warns on a mismatch and would test random weights; the
     # test pipeline's frame count is compared with the one the checkpoint was trained on
     check_checkpoint_fits(runner.model, args.checkpoint, model_cfg=cfg.model, config=cfg)
+    if args.amp:
+        float32_test_outputs(runner.model)
     metrics = runner.test()
     shutdown_distributed()
     return metrics

@@ -75,11 +75,12 @@ with a logged count (``'drop'``). Annotation problems follow ``empty_caption``,
 import logging
 import os
 import os.path as osp
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from mmengine.fileio import exists, join_path
+from mmengine.fileio import exists, get_file_backend, join_path
+from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
@@ -91,12 +92,124 @@ from .readers_common import (AnnotationPolicy, IssueLog, VideoEntry, apply_missi
                              check_missing_video, datasets_in)
 
 __all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
-           'scan_video_files', 'locate_videos', 'drop_same_file_entries']
+           'scan_video_files', 'locate_videos', 'drop_same_file_entries', 'FolderIndex']
 
 VIDEO_EXTS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.3gp', '.3gpp', '.mpg',
               '.mpeg', '.wmv', '.flv', '.ogv')
 #: how many missing ids the error message spells out (the tool lists all)
 MAX_MISSING_LISTED = 1000
+
+#: :class:`FolderIndex` lists a folder only when at least this many of the paths are in
+#: it: for fewer, one call per path costs fewer system calls than a listing
+MIN_NAMES_TO_LIST = 4
+#: a listing stops after ``LIST_SLACK + LIST_ENTRIES_PER_NAME * names`` entries (a huge
+#: folder holding few of the videos); the names not met by then are checked one by one
+LIST_ENTRIES_PER_NAME = 256
+LIST_SLACK = 4096
+
+_GONE, _FILE, _OTHER = 0, 1, 2  # FolderIndex facts: no folder / regular file / other
+
+
+class FolderIndex:
+    """``os.path.isfile`` / ``exists`` / ``realpath`` of many local paths, answered from
+    one listing per folder instead of one or more ``stat`` calls per path.
+
+    A dataset build checked every video with a ``stat`` (``exists`` or ``isfile``) and
+    resolved it with ``realpath`` (one ``lstat`` per path component): on a network file
+    system (NFS, Lustre) with many ranks that is millions of metadata requests at every
+    start. Here the paths are grouped by parent folder (the path up to its last
+    ``/``); a folder holding at least :data:`MIN_NAMES_TO_LIST` of the names is listed
+    once with :func:`os.scandir` (stopping once every name is met), which reports each
+    entry's type from the directory itself (``d_type``: no ``stat`` on most file
+    systems; where the file system does not give it, one ``lstat`` per name asked
+    about, as before; entries not asked about are never examined).
+
+    Only what a listing proves is taken from it: a name met as an entry that is not a
+    symbolic link is a regular file (``isfile`` and ``exists`` true) or something else, a
+    folder for instance (``exists`` true, ``isfile`` false), and its ``realpath`` is the
+    folder's ``realpath`` (computed once) joined with the name; a folder that does not
+    exist or is not a folder has no entries. Every other case is answered by the very
+    call the index stands for (``os.path.isfile(path)`` ...): a name not met (missing, or
+    spelled differently on a case-insensitive or normalizing file system), a symbolic
+    link (followed: a link to a file counts as a file, a dangling link as missing), a
+    folder that cannot be listed (no read permission), a path ending in ``/``, ``.`` or
+    ``..``, few names in a folder, a URI. So every answer equals that call's; missing
+    videos still cost one ``stat`` each.
+
+    Args:
+        paths: the local paths that will be asked about (URIs are ignored).
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self._facts: Dict[str, int] = {}  # path -> _GONE / _FILE / _OTHER
+        self._real_dirs: Dict[str, str] = {}
+        groups: Dict[str, Dict[str, str]] = {}  # folder -> name -> path (folder + name)
+        for path in paths:  # self._split inlined: this loop runs once per video
+            if '://' in path:
+                continue
+            cut = path.rfind('/') + 1
+            name = path[cut:]
+            if name in ('', '.', '..'):
+                continue
+            names = groups.get(path[:cut])
+            if names is None:
+                names = groups[path[:cut]] = {}
+            names[name] = path
+        for folder, names in groups.items():
+            if len(names) >= MIN_NAMES_TO_LIST:
+                self._list(folder, names)
+
+    @staticmethod
+    def _split(path: str) -> tuple:
+        """(folder, name) with ``folder + name == path`` (the folder keeps its ``/``), or
+        (None, None) for the paths the index leaves alone."""
+        if '://' in path:
+            return None, None
+        cut = path.rfind('/') + 1
+        name = path[cut:]
+        if name in ('', '.', '..'):
+            return None, None
+        return path[:cut], name
+
+    def _list(self, folder: str, names: Dict[str, str]) -> None:
+        pending = dict(names)
+        facts = self._facts
+        budget = LIST_SLACK + LIST_ENTRIES_PER_NAME * len(pending)
+        try:
+            with os.scandir(folder or '.') as listing:
+                for entry in listing:
+                    path = pending.pop(entry.name, None)
+                    if path is not None and not entry.is_symlink():
+                        facts[path] = (_FILE if entry.is_file(follow_symlinks=False)
+                                       else _OTHER)
+                    budget -= 1
+                    if not pending or budget <= 0:
+                        break
+        except (FileNotFoundError, NotADirectoryError):
+            # no such folder: nothing under it exists (stat fails alike)
+            facts.update(dict.fromkeys(names.values(), _GONE))
+        except OSError:
+            pass  # cannot be listed (permissions...): each path is checked on its own
+
+    def isfile(self, path: str) -> bool:
+        """``os.path.isfile(path)``."""
+        fact = self._facts.get(path)
+        return osp.isfile(path) if fact is None else fact == _FILE
+
+    def exists(self, path: str) -> bool:
+        """``os.path.exists(path)``."""
+        fact = self._facts.get(path)
+        return osp.exists(path) if fact is None else fact != _GONE
+
+    def realpath(self, path: str) -> str:
+        """``os.path.realpath(path)``."""
+        if self._facts.get(path) not in (_FILE, _OTHER):
+            return osp.realpath(path)
+        folder, name = self._split(path)
+        real = self._real_dirs.get(folder)
+        if real is None:
+            real = self._real_dirs[folder] = osp.realpath(folder)
+        return osp.join(real, name)
 
 
 def scan_video_files(root: str, exts: Sequence[str] = VIDEO_EXTS) -> Dict[str, str]:
@@ -160,9 +273,16 @@ def locate_videos(entries: List[VideoEntry], root: str, video_lookup: str = 'tem
     if video_lookup != 'template':
         raise ValueError(f'video_lookup must be \'template\' or \'scan\', got '
                          f'{video_lookup!r}')
-    if not check_files:
+    if not check_files or not entries:
         return []
-    return [e for e in entries if not exists(join_path(root, e.filename))]
+    # mmengine's join_path/exists, with the backend looked up once and local paths
+    # answered from one listing per folder (FolderIndex: same answers as os.path.exists)
+    join = get_file_backend(root, enable_singleton=True).join_path
+    paths = [join(root, e.filename) for e in entries]
+    local = isinstance(get_file_backend('', enable_singleton=True), LocalBackend)
+    index = FolderIndex(paths if local else ())
+    return [e for e, path in zip(entries, paths)
+            if not (index.exists(path) if local and '://' not in path else exists(path))]
 
 
 def _path_key(path: str) -> str:
@@ -188,7 +308,8 @@ def drop_same_file_entries(entries: List[VideoEntry], issues: IssueLog, ann_file
         issues: where the issues go (its policy decides: error or drop).
         ann_file: the annotation file the messages name.
         root: joined in front of each ``filename`` (``None``: the names as they are).
-        check_links: also resolve symlinks (one ``realpath`` per video) for the warning.
+        check_links: also resolve symlinks (``realpath``, see :class:`FolderIndex`) for
+            the warning.
 
     Returns:
         list[VideoEntry]: ``entries`` without the later entries of each path.
@@ -215,11 +336,13 @@ def _warn_linked(entries: List[VideoEntry], root: Optional[str], ann_file: str) 
     """Log the videos whose different paths resolve (through links) to one file."""
     target: Dict[str, VideoEntry] = {}
     pairs = []
-    for entry in entries:
-        path = join_path(root, entry.filename) if root else entry.filename
+    paths = [join_path(root, entry.filename) if root else entry.filename
+             for entry in entries]
+    index = FolderIndex(paths)  # one realpath per folder, not one lstat per component
+    for entry, path in zip(entries, paths):
         if '://' in path:
             continue
-        real = osp.realpath(path)
+        real = index.realpath(path)
         if real in target:
             pairs.append(f'{entry.video_id!r} and {target[real].video_id!r} -> {real!r}')
         else:

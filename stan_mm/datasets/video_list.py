@@ -20,7 +20,9 @@ contain a tab: a tab separates fields here), skips blank lines, accepts any run 
 or tabs between the fields (MMAction2 reads ``v.mp4<TAB>3`` as an unlabeled ``v.mp4<TAB>3``), and reports every other problem
 at once as an :class:`~stan_mm.datasets.readers_common.AnnotationError` with the file and
 line numbers, when the dataset is built. It also checks that the videos exist (one
-``stat`` per video; ``check_files=False`` skips it), listing the missing ones.
+listing per folder rather than one ``stat`` per video, see
+:class:`~stan_mm.datasets.retrieval.FolderIndex`; ``check_files=False`` skips it), listing
+the missing ones.
 """
 import os.path as osp
 import re
@@ -31,6 +33,7 @@ from mmaction.registry import DATASETS
 
 from .readers_common import (MAX_LISTED, AnnotationError, apply_missing_policy,
                              check_missing_video, head_lines, iter_text_lines, short_repr)
+from .retrieval import FolderIndex
 
 __all__ = ['CheckedVideoDataset']
 
@@ -140,8 +143,15 @@ class CheckedVideoDataset(VideoDataset):
         return data_list
 
     def _check_files(self, data_list: List[dict]) -> List[dict]:
-        missing = [d for d in data_list
-                   if '://' not in d['filename'] and not osp.isfile(d['filename'])]
+        # os.path.isfile of every local video, from one listing per folder (FolderIndex)
+        from .transforms.video_io import resolve_video_name
+        # a name without an extension is the file the reader opens (resolve_video_name:
+        # 'abc' itself when it is a file, else 'abc.mp4', MMAction2's rule)
+        paths = [d['filename'] if '://' in d['filename'] or osp.splitext(d['filename'])[1]
+                 else resolve_video_name(d['filename']) for d in data_list]
+        index = FolderIndex(paths)
+        missing = [d for d, path in zip(data_list, paths)
+                   if '://' not in path and not index.isfile(path)]
         if not missing:
             return data_list
         names = ', '.join(repr(d['filename']) for d in missing[:MAX_LISTED])

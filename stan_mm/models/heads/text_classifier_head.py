@@ -14,6 +14,30 @@ from ..losses import autocast_off, learned_logit_scale
 from .classnames import ClassNames, build_prompts, check_templates, load_classnames
 
 
+def _compiling() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing this code."""
+    compiler = getattr(torch, 'compiler', None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _exporting() -> bool:
+    """Whether ``torch.export`` is tracing this code."""
+    return bool(getattr(getattr(torch, 'compiler', None), 'is_exporting', lambda: False)())
+
+
+def _eager_only(reason: str):
+    """``torch.compiler.disable`` with its ``reason`` where this torch takes one."""
+    def wrap(fn):
+        disable = getattr(getattr(torch, 'compiler', None), 'disable', None)
+        if disable is None:
+            return fn
+        try:
+            return disable(fn, reason=reason)
+        except TypeError:   # torch < 2.7: no reason argument
+            return disable(fn)
+    return wrap
+
+
 @MODELS.register_module()
 class TextClassifierHead(BaseHead):
     """Classify a video embedding by its cosine similarity to class-name text embeddings.
@@ -56,6 +80,19 @@ class TextClassifierHead(BaseHead):
 
     Multi-view testing: ``average_clips='prob'`` (default) fuses views as softmax per
     view, then mean over views (``BaseHead.average_clip``).
+
+    Compiling and exporting: while ``torch.compile`` or ``torch.export`` traces the head
+    (``torch.compiler.is_compiling()``), the fingerprint is not checked (fake tensors have
+    no storage address) and the cached ``w`` is used as it is, a constant of the graph:
+    run one eager forward first (it fills the cache), then ``torch.export.export(head,
+    (x,))`` or ``torch.compile(head, fullgraph=True)``. With an empty cache,
+    ``torch.export`` raises an error saying so, and ``torch.compile`` fills the cache
+    eagerly in a graph break (an error with ``fullgraph=True``). A compiled or exported
+    head does not notice later in-place changes of the text tower's weights: call
+    :meth:`invalidate_cache` and run an eager forward (recompile or export again) after
+    changing them. ``torch.jit.trace`` runs on real tensors and keeps the eager checks.
+    With ``finetune_text=True`` in training mode nothing is cached and the text tower is
+    traced like the rest of the model.
 
     Args:
         classnames: path to ``classnames.txt`` (one name per line, label order) or a list
@@ -258,6 +295,21 @@ class TextClassifierHead(BaseHead):
             with autocast_off(self._text_device()):
                 return self._encode_prompts(chunk=self.text_batch_size)
         device = self._text_device()
+        if _compiling():
+            # torch.compile / torch.export trace with fake tensors: no data pointer for the
+            # fingerprint, and is_inference() cannot be traced. The cache is used as it is
+            # (see "Compiling and exporting" in the class docstring).
+            if self._cache is not None and self._cache.device == device:
+                return self._cache
+            if _exporting():
+                raise RuntimeError(
+                    'TextClassifierHead: torch.export needs the class embeddings cached: '
+                    'run one eager forward first (e.g. `with torch.no_grad(): head(x)` or '
+                    'the whole model on one sample), then export')
+            return self._fill_cache_eagerly(device)
+        return self._cached_class_embeddings(device)
+
+    def _cached_class_embeddings(self, device: torch.device) -> torch.Tensor:
         key = self._text_fingerprint()
         if (self._cache is None or self._cache.device != device or self._cache_key != key
                 or self._cache.is_inference()):
@@ -268,6 +320,13 @@ class TextClassifierHead(BaseHead):
                 self._cache = self._encode_prompts(chunk=self.text_batch_size)
             self._cache_key = key
         return self._cache
+
+    @_eager_only('TextClassifierHead fills its class-embedding cache eagerly: run one '
+                 'eager forward before compiling with fullgraph=True')
+    def _fill_cache_eagerly(self, device: torch.device) -> torch.Tensor:
+        """The eager cache check and fill, out of a ``torch.compile`` graph (a graph
+        break; with ``fullgraph=True`` an error naming this reason)."""
+        return self._cached_class_embeddings(device)
 
     # ------------------------------------------------------------------ forward
     def scale(self) -> torch.Tensor:
