@@ -28,6 +28,7 @@ import stan_mm  # noqa: F401
 
 sys.path.insert(0, osp.dirname(__file__))
 from test_user_tools import load_tool  # noqa: E402
+from test_user_tools_review_fixes import one_line_error  # noqa: E402
 
 cv2 = pytest.importorskip('cv2')
 
@@ -93,13 +94,6 @@ def ws(tmp_path):
     os.chdir(tmp_path)
     yield tmp_path
     os.chdir(old)
-
-
-def one_line_error(err, tool):
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert 'Traceback' not in err, err
-    assert lines and lines[-1].startswith(f'{tool}: error: '), err
-    return lines[-1]
 
 
 def init(path, **kwargs):

@@ -11,16 +11,14 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 
-# ClassListCheckHook (recognition): the head's class list against every dataset's labels
-# and num_classes, when training / testing starts (no-op for retrieval).
-# EpochSeedHook (per epoch): reseeds random / NumPy / torch and the DataLoader workers'
-# seed from (seed, epoch) before every training epoch, so that every epoch, and a resumed
-# run, draws new augmentation (without it mmengine's worker_init_fn gives workers the same
-# seeds at every start: fresh workers repeat their draws each epoch, a resumed run repeats
-# the first epoch's). tools/train.py --deterministic upgrades it to per_iteration=True
-# (docs/robustness.md, "Exact resumption").
-# A config that sets its own custom_hooks replaces this list: keep both entries there.
-custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook')]
+# recognition: the head's class list against every dataset's labels and num_classes, when
+# training / testing starts (no-op for retrieval). A config that sets its own custom_hooks
+# replaces this list: keep the entry there.
+# (Workers started after the first epoch, and a resumed run's, draw augmentation of their
+# own: ResumableEpochBasedTrainLoop, the configs' train loop, derives their seed from
+# (seed, epoch). EpochSeedHook reseeds every generator per epoch, or per iteration with
+# tools/train.py --deterministic: docs/robustness.md, "Exact resumption".)
+custom_hooks = [dict(type='ClassListCheckHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -9,7 +9,7 @@ MMAction2's ``VideoTextDataset`` JSON through the readers of :mod:`.readers`
         ann_file='MSRVTT_train.9k.csv', caption_file='MSRVTT_data.json',
         data_root='data/msrvtt', data_prefix=dict(video='videos'),
         caption_sampling='random', pipeline=train_pipeline))
-    custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook'),  # default
+    custom_hooks = [dict(type='ClassListCheckHook'),            # the default
                     dict(type='CaptionSamplingEpochHook')]   # needed for 'random'
     test_dataloader = dict(dataset=dict(
         type='RetrievalVideoTextDataset', ann_format='msrvtt',

@@ -153,8 +153,7 @@ class ClassListCheckHook(Hook):
         if strict:
             raise AnnotationError(message + ' (a deliberate difference: '
                                   'custom_hooks=[dict(type=\'ClassListCheckHook\', '
-                                  'strict_train=False), dict(type=\'EpochSeedHook\')], '
-                                  'the default list with this entry changed)', file=ann_file)
+                                  'strict_train=False)])', file=ann_file)
         where = f'{ann_file}: ' if ann_file else ''
         print_log(f'ClassListCheckHook: {where}{message} (fine for a zero-shot test on another '
                   f'class list)', logger='current', level=logging.WARNING)

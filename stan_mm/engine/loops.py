@@ -89,11 +89,14 @@ Example::
 import bisect
 import contextlib
 import copy
+import functools
 import itertools
 import json
 import os
 import os.path as osp
 from typing import Iterator, Optional
+
+import numpy as np
 
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_world_size
@@ -107,6 +110,12 @@ _OWN_SCALE = object()   # ResumableEpochBasedTrainLoop._carried_lr_scale: this r
 #: in the work dir: the checkpoint whose epoch's validation last finished (see
 #: ResumableEpochBasedTrainLoop._plan_validation)
 VALIDATED_FILE = '.stan_validated.json'
+
+
+def derived_seed(seed: int, *entropy: int) -> int:
+    """A seed in ``[0, 2**31)`` derived from ``(seed, *entropy)`` (NumPy ``SeedSequence``)."""
+    words = [int(seed) % 2**32, *(int(e) for e in entropy)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] % 2**31)
 
 
 def file_identity(path) -> Optional[dict]:
@@ -874,9 +883,31 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 hook.last_ckpt = last
         self.runner.val_loop.run()
 
+    def _seed_workers_for_epoch(self) -> None:
+        """mmengine's ``worker_init_fn`` seeds every DataLoader worker with ``seed +
+        worker_id`` (plus a rank offset) whenever workers start, the same at every start:
+        fresh (non-persistent) workers would draw the same augmentation in every epoch, and
+        a resumed run's persistent workers the first epoch's draws again. The seed it gives
+        workers started for epoch ``e > 0`` is derived from ``(seed, e)`` instead. Epoch 0
+        keeps mmengine's, so an uninterrupted run with persistent workers (the configs')
+        draws what it drew under mmengine's loop. An ``EpochSeedHook`` sets its own seed
+        afterwards (``before_train_epoch``)."""
+        loader = self.dataloader
+        init_fn = getattr(loader, 'worker_init_fn', None)
+        if not (isinstance(init_fn, functools.partial) and 'seed' in init_fn.keywords):
+            return
+        base = getattr(self, '_worker_seed', None)
+        if base is None:
+            base = self._worker_seed = init_fn.keywords['seed']
+        seed = base if self._epoch == 0 else derived_seed(base, self._epoch)
+        loader.worker_init_fn = functools.partial(
+            init_fn.func, *init_fn.args, **dict(init_fn.keywords, seed=seed))
+
     def run_epoch(self) -> None:
         """mmengine's ``run_epoch``; the epoch a run resumed inside skips the batches the
-        checkpoint has seen and numbers the others from there."""
+        checkpoint has seen and numbers the others from there. Workers started for an
+        epoch after the first draw a stream of their own (:meth:`_seed_workers_for_epoch`)."""
+        self._seed_workers_for_epoch()
         skip, self._skip_batches = self._skip_batches, 0
         self._record_epoch_start(self._iter - skip)
         if not skip:

@@ -62,17 +62,11 @@ from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 from mmaction.registry import HOOKS
 
-from .loops import SamplerProxy
+from .loops import SamplerProxy, derived_seed as _derived_seed
 
 # entropy tags that keep the per-iteration and per-sample streams apart from epoch seeds
 _ITER_TAG = 0x49544552   # 'ITER'
 _SAMPLE_TAG = 0x534D504C  # 'SMPL'
-
-
-def _derived_seed(seed: int, *entropy: int) -> int:
-    """A seed in ``[0, 2**31)`` derived from ``(seed, *entropy)`` (NumPy ``SeedSequence``)."""
-    words = [int(seed) % 2**32, *(int(e) for e in entropy)]
-    return int(np.random.SeedSequence(words).generate_state(1)[0] % 2**31)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

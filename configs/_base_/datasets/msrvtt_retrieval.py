@@ -55,9 +55,8 @@ train_dataloader = dict(
         caption_sampling='all',  # one sample per (video, caption): 180k pairs per epoch
         pipeline=train_pipeline))
 # ('random': one caption per video per epoch; then add
-#  custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook'),
-#                  dict(type='CaptionSamplingEpochHook')]
-#  keeping the default entries of default_runtime.py)
+#  custom_hooks = [dict(type='ClassListCheckHook'), dict(type='CaptionSamplingEpochHook')]
+#  keeping the default entry of default_runtime.py)
 val_dataloader = dict(
     batch_size=16,
     num_workers=8,

@@ -482,8 +482,8 @@ class SkipUnreadable:
         train_dataloader = dict(dataset=dict(
             type='SkipUnreadable',
             dataset=dict(type='VideoDataset', ann_file=..., pipeline=train_pipeline)))
-        custom_hooks = [dict(type='ClassListCheckHook'), dict(type='EpochSeedHook'),
-                        dict(type='SkippedVideosHook')]   # the defaults, and the report
+        custom_hooks = [dict(type='ClassListCheckHook'),   # the default, and the report
+                        dict(type='SkippedVideosHook')]
 
     Args:
         dataset: the dataset or its config (any MMAction2 dataset whose pipeline ends with
