@@ -371,8 +371,9 @@ def decord_batch_to_numpy(batch) -> np.ndarray:
     return batch.asnumpy()
 
 
-def _in_requested_order(frames: List[np.ndarray], order: np.ndarray) -> List[np.ndarray]:
-    """``frames[order[i]]`` for every ``i``; a frame asked for again is a copy (as decord's
+def _in_requested_order(frames, order: np.ndarray) -> List[np.ndarray]:
+    """``frames[order[i]]`` for every ``i`` (``frames`` a list, or a dict by frame index);
+    a frame asked for again is a copy (as decord's
     batch gives it: a later in-place transform, e.g. Flip, must act on each slot once)."""
     out, given = [], set()
     for k in order.tolist():
@@ -449,13 +450,7 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
         if i <= last:
             raise VideoReadError(name, f'the stream ends after {i} frames but frame {last} '
                                  f'was requested; the file is probably truncated')
-        # a repeated index gets its own copy, as decord's batch gives it: a later in-place
-        # transform (Flip) must not act on one array once per slot
-        out, given = [], set()
-        for k in inds:
-            out.append(frames[k] if k not in given else frames[k].copy())
-            given.add(k)
-        return out
+        return _in_requested_order(frames, np.asarray(inds))   # repeats as copies
     finally:
         if tmp is not None:
             os.remove(tmp)
