@@ -261,7 +261,7 @@ def test_test_tool_amp_autocasts_the_test_loop_to_a_metric(tmp_path, monkeypatch
     def spy(*args, **kwargs):
         with real(*args, **kwargs):
             seen.append((kwargs.get('enabled'), torch.is_autocast_enabled('cpu'),
-                         torch.get_autocast_dtype('cpu')))
+                         torch.get_autocast_dtype('cpu'), torch.get_autocast_dtype('cuda')))
             yield
 
     monkeypatch.setattr(loops, 'autocast', spy)
@@ -272,12 +272,16 @@ def test_test_tool_amp_autocasts_the_test_loop_to_a_metric(tmp_path, monkeypatch
                            tool.parse_args(argv)).test_cfg.fp16 is True
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    cuda_dtype = torch.get_autocast_dtype('cuda')
     try:
         metrics = tool.main(argv)
     finally:
         torch.set_num_threads(threads)
     assert 0 <= metrics['acc/top1'] <= 1
-    assert seen == [(True, True, torch.bfloat16)] * 2       # 2 test samples, batch 1
+    # 2 test samples, batch 1; the CUDA dtype (what a GPU run would use) set to the tiny
+    # config's training dtype, bf16, during the test and restored after it
+    assert seen == [(True, True, torch.bfloat16, torch.bfloat16)] * 2
+    assert torch.get_autocast_dtype('cuda') is cuda_dtype
     import pickle
     with open(tmp_path / 'dump.pkl', 'rb') as f:
         assert [d['pred_score'].dtype for d in pickle.load(f)] == [torch.float32] * 2
@@ -335,7 +339,7 @@ def test_extract_features_amp_gives_float32_close_to_fp32(tmp_path, capsys):
                             '--no-progress'] + (['--amp'] if amp else []))
             assert rc == 0, capsys.readouterr()
             out[amp] = {k: np.load(osp.join(folder, f'{k}.npy')) for k in ('videos', 'texts')}
-            assert json.load(open(osp.join(folder, 'meta.json')))['amp'] is amp
+            assert json.load(open(osp.join(folder, 'meta.json')))['amp'] == ('bf16' if amp else False)
     finally:
         torch.set_num_threads(threads)
     for kind in ('videos', 'texts'):

@@ -1,7 +1,7 @@
 """Video (and text) embeddings of a trained model, resumable, in a documented folder format.
 
     python tools/extract_features.py CONFIG CKPT --videos DIR_OR_LIST [--texts FILE] \\
-        --out OUT [--batch-size 8] [--num-workers 2] [--device cpu|cuda] [--amp] [--skip-bad]
+        --out OUT [--batch-size 8] [--num-workers 2] [--device cpu|cuda] [--amp [DTYPE]] [--skip-bad]
     python tools/extract_features.py CONFIG CKPT --split test --out OUT   # a dataset split
 
 Output folder (see stan_mm/apis/features.py and docs/user_tools.md):
@@ -49,11 +49,14 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
     p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
-    p.add_argument('--amp', action='store_true',
-                   help='run the video and text towers under bf16 autocast (CUDA and CPU; '
-                   'on a CPU without bf16 instructions it can be slower); the embeddings '
-                   'are still float32. Check the metric once against a run without --amp. '
-                   'A folder resumed with another --amp setting mixes both')
+    p.add_argument('--amp', nargs='?', const='auto', choices=('auto', 'bf16', 'fp16'), metavar='DTYPE',
+                   help='run the video and text towers under autocast; the embeddings are '
+                   "still float32. DTYPE auto (the default): the dtype the config's "
+                   'optim_wrapper trains in (fp16 when it trains in fp32); bf16 or fp16 '
+                   'choose. The CPU autocasts in bf16 only (on a CPU without bf16 '
+                   'instructions it can be slower than fp32). Check the metric once against '
+                   'a run without --amp. A folder resumed with another --amp setting mixes '
+                   'both')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='test views for recognition configs (e.g. 1x3); embeddings are '
                    'averaged over views. Default: the config\'s test pipeline')
@@ -171,14 +174,22 @@ def _extract(args, model, videos, root, texts, t2v, key, extra, log) -> int:
     from stan_mm.apis import extract_features
     from stan_mm.apis.embed import autocast_towers
     from stan_mm.datasets.transforms.video_io import VideoReadError
+    from stan_mm.utils.amp import dtype_name, resolve_amp_dtype
+    device = next(model.parameters()).device
+    amp = False
+    if args.amp:
+        dtype, why = resolve_amp_dtype(args.amp, model.cfg, device.type, checkpoint=dict(
+            meta=getattr(model, 'checkpoint_meta', None)))
+        amp = dtype_name(dtype)
+        log(f'--amp: autocast in {amp} on {device.type} ({why})')
     try:
-        with autocast_towers(next(model.parameters()).device, args.amp):  # --amp: bf16
+        with autocast_towers(device, bool(amp), dtype=dtype if amp else None):
             res = extract_features(
                 model, args.out, videos=videos, video_root=root, texts=texts,
                 text_to_video=t2v, key=key, views=args.views, batch_size=args.batch_size,
                 num_workers=args.num_workers, skip_bad=args.skip_bad, limit=args.limit,
                 shard_size=args.shard_size, overwrite=args.overwrite,
-                progress=not args.no_progress, extra_meta=dict(extra, amp=args.amp),
+                progress=not args.no_progress, extra_meta=dict(extra, amp=amp),
                 log=log)
     except VideoReadError as e:
         print(f'extract_features: error: {e}\n(the videos embedded so far are saved; rerun '

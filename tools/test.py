@@ -1,10 +1,11 @@
 """Test a checkpoint: recognition accuracy (multi-view) or retrieval recall.
 
-    python tools/test.py CONFIG CKPT [--dump out.pkl] [--work-dir DIR] [--amp] \
+    python tools/test.py CONFIG CKPT [--dump out.pkl] [--work-dir DIR] [--amp [DTYPE]] \
         [--cfg-options k=v ...]
     bash tools/dist_test.sh CONFIG CKPT GPUS [same options]
 """
 import argparse
+import contextlib
 import os
 import os.path as osp
 import sys
@@ -18,6 +19,7 @@ from mmengine.runner import Runner  # noqa: E402
 from stan_mm.apis.features import check_qb_norm_banks  # noqa: E402
 from stan_mm.apis.video import set_config_views  # noqa: E402
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
+from stan_mm.utils.amp import AMP_CHOICES  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
 
 
@@ -32,10 +34,13 @@ def parse_args(argv=None):
                    help='multi-view testing, e.g. 1x3 (the paper), 4x3, 1x1: sets num_clips '
                    'of the frame sampler and ThreeCrop/CenterCrop/TenCrop in the test '
                    'pipeline; scores are softmaxed per view and averaged')
-    p.add_argument('--amp', action='store_true',
+    p.add_argument('--amp', nargs='?', const='auto', choices=AMP_CHOICES, metavar='DTYPE',
                    help='mixed precision: sets test_cfg.fp16=True, so that the TestLoop runs '
-                   'the model under autocast (fp16 on CUDA, bf16 on CPU), as training '
-                   'autocasts; check the metric once against a run without --amp')
+                   'the model under autocast. DTYPE auto (the default): the dtype the '
+                   "config's optim_wrapper trains in (bf16 for the recognition configs, "
+                   'fp16 for the retrieval ones; fp16 when it trains in fp32); bf16 or '
+                   'fp16 choose. The CPU autocasts in bf16 only. Check the metric once '
+                   'against a run without --amp')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, e.g. model.cls_head.temperature=0.02')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -55,8 +60,9 @@ def set_views(cfg, views: str):
 
 def set_test_amp(cfg):
     """``--amp``: ``test_cfg.fp16 = True``. mmengine's ``TestLoop`` (the loop of every stan
-    config) then runs each test step under ``autocast(enabled=True)``: fp16 on CUDA, bf16
-    on CPU. A config without ``test_cfg``, or whose loop takes no ``fp16``, is refused."""
+    config) then runs each test step under ``autocast(enabled=True)``, in torch's autocast
+    dtype for the device (:func:`cuda_autocast_dtype` sets it for CUDA; the CPU: bf16). A
+    config without ``test_cfg``, or whose loop takes no ``fp16``, is refused."""
     import inspect
 
     from mmaction.registry import LOOPS
@@ -81,6 +87,34 @@ def set_test_amp(cfg):
     loop['fp16'] = True
     cfg.test_cfg = loop
     return cfg
+
+
+def resolve_test_amp(cfg, choice: str, checkpoint=None, report: bool = True):
+    """``--amp DTYPE`` -> the autocast dtype (:func:`stan_mm.utils.amp.resolve_amp_dtype`;
+    ``checkpoint``: the loaded checkpoint, whose stored training config ``auto`` reads);
+    ``report``: print which dtype and why (rank 0)."""
+    import torch
+
+    from stan_mm.utils.amp import dtype_name, resolve_amp_dtype
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    dtype, why = resolve_amp_dtype(choice, cfg, device, checkpoint=checkpoint)
+    if report and os.environ.get('RANK', '0') == '0':
+        print(f'test.py: --amp: autocast in {dtype_name(dtype)} on {device} ({why})',
+              file=sys.stderr, flush=True)
+    return dtype
+
+
+@contextlib.contextmanager
+def cuda_autocast_dtype(dtype):
+    """Inside the block torch's CUDA autocast dtype is ``dtype`` (mmengine's ``autocast``
+    reads it when the TestLoop passes none); restored on exit. The CPU's is bf16 always."""
+    import torch
+    previous = torch.get_autocast_dtype('cuda')
+    torch.set_autocast_dtype('cuda', dtype)
+    try:
+        yield
+    finally:
+        torch.set_autocast_dtype('cuda', previous)
 
 
 def float32_test_outputs(model) -> None:
@@ -159,15 +193,24 @@ def main(argv=None):
     from stan_mm.utils.cli import check_input_file
     check_input_file(args.config, 'CONFIG', 'config file')
     cfg = merge_args(Config.fromfile(args.config), args)
+    if args.amp:    # an impossible choice (fp16 on the CPU) is refused before any work
+        resolve_test_amp(cfg, args.amp, report=False)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     check_qb_norm_banks(cfg, args.checkpoint)   # a QB-Norm bank of another model is refused
     runner = Runner.from_cfg(cfg)
     # mmengine's load_from only warns on a mismatch and would test random weights; the
     # test pipeline's frame count is compared with the one the checkpoint was trained on
-    check_checkpoint_fits(runner.model, args.checkpoint, model_cfg=cfg.model, config=cfg)
-    if args.amp:
-        float32_test_outputs(runner.model)
-    metrics = runner.test()
+    from stan_mm.utils.checkpoint_check import _as_checkpoint
+    checkpoint = _as_checkpoint(args.checkpoint)
+    check_checkpoint_fits(runner.model, checkpoint, name=args.checkpoint, model_cfg=cfg.model,
+                          config=cfg)
+    amp_dtype = resolve_test_amp(cfg, args.amp, checkpoint) if args.amp else None
+    del checkpoint
+    with contextlib.ExitStack() as stack:
+        if args.amp:
+            float32_test_outputs(runner.model)
+            stack.enter_context(cuda_autocast_dtype(amp_dtype))
+        metrics = runner.test()
     shutdown_distributed()
     return metrics
 

@@ -22,8 +22,8 @@ Text embedding ``[M, E]`` (L2-normalized) of raw strings (no prompt template):
 Text files (one text per line) are read by :func:`read_text_lines`.
 
 Mixed precision: run the embedding calls inside :func:`autocast_towers` (what
-``tools/extract_features.py --amp`` does): the towers compute in bf16, the embeddings are
-still returned as float32.
+``tools/extract_features.py --amp`` does): the towers compute in bf16 (or fp16 on CUDA),
+the embeddings are still returned as float32.
 """
 import contextlib
 import os.path as osp
@@ -61,23 +61,30 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
-def autocast_towers(device, enabled: bool = True):
-    """A context in which the video and text towers run under bf16 autocast
-    (``torch.autocast(device.type, dtype=torch.bfloat16)``) on CUDA and on the CPU; a no-op
-    when not ``enabled`` or on other devices. :func:`embed_video_batch` and
-    :func:`embed_texts` still return float32 embeddings (L2-normalized in fp32).
+def autocast_towers(device, enabled: bool = True, dtype: Optional[torch.dtype] = None):
+    """A context in which the video and text towers run under autocast
+    (``torch.autocast(device.type, dtype=dtype)``) on CUDA and on the CPU; a no-op when not
+    ``enabled`` or on other devices. :func:`embed_video_batch` and :func:`embed_texts`
+    still return float32 embeddings (L2-normalized in fp32).
 
-    bf16 rather than fp16 as the stan recognition configs train; on a CPU without bf16
-    instructions (AVX512-BF16 / AMX) it can be slower than fp32. The embeddings differ from
-    fp32 ones in the 2nd-3rd digit: check a retrieval metric once against fp32 on your data.
+    ``dtype`` None: bf16. ``tools/extract_features.py --amp`` passes the dtype the config
+    trains in (:func:`stan_mm.utils.amp.resolve_amp_dtype`). The CPU autocasts in bf16
+    only; on a CPU without bf16 instructions (AVX512-BF16 / AMX) it can be slower than
+    fp32. The embeddings differ from fp32 ones in the 2nd-3rd digit: check a retrieval
+    metric once against fp32 on your data.
 
     Args:
         device: the model's device (``torch.device``, ``'cuda:0'``, ``'cpu'``).
+        enabled: False: no autocast.
+        dtype: ``torch.bfloat16`` (default) or ``torch.float16`` (CUDA only).
     """
     device = torch.device(device)
     if not enabled or device.type not in ('cuda', 'cpu'):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if dtype is None else dtype
+    if device.type == 'cpu' and dtype != torch.bfloat16:
+        raise ValueError(f'autocast_towers: the CPU autocasts in bf16 only, got {dtype}')
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

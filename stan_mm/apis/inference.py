@@ -142,7 +142,8 @@ def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
     the whole config, a warning when its test pipeline samples more frames than the
     checkpoint was trained on: :func:`stan_mm.utils.checkpoint_check.
     check_checkpoint_fits`, the check of ``tools/test.py``).
-    ``allow_missing`` tolerates missing weights (they keep their initial values)."""
+    ``allow_missing`` tolerates missing weights (they keep their initial values). The
+    checkpoint's ``meta`` (None without one) is kept as ``model.checkpoint_meta``."""
     from stan_mm.utils.checkpoint_check import (CheckpointMismatchError,
                                                 check_checkpoint_fits)
     sd, meta = _read_checkpoint(checkpoint)
@@ -153,6 +154,8 @@ def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
     except CheckpointMismatchError as e:
         raise ModelLoadError(str(e)) from e
     result = model.load_state_dict(sd, strict=False)
+    # the training config mmengine stored (read by e.g. extract_features --amp auto)
+    model.checkpoint_meta = meta
     if result.missing_keys:
         print_log(f'{checkpoint}: {len(result.missing_keys)} model weights keep their '
                   f'initial values', logger='current', level=logging.WARNING)

@@ -11,6 +11,12 @@ It also refuses labels outside the classes the model scores. MMAction2 scores th
 silently: a list line without a label reads as -1 in its ``VideoDataset``, and a label
 beyond the classifier (a class-name file shorter than the list's classes) can never be
 predicted, so the accuracy comes out wrong without a word.
+
+And it refuses scores that are not finite. A NaN class score is ranked differently by
+MMAction2's ``top_k_accuracy`` (``argsort`` puts NaN last, so a NaN row "predicts" the last
+class) and by ``mean_class_accuracy`` (``argmax`` returns the first NaN): one overflowed
+sample (e.g. fp16 activations above 65504 under ``--amp``) would count as right in one
+metric and wrong in the other, without a word.
 """
 from typing import Dict, List, Union
 
@@ -64,16 +70,42 @@ def check_labels_in_range(scores: List[np.ndarray], labels: List[Union[int, np.n
             'list (CheckedVideoDataset with num_classes names the lines)')
 
 
+def check_scores_finite(scores: List[np.ndarray]) -> None:
+    """Raise when a sample's class scores hold NaN or +-inf.
+
+    Args:
+        scores: per-sample class scores, each ``[num_classes]`` (dicts of them: skipped).
+
+    Raises:
+        ValueError: naming how many samples, the first few (index in the order the
+            evaluator collected them) and the likely causes.
+    """
+    if not scores or isinstance(scores[0], dict):
+        return
+    bad = [i for i, s in enumerate(scores) if not np.isfinite(np.asarray(s, np.float64)).all()]
+    if bad:
+        shown = ', '.join(map(str, bad[:5])) + (', ...' if len(bad) > 5 else '')
+        raise ValueError(
+            f'RecognitionAccMetric: {len(bad)} of {len(scores)} samples have class scores '
+            f'that are NaN or infinite (samples {shown}, in the order the evaluator '
+            'collected them); no accuracy is computed, because NaN ranks differ between '
+            'top-k and mean class accuracy. Usual causes: fp16 overflow (tools/test.py '
+            '--amp fp16 on a model trained in bf16: use --amp bf16, or leave --amp out), '
+            'a diverged checkpoint (NaN weights), or a video that decoded to an empty clip')
+
+
 @METRICS.register_module()
 class RecognitionAccMetric(AccMetric):
     """``AccMetric`` (same arguments, same keys: ``top1``, ``top5``, ``mean1``) whose
-    ``mean1`` averages over the classes that have test samples (see the module docstring).
+    ``mean1`` averages over the classes that have test samples, and which refuses labels
+    outside the scored classes and non-finite scores (see the module docstring).
 
     The recognition configs use it as ``dict(type='RecognitionAccMetric')``.
     """
 
     def calculate(self, preds: List[np.ndarray], labels: List[Union[int, np.ndarray]]
                   ) -> Dict:
+        check_scores_finite(preds)
         check_labels_in_range(preds, labels)
         results = super().calculate(preds, labels)
         if 'mean_class_accuracy' in self.metrics and 'mean1' in results:
