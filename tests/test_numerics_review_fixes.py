@@ -1,5 +1,6 @@
 """Fixes from the mixed-precision numerics review (2026-12-06): non-finite class scores,
 ties in a saved similarity matrix, the autocast dtype of ``tools/test.py --amp``."""
+import json
 import os.path as osp
 
 import numpy as np
@@ -150,3 +151,72 @@ def test_test_tool_refuses_fp16_on_the_cpu_before_any_work(tmp_path, capsys):
     assert status == 2 and err.startswith(
         'test.py: error: CommandLineError: --amp fp16: autocast on the CPU runs bf16 only'), err
     assert not work.exists()
+
+
+# --------------------------------------------------------------- --save-sim ties
+def _gallery_with_duplicates(num_texts=600, num_videos=503, dim=64, dups=40, seed=0):
+    """Unit-norm float32 embeddings; the last ``dups`` videos repeat earlier ones (a
+    gallery holding the same clip twice), each text matches one video, every video has a
+    text."""
+    rng = np.random.default_rng(seed)
+    videos = rng.standard_normal((num_videos, dim)).astype(np.float32)
+    videos[-dups:] = videos[7:7 + dups]
+    videos /= np.linalg.norm(videos, axis=1, keepdims=True)
+    t2v = np.concatenate([np.arange(num_videos),              # every video has a caption
+                          rng.integers(0, num_videos, num_texts - num_videos)])
+    texts = videos[t2v] + 1.2 * rng.standard_normal((num_texts, dim)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    return texts.astype(np.float32), videos, t2v
+
+
+def test_save_sim_keeps_the_ties_of_duplicate_videos_and_the_metric(tmp_path):
+    """sim.npy (extract_features --save-sim) is the metric's own similarity: duplicate
+    videos tie exactly in every row, and eval_retrieval's metric on it equals
+    tools/test.py's metric on the embeddings (ties count against the query, so a broken
+    tie moves ranks)."""
+    import torch
+    from stan_mm.apis.features import atomic_save_product_npy
+    from stan_mm.evaluation.ranking import (retrieval_metrics_from_embeddings,
+                                            retrieval_metrics_from_similarity)
+    texts, videos, t2v = _gallery_with_duplicates()
+    path = str(tmp_path / 'sim.npy')
+    atomic_save_product_npy(path, texts, videos)
+    sim = np.load(path)
+    dup = sim[:, -40:] != sim[:, 7:47]
+    assert not dup.any(), f'{dup.any(axis=1).sum()} rows break a duplicate tie'
+    t2v_t = torch.as_tensor(t2v)
+    from_emb = retrieval_metrics_from_embeddings(torch.from_numpy(texts),
+                                                 torch.from_numpy(videos), t2v_t)
+    assert retrieval_metrics_from_similarity(sim, t2v_t) == from_emb
+    # the same caption in a full block and in the tail block: the same row
+    texts2 = np.concatenate([texts[:256], texts[:1]])
+    atomic_save_product_npy(path, texts2, videos)
+    sim2 = np.load(path)
+    assert (sim2[0] == sim2[256]).all()
+
+
+def test_eval_retrieval_warns_about_a_half_precision_matrix(tmp_path, capsys):
+    """fp16 rounding turns near scores into ties with the ground truth (counted against
+    the query): by hand, 0.50000 and 0.50012 are one fp16 number; the float32 matrix ranks
+    text 0's video first, the fp16 one puts it behind the tie. The tool warns about fp16,
+    not about float32."""
+    import sys
+    sys.path.insert(0, osp.dirname(__file__))
+    from test_retrieval_review_fixes import load_tool
+    tool = load_tool('tools/analysis/eval_retrieval.py')
+    sim = np.array([[0.50012, 0.5], [0.1, 0.9]], np.float32)
+    assert np.float16(sim[0, 0]) == np.float16(sim[0, 1])          # the tie fp16 makes
+    np.save(tmp_path / 't2v.npy', np.arange(2))
+    results = {}
+    for dtype in (np.float32, np.float16):
+        path = tmp_path / f'sim_{np.dtype(dtype).name}.npy'
+        np.save(path, sim.astype(dtype))
+        assert tool.main(['--sim', str(path), '--text-to-video',
+                          str(tmp_path / 't2v.npy')]) == 0
+        out, err = capsys.readouterr()
+        results[dtype] = json.loads(out.strip().splitlines()[-1])
+        assert ('is float16: half precision rounds near scores to ties' in err) == (
+            dtype is np.float16), err
+    key = next(k for k in results[np.float32] if k.endswith('t2v_R1'))
+    assert results[np.float32][key] == pytest.approx(100.0)
+    assert results[np.float16][key] == pytest.approx(50.0)

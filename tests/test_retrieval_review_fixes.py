@@ -531,7 +531,7 @@ def test_save_sim_writes_the_product_in_blocks_complete_or_absent(tmp_path):
     texts = rng.standard_normal((37, 8)).astype(np.float32)
     videos = rng.standard_normal((11, 8)).astype(np.float32)
     path = str(tmp_path / 'sim.npy')
-    assert atomic_save_product_npy(path, texts, videos, block_bytes=3 * 4 * 11) == (37, 11)
+    assert atomic_save_product_npy(path, texts, videos, chunk_size=3) == (37, 11)
     got = np.load(path)
     assert got.dtype == np.float32 and got.shape == (37, 11)
     np.testing.assert_allclose(got, texts.astype(np.float64) @ videos.T.astype(np.float64),

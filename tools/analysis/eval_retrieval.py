@@ -104,6 +104,13 @@ def load_matrix(path: str, what: str, flag: str) -> np.ndarray:
                          '[num_texts, num_videos] matrix')
     if array.dtype.kind not in 'fiu':
         raise InputError(f'{what} file {path!r} has dtype {array.dtype}; expected numbers')
+    if array.dtype.kind == 'f' and array.dtype.itemsize < 4:
+        # rounding to 11 bits makes near scores equal, and a tie counts against the query
+        print(f'eval_retrieval: warning: {what} file {path!r} is {array.dtype}: half '
+              'precision rounds near scores to ties, and a tie with the ground truth counts '
+              'against the query (recall comes out lower than from float32 scores); save it '
+              'as float32 (extract_features --save-sim does), or evaluate the embeddings',
+              file=sys.stderr)
     return array
 
 
