@@ -2,7 +2,9 @@
 Resize hands on frames already at the target size, bit for bit what cv2.resize returns;
 FormatShape uses the array a list of frames tiles instead of copying it; UniformSample draws
 a training clip's indices in one call, the same indices and generator state as MMAction2's
-loop."""
+loop. The first two apply only to frames the pipeline owns (``mark_owned``, what stan_mm's
+decoder does): frames made here are marked where a test is about the fast path itself;
+tests/test_fast_path_ownership.py covers the caller's frames and the decoder."""
 import os
 
 import numpy as np
@@ -12,7 +14,7 @@ import stan_mm  # noqa: F401  (installs the fast path)
 from mmaction.datasets.transforms import FormatShape, Resize, UniformSample
 from mmcv.image.geometric import cv2_interp_codes
 
-from stan_mm.datasets.transforms.fast_paths import tiled_array
+from stan_mm.datasets.transforms.fast_paths import mark_owned, tiled_array
 
 cv2 = pytest.importorskip('cv2')
 SHAPES = [(256, 340, 3), (17, 33, 3), (240, 426, 4), (5, 7)]
@@ -54,6 +56,7 @@ def _run(resize, imgs, patched=True):
 def test_resize_equals_mmaction_without_the_fast_path(interpolation, config, size):
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(4)]
+    mark_owned(imgs)                  # as if decoded by SafeDecordDecode
     resize = Resize(**config, interpolation=interpolation)
     fast = _run(resize, imgs)
     slow = _run(resize, imgs, patched=False)
@@ -69,6 +72,12 @@ def test_resize_equals_mmaction_without_the_fast_path(interpolation, config, siz
     # a real resize writes every frame into one array (FormatShape then keeps it)
     assert (tiled_array(fast['imgs']) is not None) == (not unchanged)
     assert tiled_array(slow['imgs']) is None
+    # the caller's frames (not owned): MMAction2's copies, the same values
+    theirs = [f.copy() for f in imgs]
+    got = _run(resize, theirs)['imgs']
+    assert not any(a is b for a, b in zip(got, theirs))
+    for a, b in zip(got, slow['imgs']):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_unchanged_size_copies_frames_that_cannot_stand_in_for_copies():
@@ -92,6 +101,7 @@ def test_unchanged_size_copies_frames_that_cannot_stand_in_for_copies():
     }
     resize = Resize(scale=(-1, 8))
     for name, imgs in cases.items():
+        mark_owned(imgs)              # owned: the other conditions decide
         expect = _run(resize, [f.copy() for f in imgs], patched=False)
         got = _run(resize, list(imgs))
         assert [a.dtype for a in got['imgs']] == [b.dtype for b in expect['imgs']], name
@@ -101,6 +111,8 @@ def test_unchanged_size_copies_frames_that_cannot_stand_in_for_copies():
             np.testing.assert_array_equal(a, np.asarray(f)[:, ::-1], err_msg=name)
     # frames that can stand in for copies are handed on as they are (the fast path)
     distinct = list(base.copy())
+    assert not any(a is b for a, b in zip(_run(resize, distinct)['imgs'], distinct))
+    mark_owned(distinct)              # ... once the pipeline owns them
     assert all(a is b for a, b in zip(_run(resize, distinct)['imgs'], distinct))
 
 
@@ -184,16 +196,20 @@ def _frame_lists():
 
 @pytest.mark.parametrize('input_format', ['NCTHW', 'NCHW'])
 def test_format_shape_equals_mmaction_without_the_fast_path(input_format):
-    for name, imgs, tiles in _frame_lists():
-        fast = _format(list(imgs), input_format)
-        slow = _format(list(imgs), input_format, patched=False)
-        assert fast['imgs'].dtype == slow['imgs'].dtype, name
-        assert fast['imgs'].shape == slow['imgs'].shape == fast['input_shape'], name
-        assert fast['imgs'].strides == slow['imgs'].strides, name
-        np.testing.assert_array_equal(fast['imgs'], slow['imgs'], err_msg=name)
-        # the copy is skipped exactly when the frames tile one writeable array
-        assert np.shares_memory(fast['imgs'], imgs[0]) == tiles, name
-        assert not np.shares_memory(slow['imgs'], imgs[0]), name
+    for owned in (True, False):
+        for name, imgs, tiles in _frame_lists():      # new arrays every time
+            if owned:
+                mark_owned(imgs)
+            fast = _format(list(imgs), input_format)
+            slow = _format(list(imgs), input_format, patched=False)
+            assert fast['imgs'].dtype == slow['imgs'].dtype, name
+            assert fast['imgs'].shape == slow['imgs'].shape == fast['input_shape'], name
+            assert fast['imgs'].strides == slow['imgs'].strides, name
+            np.testing.assert_array_equal(fast['imgs'], slow['imgs'], err_msg=name)
+            # the copy is skipped exactly when the frames tile one writeable array that
+            # the pipeline owns
+            assert np.shares_memory(fast['imgs'], imgs[0]) == (tiles and owned), name
+            assert not np.shares_memory(slow['imgs'], imgs[0]), name
 
 
 def test_format_shape_after_clip_randaugment_skips_the_copy():
@@ -270,6 +286,8 @@ def test_disabled_restores_mmaction_and_the_copy(tmp_path):
     assert (Resize._resize_imgs, FormatShape.transform,
             UniformSample._get_sample_clips) == patched
     assert video_io.ZERO_COPY
+    assert not np.shares_memory(_format(list(clip), 'NCTHW')['imgs'], clip)  # not owned
+    mark_owned(clip)
     assert np.shares_memory(_format(list(clip), 'NCTHW')['imgs'], clip)
     with pytest.raises(KeyError):
         with fast_paths.disabled():

@@ -44,6 +44,8 @@ import torch
 from mmaction.registry import TRANSFORMS
 from mmcv.transforms import BaseTransform
 
+from .fast_paths import mark_owned
+
 __all__ = ['ClipRandAugment', 'RANDAUGMENT_OPS', 'randaugment_space', 'sample_ops',
            'apply_op']
 
@@ -635,6 +637,7 @@ class ClipRandAugment(BaseTransform):
             # the first op reads the input frames (left untouched) into a new [T, H, W, 3]
             # array; later point-wise ops work in place on that array
             frames = _apply(frames, op, mag, self.interpolation, fill, inplace=i > 0)
+        mark_owned(frames)       # a new array: fast_paths' FormatShape may keep it
         results['imgs'] = frames if is_array else list(frames)
         return results
 

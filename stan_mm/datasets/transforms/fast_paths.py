@@ -1,27 +1,44 @@
 """Exact fast paths for MMAction2's own transforms, installed on ``import stan_mm``.
 
+Ownership. Two of the fast paths hand on arrays where MMAction2 makes copies (``Resize`` to
+the frames' own size, ``FormatShape`` on a list of views). That is exact only for frames
+nothing else holds: a caller that puts its own frames into ``results['imgs']`` and keeps
+them must get them back untouched by a later in-place transform (``Flip``), and a packed
+tensor that does not share their memory. So those two apply only to frames the pipeline
+owns: arrays that stan_mm's own transforms made in a pipeline call,
+:class:`~stan_mm.datasets.transforms.SafeDecordDecode` (every decoding path: decord's batch,
+with or without its copy, frames handed out again for repeated indices, the OpenCV
+fallback), :class:`~stan_mm.datasets.transforms.ClipRandAugment` (when it applied an op)
+and ``Resize``'s own one-array output below. Each registers its new arrays with
+:func:`mark_owned` (weak references: an entry goes when its array does); a frame is owned
+when it or an array in its ``.base`` chain is registered (:func:`is_owned`), e.g. views of
+a decoded batch and crops of them. Frames the caller made take MMAction2's code: the same
+values as always, copied. Ownership lasts as long as the array: frames taken out of one
+pipeline call's results and fed to another still count as owned (copy them to keep them).
+
 ``Resize`` to the size the frames already have. MMAction2's ``Resize`` resizes every frame
 with ``mmcv.imresize``, i.e. ``cv2.resize``, which for an unchanged size returns a copy of
 the frame (for every interpolation mmcv offers; ``tests/test_fast_paths.py`` checks it).
 Videos prepared at the pipeline's scale pay that copy for every frame, e.g. Kinetics-400
 distributed at 340x256 under ``Resize(scale=(-1, 256))``: about 0.5 ms of CPU per 8-frame
 clip in the K400 training pipeline, 3 % of a data worker's time (docs/benchmarks.md).
-With the fast path the frames are handed on as they are: the same pixels, shapes and
+With the fast path owned frames are handed on as they are: the same pixels, shapes and
 types, without the copy. The one difference is aliasing: a later in-place transform (e.g.
 ``Flip``) then writes into the decoded arrays, which nothing but ``results['imgs']`` holds.
-So the skip applies only to frames that behave like the copies would: C-contiguous,
-writeable, of a type ``cv2.resize`` keeps, and no two sharing memory (a decoder may repeat
-one array for a repeated frame index; a shared frame would be flipped once per slot).
-Other frames, and ``[H, W, 1]`` ones (``cv2.resize`` drops their channel axis), keep the
-slow path. A real
+So the skip applies only to frames that behave like the copies would: owned (above),
+C-contiguous, writeable, of a type ``cv2.resize`` keeps, and no two sharing memory (a
+decoder may repeat one array for a repeated frame index; a shared frame would be flipped
+once per slot). Other frames, and ``[H, W, 1]`` ones (``cv2.resize`` drops their channel
+axis), keep the slow path. A real
 resize writes the frames into one ``[T, H', W', C]`` array (``cv2.resize(..., dst=)``, what
 ``mmcv.imresize(..., out=)`` does): the same values, one allocation instead of T, and a
 list that ``FormatShape`` below takes without a copy (the MSR-VTT pipeline ends with
 ``Resize``; ``Flip`` flips in place). Only with mmcv's ``cv2`` backend.
 
 ``FormatShape`` on a list of frames that are consecutive views of one C-contiguous array
-(what :class:`~stan_mm.datasets.transforms.ClipRandAugment` and
-:class:`~stan_mm.datasets.transforms.SafeDecordDecode` return). ``FormatShape`` stacks the
+the pipeline owns (what :class:`~stan_mm.datasets.transforms.ClipRandAugment`,
+:class:`~stan_mm.datasets.transforms.SafeDecordDecode` and the resize above return).
+``FormatShape`` stacks the
 list with ``np.array(imgs)``, a copy of the whole clip (1.2 MB for 8 frames of 224x224);
 that array is the one the views already tile, so it is used as it is. Same values, shape,
 dtype and strides; the list of views is replaced, as the copy replaced it.
@@ -44,6 +61,7 @@ for a block (what ``tools/analysis/benchmark.py --compare-fast-paths`` measures)
 import contextlib
 import functools
 import os
+import weakref
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -87,17 +105,54 @@ def disabled() -> Iterator[None]:
         video_io.ZERO_COPY = zero_copy
 
 
+# id(array) -> array, for the arrays stan_mm's transforms made (see "Ownership" above).
+# Keyed by id because arrays are unhashable; the identity check in is_owned guards against
+# a reused id, and the weak values drop an entry when its array is freed.
+_OWNED: 'weakref.WeakValueDictionary[int, np.ndarray]' = weakref.WeakValueDictionary()
+
+
+def _root(arr: np.ndarray) -> np.ndarray:
+    """The last array in ``arr``'s ``.base`` chain (``arr`` itself when it owns its data or
+    views memory of something that is not an array, e.g. decord's DLPack buffer)."""
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    return arr
+
+
+def mark_owned(imgs) -> None:
+    """Register frames that a stan_mm transform has just made (an array, or a list of
+    arrays) as owned by the pipeline: the array holding each frame's memory (the end of its
+    ``.base`` chain) is recorded, so the frames, their views and crops are owned. Only for
+    new arrays that no caller holds: never for the frames a transform was given."""
+    for img in (imgs, ) if isinstance(imgs, np.ndarray) else imgs:
+        if isinstance(img, np.ndarray):
+            root = _root(img)
+            _OWNED[id(root)] = root
+
+
+def is_owned(img) -> bool:
+    """True when ``img`` or an array in its ``.base`` chain was registered with
+    :func:`mark_owned` (and is still alive: the entry is that very array, not one that
+    reuses its id)."""
+    while isinstance(img, np.ndarray):
+        if _OWNED.get(id(img)) is img:
+            return True
+        img = img.base
+    return False
+
+
 _CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 
 
 def _unchanged(imgs: Sequence[np.ndarray], new_w: int, new_h: int) -> bool:
     """True when ``cv2.resize`` to ``(new_w, new_h)`` would return copies equal in every
     respect to ``imgs`` themselves: same size, a type it keeps, not ``[H, W, 1]``, and
-    frames that can stand in for fresh copies (C-contiguous, writeable, disjoint)."""
+    frames that can stand in for fresh copies (owned by the pipeline, C-contiguous,
+    writeable, disjoint)."""
     if not all(isinstance(img, np.ndarray) and img.shape[:2] == (new_h, new_w)
                and not (img.ndim == 3 and img.shape[2] == 1)
                and img.dtype.type in _CV2_DTYPES and img.flags.c_contiguous
-               and img.flags.writeable for img in imgs):
+               and img.flags.writeable and is_owned(img) for img in imgs):
         return False
     spans = sorted((img.__array_interface__['data'][0], img.nbytes) for img in imgs)
     return all(start + size <= nxt for (start, size), (nxt, _) in zip(spans, spans[1:]))
@@ -124,6 +179,7 @@ def _resize_into_one_array(imgs: Sequence[np.ndarray], new_w: int, new_h: int,
         res = cv2.resize(img, (new_w, new_h), dst=dst, interpolation=code)
         if res is not dst:                # cv2 did not write into dst: keep its result
             dst[...] = res
+    mark_owned(out)                       # a new array: FormatShape may keep it
     return frames
 
 
@@ -171,13 +227,13 @@ def tiled_array(imgs) -> Optional[np.ndarray]:
 
 def apply_format_shape_fast_path() -> None:
     """Make ``mmaction.datasets.transforms.FormatShape`` use the array a list of frames
-    tiles instead of copying it (idempotent)."""
+    tiles instead of copying it, when the pipeline owns that array (idempotent)."""
     from mmaction.datasets.transforms.formatting import FormatShape
 
     def make(original):
         def transform(self, results):
             stacked = tiled_array(results.get('imgs'))
-            if stacked is not None:
+            if stacked is not None and is_owned(stacked):
                 results['imgs'] = stacked
             return original(self, results)
         return transform

@@ -44,7 +44,7 @@ from mmaction.datasets.transforms.loading import DecordDecode, DecordInit
 from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.logging import print_log
 
-from .fast_paths import enabled_by_env
+from .fast_paths import enabled_by_env, mark_owned
 
 __all__ = ['VideoReadError', 'SafeDecordInit', 'SafeDecordDecode', 'SkipUnreadable',
            'decode_frames_opencv', 'decord_batch_to_numpy']
@@ -342,7 +342,10 @@ class SafeDecordDecode(DecordDecode):
             if not osp.isfile(filename) and getattr(container, 'data', None) is not None:
                 source = container.data
             imgs = decode_frames_opencv(source, frame_inds, filename)
-        return [_as_rgb(img, filename) for img in imgs]
+        imgs = [_as_rgb(img, filename) for img in imgs]
+        # new arrays, held by results['imgs'] only: the pipeline owns them (fast_paths)
+        mark_owned(imgs)
+        return imgs
 
 
 def decord_batch_to_numpy(batch) -> np.ndarray:
