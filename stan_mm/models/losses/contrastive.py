@@ -1,7 +1,7 @@
 """Symmetric InfoNCE over video-text pairs (CLIP / CLIP4Clip / STAN retrieval loss)."""
 import contextlib
 import math
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,10 @@ from mmaction.registry import MODELS
 from .gather import all_gather_no_grad, all_gather_with_grad, gather_sizes
 
 DUPLICATE_MODES = ('mask', 'keep')
+#: the log-only entries of ``SymmetricInfoNCELoss(..., return_terms=True)`` (and of
+#: ``STANRetriever.loss``): text->video and video->text InfoNCE; no ``'loss'`` in the
+#: names, so they are logged but not optimized
+TERMS = ('nce_t2v', 'nce_v2t')
 
 
 def learned_logit_scale(log_scale: nn.Parameter, max_scale: float) -> torch.Tensor:
@@ -41,8 +45,8 @@ class SymmetricInfoNCELoss(nn.Module):
     With L2-normalized ``v`` ``[B, E]`` and ``t`` ``[B, E]`` (row i of both is pair i) and
     ``S = s * v @ t.T`` ``[B, B]`` (``s`` = logit scale = 1/tau)::
 
-        loss = mean_i -log softmax_j(S[i, j])[i]      (video i -> its caption)
-             + mean_j -log softmax_i(S[i, j])[j]      (caption j -> its video)
+        loss = mean_i -log softmax_j(S[i, j])[i]      (video i -> its caption: nce_v2t)
+             + mean_j -log softmax_i(S[i, j])[j]      (caption j -> its video: nce_t2v)
 
     Global batch: with ``gather=True`` the features of all ranks are gathered WITH gradient
     (:func:`.gather.all_gather_with_grad`) before ``S`` is formed, so B is the global batch
@@ -101,11 +105,14 @@ class SymmetricInfoNCELoss(nn.Module):
                     video_ids = all_gather_no_grad(video_ids, sizes=sizes)
             return logit_scale * (v @ t.t()), video_ids
 
-    def forward(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
-                logit_scale: Union[float, torch.Tensor] = 100.0,
-                video_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``video_emb`` ``[B, E]``, ``text_emb`` ``[B, E]`` (pairs by row), ``logit_scale``
-        (scalar, 1/tau), ``video_ids`` ``[B]`` int (optional) -> scalar loss."""
+    def directions(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
+                   logit_scale: Union[float, torch.Tensor] = 100.0,
+                   video_ids: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The two cross-entropies ``(v2t, t2v)`` (unweighted, with gradient; global batch
+        when gathering): ``v2t`` over the rows of ``S`` (each video picks its caption),
+        ``t2v`` over its columns (each caption picks its video). The loss is
+        ``loss_weight * (v2t + t2v)``."""
         logits, video_ids = self.similarity(video_emb, text_emb, logit_scale, video_ids)
         n = logits.shape[0]
         if video_ids is not None and self.duplicate_videos == 'mask':
@@ -115,5 +122,28 @@ class SymmetricInfoNCELoss(nn.Module):
             # (``bool(same.any())``) waited for the device every step
             logits = logits.masked_fill(same, float('-inf'))
         target = torch.arange(n, device=logits.device)
-        loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
-        return self.loss_weight * loss
+        return F.cross_entropy(logits, target), F.cross_entropy(logits.t(), target)
+
+    def forward(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
+                logit_scale: Union[float, torch.Tensor] = 100.0,
+                video_ids: Optional[torch.Tensor] = None, return_terms: bool = False
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+        """``video_emb`` ``[B, E]``, ``text_emb`` ``[B, E]`` (pairs by row), ``logit_scale``
+        (scalar, 1/tau), ``video_ids`` ``[B]`` int (optional) -> scalar loss.
+
+        ``return_terms=True``: ``(loss, dict(nce_t2v=..., nce_v2t=...))``, the two
+        directions times ``loss_weight``, detached, for the training log (:data:`TERMS`;
+        their names hold no ``'loss'``, so mmengine's ``parse_losses`` does not add them to
+        the optimized loss). ``loss`` is the same tensor, bit for bit, either way; with
+        ``loss_weight=1`` the two terms add up to it exactly (else up to rounding). No
+        device work beyond the loss itself: the terms are views of tensors it computes
+        anyway (a multiplication each when ``loss_weight != 1``)."""
+        v2t, t2v = self.directions(video_emb, text_emb, logit_scale, video_ids)
+        loss = self.loss_weight * (v2t + t2v)
+        if not return_terms:
+            return loss
+        w = self.loss_weight
+        terms = dict(nce_t2v=t2v.detach(), nce_v2t=v2t.detach())
+        if w != 1.0:
+            terms = {k: w * v for k, v in terms.items()}
+        return loss, terms

@@ -118,10 +118,16 @@ class STANRetriever(BaseModel):
     text=...)``.
 
     - ``mode='loss'``: ``text`` ``[N, L]`` (caption i belongs to video i) ->
-      ``dict(loss=...)``: :class:`~stan_mm.models.losses.SymmetricInfoNCELoss` over the
-      features of all ranks (gathered with gradient). Video identities for the
-      duplicate-video mask are read from the data samples' metainfo (first of
-      :data:`VIDEO_ID_KEYS` present).
+      ``dict(loss=..., nce_t2v=..., nce_v2t=...)``:
+      :class:`~stan_mm.models.losses.SymmetricInfoNCELoss` over the features of all ranks
+      (gathered with gradient). Video identities for the duplicate-video mask are read
+      from the data samples' metainfo (first of :data:`VIDEO_ID_KEYS` present).
+      ``nce_t2v`` / ``nce_v2t`` (text->video and video->text InfoNCE, times the loss
+      weight; summed they give ``loss``) are detached and log only: mmengine's
+      ``parse_losses`` optimizes the sum of the entries whose key contains ``'loss'``,
+      i.e. ``loss`` alone. Like ``loss`` they are global-batch values, equal on every rank
+      (computed from the gathered similarities: no collective of their own). Plus
+      ``logit_scale`` (detached) with ``learnable_temperature``.
     - ``mode='predict'``: ``text`` ``[N, L]`` or a list of N ``[n_i, L]`` -> the data
       samples, each with ``video_feature`` ``[E]`` and ``text_feature`` ``[n_i, E]``
       (L2-normalized, float32), the contract of
@@ -204,6 +210,9 @@ class STANRetriever(BaseModel):
         if self.learnable_temperature:
             self.logit_scale = nn.Parameter(clip.logit_scale.detach().float().clone())
         self.loss_module = MODELS.build(loss)
+        # a loss that also hands out log-only terms (SymmetricInfoNCELoss: nce_t2v, nce_v2t)
+        self._loss_has_terms = 'return_terms' in inspect.signature(
+            self.loss_module.forward).parameters
         self.text_chunk_size = text_chunk_size
         self._warned_no_ids = False
         del clip  # its modules live on in the two towers; logit_scale was copied if needed
@@ -310,9 +319,17 @@ class STANRetriever(BaseModel):
         video = self.encode_video(imgs)                                  # [N, E]
         text_emb = self.encode_text(torch.cat(groups))                   # [N, E]
         scale = self.get_logit_scale().to(video.device)
-        loss = self.loss_module(video, text_emb, scale,
-                                self.video_ids(data_samples, video.device))
+        ids = self.video_ids(data_samples, video.device)
+        if self._loss_has_terms:
+            loss, terms = self.loss_module(video, text_emb, scale, ids, return_terms=True)
+        else:                                   # a loss module of another kind
+            loss, terms = self.loss_module(video, text_emb, scale, ids), {}
         out = dict(loss=loss)
+        for key, value in terms.items():
+            if 'loss' in key:   # mmengine's parse_losses would add it to the optimized loss
+                raise KeyError(f'STANRetriever: the log-only term {key!r} of the loss module '
+                               "must not contain 'loss' in its name")
+            out[key] = value.detach()
         if self.learnable_temperature:
             out['logit_scale'] = scale.detach()
         return out
