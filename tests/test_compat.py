@@ -79,6 +79,65 @@ def test_drn_placeholder_raises_clear_error():
         DRN()
 
 
+def test_drn_placeholder_is_registered():
+    """Building DRN from a config names what to install, instead of mmengine's generic
+    "DRN is not in the mmaction::model registry"."""
+    import stan_mm  # noqa: F401
+    from mmaction.registry import MODELS
+    from stan_mm.compat.mmaction import _real_drn_present
+    if _real_drn_present():
+        pytest.skip('real drn present')
+    with pytest.raises(ImportError, match='install mmaction2 from its git repository'):
+        MODELS.build(dict(type='DRN'))
+
+
+def _transformers_major():
+    import importlib.metadata
+    try:
+        return int(importlib.metadata.version('transformers').split('.')[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def test_vindlu_placeholder_names_the_transformers_version():
+    """With transformers >= 5 the VindLU placeholders do not tell users to install
+    mmaction2[multimodal] (they have it, in a version too new): they name the installed
+    transformers and the version mmaction2 1.2.0's multimodal models need."""
+    if (_transformers_major() or 0) < 5:
+        pytest.skip('needs transformers >= 5 installed')
+    import importlib.metadata
+
+    import stan_mm  # noqa: F401
+    from mmaction.registry import MODELS
+    version = importlib.metadata.version('transformers')
+    for name in ('VindLURetrieval', 'VindLURetrievalMC', 'VindLUVQA'):
+        with pytest.raises(ImportError) as e:
+            MODELS.build(dict(type=name))
+        msg = str(e.value)
+        assert f'transformers {version} is installed' in msg and '< 5' in msg, msg
+        assert msg.startswith(name) and 'mmaction2[multimodal]' not in msg, msg
+
+
+def test_vindlu_check_does_not_import_transformers_models():
+    """Whether VindLU would import is decided from transformers' version, without importing
+    transformers.modeling_utils (3-7 s of every `import stan_mm`), and the answer is the
+    one the import gives."""
+    r = run_py(LOAD_BY_PATH + '''
+import sys
+m = load('mmaction')
+ok = m._vindlu_importable()
+assert 'transformers.modeling_utils' not in sys.modules, 'imported transformers.modeling_utils'
+try:
+    from transformers.modeling_utils import apply_chunking_to_forward  # noqa: F401
+    imports = True
+except Exception:
+    imports = False
+assert ok == imports, (ok, imports)
+print('SAME', ok)
+''')
+    assert r.returncode == 0 and 'SAME' in r.stdout, r.stdout + r.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------- pkg_resources
 def test_pkg_resources_shim(tmp_path):
     blocker = tmp_path / 'blocker'
@@ -267,6 +326,66 @@ def test_missing_checkpoint_names_path(tmp_path):
         safe_torch_load(tmp_path / 'nope.pth')
 
 
+def test_mmengine_loader_works_without_safe_globals(tmp_path, monkeypatch):
+    """torch < 2.5 has no torch.serialization.safe_globals: loading any checkpoint through
+    mmengine must not fail with AttributeError once stan_mm is imported (mmengine's own
+    loader is used), and safe_torch_load still loads tensors, refusing the rest with a
+    message that names the torch it needs."""
+    import stan_mm  # noqa: F401
+    from mmengine.runner import CheckpointLoader
+
+    from stan_mm.compat import UnsafeCheckpointError, safe_torch_load
+    plain = tmp_path / 'plain.pth'
+    torch.save({'a': torch.ones(1)}, plain)
+    full = tmp_path / 'epoch_1.pth'
+    torch.save(_mmengine_like_checkpoint(), full)
+    monkeypatch.delattr(torch.serialization, 'safe_globals')
+    assert torch.equal(CheckpointLoader.load_checkpoint(str(plain))['a'], torch.ones(1))
+    from stan_mm.compat.checkpoint import safe_loading_supported
+    assert not safe_loading_supported()
+    assert torch.equal(safe_torch_load(plain)['a'], torch.ones(1))
+    with pytest.raises(UnsafeCheckpointError, match=r'torch >= 2\.6'):
+        safe_torch_load(full)
+
+
+class _LoadSpy:
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real = torch.load
+
+        def spy(*args, **kwargs):
+            self.calls.append(kwargs)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(torch, 'load', spy)
+
+
+def test_mmengine_loader_is_stock_before_torch_2_6(tmp_path, monkeypatch):
+    """On torch < 2.6 torch.load defaults to weights_only=False and safe_globals takes no
+    (callable, name) entries: mmengine's loader is left as it is there (other models load as
+    without stan-mm), and is replaced (weights_only=True + allow-list) on torch >= 2.6."""
+    import collections
+
+    import stan_mm  # noqa: F401
+    from mmengine.runner import CheckpointLoader
+    from mmengine.runner.checkpoint import load_from_local
+
+    from stan_mm.compat import apply_checkpoint_fix
+    path = tmp_path / 'plain.pth'
+    torch.save({'a': torch.ones(1)}, path)
+    spy = _LoadSpy(monkeypatch)
+    CheckpointLoader.load_checkpoint(str(path))
+    assert spy.calls[-1].get('weights_only') is True      # this torch: stan-mm's loader
+    monkeypatch.setattr(torch, '__version__', '2.5.1')
+    CheckpointLoader.load_checkpoint(str(path))
+    assert 'weights_only' not in spy.calls[-1]          # mmengine's: torch's own default
+    # applied on such a torch, the fix does not replace mmengine's loader at all
+    schemes = collections.OrderedDict(CheckpointLoader._schemes)
+    schemes[''] = load_from_local
+    monkeypatch.setattr(CheckpointLoader, '_schemes', schemes)
+    apply_checkpoint_fix()
+    assert CheckpointLoader._schemes[''] is load_from_local
+
+
 # ----------------------------------------------------------------------------- CPU DDP
 DDP_SCRIPT = '''
 import os, sys, torch
@@ -443,7 +562,7 @@ FROZEN_CODE = '''
 import torch
 from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
-MMLogger.get_instance('t', log_level='INFO')
+MMLogger.get_instance('t', log_level='{level}')
 model = torch.nn.ModuleDict(dict(
     head=torch.nn.ModuleDict(dict(text=torch.nn.Linear(3, 3), fc=torch.nn.Linear(3, 2))),
     stem=torch.nn.Linear(3, 3)))
@@ -458,10 +577,10 @@ build_optim_wrapper(torch.nn.Linear(2, 2), dict(optimizer=dict(type='SGD', lr=0.
 
 @pytest.mark.parametrize('with_fix', [False, True])
 def test_frozen_parameters_logged_once(with_fix):
-    """mmengine warns once per frozen tensor; with the fix one INFO line per optimizer
+    """mmengine warns once per frozen tensor; with the fix one WARNING line per optimizer
     names the groups and their counts, and nothing else changes."""
     prefix = 'import stan_mm' if with_fix else ''
-    r = run_py(FROZEN_CODE.format(prefix=prefix))
+    r = run_py(FROZEN_CODE.format(prefix=prefix, level='INFO'))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     per_tensor = [ln for ln in out.splitlines() if 'is skipped since its requires_grad' in ln]
@@ -473,6 +592,17 @@ def test_frozen_parameters_logged_once(with_fix):
     assert len(summary) == 1, out       # the second optimizer has nothing frozen: no line
     assert summary[0].endswith('optimizer: 3 frozen parameter tensors (requires_grad=False) '
                                'left out: head.text (2), stem.weight (1)'), summary[0]
+
+
+def test_frozen_parameters_summary_survives_log_level_warning():
+    """mmengine's per-tensor lines are WARNINGs, so a run at log_level='WARNING' showed
+    them; the summary that replaces them is a WARNING too and still shows."""
+    r = run_py(FROZEN_CODE.format(prefix='import stan_mm', level='WARNING'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    summary = [ln for ln in out.splitlines() if 'frozen parameter tensors' in ln]
+    assert len(summary) == 1 and 'WARNING' in summary[0], out
+    assert 'is skipped since its requires_grad' not in out, out
 
 
 # ------------------------------------------------------------- DataLoader workers of a run

@@ -2,20 +2,49 @@
 # One-command setup of stan-mm on a fresh machine or into an existing MMAction2 environment.
 #   bash tools/install.sh            runtime + test dependencies, stan-mm in editable mode
 # Environment: PYTHON (default python3; 3.10 or newer), STAN_TORCH (a torch/torchvision pair to
-#   install even over a working one; default: keep a working pair, else install
-#   "torch==2.14.1 torchvision==0.29.1"), STAN_SKIP_TESTS_DEPS=1 to skip
+#   install even over a working one; default: keep a working pair of torch >= 2.6, else
+#   install "torch==2.14.1 torchvision==0.29.1"), STAN_SKIP_TESTS_DEPS=1 to skip
 #   requirements/tests.txt (pytest, hypothesis, transformers, av).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip"
 
+# The oldest torch stan-mm supports: 2.6 is the first torch whose torch.load defaults to
+# weights_only=True and whose torch.serialization.safe_globals takes (callable, name)
+# entries, which stan-mm's safe checkpoint loading (stan_mm/compat/checkpoint.py) needs;
+# tools/test.py --amp also needs torch.get_autocast_dtype (2.4). Keep in step with setup.py.
+TORCH_MIN=2.6
+torch_too_old() {
+  $PY -c "import sys, torch
+v = tuple(int(''.join(c for c in p if c.isdigit()) or 0)
+          for p in torch.__version__.split('+')[0].split('.')[:2])
+sys.exit(0 if v < tuple(int(x) for x in '$TORCH_MIN'.split('.')) else 1)"
+}
+torch_min_error() {  # each argument: one more line of what to do
+  TORCH_VERSION=$($PY -c 'import torch; print(torch.__version__)')
+  echo "[install] error: torch $TORCH_VERSION is installed; stan-mm needs torch >= $TORCH_MIN:" >&2
+  echo "[install] its safe checkpoint loading needs torch.serialization.safe_globals with" >&2
+  echo "[install] (callable, name) entries and the weights_only=True default of torch.load," >&2
+  echo "[install] both new in torch 2.6." >&2
+  for line in "$@"; do echo "[install] $line" >&2; done
+  exit 1
+}
+
 # 1. torch + torchvision as a matching pair: STAN_TORCH when set, else an existing working
-#    pair is kept, else the default pair.
+#    pair is kept (torch >= TORCH_MIN, else the script stops), else the default pair.
 if [ -n "${STAN_TORCH:-}" ]; then
   $PIP install $STAN_TORCH
+  if torch_too_old; then
+    torch_min_error "STAN_TORCH=\"$STAN_TORCH\" installed it; name a newer pair."
+  fi
 elif ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
   $PIP install torch==2.14.1 torchvision==0.29.1
+elif torch_too_old; then
+  torch_min_error "Nothing was installed. Upgrade torch and torchvision as a matching pair" \
+    "for your CUDA, e.g. the default pair:" \
+    "  STAN_TORCH=\"torch==2.14.1 torchvision==0.29.1\" bash tools/install.sh" \
+    "or install stan-mm into another environment."
 else
   echo "[install] keeping torch $($PY -c 'import torch; print(torch.__version__)')"
 fi

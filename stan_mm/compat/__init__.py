@@ -5,16 +5,20 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
 
 =====  ==========================================================================
 ``drn``         mmaction2 1.2.0 wheels lack ``mmaction/models/localizers/drn``;
-                a stand-in package is registered only when the real one is missing.
+                a stand-in package is registered only when the real one is missing,
+                and a ``DRN`` placeholder in MODELS says what to install.
 ``multimodal``  with transformers >= 5 installed, mmaction2 1.2.0's VindLU import
-                crashes ``import mmaction.models``; its placeholders are used instead.
+                crashes ``import mmaction.models``; placeholders are used instead, whose
+                error names the installed transformers and the version VindLU needs.
 ``pkg_resources`` setuptools >= 82 removed it; mmengine uses three of its functions
                 to resolve ``mmaction::`` base configs. A shim over
                 ``importlib.metadata`` is installed only when it cannot be imported.
 ``checkpoint``  torch >= 2.6 loads with ``weights_only=True``; mmengine checkpoints
                 hold ``HistoryBuffer`` and numpy objects. They are allow-listed, and a
                 checkpoint that needs anything else is refused with a message naming
-                the file and the opt-in (see :mod:`stan_mm.compat.checkpoint`).
+                the file and the opt-in (see :mod:`stan_mm.compat.checkpoint`). On a
+                torch without what the allow-list needs (< 2.6, or no
+                ``torch.serialization.safe_globals``) mmengine's loader is left alone.
 ``dist``        on a machine without CUDA, ``torch.cuda.set_device`` is skipped,
                 ``nccl`` falls back to ``gloo``, and DDP is built without
                 ``device_ids``, for ``--launcher pytorch`` (torchrun) and
@@ -37,12 +41,13 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 :mod:`stan_mm.compat.worker_shutdown`).
 ``frozen_log``  (log noise, not in the notes) the optimizer constructor's WARNING per
                 frozen tensor (~200 per run with the text classifier's frozen tower)
-                becomes one INFO line grouped by module (see
+                becomes one WARNING line grouped by module (see
                 :mod:`stan_mm.compat.frozen_log`).
 =====  ==========================================================================
 """
 from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
-                         apply_checkpoint_fix, safe_torch_load, trusted_checkpoints)
+                         apply_checkpoint_fix, safe_loading_supported, safe_torch_load,
+                         trusted_checkpoints)
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .frozen_log import apply_frozen_log_fix  # noqa: F401

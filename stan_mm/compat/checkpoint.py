@@ -11,6 +11,14 @@ Trusting a file is an explicit opt-in, for files whose origin you know:
 - environment variable ``STAN_MM_TRUST_CHECKPOINTS=1`` (all files), or
 - ``with stan_mm.compat.trusted_checkpoints(): ...`` in Python code, or
 - ``safe_torch_load(path, trust=True)``.
+
+The allow-list needs ``torch.serialization.safe_globals`` (torch 2.5) with
+``(callable, 'module.name')`` entries (torch 2.6), and the fix only matters where
+``torch.load`` defaults to ``weights_only=True`` (torch 2.6). On an older torch (or one
+without ``safe_globals``) mmengine's own loader is left as it is, so other models load as
+they do without stan-mm; :func:`safe_torch_load` then still loads tensors and containers
+with ``weights_only=True`` and refuses the rest. stan-mm supports torch >= 2.6
+(``tools/install.sh`` stops on an older one).
 """
 import contextlib
 import os
@@ -22,6 +30,30 @@ import torch
 
 TRUST_ENV = 'STAN_MM_TRUST_CHECKPOINTS'
 _trust_depth = 0
+# the oldest torch whose safe_globals takes (callable, 'module.name') entries and whose
+# torch.load defaults to weights_only=True
+SAFE_LOAD_MIN_TORCH = (2, 6)
+
+
+def _torch_version() -> tuple:
+    """``(major, minor)`` of the running torch ('2.14.1+cu130' -> (2, 14))."""
+    out = []
+    for part in str(torch.__version__).split('+')[0].split('.')[:2]:
+        digits = ''
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        out.append(int(digits or 0))
+    return tuple(out)
+
+
+def safe_loading_supported() -> bool:
+    """Whether this torch has what the allow-listing loader needs (see the module doc):
+    checked on every load, not only at import, so a torch without it never reaches
+    ``torch.serialization.safe_globals``."""
+    return (hasattr(torch.serialization, 'safe_globals')
+            and _torch_version() >= SAFE_LOAD_MIN_TORCH)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -164,6 +196,10 @@ def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs)
         if trust or _trusted():
             return torch.load(filename, map_location=map_location, weights_only=False,
                               **kwargs)
+        if not safe_loading_supported():
+            # no allow-list on this torch: tensors and containers only
+            return torch.load(filename, map_location=map_location, weights_only=True,
+                              **kwargs)
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True,
                               **kwargs)
@@ -171,11 +207,17 @@ def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs)
         if not _is_weights_only_refusal(e):
             raise _corrupt(filename, e) from e
         first = _reason(e)
+        old_torch = '' if safe_loading_supported() else (
+            f' With torch {torch.__version__} numpy arrays and mmengine buffers cannot be '
+            f'allow-listed either: that needs torch >= '
+            f'{".".join(map(str, SAFE_LOAD_MIN_TORCH))} (torch.serialization.safe_globals '
+            f'with named entries), which stan-mm requires.')
         raise UnsafeCheckpointError(
             f'Refused to load checkpoint {filename}: its pickle needs objects beyond '
             f'tensors, containers, numpy arrays and mmengine buffers, and unpickling it '
             f'could run code ({first}). If you trust where this file comes from, set '
-            f'{TRUST_ENV}=1 or load it inside stan_mm.compat.trusted_checkpoints().') from e
+            f'{TRUST_ENV}=1 or load it inside stan_mm.compat.trusted_checkpoints().'
+            f'{old_torch}') from e
     except (EOFError, KeyError, OSError, struct.error) as e:
         raise _corrupt(filename, e) from e
     except RuntimeError as e:
@@ -194,8 +236,16 @@ def _reason(err: Exception) -> str:
     return lines[0] if lines else repr(err)
 
 
+def _mmengine_load_from_local(filename, map_location):
+    from mmengine.runner.checkpoint import load_from_local
+    return load_from_local(filename, map_location)
+
+
 def _load_from_local(filename, map_location):
-    """Replacement for mmengine's loader of the '' (local path) scheme."""
+    """Replacement for mmengine's loader of the '' (local path) scheme; mmengine's own
+    where this torch lacks what :func:`safe_torch_load` allow-lists with."""
+    if not safe_loading_supported():
+        return _mmengine_load_from_local(filename, map_location)
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
@@ -212,10 +262,12 @@ def _atomic_put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
 
 
 def apply_checkpoint_fix() -> None:
-    """Route mmengine's local checkpoint loading through :func:`safe_torch_load`, and make its
-    local file writes (checkpoints included) atomic: temporary file + fsync + rename."""
+    """Route mmengine's local checkpoint loading through :func:`safe_torch_load` (only on a
+    torch where :func:`safe_loading_supported`; elsewhere mmengine's loader stays), and make
+    its local file writes (checkpoints included) atomic: temporary file + fsync + rename."""
     from mmengine.fileio.backends.local_backend import LocalBackend
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
+    if safe_loading_supported():
+        CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
     LocalBackend.put = _atomic_put
     LocalBackend.put_text = _atomic_put_text

@@ -5,7 +5,8 @@ with ``requires_grad=False`` (``... is skipped since its requires_grad=False``).
 recognition configs freeze CLIP's text tower behind the text classifier, so every run
 opened with about 200 such warnings (29 with the tests' two-layer tower), burying the
 warnings that matter. Here those lines are collected while the optimizer is built and
-logged once, at INFO, grouped by module:
+logged once, grouped by module, at WARNING like the lines it replaces (so a run at
+``log_level='WARNING'`` still shows it):
 
 ``optimizer: 196 frozen parameter tensors (requires_grad=False) left out: cls_head.text_encoder (196)``
 
@@ -59,7 +60,7 @@ def apply_frozen_log_fix() -> None:
         finally:
             names, _state.names = _state.names, outer
             if names:
-                print_log(summary_line(names), logger='current', level=logging.INFO)
+                print_log(summary_line(names), logger='current', level=logging.WARNING)
 
     __call__._stan_frozen_log = True
     dc.print_log = collecting_print_log
