@@ -139,15 +139,16 @@ def test_hook_with_amp_optim_wrapper():
 
 
 def test_branch_lr_in_a_training_run(tmp_path):
-    """A real Runner (tiny recognition config on the STAN schedule, warm-up + cosine, 2
-    iterations): train/branch_lr = 10 x train/lr at every iteration, printed as a learning
+    """A real Runner (tiny recognition config on the STAN schedule and the default runtime,
+    warm-up + cosine, 2 iterations): train/branch_lr = 10 x train/lr at every iteration, printed as a learning
     rate in the log line and written to scalars.json."""
     from mmengine.runner import Runner
     from test_recognition import write_tiny_config
     _hook()                                        # registers ParamGroupLrHook
     cfg = Config.fromfile(write_tiny_config(tmp_path, num_train=4, num_val=2))
     cfg.work_dir = str(tmp_path / 'work')
-    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ParamGroupLrHook')]
+    # the default runtime carries the hook (configs/_base_/default_runtime.py)
+    assert cfg.default_hooks.param_group_lr == dict(type='ParamGroupLrHook')
     for split in ('val', 'test'):
         cfg[f'{split}_dataloader'] = cfg[f'{split}_cfg'] = cfg[f'{split}_evaluator'] = None
     cfg.default_hooks.checkpoint = None

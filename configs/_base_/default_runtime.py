@@ -9,7 +9,15 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='AtomicCheckpointHook', interval=1, save_best='auto', max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    sync_buffers=dict(type='SyncBuffersHook'))
+    sync_buffers=dict(type='SyncBuffersHook'),
+    # stops the run after 5 non-finite (NaN/inf) losses in a row, or at once when the weights
+    # are no longer finite (docs/robustness.md, "NaN guard"). Here rather than in
+    # custom_hooks so that a config's own custom_hooks list does not drop it;
+    # nonfinite=None removes it.
+    nonfinite=dict(type='NonFiniteLossHook', patience=5),
+    # the log line shows lr (parameter group 0: CLIP) and, next to it, the other groups'
+    # rates, e.g. branch_lr for the STAN branch (lr_mult=10)
+    param_group_lr=dict(type='ParamGroupLrHook'))
 
 # recognition: the head's class list against every dataset's labels and num_classes, when
 # training / testing starts (no-op for retrieval). A config that sets its own custom_hooks
@@ -26,7 +34,9 @@ env_cfg = dict(
     # nccl on GPUs; stan_mm.compat switches to gloo when CUDA is unavailable.
     dist_cfg=dict(backend='nccl'))
 
-log_processor = dict(type='LogProcessor', window_size=20, by_epoch=True)
+# nce_t2v / nce_v2t (retrieval) averaged over the window as loss is, so that they add up
+log_processor = dict(type='LogProcessor', window_size=20, by_epoch=True,
+                     mean_pattern=r'.*(loss|time|data_time|grad_norm|nce_).*')
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='ActionVisualizer', vis_backends=vis_backends)
 log_level = 'INFO'

@@ -1,9 +1,13 @@
 """Runner pieces (registered in MMAction2's ``HOOKS`` and ``LOOPS``, mmengine's optimizer
 wrapper constructors): the optimizer groups of the STAN recipes, crash-safe
-checkpointing, the report of skipped unreadable videos, reseeding for exact resumption, an
+checkpointing (never of NaN weights), the stop of a run whose loss or weights became
+NaN / inf, the learning rate of every parameter group in the log, the report of skipped unreadable videos, reseeding for exact resumption, an
 epoch loop that resumes inside an epoch, the check that the head and the datasets agree on
 the classes."""
-from .checkpoint_hook import AtomicCheckpointHook, atomic_write_bytes  # noqa: F401
+from .checkpoint_hook import (AtomicCheckpointHook, atomic_write_bytes,  # noqa: F401
+                              recover_last_checkpoint)
+from .nonfinite_hook import NonFiniteLossHook, NonFiniteTrainingError  # noqa: F401
+from .lr_log_hook import ParamGroupLrHook  # noqa: F401
 from .skip_hook import SkippedVideosHook  # noqa: F401
 from .loops import ResumableEpochBasedTrainLoop  # noqa: F401
 from .seed_hook import EpochSeedHook  # noqa: F401
