@@ -635,7 +635,8 @@ def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
     args = train.parse_args([str(bare), '--work-dir', str(work), '--resume'])
-    assert train.merge_args(Config.fromfile(str(bare)), args).resume is True  # empty: fine
+    # empty: nothing to resume, a new run (which keeps the config's load_from)
+    assert train.merge_args(Config.fromfile(str(bare)), args).resume is False
     (work / 'iter_23.pth').write_bytes(b'x')
     with pytest.raises(SystemExit, match=r'no last_checkpoint in .*work.*iter_23\.pth.*'
                                          r'--resume .*iter_23\.pth'):

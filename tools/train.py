@@ -6,6 +6,7 @@
 import argparse
 import contextlib
 import glob
+import logging
 import os
 import os.path as osp
 import sys
@@ -14,6 +15,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 import stan_mm  # noqa: E402,F401  (stack fixes + registration, before any config is built)
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
@@ -74,10 +76,8 @@ def merge_args(cfg, args):
                 f'optim_wrapper.type is {kind!r}, which --amp cannot convert: leave --amp '
                 f'out and set that wrapper\'s mixed precision in the config')
         ow.setdefault('dtype', 'bfloat16')
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, check_auto_resume(cfg.work_dir)
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, check_resume_path(args.resume)
+    if args.resume is not None:
+        apply_resume(cfg, args)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     # (mmengine's Config.setdefault stores a converted copy of a missing default, so what
@@ -128,12 +128,77 @@ def merge_args(cfg, args):
     from stan_mm.utils.cli import (check_model_variant, check_numeric_options,
                                    warn_misspelled_keys, warn_schedule_beyond_training)
     check_numeric_options(cfg)
-    warn_schedule_beyond_training(cfg, 'train.py')
-    warn_misspelled_keys(cfg, 'train.py')
+    warn_schedule_beyond_training(cfg, 'train.py', resume=bool(cfg.get('resume')))
+    warn_misspelled_keys(cfg, 'train.py', options=args.cfg_options)
     # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
     check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'),
                         options=args.cfg_options)
     return cfg
+
+
+def note(args, message: str) -> None:
+    """Print ``message`` (stdout) and keep it for the run's log file (:func:`main` writes
+    it there once the runner has created the file)."""
+    print(message)
+    if not hasattr(args, 'log_notes'):
+        args.log_notes = []
+    args.log_notes.append(message)
+
+
+def apply_resume(cfg, args) -> None:
+    """``--resume [CKPT]``: set ``cfg.resume`` and ``cfg.load_from``, saying (:func:`note`)
+    what becomes of the config's ``load_from``.
+
+    ``--resume`` without a value in a work dir with nothing to resume (no
+    ``last_checkpoint``, no checkpoint: a job's first launch, every launch of which passes
+    ``--resume`` so that requeues go on) starts a new run with the config's ``load_from``
+    (mmengine would auto-resume from nothing and drop it); where there is something to
+    resume, the resume wins and the config's ``load_from`` is not used."""
+    load_from = cfg.get('load_from')
+    if args.resume == 'auto':
+        found = check_auto_resume(cfg.work_dir)
+        if found is None and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
+            cfg.resume = False
+            note(args, f'train.py: --resume: nothing to resume in {cfg.work_dir} (no '
+                       f'last_checkpoint, no checkpoint): starting a new run'
+                       + (f' from load_from={load_from} (the config\'s)' if load_from
+                          else ''))
+            return
+        cfg.resume, cfg.load_from = True, found
+        source = found
+        if found is None:                               # (mmengine reads last_checkpoint)
+            with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
+                source = f'{f.read().strip()} (last_checkpoint)'
+    else:
+        cfg.resume, cfg.load_from = True, check_resume_path(args.resume)
+        source = cfg.load_from
+    if load_from and load_from != cfg.load_from:
+        note(args, f'train.py: --resume: resuming from {source}; the config\'s '
+                   f'load_from={load_from} is not used (a resumed run takes its weights, '
+                   f'optimizer and schedule from the checkpoint it resumes from)')
+
+
+class ResumeCheckHook(Hook):
+    """Log, when a run resumes, what it does not take from its config: another
+    ``max_epochs`` than the checkpoint's run, changed optimizer settings, nothing left to
+    train (:func:`stan_mm.utils.cli.resume_warnings`). Reads the checkpoint mmengine
+    loads (``after_load_checkpoint``): nothing is loaded twice."""
+    priority = 'VERY_LOW'
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        if not getattr(runner, '_resume', False):    # load_from: a new run
+            return
+        from stan_mm.utils.cli import resume_warnings
+        name = runner.cfg.get('load_from')
+        record = osp.join(str(runner.work_dir), 'last_checkpoint')
+        if not name and osp.isfile(record):
+            with open(record) as f:
+                name = f.read().strip()
+        loop_epochs = getattr(getattr(runner, '_train_loop', None), 'max_epochs', None)
+        for level, message in resume_warnings(
+                checkpoint, runner.cfg, loop_epochs if isinstance(loop_epochs, int) else None,
+                name or 'CKPT'):
+            runner.logger.log(logging.getLevelName(level), message)
 
 
 def check_resume_path(path: str) -> str:
@@ -176,9 +241,21 @@ def check_auto_resume(work_dir: str):
     ``work_dir``: a file it names that no longer exists, with a file of that name in
     ``work_dir``, is replaced by the latter (returned, with a note); both existing (a copy
     of a work dir, or a ``CheckpointHook`` ``out_dir`` elsewhere next to an older file of
-    the same name here) is refused, naming both. Otherwise None (mmengine reads
-    ``last_checkpoint``)."""
+    the same name here) is refused, naming both. A run stopped while publishing a
+    checkpoint (the checkpoint complete, ``last_checkpoint`` not yet renamed into place) is
+    resumed from that checkpoint (:func:`stan_mm.engine.recover_last_checkpoint`).
+    Otherwise None (mmengine reads ``last_checkpoint``)."""
     record = osp.join(work_dir, 'last_checkpoint')
+    # a run killed between renaming its checkpoint into place and renaming the pointer to
+    # it (AtomicCheckpointHook's publish order) left a complete pending pointer: finish
+    # that step and resume from the checkpoint it names
+    from stan_mm.engine import recover_last_checkpoint
+    recovered = recover_last_checkpoint(work_dir, publish=True)
+    if recovered is not None:
+        print(f'train.py: {work_dir} had no usable last_checkpoint; the run that wrote '
+              f'{recovered} was stopped while publishing it (the checkpoint is complete): '
+              f'resuming from it', file=sys.stderr)
+        return recovered
     if osp.isfile(record):
         with open(record) as f:
             named = f.read().strip()
@@ -243,12 +320,24 @@ def main(argv=None):
     check_input_file(args.config, 'CONFIG', 'config file')
     cfg = merge_args(Config.fromfile(args.config), args)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
+    from stan_mm.utils.cli import logger_names, write_to_log_files
     with work_dir_lock(cfg.work_dir):
+        before = logger_names()
         runner = Runner.from_cfg(cfg)
+        for message in getattr(args, 'log_notes', ()):   # (printed already)
+            write_to_log_files(message, 'INFO', exclude=before)
+        runner.register_hook(ResumeCheckHook())
         runner.train()
     shutdown_distributed()
 
 
 if __name__ == '__main__':
     from stan_mm.utils.cli import run_tool
-    sys.exit(run_tool(main, 'train.py'))
+    entry = main
+    if 'TORCHELASTIC_ERROR_FILE' in os.environ:
+        # a torchrun worker: its error (a user error's message too) goes to the error file
+        # torchrun names, which it reports as the root cause; exit status and stderr as
+        # without it (record re-raises). A single process is left as it is.
+        from torch.distributed.elastic.multiprocessing.errors import record
+        entry = record(main)
+    sys.exit(run_tool(entry, 'train.py'))

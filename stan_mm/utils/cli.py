@@ -31,13 +31,16 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.datasets.readers_common import AnnotationError
     from stan_mm.datasets.synthetic import SyntheticDatasetExistsError
     from stan_mm.datasets.transforms.video_io import VideoReadError
+    from stan_mm.engine.nonfinite_hook import NonFiniteTrainingError
     from stan_mm.models.clip.builder import (CLIPArchMismatchError, CLIPArchMissingError,
                                              CLIPKeysMismatchError)
     from stan_mm.utils.checkpoint_check import CheckpointMismatchError
+    # (NonFiniteTrainingError: the message names the iteration, the checkpoint to resume
+    # from and what to change; a traceback adds nothing)
     return (AnnotationError, CLIPArchMismatchError, CLIPArchMissingError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
             VideoReadError, ViewsError, CommandLineError, BankMismatchError,
-            SyntheticDatasetExistsError)
+            SyntheticDatasetExistsError, NonFiniteTrainingError)
 
 
 def check_output_file(path: str, flag: str) -> str:
@@ -127,11 +130,48 @@ def misspelled_keys(cfg) -> list:
     return found
 
 
-def warn_misspelled_keys(cfg, tool: str) -> None:
-    """Print a warning for each :func:`misspelled_keys` entry."""
+def warn_misspelled_keys(cfg, tool: str, options: Optional[Mapping] = None) -> None:
+    """Print a warning for each :func:`misspelled_keys` entry, and for a top-level
+    ``vis_backends`` set where it does nothing (:func:`ineffective_vis_backends`;
+    ``options``: the ``--cfg-options``)."""
     for key, runner_key in misspelled_keys(cfg):
         print(f'{tool}: warning: the config sets {key!r}, which nothing reads; did you mean '
               f'{runner_key!r}? (mmengine ignores unknown top-level keys)', file=sys.stderr)
+    message = ineffective_vis_backends(cfg, options)
+    if message:
+        print(f'{tool}: warning: {message}', file=sys.stderr)
+
+
+def _plain_tree(value):
+    """``value`` with every ConfigDict / tuple turned into a dict / list (for comparing)."""
+    value = _plain(value)
+    if isinstance(value, dict):
+        return {k: _plain_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_tree(v) for v in value]
+    return value
+
+
+def ineffective_vis_backends(cfg, options: Optional[Mapping] = None) -> Optional[str]:
+    """Why a top-level ``vis_backends`` does nothing, or None: set by ``--cfg-options``
+    (``options``) or in the config file itself (not only in
+    ``configs/_base_/default_runtime.py``, where ``visualizer`` is built from it) and
+    different from ``visualizer.vis_backends``, which is what mmengine reads: the variable
+    was read once, when the base file was evaluated."""
+    if (cfg.get('vis_backends') is None
+            or not _set_where_it_does_nothing(cfg, 'vis_backends', options)):
+        return None
+    visualizer = cfg.get('visualizer')
+    used = visualizer.get('vis_backends') if hasattr(visualizer, 'get') else None
+    if _plain_tree(cfg.get('vis_backends')) == _plain_tree(used):
+        return None
+    return (f'the config sets vis_backends={_plain_tree(cfg.get("vis_backends"))!r}, which '
+            f'does nothing: the visualizer was built from that variable when the base '
+            f'runtime config was evaluated, and mmengine reads visualizer.vis_backends '
+            f'(now {_plain_tree(used)!r}). Set visualizer.vis_backends instead, e.g. in a '
+            f'child config: visualizer = dict(type=\'ActionVisualizer\', vis_backends=['
+            f'dict(type=\'LocalVisBackend\'), dict(type=\'TensorboardVisBackend\')]) '
+            f'(docs/training_testing.md, "Logs")')
 
 
 #: config entries that must be numbers (``int``: whole numbers), checked before the run
@@ -235,16 +275,52 @@ def route_evaluator_options(cfg, options: dict) -> dict:
     return routed
 
 
-def warn_schedule_beyond_training(cfg, tool: str) -> None:
-    """A child config (or ``--cfg-options train_cfg.max_epochs=N``) that shortens training
-    keeps the base's schedule, whose warm-up and decay were laid out for the base's epochs:
-    say so (on stderr, as ``tool``) when an epoch-based scheduler starts or ends past
-    ``max_epochs``."""
+def _scheduled_param(sched) -> str:
+    """What a ``param_scheduler`` entry schedules: ``'lr'`` (``*LR``), ``'momentum'``
+    (``*Momentum``), else its ``param_name``."""
+    name = _type_name(sched)
+    if name.endswith('LR'):
+        return 'lr'
+    if name.endswith('Momentum'):
+        return 'momentum'
+    return str(sched.get('param_name'))
+
+
+def _returns_to_base(sched) -> bool:
+    """A warm-up: after its ``end`` the value is the optimizer's own (``ConstantLR``, a
+    ``LinearLR`` to ``end_factor=1``, ``*Warmup*``), so ending early changes nothing."""
+    name = _type_name(sched)
+    if name.startswith('Constant') or 'Warmup' in name:
+        return True
+    end_factor = sched.get('end_factor', 1.0)
+    return (name.startswith('Linear') and isinstance(end_factor, (int, float))
+            and float(end_factor) == 1.0)
+
+
+def warn_schedule_beyond_training(cfg, tool: str, resume: bool = False) -> None:
+    """Say (on stderr, as ``tool``) when the epoch-based parameter schedules do not fit
+    ``train_cfg.max_epochs``:
+
+    * a child config (or ``--cfg-options train_cfg.max_epochs=N``) that shortens training
+      keeps the base's schedule, whose warm-up and decay were laid out for the base's
+      epochs: a scheduler that starts or ends past ``max_epochs``;
+    * one that lengthens it (the schedule's ``end`` and ``T_max`` come from a
+      ``max_epochs`` variable read once, when the base file was evaluated): the last
+      decaying scheduler of a parameter ends before ``max_epochs``, so the epochs after
+      it train at the value it ends with (a cosine's ``eta_min``, 0 in the recognition
+      schedule). One line per such scheduler, naming the options to set. Warm-ups that
+      return to the optimizer's value (:func:`_returns_to_base`), schedules written in
+      iterations and parameters with an open-ended scheduler are not compared.
+
+    ``resume``: the run resumes, and mmengine restores the schedulers' state (``end`` and
+    ``T_max`` too) from the checkpoint; the fix named is then a new run from the
+    checkpoint's weights."""
     max_epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
     schedulers = cfg.get('param_scheduler') or []
     if max_epochs is None:
         return
-    for i, sched in enumerate(schedulers if isinstance(schedulers, list) else [schedulers]):
+    schedulers = list(schedulers if isinstance(schedulers, (list, tuple)) else [schedulers])
+    for i, sched in enumerate(schedulers):
         end, begin = sched.get('end'), sched.get('begin', 0)
         if not sched.get('by_epoch', True) or end is None or end <= max_epochs:
             continue
@@ -253,6 +329,151 @@ def warn_schedule_beyond_training(cfg, tool: str) -> None:
               + ('it never starts' if begin >= max_epochs else 'it is cut short')
               + '. Restate param_scheduler for the new length (docs/data_preparation.md, '
               '"Your own videos")', file=sys.stderr)
+    # schedules that end before training does
+    by_param = {}
+    for i, sched in enumerate(schedulers):
+        if hasattr(sched, 'get'):
+            by_param.setdefault(_scheduled_param(sched), []).append((i, sched))
+    for param, entries in by_param.items():
+        if any(s.get('end') is None for _, s in entries):   # one runs to the end
+            continue
+        decaying = [(i, s) for i, s in entries
+                    if s.get('by_epoch', True) and isinstance(s.get('end'), (int, float))
+                    and not _returns_to_base(s)]
+        if not decaying:
+            continue
+        last = max(s['end'] for _, s in decaying)
+        if last >= max_epochs:
+            continue
+        what = 'learning rate' if param == 'lr' else param
+        for i, sched in decaying:
+            if sched['end'] != last:
+                continue
+            begin = sched.get('begin', 0)
+            options = f'param_scheduler.{i}.end={max_epochs}'
+            if 'T_max' in sched and isinstance(begin, (int, float)):
+                options += f' param_scheduler.{i}.T_max={max_epochs - begin}'
+            if resume:
+                fix = ('This run resumes: mmengine restores the schedulers\' state from the '
+                       'checkpoint (end and T_max too), so a new schedule takes effect only '
+                       f'in a new run from its weights: --cfg-options load_from=CKPT '
+                       f'{options} without --resume')
+            else:
+                fix = (f'Set its end too: --cfg-options {options}, or restate '
+                       f'param_scheduler in a child config that sets max_epochs '
+                       f'(docs/data_preparation.md, "Your own videos")')
+            print(f'{tool}: warning: param_scheduler[{i}] ({_type_name(sched)}) ends at '
+                  f'epoch {last}, but train_cfg.max_epochs={max_epochs}: '
+                  f'{_epochs(last + 1, max_epochs)} train at the {what} it ends with. {fix}',
+                  file=sys.stderr)
+
+
+#: optimizer settings a resumed run takes from its checkpoint (mmengine restores the
+#: optimizer's parameter groups), compared with the training config stored there
+_OPTIMIZER_KEYS = ('lr', 'weight_decay', 'betas', 'eps', 'momentum')
+
+
+def _leaves(node, prefix: str):
+    """``(dotted path, value)`` of every leaf of a nested dict (lists are leaves)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f'{prefix}[{key!r}]' if '.' in str(key)
+                               else f'{prefix}.{key}')
+    else:
+        yield prefix, node
+
+
+def _optimizer_settings(optim_wrapper) -> dict:
+    """``{option: value}`` of the :data:`_OPTIMIZER_KEYS` of ``optim_wrapper.optimizer``
+    and every leaf of ``optim_wrapper.paramwise_cfg`` (``lr_mult``, ``decay_mult``, ...)."""
+    optim_wrapper = _plain_tree(optim_wrapper)
+    if not isinstance(optim_wrapper, dict):
+        return {}
+    out = {}
+    optimizer = optim_wrapper.get('optimizer')
+    if isinstance(optimizer, dict):
+        out.update({f'optim_wrapper.optimizer.{k}': optimizer[k] for k in _OPTIMIZER_KEYS
+                    if k in optimizer})
+    paramwise = optim_wrapper.get('paramwise_cfg')
+    if isinstance(paramwise, dict):
+        out.update(_leaves(paramwise, 'optim_wrapper.paramwise_cfg'))
+    return out
+
+
+def _epochs(first: int, last: int) -> str:
+    """``'epoch 5'`` or ``'epochs 5..6'``."""
+    return f'epoch {first}' if first == last else f'epochs {first}..{last}'
+
+
+def resume_warnings(checkpoint, cfg, max_epochs=None, name: str = 'CKPT',
+                    tool: str = 'train.py') -> list:
+    """What a resume from ``checkpoint`` does not take from ``cfg``, as ``(level,
+    message)`` pairs to log (``'WARNING'`` or ``'INFO'``):
+
+    * its training config (``meta['cfg']``, parsed, never executed) had another
+      ``train_cfg.max_epochs`` than ``cfg``: the parameter schedules go on from the
+      checkpoint's state (mmengine restores their ``end`` and ``T_max`` too), laid out
+      for the checkpoint's run;
+    * the optimizer settings (``lr``, ``weight_decay``, ``betas``, ``eps``,
+      ``momentum``, every ``paramwise_cfg`` entry) differ: mmengine restores the
+      optimizer's parameter groups, so the checkpoint's values are used;
+    * the checkpoint is at or past ``max_epochs`` (this run's, else ``cfg``'s): nothing
+      is left to train (INFO).
+
+    ``name``: the checkpoint's path, for the commands in the messages."""
+    from stan_mm.utils.checkpoint_check import _saved_config_values
+    out = []
+    saved = _saved_config_values(checkpoint, ('train_cfg', 'optim_wrapper',
+                                              'param_scheduler'))
+    train_cfg = cfg.get('train_cfg') or {}
+    if max_epochs is None:
+        max_epochs = train_cfg.get('max_epochs')
+    new_run = f'--cfg-options load_from={name} without --resume'
+    saved_train = saved.get('train_cfg') if isinstance(saved.get('train_cfg'), dict) else {}
+    saved_epochs = saved_train.get('max_epochs')
+    if (isinstance(saved_epochs, int) and isinstance(max_epochs, int)
+            and saved_epochs != max_epochs):
+        schedulers = saved.get('param_scheduler')
+        schedulers = schedulers if isinstance(schedulers, (list, tuple)) else [schedulers]
+        ends = [s.get('end') for s in schedulers if isinstance(s, dict)
+                and s.get('by_epoch', True) and isinstance(s.get('end'), int)
+                and not _returns_to_base(s)]
+        ends = max(ends) if ends else None
+        if ends is not None and ends < max_epochs:
+            effect = (f'; they end at epoch {ends}, so {_epochs(ends + 1, max_epochs)} '
+                      f'train at the learning rate they end with')
+        elif ends is not None and ends > max_epochs:
+            effect = (f'; they end at epoch {ends}, so training stops before they reach '
+                      f'their end')
+        else:
+            effect = ''
+        out.append(('WARNING', (
+            f'{tool} --resume: the checkpoint\'s run had train_cfg.max_epochs='
+            f'{saved_epochs}, this one has {max_epochs}: the parameter schedules go on as '
+            f'the checkpoint has them (mmengine restores their state, end and T_max too; '
+            f'param_scheduler options of this run do not apply){effect}. For a new '
+            f'schedule, start a new run from its weights: {new_run} (with param_scheduler '
+            f'set for the new length)')))
+    if 'optim_wrapper' in saved:
+        old, now = _optimizer_settings(saved['optim_wrapper']), \
+            _optimizer_settings(cfg.get('optim_wrapper'))
+        differ = [f'{k} {old.get(k, "unset")!r} (checkpoint) vs {now.get(k, "unset")!r}'
+                  for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+        if differ:
+            out.append(('WARNING', (
+                f'{tool} --resume: optimizer settings differ from those of the '
+                f'checkpoint\'s run: {"; ".join(differ)}. A resumed run uses the '
+                f'checkpoint\'s values (mmengine restores the optimizer\'s parameter groups '
+                f'and the schedules\' base values); those of this config do not apply. To '
+                f'train with them from its weights, start a new run: {new_run}')))
+    meta = checkpoint.get('meta') if hasattr(checkpoint, 'get') else None
+    epoch = meta.get('epoch') if isinstance(meta, dict) else None
+    if isinstance(epoch, int) and isinstance(max_epochs, int) and epoch >= max_epochs:
+        out.append(('INFO', (
+            f'{tool} --resume: the checkpoint is at epoch {epoch} and train_cfg.max_epochs='
+            f'{max_epochs}: nothing is left to train, this run ends without training '
+            f'(raise train_cfg.max_epochs to train on)')))
+    return out
 
 
 #: what each launcher reads from the environment
@@ -318,18 +539,89 @@ def check_launcher(launcher: str, tool: str, environ=None) -> None:
             f'for one process')
 
 
+def logger_names() -> set:
+    """The names of the MMLogger instances that exist now (empty before mmengine's logging
+    is imported)."""
+    logging_mod = sys.modules.get('mmengine.logging')
+    cls = getattr(logging_mod, 'MMLogger', None)
+    return set(getattr(cls, '_instance_dict', None) or ())
+
+
+def write_to_log_files(message: str, level: str = 'ERROR', exclude=()) -> None:
+    """Write ``message`` to the log files (the file handlers: never the console) of the
+    MMLogger instances whose names are not in ``exclude``, i.e. those a run created after
+    ``exclude`` was taken (:func:`logger_names`): the work dir's ``<timestamp>.log`` of
+    the run. No logger is created, and a file that cannot be written is left alone."""
+    import logging
+    logging_mod = sys.modules.get('mmengine.logging')
+    cls = getattr(logging_mod, 'MMLogger', None)
+    if cls is None:
+        return
+    caller = sys._getframe(1)   # (where the record says it comes from: ERROR lines name it)
+    done = set()
+    for name, logger in list(getattr(cls, '_instance_dict', {}).items()):
+        if name in exclude:
+            continue
+        for handler in logger.handlers:
+            path = getattr(handler, 'baseFilename', None)
+            if not isinstance(handler, logging.FileHandler) or path in done:
+                continue
+            done.add(path)
+            record = logger.makeRecord(logger.name, getattr(logging, level),
+                                       caller.f_code.co_filename, caller.f_lineno, message,
+                                       None, None, func=caller.f_code.co_name)
+            try:
+                handler.acquire()
+                try:
+                    if handler.stream is None:
+                        continue
+                    handler.stream.write(handler.format(record) + handler.terminator)
+                    handler.flush()
+                finally:
+                    handler.release()
+            except Exception:  # noqa: BLE001  (the error itself is on stderr already)
+                pass
+
+
+def error_hint(exc: BaseException, tool: str) -> Optional[str]:
+    """A line to print after the error of ``exc``: what to do about it, where the message
+    alone does not say."""
+    from stan_mm.datasets.transforms.video_io import VideoReadError
+    if isinstance(exc, VideoReadError) and tool.startswith('train'):
+        return (f'{tool}: hint: --resume replays the same samples in the same order, so a '
+                f'resumed run stops at this video again: fix or remove it '
+                f'(tools/data/check_videos.py lists every unreadable video of a config\'s '
+                f'splits), or wrap the training dataset in SkipUnreadable, which skips '
+                f'unreadable videos and reports them (docs/robustness.md, "Skipping '
+                f'unreadable videos in training")')
+    return None
+
+
 def run_tool(main: Callable[[], object], tool: str) -> int:
     """Call ``main()``; return its exit status (an int it returns, else 0), or 2 after
-    printing ``<tool>: error: <message>`` for an error of :func:`user_errors` (re-raised as
-    is when ``STAN_TRACEBACK=1``)."""
+    printing ``<tool>: error: <message>`` for an error of :func:`user_errors` (with a hint
+    line where :func:`error_hint` has one; re-raised as is when ``STAN_TRACEBACK=1``).
+
+    The error that ends the run, a user error's line or another exception's traceback, is
+    also written to the log file of the run (``<work_dir>/<timestamp>/<timestamp>.log``)
+    when ``main`` got as far as creating one (:func:`write_to_log_files`)."""
+    before = logger_names()
     try:
         status = main()
     except user_errors() as exc:
+        line = f'{tool}: error: {type(exc).__name__}: {describe(exc)}'
+        hint = error_hint(exc, tool)
+        write_to_log_files(line + (f'\n{hint}' if hint else ''), exclude=before)
         if os.environ.get('STAN_TRACEBACK', '') not in ('', '0'):
             raise
-        print(f'{tool}: error: {type(exc).__name__}: {describe(exc)}\n'
+        print(line + (f'\n{hint}' if hint else '') + '\n'
               '(STAN_TRACEBACK=1 shows where it was raised)', file=sys.stderr)
         return 2
+    except Exception as exc:
+        import traceback
+        write_to_log_files(f'{tool}: error: {type(exc).__name__}: {exc}\n'
+                           + traceback.format_exc().rstrip(), exclude=before)
+        raise
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
