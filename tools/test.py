@@ -168,7 +168,7 @@ def merge_args(cfg, args):
         # first: the predictions are written even when a metric then refuses the labels
         # (an inference list without labels, allow_unlabeled=True)
         cfg.test_evaluator = ([dump, *ev] if isinstance(ev, (list, tuple)) else [dump, ev])
-    warn_misspelled_keys(cfg, 'test.py')
+    warn_misspelled_keys(cfg, 'test.py', options=args.cfg_options)
     # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
     from stan_mm.utils.cli import check_model_variant
     check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ),
