@@ -220,3 +220,68 @@ def test_eval_retrieval_warns_about_a_half_precision_matrix(tmp_path, capsys):
     key = next(k for k in results[np.float32] if k.endswith('t2v_R1'))
     assert results[np.float32][key] == pytest.approx(100.0)
     assert results[np.float16][key] == pytest.approx(50.0)
+
+
+def _metric_rank(rank, init_file, queue):
+    """One of 2 gloo processes: rank 0 holds a sample whose scores are NaN."""
+    import torch.distributed as dist
+    try:
+        dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                                world_size=2)
+        from stan_mm.evaluation import RecognitionAccMetric
+        metric = RecognitionAccMetric()
+        scores = np.array([np.nan, .5, .5]) if rank == 0 else np.array([.1, .8, .1])
+        metric.results.append(dict(pred=scores, label=1))
+        try:
+            metric.evaluate(2)
+            queue.put((rank, 'no error'))
+        except Exception as exc:  # noqa: BLE001
+            queue.put((rank, f'{type(exc).__name__}: {exc}'))
+        dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001
+        queue.put((rank, f'setup failed: {exc!r}'))
+
+
+def test_a_refused_score_stops_every_rank(tmp_path):
+    """The refusal runs on the main process; the other ranks used to wait for the metrics
+    until the distributed timeout. Now every rank raises, at once."""
+    import multiprocessing as mp
+    ctx = mp.get_context('fork')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_metric_rank, args=(r, str(tmp_path / 'init'), queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert 'ValueError' in got[0] and 'NaN or infinite' in got[0], got
+    assert got[1].startswith('RuntimeError: RecognitionAccMetric failed on the main '
+                             'process: ValueError'), got
+
+
+def test_extract_features_refuses_fp16_on_the_cpu_before_loading(tmp_path, capsys,
+                                                                 monkeypatch):
+    """Same choices as stan_mm.utils.amp; --amp fp16 with --device cpu is refused before
+    the model is loaded (init_model is never called)."""
+    import importlib.util
+
+    from stan_mm.utils.amp import AMP_CHOICES
+    spec = importlib.util.spec_from_file_location('numerics_extract_tool',
+                                                  f'{REPO}/tools/extract_features.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.AMP_CHOICES == AMP_CHOICES
+    import stan_mm.apis as apis
+
+    def no_model(*args, **kwargs):
+        raise AssertionError('the model was loaded')
+    monkeypatch.setattr(apis, 'init_model', no_model)
+    ckpt = tmp_path / 'ckpt.pth'
+    ckpt.write_bytes(b'x')
+    (tmp_path / 'v').mkdir()
+    rc = tool.main([f'{REPO}/configs/quickstart/motion_retrieval_tiny.py', str(ckpt),
+                    '--videos', str(tmp_path / 'v'), '--out', str(tmp_path / 'out'),
+                    '--amp', 'fp16', '--device', 'cpu', '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'error: --amp fp16: autocast on the CPU runs bf16 only' in err, err

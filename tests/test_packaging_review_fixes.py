@@ -133,8 +133,14 @@ def test_install_keeps_a_supported_torch(fake_python, new):
 
 
 def test_install_stops_when_stan_torch_is_too_old(fake_python):
-    r = _install(fake_python('2.5.1'), stan_torch='torch==2.5.1 torchvision==0.20.1')
+    # a pinned torch==X.Y below the minimum: refused before it replaces the working pair
+    r = _install(fake_python('2.14.1'), stan_torch='torch==2.5.1 torchvision==0.20.1')
     assert r.returncode == 1, r.stdout + r.stderr
-    assert 'FAKEPIP -m pip install torch==2.5.1 torchvision==0.20.1' in r.stdout
+    assert 'FAKEPIP' not in r.stdout, 'it installed something before stopping'
+    assert f'names a torch older than {TORCH_MIN}' in r.stderr, r.stderr
+    # a pair without a pinned version that turns out too old: stopped right after it
+    r = _install(fake_python('2.5.1'), stan_torch='torch torchvision')
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'FAKEPIP -m pip install torch torchvision' in r.stdout
     assert f'needs torch >= {TORCH_MIN}' in r.stderr and 'STAN_TORCH=' in r.stderr
     assert 'install -r requirements.txt' not in r.stdout

@@ -290,7 +290,7 @@ KILL_POINTS = {
                                  ['epoch_1.pth']),
     # the pointer to epoch_2.pth, written (as .last_checkpoint.pending, then renamed to
     # last_checkpoint) before epoch_2.pth is renamed into place
-    'last_checkpoint_half_written': (_kill_while_writing('..last_checkpoint.pending.', 2),
+    'pending_pointer_half_written': (_kill_while_writing('..last_checkpoint.pending.', 2),
                                      'epoch_1.pth', ['epoch_1.pth']),
     'before_pruning': (_kill_before('remove', 'epoch_1.pth'), 'epoch_2.pth',
                        ['epoch_1.pth', 'epoch_2.pth']),

@@ -497,3 +497,24 @@ def test_atomic_put_keeps_hard_links(tmp_path):
     ino = os.stat(c).st_ino
     mmengine.dump({'c': 3}, str(c))
     assert os.stat(c).st_ino != ino and mmengine.load(str(c)) == {'c': 3}
+
+
+def test_the_runtime_hooks_can_be_switched_off_with_none(tmp_path):
+    """default_hooks.nonfinite=None / param_group_lr=None (a child config or --cfg-options)
+    switch the stan runtime's extra hooks off; mmengine itself accepts None only for its
+    six own names and failed a bare assert for these."""
+    from mmengine.config import Config
+    runtime = Config.fromfile(RUNTIME)
+    assert {'nonfinite', 'param_group_lr'} <= set(runtime.default_hooks)
+    hooks = dict(runtime.default_hooks, nonfinite=None, param_group_lr=None, timer=None)
+    runner = _toy_runner(tmp_path / 'work')
+    runner._hooks = []
+    runner.register_default_hooks(hooks)
+    names = [type(h).__name__ for h in runner.hooks]
+    assert 'NonFiniteLossHook' not in names and 'ParamGroupLrHook' not in names
+    assert 'IterTimerHook' not in names                       # mmengine's own None rule
+    assert 'AtomicCheckpointHook' in names and 'SyncBuffersHook' in names
+    runner._hooks = []
+    runner.register_default_hooks(dict(runtime.default_hooks))
+    assert {'NonFiniteLossHook', 'ParamGroupLrHook'} <= {type(h).__name__
+                                                         for h in runner.hooks}

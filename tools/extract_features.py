@@ -28,6 +28,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+AMP_CHOICES = ('auto', 'bf16', 'fp16')   # stan_mm.utils.amp.AMP_CHOICES (stan_mm is
+#                                          imported after parsing: a fast --help)
+
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
@@ -49,14 +52,15 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
     p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
-    p.add_argument('--amp', nargs='?', const='auto', choices=('auto', 'bf16', 'fp16'), metavar='DTYPE',
+    p.add_argument('--amp', nargs='?', const='auto', choices=AMP_CHOICES, metavar='DTYPE',
                    help='run the video and text towers under autocast; the embeddings are '
-                   "still float32. DTYPE auto (the default): the dtype the config's "
-                   'optim_wrapper trains in (fp16 when it trains in fp32); bf16 or fp16 '
-                   'choose. The CPU autocasts in bf16 only (on a CPU without bf16 '
-                   'instructions it can be slower than fp32). Check the metric once against '
-                   'a run without --amp. A folder resumed with another --amp setting mixes '
-                   'both')
+                   'still float32. DTYPE auto (the default): the dtype the model trained in '
+                   "(the optim_wrapper of the checkpoint's stored training config, else of "
+                   'the config; bf16 for a model trained in fp32, fp16 on a GPU without '
+                   'bf16); bf16 or fp16 choose. The CPU autocasts in bf16 only (on a CPU '
+                   'without bf16 instructions it can be slower than fp32). Check the metric '
+                   'once against a run without --amp. A folder resumed with another --amp '
+                   'setting mixes both')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='test views for recognition configs (e.g. 1x3); embeddings are '
                    'averaged over views. Default: the config\'s test pipeline')
@@ -136,6 +140,15 @@ def _run(args, log) -> int:
     from stan_mm.apis.features import folder_lock, text_model_record
     from stan_mm.apis.video import split_items
     check_paths(args)
+    if args.amp:    # an impossible choice (fp16 on the CPU) is refused before the model loads
+        import torch
+        from stan_mm.utils.amp import resolve_amp_dtype
+        try:
+            device_type = torch.device(args.device).type
+        except (RuntimeError, TypeError):
+            device_type = None        # init_model names a bad --device
+        if device_type is not None:
+            resolve_amp_dtype(args.amp, {}, device_type)
     videos, root, texts, t2v = [], osp.abspath('.'), None, None
     if args.split is None:   # read the inputs before the model is loaded
         # (OUT/texts.txt as --texts is fine: it is read whole before being rewritten)

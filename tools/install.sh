@@ -34,6 +34,14 @@ torch_min_error() {  # each argument: one more line of what to do
 # 1. torch + torchvision as a matching pair: STAN_TORCH when set, else an existing working
 #    pair is kept (torch >= TORCH_MIN, else the script stops), else the default pair.
 if [ -n "${STAN_TORCH:-}" ]; then
+  # a pinned torch==X.Y too old is refused before it replaces anything
+  if ! $PY -c "import re, sys
+m = re.search(r'(?:^|\s)torch==(\d+)\.(\d+)', '$STAN_TORCH')
+sys.exit(1 if m and (int(m[1]), int(m[2])) < tuple(int(x) for x in '$TORCH_MIN'.split('.')) else 0)"; then
+    echo "[install] error: STAN_TORCH=\"$STAN_TORCH\" names a torch older than $TORCH_MIN, which stan-mm" >&2
+    echo "[install] needs (safe checkpoint loading); nothing was installed. Name a newer pair." >&2
+    exit 1
+  fi
   $PIP install $STAN_TORCH
   if torch_too_old; then
     torch_min_error "STAN_TORCH=\"$STAN_TORCH\" installed it; name a newer pair."

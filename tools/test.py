@@ -36,11 +36,12 @@ def parse_args(argv=None):
                    'pipeline; scores are softmaxed per view and averaged')
     p.add_argument('--amp', nargs='?', const='auto', choices=AMP_CHOICES, metavar='DTYPE',
                    help='mixed precision: sets test_cfg.fp16=True, so that the TestLoop runs '
-                   'the model under autocast. DTYPE auto (the default): the dtype the '
-                   "config's optim_wrapper trains in (bf16 for the recognition configs, "
-                   'fp16 for the retrieval ones; fp16 when it trains in fp32); bf16 or '
-                   'fp16 choose. The CPU autocasts in bf16 only. Check the metric once '
-                   'against a run without --amp')
+                   'the model under autocast. DTYPE auto (the default): the dtype the model '
+                   "trained in (the optim_wrapper of the checkpoint's stored training "
+                   'config, else of this config: bf16 for the recognition configs, fp16 for '
+                   'the retrieval ones; bf16 for a model trained in fp32, fp16 on a GPU '
+                   'without bf16); bf16 or fp16 choose. The CPU autocasts in bf16 only. '
+                   'Check the metric once against a run without --amp')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, e.g. model.cls_head.temperature=0.02')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],

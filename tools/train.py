@@ -247,10 +247,12 @@ def check_auto_resume(work_dir: str):
     Otherwise None (mmengine reads ``last_checkpoint``)."""
     record = osp.join(work_dir, 'last_checkpoint')
     # a run killed between renaming its checkpoint into place and renaming the pointer to
-    # it (AtomicCheckpointHook's publish order) left a complete pending pointer: finish
-    # that step and resume from the checkpoint it names
+    # it (AtomicCheckpointHook's publish order) left a complete pending pointer: resume
+    # from the checkpoint it names. Read only (publish=False): nothing is renamed before
+    # the work dir's lock is held (a run still going in this folder renames the pointer
+    # itself); the hook removes the stale pointer when the resumed run starts
     from stan_mm.engine import recover_last_checkpoint
-    recovered = recover_last_checkpoint(work_dir, publish=True)
+    recovered = recover_last_checkpoint(work_dir, publish=False)
     if recovered is not None:
         print(f'train.py: {work_dir} had no usable last_checkpoint; the run that wrote '
               f'{recovered} was stopped while publishing it (the checkpoint is complete): '

@@ -39,6 +39,11 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 collector, the finished runner's cycles made each worker wait out a
                 5 s join before being killed (see
                 :mod:`stan_mm.compat.worker_shutdown`).
+``default_hooks`` (found in review) an entry of ``default_hooks`` other than mmengine's
+                six set to ``None`` failed a bare assert when the runner was built;
+                such entries are dropped, so ``default_hooks.nonfinite=None`` switches
+                the stan runtime's NaN guard off (see
+                :mod:`stan_mm.compat.default_hooks`).
 ``frozen_log``  (log noise, not in the notes) the optimizer constructor's WARNING per
                 frozen tensor (~200 per run with the text classifier's frozen tower)
                 becomes one WARNING line grouped by module (see
@@ -49,6 +54,7 @@ from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa:
                          apply_checkpoint_fix, safe_loading_supported, safe_torch_load,
                          trusted_checkpoints)
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
+from .default_hooks import apply_default_hooks_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .frozen_log import apply_frozen_log_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
@@ -74,5 +80,6 @@ def apply_all() -> None:
     apply_workers_fix()
     apply_worker_shutdown_fix()
     apply_frozen_log_fix()
+    apply_default_hooks_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

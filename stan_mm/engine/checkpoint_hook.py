@@ -154,8 +154,9 @@ def _read_pointer(path: str) -> str:
 def is_complete_checkpoint(path: str) -> bool:
     """Whether ``path`` is a complete checkpoint file, checked without loading it: a
     non-empty regular file that ends with a zip end-of-central-directory record
-    (``zipfile.is_zipfile``: torch.save's format; a write cut short has none), or a
-    non-empty folder (the sharded checkpoints of DeepSpeed / FSDP strategies). A storage
+    (``zipfile.is_zipfile``: torch.save's format; a write cut short has none). A folder
+    (the sharded checkpoints of DeepSpeed / FSDP strategies) never counts: it is written
+    in place, file by file, so a kill can leave part of it. A storage
     URL (``s3://``) counts when its backend says it exists (an object store's PUT is
     atomic)."""
     path = str(path)
@@ -165,8 +166,6 @@ def is_complete_checkpoint(path: str) -> bool:
             return bool(get_file_backend(path).exists(path))
         except Exception:  # noqa: BLE001  (no backend, no credentials, no network)
             return False
-    if osp.isdir(path):
-        return bool(os.listdir(path))
     try:
         return osp.isfile(path) and osp.getsize(path) > 0 and zipfile.is_zipfile(path)
     except OSError:

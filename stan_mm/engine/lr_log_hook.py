@@ -188,7 +188,7 @@ class ParamGroupLrHook(Hook):
 
         keys = self._keys(runner, prefix)
         plan: Plan = []
-        used = {'lr'}
+        used = {'lr', 'base_lr'}   # RuntimeInfoHook's keys
         described = []
         for lr, indices in classes.items():
             label = self._name(groups, indices, names, keys)

@@ -23,6 +23,7 @@ from typing import Dict, List, Union
 import numpy as np
 from mmaction.evaluation.metrics import AccMetric
 from mmaction.registry import METRICS
+from mmengine.dist import broadcast_object_list, collect_results, is_main_process
 
 
 def mean_class_accuracy(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]]
@@ -102,6 +103,35 @@ class RecognitionAccMetric(AccMetric):
 
     The recognition configs use it as ``dict(type='RecognitionAccMetric')``.
     """
+
+    def evaluate(self, size: int) -> dict:
+        """mmengine's ``BaseMetric.evaluate`` (collect on the main process, compute there,
+        broadcast), except that an error of the computation reaches every rank: the
+        refusals below run on the main process only, and the other ranks, waiting for the
+        metrics, would otherwise hang until the distributed timeout (a NaN score in the
+        validation of a distributed training run). Raised there as ``RuntimeError`` with the
+        main process's message."""
+        results = collect_results(self.results, size, self.collect_device,
+                                  **({'tmpdir': self.collect_dir}
+                                     if self.collect_device == 'cpu' else {}))
+        payload, error = [None], None
+        if is_main_process():
+            try:
+                from mmengine.evaluator.metric import _to_cpu
+                metrics = self.compute_metrics(_to_cpu(results))
+                if self.prefix:
+                    metrics = {f'{self.prefix}/{k}': v for k, v in metrics.items()}
+                payload = [('ok', metrics)]
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                payload, error = [('error', f'{type(exc).__name__}: {exc}')], exc
+        broadcast_object_list(payload)
+        self.results.clear()
+        status, value = payload[0]
+        if status == 'error':
+            if error is not None:
+                raise error
+            raise RuntimeError(f'RecognitionAccMetric failed on the main process: {value}')
+        return value
 
     def calculate(self, preds: List[np.ndarray], labels: List[Union[int, np.ndarray]]
                   ) -> Dict:
