@@ -518,3 +518,16 @@ def test_the_runtime_hooks_can_be_switched_off_with_none(tmp_path):
     runner.register_default_hooks(dict(runtime.default_hooks))
     assert {'NonFiniteLossHook', 'ParamGroupLrHook'} <= {type(h).__name__
                                                          for h in runner.hooks}
+
+
+def test_a_sharded_checkpoint_folder_is_never_complete(tmp_path):
+    """A sharded checkpoint folder is written file by file in place: a pending pointer to
+    one is not trusted, even when the folder holds files."""
+    from stan_mm.engine.checkpoint_hook import is_complete_checkpoint, recover_last_checkpoint
+    work = tmp_path / 'work'
+    shards = work / 'epoch_1.pth'
+    shards.mkdir(parents=True)
+    (shards / 'rank0.pt').write_bytes(b'x' * 100)
+    (work / PENDING_POINTER).write_text(str(shards))
+    assert not is_complete_checkpoint(str(shards))
+    assert recover_last_checkpoint(str(work)) is None
