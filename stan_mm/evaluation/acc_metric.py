@@ -23,7 +23,9 @@ from typing import Dict, List, Union
 import numpy as np
 from mmaction.evaluation.metrics import AccMetric
 from mmaction.registry import METRICS
-from mmengine.dist import broadcast_object_list, collect_results, is_main_process
+from mmengine.dist import collect_results
+
+from .dist_eval import compute_and_broadcast
 
 
 def mean_class_accuracy(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]]
@@ -111,27 +113,12 @@ class RecognitionAccMetric(AccMetric):
         metrics, would otherwise hang until the distributed timeout (a NaN score in the
         validation of a distributed training run). Raised there as ``RuntimeError`` with the
         main process's message."""
+        from mmengine.evaluator.metric import _to_cpu
         results = collect_results(self.results, size, self.collect_device,
                                   **({'tmpdir': self.collect_dir}
                                      if self.collect_device == 'cpu' else {}))
-        payload, error = [None], None
-        if is_main_process():
-            try:
-                from mmengine.evaluator.metric import _to_cpu
-                metrics = self.compute_metrics(_to_cpu(results))
-                if self.prefix:
-                    metrics = {f'{self.prefix}/{k}': v for k, v in metrics.items()}
-                payload = [('ok', metrics)]
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                payload, error = [('error', f'{type(exc).__name__}: {exc}')], exc
-        broadcast_object_list(payload)
-        self.results.clear()
-        status, value = payload[0]
-        if status == 'error':
-            if error is not None:
-                raise error
-            raise RuntimeError(f'RecognitionAccMetric failed on the main process: {value}')
-        return value
+        return compute_and_broadcast(
+            self, lambda: self.compute_metrics(_to_cpu(results)), 'RecognitionAccMetric')
 
     def calculate(self, preds: List[np.ndarray], labels: List[Union[int, np.ndarray]]
                   ) -> Dict:

@@ -64,13 +64,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.dist import (all_gather_object, broadcast_object_list, collect_results,
-                           get_world_size, is_main_process)
+from mmengine.dist import all_gather_object, collect_results, get_world_size
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from mmaction.registry import METRICS
 
+from .dist_eval import compute_and_broadcast
 from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K,
                         DSL_QB_NORM_WARNING)
 from .ranking import ranks_to_metrics, retrieval_ranks
@@ -205,28 +205,14 @@ class RetrievalRecallMetric(BaseMetric):
             results = collect_results(self.results, total, 'cpu', tmpdir=self.collect_dir)
         else:
             results = collect_results(self.results, total, self.collect_device)
-        payload = [None]
-        error: Optional[BaseException] = None
-        if is_main_process():
+
+        def compute():
+            self._expected_size = int(size)
             try:
-                self._expected_size = int(size)
-                metrics = self.compute_metrics(results)
-                if self.prefix:
-                    metrics = {f'{self.prefix}/{k}': v for k, v in metrics.items()}
-                payload = [('ok', metrics)]
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                payload = [('error', f'{type(exc).__name__}: {exc}')]
-                error = exc
+                return self.compute_metrics(results)
             finally:
                 self._expected_size = None
-        broadcast_object_list(payload)
-        self.results.clear()
-        status, value = payload[0]
-        if status == 'error':
-            if error is not None:
-                raise error
-            raise RuntimeError(f'RetrievalRecallMetric failed on the main process: {value}')
-        return value
+        return compute_and_broadcast(self, compute, 'RetrievalRecallMetric')
 
     # ------------------------------------------------------------------ computation
     def gather_features(self, results: List[dict]):
