@@ -167,8 +167,9 @@ def apply_resume(cfg, args) -> None:
         cfg.resume, cfg.load_from = True, found
         source = found
         if found is None:                               # (mmengine reads last_checkpoint)
-            with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
-                source = f'{f.read().strip()} (last_checkpoint)'
+            from stan_mm.engine.checkpoint_hook import read_pointer
+            source = f'{read_pointer(osp.join(cfg.work_dir, "last_checkpoint"))} ' \
+                     '(last_checkpoint)'
     else:
         cfg.resume, cfg.load_from = True, check_resume_path(args.resume)
         source = cfg.load_from
@@ -191,9 +192,9 @@ class ResumeCheckHook(Hook):
         from stan_mm.utils.cli import resume_warnings
         name = runner.cfg.get('load_from')
         record = osp.join(str(runner.work_dir), 'last_checkpoint')
-        if not name and osp.isfile(record):
-            with open(record) as f:
-                name = f.read().strip()
+        if not name:
+            from stan_mm.engine.checkpoint_hook import read_pointer
+            name = read_pointer(record)
         loop_epochs = getattr(getattr(runner, '_train_loop', None), 'max_epochs', None)
         for level, message in resume_warnings(
                 checkpoint, runner.cfg, loop_epochs if isinstance(loop_epochs, int) else None,

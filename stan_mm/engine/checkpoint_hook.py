@@ -143,7 +143,9 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
         raise
 
 
-def _read_pointer(path: str) -> str:
+def read_pointer(path: str) -> str:
+    """The path a pointer file (``last_checkpoint``, the pending pointer) names, stripped;
+    ``''`` when it is missing or unreadable."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -198,18 +200,18 @@ def recover_last_checkpoint(work_dir: str, publish: bool = False) -> Optional[st
     the work dir's two small files and the end of the checkpoint; no torch.load."""
     work_dir = str(work_dir)
     record = osp.join(work_dir, 'last_checkpoint')
-    named = _read_pointer(record)
+    named = read_pointer(record)
     if named and ('://' in named or osp.exists(named)):
         return None
     pending = osp.join(work_dir, PENDING_POINTER)
-    target = _read_pointer(pending)
+    target = read_pointer(pending)
     if not target or not is_complete_checkpoint(target):
         return None
     if publish:
         try:
             os.replace(pending, record)
         except FileNotFoundError:       # another process published it first
-            if _read_pointer(record) != target:
+            if read_pointer(record) != target:
                 return None
     return target
 

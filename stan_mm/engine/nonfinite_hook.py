@@ -89,8 +89,8 @@ def published_checkpoint(work_dir) -> Optional[str]:
     """The checkpoint ``<work_dir>/last_checkpoint`` names (or, without it, the one an
     interrupted publication left: :func:`~stan_mm.engine.checkpoint_hook.\
 recover_last_checkpoint`); None when there is none."""
-    from .checkpoint_hook import _read_pointer, recover_last_checkpoint
-    named = _read_pointer(osp.join(str(work_dir), 'last_checkpoint'))
+    from .checkpoint_hook import read_pointer, recover_last_checkpoint
+    named = read_pointer(osp.join(str(work_dir), 'last_checkpoint'))
     if named and ('://' in named or osp.exists(named)):
         return named
     return recover_last_checkpoint(str(work_dir))
