@@ -5,6 +5,7 @@
   TorchScript archive, open_clip ``.pt`` / ``.safetensors``), so loaders can be tested.
 - :func:`tiny_hf_clip_config`: a ``transformers.CLIPConfig`` with matching sizes
   (transformers is imported only inside the functions that need it).
+- :func:`free_port`, :func:`run_ranks`: distributed tests on CPU.
 """
 import copy
 from typing import Dict, Optional
@@ -177,3 +178,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def run_ranks(target, init_file: str, world_size: int = 2, timeout: float = 120) -> Dict:
+    """Run ``target(rank, init_file, queue)`` in ``world_size`` forked processes (each
+    initializes its own process group, e.g. gloo with ``init_method='file://' +
+    init_file``) and return ``{rank: what it put}``: every target puts exactly one
+    ``(rank, result)`` pair on the queue, also when it fails (a traceback string)."""
+    import multiprocessing as mp
+    ctx = mp.get_context('fork')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(rank, str(init_file), queue))
+             for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    try:
+        return dict(queue.get(timeout=timeout) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()

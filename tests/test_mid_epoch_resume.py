@@ -758,20 +758,10 @@ def test_sigkill_mid_epoch_through_train_tool(tmp_path):
     iteration checkpoints every 4 of 3 x 3 iterations, SIGKILLed after iteration 5, resumed
     from iter_4.pth (1 of epoch 2's 3 batches done): the losses of iterations 5..9 and the
     final weights equal the uninterrupted run's (and the killed run's, up to its death)."""
-    from test_resume import (MOTION, _next_second, run_dirs, scalars, train as train_tool,
-                             write_config)
+    from test_resume import (_next_second, iteration_checkpoint_run, run_dirs, scalars,
+                             train as train_tool, write_config)
     from stan_mm.compat import safe_torch_load
-    from stan_mm.datasets.synthetic import generate_motion_dataset
-    data_root = tmp_path / 'data'
-    generate_motion_dataset(str(data_root), **MOTION)
-    common = dict(
-        train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=3, val_interval=100),
-        # (persistent workers are covered above; here they would add 5 s per run: a
-        # persistent worker's iterator, garbage-collected at exit, waits for it to join)
-        train_dataloader=dict(batch_size=4, num_workers=2, persistent_workers=False,
-                              dataset=dict(data_root=str(data_root), generate=MOTION)),
-        default_hooks=dict(logger=dict(interval=1), checkpoint=dict(
-            by_epoch=False, interval=4, max_keep_ckpts=1, save_best=None)))
+    data_root, common = iteration_checkpoint_run(tmp_path)
     cfg = write_config(tmp_path / 'cfg.py', data_root, custom_hooks=[], **common)
     # the killed run loads in the main process: workers of a SIGKILLed process hold the
     # test's wait for it until they notice (5 s); seeded per sample, the data are the same

@@ -245,16 +245,8 @@ def _metric_rank(rank, init_file, queue):
 def test_a_refused_score_stops_every_rank(tmp_path):
     """The refusal runs on the main process; the other ranks used to wait for the metrics
     until the distributed timeout. Now every rank raises, at once."""
-    import multiprocessing as mp
-    ctx = mp.get_context('fork')
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_metric_rank, args=(r, str(tmp_path / 'init'), queue))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(30)
+    from stan_mm.testing import run_ranks
+    got = run_ranks(_metric_rank, tmp_path / 'init', timeout=60)
     assert 'ValueError' in got[0] and 'NaN or infinite' in got[0], got
     assert got[1].startswith('RuntimeError: RecognitionAccMetric failed on the main '
                              'process: ValueError'), got

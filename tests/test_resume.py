@@ -73,12 +73,13 @@ def _child(argv, patch):
         _skip_yapf()
         if patch is not None:
             patch()
-        _load_train_tool().main(argv)
+        status = _load_train_tool().main(argv)
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(3)
-    os._exit(0)
+    # (an int main returns is the tool's exit status, as run_tool makes it)
+    os._exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
 
 
 def train(argv, patch=None, timeout=300) -> int:
@@ -122,6 +123,24 @@ randomness = dict(seed=0, deterministic=True)
 custom_hooks = [dict(type='EpochSeedHook')]
 {extra}""")
     return path
+
+
+def iteration_checkpoint_run(tmp_path):
+    """``(data_root, overrides)`` for :func:`write_config`: the quickstart's videos generated
+    in ``tmp_path / 'data'``, 3 epochs of 3 iterations under ResumableEpochBasedTrainLoop,
+    2 DataLoader workers, an iteration checkpoint every 4 iterations (only the last kept)."""
+    from stan_mm.datasets.synthetic import generate_motion_dataset
+    data_root = tmp_path / 'data'
+    generate_motion_dataset(str(data_root), **MOTION)
+    return data_root, dict(
+        train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=3, val_interval=100),
+        # (persistent workers are covered by test_mid_epoch_resume's in-process tests; here
+        # they would add 5 s per run: a persistent worker's iterator, garbage-collected at
+        # exit, waits for it to join)
+        train_dataloader=dict(batch_size=4, num_workers=2, persistent_workers=False,
+                              dataset=dict(data_root=str(data_root), generate=MOTION)),
+        default_hooks=dict(logger=dict(interval=1), checkpoint=dict(
+            by_epoch=False, interval=4, max_keep_ckpts=1, save_best=None)))
 
 
 def scalars(run_dir):

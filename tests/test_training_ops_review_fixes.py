@@ -11,7 +11,6 @@ samples in batches of 2: 4 iterations per epoch), the first one built from
 """
 import itertools
 import math
-import multiprocessing as mp
 import os
 import os.path as osp
 import traceback
@@ -262,15 +261,8 @@ def _dist_worker(rank, init_file, queue):
 
 
 def test_every_rank_stops_at_the_same_iteration(tmp_path):
-    ctx = mp.get_context('fork')
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_dist_worker, args=(r, str(tmp_path / 'init'), queue))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(30)
+    from stan_mm.testing import run_ranks
+    results = run_ranks(_dist_worker, tmp_path / 'init')
     assert all(isinstance(v, tuple) for v in results.values()), results
     assert results[0][0] == results[1][0] == 4          # iterations 2, 3, 4: patience 3
     assert 'loss=nan' in results[0][1]

@@ -133,6 +133,9 @@ def main(argv=None):
                 sched.T_max = max(1, args.epochs - sched.begin)
     cfg.work_dir = args.work_dir or osp.join('work_dirs', 'quickstart', name)
     cfg.launcher = 'none'
+    if 'preemption' in cfg.get('default_hooks', {}):
+        # no --resume here: a SIGTERM ends the demo at once instead of saving for a resume
+        cfg.default_hooks.preemption = None
 
     start = time.time()
     runner = Runner.from_cfg(cfg)   # generates data/motion on first use

@@ -330,7 +330,14 @@ def main(argv=None):
         for message in getattr(args, 'log_notes', ()):   # (printed already)
             write_to_log_files(message, 'INFO', exclude=before)
         runner.register_hook(ResumeCheckHook())
-        runner.train()
+        from stan_mm.engine import TrainingPreempted
+        try:
+            runner.train()
+        except TrainingPreempted as stop:
+            # every rank stopped at the same iteration (PreemptionHook); logged already
+            print(f'train.py: {stop}', file=sys.stderr)
+            shutdown_distributed()
+            return stop.exit_code
     shutdown_distributed()
 
 

@@ -15,6 +15,10 @@ default_hooks = dict(
     # custom_hooks so that a config's own custom_hooks list does not drop it;
     # nonfinite=None removes it.
     nonfinite=dict(type='NonFiniteLossHook', patience=5),
+    # SIGTERM / SIGUSR1 (Slurm preemption or time limit, scancel, torchrun's shutdown):
+    # finish the iteration, save a checkpoint, stop with status 128 + signal; --resume
+    # goes on from it (docs/robustness.md, "Preemption"). preemption=None removes it.
+    preemption=dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
     # the log line shows lr (parameter group 0: CLIP) and, next to it, the other groups'
     # rates, e.g. branch_lr for the STAN branch (lr_mult=10)
     param_group_lr=dict(type='ParamGroupLrHook'))

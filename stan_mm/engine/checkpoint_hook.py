@@ -242,6 +242,8 @@ class AtomicCheckpointHook(CheckpointHook):
     """
 
     PRUNE_KEY = 'stan_mm_prune_ckpt_ids'
+    # the checkpoint save_unscheduled wrote (deleted once a newer one is published)
+    UNSCHEDULED_KEY = 'stan_mm_unscheduled_ckpt'
     # mkstemp names of atomic_write_bytes: '.<file>.<8 random characters>.tmp' (<file>:
     # a checkpoint, last_checkpoint, .last_checkpoint.pending or .stan_validated.json)
     _TMP_NAME = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$')
@@ -360,8 +362,7 @@ class AtomicCheckpointHook(CheckpointHook):
             super()._save_best_checkpoint(runner, metrics)
         finally:
             self.file_backend = backend
-        current = {getattr(self, 'best_ckpt_path', None),
-                   *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        current = self._best_paths()
         for path in deferred.removals:
             if path in current or not backend.isfile(path):
                 continue
@@ -417,6 +418,17 @@ class AtomicCheckpointHook(CheckpointHook):
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
             runner.message_hub.update_info(self.PRUNE_KEY, [] if stale is None else [stale])
 
+        self._publish(runner, filename, meta, self.save_optimizer, self.save_param_scheduler)
+        # (4) prune
+        self._remove_superseded(runner)
+        if stale is not None and is_main_process():
+            self._remove(stale)
+
+    def _publish(self, runner, filename: str, meta, save_optimizer: bool,
+                 save_param_scheduler: bool) -> str:
+        """Steps (1)-(3) of the module docstring for ``filename`` in ``out_dir``; returns
+        its path. Every rank calls it (``runner.save_checkpoint`` writes on the main
+        process)."""
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         pending = osp.join(runner.work_dir, PENDING_POINTER)
@@ -426,13 +438,55 @@ class AtomicCheckpointHook(CheckpointHook):
         # (2) the checkpoint: temporary file, fsync, rename (LocalBackend.put, stan_mm.compat)
         runner.save_checkpoint(
             self.out_dir, filename, self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
+            save_optimizer=save_optimizer, save_param_scheduler=save_param_scheduler,
             meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        if is_main_process():
+            # (3) publish
+            os.replace(pending, osp.join(runner.work_dir, 'last_checkpoint'))
+        return self.last_ckpt
 
-        if not is_main_process():
+    def save_unscheduled(self, runner, filename: str, meta: dict) -> str:
+        """Save and publish ``filename`` now, outside the hook's interval (what
+        :class:`~stan_mm.engine.preemption_hook.PreemptionHook` saves when the job is told
+        to stop): never of non-finite weights, published as every checkpoint of this hook
+        (``last_checkpoint`` names it), always with the optimizer and the schedules (a
+        resume needs them), with ``meta`` (``epoch``, ``iter``) as given. It is not part of
+        the ``max_keep_ckpts`` rotation; the next checkpoint this hook publishes (in this
+        run or the run resumed from it) deletes it. Returns its path."""
+        self._refuse_nonfinite(runner, filename)
+        previous = runner.message_hub.get_info(self.UNSCHEDULED_KEY)
+        path = self.file_backend.join_path(self.out_dir, filename)
+        # recorded in the checkpoint itself, so that the resumed run deletes it later
+        runner.message_hub.update_info(self.UNSCHEDULED_KEY, path)
+        self._publish(runner, filename, meta, True, True)
+        if is_main_process() and previous and previous != path:
+            self._remove_path(runner, previous)
+        return path
+
+    def _remove_superseded(self, runner) -> None:
+        """Delete the unscheduled checkpoint (:meth:`save_unscheduled`) that the checkpoint
+        just published supersedes (the file on the main process; the record on every
+        rank)."""
+        old = runner.message_hub.get_info(self.UNSCHEDULED_KEY)
+        if not old:
             return
-        # (3) publish; (4) prune
-        os.replace(pending, osp.join(runner.work_dir, 'last_checkpoint'))
-        if stale is not None:
-            self._remove(stale)
+        runner.message_hub.update_info(self.UNSCHEDULED_KEY, None)
+        if is_main_process() and old != self.last_ckpt and old not in self._best_paths():
+            self._remove_path(runner, old)
+
+    def _best_paths(self) -> set:
+        return {getattr(self, 'best_ckpt_path', None),
+                *getattr(self, 'best_ckpt_path_dict', {}).values()}
+
+    def _remove_path(self, runner, path: str) -> None:
+        """Delete ``path`` if it is a file in this hook's folder (a resumed run's message
+        hub may name another folder's file: a copied work dir)."""
+        if not in_folder(path, getattr(self, 'out_dir', None)):
+            return
+        try:
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+                runner.logger.info(f'AtomicCheckpointHook: removed {path}, the checkpoint '
+                                   f'saved when the job was stopped, now superseded')
+        except OSError as e:
+            runner.logger.warning(f'AtomicCheckpointHook: could not remove {path} ({e})')
