@@ -108,9 +108,12 @@ class _NFPoison(Hook):
             self._poison(runner)
 
 
-def _write_config(path, work_dir, poison, skip_nonfinite=False, max_epochs=4):
-    """A config on the base runtime (its default_hooks), with its own custom_hooks."""
-    wrapper = "type='_SkipNonFiniteOptimWrapper', " if skip_nonfinite else ''
+def _write_config(path, work_dir, poison, skip_nonfinite=False, max_epochs=4,
+                  wrapper=None):
+    """A config on the base runtime (its default_hooks), with its own custom_hooks;
+    ``wrapper``: the optim_wrapper's ``type`` and other arguments."""
+    wrapper = ''.join(f'{k}={v!r}, ' for k, v in (wrapper or (
+        dict(type='_SkipNonFiniteOptimWrapper') if skip_nonfinite else {})).items())
     path.write_text(f"""
 _base_ = [{RUNTIME!r}]
 model = dict(type='_NFToyModel')

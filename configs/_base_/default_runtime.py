@@ -21,7 +21,10 @@ default_hooks = dict(
     preemption=dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
     # the log line shows lr (parameter group 0: CLIP) and, next to it, the other groups'
     # rates, e.g. branch_lr for the STAN branch (lr_mult=10)
-    param_group_lr=dict(type='ParamGroupLrHook'))
+    param_group_lr=dict(type='ParamGroupLrHook'),
+    # fp16 mixed precision (retrieval on a GPU): the GradScaler's loss scale, amp_scale, in
+    # the log line (a falling scale means skipped steps); nothing under bf16 / fp32
+    amp_scale=dict(type='AmpScaleLogHook'))
 
 # recognition: the head's class list against every dataset's labels and num_classes, when
 # training / testing starts (no-op for retrieval). A config that sets its own custom_hooks

@@ -4,9 +4,10 @@ mmengine's ``Runner.register_default_hooks`` removes a ``default_hooks`` entry s
 ``None`` only for its own six names (``timer``, ``logger``, ...); any other key set to
 ``None`` fails a bare ``assert hook is not None`` while the runner is built. The stan
 runtime (``configs/_base_/default_runtime.py``) puts more hooks there
-(``sync_buffers``, ``nonfinite``, ``preemption``, ``param_group_lr``), because a config's own
-``custom_hooks`` list would replace them; ``default_hooks.nonfinite=None`` in a child
-config or ``--cfg-options`` is how one is switched off. Such ``None`` entries are now
+(``sync_buffers``, ``nonfinite``, ``preemption``, ``param_group_lr``, ``amp_scale``),
+because a config's own ``custom_hooks`` list would replace them;
+``default_hooks.nonfinite=None`` in a child config or ``--cfg-options`` is how one is
+switched off. Such ``None`` entries are now
 dropped before mmengine sees them, for every key.
 """
 from mmengine.runner import Runner
