@@ -342,6 +342,37 @@ def test_checkpoint_hook_refuses_a_nan_best_checkpoint(tmp_path):
     assert runner.message_hub.get_info('best_score') == 0.5
 
 
+def _refusal_rank(rank, init_file, queue):
+    """Only rank 1's weights hold an inf (sharded or diverged parameters): every rank must
+    refuse the checkpoint (rank 0 alone would write it and go on to the next all-reduce)."""
+    try:
+        import torch.distributed as dist
+        from stan_mm.engine import AtomicCheckpointHook
+        dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                                world_size=2)
+        model = nn.Linear(3, 2)
+        if rank == 1:
+            with torch.no_grad():
+                model.weight[0, 1] = float('inf')
+        runner = _BestRunner(osp.dirname(init_file), f'nf_dist_{rank}', model)
+        try:
+            AtomicCheckpointHook(interval=1)._refuse_nonfinite(runner, 'epoch_2.pth')
+            got = 'saved'
+        except Exception as e:  # noqa: BLE001
+            got = f'{type(e).__name__}: {e}'
+        dist.destroy_process_group()
+        queue.put((rank, got))
+    except BaseException:
+        queue.put((rank, traceback.format_exc()))
+
+
+def test_every_rank_refuses_a_checkpoint_when_one_ranks_weights_are_not_finite(tmp_path):
+    from stan_mm.testing import run_ranks
+    got = run_ranks(_refusal_rank, tmp_path / 'init')
+    assert got[0].startswith('NonFiniteTrainingError') and 'of another rank' in got[0], got
+    assert got[1].startswith('NonFiniteTrainingError') and 'weight' in got[1], got
+
+
 def test_nonfinite_parameters_names_them():
     from stan_mm.engine.nonfinite_hook import nonfinite_parameters
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3).half(), nn.Linear(3, 3))
