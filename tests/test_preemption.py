@@ -49,7 +49,7 @@ def guard():
 class _SignalAt(Hook):
     """Sends ``signum`` to this process (and to its DataLoader workers: ``workers``) while
     global iteration ``at`` (1-based) runs, or at the start of the validation after epoch
-    ``in_val``, or at the end of epoch ``at_epoch_end``, or before the first epoch
+    ``in_val``, or at the end of epoch ``at_epoch_end``, or before the run's first epoch
     (``before_train``); before the PreemptionHook's own check (priority NORMAL)."""
     priority = 'NORMAL'
 
@@ -68,7 +68,8 @@ class _SignalAt(Hook):
                         *map(str, self.worker_pids), str(os.getpid())], check=True)
 
     def before_train_epoch(self, runner):
-        if self.at_start and runner.epoch == 0:
+        if self.at_start:
+            self.at_start = False
             self._send()
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
@@ -180,6 +181,34 @@ def test_workers_ignore_the_signal(tmp_path, guard):
     assert init.keywords.get('seed') is not None and init.func.fn is not None
 
 
+class _HangsAfterFirst(torch.utils.data.Dataset):
+    """Sample 0 at once; every later sample hangs (a stuck read)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, idx):
+        if idx:
+            time.sleep(120)
+        return idx
+
+
+def test_a_stuck_worker_that_ignores_sigterm_is_killed_at_shutdown(monkeypatch):
+    """torch ends its worker shutdown with terminate() (SIGTERM) for a worker that did not
+    stop; one that ignores SIGTERM (this hook's workers) is killed instead of staying
+    behind (stan_mm.compat.worker_shutdown)."""
+    from torch.utils.data import _utils
+    monkeypatch.setattr(_utils, 'MP_STATUS_CHECK_INTERVAL', 0.5)   # (torch's waits: 5 s)
+    loader = torch.utils.data.DataLoader(_HangsAfterFirst(), batch_size=1, num_workers=1)
+    ignore_signals_in_workers(loader, [int(signal.SIGTERM)])
+    it = iter(loader)
+    assert next(it).tolist() == [0]
+    worker = it._workers[0]
+    it._shutdown_workers()
+    worker.join(5)
+    assert not worker.is_alive()
+
+
 def test_ignore_signals_in_workers_keeps_the_seeding_partial():
     import functools
     calls = []
@@ -263,6 +292,125 @@ def test_a_signal_at_an_epoch_end_stops_before_the_validation(tmp_path, guard):
     assert again['iter'] == TOTAL
 
 
+def test_a_signal_during_validation_after_an_iteration_checkpoint_of_the_last_batch(
+        tmp_path, guard):
+    """iter_12.pth is saved after epoch 2's last batch, before the epoch's end hooks; a
+    SIGTERM during epoch 2's validation must not name it as the state after that
+    validation (the resumed run would end epoch 2 and validate it again): epoch_2.pth is
+    saved, and the resumed run validates epoch 3 only, to the uninterrupted state."""
+    kw = toy._with_validation()
+    _, full = run(make_runner(tmp_path / 'full', **kw))
+    stop, killed = run(preempted(tmp_path / 'l', dict(type='_SignalAt', in_val=2,
+                                                     workers=False), **kw))
+    assert stop.checkpoint == str(tmp_path / 'l' / 'epoch_2.pth')
+    assert killed['validated'] == [1, 2]
+    _, again = run(resumed(tmp_path / 'l', **kw))
+    assert again['validated'] == [3]
+    assert [s[0] for s in again['seen']] == list(range(2 * PER_EPOCH + 1, TOTAL + 1))
+    assert same_state(again['state'], full['state'])
+
+
+# ---------------------------------------------------------------- gradient accumulation
+def test_gradient_accumulation_stops_at_an_optimizer_step(tmp_path, guard):
+    """accumulative_counts=2: a SIGTERM during iteration 9 (its gradients would be summed
+    with iteration 10's) stops after iteration 10, where the optimizer stepped; resumed,
+    the run ends with the uninterrupted run's state (a stop after 9 lost 9's gradients)."""
+    ow = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9), accumulative_counts=2)
+    _, full = run(make_runner(tmp_path / 'full', optim_wrapper=ow))
+    stop, _ = run(preempted(tmp_path / 'g', dict(type='_SignalAt', at=9, workers=False),
+                            optim_wrapper=ow))
+    assert stop.checkpoint == str(tmp_path / 'g' / 'iter_10.pth')
+    _, again = run(resumed(tmp_path / 'g', optim_wrapper=ow))
+    assert [s[0] for s in again['seen']] == list(range(11, TOTAL + 1))
+    assert same_state(again['state'], full['state'])
+
+
+# ---------------------------------------------------------------- IterBasedTrainLoop
+@HOOKS.register_module(force=True)
+class _ValIters(Hook):
+    """Records ``runner.iter`` at every finished validation; SIGTERM at the start of the
+    validation after iteration ``signal_at``."""
+    priority = 'LOWEST'
+
+    def __init__(self, signal_at=None):
+        self.iters, self.signal_at = [], signal_at
+
+    def before_val_epoch(self, runner):
+        if runner.iter == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def after_val_epoch(self, runner, metrics=None):
+        self.iters.append(runner.iter)
+
+
+def _val_iters(runner):
+    return next(h for h in runner.hooks if isinstance(h, _ValIters)).iters
+
+
+def test_iteration_based_loop_with_workers(tmp_path, guard):
+    """IterBasedTrainLoop starts its DataLoader workers when it is built, before any hook:
+    they are started again with the signals ignored (else SIGTERM killed them and PyTorch
+    raised before any checkpoint), on the same samples."""
+    loop = dict(type='IterBasedTrainLoop', max_iters=12)
+    _, plain = run(make_runner(tmp_path / 'plain', num_workers=2, train_cfg=loop))
+    stop, killed = run(preempted(tmp_path / 'i', dict(type='_SignalAt', at=3),
+                                 num_workers=2, train_cfg=loop))
+    assert stop.checkpoint == str(tmp_path / 'i' / 'iter_3.pth')
+    assert 'stopped at iteration 3;' in str(stop)
+    assert [s[3] for s in killed['seen']] == [s[3] for s in plain['seen'][:3]]
+
+
+def test_iteration_based_loop_stops_after_a_due_validation(tmp_path, guard, monkeypatch):
+    """val_interval=4: a SIGTERM during iteration 8 stops after the validation due at
+    iteration 8 (not before it: the resumed run starts after iteration 8 and would never
+    run it); one during the last validation lets the finished run end normally."""
+    monkeypatch.setitem(toy.SCORES, 0, 0.5)          # (runner.epoch stays 0)
+    kw = toy._with_validation(train_cfg=dict(type='IterBasedTrainLoop', max_iters=12,
+                                             val_interval=4))
+    runner = preempted(tmp_path / 'b', dict(type='_SignalAt', at=8, workers=False), **kw)
+    runner.register_hook(_ValIters())
+    stop, _ = run(runner)
+    assert _val_iters(runner) == [4, 8] and stop.checkpoint == str(tmp_path / 'b' /
+                                                                    'iter_8.pth')
+    again = resumed(tmp_path / 'b', **kw)
+    again.register_hook(_ValIters())
+    run(again)
+    assert _val_iters(again) == [12]
+
+    last = preempted(tmp_path / 'c', dict(type='_SignalAt', workers=False), **kw)
+    last.register_hook(_ValIters(signal_at=12))
+    stop, result = run(last)
+    assert stop is None and _val_iters(last) == [4, 8, 12] and last.iter == 12
+    assert 'came after the last training iteration; the run finished' in result['log']
+
+
+# ---------------------------------------------------------------- handlers, resumed state
+def test_the_handlers_go_when_training_raises(tmp_path, guard):
+    """mmengine calls after_run only after a run that returned: a run that raised must not
+    leave the process ignoring SIGTERM."""
+    runner = make_runner(tmp_path / 'r', stop_after=3, extra_hooks=[
+        dict(type='PreemptionHook')])
+    with pytest.raises(toy._Stopped):
+        runner.train()
+    assert signal.getsignal(signal.SIGTERM).__name__ == 'unhandled'
+
+
+def test_a_stop_before_training_names_the_checkpoint_it_resumed_from(tmp_path, guard):
+    """A moved work dir: the checkpoint's own record names the old folder; the stop names
+    the file the run resumed from."""
+    try:
+        make_runner(tmp_path / 'old', stop_after=10).train()
+    except toy._Stopped:
+        pass
+    os.rename(tmp_path / 'old', tmp_path / 'new')
+    stop, _ = run(make_runner(tmp_path / 'new', resume_from=tmp_path / 'new' / 'iter_8.pth',
+                              extra_hooks=[dict(type='PreemptionHook'),
+                                           dict(type='_SignalAt', before_train=True,
+                                                workers=False)]))
+    assert stop.checkpoint == str(tmp_path / 'new' / 'iter_8.pth')
+    assert 'the checkpoint of this state is' in str(stop)
+
+
 # ---------------------------------------------------------------- distributed
 def _dist_worker(rank, init_file, queue):
     """Only rank 1 gets SIGUSR1, during iteration 3: both ranks must stop after it."""
@@ -275,7 +423,8 @@ def _dist_worker(rank, init_file, queue):
         runner = SimpleNamespace(
             epoch=0, iter=0, message_hub=MessageHub.get_instance(f'pre_{rank}'),
             logger=SimpleNamespace(warning=said.append, info=said.append),
-            train_loop=SimpleNamespace(dataloader=None), hooks=[])
+            train_loop=SimpleNamespace(dataloader=None), hooks=[], max_iters=100,
+            optim_wrapper=SimpleNamespace())
         hook = PreemptionHook(signals=['SIGUSR1'])
         hook._save = lambda runner, count, where: f'iter_{count}.pth'
         hook.before_train(runner)

@@ -335,7 +335,9 @@ def main(argv=None):
             runner.train()
         except TrainingPreempted as stop:
             # every rank stopped at the same iteration (PreemptionHook); logged already
-            print(f'train.py: {stop}', file=sys.stderr)
+            from mmengine.dist import is_main_process
+            if is_main_process():
+                print(f'train.py: {stop}', file=sys.stderr)
             shutdown_distributed()
             return stop.exit_code
     shutdown_distributed()

@@ -27,6 +27,10 @@ freed. Batches, seeds and results are unchanged (nothing runs before the run end
 never built, loaders never iterated and ``num_workers=0`` are left alone; each rank stops
 its own workers, no collective is involved (DDP); a failure to stop them is logged and
 never hides the run's own exception.
+
+Workers still alive after torch's shutdown, which ends with ``terminate()`` (SIGTERM), are
+killed (SIGKILL): those that ignore SIGTERM (``PreemptionHook``'s) would otherwise outlive
+a worker stuck in a read.
 """
 import functools
 import logging
@@ -88,10 +92,36 @@ def _stops_workers_after(method):
     return run
 
 
+def _kills_survivors(shutdown):
+    """torch's ``_shutdown_workers`` ends with ``terminate()`` (SIGTERM) for workers that did
+    not stop in time (e.g. stuck in a read). Workers told to ignore SIGTERM
+    (:class:`~stan_mm.engine.preemption_hook.PreemptionHook`, so that Slurm's signal does not
+    kill them mid-iteration) survive that and would stay behind as orphans: they are killed
+    (SIGKILL) instead."""
+    @functools.wraps(shutdown)
+    def _shutdown_workers(self):
+        try:
+            shutdown(self)
+        finally:
+            for w in getattr(self, '_workers', None) or ():
+                try:
+                    if w.is_alive():
+                        w.kill()
+                except (AttributeError, OSError, ValueError):
+                    pass
+
+    setattr(_shutdown_workers, _MARK, True)
+    return _shutdown_workers
+
+
 def apply_worker_shutdown_fix() -> bool:
-    """Wrap ``Runner.train/val/test`` (idempotent). Returns whether it was applied now."""
+    """Wrap ``Runner.train/val/test`` and the DataLoader iterator's worker shutdown
+    (idempotent). Returns whether it was applied now."""
     if getattr(Runner.train, _MARK, False):
         return False
     for name in ('train', 'val', 'test'):
         setattr(Runner, name, _stops_workers_after(getattr(Runner, name)))
+    if not getattr(_MultiProcessingDataLoaderIter._shutdown_workers, _MARK, False):
+        _MultiProcessingDataLoaderIter._shutdown_workers = _kills_survivors(
+            _MultiProcessingDataLoaderIter._shutdown_workers)
     return True

@@ -11,7 +11,9 @@ training, is trained again after the requeue.
 catches the signals it is given (default ``SIGTERM`` and ``SIGUSR1``) while ``runner.train()``
 runs, and only records them; the training step that is running finishes. At the next point
 where every rank can agree (after each training iteration, at the end of an epoch, before
-an epoch starts, hence after a validation) the run:
+an epoch starts, hence after a validation; with gradient accumulation only where the
+optimizer has just stepped, since the gradients summed since the last step are in no
+checkpoint; with ``IterBasedTrainLoop``, after a validation due at that iteration) the run:
 
 1. agrees across ranks: the largest signal number any rank received, one all-reduce of one
    int (only when distributed). A signal that reached one rank stops every rank at the same
@@ -42,6 +44,11 @@ handles (their ``worker_init_fn`` is wrapped; mmengine's seeding partial is kept
 ``EpochSeedHook`` and the loop still reseed it): they end when the training process stops
 them, or when it dies.
 
+The handlers are removed when the training loop returns or raises. Workers still alive
+after PyTorch's shutdown of them (which ends with a SIGTERM they ignore) are killed
+(``stan_mm.compat.worker_shutdown``). A save that fails on any rank stops every rank with
+that error in the message (no checkpoint named).
+
 Not handled: a signal during validation is acted on after it (a validation longer than
 the grace period is cut by SIGKILL; with ``interval=1`` epoch checkpoints the resumed run
 validates again, see ``docs/robustness.md``). SIGINT (Ctrl-C) keeps Python's
@@ -52,6 +59,7 @@ thread runs without this hook (with a warning).
 Cost: nothing on a single process; in distributed runs one all-reduce of one int per
 iteration (after the loss's sync that ``NonFiniteLossHook`` and the logger make anyway).
 """
+import bisect
 import functools
 import os
 import os.path as osp
@@ -168,6 +176,43 @@ def _signal_on_any_rank(signum: int) -> int:
     return int(signum)
 
 
+def _at_optimizer_step(optim_wrapper) -> bool:
+    """Whether no gradients are waiting in ``.grad`` (gradient accumulation,
+    ``accumulative_counts``): the last backward pass was followed by an optimizer step. A
+    stop between two steps would lose the gradients summed since the last one (they are not
+    in any checkpoint). The same on every rank."""
+    from mmengine.optim import OptimWrapperDict
+    wrappers = (list(optim_wrapper.values()) if isinstance(optim_wrapper, OptimWrapperDict)
+                else [optim_wrapper])
+    for w in wrappers:
+        counts = getattr(w, '_accumulative_counts', 1)
+        inner = getattr(w, '_inner_count', 0)
+        if counts > 1 and inner % counts and inner < getattr(w, '_max_counts', -1):
+            return False
+    return True
+
+
+def _resume_hint(work_dir) -> str:
+    from .nonfinite_hook import published_checkpoint
+    last = published_checkpoint(work_dir)
+    return (f'The last checkpoint published is {last}: --resume goes on from it'
+            if last else 'No checkpoint has been published: start the run again')
+
+
+def _loaded_checkpoint(runner) -> Optional[str]:
+    """The checkpoint ``runner.train()`` resumed from (mmengine's own choice: ``load_from``
+    with ``resume``, else the work dir's latest), or None."""
+    if not getattr(runner, '_resume', False):
+        return None
+    if getattr(runner, '_load_from', None):
+        return str(runner._load_from)
+    from mmengine.runner.checkpoint import find_latest_checkpoint
+    try:
+        return find_latest_checkpoint(str(runner.work_dir))
+    except (OSError, ValueError):
+        return None
+
+
 @HOOKS.register_module()
 class PreemptionHook(Hook):
     """On SIGTERM / SIGUSR1 (Slurm preemption or time limit, ``scancel``, ``kill``,
@@ -194,9 +239,13 @@ class PreemptionHook(Hook):
         self.signums = _parse_signals(signals)
         self._received = 0
         self._announce = False
+        self._active = False
         self._previous: Dict[int, object] = {}
-        self._clean_count = None     # iteration count whose state is on disk already
-        self._seen_ckpt = None       # the message hub's last_ckpt at the last check
+        # the checkpoint that holds exactly the current training state (None: the state
+        # changed since the last one), and the message hub's last_ckpt at the last look
+        self._state_ckpt: Optional[str] = None
+        self._hub_ckpt = None
+        self._after_validation = False   # an iteration-based loop validates now
 
     # ------------------------------------------------------------------ handlers
     def _on_signal(self, signum, frame) -> None:
@@ -205,7 +254,8 @@ class PreemptionHook(Hook):
             if self._announce:
                 try:     # (no logging here: the handler may interrupt the logger itself)
                     os.write(2, (f'PreemptionHook: {_name(signum)} received; saving a '
-                                 f'checkpoint after this iteration, then stopping\n').encode())
+                                 f'checkpoint at the next safe point, then stopping\n'
+                                 ).encode())
                 except OSError:
                     pass
 
@@ -222,6 +272,7 @@ class PreemptionHook(Hook):
                 self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _uninstall(self) -> None:
+        self._active = False
         for signum, previous in self._previous.items():
             try:
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
@@ -230,31 +281,90 @@ class PreemptionHook(Hook):
         self._previous = {}
 
     # ------------------------------------------------------------------ hook points
+    def before_run(self, runner) -> None:
+        """The handlers go when the training loop returns or raises (mmengine calls
+        ``after_run`` only after a run that returned): a run that failed must not leave a
+        process that ignores SIGTERM."""
+        from mmengine.runner import BaseLoop
+        loop = getattr(runner, '_train_loop', None)
+        if not isinstance(loop, BaseLoop) or getattr(loop.run, '_stan_mm_preemption', False):
+            return
+        original = loop.run
+
+        @functools.wraps(original)
+        def run(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._uninstall()
+
+        run._stan_mm_preemption = True
+        loop.run = run
+
     def before_train(self, runner) -> None:
         self._received = 0
         self._announce = False
-        # the state at the start is on disk: the resumed checkpoint, or nothing trained
-        self._clean_count = runner.iter
-        self._seen_ckpt = runner.message_hub.get_info('last_ckpt')
+        self._active = True
+        self._after_validation = False
+        self._hub_ckpt = runner.message_hub.get_info('last_ckpt')
+        # the state at the start: the checkpoint resumed from (nothing trained: count 0)
+        self._state_ckpt = _loaded_checkpoint(runner) if runner.iter > 0 else None
         self._install(runner)
         loop = runner.train_loop
         ignore_signals_in_workers(getattr(loop, 'dataloader', None), self.signums)
         val_loop = getattr(runner, '_val_loop', None)
         ignore_signals_in_workers(getattr(val_loop, 'dataloader', None), self.signums)
+        # IterBasedTrainLoop started its workers when it was built, before this hook
+        # could reach them: start them again (same sampler position, same seeds)
+        endless = getattr(loop, 'dataloader_iterator', None)
+        if endless is not None and getattr(loop, 'dataloader', None) is not None:
+            from stan_mm.compat.worker_shutdown import _stop_open_iterator
+            if _stop_open_iterator(endless, None):
+                _stop_open_iterator(loop.dataloader, None)   # (persistent: the same one)
+                endless._iterator = iter(loop.dataloader)
         if self._previous:
             runner.logger.info(
                 'PreemptionHook: ' + ' / '.join(_name(s) for s in self.signums) +
                 ' saves a checkpoint after the running iteration and stops the run '
                 '(resume with --resume)')
 
+    def _note_checkpoint(self, runner) -> None:
+        """A checkpoint hook that ran before this one published a checkpoint of the
+        current state (the message hub's ``last_ckpt`` changed)."""
+        last = runner.message_hub.get_info('last_ckpt')
+        if last != self._hub_ckpt:
+            self._hub_ckpt = self._state_ckpt = last
+
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
-        self._check(runner, runner.iter + 1, 'iter')
+        self._state_ckpt = None                      # this iteration trained
+        self._note_checkpoint(runner)
+        count = runner.iter + 1
+        # the run's last iteration: the epoch's end (epoch loops) or the end of the run;
+        # an iteration-based loop about to validate: after the validation, before the next
+        # iteration (once every hook has seen the validation)
+        if count >= runner.max_iters:
+            return
+        if self._iter_loop_validates(runner, count):
+            self._after_validation = True
+            return
+        self._check(runner, count, 'iter')
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._after_validation:
+            self._after_validation = False
+            self._note_checkpoint(runner)
+            self._check(runner, runner.iter, 'iter')
 
     def after_train_epoch(self, runner) -> None:
+        self._state_ckpt = None                      # the epoch-end hooks ran
+        self._note_checkpoint(runner)
+        if self._is_iter_loop(runner):               # (called once, when the run is done)
+            return
         self._check(runner, runner.iter, 'epoch_end')
 
     def before_train_epoch(self, runner) -> None:
+        self._note_checkpoint(runner)
         self._check(runner, runner.iter, 'epoch_start')
 
     def after_run(self, runner) -> None:
@@ -263,42 +373,76 @@ class PreemptionHook(Hook):
                                   'last training iteration; the run finished')
         self._uninstall()
 
+    @staticmethod
+    def _is_iter_loop(runner) -> bool:
+        from mmengine.runner import IterBasedTrainLoop
+        return isinstance(getattr(runner, '_train_loop', None), IterBasedTrainLoop)
+
+    def _iter_loop_validates(self, runner, count: int) -> bool:
+        """Whether an ``IterBasedTrainLoop`` validates after iteration ``count`` (its own
+        test, with the interval its ``_decide_current_val_interval`` picks then)."""
+        if not self._is_iter_loop(runner) or getattr(runner, '_val_loop', None) is None:
+            return False
+        loop = runner.train_loop
+        interval = loop.dynamic_intervals[bisect.bisect(loop.dynamic_milestones, count + 1)
+                                          - 1]
+        return count >= loop.val_begin and (count % interval == 0
+                                            or count == loop.max_iters)
+
     # ------------------------------------------------------------------ the stop
     def _check(self, runner, count: int, where: str) -> None:
-        """``count``: iterations trained so far; ``where``: 'iter' (after one), 'epoch_end'
-        (the epoch's end hooks ran, its validation did not), 'epoch_start' (before an
-        epoch, after the previous epoch's validation)."""
-        last = runner.message_hub.get_info('last_ckpt')
-        if last != self._seen_ckpt:        # a checkpoint hook saved this very state
-            self._seen_ckpt, self._clean_count = last, count
+        """``count``: iterations trained so far; ``where``: 'iter' (after one, or after an
+        iteration-based loop's validation), 'epoch_end' (the epoch's end hooks ran, its
+        validation did not), 'epoch_start' (before an epoch, after the previous epoch's
+        validation). Between two optimizer steps of gradient accumulation nothing is
+        decided (no collective either: the same on every rank)."""
+        if not self._active or not _at_optimizer_step(runner.optim_wrapper):
+            return
         signum = _signal_on_any_rank(self._received)
         if not signum:
             return
         self._stop(runner, signum, count, where)
 
     def _stop(self, runner, signum: int, count: int, where: str) -> None:
+        from mmengine.dist import all_reduce, get_world_size, is_distributed
         name = _name(signum)
         mine = '' if self._received else ' (on another rank)'
         epoch = runner.epoch
         if where == 'iter':
-            place = f'iteration {count} (epoch {epoch + 1})'
+            place = (f'iteration {count}' if self._is_iter_loop(runner)
+                     else f'iteration {count} (epoch {epoch + 1})')
         elif where == 'epoch_end':
             place = f'the end of epoch {epoch + 1} (iteration {count}), before its validation'
         else:
             place = f'the start of epoch {epoch + 1} (iteration {count})'
         start = time.perf_counter()
+        failed = None
         try:     # (the handlers stay while saving: a repeated signal cannot cut the save)
             if count == 0:
                 ckpt, how = None, 'nothing was trained yet, so no checkpoint was saved'
-            elif self._clean_count == count and self._seen_ckpt:
-                # (decided alike on every rank: the message hub, no file system)
-                ckpt = self._seen_ckpt
+            elif self._state_ckpt:
+                # (decided alike on every rank: no file system involved)
+                ckpt = self._state_ckpt
                 how = f'the checkpoint of this state is {ckpt}'
             else:
-                ckpt = self._save(runner, count, where)
+                try:
+                    ckpt = self._save(runner, count, where)
+                except Exception as exc:  # noqa: BLE001 (every rank must learn of it)
+                    failed, ckpt = exc, None
+                if is_distributed() and get_world_size() > 1:
+                    flag = torch.tensor([int(failed is not None)], dtype=torch.int32)
+                    all_reduce(flag, op='max')
+                    if flag.item() and failed is None:
+                        failed = RuntimeError('saving the checkpoint failed on another rank')
                 how = f'saved {ckpt} in {time.perf_counter() - start:.1f} s'
         finally:
             self._uninstall()
+        if failed is not None:
+            msg = (f'PreemptionHook: {name} received{mine}; stopping at {place}, but the '
+                   f'checkpoint could not be saved ({type(failed).__name__}: {failed}). '
+                   f'{_resume_hint(runner.work_dir)}')
+            runner.logger.error(msg)
+            raise TrainingPreempted(msg, signum, None) from failed
         tail = ('Resume with the same command and --resume (python tools/train.py CONFIG '
                 '--resume)' if ckpt else 'Start the run again')
         msg = f'PreemptionHook: {name} received{mine}; stopped at {place}; {how}. {tail}'
@@ -334,8 +478,7 @@ class PreemptionHook(Hook):
             path = hook.save_unscheduled(runner, filename, meta)
         else:
             path = _save_plain(runner, hook, filename, meta)
-        self._seen_ckpt = runner.message_hub.get_info('last_ckpt')
-        self._clean_count = count
+        self._hub_ckpt = self._state_ckpt = runner.message_hub.get_info('last_ckpt')
         if where == 'epoch_start' and isinstance(loop, ResumableEpochBasedTrainLoop) \
                 and loop._validation_due(runner.epoch):
             loop._record_validation()     # that epoch's validation finished
