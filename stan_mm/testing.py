@@ -192,8 +192,13 @@ def run_ranks(target, init_file: str, world_size: int = 2, timeout: float = 120)
              for rank in range(world_size)]
     for p in procs:
         p.start()
+    import queue as queues
     try:
         return dict(queue.get(timeout=timeout) for _ in procs)
+    except queues.Empty:
+        codes = {rank: p.exitcode for rank, p in enumerate(procs)}
+        raise RuntimeError(f'run_ranks: not every rank reported within {timeout} s; exit '
+                           f'codes {codes} (None: still running)') from None
     finally:
         for p in procs:
             p.join(30)

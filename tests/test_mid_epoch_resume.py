@@ -131,7 +131,7 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
                 sampler=None, batch_size=None, train_cfg=None, stop_in_val=None,
                 optim_wrapper=None, save_best=None, extra_hooks=(), model=None,
-                loader_extra=None, **runner_kwargs):
+                loader_extra=None, checkpoint_type='AtomicCheckpointHook', **runner_kwargs):
     loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -144,7 +144,7 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
         train_cfg=train_cfg or dict(type=loop, max_epochs=EPOCHS),
         optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
-                           checkpoint=dict(type='AtomicCheckpointHook', by_epoch=by_epoch,
+                           checkpoint=dict(type=checkpoint_type, by_epoch=by_epoch,
                                            interval=1 if by_epoch else CKPT_EVERY,
                                            **(dict(save_best=save_best, rule='greater')
                                               if save_best else {}))),

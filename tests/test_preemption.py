@@ -14,6 +14,7 @@ import os
 import os.path as osp
 import signal
 import subprocess
+import sys
 import time
 import traceback
 from types import SimpleNamespace
@@ -58,6 +59,10 @@ class _SignalAt(Hook):
         self.at, self.in_val, self.at_epoch_end = at, in_val, at_epoch_end
         self.at_start, self.signum, self.workers = before_train, int(signum), workers
         self.worker_pids = []
+        self.after_run_called = False
+
+    def after_run(self, runner):
+        self.after_run_called = True
 
     def _send(self):
         # from another process, as Slurm's: PyTorch's workers exit quietly on a SIGTERM
@@ -127,7 +132,8 @@ def test_sigterm_inside_an_epoch_saves_and_the_resumed_run_is_exact(tmp_path, gu
     for bit. The next regular checkpoint (iter_12.pth) deletes iter_10.pth."""
     _, full = run(make_runner(tmp_path / 'full', num_workers=2))
     hook = dict(type='_SignalAt', at=10)
-    stop, killed = run(preempted(tmp_path / 'b', hook, num_workers=2))
+    runner = preempted(tmp_path / 'b', hook, num_workers=2)
+    stop, killed = run(runner)
     work = tmp_path / 'b'
     assert isinstance(stop, TrainingPreempted), stop
     assert stop.exit_code == 128 + signal.SIGTERM and stop.signal_name == 'SIGTERM'
@@ -138,8 +144,10 @@ def test_sigterm_inside_an_epoch_saves_and_the_resumed_run_is_exact(tmp_path, gu
     from stan_mm.compat import safe_torch_load
     meta = safe_torch_load(str(work / 'iter_10.pth'))['meta']
     assert (meta['epoch'], meta['iter']) == (1, 10)
-    # the handlers are the test's again
+    # the handlers are the test's again; the hooks' after_run ran (visualizer closed)
     assert signal.getsignal(signal.SIGTERM).__name__ == 'unhandled'
+    assert 'came after the last training iteration' not in killed['log']
+    assert next(h for h in runner.hooks if isinstance(h, _SignalAt)).after_run_called
 
     _, again = run(resumed(work, num_workers=2))
     assert [s[0] for s in again['seen']] == list(range(11, TOTAL + 1))
@@ -347,14 +355,15 @@ def _val_iters(runner):
     return next(h for h in runner.hooks if isinstance(h, _ValIters)).iters
 
 
-def test_iteration_based_loop_with_workers(tmp_path, guard):
-    """IterBasedTrainLoop starts its DataLoader workers when it is built, before any hook:
-    they are started again with the signals ignored (else SIGTERM killed them and PyTorch
-    raised before any checkpoint), on the same samples."""
+@pytest.mark.parametrize('sampler', ['DefaultSampler', 'InfiniteSampler'])
+def test_iteration_based_loop_with_workers(tmp_path, guard, sampler):
+    """IterBasedTrainLoop started its DataLoader workers when it was built, before any
+    hook; they now start at its first batch, with the signals ignored (else SIGTERM killed
+    them and PyTorch raised before any checkpoint), on the same samples."""
     loop = dict(type='IterBasedTrainLoop', max_iters=12)
-    _, plain = run(make_runner(tmp_path / 'plain', num_workers=2, train_cfg=loop))
-    stop, killed = run(preempted(tmp_path / 'i', dict(type='_SignalAt', at=3),
-                                 num_workers=2, train_cfg=loop))
+    kw = dict(num_workers=2, train_cfg=loop, sampler=dict(type=sampler, shuffle=True))
+    _, plain = run(make_runner(tmp_path / 'plain', **kw))
+    stop, killed = run(preempted(tmp_path / 'i', dict(type='_SignalAt', at=3), **kw))
     assert stop.checkpoint == str(tmp_path / 'i' / 'iter_3.pth')
     assert 'stopped at iteration 3;' in str(stop)
     assert [s[3] for s in killed['seen']] == [s[3] for s in plain['seen'][:3]]
@@ -382,6 +391,63 @@ def test_iteration_based_loop_stops_after_a_due_validation(tmp_path, guard, monk
     stop, result = run(last)
     assert stop is None and _val_iters(last) == [4, 8, 12] and last.iter == 12
     assert 'came after the last training iteration; the run finished' in result['log']
+
+
+# ---------------------------------------------------------------- saving
+def test_a_failed_save_stops_with_the_error(tmp_path, guard, monkeypatch):
+    """A full disk while saving: the stop names the error and the last published
+    checkpoint, and names no checkpoint of its own."""
+    from stan_mm.engine import AtomicCheckpointHook
+
+    def full_disk(self, runner, filename, meta):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(AtomicCheckpointHook, 'save_unscheduled', full_disk)
+    work = tmp_path / 'f'
+    stop, _ = run(preempted(work, dict(type='_SignalAt', at=10, workers=False)))
+    assert stop.checkpoint is None and stop.exit_code == 143
+    assert 'could not be saved (OSError: [Errno 28] No space left on device)' in str(stop)
+    assert f'The last checkpoint published is {work / "iter_8.pth"}' in str(stop)
+    assert signal.getsignal(signal.SIGTERM).__name__ == 'unhandled'
+
+
+def test_with_mmengines_checkpoint_hook(tmp_path, guard):
+    """mmengine's own CheckpointHook: iter_10.pth is saved and named by last_checkpoint
+    all the same (a warning says it stays); the resumed run ends at the uninterrupted
+    state."""
+    _, full = run(make_runner(tmp_path / 'full'))
+    work = tmp_path / 'p'
+    stop, killed = run(preempted(work, dict(type='_SignalAt', at=10, workers=False),
+                                 checkpoint_type='CheckpointHook'))
+    assert stop.checkpoint == str(work / 'iter_10.pth')
+    assert open(work / 'last_checkpoint').read() == str(work / 'iter_10.pth')
+    assert 'iter_10.pth is not deleted later' in killed['log']
+    _, again = run(resumed(work, checkpoint_type='CheckpointHook'))
+    assert [s[0] for s in again['seen']] == list(range(11, TOTAL + 1))
+    assert same_state(again['state'], full['state'])
+
+
+_EXIT_SCRIPT = """
+import signal, sys, torch
+from torch.utils.data import _utils
+_utils.MP_STATUS_CHECK_INTERVAL = 0.5
+from stan_mm.engine.preemption_hook import ignore_signals_in_workers
+loader = torch.utils.data.DataLoader(list(range(100)), batch_size=1, num_workers=2)
+ignore_signals_in_workers(loader, [int(signal.SIGTERM)])
+it = iter(loader)
+next(it)
+raise SystemExit(7)      # the iterator is alive: multiprocessing's exit joins the workers
+"""
+
+
+def test_exit_does_not_wait_for_workers_that_ignore_sigterm(tmp_path):
+    """multiprocessing's exit function sends SIGTERM to the workers, then joins them
+    without a timeout: workers that ignore SIGTERM used to hang the exit forever."""
+    script = tmp_path / 'exit.py'
+    script.write_text(_EXIT_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=osp.dirname(osp.dirname(osp.abspath(__file__))))
+    done = subprocess.run([sys.executable, str(script)], env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 7, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- handlers, resumed state

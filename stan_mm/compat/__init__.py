@@ -37,7 +37,11 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 workers (persistent ones, kept in ``loader._iterator``) are stopped
                 when ``Runner.train/val/test`` returns or raises; left to the garbage
                 collector, the finished runner's cycles made each worker wait out a
-                5 s join before being killed (see
+                5 s join before being killed; torch's worker shutdown kills (SIGKILL)
+                workers its ``terminate()`` left alive (they ignore SIGTERM under
+                ``PreemptionHook``); ``IterBasedTrainLoop``'s endless iterator starts
+                its workers at its first batch, not when the loop is built, so that
+                hooks reach their ``worker_init_fn`` (see
                 :mod:`stan_mm.compat.worker_shutdown`).
 ``default_hooks`` (found in review) an entry of ``default_hooks`` other than mmengine's
                 six set to ``None`` failed a bare assert when the runner was built;

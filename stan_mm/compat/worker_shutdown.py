@@ -29,8 +29,15 @@ its own workers, no collective is involved (DDP); a failure to stop them is logg
 never hides the run's own exception.
 
 Workers still alive after torch's shutdown, which ends with ``terminate()`` (SIGTERM), are
-killed (SIGKILL): those that ignore SIGTERM (``PreemptionHook``'s) would otherwise outlive
-a worker stuck in a read.
+killed (SIGKILL) and reaped: those that ignore SIGTERM (``PreemptionHook``'s) would
+otherwise outlive a worker stuck in a read.
+
+``IterBasedTrainLoop``'s endless iterator starts the DataLoader's workers when the loop is
+built, before the run loads its checkpoint and before any hook: a hook cannot reach the
+workers' ``worker_init_fn`` (``PreemptionHook``'s signal handling, ``EpochSeedHook``'s
+per-epoch seed) in time. The iterator now starts them at its first ``next()``, as
+``EpochBasedTrainLoop`` does at its epoch's first batch: the same batches, the workers
+seeded by mmengine's ``worker_init_fn`` as before.
 """
 import functools
 import logging
@@ -107,11 +114,35 @@ def _kills_survivors(shutdown):
                 try:
                     if w.is_alive():
                         w.kill()
+                        w.join(1)
                 except (AttributeError, OSError, ValueError):
                     pass
 
     setattr(_shutdown_workers, _MARK, True)
     return _shutdown_workers
+
+
+_NOT_STARTED = object()
+
+
+def _lazy_endless_iterator(cls) -> None:
+    """``_InfiniteDataloaderIterator`` starts its loader at the first ``next()``."""
+    original_next = cls.__next__
+
+    def __init__(self, dataloader) -> None:
+        self._dataloader = dataloader
+        self._iterator = _NOT_STARTED
+        self._epoch = 0
+
+    @functools.wraps(original_next)
+    def __next__(self):
+        if self._iterator is _NOT_STARTED:
+            self._iterator = iter(self._dataloader)
+        return original_next(self)
+
+    __init__.__doc__ = cls.__init__.__doc__
+    setattr(__init__, _MARK, True)
+    cls.__init__, cls.__next__ = __init__, __next__
 
 
 def apply_worker_shutdown_fix() -> bool:
@@ -124,4 +155,7 @@ def apply_worker_shutdown_fix() -> bool:
     if not getattr(_MultiProcessingDataLoaderIter._shutdown_workers, _MARK, False):
         _MultiProcessingDataLoaderIter._shutdown_workers = _kills_survivors(
             _MultiProcessingDataLoaderIter._shutdown_workers)
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+    if not getattr(_InfiniteDataloaderIterator.__init__, _MARK, False):
+        _lazy_endless_iterator(_InfiniteDataloaderIterator)
     return True

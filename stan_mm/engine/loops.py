@@ -112,6 +112,15 @@ _OWN_SCALE = object()   # ResumableEpochBasedTrainLoop._carried_lr_scale: this r
 VALIDATED_FILE = '.stan_validated.json'
 
 
+def validates_after(loop, done: int, last: int) -> bool:
+    """mmengine's test of whether its training loop validates after ``done`` epochs (epoch
+    loops) or iterations (``IterBasedTrainLoop``), ``last`` being the run's total: from
+    ``val_begin`` on, every interval that ``_decide_current_val_interval`` picks then
+    (``dynamic_intervals``), and after the last."""
+    interval = loop.dynamic_intervals[bisect.bisect(loop.dynamic_milestones, done + 1) - 1]
+    return done >= loop.val_begin and (done % interval == 0 or done == last)
+
+
 def derived_seed(seed: int, *entropy: int) -> int:
     """A seed in ``[0, 2**31)`` derived from ``(seed, *entropy)`` (NumPy ``SeedSequence``)."""
     words = [int(seed) % 2**32, *(int(e) for e in entropy)]
@@ -409,10 +418,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         (``dynamic_intervals``)."""
         if getattr(self.runner, '_val_loop', None) is None or epoch < 1:
             return False
-        interval = self.dynamic_intervals[bisect.bisect(self.dynamic_milestones, epoch + 1)
-                                          - 1]
-        return epoch >= self.val_begin and (epoch % interval == 0
-                                            or epoch == self._max_epochs)
+        return validates_after(self, epoch, self._max_epochs)
 
     def _plan_validation(self) -> bool:
         """Resumed from an epoch checkpoint: whether that epoch's validation still has to

@@ -59,7 +59,6 @@ thread runs without this hook (with a warning).
 Cost: nothing on a single process; in distributed runs one all-reduce of one int per
 iteration (after the loss's sync that ``NonFiniteLossHook`` and the logger make anyway).
 """
-import bisect
 import functools
 import os
 import os.path as osp
@@ -83,7 +82,7 @@ class TrainingPreempted(RuntimeError):
     Attributes:
         signal_name (str): e.g. ``'SIGTERM'``.
         checkpoint (str | None): the checkpoint to resume from (None when nothing had been
-            trained yet).
+            trained yet, or when saving failed: the message says why).
         exit_code (int): ``128 + signal number``, the status of a process the signal
             killed.
     """
@@ -148,13 +147,43 @@ class _IgnoreSignals:
         return None
 
 
+_EXIT_GUARD = []
+
+
+def _kill_dataloader_workers() -> None:
+    """At interpreter exit, before ``multiprocessing``'s own exit function, which sends
+    SIGTERM to every daemonic child (DataLoader workers are) and then joins it with no
+    timeout: kill them instead. Workers that ignore SIGTERM would hang the exit."""
+    import multiprocessing as mp
+    try:     # torch's SIGCHLD handler would raise for each killed worker of a live iterator
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except (ValueError, OSError):
+        pass
+    for proc in mp.active_children():
+        if proc.daemon:
+            try:
+                proc.kill()
+                proc.join(1)
+            except (OSError, ValueError):
+                pass
+
+
 def ignore_signals_in_workers(loader, signums: Sequence[int]) -> bool:
     """Make the workers of DataLoader ``loader`` ignore ``signums`` (from their start on).
     A ``functools.partial`` stays a partial of the same arguments (mmengine's seeding
     ``worker_init_fn``, which ``EpochSeedHook`` and the loop rebuild with other seeds).
-    Idempotent; returns whether ``loader`` has a ``worker_init_fn`` to wrap."""
+    Idempotent; returns whether ``loader`` has a ``worker_init_fn`` to wrap.
+
+    Programs a worker starts (``subprocess``) inherit the ignored signals. At interpreter
+    exit, DataLoader workers still running are killed before ``multiprocessing`` would
+    wait for them forever."""
     if loader is None or not hasattr(loader, 'worker_init_fn'):
         return False
+    if not _EXIT_GUARD:
+        import atexit
+        import multiprocessing.util  # noqa: F401  (registers its exit function first...)
+        atexit.register(_kill_dataloader_workers)   # (...so that this one runs before it)
+        _EXIT_GUARD.append(True)
     fn = loader.worker_init_fn
     if isinstance(fn, functools.partial):
         if isinstance(fn.func, _IgnoreSignals):
@@ -246,6 +275,7 @@ class PreemptionHook(Hook):
         self._state_ckpt: Optional[str] = None
         self._hub_ckpt = None
         self._after_validation = False   # an iteration-based loop validates now
+        self._stopping = False
 
     # ------------------------------------------------------------------ handlers
     def _on_signal(self, signum, frame) -> None:
@@ -306,6 +336,7 @@ class PreemptionHook(Hook):
         self._announce = False
         self._active = True
         self._after_validation = False
+        self._stopping = False
         self._hub_ckpt = runner.message_hub.get_info('last_ckpt')
         # the state at the start: the checkpoint resumed from (nothing trained: count 0)
         self._state_ckpt = _loaded_checkpoint(runner) if runner.iter > 0 else None
@@ -314,14 +345,7 @@ class PreemptionHook(Hook):
         ignore_signals_in_workers(getattr(loop, 'dataloader', None), self.signums)
         val_loop = getattr(runner, '_val_loop', None)
         ignore_signals_in_workers(getattr(val_loop, 'dataloader', None), self.signums)
-        # IterBasedTrainLoop started its workers when it was built, before this hook
-        # could reach them: start them again (same sampler position, same seeds)
-        endless = getattr(loop, 'dataloader_iterator', None)
-        if endless is not None and getattr(loop, 'dataloader', None) is not None:
-            from stan_mm.compat.worker_shutdown import _stop_open_iterator
-            if _stop_open_iterator(endless, None):
-                _stop_open_iterator(loop.dataloader, None)   # (persistent: the same one)
-                endless._iterator = iter(loop.dataloader)
+        # (IterBasedTrainLoop's workers start at its first batch: stan_mm.compat)
         if self._previous:
             runner.logger.info(
                 'PreemptionHook: ' + ' / '.join(_name(s) for s in self.signums) +
@@ -368,7 +392,7 @@ class PreemptionHook(Hook):
         self._check(runner, runner.iter, 'epoch_start')
 
     def after_run(self, runner) -> None:
-        if self._received:
+        if self._received and not self._stopping:
             runner.logger.warning(f'PreemptionHook: {_name(self._received)} came after the '
                                   'last training iteration; the run finished')
         self._uninstall()
@@ -383,11 +407,8 @@ class PreemptionHook(Hook):
         test, with the interval its ``_decide_current_val_interval`` picks then)."""
         if not self._is_iter_loop(runner) or getattr(runner, '_val_loop', None) is None:
             return False
-        loop = runner.train_loop
-        interval = loop.dynamic_intervals[bisect.bisect(loop.dynamic_milestones, count + 1)
-                                          - 1]
-        return count >= loop.val_begin and (count % interval == 0
-                                            or count == loop.max_iters)
+        from .loops import validates_after
+        return validates_after(runner.train_loop, count, runner.train_loop.max_iters)
 
     # ------------------------------------------------------------------ the stop
     def _check(self, runner, count: int, where: str) -> None:
@@ -442,12 +463,25 @@ class PreemptionHook(Hook):
                    f'checkpoint could not be saved ({type(failed).__name__}: {failed}). '
                    f'{_resume_hint(runner.work_dir)}')
             runner.logger.error(msg)
+            self._end_run(runner)
             raise TrainingPreempted(msg, signum, None) from failed
         tail = ('Resume with the same command and --resume (python tools/train.py CONFIG '
                 '--resume)' if ckpt else 'Start the run again')
         msg = f'PreemptionHook: {name} received{mine}; stopped at {place}; {how}. {tail}'
         runner.logger.warning(msg)
+        self._end_run(runner)
         raise TrainingPreempted(msg, signum, ckpt)
+
+    def _end_run(self, runner) -> None:
+        """What a run that returns gets from mmengine, ``after_run`` of every hook
+        (LoggerHook closes the visualizer: TensorBoard / W&B flushed; logs copied to its
+        ``out_dir``), for the run that stops here. Never hides the stop."""
+        self._stopping = True
+        try:
+            runner.call_hook('after_run')
+        except Exception as exc:  # noqa: BLE001
+            runner.logger.warning(f'PreemptionHook: after_run of the stopped run failed: '
+                                  f'{type(exc).__name__}: {exc}')
 
     def _checkpoint_hook(self, runner):
         from mmengine.hooks import CheckpointHook
@@ -508,4 +542,8 @@ def _save_plain(runner, hook, filename: str, meta: dict) -> str:
         hook.last_ckpt = path
     if is_main_process():
         atomic_write_bytes(str(path).encode(), osp.join(str(runner.work_dir), 'last_checkpoint'))
+    runner.logger.warning(
+        f'PreemptionHook: {path} is not deleted later (the checkpoint hook is not '
+        "AtomicCheckpointHook, which removes it once a newer checkpoint is published); "
+        "default_hooks.checkpoint.type='AtomicCheckpointHook' does, with the same arguments")
     return path
