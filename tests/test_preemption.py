@@ -450,6 +450,46 @@ def test_exit_does_not_wait_for_workers_that_ignore_sigterm(tmp_path):
     assert done.returncode == 7, done.stderr[-2000:]
 
 
+_POOL_SCRIPT = """
+import multiprocessing as mp, signal, torch
+from stan_mm.engine.preemption_hook import ignore_signals_in_workers
+loader = torch.utils.data.DataLoader(list(range(8)), batch_size=1, num_workers=1)
+ignore_signals_in_workers(loader, [int(signal.SIGTERM)])
+pool = mp.Pool(2)                   # left open: multiprocessing's exit function ends it
+print(pool.apply(abs, (-3, )))
+"""
+
+
+def test_exit_leaves_other_processes_to_multiprocessing(tmp_path):
+    """Only the workers that ignore SIGTERM are killed at exit: killing a Pool's workers
+    too made the Pool restart them and the exit hang."""
+    script = tmp_path / 'pool.py'
+    script.write_text(_POOL_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=osp.dirname(osp.dirname(osp.abspath(__file__))))
+    done = subprocess.run([sys.executable, str(script)], env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == '3', done.stderr[-2000:]
+
+
+def test_the_endless_iterator_draws_what_mmengines_draws_when_it_is_built():
+    """IterBasedTrainLoop's iterator starts its workers at the first batch, but the base
+    seed torch draws for them is drawn when the loop is built, as mmengine draws it: the
+    numbers drawn in between (the model's initialisation) and the base seed are mmengine's
+    (reference: the same draws made by hand in mmengine's order)."""
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+    loader = torch.utils.data.DataLoader(list(range(6)), batch_size=2)
+    torch.manual_seed(0)
+    base = torch.empty((), dtype=torch.int64).random_().item()     # mmengine: iter() here
+    init = torch.randn(3)
+    after = torch.randn(2)
+    torch.manual_seed(0)
+    endless = _InfiniteDataloaderIterator(loader)
+    assert torch.equal(torch.randn(3), init)
+    assert next(endless).tolist() == [0, 1]
+    assert endless._iterator._base_seed == base
+    assert torch.equal(torch.randn(2), after)
+
+
 # ---------------------------------------------------------------- handlers, resumed state
 def test_the_handlers_go_when_training_raises(tmp_path, guard):
     """mmengine calls after_run only after a run that returned: a run that raised must not

@@ -37,10 +37,13 @@ built, before the run loads its checkpoint and before any hook: a hook cannot re
 workers' ``worker_init_fn`` (``PreemptionHook``'s signal handling, ``EpochSeedHook``'s
 per-epoch seed) in time. The iterator now starts them at its first ``next()``, as
 ``EpochBasedTrainLoop`` does at its epoch's first batch: the same batches, the workers
-seeded by mmengine's ``worker_init_fn`` as before.
+seeded by mmengine's ``worker_init_fn`` as before, and torch's global random stream as
+with mmengine (the one number ``iter()`` draws is drawn when the loop is built).
 """
 import functools
 import logging
+
+import torch
 
 from mmengine.logging import print_log
 from mmengine.runner import BaseLoop, Runner
@@ -125,19 +128,47 @@ def _kills_survivors(shutdown):
 _NOT_STARTED = object()
 
 
+def _rng_state(generator):
+    return generator.get_state() if generator is not None else torch.get_rng_state()
+
+
+def _set_rng_state(generator, state) -> None:
+    if generator is not None:
+        generator.set_state(state)
+    else:
+        torch.set_rng_state(state)
+
+
 def _lazy_endless_iterator(cls) -> None:
-    """``_InfiniteDataloaderIterator`` starts its loader at the first ``next()``."""
+    """``_InfiniteDataloaderIterator`` starts its loader at the first ``next()``.
+
+    ``iter(loader)`` draws torch's base seed of the workers from the loader's generator (the
+    global one by default). That draw is made when the loop is built, as mmengine makes
+    it, so that what is drawn after it (the model's initialisation) is unchanged; the
+    first ``next()`` runs ``iter()`` from the generator's state of that moment, and then
+    puts back the state it found: the same base seed, the same stream. (A sampler that
+    draws from the global generator when it starts, unlike mmengine's, draws from that
+    earlier state too.)"""
     original_next = cls.__next__
 
     def __init__(self, dataloader) -> None:
         self._dataloader = dataloader
         self._iterator = _NOT_STARTED
         self._epoch = 0
+        generator = getattr(dataloader, 'generator', None)
+        self._stan_mm_rng = _rng_state(generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)   # the base seed
 
     @functools.wraps(original_next)
     def __next__(self):
         if self._iterator is _NOT_STARTED:
-            self._iterator = iter(self._dataloader)
+            generator = getattr(self._dataloader, 'generator', None)
+            now = _rng_state(generator)
+            _set_rng_state(generator, self._stan_mm_rng)
+            try:
+                self._iterator = iter(self._dataloader)
+            finally:
+                _set_rng_state(generator, now)
         return original_next(self)
 
     __init__.__doc__ = cls.__init__.__doc__

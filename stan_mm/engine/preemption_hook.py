@@ -65,6 +65,7 @@ import os.path as osp
 import signal
 import threading
 import time
+import weakref
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -148,23 +149,48 @@ class _IgnoreSignals:
 
 
 _EXIT_GUARD = []
+# the DataLoader iterators whose workers ignore the signals (weak: a freed iterator has
+# stopped its workers)
+_SHIELDED = weakref.WeakSet()
+
+
+def _track_shielded_iterators() -> None:
+    """Record every multiprocessing DataLoader iterator whose ``worker_init_fn`` is an
+    :class:`_IgnoreSignals` (idempotent)."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter as Iter
+    original = Iter.__init__
+    if getattr(original, '_stan_mm_shielded', False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        fn = getattr(self, '_worker_init_fn', None)
+        if isinstance(getattr(fn, 'func', fn), _IgnoreSignals):
+            _SHIELDED.add(self)
+
+    __init__._stan_mm_shielded = True
+    Iter.__init__ = __init__
 
 
 def _kill_dataloader_workers() -> None:
     """At interpreter exit, before ``multiprocessing``'s own exit function, which sends
-    SIGTERM to every daemonic child (DataLoader workers are) and then joins it with no
-    timeout: kill them instead. Workers that ignore SIGTERM would hang the exit."""
-    import multiprocessing as mp
+    SIGTERM to every daemonic child and then joins it with no timeout: kill the workers
+    that ignore SIGTERM (they would hang the exit). Other children are left to it."""
+    iterators = list(_SHIELDED)
+    if not iterators:
+        return
     try:     # torch's SIGCHLD handler would raise for each killed worker of a live iterator
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     except (ValueError, OSError):
         pass
-    for proc in mp.active_children():
-        if proc.daemon:
+    for iterator in iterators:
+        for proc in getattr(iterator, '_workers', None) or ():
             try:
-                proc.kill()
-                proc.join(1)
-            except (OSError, ValueError):
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(1)
+            except (AttributeError, OSError, ValueError):
                 pass
 
 
@@ -183,6 +209,7 @@ def ignore_signals_in_workers(loader, signums: Sequence[int]) -> bool:
         import atexit
         import multiprocessing.util  # noqa: F401  (registers its exit function first...)
         atexit.register(_kill_dataloader_workers)   # (...so that this one runs before it)
+        _track_shielded_iterators()
         _EXIT_GUARD.append(True)
     fn = loader.worker_init_fn
     if isinstance(fn, functools.partial):

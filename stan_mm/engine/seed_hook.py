@@ -186,10 +186,9 @@ class EpochSeedHook(Hook):
             started = getattr(loop, 'dataloader_iterator', None) is not None
             problem = (f'the train loop {type(loop).__name__} is not epoch-based (mmengine\'s '
                        'EpochBasedTrainLoop or a subclass)'
-                       + (': it created its DataLoader iterator when it was built, before '
-                          'before_train, and restarts it without before_train_epoch, so the '
-                          'samples it loads cannot be tagged with their seeds'
-                          if started else ''))
+                       + (': it restarts its DataLoader iterator without '
+                          'before_train_epoch, so the samples it loads cannot be tagged with '
+                          'their seeds' if started else ''))
         elif getattr(batch_sampler, 'sampler', None) is None:
             problem = (f'the training DataLoader batches with '
                        f'{type(batch_sampler).__name__}, which has no sampler to tag')
