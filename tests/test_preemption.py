@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from types import SimpleNamespace
 
 import pytest
@@ -28,7 +27,7 @@ from stan_mm.engine import PreemptionHook, TrainingPreempted
 from stan_mm.engine.preemption_hook import ignore_signals_in_workers
 
 import test_mid_epoch_resume as toy
-from test_mid_epoch_resume import CKPT_EVERY, PER_EPOCH, TOTAL, make_runner, same_state
+from test_mid_epoch_resume import PER_EPOCH, TOTAL, make_runner, same_state
 
 
 class _Unhandled(Exception):
@@ -518,36 +517,27 @@ def test_a_stop_before_training_names_the_checkpoint_it_resumed_from(tmp_path, g
 
 
 # ---------------------------------------------------------------- distributed
-def _dist_worker(rank, init_file, queue):
+def _dist_worker(rank, init_file):
     """Only rank 1 gets SIGUSR1, during iteration 3: both ranks must stop after it."""
-    try:
-        import torch.distributed as dist
-        from mmengine.logging import MessageHub
-        dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                                world_size=2)
-        said = []
-        runner = SimpleNamespace(
-            epoch=0, iter=0, message_hub=MessageHub.get_instance(f'pre_{rank}'),
-            logger=SimpleNamespace(warning=said.append, info=said.append),
-            train_loop=SimpleNamespace(dataloader=None), hooks=[], max_iters=100,
-            optim_wrapper=SimpleNamespace())
-        hook = PreemptionHook(signals=['SIGUSR1'])
-        hook._save = lambda runner, count, where: f'iter_{count}.pth'
-        hook.before_train(runner)
-        stopped = None
-        for it in range(10):
-            runner.iter = it
-            if rank == 1 and it == 2:
-                os.kill(os.getpid(), signal.SIGUSR1)
-            try:
-                hook.after_train_iter(runner, it)
-            except TrainingPreempted as e:
-                stopped = (it + 1, e.checkpoint, e.exit_code, str(e))
-                break
-        dist.destroy_process_group()
-        queue.put((rank, stopped))
-    except BaseException:
-        queue.put((rank, traceback.format_exc()))
+    from mmengine.logging import MessageHub
+    said = []
+    runner = SimpleNamespace(
+        epoch=0, iter=0, message_hub=MessageHub.get_instance(f'pre_{rank}'),
+        logger=SimpleNamespace(warning=said.append, info=said.append),
+        train_loop=SimpleNamespace(dataloader=None), hooks=[], max_iters=100,
+        optim_wrapper=SimpleNamespace())
+    hook = PreemptionHook(signals=['SIGUSR1'])
+    hook._save = lambda runner, count, where: f'iter_{count}.pth'
+    hook.before_train(runner)
+    for it in range(10):
+        runner.iter = it
+        if rank == 1 and it == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        try:
+            hook.after_train_iter(runner, it)
+        except TrainingPreempted as e:
+            return (it + 1, e.checkpoint, e.exit_code, str(e))
+    return None
 
 
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):

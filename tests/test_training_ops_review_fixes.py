@@ -13,7 +13,6 @@ import itertools
 import math
 import os
 import os.path as osp
-import traceback
 
 import pytest
 import torch
@@ -233,34 +232,25 @@ def test_nonfinite_hook_arguments_and_consumes_no_random_numbers():
     assert torch.equal(torch.get_rng_state(), state) and hook._streak == 0
 
 
-def _dist_worker(rank, init_file, queue):
+def _dist_worker(rank, init_file):
     """Rank 0's loss is NaN at iterations 2..; rank 1's stays finite: both ranks must stop
     at the same iteration (else rank 1 would wait in the next all-reduce)."""
-    try:
-        import torch.distributed as dist
-        from types import SimpleNamespace
-        from stan_mm.engine import NonFiniteLossHook, NonFiniteTrainingError
-        dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                                world_size=2)
-        said = []
-        logger = SimpleNamespace(warning=said.append, error=said.append)
-        runner = SimpleNamespace(epoch=0, iter=0, model=nn.Linear(2, 2), logger=logger,
-                                 work_dir=osp.dirname(init_file))
-        hook = NonFiniteLossHook(patience=3)
-        hook.before_train(runner)
-        stopped = None
-        for it in range(10):
-            runner.iter = it
-            loss = float('nan') if rank == 0 and it >= 1 else 1.0
-            try:
-                hook.after_train_iter(runner, it, outputs=dict(loss=torch.tensor(loss)))
-            except NonFiniteTrainingError as e:
-                stopped = (it + 1, str(e))
-                break
-        dist.destroy_process_group()
-        queue.put((rank, stopped))
-    except BaseException:
-        queue.put((rank, traceback.format_exc()))
+    from types import SimpleNamespace
+    from stan_mm.engine import NonFiniteLossHook, NonFiniteTrainingError
+    said = []
+    logger = SimpleNamespace(warning=said.append, error=said.append)
+    runner = SimpleNamespace(epoch=0, iter=0, model=nn.Linear(2, 2), logger=logger,
+                             work_dir=osp.dirname(init_file))
+    hook = NonFiniteLossHook(patience=3)
+    hook.before_train(runner)
+    for it in range(10):
+        runner.iter = it
+        loss = float('nan') if rank == 0 and it >= 1 else 1.0
+        try:
+            hook.after_train_iter(runner, it, outputs=dict(loss=torch.tensor(loss)))
+        except NonFiniteTrainingError as e:
+            return (it + 1, str(e))
+    return None
 
 
 def test_every_rank_stops_at_the_same_iteration(tmp_path):
@@ -342,28 +332,20 @@ def test_checkpoint_hook_refuses_a_nan_best_checkpoint(tmp_path):
     assert runner.message_hub.get_info('best_score') == 0.5
 
 
-def _refusal_rank(rank, init_file, queue):
+def _refusal_rank(rank, init_file):
     """Only rank 1's weights hold an inf (sharded or diverged parameters): every rank must
     refuse the checkpoint (rank 0 alone would write it and go on to the next all-reduce)."""
+    from stan_mm.engine import AtomicCheckpointHook
+    model = nn.Linear(3, 2)
+    if rank == 1:
+        with torch.no_grad():
+            model.weight[0, 1] = float('inf')
+    runner = _BestRunner(osp.dirname(init_file), f'nf_dist_{rank}', model)
     try:
-        import torch.distributed as dist
-        from stan_mm.engine import AtomicCheckpointHook
-        dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                                world_size=2)
-        model = nn.Linear(3, 2)
-        if rank == 1:
-            with torch.no_grad():
-                model.weight[0, 1] = float('inf')
-        runner = _BestRunner(osp.dirname(init_file), f'nf_dist_{rank}', model)
-        try:
-            AtomicCheckpointHook(interval=1)._refuse_nonfinite(runner, 'epoch_2.pth')
-            got = 'saved'
-        except Exception as e:  # noqa: BLE001
-            got = f'{type(e).__name__}: {e}'
-        dist.destroy_process_group()
-        queue.put((rank, got))
-    except BaseException:
-        queue.put((rank, traceback.format_exc()))
+        AtomicCheckpointHook(interval=1)._refuse_nonfinite(runner, 'epoch_2.pth')
+        return 'saved'
+    except Exception as e:  # noqa: BLE001
+        return f'{type(e).__name__}: {e}'
 
 
 def test_every_rank_refuses_a_checkpoint_when_one_ranks_weights_are_not_finite(tmp_path):

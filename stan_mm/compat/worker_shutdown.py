@@ -102,6 +102,18 @@ def _stops_workers_after(method):
     return run
 
 
+def kill_live_workers(iterator) -> None:
+    """Kill (SIGKILL) and reap the worker processes of DataLoader iterator ``iterator``
+    that are still alive."""
+    for w in getattr(iterator, '_workers', None) or ():
+        try:
+            if w.is_alive():
+                w.kill()
+                w.join(1)
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
 def _kills_survivors(shutdown):
     """torch's ``_shutdown_workers`` ends with ``terminate()`` (SIGTERM) for workers that did
     not stop in time (e.g. stuck in a read). Workers told to ignore SIGTERM
@@ -113,13 +125,7 @@ def _kills_survivors(shutdown):
         try:
             shutdown(self)
         finally:
-            for w in getattr(self, '_workers', None) or ():
-                try:
-                    if w.is_alive():
-                        w.kill()
-                        w.join(1)
-                except (AttributeError, OSError, ValueError):
-                    pass
+            kill_live_workers(self)
 
     setattr(_shutdown_workers, _MARK, True)
     return _shutdown_workers

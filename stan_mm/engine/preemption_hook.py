@@ -184,14 +184,9 @@ def _kill_dataloader_workers() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     except (ValueError, OSError):
         pass
+    from stan_mm.compat.worker_shutdown import kill_live_workers
     for iterator in iterators:
-        for proc in getattr(iterator, '_workers', None) or ():
-            try:
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(1)
-            except (AttributeError, OSError, ValueError):
-                pass
+        kill_live_workers(iterator)
 
 
 def ignore_signals_in_workers(loader, signums: Sequence[int]) -> bool:
