@@ -651,6 +651,10 @@ def _ddp_worker(out_dir):
     result['iter'] = resumed['iter']
     with open(os.path.join(out_dir, f'rank{get_rank()}.json'), 'w') as f:
         json.dump(result, f)
+    # as the tools do: left to interpreter exit, gloo's teardown can abort a rank (SIGABRT,
+    # "terminate called without an active exception"; seen in CI)
+    from stan_mm.engine.shutdown import shutdown_distributed
+    shutdown_distributed()
 
 
 def test_ddp_each_rank_continues_its_own_shard(tmp_path):
