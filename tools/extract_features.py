@@ -17,10 +17,14 @@ towers; recognition configs the backbone (views averaged) and, with a text-class
 its text tower.
 
 Interrupt it (Ctrl-C, SIGTERM, a crash, --limit) and run the same command again: embedded
-videos are kept in OUT/.partial and skipped. An unreadable video stops the run with its file
-name; --skip-bad lists it in OUT/bad_videos.txt and goes on. A write that fails (a full
-disk) stops it with the file's name, keeping what was saved; a damaged finished file of OUT
-(e.g. a truncated videos.npy) is named too, and --overwrite embeds its videos again.
+videos are kept in OUT/.partial and skipped. The precision is part of "the same command":
+OUT/.partial/run.json and OUT/meta.json record it (fp32, or bf16 / fp16 with --amp), and a
+run in another precision than the shards or finished video rows it would reuse is refused
+(the error names the --amp setting to rerun with; or use another --out, or --overwrite).
+An unreadable video stops the run with its file name; --skip-bad lists it in
+OUT/bad_videos.txt and goes on. A write that fails (a full disk) stops it with the file's
+name, keeping what was saved; a damaged finished file of OUT (e.g. a truncated videos.npy)
+is named too, and --overwrite embeds its videos again.
 """
 import argparse
 import os.path as osp
@@ -59,8 +63,10 @@ def parse_args(argv=None):
                    'the config; bf16 for a model trained in fp32, fp16 on a GPU without '
                    'bf16); bf16 or fp16 choose. The CPU autocasts in bf16 only (on a CPU '
                    'without bf16 instructions it can be slower than fp32). Check the metric '
-                   'once against a run without --amp. A folder resumed with another --amp '
-                   'setting mixes both')
+                   'once against a run without --amp. OUT records the precision (meta.json '
+                   '"precision", .partial/run.json): resuming or extending OUT in another '
+                   'precision is refused, so that videos.npy never mixes two (rerun with '
+                   'the same --amp dtype, or use another --out, or --overwrite)')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='test views for recognition configs (e.g. 1x3); embeddings are '
                    'averaged over views. Default: the config\'s test pipeline')
@@ -74,7 +80,8 @@ def parse_args(argv=None):
     p.add_argument('--save-sim', action='store_true',
                    help='also write OUT/sim.npy = texts @ videos.T [Nt, Nv]')
     p.add_argument('--overwrite', action='store_true',
-                   help='replace results of another model/config/checkpoint in OUT')
+                   help='replace results of another model/config/checkpoint, or of another '
+                   '--amp precision, in OUT')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, e.g. model.backbone.depth=6')
@@ -202,8 +209,8 @@ def _extract(args, model, videos, root, texts, t2v, key, extra, log) -> int:
                 text_to_video=t2v, key=key, views=args.views, batch_size=args.batch_size,
                 num_workers=args.num_workers, skip_bad=args.skip_bad, limit=args.limit,
                 shard_size=args.shard_size, overwrite=args.overwrite,
-                progress=not args.no_progress, extra_meta=dict(extra, amp=amp),
-                log=log)
+                progress=not args.no_progress, extra_meta=extra,
+                precision=amp or 'fp32', log=log)   # (meta.json: precision and amp)
     except VideoReadError as e:
         print(f'extract_features: error: {e}\n(the videos embedded so far are saved; rerun '
               f'with --skip-bad to skip unreadable videos)', file=sys.stderr)

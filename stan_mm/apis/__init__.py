@@ -14,8 +14,8 @@ Nothing here registers anything: import it directly (``from stan_mm.apis import 
 from .clip_export import ClipExportReport, convert_clip  # noqa: F401
 from .embed import embed_dim, embed_texts, embed_video_batch, text_tower  # noqa: F401
 from .features import (DamagedFeatureFolder, ExtractionResult, FeatureFolderError,  # noqa: F401
-                       FeatureWriteError, extract_features, load_features, loaded_model_key,
-                       model_key, sigterm_as_interrupt)
+                       FeatureWriteError, PrecisionMismatchError, extract_features,
+                       load_features, loaded_model_key, model_key, sigterm_as_interrupt)
 from .inference import (ModelLoadError, checkpoint_fingerprint, init_model,  # noqa: F401
                         load_config, model_kind)
 from .recognition import recognize  # noqa: F401

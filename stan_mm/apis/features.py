@@ -15,8 +15,12 @@ Output folder ``OUT``::
     meta.json         written last: config, checkpoint, model key, dims, normalization,
                       views, pipeline, counts (videos and texts given, and kept: see
                       :func:`skipped_videos_message`), unreadable videos, and what made the
-                      text embeddings (:func:`text_model_record`)
-    .partial/         shards of an unfinished run; removed once meta.json is written
+                      text embeddings (:func:`text_model_record`), and the precision
+                      they were made in (``precision``: ``'fp32'``, or ``'bf16'`` /
+                      ``'fp16'`` under autocast; ``amp``: the same as ``false`` /
+                      ``'bf16'`` / ``'fp16'``)
+    .partial/         shards of an unfinished run, and run.json (model key, precision);
+                      removed once meta.json is written
 
 ``texts.npy @ videos.npy.T`` is the cosine similarity ``[Nt, Nv]`` (texts are the rows, as
 ``tools/analysis/eval_retrieval.py --sim`` expects).
@@ -27,9 +31,16 @@ interrupted (Ctrl-C, SIGTERM under :func:`sigterm_as_interrupt`, which both tool
 and when a video fails. A new run with the
 same model key (config + checkpoint + views) reuses every shard and every row of a finished
 output whose video still has the same path, size and modification time, and embeds only the
-rest; a different model key is refused (``overwrite=True`` starts over). The final files
-are written to temporary names and renamed; ``meta.json`` is removed first and written
-last, so a folder with ``meta.json`` is always complete.
+rest; a different model key is refused (``overwrite=True`` starts over). So is another
+precision (:class:`PrecisionMismatchError`): shards, or finished video rows, embedded in
+bf16 (``--amp bf16``) are not mixed with fp32 ones in one ``videos.npy`` (nor the
+reverse); ``overwrite=True`` replaces them. Folders written before the precision was
+recorded are accepted: a ``meta.json`` with ``amp`` but no ``precision`` is read by its
+``amp``; without either (or a ``run.json`` without it) the precision is unknown and not
+checked (shards of unknown precision are reused with a warning). Text embeddings are made
+again by every run, in its precision. The final files are written to temporary names and
+renamed; ``meta.json`` is removed first and written last, so a folder with ``meta.json``
+is always complete.
 
 Errors name the file: a write that fails (e.g. a full disk) removes its temporary file and
 raises :class:`FeatureWriteError`; a finished file that cannot be read (truncated, missing)
@@ -92,6 +103,41 @@ class DamagedFeatureFolder(FeatureFolderError):
     def __init__(self, path: str, reason: str, message: str):
         super().__init__(message)
         self.path, self.reason = path, reason
+
+
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+
+def _precision_note(precision: str) -> str:
+    """``'fp32 (no --amp)'`` / ``'bf16 (--amp bf16)'``: how the tool makes that precision."""
+    return f'{precision} (no --amp)' if precision == 'fp32' else \
+        f'{precision} (--amp {precision})'
+
+
+class PrecisionMismatchError(FeatureFolderError):
+    """``out_dir`` holds embeddings (partial shards or a finished ``videos.npy``) made in
+    another precision (``recorded``: ``'fp32'``, ``'bf16'`` or ``'fp16'``) than the run's
+    (``requested``): resuming or extending it would mix both in one ``videos.npy``."""
+
+    def __init__(self, out_dir: str, recorded: str, requested: str, message: str):
+        super().__init__(message)
+        self.out_dir, self.recorded, self.requested = out_dir, recorded, requested
+
+
+def recorded_precision(meta: Optional[dict]) -> Optional[str]:
+    """The precision a finished folder's embeddings were made in, from its ``meta.json``:
+    ``precision``, else (folders written before it was recorded) ``amp`` (``false`` ->
+    ``'fp32'``, ``'bf16'`` / ``'fp16'``), else None (unknown)."""
+    if not meta:
+        return None
+    if meta.get('precision') in PRECISIONS:
+        return meta['precision']
+    if 'amp' not in meta:
+        return None
+    amp = meta['amp']
+    if amp is False or amp is None:
+        return 'fp32'
+    return amp if amp in PRECISIONS else None
 
 
 def _write_error(path: str, e: OSError, kept: str) -> FeatureWriteError:
@@ -279,7 +325,8 @@ def read_lines(path: str) -> List[str]:
 # ---------------------------------------------------------------------------------------
 class ShardStore:
     """``OUT/.partial``: ``shard-<n>.npz`` files holding ``keys`` (video path + size +
-    mtime) and ``emb`` ``[n, E]``, plus ``run.json`` with the model key."""
+    mtime) and ``emb`` ``[n, E]``, plus ``run.json`` with the model key and the precision
+    the shards were made in (absent from runs started before it was recorded)."""
 
     def __init__(self, out_dir: str):
         self.dir = osp.join(out_dir, PARTIAL)
@@ -287,16 +334,31 @@ class ShardStore:
     def exists(self) -> bool:
         return osp.isfile(osp.join(self.dir, 'run.json'))
 
-    def model_key(self) -> Optional[str]:
+    def _run(self) -> dict:
         try:
             with open(osp.join(self.dir, 'run.json')) as f:
-                return json.load(f).get('model_key')
+                run = json.load(f)
+            return run if isinstance(run, dict) else {}
         except (OSError, ValueError):
-            return None
+            return {}
 
-    def start(self, key: str) -> None:
+    def model_key(self) -> Optional[str]:
+        return self._run().get('model_key')
+
+    def precision(self) -> Optional[str]:
+        """The precision the shards were made in; None when ``run.json`` does not say (a
+        run started before it was recorded)."""
+        precision = self._run().get('precision')
+        return precision if precision in PRECISIONS else None
+
+    def has_shards(self) -> bool:
+        return any(not p.endswith('.tmp.npz')
+                   for p in glob.glob(osp.join(self.dir, 'shard-*.npz')))
+
+    def start(self, key: str, precision: str = 'fp32') -> None:
         os.makedirs(self.dir, exist_ok=True)
-        _atomic_write_text(osp.join(self.dir, 'run.json'), json.dumps({'model_key': key}))
+        _atomic_write_text(osp.join(self.dir, 'run.json'),
+                           json.dumps({'model_key': key, 'precision': precision}))
         for tmp in glob.glob(osp.join(self.dir, '*.tmp.npz')):  # an interrupted write
             os.remove(tmp)
 
@@ -708,11 +770,13 @@ def _remove_outputs(out_dir: str, names: Sequence[str] = OUTPUT_FILES) -> None:
             os.remove(osp.join(out_dir, name))
 
 
-def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
+def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore,
+                  precision: str = 'fp32', log: Callable[[str], None] = print
                   ) -> Optional[dict]:
-    """Refuse a folder with another model's results (or clear it with ``overwrite``);
-    return the finished meta of the same model, if any. A damaged ``meta.json`` is cleared
-    with ``overwrite`` (its folder then counts as unfinished)."""
+    """Refuse a folder with another model's results, or with embeddings of another
+    ``precision`` (or clear it with ``overwrite``); return the finished meta of the same
+    model, if any. A damaged ``meta.json`` is cleared with ``overwrite`` (its folder then
+    counts as unfinished)."""
     try:
         meta = load_meta(out_dir)
     except DamagedFeatureFolder:
@@ -727,7 +791,7 @@ def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
     if store.exists() and store.model_key() != key:
         other.append('partial results of an unfinished run')
     if not other:
-        return meta
+        return _check_precision(out_dir, precision, overwrite, store, meta, log)
     if not overwrite:
         raise FeatureFolderError(
             f'{out_dir} holds {" and ".join(other)} of another model, config, checkpoint or '
@@ -736,6 +800,52 @@ def _check_folder(out_dir: str, key: str, overwrite: bool, store: ShardStore
     _remove_outputs(out_dir)
     store.remove()
     return None
+
+
+def _check_precision(out_dir: str, precision: str, overwrite: bool, store: ShardStore,
+                     meta: Optional[dict], log: Callable[[str], None]) -> Optional[dict]:
+    """Refuse (or clear with ``overwrite``) the embeddings of ``out_dir`` that this run would
+    reuse, or keep next to its own, and that were made in another precision: the video rows
+    of a finished folder and the shards of an unfinished run. A precision not recorded
+    (folders written before it was) is accepted (with a warning for shards). Returns
+    ``meta`` (None once cleared)."""
+    held = []                      # (what, recorded precision or None)
+    if meta is not None and meta.get('num_videos'):
+        # (a meta.json without precision nor amp was written before --amp existed, or by
+        # a search: in fp32 unless an API caller autocast; accepted silently)
+        held.append((f'finished video embeddings ({osp.join(out_dir, "meta.json")})',
+                     recorded_precision(meta)))
+    shards = store.has_shards()
+    if shards:
+        held.append((f'partial results of an unfinished run '
+                     f'({osp.join(store.dir, "run.json")})', store.precision()))
+    if shards and store.precision() is None:
+        log(f'WARNING: {store.dir} holds shards of a run started before the precision was '
+            f'recorded: they are reused as {precision}. If they were embedded in another '
+            f'precision (another --amp setting), start over: --overwrite, or delete '
+            f'{store.dir}')
+    other = [(what, recorded) for what, recorded in held
+             if recorded is not None and recorded != precision]
+    if not other:
+        return meta
+    recorded = sorted({r for _, r in other})
+    if overwrite:
+        log(f'{out_dir}: replacing {" and ".join(w for w, _ in other)} made in '
+            f'{", ".join(recorded)} by {precision} ones (overwrite)')
+        _remove_outputs(out_dir)
+        store.remove()
+        return None
+    if len(recorded) == 1:   # one recorded precision: how to continue in it
+        flag = 'without --amp' if recorded[0] == 'fp32' else f'with --amp {recorded[0]}'
+        fix = f'Rerun {flag} to continue in {recorded[0]}, use another output folder'
+    else:
+        fix = 'Use another output folder'
+    held_text = ' and '.join(f'{w} made in {_precision_note(r)}' for w, r in other)
+    raise PrecisionMismatchError(
+        out_dir, recorded[0], precision,
+        f'{out_dir} holds {held_text}, but this run embeds in {_precision_note(precision)}: '
+        f'the rows of both precisions would be mixed in one videos.npy. {fix}, or '
+        f'--overwrite to replace them')
 
 
 def _finished_rows(out_dir: str, meta: dict, video_root: str):
@@ -857,7 +967,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
                      num_workers: int = 2, skip_bad: bool = False,
                      limit: Optional[int] = None, shard_size: int = 256,
                      overwrite: bool = False, progress: bool = True,
-                     extra_meta: Optional[dict] = None,
+                     extra_meta: Optional[dict] = None, precision: str = 'fp32',
                      log: Callable[[str], None] = print) -> ExtractionResult:
     """Embed ``videos`` (paths relative to ``video_root`` or absolute) and ``texts`` with
     ``model`` into ``out_dir`` (format: module docstring).
@@ -875,9 +985,17 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         limit: embed at most this many new videos, save them and return
             (``complete=False``); a later call continues.
         shard_size: videos per shard file.
-        overwrite: replace results of another model in ``out_dir``, and embed again the
-            videos of a finished folder whose files are damaged (otherwise
+        overwrite: replace results of another model (or precision) in ``out_dir``, and
+            embed again the videos of a finished folder whose files are damaged (otherwise
             :class:`DamagedFeatureFolder`).
+        extra_meta: more entries for ``meta.json`` (``precision`` and ``amp`` are this
+            function's, from ``precision``).
+        precision: what the model computes in while embedding: ``'fp32'``, or ``'bf16'`` /
+            ``'fp16'`` when the caller runs it under autocast (``tools/extract_features.py
+            --amp``; this function does not enable autocast). Recorded in
+            ``.partial/run.json`` and ``meta.json`` (``precision``, and ``amp``: ``false``
+            or the dtype); shards or finished video rows of another precision are refused
+            with :class:`PrecisionMismatchError` (``overwrite`` replaces them).
 
     Returns:
         :class:`ExtractionResult`.
@@ -886,6 +1004,9 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     from .inference import model_kind
     from .video import VideoPipeline, check_views
     check_views(model_kind(model), views)
+    if precision not in PRECISIONS:
+        raise ValueError(f'extract_features: precision must be one of {PRECISIONS}, got '
+                         f'{precision!r}')
     make_feature_folder(out_dir)
     videos = list(videos or [])
     texts = None if texts is None else list(texts)
@@ -894,7 +1015,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     if texts:
         require_text_tower(model)  # fail before the long video pass
     store = ShardStore(out_dir)
-    finished = _check_folder(out_dir, key, overwrite, store)
+    finished = _check_folder(out_dir, key, overwrite, store, precision, log)
     if finished is not None and not overwrite:
         # a finished folder is rewritten with what this run embeds: refuse to drop the
         # video (or text) embeddings of an earlier run that this one does not redo
@@ -929,7 +1050,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
                if result.bad else ''))
         result.complete, result.reused, result.num_videos = True, len(good), len(good)
         return result
-    store.start(key)
+    store.start(key, precision)
     if rows is not None:
         store.write(*rows)  # the finished rows become reusable partial results
     done = store.read()
@@ -966,6 +1087,9 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
                 video_root=video_root, num_bad_videos=len(result.bad),
                 created=datetime.datetime.now().isoformat(timespec='seconds'))
     meta.update(extra_meta or {})
+    # the precision of every row (mixed ones are refused by _check_folder); amp: as the
+    # tool recorded it before precision was (false, 'bf16', 'fp16')
+    meta.update(precision=precision, amp=False if precision == 'fp32' else precision)
     _finalize(model, out_dir, meta, videos, keys, stamps, done, texts, text_to_video,
               result, batch_size, log, progress)
     store.remove()

@@ -54,17 +54,25 @@ def gallery_cache_dir(gallery: str, key: str, cache: Optional[str] = None) -> st
 def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
                    cache: Optional[str] = None, top: int = 5, batch_size: int = 8,
                    num_workers: int = 2, progress: bool = True, extra_meta=None,
-                   log: Callable[[str], None] = print) -> SearchResult:
+                   log: Callable[[str], None] = print,
+                   precision: str = 'fp32') -> SearchResult:
     """Embed (or reuse) the gallery, embed the queries, rank (see the module docstring).
 
     Unreadable gallery videos are skipped and reported (``bad_videos``). A damaged cache
     file raises :class:`~stan_mm.apis.features.DamagedFeatureFolder` naming it (delete the
     cache folder: the gallery is embedded again). On an interrupt, the videos embedded so
     far stay in the cache folder and the next search reuses them.
+
+    ``precision``: what the model computes in (``'fp32'``; ``'bf16'`` / ``'fp16'`` for a
+    caller that runs it under autocast; ``tools/demo/search.py`` does not). The cache
+    records it; a cache embedded in another precision (e.g. by ``tools/extract_features.py
+    --amp`` into the cache folder) raises
+    :class:`~stan_mm.apis.features.PrecisionMismatchError` naming the cache to delete,
+    instead of mixing both precisions in one gallery.
     """
     from .embed import embed_texts, require_text_tower
-    from .features import (DamagedFeatureFolder, extract_features, folder_lock,
-                           load_features)
+    from .features import (DamagedFeatureFolder, PrecisionMismatchError, extract_features,
+                           folder_lock, load_features)
     from .video import list_videos
     if not queries:
         raise ValueError('no query: give at least one text (--query "...")')
@@ -76,12 +84,17 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
             res = extract_features(model, out, videos=paths, video_root=root, key=key,
                                    batch_size=batch_size, num_workers=num_workers,
                                    skip_bad=True, progress=progress, extra_meta=extra_meta,
-                                   log=log)
+                                   precision=precision, log=log)
             feats = load_features(out)
         except DamagedFeatureFolder as e:   # the fix for a cache is not --overwrite
             raise DamagedFeatureFolder(e.path, e.reason, (
                 f'{e.path} of the gallery cache is damaged or incomplete ({e.reason}); '
                 f'delete {out} and search again (the gallery is embedded again)')) from None
+        except PrecisionMismatchError as e:  # (nor --amp: the search tool has none)
+            raise PrecisionMismatchError(e.out_dir, e.recorded, e.requested, (
+                f'the gallery cache {out} holds embeddings made in {e.recorded}, and this '
+                f'search embeds in {e.requested}: delete {out} and search again (the '
+                f'gallery is embedded again in {e.requested})')) from None
     q = embed_texts(model, list(queries)).numpy()                      # [Nq, E]
     sim = q @ feats['videos'].T                                        # [Nq, Nv]
     return SearchResult(queries=list(queries), sim=sim, ranking=top_k(sim, top),
