@@ -613,9 +613,9 @@ def test_one_warning_per_situation_with_a_varying_epoch_length():
 
 
 def test_per_sample_seeding_is_off_with_a_warning_under_an_iteration_loop(tmp_path):
-    """mmengine's IterBasedTrainLoop creates its DataLoader iterator when it is built,
-    before before_train: per-sample seeding could not reach its samples. The hook says so
-    and leaves the DataLoader alone (the per-iteration seeding still runs)."""
+    """mmengine's IterBasedTrainLoop restarts its DataLoader at the end of each pass
+    without before_train_epoch: per-sample seeding has no epoch to seed from. The hook says
+    so and leaves the DataLoader alone (the per-iteration seeding still runs)."""
     from stan_mm.engine.seed_hook import EpochSeedHook, SeedPerPosition
     runner = make_runner(tmp_path, train_cfg=dict(type='IterBasedTrainLoop', max_iters=3))
     result = train(runner)

@@ -41,7 +41,9 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 workers its ``terminate()`` left alive (they ignore SIGTERM under
                 ``PreemptionHook``); ``IterBasedTrainLoop``'s endless iterator starts
                 its workers at its first batch, not when the loop is built, so that
-                hooks reach their ``worker_init_fn`` (see
+                hooks reach their ``worker_init_fn``, and gives the fresh workers of
+                each pass over a finite sampler a seed of their own (mmengine's
+                repeated the first pass's augmentation every pass; see
                 :mod:`stan_mm.compat.worker_shutdown`).
 ``default_hooks`` (found in review) an entry of ``default_hooks`` other than mmengine's
                 six set to ``None`` failed a bare assert when the runner was built;

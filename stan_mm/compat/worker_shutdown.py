@@ -39,6 +39,25 @@ per-epoch seed) in time. The iterator now starts them at its first ``next()``, a
 ``EpochBasedTrainLoop`` does at its epoch's first batch: the same batches, the workers
 seeded by mmengine's ``worker_init_fn`` as before, and torch's global random stream as
 with mmengine (the one number ``iter()`` draws is drawn when the loop is built).
+
+Each pass over the data draws its own augmentation. With a finite sampler
+(``DefaultSampler``) the endless iterator calls ``iter(loader)`` again each time the
+sampler is exhausted; with ``persistent_workers=False`` that starts fresh workers, which
+mmengine's ``worker_init_fn`` seeds with ``seed + worker_id + rank * num_workers`` at every
+start: every pass repeated the first pass's random crops, flips and frame offsets. The
+workers started for pass ``k > 0`` now get the seed derived from ``(seed, k)`` in place of
+``seed`` (the same derivation and the same replacement of the ``functools.partial``'s
+``seed`` as ``ResumableEpochBasedTrainLoop``'s per epoch; the worker and rank offsets are
+kept). Pass 0 keeps the seed found at the first ``next()`` (mmengine's, or
+``EpochSeedHook``'s epoch seed, set in ``before_train_epoch`` before it), so the first pass
+and the model's initialisation are mmengine's. A loader whose ``worker_init_fn`` is not
+such a partial is left alone; with ``persistent_workers=True`` the workers are not
+restarted (``iter()`` resets them) and keep their streams, and an ``InfiniteSampler`` is
+never exhausted: both draw what they drew before. A run resumed from an iteration
+checkpoint advances the iterator by mmengine's ``next()`` calls, which load the skipped
+batches and count the passes as the interrupted run did: with the same ``randomness.seed``
+the resumed run's workers draw what the uninterrupted run's drew (with the seed unset,
+mmengine draws another one per run, for every pass).
 """
 import functools
 import logging
@@ -145,8 +164,33 @@ def _set_rng_state(generator, state) -> None:
         torch.set_rng_state(state)
 
 
+def _seeding_partial(loader):
+    """``loader``'s ``worker_init_fn`` if it is a ``functools.partial`` with a ``seed``
+    keyword (mmengine's seeding function, possibly wrapped by ``PreemptionHook``), else
+    None."""
+    init_fn = getattr(loader, 'worker_init_fn', None)
+    if isinstance(init_fn, functools.partial) and 'seed' in init_fn.keywords:
+        return init_fn
+    return None
+
+
+def _seed_workers_for_pass(loader, base: int, index: int) -> None:
+    """Give the workers ``loader`` starts for pass ``index`` over its data the seed ``base``
+    (pass 0) or one derived from ``(base, index)``, as ``ResumableEpochBasedTrainLoop``
+    does per epoch: the partial's ``seed`` is replaced, its other arguments (the rank
+    offset) kept."""
+    init_fn = _seeding_partial(loader)
+    if init_fn is None:
+        return
+    from stan_mm.engine.loops import derived_seed   # (not at import: stan_mm.compat is first)
+    seed = base if index == 0 else derived_seed(base, index)
+    loader.worker_init_fn = functools.partial(
+        init_fn.func, *init_fn.args, **dict(init_fn.keywords, seed=seed))
+
+
 def _lazy_endless_iterator(cls) -> None:
-    """``_InfiniteDataloaderIterator`` starts its loader at the first ``next()``.
+    """``_InfiniteDataloaderIterator`` starts its loader at the first ``next()``, and each
+    pass over the data after the first gives the workers a seed of their own.
 
     ``iter(loader)`` draws torch's base seed of the workers from the loader's generator (the
     global one by default). That draw is made when the loop is built, as mmengine makes
@@ -154,13 +198,21 @@ def _lazy_endless_iterator(cls) -> None:
     first ``next()`` runs ``iter()`` from the generator's state of that moment, and then
     puts back the state it found: the same base seed, the same stream. (A sampler that
     draws from the global generator when it starts, unlike mmengine's, draws from that
-    earlier state too.)"""
+    earlier state too.)
+
+    When the loader's iterator is exhausted (a finite sampler), mmengine's ``__next__``
+    counts a pass (``_epoch``) and calls ``iter(loader)`` again, which starts fresh workers
+    unless they are persistent. The seed of mmengine's ``worker_init_fn`` (the one found at
+    the first ``next()``) is the same at every start, so every pass would repeat the first
+    one's augmentation; pass ``k > 0`` now gets a seed derived from ``(seed, k)``
+    (:func:`_seed_workers_for_pass`) before mmengine's restart runs."""
     original_next = cls.__next__
 
     def __init__(self, dataloader) -> None:
         self._dataloader = dataloader
         self._iterator = _NOT_STARTED
         self._epoch = 0
+        self._stan_mm_worker_seed = None
         generator = getattr(dataloader, 'generator', None)
         self._stan_mm_rng = _rng_state(generator)
         torch.empty((), dtype=torch.int64).random_(generator=generator)   # the base seed
@@ -168,6 +220,9 @@ def _lazy_endless_iterator(cls) -> None:
     @functools.wraps(original_next)
     def __next__(self):
         if self._iterator is _NOT_STARTED:
+            init_fn = _seeding_partial(self._dataloader)
+            if init_fn is not None:          # pass 0's seed: mmengine's, or a hook's
+                self._stan_mm_worker_seed = init_fn.keywords['seed']
             generator = getattr(self._dataloader, 'generator', None)
             now = _rng_state(generator)
             _set_rng_state(generator, self._stan_mm_rng)
@@ -175,6 +230,15 @@ def _lazy_endless_iterator(cls) -> None:
                 self._iterator = iter(self._dataloader)
             finally:
                 _set_rng_state(generator, now)
+            return original_next(self)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            pass
+        if self._stan_mm_worker_seed is not None:
+            _seed_workers_for_pass(self._dataloader, self._stan_mm_worker_seed,
+                                   self._epoch + 1)
+        self._iterator = iter(())     # exhausted: mmengine's __next__ starts the next pass
         return original_next(self)
 
     __init__.__doc__ = cls.__init__.__doc__

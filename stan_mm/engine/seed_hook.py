@@ -16,7 +16,11 @@ gives mmengine's ``worker_init_fn`` that number too, so that fresh (non-persiste
 also draw a different, reproducible stream each epoch instead of the same one every epoch.
 With ``persistent_workers=True`` the workers keep their streams across epochs and a resumed
 run cannot replay them: use ``persistent_workers=False`` (or ``num_workers=0``) for exact
-resumption (per-epoch mode; ``per_iteration=True`` lifts this).
+resumption (per-epoch mode; ``per_iteration=True`` lifts this). Under mmengine's
+``IterBasedTrainLoop`` (one "epoch") the hook seeds once, in ``before_train_epoch``, before
+the loop's endless iterator starts its workers at the first batch: the workers of the first
+pass over the data get the epoch seed, those of pass ``k > 0`` a seed derived from (that
+seed, ``k``) (:mod:`stan_mm.compat.worker_shutdown`).
 
 Per epoch is not enough for a run resumed *inside* an epoch (an iteration checkpoint and
 :class:`~stan_mm.engine.loops.ResumableEpochBasedTrainLoop`): at the checkpoint the main
@@ -44,12 +48,13 @@ deterministic (``deterministic=True`` and ``CUBLAS_WORKSPACE_CONFIG`` cover PyTo
 resumed run with another world size, batch size or dataset; a training dataset that defines
 its own ``__getitems__`` (batched loading; the per-sample seeding is then off, with a
 warning); a train loop that is not epoch-based, e.g. mmengine's ``IterBasedTrainLoop`` (its
-endless DataLoader iterator is created when the loop is built, before ``before_train``, and
-restarted without ``before_train_epoch``: the per-sample seeding is then off, with a
-warning, and only the per-iteration seeding of the main process applies); a random
-validation pipeline with ``num_workers=0`` after an epoch that was resumed after its last
-batch (it draws from the epoch seed instead of the last iteration's). Drawn numbers differ
-from ``per_iteration=False`` runs (other seeds), not their distribution.
+endless DataLoader iterator starts the loader over at every pass over the data without
+``before_train_epoch``, so the samples cannot be tagged with an epoch's seeds: the
+per-sample seeding is then off, with a warning, and only the per-iteration seeding of the
+main process applies); a random validation pipeline with ``num_workers=0`` after an epoch
+that was resumed after its last batch (it draws from the epoch seed instead of the last
+iteration's). Drawn numbers differ from ``per_iteration=False`` runs (other seeds), not
+their distribution.
 """
 import functools
 import random
@@ -155,7 +160,9 @@ class EpochSeedHook(Hook):
         seed: base seed; default: the runner's seed (``randomness.seed``, which already
             differs per rank with ``diff_rank_seed=True``).
         reseed_workers: also pass the epoch seed to mmengine's default ``worker_init_fn``
-            of the training DataLoader (workers started for this epoch use it).
+            of the training DataLoader (workers started for this epoch use it; under
+            ``IterBasedTrainLoop`` those of its first pass over the data, later passes
+            using seeds derived from it).
         per_iteration: also seed the main process before every iteration and every
             training sample where it is loaded (module docstring); the per-sample part
             needs an epoch-based train loop (mmengine's ``EpochBasedTrainLoop`` or a
