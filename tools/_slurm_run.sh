@@ -20,7 +20,7 @@ if [ -n "$GRES" ]; then GRES_ARG=(--gres="$GRES"); fi
 # (and returns 1 at its end)
 SRUN_ARGS_TEXT=${SRUN_ARGS:-}
 IFS=$' \t\n' read -r -d '' -a SRUN_EXTRA <<< "${SRUN_ARGS_TEXT//$'\r'/ }" || true
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(CDPATH= cd -- "$(dirname -- "$0")/.." >/dev/null && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \

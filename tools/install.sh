@@ -6,7 +6,7 @@
 #   install "torch==2.14.1 torchvision==0.29.1"), STAN_SKIP_TESTS_DEPS=1 to skip
 #   requirements/tests.txt (pytest, hypothesis, transformers, av).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.." >/dev/null
 PY=${PYTHON:-python3}
 PIP="$PY -m pip"
 

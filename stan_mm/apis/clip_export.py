@@ -34,6 +34,8 @@ import torch
 from stan_mm.models.clip.builder import CLIP_BPE_VOCAB_SIZE
 from stan_mm.models.clip.checkpoint import CLIP_TO_MM as CONVERTER
 FILE_SUFFIXES = ('.pth', '.pt')
+#: what an open_clip folder output holds (the only files written into it)
+DIR_FILES = ('open_clip_config.json', 'open_clip_model.safetensors')
 
 
 @dataclass
@@ -160,6 +162,59 @@ def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> None:
     os.replace(cfg_tmp, osp.join(out, 'open_clip_config.json'))
 
 
+def _ours(path: str) -> bool:
+    """Whether ``path`` (one of :data:`DIR_FILES`, or its ``.tmp`` left by an interrupted
+    run) was written by this converter."""
+    name = osp.basename(path)
+    if name.endswith('.tmp'):
+        return name[:-len('.tmp')] in DIR_FILES
+    try:
+        if name == 'open_clip_config.json':
+            with open(path) as f:
+                cfg = json.load(f)
+            return (isinstance(cfg, dict) and isinstance(cfg.get('stan_mm'), dict)
+                    and cfg['stan_mm'].get('converter') == CONVERTER)
+        if name == 'open_clip_model.safetensors':
+            from safetensors import safe_open
+            with safe_open(path, framework='pt') as f:
+                return (f.metadata() or {}).get('converter') == CONVERTER
+    except Exception:   # unreadable, not JSON, not safetensors: not ours
+        return False
+    return False
+
+
+def check_output(out: str, out_format: str) -> None:
+    """Refuse (``FileExistsError``) an output the conversion must not replace: for a
+    folder output (``out_format='dir'``), an existing file, or a non-empty folder that holds
+    anything but an earlier output of this converter (whose files are replaced); for a
+    single file, an existing folder. An existing single file is replaced."""
+    if out_format == 'pth':
+        if osp.isdir(out):
+            raise FileExistsError(f'output {out} is a folder; give a file name (OUT.pth) '
+                                  f'for a single-file checkpoint')
+        return
+    if not osp.lexists(out):
+        return
+    if not osp.isdir(out):
+        raise FileExistsError(f'output folder {out} exists and is not a folder; give a new '
+                              f'or empty folder (or OUT.pth for a single file)')
+    names = sorted(os.listdir(out))
+    other = [n for n in names if not _ours(osp.join(out, n))]
+    if other:
+        shown = ', '.join(other[:5]) + (f' and {len(other) - 5} more' if len(other) > 5
+                                        else '')
+        raise FileExistsError(
+            f'output folder {out} is not empty and holds files this converter did not write '
+            f'({shown}); it writes {" + ".join(DIR_FILES)} and replaces only its own '
+            f'earlier output: give a new or empty folder (or OUT.pth for a single file)')
+
+
+def _written_bytes(out: str, out_format: str) -> int:
+    if out_format == 'pth':
+        return os.path.getsize(out)
+    return sum(os.path.getsize(osp.join(out, f)) for f in DIR_FILES)
+
+
 def _check_reload(out: str, sd: Dict[str, torch.Tensor], cfg: Dict) -> str:
     """Read ``out`` back; raise if the weights differ; return a note when loading it
     without ``arch`` would not rebuild ``cfg`` (the reader infers what it is not told)."""
@@ -193,7 +248,10 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     :func:`stan_mm.models.clip.build_clip` (``arch`` / ``quick_gelu`` as there; strict key
     check) and write it to ``out`` (format: module docstring; ``out_format`` ``'pth'`` or
     ``'dir'``, default from the suffix of ``out``). The written file is read back and
-    compared with the built model's weights.
+    compared with the built model's weights. An existing ``OUT.pth`` is replaced; a folder
+    output must be new, empty, or an earlier output of this converter (its two files are
+    replaced): anything else raises ``FileExistsError`` (:func:`check_output`) before the
+    input is read.
     """
     from stan_mm.models.clip import read_clip_checkpoint
     from stan_mm.models.clip.arch import resolve_arch
@@ -204,6 +262,7 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
         raise ValueError(f'out_format must be "pth" or "dir", got {out_format!r}')
     if osp.abspath(out) == osp.abspath(src):
         raise ValueError(f'output {out} would overwrite the input')
+    check_output(out, out_format)
     ckpt = read_clip_checkpoint(src)
     arch_cfg = resolve_arch(arch)[0] if arch is not None else None
     reason, guessed = _activation_reason(quick_gelu, arch, arch_cfg, ckpt)
@@ -225,8 +284,7 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
         activation_guessed=guessed, params=_count_params(model), num_keys=len(sd),
         ignored_keys=list(ckpt.ignored_keys), same_shapes_as=same, out=out,
         out_format='single file' if out_format == 'pth' else 'open_clip folder')
-    report.out_bytes = (os.path.getsize(out) if out_format == 'pth' else sum(
-        os.path.getsize(osp.join(out, f)) for f in os.listdir(out)))
+    report.out_bytes = _written_bytes(out, out_format)
     report.load_note = _check_reload(out, sd, cfg)
     if report.load_note:
         report.arch_hint = _arch_hint(cfg, same)

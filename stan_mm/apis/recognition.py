@@ -14,6 +14,7 @@
   cosine x the model's logit scale, softmax over the classes.
 """
 import contextlib
+import os
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -26,27 +27,56 @@ from .inference import model_kind
 DEFAULT_TEMPLATES = ('a video of {}.', )
 
 
+#: endings that make a ``--classnames`` value a file name (matched case-insensitively)
+FILE_EXTENSIONS = ('.txt', '.csv', '.tsv', '.json', '.jsonl', '.yaml', '.yml', '.lst',
+                   '.list', '.names', '.text', '.dat')
+
+
+def _looks_like_path(value: str) -> bool:
+    """A ``--classnames`` value that names a file rather than classes: it holds a path
+    separator or ends in a file extension such as ``.txt`` / ``.csv`` / ``.json``."""
+    seps = {'/', os.sep} | ({os.altsep} if os.altsep else set())
+    return any(sep in value for sep in seps) or value.lower().endswith(FILE_EXTENSIONS)
+
+
 def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
     """``--classnames``: a ``classnames.txt`` file (one name per line) or a comma-separated
-    list (``"walking,running,jumping"``) -> validated list of names."""
+    list (``"walking,running,jumping"``) -> validated list of names.
+
+    A value that exists as a file, holds a path separator, or ends in a file extension
+    (``.txt``, ``.csv``, ``.json``, ...: :data:`FILE_EXTENSIONS`) is a file name: a missing
+    file raises ``FileNotFoundError`` naming it (class names with a ``/`` go in a file). A
+    class list of one name is refused (``ValueError``): a softmax over one class scores it
+    1.0 whatever the video.
+    """
     from stan_mm.models.heads import load_classnames
     if not isinstance(value, str):
-        return load_classnames(list(value))
+        return _at_least_two(load_classnames(list(value)), repr(list(value)))
     if osp.isdir(value):
         raise ValueError(f'--classnames {value!r} is a folder; give the class names file (one '
                          f'name per line), or names separated by commas')
     if osp.isfile(value):
-        return load_classnames(value)
-    if ',' not in value and value.endswith('.txt'):
-        raise FileNotFoundError(f'class names file not found: {value!r} (give a file with '
-                                f'one class name per line, or names separated by commas)')
+        return _at_least_two(load_classnames(value), f'file {value!r}')
+    if _looks_like_path(value):
+        raise FileNotFoundError(
+            f'--classnames: class names file not found: {value!r} (give a file with one class '
+            f'name per line, or names separated by commas; a value with a "/" or a file '
+            f'extension is read as a file name, so class names with a "/" go in a file)')
     names = [n.strip() for n in value.split(',')]
     empty = next((i + 1 for i, n in enumerate(names) if not n), None)
     if empty and len(names) > 1:
         raise ValueError(f'class list {value!r}: name {empty} of {len(names)} is empty (two '
                          f'commas in a row, or a comma at an end); the labels follow the '
                          f'order of the names, so every name must be there')
-    return load_classnames(names)
+    return _at_least_two(load_classnames(names), repr(value))
+
+
+def _at_least_two(names: List[str], source: str) -> List[str]:
+    if len(names) == 1:
+        raise ValueError(f'--classnames {source} gives one class ({names[0]!r}): a softmax '
+                         f'over one class scores it 1.0 whatever the video; give at least two '
+                         f'names separated by commas, or a file with one name per line')
+    return names
 
 
 def head_type(cfg) -> Optional[str]:

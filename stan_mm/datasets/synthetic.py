@@ -81,6 +81,7 @@ __all__ = [
     'load_video_records', 'paired_direction_accuracy', 'SyntheticDatasetExistsError',
 ]
 
+GENERATOR = 'stan_mm.datasets.synthetic.generate_motion_dataset'  # meta.json 'generator'
 FORMAT_VERSION = 2  # 2: larger shapes and moves (a from-scratch tiny model learns them)
 SPLITS = ('train', 'val', 'test')
 _SPLIT_CODE = {'train': 0, 'val': 1, 'test': 2}
@@ -611,7 +612,7 @@ def _write_annotations(root: str, specs: Dict[str, List[dict]], params: dict) ->
                              captions=len(specs[split]) * params['captions_per_video'])
     meta = dict(
         format_version=FORMAT_VERSION,
-        generator='stan_mm.datasets.synthetic.generate_motion_dataset',
+        generator=GENERATOR,
         params=params,
         classes=names, num_classes=len(names),
         pairs=[dict(name=p, labels=[2 * i, 2 * i + 1])
@@ -669,8 +670,35 @@ def _older_format(out_dir: str) -> bool:
     except (FileNotFoundError, json.JSONDecodeError, OSError):
         return False
     version = meta.get('format_version')
-    return (meta.get('generator') == 'stan_mm.datasets.synthetic.generate_motion_dataset'
+    return (meta.get('generator') == GENERATOR
             and isinstance(version, int) and version < FORMAT_VERSION)
+
+
+def _written_by_us(out_dir: str) -> bool:
+    """Whether ``out_dir/meta.json`` says this generator wrote ``out_dir`` (any format
+    version): only such a folder may be replaced."""
+    try:
+        meta = load_meta(out_dir)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(meta, dict) and meta.get('generator') == GENERATOR
+
+
+def _check_replaceable(out_dir: str) -> None:
+    """Raise :class:`SyntheticDatasetExistsError` unless ``out_dir`` is absent, an empty
+    folder, or a folder this generator wrote. Anything else is never replaced, ``overwrite``
+    or not: ``--out data`` or ``--out .`` must not delete real data."""
+    if not osp.lexists(out_dir):
+        return
+    if not osp.isdir(out_dir):
+        raise SyntheticDatasetExistsError(
+            f'{out_dir} exists and is not a directory; choose another output directory')
+    if not os.listdir(out_dir) or _written_by_us(out_dir):
+        return
+    raise SyntheticDatasetExistsError(
+        f'{out_dir} is not empty and is not a synthetic dataset (no meta.json written by '
+        f'this generator), so it is not replaced, with --overwrite (overwrite=True) or '
+        f'without: choose another output directory, or remove it yourself')
 
 
 def _same_dataset(out_dir: str, params: dict) -> Tuple[bool, str]:
@@ -705,7 +733,8 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
 
     Args:
         out_dir: destination directory (created; must be absent, empty, or hold a dataset
-            made by this function).
+            made by this function: a folder whose ``meta.json`` does not say this generator
+            wrote it is never replaced, ``overwrite`` or not).
         num_train / num_val / num_test: videos per split.
         num_frames: frames per video (T).
         size: frame side in pixels (even; frames are ``size`` x ``size``).
@@ -714,7 +743,8 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
         captions_per_video: distinct captions per video for retrieval.
         twins: each trajectory is written forward *and* backward (see module docstring).
         seed: global seed.
-        overwrite: replace an existing dataset generated with other parameters.
+        overwrite: replace an existing dataset generated (by this function) with other
+            parameters.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -726,19 +756,17 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
     same, reason = _same_dataset(out_dir, params)
     if same:
         return load_meta(out_dir)
+    _check_replaceable(out_dir)   # never replace what this generator did not write
     if osp.exists(out_dir) and not overwrite and _older_format(out_dir):
         warnings.warn(f'{out_dir} holds this benchmark in an older format ({reason}); '
                       'regenerating it')
         overwrite = True
-    if osp.exists(out_dir) and not overwrite:
-        if not osp.isdir(out_dir):
-            raise SyntheticDatasetExistsError(f'{out_dir} exists and is not a directory')
-        if os.listdir(out_dir):
-            raise SyntheticDatasetExistsError(
-                f'{out_dir} is not empty and does not hold this synthetic dataset ({reason}). '
-                'Delete it (the quickstart configs then regenerate it on first use), pass '
-                'overwrite=True (tools/data/make_synthetic.py: --overwrite) to replace it, or '
-                'choose another output directory.')
+    if not overwrite and _written_by_us(out_dir):
+        raise SyntheticDatasetExistsError(
+            f'{out_dir} holds a synthetic dataset that is not the one asked for ({reason}). '
+            'Delete it (the quickstart configs then regenerate it on first use), pass '
+            'overwrite=True (tools/data/make_synthetic.py: --overwrite) to replace it, or '
+            'choose another output directory.')
 
     parent = osp.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -787,12 +815,14 @@ def _check_decodable(path: str, size: int, shown: Optional[str] = None) -> None:
 
 
 def _move_into_place(tmp: str, out_dir: str, params: dict) -> None:
-    """Rename ``tmp`` to ``out_dir``, replacing what is there (caller checked it may)."""
+    """Rename ``tmp`` to ``out_dir``, replacing what is there: nothing, an empty folder or a
+    dataset of this generator (checked here too)."""
     if _same_dataset(out_dir, params)[0]:  # another process finished the same dataset
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    _check_replaceable(out_dir)   # (again: it may have changed while generating)
     old = None
-    if osp.exists(out_dir):
+    if osp.lexists(out_dir):
         old = tempfile.mkdtemp(prefix=f'.{osp.basename(out_dir)}.old-',
                                dir=osp.dirname(out_dir))
         os.rmdir(old)
@@ -808,7 +838,7 @@ def _move_into_place(tmp: str, out_dir: str, params: dict) -> None:
         else:
             raise
     if old is not None:
-        if osp.isdir(old):
+        if osp.isdir(old) and not osp.islink(old):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.remove(old)

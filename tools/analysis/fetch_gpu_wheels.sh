@@ -6,7 +6,7 @@
 #   bash tools/analysis/fetch_gpu_wheels.sh [DEST]        (default .whl, git-ignored)
 # Environment: STAN_WHEEL_PYTHON (default 3.12, the GPU machine's Python).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+CDPATH= cd -- "$(dirname -- "$0")/../.." >/dev/null
 DEST=${1:-.whl}
 PYVER=${STAN_WHEEL_PYTHON:-3.12}
 # the pinned stack of requirements.txt (its == lines), mmcv-lite as tools/install.sh

@@ -9,8 +9,10 @@ Input: an OpenAI release (state dict or TorchScript archive), an open_clip file 
 or a HuggingFace CLIP folder or weights file, with both towers; the architecture is read from the weights
 (or --arch), the activation by the rule of stan_mm/models/clip/builder.py (--quick-gelu /
 --gelu force it). Output (see docs/weights.md): OUT.pth / OUT.pt = {'state_dict': open_clip
-layout, fp32, 'meta': {'clip_cfg': the full architecture, source, ...}}; any other OUT = an
-open_clip folder (open_clip_config.json + open_clip_model.safetensors). Use the result as
+layout, fp32, 'meta': {'clip_cfg': the full architecture, source, ...}}, replaced if it
+exists; any other OUT = an open_clip folder (open_clip_config.json +
+open_clip_model.safetensors): a new or empty folder, or an earlier output of this tool
+(whose two files are replaced); a folder holding anything else is refused. Use the result as
 pretrained= of CLIPSTAN / STANRetriever / CLIPTextEncoder (not as load_from); a text
 tower with another vocabulary than CLIP BPE's is reported, and serves CLIPSTAN only.
 
@@ -29,7 +31,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('src', help='CLIP weights file or folder')
-    p.add_argument('dst', help='output: OUT.pth (single file) or a folder')
+    p.add_argument('dst', help='output: OUT.pth (single file) or a folder (new, empty, or '
+                   'an earlier output of this tool)')
     p.add_argument('--arch', help='architecture: an open_clip name (ViT-B-16), an OpenAI '
                    'spelling (ViT-B/16), a clip_cfg as JSON (\'{"embed_dim": ...}\') or a '
                    '.json file holding one; default: read from the weights')

@@ -37,7 +37,8 @@ def parse_args(argv=None):
                         'trajectory forward and backward')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing dataset made with other parameters')
+                        help='replace a synthetic dataset this tool made with other '
+                        'parameters (a folder it did not make is never replaced)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser.parse_args(argv)
 
