@@ -66,6 +66,10 @@ train_dataloader = dict(
     batch_size=32,
     num_workers=2,
     persistent_workers=True,
+    # 4,800 videos x 5 captions = 24,000 pairs = 750 full batches of 32: nothing is dropped
+    # here. A smaller last batch (other sizes) would be dropped: one pair, or one video's
+    # captions, trains on a loss of exactly 0 while AdamW still decays the weights.
+    drop_last=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type='SyntheticMotionTextDataset', data_root=_base_.data_root, split='train',
                  generate=_base_.motion, pipeline=train_pipeline))

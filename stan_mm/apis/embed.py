@@ -13,7 +13,8 @@ Video embedding ``[N, E]`` of a batch of packed samples (``VideoPipeline`` outpu
 Text embedding ``[M, E]`` (L2-normalized) of raw strings (no prompt template):
 
 - retrieval model: ``model.encode_text`` over CLIP BPE tokens of the test pipeline's
-  ``context_length`` (what the model was tested with; longer texts are cut);
+  ``context_length`` (what the model was tested with; longer texts are cut, with a
+  warning naming them);
 - recognizer with a text head (``TextClassifierHead``): its ``text_encoder`` over tokens of
   the encoder's full context length (a causal text tower gives the same embedding for any
   length that fits the text);
@@ -164,7 +165,8 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     its previous mode is restored afterwards, also on an error. A model without
     ``model.cfg`` (built by ``MODELS.build``, not :func:`init_model`) tokenizes with its
     text tower's full context length and cuts long texts keeping the end-of-text token
-    (``truncate='eot'``).
+    (``truncate='eot'``). Texts longer than the context length are cut: one warning per
+    call names how many, the first few indices and their token counts.
 
     Raises:
         ValueError: the model has no text tower.
@@ -179,15 +181,51 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     device = next(model.parameters()).device
     out: List[torch.Tensor] = []
     texts = list(texts)
+    cut: List[Tuple[int, int]] = []          # (index, token count) of the texts cut
     with tqdm(total=len(texts), desc='texts', unit='text', disable=not progress) as bar, \
             eval_mode(model):
         for i in range(0, len(texts), batch_size):
-            tokens = tokenize(texts[i:i + batch_size], length, truncate).to(device)
-            out.append(F.normalize(encode(tokens).float(), dim=-1).cpu())
+            tokens = tokenize(texts[i:i + batch_size], length, truncate)
+            cut += _cut_rows(texts, i, tokens, length)
+            out.append(F.normalize(encode(tokens.to(device)).float(), dim=-1).cpu())
             bar.update(len(tokens))
+    if cut:
+        _warn_cut(cut, len(texts), length, truncate)
     if not out:
         return torch.zeros(0, embed_dim(model))
     return torch.cat(out)
+
+
+#: how many of the cut texts :func:`embed_texts`'s warning names
+CUT_SHOWN = 5
+
+
+def _cut_rows(texts: Sequence[str], start: int, tokens: torch.Tensor, length: int
+              ) -> List[Tuple[int, int]]:
+    """``(index, token count)`` of the texts ``texts[start:start + len(tokens)]`` that
+    ``tokenize`` cut to ``length`` tokens. Only a row filled to its last position can have
+    been cut, so only those texts are counted again (their BPE words are in the
+    tokenizer's cache by now): a list of short texts costs one comparison per row."""
+    from stan_mm.datasets.transforms.tokenize import token_count
+    full = torch.nonzero(tokens[:, -1] != 0).flatten().tolist()
+    counted = ((start + j, token_count(texts[start + j])) for j in full)
+    return [(i, n) for i, n in counted if n > length]
+
+
+def _warn_cut(cut: List[Tuple[int, int]], total: int, length: int, truncate: str) -> None:
+    """One warning for all the texts :func:`embed_texts` cut."""
+    import logging
+    from mmengine.logging import print_log
+    shown = ', '.join(f'{i} ({n} tokens)' for i, n in cut[:CUT_SHOWN])
+    more = f', ... ({len(cut) - CUT_SHOWN} more)' if len(cut) > CUT_SHOWN else ''
+    rule = ('<end_of_text> kept last' if truncate == 'eot' else
+            "truncate='slice': the first tokens, without <end_of_text>")
+    print_log(f'embed_texts: {len(cut)} of {total} texts are longer than the text model\'s '
+              f'context of {length} tokens (<start_of_text> and <end_of_text> included); '
+              f'only their first {length} tokens are embedded ({rule}): text {shown}{more} '
+              f'(0-based: row i of the embeddings, line i + 1 of a text file). Shorten them '
+              f'to have the whole text count',
+              logger='current', level=logging.WARNING)
 
 
 def read_text_lines(path: str, option: str) -> List[str]:

@@ -17,13 +17,19 @@ MMAction2's ``top_k_accuracy`` (``argsort`` puts NaN last, so a NaN row "predict
 class) and by ``mean_class_accuracy`` (``argmax`` returns the first NaN): one overflowed
 sample (e.g. fp16 activations above 65504 under ``--amp``) would count as right in one
 metric and wrong in the other, without a word.
+
+And it warns (once) when a top-k accuracy is 1.0 by construction: with k >= the number of
+classes scored, every label is among the k best (``acc/top5`` of a model with 5 classes or
+fewer; ``acc/top1`` too with one class). The keys stay (configs and ``save_best`` name them).
 """
+import logging
 from typing import Dict, List, Union
 
 import numpy as np
 from mmaction.evaluation.metrics import AccMetric
 from mmaction.registry import METRICS
 from mmengine.dist import collect_results
+from mmengine.logging import print_log
 
 from .dist_eval import compute_and_broadcast
 
@@ -124,7 +130,29 @@ class RecognitionAccMetric(AccMetric):
                   ) -> Dict:
         check_scores_finite(preds)
         check_labels_in_range(preds, labels)
+        self._warn_trivial_topk(preds)
         results = super().calculate(preds, labels)
         if 'mean_class_accuracy' in self.metrics and 'mean1' in results:
             results['mean1'] = mean_class_accuracy(preds, labels)
         return results
+
+    def _warn_trivial_topk(self, preds: List[np.ndarray]) -> None:
+        """Warn once when a top-k accuracy is 1.0 by construction (k >= classes scored)."""
+        if getattr(self, '_warned_topk', False) or 'top_k_accuracy' not in self.metrics \
+                or not preds or isinstance(preds[0], dict):
+            return
+        topk = ((self.metric_options or {}).get('top_k_accuracy') or {}).get('topk', (1, 5))
+        topk = (topk, ) if isinstance(topk, int) else tuple(topk)
+        num_classes = np.asarray(preds[0]).reshape(-1).shape[0]
+        trivial = [k for k in topk if k >= num_classes]
+        if not trivial:
+            return
+        self._warned_topk = True
+        prefix = f'{self.prefix}/' if self.prefix else ''
+        names = ', '.join(f'{prefix}top{k}' for k in trivial)
+        print_log(f'RecognitionAccMetric: the model scores {num_classes} '
+                  f'class{"es" if num_classes != 1 else ""}, so {names} '
+                  f'{"is" if len(trivial) == 1 else "are"} 1.0 by construction (a top-k '
+                  f'list with k >= {num_classes} holds every class) and says nothing about the '
+                  'model. The keys are kept (configs and save_best name them)',
+                  logger='current', level=logging.WARNING)

@@ -9,12 +9,14 @@
   that ignores frame order sits near 50 here whatever its ``pair_acc``;
 - ``chance``: 100 / num_classes, for reference.
 """
+import logging
 import os.path as osp
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 from mmaction.registry import METRICS
 
 from ..datasets.synthetic import load_video_records, paired_direction_accuracy
@@ -92,6 +94,13 @@ class MotionTwinRetrievalMetric(BaseMetric):
     ``text_feature [n, E]`` of each test sample (the retrieval model's outputs, as for
     ``RetrievalRecallMetric``; put it next to that metric in ``test_evaluator``).
 
+    A split in which no evaluated video has its twin (a benchmark generated with
+    ``num_test=1``, a subset holding one video of each pair) has no ``twin_t2v_acc``: the
+    key is left out with a warning (once per metric), and the other metrics of the
+    evaluator (``retrieval/*``) are reported as usual. Left out rather than NaN, so that
+    a ``save_best`` on it fails loudly instead of comparing NaN (the configs' ``save_best``
+    is ``retrieval/t2v_R1``).
+
     Args:
         data_root (str, optional): the benchmark folder (its ``annotations/videos.json``
             pairs the twins). Default: the evaluated dataset's, which
@@ -103,6 +112,7 @@ class MotionTwinRetrievalMetric(BaseMetric):
     def __init__(self, data_root: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.data_root = data_root
+        self._warned_no_twins = False
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         for s in data_samples:
@@ -139,6 +149,16 @@ class MotionTwinRetrievalMetric(BaseMetric):
         for group in members.values():
             if len(group) == 2:
                 twin_of[group[0]], twin_of[group[1]] = group[1], group[0]
+        if not (twin_of >= 0).any():
+            if not self._warned_no_twins:
+                self._warned_no_twins = True
+                print_log(f'MotionTwinRetrievalMetric: none of the {len(names)} evaluated '
+                          'videos has its time-reversed twin among them (a benchmark split '
+                          'of one video, e.g. generated with num_test=1, or a subset that '
+                          f'holds one video of each pair), so {self.prefix}/twin_t2v_acc is '
+                          'not reported; the other metrics are unaffected',
+                          logger='current', level=logging.WARNING)
+            return {}
         text = torch.cat([by_name[name]['text'] for name in names]).numpy()
         text_video = np.concatenate([np.full(len(by_name[name]['text']), i)
                                      for i, name in enumerate(names)])

@@ -43,6 +43,10 @@ train_dataloader = dict(
     batch_size=16,  # x 8 GPUs = 128
     num_workers=8,
     persistent_workers=True,
+    # a last batch of one pair (or of one video's captions) would train on a loss of
+    # exactly 0 (SymmetricInfoNCELoss warns) while AdamW still decays the weights
+    # (CLIP4Clip drops it too)
+    drop_last=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,

@@ -16,6 +16,11 @@ LAYOUTS = ('auto', 'NCTHW', 'NTCHW')
 STRUCTURES = ('branch', 'posterior')
 
 
+def _is_int(value) -> bool:
+    """An int that is not a bool (``True`` passes ``isinstance(value, int)``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _build_visual_tower(arch, pretrained: Optional[str], precision: str = 'fp32',
                         quick_gelu: Optional[bool] = None) -> nn.Module:
     """The open_clip ``VisionTransformer`` ``CLIPSTAN.__init__`` builds:
@@ -265,7 +270,7 @@ class CLIPSTAN(BaseModule):
                              f'vision_cfg.patch_dropout=0 (or use depth=0).')
         self.structure = structure
         branch_levels = self._resolve_levels(levels, structure)
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_layers:
+        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= self.num_layers:
             raise ValueError(f'CLIPSTAN: frozen_stages={frozen_stages!r}; expected an int in '
                              f'[-1, {self.num_layers}] (-1: nothing frozen, n: embeddings '
                              f'and the first n CLIP blocks)')
@@ -280,6 +285,11 @@ class CLIPSTAN(BaseModule):
             if temporal_module is None and not spatial_module:
                 raise ValueError('CLIPSTAN: temporal_module=None and spatial_module=False '
                                  'leave the branch empty; use depth=0 for plain CLIP')
+            ints = [('max_frames', max_frames)] + (
+                [('conv_reduction', conv_reduction)] if temporal_module == 'conv' else [])
+            for name, value in ints:
+                if not _is_int(value) or value < 1:
+                    raise ValueError(f'CLIPSTAN: {name}={value!r}; expected an int >= 1')
             spatial_src = branch_levels if structure == 'branch' else list(
                 range(self.num_layers - self.depth + 1, self.num_layers + 1))
             self.branch = self._build_branch(
@@ -317,7 +327,7 @@ class CLIPSTAN(BaseModule):
                     out.weight.normal_(0.0, float(std))
 
     def _check_depth(self, depth) -> int:
-        if not isinstance(depth, int) or depth < 0 or depth > self.num_layers:
+        if not _is_int(depth) or depth < 0 or depth > self.num_layers:
             raise ValueError(f'CLIPSTAN: depth={depth!r}; expected an int in '
                              f'[0, {self.num_layers}] (this CLIP has {self.num_layers} '
                              f'blocks)')
@@ -334,7 +344,7 @@ class CLIPSTAN(BaseModule):
         if levels is None:
             levels = list(range(L - K + 1, L + 1))
         levels = list(levels)
-        ok = (len(levels) == K and all(isinstance(v, int) and 1 <= v <= L for v in levels)
+        ok = (len(levels) == K and all(_is_int(v) and 1 <= v <= L for v in levels)
               and all(a < b for a, b in zip(levels, levels[1:])))
         if not ok:
             raise ValueError(

@@ -1,10 +1,12 @@
 """Symmetric InfoNCE over video-text pairs (CLIP / CLIP4Clip / STAN retrieval loss)."""
 import contextlib
+import logging
 import math
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch import nn
 
 from mmaction.registry import MODELS
@@ -16,6 +18,11 @@ DUPLICATE_MODES = ('mask', 'keep')
 #: ``STANRetriever.loss``): text->video and video->text InfoNCE; no ``'loss'`` in the
 #: names, so they are logged but not optimized
 TERMS = ('nce_t2v', 'nce_v2t')
+#: video ids that live on an accelerator (not on the CPU) are read back to look for a
+#: batch of a single video only when the batch (after gathering) has at most this many
+#: rows: the read-back waits for the device. Ids handed over on the CPU (what
+#: ``STANRetriever`` does) are checked whatever the batch size, without waiting.
+SYNC_CHECK_MAX_ROWS = 16
 
 
 def learned_logit_scale(log_scale: nn.Parameter, max_scale: float) -> torch.Tensor:
@@ -58,6 +65,17 @@ class SymmetricInfoNCELoss(nn.Module):
     BOTH softmax denominators: such a pair is a true match, so it is neither pushed apart
     as a negative nor counted as a second positive. ``'keep'`` treats it as a negative,
     like the public reproduction and CLIP4Clip do. Without ``video_ids`` nothing is masked.
+    ``video_ids`` may be given on the CPU with the features on an accelerator (they are
+    moved); then the check below costs no device read-back.
+
+    Degenerate batches: a batch (the global batch when gathering) of one pair, or whose
+    pairs all belong to one video (``'mask'``), leaves every caption its own video as the
+    only candidate: the loss and its gradient are exactly 0, and an optimizer step still
+    applies weight decay and advances the LR schedule. The first such batch logs a
+    warning (once per loss module); the retrieval configs set ``drop_last=True`` on their
+    train dataloaders so that a small last batch cannot cause it. Ids on an accelerator
+    are only checked for batches of at most :data:`SYNC_CHECK_MAX_ROWS` rows (a device
+    read-back); a batch of one pair is always recognised (its size is known on the host).
 
     Args:
         gather: gather features (and video ids) across ranks.
@@ -74,6 +92,7 @@ class SymmetricInfoNCELoss(nn.Module):
         self.gather = gather
         self.duplicate_videos = duplicate_videos
         self.loss_weight = float(loss_weight)
+        self._warned_single_video = False
 
     def similarity(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
                    logit_scale: Union[float, torch.Tensor],
@@ -91,6 +110,8 @@ class SymmetricInfoNCELoss(nn.Module):
                              f'[{video_emb.shape[0]}], got {tuple(video_ids.shape)}')
         if self.duplicate_videos != 'mask':
             video_ids = None                    # 'keep' never reads them: nothing to gather
+        elif video_ids is not None and video_ids.device != video_emb.device:
+            video_ids = video_ids.to(video_emb.device)    # host-side ids (STANRetriever)
         with autocast_off(video_emb.device):                         # fp32 logits
             v = F.normalize(video_emb.float(), dim=-1)
             t = F.normalize(text_emb.float(), dim=-1)
@@ -113,8 +134,14 @@ class SymmetricInfoNCELoss(nn.Module):
         when gathering): ``v2t`` over the rows of ``S`` (each video picks its caption),
         ``t2v`` over its columns (each caption picks its video). The loss is
         ``loss_weight * (v2t + t2v)``."""
+        host_ids = None
+        if (video_ids is not None and video_ids.device.type == 'cpu'
+                and self.duplicate_videos == 'mask' and not self._warned_single_video):
+            host_ids = video_ids.tolist()       # no device involved: free to inspect
         logits, video_ids = self.similarity(video_emb, text_emb, logit_scale, video_ids)
         n = logits.shape[0]
+        if not self._warned_single_video:
+            self._check_batch(n, video_emb.shape[0], host_ids, video_ids)
         if video_ids is not None and self.duplicate_videos == 'mask':
             same = video_ids[:, None] == video_ids[None, :]
             same.fill_diagonal_(False)
@@ -123,6 +150,39 @@ class SymmetricInfoNCELoss(nn.Module):
             logits = logits.masked_fill(same, float('-inf'))
         target = torch.arange(n, device=logits.device)
         return F.cross_entropy(logits, target), F.cross_entropy(logits.t(), target)
+
+    def _check_batch(self, n: int, n_local: int, host_ids: Optional[Sequence[int]],
+                     video_ids: Optional[torch.Tensor]) -> None:
+        """Warn (once) when the batch of ``n`` rows (global when gathered; ``n_local`` on
+        this rank) holds fewer than 2 distinct videos, which makes the loss exactly 0.
+        ``host_ids``: this rank's ids when they came on the CPU; ``video_ids``: the
+        (gathered) ids the mask uses, None when nothing is masked."""
+        if n < 2:
+            single = True                       # one pair: its own video is all there is
+        elif video_ids is None:
+            single = False                      # no mask: every other pair is a negative
+        elif host_ids is not None and len(set(host_ids)) >= 2:
+            single = False                      # the global batch holds these videos too
+        elif host_ids is not None and n == n_local:
+            single = True                       # nothing gathered: these ids are all
+        elif video_ids.device.type == 'cpu' or n <= SYNC_CHECK_MAX_ROWS:
+            # gathered ids (this rank's are one video), or ids given on the device: a
+            # read-back, so only for small batches
+            single = torch.unique(video_ids).numel() < 2
+        else:
+            single = False                      # not checked: it would wait for the device
+        if not single:
+            return
+        self._warned_single_video = True
+        what = ('a single caption-video pair' if n < 2 else
+                f'{n} caption-video pairs that all belong to one video')
+        where = ' (the batch gathered from all ranks)' if n != n_local else ''
+        print_log(f'SymmetricInfoNCELoss: a training batch holds {what}{where}: each '
+                  'caption\'s only candidate is its own video, so the loss and its gradient '
+                  'are exactly 0 and this optimizer step only applies weight decay (and '
+                  'advances the LR schedule). Set drop_last=True in train_dataloader (a '
+                  'small last batch) and/or use a larger batch (or more videos). Warned '
+                  'once.', logger='current', level=logging.WARNING)
 
     def forward(self, video_emb: torch.Tensor, text_emb: torch.Tensor,
                 logit_scale: Union[float, torch.Tensor] = 100.0,

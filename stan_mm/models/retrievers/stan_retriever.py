@@ -15,7 +15,7 @@ from mmaction.registry import MODELS
 
 from ..backbones import CLIPSTAN
 from ..clip import CLIPTextEncoder, build_clip, require_clip_bpe_vocab
-from ..losses import learned_logit_scale
+from ..losses import SymmetricInfoNCELoss, learned_logit_scale
 
 Tokens = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -121,7 +121,9 @@ class STANRetriever(BaseModel):
       ``dict(loss=..., nce_t2v=..., nce_v2t=...)``:
       :class:`~stan_mm.models.losses.SymmetricInfoNCELoss` over the features of all ranks
       (gathered with gradient). Video identities for the duplicate-video mask are read
-      from the data samples' metainfo (first of :data:`VIDEO_ID_KEYS` present).
+      from the data samples' metainfo (first of :data:`VIDEO_ID_KEYS` present). A batch
+      with fewer than 2 distinct videos gives a loss of exactly 0 (warned once by the
+      loss; the retrieval configs set ``drop_last=True`` on their train dataloaders).
       ``nce_t2v`` / ``nce_v2t`` (text->video and video->text InfoNCE, times the loss
       weight; summed they give ``loss``) are detached and log only: mmengine's
       ``parse_losses`` optimizes the sum of the entries whose key contains ``'loss'``,
@@ -319,7 +321,11 @@ class STANRetriever(BaseModel):
         video = self.encode_video(imgs)                                  # [N, E]
         text_emb = self.encode_text(torch.cat(groups))                   # [N, E]
         scale = self.get_logit_scale().to(video.device)
-        ids = self.video_ids(data_samples, video.device)
+        # SymmetricInfoNCELoss takes the ids on the CPU (it moves them): it then sees on the
+        # host whether the batch holds two videos or more (else its loss is exactly 0 and
+        # it warns) without waiting for the device
+        on_host = isinstance(self.loss_module, SymmetricInfoNCELoss)
+        ids = self.video_ids(data_samples, 'cpu' if on_host else video.device)
         if self._loss_has_terms:
             loss, terms = self.loss_module(video, text_emb, scale, ids, return_terms=True)
         else:                                   # a loss module of another kind
