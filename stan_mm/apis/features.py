@@ -31,10 +31,15 @@ interrupted (Ctrl-C, SIGTERM under :func:`sigterm_as_interrupt`, which both tool
 and when a video fails. A new run with the
 same model key (config + checkpoint + views) reuses every shard and every row of a finished
 output whose video still has the same path, size and modification time, and embeds only the
-rest; a different model key is refused (``overwrite=True`` starts over). So is another
-precision (:class:`PrecisionMismatchError`): shards, or finished video rows, embedded in
-bf16 (``--amp bf16``) are not mixed with fp32 ones in one ``videos.npy`` (nor the
-reverse); ``overwrite=True`` replaces them. Folders written before the precision was
+rest. A video reached by another path of the same file (a link to it or to a folder above
+it, another mount of its folder: ``/data/vids`` -> ``/gpfs/own/vids``) is reused too when
+the file is the same one (device and inode, or real path) with the size and modification
+time it was embedded with (a copy, or another file of the same name, is embedded again);
+``videos.txt`` then names it as this run gave it. A different model key is refused
+(``overwrite=True`` starts over). So is another precision
+(:class:`PrecisionMismatchError`): shards, or finished video rows, embedded in bf16
+(``--amp bf16``) are not mixed with fp32 ones in one ``videos.npy`` (nor the reverse);
+``overwrite=True`` replaces them. Folders written before the precision was
 recorded are accepted: a ``meta.json`` with ``amp`` but no ``precision`` is read by its
 ``amp``; without either (or a ``run.json`` without it) the precision is unknown and not
 checked (shards of unknown precision are reused with a warning). Text embeddings are made
@@ -325,7 +330,9 @@ def read_lines(path: str) -> List[str]:
 # ---------------------------------------------------------------------------------------
 class ShardStore:
     """``OUT/.partial``: ``shard-<n>.npz`` files holding ``keys`` (video path + size +
-    mtime) and ``emb`` ``[n, E]``, plus ``run.json`` with the model key and the precision
+    mtime), ``emb`` ``[n, E]`` and ``root`` (the folder the relative paths of ``keys`` are
+    relative to; absent from shards written before it was stored, whose videos are then
+    only reused under the same path), plus ``run.json`` with the model key and the precision
     the shards were made in (absent from runs started before it was recorded)."""
 
     def __init__(self, out_dir: str):
@@ -368,31 +375,44 @@ class ShardStore:
             n += 1
         return osp.join(self.dir, f'shard-{n:06d}.npz')
 
-    def write(self, keys: Sequence[str], emb: np.ndarray) -> None:
+    def write(self, keys: Sequence[str], emb: np.ndarray, root: Optional[str] = None
+              ) -> None:
         """One more shard; a failed write (e.g. a full disk) leaves no temporary file and
-        raises :class:`FeatureWriteError` (the shards written before are kept)."""
+        raises :class:`FeatureWriteError` (the shards written before are kept). ``root``:
+        the folder its relative keys are relative to (the run's ``video_root``), stored
+        with them (as an absolute path) so that a later run can find those videos again
+        under another path (:func:`_same_files`)."""
         if not len(keys):
             return
+        extra = {} if root is None else {'root': np.array(osp.abspath(root))}
         path = self._next_name()
         tmp = path[:-4] + '.tmp.npz'
         kept = (f'the videos embedded before are kept in {self.dir} and only the others are '
                 f'embedded')
         with _writing(path, tmp, kept):
             with open(tmp, 'wb') as f:  # on disk before the rename (power loss: no 0-byte shard)
-                np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32))
+                np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32),
+                         **extra)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
 
     def read(self) -> Dict[str, np.ndarray]:
         """key -> embedding row, over every complete shard."""
+        return self.read_with_roots()[0]
+
+    def read_with_roots(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Optional[str]]]:
+        """:meth:`read`, and key -> the folder its path is relative to (the ``root`` its
+        shard was written with; None for shards written before roots were stored)."""
         done: Dict[str, np.ndarray] = {}
+        roots: Dict[str, Optional[str]] = {}
         for path in sorted(glob.glob(osp.join(self.dir, 'shard-*.npz'))):
             if path.endswith('.tmp.npz'):
                 continue
             try:
                 with np.load(path, allow_pickle=False) as z:
                     keys, emb = z['keys'], z['emb']
+                    root = str(z['root']) if 'root' in z.files else None
                 if len(keys) != len(emb):
                     raise ValueError(f'{len(keys)} keys for {len(emb)} rows')
             except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
@@ -403,7 +423,8 @@ class ShardStore:
                 os.remove(path)
                 continue
             done.update(zip(keys.tolist(), emb))
-        return done
+            roots.update((k, root) for k in keys.tolist())
+        return done, roots
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -882,6 +903,97 @@ def _rebase(old_root: str, rel: str, new_root: str) -> str:
     return osp.relpath(full, new_root).replace(os.sep, '/') if new_root else full
 
 
+def _keyed_for_root(done: Dict[str, np.ndarray], roots: Dict[str, Optional[str]], video_root: str
+             ) -> Tuple[Dict[str, np.ndarray], Dict[str, Optional[str]]]:
+    """Shard rows (:meth:`ShardStore.read_with_roots`) keyed relative to ``video_root``:
+    a relative key of a shard written by a run with another root names another file (the
+    same name under another folder) than this run's same key. Shards without a root (the
+    format before) keep their keys."""
+    root = osp.abspath(video_root)
+    out: Dict[str, np.ndarray] = {}
+    out_roots: Dict[str, Optional[str]] = {}
+    for k, emb in done.items():
+        old = roots.get(k)
+        if old is not None and old != root:
+            rel, stamp = _key_parts(k)
+            k = _item_key(_rebase(old, rel, video_root), stamp)
+            old = root
+        out[k] = emb
+        out_roots[k] = old
+    return out, out_roots
+
+
+def _key_parts(key: str) -> Tuple[str, Tuple[int, int]]:
+    """``(path, (size, mtime_ns))`` of an :func:`_item_key`."""
+    rel, size, mtime = key.rsplit('\t', 2)
+    return rel, (int(size), int(mtime))
+
+
+class _FileIds:
+    """What identifies a file now, whatever path reaches it: its device and inode, and its
+    real path (links resolved), each with the size and modification time it was stamped
+    with; none when the file is missing or no longer has that size and time (it changed
+    since). Folders' real paths are cached."""
+
+    def __init__(self):
+        self._dirs: Dict[str, str] = {}
+
+    def __call__(self, path: str, stamp: Tuple[int, int]) -> List[tuple]:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return []
+        if (int(st.st_size), int(st.st_mtime_ns)) != tuple(stamp):
+            return []
+        ids = [('inode', st.st_dev, st.st_ino, *stamp)] if st.st_ino else []
+        head, tail = osp.split(osp.abspath(path))
+        real_head = self._dirs.get(head)
+        if real_head is None:
+            real_head = self._dirs[head] = osp.realpath(head)
+        real = osp.join(real_head, tail)
+        ids.append(('path', osp.realpath(real) if osp.islink(real) else real, *stamp))
+        return ids
+
+
+def _same_files(keys: Sequence[str], video_root: str,
+                held: Dict[str, Optional[str]]) -> Dict[str, str]:
+    """This run's ``keys`` (relative to ``video_root``) that are not ``held`` -> a held key
+    of the same file reached by another path: a link to the file or to a folder above it,
+    another mount of its folder (``/data/vids`` -> ``/gpfs/own/vids``). ``held``: key ->
+    the folder its relative path is relative to (None: unknown, only an absolute path is
+    matched). The file must be the same one (device and inode, or real path) and
+    unchanged (the size and modification time of both keys): a copy, or another file of
+    the same name, is not matched. Only the held keys with the stamp of a missing one are
+    looked at (a run whose paths all match costs nothing)."""
+    missing = [k for k in keys if k not in held]
+    if not missing or not held:
+        return {}
+    stamps = {_key_parts(k)[1] for k in missing}
+    ids = _FileIds()
+    index: Dict[tuple, str] = {}
+    for k, root in held.items():
+        rel, stamp = _key_parts(k)
+        if stamp not in stamps or (not osp.isabs(rel) and root is None):
+            continue
+        # (lexically, as _rebase made the key: '..' is not taken after a link)
+        for i in ids(osp.normpath(osp.join(root or '', rel)), stamp):
+            index.setdefault(i, k)
+    if not index:
+        return {}
+    found = {i[-2:] for i in index}
+    root = osp.abspath(video_root)
+    out: Dict[str, str] = {}
+    for k in missing:
+        rel, stamp = _key_parts(k)
+        if stamp not in found:
+            continue
+        match = [index[i] for i in ids(osp.normpath(osp.join(root, rel)), stamp)
+                 if i in index]
+        if match:
+            out[k] = match[0]
+    return out
+
+
 _HELD: set = set()   # folders this process holds (the lock is re-entrant per process)
 
 
@@ -1041,6 +1153,12 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
             log(f'{e.path} is damaged ({e.reason}): its videos are embedded again '
                 f'(overwrite)')
     known_bad = _known_bad(finished, video_root) if (finished and skip_bad) else {}
+    if known_bad:    # the same unreadable files reached by other paths (links, mounts)
+        named = set(rows[0]) if rows is not None else set()
+        held = dict.fromkeys(known_bad, osp.abspath(video_root))
+        for k, old in _same_files([k for k in keys if k not in named], video_root,
+                                  held).items():
+            known_bad[k] = known_bad[old]
     good = [k for k in keys if k not in known_bad]
     result.bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
     if (rows is not None and rows[0] == good and texts is None and not finished['num_texts']
@@ -1051,9 +1169,15 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         result.complete, result.reused, result.num_videos = True, len(good), len(good)
         return result
     store.start(key, precision)
-    if rows is not None:
-        store.write(*rows)  # the finished rows become reusable partial results
-    done = store.read()
+    if rows is not None:   # the finished rows become reusable partial results
+        store.write(*rows, root=video_root)
+    done, roots = _keyed_for_root(*store.read_with_roots(), video_root)
+    # rows of the same files embedded under other paths (a link to the folder, another
+    # mount of it): reused, and written under this run's paths
+    aliased = {k: old for k, old in _same_files(keys, video_root, roots).items()
+               if k not in known_bad}
+    for k, old in aliased.items():
+        done[k] = done[old]
     todo = [i for i, k in enumerate(keys) if k not in done and k not in known_bad]
     result.reused = len(videos) - len(todo) - len(result.bad)
     if videos:   # the three counts add up to len(videos)
@@ -1061,6 +1185,12 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
             f'{len(todo)} to embed'
             + (f', {len(result.bad)} unreadable, unchanged since they failed (not retried)'
                if result.bad else ''))
+    if aliased:
+        first = next(iter(aliased.values()))
+        was = osp.normpath(osp.join(roots[first] or '', _key_parts(first)[0]))
+        log(f'{len(aliased)} of the reused videos were embedded under another path of the '
+            f'same file (e.g. {was}: a link, or another mount of its folder); {out_dir} '
+            f'now names them by the paths given in this run')
     if limit is not None and len(todo) > limit:
         result.remaining = len(todo) - limit
         todo = todo[:limit]
@@ -1156,7 +1286,7 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
         # does not try again; an interrupt during the write keeps them for that flush
         if pending_keys:
             try:
-                store.write(pending_keys, np.stack(pending_emb))
+                store.write(pending_keys, np.stack(pending_emb), root=video_root)
             except FeatureWriteError:
                 pending_keys.clear()
                 pending_emb.clear()

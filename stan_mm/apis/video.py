@@ -144,7 +144,9 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS,
                              + (' (a name without an extension means <name>.mp4 when no '
                                 'file <name> exists)' if renamed & set(dup) else ''))
         return root, paths
-    raise FileNotFoundError(f'--videos {source!r}: no such folder or list file')
+    from stan_mm.datasets.readers_common import resolved_note
+    raise FileNotFoundError(f'--videos {source!r}: no such folder or list file'
+                            f'{resolved_note(source)}')
 
 
 class ViewsError(ValueError):

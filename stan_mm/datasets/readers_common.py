@@ -25,6 +25,7 @@ import json
 import json.decoder
 import json.scanner
 import logging
+import os
 import os.path as osp
 import pickle
 import re
@@ -35,7 +36,8 @@ __all__ = [
     'AnnotationError', 'VideoEntry', 'AnnotationPolicy', 'IssueLog', 'read_text',
     'iter_text_lines', 'iter_csv_rows', 'JsonDocument', 'clean_caption',
     'clean_video_id', 'short_repr', 'format_video_path', 'check_video_tmpl',
-    'load_restricted_pickle',
+    'load_restricted_pickle', 'AnnotationFileNotFoundError',
+    'AnnotationFileIsAFolderError', 'resolved_note',
 ]
 
 #: How many individual problems an aggregated error message lists before "... and N more".
@@ -70,6 +72,21 @@ class AnnotationError(ValueError):
 
 class AnnotationFileNotFoundError(AnnotationError, FileNotFoundError):
     """An annotation file that does not exist (a ``FileNotFoundError`` too)."""
+
+
+class AnnotationFileIsAFolderError(AnnotationError, IsADirectoryError):
+    """A folder given where an annotation file is expected (an ``IsADirectoryError``
+    too, as ``open`` raised before)."""
+
+
+def resolved_note(path: str) -> str:
+    """``' (resolved to <absolute path>, from the working directory <cwd>)'`` for a
+    relative ``path`` (how the process read it), ``''`` for an absolute one: a "not
+    found" message then says where the file was looked for."""
+    path = os.fspath(path)
+    if osp.isabs(path):
+        return ''
+    return f' (resolved to {osp.abspath(path)}, from the working directory {os.getcwd()})'
 
 
 def _locate(file: Optional[str], line: Optional[int], field: Optional[str],
@@ -287,14 +304,24 @@ def read_text(path: str) -> str:
 
     Raises:
         AnnotationFileNotFoundError: the file does not exist (a FileNotFoundError too).
+        AnnotationFileIsAFolderError: ``path`` is a folder (an IsADirectoryError too).
         AnnotationError: invalid UTF-8, with the line of the first bad byte.
+
+    Both errors name the absolute path and the working directory a relative ``path`` was
+    resolved from (:func:`resolved_note`).
     """
     if not osp.isfile(path):
-        what = 'a folder, not a file' if osp.isdir(path) else 'no such file'
+        check = ("a relative ann_file is read below the dataset's data_root: check both "
+                 '(e.g. --cfg-options train_dataloader.dataset.data_root=... / '
+                 '.ann_file=...)')
+        if osp.isdir(path):
+            raise AnnotationFileIsAFolderError(
+                f'is a folder, not an annotation file{resolved_note(path)}; give the '
+                f'annotation file (list, CSV or JSON) inside it. {check[0].upper()}'
+                f'{check[1:]}', file=path)
         raise AnnotationFileNotFoundError(
-            f'annotation file not found ({what}); a relative ann_file is read below the '
-            "dataset's data_root: check both (e.g. --cfg-options "
-            'train_dataloader.dataset.data_root=... / .ann_file=...)', file=path)
+            f'annotation file not found (no such file){resolved_note(path)}; {check}',
+            file=path)
     with open(path, 'rb') as f:
         data = f.read()
     try:
@@ -606,12 +633,17 @@ def load_restricted_pickle(path: str) -> Any:
     """Load a pickle of builtin containers / str / numbers, refusing anything else.
 
     Raises:
-        FileNotFoundError: missing file.
+        FileNotFoundError: missing file (:class:`AnnotationFileNotFoundError`).
+        IsADirectoryError: ``path`` is a folder (:class:`AnnotationFileIsAFolderError`).
         AnnotationError: corrupt data or a forbidden global (``os.system``, numpy
         arrays, ...), with the file name.
     """
+    if osp.isdir(path):
+        raise AnnotationFileIsAFolderError(
+            f'is a folder, not a caption pickle{resolved_note(path)}', file=path)
     if not osp.isfile(path):
-        raise FileNotFoundError(f'caption pickle not found: {path}')
+        raise AnnotationFileNotFoundError(
+            f'caption pickle not found (no such file){resolved_note(path)}', file=path)
     with open(path, 'rb') as f:
         data = f.read()
     try:
