@@ -254,3 +254,18 @@ def test_missing_videos_name_the_working_directory(tmp_path, monkeypatch):
     assert str(e.value) == (f"--videos 'gallery': no such folder or list file (resolved "
                             f'to {tmp_path / "gallery"}, from the working directory '
                             f'{tmp_path})')
+
+
+def test_class_names_file_errors_name_the_working_directory_and_folders(tmp_path,
+                                                                        monkeypatch):
+    from stan_mm.models.heads.classnames import read_classnames_file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'k400').mkdir()
+    with pytest.raises(FileNotFoundError) as e:
+        read_classnames_file('k400/classnames.txt')
+    expected = (f"(resolved to {tmp_path / 'k400' / 'classnames.txt'}, from the working "
+                f"directory {tmp_path})")
+    assert expected in str(e.value), str(e.value)
+    with pytest.raises(IsADirectoryError, match="'k400' is a folder") as e:
+        read_classnames_file('k400')
+    assert 'classnames.txt' in str(e.value)

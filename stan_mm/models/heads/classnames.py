@@ -17,9 +17,17 @@ def read_classnames_file(path: str) -> List[str]:
     before the last name, or a name that appears twice, raises ``ValueError`` naming the
     file and the line numbers (either would silently shift or merge labels).
     """
+    from stan_mm.datasets.readers_common import resolved_note
+    if osp.isdir(path):
+        raise IsADirectoryError(
+            f'class names file {path!r} is a folder{resolved_note(path)}; give the text '
+            f'file inside it with one class name per line in label order (e.g. '
+            f'classnames.txt, written by tools/data/build_k400_lists.py or '
+            f'tools/data/build_ssv2_lists.py)')
     if not osp.isfile(path):
         raise FileNotFoundError(
-            f'class names file not found: {path!r} (expected a text file with one class '
+            f'class names file not found: {path!r}{resolved_note(path)} (expected a text '
+            f'file with one class '
             f'name per line in label order, e.g. written by tools/data/build_k400_lists.py '
             f'or tools/data/build_ssv2_lists.py)')
     with open(path, encoding='utf-8-sig') as f:   # a BOM is not part of the first name
