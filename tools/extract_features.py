@@ -36,23 +36,36 @@ AMP_CHOICES = ('auto', 'bf16', 'fp16')   # stan_mm.utils.amp.AMP_CHOICES (stan_m
 #                                          imported after parsing: a fast --help)
 
 
+class ConfigOptions(argparse.Action):
+    """``--cfg-options``: :class:`stan_mm.utils.cli.ConfigOptionsAction` (mmengine's
+    DictAction, spaces in values kept), imported when the option is given: a fast --help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from stan_mm.utils.cli import ConfigOptionsAction
+        ConfigOptionsAction.__call__(self, parser, namespace, values, option_string)
+
+
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', help='config file of the model')
-    p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
-    p.add_argument('--videos', help='folder of videos (scanned recursively), one video file, '
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path; the shell leaves
+    # --out=~/feat as it is)
+    p.add_argument('config', type=osp.expanduser, help='config file of the model')
+    p.add_argument('checkpoint', type=osp.expanduser,
+                   help='checkpoint written by tools/train.py')
+    p.add_argument('--videos', type=osp.expanduser,
+                   help='folder of videos (scanned recursively), one video file, '
                    'or a text file with one video path per line (relative to the file\'s '
                    'folder)')
-    p.add_argument('--texts', help='text file, one text (caption, query) per line: row i of '
+    p.add_argument('--texts', type=osp.expanduser,
+                   help='text file, one text (caption, query) per line: row i of '
                    'texts.npy is line i + 1, so blank lines are refused (but at the end)')
     p.add_argument('--split', choices=['train', 'val', 'test'],
                    help='take the videos and captions of the config\'s <split>_dataloader '
                    'dataset instead (writes text_to_video.npy)')
     p.add_argument('--skip-videos', action='store_true',
                    help='with --split: captions only (e.g. a QB-Norm querybank from train)')
-    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--out', required=True, type=osp.expanduser, help='output folder')
     p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
     p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
@@ -83,8 +96,9 @@ def parse_args(argv=None):
                    help='replace results of another model/config/checkpoint, or of another '
                    '--amp precision, in OUT')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. model.backbone.depth=6')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
+                   help='override config entries, e.g. model.backbone.depth=6 (spaces in a '
+                   'value are kept: "data_root=/data/my videos")')
     args = p.parse_args(argv)
     if args.split is None and args.videos is None and args.texts is None:
         p.error('give --videos and/or --texts, or --split')
@@ -105,13 +119,14 @@ def parse_args(argv=None):
 def check_paths(args) -> None:
     """Refuse, before the model is loaded, the files and folders the run could not use:
     a missing CONFIG, CHECKPOINT or --texts file (or a folder given for one), an --out
-    that is a file or cannot be created (CommandLineError, naming the argument)."""
+    that is a file or cannot be created (CommandLineError, naming the argument). The
+    paths checked (``~`` expanded) are those used."""
     from stan_mm.utils.cli import check_input_file, check_output_dir
-    check_input_file(args.config, 'CONFIG', 'config file')
-    check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
+    args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    args.checkpoint = check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
     if args.texts:
-        check_input_file(args.texts, '--texts', 'text file (one text per line)')
-    check_output_dir(args.out, '--out')
+        args.texts = check_input_file(args.texts, '--texts', 'text file (one text per line)')
+    args.out = check_output_dir(args.out, '--out')
 
 
 def read_texts(path: str):

@@ -19,8 +19,9 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import stan_mm  # noqa: E402,F401
-from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from stan_mm.utils.cli import ConfigOptionsAction, read_config, user_path  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {
@@ -44,13 +45,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--baseline', action='store_true',
                    help='run the order-blind baseline (CLIP mean pooling) instead of STAN')
-    p.add_argument('--config', help='another config (default: the quickstart STAN config); '
+    p.add_argument('--config', type=user_path,
+                   help='another config (default: the quickstart STAN config); '
                    'its results go to work_dirs/quickstart/<config name>')
-    p.add_argument('--work-dir', help='default: work_dirs/quickstart/<stan|meanpool|config '
+    p.add_argument('--work-dir', type=user_path,
+                   help='default: work_dirs/quickstart/<stan|meanpool|config '
                    'name>')
     p.add_argument('--epochs', type=_positive_int,
                    help='override the number of training epochs (>= 1)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptionsAction,
                    help='override config entries, e.g. train_dataloader.batch_size=8 (the '
                    'dataset itself, e.g. its size or motion pairs, is set in '
                    'configs/quickstart/_motion_common.py: the configs copy it when loaded)')
@@ -61,9 +64,9 @@ def parse_args(argv=None):
     from stan_mm.utils.cli import CommandLineError, check_input_file, check_output_dir
     try:
         if args.config:
-            check_input_file(args.config, '--config', 'config file')
+            args.config = check_input_file(args.config, '--config', 'config file')
         if args.work_dir:
-            check_output_dir(args.work_dir, '--work-dir')
+            args.work_dir = check_output_dir(args.work_dir, '--work-dir')
     except CommandLineError as e:
         p.error(str(e))
     return args
@@ -122,7 +125,7 @@ def plot_curves(runs, out_png):
 def main(argv=None):
     args = parse_args(argv)
     name = run_name(args)
-    cfg = Config.fromfile(args.config or CONFIGS[name])
+    cfg = read_config(args.config or CONFIGS[name], '--config')
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     if args.epochs is not None:
@@ -173,4 +176,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from stan_mm.utils.cli import run_tool
+    # (a mistake in the user's input, e.g. a missing CLIP weights file, ends in one line)
+    sys.exit(run_tool(main, 'quickstart.py'))

@@ -13,7 +13,6 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import stan_mm  # noqa: E402,F401
-from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from stan_mm.apis.features import check_qb_norm_banks  # noqa: E402
@@ -21,14 +20,15 @@ from stan_mm.apis.video import set_config_views  # noqa: E402
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
 from stan_mm.utils.amp import AMP_CHOICES  # noqa: E402
 from stan_mm.utils.checkpoint_check import check_checkpoint_fits  # noqa: E402
+from stan_mm.utils.cli import ConfigOptionsAction, user_path  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Test a video model with stan-mm / MMAction2')
-    p.add_argument('config', help='config file path')
-    p.add_argument('checkpoint', help='checkpoint file (local path)')
-    p.add_argument('--work-dir', help='where the test logs and metrics go')
-    p.add_argument('--dump', type=str,
+    p.add_argument('config', type=user_path, help='config file path')
+    p.add_argument('checkpoint', type=user_path, help='checkpoint file (local path)')
+    p.add_argument('--work-dir', type=user_path, help='where the test logs and metrics go')
+    p.add_argument('--dump', type=user_path,
                    help='also write the model outputs (per-sample predictions) to this .pkl')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='multi-view testing, e.g. 1x3 (the paper), 4x3, 1x1: sets num_clips '
@@ -42,8 +42,9 @@ def parse_args(argv=None):
                    'the retrieval ones; bf16 for a model trained in fp32, fp16 on a GPU '
                    'without bf16); bf16 or fp16 choose. The CPU autocasts in bf16 only. '
                    'Check the metric once against a run without --amp')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. model.cls_head.temperature=0.02')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptionsAction,
+                   help='override config entries, e.g. model.cls_head.temperature=0.02 '
+                   '(spaces in a value are kept: "data_root=/data/my videos")')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                    default='none', help='job launcher')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -151,17 +152,23 @@ def merge_args(cfg, args):
     check_launcher(args.launcher, 'test.py')
     cfg.launcher = args.launcher
     if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
+        cfg.work_dir = user_path(args.work_dir)
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    else:
+        cfg.work_dir = user_path(cfg.work_dir)      # (a config's work_dir='~/runs')
     from stan_mm.utils.cli import (CommandLineError, check_numeric_options,
                                    warn_misspelled_keys)
     check_numeric_options(cfg)
+    # (the path that is checked is the one loaded: main and check_qb_norm_banks read
+    # args.checkpoint too)
+    args.checkpoint = user_path(args.checkpoint)
     if not osp.isfile(args.checkpoint):
         raise CommandLineError(f'checkpoint not found: {args.checkpoint!r} (give the path of '
                                f'a .pth file written by tools/train.py, or a converted one)')
     cfg.load_from = args.checkpoint
     if args.dump is not None:
+        args.dump = user_path(args.dump)
         if not args.dump.endswith(('.pkl', '.pickle')):
             raise CommandLineError(f'--dump must end with .pkl or .pickle, got {args.dump}')
         dump = dict(type='DumpResults', out_file_path=args.dump)
@@ -183,17 +190,17 @@ def check_outputs(cfg, args) -> None:
     missing folders are created)."""
     from stan_mm.utils.cli import check_output_dir, check_output_file
     if '://' not in str(cfg.work_dir):
-        check_output_dir(cfg.work_dir, '--work-dir' if args.work_dir is not None
-                         else 'work_dir (from the config)')
+        cfg.work_dir = check_output_dir(cfg.work_dir, '--work-dir' if args.work_dir is not None
+                                        else 'work_dir (from the config)')
     if args.dump is not None:
         check_output_file(args.dump, '--dump')
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from stan_mm.utils.cli import check_input_file
-    check_input_file(args.config, 'CONFIG', 'config file')
-    cfg = merge_args(Config.fromfile(args.config), args)
+    from stan_mm.utils.cli import check_input_file, read_config
+    args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    cfg = merge_args(read_config(args.config), args)
     if args.amp:    # an impossible choice (fp16 on the CPU) is refused before any work
         resolve_test_amp(cfg, args.amp, report=False)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)

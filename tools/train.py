@@ -14,19 +14,19 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import stan_mm  # noqa: E402,F401  (stack fixes + registration, before any config is built)
-from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from stan_mm.engine.shutdown import shutdown_distributed  # noqa: E402
+from stan_mm.utils.cli import ConfigOptionsAction, user_path  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Train a video model with stan-mm / MMAction2')
-    p.add_argument('config', help='config file path')
-    p.add_argument('--work-dir', help='where logs and checkpoints go '
+    p.add_argument('config', type=user_path, help='config file path')
+    p.add_argument('--work-dir', type=user_path, help='where logs and checkpoints go '
                    '(default: ./work_dirs/<config name>)')
-    p.add_argument('--resume', nargs='?', type=str, const='auto',
+    p.add_argument('--resume', nargs='?', type=user_path, const='auto',
                    help='resume from CKPT, or from the latest checkpoint of the work dir '
                    'when given without a value')
     p.add_argument('--amp', action='store_true',
@@ -41,8 +41,9 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=None, help='random seed')
     p.add_argument('--deterministic', action='store_true',
                    help='deterministic algorithms (slower; exact resumption on CPU)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. model.backbone.depth=6')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptionsAction,
+                   help='override config entries, e.g. model.backbone.depth=6 (spaces in a '
+                   'value are kept: "data_root=/data/my videos")')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                    default='none', help='job launcher')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -58,9 +59,11 @@ def merge_args(cfg, args):
     check_launcher(args.launcher, 'train.py')
     cfg.launcher = args.launcher
     if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
+        cfg.work_dir = user_path(args.work_dir)
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    else:
+        cfg.work_dir = user_path(cfg.work_dir)      # (a config's work_dir='~/runs')
     if args.amp:
         from stan_mm.utils.cli import CommandLineError
         ow = cfg.optim_wrapper
@@ -204,7 +207,8 @@ class ResumeCheckHook(Hook):
 
 def check_resume_path(path: str) -> str:
     """``--resume PATH``: a local file path must name a checkpoint file (mmengine would
-    fail deep inside with a traceback); a URL (``scheme://``) is left to mmengine.
+    fail deep inside with a traceback); a URL (``scheme://``) is left to mmengine. Returns
+    the path to load (``~`` expanded).
 
     Raises:
         CommandLineError: naming ``--resume`` and the path.
@@ -212,6 +216,7 @@ def check_resume_path(path: str) -> str:
     if '://' in path:
         return path
     from stan_mm.utils.cli import CommandLineError
+    path = user_path(path)
     if osp.isdir(path):
         raise CommandLineError(f'--resume {path!r} is a folder; give the checkpoint file (a '
                                f'.pth file written by tools/train.py), or --resume without a '
@@ -228,8 +233,8 @@ def check_outputs(cfg, args) -> None:
     :mod:`stan_mm.utils.cli`; a missing one is created)."""
     from stan_mm.utils.cli import check_output_dir
     if '://' not in str(cfg.work_dir):
-        check_output_dir(cfg.work_dir, '--work-dir' if args.work_dir is not None
-                         else 'work_dir (from the config)')
+        cfg.work_dir = check_output_dir(cfg.work_dir, '--work-dir' if args.work_dir is not None
+                                        else 'work_dir (from the config)')
 
 
 def check_auto_resume(work_dir: str):
@@ -319,9 +324,9 @@ def work_dir_lock(work_dir: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    from stan_mm.utils.cli import check_input_file
-    check_input_file(args.config, 'CONFIG', 'config file')
-    cfg = merge_args(Config.fromfile(args.config), args)
+    from stan_mm.utils.cli import check_input_file, read_config
+    args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    cfg = merge_args(read_config(args.config), args)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     from stan_mm.utils.cli import logger_names, write_to_log_files
     with work_dir_lock(cfg.work_dir):

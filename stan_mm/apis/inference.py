@@ -36,13 +36,18 @@ class ModelLoadError(RuntimeError):
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
-    """Config from a path (or a Config, copied), with ``cfg_options`` merged."""
+    """Config from a path (``~`` expanded; a symbolic link to a config is read where it
+    points when its ``_base_`` files are not next to the link:
+    :func:`stan_mm.utils.cli.read_config`) or a Config (copied), with ``cfg_options``
+    merged."""
     if isinstance(config, Config):
         cfg = Config(config.to_dict(), filename=config.filename)
     else:
+        from stan_mm.utils.cli import read_config
+        config = osp.expanduser(config)
         if not osp.isfile(config):
             raise FileNotFoundError(f'config file not found: {config}')
-        cfg = Config.fromfile(config)
+        cfg = read_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if 'model' not in cfg:

@@ -8,9 +8,13 @@ line of stderr and exit status 2, instead of a page of mmengine traceback with t
 at the bottom. Bugs (any other exception) keep their traceback, and ``STAN_TRACEBACK=1``
 shows it for these errors too.
 """
+import ast
+import copy
 import os
 import sys
-from typing import Callable, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Mapping, Optional, Tuple, Type
+
+from mmengine.config import DictAction
 
 
 class CommandLineError(ValueError):
@@ -43,16 +47,54 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
             SyntheticDatasetExistsError, NonFiniteTrainingError)
 
 
+def user_path(path):
+    """``path`` with a leading ``~`` / ``~user`` expanded (``os.path.expanduser``): the shell
+    leaves ``--work-dir=~/x`` and a quoted ``'~/x'`` as they are, and a tool would then
+    create a folder named ``~`` in the current one. Not a string (None): as is."""
+    return os.path.expanduser(path) if isinstance(path, str) else path
+
+
+def _dangling_link(path: str) -> Optional[str]:
+    """The first of ``path`` and its parent folders that is a symbolic link to nothing
+    (a target purged from scratch space), or None."""
+    path = os.path.abspath(path)
+    while True:
+        if os.path.islink(path) and not os.path.exists(path):
+            return path
+        if os.path.exists(path):
+            return None            # (an existing folder: its parents exist too)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+def _dangling_message(flag: str, path: str, link: str) -> str:
+    target = os.readlink(link)
+    where = (f'{flag} {path!r} is' if os.path.abspath(path) == link
+             else f'{flag} {path!r}: {link!r} is')
+    return (f'{where} a symbolic link to {target!r}, which does not exist (create the '
+            f'target folder or remove the link)')
+
+
 def check_output_file(path: str, flag: str) -> str:
     """Refuse, before any work, an output file path the tool could not write: an existing
-    folder, a parent that is a file, or a parent folder that cannot be created. Creates
-    the missing parent folders. Returns ``path``.
+    folder, a parent that is a file, a parent folder that cannot be created, a symbolic
+    link into a folder that does not exist. Creates the missing parent folders. Returns
+    ``path`` with ``~`` expanded (:func:`user_path`): the path to write.
 
     Raises:
         CommandLineError: naming ``flag`` and the path.
     """
+    path = user_path(path)
     if os.path.isdir(path):
         raise CommandLineError(f'{flag} {path!r} is a folder; give a file name')
+    if os.path.islink(path) and not os.path.exists(path):
+        target = os.path.join(os.path.dirname(path), os.readlink(path))
+        if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            raise CommandLineError(
+                f'{flag} {path!r} is a symbolic link to {os.readlink(path)!r}, whose folder '
+                f'does not exist (create that folder or remove the link)')
     parent = os.path.dirname(os.path.abspath(path))
     check_output_dir(parent, f'{flag} {path!r}: its folder')
     return path
@@ -60,15 +102,21 @@ def check_output_file(path: str, flag: str) -> str:
 
 def check_output_dir(path: str, flag: str) -> str:
     """Refuse, before any work, an output folder the tool could not use: an existing
-    file, a path through a file, or one that cannot be created (the OS reason is named).
-    Creates it when missing. Returns ``path``.
+    file, a path through a file, a symbolic link (or a link among its parent folders) to
+    something that does not exist, or one that cannot be created (the OS reason is
+    named). Creates it when missing. Returns ``path`` with ``~`` expanded
+    (:func:`user_path`): the folder to use.
 
     Raises:
         CommandLineError: naming ``flag`` and the path.
     """
+    path = user_path(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise CommandLineError(f'{flag} {path!r} is a file, not a folder; give a folder '
                                '(it is created when missing)')
+    link = _dangling_link(path)
+    if link is not None:
+        raise CommandLineError(_dangling_message(flag, path, link))
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -81,16 +129,222 @@ def check_output_dir(path: str, flag: str) -> str:
 
 def check_input_file(path: str, flag: str, what: str = 'file') -> str:
     """Refuse a missing input file, or a folder given for it, naming ``flag``: "not
-    found" only when nothing is there.
+    found" only when nothing is there. Returns ``path`` with ``~`` expanded
+    (:func:`user_path`): the file to read.
 
     Raises:
         CommandLineError
     """
+    path = user_path(path)
     if os.path.isdir(path):
         raise CommandLineError(f'{flag} {path!r} is a folder; give the {what}')
     if not os.path.isfile(path):
         raise CommandLineError(f'{flag} {path!r}: {what} not found')
     return path
+
+
+def _missing_file(exc: OSError) -> Optional[str]:
+    """The file a FileNotFoundError of mmengine's config loader names."""
+    if exc.filename:
+        return str(exc.filename)
+    import re
+    found = re.search(r'file "(.+)" does not exist', str(exc))
+    return found.group(1) if found else None
+
+
+def _base_files(path: str, seen: set):
+    """The ``_base_`` files of the config ``path`` and of its bases, as mmengine joins
+    them (``<folder of the naming file>/<relative path>``), the missing ones included."""
+    from mmengine.config import Config
+    try:
+        names = Config._get_base_files(path)
+    except Exception:  # noqa: BLE001  (unreadable: mmengine's own error is raised)
+        return
+    for name in names if isinstance(names, (list, tuple)) else [names]:
+        try:
+            full, _ = Config._get_cfg_path(name, path)
+        except Exception:  # noqa: BLE001
+            continue
+        yield full
+        if os.path.isfile(full) and full not in seen:
+            seen.add(full)
+            yield from _base_files(full, seen)
+
+
+def _is_base_file(config: str, missing: str) -> bool:
+    """Whether ``missing`` is a ``_base_`` file of ``config`` (or of its bases)."""
+    missing = os.path.normpath(os.path.abspath(missing))
+    return any(os.path.normpath(os.path.abspath(f)) == missing
+               for f in _base_files(config, set()))
+
+
+def read_config(path: str, flag: str = 'CONFIG'):
+    """``mmengine.config.Config.fromfile(path)`` (``~`` expanded), where a missing
+    ``_base_`` file is explained in one line instead of a traceback.
+
+    mmengine resolves a relative ``_base_`` against the folder of the file as named: a
+    config reached through a symbolic link (``my.py -> configs/stan/x.py``) looks for
+    ``../_base_`` next to the link. Such a config is then read through its real path
+    (``os.path.realpath``), where its ``_base_`` files are.
+
+    Raises:
+        CommandLineError: a ``_base_`` file is missing (also through the real path),
+            naming ``flag``, the config and the missing file.
+    """
+    from mmengine.config import Config
+    path = user_path(path)
+    try:
+        return Config.fromfile(path)
+    except FileNotFoundError as exc:
+        missing = _missing_file(exc)
+        if missing is None or not _is_base_file(path, missing):
+            raise
+        error = exc
+    real = os.path.realpath(path)
+    link = ''
+    if real != os.path.abspath(path):
+        try:
+            return Config.fromfile(real)
+        except FileNotFoundError as exc:
+            missing_real = _missing_file(exc)
+            if missing_real is None or not _is_base_file(real, missing_real):
+                raise
+            missing, error = missing_real, exc
+        link = f' ({path!r} is a symbolic link to {real!r}; read through either)'
+    raise CommandLineError(
+        f'{flag} {path!r}: its _base_ file {missing!r} does not exist{link}. A relative '
+        f'_base_ path is read from the folder of the config file that names it: keep a '
+        f'copied config next to the _base_ folder it names (or a symbolic link to the '
+        f'config, which is then read where it points), or name the base file by its '
+        f'absolute path') from error
+
+
+_QUOTES = '\'"'
+
+
+def _next_comma(text: str) -> int:
+    """The index of the first comma of ``text`` outside brackets (``len(text)`` when
+    none), as mmengine's DictAction finds it."""
+    if text.count('(') != text.count(')') or text.count('[') != text.count(']'):
+        raise ValueError(f'unbalanced brackets in {text!r}')
+    depth = 0
+    for i, char in enumerate(text):
+        if char in '([':
+            depth += 1
+        elif char in ')]':
+            depth -= 1
+        elif char == ',' and depth == 0:
+            return i
+    return len(text)
+
+
+def _parse_spaced(text: str) -> Any:
+    """mmengine's DictAction reading of a value (quotes stripped, ``[...]`` a list,
+    ``(...)`` a tuple, ``a,b`` a list, numbers, True / False / None), with the spaces
+    inside an element kept: only those around it are dropped."""
+    text = text.strip().strip(_QUOTES)
+    is_tuple = False
+    if text.startswith('(') and text.endswith(')'):
+        is_tuple, text = True, text[1:-1]
+    elif text.startswith('[') and text.endswith(']'):
+        text = text[1:-1]
+    elif ',' not in text:
+        return DictAction._parse_int_float_bool(text)
+    values = []
+    while text.strip():
+        comma = _next_comma(text)
+        values.append(_parse_spaced(text[:comma]))
+        text = text[comma + 1:]
+    return tuple(values) if is_tuple else values
+
+
+def _bracketed_literal(text: str) -> Any:
+    """``text`` (``[...]`` or ``(...)``) read as a Python literal of that kind, or
+    :data:`_NOT_LITERAL`."""
+    kind = {'[': list, '(': tuple}.get(text[:1])
+    if kind is None or text[-1:] != {list: ']', tuple: ')'}[kind]:
+        return _NOT_LITERAL
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NOT_LITERAL
+    return value if isinstance(value, kind) else _NOT_LITERAL
+
+
+_NOT_LITERAL = object()
+
+
+def parse_option_value(val: str) -> Any:
+    """The value of one ``--cfg-options KEY=VALUE``, as mmengine's ``DictAction`` reads it
+    (``1`` int, ``0.1`` float, ``True`` / ``false`` / ``None``, ``a,b`` or ``[a,b]`` a
+    list, ``(a,b)`` a tuple, nested ``[(1,2),(3,4)]``), except that mmengine deletes every
+    space of the value (``data_root=/data/my videos`` became ``/data/myvideos``):
+
+    * a value without spaces and without quotes inside brackets: mmengine's reading,
+      unchanged;
+    * a bracketed value (``[...]``, ``(...)``) with spaces or quotes that is a Python
+      literal: Python's reading (``"['a video of {}.']"`` is ``['a video of {}.']``; a
+      quoted item stays a string: ``['1', 'a,b']`` is ``['1', 'a,b']``, which mmengine
+      read as ``[1, 'a', 'b']``);
+    * any other value with spaces: mmengine's reading with the spaces inside each item
+      kept (``/data/my videos``; ``[a video, b]`` is ``['a video', 'b']``; spaces around
+      items and commas are dropped, as mmengine drops them).
+
+    Raises:
+        ValueError: unbalanced brackets where items are split at commas.
+    """
+    core = val.strip().strip(_QUOTES).strip()
+    bracketed = core[:1] in '([' and core[-1:] in ')]' and core != ''
+    if ' ' not in val and not (bracketed and any(q in core for q in _QUOTES)):
+        try:
+            return DictAction._parse_iterable(val)
+        except AssertionError:        # mmengine's check of the brackets
+            raise ValueError(f'unbalanced brackets in {val!r}') from None
+    if bracketed:
+        value = _bracketed_literal(core)
+        if value is not _NOT_LITERAL:
+            return value
+    return _parse_spaced(val)
+
+
+class ConfigOptionsAction(DictAction):
+    """``--cfg-options KEY=VALUE ...`` of the tools: mmengine's ``DictAction`` with the
+    spaces inside values kept (:func:`parse_option_value`), and a ``KEY=VALUE`` without
+    ``=`` (or a value with unbalanced brackets) refused by argparse in one line instead of
+    a traceback. Reads into a dict for ``Config.merge_from_dict``, like mmengine's."""
+
+    @staticmethod
+    def _parse_iterable(val: str) -> Any:
+        return parse_option_value(val)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        # (called unbound by the tools' lazy forwarding actions: only self.dest is read)
+        options = copy.copy(getattr(namespace, self.dest, None) or {})
+        for kv in ([values] if isinstance(values, str) else values or ()):
+            key, sep, val = kv.partition('=')
+            key = key.strip()
+            if not sep or not key:
+                parser.error(f'{option_string or "--cfg-options"} {kv!r}: expected '
+                             f'KEY=VALUE, e.g. train_dataloader.batch_size=8')
+            try:
+                options[key] = parse_option_value(val)
+            except ValueError as e:
+                parser.error(f'{option_string or "--cfg-options"} {kv!r}: {e}')
+        setattr(namespace, self.dest, options)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """An error about the user's input (:func:`run_tool` prints its message on one line):
+    one of :func:`user_errors`, or a ``FileNotFoundError`` the code that raised it wrote a
+    message for (``CLIP weights not found: 'checkpoints/clip/ViT-B-16.pt' ...``, mmengine's
+    ``x can not be found``). One the OS raised (``[Errno 2] No such file or directory:
+    'x'``) names the file but not what it was for: its traceback is kept, as is one
+    re-raised from a DataLoader worker (its message holds the worker's traceback)."""
+    if isinstance(exc, user_errors()):
+        return True
+    return (isinstance(exc, FileNotFoundError) and exc.errno is None
+            and len(exc.args) == 1 and isinstance(exc.args[0], str)
+            and ' ' in exc.args[0] and 'Traceback' not in exc.args[0])
 
 
 def describe(exc: BaseException) -> str:
@@ -587,6 +841,17 @@ def error_hint(exc: BaseException, tool: str) -> Optional[str]:
     """A line to print after the error of ``exc``: what to do about it, where the message
     alone does not say."""
     from stan_mm.datasets.transforms.video_io import VideoReadError
+    if isinstance(exc, FileNotFoundError) and 'CLIP weights not found' in str(exc):
+        if tool.startswith('test'):
+            return (f'{tool}: hint: a trained checkpoint holds every weight, so the model '
+                    f'can be built without the CLIP file its config names: --cfg-options '
+                    f'model.backbone.pretrained=None model.cls_head.text_encoder.pretrained='
+                    f'None (recognition), model.pretrained=None (retrieval) '
+                    f'(docs/training_testing.md)')
+        return (f'{tool}: hint: the config\'s CLIP pretrained= entries name this file: put '
+                f'the CLIP weights there (docs/weights.md), or name yours with --cfg-options '
+                f'model.backbone.pretrained=PATH model.cls_head.text_encoder.pretrained=PATH '
+                f'(recognition), model.pretrained=PATH (retrieval)')
     if isinstance(exc, VideoReadError) and tool.startswith('train'):
         return (f'{tool}: hint: --resume replays the same samples in the same order, so a '
                 f'resumed run stops at this video again: fix or remove it '
@@ -599,7 +864,7 @@ def error_hint(exc: BaseException, tool: str) -> Optional[str]:
 
 def run_tool(main: Callable[[], object], tool: str) -> int:
     """Call ``main()``; return its exit status (an int it returns, else 0), or 2 after
-    printing ``<tool>: error: <message>`` for an error of :func:`user_errors` (with a hint
+    printing ``<tool>: error: <message>`` for an error of :func:`is_user_error` (with a hint
     line where :func:`error_hint` has one; re-raised as is when ``STAN_TRACEBACK=1``).
 
     The error that ends the run, a user error's line or another exception's traceback, is
@@ -608,7 +873,12 @@ def run_tool(main: Callable[[], object], tool: str) -> int:
     before = logger_names()
     try:
         status = main()
-    except user_errors() as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            import traceback
+            write_to_log_files(f'{tool}: error: {type(exc).__name__}: {exc}\n'
+                               + traceback.format_exc().rstrip(), exclude=before)
+            raise
         line = f'{tool}: error: {type(exc).__name__}: {describe(exc)}'
         hint = error_hint(exc, tool)
         write_to_log_files(line + (f'\n{hint}' if hint else ''), exclude=before)
@@ -617,11 +887,6 @@ def run_tool(main: Callable[[], object], tool: str) -> int:
         print(line + (f'\n{hint}' if hint else '') + '\n'
               '(STAN_TRACEBACK=1 shows where it was raised)', file=sys.stderr)
         return 2
-    except Exception as exc:
-        import traceback
-        write_to_log_files(f'{tool}: error: {type(exc).__name__}: {exc}\n'
-                           + traceback.format_exc().rstrip(), exclude=before)
-        raise
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 

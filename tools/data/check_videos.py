@@ -39,26 +39,28 @@ SHOWN = 20
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from stan_mm.utils.cli import ConfigOptionsAction, user_path
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('source', nargs='?', metavar='SOURCE',
+    p.add_argument('source', nargs='?', metavar='SOURCE', type=user_path,
                    help='a folder of videos (recursive), a text file with one video path '
                    'per line, or one video file (omit with --config)')
-    p.add_argument('--config', help='check the videos of this config\'s datasets')
+    p.add_argument('--config', type=user_path, help='check the videos of this config\'s datasets')
     p.add_argument('--splits', nargs='+', default=['train', 'val', 'test'],
                    choices=['train', 'val', 'test'],
                    help='with --config: the <split>_dataloader datasets (default: all three; '
                    'a split the config lacks is skipped)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                   metavar='KEY=VALUE', help='override config entries')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptionsAction, default={},
+                   metavar='KEY=VALUE', help='override config entries (spaces in a value '
+                   'are kept: "data_root=/data/my videos")')
     from stan_mm.apis.video_check import FRAME_MODES
     p.add_argument('--frames', choices=FRAME_MODES, default='ends',
                    help='decode the first, middle and last frame (default) or every frame')
     p.add_argument('--workers', type=int, default=1,
                    help='processes decoding at once (default 1); a video that crashes its '
                    'decoder is reported. 0: decode in this process (a crash ends the tool)')
-    p.add_argument('--out', help='write the unreadable videos\' paths here, one per line')
+    p.add_argument('--out', type=user_path,
+                   help='write the unreadable videos\' paths here, one per line')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
     if bool(args.source) == bool(args.config):
@@ -134,11 +136,11 @@ def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, 
             inputs.append(args.source)
             _refuse_labelled_list(args.source, root, found)
         return [(v if osp.isabs(v) else osp.join(root, v), v, None) for v in found]
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from stan_mm.apis.video import dataset_cfg, split_items
+    from stan_mm.utils.cli import read_config
     inputs.append(args.config)
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config, '--config')
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmaction'))
@@ -197,7 +199,7 @@ def main(argv=None) -> int:
     from stan_mm.utils.cli import CommandLineError, check_output_file
     try:
         if args.out:
-            check_output_file(args.out, '--out')
+            args.out = check_output_file(args.out, '--out')
     except CommandLineError as e:
         print(f'check_videos: error: {e}', file=sys.stderr)
         return 2

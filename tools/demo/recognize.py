@@ -27,14 +27,26 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
+class ConfigOptions(argparse.Action):
+    """``--cfg-options``: :class:`stan_mm.utils.cli.ConfigOptionsAction` (mmengine's
+    DictAction, spaces in values kept), imported when the option is given: a fast --help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from stan_mm.utils.cli import ConfigOptionsAction
+        ConfigOptionsAction.__call__(self, parser, namespace, values, option_string)
+
+
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', help='config file of the model')
-    p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
-    p.add_argument('video', help='the video file')
-    p.add_argument('--classnames', help='class list: a classnames.txt file (one per line) or '
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path; the shell leaves
+    # --classnames=~/classes.txt as it is)
+    p.add_argument('config', type=osp.expanduser, help='config file of the model')
+    p.add_argument('checkpoint', type=osp.expanduser,
+                   help='checkpoint written by tools/train.py')
+    p.add_argument('video', type=osp.expanduser, help='the video file')
+    p.add_argument('--classnames', type=osp.expanduser,
+                   help='class list: a classnames.txt file (one per line) or '
                    '"name1,name2,..." (names that contain commas, such as some SSv2 '
                    'classes, need the file)')
     p.add_argument('--views', metavar='CLIPSxCROPS',
@@ -46,8 +58,9 @@ def parse_args(argv=None):
                    '(default: the config\'s, model.cls_head.templates), or a retrieval '
                    'config\'s prompts (default "a video of {}."); a linear head has none')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
+                   help='override config entries (spaces in a value are kept: '
+                   '"model.cls_head.templates=[\'a video of {}.\']")')
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error('--top-k must be >= 1')
@@ -62,8 +75,8 @@ def check_paths(args) -> None:
     argument)."""
     from stan_mm.datasets.transforms.video_io import resolve_video_name
     from stan_mm.utils.cli import CommandLineError, check_input_file
-    check_input_file(args.config, 'CONFIG', 'config file')
-    check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
+    args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    args.checkpoint = check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
     video = args.video
     if '://' not in video and osp.isdir(resolve_video_name(video)):
         raise CommandLineError(f'VIDEO {video!r} is a folder; give the video file')

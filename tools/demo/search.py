@@ -24,32 +24,47 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
+class ConfigOptions(argparse.Action):
+    """``--cfg-options``: :class:`stan_mm.utils.cli.ConfigOptionsAction` (mmengine's
+    DictAction, spaces in values kept), imported when the option is given: a fast --help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from stan_mm.utils.cli import ConfigOptionsAction
+        ConfigOptionsAction.__call__(self, parser, namespace, values, option_string)
+
+
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', help='config file of the model (retrieval, or recognition '
-                   'with a text-classifier head)')
-    p.add_argument('checkpoint', help='checkpoint written by tools/train.py')
-    p.add_argument('--gallery', required=True, help='folder of videos (scanned recursively)')
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path; the shell leaves
+    # --cache=~/cache as it is)
+    p.add_argument('config', type=osp.expanduser, help='config file of the model '
+                   '(retrieval, or recognition with a text-classifier head)')
+    p.add_argument('checkpoint', type=osp.expanduser,
+                   help='checkpoint written by tools/train.py')
+    p.add_argument('--gallery', required=True, type=osp.expanduser,
+                   help='folder of videos (scanned recursively)')
     p.add_argument('--query', action='append', default=[], help='a text query (repeatable)')
-    p.add_argument('--queries', help='text file with one query per line, taken after the '
+    p.add_argument('--queries', type=osp.expanduser,
+                   help='text file with one query per line, taken after the '
                    '--query ones in file order (the rows of --save-sim), so blank lines are '
                    'refused (but at the end)')
     p.add_argument('--top-k', type=int, default=5, help='results per query (default 5)')
-    p.add_argument('--html', help='write an HTML page with frame thumbnails here')
+    p.add_argument('--html', type=osp.expanduser,
+                   help='write an HTML page with frame thumbnails here')
     p.add_argument('--thumbnails', type=int, default=4,
                    help='frames per video in the HTML page, >= 1 (default 4); leave out '
                    '--html for no page')
-    p.add_argument('--cache', help='cache folder (default: GALLERY/.stan_mm_cache)')
-    p.add_argument('--save-sim', metavar='SIM.npy',
+    p.add_argument('--cache', type=osp.expanduser,
+                   help='cache folder (default: GALLERY/.stan_mm_cache)')
+    p.add_argument('--save-sim', metavar='SIM.npy', type=osp.expanduser,
                    help='write the query x video similarity matrix (.npy)')
     p.add_argument('--batch-size', type=int, default=8, help='videos per forward pass')
     p.add_argument('--num-workers', type=int, default=2, help='video decoding processes')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
+                   help='override config entries (spaces in a value are kept)')
     args = p.parse_args(argv)
     if args.queries:
         from stan_mm.apis.embed import read_text_lines
@@ -96,15 +111,16 @@ def check_paths(args) -> None:
     from stan_mm.apis.search import CACHE_DIRNAME
     from stan_mm.apis.video import list_videos
     from stan_mm.utils.cli import check_input_file, check_output_dir, check_output_file
-    check_input_file(args.config, 'CONFIG', 'config file')
-    check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
+    args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    args.checkpoint = check_input_file(args.checkpoint, 'CHECKPOINT', 'checkpoint file')
     if args.cache is not None:
-        check_output_dir(args.cache, '--cache')
+        args.cache = check_output_dir(args.cache, '--cache')
     else:
         check_output_dir(osp.join(args.gallery, CACHE_DIRNAME),
                          'the gallery cache (choose another with --cache)')
     if args.html:
-        probe_output_file(check_output_file(args.html, '--html'), '--html')
+        args.html = check_output_file(args.html, '--html')
+        probe_output_file(args.html, '--html')
     if args.save_sim:
         for path in sim_files(args.save_sim):
             probe_output_file(check_output_file(path, '--save-sim'), '--save-sim')
