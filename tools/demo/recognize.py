@@ -46,8 +46,9 @@ def parse_args(argv=None):
                    help='checkpoint written by tools/train.py')
     p.add_argument('video', type=osp.expanduser, help='the video file')
     p.add_argument('--classnames', type=osp.expanduser,
-                   help='class list: a classnames.txt file (one per line) or '
-                   '"name1,name2,..." (names that contain commas, such as some SSv2 '
+                   help='class list: a file with one name per line (a value with a "/" '
+                   'or a file extension is a file name) or "name1,name2,..." of at least '
+                   'two names (names that contain commas or "/", such as some SSv2 '
                    'classes, need the file)')
     p.add_argument('--views', metavar='CLIPSxCROPS',
                    help='test views, e.g. 1x3 or 4x3 (default: the config\'s)')
