@@ -12,15 +12,27 @@ missing file                ``FileNotFoundError`` (names the file)
 zero bytes, text, header    ``RuntimeError: Error reading N bytes...`` (no name)
   cut off
 truncated frame data        ``DECORDError ... Error sending packet`` (no name)
-frame width 2-8, 12, 16,    ``DECORDError ... DECORDArrayCopyFromTo: The size must
-  24, 48, 72 px (mp4v;      exactly match`` although the file is fine
-  decord bug)
+frame width 2-8, 12, 16,    ``mode='accurate'``: ``DECORDError ...
+  24, 48, 72 px (mp4v;      DECORDArrayCopyFromTo: The size must exactly match``
+  decord bug)               although the file is fine; ``mode='efficient'``: frames
+                            ``[H, W, 4..48]``, decord's padded row buffer
 ==========================  ======================================================
 
 :class:`SafeDecordInit` and :class:`SafeDecordDecode` are drop-in replacements (same
 arguments, same result keys) that raise :class:`VideoReadError` ``(filename, reason)``
-instead, and decode the frame widths that trip decord's copy bug with OpenCV. Decoded
+instead, and decode the frame widths that trip decord's copy bug correctly. Decoded
 frames are always ``[H, W, 3]`` uint8 RGB (grayscale videos become three equal channels).
+
+decord's padded frames. decord 0.6.0 hands a frame over without a copy whenever FFmpeg's
+row length in bytes (``linesize``, padded for alignment) is a multiple of the width, as
+``[H, W, linesize // W]``: for most widths ``linesize == 3 W``, for a few (above; which
+ones depends on FFmpeg's alignment) the rows are padded and the last axis is 4..48. Its
+``get_batch`` then fails to copy the frame into the ``[T, H, W, 3]`` batch; ``seek`` +
+``next`` returns the padded buffer. :class:`SafeDecordDecode` checks every batch and frame
+against the reader's ``[H, W, 3]``: a padded frame is read back as rows of ``linesize``
+bytes (RGB first, never RGBA), a batch that fails to copy and any other shape is decoded by
+OpenCV (``tests/test_decode_widths.py``: every even width 2-100, both modes, equal to
+OpenCV's frames).
 
 :class:`SkipUnreadable` wraps any MMAction2 dataset for training: a sample whose video raises
 :class:`VideoReadError` is replaced by another sample chosen deterministically from the
@@ -36,7 +48,7 @@ import os.path as osp
 import re
 import stat
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -110,6 +122,9 @@ class _VideoSource:
     Forwards every attribute to the reader, so MMAction2's own transforms that use
     ``results['video_reader']`` work unchanged.
     """
+
+    #: ``(H, W)`` of the reader's frames, once known (:func:`_reader_frame_size`)
+    frame_size = None
 
     def __init__(self, reader, data: bytes, filename: str):
         self.reader, self.data, self.filename = reader, data, filename
@@ -279,8 +294,11 @@ class SafeDecordInit(DecordInit):
 @TRANSFORMS.register_module()
 class SafeDecordDecode(DecordDecode):
     """``DecordDecode`` that raises :class:`VideoReadError` naming the file, decodes the frame
-    widths decord 0.6.0 cannot copy with OpenCV, and always returns RGB ``[H, W, 3]`` uint8
-    frames (``results['imgs']``, a list of T' = ``len(frame_inds)`` arrays).
+    widths decord 0.6.0 cannot copy correctly (module docstring), and always returns RGB
+    ``[H, W, 3]`` uint8 frames (``results['imgs']``, a list of T' = ``len(frame_inds)``
+    arrays): every decord batch and frame is checked against the reader's ``[H, W, 3]``;
+    one that is not is decoded by OpenCV (a padded frame buffer of ``mode='efficient'`` is
+    read back without it).
 
     Required keys: ``video_reader``, ``frame_inds``, ``filename``. Added keys: ``imgs``,
     ``original_shape``, ``img_shape`` (as ``DecordDecode``).
@@ -326,18 +344,21 @@ class SafeDecordDecode(DecordDecode):
             decode_inds, order = np.unique(flat, return_inverse=True)
             order = order.reshape(-1)
         try:
-            if self.mode == 'accurate' and ZERO_COPY:
-                # as DecordDecode, without its copy of the whole batch (``asnumpy``)
-                imgs = list(decord_batch_to_numpy(container.get_batch(decode_inds)))
+            if self.mode == 'accurate':
+                imgs = self._decord_batch(container, decode_inds)
             else:
-                imgs = super()._decord_load_frames(container, decode_inds)
-            if order is not None:
+                imgs = self._decord_seek_frames(container, decode_inds)
+            if imgs is not None and order is not None:
                 imgs = _in_requested_order(imgs, order)
         except Exception as e:
             if _DECORD_COPY_BUG not in str(e):
                 raise VideoReadError(
                     filename, f'decoding frames {_brief(frame_inds)} failed ({_short(e)}); '
                     f'the file is probably truncated or corrupt') from e
+            imgs = None
+        if imgs is None:
+            # decord's copy bug (accurate mode raises it), or frames of another shape than
+            # the reader's [H, W, 3]: OpenCV decodes the frames asked for
             source = filename  # a local file, else the bytes SafeDecordInit read
             if not osp.isfile(filename) and getattr(container, 'data', None) is not None:
                 source = container.data
@@ -345,6 +366,49 @@ class SafeDecordDecode(DecordDecode):
         imgs = [_as_rgb(img, filename) for img in imgs]
         # new arrays, held by results['imgs'] only: the pipeline owns them (fast_paths)
         mark_owned(imgs)
+        return imgs
+
+    @staticmethod
+    def _decord_batch(container, inds: np.ndarray) -> Optional[List[np.ndarray]]:
+        """``get_batch``'s frames, or ``None`` when the batch is not ``[T, H, W, 3]`` uint8.
+
+        decord allocates the batch as ``[T, H, W, 3]`` with the reader's own frame size and
+        copies each frame into it, raising its copy error when a frame does not fit; the
+        size is recorded for the file (:func:`_reader_frame_size`)."""
+        batch = container.get_batch(inds)
+        arr = decord_batch_to_numpy(batch) if ZERO_COPY else _copy_to_numpy(batch)
+        if arr.ndim != 4:
+            return None
+        size = _reader_frame_size(container, arr.shape[1:3])
+        if arr.dtype != np.uint8 or arr.shape != (len(inds), *size, 3):
+            return None
+        return list(arr)
+
+    @staticmethod
+    def _decord_seek_frames(container, inds: np.ndarray) -> Optional[List[np.ndarray]]:
+        """``DecordDecode``'s ``'efficient'`` mode (``seek`` then ``next`` per index), each
+        frame checked against the reader's ``[H, W, 3]``: ``None`` when one is not that and
+        is not decord's padded frame buffer of it either (:func:`_decord_frame_rgb`).
+
+        The reader's ``H, W``: known from an earlier decode of the file, else asked from
+        decord when a frame is not ``[H, W, 3]`` (:func:`_reader_frame_size`), else the
+        first frame's (decord gives every frame of a reader the same size)."""
+        size = getattr(container, 'frame_size', None)
+        container.seek(0)
+        imgs = []
+        for idx in inds:
+            container.seek(int(idx))
+            img = _copy_to_numpy(container.next())
+            if size is None and not (img.ndim == 3 and img.shape[-1] == 3):
+                size = _reader_frame_size(container)
+                if size is None:
+                    return None
+            img = _decord_frame_rgb(img, size)
+            if img is None:
+                return None
+            size = size or img.shape[:2]
+            imgs.append(img)
+        _reader_frame_size(container, size)
         return imgs
 
 
@@ -358,7 +422,9 @@ def decord_batch_to_numpy(batch) -> np.ndarray:
     over through DLPack: the returned array keeps decord's buffer alive, and decord
     allocates a new buffer for every batch, so later calls do not overwrite it. A torch
     tensor (decord's ``torch`` bridge) is viewed as well; anything else, and a batch DLPack
-    cannot hand over, is copied with ``asnumpy()`` as before.
+    cannot hand over (or hands over with another shape than the batch's), is copied with
+    ``asnumpy()`` as before. The caller checks the frame shape: :class:`SafeDecordDecode`
+    takes only ``[T, H, W, 3]`` uint8 of the reader's ``H, W`` (else OpenCV decodes).
     """
     if isinstance(batch, torch.Tensor):
         return batch.numpy()
@@ -369,7 +435,8 @@ def decord_batch_to_numpy(batch) -> np.ndarray:
             arr = torch.from_dlpack(to_dlpack()).numpy()
         except (RuntimeError, TypeError, ValueError, BufferError):
             arr = None
-        if arr is not None and arr.dtype == np.uint8 and arr.flags.c_contiguous:
+        if arr is not None and arr.dtype == np.uint8 and arr.flags.c_contiguous and \
+                arr.shape == tuple(getattr(batch, 'shape', arr.shape)):
             return arr
     return batch.asnumpy()
 
@@ -390,18 +457,82 @@ def _brief(inds: np.ndarray, limit: int = 8) -> str:
     return str(inds) if len(inds) <= limit else str(inds[:limit])[:-1] + ', ...]'
 
 
+def _reader_frame_size(container, seen=None) -> Optional[Tuple[int, int]]:
+    """``(H, W)`` of the frames the decord reader makes, once per file (kept on
+    :class:`_VideoSource`).
+
+    ``seen``: the size of frames decord just decoded (it allocates ``get_batch``'s result as
+    ``[T, H, W, 3]`` with the reader's own ``H, W``, and scales every frame to that size: the
+    first two axes of a frame are its true size, only the third can be wrong). Otherwise
+    it is asked from decord: ``get_batch([])`` allocates an empty ``[0, H, W, 3]`` batch
+    without decoding anything (0.1-0.2 ms, so only when a frame looks wrong). ``None``
+    when neither is known.
+    """
+    size = getattr(container, 'frame_size', None)
+    if size is not None:
+        return size
+    if seen is None:
+        try:
+            shape = tuple(container.get_batch([]).shape)
+        except Exception:    # not a decord reader
+            return None
+        if len(shape) != 4 or shape[-1] != 3:
+            return None
+        seen = shape[1:3]
+    size = tuple(int(n) for n in seen)
+    if isinstance(container, _VideoSource):
+        container.frame_size = size
+    return size
+
+
+def _decord_frame_rgb(img: np.ndarray,
+                      size: Optional[Tuple[int, int]]) -> Optional[np.ndarray]:
+    """One frame from decord's ``next()`` as ``[H, W, 3]`` uint8, or ``None`` when it is
+    not the reader's ``size`` ``(H, W)`` (``None``: the frame's own).
+
+    decord 0.6.0 always converts to RGB24, and hands a frame over without a copy when its
+    row length in bytes (FFmpeg's ``linesize``, padded for alignment) is a multiple of the
+    width, as an array ``[H, W, linesize // W]`` (else it copies the rows into a compact
+    ``[H, W, 3]``; ``AsNDArray`` in decord's ``threaded_decoder.cc``). For most widths the
+    rows are not padded (``linesize == 3 W``: ``[H, W, 3]``); for some (measured here: even
+    widths 2-8, 12, 16 and 24 with 96-byte rows, 48 with 192, 72 with 288) the third axis
+    is 4..48 and each row holds the ``3 W`` bytes of RGB, then padding. Such a frame is
+    read back as rows of ``linesize`` bytes (``tests/test_decode_widths.py`` compares it
+    with OpenCV's decoding for every even width 2-100). It is never RGBA."""
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3:
+        return None
+    height, width, channels = img.shape
+    if size is not None and (height, width) != tuple(size):
+        return None
+    if channels == 3:
+        return img
+    if channels < 3 or height < 1 or width < 1:
+        return None
+    rows = img.reshape(height, width * channels)     # rows of linesize bytes
+    return np.ascontiguousarray(rows[:, :3 * width].reshape(height, width, 3))
+
+
+def _copy_to_numpy(frames) -> np.ndarray:
+    """A decord ``NDArray`` (or a tensor of decord's torch bridge) copied into numpy, as
+    ``DecordDecode`` does (``asnumpy``)."""
+    if isinstance(frames, torch.Tensor):
+        return frames.numpy().copy()
+    return frames.asnumpy()
+
+
 def _as_rgb(img: np.ndarray, filename: str) -> np.ndarray:
-    """``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` uint8 -> ``[H, W, 3]``."""
+    """``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` uint8 -> ``[H, W, 3]`` (gray repeated).
+
+    There is no 4-channel case: decord's frames are RGB (a wider last axis is its padded
+    buffer, :func:`_decord_frame_rgb`) and OpenCV's are converted to RGB."""
     img = np.asarray(img)
     if img.ndim == 2:
         img = img[..., None]
-    if img.ndim != 3 or img.shape[-1] not in (1, 3, 4) or min(img.shape[:2]) < 1:
+    if img.ndim != 3 or img.shape[-1] not in (1, 3) or min(img.shape[:2]) < 1:
         raise VideoReadError(filename, f'decoded frame has shape {img.shape}; expected '
-                             f'[H, W] or [H, W, 1|3|4]')
+                             f'[H, W] or [H, W, 1|3]')
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
-    elif img.shape[-1] == 4:
-        img = img[..., :3]
     return np.ascontiguousarray(img)
 
 
