@@ -345,6 +345,10 @@ def test_bad_parameters_are_named(tmp_path, kwargs, match):
 def test_write_video_rejects_bad_frames(tmp_path):
     with pytest.raises(ValueError, match=r'\[T, H, W, 3\]'):
         syn.write_video(str(tmp_path / 'a.mp4'), np.zeros((4, 8, 8), np.uint8))
+    for shape in ((2, 225, 224, 3), (2, 224, 223, 3)):   # mp4v would drop a row/column
+        with pytest.raises(ValueError, match='must be even'):
+            syn.write_video(str(tmp_path / 'odd.mp4'), np.zeros(shape, np.uint8))
+        assert not (tmp_path / 'odd.mp4').exists()
 
 
 def test_paired_direction_accuracy_by_hand():

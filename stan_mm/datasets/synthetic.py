@@ -499,6 +499,9 @@ def write_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
         raise ValueError(f'{path}: expected uint8 frames [T, H, W, 3], got '
                          f'{frames.dtype} {frames.shape}')
     height, width = frames.shape[1:3]
+    if height % 2 or width % 2:   # the encoder would drop the last row / column silently
+        raise ValueError(f'{path}: frame height and width must be even (4:2:0 chroma), got '
+                         f'{height}x{width}; crop or pad the frames')
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), float(fps),
                              (width, height))
     if not writer.isOpened():
