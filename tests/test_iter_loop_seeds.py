@@ -256,3 +256,33 @@ def test_loaders_without_mmengines_seeding_and_infinite_samplers_are_left_alone(
     seeds, endless = _seeds_of_passes(loader, 3)
     assert endless._epoch == 0 and loader.worker_init_fn is init_fn
     assert [r[1] for rows in seeds for r in rows] == [SEED + j % 2 for j in range(12)]
+
+
+def test_one_helper_replaces_the_seed_for_the_loop_the_hook_and_the_endless_iterator(
+        monkeypatch):
+    """The seed of mmengine's seeding partial is replaced in one place
+    (``set_worker_seed``): its other arguments and a wrapper around its function
+    (PreemptionHook's) are kept; anything else is left alone. ResumableEpochBasedTrainLoop
+    (per epoch), EpochSeedHook(reseed_workers=True) and the endless iterator (per pass) go
+    through it."""
+    from stan_mm.compat import worker_shutdown
+    from stan_mm.engine import loops, seed_hook
+    from stan_mm.engine.preemption_hook import _IgnoreSignals
+    wrapped = _IgnoreSignals(mmengine_worker_init_fn, ())
+    loader = SimpleNamespace(worker_init_fn=functools.partial(
+        wrapped, num_workers=2, rank=1, seed=SEED))
+    assert worker_shutdown.set_worker_seed(loader, 11)
+    fn = loader.worker_init_fn
+    assert fn.func is wrapped and fn.args == () and fn.keywords == dict(
+        num_workers=2, rank=1, seed=11)
+    for other in (None, print, functools.partial(mmengine_worker_init_fn, num_workers=2)):
+        plain = SimpleNamespace(worker_init_fn=other)
+        assert not worker_shutdown.set_worker_seed(plain, 11)
+        assert plain.worker_init_fn is other
+    assert loops.set_worker_seed is seed_hook.set_worker_seed is \
+        worker_shutdown.set_worker_seed
+    calls = []
+    monkeypatch.setattr(worker_shutdown, 'set_worker_seed',
+                        lambda loader, seed: calls.append(seed) or True)
+    worker_shutdown._seed_workers_for_pass(loader, SEED, 2)
+    assert calls == [derived(SEED, 2)]

@@ -131,7 +131,8 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
                 num_workers=0, stop_after=None, resume_from=None, seed=0, by_epoch=False,
                 sampler=None, batch_size=None, train_cfg=None, stop_in_val=None,
                 optim_wrapper=None, save_best=None, extra_hooks=(), model=None,
-                loader_extra=None, checkpoint_type='AtomicCheckpointHook', **runner_kwargs):
+                loader_extra=None, checkpoint_type='AtomicCheckpointHook',
+                ckpt_every=CKPT_EVERY, **runner_kwargs):
     loader = dict(dataset=dict(type='_NoisyToyDataset'), batch_size=batch_size or BATCH,
                   sampler=sampler or dict(type='DefaultSampler', shuffle=True),
                   num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -145,7 +146,7 @@ def make_runner(work_dir, loop='ResumableEpochBasedTrainLoop', per_iteration=Tru
         optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
                            checkpoint=dict(type=checkpoint_type, by_epoch=by_epoch,
-                                           interval=1 if by_epoch else CKPT_EVERY,
+                                           interval=1 if by_epoch else ckpt_every,
                                            **(dict(save_best=save_best, rule='greater')
                                               if save_best else {}))),
         custom_hooks=[dict(type='EpochSeedHook', per_iteration=per_iteration),
@@ -494,11 +495,11 @@ def planned(loader, it, epoch, saved, with_hook=False):
     return skip, said
 
 
-def toy_loader(batch_size=BATCH, sampler=None):
+def toy_loader(batch_size=BATCH, sampler=None, drop_last=False, size=SIZE):
     from mmengine.dataset import DefaultSampler
-    data = list(range(SIZE))
+    data = list(range(size))
     return torch.utils.data.DataLoader(
-        data, batch_size=batch_size,
+        data, batch_size=batch_size, drop_last=drop_last,
         sampler=sampler or DefaultSampler(data, shuffle=True, seed=0))
 
 
@@ -528,6 +529,103 @@ def test_plan_for_checkpoints_with_and_without_the_epoch_record():
     assert planned(toy_loader(), 6, 1, None) == (0, [])   # a boundary here: mmengine's
     assert planned(toy_loader(), 5, 1, None) == (0, [])   # ahead of this epoch: as mmengine
     assert planned(toy_loader(3), 6, 1, None)[0] == 0
+
+
+# ------------------------------------------------------------- drop_last changed since
+@HOOKS.register_module(force=True)
+class _DropLastFrom(Hook):
+    """From epoch ``epoch`` (0-based) on, the training DataLoader's ``drop_last`` is
+    ``value``: an uninterrupted run whose drop_last changed between two epochs."""
+    priority = 'VERY_HIGH'
+
+    def __init__(self, epoch, value):
+        self.epoch, self.value = epoch, value
+
+    def before_train_epoch(self, runner):
+        if runner.epoch >= self.epoch:
+            runner.train_dataloader.batch_sampler.drop_last = self.value
+
+
+@pytest.mark.parametrize('before, ckpt, switch, first', [
+    (False, 8, 1, 9),      # 2 of epoch 2's 6 batches done: 3 of its 5 are left
+    (False, 11, 1, 12),    # 5 of 6 done: all of the 5, the partial 6th was not trained
+    (False, 12, 2, 13),    # 6 of 6 done, the partial one too: an epoch end
+    (True, 8, 1, 9),       # 3 of 5 done: 3 of 6 left, the partial one now trained
+], ids=['on_2_done', 'on_all_full_done', 'on_partial_done', 'off_3_done'])
+def test_a_changed_drop_last_keeps_the_done_batches(tmp_path, before, ckpt, switch, first):
+    """The retrieval configs turned drop_last on (2026-12-07); a checkpoint of epoch 2
+    saved with drop_last=False (6 batches per epoch, the 6th of 1 sample) resumed with
+    drop_last=True (5 batches) fell back to restarting the epoch ('the dataset length
+    changed (6 -> 5 batches)'), training the done batches twice. drop_last does not move a
+    batch boundary (the same sampler order cut into batches of the same size), so the loop
+    skips the done batches, or ends the epoch where they are all of this run's epoch. The
+    resumed run equals, batch for batch and bit for bit, the uninterrupted run whose
+    drop_last changed at the start of the epoch where this run's batches start to differ
+    (the checkpoint's epoch, or the next one when the partial batch was trained): that run
+    trained the checkpoint's batches and state, then this run's epoch lengths. Also off
+    (True -> False): the skipped batches are the done ones, the partial batch is trained."""
+    extra = dict(loader_extra=dict(drop_last=before), ckpt_every=ckpt)
+    train(make_runner(tmp_path / 'stopped', stop_after=ckpt + 1, **extra))
+    resumed = train(make_runner(
+        tmp_path / 'resumed', resume_from=tmp_path / 'stopped' / f'iter_{ckpt}.pth',
+        ckpt_every=ckpt, loader_extra=dict(drop_last=not before)))
+    reference = train(make_runner(
+        tmp_path / 'reference', extra_hooks=[dict(type='_DropLastFrom', epoch=switch,
+                                                  value=not before)], **extra))
+    lengths = {False: PER_EPOCH, True: SIZE // BATCH}         # 6, 5
+    end = switch * lengths[before] + (EPOCHS - switch) * lengths[not before]
+    assert [s[0] for s in reference['seen']] == list(range(1, end + 1))
+    assert [s[0] for s in resumed['seen']] == list(range(first, end + 1))
+    assert resumed['iter'] == resumed['max_iters'] == end
+    # the same batch positions, end-of-epoch flags, dataset indices and inputs
+    assert [s[1:4] for s in resumed['seen']] == [s[1:4] for s in reference['seen'][first - 1:]]
+    for got, want in zip(resumed['seen'], reference['seen'][first - 1:]):
+        assert torch.equal(got[4], want[4]), got[0]
+    assert same_state(resumed['state'], reference['state'])
+    assert 'Falling back' not in resumed['log'] and 'dataset length' not in resumed['log']
+    assert f'drop_last changed ({before} -> {not before}: {lengths[before]} -> ' \
+        f'{lengths[not before]} batches per epoch, the last, partial batch (1 of 2 samples ' \
+        'per rank) ' + ('trained' if before else 'dropped') + ')' in resumed['log']
+    if ckpt == 11:
+        assert 'that is all 5 batches of the epoch with this run\'s drop_last (its last, ' \
+            'partial batch, not trained yet, is dropped): ending that epoch' in resumed['log']
+    assert f'the run ends at iteration {end} instead of {EPOCHS * lengths[not before]}' \
+        in resumed['log']
+
+
+def test_plan_when_drop_last_changed():
+    """The decision on its own (6 batches of 2 per epoch saved, 11 samples; drop_last=True
+    now: 5): skip where only drop_last changed; fall back where the dataset length changed
+    too; a checkpoint that does not record its drop_last (written before 2026-12-07) falls
+    back, naming drop_last as a possible cause and how to resume to skip its batches."""
+    old = dict(batches_per_epoch=6, batch_size=2, world_size=1, sampler_seed=0, epoch=1,
+               epoch_start_iter=6)
+    recorded = dict(old, drop_last=False, samples_per_epoch=SIZE, dataset_length=SIZE)
+    dropping = toy_loader(drop_last=True)
+    assert len(dropping) == 5
+    skip, said = planned(dropping, 8, 1, recorded)
+    assert skip == 2 and 'Falling back' not in said[0][1]
+    assert 'continuing at batch 3 of 5 (the first 4 indices of this rank\'s sampler are ' \
+        'skipped, not loaded)' in said[0][1]
+    assert planned(dropping, 11, 1, recorded)[0] == 5     # the epoch's full batches done
+    assert planned(dropping, 12, 1, recorded)[0] == 5     # its partial batch too: an end
+    # the dataset changed as well: another order
+    skip, said = planned(toy_loader(drop_last=True, size=SIZE + 1), 8, 1, recorded)
+    assert skip == 0 and 'the dataset length changed (11 -> 12 samples) since' in said[0][1]
+    # a checkpoint without the record: the fallback, naming drop_last
+    skip, said = planned(dropping, 8, 1, old)
+    assert skip == 0 and 'Falling back' in said[0][1]
+    assert 'the dataset length changed (6 -> 5 batches per epoch at the same batch size ' \
+        'and world size) or only drop_last did (drop_last=True now, and this run\'s ' \
+        'samples make 6 batches with drop_last=False; the checkpoint does not record its ' \
+        'drop_last) since, so its batches cannot be skipped (if only drop_last changed, as ' \
+        'in the stan-mm retrieval configs on 2026-12-07, resume with --cfg-options ' \
+        'train_dataloader.drop_last=False instead' in said[0][1]
+    # ... and what it advises: skipped
+    assert planned(toy_loader(drop_last=False), 8, 1, old)[0] == 2
+    # a batch count that drop_last does not explain: the dataset's, as before
+    skip, said = planned(dropping, 8, 1, dict(old, batches_per_epoch=7))
+    assert skip == 0 and 'or only drop_last' not in said[0][1]
 
 
 class _Twins(list):

@@ -16,7 +16,7 @@ from test_recognition import REPO, load_tool, write_tiny_config  # noqa: E402
 
 import stan_mm  # noqa: E402,F401
 from mmaction.registry import DATASETS, MODELS  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
@@ -24,9 +24,10 @@ test_tool = load_tool('tools/test.py', 'stan_test_tool_mv')
 
 
 def cfg_options(*options):
-    """Parse ``--cfg-options`` exactly as tools/test.py does."""
+    """Parse ``--cfg-options`` exactly as tools/test.py does (with the action its parser
+    uses, stan_mm.utils.cli.ConfigOptionsAction)."""
     p = argparse.ArgumentParser()
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--cfg-options', nargs='+', action=test_tool.ConfigOptionsAction)
     return p.parse_args(['--cfg-options', *options]).cfg_options
 
 

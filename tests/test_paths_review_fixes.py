@@ -9,7 +9,14 @@ D. a config reached through a symbolic link is read where it points (its ``_base
    are there), a missing ``_base_`` file and a missing CLIP weights file end in one line.
 
 Tools: tools/train.py, tools/test.py, tools/extract_features.py, tools/quickstart.py,
-tools/data/check_videos.py, tools/demo/recognize.py, tools/demo/search.py.
+tools/data/check_videos.py, tools/demo/recognize.py, tools/demo/search.py,
+tools/analysis/get_flops.py, tools/analysis/benchmark.py; ``~`` also in tools/data/*.py,
+tools/convert/*.py and tools/analysis/eval_retrieval.py.
+
+Second review: a comma inside brackets that do not enclose the whole value (``f(a, b)``,
+``/data/clips (2023, v2)``) made the --cfg-options reader (and mmengine's) recurse without
+end; get_flops.py and benchmark.py still used mmengine's DictAction and Config.fromfile;
+data, convert and eval_retrieval tools did not expand ``~``.
 """
 import importlib.util
 import os
@@ -95,9 +102,27 @@ SPACES_KEPT = [
     ("['1', 'a,b']", ['1', 'a,b']),
     ("['a,b']", ['a,b']),
 ]
+# commas inside brackets that do not enclose the whole value or item: one string (mmengine
+# and the first ConfigOptionsAction recursed on the same text until RecursionError)
+COMMAS_IN_BRACKETS = [
+    ('x (y, z)', 'x (y, z)'),
+    ('f(a, b)', 'f(a, b)'),
+    ('f(a,b)', 'f(a,b)'),
+    ('1(2,3)', '1(2,3)'),
+    ('dict(type=Pretrained, checkpoint=x.pth)', 'dict(type=Pretrained, checkpoint=x.pth)'),
+    ('/data/clips (2023, v2)', '/data/clips (2023, v2)'),
+    ('/data/clips[1,2]/a', '/data/clips[1,2]/a'),
+    ('x(1,2),y', ['x(1,2)', 'y']),
+    ('a, f(b, c)', ['a', 'f(b, c)']),
+    ('[f(a,b),c]', ['f(a,b)', 'c']),
+    ('[f(a, b), c]', ['f(a, b)', 'c']),
+    ('(g(1, 2), 3)', ('g(1, 2)', 3)),
+    ('"f(1, 2)"', 'f(1, 2)'),
+]
 
 
-@pytest.mark.parametrize('value,expected', MMENGINE_READINGS + SPACES_KEPT)
+@pytest.mark.parametrize('value,expected',
+                         MMENGINE_READINGS + SPACES_KEPT + COMMAS_IN_BRACKETS)
 def test_cfg_option_values(value, expected):
     assert repr(parse_option_value(value)) == repr(expected)
 
@@ -105,11 +130,14 @@ def test_cfg_option_values(value, expected):
 OPTIONS = ['test_dataloader.dataset.data_root=/data/my videos',
            "model.cls_head.templates=['a video of {}.']",
            'train_dataloader.batch_size=8', 'a.b=1,2,3', 'c=[(1,2),(3,4)]', 'd=[a, b]',
-           'e=None', 'f=false', 'g=0.5', 'h=(a,b)']
+           'e=None', 'f=false', 'g=0.5', 'h=(a,b)', 'i=/data/clips (2023, v2)',
+           'model.backbone.init_cfg=dict(type=Pretrained, checkpoint=x.pth)']
 EXPECTED = {'test_dataloader.dataset.data_root': '/data/my videos',
             'model.cls_head.templates': ['a video of {}.'],
             'train_dataloader.batch_size': 8, 'a.b': [1, 2, 3], 'c': [(1, 2), (3, 4)],
-            'd': ['a', 'b'], 'e': None, 'f': False, 'g': 0.5, 'h': ('a', 'b')}
+            'd': ['a', 'b'], 'e': None, 'f': False, 'g': 0.5, 'h': ('a', 'b'),
+            'i': '/data/clips (2023, v2)',
+            'model.backbone.init_cfg': 'dict(type=Pretrained, checkpoint=x.pth)'}
 
 
 def _tool_argv(tool, tmp_path):
@@ -121,11 +149,13 @@ def _tool_argv(tool, tmp_path):
             'quickstart.py': [], 'data/check_videos.py': ['--config', TINY],
             'demo/recognize.py': [TINY, 'ckpt.pth', 'v.mp4'],
             'demo/search.py': [TINY, 'ckpt.pth', '--gallery', str(gallery), '--query', 'q'],
+            'analysis/get_flops.py': [TINY], 'analysis/benchmark.py': [TINY],
             }[tool]
 
 
 TOOLS = ['train.py', 'test.py', 'extract_features.py', 'quickstart.py',
-         'data/check_videos.py', 'demo/recognize.py', 'demo/search.py']
+         'data/check_videos.py', 'demo/recognize.py', 'demo/search.py',
+         'analysis/get_flops.py', 'analysis/benchmark.py']
 
 
 @pytest.mark.parametrize('tool', TOOLS)
@@ -136,7 +166,7 @@ def test_every_tool_keeps_spaces_in_cfg_options(tmp_path, tool):
         {k: repr(v) for k, v in EXPECTED.items()}
 
 
-@pytest.mark.parametrize('tool', ['train.py', 'demo/recognize.py'])
+@pytest.mark.parametrize('tool', ['train.py', 'demo/recognize.py', 'analysis/get_flops.py'])
 @pytest.mark.parametrize('bad,why', [('model.depth', 'expected KEY=VALUE'),
                                      ('a=[1,(2]', 'unbalanced brackets')])
 def test_malformed_cfg_option_is_one_argparse_line(tmp_path, capsys, tool, bad, why):
@@ -145,6 +175,19 @@ def test_malformed_cfg_option_is_one_argparse_line(tmp_path, capsys, tool, bad, 
     assert exc.value.code == 2
     line = one_line_error(capsys.readouterr().err, 'error: ')
     assert '--cfg-options' in line and repr(bad) in line and why in line
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'demo/recognize.py'])
+def test_brackets_nested_too_deeply_are_one_argparse_line(tmp_path, capsys, tool):
+    """A RecursionError of the reader (a last resort) is an argparse error, not a page of
+    traceback."""
+    bad = 'a=' + '[' * 5000 + ']' * 5000
+    with pytest.raises(SystemExit) as exc:
+        load_tool(tool).parse_args(_tool_argv(tool, tmp_path) + ['--cfg-options', bad])
+    assert exc.value.code == 2
+    line = one_line_error(capsys.readouterr().err, 'error: ')
+    assert "--cfg-options 'a=[[[[" in line and 'brackets nested too deeply' in line
+    assert len(line) < 300
 
 
 def test_template_option_equals_the_template_flag():
@@ -240,6 +283,85 @@ def test_other_tools_expand_their_paths(home, tmp_path):
     assert not osp.lexists('~')
 
 
+def test_make_synthetic_writes_under_home(home):
+    """``--out=~/m`` made ``./~/m``."""
+    tool = load_tool('data/make_synthetic.py')
+    tool.main(['--out=~/m', '--num-train', '2', '--num-val', '2', '--num-test', '2',
+               '--num-frames', '4', '--size', '32', '--pairs', 'horizontal',
+               '--captions-per-video', '1', '--quiet'])
+    assert (home / 'm' / 'train.txt').is_file()
+    assert not osp.lexists('~')
+
+
+def test_build_k400_lists_reads_and_writes_under_home(home, capsys):
+    (home / 'k400').mkdir()
+    (home / 'k400' / 'train.csv').write_text('label,youtube_id,time_start,time_end,split\n'
+                                             'abseiling,---QUuC4vJs,3,13,train\n'
+                                             'air drumming,--VnA3ztuZg,0,10,train\n')
+    (home / 'names.txt').write_text('air drumming\nabseiling\n')
+    tool = load_tool('data/build_k400_lists.py')
+    assert tool.main(['--train-csv=~/k400/train.csv', '--out-dir=~/lists',
+                      '--classnames=~/names.txt']) == 0, capsys.readouterr().err
+    assert (home / 'lists' / 'train_list.txt').read_text().splitlines() == [
+        '---QUuC4vJs_000003_000013.mp4 1', '--VnA3ztuZg_000000_000010.mp4 0']
+    assert not osp.lexists('~')
+
+
+def test_eval_retrieval_reads_under_home(home, capsys):
+    import json
+
+    import numpy as np
+    np.save(home / 'sim.npy', np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]],
+                                       dtype=np.float32))
+    np.save(home / 't2v.npy', np.array([1, 1, 0]))
+    tool = load_tool('analysis/eval_retrieval.py')
+    assert tool.main(['--sim=~/sim.npy', '--text-to-video', '~/t2v.npy',
+                      '--no-progress']) == 0, capsys.readouterr().err
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # text 0 ranks its video 1 second, texts 1 and 2 rank theirs first
+    assert metrics['t2v_R1'] == pytest.approx(200 / 3)
+    assert not osp.lexists('~')
+
+
+def test_the_remaining_tools_expand_their_paths(home):
+    """Path arguments of the data, convert and analysis tools (parsed only)."""
+    def at_home(*names):
+        return tuple(str(home / n) for n in names)
+    args = load_tool('convert/clip_to_mm.py').parse_args(['~/clip.pt', '~/out.pth'])
+    assert (args.src, args.dst) == at_home('clip.pt', 'out.pth')
+    (home / 'arch.json').write_text('{"embed_dim": 32}')
+    assert load_tool('convert/clip_to_mm.py').parse_arch('~/arch.json') == {'embed_dim': 32}
+    args = load_tool('convert/stan_public_to_mm.py').parse_args(['~/in.pth', '~/out.pth'])
+    assert (args.src, args.dst) == at_home('in.pth', 'out.pth')
+    args = load_tool('analysis/eval_retrieval.py').parse_args(
+        ['--sim=~/s.npy', '--text-to-video=~/t.npy', '--qb-norm=~/b.npy'])
+    assert (args.sim, args.text_to_video, args.qb_norm) == at_home('s.npy', 't.npy', 'b.npy')
+    args = load_tool('data/prepare_retrieval.py').parse_args(
+        ['msrvtt', '~/test.csv', '--caption-file=~/c.json', '--video-root=~/v',
+         '--out-json=~/o.json'])
+    assert (args.ann_file, args.caption_file, args.video_root, args.out_json) == at_home(
+        'test.csv', 'c.json', 'v', 'o.json')
+    args = load_tool('data/build_k400_lists.py').parse_args(
+        ['--train-csv=~/t.csv', '--val-csv=~/v.csv', '--out-dir=~/o', '--train-video-dir=~/tv',
+         '--val-video-dir=~/vv', '--classnames=~/n.txt'])
+    assert (args.train_csv, args.val_csv, args.out_dir, args.train_video_dir,
+            args.val_video_dir, args.classnames) == at_home('t.csv', 'v.csv', 'o', 'tv', 'vv',
+                                                            'n.txt')
+    args = load_tool('data/build_ssv2_lists.py').parse_args(
+        ['--anno-dir=~/a', '--labels=~/l.json', '--train=~/t.json', '--val=~/v.json',
+         '--out-dir=~/o', '--video-dir=~/vd'])
+    assert (args.anno_dir, args.labels, args.train, args.val, args.out_dir,
+            args.video_dir) == at_home('a', 'l.json', 't.json', 'v.json', 'o', 'vd')
+    args = load_tool('analysis/get_flops.py').parse_args(['~/c.py'])
+    assert args.config == str(home / 'c.py')
+    args = load_tool('analysis/benchmark.py').parse_args(
+        ['~/c.py', '--pipeline-config=~/p.py', '--videos=~/v', '--video-cache=~/vc',
+         '--out=~/r.json'])
+    assert (args.config, args.pipeline_config, args.videos, args.video_cache,
+            args.out) == at_home('c.py', 'p.py', 'v', 'vc', 'r.json')
+    assert not osp.lexists('~')
+
+
 # ------------------------------------------------------------------ C: dangling links
 def test_dangling_link_as_output_folder_is_named(tmp_path):
     link = tmp_path / 'scratch_run'
@@ -292,6 +414,21 @@ def test_config_through_a_symlink_is_read_where_it_points(tmp_path, monkeypatch)
     assert info.value.cfg.model.backbone.type == 'CLIPSTAN'
     from stan_mm.apis import load_config
     assert load_config(str(link)).model.backbone.depth == 2
+
+
+def test_flops_and_benchmark_read_a_config_through_a_symlink(tmp_path, capsys):
+    (tmp_path / 'x').mkdir()
+    link = tmp_path / 'x' / 'my.py'
+    os.symlink(TINY, link)
+    assert load_tool('analysis/get_flops.py').main([str(link)]) == 0
+    assert 'GFLOPs (G multiply-accumulates)' in capsys.readouterr().out
+    benchmark = load_tool('analysis/benchmark.py')
+    cfg = benchmark._load_config(str(link), {'model.backbone.depth': 1})
+    assert cfg.model.backbone.type == 'CLIPSTAN' and cfg.model.backbone.depth == 1
+    copy = tmp_path / 'x' / 'copy.py'          # a copy without its _base_: one line
+    shutil.copy(TINY, copy)
+    with pytest.raises(CommandLineError, match=r"--pipeline-config '.*copy.py': its _base_"):
+        benchmark._load_config(str(copy), None, '--pipeline-config')
 
 
 def test_copied_config_without_its_base_is_one_line(tmp_path, capsys):

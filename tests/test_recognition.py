@@ -275,18 +275,18 @@ def test_text_head_zero_shot_class_swap(tmp_path):
 def test_zero_shot_class_swap_from_the_command_line(tmp_path):
     """The documented --cfg-options command swaps the class list of a built model."""
     import argparse
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     path = tmp_path / 'ucf_classnames.txt'
     path.write_text('\n'.join(['archery', 'bowling', 'diving', 'fencing', 'rowing']) + '\n')
-    p = argparse.ArgumentParser()
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    test_tool = load_tool('tools/test.py', 'stan_test_tool_zs')
+    p = argparse.ArgumentParser()     # --cfg-options read with the action of tools/test.py
+    p.add_argument('--cfg-options', nargs='+', action=test_tool.ConfigOptionsAction)
     opts = p.parse_args(['--cfg-options', f'model.cls_head.classnames={path}',
                          'model.backbone.pretrained=None',
                          'model.cls_head.text_encoder.pretrained=None']).cfg_options
     args = argparse.Namespace(cfg_options=opts, launcher='none', work_dir=str(tmp_path),
                               checkpoint=__file__, dump=None)
-    test_tool = load_tool('tools/test.py', 'stan_test_tool_zs')
     cfg = test_tool.merge_args(Config.fromfile(write_tiny_config(tmp_path)), args)
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model).eval()

@@ -122,11 +122,102 @@ def test_retrieval_train_dataloaders_drop_the_last_batch():
         cfg = Config.fromfile(path)
         assert cfg.train_dataloader.get('drop_last') is True, path
         assert not cfg.val_dataloader.get('drop_last', False), path   # every test video
-    # the quickstart loses nothing: 4,800 videos x 5 captions = 24,000 pairs = 750 x 32
-    cfg = Config.fromfile(files[4])
-    assert cfg.train_dataloader.batch_size == 32
-    assert cfg.motion['num_train'] == 4800 and 'captions_per_video' not in cfg.motion
-    assert 4800 * 5 == 24000 == 750 * 32
+
+
+def test_quickstart_training_set_is_a_whole_number_of_batches(tmp_path):
+    """drop_last drops nothing in the retrieval quickstart: its training set, as the dataset
+    reads it, is a multiple of the train batch size. The set is built as the config builds
+    it, without rendering a video: the generator's video records for the config's
+    parameters (defaults of generate_motion_dataset for those it leaves out), written as
+    the generator writes the retrieval annotations, read by the config's dataset class
+    with the config's dataset arguments (files not checked)."""
+    import inspect
+    from stan_mm.datasets.retrieval import RetrievalVideoTextDataset
+    from stan_mm.datasets.synthetic import generate_motion_dataset, make_video_specs
+    cfg = Config.fromfile(os.path.join(REPO, 'configs/quickstart/motion_retrieval_tiny.py'))
+    loader = cfg.train_dataloader
+    dataset_cfg = dict(loader.dataset)
+    assert dataset_cfg.pop('type') == 'SyntheticMotionTextDataset'
+    params = inspect.signature(generate_motion_dataset).bind(
+        'unused', **dataset_cfg.pop('generate'))
+    params.apply_defaults()
+    params = params.arguments
+    specs = make_video_specs(
+        dataset_cfg.pop('split'), params['num_train'], seed=params['seed'],
+        pairs=params['pairs'], num_frames=params['num_frames'],
+        captions_per_video=params['captions_per_video'], twins=params['twins'])
+    ann = tmp_path / 'train.json'      # (as synthetic._write_annotations writes it)
+    ann.write_text(json.dumps({s['filename']: s['captions'] for s in specs}))
+    dataset_cfg.pop('data_root')
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmaction'):     # (the pipeline's transforms)
+        dataset = RetrievalVideoTextDataset(
+            ann_file=str(ann), ann_format='json', data_prefix=dict(video=str(tmp_path)),
+            check_files=False, **dataset_cfg)
+    assert len(dataset) == 24000        # 4,800 videos x 5 captions (the config's comment)
+    assert loader.drop_last is True and loader.batch_size == 32
+    assert len(dataset) % loader.batch_size == 0      # 750 full batches: none dropped
+
+
+# ------------------------------------- (1) a training set smaller than one batch is refused
+def _runner_on(tmp_path, samples, drop_last):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='loss'):
+            return dict(loss=self.fc(inputs).pow(2).mean())
+
+    data = [dict(inputs=torch.full((2, ), float(i))) for i in range(samples)]
+    return Runner(
+        model=Toy(), work_dir=str(tmp_path),
+        experiment_name=f'empty_{tmp_path.parent.name}_{tmp_path.name}',
+        train_dataloader=dict(dataset=data, batch_size=32, drop_last=drop_last,
+                              num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=1),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        # (converted to iterations: what failed mmengine's assert on an epoch length of 0)
+        param_scheduler=dict(type='CosineAnnealingLR', T_max=1, by_epoch=True,
+                             convert_to_iter_based=True),
+        default_hooks=dict(checkpoint=None), default_scope='mmaction')
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused_in_one_line(tmp_path, capsys):
+    """4 pairs, batches of 32, drop_last=True: no batch per epoch. mmengine failed with
+    'AssertionError: epoch_length must be a positive integer, but got 0' (building the
+    schedules converted to iterations); the loop refuses it when it is built, with the
+    sizes and the fixes, printed by the tools in one line."""
+    from stan_mm.engine.loops import EmptyTrainDataloaderError
+    from stan_mm.utils.cli import is_user_error, run_tool
+    runner = _runner_on(tmp_path / 'a', 4, drop_last=True)
+    with pytest.raises(EmptyTrainDataloaderError) as info:
+        runner.train()
+    message = str(info.value)
+    assert is_user_error(info.value) and '\n' not in message
+    assert message == (
+        'the training DataLoader yields no batch per epoch, so nothing would be trained: 4 '
+        'training samples, batch size 32, world size 1, drop_last=True (drop_last drops the '
+        'last, partial batch of an epoch, here its only one). Fix: set --cfg-options '
+        'train_dataloader.drop_last=False (an epoch is then one batch of 4), a batch size '
+        'of at most 4 (train_dataloader.batch_size=4), or use more training data')
+    runner = _runner_on(tmp_path / 'b', 4, drop_last=True)
+    assert run_tool(runner.train, 'train.py') != 0
+    err = capsys.readouterr().err
+    assert 'train.py: error: ' in err and 'drop_last=True' in err
+    assert 'Traceback' not in err and 'epoch_length' not in err
+    # the fix it names: one batch of 4
+    runner = _runner_on(tmp_path / 'c', 4, drop_last=False)
+    runner.train()
+    assert runner.iter == 1
+    # an empty training set: no drop_last fix offered
+    with pytest.raises(EmptyTrainDataloaderError, match=r'0 training samples, .*there is no '
+                       r'sample to batch\)\. Fix: check the training annotations'):
+        _runner_on(tmp_path / 'd', 0, drop_last=False).train()
 
 
 # ------------------------------------------------------- (3) texts longer than the context

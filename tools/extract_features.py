@@ -31,18 +31,11 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+sys.path.append(osp.dirname(osp.abspath(__file__)))  # tools/: _cfg_options
+from _cfg_options import ConfigOptions  # noqa: E402  (no stan_mm import: a fast --help)
 
 AMP_CHOICES = ('auto', 'bf16', 'fp16')   # stan_mm.utils.amp.AMP_CHOICES (stan_mm is
 #                                          imported after parsing: a fast --help)
-
-
-class ConfigOptions(argparse.Action):
-    """``--cfg-options``: :class:`stan_mm.utils.cli.ConfigOptionsAction` (mmengine's
-    DictAction, spaces in values kept), imported when the option is given: a fast --help."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from stan_mm.utils.cli import ConfigOptionsAction
-        ConfigOptionsAction.__call__(self, parser, namespace, values, option_string)
 
 
 def parse_args(argv=None):

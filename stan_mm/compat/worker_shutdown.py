@@ -164,7 +164,7 @@ def _set_rng_state(generator, state) -> None:
         torch.set_rng_state(state)
 
 
-def _seeding_partial(loader):
+def seeding_partial(loader):
     """``loader``'s ``worker_init_fn`` if it is a ``functools.partial`` with a ``seed``
     keyword (mmengine's seeding function, possibly wrapped by ``PreemptionHook``), else
     None."""
@@ -174,18 +174,29 @@ def _seeding_partial(loader):
     return None
 
 
+def set_worker_seed(loader, seed: int) -> bool:
+    """Give the workers ``loader`` starts from now on the seed ``seed``: the ``seed`` of its
+    seeding partial (:func:`seeding_partial`) is replaced, its other arguments (the rank
+    offset, ``PreemptionHook``'s wrapper) kept. The one place that rebuilds the partial:
+    ``ResumableEpochBasedTrainLoop`` (per epoch), ``EpochSeedHook(reseed_workers=True)``
+    and the endless iterator (per pass, :func:`_seed_workers_for_pass`). Returns whether
+    ``loader`` had such a partial (else it is left alone)."""
+    init_fn = seeding_partial(loader)
+    if init_fn is None:
+        return False
+    loader.worker_init_fn = functools.partial(
+        init_fn.func, *init_fn.args, **dict(init_fn.keywords, seed=seed))
+    return True
+
+
 def _seed_workers_for_pass(loader, base: int, index: int) -> None:
     """Give the workers ``loader`` starts for pass ``index`` over its data the seed ``base``
     (pass 0) or one derived from ``(base, index)``, as ``ResumableEpochBasedTrainLoop``
-    does per epoch: the partial's ``seed`` is replaced, its other arguments (the rank
-    offset) kept."""
-    init_fn = _seeding_partial(loader)
-    if init_fn is None:
+    does per epoch (:func:`set_worker_seed`)."""
+    if seeding_partial(loader) is None:
         return
     from stan_mm.engine.loops import derived_seed   # (not at import: stan_mm.compat is first)
-    seed = base if index == 0 else derived_seed(base, index)
-    loader.worker_init_fn = functools.partial(
-        init_fn.func, *init_fn.args, **dict(init_fn.keywords, seed=seed))
+    set_worker_seed(loader, base if index == 0 else derived_seed(base, index))
 
 
 def _lazy_endless_iterator(cls) -> None:
@@ -220,7 +231,7 @@ def _lazy_endless_iterator(cls) -> None:
     @functools.wraps(original_next)
     def __next__(self):
         if self._iterator is _NOT_STARTED:
-            init_fn = _seeding_partial(self._dataloader)
+            init_fn = seeding_partial(self._dataloader)
             if init_fn is not None:          # pass 0's seed: mmengine's, or a hook's
                 self._stan_mm_worker_seed = init_fn.keywords['seed']
             generator = getattr(self._dataloader, 'generator', None)

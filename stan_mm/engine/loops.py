@@ -26,11 +26,25 @@ cannot be reproduced: a sampler not known to draw its order from ``(seed, epoch)
 torch's ``RandomSampler``), a sampler whose epoch length varies from epoch to epoch
 (``constant_epoch_length = False``: ``TwinGroupSampler`` with groups of unequal size over
 several ranks), a batch sampler other than torch's ``BatchSampler``, a checkpoint saved
-before the last batch of its epoch whose epoch length, batch size or world size differ from
-this run's, or a checkpoint without the loop's record of them (saved by mmengine's
-``EpochBasedTrainLoop``, which is what the stan-mm configs used before this loop): its
-iteration cannot be placed in an epoch, so nothing is skipped and the run is mmengine's,
-batch for batch.
+before the last batch of its epoch whose epoch length, batch size, world size or dataset
+length differ from this run's, or a checkpoint without the loop's record of them (saved by
+mmengine's ``EpochBasedTrainLoop``, which is what the stan-mm configs used before this
+loop): its iteration cannot be placed in an epoch, so nothing is skipped and the run is
+mmengine's, batch for batch.
+
+A change of ``drop_last`` alone (the same dataset length, samples per rank, batch size and
+world size: the same order cut into the same batches, the last, partial one dropped or
+trained) is no such change: the batches the checkpoint has done are skipped; where they are
+all of this run's epoch (the partial batch, dropped now, was still to come), the epoch is
+ended without a batch. The loop records ``drop_last`` and the lengths since 2026-12-07; an
+older checkpoint whose batch count is what this run's samples make with the other
+``drop_last`` falls back with a warning that names drop_last as a possible cause and the
+``--cfg-options train_dataloader.drop_last=...`` that skips its batches.
+
+A training DataLoader that yields no batch (a training set smaller than one batch with
+``drop_last=True``, or an empty one) is refused when the loop is built, with
+:class:`EmptyTrainDataloaderError` naming the sizes and the fixes (mmengine failed later,
+on a bare assertion, when a schedule was converted to iterations, or trained nothing).
 
 Where the checkpoint is: the loop records, with the order information below, the epoch it
 is in and the iteration that epoch started at. A checkpoint saved in the epoch it resumes
@@ -63,12 +77,13 @@ The sampler's seed: with ``randomness.seed`` unset mmengine draws a new seed per
 builds the sampler before the checkpoint is loaded, so a resumed run would shuffle its
 epochs differently (while mmengine gives the runner, hence ``EpochSeedHook``, the
 checkpoint's seed back). The loop stores the sampler's seed (with the epoch length, batch
-size, world size, the epoch and the iteration it started at) in the message hub, hence in
-every checkpoint. Resumed from a checkpoint with that record, wherever it is (inside an
-epoch, at an epoch boundary, or where the loop falls back to restarting the epoch), the
-loop gives the sampler the stored seed back when the sampler's order is a function of
-``(seed, epoch)`` and the world size is the checkpoint's: the job shuffles its remaining
-epochs as the interrupted run would have, whichever checkpoint it resumes from.
+size, world size, drop_last, this rank's samples per epoch, the dataset length, the epoch
+and the iteration it started at) in the message hub, hence in every checkpoint. Resumed
+from a checkpoint with that record, wherever it is (inside an epoch, at an epoch boundary,
+or where the loop falls back to restarting the epoch), the loop gives the sampler the
+stored seed back when the sampler's order is a function of ``(seed, epoch)`` and the world
+size is the checkpoint's: the job shuffles its remaining epochs as the interrupted run
+would have, whichever checkpoint it resumes from.
 
 A validation cut short: an epoch checkpoint is written before the epoch's validation, so
 a job killed during it resumed, with mmengine's loop, at the next epoch with no result for
@@ -89,7 +104,6 @@ Example::
 import bisect
 import contextlib
 import copy
-import functools
 import itertools
 import json
 import os
@@ -104,6 +118,8 @@ from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 from mmaction.registry import LOOPS
 from torch.utils.data import BatchSampler, SequentialSampler
+
+from stan_mm.compat.worker_shutdown import seeding_partial, set_worker_seed
 
 ORDER_KEY = 'stan_mm_train_order'   # message hub (runtime info, saved in checkpoints)
 _OWN_SCALE = object()   # ResumableEpochBasedTrainLoop._carried_lr_scale: this run's factor
@@ -235,6 +251,25 @@ def epoch_restart_text(done: Optional[int] = None) -> str:
             f'{past} past its schedule')
 
 
+class EmptyTrainDataloaderError(ValueError):
+    """The training DataLoader yields no batch (a training set smaller than one batch with
+    ``drop_last=True``, or an empty one): refused when the training loop is built, with the
+    sizes and the fix, in one line (a user error of the tools)."""
+
+
+def _batch_count(samples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches a ``BatchSampler`` of ``batch_size`` makes of ``samples`` indices."""
+    return samples // batch_size if drop_last else -(-samples // batch_size)
+
+
+def _sized(obj) -> Optional[int]:
+    """``len(obj)``, or None where it has none (an iterable dataset)."""
+    try:
+        return len(obj)
+    except (TypeError, NotImplementedError):
+        return None
+
+
 @contextlib.contextmanager
 def skip_first_samples(dataloader, count: int):
     """Within the block, iterating ``dataloader`` skips the first ``count`` indices of its
@@ -259,6 +294,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # (before the runner builds the parameter schedulers: a schedule converted to
+        # iterations fails mmengine's bare "epoch_length must be a positive integer")
+        self._refuse_empty_epoch()
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
         self._revalidate = False  # resumed epoch checkpoint whose validation was cut short
         # the parameter scheduler configs (the runner builds the loop before it turns them
@@ -275,6 +313,35 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         # checkpoints: this run's own unless a resume kept the checkpoint's rates (then
         # theirs; None: not known)
         self._carried_lr_scale = _OWN_SCALE
+
+    def _refuse_empty_epoch(self) -> None:
+        """Raise :class:`EmptyTrainDataloaderError` when an epoch would hold no batch."""
+        if _sized(self.dataloader) != 0:
+            return
+        size = _sized(getattr(self.dataloader, 'dataset', None))
+        per_rank = _sized(self._sampler())
+        batch_size, world_size = self._batch_size(), get_world_size()
+        drop_last = self._drop_last()
+        if size is None or per_rank is None:
+            what = 'its sampler yields no sample'
+        else:
+            what = f'{size} training samples' + (
+                f' ({per_rank} on this rank of {world_size})' if world_size > 1 else '')
+        sizes = (f'{what}, batch size {batch_size}, world size {world_size}, '
+                 f'drop_last={drop_last}')
+        if drop_last and per_rank:
+            fix = (f'set --cfg-options train_dataloader.drop_last=False (an epoch is then one '
+                   f'batch of {per_rank}), a batch size of at most {per_rank} '
+                   f'(train_dataloader.batch_size={per_rank}), or use more training data')
+            why = ('drop_last drops the last, partial batch of an epoch, here its only one')
+        else:
+            fix = ('check the training annotations and data_root (train_dataloader.dataset), '
+                   'or use fewer ranks' if world_size > 1 and size else
+                   'check the training annotations and data_root (train_dataloader.dataset)')
+            why = 'there is no sample to batch'
+        raise EmptyTrainDataloaderError(
+            f'the training DataLoader yields no batch per epoch, so nothing would be '
+            f'trained: {sizes} ({why}). Fix: {fix}')
 
     # ---------------------------------------------------------------- what can be skipped
     def _sampler(self):
@@ -318,12 +385,25 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def _order_info(self) -> dict:
         """What the sampler order of an epoch depends on, stored with each checkpoint."""
-        seed = getattr(self._sampler(), 'seed', None)
+        sampler = self._sampler()
+        seed = getattr(sampler, 'seed', None)
         return dict(batches_per_epoch=len(self.dataloader),
                     batch_size=self._batch_size(),
                     world_size=get_world_size(),
                     sampler_seed=seed if isinstance(seed, int) else None,
-                    lr_scale=self._recorded_lr_scale())
+                    lr_scale=self._recorded_lr_scale(),
+                    # (since 2026-12-07: a change of drop_last alone keeps the batches)
+                    drop_last=self._drop_last(),
+                    samples_per_epoch=_sized(sampler),      # this rank's
+                    dataset_length=_sized(getattr(self.dataloader, 'dataset', None)))
+
+    def _drop_last(self) -> Optional[bool]:
+        """Whether the training DataLoader drops the last, partial batch of an epoch (its
+        batch sampler's ``drop_last``); None where it does not say."""
+        value = getattr(getattr(self.dataloader, 'batch_sampler', None), 'drop_last', None)
+        if not isinstance(value, bool):
+            value = getattr(self.dataloader, 'drop_last', None)
+        return value if isinstance(value, bool) else None
 
     def _recorded_lr_scale(self) -> Optional[float]:
         """The auto_scale_lr factor the rates carry (see ``_carried_lr_scale``)."""
@@ -733,6 +813,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         if saved.get('world_size') == now['world_size']:   # (wherever the checkpoint is)
             self._restore_sampler_seed(saved.get('sampler_seed'), now['sampler_seed'])
         changed = self._changed(saved, now)
+        drop_only = self._drop_last_only(saved, now)    # (then changed names drop_last)
         if old_done == 0:   # an epoch boundary of the run that saved it: nothing to skip
             if done != 0 and changed and self._length_reason() is None:
                 self._warn_off_boundary(changed, per_epoch)
@@ -745,10 +826,11 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             # epoch length; the epoch is ended without a batch, as at the same length
             self._end_epoch_off_boundary(changed, per_epoch)
             return per_epoch
-        if changed:
+        if changed and not drop_only:
             return self._fallback(
                 f'the checkpoint was saved with {old_done} batches of that epoch done and '
-                + ' and '.join(changed) + ' since, so its batches cannot be skipped')
+                + ' and '.join(changed) + ' since, so its batches cannot be skipped'
+                + self._drop_last_hint(saved, now))
         if not 0 < old_done <= per_epoch:
             return self._fallback(
                 f'{old_done} batches of an epoch of {per_epoch} would be done: the epoch '
@@ -759,7 +841,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             reason = self._order_reason()
             if reason is not None:
                 return self._fallback(reason, done)
-        if done == per_epoch:
+        if drop_only:
+            self._note_drop_last(changed, done, per_epoch)
+        elif done == per_epoch:
             self.runner.logger.info(
                 f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, after the '
                 f'last batch of epoch {self._epoch + 1}; ending that epoch (its end-of-epoch '
@@ -775,15 +859,103 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     @staticmethod
     def _changed(saved: dict, now: dict) -> list:
         """What differs between the checkpoint's batches and this run's, e.g. ``['the batch
-        size changed (2 -> 3)']``; a changed epoch length alone is named as the dataset's."""
+        size changed (2 -> 3)']``; at the same batch size and world size, a changed dataset
+        length (where both record it), or else a changed number of batches per epoch: named
+        as drop_last's where that alone explains it (:meth:`_drop_last_only`), as the
+        dataset's or perhaps drop_last's where the checkpoint does not record its
+        drop_last (written before 2026-12-07), else as the dataset's."""
         names = dict(batch_size='batch size', world_size='world size')
         changed = [f'the {names[k]} changed ({saved[k]} -> {now[k]})' for k in names
                    if k in saved and saved[k] != now[k]]
+        if changed:
+            return changed
+        old, new = saved.get('dataset_length'), now.get('dataset_length')
+        if isinstance(old, int) and isinstance(new, int) and old != new:
+            return [f'the dataset length changed ({old} -> {new} samples)']
         k = 'batches_per_epoch'
-        if not changed and k in saved and saved[k] != now[k]:
-            changed.append(f'the dataset length changed ({saved[k]} -> {now[k]} batches per '
-                           'epoch at the same batch size and world size)')
-        return changed
+        if k not in saved or saved[k] == now[k]:
+            return []
+        if ResumableEpochBasedTrainLoop._drop_last_only(saved, now):
+            partial = now['samples_per_epoch'] % now['batch_size']
+            return [f'drop_last changed ({saved["drop_last"]} -> {now["drop_last"]}: '
+                    f'{saved[k]} -> {now[k]} batches per epoch, the last, partial batch ('
+                    f'{partial} of {now["batch_size"]} samples per rank) '
+                    + ('dropped' if now['drop_last'] else 'trained') + ')']
+        text = (f'the dataset length changed ({saved[k]} -> {now[k]} batches per epoch at '
+                'the same batch size and world size)')
+        if ResumableEpochBasedTrainLoop._drop_last_hint(saved, now):
+            text += (f' or only drop_last did (drop_last={now["drop_last"]} now, and this '
+                     f'run\'s samples make {saved[k]} batches with '
+                     f'drop_last={not now["drop_last"]}; the checkpoint does not record its '
+                     'drop_last)')
+        return [text]
+
+    @staticmethod
+    def _drop_last_only(saved: dict, now: dict) -> bool:
+        """Whether the checkpoint's batches per epoch differ from this run's by drop_last
+        alone: the same dataset length, samples per epoch (this rank's sampler), batch size
+        and world size, hence (the sampler's seed given back) the same order cut into the
+        same batches, but drop_last changed, which drops or trains the last, partial batch.
+        Batch ``i`` of an epoch is then the same in both runs wherever both have it, and
+        the batches the checkpoint has done can be skipped."""
+        keys = ('dataset_length', 'samples_per_epoch', 'batch_size', 'world_size')
+        if not all(isinstance(saved.get(k), int) and saved[k] == now.get(k) for k in keys):
+            return False
+        if not (isinstance(saved.get('drop_last'), bool)
+                and isinstance(now.get('drop_last'), bool)
+                and saved['drop_last'] != now['drop_last']
+                and saved.get('batches_per_epoch') != now.get('batches_per_epoch')):
+            return False
+        return all(_batch_count(d['samples_per_epoch'], d['batch_size'], d['drop_last'])
+                   == d['batches_per_epoch'] for d in (saved, now))
+
+    @staticmethod
+    def _drop_last_hint(saved: dict, now: dict) -> str:
+        """For a checkpoint that does not record its drop_last (written before
+        2026-12-07) and whose batches per epoch are what this run's samples make with the
+        other drop_last: what to resume with to skip its done batches; else ``''``."""
+        drop, size = now.get('drop_last'), now.get('batch_size')
+        samples, old = now.get('samples_per_epoch'), saved.get('batches_per_epoch')
+        if ('drop_last' in saved or not isinstance(drop, bool) or not isinstance(size, int)
+                or not isinstance(samples, int) or size < 1 or old == now.get(
+                    'batches_per_epoch') or old != _batch_count(samples, size, not drop)):
+            return ''
+        return (' (if only drop_last changed' + (
+            ', as in the stan-mm retrieval configs on 2026-12-07' if drop else '')
+            + f', resume with --cfg-options train_dataloader.drop_last={not drop} instead: '
+            'the run then goes on where the checkpoint left it, with the checkpoint\'s '
+            'batches)')
+
+    def _note_drop_last(self, changed: list, done: int, per_epoch: int) -> None:
+        """Resumed ``done`` batches into an epoch whose batches per epoch changed by
+        drop_last alone (:meth:`_drop_last_only`): the done batches are skipped; where they
+        are all of this run's epoch (the checkpoint's run had still its partial batch to
+        train, which this run drops), the epoch is ended without a batch."""
+        if done < per_epoch:
+            size = self.dataloader.batch_sampler.batch_size    # (torch's: _order_reason)
+            what = (f'continuing at batch {done + 1} of {per_epoch} (the first {done * size} '
+                    'indices of this rank\'s sampler are skipped, not loaded)')
+        else:
+            what = (f'that is all {per_epoch} batches of the epoch with this run\'s '
+                    'drop_last (its last, partial batch, not trained yet, is dropped): '
+                    'ending that epoch (its end-of-epoch hooks and validation) without '
+                    f'training a batch, then epoch {self._epoch + 2} is trained from its '
+                    'first batch')
+        end = self._iter - done + (self._max_epochs - self._epoch) * per_epoch
+        message = (f'ResumableEpochBasedTrainLoop: resumed at iteration {self._iter}, {done} '
+                   f'batches into epoch {self._epoch + 1}; ' + ' and '.join(changed)
+                   + ' since the checkpoint, which leaves the order of the samples and the '
+                   'batches before the last one as they were, so nothing is trained twice: '
+                   + what)
+        if end == self._max_epochs * per_epoch:
+            self.runner.logger.info(message)
+            return
+        self.runner.logger.warning(
+            f'{message}. Iteration {self._iter} is not where epoch {self._epoch + 1} '
+            f'would be at this run\'s epoch length ({per_epoch} batches): the iteration '
+            f'count goes on from {self._iter}, so the run ends at iteration {end} instead of '
+            f'{self._max_epochs * per_epoch}; schedules written in iterations '
+            '(by_epoch=False) and iteration checkpoint intervals are offset accordingly')
 
     def _warn_off_boundary(self, changed: list, per_epoch: int) -> None:
         """The checkpoint is at an epoch boundary of the run that saved it, but its
@@ -898,16 +1070,14 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         keeps mmengine's, so an uninterrupted run with persistent workers (the configs')
         draws what it drew under mmengine's loop. An ``EpochSeedHook`` sets its own seed
         afterwards (``before_train_epoch``)."""
-        loader = self.dataloader
-        init_fn = getattr(loader, 'worker_init_fn', None)
-        if not (isinstance(init_fn, functools.partial) and 'seed' in init_fn.keywords):
+        init_fn = seeding_partial(self.dataloader)
+        if init_fn is None:
             return
         base = getattr(self, '_worker_seed', None)
         if base is None:
             base = self._worker_seed = init_fn.keywords['seed']
-        seed = base if self._epoch == 0 else derived_seed(base, self._epoch)
-        loader.worker_init_fn = functools.partial(
-            init_fn.func, *init_fn.args, **dict(init_fn.keywords, seed=seed))
+        set_worker_seed(self.dataloader,
+                        base if self._epoch == 0 else derived_seed(base, self._epoch))
 
     def run_epoch(self) -> None:
         """mmengine's ``run_epoch``; the epoch a run resumed inside skips the batches the

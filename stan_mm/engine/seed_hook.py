@@ -56,7 +56,6 @@ that was resumed after its last batch (it draws from the epoch seed instead of t
 iteration's). Drawn numbers differ from ``per_iteration=False`` runs (other seeds), not
 their distribution.
 """
-import functools
 import random
 from typing import Optional
 
@@ -66,6 +65,8 @@ from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 from mmaction.registry import HOOKS
+
+from stan_mm.compat.worker_shutdown import set_worker_seed
 
 from .loops import SamplerProxy, derived_seed as _derived_seed
 
@@ -240,8 +241,4 @@ class EpochSeedHook(Hook):
         seed = epoch_seed(base, runner.epoch)
         seed_everything(seed)
         if self.reseed_workers:
-            loader = runner.train_dataloader
-            init_fn = getattr(loader, 'worker_init_fn', None)
-            if isinstance(init_fn, functools.partial) and 'seed' in init_fn.keywords:
-                loader.worker_init_fn = functools.partial(
-                    init_fn.func, *init_fn.args, **dict(init_fn.keywords, seed=seed))
+            set_worker_seed(runner.train_dataloader, seed)

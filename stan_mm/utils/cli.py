@@ -35,6 +35,7 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.datasets.readers_common import AnnotationError
     from stan_mm.datasets.synthetic import SyntheticDatasetExistsError
     from stan_mm.datasets.transforms.video_io import VideoReadError
+    from stan_mm.engine.loops import EmptyTrainDataloaderError
     from stan_mm.engine.nonfinite_hook import NonFiniteTrainingError
     from stan_mm.models.clip.builder import (CLIPArchMismatchError, CLIPArchMissingError,
                                              CLIPKeysMismatchError)
@@ -44,7 +45,7 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     return (AnnotationError, CLIPArchMismatchError, CLIPArchMissingError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
             VideoReadError, ViewsError, CommandLineError, BankMismatchError,
-            SyntheticDatasetExistsError, NonFiniteTrainingError)
+            SyntheticDatasetExistsError, NonFiniteTrainingError, EmptyTrainDataloaderError)
 
 
 def user_path(path):
@@ -224,16 +225,21 @@ _QUOTES = '\'"'
 
 def _next_comma(text: str) -> int:
     """The index of the first comma of ``text`` outside brackets (``len(text)`` when
-    none), as mmengine's DictAction finds it."""
+    none), as mmengine's DictAction finds it (the first comma before which the ``(`` and
+    ``)``, and the ``[`` and ``]``, are as many)."""
     if text.count('(') != text.count(')') or text.count('[') != text.count(']'):
         raise ValueError(f'unbalanced brackets in {text!r}')
-    depth = 0
+    round_, square = 0, 0
     for i, char in enumerate(text):
-        if char in '([':
-            depth += 1
-        elif char in ')]':
-            depth -= 1
-        elif char == ',' and depth == 0:
+        if char == '(':
+            round_ += 1
+        elif char == ')':
+            round_ -= 1
+        elif char == '[':
+            square += 1
+        elif char == ']':
+            square -= 1
+        elif char == ',' and round_ == 0 and square == 0:
             return i
     return len(text)
 
@@ -241,14 +247,19 @@ def _next_comma(text: str) -> int:
 def _parse_spaced(text: str) -> Any:
     """mmengine's DictAction reading of a value (quotes stripped, ``[...]`` a list,
     ``(...)`` a tuple, ``a,b`` a list, numbers, True / False / None), with the spaces
-    inside an element kept: only those around it are dropped."""
+    inside an element kept: only those around it are dropped.
+
+    A value that is not bracketed as a whole and whose commas are all inside brackets
+    (``f(a, b)``, ``/data/clips (2023, v2)``) is one value, read as a number, True /
+    False / None or a string (spaces kept). mmengine's reader calls itself on the same
+    text for it, without end (RecursionError)."""
     text = text.strip().strip(_QUOTES)
     is_tuple = False
     if text.startswith('(') and text.endswith(')'):
         is_tuple, text = True, text[1:-1]
     elif text.startswith('[') and text.endswith(']'):
         text = text[1:-1]
-    elif ',' not in text:
+    elif ',' not in text or _next_comma(text) == len(text):
         return DictAction._parse_int_float_bool(text)
     values = []
     while text.strip():
@@ -281,14 +292,17 @@ def parse_option_value(val: str) -> Any:
     space of the value (``data_root=/data/my videos`` became ``/data/myvideos``):
 
     * a value without spaces and without quotes inside brackets: mmengine's reading,
-      unchanged;
+      unchanged (but for the last case below, where mmengine fails);
     * a bracketed value (``[...]``, ``(...)``) with spaces or quotes that is a Python
       literal: Python's reading (``"['a video of {}.']"`` is ``['a video of {}.']``; a
       quoted item stays a string: ``['1', 'a,b']`` is ``['1', 'a,b']``, which mmengine
       read as ``[1, 'a', 'b']``);
     * any other value with spaces: mmengine's reading with the spaces inside each item
       kept (``/data/my videos``; ``[a video, b]`` is ``['a video', 'b']``; spaces around
-      items and commas are dropped, as mmengine drops them).
+      items and commas are dropped, as mmengine drops them);
+    * a value (or item) whose commas are all inside brackets that do not enclose it
+      whole, ``f(a, b)`` or ``/data/clips (2023, v2)``: one string, spaces kept (mmengine's
+      reader recursed without end on it).
 
     Raises:
         ValueError: unbalanced brackets where items are split at commas.
@@ -296,10 +310,10 @@ def parse_option_value(val: str) -> Any:
     core = val.strip().strip(_QUOTES).strip()
     bracketed = core[:1] in '([' and core[-1:] in ')]' and core != ''
     if ' ' not in val and not (bracketed and any(q in core for q in _QUOTES)):
-        try:
-            return DictAction._parse_iterable(val)
-        except AssertionError:        # mmengine's check of the brackets
-            raise ValueError(f'unbalanced brackets in {val!r}') from None
+        # (mmengine's reading: _parse_spaced reads a value without spaces as
+        # DictAction._parse_iterable does, but for a comma inside brackets that are not the
+        # whole value, 'f(a,b)', where mmengine's recursion does not end)
+        return _parse_spaced(val)
     if bracketed:
         value = _bracketed_literal(core)
         if value is not _NOT_LITERAL:
@@ -318,7 +332,8 @@ class ConfigOptionsAction(DictAction):
         return parse_option_value(val)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        # (called unbound by the tools' lazy forwarding actions: only self.dest is read)
+        # (called unbound by tools/_cfg_options.py's ConfigOptions, the stand-in of the
+        # tools whose --help does not import stan_mm: only self.dest is read)
         options = copy.copy(getattr(namespace, self.dest, None) or {})
         for kv in ([values] if isinstance(values, str) else values or ()):
             key, sep, val = kv.partition('=')
@@ -330,6 +345,9 @@ class ConfigOptionsAction(DictAction):
                 options[key] = parse_option_value(val)
             except ValueError as e:
                 parser.error(f'{option_string or "--cfg-options"} {kv!r}: {e}')
+            except RecursionError:     # (a last resort: brackets nested ~1000 deep)
+                parser.error(f'{option_string or "--cfg-options"} {kv[:80]!r}'
+                             f'{"..." if len(kv) > 80 else ""}: brackets nested too deeply')
         setattr(namespace, self.dest, options)
 
 

@@ -51,7 +51,9 @@ import sys
 import tempfile
 
 import torch
-from mmengine.config import Config, DictAction
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+from _cfg_options import ConfigOptions  # noqa: E402  (no stan_mm import: a fast --help)
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 VIDEO_CODECS = ('mp4v', 'h264', 'vp9')   # stan_mm.utils.bench_videos.CODECS (tested)
@@ -60,10 +62,12 @@ VIDEO_CODECS = ('mp4v', 'h264', 'vp9')   # stan_mm.utils.bench_videos.CODECS (te
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', nargs='?', help='config file (omit with --arch)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+    p.add_argument('config', nargs='?', type=os.path.expanduser,
+                   help='config file (omit with --arch)')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptions, default={},
                    metavar='KEY=VALUE',
-                   help='override config entries, as in tools/train.py')
+                   help='override config entries, as in tools/train.py (spaces in a value '
+                   'are kept: "train_dataloader.dataset.data_root=/data/my videos")')
     g = p.add_argument_group('CLIPSTAN without a config')
     g.add_argument('--arch', help="CLIP arch name, e.g. ViT-B-16, 'ViT-B/32'")
     g.add_argument('--frames', type=int, help='frames per clip (default: the config\'s '
@@ -104,11 +108,12 @@ def parse_args(argv=None):
     g.add_argument('--no-memory', action='store_true', help='skip peak memory')
     g.add_argument('--seed', type=int, default=0)
     g = p.add_argument_group('data pipeline benchmark')
-    g.add_argument('--pipeline-config', help='config whose train pipeline is measured '
-                   '(default: CONFIG)')
-    g.add_argument('--videos', help='your videos: a folder (searched recursively, as '
-                   'tools/extract_features.py does) or a text file with one path per line; '
-                   'the first --num-videos are used (default: generate some)')
+    g.add_argument('--pipeline-config', type=os.path.expanduser,
+                   help='config whose train pipeline is measured (default: CONFIG)')
+    g.add_argument('--videos', type=os.path.expanduser,
+                   help='your videos: a folder (searched recursively, as '
+                   'tools/extract_features.py does) or a text file with one path per '
+                   'line; the first --num-videos are used (default: generate some)')
     g.add_argument('--num-videos', type=int, default=6)
     g.add_argument('--video-size', type=int, nargs=2, default=[340, 256],
                    metavar=('W', 'H'))
@@ -119,8 +124,9 @@ def parse_args(argv=None):
                    'pictures, cheap to decode: the hard case), h264 (libx264 with '
                    "ffmpeg's defaults, as re-encoded Kinetics videos) or vp9 (.webm, as "
                    'Something-Something-v2); h264 and vp9 need PyAV (`pip install av`)')
-    g.add_argument('--video-cache', help='where generated videos are kept (default: a '
-                   'temporary folder, removed afterwards)')
+    g.add_argument('--video-cache', type=os.path.expanduser,
+                   help='where generated videos are kept (default: a temporary folder, '
+                   'removed afterwards)')
     g.add_argument('--pipeline-workers', type=int, default=1,
                    help='data workers measured at the same time, each in its own process '
                         '(default 1: one worker alone on the machine; the number of cores: '
@@ -134,7 +140,7 @@ def parse_args(argv=None):
     g = p.add_argument_group('what to run / output')
     g.add_argument('--skip-model', action='store_true')
     g.add_argument('--skip-pipeline', action='store_true')
-    g.add_argument('--out', help='write the results as JSON here')
+    g.add_argument('--out', type=os.path.expanduser, help='write the results as JSON here')
     args = p.parse_args(argv)
     if args.pipeline_workers < 1:
         p.error(f'--pipeline-workers must be >= 1, got {args.pipeline_workers}')
@@ -143,8 +149,9 @@ def parse_args(argv=None):
     return args
 
 
-def _load_config(path, options):
-    cfg = Config.fromfile(path)
+def _load_config(path, options, flag='CONFIG'):
+    from stan_mm.utils.cli import read_config
+    cfg = read_config(path, flag)
     if options:
         cfg.merge_from_dict(options)
     return cfg
@@ -426,7 +433,8 @@ def main(argv=None) -> int:
         print('benchmark: give either CONFIG or --arch', file=sys.stderr)
         return 2
     cfg = _load_config(args.config, args.cfg_options) if args.config else None
-    pipe_cfg = (_load_config(args.pipeline_config, None) if args.pipeline_config else cfg)
+    pipe_cfg = (_load_config(args.pipeline_config, None, '--pipeline-config')
+                if args.pipeline_config else cfg)
     out = dict(machine=machine_info(args.device), config=args.config,
                argv=list(sys.argv[1:] if argv is None else argv))
 
@@ -465,4 +473,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    parse_args()    # --help and a mistyped option answered before stan_mm is imported
+    from stan_mm.utils.cli import run_tool    # (a missing _base_ file: one line, exit 2)
+    sys.exit(run_tool(main, 'benchmark.py'))

@@ -44,15 +44,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Retrieval metrics (t2v, v2t; optional DSL / QB-Norm) from a saved '
                     'similarity matrix.')
-    parser.add_argument('--sim', required=True,
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path)
+    parser.add_argument('--sim', required=True, type=os.path.expanduser,
                         help='.npy [num_texts, num_videos] similarity matrix')
-    parser.add_argument('--text-to-video', required=True,
+    parser.add_argument('--text-to-video', required=True, type=os.path.expanduser,
                         help='.npy [num_texts] ground-truth video index of every text')
     parser.add_argument('--dsl', action='store_true', help='apply dual softmax (both ways)')
     parser.add_argument('--dsl-temp', type=float,
                         help=f'DSL temperature: S * softmax(S / temp), with --dsl; default '
                              f'{DEFAULT_DSL_TEMP}')
     parser.add_argument('--qb-norm', metavar='BANK.npy', default=None,
+                        type=os.path.expanduser,
                         help='.npy [num_bank_texts, num_videos] querybank similarities')
     parser.add_argument('--qb-beta', type=float,
                         help=f'QB-Norm inverse temperature, with --qb-norm; default '

@@ -18,10 +18,13 @@ listed (they would make the total too low).
 Shape (T, H, W) and the number of test views default to the config's test pipeline.
 """
 import argparse
+import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
+
+sys.path.append(osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/: _cfg_options
+from _cfg_options import ConfigOptions  # noqa: E402  (no stan_mm import: a fast --help)
 
 
 def _views(value: str) -> int:
@@ -51,7 +54,8 @@ def _positive_int(value: str) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', nargs='?', help='config file (omit with --arch)')
+    p.add_argument('config', nargs='?', type=osp.expanduser,
+                   help='config file (omit with --arch)')
     p.add_argument('--shape', type=_positive_int, nargs=3, metavar=('T', 'H', 'W'),
                    help='frames and frame size of one view (default: test pipeline, '
                         'else 8 224 224)')
@@ -61,8 +65,10 @@ def parse_args(argv=None):
                    help='views per video for the total line: a count (3) or CLIPSxCROPS as '
                    'tools/test.py takes it (1x3) (default: the test pipeline\'s num_clips x '
                    'crops)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                   metavar='KEY=VALUE', help='override config entries, as in tools/train.py')
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptions, default={},
+                   metavar='KEY=VALUE', help='override config entries, as in tools/train.py '
+                   '(spaces in a value are kept: "test_dataloader.dataset.data_root=/data/my '
+                   'videos")')
     p.add_argument('--device', default='meta', choices=['meta', 'cpu'],
                    help='meta: shapes only (fast, no memory); cpu: real tensors')
     p.add_argument('--keep-weights', action='store_true',
@@ -141,7 +147,8 @@ def _config_report(args, device):
     from stan_mm.utils.flops import (DEFAULT_SHAPE, build_model_for_flops,
                                      recognition_flops, retrieval_flops, shape_from_config,
                                      text_len_from_config, views_from_config)
-    cfg = Config.fromfile(args.config)
+    from stan_mm.utils.cli import read_config
+    cfg = read_config(args.config, 'CONFIG')
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     shape = tuple(args.shape) if args.shape else (shape_from_config(cfg) or DEFAULT_SHAPE)
@@ -187,5 +194,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    parse_args()    # --help and a mistyped option answered before stan_mm is imported
     from stan_mm.utils.cli import run_tool
     sys.exit(run_tool(main, 'get_flops.py'))

@@ -30,9 +30,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('src', help='CLIP weights file or folder')
-    p.add_argument('dst', help='output: OUT.pth (single file) or a folder (new, empty, or '
-                   'an earlier output of this tool)')
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path; the shell leaves
+    # a quoted '~/x.pt' as it is)
+    p.add_argument('src', type=osp.expanduser, help='CLIP weights file or folder')
+    p.add_argument('dst', type=osp.expanduser,
+                   help='output: OUT.pth (single file) or a folder (new, empty, or an '
+                   'earlier output of this tool)')
     p.add_argument('--arch', help='architecture: an open_clip name (ViT-B-16), an OpenAI '
                    'spelling (ViT-B/16), a clip_cfg as JSON (\'{"embed_dim": ...}\') or a '
                    '.json file holding one; default: read from the weights')
@@ -53,7 +56,7 @@ def parse_arch(value):
     if value.lstrip().startswith('{'):
         return json.loads(value)
     if value.endswith('.json'):
-        with open(value) as f:
+        with open(osp.expanduser(value)) as f:
             cfg = json.load(f)
         return cfg.get('model_cfg', cfg)  # open_clip_config.json files too
     return value

@@ -20,7 +20,7 @@ import sys
 
 import stan_mm  # noqa: F401  (checkpoint-loading fixes)
 from stan_mm.compat import safe_torch_load
-from stan_mm.utils.cli import check_output_file, describe
+from stan_mm.utils.cli import check_output_file, describe, user_path
 from stan_mm.utils.stan_convert import (check_not_input, convert_public_checkpoint,
                                         export_public_checkpoint)
 
@@ -28,8 +28,8 @@ from stan_mm.utils.stan_convert import (check_not_input, convert_public_checkpoi
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('src', help='input checkpoint')
-    p.add_argument('dst', help='output checkpoint')
+    p.add_argument('src', type=user_path, help='input checkpoint')
+    p.add_argument('dst', type=user_path, help='output checkpoint')
     p.add_argument('--export', action='store_true',
                    help='convert a stan-mm checkpoint to the public STAN layout instead')
     p.add_argument('--trust', action='store_true',

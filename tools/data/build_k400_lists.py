@@ -211,18 +211,24 @@ def build_lists(csvs: Dict[str, str], out_dir: str,
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Build MMAction2 video lists and classnames.txt '
                                 'from the official Kinetics-400 CSV files')
-    p.add_argument('--train-csv', help='train CSV (label,youtube_id,time_start,time_end,'
-                   'split)')
-    p.add_argument('--val-csv', help='validation CSV (same columns)')
-    p.add_argument('--out-dir', default='data/kinetics400', help='where the lists go')
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path; the shell leaves
+    # --out-dir=~/k400 as it is)
+    p.add_argument('--train-csv', type=osp.expanduser,
+                   help='train CSV (label,youtube_id,time_start,time_end,split)')
+    p.add_argument('--val-csv', type=osp.expanduser, help='validation CSV (same columns)')
+    p.add_argument('--out-dir', default='data/kinetics400', type=osp.expanduser,
+                   help='where the lists go')
     p.add_argument('--name-format', default=DEFAULT_NAME_FORMAT,
                    help='video file name (Python format) relative to the video folder; '
                    f'default {DEFAULT_NAME_FORMAT!r}')
-    p.add_argument('--train-video-dir', help='check train videos exist here; missing ones '
-                   'are left out and listed in missing_train.txt')
-    p.add_argument('--val-video-dir', help='same for the validation videos')
-    p.add_argument('--classnames', help='use this classnames file (one per line) for the '
-                   'class order instead of the sorted train labels')
+    p.add_argument('--train-video-dir', type=osp.expanduser,
+                   help='check train videos exist here; missing ones are left out and '
+                   'listed in missing_train.txt')
+    p.add_argument('--val-video-dir', type=osp.expanduser,
+                   help='same for the validation videos')
+    p.add_argument('--classnames', type=osp.expanduser,
+                   help='use this classnames file (one per line) for the class order '
+                   'instead of the sorted train labels')
     args = p.parse_args(argv)
     if not args.train_csv and not args.val_csv:
         p.error('give --train-csv and/or --val-csv')

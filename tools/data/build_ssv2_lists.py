@@ -201,18 +201,25 @@ def default_split_file(anno_dir: str, split: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Build MMAction2 video lists and classnames.txt '
                                 'from the official Something-Something-v2 JSON files')
-    p.add_argument('--anno-dir', default='data/sthv2/annotations',
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path; the shell leaves
+    # --out-dir=~/sthv2 as it is)
+    p.add_argument('--anno-dir', default='data/sthv2/annotations', type=osp.expanduser,
                    help='folder with labels.json and something-something-v2-*.json')
-    p.add_argument('--labels', help='labels.json (default: <anno-dir>/labels.json)')
-    p.add_argument('--train', help=f'train JSON (default: <anno-dir>/{SPLIT_FILES["train"]}, '
+    p.add_argument('--labels', type=osp.expanduser,
+                   help='labels.json (default: <anno-dir>/labels.json)')
+    p.add_argument('--train', type=osp.expanduser,
+                   help=f'train JSON (default: <anno-dir>/{SPLIT_FILES["train"]}, '
                    f'else <anno-dir>/{SPLIT_FILES_NEW["train"]})')
-    p.add_argument('--val', help=f'validation JSON (default: <anno-dir>/{SPLIT_FILES["val"]}, '
+    p.add_argument('--val', type=osp.expanduser,
+                   help=f'validation JSON (default: <anno-dir>/{SPLIT_FILES["val"]}, '
                    f'else <anno-dir>/{SPLIT_FILES_NEW["val"]})')
-    p.add_argument('--out-dir', default='data/sthv2', help='where the lists go')
+    p.add_argument('--out-dir', default='data/sthv2', type=osp.expanduser,
+                   help='where the lists go')
     p.add_argument('--ext', default='webm',
                    help='video file extension (webm as distributed; mp4 if re-encoded)')
-    p.add_argument('--video-dir', help='check that every video exists here; missing ones '
-                   'are left out and listed in missing_<split>.txt')
+    p.add_argument('--video-dir', type=osp.expanduser,
+                   help='check that every video exists here; missing ones are left out and '
+                   'listed in missing_<split>.txt')
     return p.parse_args(argv)
 
 

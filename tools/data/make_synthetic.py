@@ -21,7 +21,8 @@ def parse_args(argv=None):
     from stan_mm.datasets.synthetic import DEFAULT_PAIRS, MOTION_PAIRS
     parser = argparse.ArgumentParser(
         description='Generate the synthetic motion benchmark (time-reversed class pairs).')
-    parser.add_argument('--out', required=True, help='output directory, e.g. data/motion')
+    parser.add_argument('--out', required=True, type=osp.expanduser,
+                        help='output directory, e.g. data/motion (a leading ~ is expanded)')
     parser.add_argument('--num-train', type=int, default=480, help='training videos')
     parser.add_argument('--num-val', type=int, default=160, help='validation videos')
     parser.add_argument('--num-test', type=int, default=160, help='test videos')

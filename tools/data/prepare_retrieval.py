@@ -137,15 +137,19 @@ def write_video_text_json(entries, out: str, skip_ids=()) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('format', choices=ANN_FORMATS)
-    p.add_argument('ann_file', help='split file (csv / *_list.txt / json)')
-    p.add_argument('--caption-file', help='MSRVTT_data.json, {split}_data.json or '
-                   'raw-captions.pkl')
-    p.add_argument('--video-root', help='folder of the videos (enables the file check)')
+    # (paths: a leading ~ expanded, as stan_mm.utils.cli.user_path)
+    p.add_argument('ann_file', type=osp.expanduser,
+                   help='split file (csv / *_list.txt / json)')
+    p.add_argument('--caption-file', type=osp.expanduser,
+                   help='MSRVTT_data.json, {split}_data.json or raw-captions.pkl')
+    p.add_argument('--video-root', type=osp.expanduser,
+                   help='folder of the videos (enables the file check)')
     p.add_argument('--video-tmpl', help='file name template, e.g. "{video_id}.mp4", '
                    '"{stem}.mp4", "{movie}/{video_id}.avi" (default: per format)')
     p.add_argument('--video-lookup', choices=('template', 'scan'), default='template')
     p.add_argument('--paragraph-sep', default=' ', help='DiDeMo paragraph separator')
-    p.add_argument('--out-json', help='write MMAction2 VideoTextDataset JSON here')
+    p.add_argument('--out-json', type=osp.expanduser,
+                   help='write MMAction2 VideoTextDataset JSON here')
     p.add_argument('--drop-missing', action='store_true',
                    help='leave videos without a file out of --out-json')
     p.add_argument('--list-missing', action='store_true',
