@@ -7,7 +7,9 @@
   (transformers is imported only inside the functions that need it).
 - :func:`free_port`, :func:`run_ranks`: distributed tests on CPU.
 """
+import contextlib
 import copy
+import logging
 from typing import Dict, Optional
 
 import torch
@@ -219,3 +221,18 @@ def run_ranks(target, init_file: str, world_size: int = 2, timeout: float = 120)
             p.join(30)
             if p.is_alive():
                 p.kill()
+
+
+@contextlib.contextmanager
+def logged_warning_messages():
+    """The messages (str) of the warnings logged through mmengine's current logger while
+    the block runs."""
+    from mmengine.logging import MMLogger
+    logger, records = MMLogger.get_current_instance(), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

@@ -8,10 +8,8 @@ stub model: a "video" file holds its 4-D embedding as text (an empty file, or on
 with ``bad``, is unreadable) and a text embeds as the vector its words spell, so every
 count and file below is known by hand without decoding videos or running a network.
 """
-import contextlib
 import importlib.util
 import json
-import logging
 import os
 import os.path as osp
 import shutil
@@ -31,6 +29,7 @@ from stan_mm.apis.features import (BankMismatchError, check_bank_matches,
 from stan_mm.apis.inference import checkpoint_fingerprint, load_config
 from stan_mm.datasets.transforms.video_io import VideoReadError
 from stan_mm.evaluation import RetrievalRecallMetric
+from stan_mm.testing import logged_warning_messages
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 
@@ -42,19 +41,6 @@ def load_tool(rel_path):
     spec.loader.exec_module(mod)
     return mod
 
-
-@contextlib.contextmanager
-def logged_warnings():
-    """Messages of the warnings logged through mmengine's current logger."""
-    from mmengine.logging import MMLogger
-    logger, records = MMLogger.get_current_instance(), []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda r: records.append(r.getMessage())
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 # ------------------------------------------------------------------ stub model
@@ -147,7 +133,7 @@ def metric_samples():
 def test_the_metric_warns_about_dsl_with_qb_norm_only(dsl, qb):
     bank = np.random.default_rng(1).standard_normal((7, 8)).astype(np.float32)
     metric = RetrievalRecallMetric(dsl=dsl, qb_norm=dict(bank=bank) if qb else None)
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         for _ in range(2):      # two evaluations: one warning each
             metric.process(None, metric_samples())
             metric.evaluate(size=5)
@@ -305,7 +291,7 @@ def test_a_bank_of_the_tested_model_is_accepted(tmp_path, stub, model_files, old
     # (model_key differs: it covers the run settings and data paths too)
     assert model_key(cfg, checkpoint_fingerprint(ckpt10), None) != \
         json.load(open(osp.join(osp.dirname(bank), 'meta.json')))['model_key']
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         meta = check_bank_matches(bank, cfg, ckpt10)
     assert meta['source'] == 'train' and records == []
     assert ('model_cfg' in meta) != old_format
@@ -342,7 +328,7 @@ def test_a_bank_of_another_tokenizer_is_refused_other_model_settings_warned(
         check_bank_matches(bank, cfg, ckpt)
     cfg = as_test_py_merges(cfg_path)
     cfg.model.backbone.depth = 4
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         check_bank_matches(bank, cfg, ckpt)
         check_bank_matches(bank, as_test_py_merges(cfg_path), ckpt, build_note='GELU assumed')
     assert len(records) == 2, records
@@ -350,7 +336,7 @@ def test_a_bank_of_another_tokenizer_is_refused_other_model_settings_warned(
     assert 'build: as the config says (bank) vs GELU assumed (tested)' in records[1]
     cfg = as_test_py_merges(cfg_path)
     cfg.model.backbone.pretrained = None
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         check_bank_matches(bank, cfg, ckpt)
     assert records == []
 
@@ -367,7 +353,7 @@ def test_the_checkpoint_is_known_by_its_bytes(tmp_path, stub, model_files):
     shutil.copy(ckpt, copy)
     link = tmp_path / 'latest.pth'
     link.symlink_to(ckpt)
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         for same in (ckpt, str(copy), str(link)):
             check_bank_matches(bank, as_test_py_merges(cfg_path), same)
     assert records == []
@@ -382,11 +368,11 @@ def test_an_older_bank_that_cannot_be_verified_gives_a_warning(tmp_path, stub, m
     bank = make_bank(tmp_path, cfg_path, ckpt, old_format=True)
     st = os.stat(ckpt)      # same path, rewritten: the recorded key cannot be reproduced
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         assert check_bank_matches(bank, as_test_py_merges(cfg_path), ckpt) is not None
     assert len(records) == 1 and f'QB-Norm bank {bank}' in records[0]
     assert 'cannot tell whether it was made by the tested model' in records[0]
-    with logged_warnings() as records:      # an unreadable checkpoint: a warning too
+    with logged_warning_messages() as records:      # an unreadable checkpoint: a warning too
         check_bank_matches(bank, as_test_py_merges(cfg_path), str(tmp_path / 'gone.pth'))
     assert len(records) == 1 and 'the checkpoint cannot be read' in records[0]
 
@@ -394,7 +380,7 @@ def test_an_older_bank_that_cannot_be_verified_gives_a_warning(tmp_path, stub, m
 def test_a_bank_without_meta_json_is_not_checked(tmp_path, model_files):
     cfg_path, (_, ckpt) = model_files
     np.save(tmp_path / 'bank.npy', np.zeros((2, 4), np.float32))
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         assert check_bank_matches(str(tmp_path / 'bank.npy'), as_test_py_merges(cfg_path),
                                   ckpt) is None
     assert records == []

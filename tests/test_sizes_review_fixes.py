@@ -4,10 +4,8 @@ drop_last in the configs), texts longer than the text model's context in embed_t
 refused as CLIPSTAN ints, and top-k accuracies that are 1.0 by construction (warned).
 
 Expected values are worked out by hand in the comments."""
-import contextlib
 import glob
 import json
-import logging
 import os
 
 import pytest
@@ -19,25 +17,12 @@ from mmaction.structures import ActionDataSample
 from mmengine.config import Config
 
 from stan_mm.models.losses import SymmetricInfoNCELoss
-from stan_mm.testing import tiny_clip_cfg
+from stan_mm.testing import logged_warning_messages, tiny_clip_cfg
 
 torch.set_num_threads(1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-@contextlib.contextmanager
-def logged_warnings():
-    """The messages of the warnings logged through mmengine's current logger."""
-    from mmengine.logging import MMLogger
-    logger, records = MMLogger.get_current_instance(), []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda r: records.append(r.getMessage())
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def build_retriever(seed=0, **clip_overrides):
@@ -52,7 +37,7 @@ def test_a_one_pair_batch_has_zero_loss_and_is_warned_once():
     loss = SymmetricInfoNCELoss(gather=False)
     v = torch.randn(1, 8, requires_grad=True)
     t = torch.randn(1, 8, requires_grad=True)
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         value = loss(v, t, 100.)
         value.backward()
         # a softmax over one logit is 1: -log 1 = 0 in both directions, gradient 0
@@ -67,7 +52,7 @@ def test_a_one_pair_batch_has_zero_loss_and_is_warned_once():
 
 def test_captions_of_one_video_have_zero_loss_and_are_warned():
     v, t = torch.randn(3, 8), torch.randn(3, 8)
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         # every off-diagonal pair shares video 5 and is masked: each row keeps its own
         # logit only, so both cross-entropies are -log 1 = 0
         value = SymmetricInfoNCELoss(gather=False)(v, t, 100., torch.tensor([5, 5, 5]))
@@ -75,7 +60,7 @@ def test_captions_of_one_video_have_zero_loss_and_are_warned():
     assert len(records) == 1 and '3 caption-video pairs that all belong to one video' in \
         records[0]
     # two videos, or 'keep' (a shared video is a negative), or no ids: a real loss, no word
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         assert SymmetricInfoNCELoss(gather=False)(v, t, 100., torch.tensor([5, 5, 6])) > 0
         assert SymmetricInfoNCELoss(gather=False, duplicate_videos='keep')(
             v, t, 100., torch.tensor([5, 5, 5])) > 0
@@ -103,7 +88,7 @@ def test_retriever_warns_on_a_one_video_batch_without_reading_the_device(monkeyp
         raise AssertionError('torch.unique called: the check read the ids back')
 
     monkeypatch.setattr(torch, 'unique', no_unique)
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         out = model(**batch([0, 1, 2]), mode='loss')
         assert out['loss'].item() > 0
         assert records == []
@@ -236,7 +221,7 @@ def test_embed_texts_warns_once_about_cut_texts(monkeypatch):
     counter = tok_module.token_count
     monkeypatch.setattr(tok_module, 'token_count',
                         lambda text: calls.append(text) or counter(text))
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         emb = embed_texts(model, texts, batch_size=2)
     assert emb.shape == (5, 32)
     assert len(records) == 1, records
@@ -247,11 +232,11 @@ def test_embed_texts_warns_once_about_cut_texts(monkeypatch):
     assert sorted(calls) == sorted([texts[1], texts[2], texts[4]])
 
     calls.clear()
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         embed_texts(model, ['a dog', 'dog'] * 3)
     assert records == [] and calls == []
     # many: the first 5 are named, the rest counted
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         embed_texts(model, ['dog'] + ['a ' * 20] * 8)
     assert len(records) == 1
     assert '8 of 9 texts' in records[0]
@@ -289,7 +274,7 @@ def _evaluate(root, videos):
 
 def test_twin_metric_without_twins_keeps_the_retrieval_metrics(tmp_path):
     root = _motion_root(tmp_path)
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         evaluator, metrics = _evaluate(root, [2, 3])       # no pair of twins among them
     # orthogonal videos, each caption equal to its video: both rank first
     assert metrics['retrieval/t2v_R1'] == 100.0 and metrics['retrieval/v2t_R1'] == 100.0
@@ -298,7 +283,7 @@ def test_twin_metric_without_twins_keeps_the_retrieval_metrics(tmp_path):
     assert 'none of the 2 evaluated videos has its time-reversed twin' in records[0]
     assert 'motion/twin_t2v_acc is not reported' in records[0]
     # warned once per metric
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         for s, i in enumerate([2, 3]):
             v = torch.zeros(4)
             v[i] = 1.0
@@ -350,7 +335,7 @@ def _acc(scores, labels):
     metric = METRICS.build(dict(type='RecognitionAccMetric'))
     samples = [dict(pred_score=torch.tensor(s), gt_label=torch.tensor([y]))
                for s, y in zip(scores, labels)]
-    with logged_warnings() as records:
+    with logged_warning_messages() as records:
         metric.process(None, samples)
         result = metric.evaluate(len(samples))
         metric.process(None, samples)
