@@ -181,6 +181,9 @@ def merge_args(cfg, args):
     from stan_mm.utils.cli import check_model_variant
     check_model_variant(cfg, 'test.py', loaders=('test_dataloader', ),
                         options=args.cfg_options)
+    # a child that overrides val_dataloader / val_evaluator only: test_ kept the base's
+    from stan_mm.utils.cli import warn_split_alias
+    warn_split_alias(cfg, 'test.py', options=args.cfg_options)
     return cfg
 
 

@@ -136,6 +136,9 @@ def merge_args(cfg, args):
     # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
     check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'),
                         options=args.cfg_options)
+    # a child that overrides val_dataloader / val_evaluator only: test_ kept the base's
+    from stan_mm.utils.cli import warn_split_alias
+    warn_split_alias(cfg, 'train.py', options=args.cfg_options)
     return cfg
 
 

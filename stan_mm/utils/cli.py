@@ -983,6 +983,65 @@ def _set_where_it_does_nothing(cfg, name: str, options: Optional[Mapping]) -> bo
                for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]))
 
 
+_SPLIT_KEYS = ('type', 'data_root', 'ann_format')
+
+
+def _evaluator_entries(node):
+    """``node`` (an evaluator dict or list) as a list of plain dicts, the ``DumpResults``
+    entry that ``tools/test.py --dump`` adds left out; ``None`` where it is no such thing."""
+    entries = list(node) if isinstance(node, (list, tuple)) else [node]
+    if not all(hasattr(e, 'get') for e in entries):
+        return None
+    return [_plain_tree(e) for e in entries if _type_name(e) != 'DumpResults']
+
+
+def warn_split_alias(cfg, tool: str, options: Optional[Mapping] = None) -> None:
+    """Warn (stderr, as ``tool``) where ``test_dataloader`` / ``test_evaluator`` kept the
+    base config's values while the config changed ``val_dataloader`` / ``val_evaluator``.
+
+    The dataset base configs set ``test_dataloader = val_dataloader`` and
+    ``test_evaluator = val_evaluator``: Python aliases evaluated once, in the base file, so
+    a child config that overrides only the ``val_`` entry tests on the base's data (or with
+    the base's metric settings). Compared: the ``type``, ``data_root`` and ``ann_format``
+    of the two loaders' datasets (not the pipelines: recognition val and test differ in
+    views on purpose), and the two evaluators where the config file itself does not assign
+    ``test_evaluator`` (a test-only metric setting written there is deliberate). Keys given
+    in ``options`` (``--cfg-options``) are the user's choice and not compared.
+    """
+    options = options or {}
+
+    def given(prefix):
+        return any(k == prefix or k.startswith(prefix + '.') for k in options)
+
+    fix = ('the base config sets {t} = {v}; a config that overrides {v} must override {t} '
+           'too ({t} = {v} at its end)')
+    val, test = cfg.get('val_dataloader'), cfg.get('test_dataloader')
+    val = val.get('dataset') if hasattr(val, 'get') else None
+    test = test.get('dataset') if hasattr(test, 'get') else None
+    if hasattr(val, 'get') and hasattr(test, 'get'):
+        differ = [f'val_dataloader.dataset.{key}={_plain(val.get(key))!r} vs '
+                  f'test_dataloader.dataset.{key}={_plain(test.get(key))!r}'
+                  for key in _SPLIT_KEYS
+                  if _plain(val.get(key)) != _plain(test.get(key))
+                  and not given(f'val_dataloader.dataset.{key}')
+                  and not given(f'test_dataloader.dataset.{key}')]
+        if differ:
+            print(f'{tool}: warning: the validation and test sets are different datasets '
+                  f'({"; ".join(differ)}): {fix.format(t="test_dataloader", v="val_dataloader")}'
+                  f'. If the test set is meant to differ, ignore this', file=sys.stderr)
+    if given('val_evaluator') or given('test_evaluator') or \
+            _set_where_it_does_nothing(cfg, 'test_evaluator', None):
+        return
+    val, test = (_evaluator_entries(cfg.get(k)) for k in ('val_evaluator', 'test_evaluator'))
+    if val is None or test is None or val == test:
+        return
+    print(f'{tool}: warning: val_evaluator={val if len(val) > 1 else val[0]!r} but '
+          f'test_evaluator={test if len(test) > 1 else test[0]!r}: '
+          f'{fix.format(t="test_evaluator", v="val_evaluator")}. To test with other metric '
+          f'settings (dsl, qb_norm), assign test_evaluator in the config itself or use '
+          f'--cfg-options test_evaluator.<key>=...', file=sys.stderr)
+
+
 def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_dataloader',
                                                  'test_dataloader'),
                         options: Optional[Mapping] = None) -> None:

@@ -74,6 +74,9 @@ val_dataloader = dict(
         data_prefix=dict(video='videos'),
         test_mode=True,          # one sample per video with all its captions
         pipeline=test_pipeline))
+# an alias evaluated here, once: a child config that overrides val_dataloader (another
+# dataset, data_root, ann_format) must end with test_dataloader = val_dataloader too, or
+# tools/test.py still tests on this file's data (train.py / test.py warn)
 test_dataloader = val_dataloader
 
 # t2v and v2t R@1/5/10, MdR, MnR. Inference tricks (STAN_REFERENCE.md section 5):
@@ -83,4 +86,5 @@ test_dataloader = val_dataloader
 #   QB-Norm:       dict(type='RetrievalRecallMetric',
 #                       qb_norm=dict(bank='work_dirs/bank_text_features.npy', beta=20, k=1))
 val_evaluator = dict(type='RetrievalRecallMetric')
+# (likewise: a child that overrides val_evaluator, e.g. dsl=True, repeats this line)
 test_evaluator = val_evaluator
