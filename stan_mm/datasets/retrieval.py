@@ -88,8 +88,8 @@ from mmaction.datasets import BaseActionDataset
 from mmaction.registry import DATASETS, HOOKS
 
 from .readers import ANN_FORMATS, read_annotations
-from .readers_common import (AnnotationPolicy, IssueLog, VideoEntry, apply_missing_policy,
-                             check_missing_video, datasets_in)
+from .readers_common import (AnnotationError, AnnotationPolicy, IssueLog, VideoEntry,
+                             apply_missing_policy, check_missing_video, datasets_in)
 
 __all__ = ['RetrievalVideoTextDataset', 'CaptionSamplingEpochHook', 'VIDEO_EXTS',
            'scan_video_files', 'locate_videos', 'drop_same_file_entries', 'FolderIndex']
@@ -408,6 +408,14 @@ class RetrievalVideoTextDataset(BaseActionDataset):
         if ann_format not in ANN_FORMATS:
             raise ValueError(f'ann_format must be one of {ANN_FORMATS}, got '
                              f'{ann_format!r}')
+        if ann_format in ('json', 'lsmdc') and caption_file is not None:
+            # a child of the MSR-VTT base config inherits its caption_file (mmengine merges
+            # dicts): found here, not at the first sample with a raw traceback
+            raise AnnotationError(
+                f'ann_format={ann_format!r} takes no caption_file (got {caption_file!r}): '
+                f'the captions are in ann_file. caption_file is probably inherited from the '
+                f'base config; set caption_file=None in this dataloader\'s dataset for '
+                f'ann_format={ann_format!r}')
         if caption_sampling not in ('all', 'random'):
             raise ValueError('caption_sampling must be \'all\' or \'random\', got '
                              f'{caption_sampling!r}')

@@ -80,23 +80,41 @@ class CheckedVideoDataset(VideoDataset):
             problems.append((lineno, f'label {short_repr(raw)} is not an integer (a header '
                                      'line? remove it)'))
             return None
+        lo, hi = getattr(self, 'label_range', None) or (label, label)
+        self.label_range = (min(lo, label), max(hi, label))
         if label < 0 or (self.num_classes is not None and label >= self.num_classes):
             bound = ('' if self.num_classes is None else
                      f' (the dataset\'s num_classes={self.num_classes}: labels 0..'
                      f'{self.num_classes - 1}; for more classes set the model\'s and the '
                      'datasets\' num_classes)')
             problems.append((lineno, f'label {label} is out of range{bound}'))
+            self._out_of_range.append((len(problems) - 1, label))
             return None
         return label
 
+    def _one_based_note(self, problems: list) -> str:
+        """When the labels run 1..num_classes (UCF101's / HMDB51's classInd numbering),
+        say so, and reword the out-of-range lines: more classes is the wrong fix."""
+        n = self.num_classes
+        if n is None or self.label_range != (1, n) or not self._out_of_range:
+            return ''
+        for i, label in self._out_of_range:
+            problems[i] = (problems[i][0], f'label {label} is out of range (labels 0..{n - 1})')
+        return (f'the labels run 1..{n} with num_classes={n}: they look 1-based (e.g. '
+                f'UCF101/HMDB51 classInd.txt numbering), but labels start at 0 (line i of '
+                f'the class-name file = label i - 1). Subtract 1 from every label (or '
+                f'regenerate the list); do not raise num_classes. ')
+
     def load_data_list(self) -> List[dict]:
         """Read ``path label`` lines (``path l1 l2 ...`` with ``multi_class=True``).
-        Also sets ``max_label``: ``(largest label, its line number)`` of the file, or None
-        (read by :class:`~stan_mm.engine.ClassListCheckHook`)."""
+        Also sets ``max_label``: ``(largest label, its line number)`` of the file, or None,
+        and ``label_range``: ``(smallest, largest)`` integer label, or None (read by
+        :class:`~stan_mm.engine.ClassListCheckHook`)."""
         self.max_label = None
         if '://' in self.ann_file:          # other storage backends: MMAction2's reader
             return super().load_data_list()
         problems, data_list = [], []
+        self.label_range, self._out_of_range = None, []   # (min, max) of the int labels
         for lineno, line in iter_text_lines(self.ann_file):
             fields = self._split(line)
             filename, rest = fields[0], fields[1:]
@@ -131,9 +149,10 @@ class CheckedVideoDataset(VideoDataset):
                 filename = osp.join(self.data_prefix['video'], filename)
             data_list.append(dict(filename=filename, label=label))
         if problems:
+            note = self._one_based_note(problems)
             listed = head_lines(problems, lambda p: f'  line {p[0]}: {p[1]}')
             raise AnnotationError(
-                f'{len(problems)} bad line(s) in the video list:\n' + '\n'.join(listed),
+                f'{note}{len(problems)} bad line(s) in the video list:\n' + '\n'.join(listed),
                 file=self.ann_file, line=problems[0][0], issues=listed)
         if not data_list:
             raise AnnotationError('the video list is empty (expected "path label" lines)',

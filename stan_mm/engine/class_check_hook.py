@@ -83,9 +83,14 @@ def head_of(model):
     return getattr(model, 'cls_head', None)
 
 
+def _has_classnames(head) -> bool:
+    names = getattr(head, 'classnames', None)
+    return isinstance(names, (list, tuple)) and bool(names)
+
+
 def _head_source(head) -> str:
     names = getattr(head, 'classnames', None)
-    if isinstance(names, (list, tuple)) and names:
+    if _has_classnames(head):
         source = getattr(head, 'classnames_source', None)
         listed = f'{len(names)} class names'
         return f'{listed} ({source})' if source else listed
@@ -138,18 +143,32 @@ class ClassListCheckHook(Hook):
         source = _head_source(head)
         top = max_label(dataset)
         if top is not None and top[0] >= n_head:
+            one_based = ''
+            if getattr(dataset, 'label_range', None) == (1, n_head):
+                one_based = (f' The labels run 1..{n_head}: they look 1-based (e.g. '
+                             f'UCF101/HMDB51 classInd.txt numbering); subtract 1 from every '
+                             f'label (or regenerate the list).')
+            if _has_classnames(head):
+                fix = ('The class list and the video list do not match: fix the class-name '
+                       'file (one name per line, in label order; model.cls_head.classnames) '
+                       'or the list.')
+            else:
+                fix = ('Set the model\'s model.cls_head.num_classes (and the datasets\' '
+                       'num_classes) to the number of classes, or fix the list.')
             raise AnnotationError(
                 f'label {top[0]} has no class: the model\'s head has {source}, labels '
-                f'0..{n_head - 1}. The class list and the video list do not match: fix '
-                f'the class-name file (one name per line, in label order; '
-                f'model.cls_head.classnames) or the list; a linear head takes '
-                f'model.cls_head.num_classes', file=ann_file, line=top[1])
+                f'0..{n_head - 1}. {fix}{one_based}', file=ann_file, line=top[1])
         n_data = getattr(dataset, 'num_classes', None)
         if not isinstance(n_data, int) or n_data == n_head:
             return
-        message = (f'the {split} dataset has num_classes={n_data}, but the model\'s head has {source}. '
-                   f'If the class list is right, set the dataset\'s num_classes={n_head}; '
+        if _has_classnames(head):
+            fix = (f'If the class list is right, set the dataset\'s num_classes={n_head}; '
                    f'otherwise fix the class list (model.cls_head.classnames)')
+        else:   # a linear head has no class list: its class count is a config number
+            fix = (f'If the head is right, set the dataset\'s num_classes={n_head}; '
+                   f'otherwise set model.cls_head.num_classes={n_data}')
+        message = (f'the {split} dataset has num_classes={n_data}, but the model\'s head has '
+                   f'{source}. {fix}')
         if strict:
             raise AnnotationError(message + ' (a deliberate difference: '
                                   'custom_hooks=[dict(type=\'ClassListCheckHook\', '

@@ -4,7 +4,9 @@ A class list is either a list of str in the config or a ``classnames.txt`` file 
 class name per line, in label order (line i = label i), as written by
 ``tools/data/build_k400_lists.py`` and ``tools/data/build_ssv2_lists.py``.
 """
+import logging
 import os.path as osp
+import re
 from typing import List, Sequence, Union
 
 ClassNames = Union[str, Sequence[str]]
@@ -62,7 +64,46 @@ def check_classnames(names: Sequence[str], source: str = 'classnames') -> List[s
                              f'(label {i}) are the same text for CLIP\'s tokenizer (it '
                              f'ignores case and extra spaces); class names must be unique')
         seen[same] = i
-    return [n.strip() for n in names]
+    names = [n.strip() for n in names]
+    _warn_style(names, source)
+    return names
+
+
+_INDEXED = re.compile(r'^\d+\s')          # '1 ApplyEyeMakeup' (UCF101 classInd.txt)
+_JOINED = re.compile(r'[a-z][A-Z]|_')     # 'ApplyEyeMakeup' (UCF101), 'brush_hair' (HMDB51)
+
+
+def _nearly_all(count: int, total: int) -> bool:
+    return count >= max(2, 0.9 * total) or (total == 1 and count == 1)
+
+
+def _warn_style(names: List[str], source: str) -> None:
+    """Warn (once per call) when the names look like an index file rather than class
+    names. The text head encodes every name as written: a leading number becomes part of
+    the prompt, and CLIP's tokenizer (lower case, words split at spaces) reads
+    ``ApplyEyeMakeup`` as one unknown word (BPE pieces 'app', 'l', 'ye', ...) and keeps the
+    ``_`` of ``brush_hair`` as a token."""
+    from mmengine.logging import print_log
+    indexed = [n for n in names if _INDEXED.match(n)]
+    if _nearly_all(len(indexed), len(names)):
+        print_log(f'{source}: {len(indexed)} of {len(names)} class names start with a '
+                  f'number (e.g. {indexed[0]!r}): an index file such as UCF101\'s '
+                  f'classInd.txt? The text head encodes the names as written, number '
+                  f'included; strip the numbers (one name per line, in label order: line i '
+                  f'= label i - 1)', logger='current', level=logging.WARNING)
+        names = [_INDEXED.sub('', n, count=1).strip() for n in names]
+    joined = [n for n in names if _JOINED.search(n)]
+    spaced = sum(1 for n in names if len(n.split()) > 1)
+    # the list's style, not one odd name: HMDB51 has 'brush_hair' next to 'cartwheel'
+    if joined and len(joined) >= 0.2 * len(names) and len(joined) > spaced:
+        example = joined[0]
+        words = ' '.join(re.sub(r'([a-z])([A-Z])', r'\1 \2', example).replace('_', ' ')
+                         .split()).lower()
+        print_log(f'{source}: note: {len(joined)} of {len(names)} class names are '
+                  f'CamelCase or joined with underscores (e.g. {example!r}); the text head '
+                  f'reads words better: CLIP\'s tokenizer does not split them '
+                  f'(e.g. {words!r} rather than {example!r})', logger='current',
+                  level=logging.WARNING)
 
 
 def load_classnames(classnames: ClassNames) -> List[str]:
