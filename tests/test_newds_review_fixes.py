@@ -109,7 +109,7 @@ def test_child_overriding_only_val_dataloader_warns(tmp_path):
     assert "test_dataloader.dataset.data_root='data/msrvtt'" in err
     assert "val_dataloader.dataset.ann_format='json'" in err
     assert "test_dataloader.dataset.ann_format='msrvtt'" in err
-    assert 'the base config sets test_dataloader = val_dataloader' in err
+    assert 'the retrieval base configs set test_dataloader = val_dataloader' in err
     assert FIX in err and '(test_dataloader = val_dataloader at its end)' in err
     # fixed as the warning says: silent
     child.write_text(child.read_text() + 'test_dataloader = val_dataloader\n')
@@ -122,7 +122,7 @@ def test_child_overriding_only_val_evaluator_warns(tmp_path):
                      f"val_evaluator = dict(type='RetrievalRecallMetric', dsl=True)\n")
     err = warnings_of(Config.fromfile(str(child)))
     assert 'test.py: warning: val_evaluator=' in err and "'dsl': True" in err
-    assert 'the base config sets test_evaluator = val_evaluator' in err
+    assert 'the retrieval base configs set test_evaluator = val_evaluator' in err
     assert '(test_evaluator = val_evaluator at its end)' in err
     # the alias repeated, or a test-only setting assigned in the config itself: silent
     for tail in ('test_evaluator = val_evaluator\n',
@@ -162,3 +162,28 @@ def test_train_and_test_tools_warn_once(tmp_path, capsys):
         [MSRVTT, str(ckpt), '--dump', str(tmp_path / 'r.pkl'),
          '--cfg-options', 'test_evaluator.dsl=True']))
     assert capsys.readouterr().err == ''
+
+
+def test_a_config_that_sets_its_own_test_set_or_another_spelling_is_not_warned(
+        tmp_path, monkeypatch):
+    """A child assigning test_dataloader itself (a zero-shot test on another dataset) is
+    deliberate; 'data/x/' and './data/x' are data/x; ranks other than 0 stay quiet."""
+    own = tmp_path / 'own_test.py'
+    own.write_text(f"_base_ = [{MSRVTT!r}]\n" + VAL_ONLY + """
+test_dataloader = dict(
+    dataset=dict(ann_format='json', data_root='data/other', ann_file='t.json'))
+""")
+    assert warnings_of(Config.fromfile(str(own))) == ''
+    slash = tmp_path / 'slash.py'
+    slash.write_text(f"_base_ = [{MSRVTT!r}]\n" + """
+val_dataloader = dict(dataset=dict(data_root='./data/msrvtt/'))
+""")
+    assert warnings_of(Config.fromfile(str(slash))) == ''
+    child = tmp_path / 'val_only.py'
+    child.write_text(f"_base_ = [{MSRVTT!r}]\n" + VAL_ONLY)
+    cfg = Config.fromfile(str(child))
+    assert FIX in warnings_of(cfg)
+    monkeypatch.setenv('RANK', '1')
+    assert warnings_of(cfg) == ''
+    monkeypatch.setenv('RANK', '0')
+    assert FIX in warnings_of(cfg)

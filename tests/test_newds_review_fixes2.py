@@ -146,8 +146,25 @@ def test_class_check_hook_names_one_based_labels(tmp_path):
     loop = SimpleNamespace(dataloader=SimpleNamespace(dataset=ds))
     runner = SimpleNamespace(model=SimpleNamespace(cls_head=linear), train_loop=loop,
                              _val_loop=None)
-    with pytest.raises(AnnotationError, match='look 1-based'):
+    with pytest.raises(AnnotationError, match='look 1-based') as e:
         HOOKS.build(dict(type='ClassListCheckHook')).before_train(runner)
+    # one fix only: not "set num_classes to the number of classes" next to "subtract 1"
+    assert 'Set the model' not in str(e.value) and 'cls_head.num_classes' not in str(e.value)
+
+
+def test_a_text_head_warns_once_about_its_class_name_style(tmp_path):
+    """The head checks its class list when built and again in set_classnames: the style
+    warning is printed once, naming the file."""
+    from mmaction.registry import MODELS
+    from stan_mm.testing import tiny_clip_cfg
+    f = tmp_path / 'classInd.txt'
+    f.write_text(''.join(f'{i + 1} {n}\n' for i, n in enumerate(UCF101[:4])))
+    cfg = tiny_clip_cfg()
+    with logged_warnings() as records:
+        MODELS.build(dict(type='TextClassifierHead', classnames=str(f), in_channels=cfg[
+            'embed_dim'], text_encoder=dict(type='CLIPTextEncoder', arch=cfg), context_length=16))
+    numbered = [r.getMessage() for r in records if 'start with a number' in r.getMessage()]
+    assert len(numbered) == 1 and str(f) in numbered[0], numbered
 
 
 # ------------------------------------------------------- (6) linear head wording

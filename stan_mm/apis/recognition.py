@@ -173,11 +173,11 @@ def _prompts_for_call(head, names: List[str], templates: Optional[List[str]]):
     try:
         if templates is not None:
             head.templates = list(templates)
-        head.set_classnames(list(names))
+        head.set_classnames(list(names), warn_style=False)   # (parse_classnames warned)
         yield
     finally:
         head.templates = old_templates
-        head.set_classnames(old_names, source=old_source)
+        head.set_classnames(old_names, source=old_source, warn_style=False)
         for k, v in cached.items():   # (the text tower is unchanged: still valid)
             setattr(head, k, v)
 

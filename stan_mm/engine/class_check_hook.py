@@ -148,16 +148,18 @@ class ClassListCheckHook(Hook):
                 one_based = (f' The labels run 1..{n_head}: they look 1-based (e.g. '
                              f'UCF101/HMDB51 classInd.txt numbering); subtract 1 from every '
                              f'label (or regenerate the list).')
-            if _has_classnames(head):
-                fix = ('The class list and the video list do not match: fix the class-name '
+            if one_based:
+                fix = ''       # (not more classes: the numbering is off by one)
+            elif _has_classnames(head):
+                fix = (' The class list and the video list do not match: fix the class-name '
                        'file (one name per line, in label order; model.cls_head.classnames) '
                        'or the list.')
             else:
-                fix = ('Set the model\'s model.cls_head.num_classes (and the datasets\' '
+                fix = (' Set the model\'s model.cls_head.num_classes (and the datasets\' '
                        'num_classes) to the number of classes, or fix the list.')
             raise AnnotationError(
                 f'label {top[0]} has no class: the model\'s head has {source}, labels '
-                f'0..{n_head - 1}. {fix}{one_based}', file=ann_file, line=top[1])
+                f'0..{n_head - 1}.{fix}{one_based}', file=ann_file, line=top[1])
         n_data = getattr(dataset, 'num_classes', None)
         if not isinstance(n_data, int) or n_data == n_head:
             return

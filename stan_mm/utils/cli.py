@@ -986,6 +986,26 @@ def _set_where_it_does_nothing(cfg, name: str, options: Optional[Mapping]) -> bo
 _SPLIT_KEYS = ('type', 'data_root', 'ann_format')
 
 
+def _split_value(key: str, value):
+    """A dataset entry as compared between the val and test splits: ``data_root`` as a
+    normalised path (``data/x/``, ``./data/x`` and ``data/x`` are one folder)."""
+    value = _plain(value)
+    if key == 'data_root' and isinstance(value, str) and value:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(value)))
+    return value
+
+
+def _is_first_rank() -> bool:
+    """Whether this process is rank 0 (or not distributed), from the launchers'
+    environment (``RANK``, ``SLURM_PROCID`` or ``OMPI_COMM_WORLD_RANK``, as tools/train.py
+    reads it), before any process group exists."""
+    for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK'):
+        value = os.environ.get(name)
+        if value not in (None, ''):
+            return value.strip() == '0'
+    return True
+
+
 def _evaluator_entries(node):
     """``node`` (an evaluator dict or list) as a list of plain dicts, the ``DumpResults``
     entry that ``tools/test.py --dump`` adds left out; ``None`` where it is no such thing."""
@@ -1013,16 +1033,20 @@ def warn_split_alias(cfg, tool: str, options: Optional[Mapping] = None) -> None:
     def given(prefix):
         return any(k == prefix or k.startswith(prefix + '.') for k in options)
 
-    fix = ('the base config sets {t} = {v}; a config that overrides {v} must override {t} '
-           'too ({t} = {v} at its end)')
+    if not _is_first_rank():
+        return                         # (every process of a distributed run parses it)
+    fix = ('the retrieval base configs set {t} = {v}; a config that overrides {v} must '
+           'override {t} too ({t} = {v} at its end)')
     val, test = cfg.get('val_dataloader'), cfg.get('test_dataloader')
+    if _set_where_it_does_nothing(cfg, 'test_dataloader', None):
+        val = test = None              # the config file sets its own test set: deliberate
     val = val.get('dataset') if hasattr(val, 'get') else None
     test = test.get('dataset') if hasattr(test, 'get') else None
     if hasattr(val, 'get') and hasattr(test, 'get'):
         differ = [f'val_dataloader.dataset.{key}={_plain(val.get(key))!r} vs '
                   f'test_dataloader.dataset.{key}={_plain(test.get(key))!r}'
                   for key in _SPLIT_KEYS
-                  if _plain(val.get(key)) != _plain(test.get(key))
+                  if _split_value(key, val.get(key)) != _split_value(key, test.get(key))
                   and not given(f'val_dataloader.dataset.{key}')
                   and not given(f'test_dataloader.dataset.{key}')]
         if differ:

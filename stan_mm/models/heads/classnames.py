@@ -7,12 +7,12 @@ class name per line, in label order (line i = label i), as written by
 import logging
 import os.path as osp
 import re
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 ClassNames = Union[str, Sequence[str]]
 
 
-def read_classnames_file(path: str) -> List[str]:
+def read_classnames_file(path: str, warn_style: bool = True) -> List[str]:
     """Class names from a text file, one per line (label i on line i + 1).
 
     Surrounding whitespace is stripped; trailing blank lines are ignored. A blank line
@@ -41,14 +41,16 @@ def read_classnames_file(path: str) -> List[str]:
         raise ValueError(f'{path}: blank line(s) {blank[:10]} among the class names; every '
                          f'line up to the last one must hold one class name (line i = label '
                          f'i - 1)')
-    return check_classnames(lines, source=path)
+    return check_classnames(lines, source=path, warn_style=warn_style)
 
 
-def check_classnames(names: Sequence[str], source: str = 'classnames') -> List[str]:
+def check_classnames(names: Sequence[str], source: str = 'classnames',
+                     warn_style: bool = True) -> List[str]:
     """Validate a list of class names: non-empty strs, no duplicates. Names the tokenizer
     cannot tell apart (case, whitespace: it lower-cases and squeezes spaces) count as
     duplicates: they would get identical text embeddings, and the higher label could never
-    be predicted."""
+    be predicted. ``warn_style``: warn about numbered / CamelCase names (off where the
+    same list is checked again by the caller's next step, so that it warns once)."""
     names = list(names)
     if not names:
         raise ValueError(f'{source}: no class names')
@@ -65,7 +67,8 @@ def check_classnames(names: Sequence[str], source: str = 'classnames') -> List[s
                              f'ignores case and extra spaces); class names must be unique')
         seen[same] = i
     names = [n.strip() for n in names]
-    _warn_style(names, source)
+    if warn_style:
+        _warn_style(names, source)
     return names
 
 
@@ -106,12 +109,15 @@ def _warn_style(names: List[str], source: str) -> None:
                   level=logging.WARNING)
 
 
-def load_classnames(classnames: ClassNames) -> List[str]:
-    """A ``classnames.txt`` path or a list of names -> list of names (validated)."""
+def load_classnames(classnames: ClassNames, source: Optional[str] = None,
+                    warn_style: bool = True) -> List[str]:
+    """A ``classnames.txt`` path or a list of names -> list of names (validated).
+    ``source``: where a given list came from, for messages."""
     if isinstance(classnames, str):
-        return read_classnames_file(classnames)
+        return read_classnames_file(classnames, warn_style=warn_style)
     if isinstance(classnames, Sequence):
-        return check_classnames(classnames)
+        return check_classnames(classnames, source=source or 'classnames',
+                                warn_style=warn_style)
     raise TypeError(f'classnames must be a path to a classnames.txt file or a list of str, '
                     f'got {type(classnames).__name__}')
 

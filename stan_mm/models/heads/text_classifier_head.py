@@ -134,7 +134,7 @@ class TextClassifierHead(BaseHead):
                  average_clips: Optional[str] = 'prob',
                  init_cfg: Optional[Dict] = None,
                  **kwargs) -> None:
-        names = load_classnames(classnames)
+        names = load_classnames(classnames, warn_style=False)   # set_classnames warns
         if num_classes is not None and num_classes != len(names):
             raise ValueError(f'TextClassifierHead: num_classes={num_classes} but '
                              f'{len(names)} class names were given ({_describe(classnames)})'
@@ -190,10 +190,13 @@ class TextClassifierHead(BaseHead):
                              f'finetune_text={finetune_text}; set only finetune_text')
         return MODELS.build(cfg)
 
-    def set_classnames(self, classnames: ClassNames, source: Optional[str] = None) -> None:
+    def set_classnames(self, classnames: ClassNames, source: Optional[str] = None,
+                       warn_style: bool = True) -> None:
         """Use a new class list (path or list): re-tokenizes the prompts, sets
         ``num_classes`` and drops the cached class embeddings. ``source``: where a given
         list came from, for messages (default: the path, if ``classnames`` is one).
+        ``warn_style``: warn about numbered / CamelCase names (``check_classnames``; off
+        for a list already checked).
 
         Prompts longer than ``context_length`` tokens are cut (a warning names them);
         two classes whose prompts give identical tokens (CLIP's text cleaning: curly vs
@@ -201,7 +204,7 @@ class TextClassifierHead(BaseHead):
         they would get one embedding and the higher label could never be predicted."""
         from mmengine.logging import print_log
         from stan_mm.datasets.transforms.tokenize import token_count, tokenize
-        names = load_classnames(classnames)
+        names = load_classnames(classnames, source=source, warn_style=warn_style)
         prompts = build_prompts(names, self.templates)
         with torch.device('cpu'):      # token ids are data, also in a model built on 'meta'
             tokens = tokenize(prompts, self.context_length)
