@@ -9,10 +9,10 @@ example of docs/data_preparation.md ("Your own videos > Retrieval") sets all thr
 """
 import contextlib
 import glob
-import importlib.util
 import io
 import os.path as osp
 import re
+import sys
 
 import pytest
 from mmengine.config import Config
@@ -20,18 +20,13 @@ from mmengine.config import Config
 import stan_mm  # noqa: F401
 from stan_mm.utils.cli import warn_split_alias
 
+sys.path.insert(0, osp.dirname(__file__))
+from test_user_tools import load_tool  # noqa: E402
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MSRVTT = osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b32.py')
 DOC = osp.join(REPO, 'docs', 'data_preparation.md')
 FIX = 'a config that overrides val_dataloader must override test_dataloader too'
-
-
-def load_tool(rel_path: str):
-    spec = importlib.util.spec_from_file_location(
-        '_newds_' + osp.basename(rel_path)[:-3], osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def warnings_of(cfg, options=None) -> str:

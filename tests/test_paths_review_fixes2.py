@@ -20,18 +20,12 @@ import pytest
 
 from stan_mm.datasets import synthetic as syn
 
+sys.path.insert(0, osp.dirname(__file__))
+from test_user_tools import load_tool  # noqa: E402
+
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 SMALL = dict(num_train=2, num_val=2, num_test=0, num_frames=4, size=32,
              captions_per_video=1, pairs=('horizontal', ), seed=1, progress=False)
-
-
-def _load_tool(rel_path):
-    import importlib.util
-    name = 'paths_fix2_' + rel_path.replace('/', '_').replace('.', '_')
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------ 1. make_synthetic
@@ -120,7 +114,7 @@ def clip_src(tmp_path_factory):
 
 def test_clip_to_mm_refuses_a_folder_of_other_files(clip_src, tmp_path, capsys):
     src, arch = clip_src
-    tool = _load_tool('tools/convert/clip_to_mm.py')
+    tool = load_tool('tools/convert/clip_to_mm.py')
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'notes.txt').write_text('mine')
@@ -194,7 +188,7 @@ def test_recognize_tool_names_the_missing_classnames_file(tmp_path, monkeypatch,
     for name in ('ckpt.pth', 'video.mp4'):
         (tmp_path / name).write_bytes(b'x')
     cfg = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
-    tool = _load_tool('tools/demo/recognize.py')
+    tool = load_tool('tools/demo/recognize.py')
     assert tool.main([cfg, 'ckpt.pth', 'video.mp4',
                       '--classnames', 'data/ucf101/classes.csv']) == 2
     err = capsys.readouterr().err.strip()

@@ -837,10 +837,11 @@ def _check_precision(out_dir: str, precision: str, overwrite: bool, store: Shard
         held.append((f'finished video embeddings ({osp.join(out_dir, "meta.json")})',
                      recorded_precision(meta)))
     shards = store.has_shards()
+    shard_precision = store.precision() if shards else None
     if shards:
         held.append((f'partial results of an unfinished run '
-                     f'({osp.join(store.dir, "run.json")})', store.precision()))
-    if shards and store.precision() is None:
+                     f'({osp.join(store.dir, "run.json")})', shard_precision))
+    if shards and shard_precision is None:
         log(f'WARNING: {store.dir} holds shards of a run started before the precision was '
             f'recorded: they are reused as {precision}. If they were embedded in another '
             f'precision (another --amp setting), start over: --overwrite, or delete '

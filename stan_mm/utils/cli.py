@@ -194,24 +194,18 @@ def read_config(path: str, flag: str = 'CONFIG'):
     """
     from mmengine.config import Config
     path = user_path(path)
-    try:
-        return Config.fromfile(path)
-    except FileNotFoundError as exc:
-        missing = _missing_file(exc)
-        if missing is None or not _is_base_file(path, missing):
-            raise
-        error = exc
     real = os.path.realpath(path)
-    link = ''
-    if real != os.path.abspath(path):
+    candidates = [path] + ([real] if real != os.path.abspath(path) else [])
+    for candidate in candidates:     # as named, then (a symbolic link) where it points
         try:
-            return Config.fromfile(real)
+            return Config.fromfile(candidate)
         except FileNotFoundError as exc:
-            missing_real = _missing_file(exc)
-            if missing_real is None or not _is_base_file(real, missing_real):
+            missing = _missing_file(exc)
+            if missing is None or not _is_base_file(candidate, missing):
                 raise
-            missing, error = missing_real, exc
-        link = f' ({path!r} is a symbolic link to {real!r}; read through either)'
+            error = exc
+    link = (f' ({path!r} is a symbolic link to {real!r}; read through either)'
+            if len(candidates) > 1 else '')
     raise CommandLineError(
         f'{flag} {path!r}: its _base_ file {missing!r} does not exist{link}. A relative '
         f'_base_ path is read from the folder of the config file that names it: keep a '
