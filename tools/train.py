@@ -55,7 +55,7 @@ def parse_args(argv=None):
 def merge_args(cfg, args):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    from stan_mm.utils.cli import check_launcher
+    from stan_mm.utils.cli import check_launcher, config_warning, is_first_rank
     check_launcher(args.launcher, 'train.py')
     cfg.launcher = args.launcher
     if args.work_dir is not None:
@@ -115,19 +115,21 @@ def merge_args(cfg, args):
             if (loader and loader.get('persistent_workers') and loader.get('num_workers', 0)
                     and not all(h.get('per_iteration') for h in seed_hooks)):
                 loader.persistent_workers = False
-                print('train.py: --deterministic sets train_dataloader.persistent_workers='
-                      'False (the config\'s EpochSeedHook reseeds workers per epoch, which '
-                      'needs fresh workers each epoch; per_iteration=True would keep them)')
+                if is_first_rank():
+                    print('train.py: --deterministic sets train_dataloader.persistent_workers='
+                          'False (the config\'s EpochSeedHook reseeds workers per epoch, '
+                          'which needs fresh workers each epoch; per_iteration=True would keep '
+                          'them)')
             train_cfg = cfg.get('train_cfg') or {}
             loop = train_cfg.get('type') or ('EpochBasedTrainLoop'
                                              if train_cfg.get('by_epoch') else None)
             if loop in ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop'):
-                print(f'train.py: warning: --deterministic replays a resumed run exactly from '
-                      f'epoch-end checkpoints only: train_cfg.type={loop!r} restarts an epoch '
-                      f'when resumed from a checkpoint inside it. Set '
-                      f'train_cfg.type=\'ResumableEpochBasedTrainLoop\' (as this repo\'s '
-                      f'configs do) for exact resumption from iteration checkpoints too',
-                      file=sys.stderr)
+                config_warning(
+                    'train.py', f'--deterministic replays a resumed run exactly from '
+                    f'epoch-end checkpoints only: train_cfg.type={loop!r} restarts an epoch '
+                    f'when resumed from a checkpoint inside it. Set '
+                    f'train_cfg.type=\'ResumableEpochBasedTrainLoop\' (as this repo\'s '
+                    f'configs do) for exact resumption from iteration checkpoints too')
     from stan_mm.utils.cli import (check_model_variant, check_numeric_options,
                                    warn_misspelled_keys, warn_schedule_beyond_training)
     check_numeric_options(cfg)
@@ -144,8 +146,10 @@ def merge_args(cfg, args):
 
 def note(args, message: str) -> None:
     """Print ``message`` (stdout) and keep it for the run's log file (:func:`main` writes
-    it there once the runner has created the file)."""
-    print(message)
+    it there once the runner has created the file). Printed by the first rank only."""
+    from stan_mm.utils.cli import is_first_rank
+    if is_first_rank():
+        print(message)
     if not hasattr(args, 'log_notes'):
         args.log_notes = []
     args.log_notes.append(message)
@@ -255,6 +259,7 @@ def check_auto_resume(work_dir: str):
     resumed from that checkpoint (:func:`stan_mm.engine.recover_last_checkpoint`).
     Otherwise None (mmengine reads ``last_checkpoint``)."""
     record = osp.join(work_dir, 'last_checkpoint')
+    from stan_mm.utils.cli import is_first_rank
     # a run killed between renaming its checkpoint into place and renaming the pointer to
     # it (AtomicCheckpointHook's publish order) left a complete pending pointer: resume
     # from the checkpoint it names. Read only (publish=False): nothing is renamed before
@@ -263,9 +268,10 @@ def check_auto_resume(work_dir: str):
     from stan_mm.engine import recover_last_checkpoint
     recovered = recover_last_checkpoint(work_dir, publish=False)
     if recovered is not None:
-        print(f'train.py: {work_dir} had no usable last_checkpoint; the run that wrote '
-              f'{recovered} was stopped while publishing it (the checkpoint is complete): '
-              f'resuming from it', file=sys.stderr)
+        if is_first_rank():
+            print(f'train.py: {work_dir} had no usable last_checkpoint; the run that wrote '
+                  f'{recovered} was stopped while publishing it (the checkpoint is '
+                  f'complete): resuming from it', file=sys.stderr)
         return recovered
     if osp.isfile(record):
         with open(record) as f:
@@ -277,9 +283,10 @@ def check_auto_resume(work_dir: str):
                 or not osp.isfile(here)):
             return None
         if not osp.exists(named):
-            print(f'train.py: {record} names {named}, which is gone (a moved work dir?); '
-                  f'resuming from {here}, the file of that name here. Name another with '
-                  f'--resume PATH', file=sys.stderr)
+            if is_first_rank():
+                print(f'train.py: {record} names {named}, which is gone (a moved work '
+                      f'dir?); resuming from {here}, the file of that name here. Name '
+                      f'another with --resume PATH', file=sys.stderr)
             return here
         if osp.samefile(named, here):
             return None

@@ -16,6 +16,7 @@
 import contextlib
 import os
 import os.path as osp
+from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -51,12 +52,14 @@ def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
     """
     from stan_mm.models.heads import load_classnames
     if not isinstance(value, str):
-        return _at_least_two(load_classnames(list(value)), repr(list(value)))
+        return _at_least_two(_style_checked(load_classnames(list(value), warn_style=False),
+                                            'classnames'), repr(list(value)))
     if osp.isdir(value):
         raise ValueError(f'--classnames {value!r} is a folder; give the class names file (one '
                          f'name per line), or names separated by commas')
     if osp.isfile(value):
-        return _at_least_two(load_classnames(value), f'file {value!r}')
+        return _at_least_two(_style_checked(load_classnames(value, warn_style=False), value),
+                             f'file {value!r}')
     if _looks_like_path(value):
         raise FileNotFoundError(
             f'--classnames: class names file not found: {value!r} (give a file with one class '
@@ -68,12 +71,33 @@ def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
         raise ValueError(f'class list {value!r}: name {empty} of {len(names)} is empty (two '
                          f'commas in a row, or a comma at an end); the labels follow the '
                          f'order of the names, so every name must be there')
-    return _at_least_two(load_classnames(names), repr(value))
+    return _at_least_two(_style_checked(load_classnames(names, warn_style=False),
+                                        'classnames'), repr(value))
 
 
-def _at_least_two(names: List[str], source: str) -> List[str]:
+#: class lists whose style was checked in this process (most recent last; a few kept)
+_STYLE_CHECKED: 'OrderedDict[tuple, None]' = OrderedDict()
+
+
+def _style_checked(names: List[str], source: str) -> List[str]:
+    """``names``, after warning about numbered / CamelCase names (``check_classnames``)
+    the first time this list is seen: ``recognize`` is called once per video with the list
+    :func:`parse_classnames` already checked, and should not repeat the warning."""
+    key = tuple(names)
+    if key in _STYLE_CHECKED:
+        _STYLE_CHECKED.move_to_end(key)
+        return names
+    from stan_mm.models.heads.classnames import check_classnames
+    check_classnames(names, source=source, warn_style=True)
+    _STYLE_CHECKED[key] = None
+    while len(_STYLE_CHECKED) > 8:
+        _STYLE_CHECKED.popitem(last=False)
+    return names
+
+
+def _at_least_two(names: List[str], source: str, flag: str = '--classnames') -> List[str]:
     if len(names) == 1:
-        raise ValueError(f'--classnames {source} gives one class ({names[0]!r}): a softmax '
+        raise ValueError(f'{flag} {source} gives one class ({names[0]!r}): a softmax '
                          f'over one class scores it 1.0 whatever the video; give at least two '
                          f'names separated by commas, or a file with one name per line')
     return names
@@ -209,6 +233,10 @@ def recognize(model, video: str, views: Optional[str] = None,
     if templates is not None:
         templates = check_templates(templates)
     names = class_labels(model, classnames)
+    if classnames is not None and (kind == 'retriever' or _prompted_head(model) is not None):
+        # a list for the text side: the checks of --classnames (one class scores 1.0
+        # whatever the video; numbered / CamelCase names warned about once per list)
+        _at_least_two(_style_checked(names, 'classnames'), repr(list(names)), 'classnames')
     if kind == 'recognizer':
         head = _prompted_head(model)
         if head is None and templates is not None:
@@ -234,7 +262,8 @@ def recognize(model, video: str, views: Optional[str] = None,
     try:
         head = TextClassifierHead(classnames=names, in_channels=int(model.embed_dim),
                                   text_encoder=tower, templates=list(templates),
-                                  context_length=length, temperature=1.0 / scale)
+                                  context_length=length, temperature=1.0 / scale,
+                                  warn_style=False)      # (checked above)
         video_emb = embed_video_batch(model, [sample]).to(next(model.parameters()).device)
         logits = head(video_emb)[0]                                      # [C]
     finally:

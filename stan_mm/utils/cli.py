@@ -401,11 +401,12 @@ def warn_misspelled_keys(cfg, tool: str, options: Optional[Mapping] = None) -> N
     ``vis_backends`` set where it does nothing (:func:`ineffective_vis_backends`;
     ``options``: the ``--cfg-options``)."""
     for key, runner_key in misspelled_keys(cfg):
-        print(f'{tool}: warning: the config sets {key!r}, which nothing reads; did you mean '
-              f'{runner_key!r}? (mmengine ignores unknown top-level keys)', file=sys.stderr)
+        config_warning(
+            tool, f'the config sets {key!r}, which nothing reads; did you mean '
+            f'{runner_key!r}? (mmengine ignores unknown top-level keys)')
     message = ineffective_vis_backends(cfg, options)
     if message:
-        print(f'{tool}: warning: {message}', file=sys.stderr)
+        config_warning(tool, message)
 
 
 def _plain_tree(value):
@@ -590,11 +591,12 @@ def warn_schedule_beyond_training(cfg, tool: str, resume: bool = False) -> None:
         end, begin = sched.get('end'), sched.get('begin', 0)
         if not sched.get('by_epoch', True) or end is None or end <= max_epochs:
             continue
-        print(f'{tool}: warning: param_scheduler[{i}] ({sched.get("type")}) runs over epochs '
-              f'{begin}..{end}, but max_epochs={max_epochs}: '
-              + ('it never starts' if begin >= max_epochs else 'it is cut short')
-              + '. Restate param_scheduler for the new length (docs/data_preparation.md, '
-              '"Your own videos")', file=sys.stderr)
+        config_warning(
+            tool, f'param_scheduler[{i}] ({sched.get("type")}) runs over epochs '
+            f'{begin}..{end}, but max_epochs={max_epochs}: '
+            + ('it never starts' if begin >= max_epochs else 'it is cut short')
+            + '. Restate param_scheduler for the new length (docs/data_preparation.md, '
+            '"Your own videos")')
     # schedules that end before training does
     by_param = {}
     for i, sched in enumerate(schedulers):
@@ -628,10 +630,10 @@ def warn_schedule_beyond_training(cfg, tool: str, resume: bool = False) -> None:
                 fix = (f'Set its end too: --cfg-options {options}, or restate '
                        f'param_scheduler in a child config that sets max_epochs '
                        f'(docs/data_preparation.md, "Your own videos")')
-            print(f'{tool}: warning: param_scheduler[{i}] ({_type_name(sched)}) ends at '
-                  f'epoch {last}, but train_cfg.max_epochs={max_epochs}: '
-                  f'{_epochs(last + 1, max_epochs)} train at the {what} it ends with. {fix}',
-                  file=sys.stderr)
+            config_warning(
+                tool, f'param_scheduler[{i}] ({_type_name(sched)}) ends at '
+                f'epoch {last}, but train_cfg.max_epochs={max_epochs}: '
+                f'{_epochs(last + 1, max_epochs)} train at the {what} it ends with. {fix}')
 
 
 #: optimizer settings a resumed run takes from its checkpoint (mmengine restores the
@@ -989,7 +991,7 @@ def _split_value(key: str, value):
     return value
 
 
-def _is_first_rank() -> bool:
+def is_first_rank() -> bool:
     """Whether this process is rank 0 (or not distributed), from the launchers'
     environment (``RANK``, ``SLURM_PROCID`` or ``OMPI_COMM_WORLD_RANK``, as tools/train.py
     reads it), before any process group exists."""
@@ -998,6 +1000,14 @@ def _is_first_rank() -> bool:
         if value not in (None, ''):
             return value.strip() == '0'
     return True
+
+
+def config_warning(tool: str, message: str) -> None:
+    """Print ``{tool}: warning: {message}`` to stderr on the first rank only: every process
+    of a distributed run parses the config and would repeat the same warning (8 copies on
+    an 8-GPU node)."""
+    if is_first_rank():
+        print(f'{tool}: warning: {message}', file=sys.stderr)
 
 
 def _evaluator_entries(node):
@@ -1027,7 +1037,7 @@ def warn_split_alias(cfg, tool: str, options: Optional[Mapping] = None) -> None:
     def given(prefix):
         return any(k == prefix or k.startswith(prefix + '.') for k in options)
 
-    if not _is_first_rank():
+    if not is_first_rank():
         return                         # (every process of a distributed run parses it)
     fix = ('the retrieval base configs set {t} = {v}; a config that overrides {v} must '
            'override {t} too ({t} = {v} at its end)')
@@ -1044,20 +1054,22 @@ def warn_split_alias(cfg, tool: str, options: Optional[Mapping] = None) -> None:
                   and not given(f'val_dataloader.dataset.{key}')
                   and not given(f'test_dataloader.dataset.{key}')]
         if differ:
-            print(f'{tool}: warning: the validation and test sets are different datasets '
-                  f'({"; ".join(differ)}): {fix.format(t="test_dataloader", v="val_dataloader")}'
-                  f'. If the test set is meant to differ, ignore this', file=sys.stderr)
+            config_warning(
+                tool, f'the validation and test sets are different datasets '
+                f'({"; ".join(differ)}): {fix.format(t="test_dataloader", v="val_dataloader")}'
+                f'. If the test set is meant to differ, ignore this')
     if given('val_evaluator') or given('test_evaluator') or \
             _set_where_it_does_nothing(cfg, 'test_evaluator', None):
         return
     val, test = (_evaluator_entries(cfg.get(k)) for k in ('val_evaluator', 'test_evaluator'))
     if val is None or test is None or val == test:
         return
-    print(f'{tool}: warning: val_evaluator={val if len(val) > 1 else val[0]!r} but '
-          f'test_evaluator={test if len(test) > 1 else test[0]!r}: '
-          f'{fix.format(t="test_evaluator", v="val_evaluator")}. To test with other metric '
-          f'settings (dsl, qb_norm), assign test_evaluator in the config itself or use '
-          f'--cfg-options test_evaluator.<key>=...', file=sys.stderr)
+    config_warning(
+        tool, f'val_evaluator={val if len(val) > 1 else val[0]!r} but '
+        f'test_evaluator={test if len(test) > 1 else test[0]!r}: '
+        f'{fix.format(t="test_evaluator", v="val_evaluator")}. To test with other metric '
+        f'settings (dsl, qb_norm), assign test_evaluator in the config itself or use '
+        f'--cfg-options test_evaluator.<key>=...')
 
 
 def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_dataloader',
@@ -1104,13 +1116,13 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
                       'model.cls_head.in_channels' + (
                           ', model.cls_head.text_encoder.arch and .pretrained'
                           if encoder is not None else ''))
-            print(f'{tool}: warning: the config sets clip_arch={_plain(clip_arch)!r}, but '
-                  f'the model is built with {path}.arch={_plain(arch)!r}: clip_arch (like '
-                  f'clip_pretrained and clip_embed_dim) is read once, when the base model '
-                  f'config is evaluated, so setting it in a child config or with '
-                  f'--cfg-options changes nothing. What takes effect: {fields} '
-                  f'({_VARIANT_DOC}); set clip_arch to the same value to silence this',
-                  file=sys.stderr)
+            config_warning(
+                tool, f'the config sets clip_arch={_plain(clip_arch)!r}, but '
+                f'the model is built with {path}.arch={_plain(arch)!r}: clip_arch (like '
+                f'clip_pretrained and clip_embed_dim) is read once, when the base model '
+                f'config is evaluated, so setting it in a child config or with '
+                f'--cfg-options changes nothing. What takes effect: {fields} '
+                f'({_VARIANT_DOC}); set clip_arch to the same value to silence this')
     num_frames = cfg.get('num_frames')
     if (isinstance(num_frames, int) and not isinstance(num_frames, bool)
             and _set_where_it_does_nothing(cfg, 'num_frames', options)):
@@ -1118,12 +1130,13 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
             frame_sampler(cfg, loader) for loader in loaders))
             if n != num_frames and option not in (options or {})]
         if differ:
-            print(f'{tool}: warning: the config sets num_frames={num_frames}, but the frame '
-                  f'sampler takes {", ".join(differ)}: num_frames is read once, when the '
-                  f'dataset base config is evaluated, so setting it in a child config or '
-                  f'with --cfg-options changes nothing. The samplers\' clip_len takes '
-                  f'effect: set it there (configs/stan/k400_self_b16_16f.py shows how), or '
-                  f'set num_frames to the same value to silence this', file=sys.stderr)
+            config_warning(
+                tool, f'the config sets num_frames={num_frames}, but the frame '
+                f'sampler takes {", ".join(differ)}: num_frames is read once, when the '
+                f'dataset base config is evaluated, so setting it in a child config or '
+                f'with --cfg-options changes nothing. The samplers\' clip_len takes '
+                f'effect: set it there (configs/stan/k400_self_b16_16f.py shows how), or '
+                f'set num_frames to the same value to silence this')
     if not recognizer:
         return
     backbone = owner[1]
@@ -1136,10 +1149,11 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
                   if backbone.get(key) is not None and encoder.get(key) is not None
                   and not same(backbone.get(key), encoder.get(key))]
         if differ:
-            print(f'{tool}: warning: the backbone and the text classifier head come from '
-                  f'different CLIPs ({"; ".join(differ)}): the class-name embeddings are '
-                  f'then not in the space of the video embeddings. Give both the same CLIP '
-                  f'({_VARIANT_DOC})', file=sys.stderr)
+            config_warning(
+                tool, f'the backbone and the text classifier head come from '
+                f'different CLIPs ({"; ".join(differ)}): the class-name embeddings are '
+                f'then not in the space of the video embeddings. Give both the same CLIP '
+                f'({_VARIANT_DOC})')
     arch = backbone.get('arch', 'ViT-B-16')
     width, in_channels = _arch_embed_dim(arch), head.get('in_channels') if head else None
     if width is None or not isinstance(in_channels, int) or width == in_channels:

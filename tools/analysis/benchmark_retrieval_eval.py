@@ -46,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument('--noise', type=float, default=6.0,
                         help='norm of the noise added to a video embedding to make its caption '
                              '(6.0 at dim 512 and 100k videos leaves R@1 well below 100)')
-    parser.add_argument('--out', default='benchmark_retrieval_eval.json')
+    parser.add_argument('--out', type=os.path.expanduser,
+                        default='benchmark_retrieval_eval.json')
     parser.add_argument('--worker', choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     problem = check_args(args)

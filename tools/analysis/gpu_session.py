@@ -78,7 +78,8 @@ STEP_NAMES = tuple(s[0] for s in STEPS)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', default=os.environ.get('OUT') or 'work_dirs/gpu_session',
+    p.add_argument('--out', type=os.path.expanduser,
+                   default=os.environ.get('OUT') or 'work_dirs/gpu_session',
                    help='output folder (default: $OUT, else work_dirs/gpu_session)')
     p.add_argument('--steps', nargs='+', choices=STEP_NAMES, default=list(STEP_NAMES),
                    help='steps to run, in the order given (default: all)')
@@ -90,9 +91,9 @@ def parse_args(argv=None):
                         f'"{" ".join(MODEL_ARGS)}"), e.g. "CONFIG --batch 2"')
     p.add_argument('--extra', default='',
                    help='arguments appended to every step, e.g. "--repeats 3"')
-    p.add_argument('--wheels', default=os.path.join(ROOT, '.whl'),
+    p.add_argument('--wheels', type=os.path.expanduser, default=os.path.join(ROOT, '.whl'),
                    help='folder of wheels to install when the stack is missing')
-    p.add_argument('--site', default='/tmp/stan_site',
+    p.add_argument('--site', type=os.path.expanduser, default='/tmp/stan_site',
                    help='where those wheels are installed')
     p.add_argument('--python', default=sys.executable, help='interpreter for the steps')
     p.add_argument('--dry-run', action='store_true',

@@ -115,6 +115,8 @@ class TextClassifierHead(BaseHead):
         dropout_ratio: dropout on the video embedding before normalization.
         text_batch_size: prompts per text-tower call when filling the cache.
         loss_cls, label_smooth_eps, topk, average_clips, init_cfg: see ``BaseHead``.
+        warn_style: warn about numbered (``classInd.txt``) or CamelCase class names (off
+            for a list the caller has checked already).
     """
 
     def __init__(self,
@@ -133,6 +135,7 @@ class TextClassifierHead(BaseHead):
                  loss_cls: Dict = dict(type='CrossEntropyLoss'),
                  average_clips: Optional[str] = 'prob',
                  init_cfg: Optional[Dict] = None,
+                 warn_style: bool = True,
                  **kwargs) -> None:
         names = load_classnames(classnames, warn_style=False)   # set_classnames warns
         if num_classes is not None and num_classes != len(names):
@@ -172,7 +175,8 @@ class TextClassifierHead(BaseHead):
         self._tokens: Optional[torch.Tensor] = None      # [C * M, L] on CPU
         self._cache: Optional[torch.Tensor] = None       # [C, E] fp32, normalized
         self._cache_key: Optional[tuple] = None           # _text_fingerprint() of _cache
-        self.set_classnames(names, source=classnames if isinstance(classnames, str) else None)
+        self.set_classnames(names, source=classnames if isinstance(classnames, str) else None,
+                            warn_style=warn_style)
 
     # ------------------------------------------------------------------ setup
     @staticmethod
