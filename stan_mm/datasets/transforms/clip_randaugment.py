@@ -35,6 +35,7 @@ Frames are RGB (what MMAction2's decoders give), as torchvision's grey-level wei
 import functools
 import math
 import threading
+from collections import OrderedDict
 from numbers import Number
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -43,6 +44,8 @@ import numpy as np
 import torch
 from mmaction.registry import TRANSFORMS
 from mmcv.transforms import BaseTransform
+
+from stan_mm.errors import ConfigValueError
 
 from .fast_paths import mark_owned
 
@@ -64,6 +67,60 @@ _NAME = 'ClipRandAugment'
 Clip = np.ndarray  # uint8 [T, H, W, 3]
 # what the ops read: a uint8 [T, H, W, 3] array or a list of T C-contiguous [H, W, 3] frames
 Frames = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _bytes_lru(max_bytes: int):
+    """``functools.lru_cache`` bounded by the bytes of the numpy arrays it holds rather
+    than by a number of entries: the sampling maps of one op are ~4-6 bytes per pixel, so
+    64 entries of 720p frames (a transform placed before the resize, or clips of many
+    sizes) held ~0.4 GB in every DataLoader worker. Least recently used entries go first;
+    an entry larger than ``max_bytes`` is computed every time, not kept."""
+    def wrap(fn):
+        cache: 'OrderedDict[tuple, object]' = OrderedDict()
+        lock = threading.Lock()
+        used = [0]
+
+        @functools.wraps(fn)
+        def cached(*args):
+            with lock:
+                if args in cache:
+                    cache.move_to_end(args)
+                    return cache[args]
+            value = fn(*args)
+            size = _nbytes(value)
+            if size > max_bytes:
+                return value
+            with lock:
+                if args not in cache:
+                    cache[args] = value
+                    used[0] += size
+                    while used[0] > max_bytes:
+                        _, old = cache.popitem(last=False)
+                        used[0] -= _nbytes(old)
+            return value
+
+        def cache_clear():
+            with lock:
+                cache.clear()
+                used[0] = 0
+
+        cached.cache_clear = cache_clear
+        cached.cache_bytes = lambda: used[0]
+        cached.cache_len = lambda: len(cache)
+        return cached
+    return wrap
+
+
+#: bytes each geometric-op cache may hold (maps of 224x224 frames: ~0.2-0.3 MB per op)
+CACHE_BYTES = 32 << 20
 
 
 # ------------------------------------------------------------------------- op sampling
@@ -178,7 +235,7 @@ def sampling_maps(matrix: Sequence[float], height: int,
     return map_x.astype(_F32), map_y.astype(_F32)
 
 
-@functools.lru_cache(maxsize=64)
+@_bytes_lru(CACHE_BYTES)
 def _nearest_source(op: str, magnitude: float, height: int, width: int) -> np.ndarray:
     """int16 ``[H, W, 2]``: the input pixel ``(x, y)`` that torchvision's NEAREST ``op``
     copies into each output pixel, ``(-1, -1)`` where it brings in the fill.
@@ -207,7 +264,7 @@ def _nearest_source(op: str, magnitude: float, height: int, width: int) -> np.nd
     return np.ascontiguousarray((out.round().to(torch.int16) - 1).permute(1, 2, 0).numpy())
 
 
-@functools.lru_cache(maxsize=64)
+@_bytes_lru(CACHE_BYTES)
 def _remap_maps(op: str, magnitude: float, height: int, width: int,
                 interpolation: str) -> tuple:
     """``cv2.remap`` maps for one op (converted once and cached: a config has only a few
@@ -220,7 +277,7 @@ def _remap_maps(op: str, magnitude: float, height: int, width: int,
     return cv2.convertMaps(mx, my, cv2.CV_16SC2, nninterpolation=False)
 
 
-@functools.lru_cache(maxsize=64)
+@_bytes_lru(CACHE_BYTES)
 def _partial_border(op: str, magnitude: float, height: int, width: int) -> tuple:
     """BILINEAR: pixels whose 4 source pixels are not all inside the image, as ``(rows,
     cols, inside weight)``; the weight is the warp of an all-ones image (cached)."""
@@ -538,7 +595,7 @@ def _check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not ok or value < low or (high is not None and value > high):
         rng = f'in [{low}, {high}]' if high is not None else f'>= {low}'
-        raise ValueError(f'{_NAME}: {name} must be an integer {rng}, got {value!r}')
+        raise ConfigValueError(f'{_NAME}: {name} must be an integer {rng}, got {value!r}')
     return int(value)
 
 
@@ -573,8 +630,8 @@ class ClipRandAugment(BaseTransform):
         self.magnitude = _check_int('magnitude', magnitude, 0, self.num_magnitude_bins - 1)
         interp = getattr(interpolation, 'value', interpolation)   # InterpolationMode too
         if not isinstance(interp, str) or interp.lower() not in _INTERPOLATIONS:
-            raise ValueError(f"{_NAME}: interpolation must be 'nearest' or 'bilinear', "
-                             f'got {interpolation!r}')
+            raise ConfigValueError(f"{_NAME}: interpolation must be 'nearest' or 'bilinear', "
+                                   f'got {interpolation!r}')
         self.interpolation = interp.lower()
         self.fill = self._check_fill(fill)
 
@@ -589,8 +646,8 @@ class ClipRandAugment(BaseTransform):
             values = None
         if (values is None or len(values) != 3 or isinstance(fill, (str, bytes))
                 or not all(0 <= v <= 255 for v in values)):
-            raise ValueError(f'{_NAME}: fill must be None, a number or 3 numbers (R, G, B) '
-                             f'in [0, 255], got {fill!r}')
+            raise ConfigValueError(f'{_NAME}: fill must be None, a number or 3 numbers (R, G, B) '
+                                   f'in [0, 255], got {fill!r}')
         return tuple(values)
 
     @staticmethod
