@@ -16,6 +16,13 @@ or, for an ``OUT`` without that suffix, an open_clip model folder:
 which :func:`stan_mm.models.clip.build_clip` (and open_clip itself) read with the
 architecture and the activation stated, nothing inferred.
 
+Either is replaced as a whole: a reader (or a conversion killed at any moment, or a full
+disk) never leaves the new weights beside the previous output's config. A folder is
+written as ``.OUT.tmp-XXXXXXXX`` beside ``OUT`` and renamed to ``OUT`` (the previous one
+goes aside as ``.OUT.old-XXXXXXXX`` until then); a kill between those renames leaves
+``OUT`` missing and both folders beside it, which the next conversion into ``OUT``
+removes once it has written its own (the report names them).
+
 Both are CLIP weights: use them as ``pretrained=`` (``CLIPSTAN``, ``STANRetriever``,
 ``CLIPTextEncoder``), not as ``load_from``: the STAN branch's spatial blocks are copies of
 CLIP blocks made when the model is built, which only ``pretrained`` does. A text tower
@@ -23,11 +30,16 @@ whose vocabulary is not CLIP BPE's (:data:`~stan_mm.models.clip.builder.
 CLIP_BPE_VOCAB_SIZE` ids; a CLIP trained with another tokenizer) is converted too, but the
 text users refuse it: the report warns and names ``CLIPSTAN`` alone.
 """
+import contextlib
+import errno
 import json
 import os
 import os.path as osp
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -57,6 +69,8 @@ class ClipExportReport:
     load_note: str = ''
     arch_hint: Union[str, Dict, None] = None
     warnings: List[str] = field(default_factory=list)
+    #: folders an interrupted conversion into ``out`` left beside it, removed by this one
+    removed_leftovers: List[str] = field(default_factory=list)
 
     def format(self) -> str:
         c, v, t = self.clip_cfg, self.clip_cfg['vision_cfg'], self.clip_cfg['text_cfg']
@@ -88,6 +102,9 @@ class ClipExportReport:
         lines.append(f'use as:        {use}  ({users}; not load_from)')
         if self.load_note:
             lines.append(f'note:          {self.load_note}')
+        if self.removed_leftovers:
+            lines.append(f'removed:       {", ".join(self.removed_leftovers)} (left beside '
+                         f'the output by an interrupted conversion)')
         lines += [f'WARNING: {w}' for w in self.warnings]
         return '\n'.join(lines)
 
@@ -143,23 +160,168 @@ def _arch_hint(cfg: Dict, same: List[str]):
 
 
 def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> None:
+    """Write ``out`` (``fmt`` ``'pth'`` or ``'dir'``) so that a reader finds the previous
+    output or the new one complete, never a part or a mix: the single file through
+    :func:`~stan_mm.engine.checkpoint_hook.atomic_write_bytes`, the folder through
+    :func:`_write_dir`. A failed write leaves ``out`` as it was and no temporary file; a
+    full disk is an ``OSError`` naming the file."""
     if fmt == 'pth':
-        parent = osp.dirname(osp.abspath(out))
-        os.makedirs(parent, exist_ok=True)
-        tmp = out + '.tmp'
-        torch.save({'state_dict': sd, 'meta': meta}, tmp)
-        os.replace(tmp, out)
+        import io
+        from stan_mm.engine.checkpoint_hook import atomic_write_bytes
+        buf = io.BytesIO()   # (mmengine saves checkpoints the same way)
+        torch.save({'state_dict': sd, 'meta': meta}, buf)
+        atomic_write_bytes(buf.getbuffer(), out)
         return
-    from safetensors.torch import save_file
-    os.makedirs(out, exist_ok=True)
-    tmp = osp.join(out, 'open_clip_model.safetensors.tmp')
-    save_file(sd, tmp, metadata={'converter': CONVERTER})
-    os.replace(tmp, osp.join(out, 'open_clip_model.safetensors'))
-    cfg_tmp = osp.join(out, 'open_clip_config.json.tmp')
-    with open(cfg_tmp, 'w') as f:
-        json.dump({'model_cfg': meta['clip_cfg'], 'stan_mm': {
-            k: v for k, v in meta.items() if k != 'clip_cfg'}}, f, indent=2)
-    os.replace(cfg_tmp, osp.join(out, 'open_clip_config.json'))
+    _write_dir(sd, meta, out)
+
+
+#: the temporary folders beside ``OUT``: one being written, and the previous ``OUT``
+#: renamed aside while the new one takes its name (both left by a kill at the wrong time)
+_LEFTOVER_KINDS = ('tmp', 'old')
+
+
+def _write_dir(sd: Dict[str, torch.Tensor], meta: Dict, out: str) -> None:
+    """Write both files of a folder output into a new folder beside ``out`` (its name is
+    unique to this run; both files fsync'ed), then put that folder in place of ``out``
+    (:func:`~stan_mm.engine.checkpoint_hook.replace_folder`). Writing the files into
+    ``out`` one after the other left, after a kill or a full disk between them, the new
+    weights with the previous output's config, which the loader then used silently (the
+    wrong activation). A symlink ``out`` is kept: the folder it names is replaced. While
+    the new folder is written this process holds a lock on it, so that
+    :func:`_remove_leftovers` of another conversion leaves it alone."""
+    from stan_mm.engine.checkpoint_hook import _umask, fsync_folder, replace_folder
+    parent, name = osp.split(_target(out))
+    target = osp.join(parent, name)
+    os.makedirs(parent, exist_ok=True)
+    try:
+        mode = os.stat(target).st_mode & 0o7777 if osp.isdir(target) else 0o777 & ~_umask()
+        tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
+    except OSError as e:
+        raise OSError(e.errno, f'{e.strerror}: cannot create a folder in {parent}, where '
+                      f'{out} is written first (then renamed to {out}); make {parent} '
+                      f'writable') from e
+    lock = _hold_folder(tmp)
+    try:
+        os.chmod(tmp, mode)   # (mkdtemp's 0700 would hide the model from the group)
+        weights = osp.join(tmp, 'open_clip_model.safetensors')
+        with _naming_the_file(out, weights):
+            from safetensors.torch import save_file
+            save_file(sd, weights, metadata={'converter': CONVERTER})
+            _fsync_file(weights)
+        config = osp.join(tmp, 'open_clip_config.json')
+        with _naming_the_file(out, config):
+            with open(config, 'w') as f:
+                json.dump({'model_cfg': meta['clip_cfg'], 'stan_mm': {
+                    k: v for k, v in meta.items() if k != 'clip_cfg'}}, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_folder(tmp)
+        check_output(out, 'dir')   # (again: files may have been put there meanwhile)
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _target(out: str) -> str:
+    """The folder a folder output ``out`` replaces: ``out`` made absolute, or the folder a
+    symlink ``out`` names (with or without a trailing slash)."""
+    plain = out.rstrip(os.sep) or out
+    return osp.realpath(plain) if osp.islink(plain) else osp.abspath(plain)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hold_folder(path: str) -> Optional[int]:
+    """A descriptor of the folder ``path`` holding an exclusive ``flock`` on it (closing
+    it releases it; so does the end of the process, however it ends); None where the
+    file system has no locks."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _naming_the_file(out: str, path: str) -> Iterator[None]:
+    """An ``OSError`` (or safetensors' error around one: ``... (os error 28)``) while
+    ``path`` (a file of the new folder of ``out``) is written becomes an ``OSError`` naming
+    that file and saying that ``out`` is unchanged."""
+    try:
+        yield
+    except Exception as e:   # noqa: BLE001  (only OS errors are rewritten)
+        code = getattr(e, 'errno', None) if isinstance(e, OSError) else None
+        if code is None:
+            found = re.search(r'os error (\d+)', str(e))
+            code = int(found.group(1)) if found else None
+        if code is None:
+            raise
+        hint = (' (the disk is full: free some space and convert again)'
+                if code in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)) else '')
+        raise OSError(code, f'{os.strerror(code)}: could not write '
+                      f'{osp.join(out, osp.basename(path))}{hint}; {out} is unchanged '
+                      f'(nothing of the new output was put there)') from e
+
+
+def _leftovers(out: str) -> List[str]:
+    """The folders beside ``out`` that an interrupted conversion into ``out`` left
+    (:data:`_LEFTOVER_KINDS`): named ``.<name>.tmp-*`` / ``.<name>.old-*`` and holding
+    nothing but :data:`DIR_FILES` (or their ``.tmp``, written by older versions)."""
+    parent, name = osp.split(_target(out))
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    ours = set(DIR_FILES) | {f + '.tmp' for f in DIR_FILES}
+    found = []
+    for entry in sorted(entries):
+        if not any(entry.startswith(f'.{name}.{kind}-') for kind in _LEFTOVER_KINDS):
+            continue
+        path = osp.join(parent, entry)
+        try:
+            if osp.islink(path) or not osp.isdir(path) or not set(os.listdir(path)) <= ours:
+                continue
+        except OSError:
+            continue
+        found.append(path)
+    return found
+
+
+def _remove_leftovers(out: str) -> Tuple[List[str], List[str]]:
+    """Delete the :func:`_leftovers` of ``out`` that no running conversion holds (after a
+    conversion into ``out`` succeeded: until then the previous model may be there alone,
+    when a kill came between the renames of ``replace_folder``). Returns (removed, kept:
+    held by a conversion that is running, or where the file system cannot tell)."""
+    removed, kept = [], []
+    for path in _leftovers(out):
+        fd = _hold_folder(path)
+        if fd is None:
+            kept.append(path)
+            continue
+        try:
+            shutil.rmtree(path)
+            removed.append(path)
+        except OSError:
+            kept.append(path)
+        finally:
+            os.close(fd)
+    return removed, kept
 
 
 def _ours(path: str) -> bool:
@@ -249,9 +411,11 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     check) and write it to ``out`` (format: module docstring; ``out_format`` ``'pth'`` or
     ``'dir'``, default from the suffix of ``out``). The written file is read back and
     compared with the built model's weights. An existing ``OUT.pth`` is replaced; a folder
-    output must be new, empty, or an earlier output of this converter (its two files are
-    replaced): anything else raises ``FileExistsError`` (:func:`check_output`) before the
-    input is read.
+    output must be new, empty, or an earlier output of this converter (replaced as a
+    whole, :func:`_write_dir`): anything else raises ``FileExistsError``
+    (:func:`check_output`) before the input is read, and again before the new folder is
+    put in place. A failed write (e.g. a full disk: an ``OSError`` naming the file) leaves
+    ``out`` as it was.
     """
     from stan_mm.models.clip import read_clip_checkpoint
     from stan_mm.models.clip.arch import resolve_arch
@@ -286,6 +450,13 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
         out_format='single file' if out_format == 'pth' else 'open_clip folder')
     report.out_bytes = _written_bytes(out, out_format)
     report.load_note = _check_reload(out, sd, cfg)
+    if out_format == 'dir':
+        report.removed_leftovers, kept = _remove_leftovers(out)
+        if kept:
+            report.warnings.append(
+                f'{", ".join(kept)}: folder(s) of a conversion into {out} that is still '
+                f'running (or was interrupted, on a file system without locks); delete '
+                f'them once no conversion into {out} runs')
     if report.load_note:
         report.arch_hint = _arch_hint(cfg, same)
     if not _has_clip_bpe_vocab(cfg):

@@ -784,6 +784,36 @@ class ExtractionResult:
     num_texts: int = 0
 
 
+def _temp_names(name: str) -> Tuple[str, ...]:
+    """The temporary files this module writes ``name`` (one of :data:`OUTPUT_FILES`)
+    through: :func:`atomic_save_npy` / :func:`atomic_save_product_npy` for ``.npy``,
+    :func:`_atomic_write_text` for the others."""
+    return (name + '.tmp.npy', ) if name.endswith('.npy') else (name + '.tmp', )
+
+
+def _remove_temp_files(out_dir: str, log: Callable[[str], None] = print) -> List[str]:
+    """Delete the temporary files of :data:`OUTPUT_FILES` that a killed run left in
+    ``out_dir`` (``sim.npy.tmp.npy`` of ``--save-sim`` can be 10 GB, and a run without it
+    would never replace it) and ``log`` each; return their names. Only those names, none
+    of the user's files. Call it while :func:`folder_lock` holds ``out_dir`` (another
+    run's file being written would be deleted otherwise)."""
+    removed = []
+    for name in OUTPUT_FILES:
+        for tmp in _temp_names(name):
+            path = osp.join(out_dir, tmp)
+            if not osp.isfile(path) or osp.islink(path):
+                continue
+            size = osp.getsize(path)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(tmp)
+            log(f'removed {path} ({size / 2 ** 20:.1f} MiB), the partial write of {name} '
+                f'by a run that was stopped')
+    return removed
+
+
 def _remove_outputs(out_dir: str, names: Sequence[str] = OUTPUT_FILES) -> None:
     """Delete the finished-output files ``names`` of ``out_dir`` that exist (in order)."""
     for name in names:
@@ -995,7 +1025,37 @@ def _same_files(keys: Sequence[str], video_root: str,
     return out
 
 
-_HELD: set = set()   # folders this process holds (the lock is re-entrant per process)
+class _Holder:
+    """A folder :func:`folder_lock` holds in this process: the thread that took it, how
+    many ``folder_lock`` of that thread are open on it, and the descriptor that holds the
+    OS lock (None: none held), released when the count reaches 0."""
+
+    def __init__(self, owner: int):
+        self.owner = owner
+        self.count = 1
+        self.fd: Optional[int] = None
+        self.locked = False
+
+    def release(self, key: str) -> None:
+        """One ``folder_lock`` of ``key`` ends; the last one unlocks (under _HELD_LOCK)."""
+        self.count -= 1
+        if self.count > 0:
+            return
+        if _HELD.get(key) is self:
+            del _HELD[key]
+        if self.fd is not None:
+            try:
+                if self.locked:
+                    import fcntl
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+# real path -> _Holder of the folders this process holds; read and changed under _HELD_LOCK
+_HELD: Dict[str, _Holder] = {}
+_HELD_LOCK = threading.Lock()
 
 
 def make_feature_folder(out_dir: str) -> str:
@@ -1029,43 +1089,60 @@ def folder_lock(out_dir: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the folder ``out_dir`` itself (released by the OS even
     when the process is killed; no file is created, so read-only folders work) so that
     two runs never write one folder at once: one would delete the other's partial results.
-    A second process is refused at once with :class:`FeatureFolderError`; the same process
-    may nest it. Where the file system has no locks, the run goes on unlocked (a warning).
-    The folder is created if needed (:func:`make_feature_folder`: a path that is a file,
-    or one that cannot be created, raises :class:`FeatureWriteError` naming it).
+    Another process is refused at once with :class:`FeatureFolderError`, and so is another
+    thread of this process (the OS lock belongs to the process, so the thread that took
+    it records itself as the owner; a second thread let in would write beside the first,
+    which would unlock the folder on leaving while the second still writes). The owning
+    thread may nest it: the OS lock is released when the last of its ``folder_lock`` ends.
+    Where the file system has no locks, the run goes on unlocked (a warning). The folder
+    is created if needed (:func:`make_feature_folder`: a path that is a file, or one that
+    cannot be created, raises :class:`FeatureWriteError` naming it).
     """
     make_feature_folder(out_dir)
     key = osp.realpath(out_dir)
+    me = threading.get_ident()
+    with _HELD_LOCK:
+        holder = _HELD.get(key)
+        if holder is not None and holder.owner != me:
+            owner = next((t.name for t in threading.enumerate() if t.ident == holder.owner),
+                         f'id {holder.owner}')
+            raise FeatureFolderError(
+                f'{out_dir} is being written by another thread of this process ({owner}; '
+                f'it holds a lock on the folder): wait for it to finish, or use another '
+                f'output folder')
+        nested = holder is not None
+        if nested:
+            holder.count += 1           # nested in this thread: the OS lock is held
+        else:   # reserved before the flock: another thread is refused as a thread
+            holder = _HELD[key] = _Holder(me)
+    try:
+        if not nested:
+            _lock_os(holder, key, out_dir)
+        yield
+    finally:
+        with _HELD_LOCK:
+            holder.release(key)
+
+
+def _lock_os(holder: _Holder, key: str, out_dir: str) -> None:
+    """Take the OS lock of :func:`folder_lock` on the folder ``key`` for ``holder``
+    (``out_dir``: the folder as the caller named it, for the messages)."""
     try:
         import fcntl
-    except ImportError:      # not POSIX: no locking
-        fcntl = None
-    if fcntl is None or key in _HELD:
-        yield
+    except ImportError:      # not POSIX: no OS lock (threads are still kept apart)
         return
-    fd = os.open(key, os.O_RDONLY)
+    holder.fd = os.open(key, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            locked = True
-        except BlockingIOError:
-            raise FeatureFolderError(
-                f'{out_dir} is being written by another run (it holds a lock on the '
-                f'folder): wait for it to finish, or use another output folder') from None
-        except OSError as e:   # e.g. ENOLCK on some network file systems
-            print_log(f'{out_dir}: cannot lock the folder ({e}); going on without a lock '
-                      f'(do not run two extractions into it at once)', logger='current',
-                      level=logging.WARNING)
-            locked = False
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-            if locked:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+        fcntl.flock(holder.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.locked = True
+    except BlockingIOError:
+        raise FeatureFolderError(
+            f'{out_dir} is being written by another run (it holds a lock on the '
+            f'folder): wait for it to finish, or use another output folder') from None
+    except OSError as e:   # e.g. ENOLCK on some network file systems
+        print_log(f'{out_dir}: cannot lock the folder ({e}); going on without a '
+                  f'lock (do not run two extractions into it at once)',
+                  logger='current', level=logging.WARNING)
 
 
 def extract_features(model, out_dir: str, **kwargs) -> 'ExtractionResult':
@@ -1121,6 +1198,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         raise ValueError(f'extract_features: precision must be one of {PRECISIONS}, got '
                          f'{precision!r}')
     make_feature_folder(out_dir)
+    _remove_temp_files(out_dir, log)   # (extract_features holds the folder's lock)
     videos = list(videos or [])
     texts = None if texts is None else list(texts)
     if text_to_video is not None and (texts is None or len(text_to_video) != len(texts)):

@@ -20,7 +20,12 @@ At every instant the work dir holds a complete checkpoint that ``last_checkpoint
 checkpoint through the pending pointer.
 A run killed between publishing and pruning leaves the old checkpoint behind; each
 checkpoint records what is to be pruned after it, so a run resumed from it deletes that
-file, and any temporary file a kill left in the checkpoint folder, when it starts.
+file, and any temporary file a kill left in the checkpoint folder, when it starts. It does
+so holding a lock on the work dir and on a local ``out_dir``
+(:func:`~stan_mm.apis.features.folder_lock`, nested in ``tools/train.py``'s own), which the
+main process keeps until the run ends: a second run started in the same folders by any
+launcher is refused with :class:`WorkDirInUseError` before anything is deleted, instead of
+deleting the checkpoint the first run is writing.
 ``stan_mm.compat`` also makes mmengine's local ``put``/``put_text`` atomic, which covers
 ``save_best`` and any other writer that goes through mmengine's file backends; like
 mmengine's ``open(path, 'wb')`` they write through a symlink and into a hard-linked file
@@ -39,12 +44,15 @@ Here every deletion requested while a best checkpoint is saved waits until that 
 done. A kill in between leaves both best files, and one of them (the older or, when the
 kill came before the resumable checkpoint was rewritten, the newer) stays on disk.
 """
+import contextlib
 import difflib
 import errno
+import functools
 import inspect
 import os
 import os.path as osp
 import re
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -53,6 +61,8 @@ from typing import Optional
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmaction.registry import HOOKS
+
+from stan_mm.utils.cli import CommandLineError
 
 from .nonfinite_hook import NonFiniteTrainingError, any_rank, nonfinite_parameters, \
     resume_advice
@@ -143,6 +153,72 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
         raise
 
 
+def fsync_folder(folder: str) -> None:
+    """fsync the folder ``folder`` (its entries: a rename into it survives a power loss);
+    a file system that cannot do it is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_folder(tmp: str, out_dir: str) -> None:
+    """Rename the complete folder ``tmp`` (beside ``out_dir``, same file system) to
+    ``out_dir``, replacing what is there (the caller has checked that it may), so that a
+    reader of ``out_dir`` finds the old folder or the new one, never a mix of their files.
+
+    An existing ``out_dir`` is first renamed aside to a unique ``.<name>.old-XXXXXXXX``
+    beside it and removed once the new folder is in place (a symlink there is replaced,
+    not followed). A kill between the two renames leaves ``out_dir`` missing and both
+    complete folders beside it (the writers that use this remove such leftovers on their
+    next run). When renaming ``tmp`` fails (or is interrupted), the old folder is put back
+    if ``out_dir`` is still free (else someone else's new folder is there, which supersedes
+    it) and the error is raised (an ``OSError`` names ``tmp`` and ``out_dir``); ``tmp`` is
+    the caller's to remove."""
+    parent = osp.dirname(osp.abspath(out_dir))
+    old = None
+    if osp.lexists(out_dir):
+        old = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(out_dir))}.old-',
+                               dir=parent)
+        os.rmdir(old)   # (a free, unique name to rename to)
+        try:
+            os.rename(out_dir, old)
+        except FileNotFoundError:  # removed concurrently
+            old = None
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException as e:   # (Ctrl-C too: out_dir must not stay missing)
+        if old is not None and not osp.lexists(out_dir):
+            try:
+                os.rename(old, out_dir)
+            except OSError:
+                raise OSError(getattr(e, 'errno', None),
+                              f'could not rename {tmp} to {out_dir} ({e}), nor the previous '
+                              f'{out_dir} back from {old}: rename {old} (or the new {tmp}) '
+                              f'to {out_dir}') from e
+        elif old is not None:
+            _remove_entry(old)
+        raise
+    if old is not None:
+        _remove_entry(old)
+    fsync_folder(parent)
+
+
+def _remove_entry(path: str) -> None:
+    """Delete ``path``: a folder with its files (a symlink itself, not what it names)."""
+    if osp.isdir(path) and not osp.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
 def read_pointer(path: str) -> str:
     """The path a pointer file (``last_checkpoint``, the pending pointer) names, stripped;
     ``''`` when it is missing or unreadable."""
@@ -231,6 +307,11 @@ class _DeferredRemovals:
         return getattr(self._backend, name)
 
 
+class WorkDirInUseError(CommandLineError):
+    """Another training run holds the work dir (or the checkpoint folder) this run would
+    write its checkpoints to (:meth:`AtomicCheckpointHook.before_train`)."""
+
+
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """Drop-in replacement for ``CheckpointHook`` (same arguments): save, publish, then prune.
@@ -268,12 +349,78 @@ class AtomicCheckpointHook(CheckpointHook):
                         f'takes CheckpointHook\'s and {type(runner).__name__}.save_checkpoint\'s:'
                         f' {", ".join(known)}')
 
+    def before_run(self, runner) -> None:
+        """Make the folder locks of :meth:`before_train` go when the training loop returns
+        or raises: mmengine calls ``after_run`` only after a run that returned, and a
+        failed run must not keep this process holding the work dir (a second run started
+        from another thread of it, a notebook's, would be refused until it exits)."""
+        super().before_run(runner)
+        from mmengine.runner import BaseLoop
+        loop = getattr(runner, '_train_loop', None)
+        if not isinstance(loop, BaseLoop) or getattr(loop.run, '_stan_mm_ckpt_lock', False):
+            return
+        original = loop.run
+
+        @functools.wraps(original)
+        def run(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._release_folders()
+
+        run._stan_mm_ckpt_lock = True
+        loop.run = run
+
+    def after_run(self, runner) -> None:
+        super().after_run(runner)
+        self._release_folders()
+
+    def _release_folders(self) -> None:
+        locks, self._folder_locks = getattr(self, '_folder_locks', None), None
+        if locks is not None:
+            locks.close()
+
+    def _lock_folders(self, runner) -> None:
+        """Hold :func:`~stan_mm.apis.features.folder_lock` on the work dir and on a local
+        ``out_dir`` elsewhere for the run (main process; released in ``after_run`` or when
+        the training loop raises), before anything in them is deleted: only
+        ``tools/train.py`` locks the work dir itself, and a second run started there with
+        MMAction2's train.py, ``tools/quickstart.py`` or a plain Runner would otherwise
+        delete the temporary file of the checkpoint the first run is writing. Nested in
+        ``tools/train.py``'s own lock (same thread). Raises :class:`WorkDirInUseError`
+        when another run holds one of them."""
+        from stan_mm.apis.features import FeatureFolderError, FeatureWriteError, folder_lock
+        self._release_folders()            # (a second train() of the same runner)
+        work_dir, out_dir = str(runner.work_dir), str(self.out_dir)
+        folders = [('work dir', work_dir)]
+        if '://' not in out_dir and osp.realpath(out_dir) != osp.realpath(work_dir):
+            folders.append(('checkpoint folder (out_dir)', out_dir))
+        stack = contextlib.ExitStack()
+        for what, folder in folders:
+            try:
+                stack.enter_context(folder_lock(folder))
+            except FeatureWriteError:   # (a file in the way: its message names it)
+                stack.close()
+                raise
+            except FeatureFolderError as e:
+                stack.close()
+                who = ('another thread of this process' if 'another thread' in str(e)
+                       else 'another process')
+                raise WorkDirInUseError(
+                    f'AtomicCheckpointHook: the {what} {folder} is in use by another '
+                    f'training run ({who} holds a lock on it); nothing in it was deleted. '
+                    f'Wait for that run to end, stop it (the workers of a torchrun job '
+                    f'whose launcher was killed go on running: look for them with ps), or '
+                    f'give this run another work_dir (tools/train.py --work-dir)') from None
+        self._folder_locks = stack
+
     def before_train(self, runner) -> None:
         self._check_save_arguments(runner)
         super().before_train(runner)
         self._warn_mid_epoch(runner)
         if not is_main_process():
             return
+        self._lock_folders(runner)   # before anything is deleted
         # a resumed run finishes the pruning that a kill interrupted
         keep = set(getattr(self, 'keep_ckpt_ids', ()))
         for step in runner.message_hub.runtime_info.get(self.PRUNE_KEY) or []:
