@@ -638,8 +638,9 @@ def test_resume_without_last_checkpoint_refuses_to_overwrite(tmp_path):
     # empty: nothing to resume, a new run (which keeps the config's load_from)
     assert train.merge_args(Config.fromfile(str(bare)), args).resume is False
     (work / 'iter_23.pth').write_bytes(b'x')
-    with pytest.raises(SystemExit, match=r'no last_checkpoint in .*work.*iter_23\.pth.*'
-                                         r'--resume .*iter_23\.pth'):
+    from stan_mm.utils.cli import CommandLineError    # (one line, exit status 2)
+    with pytest.raises(CommandLineError, match=r'no last_checkpoint in .*work.*iter_23\.pth.*'
+                                               r'--resume .*iter_23\.pth'):
         train.merge_args(Config.fromfile(str(bare)), args)
     (work / 'last_checkpoint').write_text(str(work / 'iter_23.pth'))
     cfg = train.merge_args(Config.fromfile(str(bare)), args)
@@ -665,8 +666,9 @@ def test_resume_in_a_moved_or_copied_work_dir(tmp_path, capsys):
     def resume(work):
         args = train.parse_args([str(bare), '--work-dir', str(work), '--resume'])
         return train.merge_args(Config.fromfile(str(bare)), args)
-    with pytest.raises(SystemExit, match=r'outside this work dir.*--resume .*original.*'
-                                         r'epoch_3\.pth, or --resume .*copy.*epoch_3\.pth'):
+    from stan_mm.utils.cli import CommandLineError    # (one line, exit status 2)
+    with pytest.raises(CommandLineError, match=r'outside this work dir.*--resume .*original.*'
+                                               r'epoch_3\.pth, or --resume .*copy.*epoch_3\.pth'):
         resume(copy)
     assert resume(original).load_from is None
     (original / 'epoch_3.pth').unlink()                           # moved: the original gone

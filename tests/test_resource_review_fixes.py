@@ -153,3 +153,35 @@ def test_a_run_stopped_before_its_epoch_end_logs_its_unreported_skips(log_lines)
 def test_iter_interval_is_checked():
     with pytest.raises(ValueError, match='iter_interval must be an int >= 1'):
         SkippedVideosHook(iter_interval=0)
+
+
+# ------------------------------------------------------------------ 3. video check pool
+def _crash_on_named(path, frames='ends', init=None):
+    import os
+    import signal
+    if path.endswith('crash.mp4'):
+        os.kill(os.getpid(), signal.SIGKILL)      # a decoder crash, the OOM killer
+    return 'bad' if path.endswith('bad.mp4') else None
+
+
+def test_one_decoder_crash_isolates_only_the_jobs_in_flight(monkeypatch):
+    """A crash broke the pool and every unfinished video was then checked in a process of
+    its own (one fork per remaining video: ~240k on Kinetics). Now only the jobs in flight
+    are isolated and the rest go on in a fresh pool."""
+    from stan_mm.apis import video_check
+    monkeypatch.setattr(video_check, 'check_video', _crash_on_named)
+    isolated = []
+    real_isolated = video_check._run_isolated
+
+    def spy(jobs, workers, record):
+        isolated.append(len(jobs))
+        return real_isolated(jobs, workers, record)
+
+    monkeypatch.setattr(video_check, '_run_isolated', spy)
+    paths = [f'v{i}.mp4' for i in range(300)]
+    paths[5], paths[150], paths[299] = 'crash.mp4', 'bad.mp4', 'bad.mp4'
+    got = video_check.check_videos(paths, workers=2, progress=False)
+    assert got == [('crash.mp4', video_check.CRASHED), ('bad.mp4', 'bad'), ('bad.mp4', 'bad')]
+    window = video_check.WINDOW_PER_WORKER * 2
+    assert sum(isolated) <= window, isolated          # not ~295
+    assert any(n > 0 for n in isolated)

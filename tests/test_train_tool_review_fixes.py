@@ -182,8 +182,9 @@ def test_resume_recovers_a_checkpoint_whose_publication_was_cut(tmp_path, capsys
     refused = tmp_path / 'refused'
     refused.mkdir()
     shutil.copy(trained / 'epoch_1.pth', refused)
-    with pytest.raises(SystemExit, match='found no last_checkpoint'):
-        train([config, '--work-dir', refused, '--resume'])
+    assert train([config, '--work-dir', refused, '--resume']) == 2     # a CommandLineError
+    assert 'train.py: error: CommandLineError: --resume found no last_checkpoint' in \
+        capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ 2: schedule vs max_epochs

@@ -30,6 +30,14 @@ CONFIGS = {
 }
 
 
+# what the numbers of quickstart_result.json are (the file says so itself: its "acc/top1"
+# and "top1" are the same kind of number on two scales)
+RESULT_UNITS = ('acc/*: fractions 0-1 (MMAction2\'s AccMetric, as logged); top1, chance, '
+                'direction_acc and the other motion metrics (motion/* in the log), '
+                'retrieval/*_R1, _R5, _R10: percent; retrieval/*_MdR, _MnR: ranks; '
+                'wall_time_s: seconds')
+
+
 def _positive_int(value: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
@@ -160,6 +168,8 @@ def main(argv=None):
             result[short] = round(float(v), 2 if k.startswith('motion/') else 4)
     result['model'] = name
     result['wall_time_s'] = round(elapsed, 1)
+    # two scales side by side ("acc/top1": 0.1875 and "top1": 18.75): said in the file
+    result['units'] = RESULT_UNITS
     with open(osp.join(cfg.work_dir, 'quickstart_result.json'), 'w') as f:
         json.dump(result, f, indent=1)
     took = '{} min {:02d} s'.format(*divmod(int(result['wall_time_s']), 60))

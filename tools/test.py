@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import stan_mm  # noqa: E402,F401
+from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from stan_mm.apis.features import check_qb_norm_banks  # noqa: E402
@@ -91,28 +92,37 @@ def set_test_amp(cfg):
     return cfg
 
 
-def resolve_test_amp(cfg, choice: str, checkpoint=None, report: bool = True):
+def resolve_test_amp(cfg, choice: str, checkpoint=None, report: bool = True,
+                     log_exclude=None):
     """``--amp DTYPE`` -> the autocast dtype (:func:`stan_mm.utils.amp.resolve_amp_dtype`;
     ``checkpoint``: the loaded checkpoint, whose stored training config ``auto`` reads);
-    ``report``: print which dtype and why (rank 0)."""
+    ``report``: print which dtype and why (rank 0, stderr). ``log_exclude`` (the logger
+    names from before the runner, :func:`stan_mm.utils.cli.logger_names`): the line also
+    goes to the run's log file, whose dumped config says only ``test_cfg.fp16=True``."""
     import torch
 
     from stan_mm.utils.amp import dtype_name, resolve_amp_dtype
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     dtype, why = resolve_amp_dtype(choice, cfg, device, checkpoint=checkpoint)
     if report and os.environ.get('RANK', '0') == '0':
-        print(f'test.py: --amp: autocast in {dtype_name(dtype)} on {device} ({why})',
-              file=sys.stderr, flush=True)
+        line = f'test.py: --amp: autocast in {dtype_name(dtype)} on {device} ({why})'
+        print(line, file=sys.stderr, flush=True)
+        if log_exclude is not None:
+            from stan_mm.utils.cli import write_to_log_files
+            write_to_log_files(line, 'INFO', exclude=log_exclude)
     return dtype
 
 
 @contextlib.contextmanager
 def cuda_autocast_dtype(dtype):
     """Inside the block torch's CUDA autocast dtype is ``dtype`` (mmengine's ``autocast``
-    reads it when the TestLoop passes none); restored on exit. The CPU's is bf16 always."""
+    reads it when the TestLoop passes none); restored on exit. The CPU's is bf16 always.
+    ``dtype`` None: left as it is on entry (:class:`CheckpointCheckHook` sets it once the
+    runner has loaded the checkpoint), restored on exit all the same."""
     import torch
     previous = torch.get_autocast_dtype('cuda')
-    torch.set_autocast_dtype('cuda', dtype)
+    if dtype is not None:
+        torch.set_autocast_dtype('cuda', dtype)
     try:
         yield
     finally:
@@ -171,6 +181,8 @@ def merge_args(cfg, args):
         args.dump = user_path(args.dump)
         if not args.dump.endswith(('.pkl', '.pickle')):
             raise CommandLineError(f'--dump must end with .pkl or .pickle, got {args.dump}')
+        # (stan_mm.evaluation.DumpResults: mmengine's, with the prefix 'dump' that spares
+        # its "prefix is not set" warning; same file)
         dump = dict(type='DumpResults', out_file_path=args.dump)
         ev = cfg.test_evaluator
         # first: the predictions are written even when a metric then refuses the labels
@@ -199,29 +211,120 @@ def check_outputs(cfg, args) -> None:
         check_output_file(args.dump, '--dump')
 
 
+class CheckpointCheckHook(Hook):
+    """The checks of the tested checkpoint, run on the dict the runner itself loads from
+    ``load_from``, so that the file is read once (a second read doubled the load time and
+    printed mmengine's ``Loads checkpoint ...`` line twice).
+
+    ``after_load_checkpoint``: mmengine calls it with the loaded checkpoint before the
+    weights go into the model. :func:`check_checkpoint_fits` raises there for weights that
+    do not fit (mmengine's ``load_from`` would only warn and test random weights) and warns
+    about untrained frames; with ``amp``, the autocast dtype is resolved from the
+    checkpoint's stored training config and set for CUDA (``main`` restores it after the
+    test). ``before_test``: a checkpoint no hook saw (a runner that loads otherwise) is
+    read and checked there, before the first test step.
+    """
+    priority = 'VERY_HIGH'     # before any hook that uses the loaded state (EMAHook)
+
+    def __init__(self, path: str, cfg, amp=None, log_exclude=()):
+        self.path, self.cfg, self.amp, self.log_exclude = path, cfg, amp, log_exclude
+        self.checked = False
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        self.check(runner, checkpoint)
+
+    def before_test(self, runner) -> None:
+        if not self.checked:
+            from stan_mm.utils.checkpoint_check import _as_checkpoint
+            self.check(runner, _as_checkpoint(self.path))
+
+    def check(self, runner, checkpoint) -> None:
+        check_checkpoint_fits(runner.model, checkpoint, name=self.path,
+                              model_cfg=self.cfg.model, config=self.cfg)
+        if self.amp:
+            import torch
+            torch.set_autocast_dtype('cuda', resolve_test_amp(
+                self.cfg, self.amp, checkpoint, log_exclude=self.log_exclude))
+        self.checked = True
+
+
+_RANKS = ('R1', 'R5', 'R10', 'MdR', 'MnR')
+
+
+def results_summary(metrics, acc_prefixes=('acc', ), retrieval_prefixes=('retrieval', )):
+    """The headline numbers of ``metrics`` in the layout of the STAN paper's tables, in %:
+    ``top-1 / top-5: 84.2 / 96.5 %, mean class accuracy 80.1 %`` from MMAction2's
+    ``AccMetric`` keys (``acc/top1`` ...: fractions, kept so for MMAction2's tools and
+    ``save_best``), ``t2v R@1/R@5/R@10/MdR/MnR: 46.9 / 72.8 / 82.2 / 2.0 / 14.5`` and
+    ``v2t ...`` from ``RetrievalRecallMetric``'s (percent already; MdR, MnR: ranks).
+    ``*_prefixes``: the prefixes of those metrics (another one is named in the line).
+    None when ``metrics`` holds neither."""
+    def value(prefix, name):
+        return metrics.get(f'{prefix}/{name}' if prefix else name)
+
+    def label(prefix, default):
+        return '' if prefix == default else f'[{prefix}] '
+    parts = []
+    for prefix in dict.fromkeys(acc_prefixes):
+        top1, top5, mean1 = (value(prefix, k) for k in ('top1', 'top5', 'mean1'))
+        if top1 is None:
+            continue
+        text = (f'top-1 / top-5: {100 * top1:.1f} / {100 * top5:.1f} %' if top5 is not None
+                else f'top-1: {100 * top1:.1f} %')
+        if mean1 is not None:
+            text += f', mean class accuracy {100 * mean1:.1f} %'
+        parts.append(label(prefix, 'acc') + text)
+    for prefix in dict.fromkeys(retrieval_prefixes):
+        for direction in ('t2v', 'v2t'):
+            values = [value(prefix, f'{direction}_{k}') for k in _RANKS]
+            if all(v is not None for v in values):
+                parts.append(f'{label(prefix, "retrieval")}{direction} R@1/R@5/R@10/MdR/MnR: '
+                             + ' / '.join(f'{v:.1f}' for v in values))
+    return 'results: ' + '; '.join(parts) if parts else None
+
+
+def log_results_summary(runner, metrics) -> None:
+    """Log (rank 0, console and log file) :func:`results_summary` of the test's metrics,
+    reading the prefixes of the evaluator's accuracy and retrieval metrics."""
+    from mmaction.evaluation import AccMetric
+    from mmengine.dist import is_main_process
+    from mmengine.logging import print_log
+
+    from stan_mm.evaluation import RetrievalRecallMetric
+    evaluator = getattr(getattr(runner, 'test_loop', None), 'evaluator', None)
+    used = list(getattr(evaluator, 'metrics', None) or ())
+    acc = [m.prefix for m in used if isinstance(m, AccMetric)] or ['acc']
+    retrieval = [m.prefix for m in used if isinstance(m, RetrievalRecallMetric)] or \
+        ['retrieval']
+    line = results_summary(metrics or {}, acc, retrieval)
+    if line and is_main_process():
+        print_log(f'test.py: {line}', logger='current')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from stan_mm.utils.cli import check_input_file, read_config
+    from stan_mm.utils.cli import (check_input_file, log_config_warnings, logger_names,
+                                   read_config)
     args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    log_config_warnings(clear_only=True)     # (lines of an earlier call in this process)
     cfg = merge_args(read_config(args.config), args)
     if args.amp:    # an impossible choice (fp16 on the CPU) is refused before any work
         resolve_test_amp(cfg, args.amp, report=False)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     check_qb_norm_banks(cfg, args.checkpoint)   # a QB-Norm bank of another model is refused
+    before = logger_names()
     runner = Runner.from_cfg(cfg)
+    log_config_warnings(exclude=before)     # the config's warnings (on stderr already)
     # mmengine's load_from only warns on a mismatch and would test random weights; the
     # test pipeline's frame count is compared with the one the checkpoint was trained on
-    from stan_mm.utils.checkpoint_check import _as_checkpoint
-    checkpoint = _as_checkpoint(args.checkpoint)
-    check_checkpoint_fits(runner.model, checkpoint, name=args.checkpoint, model_cfg=cfg.model,
-                          config=cfg)
-    amp_dtype = resolve_test_amp(cfg, args.amp, checkpoint) if args.amp else None
-    del checkpoint
+    runner.register_hook(CheckpointCheckHook(args.checkpoint, cfg, amp=args.amp,
+                                             log_exclude=before))
     with contextlib.ExitStack() as stack:
         if args.amp:
             float32_test_outputs(runner.model)
-            stack.enter_context(cuda_autocast_dtype(amp_dtype))
+            stack.enter_context(cuda_autocast_dtype(None))   # (the hook sets it)
         metrics = runner.test()
+    log_results_summary(runner, metrics)
     shutdown_distributed()
     return metrics
 

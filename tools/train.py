@@ -257,9 +257,14 @@ def check_auto_resume(work_dir: str):
     the same name here) is refused, naming both. A run stopped while publishing a
     checkpoint (the checkpoint complete, ``last_checkpoint`` not yet renamed into place) is
     resumed from that checkpoint (:func:`stan_mm.engine.recover_last_checkpoint`).
-    Otherwise None (mmengine reads ``last_checkpoint``)."""
+    Otherwise None (mmengine reads ``last_checkpoint``).
+
+    Raises:
+        CommandLineError: a refusal (one line and exit status 2, as other argument
+            errors), naming the ``--resume PATH`` to give.
+    """
     record = osp.join(work_dir, 'last_checkpoint')
-    from stan_mm.utils.cli import is_first_rank
+    from stan_mm.utils.cli import CommandLineError, is_first_rank
     # a run killed between renaming its checkpoint into place and renaming the pointer to
     # it (AtomicCheckpointHook's publish order) left a complete pending pointer: resume
     # from the checkpoint it names. Read only (publish=False): nothing is renamed before
@@ -290,16 +295,16 @@ def check_auto_resume(work_dir: str):
             return here
         if osp.samefile(named, here):
             return None
-        raise SystemExit(
-            f'train.py: {record} names {named}, outside this work dir, and the work dir has '
+        raise CommandLineError(
+            f'--resume: {record} names {named}, outside this work dir, and the work dir has '
             f'a file of the same name ({here}): a copy of another work dir, or checkpoints '
             f'written elsewhere (CheckpointHook out_dir)? Name the one to resume from: '
             f'--resume {named}, or --resume {here}')
     found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime)
     if found:
         names = ', '.join(osp.basename(p) for p in found[-5:])
-        raise SystemExit(
-            f'train.py: --resume found no last_checkpoint in {work_dir}, which holds '
+        raise CommandLineError(
+            f'--resume found no last_checkpoint in {work_dir}, which holds '
             f'{len(found)} checkpoint(s) ({names}); a run started now would overwrite them. '
             f'Name the one to resume from: --resume {found[-1]}')
 
@@ -336,14 +341,16 @@ def main(argv=None):
     args = parse_args(argv)
     from stan_mm.utils.cli import check_input_file, read_config
     args.config = check_input_file(args.config, 'CONFIG', 'config file')
+    from stan_mm.utils.cli import log_config_warnings, logger_names, write_to_log_files
+    log_config_warnings(clear_only=True)     # (lines of an earlier call in this process)
     cfg = merge_args(read_config(args.config), args)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
-    from stan_mm.utils.cli import logger_names, write_to_log_files
     with work_dir_lock(cfg.work_dir):
         before = logger_names()
         runner = Runner.from_cfg(cfg)
         for message in getattr(args, 'log_notes', ()):   # (printed already)
             write_to_log_files(message, 'INFO', exclude=before)
+        log_config_warnings(exclude=before)     # the config's warnings, printed already
         runner.register_hook(ResumeCheckHook())
         from stan_mm.engine import TrainingPreempted
         try:

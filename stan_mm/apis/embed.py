@@ -171,8 +171,8 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     Raises:
         ValueError: the model has no text tower.
     """
-    from tqdm import tqdm
     from stan_mm.datasets.transforms.tokenize import tokenize
+    from stan_mm.utils.progress import progress_bar
     encode, length = require_text_tower(model)
     truncate = 'eot'
     if model_kind(model) == 'retriever':   # the captions' rule in tools/test.py too
@@ -182,7 +182,8 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     out: List[torch.Tensor] = []
     texts = list(texts)
     cut: List[Tuple[int, int]] = []          # (index, token count) of the texts cut
-    with tqdm(total=len(texts), desc='texts', unit='text', disable=not progress) as bar, \
+    with progress_bar(total=len(texts), desc='texts', unit='text',
+                      disable=not progress) as bar, \
             eval_mode(model):
         for i in range(0, len(texts), batch_size):
             tokens = tokenize(texts[i:i + batch_size], length, truncate)

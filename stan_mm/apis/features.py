@@ -1352,7 +1352,7 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
                    embed_video_batch) -> None:
     """Embed ``videos[todo]`` in batches; shards are flushed every ``shard_size`` videos
     and whenever the loop ends (also on errors and interrupts)."""
-    from tqdm import tqdm
+    from stan_mm.utils.progress import progress_bar
     items = _VideoItems(pipeline, [_abs(video_root, videos[i]) for i in todo])
     loader = torch.utils.data.DataLoader(
         items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -1373,7 +1373,7 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
             pending_keys.clear()
             pending_emb.clear()
 
-    bar = tqdm(total=len(todo), desc='videos', unit='video', disable=not progress)
+    bar = progress_bar(total=len(todo), desc='videos', unit='video', disable=not progress)
     try:
         for batch in loader:
             good = [(i, s) for i, s, err in batch if s is not None]

@@ -161,9 +161,20 @@ def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
     result = model.load_state_dict(sd, strict=False)
     # the training config mmengine stored (read by e.g. extract_features --amp auto)
     model.checkpoint_meta = meta
+    print_log(loaded_line(checkpoint, meta, len(sd)), logger='current')
     if result.missing_keys:
         print_log(f'{checkpoint}: {len(result.missing_keys)} model weights keep their '
                   f'initial values', logger='current', level=logging.WARNING)
+
+
+def loaded_line(checkpoint: str, meta: Optional[dict], tensors: int) -> str:
+    """``loaded CKPT (epoch 3, iter 120; 212 tensors)``: which checkpoint the inference
+    tools use (the model's build lines say only ``random init``, before the weights are
+    filled in), with what its ``meta`` records of the training step."""
+    meta = meta or {}
+    step = ', '.join(f'{key} {meta[key]}' for key in ('epoch', 'iter')
+                     if isinstance(meta.get(key), int) and not isinstance(meta[key], bool))
+    return f'loaded {checkpoint} ({step + "; " if step else ""}{tensors} tensors)'
 
 
 def _has_towers(obj) -> bool:

@@ -154,10 +154,24 @@ def _prompted_head(model):
     return None
 
 
+def checkpoint_classes(model, num_classes: int) -> Optional[List[str]]:
+    """The class names the model's checkpoint recorded (``meta['dataset_meta']['classes']``,
+    the training set's, which mmengine stores; :func:`~stan_mm.apis.init_model` keeps the
+    meta as ``model.checkpoint_meta``) when they are ``num_classes`` strings, else None."""
+    meta = getattr(model, 'checkpoint_meta', None)
+    dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
+    names = dataset_meta.get('classes') if isinstance(dataset_meta, dict) else None
+    if (isinstance(names, (list, tuple)) and len(names) == num_classes
+            and all(isinstance(n, str) for n in names)):
+        return list(names)
+    return None
+
+
 def class_labels(model, classnames: Optional[List[str]]) -> List[str]:
     """Names of the classes :func:`recognize` scores, in label order: ``classnames`` when
     given (a linear head: the names of its own classes, the count must match), else the
-    head's own."""
+    head's own; a linear head has none: the training set's names its checkpoint recorded
+    (:func:`checkpoint_classes`), else ``class 0``, ``class 1``..."""
     if model_kind(model) == 'retriever':
         if not classnames:
             raise ValueError('a retrieval model scores a class list: give --classnames')
@@ -174,7 +188,7 @@ def class_labels(model, classnames: Optional[List[str]]) -> List[str]:
                          f'zero-shot needs a text-classifier head or a retrieval model')
     n = int(head.num_classes)
     if classnames is None:
-        return [f'class {i}' for i in range(n)]
+        return checkpoint_classes(model, n) or [f'class {i}' for i in range(n)]
     if len(classnames) != n:
         raise ValueError(f'{type(head).__name__} has {n} classes but {len(classnames)} class '
                          f'names were given; a linear head cannot score other classes '

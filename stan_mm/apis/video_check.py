@@ -17,6 +17,7 @@ What is decoded per video (``frames``):
 A video whose container lost its frame index along with its frames (a cut MJPEG AVI can be
 counted as a shorter video) reads as a shorter video and is not reported.
 """
+import collections
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -87,14 +88,15 @@ def check_videos(paths: Sequence[str], frames: str = 'ends', workers: int = 0,
             kills its process (a decoder crash, the out-of-memory killer) is found again
             alone in a process of its own and reported (:data:`CRASHED`); with 0 (this
             process) such a crash ends the caller.
-        progress: show a progress bar (tqdm) on stderr.
+        progress: show a progress bar on stderr (tqdm's on a terminal, a plain line every
+            30 s when redirected to a file: :func:`stan_mm.utils.progress.progress_bar`).
         init: ``SafeDecordInit`` keyword arguments (see :func:`check_video`).
     """
-    from tqdm import tqdm
+    from stan_mm.utils.progress import progress_bar
     if frames not in FRAME_MODES:
         raise ValueError(f'frames={frames!r}; expected one of {FRAME_MODES}')
     jobs = [(p, frames, init) for p in paths]
-    bar = tqdm(total=len(jobs), desc='videos', unit='video', disable=not progress)
+    bar = progress_bar(total=len(jobs), desc='videos', unit='video', disable=not progress)
     bad: Dict[str, str] = {}
 
     def record(path: str, reason: Optional[str]) -> None:
@@ -105,10 +107,12 @@ def check_videos(paths: Sequence[str], frames: str = 'ends', workers: int = 0,
 
     try:
         if workers > 0:
-            lost = _run_pool(jobs, workers, record)
-            # a process died and took the unfinished jobs with it: each again in a process
-            # of its own, so that a crash names its video
-            _run_isolated(lost, workers, record)
+            pending = collections.deque(jobs)
+            while pending:
+                # a process died: the jobs it may have taken with it (those in flight),
+                # each again in a process of its own so that a crash names its video; the
+                # jobs not started yet go on in a fresh pool
+                _run_isolated(_run_pool(pending, workers, record), workers, record)
         else:
             for job in jobs:
                 record(*_check_one(job))
@@ -123,18 +127,42 @@ def _mp_context():
     return mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
 
 
-def _run_pool(jobs, workers: int, record) -> list:
-    """Run ``jobs`` in ``workers`` processes, ``record`` each result; returns the jobs that
-    were lost with a process that died (empty when none died)."""
-    lost = []
+#: jobs in flight per worker process in :func:`_run_pool`
+WINDOW_PER_WORKER = 4
+
+
+def _run_pool(pending: 'collections.deque', workers: int, record) -> list:
+    """Run the jobs of ``pending`` (taken from its left) in ``workers`` processes,
+    ``record`` each result in order. At most ``WINDOW_PER_WORKER * workers`` jobs are in
+    flight at once (a 240k-video check held a future per video). When a process dies the
+    pool breaks: returns the jobs that were in flight without a result (the crash is one
+    of them), and ``pending`` keeps the jobs not started yet; returns ``[]`` when every
+    job of ``pending`` was recorded."""
+    window = WINDOW_PER_WORKER * workers
+    in_flight: 'collections.deque' = collections.deque()      # (future, job)
     with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
-        futures = {pool.submit(_check_one, job): job for job in jobs}
-        for future, job in futures.items():
+        while pending or in_flight:
+            while pending and len(in_flight) < window:
+                job = pending.popleft()
+                try:
+                    in_flight.append((pool.submit(_check_one, job), job))
+                except BrokenProcessPool:
+                    pending.appendleft(job)
+                    break
+            if not in_flight:
+                break
+            future, job = in_flight.popleft()
             try:
                 record(*future.result())
             except BrokenProcessPool:
-                lost.append(job)
-    return lost
+                lost = [job]
+                for other, other_job in in_flight:    # done before the break: a result
+                    if other.done() and not other.cancelled() and other.exception() is None:
+                        record(*other.result())
+                    else:
+                        lost.append(other_job)
+                return lost
+    return []
 
 
 def _child(job, conn) -> None:

@@ -54,6 +54,12 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 frozen tensor (~200 per run with the text classifier's frozen tower)
                 becomes one WARNING line grouped by module (see
                 :mod:`stan_mm.compat.frozen_log`).
+``fileclient_log`` (log noise) the ``FileClient`` / ``HardDiskBackend`` deprecation
+                WARNINGs of ``CheckpointHook.before_train`` and ``Runner.save_checkpoint``
+                (a ``FileClient`` built and not used) at the start of every training run
+                and at every checkpoint are dropped when no ``file_client_args`` is
+                given (see :mod:`stan_mm.compat.fileclient_log`; its test is in
+                ``tests/test_log_review_fixes2.py``).
 =====  ==========================================================================
 """
 from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
@@ -62,6 +68,7 @@ from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa:
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .default_hooks import apply_default_hooks_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
+from .fileclient_log import apply_fileclient_log_fix  # noqa: F401
 from .frozen_log import apply_frozen_log_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
 from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
@@ -86,6 +93,7 @@ def apply_all() -> None:
     apply_workers_fix()
     apply_worker_shutdown_fix()
     apply_frozen_log_fix()
+    apply_fileclient_log_fix()
     apply_default_hooks_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

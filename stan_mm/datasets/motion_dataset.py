@@ -12,6 +12,8 @@ from typing import List, Optional
 from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
 
+from stan_mm.errors import ConfigValueError
+
 from .retrieval import RetrievalVideoTextDataset
 from .synthetic import generate_motion_dataset, load_video_records
 
@@ -63,12 +65,14 @@ class SyntheticMotionDataset(VideoDataset):
     def __init__(self, data_root: str, split: str, pipeline, generate: Optional[dict] = None,
                  **kwargs):
         if split not in SPLITS:
-            raise ValueError(f'SyntheticMotionDataset: split={split!r}; expected one of {SPLITS}')
+            raise ConfigValueError(f'SyntheticMotionDataset: split={split!r}; expected one '
+                                   f'of {SPLITS}')
         meta = _ensure_generated(data_root, generate)
         if meta['counts'][split]['videos'] == 0:
-            raise ValueError(f'SyntheticMotionDataset: the {split} split of {data_root} has no '
-                             f'videos (generated with num_{split}=0); generate it with '
-                             f'num_{split} >= 1 or leave this split out of the config')
+            raise ConfigValueError(f'SyntheticMotionDataset: the {split} split of {data_root} '
+                                   f'has no videos (generated with num_{split}=0); generate it '
+                                   f'with num_{split} >= 1 or leave this split out of the '
+                                   f'config')
         self.motion_meta = meta
         self.motion_root = data_root
         self.split = split
@@ -95,7 +99,7 @@ class SyntheticMotionTextDataset(RetrievalVideoTextDataset):
     def __init__(self, data_root: str, split: str, pipeline, generate: Optional[dict] = None,
                  **kwargs):
         if split not in SPLITS:
-            raise ValueError(
+            raise ConfigValueError(
                 f'SyntheticMotionTextDataset: split={split!r}; expected one of {SPLITS}')
         self.motion_meta = _ensure_generated(data_root, generate)
         kwargs.setdefault('data_prefix', dict(video=osp.join(data_root, 'videos')))

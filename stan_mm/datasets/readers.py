@@ -65,6 +65,8 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
+from stan_mm.errors import ConfigValueError
+
 from .readers_common import (AnnotationError, _json_path_str, AnnotationPolicy, IssueLog, JsonDocument,
                              VideoEntry, check_video_tmpl, clean_caption, clean_video_id,
                              format_video_path, has_visible_text, iter_csv_rows,
@@ -545,13 +547,13 @@ def read_annotations(ann_format: str, ann_file: str, caption_file: Optional[str]
     ``video_tmpl=None`` picks the format's default (:data:`DEFAULT_VIDEO_TMPL`).
     """
     if ann_format not in DEFAULT_VIDEO_TMPL:
-        raise ValueError(f'unknown ann_format {ann_format!r}; choose one of '
-                         f'{", ".join(ANN_FORMATS)}')
+        raise ConfigValueError(f'unknown ann_format {ann_format!r}; choose one of '
+                               f'{", ".join(ANN_FORMATS)}')
     tmpl = DEFAULT_VIDEO_TMPL[ann_format] if video_tmpl is None else video_tmpl
     common = dict(video_tmpl=tmpl, policy=policy, issues=issues)
     if ann_format in ('lsmdc', 'json') and caption_file is not None:
-        raise ValueError(f'ann_format={ann_format!r} takes no caption_file '
-                         f'(got {caption_file!r})')
+        raise ConfigValueError(f'ann_format={ann_format!r} takes no caption_file '
+                               f'(got {caption_file!r})')
     if ann_format == 'msrvtt':
         return read_msrvtt(ann_file, caption_file, **common)
     if ann_format == 'didemo':

@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from stan_mm.errors import ConfigValueError
+
 __all__ = [
     'AnnotationError', 'VideoEntry', 'AnnotationPolicy', 'IssueLog', 'read_text',
     'iter_text_lines', 'iter_csv_rows', 'JsonDocument', 'clean_caption',
@@ -169,7 +171,7 @@ class AnnotationPolicy:
                      'video_without_captions'):
             value = getattr(self, name)
             if value not in ('error', 'drop'):
-                raise ValueError(f'{name} must be \'error\' or \'drop\', got {value!r}')
+                raise ConfigValueError(f'{name} must be \'error\' or \'drop\', got {value!r}')
 
 
 class IssueLog:
@@ -582,12 +584,12 @@ def format_video_path(tmpl: str, video_id: str) -> str:
 def check_video_tmpl(tmpl: Any) -> str:
     """Fail early (``ValueError``) on a template with unknown fields or bad syntax."""
     if not isinstance(tmpl, str) or not tmpl:
-        raise ValueError(f'video_tmpl must be a non-empty string, got {tmpl!r}')
+        raise ConfigValueError(f'video_tmpl must be a non-empty string, got {tmpl!r}')
     try:
         format_video_path(tmpl, 'a_b.mp4')
     except (KeyError, IndexError, ValueError, AttributeError) as e:
-        raise ValueError(f'bad video_tmpl {tmpl!r} ({type(e).__name__}: {e}); available '
-                         'fields: {video_id}, {stem}, {movie}') from None
+        raise ConfigValueError(f'bad video_tmpl {tmpl!r} ({type(e).__name__}: {e}); available '
+                               'fields: {video_id}, {stem}, {movie}') from None
     return tmpl
 
 

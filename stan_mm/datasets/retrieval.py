@@ -87,6 +87,8 @@ from mmengine.logging import print_log
 from mmaction.datasets import BaseActionDataset
 from mmaction.registry import DATASETS, HOOKS
 
+from stan_mm.errors import ConfigValueError
+
 from .readers import ANN_FORMATS, read_annotations
 from .readers_common import (AnnotationError, AnnotationPolicy, IssueLog, VideoEntry,
                              apply_missing_policy, check_missing_video, datasets_in)
@@ -271,8 +273,8 @@ def locate_videos(entries: List[VideoEntry], root: str, video_lookup: str = 'tem
                 entry.filename = rel
         return missing
     if video_lookup != 'template':
-        raise ValueError(f'video_lookup must be \'template\' or \'scan\', got '
-                         f'{video_lookup!r}')
+        raise ConfigValueError(f'video_lookup must be \'template\' or \'scan\', got '
+                               f'{video_lookup!r}')
     if not check_files or not entries:
         return []
     # mmengine's join_path/exists, with the backend looked up once and local paths
@@ -406,8 +408,8 @@ class RetrievalVideoTextDataset(BaseActionDataset):
                  video_without_captions: str = 'error',
                  **kwargs) -> None:
         if ann_format not in ANN_FORMATS:
-            raise ValueError(f'ann_format must be one of {ANN_FORMATS}, got '
-                             f'{ann_format!r}')
+            raise ConfigValueError(f'ann_format must be one of {ANN_FORMATS}, got '
+                                   f'{ann_format!r}')
         if ann_format in ('json', 'lsmdc') and caption_file is not None:
             # a child of the MSR-VTT base config inherits its caption_file (mmengine merges
             # dicts): found here, not at the first sample with a raw traceback
@@ -417,15 +419,15 @@ class RetrievalVideoTextDataset(BaseActionDataset):
                 f'base config; set caption_file=None in this dataloader\'s dataset for '
                 f'ann_format={ann_format!r}')
         if caption_sampling not in ('all', 'random'):
-            raise ValueError('caption_sampling must be \'all\' or \'random\', got '
-                             f'{caption_sampling!r}')
+            raise ConfigValueError('caption_sampling must be \'all\' or \'random\', got '
+                                   f'{caption_sampling!r}')
         if video_lookup not in ('template', 'scan'):
-            raise ValueError('video_lookup must be \'template\' or \'scan\', got '
-                             f'{video_lookup!r}')
+            raise ConfigValueError('video_lookup must be \'template\' or \'scan\', got '
+                                   f'{video_lookup!r}')
         check_missing_video(missing_video)
         if 'video' not in (data_prefix or {}):
-            raise ValueError('data_prefix must contain the video folder: '
-                             f'dict(video=...), got {data_prefix!r}')
+            raise ConfigValueError('data_prefix must contain the video folder: '
+                                   f'dict(video=...), got {data_prefix!r}')
         self.ann_format = ann_format
         self.caption_file = caption_file
         self.caption_sampling = caption_sampling
@@ -477,8 +479,9 @@ class RetrievalVideoTextDataset(BaseActionDataset):
             else:
                 data_list.append(dict(base, captions=list(entry.captions)))
         n_caps = sum(len(e.captions) for e in entries)
+        # test_mode is the evaluation layout (validation too), not the test split
         print_log(f'{type(self).__name__}({self.ann_format}, '
-                  f'{"test" if self.test_mode else "train"}): {len(entries)} videos, '
+                  f'{"eval" if self.test_mode else "train"}): {len(entries)} videos, '
                   f'{n_caps} captions, {len(data_list)} samples from '
                   f'{osp.basename(self.ann_file)}', logger='current')
         return data_list

@@ -73,6 +73,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from stan_mm.errors import ConfigValueError
+
 __all__ = [
     'FORMAT_VERSION', 'SPLITS', 'MotionPair', 'MOTION_PAIRS', 'DEFAULT_PAIRS', 'SHAPES',
     'COLOURS', 'SIZES', 'BACKGROUNDS', 'class_names', 'make_video_specs', 'render_background',
@@ -202,12 +204,13 @@ def _check_pairs(pairs: Sequence[str]) -> Tuple[str, ...]:
         pairs = (pairs, )
     pairs = tuple(pairs)
     if not pairs:
-        raise ValueError(f'pairs must name at least one of {list(MOTION_PAIRS)}')
+        raise ConfigValueError(f'pairs must name at least one of {list(MOTION_PAIRS)}')
     unknown = [p for p in pairs if p not in MOTION_PAIRS]
     if unknown:
-        raise ValueError(f'unknown motion pair(s) {unknown}; choose from {list(MOTION_PAIRS)}')
+        raise ConfigValueError(f'unknown motion pair(s) {unknown}; choose from '
+                               f'{list(MOTION_PAIRS)}')
     if len(set(pairs)) != len(pairs):
-        raise ValueError(f'pairs {list(pairs)} contain duplicates')
+        raise ConfigValueError(f'pairs {list(pairs)} contain duplicates')
     return pairs
 
 
@@ -520,7 +523,7 @@ def write_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
 # --------------------------------------------------------------------------- dataset
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
+        raise ConfigValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
 def _params(num_train, num_val, num_test, num_frames, size, fps, pairs, captions_per_video,
@@ -532,11 +535,11 @@ def _params(num_train, num_val, num_test, num_frames, size, fps, pairs, captions
                                  ('seed', seed, 0)):
         _check_int(name, value, minimum)
     if num_train + num_val + num_test == 0:
-        raise ValueError('num_train + num_val + num_test must be > 0')
+        raise ConfigValueError('num_train + num_val + num_test must be > 0')
     if size % 2:
-        raise ValueError(f'size must be even (mp4 4:2:0 chroma), got {size}')
+        raise ConfigValueError(f'size must be even (mp4 4:2:0 chroma), got {size}')
     if not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0:
-        raise ValueError(f'fps must be a positive number, got {fps!r}')
+        raise ConfigValueError(f'fps must be a positive number, got {fps!r}')
     return dict(num_train=int(num_train), num_val=int(num_val), num_test=int(num_test),
                 num_frames=int(num_frames), size=int(size), fps=float(fps),
                 pairs=list(_check_pairs(pairs)), captions_per_video=int(captions_per_video),
@@ -748,7 +751,8 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
         seed: global seed.
         overwrite: replace an existing dataset generated (by this function) with other
             parameters.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar (stan_mm.utils.progress: tqdm on a terminal, a line
+            every 30 s when stderr is redirected).
 
     Returns:
         The meta dict written to ``out_dir/meta.json``.
@@ -784,10 +788,11 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
             first_id += counts[split]
         video_dir = osp.join(tmp, 'videos')
         os.makedirs(video_dir)
-        from tqdm import tqdm
+        from stan_mm.utils.progress import progress_bar
         all_specs = [s for split in SPLITS for s in specs[split]]
-        for i, spec in enumerate(tqdm(all_specs, desc=f'synthetic videos -> {out_dir}',
-                                      unit='video', disable=not progress, leave=False)):
+        for i, spec in enumerate(progress_bar(all_specs, desc=f'synthetic videos -> {out_dir}',
+                                              unit='video', disable=not progress,
+                                              leave=False)):
             write_video(osp.join(video_dir, spec['filename']), render_video(spec, size), fps)
             if i == 0:   # named by where it will live (tmp is renamed to out_dir)
                 _check_decodable(osp.join(video_dir, spec['filename']), size,
@@ -819,32 +824,20 @@ def _check_decodable(path: str, size: int, shown: Optional[str] = None) -> None:
 
 def _move_into_place(tmp: str, out_dir: str, params: dict) -> None:
     """Rename ``tmp`` to ``out_dir``, replacing what is there: nothing, an empty folder or a
-    dataset of this generator (checked here too)."""
+    dataset of this generator (checked here too); the renames are
+    :func:`~stan_mm.engine.checkpoint_hook.replace_folder`'s."""
+    from stan_mm.engine.checkpoint_hook import replace_folder
     if _same_dataset(out_dir, params)[0]:  # another process finished the same dataset
         shutil.rmtree(tmp, ignore_errors=True)
         return
     _check_replaceable(out_dir)   # (again: it may have changed while generating)
-    old = None
-    if osp.lexists(out_dir):
-        old = tempfile.mkdtemp(prefix=f'.{osp.basename(out_dir)}.old-',
-                               dir=osp.dirname(out_dir))
-        os.rmdir(old)
-        try:
-            os.rename(out_dir, old)
-        except FileNotFoundError:  # removed concurrently
-            old = None
     try:
-        os.rename(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except OSError:
         if _same_dataset(out_dir, params)[0]:  # another process finished the same dataset
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             raise
-    if old is not None:
-        if osp.isdir(old) and not osp.islink(old):
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.remove(old)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -31,6 +31,8 @@ import torch
 from mmengine.hooks import Hook
 from mmaction.registry import HOOKS
 
+from stan_mm.errors import ConfigValueError
+
 
 class NonFiniteTrainingError(RuntimeError):
     """The loss or the weights of a training run became NaN or infinite."""
@@ -145,8 +147,8 @@ class NonFiniteLossHook(Hook):
 
     def __init__(self, patience: int = 5, check_weights: bool = True):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f'NonFiniteLossHook: patience must be an int >= 1, got '
-                             f'{patience!r}')
+            raise ConfigValueError(f'NonFiniteLossHook: patience must be an int >= 1, got '
+                                   f'{patience!r}')
         self.patience = patience
         self.check_weights = bool(check_weights)
         self._streak = 0

@@ -23,7 +23,16 @@ whether or not a custom key matched the parameter (the precedence of mmengine's 
 custom key that sets ``decay_mult`` or ``weight_decay`` itself keeps the last word for the
 parameters it matches. Learning rates (``lr_mult``) are unchanged. Use it with
 ``optim_wrapper = dict(constructor='STANOptimWrapperConstructor', paramwise_cfg=...)``.
+
+With a ``paramwise_cfg``, mmengine's constructor logs one INFO line per setting of every
+parameter tensor (``paramwise_options -- backbone.branch.layers.3.mlp.c_proj.bias:lr=...``:
+331 lines for ``configs/stan/k400_self_b16.py``). This constructor logs those at DEBUG
+(``log_level='DEBUG'`` shows them) and instead one INFO line per distinct (lr, weight
+decay) of the optimizer: its tensors, parameters and the modules they belong to.
 """
+import contextlib
+import logging
+from collections import Counter, OrderedDict
 from typing import Dict, List, Optional, Union
 
 from mmengine.logging import print_log
@@ -39,12 +48,78 @@ __all__ = ['STANOptimWrapperConstructor', 'NORM_LAYERS']
 NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 
+_PARAMWISE = 'paramwise_options -- '
+
+
+@contextlib.contextmanager
+def _paramwise_lines_at_debug():
+    """While the optimizer is built: mmengine's per-tensor ``paramwise_options -- ...``
+    lines (``print_log`` of its default constructor's module) at DEBUG instead of INFO;
+    its other messages as they are. Restored afterwards, also on an error."""
+    from mmengine.optim.optimizer import default_constructor as dc
+    previous = dc.print_log
+
+    def demoting_print_log(msg, logger=None, level=logging.INFO):
+        if isinstance(msg, str) and msg.startswith(_PARAMWISE):
+            level = logging.DEBUG
+        previous(msg, logger=logger, level=level)
+
+    dc.print_log = demoting_print_log
+    try:
+        yield
+    finally:
+        dc.print_log = previous
+
+
+def _count(numel: int) -> str:
+    """``86.2M``, ``12.3K``, ``512``."""
+    for scale, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
+        if numel >= scale:
+            return f'{numel / scale:.1f}{suffix}'
+    return str(numel)
+
+
+def group_summary(model: nn.Module, optimizer) -> List[str]:
+    """One line per distinct (lr, weight_decay) among the param groups of ``optimizer``:
+    the tensors and parameters it holds, and the modules they belong to (the first two
+    components of their names, the largest first), e.g. ``optimizer: lr 2e-05, weight
+    decay 0.02: 48 tensors, 9.5M params (backbone.branch 48)``. ``lr`` is the configured
+    one (a runner's ``auto_scale_lr`` rescales every group afterwards)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: 'OrderedDict[tuple, list]' = OrderedDict()
+    for group in getattr(optimizer, 'param_groups', ()):
+        key = (group.get('lr'), group.get('weight_decay'))
+        groups.setdefault(key, []).extend(group['params'])
+    lines = []
+    for (lr, wd), tensors in groups.items():
+        owners = Counter('.'.join(names.get(id(p), '?').split('.')[:2]) for p in tensors)
+        shown = ', '.join(f'{o} {n}' for o, n in owners.most_common(4)) + (
+            f', ... ({len(owners)} modules)' if len(owners) > 4 else '')
+        lines.append(f'optimizer: lr {lr:g}, weight decay {wd:g}: {len(tensors)} tensors, '
+                     f'{_count(sum(p.numel() for p in tensors))} params ({shown})'
+                     if isinstance(lr, (int, float)) and isinstance(wd, (int, float)) else
+                     f'optimizer: lr {lr}, weight decay {wd}: {len(tensors)} tensors '
+                     f'({shown})')
+    if lines:
+        lines[-1] += " (log_level='DEBUG' lists the settings of every tensor)"
+    return lines
+
+
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
 class STANOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` whose ``norm_decay_mult`` and ``bias_decay_mult``
     also reach parameters matched by a custom key and biases not named ``bias`` (see the
     module docstring). Without ``paramwise_cfg``, or without a base ``weight_decay``, it
     is the default constructor."""
+
+    def __call__(self, model: nn.Module):
+        with _paramwise_lines_at_debug():
+            optim_wrapper = super().__call__(model)
+        if self.paramwise_cfg:
+            for line in group_summary(getattr(model, 'module', model),
+                                      optim_wrapper.optimizer):
+                print_log(line, logger='current')
+        return optim_wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:

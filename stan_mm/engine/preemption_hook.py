@@ -72,6 +72,8 @@ import torch
 from mmengine.hooks import Hook
 from mmaction.registry import HOOKS
 
+from stan_mm.errors import ConfigValueError
+
 __all__ = ['PreemptionHook', 'TrainingPreempted', 'ignore_signals_in_workers']
 
 _UNCATCHABLE = {'SIGKILL', 'SIGSTOP'}
@@ -111,24 +113,24 @@ def _parse_signals(signals) -> Tuple[int, ...]:
             name = s.upper() if s.upper().startswith('SIG') else 'SIG' + s.upper()
             num = getattr(signal, name, None)
             if not isinstance(num, signal.Signals):
-                raise ValueError(f'PreemptionHook: unknown signal {s!r}; give names such as '
-                                 f"'SIGTERM', 'SIGUSR1' (this system's signal module)")
+                raise ConfigValueError(f'PreemptionHook: unknown signal {s!r}; give names such as '
+                                       f"'SIGTERM', 'SIGUSR1' (this system's signal module)")
         elif isinstance(s, int) and not isinstance(s, bool):
             try:
                 num = signal.Signals(s)
             except ValueError:
-                raise ValueError(f'PreemptionHook: {s} is not a signal number of this '
-                                 f'system') from None
+                raise ConfigValueError(f'PreemptionHook: {s} is not a signal number of this '
+                                       f'system') from None
         else:
-            raise ValueError(f'PreemptionHook: signals must be names or numbers, got {s!r}')
+            raise ConfigValueError(f'PreemptionHook: signals must be names or numbers, got {s!r}')
         if num.name in _UNCATCHABLE:
-            raise ValueError(f'PreemptionHook: {num.name} cannot be caught by any process; '
-                             f"use SIGTERM or SIGUSR1 (e.g. srun --signal=USR1@120)")
+            raise ConfigValueError(f'PreemptionHook: {num.name} cannot be caught by any process; '
+                                   f"use SIGTERM or SIGUSR1 (e.g. srun --signal=USR1@120)")
         if num not in out:
             out.append(num)
     if not out:
-        raise ValueError('PreemptionHook: signals is empty; remove the hook instead '
-                         '(default_hooks.preemption=None)')
+        raise ConfigValueError('PreemptionHook: signals is empty; remove the hook instead '
+                               '(default_hooks.preemption=None)')
     return tuple(int(n) for n in out)
 
 

@@ -6,9 +6,12 @@
 - :mod:`.ranking`: two-pass exact ranks and R@K / MdR / MnR;
 - :mod:`.retrieval_metric`: the mmengine metric (contract with the retrieval model);
 - :mod:`.acc_metric`: ``RecognitionAccMetric`` (``AccMetric`` with an exact mean class
-  accuracy).
+  accuracy);
+- :mod:`.dump_results`: mmengine's ``DumpResults`` with a prefix (``tools/test.py
+  --dump``: no "prefix is not set" warning).
 """
 from .acc_metric import RecognitionAccMetric, mean_class_accuracy  # noqa: F401
+from .dump_results import DumpResults  # noqa: F401
 from .ranking import (METRIC_KEYS, check_text_to_video, ranks_to_metrics,  # noqa: F401
                       retrieval_metrics_from_embeddings, retrieval_metrics_from_similarity,
                       retrieval_ranks)
@@ -27,4 +30,5 @@ __all__ = [
     'dsl_v2t_scores', 'qb_norm_scores', 'querybank_stats', 'MotionPairMetric',
     'MotionTwinRetrievalMetric', 'RetrievalRecallMetric', 'DenseSimilarity',
     'EmbeddingSimilarity', 'SimilaritySource', 'RecognitionAccMetric', 'mean_class_accuracy',
+    'DumpResults',
 ]

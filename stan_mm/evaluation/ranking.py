@@ -136,9 +136,9 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
                              'similarities of bank queries to the same test videos')
         qb_stats = querybank_stats(qb_bank, qb_beta, qb_k, chunk_size,
                                    dsl_temp=dsl_temp if dsl else None)
-    from tqdm import tqdm
-    bar = tqdm(total=2 * num_texts, desc='ranking (2 passes over the text rows)', unit='row',
-               unit_scale=True, disable=not progress, leave=False)
+    from stan_mm.utils.progress import progress_bar
+    bar = progress_bar(total=2 * num_texts, desc='ranking (2 passes over the text rows)',
+                       unit='row', disable=not progress, leave=False)
 
     # ---- pass 1: best correct v2t score per video (+ DSL logsumexps)
     # v2t DSL scores leave out the constant factor Nv (ranks only compare them); t2v DSL

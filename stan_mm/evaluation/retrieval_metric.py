@@ -70,6 +70,8 @@ from mmengine.logging import print_log
 
 from mmaction.registry import METRICS
 
+from stan_mm.errors import ConfigValueError
+
 from .dist_eval import compute_and_broadcast
 from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K,
                         DSL_QB_NORM_WARNING)
@@ -143,15 +145,16 @@ class RetrievalRecallMetric(BaseMetric):
         self.dsl = bool(dsl)
         self.dsl_temp = float(dsl_temp)
         if not self.dsl_temp > 0:
-            raise ValueError(f'RetrievalRecallMetric: dsl_temp must be positive, got {dsl_temp}')
+            raise ConfigValueError(f'RetrievalRecallMetric: dsl_temp must be positive, got '
+                                   f'{dsl_temp}')
         if qb_norm is not None:
             if not isinstance(qb_norm, dict) or 'bank' not in qb_norm:
-                raise ValueError("RetrievalRecallMetric: qb_norm must be None or "
-                                 "dict(bank='bank_text_features.npy', beta=20, k=1)")
+                raise ConfigValueError("RetrievalRecallMetric: qb_norm must be None or "
+                                       "dict(bank='bank_text_features.npy', beta=20, k=1)")
             unknown = set(qb_norm) - _QB_KEYS
             if unknown:
-                raise ValueError(f'RetrievalRecallMetric: unknown qb_norm keys {sorted(unknown)}'
-                                 f'; allowed: {sorted(_QB_KEYS)}')
+                raise ConfigValueError(f'RetrievalRecallMetric: unknown qb_norm keys '
+                                       f'{sorted(unknown)}; allowed: {sorted(_QB_KEYS)}')
             bank = qb_norm['bank']
             if isinstance(bank, str) and not osp.isfile(bank):
                 raise FileNotFoundError(f'RetrievalRecallMetric: qb_norm bank file {bank!r} '

@@ -37,15 +37,18 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.datasets.transforms.video_io import VideoReadError
     from stan_mm.engine.loops import EmptyTrainDataloaderError
     from stan_mm.engine.nonfinite_hook import NonFiniteTrainingError
+    from stan_mm.errors import ConfigValueError
     from stan_mm.models.clip.builder import (CLIPArchMismatchError, CLIPArchMissingError,
                                              CLIPKeysMismatchError)
     from stan_mm.utils.checkpoint_check import CheckpointMismatchError
     # (NonFiniteTrainingError: the message names the iteration, the checkpoint to resume
-    # from and what to change; a traceback adds nothing)
+    # from and what to change; a traceback adds nothing. ConfigValueError: a config value a
+    # stan-mm class refused when it was built, the message names the argument)
     return (AnnotationError, CLIPArchMismatchError, CLIPArchMissingError, CLIPKeysMismatchError,
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
             VideoReadError, ViewsError, CommandLineError, BankMismatchError,
-            SyntheticDatasetExistsError, NonFiniteTrainingError, EmptyTrainDataloaderError)
+            SyntheticDatasetExistsError, NonFiniteTrainingError, EmptyTrainDataloaderError,
+            ConfigValueError)
 
 
 def user_path(path):
@@ -369,6 +372,119 @@ def describe(exc: BaseException) -> str:
     if filename and reason and 'Traceback' in str(exc):
         return f'cannot read video file {filename!r}: {reason}'
     return str(exc)
+
+
+def _config_paths(node, key: str, cls_names: set, prefix: str = ''):
+    """``(path, typed)`` of every dict in the config tree ``node`` that holds ``key``:
+    ``path`` the dotted key path (``model.backbone``; list items by index,
+    ``custom_hooks.0``), ``typed`` whether its ``type`` names one of ``cls_names``."""
+    if isinstance(node, Mapping):
+        if key in node:
+            kind = node.get('type')
+            name = kind.rsplit('.', 1)[-1] if isinstance(kind, str) else getattr(
+                kind, '__name__', None)
+            yield prefix, name in cls_names
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return
+    for k, v in items:
+        yield from _config_paths(v, key, cls_names, f'{prefix}.{k}' if prefix else str(k))
+
+
+def _init_arguments(cls, upto: str) -> list:
+    """The keyword arguments ``cls(...)`` takes: those of its ``__init__``, and where that
+    passes ``**kwargs`` on, those of the base classes up to the one named ``upto`` (the
+    class the TypeError names)."""
+    import inspect
+    names = []
+    for klass in getattr(cls, '__mro__', (cls, )):
+        try:
+            params = inspect.signature(klass.__init__).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in params if p.name != 'self' and p.name not in names
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if klass.__name__ == upto or not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def _var_keywords(frame) -> Optional[Mapping]:
+    """The ``**kwargs`` dict of the function running in ``frame``, or None."""
+    code = frame.f_code
+    if not code.co_flags & 0x08:                     # (inspect.CO_VARKEYWORDS)
+        return None
+    index = code.co_argcount + code.co_kwonlyargcount + (1 if code.co_flags & 0x04 else 0)
+    value = frame.f_locals.get(code.co_varnames[index])
+    return value if isinstance(value, Mapping) else None
+
+
+def unexpected_argument_error(exc: BaseException):
+    """A :class:`~stan_mm.errors.ConfigValueError` for ``exc`` when it is a misspelled or
+    unknown key of a config entry: a ``TypeError`` ``X.__init__() got an unexpected keyword
+    argument 'k'`` raised by mmengine while it built a class from the config (the call
+    that failed is in mmengine's code: its registry's ``build_from_cfg``, the runner's
+    ``DataLoader(...)``) with ``k`` a key of the config entry it was building. The message
+    names the key path (``model.backbone.detph``), the closest valid argument and the
+    arguments the class takes. Anything else (a bug of the code calling a function with a
+    wrong keyword): None, and the traceback is kept."""
+    import re
+    if type(exc) is not TypeError:
+        return None
+    match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'",
+                      str(exc))
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not match or not frames:
+        return None
+    named, key = match.groups()
+    caller = len(frames) - 1             # the frame whose call failed to bind its arguments
+    # an __init__ passing the key on in its **kwargs (I3DHead -> BaseHead): the call that
+    # built the class from the config is further out
+    while caller > 0 and frames[caller].f_code.co_name == '__init__' and key in (
+            _var_keywords(frames[caller]) or ()):
+        caller -= 1
+    caller = frames[caller]
+    mmengine_dir = os.path.dirname(sys.modules['mmengine'].__file__) \
+        if 'mmengine' in sys.modules else None
+    if not mmengine_dir or not os.path.abspath(caller.f_code.co_filename).startswith(
+            mmengine_dir + os.sep):
+        return None
+    if not any(isinstance(v, Mapping) and key in v for v in caller.f_locals.values()):
+        return None                      # (the keyword did not come from a config entry)
+    cls = next((v for v in caller.f_locals.values() if isinstance(v, type) and named in
+                (c.__name__ for c in v.__mro__)), None) or caller.f_globals.get(named)
+    cls_name = getattr(cls, '__name__', named)
+    root = None
+    config_cls = getattr(sys.modules.get('mmengine.config'), 'Config', None)
+    for frame in frames if config_cls is not None else ():
+        # the whole config: a tool's main's or Runner.from_cfg's cfg, a Runner's self.cfg
+        owner = frame.f_locals.get('self')
+        for found in (frame.f_locals.get('cfg'), owner.__dict__.get('cfg') if hasattr(
+                owner, '__dict__') else None):
+            if isinstance(found, config_cls):
+                root = dict(found.items())
+                break
+        if root is not None:
+            break
+    paths = list(_config_paths(root, key, {cls_name, named})) if root is not None else []
+    typed = [p for p, t in paths if t] or [p for p, _ in paths]
+    where = ', '.join(f'{p}.{key}' if p else key for p in typed[:3]) or repr(key)
+    args = _init_arguments(cls, named) if isinstance(cls, type) else []
+    import difflib
+    close = difflib.get_close_matches(key, args, n=1, cutoff=0.6)
+    from stan_mm.errors import ConfigValueError
+    prefix = f'{typed[0]}.' if typed and typed[0] else ''
+    return ConfigValueError(
+        f'the config sets {where}, which {cls_name} does not take'
+        + (f'; did you mean {close[0]!r}?' if close else '.')
+        + (f' {cls_name} takes: {", ".join(args)}' if args else '')
+        + (f' (fix it in the config or --cfg-options: {prefix}{close[0]}=...)' if close
+           else ' (remove it from the config or --cfg-options)'))
 
 
 #: the top-level config keys mmengine's Runner reads (Runner.from_cfg)
@@ -883,18 +999,23 @@ def run_tool(main: Callable[[], object], tool: str) -> int:
 
     The error that ends the run, a user error's line or another exception's traceback, is
     also written to the log file of the run (``<work_dir>/<timestamp>/<timestamp>.log``)
-    when ``main`` got as far as creating one (:func:`write_to_log_files`)."""
+    when ``main`` got as far as creating one (:func:`write_to_log_files`).
+
+    A config key the class it configures does not take (``TypeError ... unexpected keyword
+    argument``, :func:`unexpected_argument_error`) is such an error too, told as a
+    ``ConfigValueError`` naming the key path and the valid arguments."""
     before = logger_names()
     try:
         status = main()
     except Exception as exc:
-        if not is_user_error(exc):
+        error = exc if is_user_error(exc) else unexpected_argument_error(exc)
+        if error is None:
             import traceback
             write_to_log_files(f'{tool}: error: {type(exc).__name__}: {exc}\n'
                                + traceback.format_exc().rstrip(), exclude=before)
             raise
-        line = f'{tool}: error: {type(exc).__name__}: {describe(exc)}'
-        hint = error_hint(exc, tool)
+        line = f'{tool}: error: {type(error).__name__}: {describe(error)}'
+        hint = error_hint(error, tool)
         write_to_log_files(line + (f'\n{hint}' if hint else ''), exclude=before)
         if os.environ.get('STAN_TRACEBACK', '') not in ('', '0'):
             raise
@@ -1002,12 +1123,31 @@ def is_first_rank() -> bool:
     return True
 
 
+_CONFIG_WARNINGS: list = []   # printed by config_warning, not yet in a run's log file
+
+
 def config_warning(tool: str, message: str) -> None:
     """Print ``{tool}: warning: {message}`` to stderr on the first rank only: every process
     of a distributed run parses the config and would repeat the same warning (8 copies on
-    an 8-GPU node)."""
+    an 8-GPU node). The line is also kept until :func:`log_config_warnings` writes it to
+    the run's log file: the config is checked before the runner creates that file, and a
+    warning read on the console only is lost with the terminal."""
     if is_first_rank():
         print(f'{tool}: warning: {message}', file=sys.stderr)
+        _CONFIG_WARNINGS.append(f'{tool}: warning: {message}')
+
+
+def log_config_warnings(exclude=(), clear_only: bool = False) -> None:
+    """Write the lines :func:`config_warning` printed since the last call to the log files
+    of the loggers not in ``exclude`` (:func:`write_to_log_files`, as WARNING: the file
+    only, the console has them already), then forget them. ``clear_only``: forget them
+    unwritten (a tool starting, so that lines of an earlier call in the same process,
+    e.g. a test, are not logged by this run)."""
+    lines = list(_CONFIG_WARNINGS)
+    _CONFIG_WARNINGS.clear()
+    if not clear_only:
+        for line in lines:
+            write_to_log_files(line, 'WARNING', exclude=exclude)
 
 
 def _evaluator_entries(node):

@@ -5,6 +5,8 @@ import numpy as np
 from mmaction.registry import TRANSFORMS
 from mmcv.transforms import BaseTransform
 
+from stan_mm.errors import ConfigValueError
+
 
 def symmetric_indices(num_frames: int, clip_len: int) -> np.ndarray:
     """``clip_len`` frame indices spread from the first to the last of ``num_frames``
@@ -45,8 +47,8 @@ class SymmetricSample(BaseTransform):
 
     def __init__(self, clip_len: int) -> None:
         if not isinstance(clip_len, int) or isinstance(clip_len, bool) or clip_len < 1:
-            raise ValueError(f'SymmetricSample: clip_len must be an integer >= 1, got '
-                             f'{clip_len!r}')
+            raise ConfigValueError(f'SymmetricSample: clip_len must be an integer >= 1, got '
+                                   f'{clip_len!r}')
         self.clip_len = clip_len
 
     def transform(self, results: Dict) -> Dict:

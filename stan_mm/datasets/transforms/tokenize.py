@@ -13,6 +13,8 @@ from mmcv.transforms import BaseTransform
 
 from mmaction.registry import TRANSFORMS
 
+from stan_mm.errors import ConfigValueError
+
 MIN_CONTEXT_LENGTH = 8
 MAX_CONTEXT_LENGTH = 77  # CLIP's positional embedding length
 #: how a caption longer than the context is cut: 'eot' keeps <end_of_text> as the last
@@ -34,17 +36,17 @@ def _tokenizer():
 def _check_length(context_length) -> int:
     if isinstance(context_length, bool) or not isinstance(context_length, int) or not (
             MIN_CONTEXT_LENGTH <= context_length <= MAX_CONTEXT_LENGTH):
-        raise ValueError(f'context_length must be an int in [{MIN_CONTEXT_LENGTH}, '
-                         f'{MAX_CONTEXT_LENGTH}] (32, 64 and 77 are the usual choices), '
-                         f'got {context_length!r}')
+        raise ConfigValueError(f'context_length must be an int in [{MIN_CONTEXT_LENGTH}, '
+                               f'{MAX_CONTEXT_LENGTH}] (32, 64 and 77 are the usual choices), '
+                               f'got {context_length!r}')
     return context_length
 
 
 def _check_truncate(truncate) -> str:
     if truncate not in TRUNCATIONS:
-        raise ValueError(f'truncate must be one of {TRUNCATIONS} (\'eot\': keep '
-                         f'<end_of_text> last, CLIP\'s rule; \'slice\': the public STAN '
-                         f'reproduction\'s), got {truncate!r}')
+        raise ConfigValueError(f'truncate must be one of {TRUNCATIONS} (\'eot\': keep '
+                               f'<end_of_text> last, CLIP\'s rule; \'slice\': the public STAN '
+                               f'reproduction\'s), got {truncate!r}')
     return truncate
 
 
@@ -109,7 +111,7 @@ class CLIPBPETokenize(BaseTransform):
         out_keys = self.keys if out_keys is None else out_keys
         self.out_keys = (out_keys, ) if isinstance(out_keys, str) else tuple(out_keys)
         if len(self.out_keys) != len(self.keys):
-            raise ValueError(f'out_keys {self.out_keys} must pair up with keys {self.keys}')
+            raise ConfigValueError(f'out_keys {self.out_keys} must pair up with keys {self.keys}')
 
     def transform(self, results: dict) -> dict:
         for key, out_key in zip(self.keys, self.out_keys):

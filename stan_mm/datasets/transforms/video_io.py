@@ -56,6 +56,8 @@ from mmaction.datasets.transforms.loading import DecordDecode, DecordInit
 from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.logging import print_log
 
+from stan_mm.errors import ConfigValueError
+
 from .fast_paths import enabled_by_env, mark_owned
 
 __all__ = ['VideoReadError', 'SafeDecordInit', 'SafeDecordDecode', 'SkipUnreadable',
@@ -207,8 +209,8 @@ class SafeDecordInit(DecordInit):
         if max_seconds is not None and (
                 not isinstance(max_seconds, (int, float)) or isinstance(max_seconds, bool)
                 or not 0 < max_seconds < float('inf')):
-            raise ValueError(f'SafeDecordInit: max_seconds={max_seconds!r}; expected a '
-                             f'positive number of seconds or None (the whole video)')
+            raise ConfigValueError(f'SafeDecordInit: max_seconds={max_seconds!r}; expected a '
+                                   f'positive number of seconds or None (the whole video)')
         self.max_seconds = max_seconds
 
     def __repr__(self) -> str:
@@ -627,13 +629,13 @@ class SkipUnreadable:
     def __init__(self, dataset, max_attempts: int = 10, seed: int = 0):
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
         if getattr(self.dataset, 'test_mode', False):
-            raise ValueError('SkipUnreadable wraps training datasets only: replacing test '
-                             'samples would change evaluation results silently. Remove the '
-                             'wrapper from val/test dataloaders (they then fail naming the '
-                             'unreadable file).')
+            raise ConfigValueError('SkipUnreadable wraps training datasets only: replacing test '
+                                   'samples would change evaluation results silently. Remove the '
+                                   'wrapper from val/test dataloaders (they then fail naming the '
+                                   'unreadable file).')
         if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f'SkipUnreadable: max_attempts must be an int >= 1, got '
-                             f'{max_attempts!r}')
+            raise ConfigValueError(f'SkipUnreadable: max_attempts must be an int >= 1, got '
+                                   f'{max_attempts!r}')
         self.max_attempts = max_attempts
         self.seed = seed
         self.num_skipped = 0  # in this process only; the hook counts over all processes

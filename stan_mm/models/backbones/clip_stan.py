@@ -7,6 +7,8 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stan_mm.errors import ConfigValueError
+
 from .stan_branch import BranchEmbedding, LevelFusion, STANBranch, STANLayer
 from .stan_spatial import SpatialBlock
 from .stan_temporal import (build_temporal_module, normalize_temporal_module,
@@ -33,7 +35,8 @@ def _build_visual_tower(arch, pretrained: Optional[str], precision: str = 'fp32'
     takes the image tower of the retriever's own CLIP instead of building a second one)."""
     from stan_mm.models.clip import build_clip_vision  # lazy: avoids an import cycle
     return build_clip_vision(arch, pretrained, precision=precision, quick_gelu=quick_gelu,
-                             loaded_by='CLIPSTAN (pretrained=...)')
+                             loaded_by='CLIPSTAN (pretrained=...)',
+                             what='CLIP image tower of model.backbone')
 
 
 def _is_plain_open_clip_block(block: nn.Module) -> bool:
@@ -95,8 +98,8 @@ def check_vision_tower(visual: nn.Module) -> None:
     elif not getattr(visual.transformer, 'batch_first', True):
         problems.append('transformer is not batch_first')
     if problems:
-        raise ValueError('CLIPSTAN needs a plain CLIP ViT image tower; this one has '
-                         + ', '.join(problems))
+        raise ConfigValueError('CLIPSTAN needs a plain CLIP ViT image tower; this one has '
+                               + ', '.join(problems))
 
 
 @MODELS.register_module()
@@ -235,11 +238,11 @@ class CLIPSTAN(BaseModule):
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if input_layout not in LAYOUTS:
-            raise ValueError(f'CLIPSTAN: input_layout={input_layout!r}; expected one of '
-                             f'{LAYOUTS}')
+            raise ConfigValueError(f'CLIPSTAN: input_layout={input_layout!r}; expected one of '
+                                   f'{LAYOUTS}')
         if structure not in STRUCTURES:
-            raise ValueError(f'CLIPSTAN: structure={structure!r}; expected one of '
-                             f'{STRUCTURES}')
+            raise ConfigValueError(f'CLIPSTAN: structure={structure!r}; expected one of '
+                                   f'{STRUCTURES}')
         temporal_module = normalize_temporal_module(temporal_module)
         self.input_layout = input_layout
         self.grad_checkpointing = grad_checkpointing
@@ -259,37 +262,37 @@ class CLIPSTAN(BaseModule):
         self.depth = self._check_depth(depth)
         if (not isinstance(drop_path_rate, (int, float)) or isinstance(drop_path_rate, bool)
                 or not 0 <= drop_path_rate < 1):
-            raise ValueError(f'CLIPSTAN: drop_path_rate={drop_path_rate!r}; expected a number '
-                             f'in [0, 1) (the last STAN layer drops its residual branch with '
-                             f'this probability)')
+            raise ConfigValueError(f'CLIPSTAN: drop_path_rate={drop_path_rate!r}; expected a '
+                                   f'number in [0, 1) (the last STAN layer drops its residual '
+                                   f'branch with this probability)')
         patch_drop = getattr(getattr(self.visual, 'patch_dropout', None), 'prob', 0.)
         if self.depth > 0 and patch_drop > 0:
-            raise ValueError(f'CLIPSTAN: the CLIP arch has vision_cfg.patch_dropout='
-                             f'{patch_drop}, which drops patch tokens in training; the STAN '
-                             f'branch needs every patch of every frame. Set '
-                             f'vision_cfg.patch_dropout=0 (or use depth=0).')
+            raise ConfigValueError(f'CLIPSTAN: the CLIP arch has vision_cfg.patch_dropout='
+                                   f'{patch_drop}, which drops patch tokens in training; the STAN '
+                                   f'branch needs every patch of every frame. Set '
+                                   f'vision_cfg.patch_dropout=0 (or use depth=0).')
         self.structure = structure
         branch_levels = self._resolve_levels(levels, structure)
         if not _is_int(frozen_stages) or not -1 <= frozen_stages <= self.num_layers:
-            raise ValueError(f'CLIPSTAN: frozen_stages={frozen_stages!r}; expected an int in '
-                             f'[-1, {self.num_layers}] (-1: nothing frozen, n: embeddings '
-                             f'and the first n CLIP blocks)')
+            raise ConfigValueError(f'CLIPSTAN: frozen_stages={frozen_stages!r}; expected an int in '
+                                   f'[-1, {self.num_layers}] (-1: nothing frozen, n: embeddings '
+                                   f'and the first n CLIP blocks)')
         self.branch = None
         fuse = structure == 'branch' and multi_level
         # CLIP levels read by the branch (1-based): all K with fusion, else the first only
         self.levels = branch_levels if fuse else branch_levels[:1]
         if self.depth > 0:
             if level_proj and not fuse:
-                raise ValueError('CLIPSTAN: level_proj=True needs multi-level fusion '
-                                 "(structure='branch', multi_level=True)")
+                raise ConfigValueError('CLIPSTAN: level_proj=True needs multi-level fusion '
+                                       "(structure='branch', multi_level=True)")
             if temporal_module is None and not spatial_module:
-                raise ValueError('CLIPSTAN: temporal_module=None and spatial_module=False '
-                                 'leave the branch empty; use depth=0 for plain CLIP')
+                raise ConfigValueError('CLIPSTAN: temporal_module=None and spatial_module=False '
+                                       'leave the branch empty; use depth=0 for plain CLIP')
             ints = [('max_frames', max_frames)] + (
                 [('conv_reduction', conv_reduction)] if temporal_module == 'conv' else [])
             for name, value in ints:
                 if not _is_int(value) or value < 1:
-                    raise ValueError(f'CLIPSTAN: {name}={value!r}; expected an int >= 1')
+                    raise ConfigValueError(f'CLIPSTAN: {name}={value!r}; expected an int >= 1')
             spatial_src = branch_levels if structure == 'branch' else list(
                 range(self.num_layers - self.depth + 1, self.num_layers + 1))
             self.branch = self._build_branch(
@@ -303,12 +306,12 @@ class CLIPSTAN(BaseModule):
     # ------------------------------------------------------------------ construction
     def _reinit_pos_embed(self, std, pretrained) -> None:
         if pretrained is not None:
-            raise ValueError(
+            raise ConfigValueError(
                 'CLIPSTAN: pos_embed_init_std re-draws CLIP\'s positional embedding and would '
                 f'overwrite the pretrained one loaded from {pretrained!r}; it is meant for '
                 'training from random weights (pretrained=None). Remove one of the two.')
         if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > 0:
-            raise ValueError(f'CLIPSTAN: pos_embed_init_std={std!r}; expected a number > 0')
+            raise ConfigValueError(f'CLIPSTAN: pos_embed_init_std={std!r}; expected a number > 0')
         with torch.no_grad():
             self.visual.positional_embedding.normal_(0.0, float(std))
 
@@ -316,8 +319,8 @@ class CLIPSTAN(BaseModule):
         """Output layer of every temporal module (attn ``fc``, conv ``up``): zero (default,
         the module is the identity at init) or weights N(0, std), zero bias."""
         if not isinstance(std, (int, float)) or isinstance(std, bool) or std < 0:
-            raise ValueError(f'CLIPSTAN: temporal_out_init_std={std!r}; expected a number '
-                             '>= 0 (0: zero init, as in the paper)')
+            raise ConfigValueError(f'CLIPSTAN: temporal_out_init_std={std!r}; expected a number '
+                                   '>= 0 (0: zero init, as in the paper)')
         if not std:
             return
         for layer in self.branch.layers:
@@ -328,9 +331,9 @@ class CLIPSTAN(BaseModule):
 
     def _check_depth(self, depth) -> int:
         if not _is_int(depth) or depth < 0 or depth > self.num_layers:
-            raise ValueError(f'CLIPSTAN: depth={depth!r}; expected an int in '
-                             f'[0, {self.num_layers}] (this CLIP has {self.num_layers} '
-                             f'blocks)')
+            raise ConfigValueError(f'CLIPSTAN: depth={depth!r}; expected an int in '
+                                   f'[0, {self.num_layers}] (this CLIP has {self.num_layers} '
+                                   f'blocks)')
         return depth
 
     def _resolve_levels(self, levels, structure: str) -> List[int]:
@@ -338,8 +341,8 @@ class CLIPSTAN(BaseModule):
         L, K = self.num_layers, self.depth
         if structure == 'posterior':
             if levels is not None:
-                raise ValueError("CLIPSTAN: levels only apply to structure='branch' (the "
-                                 "posterior structure reads CLIP's last output)")
+                raise ConfigValueError("CLIPSTAN: levels only apply to structure='branch' (the "
+                                       "posterior structure reads CLIP's last output)")
             return [L] if K else []
         if levels is None:
             levels = list(range(L - K + 1, L + 1))
@@ -347,7 +350,7 @@ class CLIPSTAN(BaseModule):
         ok = (len(levels) == K and all(_is_int(v) and 1 <= v <= L for v in levels)
               and all(a < b for a, b in zip(levels, levels[1:])))
         if not ok:
-            raise ValueError(
+            raise ConfigValueError(
                 f'CLIPSTAN: levels={levels!r} is invalid; expected {K} (= depth) strictly '
                 f'increasing 1-based CLIP block indices in [1, {L}], e.g. '
                 f'{tuple(range(L - K + 1, L + 1))} for the last {K} blocks')

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stan_mm.errors import ConfigValueError
+
 
 class BranchEmbedding(nn.Module):
     """Input of the first branch layer (paper Eq. 4; public reproduction's ``input_ini``).
@@ -43,15 +45,15 @@ class BranchEmbedding(nn.Module):
                  drop_rate: float = 0., video_cls: str = 'public'):
         super().__init__()
         if max_frames < 1:
-            raise ValueError(f'max_frames must be >= 1, got {max_frames}')
+            raise ConfigValueError(f'max_frames must be >= 1, got {max_frames}')
         if video_cls not in self.VIDEO_CLS:
-            raise ValueError(f'CLIPSTAN: video_cls={video_cls!r}; expected one of '
-                             f"{self.VIDEO_CLS} ('public': the public reproduction, "
-                             f"'mean': paper Eq. 4)")
+            raise ConfigValueError(f'CLIPSTAN: video_cls={video_cls!r}; expected one of '
+                                   f"{self.VIDEO_CLS} ('public': the public reproduction, "
+                                   f"'mean': paper Eq. 4)")
         if (not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool)
                 or not 0 <= drop_rate < 1):
-            raise ValueError(f'CLIPSTAN: embed_drop_rate={drop_rate!r}; expected a number in '
-                             f'[0, 1)')
+            raise ConfigValueError(f'CLIPSTAN: embed_drop_rate={drop_rate!r}; expected a number in '
+                                   f'[0, 1)')
         self.video_cls = video_cls
         self.max_frames = max_frames
         self.interpolate_time_embed = interpolate_time_embed

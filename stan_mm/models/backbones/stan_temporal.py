@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 from torch import nn
 
+from stan_mm.errors import ConfigValueError
+
 TEMPORAL_MODULES = ('attn', 'conv', None)
 _ALIASES = {'attn': 'attn', 'selfattn': 'attn', 'self_attn': 'attn', 'conv': 'conv',
             'none': None, None: None}
@@ -24,7 +26,7 @@ def normalize_temporal_module(name) -> Optional[str]:
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _ALIASES:
-        raise ValueError(
+        raise ConfigValueError(
             f"CLIPSTAN: unknown temporal_module={name!r}; expected 'attn' (paper Eq. 8, "
             f"alias 'selfattn'), 'conv' (paper Eq. 9) or None (no cross-frame module)")
     return _ALIASES[key]
@@ -150,10 +152,10 @@ class TemporalConv(nn.Module):
                  drop_path: float = 0.):
         super().__init__()
         if dim % reduction:
-            raise ValueError(f'TemporalConv: width {dim} is not divisible by '
-                             f'reduction={reduction}')
+            raise ConfigValueError(f'TemporalConv: width {dim} is not divisible by '
+                                   f'reduction={reduction}')
         if kernel_t % 2 != 1:
-            raise ValueError(f'TemporalConv: kernel_t={kernel_t} must be odd')
+            raise ConfigValueError(f'TemporalConv: kernel_t={kernel_t} must be odd')
         hidden = dim // reduction
         self.down = nn.Linear(dim, hidden)
         self.conv = nn.Conv3d(hidden, hidden, (kernel_t, 1, 1), padding=(kernel_t // 2, 0, 0))

@@ -31,6 +31,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
+from stan_mm.errors import ConfigValueError
+
 from .hf_convert import layer_indices
 
 # OpenAI spellings of the released models -> open_clip config names (QuickGELU variants,
@@ -71,7 +73,7 @@ def normalize_arch_name(name: str) -> str:
     if open_clip.get_model_config(name) is None:
         vits = [n for n in open_clip.list_models() if _plain_vit_problem(
             open_clip.get_model_config(n)) is None]
-        raise ValueError(
+        raise ConfigValueError(
             f'Unknown CLIP arch name {name!r}. Use an OpenAI spelling '
             f'({", ".join(OPENAI_NAMES)}), one of open_clip\'s ViT CLIP configs '
             f'({", ".join(vits[:40])}{", ..." if len(vits) > 40 else ""}), '
@@ -111,8 +113,8 @@ def arch_from_name(name: str) -> Dict:
     cfg = open_clip.get_model_config(oc_name)
     problem = _plain_vit_problem(cfg)
     if problem:
-        raise ValueError(f'CLIP arch {name!r} is not supported ({problem}); STAN needs a ViT '
-                         f'CLIP such as {", ".join(OPENAI_NAMES)}.')
+        raise ConfigValueError(f'CLIP arch {name!r} is not supported ({problem}); STAN needs a ViT '
+                               f'CLIP such as {", ".join(OPENAI_NAMES)}.')
     cfg = copy.deepcopy(cfg)
     cfg.pop('quick_gelu', None)
     if arch_name_quick_gelu(name):
@@ -136,43 +138,45 @@ def validate_clip_cfg(cfg: Mapping, what: str = 'arch', vision_only: bool = Fals
         'embed_dim', 'vision_cfg', 'text_cfg')
     for key in required_top:
         if key not in cfg:
-            raise ValueError(f'{what} is missing {key!r}; a clip_cfg needs embed_dim, '
-                             f'vision_cfg {_VISION_REQUIRED} and text_cfg {_TEXT_REQUIRED}'
-                             + (' (text_cfg may be left out for the image tower alone)'
-                                if vision_only else ''))
+            raise ConfigValueError(f'{what} is missing {key!r}; a clip_cfg needs embed_dim, '
+                                   f'vision_cfg {_VISION_REQUIRED} and text_cfg {_TEXT_REQUIRED}'
+                                   + (' (text_cfg may be left out for the image tower alone)'
+                                      if vision_only else ''))
     unknown = sorted(set(cfg) - set(_TOP_KEYS))
     if unknown:
-        raise ValueError(f'{what} has unsupported keys {unknown}; allowed: {list(_TOP_KEYS)}')
+        raise ConfigValueError(f'{what} has unsupported keys {unknown}; allowed: {list(_TOP_KEYS)}')
     problem = _plain_vit_problem(cfg)
     if problem:
-        raise ValueError(f'{what} is not supported: {problem}')
+        raise ConfigValueError(f'{what} is not supported: {problem}')
     towers = (('vision_cfg', _VISION_REQUIRED, CLIPVisionCfg),
               ('text_cfg', _TEXT_REQUIRED, CLIPTextCfg))
     for sub, required, dc in (t for t in towers if t[0] in cfg):
         part = cfg[sub]
         if not isinstance(part, Mapping):
-            raise ValueError(f'{what}.{sub} must be a dict, got {type(part).__name__}')
+            raise ConfigValueError(f'{what}.{sub} must be a dict, got {type(part).__name__}')
         part = cfg[sub] = dict(part)
         missing = [k for k in required if k not in part]
         if missing:
-            raise ValueError(f'{what}.{sub} is missing {missing} (needs {list(required)})')
+            raise ConfigValueError(f'{what}.{sub} is missing {missing} (needs {list(required)})')
         allowed = set(dc.__dataclass_fields__)
         bad = sorted(set(part) - allowed)
         if bad:
-            raise ValueError(f'{what}.{sub} has unknown keys {bad}; allowed: {sorted(allowed)}')
+            raise ConfigValueError(f'{what}.{sub} has unknown keys {bad}; allowed: '
+                                   f'{sorted(allowed)}')
     v, t = cfg['vision_cfg'], cfg.get('text_cfg')
     v.setdefault('head_width', CLIP_HEAD_WIDTH)
     if v['width'] % v['head_width']:
-        raise ValueError(f'{what}.vision_cfg.width={v["width"]} is not a multiple of '
-                         f'head_width={v["head_width"]}')
+        raise ConfigValueError(f'{what}.vision_cfg.width={v["width"]} is not a multiple of '
+                               f'head_width={v["head_width"]}')
     if t is not None and t['width'] % t['heads']:
-        raise ValueError(f'{what}.text_cfg.width={t["width"]} is not a multiple of '
-                         f'heads={t["heads"]}')
+        raise ConfigValueError(f'{what}.text_cfg.width={t["width"]} is not a multiple of '
+                               f'heads={t["heads"]}')
     if v['image_size'] % v['patch_size']:
-        raise ValueError(f'{what}.vision_cfg.image_size={v["image_size"]} is not a multiple '
-                         f'of patch_size={v["patch_size"]}')
+        raise ConfigValueError(f'{what}.vision_cfg.image_size={v["image_size"]} is not a multiple '
+                               f'of patch_size={v["patch_size"]}')
     if 'quick_gelu' in cfg and not isinstance(cfg['quick_gelu'], bool):
-        raise ValueError(f'{what}.quick_gelu must be True or False, got {cfg["quick_gelu"]!r}')
+        raise ConfigValueError(f'{what}.quick_gelu must be True or False, got '
+                               f'{cfg["quick_gelu"]!r}')
     return cfg
 
 

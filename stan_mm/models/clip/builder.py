@@ -41,6 +41,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 
+from stan_mm.errors import ConfigValueError
+
 from .arch import (SHAPE_FIELDS, VISION_SHAPE_FIELDS, infer_clip_cfg, infer_clip_shapes,
                    infer_vision_cfg, infer_vision_shapes, is_vision_only_arch, resolve_arch,
                    resolve_vision_arch, shape_mismatches)
@@ -315,7 +317,8 @@ def _finish(model: torch.nn.Module, cfg: Dict, precision: str) -> torch.nn.Modul
 
 
 def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: bool = True,
-               quick_gelu: Optional[bool] = None, needed_by: Optional[str] = None):
+               quick_gelu: Optional[bool] = None, needed_by: Optional[str] = None,
+               what: str = 'CLIP'):
     """Build an ``open_clip.model.CLIP`` (ViT) and optionally load local weights.
 
     Args:
@@ -335,6 +338,10 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
         needed_by: the component that asks for the full CLIP, named in the error when
             ``pretrained`` holds only the image tower (e.g. ``'STANRetriever (its text
             tower encodes the captions)'``).
+        what: what the build line of the log (``<what> (architecture ...): random init``)
+            and the loading errors call the model: a component that builds one names its
+            own (``'CLIP text tower of model.cls_head.text_encoder'``), so that the two
+            CLIPs of one model (a recognizer's backbone and text head) are told apart.
 
     Returns:
         ``open_clip.model.CLIP`` in fp32 (unless ``precision`` says otherwise), with the
@@ -351,13 +358,13 @@ def build_clip(arch=None, pretrained=None, *, precision: str = 'fp32', strict: b
     _check_args('build_clip', arch, pretrained, precision)
     ckpt = read_clip_checkpoint(pretrained) if pretrained is not None else None
     return build_clip_from_checkpoint(ckpt, arch, precision=precision, strict=strict,
-                                      quick_gelu=quick_gelu, needed_by=needed_by)
+                                      quick_gelu=quick_gelu, needed_by=needed_by, what=what)
 
 
 def build_clip_from_checkpoint(ckpt: Optional[ClipCheckpoint], arch=None, *,
                                precision: str = 'fp32', strict: bool = True,
                                quick_gelu: Optional[bool] = None,
-                               needed_by: Optional[str] = None):
+                               needed_by: Optional[str] = None, what: str = 'CLIP'):
     """:func:`build_clip` on weights already read with :func:`read_clip_checkpoint` (or
     ``None``: random init from ``arch``), for callers that also inspect the checkpoint
     (the converter), so that the file is read once."""
@@ -365,7 +372,7 @@ def build_clip_from_checkpoint(ckpt: Optional[ClipCheckpoint], arch=None, *,
         require_text_tower(ckpt, needed_by)
     return _build_full_clip(arch, ckpt, precision, strict, quick_gelu,
                             takes=f'{needed_by or "build_clip"} takes CLIP weights with both '
-                            'towers')
+                            'towers', what=what)
 
 
 def _check_args(fn: str, arch, pretrained, precision: str) -> None:
@@ -378,14 +385,15 @@ def _check_args(fn: str, arch, pretrained, precision: str) -> None:
             'a recognizer), model.arch (STANRetriever), model.cls_head.text_encoder.arch '
             '(a text head), e.g. --cfg-options model.backbone.arch=ViT-B/16')
     if precision not in _PRECISIONS:
-        raise ValueError(f'precision must be one of {list(_PRECISIONS)}, got {precision!r}')
+        raise ConfigValueError(f'precision must be one of {list(_PRECISIONS)}, got {precision!r}')
 
 
 def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, strict: bool,
                      quick_gelu: Optional[bool], takes: str,
-                     loaded_by: Optional[str] = None):
+                     loaded_by: Optional[str] = None, what: str = 'CLIP'):
     """``build_clip`` after its checks, on weights already read (or none) that hold a text
-    tower; ``takes`` as :func:`_weights_cfg`, ``loaded_by`` as :func:`_load_weights`."""
+    tower; ``takes`` as :func:`_weights_cfg`, ``loaded_by`` as :func:`_load_weights`,
+    ``what`` as :func:`build_clip`."""
     from open_clip.model import CLIP
     arch_cfg = None
     if arch is not None:
@@ -404,7 +412,7 @@ def _build_full_clip(arch, ckpt: Optional[ClipCheckpoint], precision: str, stric
                  cast_dtype=_PRECISIONS[precision],
                  **({'init_logit_scale': cfg['init_logit_scale']}
                     if 'init_logit_scale' in cfg else {}))
-    _load_and_log(model, ckpt, desc, activation, strict, loaded_by)
+    _load_and_log(model, ckpt, desc, activation, strict, loaded_by, what=what)
     return _finish(model, cfg, precision)
 
 
@@ -460,7 +468,7 @@ def _tower_state_dict(ckpt: ClipCheckpoint) -> Dict[str, torch.Tensor]:
 
 def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
                       strict: bool = True, quick_gelu: Optional[bool] = None,
-                      loaded_by: Optional[str] = None):
+                      loaded_by: Optional[str] = None, what: str = 'CLIP image tower'):
     """Build CLIP's image tower (an open_clip ``VisionTransformer``), optionally loading
     local weights that may lack the text tower.
 
@@ -489,6 +497,7 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
         loaded_by: the component that loads the weights (e.g. ``'CLIPSTAN
             (pretrained=...)'``): named in the errors, which then do not suggest
             ``strict=False`` (the component has no such option).
+        what: as :func:`build_clip` (``'CLIP image tower of model.backbone'``).
 
     Returns:
         open_clip ``VisionTransformer``; built alone, it carries its vision clip_cfg (with
@@ -504,7 +513,7 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
         takes = (f'{loaded_by or "build_clip_vision"} takes full CLIP weights, or the '
                  'image tower alone')
         return _build_full_clip(arch, ckpt, precision, strict, quick_gelu, takes,
-                                loaded_by).visual
+                                loaded_by, what=what).visual
 
     from open_clip.model import _build_vision_tower
     if ckpt is not None and ckpt.stray_keys and strict:
@@ -536,6 +545,5 @@ def build_clip_vision(arch=None, pretrained=None, *, precision: str = 'fp32',
                 'image tower saved alone' if ckpt.bare_vision else 'no text tower')
         tower_kw = dict(state_dict=tower_sd, prefix='visual.', unexpected_in_file=ckpt.stray_keys,
                         held=f' ({held})')
-    _load_and_log(visual, ckpt, desc, activation, strict, loaded_by,
-                  what='CLIP image tower', **tower_kw)
+    _load_and_log(visual, ckpt, desc, activation, strict, loaded_by, what=what, **tower_kw)
     return _finish(visual, cfg, precision)

@@ -7,6 +7,8 @@ from torch import nn
 
 from mmaction.registry import MODELS
 
+from stan_mm.errors import ConfigValueError
+
 from .builder import build_clip, require_clip_bpe_vocab
 
 
@@ -66,7 +68,8 @@ class CLIPTextEncoder(BaseModule):
             clip_model = build_clip(
                 arch, pretrained, quick_gelu=quick_gelu,
                 needed_by='CLIPTextEncoder (the CLIP text tower, e.g. the text_encoder of '
-                'TextClassifierHead)')
+                'TextClassifierHead)',
+                what='CLIP text tower of model.cls_head.text_encoder')
             require_clip_bpe_vocab(clip_model, pretrained, 'CLIPTextEncoder')
         elif arch is not None or pretrained is not None:
             raise ValueError('pass either clip_model or arch/pretrained, not both')
@@ -93,7 +96,7 @@ class CLIPTextEncoder(BaseModule):
                             f'tower at the top level (missing {missing})')
         pool = getattr(clip, 'text_pool_type', 'argmax')
         if pool != 'argmax':
-            raise ValueError(f'text pooling {pool!r} is not supported (CLIP pools at argmax)')
+            raise ConfigValueError(f'text pooling {pool!r} is not supported (CLIP pools at argmax)')
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
         self.transformer = clip.transformer

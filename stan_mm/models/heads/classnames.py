@@ -9,6 +9,8 @@ import os.path as osp
 import re
 from typing import List, Optional, Sequence, Union
 
+from stan_mm.errors import ConfigValueError
+
 ClassNames = Union[str, Sequence[str]]
 
 
@@ -38,9 +40,9 @@ def read_classnames_file(path: str, warn_style: bool = True) -> List[str]:
         lines.pop()
     blank = [i + 1 for i, name in enumerate(lines) if not name]
     if blank:
-        raise ValueError(f'{path}: blank line(s) {blank[:10]} among the class names; every '
-                         f'line up to the last one must hold one class name (line i = label '
-                         f'i - 1)')
+        raise ConfigValueError(f'{path}: blank line(s) {blank[:10]} among the class names; every '
+                               f'line up to the last one must hold one class name (line i = label '
+                               f'i - 1)')
     return check_classnames(lines, source=path, warn_style=warn_style)
 
 
@@ -53,18 +55,18 @@ def check_classnames(names: Sequence[str], source: str = 'classnames',
     same list is checked again by the caller's next step, so that it warns once)."""
     names = list(names)
     if not names:
-        raise ValueError(f'{source}: no class names')
+        raise ConfigValueError(f'{source}: no class names')
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f'{source}: class {i} is {name!r}; expected a non-empty str')
+            raise ConfigValueError(f'{source}: class {i} is {name!r}; expected a non-empty str')
     seen = {}
     for i, name in enumerate(names):
         same = ' '.join(name.split()).lower()
         if same in seen:
             j = seen[same]
-            raise ValueError(f'{source}: class names {names[j]!r} (label {j}) and {name!r} '
-                             f'(label {i}) are the same text for CLIP\'s tokenizer (it '
-                             f'ignores case and extra spaces); class names must be unique')
+            raise ConfigValueError(f'{source}: class names {names[j]!r} (label {j}) and {name!r} '
+                                   f'(label {i}) are the same text for CLIP\'s tokenizer (it '
+                                   f'ignores case and extra spaces); class names must be unique')
         seen[same] = i
     names = [n.strip() for n in names]
     if warn_style:
@@ -129,12 +131,12 @@ def check_templates(templates: Union[str, Sequence[str]]) -> List[str]:
         templates = [templates]
     templates = list(templates)
     if not templates:
-        raise ValueError('templates: at least one prompt template is needed, e.g. '
-                         "['a video of {}.']")
+        raise ConfigValueError('templates: at least one prompt template is needed, e.g. '
+                               "['a video of {}.']")
     for t in templates:
         if not isinstance(t, str) or t.count('{}') != 1:
-            raise ValueError(f'prompt template {t!r} must be a str with exactly one "{{}}" '
-                             f'where the class name goes, e.g. "a video of {{}}."')
+            raise ConfigValueError(f'prompt template {t!r} must be a str with exactly one "{{}}" '
+                                   f'where the class name goes, e.g. "a video of {{}}."')
     return templates
 
 

@@ -10,6 +10,8 @@ from mmaction.models.heads.base import BaseHead
 from mmaction.registry import MODELS
 from torch import nn
 
+from stan_mm.errors import ConfigValueError
+
 from ..losses import autocast_off, learned_logit_scale
 from .classnames import ClassNames, build_prompts, check_templates, load_classnames
 
@@ -139,13 +141,14 @@ class TextClassifierHead(BaseHead):
                  **kwargs) -> None:
         names = load_classnames(classnames, warn_style=False)   # set_classnames warns
         if num_classes is not None and num_classes != len(names):
-            raise ValueError(f'TextClassifierHead: num_classes={num_classes} but '
-                             f'{len(names)} class names were given ({_describe(classnames)})'
-                             f'; drop num_classes or fix the class list')
+            raise ConfigValueError(f'TextClassifierHead: num_classes={num_classes} but '
+                                   f'{len(names)} class names were given ({_describe(classnames)})'
+                                   f'; drop num_classes or fix the class list')
         super().__init__(len(names), in_channels, loss_cls=loss_cls,
                          average_clips=average_clips, init_cfg=init_cfg, **kwargs)
         if not temperature > 0:
-            raise ValueError(f'TextClassifierHead: temperature must be > 0, got {temperature}')
+            raise ConfigValueError(f'TextClassifierHead: temperature must be > 0, got '
+                                   f'{temperature}')
         self.templates = check_templates(templates)
         self.context_length = context_length
         self.finetune_text = finetune_text
@@ -153,10 +156,10 @@ class TextClassifierHead(BaseHead):
         self.text_encoder = self._build_text_encoder(text_encoder, finetune_text)
         out_dim = getattr(self.text_encoder, 'embed_dim', None)
         if out_dim is not None and out_dim != in_channels:
-            raise ValueError(f'TextClassifierHead: in_channels={in_channels} but the text '
-                             f'encoder outputs {out_dim}-d embeddings; use the text tower of '
-                             f'the same CLIP as the backbone (model.cls_head.text_encoder '
-                             f'arch/pretrained) and its width as model.cls_head.in_channels')
+            raise ConfigValueError(f'TextClassifierHead: in_channels={in_channels} but the text '
+                                   f'encoder outputs {out_dim}-d embeddings; use the text tower of '
+                                   f'the same CLIP as the backbone (model.cls_head.text_encoder '
+                                   f'arch/pretrained) and its width as model.cls_head.in_channels')
         self.dropout = nn.Dropout(dropout_ratio) if dropout_ratio > 0 else None
 
         self.learnable_temperature = learnable_temperature
@@ -165,8 +168,8 @@ class TextClassifierHead(BaseHead):
         init = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             if 1.0 / temperature > max_logit_scale:
-                raise ValueError(f'TextClassifierHead: 1 / temperature = {1 / temperature:g} '
-                                 f'exceeds max_logit_scale={max_logit_scale:g}')
+                raise ConfigValueError(f'TextClassifierHead: 1 / temperature = {1 / temperature:g} '
+                                       f'exceeds max_logit_scale={max_logit_scale:g}')
             self.logit_scale = nn.Parameter(init)
         else:
             self.register_buffer('logit_scale', init, persistent=False)
@@ -190,8 +193,8 @@ class TextClassifierHead(BaseHead):
         cfg = dict(cfg)
         frozen = cfg.setdefault('frozen', not finetune_text)
         if frozen == finetune_text:
-            raise ValueError(f'TextClassifierHead: text_encoder.frozen={frozen} contradicts '
-                             f'finetune_text={finetune_text}; set only finetune_text')
+            raise ConfigValueError(f'TextClassifierHead: text_encoder.frozen={frozen} contradicts '
+                                   f'finetune_text={finetune_text}; set only finetune_text')
         return MODELS.build(cfg)
 
     def set_classnames(self, classnames: ClassNames, source: Optional[str] = None,
@@ -234,10 +237,10 @@ class TextClassifierHead(BaseHead):
                               prompts[c * m:(c + 1) * m])
                 why = (f'the cut to context_length={self.context_length}' if was_cut else
                        'CLIP\'s text cleaning (case, spaces, quotes, HTML entities)')
-                raise ValueError(f'TextClassifierHead: class names {names[j]!r} (label {j}) '
-                                 f'and {names[c]!r} (label {c}) give identical tokens after '
-                                 f'{why}; the classes need names CLIP can tell apart'
-                                 + (', or a larger context_length' if was_cut else ''))
+                raise ConfigValueError(f'TextClassifierHead: class names {names[j]!r} (label {j}) '
+                                       f'and {names[c]!r} (label {c}) give identical tokens after '
+                                       f'{why}; the classes need names CLIP can tell apart'
+                                       + (', or a larger context_length' if was_cut else ''))
             seen[key] = c
         self._tokens = tokens
         self.classnames = names

@@ -11,6 +11,8 @@ from torch import nn
 
 from mmaction.registry import MODELS
 
+from stan_mm.errors import ConfigValueError
+
 from .gather import all_gather_no_grad, all_gather_with_grad, gather_sizes
 
 DUPLICATE_MODES = ('mask', 'keep')
@@ -87,8 +89,8 @@ class SymmetricInfoNCELoss(nn.Module):
                  loss_weight: float = 1.0) -> None:
         super().__init__()
         if duplicate_videos not in DUPLICATE_MODES:
-            raise ValueError(f'SymmetricInfoNCELoss: duplicate_videos={duplicate_videos!r}; '
-                             f'expected one of {DUPLICATE_MODES}')
+            raise ConfigValueError(f'SymmetricInfoNCELoss: duplicate_videos={duplicate_videos!r}; '
+                                   f'expected one of {DUPLICATE_MODES}')
         self.gather = gather
         self.duplicate_videos = duplicate_videos
         self.loss_weight = float(loss_weight)

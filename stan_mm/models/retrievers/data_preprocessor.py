@@ -13,6 +13,8 @@ from mmengine.model import BaseDataPreprocessor
 
 from mmaction.registry import MODELS
 
+from stan_mm.errors import ConfigValueError
+
 #: CLIP's normalization in 0..255 pixel units (RGB)
 CLIP_MEAN = (122.771, 116.746, 104.093)
 CLIP_STD = (68.500, 66.632, 70.323)
@@ -45,8 +47,8 @@ class RetrievalDataPreprocessor(BaseDataPreprocessor):
                  non_blocking: bool = False) -> None:
         super().__init__(non_blocking=non_blocking)
         if len(mean) != len(std):
-            raise ValueError(f'RetrievalDataPreprocessor: mean {mean} and std {std} must '
-                             'have one value per channel')
+            raise ConfigValueError(f'RetrievalDataPreprocessor: mean {mean} and std {std} must '
+                                   'have one value per channel')
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
                              False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1),

@@ -13,6 +13,8 @@ from torch import nn
 
 from mmaction.registry import MODELS
 
+from stan_mm.errors import ConfigValueError
+
 from ..backbones import CLIPSTAN
 from ..clip import CLIPTextEncoder, build_clip, require_clip_bpe_vocab
 from ..losses import SymmetricInfoNCELoss, learned_logit_scale
@@ -50,12 +52,12 @@ def build_video_tower(cfg: dict, clip: nn.Module, pretrained: Optional[str] = No
     copied from it)."""
     cfg = dict(cfg)
     if cfg.get('input_layout', 'auto') not in ('NTCHW', 'auto'):
-        raise ValueError(
+        raise ConfigValueError(
             f"STANRetriever: backbone.input_layout={cfg['input_layout']!r}; the retrieval "
             f"data preprocessor gives [N, T, C, H, W] clips: use 'NTCHW' (with 3 frames "
             f"'NCTHW' would silently swap time and colour)")
     if cfg.get('pos_embed_init_std') is not None and pretrained is not None:
-        raise ValueError(
+        raise ConfigValueError(
             "STANRetriever: backbone.pos_embed_init_std re-draws CLIP's positional embedding "
             f'and would overwrite the pretrained one loaded from {pretrained!r}; it is meant '
             'for training from random weights (pretrained=None). Remove one of the two.')
@@ -65,12 +67,24 @@ def build_video_tower(cfg: dict, clip: nn.Module, pretrained: Optional[str] = No
                         f'{cls!r}')
     given = [k for k in _BACKBONE_OWNED if cfg.get(k) is not None]
     if given:
-        raise ValueError(f'STANRetriever: backbone={given} must not be set in the backbone '
-                         'config: both towers come from ONE CLIP built by STANRetriever('
-                         'arch=..., pretrained=..., precision=..., quick_gelu=...)')
+        raise ConfigValueError(f'STANRetriever: backbone={given} must not be set in the backbone '
+                               'config: both towers come from ONE CLIP built by STANRetriever('
+                               'arch=..., pretrained=..., precision=..., quick_gelu=...)')
     for k in _BACKBONE_OWNED:
         cfg.pop(k, None)
-    if 'clip_model' in inspect.signature(cls.__init__).parameters:
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in cfg if k not in params or k == 'self']
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        # (a misspelled key would end in Python's TypeError and a traceback)
+        import difflib
+        valid = [p for p in params if p not in ('self', 'init_cfg') + _BACKBONE_OWNED]
+        close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.6)
+        raise ConfigValueError(
+            f'STANRetriever: the config sets model.backbone.{unknown[0]}, which '
+            f'{cls.__name__} does not take' + (f'; did you mean {close[0]!r}?' if close else '.')
+            + f' The backbone takes: {", ".join(valid)} (arch, pretrained, precision and '
+            f'quick_gelu are STANRetriever arguments)')
+    if 'clip_model' in params:
         tower = cls(arch=None, pretrained=None, clip_model=clip, **cfg)
     else:
         with _reuse_clip_visual(clip):
@@ -89,9 +103,9 @@ def build_text_tower(cfg: Optional[dict], clip: nn.Module) -> CLIPTextEncoder:
         raise TypeError(f'STANRetriever: text_backbone type must be CLIPTextEncoder, got {typ!r}')
     unknown = set(cfg) - set(_TEXT_OPTIONS)
     if unknown:
-        raise ValueError(f'STANRetriever: text_backbone keys {sorted(unknown)} are not '
-                         f'supported; allowed: {list(_TEXT_OPTIONS)} (arch/pretrained are '
-                         'STANRetriever arguments: both towers share one CLIP)')
+        raise ConfigValueError(f'STANRetriever: text_backbone keys {sorted(unknown)} are not '
+                               f'supported; allowed: {list(_TEXT_OPTIONS)} (arch/pretrained are '
+                               'STANRetriever arguments: both towers share one CLIP)')
     return CLIPTextEncoder.from_clip(clip, **cfg)
 
 
@@ -191,15 +205,15 @@ class STANRetriever(BaseModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if not learnable_temperature and not (isinstance(temperature, (int, float))
                                               and temperature > 0):
-            raise ValueError(f'STANRetriever: temperature must be a positive number, got '
-                             f'{temperature!r}')
+            raise ConfigValueError(f'STANRetriever: temperature must be a positive number, got '
+                                   f'{temperature!r}')
         if learnable_temperature and not (isinstance(max_logit_scale, (int, float))
                                           and max_logit_scale > 0):
-            raise ValueError(f'STANRetriever: max_logit_scale must be a positive number, got '
-                             f'{max_logit_scale!r}')
+            raise ConfigValueError(f'STANRetriever: max_logit_scale must be a positive number, got '
+                                   f'{max_logit_scale!r}')
         if text_chunk_size is not None and text_chunk_size < 1:
-            raise ValueError(f'STANRetriever: text_chunk_size must be >= 1 or None, got '
-                             f'{text_chunk_size}')
+            raise ConfigValueError(f'STANRetriever: text_chunk_size must be >= 1 or None, got '
+                                   f'{text_chunk_size}')
 
         clip = build_clip(arch, pretrained, precision=precision, quick_gelu=quick_gelu,
                           needed_by='STANRetriever (its text tower encodes the captions)')
