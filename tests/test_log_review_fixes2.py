@@ -283,13 +283,7 @@ def test_synthetic_generation_progress_redirected(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ C: optimizer lines
-def _recognizer():
-    init_default_scope('mmaction')
-    torch.manual_seed(0)
-    return MODELS.build(dict(
-        type='Recognizer3D',
-        backbone=dict(type='CLIPSTAN', arch=tiny_clip_cfg(), depth=2),
-        cls_head=dict(type='I3DHead', num_classes=3, in_channels=32)))
+from test_logging_review_fixes import _recognizer  # noqa: E402
 
 
 def test_stan_constructor_logs_groups_not_every_tensor(current_log):

@@ -10,6 +10,8 @@
    reported.
 """
 import logging
+import os.path as osp
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +22,9 @@ from mmengine.runner import IterBasedTrainLoop
 
 from stan_mm.datasets.transforms import clip_randaugment as RA
 from stan_mm.engine.skip_hook import INFO_EPOCH, INFO_TOTAL, SkippedVideosHook
+
+sys.path.insert(0, osp.dirname(__file__))
+from test_robust_video import _Hub  # noqa: E402
 
 
 # ------------------------------------------------------------------ 1. map caches
@@ -70,17 +75,6 @@ def test_transform_output_is_unchanged_across_sizes():
 
 
 # ------------------------------------------------------------------ 2. skip hook
-class _Hub:
-    def __init__(self):
-        self.info = {}
-
-    def get_info(self, key, default=None):
-        return self.info.get(key, default)
-
-    def update_info(self, key, value):
-        self.info[key] = value
-
-
 class _Runner:
     def __init__(self, iteration_based=False):
         self.epoch, self.iter, self.message_hub = 0, 0, _Hub()

@@ -17,6 +17,7 @@ message is untouched.
 """
 import contextlib
 import logging
+from typing import Callable, Optional
 
 #: the beginnings of the two messages dropped
 DROPPED = ('"FileClient" will be deprecated in future.',
@@ -24,22 +25,32 @@ DROPPED = ('"FileClient" will be deprecated in future.',
 
 
 @contextlib.contextmanager
-def quiet_file_client():
-    """Drop the :data:`DROPPED` messages of ``mmengine.fileio.file_client`` inside the
-    ``with`` block (its module-level ``print_log`` is swapped, and restored after)."""
-    from mmengine.fileio import file_client as fc
-    previous = fc.print_log
+def rewritten_print_log(module, rewrite: Callable[[object, int], Optional[int]]):
+    """Inside the ``with`` block, every message ``module`` logs through its module-level
+    ``print_log`` goes to ``rewrite(msg, level)``, which returns the level to log it at,
+    or None to drop it; the previous ``print_log`` is restored afterwards, also on an
+    error. (Swaps a module global: not for threads that log through ``module`` at the
+    same time.)"""
+    previous = module.print_log
 
-    def filtered_print_log(msg, logger=None, level=logging.INFO):
-        if isinstance(msg, str) and msg.startswith(DROPPED):
-            return
-        previous(msg, logger=logger, level=level)
+    def rewriting_print_log(msg, logger=None, level=logging.INFO):
+        level = rewrite(msg, level)
+        if level is not None:
+            previous(msg, logger=logger, level=level)
 
-    fc.print_log = filtered_print_log
+    module.print_log = rewriting_print_log
     try:
         yield
     finally:
-        fc.print_log = previous
+        module.print_log = previous
+
+
+def quiet_file_client():
+    """Drop the :data:`DROPPED` messages of ``mmengine.fileio.file_client`` inside the
+    ``with`` block."""
+    from mmengine.fileio import file_client as fc
+    return rewritten_print_log(fc, lambda msg, level: None if isinstance(msg, str) and
+                               msg.startswith(DROPPED) else level)
 
 
 def apply_fileclient_log_fix() -> None:

@@ -47,7 +47,6 @@ kill came before the resumable checkpoint was rewritten, the newer) stays on dis
 import contextlib
 import difflib
 import errno
-import functools
 import inspect
 import os
 import os.path as osp
@@ -64,6 +63,7 @@ from mmaction.registry import HOOKS
 
 from stan_mm.utils.cli import CommandLineError
 
+from .loop_exit import on_train_loop_exit
 from .nonfinite_hook import NonFiniteTrainingError, any_rank, nonfinite_parameters, \
     resume_advice
 
@@ -355,21 +355,7 @@ class AtomicCheckpointHook(CheckpointHook):
         failed run must not keep this process holding the work dir (a second run started
         from another thread of it, a notebook's, would be refused until it exits)."""
         super().before_run(runner)
-        from mmengine.runner import BaseLoop
-        loop = getattr(runner, '_train_loop', None)
-        if not isinstance(loop, BaseLoop) or getattr(loop.run, '_stan_mm_ckpt_lock', False):
-            return
-        original = loop.run
-
-        @functools.wraps(original)
-        def run(*args, **kwargs):
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self._release_folders()
-
-        run._stan_mm_ckpt_lock = True
-        loop.run = run
+        on_train_loop_exit(runner, '_stan_mm_ckpt_lock', self._release_folders)
 
     def after_run(self, runner) -> None:
         super().after_run(runner)

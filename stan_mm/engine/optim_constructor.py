@@ -30,7 +30,6 @@ parameter tensor (``paramwise_options -- backbone.branch.layers.3.mlp.c_proj.bia
 (``log_level='DEBUG'`` shows them) and instead one INFO line per distinct (lr, weight
 decay) of the optimizer: its tensors, parameters and the modules they belong to.
 """
-import contextlib
 import logging
 from collections import Counter, OrderedDict
 from typing import Dict, List, Optional, Union
@@ -51,24 +50,15 @@ NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 _PARAMWISE = 'paramwise_options -- '
 
 
-@contextlib.contextmanager
 def _paramwise_lines_at_debug():
     """While the optimizer is built: mmengine's per-tensor ``paramwise_options -- ...``
     lines (``print_log`` of its default constructor's module) at DEBUG instead of INFO;
     its other messages as they are. Restored afterwards, also on an error."""
     from mmengine.optim.optimizer import default_constructor as dc
-    previous = dc.print_log
 
-    def demoting_print_log(msg, logger=None, level=logging.INFO):
-        if isinstance(msg, str) and msg.startswith(_PARAMWISE):
-            level = logging.DEBUG
-        previous(msg, logger=logger, level=level)
-
-    dc.print_log = demoting_print_log
-    try:
-        yield
-    finally:
-        dc.print_log = previous
+    from stan_mm.compat.fileclient_log import rewritten_print_log
+    return rewritten_print_log(dc, lambda msg, level: logging.DEBUG if isinstance(
+        msg, str) and msg.startswith(_PARAMWISE) else level)
 
 
 def _count(numel: int) -> str:

@@ -339,21 +339,8 @@ class PreemptionHook(Hook):
         """The handlers go when the training loop returns or raises (mmengine calls
         ``after_run`` only after a run that returned): a run that failed must not leave a
         process that ignores SIGTERM."""
-        from mmengine.runner import BaseLoop
-        loop = getattr(runner, '_train_loop', None)
-        if not isinstance(loop, BaseLoop) or getattr(loop.run, '_stan_mm_preemption', False):
-            return
-        original = loop.run
-
-        @functools.wraps(original)
-        def run(*args, **kwargs):
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self._uninstall()
-
-        run._stan_mm_preemption = True
-        loop.run = run
+        from .loop_exit import on_train_loop_exit
+        on_train_loop_exit(runner, '_stan_mm_preemption', self._uninstall)
 
     def before_train(self, runner) -> None:
         self._received = 0
