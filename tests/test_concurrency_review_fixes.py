@@ -391,3 +391,90 @@ def test_extraction_removes_the_temporary_files_a_killed_run_left(tmp_path, monk
     assert held == [True]
     assert sorted(os.listdir(out)) == ['notes.tmp.npy', 'sim.npy.tmp']
     assert len(logs) == 3 and any(str(out / 'sim.npy.tmp.npy') in m for m in logs), logs
+
+
+# ------------------------------------------------------------------ 4. clip_to_mm in place
+def _no_swap(monkeypatch, how):
+    """Make the swap of the output folder impossible: ``replace_folder`` raises EBUSY (a
+    mount point), or no folder can be created beside OUT (a read-only parent)."""
+    import tempfile
+    from stan_mm.engine import checkpoint_hook
+    if how == 'mount point':
+        def replace_folder(tmp, out_dir):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), out_dir)
+        monkeypatch.setattr(checkpoint_hook, 'replace_folder', replace_folder)
+    else:
+        real = tempfile.mkdtemp
+
+        def mkdtemp(*args, prefix=None, **kwargs):
+            if prefix and prefix.startswith('.clip.'):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real(*args, prefix=prefix, **kwargs)
+        monkeypatch.setattr(tempfile, 'mkdtemp', mkdtemp)
+
+
+@pytest.mark.parametrize('how', ['mount point', 'read-only parent'])
+def test_an_output_folder_that_cannot_be_swapped_is_written_in_place(two_clips, tmp_path,
+                                                                     monkeypatch, how):
+    """OUT a mount point (EBUSY) or in a read-only parent: the new model is written inside
+    OUT over an earlier output of another model (it used to fail), with nothing else left
+    in or beside it, and files the group can read."""
+    out = tmp_path / 'clip'
+    _convert(two_clips, 'old', out)
+    _no_swap(monkeypatch, how)
+    _convert(two_clips, 'new', out)
+    monkeypatch.undo()
+    _assert_is(two_clips, 'new', out)
+    assert sorted(os.listdir(out)) == sorted(DIR_FILES)
+    assert sorted(os.listdir(tmp_path)) == ['clip']
+    from stan_mm.engine.checkpoint_hook import _umask
+    for name in DIR_FILES:
+        assert os.stat(out / name).st_mode & 0o777 == 0o666 & ~_umask(), name
+
+
+def test_a_failure_in_place_leaves_no_weights_beside_the_old_config(two_clips, tmp_path,
+                                                                    monkeypatch):
+    """Renaming the new weights into place fails (the last step): the folder is left
+    without weights (the loader fails loudly), with the temporary files removed, not
+    with the old weights beside the new config."""
+    out = tmp_path / 'clip'
+    _convert(two_clips, 'old', out)
+    _no_swap(monkeypatch, 'mount point')
+    real = os.replace
+
+    def replace(a, b):
+        if str(a).endswith(DIR_FILES[1] + '.tmp'):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(a, b)
+    monkeypatch.setattr(os, 'replace', replace)
+    with pytest.raises(OSError, match='may now hold no weights'):
+        _convert(two_clips, 'new', out)
+    monkeypatch.undo()
+    assert sorted(os.listdir(out)) == [DIR_FILES[0]]
+
+
+def test_a_folder_output_is_readable_by_the_group(two_clips, tmp_path):
+    """Both files of a folder output get 0o666 less the umask (safetensors made 0600)."""
+    from stan_mm.engine.checkpoint_hook import _umask
+    out = tmp_path / 'clip'
+    _convert(two_clips, 'old', out)
+    for name in DIR_FILES:
+        assert os.stat(out / name).st_mode & 0o777 == 0o666 & ~_umask(), name
+
+
+def test_a_single_file_output_removes_what_killed_conversions_left(two_clips, tmp_path):
+    """A killed .pth conversion leaves .clip.pth.XXXXXXXX.tmp (the whole model): the next
+    conversion removes those unchanged for 10 minutes and names them, and keeps a fresh
+    one (being written) and other names."""
+    out = tmp_path / 'clip.pth'
+    stale, fresh = tmp_path / '.clip.pth.ab_12XYZ.tmp', tmp_path / '.clip.pth.cd34efgh.tmp'
+    other = tmp_path / '.clip.pth.toolongname.tmp'
+    for path in (stale, fresh, other):
+        path.write_bytes(b'part')
+    old = os.path.getmtime(stale) - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    report = _convert(two_clips, 'old', out)
+    assert report.removed_leftovers == [str(stale)]
+    assert str(stale) in report.format()
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, fresh.name, other.name])

@@ -48,6 +48,19 @@ def test_geometric_caches_stay_under_their_byte_budget():
                                   first)
 
 
+def test_the_budget_can_be_changed_at_run_time(monkeypatch):
+    RA._remap_maps.cache_clear()
+    RA._nearest_source.cache_clear()
+    one = RA._remap_maps('ShearY', 0.2, 224, 224, 'nearest')[0].nbytes      # ~0.2 MB
+    monkeypatch.setattr(RA, 'CACHE_BYTES', 2 * one + 1)
+    for mag in (0.1, 0.2, 0.3, 0.25):
+        RA._remap_maps('ShearY', mag, 224, 224, 'nearest')
+    assert RA._remap_maps.cache_len() == 2
+    assert RA._remap_maps.cache_bytes() <= 2 * one + 1
+    RA._remap_maps.cache_clear()
+    RA._nearest_source.cache_clear()
+
+
 def test_an_entry_over_the_budget_is_not_kept():
     cache_fn = RA._bytes_lru(1000)(lambda n: np.zeros(n, np.uint8))
     big = cache_fn(2000)

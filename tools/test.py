@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import os.path as osp
+import re
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
@@ -266,14 +267,18 @@ def results_summary(metrics, acc_prefixes=('acc', ), retrieval_prefixes=('retrie
         return '' if prefix == default else f'[{prefix}] '
     parts = []
     for prefix in dict.fromkeys(acc_prefixes):
-        top1, top5, mean1 = (value(prefix, k) for k in ('top1', 'top5', 'mean1'))
-        if top1 is None:
-            continue
-        text = (f'top-1 / top-5: {100 * top1:.1f} / {100 * top5:.1f} %' if top5 is not None
-                else f'top-1: {100 * top1:.1f} %')
+        # every top-k the metric reports (topk=(1, 3): top-1 / top-3), then mean class acc.
+        ks = sorted(int(m.group(1)) for key in metrics
+                    if (m := re.fullmatch(re.escape(f'{prefix}/top') + r'(\d+)', key)))
+        mean1 = value(prefix, 'mean1')
+        texts = []
+        if ks:
+            texts.append(' / '.join(f'top-{k}' for k in ks) + ': ' + ' / '.join(
+                f'{100 * value(prefix, f"top{k}"):.1f}' for k in ks) + ' %')
         if mean1 is not None:
-            text += f', mean class accuracy {100 * mean1:.1f} %'
-        parts.append(label(prefix, 'acc') + text)
+            texts.append(f'mean class accuracy {100 * mean1:.1f} %')
+        if texts:
+            parts.append(label(prefix, 'acc') + ', '.join(texts))
     for prefix in dict.fromkeys(retrieval_prefixes):
         for direction in ('t2v', 'v2t'):
             values = [value(prefix, f'{direction}_{k}') for k in _RANKS]

@@ -21,7 +21,11 @@ disk) never leaves the new weights beside the previous output's config. A folder
 written as ``.OUT.tmp-XXXXXXXX`` beside ``OUT`` and renamed to ``OUT`` (the previous one
 goes aside as ``.OUT.old-XXXXXXXX`` until then); a kill between those renames leaves
 ``OUT`` missing and both folders beside it, which the next conversion into ``OUT``
-removes once it has written its own (the report names them).
+removes once it has written its own (the report names them). An ``OUT`` that cannot be
+swapped (a mount point, a folder in a read-only parent) is written in place instead, in an
+order that leaves it without weights, never mixed, after a kill (:func:`_write_in_place`).
+A killed ``.pth`` conversion leaves its full-size temporary file beside ``OUT``; the next
+one removes those older than 10 minutes (the report names them).
 
 Both are CLIP weights: use them as ``pretrained=`` (``CLIPSTAN``, ``STANRetriever``,
 ``CLIPTextEncoder``), not as ``load_from``: the STAN branch's spatial blocks are copies of
@@ -33,10 +37,12 @@ text users refuse it: the report warns and names ``CLIPSTAN`` alone.
 import contextlib
 import errno
 import json
+import logging
 import os
 import os.path as osp
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -69,7 +75,8 @@ class ClipExportReport:
     load_note: str = ''
     arch_hint: Union[str, Dict, None] = None
     warnings: List[str] = field(default_factory=list)
-    #: folders an interrupted conversion into ``out`` left beside it, removed by this one
+    #: folders (or, for a ``.pth``, temporary files) that interrupted conversions into
+    #: ``out`` left beside it, removed by this one
     removed_leftovers: List[str] = field(default_factory=list)
 
     def format(self) -> str:
@@ -159,25 +166,67 @@ def _arch_hint(cfg: Dict, same: List[str]):
     return cfg
 
 
-def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> None:
+def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> List[str]:
     """Write ``out`` (``fmt`` ``'pth'`` or ``'dir'``) so that a reader finds the previous
     output or the new one complete, never a part or a mix: the single file through
     :func:`~stan_mm.engine.checkpoint_hook.atomic_write_bytes`, the folder through
     :func:`_write_dir`. A failed write leaves ``out`` as it was and no temporary file; a
-    full disk is an ``OSError`` naming the file."""
+    full disk is an ``OSError`` naming the file. Returns the temporary files of killed
+    ``.pth`` conversions it removed (:func:`_remove_stale_pth_tmps`)."""
     if fmt == 'pth':
         import io
         from stan_mm.engine.checkpoint_hook import atomic_write_bytes
         buf = io.BytesIO()   # (mmengine saves checkpoints the same way)
         torch.save({'state_dict': sd, 'meta': meta}, buf)
         atomic_write_bytes(buf.getbuffer(), out)
-        return
+        return _remove_stale_pth_tmps(out)
     _write_dir(sd, meta, out)
+    return []
+
+
+#: age (seconds) after which a ``.<name>.XXXXXXXX.tmp`` beside a ``.pth`` output counts as
+#: left by a killed conversion: one still being written keeps getting newer
+_STALE_TMP_AGE_S = 600
+
+
+def _remove_stale_pth_tmps(out: str) -> List[str]:
+    """Delete the temporary files that killed conversions into ``out`` (a ``.pth``) left
+    beside its real path: named exactly ``.<name>.<8 chars>.tmp`` (``atomic_write_bytes``'
+    ``mkstemp``) and unchanged for :data:`_STALE_TMP_AGE_S`. Each is a full-size copy of
+    the model (1.7 GB for ViT-L) that nothing else removes. Returns the removed paths."""
+    import time
+    target = osp.realpath(out)
+    folder, name = osp.split(target)
+    pattern = re.compile(r'\.' + re.escape(name) + r'\.[A-Za-z0-9_]{8}\.tmp')
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed, now = [], time.time()
+    for entry in entries:
+        if not pattern.fullmatch(entry):
+            continue
+        path = osp.join(folder, entry)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < _STALE_TMP_AGE_S:
+                continue
+            os.remove(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 #: the temporary folders beside ``OUT``: one being written, and the previous ``OUT``
 #: renamed aside while the new one takes its name (both left by a kill at the wrong time)
 _LEFTOVER_KINDS = ('tmp', 'old')
+
+
+#: errors of ``replace_folder`` after which ``out`` is written in place
+#: (:func:`_write_in_place`): a mount point (EBUSY), another file system (EXDEV), a folder
+#: that may not be renamed (EPERM, EACCES; a sticky or read-only parent)
+_IN_PLACE_ERRNOS = (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES)
 
 
 def _write_dir(sd: Dict[str, torch.Tensor], meta: Dict, out: str) -> None:
@@ -188,42 +237,106 @@ def _write_dir(sd: Dict[str, torch.Tensor], meta: Dict, out: str) -> None:
     weights with the previous output's config, which the loader then used silently (the
     wrong activation). A symlink ``out`` is kept: the folder it names is replaced. While
     the new folder is written this process holds a lock on it, so that
-    :func:`_remove_leftovers` of another conversion leaves it alone."""
+    :func:`_remove_leftovers` of another conversion leaves it alone.
+
+    Where ``out`` is an existing folder that cannot be swapped (a mount point: Docker bind
+    mount, tmpfs; a pre-created folder in a read-only parent), the files are written
+    inside it instead (:func:`_write_in_place`), as versions before the swap did."""
     from stan_mm.engine.checkpoint_hook import _umask, fsync_folder, replace_folder
     parent, name = osp.split(_target(out))
     target = osp.join(parent, name)
     os.makedirs(parent, exist_ok=True)
+    mode = os.stat(target).st_mode & 0o7777 if osp.isdir(target) else 0o777 & ~_umask()
     try:
-        mode = os.stat(target).st_mode & 0o7777 if osp.isdir(target) else 0o777 & ~_umask()
         tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
     except OSError as e:
+        if osp.isdir(target) and os.access(target, os.W_OK | os.X_OK):
+            _write_in_place(sd, meta, out, target, f'cannot create a folder in {parent} ({e})')
+            return
         raise OSError(e.errno, f'{e.strerror}: cannot create a folder in {parent}, where '
                       f'{out} is written first (then renamed to {out}); make {parent} '
                       f'writable') from e
     lock = _hold_folder(tmp)
+    swap_error = None
     try:
         os.chmod(tmp, mode)   # (mkdtemp's 0700 would hide the model from the group)
-        weights = osp.join(tmp, 'open_clip_model.safetensors')
-        with _naming_the_file(out, weights):
-            from safetensors.torch import save_file
-            save_file(sd, weights, metadata={'converter': CONVERTER})
-            _fsync_file(weights)
-        config = osp.join(tmp, 'open_clip_config.json')
-        with _naming_the_file(out, config):
-            with open(config, 'w') as f:
-                json.dump({'model_cfg': meta['clip_cfg'], 'stan_mm': {
-                    k: v for k, v in meta.items() if k != 'clip_cfg'}}, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
+        _write_files(sd, meta, out, osp.join(tmp, DIR_FILES[1]), osp.join(tmp, DIR_FILES[0]))
         fsync_folder(tmp)
         check_output(out, 'dir')   # (again: files may have been put there meanwhile)
-        replace_folder(tmp, target)
+        try:
+            replace_folder(tmp, target)
+        except OSError as e:
+            if e.errno not in _IN_PLACE_ERRNOS or not osp.isdir(target):
+                raise
+            swap_error = e
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         if lock is not None:
             os.close(lock)
+    if swap_error is not None:
+        _write_in_place(sd, meta, out, target, f'cannot rename {target} ({swap_error})')
+
+
+def _write_files(sd: Dict[str, torch.Tensor], meta: Dict, out: str, weights: str,
+                 config: str) -> None:
+    """Write the weights and the config of a folder output ``out`` to the paths
+    ``weights`` and ``config``, fsync'ed and with mode ``0o666`` less the umask (what
+    ``open`` gives; safetensors makes its file 0600, which hid the model from the group)."""
+    from safetensors.torch import save_file
+    from stan_mm.engine.checkpoint_hook import _umask
+    mode = 0o666 & ~_umask()
+    with _naming_the_file(out, weights):
+        save_file(sd, weights, metadata={'converter': CONVERTER})
+        os.chmod(weights, mode)
+        _fsync_file(weights)
+    with _naming_the_file(out, config):
+        with open(config, 'w') as f:
+            json.dump({'model_cfg': meta['clip_cfg'], 'stan_mm': {
+                k: v for k, v in meta.items() if k != 'clip_cfg'}}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(config, mode)
+
+
+def _write_in_place(sd: Dict[str, torch.Tensor], meta: Dict, out: str, target: str,
+                    why: str) -> None:
+    """Write the folder output ``out`` inside its existing folder ``target`` (``why``: the
+    swap of :func:`_write_dir` is impossible there). Both new files are written and synced
+    first as ``<file>.tmp`` (names :func:`_ours` accepts), then (1) the old weights are
+    removed, (2) the new config replaces the old one, (3) the new weights take their name:
+    a kill at any point leaves the old output, or a folder without weights (the loader
+    fails loudly), never new weights beside the old config nor old weights beside the new
+    config (the wrong activation, silently). On failure the temporary files are removed."""
+    from mmengine.logging import print_log
+    from stan_mm.engine.checkpoint_hook import fsync_folder
+    print_log(f'{out}: {why}; writing the new files inside it instead (a kill while they '
+              f'are put in place leaves it without weights: convert again then)',
+              logger='current', level=logging.WARNING)
+    weights, config = (osp.join(target, f) for f in (DIR_FILES[1], DIR_FILES[0]))
+    new_weights, new_config = weights + '.tmp', config + '.tmp'
+    check_output(out, 'dir')
+    swapping = False
+    try:
+        _write_files(sd, meta, out, new_weights, new_config)
+        fsync_folder(target)
+        check_output(out, 'dir')   # (again: files may have been put there meanwhile)
+        swapping = True
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(weights)
+        os.replace(new_config, config)
+        os.replace(new_weights, weights)
+        fsync_folder(target)
+    except BaseException as e:
+        for path in (new_weights, new_config):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if swapping and isinstance(e, OSError):
+            raise OSError(e.errno, f'{e.strerror}: could not put the new files in place in '
+                          f'{out}, which may now hold no weights; convert again') from e
+        raise
 
 
 def _target(out: str) -> str:
@@ -440,14 +553,15 @@ def convert_clip(src: str, out: str, arch=None, quick_gelu: Optional[bool] = Non
     meta = dict(clip_cfg=cfg, converter=CONVERTER, source=osp.abspath(src),
                 source_layout=ckpt.fmt, activation_reason=reason,
                 stan_mm_version=__version__)
-    _write(sd, meta, out, out_format)
+    removed_tmps = _write(sd, meta, out, out_format)
     same = _same_shapes(cfg)
     report = ClipExportReport(
         source=src, source_layout=ckpt.fmt, stored_dtype=str(ckpt.stored_dtype).replace(
             'torch.', ''), clip_cfg=cfg, activation_reason=reason,
         activation_guessed=guessed, params=_count_params(model), num_keys=len(sd),
         ignored_keys=list(ckpt.ignored_keys), same_shapes_as=same, out=out,
-        out_format='single file' if out_format == 'pth' else 'open_clip folder')
+        out_format='single file' if out_format == 'pth' else 'open_clip folder',
+        removed_leftovers=removed_tmps)
     report.out_bytes = _written_bytes(out, out_format)
     report.load_note = _check_reload(out, sd, cfg)
     if out_format == 'dir':

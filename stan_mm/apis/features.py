@@ -1141,7 +1141,7 @@ def _lock_os(holder: _Holder, key: str, out_dir: str) -> None:
             f'folder): wait for it to finish, or use another output folder') from None
     except OSError as e:   # e.g. ENOLCK on some network file systems
         print_log(f'{out_dir}: cannot lock the folder ({e}); going on without a '
-                  f'lock (do not run two extractions into it at once)',
+                  f'lock (do not run two jobs that write it at once)',
                   logger='current', level=logging.WARNING)
 
 

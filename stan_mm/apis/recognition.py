@@ -16,6 +16,7 @@
 import contextlib
 import os
 import os.path as osp
+import threading
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -77,21 +78,28 @@ def parse_classnames(value: Union[str, Sequence[str]]) -> List[str]:
 
 #: class lists whose style was checked in this process (most recent last; a few kept)
 _STYLE_CHECKED: 'OrderedDict[tuple, None]' = OrderedDict()
+_STYLE_LOCK = threading.Lock()
 
 
 def _style_checked(names: List[str], source: str) -> List[str]:
     """``names``, after warning about numbered / CamelCase names (``check_classnames``)
     the first time this list is seen: ``recognize`` is called once per video with the list
     :func:`parse_classnames` already checked, and should not repeat the warning."""
-    key = tuple(names)
-    if key in _STYLE_CHECKED:
-        _STYLE_CHECKED.move_to_end(key)
-        return names
     from stan_mm.models.heads.classnames import check_classnames
+    if not all(isinstance(n, str) for n in names):
+        check_classnames(names, source=source, warn_style=False)   # (its error names it)
+    key = tuple(names)
+    with _STYLE_LOCK:
+        seen = key in _STYLE_CHECKED
+        if seen:
+            _STYLE_CHECKED.move_to_end(key)
+    if seen:
+        return names
     check_classnames(names, source=source, warn_style=True)
-    _STYLE_CHECKED[key] = None
-    while len(_STYLE_CHECKED) > 8:
-        _STYLE_CHECKED.popitem(last=False)
+    with _STYLE_LOCK:
+        _STYLE_CHECKED[key] = None
+        while len(_STYLE_CHECKED) > 8:
+            _STYLE_CHECKED.popitem(last=False)
     return names
 
 

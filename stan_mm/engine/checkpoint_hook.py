@@ -400,13 +400,33 @@ class AtomicCheckpointHook(CheckpointHook):
                     f'give this run another work_dir (tools/train.py --work-dir)') from None
         self._folder_locks = stack
 
+    def _lock_folders_on_every_rank(self, runner) -> None:
+        """:meth:`_lock_folders` on the main process; in a distributed run its outcome is
+        broadcast, so that a refusal stops every rank at once (the other ranks would
+        otherwise go on to their first collective and wait there for a rank that has
+        stopped, until a launcher kills them or NCCL's timeout)."""
+        from mmengine.dist import broadcast_object_list, get_world_size
+        failure, outcome = None, [None]
+        if is_main_process():
+            try:
+                self._lock_folders(runner)
+            except Exception as exc:   # noqa: BLE001  (re-raised below, after telling)
+                failure, outcome = exc, [f'{type(exc).__name__}: {exc}']
+        if get_world_size() > 1:
+            broadcast_object_list(outcome, src=0)
+        if failure is not None:
+            raise failure
+        if outcome[0] is not None:
+            self._release_folders()
+            raise WorkDirInUseError(f'rank 0 could not start the run: {outcome[0]}')
+
     def before_train(self, runner) -> None:
         self._check_save_arguments(runner)
         super().before_train(runner)
         self._warn_mid_epoch(runner)
+        self._lock_folders_on_every_rank(runner)   # before anything is deleted
         if not is_main_process():
             return
-        self._lock_folders(runner)   # before anything is deleted
         # a resumed run finishes the pruning that a kill interrupted
         keep = set(getattr(self, 'keep_ckpt_ids', ()))
         for step in runner.message_hub.runtime_info.get(self.PRUNE_KEY) or []:

@@ -108,7 +108,8 @@ class SkippedVideosHook(Hook):
         self._report(runner, f'Epoch {runner.epoch + 1}')
 
     def after_run(self, runner) -> None:
-        # a run that ended without an epoch end (preemption, a NaN stop): no gather (not
+        # a run that ended without an epoch end (preemption: the hook calls after_run; a
+        # run that raised, e.g. the NaN stop, gets no after_run from mmengine): no gather (not
         # every rank may get here), each rank logs what it has not reported
         if self._counts:
             n = sum(self._counts.values())

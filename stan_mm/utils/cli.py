@@ -472,6 +472,8 @@ def unexpected_argument_error(exc: BaseException):
         if root is not None:
             break
     paths = list(_config_paths(root, key, {cls_name, named})) if root is not None else []
+    if root is not None and not paths:
+        return None     # no config entry sets the key: the code built that dict (a bug)
     typed = [p for p, t in paths if t] or [p for p, _ in paths]
     where = ', '.join(f'{p}.{key}' if p else key for p in typed[:3]) or repr(key)
     args = _init_arguments(cls, named) if isinstance(cls, type) else []

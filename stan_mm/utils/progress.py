@@ -17,6 +17,10 @@ LOG_INTERVAL = 30.0
 
 
 def _is_terminal(stream) -> bool:
+    """A terminal, or a Jupyter cell's output (ipykernel's ``OutStream`` says it is no
+    terminal, but shows tqdm's redrawn bar as one line, as a terminal does)."""
+    if type(stream).__module__.startswith('ipykernel'):
+        return True
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):      # no isatty, a closed file
@@ -82,6 +86,9 @@ class LogProgress:
     def __len__(self):
         return self.total or 0
 
+    def __bool__(self):              # (a bar of unknown or zero total is still a bar)
+        return True
+
     def set_description(self, desc: Optional[str] = None, refresh: bool = True) -> None:
         self.desc = desc or ''
 
@@ -128,8 +135,10 @@ class LogProgress:
         stream = self.file if self.file is not None else sys.stderr
         try:
             stream.write(line + '\n')
-            stream.flush()
-        except (OSError, ValueError):                 # a closed or full log: no progress
+            flush = getattr(stream, 'flush', None)     # (a logger shim may have none)
+            if flush is not None:
+                flush()
+        except (OSError, ValueError, AttributeError):  # a closed or full log, no stream
             pass
 
 

@@ -37,7 +37,7 @@ import math
 import threading
 from collections import OrderedDict
 from numbers import Number
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -77,12 +77,15 @@ def _nbytes(value) -> int:
     return 0
 
 
-def _bytes_lru(max_bytes: int):
+def _bytes_lru(max_bytes: Union[int, Callable[[], int]]):
     """``functools.lru_cache`` bounded by the bytes of the numpy arrays it holds rather
     than by a number of entries: the sampling maps of one op are ~4-6 bytes per pixel, so
     64 entries of 720p frames (a transform placed before the resize, or clips of many
     sizes) held ~0.4 GB in every DataLoader worker. Least recently used entries go first;
-    an entry larger than ``max_bytes`` is computed every time, not kept."""
+    an entry larger than ``max_bytes`` is computed every time, not kept. ``max_bytes``: a
+    number, or a function giving it (read at every store)."""
+    budget = max_bytes if callable(max_bytes) else (lambda: max_bytes)
+
     def wrap(fn):
         cache: 'OrderedDict[tuple, object]' = OrderedDict()
         lock = threading.Lock()
@@ -95,14 +98,14 @@ def _bytes_lru(max_bytes: int):
                     cache.move_to_end(args)
                     return cache[args]
             value = fn(*args)
-            size = _nbytes(value)
-            if size > max_bytes:
+            size, limit = _nbytes(value), budget()
+            if size > limit:
                 return value
             with lock:
                 if args not in cache:
                     cache[args] = value
                     used[0] += size
-                    while used[0] > max_bytes:
+                    while used[0] > limit:
                         _, old = cache.popitem(last=False)
                         used[0] -= _nbytes(old)
             return value
@@ -119,7 +122,12 @@ def _bytes_lru(max_bytes: int):
     return wrap
 
 
-#: bytes each geometric-op cache may hold (maps of 224x224 frames: ~0.2-0.3 MB per op)
+#: bytes each geometric-op cache may hold. Maps of 224x224 frames take ~0.2-0.3 MB per op
+#: (all ~10 geometric op/sign pairs of a recipe fit); of 1080p frames ~8-12 MB, so only a
+#: few fit and the others are recomputed when drawn (~0.1 s each, nearest): place the
+#: transform after the resize to the training size, as the configs do, or raise this
+#: (``stan_mm.datasets.transforms.clip_randaugment.CACHE_BYTES``, read when an entry is
+#: stored) for full-size frames. One entry larger than this is never kept.
 CACHE_BYTES = 32 << 20
 
 
@@ -235,7 +243,7 @@ def sampling_maps(matrix: Sequence[float], height: int,
     return map_x.astype(_F32), map_y.astype(_F32)
 
 
-@_bytes_lru(CACHE_BYTES)
+@_bytes_lru(lambda: CACHE_BYTES)
 def _nearest_source(op: str, magnitude: float, height: int, width: int) -> np.ndarray:
     """int16 ``[H, W, 2]``: the input pixel ``(x, y)`` that torchvision's NEAREST ``op``
     copies into each output pixel, ``(-1, -1)`` where it brings in the fill.
@@ -264,7 +272,7 @@ def _nearest_source(op: str, magnitude: float, height: int, width: int) -> np.nd
     return np.ascontiguousarray((out.round().to(torch.int16) - 1).permute(1, 2, 0).numpy())
 
 
-@_bytes_lru(CACHE_BYTES)
+@_bytes_lru(lambda: CACHE_BYTES)
 def _remap_maps(op: str, magnitude: float, height: int, width: int,
                 interpolation: str) -> tuple:
     """``cv2.remap`` maps for one op (converted once and cached: a config has only a few
@@ -277,7 +285,7 @@ def _remap_maps(op: str, magnitude: float, height: int, width: int,
     return cv2.convertMaps(mx, my, cv2.CV_16SC2, nninterpolation=False)
 
 
-@_bytes_lru(CACHE_BYTES)
+@_bytes_lru(lambda: CACHE_BYTES)
 def _partial_border(op: str, magnitude: float, height: int, width: int) -> tuple:
     """BILINEAR: pixels whose 4 source pixels are not all inside the image, as ``(rows,
     cols, inside weight)``; the weight is the warp of an all-ones image (cached)."""
