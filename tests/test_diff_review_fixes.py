@@ -10,6 +10,8 @@
    Jupyter cell's stream as a terminal; a bar of unknown total is truthy.
 5. ``recognize()`` with a class list holding a non-str names the bad entry (it was an
    ``unhashable type`` TypeError).
+6. (upgrade review) A mid-epoch checkpoint written while TwinGroupSampler shuffled
+   otherwise is not skipped into: its sampler order version is recorded and compared.
 """
 import io
 import json
@@ -101,9 +103,11 @@ def test_a_free_work_dir_lets_every_rank_go_on(tmp_path):
 # ------------------------------------------------------------- 2. code-built dicts
 def test_a_keyword_the_code_wrote_keeps_its_traceback():
     from mmengine.config import Config
-    from mmengine.registry import MODELS, Registry
+    from mmengine.registry import Registry
     from stan_mm.utils.cli import unexpected_argument_error
-    registry = Registry('diff_review_test', parent=MODELS)
+    # (no parent: a parent makes build() switch to the default scope's registry, which an
+    # earlier test may have set to mmaction's, where these classes are not registered)
+    registry = Registry('diff_review_test')
 
     @registry.register_module()
     class Inner(torch.nn.Module):
@@ -174,3 +178,31 @@ def test_a_non_str_class_name_is_named():
     from stan_mm.apis.recognition import _style_checked
     with pytest.raises(ValueError, match=r"class 0 is \['a'\]; expected a non-empty str"):
         _style_checked([['a'], 'b'], 'classnames')
+
+
+# ------------------------------------------------------------- 6. sampler order versions
+def test_a_mid_epoch_checkpoint_of_an_older_twin_sampler_order_is_not_skipped_into():
+    """TwinGroupSampler shuffled by seed + epoch before 2026-12-06 (now a hash of both):
+    a mid-epoch checkpoint of that version, resumed, skipped the first indices of the new
+    order (batches trained twice, others never, no warning). The order's version is now
+    recorded; a checkpoint without it, or of another version, restarts the epoch."""
+    from test_mid_epoch_resume import BATCH, _twin_sampler, planned, toy_loader
+    loader = toy_loader(sampler=_twin_sampler([[2 * i, 2 * i + 1] for i in range(6)], 0, 1))
+    per_epoch = len(loader)
+    saved = dict(batches_per_epoch=per_epoch, batch_size=BATCH, world_size=1,
+                 sampler_seed=0, epoch=1, epoch_start_iter=per_epoch)
+    skip, said = planned(loader, per_epoch + 2, 1,
+                         dict(saved, sampler_order='TwinGroupSampler v2'))
+    assert skip == 2 and 'Falling back' not in said[0][1]
+    skip, said = planned(loader, per_epoch + 2, 1, saved)                 # older stan-mm
+    assert skip == 0 and 'Falling back' in said[0][1]
+    assert 'the sampler may shuffle otherwise (the checkpoint, written by an older stan-mm, ' \
+        'does not record its order version; now TwinGroupSampler v2)' in said[0][1]
+    skip, said = planned(loader, per_epoch + 2, 1,
+                         dict(saved, sampler_order='TwinGroupSampler v1'))
+    assert skip == 0 and "the sampler's order changed (TwinGroupSampler v1 -> " \
+        "TwinGroupSampler v2)" in said[0][1]
+    # DefaultSampler states no version: a checkpoint without the record is skipped into
+    n = len(toy_loader())
+    plain = dict(saved, batches_per_epoch=n, epoch_start_iter=n)
+    assert planned(toy_loader(), n + 2, 1, plain)[0] == 2

@@ -48,9 +48,13 @@ def train_tool():
 
 
 def write_config(path, data_root):
-    """The tiny quickstart on ``data_root``: 1 epoch of 2 iterations, validation once."""
+    """The tiny quickstart on ``data_root``: 1 epoch of 2 iterations, validation once. Its
+    experiment name is the test's own (mmengine names a run's logger and message hub by
+    config file name and start second, and hands a second run started within the same
+    second the first one's: its log lines then went to the other run's file)."""
     path.write_text(f"""
 _base_ = [{TINY!r}]
+experiment_name = {path.parent.name!r}
 data_root = {str(data_root)!r}
 motion = {MOTION!r}
 loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
@@ -169,7 +173,9 @@ def test_train_tool_ends_a_bad_config_entry_in_one_line(tmp_path, capsys, option
     err = capsys.readouterr().err
     assert f'train.py: error: {expected}' in err or expected in err, err
     assert 'Traceback' not in err and err.count('\n') <= 3, err
-    for log in run_logs(work_dir):
+    logs = run_logs(work_dir)
+    assert logs, f'no log file in {work_dir}'
+    for log in logs:
         assert expected in log and 'Traceback' not in log, log
 
 

@@ -71,6 +71,10 @@ class TwinGroupSampler(Sampler):
     # the order is a function of (seed, epoch): ResumableEpochBasedTrainLoop may skip into
     # it, where the epoch length is constant too (constant_epoch_length)
     reproducible_order = True
+    # recorded with each checkpoint (ResumableEpochBasedTrainLoop): a mid-epoch resume
+    # skips into the order only where it is the one that checkpoint's run followed.
+    # 1: seed + epoch (stan-mm before 2026-12-06 21:00); 2: order_seed's hash of both
+    order_version = 2
 
     def __init__(self, dataset, shuffle: bool = True, seed: Optional[int] = None,
                  round_up: bool = True):

@@ -257,6 +257,13 @@ class EmptyTrainDataloaderError(ValueError):
     sizes and the fix, in one line (a user error of the tools)."""
 
 
+def _order_version(sampler) -> Optional[str]:
+    """``'TwinGroupSampler v2'``: the sampler class and the version of its order
+    (``order_version``), or None for a sampler that states none."""
+    version = getattr(type(sampler), 'order_version', None)
+    return None if version is None else f'{type(sampler).__name__} v{version}'
+
+
 def _batch_count(samples: int, batch_size: int, drop_last: bool) -> int:
     """Batches a ``BatchSampler`` of ``batch_size`` makes of ``samples`` indices."""
     return samples // batch_size if drop_last else -(-samples // batch_size)
@@ -395,7 +402,10 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     # (since 2026-12-07: a change of drop_last alone keeps the batches)
                     drop_last=self._drop_last(),
                     samples_per_epoch=_sized(sampler),      # this rank's
-                    dataset_length=_sized(getattr(self.dataloader, 'dataset', None)))
+                    dataset_length=_sized(getattr(self.dataloader, 'dataset', None)),
+                    # (since 2026-12-07; None: a sampler without versions, e.g.
+                    # DefaultSampler, whose order never changed)
+                    sampler_order=_order_version(sampler))
 
     def _drop_last(self) -> Optional[bool]:
         """Whether the training DataLoader drops the last, partial batch of an epoch (its
@@ -814,6 +824,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             self._restore_sampler_seed(saved.get('sampler_seed'), now['sampler_seed'])
         changed = self._changed(saved, now)
         drop_only = self._drop_last_only(saved, now)    # (then changed names drop_last)
+        order = self._order_change(saved, now)
+        if order is not None:
+            changed, drop_only = changed + [order], False
         if old_done == 0:   # an epoch boundary of the run that saved it: nothing to skip
             if done != 0 and changed and self._length_reason() is None:
                 self._warn_off_boundary(changed, per_epoch)
@@ -855,6 +868,22 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 f'batch {done + 1} (the first {done * self.dataloader.batch_sampler.batch_size}'
                 ' indices of this rank\'s sampler are skipped, not loaded)')
         return done
+
+    @staticmethod
+    def _order_change(saved: dict, now: dict) -> Optional[str]:
+        """Why the sampler may not give the order of the run that saved the checkpoint
+        (a stan-mm version whose sampler shuffled otherwise), or None. A sampler class
+        states its order's version (``order_version``, e.g. ``TwinGroupSampler``); a
+        checkpoint written before 2026-12-07 does not record it."""
+        version = now.get('sampler_order')
+        if version is None:
+            return None
+        if 'sampler_order' not in saved:
+            return (f'the sampler may shuffle otherwise (the checkpoint, written by an '
+                    f'older stan-mm, does not record its order version; now {version})')
+        if saved['sampler_order'] != version:
+            return f'the sampler\'s order changed ({saved["sampler_order"]} -> {version})'
+        return None
 
     @staticmethod
     def _changed(saved: dict, now: dict) -> list:
