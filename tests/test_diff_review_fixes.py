@@ -12,6 +12,8 @@
    ``unhashable type`` TypeError).
 6. (upgrade review) A mid-epoch checkpoint written while TwinGroupSampler shuffled
    otherwise is not skipped into: its sampler order version is recorded and compared.
+7. (flakiness review) Two runners built in one second in the tests get their own logger
+   (tests/conftest.py waits for the next second).
 """
 import io
 import json
@@ -206,3 +208,24 @@ def test_a_mid_epoch_checkpoint_of_an_older_twin_sampler_order_is_not_skipped_in
     n = len(toy_loader())
     plain = dict(saved, batches_per_epoch=n, epoch_start_iter=n)
     assert planned(toy_loader(), n + 2, 1, plain)[0] == 2
+
+
+# ------------------------------------------------------------- 7. runner names in tests
+def test_two_runners_built_back_to_back_get_their_own_logger(tmp_path):
+    """(tests/conftest.py) mmengine hands a runner started in the same second as an
+    earlier one of the same name the earlier one's logger and message hub."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Tiny(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def forward(self, *args, **kwargs):
+            return {}
+
+    a = Runner(model=Tiny(), work_dir=str(tmp_path / 'a'), experiment_name='same')
+    b = Runner(model=Tiny(), work_dir=str(tmp_path / 'b'), experiment_name='same')
+    assert a.timestamp != b.timestamp
+    assert a.logger is not b.logger and a.message_hub is not b.message_hub
