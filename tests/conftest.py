@@ -23,29 +23,37 @@ def _drop_log_handlers_on_closed_streams():
 
 
 @pytest.fixture(autouse=True, scope='session')
-def _one_runner_per_second():
+def _one_runner_name_per_second():
     """mmengine names a runner's logger, message hub and visualizer
-    ``<config file name>_<start time to the second>`` and hands a runner started within the
-    same second as an earlier one of the same config name the earlier one's (its log lines
-    then go to the other run's file, and tests reading the new work dir's log find none).
-    Two runners built in one process within one second are rare in the tests but
-    happen (a build that fails at once, then the next test's); the second one waits for
-    the next second (only in the tests: the tools build one runner per process)."""
+    ``<experiment_name or config file name>_<start time to the second>`` and hands a runner
+    started within the same second as an earlier one of the same name the earlier one's
+    (its log lines then go to the other run's file, and a test reading the new work dir's
+    log finds none). In the tests, a runner whose name would be the previous runner's in
+    the same second waits for the next second (the tools build one runner per process)."""
     import functools
+    import os.path as osp
     import time
 
     from mmengine.runner import Runner
     original = Runner.__init__
-    last = {'second': None}
+    last = {'key': None}
+
+    def name_of(kwargs):
+        name = kwargs.get('experiment_name')
+        if name is None:
+            filename = getattr(kwargs.get('cfg'), 'filename', None)
+            name = osp.splitext(osp.basename(filename))[0] if filename else ''
+        return name
 
     @functools.wraps(original)
     def init(self, *args, **kwargs):
-        if time.strftime('%Y%m%d_%H%M%S') == last['second']:
+        name = name_of(kwargs)
+        if (name, time.strftime('%Y%m%d_%H%M%S')) == last['key']:
             time.sleep(1.02 - time.time() % 1)
         try:
             return original(self, *args, **kwargs)
         finally:
-            last['second'] = time.strftime('%Y%m%d_%H%M%S')
+            last['key'] = (name, time.strftime('%Y%m%d_%H%M%S'))
 
     Runner.__init__ = init
     yield
