@@ -53,44 +53,9 @@ def _rank_worker(rank, store, work_dir, out):
         os._exit(1)
 
 
-def _hold_lock(path, ready, release):
-    from stan_mm.apis.features import folder_lock
-    with folder_lock(path):
-        ready.set()
-        release.wait(60)
-
-
-def test_a_refused_work_dir_stops_every_rank(tmp_path):
+def _run_two_ranks(tmp_path, work_dir):
+    """What each of two gloo ranks' ``_lock_folders_on_every_rank`` did on ``work_dir``."""
     ctx = mp.get_context('fork')
-    work_dir = str(tmp_path / 'work')
-    os.makedirs(work_dir)
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(work_dir, ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
-        out = str(tmp_path / 'result')
-        procs = [ctx.Process(target=_rank_worker,
-                             args=(r, str(tmp_path / 'store'), work_dir, out))
-                 for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
-    finally:
-        release.set()
-        holder.join(30)
-    results = [json.load(open(f'{out}.{r}')) for r in range(2)]
-    assert results[0].startswith('refused: AtomicCheckpointHook: the work dir')
-    assert results[1].startswith('refused: rank 0 could not start the run: '
-                                 'WorkDirInUseError: AtomicCheckpointHook: the work dir')
-
-
-def test_a_free_work_dir_lets_every_rank_go_on(tmp_path):
-    ctx = mp.get_context('fork')
-    work_dir = str(tmp_path / 'work')
-    os.makedirs(work_dir)
     out = str(tmp_path / 'result')
     procs = [ctx.Process(target=_rank_worker, args=(r, str(tmp_path / 'store'), work_dir, out))
              for r in range(2)]
@@ -99,7 +64,24 @@ def test_a_free_work_dir_lets_every_rank_go_on(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    assert [json.load(open(f'{out}.{r}')) for r in range(2)] == ['went on', 'went on']
+    return [json.load(open(f'{out}.{r}')) for r in range(2)]
+
+
+def test_a_refused_work_dir_stops_every_rank(tmp_path):
+    from test_concurrency_review_fixes import _held_by_another_process
+    work_dir = str(tmp_path / 'work')
+    os.makedirs(work_dir)
+    with _held_by_another_process(work_dir):
+        results = _run_two_ranks(tmp_path, work_dir)
+    assert results[0].startswith('refused: AtomicCheckpointHook: the work dir')
+    assert results[1].startswith('refused: rank 0 could not start the run: '
+                                 'WorkDirInUseError: AtomicCheckpointHook: the work dir')
+
+
+def test_a_free_work_dir_lets_every_rank_go_on(tmp_path):
+    work_dir = str(tmp_path / 'work')
+    os.makedirs(work_dir)
+    assert _run_two_ranks(tmp_path, work_dir) == ['went on', 'went on']
 
 
 # ------------------------------------------------------------- 2. code-built dicts

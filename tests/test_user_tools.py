@@ -538,26 +538,15 @@ def test_a_second_run_on_one_folder_is_refused(setup, tmp_path):
     """Two runs writing one feature folder (or one search cache) at once: the second is
     refused naming the lock, and nothing of the first is touched; the lock is released
     when the first run ends (also when it fails)."""
-    import subprocess
-    import sys as _sys
     from stan_mm.apis import FeatureFolderError, extract_features
+    from test_concurrency_review_fixes import _held_by_another_process
     _, _, model, _ = setup['ret']
     out = tmp_path / 'locked'
     out.mkdir()
-    holder = subprocess.Popen([_sys.executable, '-c', (
-        'import fcntl, os, time\n'
-        f'fd = os.open({str(out)!r}, os.O_RDONLY)\n'
-        'fcntl.flock(fd, fcntl.LOCK_EX)\n'
-        'print("locked", flush=True)\n'
-        'time.sleep(60)\n')], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == 'locked'
+    with _held_by_another_process(out):
         with pytest.raises(FeatureFolderError, match=r'being written by another run'):
             extract_features(model, str(out), videos=[], texts=['a'], key='k',
                              progress=False, log=lambda m: None)
-    finally:
-        holder.kill()
-        holder.wait()
     res = extract_features(model, str(out), videos=[], texts=['a'], key='k',
                            progress=False, log=lambda m: None)     # free again
     assert res.complete and res.num_texts == 1
