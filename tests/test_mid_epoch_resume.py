@@ -710,22 +710,59 @@ def test_one_warning_per_situation_with_a_varying_epoch_length():
         assert said[0][1].startswith(who), (it, said)
 
 
-def test_per_sample_seeding_is_off_with_a_warning_under_an_iteration_loop(tmp_path):
-    """mmengine's IterBasedTrainLoop restarts its DataLoader at the end of each pass
-    without before_train_epoch: per-sample seeding has no epoch to seed from. The hook says
-    so and leaves the DataLoader alone (the per-iteration seeding still runs)."""
+ITER_LOOP = dict(type='IterBasedTrainLoop', max_iters=TOTAL)   # 3 passes of 6 batches
+
+
+def test_iteration_loop_seeds_each_sample_per_pass_and_resumes_exactly(tmp_path,
+                                                                       uninterrupted):
+    """mmengine's IterBasedTrainLoop starts its DataLoader over at every pass without
+    before_train_epoch: the samples are seeded from (seed, pass, rank, position). They do
+    not depend on the workers, every pass draws new augmentation, and a run killed after
+    iteration 10 and resumed from iter_8.pth (inside pass 2) ends bit for bit where the
+    uninterrupted run ends, persistent workers included."""
     from stan_mm.engine.seed_hook import EpochSeedHook, SeedPerPosition
-    runner = make_runner(tmp_path, train_cfg=dict(type='IterBasedTrainLoop', max_iters=3))
-    result = train(runner)
-    assert [s[0] for s in result['seen']] == [1, 2, 3]
-    assert 'EpochSeedHook(per_iteration=True): the train loop IterBasedTrainLoop is not ' \
-        'epoch-based' in result['log']
-    assert 'The per-sample seeding is off' in result['log']
+    full = train(make_runner(tmp_path / 'full', train_cfg=ITER_LOOP))
+    assert 'per-sample seeding is off' not in full['log']
+    assert [s[0] for s in full['seen']] == list(range(1, TOTAL + 1))
+    workers = train(make_runner(tmp_path / 'workers', train_cfg=ITER_LOOP, num_workers=2))
+    for got, want in zip(workers['seen'], full['seen']):
+        assert got[3] == want[3] and torch.equal(got[4], want[4]), got[0]
+    assert same_state(workers['state'], full['state'])
+    # each pass draws its own augmentation for the same sample
+    by_pass = [{i: x for s in full['seen'][k * PER_EPOCH:(k + 1) * PER_EPOCH]
+                for i, x in zip(s[3], s[4])} for k in range(EPOCHS)]
+    assert all(sorted(p) == list(range(SIZE)) for p in by_pass)
+    for i in range(SIZE):
+        assert not torch.equal(by_pass[0][i], by_pass[1][i]), i
+        assert not torch.equal(by_pass[1][i], by_pass[2][i]), i
+    # pass k is seeded as epoch k of an epoch-based run: the same samples, batch by batch
+    for got, want in zip(full['seen'], uninterrupted['seen']):
+        assert got[3] == want[3] and torch.equal(got[4], want[4]), got[0]
+    stopped, resumed = stop_and_resume(tmp_path, train_cfg=ITER_LOOP, num_workers=2)
+    assert [s[0] for s in resumed['seen']] == list(range(9, TOTAL + 1))
+    for got, want in zip(resumed['seen'], full['seen'][8:]):
+        assert got[3] == want[3] and torch.equal(got[4], want[4]), got[0]
+    assert same_state(resumed['state'], full['state'])
+    # the DataLoader is given back as it was
+    runner = make_runner(tmp_path / 'after', train_cfg=dict(ITER_LOOP, max_iters=2))
+    train(runner)
     loader = runner.train_dataloader
     assert not isinstance(loader.batch_sampler.sampler, SeedPerPosition)
     assert '__getitems__' not in vars(loader.dataset)
-    hook = next(h for h in runner.hooks if isinstance(h, EpochSeedHook))
-    assert hook._per_sample is None
+    assert next(h for h in runner.hooks if isinstance(h, EpochSeedHook))._per_sample is None
+
+
+def test_per_sample_seeding_is_off_when_the_iteration_loop_started_its_loader(tmp_path):
+    """A DataLoader the endless iterator started before training cannot be tagged any
+    more: the hook says so and leaves it alone (the per-iteration seeding still runs)."""
+    from stan_mm.engine.seed_hook import SeedPerPosition
+    runner = make_runner(tmp_path, train_cfg=dict(ITER_LOOP, max_iters=3))
+    next(runner.train_loop.dataloader_iterator)
+    result = train(runner)
+    assert 'EpochSeedHook(per_iteration=True): the DataLoader of the train loop ' \
+        'IterBasedTrainLoop was started before training' in result['log']
+    assert 'The per-sample seeding is off' in result['log']
+    assert not isinstance(runner.train_dataloader.batch_sampler.sampler, SeedPerPosition)
 
 
 # ---------------------------------------------------------------------------------- DDP

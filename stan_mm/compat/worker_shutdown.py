@@ -199,6 +199,12 @@ def _seed_workers_for_pass(loader, base: int, index: int) -> None:
     set_worker_seed(loader, base if index == 0 else derived_seed(base, index))
 
 
+def endless_iterator_started(iterator) -> bool:
+    """Whether mmengine's endless iterator ``iterator`` (``IterBasedTrainLoop``'s
+    ``dataloader_iterator``) has started its loader (any other object: True)."""
+    return getattr(iterator, '_iterator', None) is not _NOT_STARTED
+
+
 def _lazy_endless_iterator(cls) -> None:
     """``_InfiniteDataloaderIterator`` starts its loader at the first ``next()``, and each
     pass over the data after the first gives the workers a seed of their own.

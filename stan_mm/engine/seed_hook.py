@@ -41,17 +41,20 @@ where it happens instead of what was drawn before:
 
 With both, a run resumed from an iteration checkpoint (or an epoch checkpoint) replays the
 uninterrupted run bit for bit on CPU with ``deterministic=True``, for ``num_workers=0`` and
-for ``num_workers>0`` with or without ``persistent_workers``. Not covered: generators a
+for ``num_workers>0`` with or without ``persistent_workers``. Under mmengine's
+``IterBasedTrainLoop`` (one "epoch"; its endless iterator starts the DataLoader over at
+every pass over the data without ``before_train_epoch``) the samples are seeded from
+``(seed, pass, rank, position in the pass)`` instead, the pass counted where the loader
+starts it; a run resumed from an iteration checkpoint replays the uninterrupted one there
+too (mmengine advances the resumed iterator by loading the batches it skips). Not covered: generators a
 transform or model creates for itself (``np.random.default_rng()`` without a seed, a
 ``torch.Generator`` built at construction) are not reseeded; CUDA kernels that are not
 deterministic (``deterministic=True`` and ``CUBLAS_WORKSPACE_CONFIG`` cover PyTorch's); a
 resumed run with another world size, batch size or dataset; a training dataset that defines
 its own ``__getitems__`` (batched loading; the per-sample seeding is then off, with a
-warning); a train loop that is not epoch-based, e.g. mmengine's ``IterBasedTrainLoop`` (its
-endless DataLoader iterator starts the loader over at every pass over the data without
-``before_train_epoch``, so the samples cannot be tagged with an epoch's seeds: the
-per-sample seeding is then off, with a warning, and only the per-iteration seeding of the
-main process applies); a random validation pipeline with ``num_workers=0`` after an epoch
+warning); a train loop that is neither epoch-based nor mmengine's ``IterBasedTrainLoop``
+(the per-sample seeding is then off, with a warning, and only the per-iteration seeding of
+the main process applies); a random validation pipeline with ``num_workers=0`` after an epoch
 that was resumed after its last batch (it draws from the epoch seed instead of the last
 iteration's). Drawn numbers differ from ``per_iteration=False`` runs (other seeds), not
 their distribution.
@@ -63,12 +66,19 @@ import numpy as np
 import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
-from mmengine.runner import EpochBasedTrainLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmaction.registry import HOOKS
 
 from stan_mm.compat.worker_shutdown import set_worker_seed
 
 from .loops import SamplerProxy, derived_seed as _derived_seed
+
+def _endless_iterator_started(loop) -> bool:
+    """Whether ``IterBasedTrainLoop`` ``loop``'s endless iterator has started its DataLoader
+    (:mod:`stan_mm.compat.worker_shutdown` makes it start at the first batch)."""
+    from stan_mm.compat.worker_shutdown import endless_iterator_started
+    return endless_iterator_started(getattr(loop, 'dataloader_iterator', None))
+
 
 # entropy tags that keep the per-iteration and per-sample streams apart from epoch seeds
 _ITER_TAG = 0x49544552   # 'ITER'
@@ -108,15 +118,28 @@ class SeededIndex(int):
 class SeedPerPosition(SamplerProxy):
     """The wrapped sampler's indices as :class:`SeededIndex`, each seeded from ``(seed,
     epoch, rank, position in this rank's epoch)``; ``seed_base`` and ``seed_epoch`` are set
-    before each epoch by :class:`EpochSeedHook` (other attributes are the sampler's)."""
+    before each epoch by :class:`EpochSeedHook` (other attributes are the sampler's).
 
-    def __init__(self, sampler, seed_base: int, seed_epoch: int = 0):
+    With ``count_passes=True`` (mmengine's ``IterBasedTrainLoop``, whose endless iterator
+    starts the DataLoader over at every pass over the data without ``before_train_epoch``)
+    the "epoch" is the number of the pass instead: this proxy counts the times it is
+    iterated (once per ``iter(loader)``, in the main process), from 0 for each run. A run
+    resumed from an iteration checkpoint counts the same passes, since mmengine advances
+    the iterator by loading the batches it skips."""
+
+    def __init__(self, sampler, seed_base: int, seed_epoch: int = 0,
+                 count_passes: bool = False):
         super().__init__(sampler)
         self.seed_base, self.seed_epoch = int(seed_base), int(seed_epoch)
+        self.count_passes = count_passes
+        self.passes = 0
 
     def __iter__(self):
+        epoch = self.seed_epoch
+        if self.count_passes:
+            epoch, self.passes = self.passes, self.passes + 1
         rng = np.random.default_rng(
-            [self.seed_base % 2**32, _SAMPLE_TAG, self.seed_epoch, get_rank()])
+            [self.seed_base % 2**32, _SAMPLE_TAG, epoch, get_rank()])
         for index in self.sampler:
             yield SeededIndex(index, int(rng.integers(2**31)))
 
@@ -167,8 +190,8 @@ class EpochSeedHook(Hook):
         per_iteration: also seed the main process before every iteration and every
             training sample where it is loaded (module docstring); the per-sample part
             needs an epoch-based train loop (mmengine's ``EpochBasedTrainLoop`` or a
-            subclass such as ``ResumableEpochBasedTrainLoop``; not ``IterBasedTrainLoop``),
-            a batch sampler that draws from a ``sampler`` (torch's ``BatchSampler``, what
+            subclass such as ``ResumableEpochBasedTrainLoop``) or mmengine's
+            ``IterBasedTrainLoop`` (seeds per pass over the data), a batch sampler that draws from a ``sampler`` (torch's ``BatchSampler``, what
             mmengine builds) and a map-style dataset; otherwise it is off, with a warning
             when training starts, and only the main process is seeded per iteration.
     """
@@ -190,13 +213,16 @@ class EpochSeedHook(Hook):
         batch_sampler = getattr(loader, 'batch_sampler', None)
         dataset = getattr(loader, 'dataset', None)
         loop = getattr(runner, 'train_loop', None)
-        if not isinstance(loop, EpochBasedTrainLoop):
-            started = getattr(loop, 'dataloader_iterator', None) is not None
-            problem = (f'the train loop {type(loop).__name__} is not epoch-based (mmengine\'s '
-                       'EpochBasedTrainLoop or a subclass)'
-                       + (': it restarts its DataLoader iterator without '
-                          'before_train_epoch, so the samples it loads cannot be tagged with '
-                          'their seeds' if started else ''))
+        count_passes = isinstance(loop, IterBasedTrainLoop)
+        if count_passes and _endless_iterator_started(loop):
+            problem = (f'the DataLoader of the train loop {type(loop).__name__} was started '
+                       'before training (the samples it loads cannot be tagged with their '
+                       'seeds any more)')
+        elif not (count_passes or isinstance(loop, EpochBasedTrainLoop)):
+            problem = (f'the train loop {type(loop).__name__} is neither epoch-based '
+                       '(mmengine\'s EpochBasedTrainLoop or a subclass) nor mmengine\'s '
+                       'IterBasedTrainLoop, so it is not known when it starts its '
+                       'DataLoader over')
         elif getattr(batch_sampler, 'sampler', None) is None:
             problem = (f'the training DataLoader batches with '
                        f'{type(batch_sampler).__name__}, which has no sampler to tag')
@@ -215,7 +241,8 @@ class EpochSeedHook(Hook):
                 'run draws other augmentation than the interrupted one (the per-iteration '
                 'seeding of the main process still applies)')
             return
-        self._per_sample = SeedPerPosition(batch_sampler.sampler, self._base(runner))
+        self._per_sample = SeedPerPosition(batch_sampler.sampler, self._base(runner),
+                                           count_passes=count_passes)
         batch_sampler.sampler = self._per_sample
         dataset.__getitems__ = SeedEachSample(dataset)
 
