@@ -205,6 +205,29 @@ def test_a_training_set_smaller_than_one_batch_is_refused_in_one_line(tmp_path, 
         _runner_on(tmp_path / 'd', 0, drop_last=False).train()
 
 
+@pytest.mark.parametrize('loop', [dict(type='EpochBasedTrainLoop', max_epochs=2),
+                                  dict(type='IterBasedTrainLoop', max_iters=3)],
+                         ids=['mmengine_epoch_loop', 'mmengine_iteration_loop'])
+def test_mmengines_own_loops_refuse_an_empty_loader_too(tmp_path, loop):
+    """mmengine's EpochBasedTrainLoop "trained" 2 epochs without a batch (no schedule
+    converted to iterations); its IterBasedTrainLoop ended in a bare StopIteration. Both
+    are refused when built, with the same one-line message."""
+    from stan_mm.engine.loops import EmptyTrainDataloaderError
+    runner = _runner_on(tmp_path / 'e', 4, drop_last=True)
+    runner._train_loop = dict(loop)
+    runner.param_schedulers = None
+    with pytest.raises(EmptyTrainDataloaderError, match=r'^the training DataLoader yields no '
+                       r'batch per epoch, so nothing would be trained: 4 training samples, '
+                       r'batch size 32, world size 1, drop_last=True'):
+        runner.train()
+    # a non-empty loader trains as before
+    runner = _runner_on(tmp_path / 'f', 4, drop_last=False)
+    runner._train_loop = dict(loop)
+    runner.param_schedulers = None
+    runner.train()
+    assert runner.iter == (2 if loop['type'] == 'EpochBasedTrainLoop' else 3)
+
+
 # ------------------------------------------------------- (3) texts longer than the context
 def test_embed_texts_warns_once_about_cut_texts(monkeypatch):
     import importlib

@@ -60,6 +60,12 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 and at every checkpoint are dropped when no ``file_client_args`` is
                 given (see :mod:`stan_mm.compat.fileclient_log`; its test is in
                 ``tests/test_log_review_fixes2.py``).
+``empty_loader`` (found in review) a training DataLoader without a batch (a set smaller
+                than one batch with ``drop_last=True``, or an empty one) is refused
+                when mmengine's ``EpochBasedTrainLoop`` or ``IterBasedTrainLoop`` is
+                built, in one line with the sizes and the fix; mmengine failed on a
+                bare assertion, trained nothing, or raised ``StopIteration`` (see
+                :mod:`stan_mm.compat.empty_loader`).
 =====  ==========================================================================
 """
 from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
@@ -67,6 +73,7 @@ from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa:
                          trusted_checkpoints)
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .default_hooks import apply_default_hooks_fix  # noqa: F401
+from .empty_loader import apply_empty_loader_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .fileclient_log import apply_fileclient_log_fix  # noqa: F401
 from .frozen_log import apply_frozen_log_fix  # noqa: F401
@@ -95,5 +102,6 @@ def apply_all() -> None:
     apply_frozen_log_fix()
     apply_fileclient_log_fix()
     apply_default_hooks_fix()
+    apply_empty_loader_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

@@ -44,7 +44,9 @@ older checkpoint whose batch count is what this run's samples make with the othe
 A training DataLoader that yields no batch (a training set smaller than one batch with
 ``drop_last=True``, or an empty one) is refused when the loop is built, with
 :class:`EmptyTrainDataloaderError` naming the sizes and the fixes (mmengine failed later,
-on a bare assertion, when a schedule was converted to iterations, or trained nothing).
+on a bare assertion, when a schedule was converted to iterations, or trained nothing);
+:mod:`stan_mm.compat.empty_loader` does the same for mmengine's own ``EpochBasedTrainLoop``
+and ``IterBasedTrainLoop``.
 
 Where the checkpoint is: the loop records, with the order information below, the epoch it
 is in and the iteration that epoch started at. A checkpoint saved in the epoch it resumes
@@ -257,6 +259,67 @@ class EmptyTrainDataloaderError(ValueError):
     sizes and the fix, in one line (a user error of the tools)."""
 
 
+def loader_sampler(dataloader):
+    """The sampler of ``dataloader``'s batch sampler, under any :class:`SamplerProxy`."""
+    batch_sampler = getattr(dataloader, 'batch_sampler', None)
+    return innermost_sampler(getattr(batch_sampler, 'sampler', None))
+
+
+def loader_batch_size(dataloader) -> Optional[int]:
+    """Samples per batch of ``dataloader``: its ``batch_size``, or its batch sampler's
+    (torch sets ``DataLoader.batch_size`` to None when a ``batch_sampler`` is given;
+    mmengine's ``scale_lr`` reads the config's ``batch_size``)."""
+    size = getattr(dataloader, 'batch_size', None)
+    if not isinstance(size, int):
+        size = getattr(getattr(dataloader, 'batch_sampler', None), 'batch_size', None)
+    return size if isinstance(size, int) else None
+
+
+def loader_drop_last(dataloader) -> Optional[bool]:
+    """Whether ``dataloader`` drops the last, partial batch of an epoch (its batch
+    sampler's ``drop_last``); None where it does not say."""
+    value = getattr(getattr(dataloader, 'batch_sampler', None), 'drop_last', None)
+    if not isinstance(value, bool):
+        value = getattr(dataloader, 'drop_last', None)
+    return value if isinstance(value, bool) else None
+
+
+def refuse_empty_train_loader(dataloader) -> None:
+    """Raise :class:`EmptyTrainDataloaderError` when the training DataLoader ``dataloader``
+    yields no batch per epoch (pass over the data), with the sizes and the fix. Called when
+    mmengine's ``EpochBasedTrainLoop`` (and so ``ResumableEpochBasedTrainLoop``) or
+    ``IterBasedTrainLoop`` is built (:mod:`stan_mm.compat.empty_loader`), before the runner
+    builds the parameter schedulers: a schedule converted to iterations failed mmengine's
+    bare "epoch_length must be a positive integer", an epoch loop otherwise trained
+    nothing and an iteration loop ended in a bare ``StopIteration``."""
+    if _sized(dataloader) != 0:
+        return
+    size = _sized(getattr(dataloader, 'dataset', None))
+    per_rank = _sized(loader_sampler(dataloader))
+    batch_size, world_size = loader_batch_size(dataloader), get_world_size()
+    drop_last = loader_drop_last(dataloader)
+    if size is None or per_rank is None:
+        what = 'its sampler yields no sample'
+    else:
+        what = f'{size} training samples' + (
+            f' ({per_rank} on this rank of {world_size})' if world_size > 1 else '')
+    sizes = (f'{what}, batch size {batch_size}, world size {world_size}, '
+             f'drop_last={drop_last}')
+    if drop_last and per_rank:
+        fix = (f'set --cfg-options train_dataloader.drop_last=False (an epoch is then one '
+               f'batch of {per_rank}), a batch size of at most {per_rank} '
+               f'(train_dataloader.batch_size={per_rank}), or use more training data')
+        why = ('drop_last drops the last, partial batch of an epoch, here its only one')
+    else:
+        fix = ('check the training annotations and data_root (train_dataloader.dataset), '
+               'or use fewer ranks' if world_size > 1 and size else
+               'check the training annotations and data_root (train_dataloader.dataset)')
+        why = 'there is no sample to batch'
+    raise EmptyTrainDataloaderError(
+        f'the training DataLoader yields no batch per epoch, so nothing would be '
+        f'trained: {sizes} ({why}). Fix: {fix}')
+
+
 def _order_version(sampler) -> Optional[str]:
     """``'TwinGroupSampler v2'``: the sampler class and the version of its order
     (``order_version``), or None for a sampler that states none."""
@@ -301,9 +364,8 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # (before the runner builds the parameter schedulers: a schedule converted to
-        # iterations fails mmengine's bare "epoch_length must be a positive integer")
-        self._refuse_empty_epoch()
+        # (an epoch without a batch was refused by mmengine's EpochBasedTrainLoop.__init__:
+        # stan_mm.compat.empty_loader)
         self._skip_batches = 0   # batches of the next epoch already trained (resume)
         self._revalidate = False  # resumed epoch checkpoint whose validation was cut short
         # the parameter scheduler configs (the runner builds the loop before it turns them
@@ -321,39 +383,9 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         # theirs; None: not known)
         self._carried_lr_scale = _OWN_SCALE
 
-    def _refuse_empty_epoch(self) -> None:
-        """Raise :class:`EmptyTrainDataloaderError` when an epoch would hold no batch."""
-        if _sized(self.dataloader) != 0:
-            return
-        size = _sized(getattr(self.dataloader, 'dataset', None))
-        per_rank = _sized(self._sampler())
-        batch_size, world_size = self._batch_size(), get_world_size()
-        drop_last = self._drop_last()
-        if size is None or per_rank is None:
-            what = 'its sampler yields no sample'
-        else:
-            what = f'{size} training samples' + (
-                f' ({per_rank} on this rank of {world_size})' if world_size > 1 else '')
-        sizes = (f'{what}, batch size {batch_size}, world size {world_size}, '
-                 f'drop_last={drop_last}')
-        if drop_last and per_rank:
-            fix = (f'set --cfg-options train_dataloader.drop_last=False (an epoch is then one '
-                   f'batch of {per_rank}), a batch size of at most {per_rank} '
-                   f'(train_dataloader.batch_size={per_rank}), or use more training data')
-            why = ('drop_last drops the last, partial batch of an epoch, here its only one')
-        else:
-            fix = ('check the training annotations and data_root (train_dataloader.dataset), '
-                   'or use fewer ranks' if world_size > 1 and size else
-                   'check the training annotations and data_root (train_dataloader.dataset)')
-            why = 'there is no sample to batch'
-        raise EmptyTrainDataloaderError(
-            f'the training DataLoader yields no batch per epoch, so nothing would be '
-            f'trained: {sizes} ({why}). Fix: {fix}')
-
     # ---------------------------------------------------------------- what can be skipped
     def _sampler(self):
-        batch_sampler = getattr(self.dataloader, 'batch_sampler', None)
-        return innermost_sampler(getattr(batch_sampler, 'sampler', None))
+        return loader_sampler(self.dataloader)
 
     def _length_reason(self) -> Optional[str]:
         """None when the sampler's epoch length is constant; else why the batches done in
@@ -408,12 +440,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                     sampler_order=_order_version(sampler))
 
     def _drop_last(self) -> Optional[bool]:
-        """Whether the training DataLoader drops the last, partial batch of an epoch (its
-        batch sampler's ``drop_last``); None where it does not say."""
-        value = getattr(getattr(self.dataloader, 'batch_sampler', None), 'drop_last', None)
-        if not isinstance(value, bool):
-            value = getattr(self.dataloader, 'drop_last', None)
-        return value if isinstance(value, bool) else None
+        return loader_drop_last(self.dataloader)
 
     def _recorded_lr_scale(self) -> Optional[float]:
         """The auto_scale_lr factor the rates carry (see ``_carried_lr_scale``)."""
@@ -771,14 +798,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         return [('', self._inner(wrappers))]
 
     def _batch_size(self) -> Optional[int]:
-        """Samples per batch of the training DataLoader: its ``batch_size``, or its batch
-        sampler's (torch sets ``DataLoader.batch_size`` to None when a ``batch_sampler``
-        is given; mmengine's ``scale_lr`` reads the config's ``batch_size``)."""
-        size = getattr(self.dataloader, 'batch_size', None)
-        if not isinstance(size, int):
-            size = getattr(getattr(self.dataloader, 'batch_sampler', None), 'batch_size',
-                           None)
-        return size if isinstance(size, int) else None
+        return loader_batch_size(self.dataloader)
 
     def _set_max_iters(self, max_iters: int) -> None:
         """The iteration this run really ends at. mmengine's loop keeps ``max_epochs *
