@@ -10,6 +10,7 @@ import logging
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
@@ -337,6 +338,22 @@ def work_dir_lock(work_dir: str):
         yield
 
 
+def batch_summary(cfg, world_size: int) -> Optional[str]:
+    """One line with the batch the run trains on: per rank, over all ranks, and per
+    optimizer step with gradient accumulation (``optim_wrapper.accumulative_counts``);
+    None when the config's ``train_dataloader.batch_size`` is not a number."""
+    batch = (cfg.get('train_dataloader') or {}).get('batch_size')
+    if not isinstance(batch, int) or isinstance(batch, bool):
+        return None
+    line = (f'training batch: {batch} samples per rank x {world_size} rank'
+            f'{"s" if world_size != 1 else ""} = {batch * world_size} samples per iteration')
+    accumulate = (cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1)
+    if isinstance(accumulate, int) and accumulate > 1:
+        line += (f', {batch * world_size * accumulate} per optimizer step '
+                 f'(accumulative_counts={accumulate})')
+    return line
+
+
 def main(argv=None):
     args = parse_args(argv)
     from stan_mm.utils.cli import check_input_file, read_config
@@ -351,6 +368,9 @@ def main(argv=None):
         for message in getattr(args, 'log_notes', ()):   # (printed already)
             write_to_log_files(message, 'INFO', exclude=before)
         log_config_warnings(exclude=before)     # the config's warnings, printed already
+        summary = batch_summary(cfg, runner.world_size)
+        if summary is not None:
+            runner.logger.info(summary)
         runner.register_hook(ResumeCheckHook())
         from stan_mm.engine import TrainingPreempted
         try:

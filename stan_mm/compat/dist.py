@@ -49,7 +49,13 @@ def _accelerator_available() -> bool:
 def _cpu_backend(backend: str, init_backend: str) -> str:
     """The backend to use without an accelerator (``nccl`` -> ``gloo``)."""
     if backend == 'nccl':
-        warnings.warn('CUDA is not available: using the gloo backend instead of nccl')
+        from stan_mm.utils.cli import is_first_rank, log_later
+        if is_first_rank():      # (every rank switches; one line says so)
+            message = ('CUDA is not available: using the gloo backend instead of nccl '
+                       '(env_cfg.dist_cfg.backend, which the config dump and the config '
+                       'copied to the work dir still show)')
+            warnings.warn(message)
+            log_later(message)   # (the run's log file: tools/train.py, tools/test.py)
         backend = 'gloo'
     if init_backend != 'torch':
         raise RuntimeError(

@@ -137,73 +137,73 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
         qb_stats = querybank_stats(qb_bank, qb_beta, qb_k, chunk_size,
                                    dsl_temp=dsl_temp if dsl else None)
     from stan_mm.utils.progress import progress_bar
-    bar = progress_bar(total=2 * num_texts, desc='ranking (2 passes over the text rows)',
-                       unit='row', disable=not progress, leave=False)
+    # (closed on an error too: a log then says where the ranking stopped)
+    with progress_bar(total=2 * num_texts, desc='ranking (2 passes over the text rows)',
+                      unit='row', disable=not progress, leave=False) as bar:
 
-    # ---- pass 1: best correct v2t score per video (+ DSL logsumexps)
-    # v2t DSL scores leave out the constant factor Nv (ranks only compare them); t2v DSL
-    # scores keep Nt only when QB-Norm follows (there the scale matters).
-    t2v_factor = num_texts if qb_stats is not None else None
-    best_correct = None
-    col_lse = torch.full((num_videos,), float('-inf'), dtype=torch.float64,
-                         device=source.device) if dsl else None
-    row_lse = torch.empty(num_texts, dtype=torch.float64, device=source.device) if dsl \
-        else None
-    for start, stop in iter_chunks(num_texts, chunk_size):
-        sim = source.rows(start, stop, pad_to=chunk_size)
-        gt = t2v[start:stop]
-        gt_sim = sim.gather(1, gt[:, None])  # [c, 1]
-        if dsl:
-            block_col, block_row = block_logsumexps(scaled_similarity(sim, dsl_temp),
-                                                    consume=True)
-            col_lse = logaddexp(col_lse, block_col)
-            row_lse[start:stop] = block_row
-            # the element-wise sequence of pass 2 applied to the GT entries alone: the
-            # same bits as the full-row computation there (exact ties stay ties)
-            gt_v2t = dsl_v2t_scores(gt_sim, block_row, dsl_temp)[:, 0]
-        else:
-            gt_v2t = gt_sim[:, 0]
-        if best_correct is None:
-            best_correct = torch.full((num_videos,), float('-inf'), dtype=gt_v2t.dtype,
-                                      device=source.device)
-        best_correct.scatter_reduce_(0, gt, gt_v2t, reduce='amax')
-        del sim
-        bar.update(stop - start)
+        # ---- pass 1: best correct v2t score per video (+ DSL logsumexps)
+        # v2t DSL scores leave out the constant factor Nv (ranks only compare them); t2v DSL
+        # scores keep Nt only when QB-Norm follows (there the scale matters).
+        t2v_factor = num_texts if qb_stats is not None else None
+        best_correct = None
+        col_lse = torch.full((num_videos,), float('-inf'), dtype=torch.float64,
+                             device=source.device) if dsl else None
+        row_lse = torch.empty(num_texts, dtype=torch.float64, device=source.device) if dsl \
+            else None
+        for start, stop in iter_chunks(num_texts, chunk_size):
+            sim = source.rows(start, stop, pad_to=chunk_size)
+            gt = t2v[start:stop]
+            gt_sim = sim.gather(1, gt[:, None])  # [c, 1]
+            if dsl:
+                block_col, block_row = block_logsumexps(scaled_similarity(sim, dsl_temp),
+                                                        consume=True)
+                col_lse = logaddexp(col_lse, block_col)
+                row_lse[start:stop] = block_row
+                # the element-wise sequence of pass 2 applied to the GT entries alone: the
+                # same bits as the full-row computation there (exact ties stay ties)
+                gt_v2t = dsl_v2t_scores(gt_sim, block_row, dsl_temp)[:, 0]
+            else:
+                gt_v2t = gt_sim[:, 0]
+            if best_correct is None:
+                best_correct = torch.full((num_videos,), float('-inf'), dtype=gt_v2t.dtype,
+                                          device=source.device)
+            best_correct.scatter_reduce_(0, gt, gt_v2t, reduce='amax')
+            del sim
+            bar.update(stop - start)
 
-    # ---- pass 2: t2v ranks, v2t counts
-    count_dtype = torch.float32 if num_videos < _EXACT_FLOAT32_COUNT else torch.float64
-    buffer = torch.empty(min(chunk_size, num_texts), num_videos, dtype=count_dtype,
-                         device=source.device)
-    t2v_ranks = torch.empty(num_texts, dtype=torch.long, device=source.device)
-    v2t_ahead = torch.zeros(num_videos, dtype=torch.float64, device=source.device)
-    for start, stop in iter_chunks(num_texts, chunk_size):
-        sim = source.rows(start, stop, pad_to=chunk_size)
-        gt = t2v[start:stop]
-        z = scaled_similarity(sim, dsl_temp) if dsl else None
-        # text -> video
-        if dsl:     # a ground-truth weight that underflows is an error (check_dsl_weights)
-            check_dsl_weights(z.gather(1, gt[:, None]) - col_lse[gt][:, None],
-                              sim.gather(1, gt[:, None]), dsl_temp,
-                              'a column (the texts, for one video)')
-        scores = dsl_t2v_scores(sim, col_lse, dsl_temp, t2v_factor, z=z, check=False) \
-            if dsl else sim
-        if qb_stats is not None:
-            scores = qb_norm_scores(scores, qb_stats, inplace=dsl)
-        gt_score = scores.gather(1, gt[:, None])  # [c, 1]
-        # the count includes the GT entry itself once: it equals 1 + #competitors ahead
-        t2v_ranks[start:stop] = _count_ge(scores, gt_score, 1, buffer).long()
-        del scores
-        # video -> text
-        scores = dsl_v2t_scores(sim, row_lse[start:stop], dsl_temp, z=z, consume_z=True,
-                                check=False) if dsl else sim
-        del z
-        ahead = _count_ge(scores, best_correct[None, :], 0, buffer).to(torch.float64)
-        correct = scores.gather(1, gt[:, None]).squeeze(1) >= best_correct[gt]
-        ahead.scatter_add_(0, gt, -correct.to(torch.float64))  # only incorrect texts count
-        v2t_ahead += ahead
-        del scores, sim
-        bar.update(stop - start)
-    bar.close()
+        # ---- pass 2: t2v ranks, v2t counts
+        count_dtype = torch.float32 if num_videos < _EXACT_FLOAT32_COUNT else torch.float64
+        buffer = torch.empty(min(chunk_size, num_texts), num_videos, dtype=count_dtype,
+                             device=source.device)
+        t2v_ranks = torch.empty(num_texts, dtype=torch.long, device=source.device)
+        v2t_ahead = torch.zeros(num_videos, dtype=torch.float64, device=source.device)
+        for start, stop in iter_chunks(num_texts, chunk_size):
+            sim = source.rows(start, stop, pad_to=chunk_size)
+            gt = t2v[start:stop]
+            z = scaled_similarity(sim, dsl_temp) if dsl else None
+            # text -> video
+            if dsl:     # a ground-truth weight that underflows is an error (check_dsl_weights)
+                check_dsl_weights(z.gather(1, gt[:, None]) - col_lse[gt][:, None],
+                                  sim.gather(1, gt[:, None]), dsl_temp,
+                                  'a column (the texts, for one video)')
+            scores = dsl_t2v_scores(sim, col_lse, dsl_temp, t2v_factor, z=z, check=False) \
+                if dsl else sim
+            if qb_stats is not None:
+                scores = qb_norm_scores(scores, qb_stats, inplace=dsl)
+            gt_score = scores.gather(1, gt[:, None])  # [c, 1]
+            # the count includes the GT entry itself once: it equals 1 + #competitors ahead
+            t2v_ranks[start:stop] = _count_ge(scores, gt_score, 1, buffer).long()
+            del scores
+            # video -> text
+            scores = dsl_v2t_scores(sim, row_lse[start:stop], dsl_temp, z=z, consume_z=True,
+                                    check=False) if dsl else sim
+            del z
+            ahead = _count_ge(scores, best_correct[None, :], 0, buffer).to(torch.float64)
+            correct = scores.gather(1, gt[:, None]).squeeze(1) >= best_correct[gt]
+            ahead.scatter_add_(0, gt, -correct.to(torch.float64))  # only incorrect texts count
+            v2t_ahead += ahead
+            del scores, sim
+            bar.update(stop - start)
     v2t_ranks = v2t_ahead.round().long() + 1
     t2v_ranks, v2t_ranks = t2v_ranks.cpu(), v2t_ranks.cpu()
     if int(t2v_ranks.min()) < 1 or int(v2t_ranks.min()) < 1:  # pragma: no cover - invariant

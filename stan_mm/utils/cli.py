@@ -1139,6 +1139,13 @@ def config_warning(tool: str, message: str) -> None:
         _CONFIG_WARNINGS.append(f'{tool}: warning: {message}')
 
 
+def log_later(message: str) -> None:
+    """Keep ``message`` (printed already, e.g. as a Python warning) until
+    :func:`log_config_warnings` writes it to the run's log file, which does not exist yet
+    when it is said (the distributed setup runs before the runner's logger is built)."""
+    _CONFIG_WARNINGS.append(message)
+
+
 def log_config_warnings(exclude=(), clear_only: bool = False) -> None:
     """Write the lines :func:`config_warning` printed since the last call to the log files
     of the loggers not in ``exclude`` (:func:`write_to_log_files`, as WARNING: the file

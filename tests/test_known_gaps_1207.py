@@ -1,0 +1,88 @@
+"""Known gaps closed on 2026-12-07 that have no better home: the ranking's progress log
+says where it stopped when it fails."""
+import io
+
+import pytest
+import torch
+
+from stan_mm.evaluation.ranking import retrieval_ranks
+from stan_mm.evaluation.similarity import EmbeddingSimilarity
+
+
+class _FailsAtRow(EmbeddingSimilarity):
+    """Similarity rows that raise once ``rows`` reaches text ``fail_at``."""
+
+    def __init__(self, *args, fail_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail_at = fail_at
+
+    def rows(self, start, stop, pad_to=None):
+        if stop > self.fail_at:
+            raise OSError(f'read error at text row {start}')
+        return super().rows(start, stop, pad_to=pad_to)
+
+
+def test_a_failed_ranking_logs_where_it_stopped(monkeypatch):
+    """A log (stderr not a terminal) shows the ranking's start line, and on an error a
+    'stopped after' line with the rows done: the bar was left open before, so the log
+    ended at the start line."""
+    stream = io.StringIO()
+    monkeypatch.setattr('sys.stderr', stream)
+    g = torch.Generator().manual_seed(0)
+    text, video = torch.randn(12, 8, generator=g), torch.randn(6, 8, generator=g)
+    t2v = torch.arange(12) % 6
+    source = _FailsAtRow(text, video, name='sims', fail_at=8)
+    with pytest.raises(OSError, match='read error at text row 8'):
+        retrieval_ranks(source, t2v, chunk_size=4, progress=True)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith('ranking (2 passes over the text rows): 0/24 rows')
+    assert lines[-1].startswith('ranking (2 passes over the text rows): 8/24 rows (33%), '
+                                'stopped after ')
+    # a ranking that succeeds ends with 'done in'
+    stream.truncate(0)
+    stream.seek(0)
+    retrieval_ranks(EmbeddingSimilarity(text, video, name='ok'), t2v, chunk_size=4,
+                    progress=True)
+    assert stream.getvalue().splitlines()[-1].startswith(
+        'ranking (2 passes over the text rows): 24/24 rows (100%), done in ')
+
+
+# ------------------------------------------- the training batch and the backend in the log
+def test_train_log_states_the_batch_per_rank_and_per_step(tmp_path, capsys):
+    """tools/train.py logs the batch a run trains on: per rank, over the ranks, and per
+    optimizer step under gradient accumulation (mmengine logs it only with
+    auto_scale_lr)."""
+    from test_log_review_fixes2 import run_logs, train, write_config
+    config = write_config(tmp_path / 'cfg.py', tmp_path / 'data')
+    work_dir = tmp_path / 'work'
+    assert train([config, '--work-dir', work_dir, '--cfg-options',
+                  'optim_wrapper.accumulative_counts=2']) == 0
+    (log, ) = run_logs(work_dir)
+    assert ('training batch: 2 samples per rank x 1 rank = 2 samples per iteration, 4 per '
+            'optimizer step (accumulative_counts=2)') in log
+
+
+def test_gloo_fallback_is_written_to_the_run_log_once(monkeypatch, tmp_path):
+    """The switch from nccl to gloo on a machine without CUDA happens before the run's
+    log exists: it is printed (a Python warning, first rank only) and then written to the
+    log file by tools/train.py and tools/test.py (log_config_warnings)."""
+    import warnings
+    from stan_mm.compat import dist as dist_fix
+    from stan_mm.utils import cli
+    cli.log_config_warnings(clear_only=True)
+    monkeypatch.setenv('RANK', '1')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert dist_fix._cpu_backend('nccl', 'torch') == 'gloo'      # rank 1: silent
+    assert cli._CONFIG_WARNINGS == []
+    monkeypatch.setenv('RANK', '0')
+    with pytest.warns(UserWarning, match='using the gloo backend instead of nccl'):
+        assert dist_fix._cpu_backend('nccl', 'torch') == 'gloo'
+    assert dist_fix._cpu_backend('gloo', 'torch') == 'gloo'
+    written = []
+    monkeypatch.setattr(cli, 'write_to_log_files',
+                        lambda message, level, exclude=(): written.append((level, message)))
+    cli.log_config_warnings()
+    assert [level for level, _ in written] == ['WARNING']
+    assert written[0][1].startswith('CUDA is not available: using the gloo backend instead '
+                                    'of nccl (env_cfg.dist_cfg.backend')
