@@ -1,5 +1,6 @@
 """Known gaps closed on 2026-12-07 that have no better home: the ranking's progress log
-says where it stopped when it fails."""
+says where it stopped when it fails; the training batch and the gloo switch in the run's
+log; gpu_session.py's install folder (security review)."""
 import io
 
 import pytest
@@ -86,3 +87,29 @@ def test_gloo_fallback_is_written_to_the_run_log_once(monkeypatch, tmp_path):
     assert [level for level, _ in written] == ['WARNING']
     assert written[0][1].startswith('CUDA is not available: using the gloo backend instead '
                                     'of nccl (env_cfg.dist_cfg.backend')
+
+
+# ------------------------------------------------------------ gpu_session.py --site
+def test_gpu_session_refuses_an_install_folder_others_may_write(tmp_path):
+    """The wheels' install folder goes first on the steps' PYTHONPATH: the default is no
+    longer the fixed /tmp/stan_site (anyone could create it first and plant a
+    sitecustomize.py), and a folder others may write to, or a link, is refused."""
+    import os
+    from test_benchmark_tool import _load
+    session = _load('gpu_session_site', 'tools/analysis/gpu_session.py')
+    args = session.parse_args(['--out', str(tmp_path / 'out')])
+    assert args.site == os.path.join(session.ROOT, '.whl-site')
+    fresh = tmp_path / 'fresh'
+    session.check_site(str(fresh))
+    assert fresh.is_dir() and (fresh.stat().st_mode & 0o777) == 0o700
+    session.check_site(str(fresh))                   # its own folder: accepted again
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(SystemExit, match=r'--site .*shared is owned by another user or '
+                       r'writable by others \(mode drwxrwxrwx\)'):
+        session.check_site(str(shared))
+    link = tmp_path / 'link'
+    link.symlink_to(fresh)
+    with pytest.raises(SystemExit, match='is not a folder'):
+        session.check_site(str(link))

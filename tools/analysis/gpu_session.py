@@ -93,8 +93,10 @@ def parse_args(argv=None):
                    help='arguments appended to every step, e.g. "--repeats 3"')
     p.add_argument('--wheels', type=os.path.expanduser, default=os.path.join(ROOT, '.whl'),
                    help='folder of wheels to install when the stack is missing')
-    p.add_argument('--site', type=os.path.expanduser, default='/tmp/stan_site',
-                   help='where those wheels are installed')
+    p.add_argument('--site', type=os.path.expanduser, default=os.path.join(ROOT, '.whl-site'),
+                   help='where those wheels are installed (default: .whl-site in the '
+                        'repository; a folder that another user owns or may write to is '
+                        'refused: what it holds would run in every step)')
     p.add_argument('--python', default=sys.executable, help='interpreter for the steps')
     p.add_argument('--dry-run', action='store_true',
                    help='print the steps\' commands and exit')
@@ -115,6 +117,26 @@ def step_commands(args) -> list:
     return out
 
 
+def check_site(site: str) -> None:
+    """Refuse an install folder (``--site``) that another user owns or that others may
+    write to: it goes first on the steps' ``PYTHONPATH``, so a ``sitecustomize.py`` or a
+    package planted there would run in every step (a fixed folder in a shared ``/tmp``
+    could be created first by anyone). A missing folder is created for this user only."""
+    if not os.path.lexists(site):
+        os.makedirs(site, mode=0o700)
+        return
+    info = os.lstat(site)
+    import stat
+    if not stat.S_ISDIR(info.st_mode):
+        raise SystemExit(f'gpu_session: --site {site} is not a folder (a link or a file); '
+                         f'give a folder of your own')
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise SystemExit(
+            f'gpu_session: --site {site} is owned by another user or writable by others '
+            f'(mode {stat.filemode(info.st_mode)}): what it holds would run in every step. '
+            f'Give a folder of your own (default: .whl-site in the repository)')
+
+
 def stack_env(args, log) -> dict:
     """The environment the steps run in: the repository on PYTHONPATH, and the carried
     wheels installed first when the stack cannot be imported."""
@@ -129,6 +151,7 @@ def stack_env(args, log) -> dict:
             f'gpu_session: `{STACK_IMPORT}` fails with {args.python} and {args.wheels} has '
             f'no wheels. Run `bash tools/analysis/fetch_gpu_wheels.sh` where pip can reach '
             f'the index and carry .whl along (or install the stack on this machine).')
+    check_site(args.site)
     log(f'installing {len(wheels)} wheels from {args.wheels} into {args.site}')
     cmd = [args.python, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
            '--no-compile', '--no-cache-dir', '--upgrade', '--target', args.site] + wheels
