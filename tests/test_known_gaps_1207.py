@@ -113,3 +113,24 @@ def test_gpu_session_refuses_an_install_folder_others_may_write(tmp_path):
     link.symlink_to(fresh)
     with pytest.raises(SystemExit, match='is not a folder'):
         session.check_site(str(link))
+
+
+# ------------------------------------------------------ make_synthetic into a symlink
+def test_synthetic_dataset_follows_a_symlinked_out_dir(tmp_path):
+    """data/ -> a folder on a scratch disk: the dataset is written where the link points
+    and the link stays (it was replaced by a folder on the link's disk); regenerating
+    with other parameters (overwrite) keeps the link too."""
+    import os
+    from stan_mm.datasets.synthetic import generate_motion_dataset
+    scratch = tmp_path / 'scratch' / 'motion'
+    link = tmp_path / 'data'
+    link.symlink_to(scratch)                         # (dangling: the target is created)
+    small = dict(num_train=2, num_val=1, num_test=1, num_frames=4, size=32,
+                 pairs=('horizontal', ), progress=False)
+    meta = generate_motion_dataset(str(link), **small)
+    assert link.is_symlink() and os.readlink(link) == str(scratch)
+    assert (scratch / 'meta.json').is_file() and len(os.listdir(scratch / 'videos')) == 4
+    assert generate_motion_dataset(str(link), **small) == meta      # idempotent
+    generate_motion_dataset(str(link), **dict(small, num_train=4), overwrite=True)
+    assert link.is_symlink() and len(os.listdir(scratch / 'videos')) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'scratch']

@@ -740,7 +740,8 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
     Args:
         out_dir: destination directory (created; must be absent, empty, or hold a dataset
             made by this function: a folder whose ``meta.json`` does not say this generator
-            wrote it is never replaced, ``overwrite`` or not).
+            wrote it is never replaced, ``overwrite`` or not). A symlink is followed: the
+            dataset goes where it points, and the link stays.
         num_train / num_val / num_test: videos per split.
         num_frames: frames per video (T).
         size: frame side in pixels (even; frames are ``size`` x ``size``).
@@ -759,7 +760,10 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
     """
     params = _params(num_train, num_val, num_test, num_frames, size, fps, pairs,
                      captions_per_video, twins, seed)
-    out_dir = osp.abspath(out_dir)
+    # a symlink (e.g. data/ -> a scratch disk) is followed: the dataset is built beside
+    # and renamed to what it points to, and the link stays (replacing the link put the
+    # videos on the link's disk instead, as the CLIP converter did not)
+    out_dir = osp.realpath(out_dir) if osp.islink(out_dir) else osp.abspath(out_dir)
     same, reason = _same_dataset(out_dir, params)
     if same:
         return load_meta(out_dir)
