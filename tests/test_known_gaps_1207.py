@@ -134,3 +134,45 @@ def test_synthetic_dataset_follows_a_symlinked_out_dir(tmp_path):
     generate_motion_dataset(str(link), **dict(small, num_train=4), overwrite=True)
     assert link.is_symlink() and len(os.listdir(scratch / 'videos')) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'scratch']
+
+
+# ------------------------------------------- mmengine's default optimizer constructor
+def test_default_constructor_logs_groups_not_every_tensor(tmp_path):
+    """The quickstart configs build their optimizer with mmengine's default constructor
+    and a paramwise_cfg: one INFO line per (lr, weight decay) instead of one
+    'paramwise_options' line per tensor setting (those at DEBUG); the groups are
+    mmengine's, unchanged."""
+    import logging
+    import os.path as osp
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+    from mmengine.optim import DefaultOptimWrapperConstructor, build_optim_wrapper
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(repo, 'configs', 'quickstart', 'motion_stan_tiny.py'))
+    assert 'constructor' not in cfg.optim_wrapper and cfg.optim_wrapper.paramwise_cfg
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4),
+                                torch.nn.Linear(4, 2))
+    logger, records = MMLogger.get_current_instance(), []
+    handler, level = logging.Handler(logging.DEBUG), logger.level
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    info = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert not any('paramwise_options' in m for m in info), info
+    assert sum(m.startswith('paramwise_options -- ') for m in debug) == 4, debug
+    groups = [m for m in info if m.startswith('optimizer: lr ')]
+    # weights decay at 0.05; norms and biases (norm_decay_mult, bias_decay_mult = 0) not
+    assert groups == [
+        'optimizer: lr 0.003, weight decay 0.05: 2 tensors, 24 params (0.weight 1, '
+        '2.weight 1)',
+        "optimizer: lr 0.003, weight decay 0: 4 tensors, 14 params (0.bias 1, 1.weight 1, "
+        "1.bias 1, 2.bias 1) (log_level='DEBUG' lists the settings of every tensor)"], groups
+    decays = sorted(g['weight_decay'] for g in wrapper.optimizer.param_groups)
+    assert decays == [0.0] * 4 + [0.05] * 2
+    assert DefaultOptimWrapperConstructor.__call__._stan_frozen_log

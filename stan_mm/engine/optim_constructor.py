@@ -25,12 +25,10 @@ parameters it matches. Learning rates (``lr_mult``) are unchanged. Use it with
 ``optim_wrapper = dict(constructor='STANOptimWrapperConstructor', paramwise_cfg=...)``.
 
 With a ``paramwise_cfg``, mmengine's constructor logs one INFO line per setting of every
-parameter tensor (``paramwise_options -- backbone.branch.layers.3.mlp.c_proj.bias:lr=...``:
-331 lines for ``configs/stan/k400_self_b16.py``). This constructor logs those at DEBUG
-(``log_level='DEBUG'`` shows them) and instead one INFO line per distinct (lr, weight
-decay) of the optimizer: its tensors, parameters and the modules they belong to.
+parameter tensor; ``stan_mm.compat`` (:mod:`stan_mm.compat.frozen_log`) logs those at DEBUG
+for every constructor, this one included, and instead one INFO line per distinct (lr,
+weight decay) of the optimizer (:func:`group_summary`).
 """
-import logging
 from collections import Counter, OrderedDict
 from typing import Dict, List, Optional, Union
 
@@ -45,20 +43,6 @@ __all__ = ['STANOptimWrapperConstructor', 'NORM_LAYERS']
 
 #: module classes whose parameters count as norm parameters (as mmengine's own rule)
 NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-_PARAMWISE = 'paramwise_options -- '
-
-
-def _paramwise_lines_at_debug():
-    """While the optimizer is built: mmengine's per-tensor ``paramwise_options -- ...``
-    lines (``print_log`` of its default constructor's module) at DEBUG instead of INFO;
-    its other messages as they are. Restored afterwards, also on an error."""
-    from mmengine.optim.optimizer import default_constructor as dc
-
-    from stan_mm.compat.fileclient_log import rewritten_print_log
-    return rewritten_print_log(dc, lambda msg, level: logging.DEBUG if isinstance(
-        msg, str) and msg.startswith(_PARAMWISE) else level)
 
 
 def _count(numel: int) -> str:
@@ -101,15 +85,6 @@ class STANOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     also reach parameters matched by a custom key and biases not named ``bias`` (see the
     module docstring). Without ``paramwise_cfg``, or without a base ``weight_decay``, it
     is the default constructor."""
-
-    def __call__(self, model: nn.Module):
-        with _paramwise_lines_at_debug():
-            optim_wrapper = super().__call__(model)
-        if self.paramwise_cfg:
-            for line in group_summary(getattr(model, 'module', model),
-                                      optim_wrapper.optimizer):
-                print_log(line, logger='current')
-        return optim_wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
