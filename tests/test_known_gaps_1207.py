@@ -176,3 +176,54 @@ def test_default_constructor_logs_groups_not_every_tensor(tmp_path):
     decays = sorted(g['weight_decay'] for g in wrapper.optimizer.param_groups)
     assert decays == [0.0] * 4 + [0.05] * 2
     assert DefaultOptimWrapperConstructor.__call__._stan_frozen_log
+
+
+# ------------------------------------------ a config entry without a required argument
+def test_train_tool_names_a_missing_required_argument_in_one_line(tmp_path, capsys):
+    """param_scheduler = [dict(type='MultiStepLR')] without its milestones: one line
+    naming the entry's path, the argument and the --cfg-options that sets it, exit 2 (it
+    was a traceback ending in mmengine's build_from_cfg)."""
+    from test_log_review_fixes2 import train, write_config
+    base = write_config(tmp_path / 'base.py', tmp_path / 'data')
+    config = tmp_path / 'cfg.py'
+    config.write_text(f"_base_ = [{base!r}]\n"
+                      "experiment_name = 'missing_argument'\n"
+                      "param_scheduler = [dict(type='LinearLR', start_factor=0.5, end=1),\n"
+                      "                   dict(type='MultiStepLR', by_epoch=True)]\n")
+    assert train([config, '--work-dir', tmp_path / 'work']) == 2
+    err = capsys.readouterr().err
+    assert ("train.py: error: ConfigValueError: the config entry param_scheduler.1 "
+            "(type='MultiStepLR') lacks the argument 'milestones', which MultiStepLR "
+            "requires: set it in the config or with --cfg-options "
+            "param_scheduler.1.milestones=...") in err
+    assert 'Traceback' not in err
+
+
+def test_a_missing_argument_in_the_code_keeps_its_traceback():
+    """A call in the code without a required argument is a bug, not a config error: no
+    ConfigValueError (the traceback is kept), also for a class mmengine builds from a
+    dict the code wrote while a config is at hand. Without a config (a library call) the
+    class is named."""
+    from mmaction.registry import MODELS
+    from stan_mm.utils.cli import missing_argument_error
+
+    def helper(a, b):
+        return a + b
+
+    with pytest.raises(TypeError) as info:
+        helper(1)
+    assert missing_argument_error(info.value) is None
+    with pytest.raises(TypeError) as info:
+        MODELS.build(dict(type='I3DHead', num_classes=3))
+    from mmengine.config import Config
+
+    def build(cfg):      # (a config of the run, without an I3DHead entry)
+        MODELS.build(dict(type='I3DHead', num_classes=3))
+
+    with pytest.raises(TypeError) as with_config:
+        build(Config(dict(model=dict(type='Recognizer3D'))))
+    assert missing_argument_error(with_config.value) is None
+    error = missing_argument_error(info.value)       # no config found: the class is named
+    assert str(error) == ("the config entry I3DHead (type='I3DHead') lacks the argument "
+                          "'in_channels', which I3DHead requires: set it in the config or "
+                          "with --cfg-options in_channels=...")

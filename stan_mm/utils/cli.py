@@ -421,6 +421,52 @@ def _var_keywords(frame) -> Optional[Mapping]:
     return value if isinstance(value, Mapping) else None
 
 
+def _typed_paths(node, cls_names: set, prefix: str = ''):
+    """The dotted key paths of every dict in the config tree ``node`` whose ``type`` names
+    one of ``cls_names`` (``model.backbone``, ``custom_hooks.0``)."""
+    if isinstance(node, Mapping):
+        kind = node.get('type')
+        name = kind.rsplit('.', 1)[-1] if isinstance(kind, str) else getattr(
+            kind, '__name__', None)
+        if name in cls_names:
+            yield prefix
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return
+    for k, v in items:
+        yield from _typed_paths(v, cls_names, f'{prefix}.{k}' if prefix else str(k))
+
+
+def _traceback_frames(exc: BaseException) -> list:
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def _config_root(frames) -> Optional[dict]:
+    """The whole config of the run, found in ``frames`` (a tool's main's or
+    ``Runner.from_cfg``'s ``cfg``, a Runner's ``self.cfg``), as a dict; None if none."""
+    config_cls = getattr(sys.modules.get('mmengine.config'), 'Config', None)
+    for frame in frames if config_cls is not None else ():
+        owner = frame.f_locals.get('self')
+        for found in (frame.f_locals.get('cfg'), owner.__dict__.get('cfg') if hasattr(
+                owner, '__dict__') else None):
+            if isinstance(found, config_cls):
+                return dict(found.items())
+    return None
+
+
+def _in_mmengine(frame) -> bool:
+    mmengine_dir = os.path.dirname(sys.modules['mmengine'].__file__) \
+        if 'mmengine' in sys.modules else None
+    return bool(mmengine_dir) and os.path.abspath(frame.f_code.co_filename).startswith(
+        mmengine_dir + os.sep)
+
+
 def unexpected_argument_error(exc: BaseException):
     """A :class:`~stan_mm.errors.ConfigValueError` for ``exc`` when it is a misspelled or
     unknown key of a config entry: a ``TypeError`` ``X.__init__() got an unexpected keyword
@@ -435,10 +481,7 @@ def unexpected_argument_error(exc: BaseException):
         return None
     match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'",
                       str(exc))
-    tb, frames = exc.__traceback__, []
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
+    frames = _traceback_frames(exc)
     if not match or not frames:
         return None
     named, key = match.groups()
@@ -449,28 +492,14 @@ def unexpected_argument_error(exc: BaseException):
             _var_keywords(frames[caller]) or ()):
         caller -= 1
     caller = frames[caller]
-    mmengine_dir = os.path.dirname(sys.modules['mmengine'].__file__) \
-        if 'mmengine' in sys.modules else None
-    if not mmengine_dir or not os.path.abspath(caller.f_code.co_filename).startswith(
-            mmengine_dir + os.sep):
+    if not _in_mmengine(caller):
         return None
     if not any(isinstance(v, Mapping) and key in v for v in caller.f_locals.values()):
         return None                      # (the keyword did not come from a config entry)
     cls = next((v for v in caller.f_locals.values() if isinstance(v, type) and named in
                 (c.__name__ for c in v.__mro__)), None) or caller.f_globals.get(named)
     cls_name = getattr(cls, '__name__', named)
-    root = None
-    config_cls = getattr(sys.modules.get('mmengine.config'), 'Config', None)
-    for frame in frames if config_cls is not None else ():
-        # the whole config: a tool's main's or Runner.from_cfg's cfg, a Runner's self.cfg
-        owner = frame.f_locals.get('self')
-        for found in (frame.f_locals.get('cfg'), owner.__dict__.get('cfg') if hasattr(
-                owner, '__dict__') else None):
-            if isinstance(found, config_cls):
-                root = dict(found.items())
-                break
-        if root is not None:
-            break
+    root = _config_root(frames)
     paths = list(_config_paths(root, key, {cls_name, named})) if root is not None else []
     if root is not None and not paths:
         return None     # no config entry sets the key: the code built that dict (a bug)
@@ -487,6 +516,53 @@ def unexpected_argument_error(exc: BaseException):
         + (f' {cls_name} takes: {", ".join(args)}' if args else '')
         + (f' (fix it in the config or --cfg-options: {prefix}{close[0]}=...)' if close
            else ' (remove it from the config or --cfg-options)'))
+
+
+def missing_argument_error(exc: BaseException):
+    """A :class:`~stan_mm.errors.ConfigValueError` for ``exc`` when a config entry lacks an
+    argument its class requires: a ``TypeError`` ``X.__init__() missing 1 required
+    positional argument: 'k'`` raised where mmengine built the class from the config (its
+    registry's ``build_from_cfg``). The message names the entry's key path
+    (``model.cls_head``), the missing arguments and the ``--cfg-options`` that sets them.
+    Anything else (the code calling a function without an argument): None, and the
+    traceback is kept."""
+    import re
+    if type(exc) is not TypeError:
+        return None
+    match = re.search(r"(\w+)\.__init__\(\) missing \d+ required (?:positional|keyword-only) "
+                      r"arguments?: (.+)$", str(exc))
+    frames = _traceback_frames(exc)
+    if not match or not frames:
+        return None
+    named = match.group(1)
+    missing = re.findall(r"'(\w+)'", match.group(2))
+    caller = len(frames) - 1
+    # an __init__ passing its **kwargs on to the class the error names (a subclass of it):
+    # the call that built the class from the config is further out
+    while caller > 0 and frames[caller].f_code.co_name == '__init__' and _var_keywords(
+            frames[caller]) is not None:
+        caller -= 1
+    caller = frames[caller]
+    if not missing or not _in_mmengine(caller):
+        return None
+    cls = next((v for v in caller.f_locals.values() if isinstance(v, type) and named in
+                (c.__name__ for c in v.__mro__)), None)
+    if cls is None or not any(isinstance(v, Mapping) for v in caller.f_locals.values()):
+        return None                      # (not a class built from a config entry)
+    cls_name = cls.__name__
+    root = _config_root(frames)
+    paths = list(_typed_paths(root, {cls_name})) if root is not None else []
+    if root is not None and not paths:
+        return None     # no config entry has that type: the code built the dict (a bug)
+    where = ', '.join(p for p in paths[:3] if p)
+    from stan_mm.errors import ConfigValueError
+    plural = 's' if len(missing) > 1 else ''
+    sets = ' '.join(f'{paths[0]}.{m}=...' if paths and paths[0] else f'{m}=...'
+                    for m in missing)
+    return ConfigValueError(
+        f'the config entry {where or cls_name} (type={cls_name!r}) lacks the argument{plural} '
+        f'{", ".join(repr(m) for m in missing)}, which {cls_name} requires: set '
+        f'{"them" if plural else "it"} in the config or with --cfg-options {sets}')
 
 
 #: the top-level config keys mmengine's Runner reads (Runner.from_cfg)
@@ -1005,12 +1081,14 @@ def run_tool(main: Callable[[], object], tool: str) -> int:
 
     A config key the class it configures does not take (``TypeError ... unexpected keyword
     argument``, :func:`unexpected_argument_error`) is such an error too, told as a
-    ``ConfigValueError`` naming the key path and the valid arguments."""
+    ``ConfigValueError`` naming the key path and the valid arguments, and so is a config
+    entry without an argument its class requires (:func:`missing_argument_error`)."""
     before = logger_names()
     try:
         status = main()
     except Exception as exc:
-        error = exc if is_user_error(exc) else unexpected_argument_error(exc)
+        error = exc if is_user_error(exc) else (unexpected_argument_error(exc)
+                                                or missing_argument_error(exc))
         if error is None:
             import traceback
             write_to_log_files(f'{tool}: error: {type(exc).__name__}: {exc}\n'
