@@ -6,6 +6,13 @@ weights-only unpickler refuses. This module allow-lists exactly those types and 
 mmengine's local-file loader with :func:`safe_torch_load`, so resuming and ``load_from`` work
 while a checkpoint whose pickle would import anything else (and could run code) is refused.
 
+URLs go the same way: mmengine's ``http://`` / ``https://`` loader (which ``open-mmlab://``,
+``openmmlab://``, ``torchvision://``, ``modelzoo://`` and ``mmcls://`` resolve to) downloads
+into torch.hub's cache as before, but the cached file is read with :func:`safe_torch_load`
+instead of ``torch.hub.load_state_dict_from_url``'s full unpickling (``weights_only=False``);
+a refusal names the URL and the cached file. ``load_from=URL``, ``--resume URL`` and
+``init_cfg=dict(type='Pretrained', checkpoint=URL)`` are covered.
+
 Trusting a file is an explicit opt-in, for files whose origin you know:
 
 - environment variable ``STAN_MM_TRUST_CHECKPOINTS=1`` (all files), or
@@ -64,18 +71,20 @@ class CorruptCheckpointError(ValueError):
     """A file that is not a readable PyTorch checkpoint: empty, truncated, another format."""
 
 
-def _check_header(filename) -> None:
+def _check_header(filename, name=None) -> None:
     """``torch.save`` writes a zip archive (``PK``); its legacy format and plain pickles
     start with the pickle protocol byte ``0x80``. Anything else is named as such instead of
-    the unpickler's ``invalid load key`` or ``KeyError: <number>``."""
+    the unpickler's ``invalid load key`` or ``KeyError: <number>``. ``name``: how messages
+    call the file (default: ``filename``)."""
+    name = filename if name is None else name
     with open(filename, 'rb') as f:
         head = f.read(4)
     if not head:
-        raise CorruptCheckpointError(f'{filename} is empty (0 bytes); expected a PyTorch '
+        raise CorruptCheckpointError(f'{name} is empty (0 bytes); expected a PyTorch '
                                      f'checkpoint written by torch.save')
     if head[:2] != b'PK' and head[:1] != b'\x80':
         raise CorruptCheckpointError(
-            f'{filename} is not a PyTorch checkpoint: it starts with {head!r}, not with a '
+            f'{name} is not a PyTorch checkpoint: it starts with {head!r}, not with a '
             f'zip archive (torch.save) or a pickle. A .safetensors file needs that extension')
 
 
@@ -168,6 +177,18 @@ def _trusted() -> bool:
     return _trust_depth > 0 or os.environ.get(TRUST_ENV, '') not in ('', '0')
 
 
+def checkpoints_trusted() -> bool:
+    """Whether the user opted in to trusting checkpoints: ``STAN_MM_TRUST_CHECKPOINTS`` set
+    (not ``0``) or inside :func:`trusted_checkpoints`. Loaders of other formats that can run
+    code (TorchScript archives, :mod:`stan_mm.models.clip.checkpoint`) ask this too."""
+    return _trusted()
+
+
+#: the opt-in, as messages state it
+TRUST_HINT = (f'If you trust where this file comes from, set {TRUST_ENV}=1 or load it '
+              f'inside stan_mm.compat.trusted_checkpoints().')
+
+
 @contextlib.contextmanager
 def trusted_checkpoints() -> Iterator[None]:
     """Within this block, checkpoints load with full unpickling (they may run code)."""
@@ -179,8 +200,12 @@ def trusted_checkpoints() -> Iterator[None]:
         _trust_depth -= 1
 
 
-def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs):
+def safe_torch_load(filename, map_location='cpu', trust: bool = False, source=None,
+                    **kwargs):
     """``torch.load`` restricted to tensors, containers, numpy and mmengine's buffers.
+
+    ``source``: how messages name the file (e.g. the URL it was downloaded from);
+    default ``filename``.
 
     Raises:
         FileNotFoundError: when ``filename`` does not exist.
@@ -190,8 +215,9 @@ def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs)
     is_path = isinstance(filename, (str, os.PathLike))
     if is_path and not os.path.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    name = filename if source is None else source
     if is_path:
-        _check_header(filename)
+        _check_header(filename, name)
     try:
         if trust or _trusted():
             return torch.load(filename, map_location=map_location, weights_only=False,
@@ -205,7 +231,7 @@ def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs)
                               **kwargs)
     except pickle.UnpicklingError as e:
         if not _is_weights_only_refusal(e):
-            raise _corrupt(filename, e) from e
+            raise _corrupt(name, e) from e
         first = _reason(e)
         old_torch = '' if safe_loading_supported() else (
             f' With torch {torch.__version__} numpy arrays and mmengine buffers cannot be '
@@ -213,16 +239,19 @@ def safe_torch_load(filename, map_location='cpu', trust: bool = False, **kwargs)
             f'{".".join(map(str, SAFE_LOAD_MIN_TORCH))} (torch.serialization.safe_globals '
             f'with named entries), which stan-mm requires.')
         raise UnsafeCheckpointError(
-            f'Refused to load checkpoint {filename}: its pickle needs objects beyond '
+            f'Refused to load checkpoint {name}: its pickle needs objects beyond '
             f'tensors, containers, numpy arrays and mmengine buffers, and unpickling it '
-            f'could run code ({first}). If you trust where this file comes from, set '
-            f'{TRUST_ENV}=1 or load it inside stan_mm.compat.trusted_checkpoints().'
-            f'{old_torch}') from e
+            f'could run code ({first}). {TRUST_HINT}{old_torch}') from e
     except (EOFError, KeyError, OSError, struct.error) as e:
-        raise _corrupt(filename, e) from e
+        raise _corrupt(name, e) from e
     except RuntimeError as e:
+        if 'TorchScript' in str(e) and 'weights_only' in str(e):
+            raise UnsafeCheckpointError(
+                f'Refused to load checkpoint {name}: it is a TorchScript archive, which '
+                f'torch.load reads with torch.jit.load, running the code stored in it. '
+                f'{TRUST_HINT}') from e
         if 'PytorchStreamReader' in str(e) or 'zip archive' in str(e):
-            raise _corrupt(filename, e) from e
+            raise _corrupt(name, e) from e
         raise
 
 
@@ -252,6 +281,69 @@ def _load_from_local(filename, map_location):
     return safe_torch_load(filename, map_location=map_location)
 
 
+def _download_cached(url: str, model_dir=None, progress: bool = True,
+                     check_hash: bool = False, file_name=None) -> str:
+    """Download ``url`` into torch.hub's cache as ``torch.hub.load_state_dict_from_url``
+    does (``<hub dir>/checkpoints/<name>``, kept when present) -> the cached file."""
+    import sys
+    from urllib.parse import urlparse
+
+    import torch.hub as hub
+    if model_dir is None:
+        model_dir = os.path.join(hub.get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    filename = file_name if file_name is not None else os.path.basename(
+        urlparse(url).path)
+    cached = os.path.join(model_dir, filename)
+    if not os.path.exists(cached):
+        sys.stdout.write(f'Downloading: "{url}" to {cached}\n')
+        hash_prefix = None
+        if check_hash:
+            match = hub.HASH_REGEX.search(filename)
+            hash_prefix = match.group(1) if match else None
+        hub.download_url_to_file(url, cached, hash_prefix, progress=progress)
+    return cached
+
+
+def _legacy_zip_member(cached: str, model_dir: str):
+    """torch < 1.6 checkpoints zipped by hand (a zip holding one file, which torch.hub
+    extracts and loads) -> the extracted file; None for any other file. A member whose
+    path would leave ``model_dir`` is refused."""
+    import zipfile
+    if not zipfile.is_zipfile(cached):
+        return None
+    with zipfile.ZipFile(cached) as zf:
+        members = zf.infolist()
+        if len(members) != 1 or members[0].is_dir():
+            return None
+        root = os.path.realpath(model_dir)
+        target = os.path.realpath(os.path.join(root, members[0].filename))
+        if os.path.commonpath([root, target]) != root:
+            raise CorruptCheckpointError(
+                f'{cached}: the zip member {members[0].filename!r} would be extracted '
+                f'outside {model_dir}; refused')
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with zf.open(members[0]) as src, open(target, 'wb') as dst:
+            dst.write(src.read())
+    return target
+
+
+def _safe_load_url(url, model_dir=None, map_location=None, progress=True,
+                   check_hash=False, file_name=None, weights_only=None):
+    """Replacement for ``mmengine.runner.checkpoint.load_url`` (torch.hub's
+    ``load_state_dict_from_url``, which unpickles fully): same download and cache, then
+    :func:`safe_torch_load` of the cached file. ``weights_only`` is ignored: the trust
+    opt-in (:func:`trusted_checkpoints`, ``STAN_MM_TRUST_CHECKPOINTS``) decides."""
+    if model_dir is None:
+        import torch.hub as hub
+        model_dir = os.path.join(hub.get_dir(), 'checkpoints')
+    cached = _download_cached(url, model_dir, progress=progress, check_hash=check_hash,
+                              file_name=file_name)
+    target = _legacy_zip_member(cached, model_dir) or cached
+    return safe_torch_load(target, map_location=map_location,
+                           source=f'{url} (downloaded to {target})')
+
+
 def _atomic_put(self, obj: bytes, filepath) -> None:
     from stan_mm.engine.checkpoint_hook import atomic_write_bytes
     atomic_write_bytes(obj, str(filepath))
@@ -262,12 +354,19 @@ def _atomic_put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
 
 
 def apply_checkpoint_fix() -> None:
-    """Route mmengine's local checkpoint loading through :func:`safe_torch_load` (only on a
-    torch where :func:`safe_loading_supported`; elsewhere mmengine's loader stays), and make
-    its local file writes (checkpoints included) atomic: temporary file + fsync + rename."""
+    """Route mmengine's local and URL checkpoint loading through :func:`safe_torch_load`
+    (only on a torch where :func:`safe_loading_supported`; elsewhere mmengine's loaders
+    stay), and make its local file writes (checkpoints included) atomic: temporary file +
+    fsync + rename.
+
+    URLs: ``load_from_http`` (which the ``open-mmlab://``, ``torchvision://`` and
+    ``mmcls://`` loaders call directly, not through the scheme table) calls the module
+    global ``load_url`` of ``mmengine.runner.checkpoint``; that global is replaced."""
     from mmengine.fileio.backends.local_backend import LocalBackend
+    from mmengine.runner import checkpoint as mm_checkpoint
     from mmengine.runner.checkpoint import CheckpointLoader
     if safe_loading_supported():
         CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
+        mm_checkpoint.load_url = _safe_load_url
     LocalBackend.put = _atomic_put
     LocalBackend.put_text = _atomic_put_text

@@ -4,7 +4,9 @@ Accepted (detected automatically):
 
 ========================  ==============================================================
 OpenAI TorchScript        the ``.pt`` archives OpenAI distributes (a zip holding ``code/``
-                          and ``constants.pkl``); read with ``torch.jit.load(...).state_dict()``
+                          and ``constants.pkl``), whatever the file's name; their tensors
+                          are read without running the archive's code
+                          (:func:`read_torchscript_state_dict`)
 OpenAI state dict         ``visual.conv1.weight``, ``transformer.resblocks.N.*``, ... (fp16)
 open_clip                 ``torch.save`` of a state dict (``.pt``/``.pth``/``.bin``), possibly
                           wrapped as ``{'state_dict': ...}`` with ``module.`` prefixes, or
@@ -28,7 +30,17 @@ is False) and no key of neither tower besides ``logit_scale`` / ``logit_bias``
 :func:`stan_mm.models.clip.build_clip` refuses them.
 
 Everything is returned in open_clip's key layout and in fp32. Pickled files are read with
-:func:`stan_mm.compat.safe_torch_load` (weights-only unpickling).
+:func:`stan_mm.compat.safe_torch_load` (weights-only unpickling). A TorchScript archive is
+never given to ``torch.jit.load`` unless checkpoints are trusted
+(``STAN_MM_TRUST_CHECKPOINTS=1`` or :func:`stan_mm.compat.trusted_checkpoints`): that would
+compile and run code stored in the archive (a ``__setstate__`` runs at load). Otherwise its
+``data.pkl`` is read by a restricted unpickler (module objects become inert stand-ins,
+tensors are rebuilt from the archive's records, nothing else is imported) and the state dict
+is assembled from the ``__parameters__`` / ``__buffers__`` declarations in its ``code/``
+files, read as text; an archive that cannot be read that way (a module with its own
+``__setstate__``, a global beyond tensors and containers) is refused with
+:class:`stan_mm.compat.UnsafeCheckpointError` naming the file and the opt-in. Shards named by
+a HuggingFace ``*.index.json`` must lie in the index's folder.
 
 Activation (QuickGELU vs GELU) is not stored in weights. This module reports a *hint* from
 the file when there is one: ``config.json`` ``hidden_act`` (HF), ``quick_gelu`` in
@@ -37,9 +49,15 @@ the file when there is one: ``config.json`` ``hidden_act`` (HF), ``quick_gelu`` 
 OpenAI stores them) which mean QuickGELU. Without a hint the caller decides
 (:func:`stan_mm.models.clip.build_clip` documents the rule).
 """
+import ast
+import collections
+import io
 import json
 import os
 import os.path as osp
+import pickle
+import re
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -136,16 +154,278 @@ def is_text_tower_key(key: str) -> bool:
 # ---------------------------------------------------------------------------------------
 def is_torchscript_archive(file: str) -> bool:
     """A TorchScript archive is a zip with ``<name>/code/`` and ``<name>/constants.pkl``;
-    ``torch.save`` zips have neither."""
+    ``torch.save`` zips have neither. (``torch.load`` hands any zip with a top-level
+    ``<name>/constants.pkl`` to ``torch.jit.load``: such a zip counts too.)"""
     if not zipfile.is_zipfile(file):
         return False
     with zipfile.ZipFile(file) as zf:
         names = zf.namelist()
-    return any(n.endswith('/constants.pkl') for n in names) and any(
-        '/code/' in n for n in names)
+    return (any(n.endswith('/constants.pkl') for n in names)
+            and any('/code/' in n for n in names)) or any(
+        n.count('/') == 1 and n.endswith('/constants.pkl') for n in names)
+
+
+# storage classes a TorchScript data.pkl names (``torch.HalfStorage`` ...) -> dtype
+_TS_STORAGE_DTYPES = {
+    'HalfStorage': torch.float16, 'FloatStorage': torch.float32,
+    'DoubleStorage': torch.float64, 'BFloat16Storage': torch.bfloat16,
+    'LongStorage': torch.int64, 'IntStorage': torch.int32, 'ShortStorage': torch.int16,
+    'CharStorage': torch.int8, 'ByteStorage': torch.uint8, 'BoolStorage': torch.bool,
+    'ComplexFloatStorage': torch.complex64, 'ComplexDoubleStorage': torch.complex128}
+# torch.jit._pickle helpers TorchScript's pickler emits: all return their first argument
+_TS_IDENTITY_HELPERS = ('build_intlist', 'build_tensorlist', 'build_doublelist',
+                        'build_boollist', 'restore_type_tag')
+
+
+class _TorchScriptUnreadable(Exception):
+    """The archive cannot be read without running its code (internal; the message says why)."""
+
+
+class _ScriptObject:
+    """Inert stand-in for a TorchScript object (``__torch__.*`` class) of ``data.pkl``: it
+    only keeps the state the pickle gives it. A subclass per class name is made."""
+    qualname = ''
+    state = None
+
+    def __new__(cls, *args):
+        return object.__new__(cls)
+
+    def __init__(self, *args):
+        pass
+
+
+class _StorageType:
+    """What ``torch.<Name>Storage`` resolves to: only its dtype (not callable)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+@dataclass
+class _TSClassDecl:
+    is_module: bool
+    parameters: Optional[List[str]] = None
+    buffers: Optional[List[str]] = None
+    has_setstate: bool = False
+
+
+_TS_CLASS_LINE = re.compile(r'class\s+(\w+)\s*(?:\(([^)]*)\))?\s*:')
+_TS_LIST_LINE = re.compile(r'\s+(__parameters__|__buffers__)\s*=\s*(\[.*\])\s*$')
+
+
+def _ts_class_decls(zf: zipfile.ZipFile, prefix: str) -> Dict[str, _TSClassDecl]:
+    """The classes declared in the archive's ``code/`` files, read as text (never compiled
+    or run): qualified name -> whether it is a Module, its ``__parameters__`` and
+    ``__buffers__`` lists, whether it defines ``__setstate__``."""
+    decls: Dict[str, _TSClassDecl] = {}
+    code = prefix + 'code/'
+    for name in zf.namelist():
+        if not (name.startswith(code) and name.endswith('.py')):
+            continue
+        module = name[len(code):-len('.py')].replace('/', '.')
+        text = zf.read(name).decode('utf-8', errors='replace')
+        cur = None
+        for line in text.splitlines():
+            if not line[:1].isspace():
+                m = _TS_CLASS_LINE.match(line)
+                cur = None
+                if m:
+                    cur = _TSClassDecl(is_module=(m.group(2) or '').strip() == 'Module')
+                    decls[f'{module}.{m.group(1)}'] = cur
+                continue
+            if cur is None:
+                continue
+            m = _TS_LIST_LINE.match(line)
+            if m:
+                try:
+                    names = ast.literal_eval(m.group(2))
+                except (ValueError, SyntaxError):
+                    raise _TorchScriptUnreadable(
+                        f'unreadable {m.group(1)} of {module} in {name}') from None
+                setattr(cur, m.group(1).strip('_'), [str(n) for n in names])
+            elif line.lstrip().startswith('def __setstate__('):
+                cur.has_setstate = True
+    return decls
+
+
+class _TorchScriptUnpickler(pickle._Unpickler):
+    """Reads a TorchScript ``data.pkl`` importing nothing: ``__torch__.*`` classes become
+    :class:`_ScriptObject` stand-ins, tensors are rebuilt from the archive's ``data/``
+    records; any other global, and BUILD on anything but a stand-in, is refused."""
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(data))
+        self._zf, self._prefix = zf, prefix
+        self._classes: Dict[str, type] = {}
+        self._storages: Dict[str, Tensor] = {}
+
+    def find_class(self, module, name):
+        if module == '__torch__' or module.startswith('__torch__.'):
+            qualname = f'{module}.{name}'
+            if qualname not in self._classes:
+                self._classes[qualname] = type('ScriptObject', (_ScriptObject,),
+                                               {'qualname': qualname})
+            return self._classes[qualname]
+        if module == 'torch' and name in _TS_STORAGE_DTYPES:
+            return _StorageType(_TS_STORAGE_DTYPES[name])
+        if module == 'torch._utils' and name == '_rebuild_tensor_v2':
+            return self._rebuild_tensor
+        if module == 'torch._utils' and name == '_rebuild_parameter':
+            return _ts_rebuild_parameter
+        if module == 'collections' and name == 'OrderedDict':
+            return collections.OrderedDict
+        if module == 'torch.jit._pickle' and name in _TS_IDENTITY_HELPERS:
+            return _ts_identity
+        raise _TorchScriptUnreadable(f'its data.pkl asks for {module}.{name}')
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and isinstance(pid[4], int) and pid[4] >= 0):
+            raise _TorchScriptUnreadable(f'unexpected persistent id {pid!r:.80}')
+        dtype, key, numel = pid[1].dtype, pid[2], pid[4]
+        if key not in self._storages:
+            try:
+                raw = self._zf.read(f'{self._prefix}data/{key}')
+            except KeyError:
+                raise _TorchScriptUnreadable(f'tensor record data/{key} is missing') from None
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if len(raw) != numel * itemsize:
+                raise _TorchScriptUnreadable(
+                    f'tensor record data/{key} holds {len(raw)} bytes, not {numel} x '
+                    f'{itemsize}')
+            self._storages[key] = (torch.frombuffer(bytearray(raw), dtype=dtype) if raw
+                                   else torch.empty(0, dtype=dtype))
+        storage = self._storages[key]
+        if storage.dtype != dtype:
+            raise _TorchScriptUnreadable(f'tensor record data/{key} is read as two dtypes')
+        return storage
+
+    @staticmethod
+    def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
+                        metadata=None):
+        if not (isinstance(storage, Tensor) and isinstance(offset, int)
+                and isinstance(size, tuple) and isinstance(stride, tuple)
+                and len(size) == len(stride)
+                and all(isinstance(n, int) for n in size + stride)):
+            raise _TorchScriptUnreadable('a malformed tensor record')
+        try:  # as_strided checks the view against the storage's size
+            return storage.as_strided(size, stride, offset)
+        except RuntimeError as e:
+            raise _TorchScriptUnreadable(f'a tensor out of its storage ({e})') from None
+
+    def load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if not isinstance(inst, _ScriptObject):
+            raise _TorchScriptUnreadable(f'its data.pkl sets the state of a '
+                                         f'{type(inst).__name__}')
+        inst.state = state
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _ts_rebuild_parameter(data, requires_grad=False, hooks=None):
+    if not isinstance(data, Tensor):
+        raise _TorchScriptUnreadable('a parameter that is not a tensor')
+    return data
+
+
+def _ts_identity(value, *args):
+    return value
+
+
+def _ts_module_state_dict(root, decls: Dict[str, _TSClassDecl]) -> Dict[str, Tensor]:
+    """What ``torch.jit.load(...).state_dict()`` returns, from the stand-ins: per module its
+    parameters, then its buffers (attribute order), then its submodules'. A class missing
+    from ``code/`` counts as a module whose every tensor attribute is state."""
+    out: Dict[str, Tensor] = {}
+    path = set()  # the modules being visited: a shared submodule is fine, a cycle is not
+
+    def visit(obj, prefix):
+        if id(obj) in path:
+            raise _TorchScriptUnreadable('a module that contains itself')
+        decl = decls.get(obj.qualname)
+        if decl is not None and decl.has_setstate:
+            raise _TorchScriptUnreadable(f'{obj.qualname} restores itself with its own '
+                                         f'__setstate__ (code in the archive)')
+        state = obj.state
+        if not isinstance(state, dict):
+            raise _TorchScriptUnreadable(f'{obj.qualname} is stored as a '
+                                         f'{type(state).__name__}, not as attributes')
+        tensors = [k for k, v in state.items() if isinstance(v, Tensor)]
+        if decl is None or decl.parameters is None or decl.buffers is None:
+            names = tensors
+        else:
+            names = [k for k in tensors if k in decl.parameters] + [
+                k for k in tensors if k in decl.buffers]
+        for k in names:
+            out[prefix + str(k)] = state[k]
+        path.add(id(obj))
+        for k, v in state.items():
+            if isinstance(v, _ScriptObject):
+                sub = decls.get(v.qualname)
+                if sub is None or sub.is_module:
+                    visit(v, f'{prefix}{k}.')
+        path.discard(id(obj))
+
+    if not isinstance(root, _ScriptObject):
+        raise _TorchScriptUnreadable(f'its data.pkl holds a {type(root).__name__}, '
+                                     f'not a module')
+    try:
+        visit(root, '')
+    except RecursionError:
+        raise _TorchScriptUnreadable('modules nested too deeply') from None
+    return out
+
+
+def read_torchscript_state_dict(file: str) -> Dict[str, Tensor]:
+    """The state dict of a TorchScript archive without running its code (see the module
+    docstring; tensors keep their stored dtype and are put on the CPU).
+
+    Raises:
+        stan_mm.compat.UnsafeCheckpointError: the archive cannot be read that way; the
+            message names the file, why, and the opt-in (then ``torch.jit.load``).
+    """
+    from stan_mm.compat.checkpoint import TRUST_ENV, UnsafeCheckpointError
+    try:
+        with zipfile.ZipFile(file) as zf:
+            names = zf.namelist()
+            top = sorted(n[:-len('constants.pkl')] for n in names
+                         if n.endswith('/constants.pkl') and n.count('/') == 1)
+            prefix = top[0] if top else ''
+            if prefix + 'data.pkl' not in names:
+                raise _TorchScriptUnreadable('it has no data.pkl next to constants.pkl')
+            if prefix + 'byteorder' in names:
+                order = zf.read(prefix + 'byteorder').decode('ascii', 'replace').strip()
+                if order != sys.byteorder:
+                    raise _TorchScriptUnreadable(f'its tensors are stored {order}-endian')
+            decls = _ts_class_decls(zf, prefix)
+            unpickler = _TorchScriptUnpickler(zf.read(prefix + 'data.pkl'), zf, prefix)
+            try:
+                root = unpickler.load()
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
+                    AttributeError, IndexError, KeyError, RecursionError) as e:
+                raise _TorchScriptUnreadable(
+                    f'its data.pkl is not a plain TorchScript pickle '
+                    f'({type(e).__name__}: {e})') from None
+            return _ts_module_state_dict(root, decls)
+    except _TorchScriptUnreadable as e:
+        raise UnsafeCheckpointError(
+            f'Refused to read {file}: it is a TorchScript archive whose weights cannot be '
+            f'read without running the code stored in it ({e}), and torch.jit.load would '
+            f'run that code. If you trust where this file comes from, set {TRUST_ENV}=1 '
+            f'(for tools/convert/clip_to_mm.py too) or load it inside '
+            f'stan_mm.compat.trusted_checkpoints().') from None
 
 
 def _read_torchscript(file: str) -> Dict[str, Tensor]:
+    """A TorchScript archive's state dict: with ``torch.jit.load`` (which runs the
+    archive's code) only when checkpoints are trusted, else read without running it."""
+    from stan_mm.compat.checkpoint import checkpoints_trusted
+    if not checkpoints_trusted():
+        return read_torchscript_state_dict(file)
     with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit as deprecated
         warnings.simplefilter('ignore', FutureWarning)
         module = torch.jit.load(file, map_location='cpu')
@@ -178,10 +458,28 @@ def _read_sharded(index_file: str) -> Dict[str, Tensor]:
         raise ValueError(f'{index_file} has no "weight_map"; is it a sharded checkpoint index?')
     sd = {}
     folder = osp.dirname(index_file)
-    for shard in sorted(set(weight_map.values())):
-        obj, _ = _read_file(osp.join(folder, shard))
+    for shard in sorted(set(map(str, weight_map.values()))):
+        obj, _ = _read_file(_shard_path(index_file, folder, shard))
         sd.update(obj)
     return sd
+
+
+def _shard_path(index_file: str, folder: str, shard: str) -> str:
+    """A shard named by an index's ``weight_map`` -> its path, which must lie in the
+    index's folder: absolute names, ``..`` and folders that are links leading outside are
+    refused. (The shard file itself may be a link: HuggingFace's cache links each shard to
+    its ``blobs/`` folder.)"""
+    path = osp.join(folder, shard)
+    real_folder = osp.realpath(folder)
+    inside = (shard and not osp.isabs(shard) and not osp.splitdrive(shard)[0]
+              and osp.normpath(path).startswith(osp.join(osp.normpath(folder), ''))
+              and osp.commonpath([real_folder, osp.realpath(osp.dirname(path))])
+              == real_folder)
+    if not inside:
+        raise ValueError(f'{index_file}: shard {shard!r} of "weight_map" lies outside the '
+                         f'index\'s folder {folder}; refused (shards must be files in that '
+                         f'folder, named relative to it)')
+    return path
 
 
 # ---------------------------------------------------------------------------------------
