@@ -123,8 +123,11 @@ def check_videos(paths: Sequence[str], frames: str = 'ends', workers: int = 0,
 
 def _mp_context():
     """fork: no video is open in this process (stan_mm.compat's decord fix covers readers a
-    caller left behind); spawn where fork does not exist."""
-    return mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+    caller left behind); spawn where fork does not exist, and on macOS, where forking a
+    threaded process is not safe (:mod:`stan_mm.compat.macos`)."""
+    from stan_mm.compat.macos import start_method_for_platform
+    method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
+    return mp.get_context(start_method_for_platform(method))
 
 
 #: jobs in flight per worker process in :func:`_run_pool`

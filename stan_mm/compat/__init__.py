@@ -16,7 +16,11 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
 ``checkpoint``  torch >= 2.6 loads with ``weights_only=True``; mmengine checkpoints
                 hold ``HistoryBuffer`` and numpy objects. They are allow-listed, and a
                 checkpoint that needs anything else is refused with a message naming
-                the file and the opt-in (see :mod:`stan_mm.compat.checkpoint`). On a
+                the file and the opt-in (see :mod:`stan_mm.compat.checkpoint`). URLs
+                (``http(s)://``, ``open-mmlab://``, ``torchvision://``, ``mmcls://``)
+                download to torch.hub's cache as before and load through the same
+                loader (mmengine's ``load_url`` fully unpickled them); a refusal names
+                the URL (test in ``tests/test_security_checkpoints.py``). On a
                 torch without what the allow-list needs (< 2.6, or no
                 ``torch.serialization.safe_globals``) mmengine's loader is left alone.
 ``dist``        on a machine without CUDA, ``torch.cuda.set_device`` is skipped,
@@ -66,6 +70,9 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 built, in one line with the sizes and the fix; mmengine failed on a
                 bare assertion, trained nothing, or raised ``StopIteration`` (see
                 :mod:`stan_mm.compat.empty_loader`).
+``macos``       (found in review) ``env_cfg.mp_cfg.mp_start_method='fork'`` (the configs')
+                becomes ``spawn`` on macOS, where forking a threaded process is not
+                safe, with a WARNING (see :mod:`stan_mm.compat.macos`).
 =====  ==========================================================================
 """
 from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
@@ -76,6 +83,7 @@ from .default_hooks import apply_default_hooks_fix  # noqa: F401
 from .empty_loader import apply_empty_loader_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .fileclient_log import apply_fileclient_log_fix  # noqa: F401
+from .macos import apply_macos_fix  # noqa: F401
 from .frozen_log import apply_frozen_log_fix  # noqa: F401
 from .mmaction import apply_drn_fix, apply_multimodal_fix  # noqa: F401
 from .pkg_resources_shim import apply_pkg_resources_fix  # noqa: F401
@@ -103,5 +111,6 @@ def apply_all() -> None:
     apply_fileclient_log_fix()
     apply_default_hooks_fix()
     apply_empty_loader_fix()
+    apply_macos_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

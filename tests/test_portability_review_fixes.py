@@ -1,0 +1,102 @@
+"""Portability review (2026-12-07): a container's small /dev/shm is warned about before
+training or testing starts; macOS gets spawn instead of the configs' fork."""
+import logging
+import os.path as osp
+import sys
+
+import pytest
+
+import stan_mm  # noqa: F401  (applies the compat fixes)
+from mmengine.config import Config
+
+from stan_mm.utils.shm import loader_shm_bytes, sample_bytes, shm_shortfall
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MB = 2**20
+
+
+# ------------------------------------------------------------------------- /dev/shm
+def test_sample_bytes_follow_the_pipeline():
+    """Frames x views x 3 x side^2 (uint8), computed by hand for the K400 recipe's
+    pipelines: 8 frames at 224 for training; 3 crops of 224 for the 3-view test."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py'))
+    train = cfg.train_dataloader.dataset.pipeline
+    assert sample_bytes(train) == 8 * 3 * 224 * 224
+    test = cfg.test_dataloader.dataset.pipeline
+    clips = next(s for s in test if 'clip_len' in s).get('num_clips', 1)
+    assert sample_bytes(test) == 8 * clips * 3 * 3 * 224 * 224
+    assert sample_bytes([dict(type='SampleFrames', clip_len=16, num_clips=2),
+                         dict(type='TenCrop', crop_size=(112, 112))]) == 32 * 10 * 3 * 112**2
+    assert sample_bytes(None) == 8 * 3 * 224 * 224          # the default guess
+    # workers x prefetch x batch x sample; no workers: nothing in shared memory
+    loader = dict(num_workers=8, batch_size=16, dataset=dict(pipeline=train))
+    assert loader_shm_bytes(loader) == 8 * 2 * 16 * 8 * 3 * 224 * 224
+    assert loader_shm_bytes(dict(loader, prefetch_factor=4)) == 2 * loader_shm_bytes(loader)
+    assert loader_shm_bytes(dict(loader, num_workers=0)) == 0
+
+
+def test_a_docker_default_shm_is_warned_about():
+    """64 MB (Docker's default) against the K400 recipe's ~294 MB: a warning naming the
+    loader, both sizes and the fixes; 8 GB free or no workers: none."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py'))
+    message = shm_shortfall(cfg, loaders=('train_dataloader', 'val_dataloader'), free=64 * MB)
+    assert message.startswith('/dev/shm has 64 MB free, but train_dataloader (num_workers=8, '
+                              'batch_size=16) keeps about 294 MB of batches in it')
+    assert '--shm-size=8g or --ipc=host' in message
+    assert shm_shortfall(cfg, free=8 * 1024 * MB) is None
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[name].num_workers = 0
+    assert shm_shortfall(cfg, free=1) is None
+
+
+def test_train_tool_warns_before_the_run_starts(tmp_path, capsys, monkeypatch):
+    """tools/train.py prints the warning (first rank) and writes it to the run's log; the
+    run itself goes on."""
+    from test_log_review_fixes2 import run_logs, train, write_config
+    monkeypatch.setattr('stan_mm.utils.shm.free_shm', lambda path='/dev/shm': MB // 2)
+    config = write_config(tmp_path / 'cfg.py', tmp_path / 'data')
+    work_dir = tmp_path / 'work'
+    assert train([config, '--work-dir', work_dir, '--cfg-options',
+                  'train_dataloader.num_workers=1']) == 0
+    err = capsys.readouterr().err
+    assert 'train.py: warning: /dev/shm has 0 MB free, but train_dataloader (num_workers=1' \
+        in err
+    (log, ) = run_logs(work_dir)
+    assert 'train.py: warning: /dev/shm has 0 MB free' in log
+
+
+# ---------------------------------------------------------------------------- macOS
+def test_fork_becomes_spawn_on_macos_only(monkeypatch):
+    """The runner's set_multi_processing: 'fork' from the config is 'spawn' on macOS, with
+    a warning; on Linux, and any other method anywhere, as asked."""
+    import mmengine.runner.runner as runner_module
+    import mmengine.utils.dl_utils.setup_env as setup_env
+    from mmengine.logging import MMLogger
+    asked = []
+    monkeypatch.setattr(setup_env.mp, 'set_start_method',
+                        lambda method, force=False: asked.append(method))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        monkeypatch.setattr(sys, 'platform', 'darwin')
+        runner_module.set_multi_processing(mp_start_method='fork')
+        runner_module.set_multi_processing(mp_start_method='forkserver')
+        monkeypatch.setattr(sys, 'platform', 'linux')
+        runner_module.set_multi_processing(mp_start_method='fork')
+    finally:
+        logger.removeHandler(handler)
+    assert asked == ['spawn', 'forkserver', 'fork']
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING
+              and 'macOS' in r.getMessage()]
+    assert warned == ["env_cfg.mp_cfg.mp_start_method='fork' is not safe on macOS: "
+                      "DataLoader workers start with 'spawn' instead"]
+
+
+def test_video_check_pool_uses_spawn_on_macos(monkeypatch):
+    from stan_mm.apis import video_check
+    assert video_check._mp_context().get_start_method() == 'fork'       # (Linux)
+    monkeypatch.setattr(sys, 'platform', 'darwin')
+    assert video_check._mp_context().get_start_method() == 'spawn'
