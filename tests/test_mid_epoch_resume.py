@@ -1049,10 +1049,25 @@ def test_validation_cut_by_a_kill_runs_when_resumed(tmp_path):
                               resume_from=tmp_path / 'later' / 'epoch_1.pth',
                               **_with_validation()))
     assert again['validated'] == [2, 3] and 'validating epoch 1' not in again['log']
-    # the record names the last validated epoch's checkpoint
+    # the record names the last validated epoch's checkpoint, relative to the work dir
     record = json.loads((tmp_path / 'later' / '.stan_validated.json').read_text())
-    assert record['epoch'] == 3 and record['checkpoint']['path'] == str(
-        tmp_path / 'later' / 'epoch_3.pth')
+    assert record['epoch'] == 3 and record['checkpoint']['path'] == 'epoch_3.pth'
+
+
+def test_a_moved_work_dir_keeps_its_validation_record(tmp_path):
+    """The record of the finished validation names the checkpoint relative to the work
+    dir: a work dir moved (mv, another mount) and resumed from its epoch checkpoint does
+    not validate that epoch again (with an absolute path it did: a whole extra validation
+    on K400)."""
+    import shutil
+    done = train(make_runner(tmp_path / 'old', by_epoch=True, stop_after=PER_EPOCH + 2,
+                             **_with_validation()))
+    assert done['validated'] == [1]
+    shutil.move(str(tmp_path / 'old'), str(tmp_path / 'moved Ж'))
+    again = train(make_runner(tmp_path / 'moved Ж', by_epoch=True,
+                              resume_from=tmp_path / 'moved Ж' / 'epoch_1.pth',
+                              **_with_validation()))
+    assert again['validated'] == [2, 3] and 'validating epoch 1' not in again['log']
 
 
 def test_adam_momentum_schedule_follows_a_new_epoch_length(tmp_path):

@@ -543,14 +543,15 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         order), so a job killed during the validation resumed at the next epoch with no
         result for that epoch, and ``save_best`` never compared it. After each validation
         the main process records, in ``<work_dir>/.stan_validated.json``, the checkpoint
-        whose epoch it followed (path, size, modification time); the validation runs again
+        whose epoch it followed (path, relative to the work dir when in it, size,
+        modification time); the validation runs again
         when the resumed checkpoint is not that file (killed during the validation, or a
         work dir without the record: at most one validation more). Decided on the main
         process, for every rank."""
         from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
         decision = [False]
         if is_main_process() and self._validation_due(self._epoch):
-            own = file_identity(self.runner.message_hub.get_info('last_ckpt'))
+            own = self._checkpoint_identity()
             try:
                 with open(osp.join(self.runner.work_dir, VALIDATED_FILE)) as f:
                     done = json.load(f).get('checkpoint')
@@ -570,11 +571,28 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                                            else '(the last) before the run ends'))
         return decision[0]
 
+    def _checkpoint_identity(self) -> Optional[dict]:
+        """:func:`file_identity` of the run's last checkpoint, its path relative to the
+        work dir when it is in it: a work dir moved or renamed (``mv``, another mount)
+        keeps its record of the finished validation (an absolute path re-ran it)."""
+        path = self.runner.message_hub.get_info('last_ckpt')
+        work_dir = osp.abspath(str(self.runner.work_dir))
+        if isinstance(path, str) and '://' not in path and not osp.exists(path):
+            # resumed in a moved work dir: the checkpoint's message hub still names the
+            # file where it was written; the file of that name here is the one loaded
+            here = osp.join(work_dir, osp.basename(path))
+            path = here if osp.isfile(here) else path
+        own = file_identity(path)
+        if own is not None and '://' not in own['path']:
+            if osp.dirname(own['path']) == work_dir:
+                own['path'] = osp.basename(own['path'])
+        return own
+
     def _record_validation(self) -> None:
         """After a validation: record the checkpoint of this epoch (main process)."""
         from mmengine.dist import is_main_process
         from stan_mm.engine.checkpoint_hook import atomic_write_bytes
-        own = file_identity(self.runner.message_hub.get_info('last_ckpt'))
+        own = self._checkpoint_identity()
         if not is_main_process() or own is None:
             return
         try:
