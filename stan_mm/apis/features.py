@@ -64,8 +64,10 @@ import json
 import logging
 import os
 import os.path as osp
+import re
 import shutil
 import signal
+import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -212,27 +214,58 @@ def _abs(root: str, rel: str) -> str:
     return rel if osp.isabs(rel) else osp.join(root, rel)
 
 
+#: ``<file>.<8 random characters><suffix>``: the temporary names :func:`_replacing` writes
+#: ``<file>`` through (``tempfile.mkstemp``'s), matched by :func:`_is_temp_of`
+_TEMP_NAME = r'{name}\.[A-Za-z0-9_]{{8}}{suffix}'
+
+
+def _is_temp_of(entry: str, name: str, suffix: str) -> bool:
+    """Whether the folder entry ``entry`` is a temporary file of ``name`` written with
+    ``suffix`` (by :func:`_replacing`, or ``<name><suffix>``: the fixed name of versions
+    before it)."""
+    return entry == name + suffix or re.fullmatch(
+        _TEMP_NAME.format(name=re.escape(name), suffix=re.escape(suffix)), entry) is not None
+
+
 @contextlib.contextmanager
-def _writing(path: str, tmp: str, kept: str = _KEPT) -> Iterator[None]:
-    """Remove ``tmp`` if the block fails; an ``OSError`` becomes :class:`FeatureWriteError`
-    naming ``path`` (``kept``: what survives, for the message)."""
+def _replacing(path: str, suffix: str, kept: str = _KEPT, text: bool = False,
+               fsync: bool = False) -> Iterator:
+    """A new file beside ``path`` to write ``path``'s new contents to, opened (``'wb'``, or
+    ``'w'`` in UTF-8 with ``text``) and yielded; once the block is done (and, with
+    ``fsync``, the data is on disk) it is renamed to ``path``. The temporary file is made by
+    ``tempfile.mkstemp`` (``<name>.<8 random characters><suffix>``, created exclusively: a
+    file or symbolic link put at a name another user could guess is never written
+    through), with the mode ``open`` gives (``0o666`` less the umask; mkstemp's ``0o600``
+    would hide the folder's files from the group). A block that fails removes it; an
+    ``OSError`` becomes :class:`FeatureWriteError` naming ``path`` (``kept``: what
+    survives, for the message)."""
+    from stan_mm.engine.checkpoint_hook import _umask
+    folder, name = osp.split(osp.abspath(path))
+    tmp = None
     try:
-        yield
+        fd, tmp = tempfile.mkstemp(prefix=name + '.', suffix=suffix, dir=folder)
+        with open(fd, 'w' if text else 'wb', encoding='utf-8' if text else None) as f:
+            os.fchmod(fd, 0o666 & ~_umask())
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         if isinstance(e, OSError):
             raise _write_error(path, e, kept) from e
         raise
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` so that it is complete or absent (temporary file + rename);
-    a failed write raises :class:`FeatureWriteError` and leaves no temporary file."""
-    tmp = path + '.tmp.npy'
-    with _writing(path, tmp):
-        np.save(tmp, array)
-        os.replace(tmp, path)
+    """``np.save`` to ``path`` so that it is complete or absent (temporary file of an
+    unpredictable name + rename: :func:`_replacing`); a failed write raises
+    :class:`FeatureWriteError` and leaves no temporary file."""
+    with _replacing(path, '.tmp.npy') as f:
+        np.save(f, array)
 
 
 def atomic_save_product_npy(path: str, left: np.ndarray, right: np.ndarray,
@@ -265,25 +298,19 @@ def atomic_save_product_npy(path: str, left: np.ndarray, right: np.ndarray,
     chunk = int(chunk_size or DEFAULT_CHUNK_SIZE)
     source = EmbeddingSimilarity(torch.from_numpy(left), torch.from_numpy(right),
                                  name=path) if n and m else None
-    tmp = path + '.tmp.npy'
-    with _writing(path, tmp):
-        with open(tmp, 'wb') as f:
-            np.lib.format.write_array_header_1_0(f, dict(
-                descr=np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                fortran_order=False, shape=(n, m)))
-            for start in range(0, n if source is not None else 0, chunk):
-                stop = min(start + chunk, n)
-                source.rows(start, stop, pad_to=chunk).numpy().tofile(f)
-        os.replace(tmp, path)
+    with _replacing(path, '.tmp.npy') as f:
+        np.lib.format.write_array_header_1_0(f, dict(
+            descr=np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            fortran_order=False, shape=(n, m)))
+        for start in range(0, n if source is not None else 0, chunk):
+            stop = min(start + chunk, n)
+            source.rows(start, stop, pad_to=chunk).numpy().tofile(f)
     return n, m
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + '.tmp'
-    with _writing(path, tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
+    with _replacing(path, '.tmp', text=True) as f:
+        f.write(text)
 
 
 # what to do about a damaged finished file (search_gallery says it for its cache instead)
@@ -386,16 +413,13 @@ class ShardStore:
             return
         extra = {} if root is None else {'root': np.array(osp.abspath(root))}
         path = self._next_name()
-        tmp = path[:-4] + '.tmp.npz'
         kept = (f'the videos embedded before are kept in {self.dir} and only the others are '
                 f'embedded')
-        with _writing(path, tmp, kept):
-            with open(tmp, 'wb') as f:  # on disk before the rename (power loss: no 0-byte shard)
-                np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32),
-                         **extra)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        # (temporary name shard-<n>.npz.<random>.tmp.npz: skipped by read, removed by start;
+        # fsync'ed before the rename: a power loss leaves no 0-byte shard)
+        with _replacing(path, '.tmp.npz', kept, fsync=True) as f:
+            np.savez(f, keys=np.array(list(keys), dtype=str), emb=emb.astype(np.float32),
+                     **extra)
 
     def read(self) -> Dict[str, np.ndarray]:
         """key -> embedding row, over every complete shard."""
@@ -632,12 +656,18 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
     --skip-videos``); its ``meta.json`` records :func:`text_model_record`, which is compared
     with the tested model's. Folders written before that record existed hold the config
     file, its ``cfg_options``, the checkpoint path and :func:`model_key`: a bank of another
-    checkpoint file is refused; for the same file, the recorded config is read again and its
-    key recomputed with ``checkpoint`` as it is now. Equal keys show that the bank was made
-    from this checkpoint file, unchanged, and from that config, whose model entry and text
-    tokenizer are then compared. Where that cannot be decided (the config file is gone or
-    was changed, the checkpoint was rewritten since, the model was built without its CLIP
-    weights file) or the checkpoint cannot be read, a warning is logged instead.
+    checkpoint file is refused; for the same file, where the config ``meta.json`` names is
+    the tested config's own file (``cfg.filename``), that file is read again with the
+    recorded ``cfg_options`` and its key recomputed with ``checkpoint`` as it is now. Equal
+    keys show that the bank was made from this checkpoint file, unchanged, and from that
+    config, whose model entry and text tokenizer are then compared. ``meta.json`` is data
+    only: a config file it names is never read (a Python config runs code, and a shared
+    bank folder must not run code of its author's choosing), so a bank made with another
+    config file cannot be verified. Where it cannot be decided (another config file, the
+    config file was changed, the checkpoint was rewritten since, the model was built
+    without its CLIP weights file) or the checkpoint cannot be read, a warning (one line,
+    with the command that extracts the bank again with the current tool) is logged
+    instead.
 
     ``model_key`` itself is not compared: it covers the whole config (data paths, work_dir,
     the run's ``cfg_options``), which differs between an extraction and a test run of one
@@ -662,14 +692,17 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
     """
     from .inference import ModelLoadError, load_config
 
+    folder = osp.dirname(osp.abspath(bank_path))
+    meta = None
+
     def warn(why: str) -> None:
         print_log(f'QB-Norm bank {bank_path}: {why}; cannot tell whether it was made by the '
                   f'tested model (config {cfg.filename}, checkpoint {checkpoint}). If not, '
                   f'its scores are normalized with another model\'s text embeddings: '
-                  f'extract it again with this checkpoint to be sure', logger='current',
+                  f'extract it again with this checkpoint to be sure: '
+                  f'{_bank_command(meta, cfg, checkpoint, folder)}', logger='current',
                   level=logging.WARNING)
 
-    folder = osp.dirname(osp.abspath(bank_path))
     try:
         meta = load_meta(folder)
     except FeatureFolderError as e:
@@ -686,19 +719,36 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
     if all(k in meta for k in ('model_cfg', 'text_tokenizer', 'checkpoint_sha256')):
         differences, possible = _record_differences(meta, tested, meta.get('checkpoint'),
                                                     checkpoint)
-    else:   # a folder written before the record existed
+    else:   # a folder written before the record existed (meta.json: data, never run)
         recorded = meta.get('checkpoint')
-        if not recorded or not checkpoint:
+        if not isinstance(recorded, str) or not recorded or not checkpoint:
             warn('its meta.json names no checkpoint')
             return meta
         if osp.realpath(recorded) != osp.realpath(checkpoint):
             differences = [f'checkpoint: {recorded} (bank) vs {osp.abspath(checkpoint)} '
                            f'(tested)']
         else:
+            named, own = meta.get('config'), cfg.filename
+            if not (isinstance(named, str) and own and
+                    osp.realpath(osp.expanduser(named)) == osp.realpath(own)):
+                warn(f'its meta.json (written before the model record existed) names the '
+                     f'config {named!r}, not the tested config file: a config named in '
+                     f'meta.json is never read (it would run its code), so only the '
+                     f'checkpoint path could be checked, not the model nor its text '
+                     f'tokenizer')
+                return meta
+            options = meta.get('cfg_options')
             try:
-                bank_cfg = load_config(meta['config'], meta.get('cfg_options'))
-            except (OSError, ValueError, KeyError, ModelLoadError) as e:
-                warn(f'the config its meta.json names cannot be read ({e})')
+                if options is not None and not isinstance(options, dict):
+                    raise ValueError(f'cfg_options is a {type(options).__name__}, not a '
+                                     f'dict')
+                # (the tested config's own file, as tools/test.py read it; meta.json only
+                # supplies the options merged in, as data)
+                bank_cfg = load_config(own, options)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                    ModelLoadError) as e:
+                warn(f'its meta.json (written before the model record existed) records '
+                     f'config options that cannot be merged into the tested config ({e})')
                 return meta
             from .inference import checkpoint_fingerprint
             key = model_key(bank_cfg, checkpoint_fingerprint(checkpoint), meta.get('views'))
@@ -717,17 +767,23 @@ def check_bank_matches(bank_path: str, cfg, checkpoint: Optional[str],
                   f'settings ({shown}); if any of them changes the text embeddings, extract '
                   f'the bank again with this config', logger='current', level=logging.WARNING)
     if differences:
-        source = meta.get('source')
-        inputs = f'--split {source} --skip-videos' if source in SPLITS else \
-            '--texts <the bank texts, one per line>'
         shown = _first_five(differences)
         raise BankMismatchError(
             f'QB-Norm bank {bank_path} was made by another model than the one tested '
             f'({shown}), so its queries are scored with other text embeddings than the test '
-            f'captions. Extract the bank again with this config and checkpoint: python '
-            f'tools/extract_features.py {cfg.filename or "CONFIG"} {checkpoint} {inputs} '
-            f'--out {folder} --overwrite')
+            f'captions. Extract the bank again with this config and checkpoint: '
+            f'{_bank_command(meta, cfg, checkpoint, folder)}')
     return meta
+
+
+def _bank_command(meta: Optional[dict], cfg, checkpoint: Optional[str], folder: str) -> str:
+    """The ``tools/extract_features.py`` command that makes the QB-Norm bank ``folder``
+    again with the tested config and checkpoint (the split its ``meta.json`` names)."""
+    source = meta.get('source') if isinstance(meta, dict) else None
+    inputs = f'--split {source} --skip-videos' if source in SPLITS else \
+        '--texts <the bank texts, one per line>'
+    return (f'python tools/extract_features.py {cfg.filename or "CONFIG"} {checkpoint} '
+            f'{inputs} --out {folder} --overwrite')
 
 
 def check_qb_norm_banks(cfg, checkpoint: Optional[str]) -> List[str]:
@@ -784,22 +840,32 @@ class ExtractionResult:
     num_texts: int = 0
 
 
-def _temp_names(name: str) -> Tuple[str, ...]:
-    """The temporary files this module writes ``name`` (one of :data:`OUTPUT_FILES`)
-    through: :func:`atomic_save_npy` / :func:`atomic_save_product_npy` for ``.npy``,
-    :func:`_atomic_write_text` for the others."""
-    return (name + '.tmp.npy', ) if name.endswith('.npy') else (name + '.tmp', )
+def _temp_suffix(name: str) -> str:
+    """The suffix of the temporary files this module writes ``name`` (one of
+    :data:`OUTPUT_FILES`) through (:func:`_replacing`): :func:`atomic_save_npy` /
+    :func:`atomic_save_product_npy` for ``.npy``, :func:`_atomic_write_text` for the
+    others."""
+    return '.tmp.npy' if name.endswith('.npy') else '.tmp'
 
 
 def _remove_temp_files(out_dir: str, log: Callable[[str], None] = print) -> List[str]:
     """Delete the temporary files of :data:`OUTPUT_FILES` that a killed run left in
-    ``out_dir`` (``sim.npy.tmp.npy`` of ``--save-sim`` can be 10 GB, and a run without it
-    would never replace it) and ``log`` each; return their names. Only those names, none
-    of the user's files. Call it while :func:`folder_lock` holds ``out_dir`` (another
-    run's file being written would be deleted otherwise)."""
+    ``out_dir`` (``sim.npy.<random>.tmp.npy`` of ``--save-sim`` can be 10 GB, and a run
+    without it would never replace it) and ``log`` each; return their names. Only those
+    names (:func:`_is_temp_of`: the ``mkstemp`` names of :func:`_replacing`, and the fixed
+    ``<name>.tmp.npy`` / ``<name>.tmp`` of earlier versions), none of the user's files,
+    and only regular files (a symbolic link there is left alone). Call it while
+    :func:`folder_lock` holds ``out_dir`` (another run's file being written would be
+    deleted otherwise)."""
     removed = []
+    try:
+        entries = sorted(os.listdir(out_dir))
+    except OSError:
+        return removed
     for name in OUTPUT_FILES:
-        for tmp in _temp_names(name):
+        for tmp in entries:
+            if not _is_temp_of(tmp, name, _temp_suffix(name)):
+                continue
             path = osp.join(out_dir, tmp)
             if not osp.isfile(path) or osp.islink(path):
                 continue

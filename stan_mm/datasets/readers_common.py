@@ -29,6 +29,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -594,12 +595,102 @@ def check_video_tmpl(tmpl: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- pickle
+#: the largest caption pickle read (MSVD's raw-captions.pkl is a few MB); a bigger file is
+#: refused before it is read
+MAX_CAPTION_PICKLE_BYTES = 256 << 20
+#: the loaded object may hold at most this many items and characters per byte of the file
+#: (at least :data:`_MIN_EXPANDED_SIZE`): shared references repeat one container or
+#: string, so a pickle of a few hundred bytes can name a list of 2**40 items
+_EXPANSION_PER_BYTE = 16
+_MIN_EXPANDED_SIZE = 1 << 20
+#: deeper nesting is refused (caption pickles nest three levels deep)
+_MAX_PICKLE_DEPTH = 64
+#: ints in (-M, M) hash to distinct values (but -1 and -2): a dict or set of them cannot
+#: be made to collide into quadratic time
+_HASH_MODULUS = sys.hash_info.modulus
+
+
+class _UnsafePickle(Exception):
+    """A construct caption pickles have no use for; :func:`load_restricted_pickle` turns it
+    into an :class:`AnnotationError` naming the file."""
+
+
+def _check_key(key: Any, what: str) -> None:
+    """Refuse a dict key / set member whose hashing could take long: a tuple or frozenset
+    hashes all its items (nested ones every path: a pickle of a few hundred bytes can nest a
+    tuple whose hash never ends), and floats or big ints can be chosen to share a hash.
+    Video ids are strings; small ints, bools and None are accepted too."""
+    kind = type(key)
+    if kind is str or kind is bytes or kind is bool or key is None:
+        return
+    if kind is int and -_HASH_MODULUS < key < _HASH_MODULUS:
+        return
+    raise _UnsafePickle(f'refusing a {what} of type {kind.__name__}: only str, bytes, small '
+                        f'ints, bools and None are allowed there')
+
+
+def _checked_pairs(args: tuple, name: str) -> list:
+    """The ``(key, value)`` pairs ``dict(*args)`` would take, keys checked."""
+    if len(args) > 1:
+        raise _UnsafePickle(f'refusing {name}() with {len(args)} arguments')
+    if not args:
+        return []
+    source = args[0]
+    pairs = list(source.items()) if isinstance(source, dict) else list(source)
+    for pair in pairs:
+        if type(pair) not in (tuple, list) or len(pair) != 2:
+            raise _UnsafePickle(f'refusing {name}() of a {type(pair).__name__} item '
+                                f'(expected (key, value) pairs)')
+        _check_key(pair[0], f'{name} key')
+    return pairs
+
+
+def _checked_items(args: tuple, name: str) -> list:
+    """The items ``set(*args)`` would take, each checked."""
+    if len(args) > 1:
+        raise _UnsafePickle(f'refusing {name}() with {len(args)} arguments')
+    items = list(args[0]) if args else []
+    for item in items:
+        _check_key(item, f'{name} member')
+    return items
+
+
+def _dict(*args):
+    return dict(_checked_pairs(args, 'dict'))
+
+
+def _ordered_dict(*args):
+    return collections.OrderedDict(_checked_pairs(args, 'OrderedDict'))
+
+
+def _set(*args):
+    return set(_checked_items(args, 'set'))
+
+
+def _frozenset(*args):
+    return frozenset(_checked_items(args, 'frozenset'))
+
+
+def _defaultdict(*args):
+    """``defaultdict(factory[, items])`` whose factory can only make an empty container."""
+    factory = args[0] if args else None
+    if factory is not None and factory not in _CONTAINER_TYPES:
+        raise _UnsafePickle('refusing a defaultdict whose default factory is not list, '
+                            'tuple, dict, OrderedDict, set or frozenset')
+    return collections.defaultdict(_CONTAINER_TYPES.get(factory),
+                                   _checked_pairs(args[1:], 'defaultdict'))
+
+
+#: the container globals :meth:`_RestrictedUnpickler.find_class` hands out -> the type
+#: each makes (a defaultdict's factory is stored as that type)
+_CONTAINER_TYPES = {list: list, tuple: tuple, _dict: dict,
+                    _ordered_dict: collections.OrderedDict, _set: set, _frozenset: frozenset}
 _SAFE_GLOBALS = {
-    ('builtins', 'set'): set, ('builtins', 'frozenset'): frozenset,
-    ('builtins', 'list'): list, ('builtins', 'dict'): dict,
-    ('builtins', 'tuple'): tuple, ('builtins', 'str'): str,
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('collections', 'defaultdict'): collections.defaultdict,
+    ('builtins', 'set'): _set, ('builtins', 'frozenset'): _frozenset,
+    ('builtins', 'list'): list, ('builtins', 'dict'): _dict,
+    ('builtins', 'tuple'): tuple,
+    ('collections', 'OrderedDict'): _ordered_dict,
+    ('collections', 'defaultdict'): _defaultdict,
 }
 _PY2_MODULES = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}
 
@@ -609,8 +700,14 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pure-Python: memo is a dict
 
     The pure-Python implementation is used on purpose: its memo is a dict, so a crafted
     memo index cannot make it allocate gigabytes, and every global goes through
-    :meth:`find_class`.
+    :meth:`find_class`. The globals are the container types, through wrappers that check
+    their arguments; ``str`` is not one (called on a self-repeating nested list of a few
+    hundred bytes it built a string of gigabytes; strings have opcodes of their own).
+    Dict keys and set members, however they are built, must hash in constant time
+    (:func:`_check_key`); the opcodes that build objects (``BUILD``, ``NEWOBJ``) are refused.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, path: str):
         super().__init__(file, encoding='utf-8')
@@ -621,24 +718,104 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pure-Python: memo is a dict
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         raise AnnotationError(
-            f'refusing to unpickle {module}.{name}: only dict/list/tuple/set, str and '
-            'numbers are allowed in a caption pickle (never arbitrary objects); convert the '
-            'file to plain builtin types (e.g. {video_id: [[token, ...], ...]})',
+            f'refusing to unpickle {module}.{name}: only dict/list/tuple/set of strings and '
+            'numbers are allowed in a caption pickle (never arbitrary objects nor calls); '
+            'convert the file to plain builtin types (e.g. {video_id: [[token, ...], ...]})',
             file=self._path)
 
     def persistent_load(self, pid):
         raise AnnotationError('refusing persistent ids in a caption pickle',
                               file=self._path)
 
+    def _marked_keys(self, step: int, what: str) -> list:
+        items = self.pop_mark()
+        for key in items[::step]:
+            _check_key(key, what)
+        return items
+
+    def load_dict(self):
+        items = self._marked_keys(2, 'dict key')
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+    dispatch[pickle.DICT[0]] = load_dict
+
+    def load_setitem(self):
+        _check_key(self.stack[-2], 'dict key')
+        super().load_setitem()
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self):
+        items = self._marked_keys(2, 'dict key')
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_additems(self):
+        items = self._marked_keys(1, 'set member')
+        add = self.stack[-1].add
+        for item in items:
+            add(item)
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_frozenset(self):
+        items = self._marked_keys(1, 'frozenset member')   # (before self.append: a new stack)
+        self.append(frozenset(items))
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
+
+    def load_object_opcode(self):
+        raise _UnsafePickle('refusing an object-building opcode (BUILD / NEWOBJ): caption '
+                            'pickles hold builtin containers, strings and numbers only')
+    for _op in (pickle.BUILD, pickle.NEWOBJ, pickle.NEWOBJ_EX):
+        dispatch[_op[0]] = load_object_opcode
+    del _op
+
+
+def _expanded_size(obj: Any, limit: int) -> int:
+    """Items and characters of ``obj`` counted as a reader walking it meets them (a
+    container or string that appears N times counts N times), computed once per distinct
+    container. Raises :class:`_UnsafePickle` past ``limit``, past
+    :data:`_MAX_PICKLE_DEPTH` levels, or for a container inside itself."""
+    sizes: Dict[int, int] = {}
+
+    def size(node, depth: int) -> int:
+        if isinstance(node, (str, bytes)):
+            return 1 + len(node)
+        if not isinstance(node, (list, tuple, dict, set, frozenset)):
+            return 1
+        known = sizes.get(id(node))
+        if known is not None:
+            if known < 0:
+                raise _UnsafePickle('refusing a container that holds itself')
+            return known
+        if depth > _MAX_PICKLE_DEPTH:
+            raise _UnsafePickle(f'refusing nesting deeper than {_MAX_PICKLE_DEPTH} levels')
+        sizes[id(node)] = -1
+        total = 1
+        for child in (node if not isinstance(node, dict) else
+                      (x for pair in node.items() for x in pair)):
+            total += size(child, depth + 1)
+            if total > limit:
+                raise _UnsafePickle(f'refusing a pickle that expands to more than {limit} '
+                                    f'items and characters (shared references repeat the '
+                                    f'same data)')
+        sizes[id(node)] = total
+        return total
+    return size(obj, 0)
+
 
 def load_restricted_pickle(path: str) -> Any:
     """Load a pickle of builtin containers / str / numbers, refusing anything else.
 
+    Bounded: files over :data:`MAX_CAPTION_PICKLE_BYTES` are not read, and a loaded object
+    that expands (shared references counted every time) to more than
+    :data:`_EXPANSION_PER_BYTE` items and characters per byte of the file is refused,
+    as are keys that could make hashing slow (:class:`_RestrictedUnpickler`).
+
     Raises:
         FileNotFoundError: missing file (:class:`AnnotationFileNotFoundError`).
         IsADirectoryError: ``path`` is a folder (:class:`AnnotationFileIsAFolderError`).
-        AnnotationError: corrupt data or a forbidden global (``os.system``, numpy
-        arrays, ...), with the file name.
+        AnnotationError: corrupt data, a forbidden global (``os.system``, numpy arrays,
+        ...), a file too large, or a pickle bomb, with the file name.
     """
     if osp.isdir(path):
         raise AnnotationFileIsAFolderError(
@@ -647,11 +824,22 @@ def load_restricted_pickle(path: str) -> Any:
         raise AnnotationFileNotFoundError(
             f'caption pickle not found (no such file){resolved_note(path)}', file=path)
     with open(path, 'rb') as f:
-        data = f.read()
+        data = f.read(MAX_CAPTION_PICKLE_BYTES + 1)
+    if len(data) > MAX_CAPTION_PICKLE_BYTES:
+        raise AnnotationError(f'caption pickle larger than {MAX_CAPTION_PICKLE_BYTES >> 20} '
+                              f'MiB, not read (MSVD\'s raw-captions.pkl is a few MB); give '
+                              f'the right file, or its captions as a VideoTextDataset JSON',
+                              file=path)
+    fix = ('write the captions as a plain {video_id: [[token, ...], ...]} dict (or as a '
+           'VideoTextDataset JSON)')
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), path).load()
+        loaded = _RestrictedUnpickler(io.BytesIO(data), path).load()
+        _expanded_size(loaded, max(_EXPANSION_PER_BYTE * len(data), _MIN_EXPANDED_SIZE))
+        return loaded
     except AnnotationError:
         raise
+    except _UnsafePickle as e:
+        raise AnnotationError(f'not a plain caption pickle ({e}); {fix}', file=path) from None
     except RecursionError:
         raise AnnotationError('corrupt pickle: nesting too deep', file=path) from None
     except Exception as e:  # any decoding failure of untrusted bytes  # noqa: BLE001

@@ -39,6 +39,7 @@ import os
 import os.path as osp
 import platform
 import re
+import stat
 import statistics
 import subprocess
 import sys
@@ -403,7 +404,8 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
         paths.append(path)
         if osp.exists(path) and osp.getsize(path) > 0:
             continue
-        tmp = path + '.tmp' + ext
+        _remove_stale_video_tmps(path, ext)
+        tmp = _new_temp_video(path, ext)
         job = dict(path=tmp, seed=[seed, i], width=width, height=height,
                    num_frames=num_frames, fps=fps, codec=codec)
         try:
@@ -411,12 +413,63 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
                 bench_videos.write_video(**job)
             else:
                 _write_in_child(job)
+            os.replace(tmp, path)
         except BaseException:
-            if osp.exists(tmp):           # never leave a partial video behind
+            if osp.lexists(tmp):          # never leave a partial video behind
                 os.remove(tmp)
             raise
-        os.replace(tmp, path)
     return paths
+
+
+#: age (seconds) after which a temporary video of :func:`_new_temp_video` counts as left by
+#: a killed run (one being written keeps getting newer)
+_STALE_TMP_AGE_S = 600
+
+
+def _new_temp_video(path: str, ext: str) -> str:
+    """A new empty file beside ``path`` for its video to be encoded into, then renamed to
+    ``path``: ``.<name>.<8 random characters>.tmp<ext>`` (the encoders pick the container
+    by the extension), made by ``tempfile.mkstemp`` (created exclusively, so a file or
+    symbolic link put at a name someone could guess is never written through) with the
+    mode ``open`` gives (``0o666`` less the umask)."""
+    import tempfile
+    from stan_mm.engine.checkpoint_hook import _umask
+    folder, name = osp.split(osp.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp' + ext, dir=folder)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        os.remove(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _remove_stale_video_tmps(path: str, ext: str) -> List[str]:
+    """Delete the temporary videos (:func:`_new_temp_video`) of ``path`` that killed runs
+    left: regular files of exactly that name pattern (or the fixed ``<name>.tmp<ext>`` of
+    earlier versions) unchanged for :data:`_STALE_TMP_AGE_S`. Returns the removed paths."""
+    folder, name = osp.split(osp.abspath(path))
+    pattern = re.compile(r'\.' + re.escape(name) + r'\.[A-Za-z0-9_]{8}\.tmp' + re.escape(ext))
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed, now = [], time.time()
+    for entry in entries:
+        if not (pattern.fullmatch(entry) or entry == name + '.tmp' + ext):
+            continue
+        tmp = osp.join(folder, entry)
+        try:
+            st = os.lstat(tmp)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < _STALE_TMP_AGE_S:
+                continue
+            os.remove(tmp)
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
 
 
 def _write_in_child(job: Mapping[str, Any]) -> None:

@@ -207,13 +207,21 @@ def check_not_input(in_path: str, out_path: str) -> None:
 def save_atomic(obj, out_path: str) -> None:
     """``torch.save(obj, out_path)`` through a temporary file in the same folder, renamed
     over ``out_path`` once complete: a reader never sees a half-written file, and a failed
-    write leaves an existing ``out_path`` as it was."""
-    # (a name of its own per process, created with the usual permissions: mkstemp's
-    # would be 0600)
-    tmp = osp.join(osp.dirname(osp.abspath(out_path)),
-                   f'.{osp.basename(out_path)}.tmp-{os.getpid()}')
+    write leaves an existing ``out_path`` as it was (and no temporary file).
+
+    The temporary file is made by ``tempfile.mkstemp`` (``.<name>.<8 random
+    characters>.tmp``, created exclusively and written through its descriptor): a file or
+    symbolic link someone put at a name they could guess is never written through. It
+    gets the mode ``open`` would give (``0o666`` less the umask; mkstemp's ``0o600`` would
+    hide the checkpoint from the group)."""
+    import tempfile
+    from stan_mm.engine.checkpoint_hook import _umask
+    folder, name = osp.split(osp.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
     try:
-        torch.save(obj, tmp)
+        with open(fd, 'wb') as f:
+            os.fchmod(fd, 0o666 & ~_umask())
+            torch.save(obj, f)
         os.replace(tmp, out_path)
     except BaseException:
         try:
