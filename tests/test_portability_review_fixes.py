@@ -100,3 +100,49 @@ def test_video_check_pool_uses_spawn_on_macos(monkeypatch):
     assert video_check._mp_context().get_start_method() == 'fork'       # (Linux)
     monkeypatch.setattr(sys, 'platform', 'darwin')
     assert video_check._mp_context().get_start_method() == 'spawn'
+
+
+# ------------------------------------------------------- an ASCII locale, non-ASCII paths
+def test_non_ascii_work_dir_under_an_ascii_locale(tmp_path):
+    """LANG=C without Python's UTF-8 mode: a work dir named 'wd Ж' crashed at the first
+    checkpoint (UnicodeEncodeError writing the pointer to it: the epoch was lost). It now
+    trains, writes last_checkpoint in the file system's bytes, and --resume finds it."""
+    import os
+    import subprocess
+    from test_log_review_fixes2 import write_config
+    config = write_config(tmp_path / 'cfg.py', tmp_path / 'data')
+    work_dir = tmp_path / 'wd Ж'
+    env = dict(os.environ, LANG='C', LC_ALL='C', PYTHONUTF8='0', PYTHONCOERCECLOCALE='0',
+               PYTHONIOENCODING='')
+    env.pop('PYTHONIOENCODING')
+    train = [sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
+             '--work-dir', str(work_dir)]
+    probe = subprocess.run([sys.executable, '-c', 'import sys; print(sys.getfilesystemencoding'
+                            '(), sys.flags.utf8_mode)'], env=env, capture_output=True,
+                           text=True)
+    if probe.stdout.split() != ['ascii', '0']:
+        pytest.skip(f'this Python does not run in an ASCII locale here: {probe.stdout!r}')
+    done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (work_dir / 'epoch_1.pth').is_file()
+    assert (work_dir / 'last_checkpoint').read_bytes() == os.fsencode(
+        str(work_dir / 'epoch_1.pth'))
+    resumed = subprocess.run(train + ['--resume'], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'nothing to resume' not in resumed.stderr
+    logs = sorted(work_dir.glob('*/*.log'))
+    assert 'resumed epoch: 1, iter: 2' in logs[-1].read_text(encoding='utf-8', errors='replace')
+
+
+def test_tools_print_what_an_ascii_console_cannot_show_as_escapes(monkeypatch):
+    """search.py died with "'ascii' codec can't encode '\\u2116'" printing a query after
+    its work; run_tool makes a non-UTF-8 console print escapes instead."""
+    import io
+    from stan_mm.utils.cli import run_tool
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding='ascii')
+    monkeypatch.setattr(sys, 'stdout', out)
+    assert run_tool(lambda: print('query: \u2116 5, caf\u00e9'), 'search.py') == 0
+    out.flush()
+    assert raw.getvalue() == b'query: \\u2116 5, caf\\xe9\n'

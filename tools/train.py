@@ -245,6 +245,16 @@ def check_outputs(cfg, args) -> None:
                                         else 'work_dir (from the config)')
 
 
+def _locale_readable(text: str) -> bool:
+    """Whether ``text``, written as file-system bytes, reads back unchanged with ``open()``
+    in the locale's encoding (what mmengine uses for ``last_checkpoint``)."""
+    import locale
+    try:
+        return os.fsencode(text).decode(locale.getpreferredencoding(False)) == text
+    except (UnicodeError, LookupError):
+        return False
+
+
 def check_auto_resume(work_dir: str):
     """``--resume`` without a value reads ``<work_dir>/last_checkpoint``; mmengine starts
     from scratch when it is missing, and the new run then overwrites the checkpoints of the
@@ -280,14 +290,16 @@ def check_auto_resume(work_dir: str):
                   f'complete): resuming from it', file=sys.stderr)
         return recovered
     if osp.isfile(record):
-        with open(record) as f:
-            named = f.read().strip()
+        from stan_mm.engine.checkpoint_hook import read_pointer
+        named = read_pointer(record)
         here = osp.join(work_dir, osp.basename(named))
         if '://' in named:            # another storage (CheckpointHook out_dir): mmengine's
             return None
         if (not named or osp.realpath(osp.dirname(named)) == osp.realpath(work_dir)
                 or not osp.isfile(here)):
-            return None
+            # mmengine reads last_checkpoint in the locale's encoding: a name it cannot
+            # decode (non-ASCII under an ASCII locale without UTF-8 mode) is passed on
+            return named if named and not _locale_readable(named) else None
         if not osp.exists(named):
             if is_first_rank():
                 print(f'train.py: {record} names {named}, which is gone (a moved work '

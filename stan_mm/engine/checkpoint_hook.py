@@ -223,9 +223,9 @@ def read_pointer(path: str) -> str:
     """The path a pointer file (``last_checkpoint``, the pending pointer) names, stripped;
     ``''`` when it is missing or unreadable."""
     try:
-        with open(path) as f:
-            return f.read().strip()
-    except (OSError, UnicodeDecodeError):
+        with open(path, 'rb') as f:      # (written with os.fsencode: any locale reads it)
+            return os.fsdecode(f.read()).strip()
+    except OSError:
         return ''
 
 
@@ -587,7 +587,9 @@ class AtomicCheckpointHook(CheckpointHook):
         pending = osp.join(runner.work_dir, PENDING_POINTER)
         if is_main_process():
             # (1) the pointer, complete on disk before the checkpoint is renamed into place
-            atomic_write_bytes(str(self.last_ckpt).encode(), pending)
+            # (the file system's encoding, as the path itself: a work dir with non-ASCII
+            # names under an ASCII locale without UTF-8 mode failed here and lost the save)
+            atomic_write_bytes(os.fsencode(str(self.last_ckpt)), pending)
         # (2) the checkpoint: temporary file, fsync, rename (LocalBackend.put, stan_mm.compat)
         runner.save_checkpoint(
             self.out_dir, filename, self.file_client_args,

@@ -1070,6 +1070,19 @@ def error_hint(exc: BaseException, tool: str) -> Optional[str]:
     return None
 
 
+def _tolerant_console() -> None:
+    """A console whose encoding cannot show every character (an ASCII locale without
+    Python's UTF-8 mode) prints what it cannot as escapes (``\\u2116``) instead of
+    ending the tool with ``UnicodeEncodeError`` after its work (a caption, a file name)."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, 'encoding', None) or '').lower().replace('-', '')
+        if encoding and encoding != 'utf8' and hasattr(stream, 'reconfigure'):
+            try:
+                stream.reconfigure(errors='backslashreplace')
+            except (ValueError, OSError):     # (a detached or closed stream)
+                pass
+
+
 def run_tool(main: Callable[[], object], tool: str) -> int:
     """Call ``main()``; return its exit status (an int it returns, else 0), or 2 after
     printing ``<tool>: error: <message>`` for an error of :func:`is_user_error` (with a hint
@@ -1083,6 +1096,7 @@ def run_tool(main: Callable[[], object], tool: str) -> int:
     argument``, :func:`unexpected_argument_error`) is such an error too, told as a
     ``ConfigValueError`` naming the key path and the valid arguments, and so is a config
     entry without an argument its class requires (:func:`missing_argument_error`)."""
+    _tolerant_console()
     before = logger_names()
     try:
         status = main()
