@@ -146,3 +146,27 @@ def test_tools_print_what_an_ascii_console_cannot_show_as_escapes(monkeypatch):
     assert run_tool(lambda: print('query: \u2116 5, caf\u00e9'), 'search.py') == 0
     out.flush()
     assert raw.getvalue() == b'query: \\u2116 5, caf\\xe9\n'
+
+
+# ---------------------------------------------------------- a comma in a path option
+def test_a_comma_in_a_path_option_stays_in_the_path():
+    """data_root=/data/clips,2024 became ['/data/clips', 2024] (mmengine's list syntax)
+    and train.py failed on a bare assertion in mmengine's file io. Keys that name one
+    path keep the comma; quotes that reach the tool make a string; other keys and
+    bracketed values keep mmengine's lists."""
+    import argparse
+    from stan_mm.utils.cli import ConfigOptionsAction
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptionsAction)
+    options = parser.parse_args([
+        '--cfg-options', 'data_root=/data/clips,2024', 'work_dir=runs/a,b',
+        'train_dataloader.dataset.data_prefix.video=/v/x,2',
+        'train_dataloader.dataset.ann_file=ann,1.txt', 'load_from=/ckpt/e,1.pth',
+        'model.backbone.levels=1,2', 'labels="a,b"', 'names=[a,b]',
+        'ann_files=[x.txt,y.txt]']).cfg_options
+    assert options == {
+        'data_root': '/data/clips,2024', 'work_dir': 'runs/a,b',
+        'train_dataloader.dataset.data_prefix.video': '/v/x,2',
+        'train_dataloader.dataset.ann_file': 'ann,1.txt', 'load_from': '/ckpt/e,1.pth',
+        'model.backbone.levels': [1, 2], 'labels': 'a,b', 'names': ['a', 'b'],
+        'ann_files': ['x.txt', 'y.txt']}

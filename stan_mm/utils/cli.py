@@ -11,6 +11,7 @@ shows it for these errors too.
 import ast
 import copy
 import os
+import re
 import sys
 from typing import Any, Callable, Mapping, Optional, Tuple, Type
 
@@ -299,13 +300,20 @@ def parse_option_value(val: str) -> Any:
       items and commas are dropped, as mmengine drops them);
     * a value (or item) whose commas are all inside brackets that do not enclose it
       whole, ``f(a, b)`` or ``/data/clips (2023, v2)``: one string, spaces kept (mmengine's
-      reader recursed without end on it).
+      reader recursed without end on it);
+    * a value in quotes that reached the tool (``'data_root="/data/clips,2024"'`` in the
+      shell) without brackets inside: that string, as written (mmengine split it at the
+      comma).
 
     Raises:
         ValueError: unbalanced brackets where items are split at commas.
     """
     core = val.strip().strip(_QUOTES).strip()
     bracketed = core[:1] in '([' and core[-1:] in ')]' and core != ''
+    whole = val.strip()
+    if (len(whole) >= 2 and whole[0] == whole[-1] and whole[0] in _QUOTES
+            and not bracketed and whole[0] not in whole[1:-1]):
+        return whole[1:-1]         # quoted whole (quotes that reached the tool): a string
     if ' ' not in val and not (bracketed and any(q in core for q in _QUOTES)):
         # (mmengine's reading: _parse_spaced reads a value without spaces as
         # DictAction._parse_iterable does, but for a comma inside brackets that are not the
@@ -318,11 +326,20 @@ def parse_option_value(val: str) -> Any:
     return _parse_spaced(val)
 
 
+#: the last component of a --cfg-options key that names one path (a comma in its value
+#: is part of the path, not a list separator)
+_PATH_KEY = re.compile(r'(^|\.)(data_root|work_dir|load_from|resume_from|ann_file|'
+                       r'out_dir|\w*_(root|dir|file|path)|path|filename|video|img)$')
+
+
 class ConfigOptionsAction(DictAction):
     """``--cfg-options KEY=VALUE ...`` of the tools: mmengine's ``DictAction`` with the
     spaces inside values kept (:func:`parse_option_value`), and a ``KEY=VALUE`` without
     ``=`` (or a value with unbalanced brackets) refused by argparse in one line instead of
-    a traceback. Reads into a dict for ``Config.merge_from_dict``, like mmengine's."""
+    a traceback. A key that names one path (``data_root``, ``work_dir``, ``load_from``,
+    ``ann_file``, ``*_root`` / ``*_dir`` / ``*_file`` / ``*_path``,
+    ``data_prefix.video``) keeps a comma in its value (``/data/clips,2024``; mmengine made
+    it a list). Reads into a dict for ``Config.merge_from_dict``, like mmengine's."""
 
     @staticmethod
     def _parse_iterable(val: str) -> Any:
@@ -340,6 +357,10 @@ class ConfigOptionsAction(DictAction):
                              f'KEY=VALUE, e.g. train_dataloader.batch_size=8')
             try:
                 options[key] = parse_option_value(val)
+                if (isinstance(options[key], list) and _PATH_KEY.search(key)
+                        and val.strip()[:1] not in '(['):
+                    # a path with a comma (/data/clips,2024): never a list of paths
+                    options[key] = val.strip()
             except ValueError as e:
                 parser.error(f'{option_string or "--cfg-options"} {kv!r}: {e}')
             except RecursionError:     # (a last resort: brackets nested ~1000 deep)
