@@ -83,6 +83,8 @@ def run_tool(tmp_path_factory):
                     '--video-cache', str(tmp / 'videos'), '--pipeline-repeats', '2',
                     '--out', str(out)])
     assert rc == 0
+    # written through a unique temp file (no fixed results.json.tmp), none left behind
+    assert sorted(p.name for p in tmp.iterdir() if 'results' in p.name) == ['results.json']
     return json.loads(out.read_text()), tmp
 
 

@@ -2,6 +2,7 @@
 says where it stopped when it fails; the training batch and the gloo switch in the run's
 log; gpu_session.py's install folder (security review)."""
 import io
+import os
 
 import pytest
 import torch
@@ -227,3 +228,29 @@ def test_a_missing_argument_in_the_code_keeps_its_traceback():
     assert str(error) == ("the config entry I3DHead (type='I3DHead') lacks the argument "
                           "'in_channels', which I3DHead requires: set it in the config or "
                           "with --cfg-options in_channels=...")
+
+
+# ---------------------------------------- security review leftovers: temp files in place
+from test_concurrency_review_fixes import (DIR_FILES, _assert_is, _convert,  # noqa: E402
+                                           _no_swap, two_clips)  # noqa: F401 (a fixture)
+
+
+def test_in_place_conversion_does_not_write_through_planted_links(two_clips, tmp_path,
+                                                                  monkeypatch):
+    """clip_to_mm into a folder it cannot swap writes <file>.tmp inside it first: links
+    planted at those names were written through (the victims overwritten with the
+    model); they are removed first now, and the victims are untouched."""
+    out = tmp_path / 'clip'
+    _convert(two_clips, 'old', out)
+    victims = []
+    for name in DIR_FILES:
+        victim = tmp_path / f'victim_{name}'
+        victim.write_text('keep me')
+        (out / f'{name}.tmp').symlink_to(victim)
+        victims.append(victim)
+    _no_swap(monkeypatch, 'mount point')
+    _convert(two_clips, 'new', out)
+    monkeypatch.undo()
+    _assert_is(two_clips, 'new', out)
+    assert [v.read_text() for v in victims] == ['keep me'] * len(DIR_FILES)
+    assert sorted(os.listdir(out)) == sorted(DIR_FILES)

@@ -320,6 +320,9 @@ def _write_in_place(sd: Dict[str, torch.Tensor], meta: Dict, out: str, target: s
     check_output(out, 'dir')
     swapping = False
     try:
+        for path in (new_weights, new_config):   # (a link planted there is not written
+            with contextlib.suppress(FileNotFoundError):   # through: removed first)
+                os.remove(path)
         _write_files(sd, meta, out, new_weights, new_config)
         fsync_folder(target)
         check_output(out, 'dir')   # (again: files may have been put there meanwhile)

@@ -278,7 +278,10 @@ def main(argv=None) -> int:
         log(f'{name}: {what} (limit {min(limit, left):.0f} s)')
         log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         path = os.path.join(args.out, f'{name}.json')
-        for stale in (path, path + '.tmp'):   # an earlier session's file is not this one's
+        # an earlier session's file is not this one's (with the temp files benchmark.py
+        # writes it through: .<name>.json.XXXXXXXX.tmp; path + '.tmp' of older versions)
+        for stale in [path, path + '.tmp'] + glob.glob(
+                os.path.join(args.out, f'.{name}.json.*.tmp')):
             if os.path.exists(stale):
                 os.remove(stale)
         res = run_step(cmd, min(limit, left), log_path, env)
