@@ -170,3 +170,31 @@ def test_a_comma_in_a_path_option_stays_in_the_path():
         'train_dataloader.dataset.ann_file': 'ann,1.txt', 'load_from': '/ckpt/e,1.pth',
         'model.backbone.levels': [1, 2], 'labels': 'a,b', 'names': ['a', 'b'],
         'ann_files': ['x.txt', 'y.txt']}
+
+
+# ------------------------------------------------ one file under names that differ in case
+def test_names_differing_in_case_that_are_one_file_are_warned_about(tmp_path, monkeypatch):
+    """On a case-insensitive file system (macOS, Windows) Clip7.mp4 and clip7.mp4 are one
+    file, which realpath does not reveal: the gallery held the video twice without a
+    word. Names that differ in case alone are compared by file identity; here a hard
+    link stands in for the case-insensitive file system. Two distinct files whose names
+    differ in case are not reported."""
+    import json
+    import os
+    from stan_mm.datasets import retrieval
+    from test_retrieval_datasets import build, touch_videos
+    videos = tmp_path / 'videos'
+    touch_videos(videos, ['Clip7.mp4', 'Clip8.mp4', 'clip8.mp4'])
+    (videos / 'clip8.mp4').write_bytes(b'another video')
+    os.link(videos / 'Clip7.mp4', videos / 'clip7.mp4')
+    ann = tmp_path / 'ann.json'
+    ann.write_text(json.dumps({'Clip7.mp4': ['a'], 'clip7.mp4': ['b'], 'Clip8.mp4': ['c'],
+                               'clip8.mp4': ['d']}))
+    logged = []
+    monkeypatch.setattr(retrieval, 'print_log', lambda msg, **kw: logged.append(msg))
+    ds = build(ann_format='json', ann_file=str(ann), data_prefix=dict(video=str(videos)),
+               test_mode=True)
+    assert len(ds) == 4
+    warned = [m for m in logged if 'links to one file' in m]
+    assert len(warned) == 1 and '1 pair(s)' in warned[0], logged
+    assert "'clip7.mp4' and 'Clip7.mp4'" in warned[0] and 'lip8' not in warned[0]

@@ -334,17 +334,33 @@ def drop_same_file_entries(entries: List[VideoEntry], issues: IssueLog, ann_file
     return kept
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file (device and inode)."""
+    try:
+        return osp.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _warn_linked(entries: List[VideoEntry], root: Optional[str], ann_file: str) -> None:
-    """Log the videos whose different paths resolve (through links) to one file."""
+    """Log the videos whose different paths resolve (through links, or a file system that
+    ignores case) to one file."""
     target: Dict[str, VideoEntry] = {}
     pairs = []
     paths = [join_path(root, entry.filename) if root else entry.filename
              for entry in entries]
     index = FolderIndex(paths)  # one realpath per folder, not one lstat per component
+    by_case: Dict[str, str] = {}   # lower-cased real path -> the first real path
     for entry, path in zip(entries, paths):
         if '://' in path:
             continue
         real = index.realpath(path)
+        # a case-insensitive file system (macOS, Windows) finds Clip.mp4 and clip.mp4 to
+        # be one file, which realpath does not say: names that differ in case alone are
+        # compared by file identity (only those: one stat each, not one per video)
+        first = by_case.setdefault(real.lower(), real)
+        if first != real and first in target and _same_file(first, real):
+            real = first
         if real in target:
             pairs.append(f'{entry.video_id!r} and {target[real].video_id!r} -> {real!r}')
         else:
