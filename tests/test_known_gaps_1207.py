@@ -138,7 +138,10 @@ def test_synthetic_dataset_follows_a_symlinked_out_dir(tmp_path):
 
 
 # ------------------------------------------- mmengine's default optimizer constructor
-def test_default_constructor_logs_groups_not_every_tensor(tmp_path):
+from test_log_review_fixes2 import current_log  # noqa: E402,F401  (a fixture)
+
+
+def test_default_constructor_logs_groups_not_every_tensor(current_log):
     """The quickstart configs build their optimizer with mmengine's default constructor
     and a paramwise_cfg: one INFO line per (lr, weight decay) instead of one
     'paramwise_options' line per tensor setting (those at DEBUG); the groups are
@@ -146,23 +149,15 @@ def test_default_constructor_logs_groups_not_every_tensor(tmp_path):
     import logging
     import os.path as osp
     from mmengine.config import Config
-    from mmengine.logging import MMLogger
     from mmengine.optim import DefaultOptimWrapperConstructor, build_optim_wrapper
     repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
     cfg = Config.fromfile(osp.join(repo, 'configs', 'quickstart', 'motion_stan_tiny.py'))
     assert 'constructor' not in cfg.optim_wrapper and cfg.optim_wrapper.paramwise_cfg
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4),
                                 torch.nn.Linear(4, 2))
-    logger, records = MMLogger.get_current_instance(), []
-    handler, level = logging.Handler(logging.DEBUG), logger.level
-    handler.emit = records.append
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    records = current_log
+    records.clear()
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     info = [r.getMessage() for r in records if r.levelno >= logging.INFO]
     debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
     assert not any('paramwise_options' in m for m in info), info

@@ -395,23 +395,28 @@ def describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def _config_paths(node, key: str, cls_names: set, prefix: str = ''):
-    """``(path, typed)`` of every dict in the config tree ``node`` that holds ``key``:
-    ``path`` the dotted key path (``model.backbone``; list items by index,
-    ``custom_hooks.0``), ``typed`` whether its ``type`` names one of ``cls_names``."""
+def _config_dicts(node, prefix: str = ''):
+    """``(path, dict, type name)`` of every dict in the config tree ``node``: ``path`` the
+    dotted key path (``model.backbone``; list items by index, ``custom_hooks.0``), the
+    type name the last component of its ``type`` (a string or a class), else None."""
     if isinstance(node, Mapping):
-        if key in node:
-            kind = node.get('type')
-            name = kind.rsplit('.', 1)[-1] if isinstance(kind, str) else getattr(
-                kind, '__name__', None)
-            yield prefix, name in cls_names
+        kind = node.get('type')
+        yield prefix, node, (kind.rsplit('.', 1)[-1] if isinstance(kind, str)
+                             else getattr(kind, '__name__', None))
         items = node.items()
     elif isinstance(node, (list, tuple)):
         items = enumerate(node)
     else:
         return
     for k, v in items:
-        yield from _config_paths(v, key, cls_names, f'{prefix}.{k}' if prefix else str(k))
+        yield from _config_dicts(v, f'{prefix}.{k}' if prefix else str(k))
+
+
+def _config_paths(node, key: str, cls_names: set):
+    """``(path, typed)`` of every dict in the config tree ``node`` that holds ``key``
+    (:func:`_config_dicts`), ``typed`` whether its ``type`` names one of ``cls_names``."""
+    return ((path, name in cls_names) for path, entry, name in _config_dicts(node)
+            if key in entry)
 
 
 def _init_arguments(cls, upto: str) -> list:
@@ -442,22 +447,10 @@ def _var_keywords(frame) -> Optional[Mapping]:
     return value if isinstance(value, Mapping) else None
 
 
-def _typed_paths(node, cls_names: set, prefix: str = ''):
+def _typed_paths(node, cls_names: set):
     """The dotted key paths of every dict in the config tree ``node`` whose ``type`` names
-    one of ``cls_names`` (``model.backbone``, ``custom_hooks.0``)."""
-    if isinstance(node, Mapping):
-        kind = node.get('type')
-        name = kind.rsplit('.', 1)[-1] if isinstance(kind, str) else getattr(
-            kind, '__name__', None)
-        if name in cls_names:
-            yield prefix
-        items = node.items()
-    elif isinstance(node, (list, tuple)):
-        items = enumerate(node)
-    else:
-        return
-    for k, v in items:
-        yield from _typed_paths(v, cls_names, f'{prefix}.{k}' if prefix else str(k))
+    one of ``cls_names`` (:func:`_config_dicts`)."""
+    return (path for path, _, name in _config_dicts(node) if name in cls_names)
 
 
 def _traceback_frames(exc: BaseException) -> list:
