@@ -39,10 +39,20 @@ def _storable(path: str) -> bool:
     return True
 
 
+def _names_a_file(root: str, line: str) -> bool:
+    """Whether ``line`` of a list file in ``root`` names an existing file, as
+    :func:`_listed_file` resolves it (``clip`` is ``clip`` or else ``clip.mp4``)."""
+    full = line if osp.isabs(line) else osp.join(root, line)
+    return osp.isfile(resolve_video_name(full))
+
+
 def _read_video_list(source: str, exts: Sequence[str], option: str = '') -> List[str]:
-    """The paths of a list file (blank and ``#`` lines skipped). A file that is not UTF-8
-    text (an image, a video with another extension) raises ``ValueError`` naming it (after
-    ``option``, the tool's flag, when given)."""
+    """The paths of a list file: blank lines skipped, and lines starting with ``#`` skipped
+    as comments unless the line names an existing file (relative to the list file's
+    folder, a name without an extension also as ``<name>.mp4``): ``#1 clip.mp4`` is then a
+    video, as a folder scan finds it. A file that is not UTF-8 text (an image, a video with
+    another extension) raises ``ValueError`` naming it (after ``option``, the tool's flag,
+    when given)."""
     name = f'{option} {source!r}' if option else repr(source)
 
     def not_a_list(why: str) -> ValueError:
@@ -70,8 +80,10 @@ def _read_video_list(source: str, exts: Sequence[str], option: str = '') -> List
     nul = text.find('\x00')
     if nul >= 0:
         raise not_a_list(f'it holds NUL bytes, from position {nul}')
-    return [ln.strip() for ln in text.split('\n')   # (as the lines of the file)
-            if ln.strip() and not ln.lstrip().startswith('#')]
+    root = osp.dirname(osp.abspath(source))      # (list_videos' root for relative names)
+    lines = [ln.strip() for ln in text.split('\n')]   # (as the lines of the file)
+    return [ln for ln in lines
+            if ln and (not ln.startswith('#') or _names_a_file(root, ln))]
 
 
 def _listed_file(root: str, path: str) -> str:
@@ -92,12 +104,15 @@ def list_videos(source: str, exts: Sequence[str] = VIDEO_EXTS,
     ``source`` is either a folder, scanned recursively for files with a video extension
     (``exts``, case-insensitive; hidden files and folders skipped; symbolic links to
     folders not followed; sorted), one video file (a file with a video extension), or a
-    UTF-8 text file listing one video per line (blank lines and lines starting with ``#``
-    ignored; relative paths are relative to the list file's folder; order kept; any other
-    file, e.g. an image, raises ``ValueError`` naming it). A file name that cannot be
-    written as one UTF-8 line of ``videos.txt`` (a line break, bytes that are not UTF-8) is
-    refused before anything is embedded. ``option``: the tool's flag for ``source``, named
-    in the messages.
+    UTF-8 text file listing one video per line (blank lines ignored; relative paths are
+    relative to the list file's folder; order kept; any other file, e.g. an image, raises
+    ``ValueError`` naming it). A line starting with ``#`` is a comment, unless it names an
+    existing file (``#1 clip.mp4`` next to the list, or ``#1 clip`` for ``#1 clip.mp4``):
+    that line is a video, as a folder scan would list it. Every other ``#`` line is a
+    comment (``# day 1``, or ``#a.mp4`` to leave out ``a.mp4`` when no file ``#a.mp4``
+    exists). A file name that cannot be written as one UTF-8 line of ``videos.txt`` (a
+    line break, bytes that are not UTF-8) is refused before anything is embedded.
+    ``option``: the tool's flag for ``source``, named in the messages.
 
     A listed name without an extension, ``clip``, means the file ``clip`` when there is one,
     else ``clip.mp4`` (as :class:`~stan_mm.datasets.transforms.video_io.SafeDecordInit`

@@ -268,16 +268,29 @@ def _peak_rss_since_reset(reset_ok: bool) -> tuple:
         hwm = _status_kb('VmHWM')
         if hwm is not None:
             return hwm, 'VmHWM after /proc/self/clear_refs reset'
-    import resource
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    return (maxrss_bytes(),
             'ru_maxrss (process-lifetime high-water mark; lower bound)')
 
 
+def maxrss_bytes() -> int:
+    """``getrusage(RUSAGE_SELF).ru_maxrss`` in bytes: macOS (``sys.platform ==
+    'darwin'``) gives it in bytes, Linux and the other systems in KiB."""
+    import resource
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss) if sys.platform == 'darwin' else int(maxrss) * 1024
+
+
 def measure_step_rss(step: Callable[[], None]) -> Dict[str, Any]:
-    """Peak resident memory of one ``step`` (in this process) above the RSS before it."""
+    """Peak resident memory of one ``step`` (in this process) above the RSS before it.
+
+    Without ``/proc`` (macOS) the RSS before the step is not known: the process's
+    ``ru_maxrss`` before the step stands for it (at least the RSS then), so ``delta`` is a
+    lower bound, 0 when the step did not raise the process's high-water mark."""
     gc.collect()
     ok = _reset_peak_rss()
     before = current_rss()
+    if before is None:
+        before = maxrss_bytes()
     step()
     peak, method = _peak_rss_since_reset(ok)
     # the kernel's RSS counters are batched per CPU: a few pages of slack either way
