@@ -35,8 +35,10 @@ rest. A video reached by another path of the same file (a link to it or to a fol
 it, another mount of its folder: ``/data/vids`` -> ``/gpfs/own/vids``) is reused too when
 the file is the same one (device and inode, or real path) with the size and modification
 time it was embedded with (a copy, or another file of the same name, is embedded again);
-``videos.txt`` then names it as this run gave it. A different model key is refused
-(``overwrite=True`` starts over). So is another precision
+so is a video of a moved folder (``mv DIR DIR2``, a drive or bind mount mounted elsewhere:
+:func:`_moved_files`), gone from its recorded place, by its path in the folder, size and
+modification time; ``videos.txt`` then names it as this run gave it. A different model
+key is refused (``overwrite=True`` starts over). So is another precision
 (:class:`PrecisionMismatchError`): shards, or finished video rows, embedded in bf16
 (``--amp bf16``) are not mixed with fp32 ones in one ``videos.npy`` (nor the reverse);
 ``overwrite=True`` replaces them. Folders written before the precision was
@@ -1091,6 +1093,71 @@ def _same_files(keys: Sequence[str], video_root: str,
     return out
 
 
+def _recorded_roots(keys: Sequence[str], old_root: Optional[str], video_root: str,
+                    rebased: bool = False) -> Dict[str, str]:
+    """``keys`` (relative to ``old_root``, the root a folder or shard recorded; with
+    ``rebased``, already keyed for ``video_root`` by :func:`_rebase`) -> that root
+    (absolute), keyed as :func:`_rebase` keys them for ``video_root``; none when the root
+    is unknown or this run's, and no absolute path (for :func:`_moved_files`)."""
+    if not old_root:
+        return {}
+    old = osp.abspath(old_root)
+    if old == osp.abspath(video_root):
+        return {}
+    out = {}
+    for k in keys:
+        rel, stamp = _key_parts(k)
+        if not osp.isabs(rel):
+            out[k if rebased else _item_key(_rebase(old, rel, video_root), stamp)] = old
+    return out
+
+
+def _moved_files(keys: Sequence[str], video_root: str, held: Dict[str, str]
+                 ) -> Dict[str, str]:
+    """This run's ``keys`` (relative to ``video_root``, none of them held) -> a held key
+    of the same video in a moved folder: ``held``: key (relative to ``video_root``, as
+    :func:`_recorded_roots` gives it) -> the root it was recorded under. A held video is
+    matched by its path relative to that root, under ``video_root``, with the size and
+    modification time it was embedded with, when it is gone from its recorded place (the
+    folder was moved, or is mounted elsewhere now: another drive letter or mount point, a
+    Docker bind mount). A video still at its recorded place is not (a copy of the folder
+    is embedded again, as a changed file is)."""
+    if not keys or not held:
+        return {}
+    root = osp.abspath(video_root)
+    wanted = {k for k in keys if not osp.isabs(_key_parts(k)[0])}
+    gone: Dict[str, bool] = {}    # recorded root -> missing (then so are all its files)
+    out: Dict[str, str] = {}
+    for h, old in held.items():
+        rel, stamp = _key_parts(h)
+        was = osp.normpath(osp.join(root, rel))     # (lexically, as _rebase made the key)
+        there = _rebase(root, osp.relpath(was, old), root)   # the same path in root
+        k = _item_key(there, stamp)
+        if k not in wanted or k in out:
+            continue
+        if old not in gone:
+            gone[old] = not osp.isdir(old)
+        if gone[old] or not osp.lexists(was):
+            out[k] = h
+    return out
+
+
+def _log_moved(moved: Dict[str, str], held: Dict[str, str], video_root: str,
+               log: Callable[[str], None]) -> None:
+    """One line: the folder recognised as moved (recorded root -> this run's) and how many
+    of its videos were reused (:func:`_moved_files`)."""
+    if not moved:
+        return
+    counts: Dict[str, int] = {}
+    for old in moved.values():
+        counts[held[old]] = counts.get(held[old], 0) + 1
+    old, n = max(counts.items(), key=lambda kv: kv[1])
+    rest = len(moved) - n
+    log(f'videos folder recognised as moved, {old} -> {osp.abspath(video_root)}: {n} '
+        f'videos reused (same path in it, size and modification time)'
+        + (f'; {rest} more from {len(counts) - 1} other moved folder(s)' if rest else ''))
+
+
 class _Holder:
     """A folder :func:`folder_lock` holds in this process: the thread that took it, how
     many ``folder_lock`` of that thread are open on it, and the descriptor that holds the
@@ -1304,6 +1371,12 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         for k, old in _same_files([k for k in keys if k not in named], video_root,
                                   held).items():
             known_bad[k] = known_bad[old]
+        # (and in a moved folder: by their path in it, size and modification time)
+        bad_roots = _recorded_roots(list(known_bad), finished['video_root'], video_root,
+                                    rebased=True)
+        unnamed = [k for k in keys if k not in named and k not in known_bad]
+        for k, old in _moved_files(unnamed, video_root, bad_roots).items():
+            known_bad[k] = known_bad[old]
     good = [k for k in keys if k not in known_bad]
     result.bad = [(p, known_bad[k]) for p, k in zip(videos, keys) if k in known_bad]
     if (rows is not None and rows[0] == good and texts is None and not finished['num_texts']
@@ -1316,12 +1389,28 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     store.start(key, precision)
     if rows is not None:   # the finished rows become reusable partial results
         store.write(*rows, root=video_root)
-    done, roots = _keyed_for_root(*store.read_with_roots(), video_root)
+    shards, shard_roots = store.read_with_roots()
+    # key (relative to video_root) -> the other root it was recorded under: the finished
+    # folder's, the shards'
+    recorded: Dict[str, str] = {}
+    for old in set(shard_roots.values()):
+        recorded.update(_recorded_roots([k for k, r in shard_roots.items() if r == old],
+                                        old, video_root))
+    if rows is not None:
+        recorded.update(_recorded_roots(rows[0], finished['video_root'], video_root,
+                                        rebased=True))
+    done, roots = _keyed_for_root(shards, shard_roots, video_root)
     # rows of the same files embedded under other paths (a link to the folder, another
     # mount of it): reused, and written under this run's paths
     aliased = {k: old for k, old in _same_files(keys, video_root, roots).items()
                if k not in known_bad}
     for k, old in aliased.items():
+        done[k] = done[old]
+    # rows of a moved folder (its recorded root is gone): matched by their path in it,
+    # size and modification time
+    moved = _moved_files([k for k in keys if k not in done and k not in known_bad],
+                         video_root, {k: r for k, r in recorded.items() if k in done})
+    for k, old in moved.items():
         done[k] = done[old]
     todo = [i for i, k in enumerate(keys) if k not in done and k not in known_bad]
     result.reused = len(videos) - len(todo) - len(result.bad)
@@ -1336,6 +1425,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         log(f'{len(aliased)} of the reused videos were embedded under another path of the '
             f'same file (e.g. {was}: a link, or another mount of its folder); {out_dir} '
             f'now names them by the paths given in this run')
+    _log_moved(moved, recorded, video_root, log)
     if limit is not None and len(todo) > limit:
         result.remaining = len(todo) - limit
         todo = todo[:limit]

@@ -19,7 +19,6 @@ and everything is written to ``--out`` as JSON.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -84,7 +83,9 @@ def check_args(args):
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    # (ru_maxrss: KiB on Linux, bytes on macOS: stan_mm.utils.benchmark.maxrss_bytes)
+    from stan_mm.utils.benchmark import maxrss_bytes
+    return maxrss_bytes() / 2**20
 
 
 def _normalized_randn(rows, dim, gen, device, base=None, base_index=None, noise=1.0,
