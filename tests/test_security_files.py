@@ -41,12 +41,7 @@ def _write(path, data):
 
 
 # ------------------------------------------------------------------ 3. meta.json is data
-TESTED_CONFIG = '''model = dict(type='STANRetriever', backbone=dict(depth=2), temperature=0.01)
-test_pipeline = [dict(type='CLIPBPETokenize', context_length=32),
-                 dict(type='PackActionInputs')]
-test_dataloader = dict(dataset=dict(type='RetrievalVideoTextDataset', ann_file='test.json',
-                                    pipeline=test_pipeline))
-'''
+from test_retrieval_review_fixes import CONFIG as TESTED_CONFIG  # noqa: E402
 
 
 @pytest.fixture

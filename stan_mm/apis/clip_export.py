@@ -42,7 +42,6 @@ import os
 import os.path as osp
 import re
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -184,38 +183,16 @@ def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> List[
     return []
 
 
-#: age (seconds) after which a ``.<name>.XXXXXXXX.tmp`` beside a ``.pth`` output counts as
-#: left by a killed conversion: one still being written keeps getting newer
-_STALE_TMP_AGE_S = 600
-
-
 def _remove_stale_pth_tmps(out: str) -> List[str]:
     """Delete the temporary files that killed conversions into ``out`` (a ``.pth``) left
     beside its real path: named exactly ``.<name>.<8 chars>.tmp`` (``atomic_write_bytes``'
-    ``mkstemp``) and unchanged for :data:`_STALE_TMP_AGE_S`. Each is a full-size copy of
-    the model (1.7 GB for ViT-L) that nothing else removes. Returns the removed paths."""
-    import time
-    target = osp.realpath(out)
-    folder, name = osp.split(target)
+    ``mkstemp``) and unchanged for 10 minutes
+    (:func:`~stan_mm.engine.checkpoint_hook.remove_stale_temps`). Each is a full-size copy
+    of the model (1.7 GB for ViT-L) that nothing else removes. Returns the removed paths."""
+    from stan_mm.engine.checkpoint_hook import remove_stale_temps
+    folder, name = osp.split(osp.realpath(out))
     pattern = re.compile(r'\.' + re.escape(name) + r'\.[A-Za-z0-9_]{8}\.tmp')
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return []
-    removed, now = [], time.time()
-    for entry in entries:
-        if not pattern.fullmatch(entry):
-            continue
-        path = osp.join(folder, entry)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < _STALE_TMP_AGE_S:
-                continue
-            os.remove(path)
-        except OSError:
-            continue
-        removed.append(path)
-    return removed
+    return remove_stale_temps(folder, pattern.fullmatch)
 
 
 #: the temporary folders beside ``OUT``: one being written, and the previous ``OUT``

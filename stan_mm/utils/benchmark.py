@@ -39,7 +39,6 @@ import os
 import os.path as osp
 import platform
 import re
-import stat
 import statistics
 import subprocess
 import sys
@@ -434,11 +433,6 @@ def write_benchmark_videos(out_dir: str, num_videos: int = 6, width: int = 340,
     return paths
 
 
-#: age (seconds) after which a temporary video of :func:`_new_temp_video` counts as left by
-#: a killed run (one being written keeps getting newer)
-_STALE_TMP_AGE_S = 600
-
-
 def _new_temp_video(path: str, ext: str) -> str:
     """A new empty file beside ``path`` for its video to be encoded into, then renamed to
     ``path``: ``.<name>.<8 random characters>.tmp<ext>`` (the encoders pick the container
@@ -462,27 +456,14 @@ def _new_temp_video(path: str, ext: str) -> str:
 def _remove_stale_video_tmps(path: str, ext: str) -> List[str]:
     """Delete the temporary videos (:func:`_new_temp_video`) of ``path`` that killed runs
     left: regular files of exactly that name pattern (or the fixed ``<name>.tmp<ext>`` of
-    earlier versions) unchanged for :data:`_STALE_TMP_AGE_S`. Returns the removed paths."""
+    earlier versions) unchanged for 10 minutes
+    (:func:`~stan_mm.engine.checkpoint_hook.remove_stale_temps`). Returns the removed
+    paths."""
+    from stan_mm.engine.checkpoint_hook import remove_stale_temps
     folder, name = osp.split(osp.abspath(path))
     pattern = re.compile(r'\.' + re.escape(name) + r'\.[A-Za-z0-9_]{8}\.tmp' + re.escape(ext))
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return []
-    removed, now = [], time.time()
-    for entry in entries:
-        if not (pattern.fullmatch(entry) or entry == name + '.tmp' + ext):
-            continue
-        tmp = osp.join(folder, entry)
-        try:
-            st = os.lstat(tmp)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < _STALE_TMP_AGE_S:
-                continue
-            os.remove(tmp)
-        except OSError:
-            continue
-        removed.append(tmp)
-    return removed
+    return remove_stale_temps(
+        folder, lambda entry: bool(pattern.fullmatch(entry)) or entry == name + '.tmp' + ext)
 
 
 def _write_in_child(job: Mapping[str, Any]) -> None:
