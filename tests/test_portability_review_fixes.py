@@ -198,3 +198,34 @@ def test_names_differing_in_case_that_are_one_file_are_warned_about(tmp_path, mo
     warned = [m for m in logged if 'links to one file' in m]
     assert len(warned) == 1 and '1 pair(s)' in warned[0], logged
     assert "'clip7.mp4' and 'Clip7.mp4'" in warned[0] and 'lip8' not in warned[0]
+
+
+def test_a_config_variable_set_by_cfg_options_is_named_where_it_was_copied(tmp_path,
+                                                                          capsys):
+    """--cfg-options data_root=/data/x changed the variable only: the config had copied
+    it into every dataset when it was read, so training read the config's folder. The
+    tools warn and name the options that set the copies; an option that reaches every
+    copy, or a Runner key, is not warned about."""
+    from stan_mm.utils.cli import ineffective_variable_options
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b16.py'))
+    options = {'data_root': '/data/x', 'work_dir': '/w', 'model.backbone.depth': 2}
+    cfg.merge_from_dict(options)
+    (message, ) = ineffective_variable_options(cfg, options)
+    assert message == (
+        "--cfg-options data_root=/data/x changes the config's variable 'data_root' only: "
+        "the config copied it when it was read, and train_dataloader.dataset.data_root, "
+        "val_dataloader.dataset.data_root, test_dataloader.dataset.data_root still hold "
+        "another value. Set them instead: --cfg-options "
+        "train_dataloader.dataset.data_root=/data/x val_dataloader.dataset.data_root=/data/x "
+        "test_dataloader.dataset.data_root=/data/x")
+    every = dict(options, **{f'{s}_dataloader.dataset.data_root': '/data/x'
+                             for s in ('train', 'val', 'test')})
+    cfg.merge_from_dict(every)
+    assert ineffective_variable_options(cfg, every) == []
+    # through tools/train.py's checks: printed as a warning
+    from stan_mm.utils.cli import warn_misspelled_keys
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'msrvtt_self_b16.py'))
+    cfg.merge_from_dict({'data_root': '/data/x'})
+    warn_misspelled_keys(cfg, 'train.py', options={'data_root': '/data/x'})
+    assert "train.py: warning: --cfg-options data_root=/data/x changes the config's variable" \
+        in capsys.readouterr().err

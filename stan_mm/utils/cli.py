@@ -615,6 +615,34 @@ def warn_misspelled_keys(cfg, tool: str, options: Optional[Mapping] = None) -> N
     message = ineffective_vis_backends(cfg, options)
     if message:
         config_warning(tool, message)
+    for message in ineffective_variable_options(cfg, options):
+        config_warning(tool, message)
+
+
+def ineffective_variable_options(cfg, options: Optional[Mapping] = None) -> list:
+    """Why a top-level ``--cfg-options`` key (no dot, not a key the Runner reads) changes
+    nothing, one message per key: the config file used it as a variable when it was
+    evaluated (``data_root = 'data/k400'`` copied into every dataset's ``data_root``), and
+    the entries that hold a key of that name still have another value. The message names
+    them and the options that set them (mmengine replaces the variable, not its copies;
+    a user's ``data_root=/data/clips`` trained on the config's folder)."""
+    messages = []
+    for key, value in (options or {}).items():
+        if '.' in key or key in RUNNER_KEYS or key == 'vis_backends':
+            continue
+        stale = [path for path, entry, _ in _config_dicts(dict(cfg.items()))
+                 if path and key in entry and _plain_tree(entry[key]) != _plain_tree(value)]
+        if not stale:
+            continue
+        shown = ' '.join(f'{p}.{key}={value}' for p in stale[:3]) + (
+            ' ...' if len(stale) > 3 else '')
+        messages.append(
+            f'--cfg-options {key}={value} changes the config\'s variable {key!r} only: the '
+            f'config copied it when it was read, and {", ".join(f"{p}.{key}" for p in stale[:3])}'
+            f'{" ..." if len(stale) > 3 else ""} still hold{"s" if len(stale) == 1 else ""} '
+            f'another value. Set {"it" if len(stale) == 1 else "them"} instead: '
+            f'--cfg-options {shown}')
+    return messages
 
 
 def _plain_tree(value):
