@@ -66,6 +66,7 @@ def test_train_tool_warns_before_the_run_starts(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- macOS
+@pytest.mark.filterwarnings('ignore:Multi-processing start method')
 def test_fork_becomes_spawn_on_macos_only(monkeypatch):
     """The runner's set_multi_processing: 'fork' from the config is 'spawn' on macOS, with
     a warning; on Linux, and any other method anywhere, as asked."""

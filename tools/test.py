@@ -131,10 +131,26 @@ def cuda_autocast_dtype(dtype):
 
 
 def float32_test_outputs(model) -> None:
-    """``--amp``: bf16 / fp16 tensors of the test outputs (a linear head's scores under
-    autocast) become float32 before the metrics see them: numpy, which the metrics use,
-    has no bf16 (``Got unsupported ScalarType BFloat16`` on the CPU)."""
+    """``--amp``: bf16 / fp16 tensors of the test outputs become float32 before the
+    metrics see them: numpy, which the metrics use, has no bf16 (``Got unsupported
+    ScalarType BFloat16`` on the CPU). A classification head (``cls_head``) runs in float32
+    with autocast off, on float32 features: under autocast a linear head's scores were
+    bf16, 8 bits of mantissa, which tied the top two classes of 4 of 160 quickstart
+    samples (metrics then depend on the tie rule; :mod:`stan_mm.evaluation.acc_metric`).
+    The backbone keeps the reduced precision."""
     import torch
+    from stan_mm.models.losses.contrastive import autocast_off
+    head = getattr(getattr(model, 'module', model), 'cls_head', None)
+    if isinstance(head, torch.nn.Module):
+        head_forward = head.forward
+
+        def forward_float32(x, *args, **kwargs):
+            if torch.is_tensor(x):
+                with autocast_off(x.device):
+                    return head_forward(x.float(), *args, **kwargs)
+            return head_forward(x, *args, **kwargs)
+
+        head.forward = forward_float32
     test_step = model.test_step
 
     def test_step_float32(data):

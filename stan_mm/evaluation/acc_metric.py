@@ -18,6 +18,15 @@ class) and by ``mean_class_accuracy`` (``argmax`` returns the first NaN): one ov
 sample (e.g. fp16 activations above 65504 under ``--amp``) would count as right in one
 metric and wrong in the other, without a word.
 
+Tied class scores never help: a sample is counted in ``topk`` when fewer than ``k`` other
+classes score at least as high as its label (rank = #{c : s_c >= s_label}), and in
+``mean1`` only when its label scores strictly highest. MMAction2 broke ties by class index,
+in opposite directions in its two metrics (``top_k_accuracy``'s ``argsort`` gives a tie to
+the highest index, ``mean_class_accuracy``'s ``argmax`` to the lowest), so one tied sample
+counted as right in one and wrong in the other (found with ``--amp``, whose bf16 linear
+head tied 4 of 160 quickstart rows). Without ties both rules are MMAction2's; retrieval
+ranks ties the same way (:mod:`stan_mm.evaluation.ranking`).
+
 And it warns (once) when a top-k accuracy is 1.0 by construction: with k >= the number of
 classes scored, every label is among the k best (``acc/top5`` of a model with 5 classes or
 fewer; ``acc/top1`` too with one class). The keys stay (configs and ``save_best`` name them).
@@ -34,19 +43,46 @@ from mmengine.logging import print_log
 from .dist_eval import compute_and_broadcast
 
 
+def label_ranks(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]]
+                ) -> np.ndarray:
+    """The rank of each sample's label among its class scores, ties counted against it:
+    ``#{c : s_c >= s_label}`` (1 = the label scores strictly highest).
+
+    Args:
+        scores: per-sample class scores, each ``[num_classes]``.
+        labels: per-sample class index (an int or a 0-d/1-element array).
+
+    Returns:
+        ``[N]`` int array.
+    """
+    table = np.stack([np.asarray(s).reshape(-1) for s in scores])
+    gt = np.asarray([int(np.asarray(label).reshape(-1)[0]) for label in labels])
+    own = table[np.arange(len(gt)), gt]
+    return (table >= own[:, None]).sum(axis=1)
+
+
+def top_k_accuracy(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]],
+                   topk=(1, )) -> List[float]:
+    """Fraction of samples whose label ranks within the ``k`` best (:func:`label_ranks`:
+    ties count against), for each ``k`` of ``topk``."""
+    ranks = label_ranks(scores, labels)
+    return [float(np.mean(ranks <= k)) for k in topk]
+
+
 def mean_class_accuracy(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]]
                         ) -> float:
     """Mean over the classes present in ``labels`` of the fraction of their samples whose
-    top-scoring class is the label.
+    label scores strictly highest (:func:`label_ranks` 1; a tie for the top counts as
+    wrong).
 
     Args:
         scores: per-sample class scores, each ``[num_classes]``.
         labels: per-sample class index (an int or a 0-d/1-element array).
     """
-    pred = np.argmax(np.stack([np.asarray(s).reshape(-1) for s in scores]), axis=1)
+    hit = label_ranks(scores, labels) == 1
     gt = np.asarray([int(np.asarray(label).reshape(-1)[0]) for label in labels])
     classes = np.unique(gt)
-    return float(np.mean([np.mean(pred[gt == c] == c) for c in classes]))
+    return float(np.mean([np.mean(hit[gt == c]) for c in classes]))
 
 
 def check_labels_in_range(scores: List[np.ndarray], labels: List[Union[int, np.ndarray]]
@@ -132,6 +168,14 @@ class RecognitionAccMetric(AccMetric):
         check_labels_in_range(preds, labels)
         self._warn_trivial_topk(preds)
         results = super().calculate(preds, labels)
+        single = preds and not isinstance(preds[0], dict) and all(
+            np.asarray(label).size == 1 for label in labels)
+        if single and 'top_k_accuracy' in self.metrics:   # (ties count against the label)
+            topk = ((self.metric_options or {}).get('top_k_accuracy') or {}).get(
+                'topk', (1, 5))
+            topk = (topk, ) if isinstance(topk, int) else tuple(topk)
+            for k, acc in zip(topk, top_k_accuracy(preds, labels, topk)):
+                results[f'top{k}'] = acc
         if 'mean_class_accuracy' in self.metrics and 'mean1' in results:
             results['mean1'] = mean_class_accuracy(preds, labels)
         return results

@@ -2,8 +2,10 @@
 
 ``MotionPairMetric`` reports, in percent:
 
-- ``top1``: ordinary top-1 accuracy over all classes;
-- ``pair_acc``: the predicted class belongs to the right motion pair (direction ignored);
+- ``top1``: ordinary top-1 accuracy over all classes (a tie for the top counts as wrong,
+  as in ``acc/top1``);
+- ``pair_acc``: the predicted class belongs to the right motion pair (direction ignored;
+  the pair's best score must beat every other class's);
 - ``direction_acc``: the true class outscores its time-reversed partner
   (:func:`stan_mm.datasets.synthetic.paired_direction_accuracy`; ties count half). A model
   that ignores frame order sits near 50 here whatever its ``pair_acc``;
@@ -40,12 +42,20 @@ class MotionPairMetric(BaseMetric):
                 label=int(label.item() if torch.is_tensor(label) else label)))
 
     def compute_metrics(self, results: List[dict]) -> dict:
+        from .acc_metric import label_ranks
         scores = np.stack([r['score'] for r in results])
         labels = np.array([r['label'] for r in results])
-        pred = scores.argmax(1)
+        # ties never help (as acc/top1): the label, or its pair, must score strictly
+        # highest; argmax gave a tie to the lowest class index
+        rows = np.arange(len(labels))
+        pair = np.stack([scores[rows, labels - labels % 2],
+                         scores[rows, labels - labels % 2 + 1]], 1).max(1)
+        others = scores.copy()
+        others[rows, labels - labels % 2] = -np.inf
+        others[rows, labels - labels % 2 + 1] = -np.inf
         return dict(
-            top1=float(100 * np.mean(pred == labels)),
-            pair_acc=float(100 * np.mean(pred // 2 == labels // 2)),
+            top1=float(100 * np.mean(label_ranks(list(scores), list(labels)) == 1)),
+            pair_acc=float(100 * np.mean(pair > others.max(1))),
             direction_acc=float(100 * paired_direction_accuracy(scores, labels)),
             chance=float(100 / scores.shape[1]))
 

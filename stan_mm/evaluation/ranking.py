@@ -217,7 +217,9 @@ def ranks_to_metrics(t2v_ranks: torch.Tensor, v2t_ranks: torch.Tensor) -> Dict[s
     for direction, ranks in (('t2v', t2v_ranks), ('v2t', v2t_ranks)):
         r = torch.as_tensor(ranks).double().cpu().numpy()
         for k in (1, 5, 10):
-            metrics[f'{direction}_R{k}'] = float(100.0 * np.mean(r <= k))
+            # (count / n, not 100 * mean: 100 * (46 / 160) is 28.749999999999996, which a
+            # results line rounded to 28.7 where 100 * 46 / 160 = 28.75 gives 28.8)
+            metrics[f'{direction}_R{k}'] = 100.0 * int(np.count_nonzero(r <= k)) / len(r)
         metrics[f'{direction}_MdR'] = float(np.median(r))
         metrics[f'{direction}_MnR'] = float(np.mean(r))
     return {key: metrics[key] for key in METRIC_KEYS}

@@ -194,8 +194,12 @@ class RetrievalRecallMetric(BaseMetric):
                     f'{tuple(video.shape)} and text_feature of shape {tuple(text.shape)}; '
                     'expected [E] and [n_captions >= 1, E] with the same E')
             filename = data_sample.get('filename')
+            key = data_sample.get('text_key')        # (STANRetriever: one per caption)
+            key = (key.detach().cpu().reshape(-1) if torch.is_tensor(key)
+                   and key.numel() == text.shape[0] else None)
             self.results.append(dict(sample_idx=idx, video_feature=video, text_feature=text,
-                                     filename=filename if isinstance(filename, str) else None))
+                                     filename=filename if isinstance(filename, str) else None,
+                                     text_key=key))
 
     def evaluate(self, size: int) -> dict:
         """Collect every sample of every rank, de-duplicate by ``sample_idx``, evaluate on the
@@ -243,6 +247,15 @@ class RetrievalRecallMetric(BaseMetric):
         texts = [unique[i]['text_feature'] for i in order]
         text_emb = torch.cat(texts)
         counts = torch.tensor([t.shape[0] for t in texts])
+        keys = [unique[i].get('text_key') for i in order]
+        if all(k is not None for k in keys):
+            # equal captions (equal tokens) get the first one's embedding: computed in
+            # other batches they could differ in their last bits (4.5e-8 at batch size 1)
+            # and no longer tie exactly, which moved ranks with the batch size
+            first: Dict[int, int] = {}
+            rows = [first.setdefault(k, r) for r, k in enumerate(torch.cat(keys).tolist())]
+            if len(first) < len(rows):
+                text_emb = text_emb[rows]
         # the video of each sample: samples of one video file (a caption-level dataset such
         # as MMAction2's VideoTextDataset gives one sample per caption) are one gallery video
         names = [unique[i].get('filename') for i in order]

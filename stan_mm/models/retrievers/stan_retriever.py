@@ -114,6 +114,19 @@ def _stable_hash(value) -> int:
     return int.from_bytes(digest, 'little', signed=True)
 
 
+def caption_keys(tokens: torch.Tensor) -> torch.Tensor:
+    """``[n, L]`` caption tokens -> ``[n]`` int64 keys, equal for equal token rows (an
+    8-byte BLAKE2b digest of each row's int64 tokens: the same in every process, unlike
+    Python's ``hash``). The retrieval metric gives captions with one key one embedding:
+    computed in other batches, equal captions could differ in their last bits and no
+    longer tie exactly."""
+    import hashlib
+    rows = tokens.detach().to('cpu', torch.int64).numpy()
+    return torch.tensor([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8)
+                                        .digest(), 'little', signed=True) for row in rows],
+                        dtype=torch.int64)
+
+
 @MODELS.register_module()
 class STANRetriever(BaseModel):
     """Text-video retrieval: CLIPSTAN video tower + CLIP text tower + symmetric InfoNCE.
@@ -369,6 +382,7 @@ class STANRetriever(BaseModel):
             ds.video_feature = video[i]
             if groups is not None:
                 ds.text_feature = per_sample[i]
+                ds.text_key = caption_keys(groups[i])
         return data_samples
 
     def extra_repr(self) -> str:
