@@ -134,6 +134,9 @@ def test_synthetic_dataset_follows_a_symlinked_out_dir(tmp_path):
     assert generate_motion_dataset(str(link), **small) == meta      # idempotent
     generate_motion_dataset(str(link), **dict(small, num_train=4), overwrite=True)
     assert link.is_symlink() and len(os.listdir(scratch / 'videos')) == 6
+    # with a trailing slash (shell completion adds it; islink('data/') is False)
+    generate_motion_dataset(str(link) + os.sep, **dict(small, num_train=2), overwrite=True)
+    assert link.is_symlink() and len(os.listdir(scratch / 'videos')) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'scratch']
 
 
@@ -248,4 +251,31 @@ def test_in_place_conversion_does_not_write_through_planted_links(two_clips, tmp
     monkeypatch.undo()
     _assert_is(two_clips, 'new', out)
     assert [v.read_text() for v in victims] == ['keep me'] * len(DIR_FILES)
+    assert sorted(os.listdir(out)) == sorted(DIR_FILES)
+
+
+def test_a_link_planted_while_the_weights_are_written_is_refused(two_clips, tmp_path,
+                                                                 monkeypatch):
+    """Diff review: the config's <file>.tmp is opened after the weights are written
+    (seconds for ViT-L); a link planted there in that window was written through. Both
+    files are created exclusively without following links now: the conversion fails,
+    the victim is untouched and the previous output stays."""
+    import safetensors.torch
+    out = tmp_path / 'clip'
+    _convert(two_clips, 'old', out)
+    victim = tmp_path / 'victim.json'
+    victim.write_text('keep me')
+    real_save = safetensors.torch.save
+
+    def save_then_plant(*args, **kwargs):
+        data = real_save(*args, **kwargs)
+        (out / f'{DIR_FILES[0]}.tmp').symlink_to(victim)
+        return data
+    _no_swap(monkeypatch, 'mount point')
+    monkeypatch.setattr(safetensors.torch, 'save', save_then_plant)
+    with pytest.raises(OSError, match='File exists'):
+        _convert(two_clips, 'new', out)
+    monkeypatch.undo()
+    assert victim.read_text() == 'keep me'
+    _assert_is(two_clips, 'old', out)
     assert sorted(os.listdir(out)) == sorted(DIR_FILES)

@@ -262,20 +262,23 @@ def _write_files(sd: Dict[str, torch.Tensor], meta: Dict, out: str, weights: str
     """Write the weights and the config of a folder output ``out`` to the paths
     ``weights`` and ``config``, fsync'ed and with mode ``0o666`` less the umask (what
     ``open`` gives; safetensors makes its file 0600, which hid the model from the group)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from stan_mm.engine.checkpoint_hook import _umask
     mode = 0o666 & ~_umask()
-    with _naming_the_file(out, weights):
-        save_file(sd, weights, metadata={'converter': CONVERTER})
-        os.chmod(weights, mode)
-        _fsync_file(weights)
-    with _naming_the_file(out, config):
-        with open(config, 'w') as f:
-            json.dump({'model_cfg': meta['clip_cfg'], 'stan_mm': {
-                k: v for k, v in meta.items() if k != 'clip_cfg'}}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(config, mode)
+    config_text = lambda: json.dumps({'model_cfg': meta['clip_cfg'], 'stan_mm': {  # noqa
+        k: v for k, v in meta.items() if k != 'clip_cfg'}}, indent=2).encode()
+    for path, data in ((weights, lambda: save(sd, metadata={'converter': CONVERTER})),
+                       (config, config_text)):
+        with _naming_the_file(out, path):
+            # created exclusively and written through the descriptor: a link planted at
+            # the name (a shared folder) is refused, never written through
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, 'O_NOFOLLOW', 0), 0o600)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(data())
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
 
 
 def _write_in_place(sd: Dict[str, torch.Tensor], meta: Dict, out: str, target: str,
@@ -320,18 +323,10 @@ def _write_in_place(sd: Dict[str, torch.Tensor], meta: Dict, out: str, target: s
 
 
 def _target(out: str) -> str:
-    """The folder a folder output ``out`` replaces: ``out`` made absolute, or the folder a
-    symlink ``out`` names (with or without a trailing slash)."""
-    plain = out.rstrip(os.sep) or out
-    return osp.realpath(plain) if osp.islink(plain) else osp.abspath(plain)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """The folder a folder output ``out`` replaces
+    (:func:`~stan_mm.engine.checkpoint_hook.output_folder`: a symlink is followed)."""
+    from stan_mm.engine.checkpoint_hook import output_folder
+    return output_folder(out)
 
 
 def _hold_folder(path: str) -> Optional[int]:

@@ -763,7 +763,8 @@ def generate_motion_dataset(out_dir: str, num_train: int = 480, num_val: int = 1
     # a symlink (e.g. data/ -> a scratch disk) is followed: the dataset is built beside
     # and renamed to what it points to, and the link stays (replacing the link put the
     # videos on the link's disk instead, as the CLIP converter did not)
-    out_dir = osp.realpath(out_dir) if osp.islink(out_dir) else osp.abspath(out_dir)
+    from stan_mm.engine.checkpoint_hook import output_folder
+    out_dir = output_folder(out_dir)
     same, reason = _same_dataset(out_dir, params)
     if same:
         return load_meta(out_dir)

@@ -199,6 +199,14 @@ def fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def output_folder(out: str) -> str:
+    """The folder an output folder ``out`` is written to: ``out`` made absolute, or the
+    folder a symlink ``out`` names, with or without a trailing slash (``islink('link/')``
+    is False: the slash makes the lookup follow the link)."""
+    plain = out.rstrip(os.sep) or out
+    return osp.realpath(plain) if osp.islink(plain) else osp.abspath(plain)
+
+
 def replace_folder(tmp: str, out_dir: str) -> None:
     """Rename the complete folder ``tmp`` (beside ``out_dir``, same file system) to
     ``out_dir``, replacing what is there (the caller has checked that it may), so that a
