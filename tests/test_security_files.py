@@ -354,3 +354,39 @@ def test_real_caption_pickles_still_load(tmp_path, proto):
     entries = read_msvd(ann, path)
     assert [e.captions for e in entries] == [['a squirrel is eating', 'a chipmunk'],
                                              ['a woman slices a tomato']]
+
+
+def _copying_bomb(n: int, k: int) -> bytes:
+    """A dict of ``k`` entries, each ``builtins.list`` called on one shared list of ``n``
+    memo references: ~6 bytes per call, ``n`` items copied by each."""
+    import io
+    out = io.BytesIO()
+    out.write(pickle.PROTO + bytes([2]) + pickle.EMPTY_DICT + pickle.BINPUT + bytes([0]))
+    out.write(pickle.EMPTY_LIST + pickle.BINPUT + bytes([1]) + pickle.MARK)
+    out.write(pickle.SHORT_BINUNICODE + bytes([1]) + b'a' + pickle.BINPUT + bytes([2]))
+    out.write((pickle.BINGET + bytes([2])) * (n - 1) + pickle.APPENDS + pickle.POP)
+    out.write(pickle.MARK)
+    for i in range(k):
+        name = str(i).encode()
+        out.write(pickle.SHORT_BINUNICODE + bytes([len(name)]) + name + pickle.GLOBAL
+                  + b'builtins\nlist\n' + pickle.BINGET + bytes([1]) + pickle.TUPLE1
+                  + pickle.REDUCE)
+    out.write(pickle.SETITEMS + pickle.STOP)
+    return out.getvalue()
+
+
+def test_a_pickle_whose_calls_copy_one_list_many_times_is_refused_while_loading(tmp_path):
+    """Diff review: list(L) called 2000 times on a list of 100,000 references (a 250 kB
+    file) allocated 2.3 GB before the loaded object could be measured. The container
+    calls now draw on a budget of the file's size and the load stops when it is spent;
+    a few such calls on a real-sized list still load."""
+    from stan_mm.datasets.readers_common import AnnotationError, load_restricted_pickle
+    bomb = tmp_path / 'bomb.pkl'
+    bomb.write_bytes(_copying_bomb(100_000, 2000))
+    with pytest.raises(AnnotationError, match='container calls copy more items than its '
+                       'size allows'):
+        load_restricted_pickle(str(bomb))
+    small = tmp_path / 'small.pkl'
+    small.write_bytes(_copying_bomb(1000, 3))
+    loaded = load_restricted_pickle(str(small))
+    assert sorted(loaded) == ['0', '1', '2'] and len(loaded['0']) == 1000

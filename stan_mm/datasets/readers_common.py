@@ -709,9 +709,26 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pure-Python: memo is a dict
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, path: str):
+    def __init__(self, file, path: str, budget: Optional[int] = None):
         super().__init__(file, encoding='utf-8')
         self._path = path
+        # items the container calls may copy in all (a list of N memo references copied
+        # by K calls of a few bytes each allocates N x K before the loaded object could
+        # be measured): refused as soon as it is spent
+        self._budget = budget
+
+    def load_reduce(self):
+        args = self.stack[-1]
+        if self._budget is not None and isinstance(args, tuple):
+            for arg in args:
+                copied = len(arg) if isinstance(arg, (list, tuple, dict, set, frozenset)) \
+                    else 0
+                self._budget -= copied
+                if self._budget < 0:
+                    raise _UnsafePickle('refusing a pickle whose container calls copy more '
+                                        'items than its size allows (a pickle bomb?)')
+        super().load_reduce()
+    dispatch[pickle.REDUCE[0]] = load_reduce
 
     def find_class(self, module, name):
         module = _PY2_MODULES.get(module, module)
@@ -833,8 +850,9 @@ def load_restricted_pickle(path: str) -> Any:
     fix = ('write the captions as a plain {video_id: [[token, ...], ...]} dict (or as a '
            'VideoTextDataset JSON)')
     try:
-        loaded = _RestrictedUnpickler(io.BytesIO(data), path).load()
-        _expanded_size(loaded, max(_EXPANSION_PER_BYTE * len(data), _MIN_EXPANDED_SIZE))
+        limit = max(_EXPANSION_PER_BYTE * len(data), _MIN_EXPANDED_SIZE)
+        loaded = _RestrictedUnpickler(io.BytesIO(data), path, budget=limit).load()
+        _expanded_size(loaded, limit)
         return loaded
     except AnnotationError:
         raise
