@@ -222,6 +222,20 @@ def test_a_missing_argument_in_the_code_keeps_its_traceback():
     with pytest.raises(TypeError) as with_config:
         build(Config(dict(model=dict(type='Recognizer3D'))))
     assert missing_argument_error(with_config.value) is None
+    # two entries of the class: only the one without the argument is named
+    from mmengine.registry import PARAM_SCHEDULERS
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    def schedulers(cfg):
+        for entry in cfg.param_scheduler:
+            PARAM_SCHEDULERS.build(dict(entry, optimizer=sgd))
+
+    with pytest.raises(TypeError) as two:
+        schedulers(Config(dict(param_scheduler=[dict(type='MultiStepLR', milestones=[1]),
+                                                dict(type='MultiStepLR')])))
+    assert str(missing_argument_error(two.value)).startswith(
+        "the config entry param_scheduler.1 (type='MultiStepLR') lacks the argument "
+        "'milestones'")
     error = missing_argument_error(info.value)       # no config found: the class is named
     assert str(error) == ("the config entry I3DHead (type='I3DHead') lacks the argument "
                           "'in_channels', which I3DHead requires: set it in the config or "

@@ -35,15 +35,20 @@ def test_sample_bytes_follow_the_pipeline():
     assert loader_shm_bytes(dict(loader, num_workers=0)) == 0
 
 
-def test_a_docker_default_shm_is_warned_about():
+def test_a_docker_default_shm_is_warned_about(monkeypatch):
     """64 MB (Docker's default) against the K400 recipe's ~294 MB: a warning naming the
     loader, both sizes and the fixes; 8 GB free or no workers: none."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py'))
     message = shm_shortfall(cfg, loaders=('train_dataloader', 'val_dataloader'), free=64 * MB)
     assert message.startswith('/dev/shm has 64 MB free, but train_dataloader (num_workers=8, '
                               'batch_size=16) keeps about 294 MB of batches in it')
-    assert '--shm-size=8g or --ipc=host' in message
+    assert '--shm-size=1g or --ipc=host' in message        # (twice the need, whole GB)
     assert shm_shortfall(cfg, free=8 * 1024 * MB) is None
+    # 8 processes of a node share /dev/shm (torchrun's LOCAL_WORLD_SIZE): 8 x 294 MB
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')
+    message = shm_shortfall(cfg, loaders=('train_dataloader', ), free=2048 * MB)
+    assert 'keeps about 294 MB of batches in it x 8 processes on this node = 2352 MB' \
+        in message and '--shm-size=5g' in message
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[name].num_workers = 0
     assert shm_shortfall(cfg, free=1) is None
@@ -81,9 +86,16 @@ def test_fork_becomes_spawn_on_macos_only(monkeypatch):
     handler.emit = records.append
     logger = MMLogger.get_current_instance()
     logger.addHandler(handler)
+    from stan_mm.utils import cli
+    cli.log_config_warnings(clear_only=True)
     try:
         monkeypatch.setattr(sys, 'platform', 'darwin')
         runner_module.set_multi_processing(mp_start_method='fork')
+        # kept for the run's log file (the logger of the run does not exist yet)
+        assert cli._CONFIG_WARNINGS == ["env_cfg.mp_cfg.mp_start_method='fork' is not safe "
+                                        "on macOS: DataLoader workers start with 'spawn' "
+                                        "instead"]
+        cli.log_config_warnings(clear_only=True)
         runner_module.set_multi_processing(mp_start_method='forkserver')
         monkeypatch.setattr(sys, 'platform', 'linux')
         runner_module.set_multi_processing(mp_start_method='fork')
@@ -164,13 +176,14 @@ def test_a_comma_in_a_path_option_stays_in_the_path():
         'train_dataloader.dataset.data_prefix.video=/v/x,2',
         'train_dataloader.dataset.ann_file=ann,1.txt', 'load_from=/ckpt/e,1.pth',
         'model.backbone.levels=1,2', 'labels="a,b"', 'names=[a,b]',
-        'ann_files=[x.txt,y.txt]']).cfg_options
+        'ann_files=[x.txt,y.txt]', "randomness.seed='0'", 'flag="True"']).cfg_options
     assert options == {
         'data_root': '/data/clips,2024', 'work_dir': 'runs/a,b',
         'train_dataloader.dataset.data_prefix.video': '/v/x,2',
         'train_dataloader.dataset.ann_file': 'ann,1.txt', 'load_from': '/ckpt/e,1.pth',
         'model.backbone.levels': [1, 2], 'labels': 'a,b', 'names': ['a', 'b'],
-        'ann_files': ['x.txt', 'y.txt']}
+        'ann_files': ['x.txt', 'y.txt'],
+        'randomness.seed': 0, 'flag': True}     # (quoted without a comma: mmengine's)
 
 
 # ------------------------------------------------ one file under names that differ in case

@@ -179,7 +179,9 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
         truncate = (_pipeline_tokenizer(getattr(model, 'cfg', None)) or {}).get(
             'truncate', 'eot')
     device = next(model.parameters()).device
+    from stan_mm.models.retrievers.stan_retriever import caption_keys
     out: List[torch.Tensor] = []
+    keys: List[torch.Tensor] = []            # one per text: equal for equal tokens
     texts = list(texts)
     cut: List[Tuple[int, int]] = []          # (index, token count) of the texts cut
     with progress_bar(total=len(texts), desc='texts', unit='text',
@@ -187,6 +189,7 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
             eval_mode(model):
         for i in range(0, len(texts), batch_size):
             tokens = tokenize(texts[i:i + batch_size], length, truncate)
+            keys.append(caption_keys(tokens))
             cut += _cut_rows(texts, i, tokens, length)
             out.append(F.normalize(encode(tokens.to(device)).float(), dim=-1).cpu())
             bar.update(len(tokens))
@@ -196,10 +199,11 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
         return torch.zeros(0, embed_dim(model))
     emb = torch.cat(out)
     # a text repeated in another batch is computed again with other batch neighbours and
-    # can differ in its last bits (4.5e-8 found): its rows are made the first one's, so
-    # duplicates tie exactly in retrieval, as docs/retrieval.md promises
+    # can differ in its last bits (4.5e-8 found): the rows of equal tokens (the metric's
+    # rule: 'a man' and 'a  man' too) are made the first one's, so duplicates tie exactly
+    # in retrieval, as docs/retrieval.md promises
     first: dict = {}
-    rows = [first.setdefault(text, i) for i, text in enumerate(texts)]
+    rows = [first.setdefault(k, i) for i, k in enumerate(torch.cat(keys).tolist())]
     if len(first) < len(texts):
         emb = emb[rows]
     return emb

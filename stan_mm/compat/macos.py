@@ -37,9 +37,12 @@ def apply_macos_fix() -> bool:
         method = start_method_for_platform(mp_start_method)
         if method != mp_start_method:
             from mmengine.logging import print_log
-            print_log(f'env_cfg.mp_cfg.mp_start_method={mp_start_method!r} is not safe on '
-                      f'macOS: DataLoader workers start with {method!r} instead',
-                      logger='current', level=logging.WARNING)
+            from stan_mm.utils.cli import is_first_rank, log_later
+            message = (f'env_cfg.mp_cfg.mp_start_method={mp_start_method!r} is not safe on '
+                       f'macOS: DataLoader workers start with {method!r} instead')
+            print_log(message, logger='current', level=logging.WARNING)
+            if is_first_rank():       # (the run's log file does not exist yet)
+                log_later(message)
         return original(method, *args, **kwargs)
 
     setattr(set_multi_processing, _MARK, True)

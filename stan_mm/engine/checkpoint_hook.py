@@ -264,7 +264,7 @@ def read_pointer(path: str) -> str:
     try:
         with open(path, 'rb') as f:      # (written with os.fsencode: any locale reads it)
             return os.fsdecode(f.read()).strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):   # (Windows decodes strictly)
         return ''
 
 

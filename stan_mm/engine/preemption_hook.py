@@ -552,7 +552,8 @@ def _save_plain(runner, hook, filename: str, meta: dict) -> str:
     if hook is not None:
         hook.last_ckpt = path
     if is_main_process():
-        atomic_write_bytes(str(path).encode(), osp.join(str(runner.work_dir), 'last_checkpoint'))
+        atomic_write_bytes(os.fsencode(str(path)),       # (the file system's bytes)
+                           osp.join(str(runner.work_dir), 'last_checkpoint'))
     runner.logger.warning(
         f'PreemptionHook: {path} is not deleted later (the checkpoint hook is not '
         "AtomicCheckpointHook, which removes it once a newer checkpoint is published); "

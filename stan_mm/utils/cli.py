@@ -301,9 +301,10 @@ def parse_option_value(val: str) -> Any:
     * a value (or item) whose commas are all inside brackets that do not enclose it
       whole, ``f(a, b)`` or ``/data/clips (2023, v2)``: one string, spaces kept (mmengine's
       reader recursed without end on it);
-    * a value in quotes that reached the tool (``'data_root="/data/clips,2024"'`` in the
-      shell) without brackets inside: that string, as written (mmengine split it at the
-      comma).
+    * a value with a comma in quotes that reached the tool
+      (``'data_root="/data/clips,2024"'`` in the shell) without brackets inside: that
+      string, as written (mmengine split it at the comma); a quoted value without a comma
+      (``'5'``) reads as mmengine reads it.
 
     Raises:
         ValueError: unbalanced brackets where items are split at commas.
@@ -312,8 +313,9 @@ def parse_option_value(val: str) -> Any:
     bracketed = core[:1] in '([' and core[-1:] in ')]' and core != ''
     whole = val.strip()
     if (len(whole) >= 2 and whole[0] == whole[-1] and whole[0] in _QUOTES
-            and not bracketed and whole[0] not in whole[1:-1]):
-        return whole[1:-1]         # quoted whole (quotes that reached the tool): a string
+            and not bracketed and whole[0] not in whole[1:-1] and ',' in whole):
+        return whole[1:-1]         # quoted whole with a comma (quotes that reached the
+        #                           tool): that string, not a list; '5' stays mmengine's 5
     if ' ' not in val and not (bracketed and any(q in core for q in _QUOTES)):
         # (mmengine's reading: _parse_spaced reads a value without spaces as
         # DictAction._parse_iterable does, but for a comma inside brackets that are not the
@@ -447,12 +449,6 @@ def _var_keywords(frame) -> Optional[Mapping]:
     return value if isinstance(value, Mapping) else None
 
 
-def _typed_paths(node, cls_names: set):
-    """The dotted key paths of every dict in the config tree ``node`` whose ``type`` names
-    one of ``cls_names`` (:func:`_config_dicts`)."""
-    return (path for path, _, name in _config_dicts(node) if name in cls_names)
-
-
 def _traceback_frames(exc: BaseException) -> list:
     tb, frames = exc.__traceback__, []
     while tb is not None:
@@ -565,9 +561,11 @@ def missing_argument_error(exc: BaseException):
         return None                      # (not a class built from a config entry)
     cls_name = cls.__name__
     root = _config_root(frames)
-    paths = list(_typed_paths(root, {cls_name})) if root is not None else []
+    paths = ([path for path, entry, name in _config_dicts(root)
+              if name == cls_name and any(m not in entry for m in missing)]
+             if root is not None else [])
     if root is not None and not paths:
-        return None     # no config entry has that type: the code built the dict (a bug)
+        return None     # no config entry of that type lacks it: the code built the dict
     where = ', '.join(p for p in paths[:3] if p)
     from stan_mm.errors import ConfigValueError
     plural = 's' if len(missing) > 1 else ''

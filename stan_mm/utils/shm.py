@@ -97,14 +97,22 @@ def shm_shortfall(cfg, loaders: Tuple[str, ...] = _LOADERS,
     need, name = max(needs, key=lambda n: n[0]) if needs else (0, None)   # (the first)
     if need <= 0:
         return None
+    # every process of this node shares /dev/shm (torchrun sets LOCAL_WORLD_SIZE)
+    try:
+        ranks = max(int(os.environ.get('LOCAL_WORLD_SIZE', '1')), 1)
+    except ValueError:
+        ranks = 1
+    total = need * ranks
     free = free_shm() if free is None else free
-    if free is None or free >= need:
+    if free is None or free >= total:
         return None
     loader = cfg.get(name)
+    per_node = f' x {ranks} processes on this node = {_mb(total)}' if ranks > 1 else ''
+    size_gb = max(1, -(-2 * total // 2**30))        # twice the need, in whole GB
     return (f'{SHM} has {_mb(free)} free, but {name} (num_workers='
             f'{loader.get("num_workers")}, batch_size={loader.get("batch_size")}) keeps about '
-            f'{_mb(need)} of batches in it: DataLoader workers pass batches through shared '
-            f'memory, and a worker that cannot allocate it can leave the run waiting forever. '
-            f'In a container, start it with --shm-size=8g or --ipc=host; else lower '
-            f'{name}.num_workers (0 uses no shared memory) or its batch_size '
+            f'{_mb(need)} of batches in it{per_node}: DataLoader workers pass batches through '
+            f'shared memory, and a worker that cannot allocate it can leave the run waiting '
+            f'forever. In a container, start it with --shm-size={size_gb}g or --ipc=host; '
+            f'else lower {name}.num_workers (0 uses no shared memory) or its batch_size '
             f'(docs/install.md, "Platforms")')

@@ -44,7 +44,6 @@ separate processes (the cores shared as in training). Writes every number to --o
 docs/benchmarks.md.
 """
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -441,22 +440,10 @@ def main(argv=None) -> int:
 
     def write(result) -> None:
         if args.out:
-            folder = os.path.dirname(os.path.abspath(args.out))
-            os.makedirs(folder, exist_ok=True)
-            # (a unique temp name, created exclusively: a link planted at a fixed name
-            # would have been written through)
-            from stan_mm.engine.checkpoint_hook import _umask
-            fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(args.out)}.',
-                                       suffix='.tmp', dir=folder)
-            try:
-                with os.fdopen(fd, 'w') as f:
-                    json.dump(result, f, indent=1, default=str)
-                os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, args.out)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-                raise
+            # (atomic, through a unique temp file: a link planted at a fixed name would
+            # have been written through)
+            from stan_mm.engine.checkpoint_hook import atomic_write_bytes
+            atomic_write_bytes(json.dumps(result, indent=1, default=str).encode(), args.out)
 
     def partial_model(model) -> None:
         # each finished setting is printed and saved at once: a run killed at a time
