@@ -333,11 +333,8 @@ def main(argv=None):
         resolve_test_amp(cfg, args.amp, report=False)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     check_qb_norm_banks(cfg, args.checkpoint)   # a QB-Norm bank of another model is refused
-    from stan_mm.utils.cli import config_warning
-    from stan_mm.utils.shm import shm_shortfall
-    shortfall = shm_shortfall(cfg, loaders=('test_dataloader', ))
-    if shortfall is not None:          # (a container's 64 MB /dev/shm: a hang, not an error)
-        config_warning('test.py', shortfall)
+    from stan_mm.utils.shm import warn_shm_shortfall
+    warn_shm_shortfall(cfg, 'test.py', ('test_dataloader', ))
     before = logger_names()
     runner = Runner.from_cfg(cfg)
     log_config_warnings(exclude=before)     # the config's warnings (on stderr already)

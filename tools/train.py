@@ -374,11 +374,8 @@ def main(argv=None):
     log_config_warnings(clear_only=True)     # (lines of an earlier call in this process)
     cfg = merge_args(read_config(args.config), args)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
-    from stan_mm.utils.cli import config_warning
-    from stan_mm.utils.shm import shm_shortfall
-    shortfall = shm_shortfall(cfg, loaders=('train_dataloader', 'val_dataloader'))
-    if shortfall is not None:          # (a container's 64 MB /dev/shm: a hang, not an error)
-        config_warning('train.py', shortfall)
+    from stan_mm.utils.shm import warn_shm_shortfall
+    warn_shm_shortfall(cfg, 'train.py', ('train_dataloader', 'val_dataloader'))
     with work_dir_lock(cfg.work_dir):
         before = logger_names()
         runner = Runner.from_cfg(cfg)

@@ -219,8 +219,9 @@ def _write_dir(sd: Dict[str, torch.Tensor], meta: Dict, out: str) -> None:
     Where ``out`` is an existing folder that cannot be swapped (a mount point: Docker bind
     mount, tmpfs; a pre-created folder in a read-only parent), the files are written
     inside it instead (:func:`_write_in_place`), as versions before the swap did."""
-    from stan_mm.engine.checkpoint_hook import _umask, fsync_folder, replace_folder
-    parent, name = osp.split(_target(out))
+    from stan_mm.engine.checkpoint_hook import (_umask, fsync_folder, output_folder,
+                                                replace_folder)
+    parent, name = osp.split(output_folder(out))  # (a link is followed)
     target = osp.join(parent, name)
     os.makedirs(parent, exist_ok=True)
     mode = os.stat(target).st_mode & 0o7777 if osp.isdir(target) else 0o777 & ~_umask()
@@ -322,13 +323,6 @@ def _write_in_place(sd: Dict[str, torch.Tensor], meta: Dict, out: str, target: s
         raise
 
 
-def _target(out: str) -> str:
-    """The folder a folder output ``out`` replaces
-    (:func:`~stan_mm.engine.checkpoint_hook.output_folder`: a symlink is followed)."""
-    from stan_mm.engine.checkpoint_hook import output_folder
-    return output_folder(out)
-
-
 def _hold_folder(path: str) -> Optional[int]:
     """A descriptor of the folder ``path`` holding an exclusive ``flock`` on it (closing
     it releases it; so does the end of the process, however it ends); None where the
@@ -371,7 +365,8 @@ def _leftovers(out: str) -> List[str]:
     """The folders beside ``out`` that an interrupted conversion into ``out`` left
     (:data:`_LEFTOVER_KINDS`): named ``.<name>.tmp-*`` / ``.<name>.old-*`` and holding
     nothing but :data:`DIR_FILES` (or their ``.tmp``, written by older versions)."""
-    parent, name = osp.split(_target(out))
+    from stan_mm.engine.checkpoint_hook import output_folder
+    parent, name = osp.split(output_folder(out))  # (a link is followed)
     try:
         entries = os.listdir(parent)
     except OSError:

@@ -116,3 +116,13 @@ def shm_shortfall(cfg, loaders: Tuple[str, ...] = _LOADERS,
             f'forever. In a container, start it with --shm-size={size_gb}g or --ipc=host; '
             f'else lower {name}.num_workers (0 uses no shared memory) or its batch_size '
             f'(docs/install.md, "Platforms")')
+
+
+def warn_shm_shortfall(cfg, tool: str, loaders: Tuple[str, ...]) -> None:
+    """Print :func:`shm_shortfall`'s warning for ``loaders`` as ``tool``'s config warning
+    (first rank; also written to the run's log): a container's 64 MB ``/dev/shm`` is a
+    hang, not an error."""
+    shortfall = shm_shortfall(cfg, loaders=loaders)
+    if shortfall is not None:
+        from stan_mm.utils.cli import config_warning
+        config_warning(tool, shortfall)
