@@ -329,6 +329,8 @@ def main(argv=None):
     args.config = check_input_file(args.config, 'CONFIG', 'config file')
     log_config_warnings(clear_only=True)     # (lines of an earlier call in this process)
     cfg = merge_args(read_config(args.config), args)
+    from stan_mm.apis.video import check_config_crops
+    check_config_crops(cfg)     # a crop that cannot fit its Resize fails before any work
     if args.amp:    # an impossible choice (fp16 on the CPU) is refused before any work
         resolve_test_amp(cfg, args.amp, report=False)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)

@@ -373,6 +373,8 @@ def main(argv=None):
     from stan_mm.utils.cli import log_config_warnings, logger_names, write_to_log_files
     log_config_warnings(clear_only=True)     # (lines of an earlier call in this process)
     cfg = merge_args(read_config(args.config), args)
+    from stan_mm.apis.video import check_config_crops
+    check_config_crops(cfg)     # a crop that cannot fit its Resize fails before any work
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)
     from stan_mm.utils.shm import warn_shm_shortfall
     warn_shm_shortfall(cfg, 'train.py', ('train_dataloader', 'val_dataloader'))

@@ -16,6 +16,7 @@ import os.path as osp
 from typing import List, Optional, Sequence, Tuple
 
 from stan_mm.datasets.retrieval import VIDEO_EXTS
+from stan_mm.errors import ConfigValueError
 from stan_mm.datasets.transforms.video_io import VideoReadError, resolve_video_name
 
 #: transforms replaced by versions whose errors name the file
@@ -293,13 +294,100 @@ def set_views(pipeline: List[dict], views: str, mirrored_ok: bool = True) -> Lis
     return pipeline
 
 
+class CropSizeError(ConfigValueError):
+    """A crop of the test pipeline that cannot fit the frames its ``Resize`` makes (found
+    from the config, before any video is read)."""
+
+
+def _pair(size) -> Optional[Tuple[int, int]]:
+    """MMAction2's ``crop_size`` (an int, or ``(w, h)``) as ``(w, h)``; None otherwise."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def check_crop_fits(pipeline: Sequence[dict], where: str = 'the test pipeline') -> None:
+    """Refuse a crop placed right after a ``Resize`` whose output it cannot take, which
+    MMAction2 finds only per video and deep in a DataLoader worker (``ThreeCrop``: a bare
+    ``AssertionError``; ``CenterCrop`` / ``TenCrop``: crops of the wrong size, then a shape
+    error in the model). Checked where the frame size is known from the config:
+
+    - ``Resize(scale=(-1, S))`` (short side S, the long side >= S) then a square crop C:
+      ``ThreeCrop`` needs ``C == S`` (its 3 crops run along the long side, the short side
+      whole); ``CenterCrop`` / ``TenCrop`` need ``C <= S``.
+    - ``Resize(scale=(W, H), keep_ratio=False)`` (every frame W x H): ``ThreeCrop`` needs
+      ``crop_w == W`` or ``crop_h == H``; ``CenterCrop`` / ``TenCrop`` need the crop inside.
+
+    Anything else (float scales, ``keep_ratio=True`` with two sizes, non-square crops after
+    a short-side resize, other transforms in between) depends on each video and is left
+    to MMAction2."""
+    for i in range(1, len(pipeline)):
+        prev, step = pipeline[i - 1], pipeline[i]
+        if not (isinstance(prev, dict) and isinstance(step, dict)):
+            continue
+        kind = step.get('type')
+        if kind not in CROPS.values() or prev.get('type') != 'Resize':
+            continue
+        crop, scale = _pair(step.get('crop_size')), prev.get('scale')
+        if crop is None or not isinstance(scale, (tuple, list)) or len(scale) != 2:
+            continue
+        cw, ch = crop
+        resize = f'Resize(scale={tuple(scale)}' + (
+            ', keep_ratio=False)' if prev.get('keep_ratio', True) is False else ')')
+        head = (f'{where}: {kind}(crop_size={step.get("crop_size")!r}) (index {i}) after '
+                f'{resize} (index {i - 1}): ')
+        if prev.get('keep_ratio', True) and min(scale) == -1 and max(scale) > 0:
+            if cw != ch:
+                continue
+            short = max(scale)
+            if kind == 'ThreeCrop' and cw != short:
+                raise CropSizeError(
+                    head + f'ThreeCrop takes its 3 crops along the long side and needs the '
+                    f'short side ({short}) to equal the crop ({cw}); MMAction2 would stop on '
+                    f'a bare AssertionError at the first video. Set the Resize to '
+                    f'scale=(-1, {cw}) (the paper\'s 1x3 test) or crop_size={short}.')
+            if kind != 'ThreeCrop' and cw > short:
+                raise CropSizeError(
+                    head + f'the crop ({cw}) is larger than the frames\' short side '
+                    f'({short}); MMAction2 would cut crops of the wrong size. Set the '
+                    f'Resize to scale=(-1, {cw}) or crop_size={short}.')
+        elif prev.get('keep_ratio', True) is False and min(scale) > 0:
+            w, h = scale
+            if kind == 'ThreeCrop' and cw != w and ch != h:
+                raise CropSizeError(
+                    head + f'every frame is {w}x{h} (WxH) and ThreeCrop needs the crop\'s '
+                    f'width to equal {w} or its height to equal {h}; MMAction2 would stop '
+                    f'on a bare AssertionError at the first video.')
+            if kind != 'ThreeCrop' and (cw > w or ch > h):
+                raise CropSizeError(
+                    head + f'every frame is {w}x{h} (WxH), smaller than the {cw}x{ch} crop; '
+                    f'MMAction2 would cut crops of the wrong size.')
+
+
+def check_config_crops(cfg, splits: Sequence[str] = ('val', 'test')) -> None:
+    """:func:`check_crop_fits` on the pipelines of ``<split>_dataloader`` (those the config
+    has): ``train.py`` checks before training, so that a crop which cannot fit fails now
+    rather than at the first validation, an epoch later."""
+    for split in splits:
+        dataset = dataset_cfg(cfg.get(f'{split}_dataloader'))
+        if dataset is not None and dataset.get('pipeline'):
+            check_crop_fits(dataset['pipeline'],
+                            f'{config_name(cfg)}, {split}_dataloader.dataset.pipeline')
+
+
 def set_config_views(cfg, pipeline: List[dict], views: str) -> List[dict]:
     """:func:`set_views` on a test pipeline of ``cfg``, with the config's own limits:
-    refused for a retrieval model (one view per video, :func:`check_views`) and TenCrop
-    refused when the config trains without ``Flip`` (:func:`trains_with_flip`)."""
+    refused for a retrieval model (one view per video, :func:`check_views`), TenCrop
+    refused when the config trains without ``Flip`` (:func:`trains_with_flip`), and the
+    new crop checked against the ``Resize`` before it (:func:`check_crop_fits`)."""
     from .inference import config_model_kind
     check_views(config_model_kind(cfg), views)
-    return set_views(pipeline, views, mirrored_ok=trains_with_flip(cfg) is not False)
+    set_views(pipeline, views, mirrored_ok=trains_with_flip(cfg) is not False)
+    check_crop_fits(pipeline, f'{config_name(cfg)}, test pipeline with views {views}')
+    return pipeline
 
 
 def config_test_pipeline(cfg) -> List[dict]:
@@ -329,6 +417,8 @@ def inference_pipeline(cfg, views: Optional[str] = None) -> List[dict]:
         out.append(t)
     if views is not None:
         set_config_views(cfg, out, views)
+    else:
+        check_crop_fits(out, f'{config_name(cfg)}, test pipeline')
     return out
 
 
