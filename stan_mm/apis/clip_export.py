@@ -219,8 +219,8 @@ def _write_dir(sd: Dict[str, torch.Tensor], meta: Dict, out: str) -> None:
     Where ``out`` is an existing folder that cannot be swapped (a mount point: Docker bind
     mount, tmpfs; a pre-created folder in a read-only parent), the files are written
     inside it instead (:func:`_write_in_place`), as versions before the swap did."""
-    from stan_mm.engine.checkpoint_hook import (_umask, fsync_folder, output_folder,
-                                                replace_folder)
+    from stan_mm.engine.checkpoint_hook import fsync_folder, output_folder, replace_folder
+    from stan_mm.utils.atomic import umask as _umask
     parent, name = osp.split(output_folder(out))  # (a link is followed)
     target = osp.join(parent, name)
     os.makedirs(parent, exist_ok=True)
@@ -264,8 +264,8 @@ def _write_files(sd: Dict[str, torch.Tensor], meta: Dict, out: str, weights: str
     ``weights`` and ``config``, fsync'ed and with mode ``0o666`` less the umask (what
     ``open`` gives; safetensors makes its file 0600, which hid the model from the group)."""
     from safetensors.torch import save
-    from stan_mm.engine.checkpoint_hook import _umask
-    mode = 0o666 & ~_umask()
+    from stan_mm.utils.atomic import umask
+    mode = 0o666 & ~umask()
     config_text = lambda: json.dumps({'model_cfg': meta['clip_cfg'], 'stan_mm': {  # noqa
         k: v for k, v in meta.items() if k != 'clip_cfg'}}, indent=2).encode()
     for path, data in ((weights, lambda: save(sd, metadata={'converter': CONVERTER})),

@@ -69,7 +69,6 @@ import os.path as osp
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -237,29 +236,18 @@ def _replacing(path: str, suffix: str, kept: str = _KEPT, text: bool = False,
     ``fsync``, the data is on disk) it is renamed to ``path``. The temporary file is made by
     ``tempfile.mkstemp`` (``<name>.<8 random characters><suffix>``, created exclusively: a
     file or symbolic link put at a name another user could guess is never written
-    through), with the mode ``open`` gives (``0o666`` less the umask; mkstemp's ``0o600``
-    would hide the folder's files from the group). A block that fails removes it; an
+    through), with the mode ``open`` gives (that of the file it replaces, else ``0o666``
+    less the umask; mkstemp's ``0o600`` would hide the folder's files from the group):
+    :func:`stan_mm.utils.atomic.replacing`. A block that fails removes it; an
     ``OSError`` becomes :class:`FeatureWriteError` naming ``path`` (``kept``: what
     survives, for the message)."""
-    from stan_mm.engine.checkpoint_hook import _umask
-    folder, name = osp.split(osp.abspath(path))
-    tmp = None
+    from stan_mm.utils.atomic import replacing
+    name = osp.basename(osp.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=name + '.', suffix=suffix, dir=folder)
-        with open(fd, 'w' if text else 'wb', encoding='utf-8' if text else None) as f:
-            os.fchmod(fd, 0o666 & ~_umask())
+        with replacing(path, text=text, prefix=name + '.', suffix=suffix, fsync=fsync) as f:
             yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        if isinstance(e, OSError):
-            raise _write_error(path, e, kept) from e
-        raise
+    except OSError as e:
+        raise _write_error(path, e, kept) from e
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:

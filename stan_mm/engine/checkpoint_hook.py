@@ -61,6 +61,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmaction.registry import HOOKS
 
+from stan_mm.utils.atomic import replacing as _replacing_file
+from stan_mm.utils.atomic import umask as _umask  # noqa: F401  (imported from here too)
 from stan_mm.utils.cli import CommandLineError
 
 from .loop_exit import on_train_loop_exit
@@ -69,21 +71,6 @@ from .nonfinite_hook import NonFiniteTrainingError, any_rank, nonfinite_paramete
 
 #: in the work dir: the pointer to the checkpoint being published (see the module docstring)
 PENDING_POINTER = '.last_checkpoint.pending'
-
-
-def _umask() -> int:
-    """The process umask, read from /proc where possible (``os.umask`` can only be read by
-    setting it, which races with other threads creating files)."""
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('Umask:'):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def in_folder(path: str, folder) -> bool:
@@ -167,19 +154,10 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
             _write_error(exc, path)
             raise
         return
-    mode = st.st_mode & 0o7777 if st is not None else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(target) + '.', suffix='.tmp',
-                               dir=folder)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'wb') as f:
+        with _replacing_file(target) as f:      # (keeps the mode of the file it replaces)
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
     except BaseException as exc:
-        if osp.exists(tmp):
-            os.remove(tmp)
         _write_error(exc, path)
         raise
 

@@ -439,16 +439,8 @@ def _new_temp_video(path: str, ext: str) -> str:
     by the extension), made by ``tempfile.mkstemp`` (created exclusively, so a file or
     symbolic link put at a name someone could guess is never written through) with the
     mode ``open`` gives (``0o666`` less the umask)."""
-    import tempfile
-    from stan_mm.engine.checkpoint_hook import _umask
-    folder, name = osp.split(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp' + ext, dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    except BaseException:
-        os.close(fd)
-        os.remove(tmp)
-        raise
+    from stan_mm.utils.atomic import new_temp_beside
+    fd, tmp = new_temp_beside(path, suffix='.tmp' + ext)
     os.close(fd)
     return tmp
 

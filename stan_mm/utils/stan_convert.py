@@ -33,7 +33,6 @@ keys. The public reproduction's conv temporal module was never defined, so only
 ``temporal_module='attn'`` checkpoints exist; stan-mm weights without a public
 counterpart (``level_proj``, conv modules) are reported as unmapped by the exporter.
 """
-import os
 import os.path as osp
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Tuple
@@ -212,23 +211,12 @@ def save_atomic(obj, out_path: str) -> None:
     The temporary file is made by ``tempfile.mkstemp`` (``.<name>.<8 random
     characters>.tmp``, created exclusively and written through its descriptor): a file or
     symbolic link someone put at a name they could guess is never written through. It
-    gets the mode ``open`` would give (``0o666`` less the umask; mkstemp's ``0o600`` would
-    hide the checkpoint from the group)."""
-    import tempfile
-    from stan_mm.engine.checkpoint_hook import _umask
-    folder, name = osp.split(osp.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
-    try:
-        with open(fd, 'wb') as f:
-            os.fchmod(fd, 0o666 & ~_umask())
-            torch.save(obj, f)
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    gets the mode ``open`` would give (that of the file it replaces, else ``0o666`` less
+    the umask; mkstemp's ``0o600`` would hide the checkpoint from the group). See
+    :mod:`stan_mm.utils.atomic`."""
+    from stan_mm.utils.atomic import replacing
+    with replacing(out_path) as f:
+        torch.save(obj, f)
 
 
 def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
