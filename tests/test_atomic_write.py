@@ -5,6 +5,7 @@ converter's ``save_atomic`` and the benchmark's temporary videos.
 import os
 import stat
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -90,3 +91,26 @@ def test_callers_keep_the_mode_of_the_file_they_replace(tmp_path):
         write(path)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, name
     assert sorted(os.listdir(tmp_path)) == sorted(writers)
+
+
+def test_converter_sweeps_the_temporaries_of_killed_conversions(tmp_path):
+    """A conversion killed mid-write leaves ``.<name>.<random>.tmp`` (a model-sized copy);
+    the next save to the same file removes those older than 10 minutes, and nothing else:
+    a young one (a conversion still writing), another file's, a symlink, a user's file."""
+    from stan_mm.utils.stan_convert import save_atomic
+    out = tmp_path / 'model.pth'
+    old = time.time() - 3600
+    names = {'.model.pth.a1B2c3D4.tmp': True, '.model.pth.Zz9_yy8X.tmp': False,
+             '.other.pth.a1B2c3D4.tmp': False, '.model.pth.notrandom.tmp': False,
+             'model.pth.a1B2c3D4.tmp': False}
+    for name, stale in names.items():
+        (tmp_path / name).write_bytes(b'x' * 10)
+        if stale or name != '.model.pth.Zz9_yy8X.tmp':
+            os.utime(tmp_path / name, (old, old))
+    os.symlink(tmp_path / 'victim', tmp_path / '.model.pth.LiNk0000.tmp')
+    (tmp_path / 'victim').write_bytes(b'keep')
+    save_atomic({'w': torch.ones(2)}, str(out))
+    left = set(os.listdir(tmp_path))
+    for name, stale in names.items():
+        assert (name not in left) == stale, name
+    assert {'model.pth', 'victim', '.model.pth.LiNk0000.tmp'} <= left

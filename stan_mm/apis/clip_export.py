@@ -187,9 +187,9 @@ def _remove_stale_pth_tmps(out: str) -> List[str]:
     """Delete the temporary files that killed conversions into ``out`` (a ``.pth``) left
     beside its real path: named exactly ``.<name>.<8 chars>.tmp`` (``atomic_write_bytes``'
     ``mkstemp``) and unchanged for 10 minutes
-    (:func:`~stan_mm.engine.checkpoint_hook.remove_stale_temps`). Each is a full-size copy
+    (:func:`~stan_mm.utils.atomic.remove_stale_temps`). Each is a full-size copy
     of the model (1.7 GB for ViT-L) that nothing else removes. Returns the removed paths."""
-    from stan_mm.engine.checkpoint_hook import remove_stale_temps
+    from stan_mm.utils.atomic import remove_stale_temps
     folder, name = osp.split(osp.realpath(out))
     pattern = re.compile(r'\.' + re.escape(name) + r'\.[A-Za-z0-9_]{8}\.tmp')
     return remove_stale_temps(folder, pattern.fullmatch)

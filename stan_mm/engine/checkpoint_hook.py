@@ -61,6 +61,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmaction.registry import HOOKS
 
+from stan_mm.utils.atomic import STALE_TMP_AGE_S, remove_stale_temps  # noqa: F401
 from stan_mm.utils.atomic import replacing as _replacing_file
 from stan_mm.utils.atomic import umask as _umask  # noqa: F401  (imported from here too)
 from stan_mm.utils.cli import CommandLineError
@@ -90,37 +91,6 @@ def _write_error(exc: BaseException, path: str) -> None:
         hint = ' (free space on that disk)' if exc.errno == errno.ENOSPC else ''
         raise OSError(exc.errno, f'{exc.strerror}: could not write {path}{hint}; the file '
                       'there before, if any, is unchanged') from exc
-
-
-#: age (seconds) after which a temporary file beside an output counts as left by a killed
-#: writer (one still being written keeps getting newer)
-STALE_TMP_AGE_S = 600
-
-
-def remove_stale_temps(folder: str, matches, age_s: float = STALE_TMP_AGE_S) -> list:
-    """Delete the entries of ``folder`` whose names ``matches(name)`` accepts, that are
-    regular files (not links) unchanged for ``age_s`` seconds: the temporary files killed
-    writers left (nothing else removes them; a model-sized copy each). Returns the removed
-    paths. Entries that vanish or cannot be removed meanwhile are skipped."""
-    import time
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return []
-    removed, now = [], time.time()
-    for entry in entries:
-        if not matches(entry):
-            continue
-        path = osp.join(folder, entry)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < age_s:
-                continue
-            os.remove(path)
-        except OSError:
-            continue
-        removed.append(path)
-    return removed
 
 
 def atomic_write_bytes(data: bytes, path: str) -> None:

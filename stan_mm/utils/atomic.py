@@ -18,10 +18,14 @@ stan-mm, so that they start without torch.)
 import contextlib
 import os
 import os.path as osp
+import re
+import stat
 import tempfile
-from typing import IO, Iterator, Optional, Tuple
+import time
+from typing import IO, Callable, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ['umask', 'default_mode', 'new_temp_beside', 'replacing']
+__all__ = ['umask', 'default_mode', 'new_temp_beside', 'replacing', 'remove_stale_temps',
+           'remove_stale_temps_of', 'STALE_TMP_AGE_S']
 
 
 def umask() -> int:
@@ -91,3 +95,48 @@ def replacing(path: str, text: bool = False, prefix: Optional[str] = None,
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+#: age (seconds) after which a temporary file beside an output counts as left by a killed
+#: writer (one still being written keeps getting newer)
+STALE_TMP_AGE_S = 600
+
+
+def remove_stale_temps(folder: str, matches: Callable[[str], bool],
+                       age_s: float = STALE_TMP_AGE_S) -> List[str]:
+    """Delete the entries of ``folder`` whose names ``matches(name)`` accepts, that are
+    regular files (not links) unchanged for ``age_s`` seconds: the temporary files killed
+    writers left (nothing else removes them; a model-sized copy each). Returns the removed
+    paths. Entries that vanish or cannot be removed meanwhile are skipped."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed, now = [], time.time()
+    for entry in entries:
+        if not matches(entry):
+            continue
+        path = osp.join(folder, entry)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < age_s:
+                continue
+            os.remove(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def remove_stale_temps_of(path: str, prefix: Optional[str] = None, suffix: str = '.tmp',
+                          also: Sequence[str] = (),
+                          age_s: float = STALE_TMP_AGE_S) -> List[str]:
+    """:func:`remove_stale_temps` for the temporary files of ``path`` that
+    :func:`new_temp_beside` / :func:`replacing` name with the same ``prefix`` and ``suffix``
+    (``<prefix><8 random characters><suffix>``), and the names in ``also`` (fixed names
+    that earlier versions used). Returns the removed paths."""
+    folder, name = osp.split(osp.abspath(path))
+    prefix = f'.{name}.' if prefix is None else prefix
+    pattern = re.compile(re.escape(prefix) + r'[A-Za-z0-9_]{8}' + re.escape(suffix))
+    return remove_stale_temps(folder, lambda entry: bool(pattern.fullmatch(entry))
+                              or entry in also)

@@ -449,13 +449,11 @@ def _remove_stale_video_tmps(path: str, ext: str) -> List[str]:
     """Delete the temporary videos (:func:`_new_temp_video`) of ``path`` that killed runs
     left: regular files of exactly that name pattern (or the fixed ``<name>.tmp<ext>`` of
     earlier versions) unchanged for 10 minutes
-    (:func:`~stan_mm.engine.checkpoint_hook.remove_stale_temps`). Returns the removed
+    (:func:`~stan_mm.utils.atomic.remove_stale_temps_of`). Returns the removed
     paths."""
-    from stan_mm.engine.checkpoint_hook import remove_stale_temps
-    folder, name = osp.split(osp.abspath(path))
-    pattern = re.compile(r'\.' + re.escape(name) + r'\.[A-Za-z0-9_]{8}\.tmp' + re.escape(ext))
-    return remove_stale_temps(
-        folder, lambda entry: bool(pattern.fullmatch(entry)) or entry == name + '.tmp' + ext)
+    from stan_mm.utils.atomic import remove_stale_temps_of
+    return remove_stale_temps_of(path, suffix='.tmp' + ext,
+                                 also=(osp.basename(path) + '.tmp' + ext, ))
 
 
 def _write_in_child(job: Mapping[str, Any]) -> None:

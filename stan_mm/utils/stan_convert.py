@@ -213,8 +213,11 @@ def save_atomic(obj, out_path: str) -> None:
     symbolic link someone put at a name they could guess is never written through. It
     gets the mode ``open`` would give (that of the file it replaces, else ``0o666`` less
     the umask; mkstemp's ``0o600`` would hide the checkpoint from the group). See
-    :mod:`stan_mm.utils.atomic`."""
-    from stan_mm.utils.atomic import replacing
+    :mod:`stan_mm.utils.atomic`. Temporary files of ``out_path`` that a killed conversion
+    left (a model-sized copy each) are removed first once 10 minutes old (a conversion
+    still writing keeps its file newer)."""
+    from stan_mm.utils.atomic import remove_stale_temps_of, replacing
+    remove_stale_temps_of(out_path)      # left by killed conversions to the same file
     with replacing(out_path) as f:
         torch.save(obj, f)
 
