@@ -30,6 +30,10 @@ def parse_args(argv=None):
     p.add_argument('--resume', nargs='?', type=user_path, const='auto',
                    help='resume from CKPT, or from the latest checkpoint of the work dir '
                    'when given without a value')
+    p.add_argument('--partial-load', action='store_true',
+                   help='start from a load_from checkpoint that fits the model only in part '
+                   '(another STAN depth, cross-frame module or CLIP scale): the weights that '
+                   'fit are loaded, the others keep their initialization (listed in the log)')
     p.add_argument('--amp', action='store_true',
                    help='mixed precision: an OptimWrapper or AmpOptimWrapper becomes '
                    'AutoAmpOptimWrapper, bf16 unless the config sets a dtype (GPU; plain '
@@ -188,6 +192,32 @@ def apply_resume(cfg, args) -> None:
         note(args, f'train.py: --resume: resuming from {source}; the config\'s '
                    f'load_from={load_from} is not used (a resumed run takes its weights, '
                    f'optimizer and schedule from the checkpoint it resumes from)')
+
+
+class StartCheckpointHook(Hook):
+    """Check the checkpoint of ``load_from`` / ``--resume`` against the model before
+    mmengine loads it (:func:`stan_mm.utils.checkpoint_check.check_training_start`):
+    mmengine loads non-strictly and prints what did not fit on the console only. A resume
+    that does not fit, and a ``load_from`` that fits only in part in the backbone (unless
+    ``partial``), stop the run naming the differences; the other differences of a
+    ``load_from`` (a new classification layer, a tower the checkpoint lacks) are logged as
+    a WARNING, in the run's log file too."""
+    priority = 'VERY_HIGH'      # before any hook that uses the loaded state (EMAHook)
+
+    def __init__(self, partial: bool = False):
+        self.partial = partial
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        from stan_mm.utils.checkpoint_check import check_training_start
+        resume = bool(getattr(runner, '_resume', False))
+        name = runner.cfg.get('load_from')
+        if not name and resume:
+            from stan_mm.engine.checkpoint_hook import read_pointer
+            name = read_pointer(osp.join(str(runner.work_dir), 'last_checkpoint'))
+        message = check_training_start(runner.model, checkpoint, name=name or 'CKPT',
+                                       resume=resume, partial=self.partial)
+        if message:
+            runner.logger.warning(message)
 
 
 class ResumeCheckHook(Hook):
@@ -388,6 +418,7 @@ def main(argv=None):
         if summary is not None:
             runner.logger.info(summary)
         runner.register_hook(ResumeCheckHook())
+        runner.register_hook(StartCheckpointHook(partial=args.partial_load))
         from stan_mm.engine import TrainingPreempted
         try:
             runner.train()

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 __all__ = ['CheckpointMismatchError', 'checkpoint_state_dict', 'compare_state_dicts',
-           'check_checkpoint_fits']
+           'check_checkpoint_fits', 'check_training_start']
 
 _MAX_GROUPS = 12
 _BRANCH_LAYER = re.compile(r'(?:^|\.)branch\.layers\.(\d+)\.')
@@ -498,9 +498,21 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
         return
     lines = [f'checkpoint {name} does not fit {type(model).__name__} '
              f'({len(model_state)} model keys, {len(ckpt_state)} checkpoint keys):']
+    lines += _difference_lines(model_state, ckpt_state, missing, unexpected, shape)
+    lines.append('  Use the config the checkpoint was trained with (or fix the model '
+                 'settings above).')
+    raise CheckpointMismatchError('\n'.join(lines))
+
+
+def _difference_lines(model_state, ckpt_state, missing, unexpected, shape,
+                      kept: str = 'they would keep their random init') -> List[str]:
+    """The lines of a mismatch message: missing / unexpected keys grouped by module, the
+    shape mismatches with both shapes, and the hints (:func:`_hints`). ``kept``: what
+    becomes of the missing weights."""
+    lines = []
     if missing:
-        lines.append(f'  {len(missing)} model weights are missing from the checkpoint (they '
-                     f'would keep their random init): {_grouped(missing)}')
+        lines.append(f'  {len(missing)} model weights are missing from the checkpoint ({kept}'
+                     f'): {_grouped(missing)}')
     if unexpected:
         lines.append(f'  {len(unexpected)} checkpoint weights have no place in the model: '
                      f'{_grouped(unexpected)}')
@@ -511,6 +523,86 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
         lines.append(f'  {len(shape)} shape mismatches: {listed}'
                      + (f'; ... and {more} more' if more > 0 else ''))
     lines += [f'  hint: {h}' for h in _hints(list(model_state), list(ckpt_state), shape)]
-    lines.append('  Use the config the checkpoint was trained with (or fix the model '
-                 'settings above).')
-    raise CheckpointMismatchError('\n'.join(lines))
+    return lines
+
+
+def _is_classifier(key: str) -> bool:
+    """A weight of a classification head's own layers (``cls_head.fc_cls.*``), whose shape
+    follows the number of classes; not the CLIP text tower of a text-classifier head."""
+    return key.startswith('cls_head.') and not key.startswith('cls_head.text_encoder.')
+
+
+def check_training_start(model: torch.nn.Module, checkpoint, *, name: str,
+                         resume: bool = False, partial: bool = False) -> Optional[str]:
+    """Check the checkpoint a training run starts from (``load_from``) or resumes from
+    (``--resume``) against the model, before mmengine loads it: mmengine loads non-strictly,
+    prints what did not fit on the console only (not in the run's log file) and trains on,
+    with the weights that did not fit left at their initialization.
+
+    - resume: the checkpoint must fit exactly (a resumed run continues the same model; the
+      optimizer state of another model fails later with a bare tensor-size error);
+    - ``load_from``: refused (:class:`CheckpointMismatchError`, listing the differences and
+      the fixes) when nothing of the model would come from the checkpoint, when a weight
+      outside the classification layer has another shape (another CLIP scale, image size,
+      ``max_frames``), or when the STAN branch has another depth or cross-frame module
+      (the weights that fit would land on other CLIP levels / modules). ``partial=True``
+      (``tools/train.py --partial-load``) accepts these too. Other differences, such as a
+      classification layer for another number of classes or a tower the checkpoint lacks,
+      are returned as a warning message that names them (None when the checkpoint fits).
+    """
+    from mmengine.model import is_model_wrapper
+    if is_model_wrapper(model):
+        model = model.module
+    checkpoint = _as_checkpoint(checkpoint)
+    model_state = model.state_dict()
+    ckpt_state = checkpoint_state_dict(checkpoint)
+    diff = compare_state_dicts(model_state, ckpt_state)
+    missing = [k for k in diff['missing'] if 'num_batches_tracked' not in k]
+    unexpected, shape = diff['unexpected'], diff['shape']
+    if not (missing or unexpected or shape):
+        return None
+    model_keys, ckpt_keys = list(model_state), list(ckpt_state)
+    kind = 'resume from' if resume else 'load_from'
+    header = (f'{kind} {name} does not fit {type(model).__name__} ({len(model_keys)} model '
+              f'keys, {len(ckpt_keys)} checkpoint keys):')
+    kept = ('they keep their initialization: CLIP\'s from pretrained= where it sets them, '
+            'else random')
+    if resume:
+        lines = [header] + _difference_lines(model_state, ckpt_state, missing, unexpected,
+                                             shape, kept)
+        lines.append('  A resumed run continues the model of its checkpoint: resume with the '
+                     'config it was trained with. For a model with other settings start a new '
+                     f'run from its weights (--cfg-options load_from={name} without --resume)')
+        raise CheckpointMismatchError('\n'.join(lines))
+    reasons = []
+    if not set(model_keys) & set(ckpt_keys):
+        reasons.append('no weight of the model is in the checkpoint')
+    wrong_shape = [k for k, _, _ in shape if not _is_classifier(k)]
+    if wrong_shape:
+        reasons.append(f'{len(wrong_shape)} weights outside the classification layer have '
+                       f'another shape ({", ".join(wrong_shape[:3])}'
+                       f'{", ..." if len(wrong_shape) > 3 else ""})')
+    m_depth, c_depth = _branch_depth(model_keys), _branch_depth(ckpt_keys)
+    if m_depth and c_depth and m_depth != c_depth:
+        reasons.append(f'the STAN branch has depth {c_depth} in the checkpoint and '
+                       f'{m_depth} in the model (branch layer k reads CLIP block L-K+k: the '
+                       f'loaded layers would read other CLIP levels)')
+    m_temporal, c_temporal = _temporal_module(model_keys), _temporal_module(ckpt_keys)
+    if m_temporal and c_temporal and m_temporal != c_temporal:
+        reasons.append(f'the STAN branch\'s cross-frame module is {c_temporal!r} in the '
+                       f'checkpoint and {m_temporal!r} in the model')
+    lines = _difference_lines(model_state, ckpt_state, missing, unexpected, shape, kept)
+    if reasons and not partial:
+        raise CheckpointMismatchError('\n'.join(
+            [header] + lines + [f'  refused: {"; ".join(reasons)}. Use a config with the '
+                                f'checkpoint\'s settings (the hints above), or, to start '
+                                f'from the weights that fit on purpose, pass --partial-load '
+                                f'to tools/train.py']))
+    head = [(c[0], m[0]) for k, c, m in shape if _is_classifier(k) and c and m]
+    notes = []
+    if head:
+        notes.append(f'  the classification layer is for {head[0][0]} classes in the '
+                     f'checkpoint and {head[0][1]} in the model: it starts from its '
+                     f'initialization, as expected when fine-tuning on another class list')
+    return '\n'.join([f'load_from {name} fits the model only in part; the other weights '
+                       f'are trained from their initialization:'] + lines + notes)

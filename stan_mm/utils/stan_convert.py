@@ -27,7 +27,10 @@ Mapping (public -> stan-mm), ``B = backbone.``::
 where ``<hf layer>`` -> ``<oc block>`` is :func:`stan_mm.models.clip.hf_clip_block_to_openclip`
 (q/k/v concatenated into ``attn.in_proj_*``, ``layer_norm1/2`` -> ``ln_1/2``,
 ``mlp.fc1/2`` -> ``mlp.c_fc/c_proj``). Every key that is not mapped is reported; derived
-``position_ids`` buffers are dropped (and reported as such). A q/k/v set with a part
+``position_ids`` buffers are dropped (and reported as such), and every stan-mm weight the
+source lacks (a plain weight, part of a block, a whole block in a gap of the numbering, the
+temporal embedding, the text tower's weights when it has any) is reported as missing
+(:func:`missing_mm_keys`). A q/k/v set with a part
 missing (spatial or temporal layer) cannot be stacked: ``KeyError`` naming the missing
 keys. The public reproduction's conv temporal module was never defined, so only
 ``temporal_module='attn'`` checkpoints exist; stan-mm weights without a public
@@ -68,19 +71,66 @@ _TEMPORAL_PLAIN = {  # inside STAN_T_layers.k -> inside branch.layers.k.temporal
 }
 
 
+# the weights of one open_clip ResidualAttentionBlock, of the attention temporal module,
+# and the plain weights of the towers (stan-mm names)
+_BLOCK_KEYS = ('ln_1.weight', 'ln_1.bias', 'attn.in_proj_weight', 'attn.in_proj_bias',
+               'attn.out_proj.weight', 'attn.out_proj.bias', 'ln_2.weight', 'ln_2.bias',
+               'mlp.c_fc.weight', 'mlp.c_fc.bias', 'mlp.c_proj.weight', 'mlp.c_proj.bias')
+_TEMPORAL_KEYS = ('norm.weight', 'norm.bias', 'attn.in_proj_weight', 'attn.in_proj_bias',
+                  'attn.out_proj.weight', 'attn.out_proj.bias', 'fc.weight', 'fc.bias')
+_VISION_KEYS = ('visual.class_embedding', 'visual.conv1.weight',
+                'visual.positional_embedding', 'visual.ln_pre.weight', 'visual.ln_pre.bias',
+                'visual.ln_post.weight', 'visual.ln_post.bias', 'visual.proj')
+_TEXT_KEYS = ('token_embedding.weight', 'positional_embedding', 'ln_final.weight',
+              'ln_final.bias', 'text_projection')
+
+
+def missing_mm_keys(out: Mapping[str, Tensor]) -> List[str]:
+    """The stan-mm weights a converted state dict should hold and does not: every plain
+    weight of the video tower, every weight of each CLIP block and STAN layer from 0 to the
+    highest number found (a gap is a missing block), the temporal embedding when there is a
+    branch, and, when any text weight is there, the whole text tower. A model built from
+    the result would keep its initialization there (``tools/test.py`` refuses it)."""
+    B, T = VIDEO_PREFIX, TEXT_PREFIX
+    expected = [B + k for k in _VISION_KEYS]
+
+    def numbered(prefix):
+        found = layer_indices(out, prefix)
+        return range(found[-1] + 1) if found else range(0)
+    for i in numbered(B + 'visual.transformer.resblocks.'):
+        expected += [f'{B}visual.transformer.resblocks.{i}.{k}' for k in _BLOCK_KEYS]
+    branch = numbered(B + 'branch.layers.')
+    if len(branch):
+        expected.append(B + 'branch.embed.time_embed.weight')
+    for k in branch:
+        expected += [f'{B}branch.layers.{k}.spatial.{n}' for n in _BLOCK_KEYS]
+        expected += [f'{B}branch.layers.{k}.temporal.{n}' for n in _TEMPORAL_KEYS]
+    if any(k.startswith(T) for k in out):
+        expected += [T + k for k in _TEXT_KEYS]
+        for i in numbered(T + 'transformer.resblocks.'):
+            expected += [f'{T}transformer.resblocks.{i}.{k}' for k in _BLOCK_KEYS]
+    return [k for k in expected if k not in out]
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did: ``unmapped`` source keys (kept out of the output),
-    ``dropped`` derived buffers, and the architecture read from the weights."""
+    ``missing`` weights of the converted model the source did not have, ``dropped``
+    derived buffers, and the architecture read from the weights."""
     unmapped: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
     info: Dict[str, object] = field(default_factory=dict)
+    missing: List[str] = field(default_factory=list)
 
     def format(self) -> str:
         lines = [f'{k}: {v}' for k, v in self.info.items()]
         lines.append(f'unmapped keys ({len(self.unmapped)}):'
                      + ''.join(f'\n  {k}' for k in self.unmapped) if self.unmapped
                      else 'unmapped keys: none')
+        lines.append(f'missing weights ({len(self.missing)}; the source lacks them, a model '
+                     f'loading the output keeps its initialization there):'
+                     + ''.join(f'\n  {k}' for k in self.missing) if self.missing
+                     else 'missing weights: none')
         if self.dropped:
             lines.append(f'dropped derived buffers ({len(self.dropped)}): '
                          + ', '.join(self.dropped))
@@ -152,6 +202,7 @@ def public_to_mm(state_dict: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor],
     for k in state_dict:
         if k not in consumed:
             (report.dropped if is_position_ids(k) else report.unmapped).append(k)
+    report.missing = missing_mm_keys(out)
     report.info = {
         'CLIP vision blocks': len(layer_indices(state_dict, B + 'layers.')),
         'STAN depth (STAN_S_layers)': len(layer_indices(state_dict, B + 'STAN_S_layers.')),
@@ -242,7 +293,8 @@ def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
                          f'file starts with: {sample})')
     save_atomic({'meta': {'converted_from': str(in_path),
                           'converter': 'stan_mm.utils.stan_convert.public_to_mm',
-                          'unmapped_keys': report.unmapped},
+                          'unmapped_keys': report.unmapped,
+                          'missing_keys': report.missing},
                  'state_dict': out}, out_path)
     return report
 

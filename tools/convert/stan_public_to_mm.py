@@ -4,7 +4,8 @@
     python tools/convert/stan_public_to_mm.py IN.pth OUT.pth
     python tools/convert/stan_public_to_mm.py --export OURS.pth PUBLIC_LAYOUT.pth
 
-Prints every key it did not map. The output loads with ``load_from = 'OUT.pth'`` into a
+Prints every key it did not map and every weight of the converted model the input lacks.
+The output loads with ``load_from = 'OUT.pth'`` into a
 retrieval model whose backbone is ``CLIPSTAN(depth=K, temporal_module='attn')`` (K as
 reported) and whose text backbone is ``CLIPTextEncoder``. ``--export`` does the inverse
 (stan-mm -> public layout). Key mapping: ``stan_mm/utils/stan_convert.py``.
@@ -35,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument('--trust', action='store_true',
                    help='allow unpickling arbitrary objects (only for files you trust)')
     p.add_argument('--strict', action='store_true',
-                   help='exit with status 1 if any key was not mapped')
+                   help='exit with status 1 if any key was not mapped, or (converting to '
+                   'stan-mm) any weight of the converted model is missing from the input')
     return p.parse_args(argv)
 
 
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
         return 2
     print(report.format())
     print(f'wrote {args.dst}')
-    return 1 if (args.strict and report.unmapped) else 0
+    return 1 if (args.strict and (report.unmapped or report.missing)) else 0
 
 
 if __name__ == '__main__':
