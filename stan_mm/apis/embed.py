@@ -38,6 +38,30 @@ from torch import nn
 from .inference import model_kind
 
 
+class NonFiniteEmbeddingError(ValueError):
+    """An embedding holds NaN or inf (``items``: the videos or texts it was made of)."""
+
+    def __init__(self, items: Sequence[str], message: str):
+        super().__init__(message)
+        self.items = list(items)
+
+
+def check_finite_embeddings(emb: torch.Tensor, names: Sequence[str], what: str) -> None:
+    """Raise :class:`NonFiniteEmbeddingError` naming the items (``names[i]`` for row i;
+    ``what``: 'video' or 'text') whose embedding row holds NaN or inf. Such a row used to be
+    saved as it was: a search then ranked that video last (NaN sorts last) without a word."""
+    bad = (~torch.isfinite(emb).all(dim=1)).nonzero().flatten().tolist()
+    if not bad:
+        return
+    items = [names[i] for i in bad]
+    shown = ', '.join(repr(n if len(n) <= 80 else n[:77] + '...') for n in items[:5])
+    raise NonFiniteEmbeddingError(items, (
+        f'{len(bad)} of {len(names)} {what}s got an embedding that is NaN or infinite '
+        f'({shown}{", ..." if len(bad) > 5 else ""}); it is not saved or ranked. Usual '
+        f'causes: fp16 overflow (--amp fp16 on a model trained in bf16: use --amp bf16, or '
+        f'leave --amp out) or a diverged checkpoint (NaN weights)'))
+
+
 def pool_features(feats) -> torch.Tensor:
     """Backbone output -> ``[M, C]``: a tuple's first item; maps ``[M, C, ...]`` averaged
     over everything after C."""
@@ -170,6 +194,8 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
 
     Raises:
         ValueError: the model has no text tower.
+        NonFiniteEmbeddingError: (a ``ValueError``) an embedding holds NaN or inf; it
+            names the texts.
     """
     from stan_mm.datasets.transforms.tokenize import tokenize
     from stan_mm.utils.progress import progress_bar
@@ -198,6 +224,7 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 256,
     if not out:
         return torch.zeros(0, embed_dim(model))
     emb = torch.cat(out)
+    check_finite_embeddings(emb, texts, 'text')
     # a text repeated in another batch is computed again with other batch neighbours and
     # can differ in its last bits (4.5e-8 found): the rows of equal tokens (the metric's
     # rule: 'a man' and 'a  man' too) are made the first one's, so duplicates tie exactly

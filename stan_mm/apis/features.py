@@ -1292,7 +1292,9 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
         views: ``'CLIPSxCROPS'`` test views (recognizers), or None (the config's).
         skip_bad: list unreadable videos in ``bad_videos.txt`` and go on; otherwise the
             first one raises :class:`VideoReadError` naming the file (after the finished
-            embeddings were saved).
+            embeddings were saved). A video or text whose embedding holds NaN or inf is
+            never skipped: :class:`~stan_mm.apis.embed.NonFiniteEmbeddingError` (a
+            ``ValueError``) names it, after the finite embeddings were saved.
         limit: embed at most this many new videos, save them and return
             (``complete=False``); a later call continues.
         shard_size: videos per shard file.
@@ -1497,6 +1499,8 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
     """Embed ``videos[todo]`` in batches; shards are flushed every ``shard_size`` videos
     and whenever the loop ends (also on errors and interrupts)."""
     from stan_mm.utils.progress import progress_bar
+
+    from .embed import check_finite_embeddings
     items = _VideoItems(pipeline, [_abs(video_root, videos[i]) for i in todo])
     loader = torch.utils.data.DataLoader(
         items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -1522,13 +1526,17 @@ def _embed_missing(model, pipeline, videos, video_root, keys, todo, store, new_r
         for batch in loader:
             good = [(i, s) for i, s, err in batch if s is not None]
             if good:  # first: the readable videos of the batch are kept even if one fails
-                emb = embed_video_batch(model, [s for _, s in good]).numpy()
-                for (i, _), row in zip(good, emb):
+                emb = embed_video_batch(model, [s for _, s in good])
+                finite = torch.isfinite(emb).all(dim=1).tolist()
+                for (i, _), row, ok in zip(good, emb.numpy(), finite):
+                    if not ok:         # raised below, after the finite rows are kept
+                        continue
                     k = keys[todo[i]]
                     pending_keys.append(k)
                     pending_emb.append(row)
                     new_rows[k] = row
-                result.new += len(good)
+                    result.new += 1
+                check_finite_embeddings(emb, [videos[todo[i]] for i, _ in good], 'video')
             for i, _, err in batch:
                 if err is not None:
                     path = videos[todo[i]]

@@ -318,8 +318,8 @@ def querybank_stats(bank: SimilaritySource, beta: float = DEFAULT_QB_BETA,
     if bank.num_texts < 1:
         raise ValueError(f'{bank.name}: the querybank is empty; QB-Norm needs bank queries')
     beta = float(beta)
-    if not beta > 0:
-        raise ValueError(f'QB-Norm beta must be positive, got {beta}')
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f'QB-Norm beta must be a positive finite number, got {beta}')
     k = int(k)
     if not 1 <= k <= bank.num_videos:
         raise ValueError(f'QB-Norm k must be in [1, {bank.num_videos}] (number of gallery '
@@ -365,7 +365,11 @@ def qb_norm_scores(scores: torch.Tensor, stats: QueryBankStats,
     inplace = inplace and scores.dtype == torch.float64
     out = scores if inplace else scores.to(torch.float64, copy=True)
     if bool(normalize.any()):
-        factor = torch.where(normalize, stats.beta, 1.0).to(torch.float64)
+        # built in float64: torch.where with two Python numbers makes float32, which
+        # rounded beta (20.3 -> 20.2999992) against the float64 beta of log_norm and
+        # reordered near scores; a beta above float32's range raised a RuntimeError
+        factor = torch.ones(normalize.shape, dtype=torch.float64, device=out.device)
+        factor.masked_fill_(normalize, stats.beta)
         # normalized rows: beta * s - log_norm; raw rows: s * 1 - 0 (unchanged, exactly)
         out.mul_(factor[:, None]).addcmul_(normalize.to(torch.float64)[:, None],
                                            stats.log_norm[None, :], value=-1.0)

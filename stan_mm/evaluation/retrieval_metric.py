@@ -58,6 +58,8 @@ the combination is evaluated by neither paper and was measured to lower R@1).
 ranking runs (``'cpu'`` or ``'cuda'``).
 """
 import logging
+import math
+import numbers
 import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -104,6 +106,33 @@ def _as_feature(value, key: str, idx) -> torch.Tensor:
     return own_storage(tensor.to('cpu', torch.float32))
 
 
+def _first_five(items) -> str:
+    return ', '.join(map(str, items[:5])) + (', ...' if len(items) > 5 else '')
+
+
+def check_features_finite(samples: Dict[int, dict], order: Sequence[int]) -> None:
+    """Raise when a sample's ``video_feature`` or ``text_feature`` holds NaN or inf,
+    naming the samples (``sample_idx`` and file).
+
+    A NaN feature used to surface from the ranking as "non-finite similarity at text 0,
+    video j": the position in the sorted gallery, and a text that is fine."""
+    bad = []
+    for i in order:
+        item = samples[i]
+        parts = [key for key in ('video_feature', 'text_feature')
+                 if not bool(torch.isfinite(item[key]).all())]
+        if parts:
+            name = f' {item["filename"]!r}' if item.get('filename') else ''
+            bad.append(f'sample_idx {i}{name}: {" and ".join(parts)}')
+    if bad:
+        raise ValueError(
+            f'RetrievalRecallMetric: {len(bad)} of {len(order)} test samples have features '
+            f'that are NaN or infinite ({"; ".join(bad[:5])}{"; ..." if len(bad) > 5 else ""}'
+            '); no metric is computed: a NaN similarity has no rank. Usual causes: fp16 '
+            'overflow (tools/test.py --amp fp16 on a model trained in bf16: use --amp bf16, '
+            'or leave --amp out) or a diverged checkpoint (NaN weights)')
+
+
 def own_storage(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` itself, or a compact copy when it is a view into a larger storage (a
     model's per-sample slice of its batch output): results are pickled to be gathered
@@ -144,9 +173,9 @@ class RetrievalRecallMetric(BaseMetric):
                          collect_dir=collect_dir)
         self.dsl = bool(dsl)
         self.dsl_temp = float(dsl_temp)
-        if not self.dsl_temp > 0:
-            raise ConfigValueError(f'RetrievalRecallMetric: dsl_temp must be positive, got '
-                                   f'{dsl_temp}')
+        if not (self.dsl_temp > 0 and math.isfinite(self.dsl_temp)):
+            raise ConfigValueError(f'RetrievalRecallMetric: dsl_temp must be a positive '
+                                   f'finite number, got {dsl_temp}')
         if qb_norm is not None:
             if not isinstance(qb_norm, dict) or 'bank' not in qb_norm:
                 raise ConfigValueError("RetrievalRecallMetric: qb_norm must be None or "
@@ -161,6 +190,15 @@ class RetrievalRecallMetric(BaseMetric):
                                         'does not exist (expected a .npy array [Nb, E] of '
                                         'bank text embeddings)')
             qb_norm = {**dict(beta=DEFAULT_QB_BETA, k=DEFAULT_QB_K), **qb_norm}
+            # checked here, not after the whole test pass (querybank_stats checks them too)
+            beta, k = qb_norm['beta'], qb_norm['k']
+            if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or \
+                    not (beta > 0 and math.isfinite(beta)):
+                raise ConfigValueError(f'RetrievalRecallMetric: qb_norm beta must be a '
+                                       f'positive finite number, got {beta!r}')
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ConfigValueError(f'RetrievalRecallMetric: qb_norm k must be an '
+                                       f'integer >= 1, got {k!r}')
         self.qb_norm = qb_norm
         self.chunk_size = int(chunk_size)
         self.normalize = bool(normalize)
@@ -240,6 +278,7 @@ class RetrievalRecallMetric(BaseMetric):
                 'must be evaluated exactly once (check the sampler and that sample_idx is the '
                 'dataset index)')
         order = sorted(unique)
+        check_features_finite(unique, order)
         dims = {unique[i]['video_feature'].shape[0] for i in order}
         if len(dims) != 1:
             raise ValueError(f'RetrievalRecallMetric: samples have different feature '
@@ -300,6 +339,12 @@ class RetrievalRecallMetric(BaseMetric):
             raise ValueError(f'RetrievalRecallMetric: {name} has shape {tuple(bank.shape)}; '
                              f'expected [num_bank_texts, {dim}] text embeddings of the same '
                              'model as the test features')
+        bad = (~torch.isfinite(bank).all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f'RetrievalRecallMetric: {len(bad)} of {bank.shape[0]} rows of '
+                             f'{name} hold NaN or inf (rows {_first_five(bad)}): made by a '
+                             'diverged checkpoint or under fp16 overflow? Extract the bank '
+                             'again')
         return bank
 
     def compute_metrics(self, results: list) -> Dict[str, float]:

@@ -130,7 +130,8 @@ class DenseSimilarity(SimilaritySource):
     """A dense ``[Nt, Nv]`` similarity matrix (tensor, numpy array or read-only memmap).
 
     Only the requested rows are read and converted (to float32, or float64 when the matrix is
-    float64), then moved to ``device``. Any other array-like of numbers (a nested Python
+    float64 or holds integers wider than 16 bits, which float32 would round to ties above
+    2**24), then moved to ``device``. Any other array-like of numbers (a nested Python
     list ``[[...], ...]``) is converted with ``np.asarray``; what cannot be converted to a
     numeric array (ragged rows, objects) raises ``TypeError``.
     """
@@ -162,11 +163,16 @@ class DenseSimilarity(SimilaritySource):
         if isinstance(sim, torch.Tensor):
             if not (sim.is_floating_point() or sim.dtype in (torch.int32, torch.int64)):
                 raise ValueError(f'{name}: unsupported dtype {sim.dtype}')
-            self._dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
+            wide = sim.dtype in (torch.float64, torch.int32, torch.int64)
+            self._dtype = torch.float64 if wide else torch.float32
         else:
             if sim.dtype.kind not in 'fiu':
                 raise ValueError(f'{name}: expected a numeric matrix, got dtype {sim.dtype}')
-            self._dtype = torch.float64 if sim.dtype == np.float64 else torch.float32
+            # integers of more than 16 bits are read as float64: float32 holds integers
+            # exactly only up to 2**24, and larger ones rounded to ties (which count
+            # against the query) without a word
+            wide = sim.dtype == np.float64 or (sim.dtype.kind in 'iu' and sim.dtype.itemsize > 2)
+            self._dtype = torch.float64 if wide else torch.float32
 
     def rows(self, start: int, stop: int, pad_to: Optional[int] = None) -> torch.Tensor:
         block = self.sim[start:stop]
