@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from stan_mm.testing import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -130,13 +129,22 @@ def test_empty_split_is_named(tmp_path):
 
 
 def test_dist_train_quickstart_on_cpu(tmp_path):
+    """Without PORT on one node, dist_train.sh finds a free port: here torchrun's default
+    29500 is taken (by another job on the machine), which used to fail with EADDRINUSE."""
+    import socket
     cfg, _ = tiny_config(tmp_path)
     work = tmp_path / 'dist'
-    port = str(free_port())
-    r = subprocess.run(
-        ['bash', 'tools/dist_train.sh', str(cfg), '2', '--work-dir', str(work)],
-        cwd=str(ROOT), env=dict(os.environ, OMP_NUM_THREADS='1', PORT=port),
-        capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k not in ('PORT', 'MASTER_PORT')}
+    with socket.socket() as busy:
+        try:
+            busy.bind(('127.0.0.1', 29500))
+            busy.listen()
+        except OSError:
+            pass    # taken already: the case under test either way
+        r = subprocess.run(
+            ['bash', 'tools/dist_train.sh', str(cfg), '2', '--work-dir', str(work)],
+            cwd=str(ROOT), env=dict(env, OMP_NUM_THREADS='1'),
+            capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (work / 'epoch_2.pth').exists()
     log = '\n'.join(p.read_text() for p in work.glob('*/*.log'))
