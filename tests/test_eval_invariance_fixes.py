@@ -149,3 +149,36 @@ def test_embed_texts_gives_a_repeated_text_the_first_rows_embedding():
     assert not torch.equal(emb[0], emb[1])
     alone = embed_texts(model, ['a cat sits', 'a bird'], batch_size=1)
     assert torch.allclose(alone, emb[[1, 3]], atol=1e-5)
+
+
+def test_recognition_acc_metric_computes_each_key_once_in_mmaction_order(monkeypatch):
+    """Single-label samples: top-k and mean1 come from this project's tie-aware functions
+    only (MMAction2's are not run and then overwritten), in the order of ``metric_list`` as
+    MMAction2 orders them. Multi-label samples keep MMAction2's top-k and mAP. Reference
+    values by hand."""
+    import mmaction.evaluation.metrics.acc_metric as mm_acc
+    from stan_mm.evaluation.acc_metric import RecognitionAccMetric
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('MMAction2\'s top-k / mean-class accuracy was computed')
+    scores = [np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.5, 0.4]),
+              np.array([0.3, 0.3, 0.4]), np.array([0.6, 0.3, 0.1])]
+    labels = [0, 2, 1, 1]
+    with monkeypatch.context() as patch:
+        patch.setattr(mm_acc, 'top_k_accuracy', refuse)
+        patch.setattr(mm_acc, 'mean_class_accuracy', refuse)
+        out = RecognitionAccMetric(
+            metric_list=('mean_class_accuracy', 'top_k_accuracy'),
+            metric_options=dict(top_k_accuracy=dict(topk=(1, 2)))).calculate(scores, labels)
+    assert list(out) == ['mean1', 'top1', 'top2']
+    # ranks of the labels (ties against): 1, 2, 3 (0.3 ties 0.3, below 0.4), 2
+    assert out['top1'] == pytest.approx(1 / 4) and out['top2'] == pytest.approx(3 / 4)
+    # class 0: 1/1 right, class 1: 0/2, class 2: 0/1
+    assert out['mean1'] == pytest.approx((1 + 0 + 0) / 3)
+    # multi-label (many-hot) samples: MMAction2's own top-k and mAP, unchanged
+    many_hot = [np.array([1, 0, 1]), np.array([0, 1, 0]), np.array([0, 1, 1]),
+                np.array([1, 0, 0])]
+    metric_list = ('top_k_accuracy', 'mean_average_precision')
+    out = RecognitionAccMetric(metric_list=metric_list).calculate(scores, many_hot)
+    expected = mm_acc.AccMetric(metric_list=metric_list).calculate(scores, many_hot)
+    assert list(out) == list(expected) and out == pytest.approx(expected)

@@ -32,6 +32,7 @@ classes scored, every label is among the k best (``acc/top5`` of a model with 5 
 fewer; ``acc/top1`` too with one class). The keys stay (configs and ``save_best`` name them).
 """
 import logging
+from collections import OrderedDict
 from typing import Dict, List, Union
 
 import numpy as np
@@ -167,17 +168,37 @@ class RecognitionAccMetric(AccMetric):
         check_scores_finite(preds)
         check_labels_in_range(preds, labels)
         self._warn_trivial_topk(preds)
-        results = super().calculate(preds, labels)
         single = preds and not isinstance(preds[0], dict) and all(
             np.asarray(label).size == 1 for label in labels)
-        if single and 'top_k_accuracy' in self.metrics:   # (ties count against the label)
-            topk = ((self.metric_options or {}).get('top_k_accuracy') or {}).get(
-                'topk', (1, 5))
-            topk = (topk, ) if isinstance(topk, int) else tuple(topk)
-            for k, acc in zip(topk, top_k_accuracy(preds, labels, topk)):
-                results[f'top{k}'] = acc
-        if 'mean_class_accuracy' in self.metrics and 'mean1' in results:
-            results['mean1'] = mean_class_accuracy(preds, labels)
+        ours = ('top_k_accuracy', 'mean_class_accuracy') if single else (
+            'mean_class_accuracy', )
+        # MMAction2 computes only the metrics this class does not replace (the mAPs, and
+        # top-k of multi-label samples); the keys keep the order of `metrics`
+        rest = [m for m in self.metrics if m not in ours]
+        others = {}
+        if rest:
+            metrics, self.metrics = self.metrics, rest
+            try:
+                others = super().calculate(preds, labels)
+            finally:
+                self.metrics = metrics
+        results = OrderedDict()
+        for metric in self.metrics:
+            if metric == 'top_k_accuracy' and single:   # (ties count against the label)
+                topk = ((self.metric_options or {}).get('top_k_accuracy') or {}).get(
+                    'topk', (1, 5))
+                if not isinstance(topk, (int, tuple, list)):
+                    raise TypeError(f'RecognitionAccMetric: topk must be an int or a tuple '
+                                    f'of ints, got {type(topk).__name__}')
+                topk = (topk, ) if isinstance(topk, int) else tuple(topk)
+                for k, acc in zip(topk, top_k_accuracy(preds, labels, topk)):
+                    results[f'top{k}'] = acc
+            elif metric == 'mean_class_accuracy':
+                results['mean1'] = mean_class_accuracy(preds, labels)
+            else:
+                results.update((key, value) for key, value in others.items()
+                               if key not in results and (key == metric or (
+                                   metric == 'top_k_accuracy' and key.startswith('top'))))
         return results
 
     def _warn_trivial_topk(self, preds: List[np.ndarray]) -> None:
