@@ -6,6 +6,7 @@
 - :func:`tiny_hf_clip_config`: a ``transformers.CLIPConfig`` with matching sizes
   (transformers is imported only inside the functions that need it).
 - :func:`free_port`, :func:`run_ranks`: distributed tests on CPU.
+- :func:`load_script`: a script of the repository (``tools/...``) imported as a module.
 """
 import contextlib
 import copy
@@ -171,6 +172,26 @@ def tiny_hf_clip(seed: int = 0, **config_kwargs) -> nn.Module:
             elif name.endswith('bias'):
                 p.normal_(0, 0.02)
     return model.eval()
+
+
+def load_script(path: str, name: Optional[str] = None):
+    """Import the script ``path`` (absolute, or relative to the repository root, e.g.
+    ``'tools/test.py'``) as a new module object, so that a test can call its ``main(argv)``
+    and helpers. ``name``: the module's ``__name__`` (default one derived from the path);
+    the module is not added to ``sys.modules``, and each call executes the script anew."""
+    import importlib.util
+    import os.path as osp
+    import re
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    full = path if osp.isabs(path) else osp.join(repo, path)
+    if name is None:
+        name = '_script_' + re.sub(r'\W', '_', osp.relpath(full, repo))
+    spec = importlib.util.spec_from_file_location(name, full)
+    if spec is None or spec.loader is None:
+        raise ImportError(f'cannot import {full} as a module (not a .py file?)')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

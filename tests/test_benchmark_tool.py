@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import stan_mm  # noqa: F401
+from stan_mm.testing import load_script
 from stan_mm.utils import benchmark as B
 
 torch.set_num_threads(1)
@@ -48,10 +49,7 @@ train_dataloader = dict(batch_size=2, dataset=dict(type='VideoDataset', ann_file
 
 
 def _load(name, rel):
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(str(ROOT / rel), name)
 
 
 # ----------------------------------------------------------------------------- by hand

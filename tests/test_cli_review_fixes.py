@@ -4,7 +4,6 @@ numbers refused on one line (exit 2), no user file overwritten or left half-writ
 Tools: tools/convert/stan_public_to_mm.py, tools/train.py, tools/test.py,
 tools/quickstart.py, tools/analysis/get_flops.py, tools/analysis/benchmark_retrieval_eval.py.
 """
-import importlib.util
 import os
 import os.path as osp
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from stan_mm.testing import load_script
 from stan_mm.utils.cli import (CommandLineError, ConfigOptionError, check_numeric_options,
                                run_tool, user_errors)
 
@@ -20,11 +20,7 @@ TINY = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
 
 
 def load_tool(rel_path):
-    name = '_cli_fix_' + osp.splitext(osp.basename(rel_path))[0]
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'tools', rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(osp.join('tools', rel_path))
 
 
 def run(tool_path, argv, name):

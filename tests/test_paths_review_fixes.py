@@ -18,13 +18,13 @@ Second review: a comma inside brackets that do not enclose the whole value (``f(
 end; get_flops.py and benchmark.py still used mmengine's DictAction and Config.fromfile;
 data, convert and eval_retrieval tools did not expand ``~``.
 """
-import importlib.util
 import os
 import os.path as osp
 import shutil
 
 import pytest
 
+from stan_mm.testing import load_script
 from stan_mm.utils.cli import (CommandLineError, check_input_file, check_output_dir,
                                check_output_file, parse_option_value, read_config, run_tool)
 
@@ -34,11 +34,7 @@ K400 = osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py')
 
 
 def load_tool(rel_path):
-    name = '_paths_fix_' + osp.splitext(rel_path.replace('/', '_'))[0]
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'tools', rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(osp.join('tools', rel_path))
 
 
 def one_line_error(err: str, prefix: str) -> str:

@@ -9,7 +9,6 @@ numbers its loading drew from torch, NumPy and ``random`` (what a data pipeline'
 crops and flips draw from), loaded by 2 DataLoader workers; a hook records them per epoch.
 The runs take their ``custom_hooks`` from ``configs/_base_/default_runtime.py``.
 """
-import importlib.util
 import itertools
 import json
 import os.path as osp
@@ -29,6 +28,7 @@ from mmaction.registry import DATASETS, HOOKS, MODELS
 
 from stan_mm.datasets import samplers as samplers_mod
 from stan_mm.datasets.samplers import TwinGroupSampler
+from stan_mm.testing import load_script
 
 init_default_scope('mmaction')
 
@@ -39,10 +39,7 @@ _names = itertools.count()
 
 
 def load_tool(rel_path, name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(rel_path, name)
 
 
 # ------------------------------------------------------------------ --deterministic

@@ -4,7 +4,6 @@ Also holds the helpers that the other recognition tests import (``write_videos``
 ``write_tiny_config``): small mp4 videos written with OpenCV and a tiny config that inherits
 the real ``configs/_base_`` files and only shrinks sizes.
 """
-import importlib.util
 import json
 import math
 import os
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 import stan_mm  # noqa: F401  (registers everything)
 from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
-from stan_mm.testing import tiny_clip, tiny_clip_cfg
+from stan_mm.testing import load_script, tiny_clip, tiny_clip_cfg
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 EMBED = tiny_clip_cfg()['embed_dim']
@@ -58,11 +57,7 @@ def run_logged(cmd, log, cwd=REPO, **env_extra):
 
 
 def load_tool(rel_path, name):
-    """Import a script under tools/ as a module."""
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(rel_path, name)
 
 
 def write_videos(folder, n, num_frames=10, size=(64, 48), seed=0, num_classes=3):

@@ -1,18 +1,15 @@
 """tools/data/build_ssv2_lists.py and build_k400_lists.py on small official-format files."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
+from stan_mm.testing import load_script
 
 TOOLS = osp.join(osp.dirname(__file__), '..', 'tools', 'data')
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(osp.join(TOOLS, f'{name}.py'), name)
 
 
 ssv2 = _load('build_ssv2_lists')

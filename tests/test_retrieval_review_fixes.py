@@ -8,7 +8,6 @@ stub model: a "video" file holds its 4-D embedding as text (an empty file, or on
 with ``bad``, is unreadable) and a text embeds as the vector its words spell, so every
 count and file below is known by hand without decoding videos or running a network.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -29,17 +28,13 @@ from stan_mm.apis.features import (BankMismatchError, check_bank_matches,
 from stan_mm.apis.inference import checkpoint_fingerprint, load_config
 from stan_mm.datasets.transforms.video_io import VideoReadError
 from stan_mm.evaluation import RetrievalRecallMetric
-from stan_mm.testing import logged_warning_messages
+from stan_mm.testing import load_script, logged_warning_messages
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 
 
 def load_tool(rel_path):
-    name = 'review_fix_' + rel_path.replace('/', '_').replace('.', '_')
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(rel_path)
 
 
 

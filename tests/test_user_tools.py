@@ -10,7 +10,6 @@ the model's own towers and heads, and numpy ranking.
 """
 import base64
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -31,7 +30,8 @@ from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 from stan_mm.datasets.synthetic import generate_motion_dataset
 from stan_mm.datasets.transforms.tokenize import tokenize
-from stan_mm.testing import rounded_fp16, save_open_clip, save_openai_torchscript, tiny_clip
+from stan_mm.testing import (load_script, rounded_fp16, save_open_clip, save_openai_torchscript,
+                             tiny_clip)
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 RETRIEVAL_CFG = osp.join(REPO, 'configs', 'quickstart', 'motion_retrieval_tiny.py')
@@ -44,11 +44,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS=
 
 
 def load_tool(rel_path):
-    name = 'user_tool_' + re.sub(r'\W', '_', rel_path)
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, rel_path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(rel_path)
 
 
 def launch(args):
