@@ -149,6 +149,10 @@ def test_dist_train_quickstart_on_cpu(tmp_path):
     assert (work / 'epoch_2.pth').exists()
     log = '\n'.join(p.read_text() for p in work.glob('*/*.log'))
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    # nccl -> gloo on the CPU: said once in the log, and the config the run dumps says gloo
+    assert log.count('using the gloo backend instead of nccl') == 1, log[-3000:]
+    dumped = (work / cfg.name).read_text()
+    assert "backend='gloo'" in dumped and "backend='nccl'" not in dumped
     # 12 training videos, batch 4 per process, 2 processes: 2 iterations per epoch
     assert 'Epoch(train) [2][2/2]' in log, log[-2000:]
 

@@ -331,6 +331,8 @@ def main(argv=None):
     cfg = merge_args(read_config(args.config), args)
     from stan_mm.apis.video import check_config_crops
     check_config_crops(cfg)     # a crop that cannot fit its Resize fails before any work
+    from stan_mm.compat.dist import cpu_config_backend
+    cpu_config_backend(cfg)     # nccl -> gloo without CUDA, in the config the run dumps
     if args.amp:    # an impossible choice (fp16 on the CPU) is refused before any work
         resolve_test_amp(cfg, args.amp, report=False)
     check_outputs(cfg, args)    # (after merge_args: a refused launcher creates nothing)

@@ -63,6 +63,26 @@ def _cpu_backend(backend: str, init_backend: str) -> str:
     return backend
 
 
+def cpu_config_backend(cfg) -> bool:
+    """For ``tools/train.py`` / ``tools/test.py``: on a machine without an accelerator, a
+    distributed run's ``env_cfg.dist_cfg.backend='nccl'`` becomes ``'gloo'`` in ``cfg``
+    itself, before the runner is built, so that the config dumped to the work dir and the
+    log say what ran (the switch inside ``init_dist`` cannot reach the runner's copy).
+    Returns whether it changed ``cfg``."""
+    dist_cfg = (cfg.get('env_cfg') or {}).get('dist_cfg') or {}
+    if (cfg.get('launcher', 'none') == 'none' or dist_cfg.get('backend') != 'nccl'
+            or _accelerator_available()):
+        return False
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    from stan_mm.utils.cli import is_first_rank, log_later
+    if is_first_rank():
+        message = ('CUDA is not available: using the gloo backend instead of nccl '
+                   '(env_cfg.dist_cfg.backend is gloo in the config of this run)')
+        warnings.warn(message)
+        log_later(message)
+    return True
+
+
 def _first_slurm_host(node_list: str) -> str:
     """The first host name of a Slurm node list (``node[01-04]`` -> ``node01``)."""
     cmd = ['scontrol', 'show', 'hostnames', node_list]
