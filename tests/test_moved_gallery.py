@@ -98,6 +98,42 @@ def test_search_reuses_the_cache_of_a_moved_gallery(setup, tmp_path, capsys):
     assert f'{gallery} -> {again / "videos"}: 2 videos reused' in out, out
 
 
+def test_search_with_cache_dir_takes_over_the_cache_of_a_moved_gallery(setup, tmp_path,
+                                                                         capsys):
+    """``--cache DIR`` names the folder by a hash of the gallery's path: after a move it
+    used to embed everything into a new folder. The old folder is taken over (renamed),
+    but only for the same model, and never while the old gallery is still there."""
+    tool = setup['search']
+    top = make_gallery(tmp_path / 'a')
+    cache = tmp_path / 'cache'
+    copy_parent = tmp_path / 'copy'
+    copy_parent.mkdir()
+    assert tool.main(search_args(setup, top / 'videos') + ['--cache', str(cache)]) == 0
+    capsys.readouterr()
+    old_folder, = os.listdir(cache)
+    first = np.load(cache / old_folder / 'videos.npy')
+
+    # a copy next to the original: the original is there, so the copy gets its own cache
+    import shutil
+    shutil.copytree(top, copy_parent / 'DIR')
+    assert tool.main(search_args(setup, copy_parent / 'DIR' / 'videos')
+                     + ['--cache', str(cache)]) == 0
+    assert '3 videos: 0 already embedded (reused), 3 to embed' in capsys.readouterr().out
+    copy_folder, = [n for n in os.listdir(cache) if n != old_folder]
+
+    moved = tmp_path / MOVED
+    os.rename(top, moved)
+    assert tool.main(search_args(setup, moved / 'videos') + ['--cache', str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert '3 videos: 3 already embedded (reused), 0 to embed' in out, out
+    assert f'gallery cache: {cache / old_folder} was made for the same videos' in out, out
+    from stan_mm.apis.search import gallery_cache_dir
+    taken = gallery_cache_dir(str(moved / 'videos'), old_folder.rsplit('-', 1)[0], str(cache))
+    # the copy (still there) keeps its own folder; the original's is renamed
+    assert sorted(os.listdir(cache)) == sorted([copy_folder, osp.basename(taken)])
+    np.testing.assert_array_equal(np.load(osp.join(taken, 'videos.npy')), first)
+
+
 def tool_args(setup, videos, out, *extra):
     return [setup['cfg'], setup['ckpt'], '--videos', str(videos), '--out', str(out),
             '--batch-size', '1', '--shard-size', '1', '--num-workers', '0',

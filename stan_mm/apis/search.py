@@ -8,9 +8,17 @@ same config + checkpoint reuse it and embed only videos that were added or chang
 Scores: ``sim = queries @ videos.T`` ``[Nq, Nv]``, the cosine of L2-normalized embeddings
 (texts are the rows, the layout of ``tools/analysis/eval_retrieval.py --sim``). Ranking:
 descending score; equal scores keep the gallery order (lower row of ``videos.txt`` first).
+
+With ``--cache DIR`` the folder's name holds a hash of the gallery's path; a gallery that
+was moved (``mv``, a drive mounted elsewhere) takes over the cache folder of its old place
+(:func:`adopt_moved_cache`), whose embeddings are then reused as for a moved gallery with
+the cache inside it.
 """
 import hashlib
+import json
+import os
 import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -51,6 +59,48 @@ def gallery_cache_dir(gallery: str, key: str, cache: Optional[str] = None) -> st
     return osp.join(cache, f'{key}-{where.hexdigest()[:8]}')
 
 
+def adopt_moved_cache(out: str, key: str, cache: str, root: str, paths: Sequence[str],
+                      log: Callable[[str], None] = print) -> Optional[str]:
+    """With ``--cache``: when this gallery has no cache folder ``out`` yet, rename to ``out``
+    the cache folder of the same model (``<key>-<8 hex digits>`` in ``cache``) whose
+    recorded gallery (``meta.json`` ``video_root``) no longer exists and whose videos are
+    mostly (at least half of them, by path inside the gallery) this gallery's: the gallery
+    was moved. Its embeddings are then reused (matched by path, size and modification time,
+    as for any moved gallery); other videos are embedded. Returns the old folder, or None.
+    A cache folder whose gallery still exists is never taken (a copy of a gallery gets its
+    own cache)."""
+    if osp.lexists(out) or not osp.isdir(cache):
+        return None
+    mine = {p for p in paths if not osp.isabs(p)}
+    pattern = re.compile(re.escape(key) + r'-[0-9a-f]{8}')
+    best, best_count = None, 0
+    for name in sorted(os.listdir(cache)):
+        folder = osp.join(cache, name)
+        if not pattern.fullmatch(name) or folder == out or not osp.isdir(folder):
+            continue
+        try:
+            with open(osp.join(folder, 'meta.json'), encoding='utf-8') as f:
+                old_root = json.load(f).get('video_root')
+            with open(osp.join(folder, 'videos.txt'), encoding='utf-8') as f:
+                rows = f.read().split('\n')[:-1]
+        except (OSError, ValueError, AttributeError):
+            continue           # unfinished or damaged: not a gallery's cache to take over
+        if not isinstance(old_root, str) or osp.exists(old_root) or not rows:
+            continue
+        count = sum(r in mine for r in rows)
+        if 2 * count >= len(rows) and count > best_count:
+            best, best_count = folder, count
+    if best is None:
+        return None
+    from .features import folder_lock
+    with folder_lock(best):      # not while another search writes it
+        os.rename(best, out)
+    log(f'gallery cache: {best} was made for the same videos at a place that no longer '
+        f'exists; it is renamed to {out} and its {best_count} embeddings reused (the '
+        f'gallery was moved)')
+    return best
+
+
 def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
                    cache: Optional[str] = None, top: int = 5, batch_size: int = 8,
                    num_workers: int = 2, progress: bool = True, extra_meta=None,
@@ -79,6 +129,8 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     require_text_tower(model)     # before the gallery pass, not after it
     root, paths = list_videos(gallery)
     out = gallery_cache_dir(gallery, key, cache)
+    if cache is not None:
+        adopt_moved_cache(out, key, cache, root, paths, log=log)
     with folder_lock(out):   # no other run may rewrite the cache before it is read
         try:
             res = extract_features(model, out, videos=paths, video_root=root, key=key,
