@@ -22,7 +22,14 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 loader (mmengine's ``load_url`` fully unpickled them); a refusal names
                 the URL (test in ``tests/test_security_checkpoints.py``). On a
                 torch without what the allow-list needs (< 2.6, or no
-                ``torch.serialization.safe_globals``) mmengine's loader is left alone.
+                ``torch.serialization.safe_globals``) mmengine's loader is left alone;
+                torch's own opt-out ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is honoured
+                as mmengine honours it. mmengine's local file writes
+                (``LocalBackend.put``/``put_text``: checkpoints, ``mmengine.dump``, any
+                local ``fileio.put``) become atomic (temporary file, fsync, rename) for
+                every caller; a FIFO or device (``/dev/null``, ``/dev/stdout``) is
+                written into as before, not replaced (tests in
+                ``tests/test_plugin_hygiene.py``).
 ``dist``        on a machine without CUDA, ``torch.cuda.set_device`` is skipped,
                 ``nccl`` falls back to ``gloo``, and DDP is built without
                 ``device_ids``, for ``--launcher pytorch`` (torchrun) and

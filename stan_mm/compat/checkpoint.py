@@ -19,6 +19,11 @@ Trusting a file is an explicit opt-in, for files whose origin you know:
 - ``with stan_mm.compat.trusted_checkpoints(): ...`` in Python code, or
 - ``safe_torch_load(path, trust=True)``.
 
+torch's own environment opt-out, ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which mmengine's
+loaders honour without stan-mm, is honoured by the loaders that replace them (local files:
+mmengine's own loader runs; URLs: full unpickling), so importing stan-mm does not undo it
+for other models. stan-mm's own loaders of CLIP weights do not read it.
+
 The allow-list needs ``torch.serialization.safe_globals`` (torch 2.5) with
 ``(callable, 'module.name')`` entries (torch 2.6), and the fix only matters where
 ``torch.load`` defaults to ``weights_only=True`` (torch 2.6). On an older torch (or one
@@ -265,6 +270,16 @@ def _reason(err: Exception) -> str:
     return lines[0] if lines else repr(err)
 
 
+def torch_weights_only_opted_out() -> bool:
+    """Whether torch's own opt-out of weights-only loading is set in the environment
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, as ``torch.load`` reads it, and not overridden by
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``). mmengine's loaders honour it without stan-mm
+    (``torch.load`` without ``weights_only``), so the loaders that replace them do too."""
+    true_values = ('1', 'y', 'yes', 'true')
+    return (os.getenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in true_values
+            and os.getenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '0').lower() not in true_values)
+
+
 def _mmengine_load_from_local(filename, map_location):
     from mmengine.runner.checkpoint import load_from_local
     return load_from_local(filename, map_location)
@@ -272,8 +287,9 @@ def _mmengine_load_from_local(filename, map_location):
 
 def _load_from_local(filename, map_location):
     """Replacement for mmengine's loader of the '' (local path) scheme; mmengine's own
-    where this torch lacks what :func:`safe_torch_load` allow-lists with."""
-    if not safe_loading_supported():
+    where this torch lacks what :func:`safe_torch_load` allow-lists with, or where torch's
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set (:func:`torch_weights_only_opted_out`)."""
+    if not safe_loading_supported() or torch_weights_only_opted_out():
         return _mmengine_load_from_local(filename, map_location)
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
@@ -333,7 +349,8 @@ def _safe_load_url(url, model_dir=None, map_location=None, progress=True,
     """Replacement for ``mmengine.runner.checkpoint.load_url`` (torch.hub's
     ``load_state_dict_from_url``, which unpickles fully): same download and cache, then
     :func:`safe_torch_load` of the cached file. ``weights_only`` is ignored: the trust
-    opt-in (:func:`trusted_checkpoints`, ``STAN_MM_TRUST_CHECKPOINTS``) decides."""
+    opt-in (:func:`trusted_checkpoints`, ``STAN_MM_TRUST_CHECKPOINTS``, or torch's own
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) decides."""
     if model_dir is None:
         import torch.hub as hub
         model_dir = os.path.join(hub.get_dir(), 'checkpoints')
@@ -341,6 +358,7 @@ def _safe_load_url(url, model_dir=None, map_location=None, progress=True,
                               file_name=file_name)
     target = _legacy_zip_member(cached, model_dir) or cached
     return safe_torch_load(target, map_location=map_location,
+                           trust=torch_weights_only_opted_out(),
                            source=f'{url} (downloaded to {target})')
 
 
@@ -356,8 +374,10 @@ def _atomic_put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
 def apply_checkpoint_fix() -> None:
     """Route mmengine's local and URL checkpoint loading through :func:`safe_torch_load`
     (only on a torch where :func:`safe_loading_supported`; elsewhere mmengine's loaders
-    stay), and make its local file writes (checkpoints included) atomic: temporary file +
-    fsync + rename.
+    stay), and make its local file writes (``LocalBackend.put`` / ``put_text``: checkpoints,
+    ``mmengine.dump``, every local ``mmengine.fileio.put``) atomic: temporary file + fsync
+    + rename; a FIFO or device is written into as before (see
+    :func:`~stan_mm.engine.checkpoint_hook.atomic_write_bytes`).
 
     URLs: ``load_from_http`` (which the ``open-mmlab://``, ``torchvision://`` and
     ``mmcls://`` loaders call directly, not through the scheme table) calls the module

@@ -106,7 +106,25 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
     it (the temporary file goes next to that file); a file with other hard links
     (``st_nlink > 1``) is rewritten in place, not atomically, because replacing it would
     detach it from its other names (a kill during that write leaves it truncated, as it
-    would with mmengine)."""
+    would with mmengine).
+
+    A path that names something other than a regular file (a FIFO, a device such as
+    ``/dev/null``, a terminal, ``/dev/stdout``) is written into with ``open(path, 'wb')``,
+    as mmengine's ``put`` does: renaming a temporary file over it would replace the device
+    or pipe with a regular file (``LocalBackend.put`` is this function for every mmengine
+    user once ``stan_mm`` is imported, e.g. ``mmengine.dump(obj, '/dev/null')``)."""
+    try:
+        st_path = os.stat(str(path))          # (follows links, as open() does)
+    except (OSError, ValueError):
+        st_path = None
+    if st_path is not None and not stat.S_ISREG(st_path.st_mode):
+        try:
+            with open(str(path), 'wb') as f:
+                f.write(data)
+        except BaseException as exc:
+            _write_error(exc, path)
+            raise
+        return
     target = osp.realpath(str(path))
     folder = osp.dirname(target)
     os.makedirs(folder, exist_ok=True)
