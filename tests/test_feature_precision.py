@@ -16,27 +16,18 @@ import pytest
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from test_user_tools import RETRIEVAL_CFG, build, load_tool, write_video  # noqa: E402
+from test_user_tools import load_tool, retrieval_gallery  # noqa: E402
 
 NUM_VIDEOS = 3
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('precision')
-    cfg_file = tmp / 'ret.py'
-    cfg_file.write_text(f'_base_ = [{RETRIEVAL_CFG!r}]\n')
-    _, model, ckpt = build(str(cfg_file))
-    videos = tmp / 'videos'
-    videos.mkdir()
-    for i in range(NUM_VIDEOS):
-        write_video(str(videos / f'v{i}.mp4'), seed=i)
+    setup = retrieval_gallery(tmp_path_factory.mktemp('precision'), NUM_VIDEOS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield dict(cfg=str(cfg_file), ckpt=ckpt, model=model, videos=str(videos),
-                   names=[f'v{i}.mp4' for i in range(NUM_VIDEOS)],
-                   tool=load_tool('tools/extract_features.py'))
+        yield dict(setup, tool=load_tool('tools/extract_features.py'))
     finally:
         torch.set_num_threads(threads)
 

@@ -138,20 +138,12 @@ NUM_VIDEOS = 3
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    from test_user_tools import RETRIEVAL_CFG, build, write_video
-    tmp = tmp_path_factory.mktemp('extremes')
-    cfg_file = tmp / 'ret.py'
-    cfg_file.write_text(f'_base_ = [{RETRIEVAL_CFG!r}]\n')
-    _, model, _ = build(str(cfg_file))
-    videos = tmp / 'videos'
-    videos.mkdir()
-    for i in range(NUM_VIDEOS):
-        write_video(str(videos / f'v{i}.mp4'), seed=i)
+    from test_user_tools import retrieval_gallery
+    setup = retrieval_gallery(tmp_path_factory.mktemp('extremes'), NUM_VIDEOS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield dict(model=model, videos=str(videos),
-                   names=[f'v{i}.mp4' for i in range(NUM_VIDEOS)])
+        yield setup
     finally:
         torch.set_num_threads(threads)
 

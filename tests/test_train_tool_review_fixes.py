@@ -18,7 +18,6 @@ The runs are ``tools/train.py``'s ``main`` in process (``run_tool`` as its ``__m
 calls it), 4 training videos, batch 2: 2 iterations per epoch.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -29,6 +28,7 @@ import sys
 import pytest
 from mmengine.config import Config
 
+from stan_mm.testing import load_script
 from stan_mm.utils.cli import run_tool, warn_schedule_beyond_training
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -39,11 +39,7 @@ MOTION = dict(num_train=4, num_val=1, num_test=1, num_frames=8, size=32, seed=0,
 
 
 def load_train_tool():
-    spec = importlib.util.spec_from_file_location('_train_tool_review',
-                                                  osp.join(REPO, 'tools', 'train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/train.py', '_train_tool_review')
 
 
 def train(argv) -> int:
@@ -52,9 +48,9 @@ def train(argv) -> int:
     return run_tool(lambda: tool.main([str(a) for a in argv]), 'train.py')
 
 
-def write_config(path, data_root, extra=''):
-    """The tiny quickstart on ``data_root``, 2 epochs, no validation, a checkpoint per
-    epoch."""
+def write_config(path, data_root, extra='', max_epochs=2, max_keep_ckpts=3):
+    """The tiny quickstart on ``data_root``, ``max_epochs`` epochs, no validation, a
+    checkpoint per epoch (the last ``max_keep_ckpts`` kept)."""
     path.write_text(f"""
 _base_ = [{TINY!r}]
 data_root = {str(data_root)!r}
@@ -67,12 +63,13 @@ val_evaluator = None
 test_dataloader = None
 test_cfg = None
 test_evaluator = None
-max_epochs = 2
+max_epochs = {max_epochs}
 train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=100)
 param_scheduler = [dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=0.0,
                         by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True)]
 default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval=1, max_keep_ckpts=3, save_best=None))
+                     checkpoint=dict(interval=1, max_keep_ckpts={max_keep_ckpts},
+                                     save_best=None))
 log_processor = dict(window_size=1)
 {extra}""")
     return str(path)

@@ -74,6 +74,21 @@ def build(cfg_path, seed=0):
     return cfg, model.eval(), ckpt
 
 
+def retrieval_gallery(tmp, num_videos=3):
+    """A tiny random retrieval model (config ``tmp/ret.py`` over the quickstart's, and its
+    checkpoint) and a gallery folder ``tmp/videos`` of ``v0.mp4`` ... Returns
+    ``dict(cfg, ckpt, model, videos, names)``."""
+    cfg_file = tmp / 'ret.py'
+    cfg_file.write_text(f'_base_ = [{RETRIEVAL_CFG!r}]\n')
+    _, model, ckpt = build(str(cfg_file))
+    videos = tmp / 'videos'
+    videos.mkdir()
+    names = [f'v{i}.mp4' for i in range(num_videos)]
+    for i, name in enumerate(names):
+        write_video(str(videos / name), seed=i)
+    return dict(cfg=str(cfg_file), ckpt=ckpt, model=model, videos=str(videos), names=names)
+
+
 def write_video(path, size=(64, 48), frames=8, seed=0):
     """A non-square mp4 (ThreeCrop gives three different crops of it)."""
     import cv2

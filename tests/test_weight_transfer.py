@@ -18,8 +18,8 @@ The runs are ``tools/train.py``'s ``main`` in process, the tiny quickstart STAN 
 synthetic videos, batch 2, 1 epoch.
 """
 import glob
-import importlib.util
 import os.path as osp
+import sys
 
 import pytest
 import torch
@@ -30,47 +30,18 @@ from mmengine.registry import init_default_scope
 
 from stan_mm.testing import tiny_clip_cfg
 from stan_mm.utils.checkpoint_check import CheckpointMismatchError, check_training_start
-from stan_mm.utils.cli import run_tool
 
 init_default_scope('mmaction')
 torch.set_num_threads(1)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TINY = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
-MOTION = dict(num_train=4, num_val=1, num_test=1, num_frames=8, size=32, seed=0,
-              pairs=('horizontal', 'vertical', 'scale', 'fade'), progress=False)
-
-
-def train(argv) -> int:
-    """Exit status of ``tools/train.py argv``, run as its ``__main__`` runs it."""
-    spec = importlib.util.spec_from_file_location('_train_tool_transfer',
-                                                  osp.join(REPO, 'tools', 'train.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return run_tool(lambda: tool.main([str(a) for a in argv]), 'train.py')
+sys.path.insert(0, osp.dirname(__file__))
+from test_train_tool_review_fixes import MOTION, train  # noqa: E402
+from test_train_tool_review_fixes import write_config as _write_config  # noqa: E402
 
 
 def write_config(path, data_root, extra=''):
-    path.write_text(f"""
-_base_ = [{TINY!r}]
-data_root = {str(data_root)!r}
-motion = {MOTION!r}
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, generate=motion))
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-test_dataloader = None
-test_cfg = None
-test_evaluator = None
-max_epochs = 1
-train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=100)
-param_scheduler = [dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=0.0,
-                        by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True)]
-default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval=1, max_keep_ckpts=1, save_best=None))
-{extra}""")
-    return str(path)
+    """The tiny quickstart on ``data_root``: one epoch, no validation, one checkpoint."""
+    return _write_config(path, data_root, extra, max_epochs=1, max_keep_ckpts=1)
 
 
 def run_log(work_dir) -> str:
