@@ -116,14 +116,10 @@ def drop_missing_clip_weights(model_cfg: dict, guessed: Optional[List[str]] = No
     return changed
 
 
-def read_state_dict(checkpoint: str) -> Dict[str, torch.Tensor]:
-    """The model weights of an mmengine checkpoint (``{'state_dict': ...}``) or of a plain
-    state dict file; ``module.`` prefixes (DDP) are removed. Loaded weights-only."""
-    return _read_checkpoint(checkpoint)[0]
-
-
 def _read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
-    """:func:`read_state_dict` and the checkpoint's ``meta`` (None if it has none)."""
+    """The model weights of an mmengine checkpoint (``{'state_dict': ...}``) or of a plain
+    state dict file, ``module.`` prefixes (DDP) removed, and the checkpoint's ``meta``
+    (None if it has none). Loaded weights-only."""
     from stan_mm.compat import safe_torch_load
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')

@@ -2,8 +2,8 @@
 
 mmengine 0.10.7 resolves ``_base_ = 'mmaction::...'`` configs through
 ``pkg_resources.get_distribution`` and reloads the module with ``importlib.reload``, so the
-shim is a real module file (``_shims/pkg_resources.py``) made importable by appending its
-folder to the front of ``sys.path``; that happens only when the real module cannot be imported.
+shim is a real module file (``_shims/pkg_resources.py``) made importable by putting its
+folder at the front of ``sys.path``; that happens only when the real module cannot be imported.
 """
 import os
 import sys

@@ -48,9 +48,9 @@ class TwinGroupSampler(Sampler):
     consecutively (in the group's order), groups in a random order per epoch.
 
     The dataset must provide ``twin_groups() -> list[list[int]]`` (every index exactly
-    once), as :class:`~stan_mm.datasets.SyntheticMotionDataset` does. Groups with fewer
-    members than the largest are served last, so with a batch size that is a multiple
-    of the group size every full group stays within one batch.
+    once), as :class:`~stan_mm.datasets.motion_dataset.SyntheticMotionDataset` does.
+    Groups with fewer members than the largest are served last, so with a batch size that
+    is a multiple of the group size every full group stays within one batch.
 
     Distributed: like mmengine's ``DefaultSampler``, every rank draws the same permutation
     (``seed`` synchronized across ranks) and takes every ``world_size``-th group. With

@@ -61,7 +61,6 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmaction.registry import HOOKS
 
-from stan_mm.utils.atomic import STALE_TMP_AGE_S, remove_stale_temps  # noqa: F401
 from stan_mm.utils.atomic import replacing as _replacing_file
 from stan_mm.utils.atomic import umask as _umask  # noqa: F401  (imported from here too)
 from stan_mm.utils.cli import CommandLineError

@@ -1,5 +1,6 @@
-"""Per-epoch report of the videos that :class:`stan_mm.datasets.transforms.SkipUnreadable`
-skipped, counted over every DataLoader worker and every rank.
+"""Per-epoch report of the videos that
+:class:`stan_mm.datasets.transforms.video_io.SkipUnreadable` skipped, counted over every
+DataLoader worker and every rank.
 
 The skips happen in DataLoader worker processes, whose counters the main process cannot
 see. The wrapper therefore records each skip in the substitute sample's
@@ -55,8 +56,8 @@ def _iteration_based(runner) -> bool:
 @HOOKS.register_module()
 class SkippedVideosHook(Hook):
     """Log, at the end of every training epoch, how many video reads
-    :class:`~stan_mm.datasets.transforms.SkipUnreadable` skipped (all ranks, all workers),
-    with the files and reasons.
+    :class:`~stan_mm.datasets.transforms.video_io.SkipUnreadable` skipped (all ranks, all
+    workers), with the files and reasons.
 
     The epoch's count and the running total are also stored in the message hub
     (``train/skipped_videos_epoch``, ``train/skipped_videos_total``; the total survives

@@ -114,7 +114,8 @@ class MotionTwinRetrievalMetric(BaseMetric):
     Args:
         data_root (str, optional): the benchmark folder (its ``annotations/videos.json``
             pairs the twins). Default: the evaluated dataset's, which
-            :class:`~stan_mm.datasets.SyntheticMotionTextDataset` puts in its metainfo.
+            :class:`~stan_mm.datasets.motion_dataset.SyntheticMotionTextDataset` puts in
+            its metainfo.
     """
 
     default_prefix = 'motion'

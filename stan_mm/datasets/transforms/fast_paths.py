@@ -6,10 +6,11 @@ nothing else holds: a caller that puts its own frames into ``results['imgs']`` a
 them must get them back untouched by a later in-place transform (``Flip``), and a packed
 tensor that does not share their memory. So those two apply only to frames the pipeline
 owns: arrays that stan_mm's own transforms made in a pipeline call,
-:class:`~stan_mm.datasets.transforms.SafeDecordDecode` (every decoding path: decord's batch,
-with or without its copy, frames handed out again for repeated indices, the OpenCV
-fallback), :class:`~stan_mm.datasets.transforms.ClipRandAugment` (when it applied an op)
-and ``Resize``'s own one-array output below. Each registers its new arrays with
+:class:`~stan_mm.datasets.transforms.video_io.SafeDecordDecode` (every decoding path:
+decord's batch, with or without its copy, frames handed out again for repeated indices,
+the OpenCV fallback),
+:class:`~stan_mm.datasets.transforms.clip_randaugment.ClipRandAugment` (when it applied
+an op) and ``Resize``'s own one-array output below. Each registers its new arrays with
 :func:`mark_owned` (weak references: an entry goes when its array does); a frame is owned
 when it or an array in its ``.base`` chain is registered (:func:`is_owned`), e.g. views of
 a decoded batch and crops of them. Frames the caller made take MMAction2's code: the same
@@ -36,8 +37,10 @@ list that ``FormatShape`` below takes without a copy (the MSR-VTT pipeline ends 
 ``Resize``; ``Flip`` flips in place). Only with mmcv's ``cv2`` backend.
 
 ``FormatShape`` on a list of frames that are consecutive views of one C-contiguous array
-the pipeline owns (what :class:`~stan_mm.datasets.transforms.ClipRandAugment`,
-:class:`~stan_mm.datasets.transforms.SafeDecordDecode` and the resize above return).
+the pipeline owns (what
+:class:`~stan_mm.datasets.transforms.clip_randaugment.ClipRandAugment`,
+:class:`~stan_mm.datasets.transforms.video_io.SafeDecordDecode` and the resize above
+return).
 ``FormatShape`` stacks the
 list with ``np.array(imgs)``, a copy of the whole clip (1.2 MB for 8 frames of 224x224);
 that array is the one the views already tile, so it is used as it is. Same values, shape,
@@ -51,8 +54,8 @@ scalar call, so the indices and the generator's state afterwards are the same
 (``tests/test_fast_paths.py`` compares with MMAction2's method over many seeds and frame
 counts). Test mode keeps MMAction2's code.
 
-:class:`~stan_mm.datasets.transforms.SafeDecordDecode` has one more of the same kind: it
-takes decord's batch without ``asnumpy()``'s copy (``video_io.decord_batch_to_numpy``).
+:class:`~stan_mm.datasets.transforms.video_io.SafeDecordDecode` has one more of the same
+kind: it takes decord's batch without ``asnumpy()``'s copy (``video_io.decord_batch_to_numpy``).
 
 All of them can be turned off: environment variable ``STAN_MM_NO_FAST_PATHS=1`` before
 ``import stan_mm`` (nothing is patched, the decoder copies), or ``with disabled(): ...``

@@ -14,7 +14,6 @@ from torch import nn
 
 from stan_mm.errors import ConfigValueError
 
-TEMPORAL_MODULES = ('attn', 'conv', None)
 _ALIASES = {'attn': 'attn', 'selfattn': 'attn', 'self_attn': 'attn', 'conv': 'conv',
             'none': None, None: None}
 
