@@ -144,8 +144,10 @@ def merge_args(cfg, args):
     check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'),
                         options=args.cfg_options)
     # a child that overrides val_dataloader / val_evaluator only: test_ kept the base's
-    from stan_mm.utils.cli import warn_split_alias
+    from stan_mm.utils.cli import warn_split_alias, warn_stale_variables
     warn_split_alias(cfg, 'train.py', options=args.cfg_options)
+    # a child's variable (data_root, classnames, test_crops, ...) that the base had copied
+    warn_stale_variables(cfg, 'train.py', options=args.cfg_options)
     return cfg
 
 

@@ -183,6 +183,36 @@ def _is_base_file(config: str, missing: str) -> bool:
                for f in _base_files(config, set()))
 
 
+def _missing_base_variable(exc: AttributeError, flag: str, path: str):
+    """A :class:`CommandLineError` for ``_base_.name`` in a config file where no base file
+    defines ``name`` (mmengine: a traceback ending in ``'ConfigDict' object has no
+    attribute 'name'``), naming the file and line that reads it and the base's close
+    names; None for any other AttributeError."""
+    import difflib
+    found = re.fullmatch(r"'ConfigDict' object has no attribute '(\w+)'", str(exc))
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    where = [(f, line) for f, line in frames if isinstance(f.f_globals.get('_base_'), Mapping)
+             and str(f.f_code.co_filename).endswith('.py')
+             and not _in_mmengine(f)]
+    if not found or not where:
+        return None
+    frame, line = where[-1]
+    name, base = found.group(1), frame.f_globals['_base_']
+    import linecache
+    text = linecache.getline(frame.f_code.co_filename, line)
+    if not re.search(r'\b_base_\s*\.\s*' + name + r'\b', text):
+        return None                  # (another attribute: _base_.model.name, ...)
+    close = difflib.get_close_matches(name, [str(k) for k in base], n=3, cutoff=0.6)
+    hint = f' (did you mean {", ".join(f"_base_.{c}" for c in close)}?)' if close else ''
+    return CommandLineError(
+        f'{flag} {path!r}: {frame.f_code.co_filename}, line {line}, reads _base_.{name}, '
+        f'which none of its _base_ files defines{hint}. _base_.NAME is a variable or entry '
+        f'of the base files as they set it')
+
+
 def read_config(path: str, flag: str = 'CONFIG'):
     """``mmengine.config.Config.fromfile(path)`` (``~`` expanded), where a missing
     ``_base_`` file is explained in one line instead of a traceback.
@@ -203,6 +233,11 @@ def read_config(path: str, flag: str = 'CONFIG'):
     for candidate in candidates:     # as named, then (a symbolic link) where it points
         try:
             return Config.fromfile(candidate)
+        except AttributeError as exc:
+            error = _missing_base_variable(exc, flag, path)
+            if error is None:
+                raise
+            raise error from None
         except FileNotFoundError as exc:
             missing = _missing_file(exc)
             if missing is None or not _is_base_file(candidate, missing):
@@ -641,6 +676,231 @@ def ineffective_variable_options(cfg, options: Optional[Mapping] = None) -> list
             f'another value. Set {"it" if len(stale) == 1 else "them"} instead: '
             f'--cfg-options {shown}')
     return messages
+
+
+#: variables that :func:`check_model_variant` reports in its own words
+_VARIANT_VARIABLES = ('clip_arch', 'num_frames')
+#: the top-level keys :func:`stale_variable_copies` compares for each tool
+TOOL_KEYS = {'test.py': ('model', 'test_dataloader', 'test_evaluator', 'test_cfg')}
+_CHILD_DOC = 'docs/training_testing.md, "Your own config on top of ours"'
+
+
+def _literal(value) -> Optional[ast.expr]:
+    """An expression node that evaluates to ``value`` (str, numbers, bool, None and lists,
+    tuples and dicts of them), or None for anything else (a class, ``inf``)."""
+    if value is None or isinstance(value, (bool, str)) or (
+            isinstance(value, (int, float)) and value == value and
+            abs(value) != float('inf')):
+        return ast.Constant(value)
+    if isinstance(value, (list, tuple)):
+        items = [_literal(v) for v in value]
+        if any(i is None for i in items):
+            return None
+        return (ast.List if isinstance(value, list) else ast.Tuple)(items, ast.Load())
+    if isinstance(value, dict):
+        keys = [_literal(k) if isinstance(k, (str, int)) else None for k in value]
+        values = [_literal(v) for v in value.values()]
+        if any(n is None for n in keys + values):
+            return None
+        return ast.Dict(keys, values)
+    return None
+
+
+def _evaluate_forcing(filename: str, forced: Mapping) -> dict:
+    """The config ``filename`` as mmengine evaluates it, except that every top-level
+    assignment to a name of ``forced``, in the file and in each of its ``_base_`` files,
+    assigns ``forced[name]`` (an expression node) instead: the config a base would give if
+    it were evaluated again with the child's value of the variable."""
+    import mmengine.config.config as mm_config
+    from unittest import mock
+    from mmengine.config import Config
+    remover = mm_config.RemoveAssignFromAST
+
+    class Forcing(remover):
+        def visit_Module(self, node):
+            node = self.generic_visit(node)         # (the _base_ assignment removed)
+            body = []
+            for stmt in node.body:
+                target = (stmt.targets[0] if isinstance(stmt, ast.Assign)
+                          and len(stmt.targets) == 1 else getattr(stmt, 'target', None))
+                name = target.id if isinstance(target, ast.Name) else None
+                if name in forced and isinstance(stmt, (ast.Assign, ast.AnnAssign,
+                                                        ast.AugAssign)):
+                    if isinstance(stmt, ast.AugAssign):
+                        continue
+                    stmt = ast.copy_location(ast.Assign(
+                        [ast.Name(name, ast.Store())], copy.deepcopy(forced[name])), stmt)
+                body.append(stmt)
+            node.body = body
+            return ast.fix_missing_locations(node)
+
+    with mock.patch.object(mm_config, 'RemoveAssignFromAST', Forcing):
+        return Config._file2dict(filename)[0]
+
+
+def _differences(a, b, prefix: str):
+    """``(path, value in a, value in b)`` of the leaves where the config trees differ."""
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            yield from _differences(a.get(key, _MISSING), b.get(key, _MISSING),
+                                    f'{prefix}.{key}')
+    elif (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
+          and len(a) == len(b)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from _differences(x, y, f'{prefix}.{i}')
+    elif _plain_tree(a) != _plain_tree(b):
+        yield prefix, a, b
+
+
+class _NotSet:
+    def __repr__(self):
+        return '<not set>'
+
+
+_MISSING = _NotSet()
+
+
+def _assigned_names(filename: str) -> list:
+    """The names the config file assigns at its top level (parsed, never executed)."""
+    try:
+        with open(filename, encoding='utf-8') as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    names = []
+    for stmt in tree.body:
+        targets = (stmt.targets if isinstance(stmt, ast.Assign) else
+                   [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
+        names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
+
+def stale_variable_copies(cfg, options: Optional[Mapping] = None, keys=None) -> list:
+    """The entries that still hold a base config's copy of a variable the config file
+    itself (``cfg.filename``) or a top-level ``--cfg-options`` key (``options``) sets.
+
+    A base config builds its entries from its variables when it is evaluated
+    (``data_root = 'data/kinetics400'`` copied into every dataset, ``test_crops`` choosing
+    the crop of the test pipeline, ``classnames`` the head's class list); mmengine does not
+    evaluate it again for a child config that assigns the variable, so the entries keep
+    the base's value and nothing says so. Found by evaluating the config a second time
+    with each such variable assigned its new value in every file of the chain: the entries
+    of the Runner keys (``keys``: these only) that then differ, less those an option sets,
+    are the stale copies.
+
+    Returns:
+        list of ``(name, new value, [(path, value now, value from the variable), ...])``;
+        empty for a config that is not a ``.py`` file, and where the second evaluation
+        fails (the config is then read as it is, with no check).
+    """
+    from mmengine.config import Config
+    options = dict(options or {})
+    filename = getattr(cfg, 'filename', None)
+    if not filename or not str(filename).endswith('.py') or not os.path.isfile(filename):
+        return []
+    keys = [k for k in (keys or RUNNER_KEYS) if k != 'vis_backends']
+    names = [n for n in _assigned_names(filename) + [k for k in options if '.' not in k]
+             if not n.startswith('_') and n not in RUNNER_KEYS
+             and n not in _VARIANT_VARIABLES]
+    names = list(dict.fromkeys(names))
+    if not names:
+        return []
+    try:
+        if Config._is_lazy_import(filename):
+            return []
+        as_read = Config._file2dict(filename)[0]
+    except Exception:  # noqa: BLE001  (mmengine's own reading reports it)
+        return []
+    forced = {}
+    for name in names:
+        value = options[name] if name in options else as_read.get(name, _MISSING)
+        node = None if value is _MISSING else _literal(_plain_tree(value))
+        if node is not None:
+            forced[name] = (value, node)
+
+    def covered(path):
+        return any(path == k or path.startswith(k + '.') or k.startswith(path + '.')
+                   for k in options if '.' in k)
+
+    def stale(names):
+        try:
+            again = _evaluate_forcing(filename, {n: forced[n][1] for n in names})
+        except Exception:  # noqa: BLE001
+            return []
+        return [(path, now, new) for key in keys
+                for path, now, new in _differences(as_read.get(key, _MISSING),
+                                                   again.get(key, _MISSING), key)
+                if not covered(path)]
+
+    if not forced or not stale(list(forced)):
+        return []
+    found = []
+    for name, (value, _) in forced.items():
+        entries = stale([name])
+        if entries:
+            found.append((name, value, entries))
+    return found
+
+
+def _short(value, width: int = 60) -> str:
+    value = _plain_tree(value)
+    text = repr(value)
+    if len(text) <= width:
+        return text
+    if isinstance(value, list):
+        return f'[... {len(value)} entries]'
+    return text[:width - 4] + '...' + text[-1]
+
+
+def _option_text(value) -> Optional[str]:
+    """``value`` as written after ``--cfg-options KEY=``, or None (a list, a dict)."""
+    value = _plain(value)
+    if isinstance(value, str):
+        return repr(value) if (not value or any(c in value for c in ' ,[]()\'"')) else value
+    if value is None or isinstance(value, (bool, int, float)):
+        return str(value)
+    return None
+
+
+def warn_stale_variables(cfg, tool: str, options: Optional[Mapping] = None) -> None:
+    """Warn (stderr, as ``tool``) for each :func:`stale_variable_copies` variable, naming
+    the entries to set and how. ``--cfg-options`` keys that
+    :func:`ineffective_variable_options` reports already are left to it."""
+    if not is_first_rank():
+        return                         # (every process of a distributed run parses it)
+    options = dict(options or {})
+    # (ineffective_variable_options names the entries of the option's own key name)
+    reported = [k for k, v in options.items()
+                if '.' not in k and ineffective_variable_options(cfg, {k: v})]
+    filename = str(getattr(cfg, 'filename', '') or '')
+    shown = os.path.relpath(filename) if filename and not os.path.relpath(
+        filename).startswith('..') else filename
+    for name, value, entries in stale_variable_copies(cfg, options,
+                                                      keys=TOOL_KEYS.get(tool)):
+        if name in reported:
+            entries = [e for e in entries if e[0].rsplit('.', 1)[-1] != name]
+            if not entries:
+                continue
+        one = len(entries) == 1
+        where = (f'--cfg-options gives {name}={_option_text(value) or _short(value)}'
+                 if name in options else f'the config {shown} sets {name}={_short(value)}')
+        listed = '; '.join(f'{path}={_short(now)} instead of {_short(new)}'
+                           for path, now, new in entries[:6])
+        if len(entries) > 6:
+            listed += f'; and {len(entries) - 6} more'
+        written = [(path, _option_text(new)) for path, _, new in entries]
+        fix = ('--cfg-options ' + ' '.join(f'{p}={v}' for p, v in written) + ', or '
+               if all(v is not None for _, v in written) and len(written) <= 6 else '')
+        config_warning(
+            tool, f'{where}, but a base config used {name} when it was evaluated, and '
+            f'mmengine does not evaluate a base config again for a new value: '
+            f'{"this entry" if one else f"these {len(entries)} entries"} built from it '
+            f'still hold{"s" if one else ""} the base\'s value: {listed}. Set '
+            f'{"it" if one else "them"} too: {fix}the same key{"" if one else "s"} in the '
+            f'config (a dict there merges into the base\'s, a list replaces the base\'s '
+            f'whole: restate a pipeline as configs/stan/k400_self_b16_16f.py does), or '
+            f'leave {name} as the base sets it ({_CHILD_DOC})')
 
 
 def _plain_tree(value):
