@@ -140,7 +140,7 @@ def test_bad_config_values_of_data_and_metrics_raise_config_value_error(tmp_path
     with pytest.raises(ConfigValueError, match="split='dev'"):
         DATASETS.build(dict(type='SyntheticMotionDataset', data_root=str(tmp_path),
                             split='dev', pipeline=[]))
-    with pytest.raises(ConfigValueError, match='dsl_temp must be positive'):
+    with pytest.raises(ConfigValueError, match='dsl_temp must be a positive finite number'):
         METRICS.build(dict(type='RetrievalRecallMetric', dsl_temp=0))
     with pytest.raises(ConfigValueError, match='unknown motion pair'):
         DATASETS.build(dict(type='SyntheticMotionDataset', data_root=str(tmp_path / 'm'),
