@@ -57,8 +57,18 @@ def parse_args(argv=None):
 
 def set_views(cfg, views: str):
     """Rewrite the test pipeline for ``views`` = 'CLIPSxCROPS' (e.g. '4x3'); refused for
-    retrieval configs (one view per video: more would reach the model as one long clip)."""
-    set_config_views(cfg, cfg.test_dataloader.dataset.pipeline, views)
+    retrieval configs (one view per video: more would reach the model as one long clip).
+    A wrapped test dataset (``RepeatDataset``, each dataset of a ``ConcatDataset``) gets the
+    views in the pipeline of every dataset it holds."""
+    from stan_mm.apis.video import dataset_cfgs
+    pipelines = [d['pipeline'] for d in dataset_cfgs(cfg.get('test_dataloader'))
+                 if hasattr(d, 'get') and d.get('pipeline')]
+    if not pipelines:
+        from stan_mm.utils.cli import CommandLineError
+        raise CommandLineError(f'--views {views}: the config has no test_dataloader.dataset '
+                               'pipeline to set the views in')
+    for pipeline in pipelines:
+        set_config_views(cfg, pipeline, views)
     return cfg
 
 

@@ -197,15 +197,33 @@ def config_name(cfg) -> str:
     return getattr(cfg, 'filename', None) or 'the config'
 
 
+def dataset_cfgs(loader) -> List[dict]:
+    """The dataset configs of a dataloader config that hold samples, in order, through
+    wrappers: each dataset of a ``ConcatDataset`` (``datasets``), the one a
+    ``RepeatDataset`` / ``ClassBalancedDataset`` / ``SkipUnreadable`` wraps (``dataset``);
+    a config with a ``pipeline`` is a leaf. ``[]`` without a dataset."""
+    dataset = loader.get('dataset') if loader else None
+    leaves, stack = [], [dataset] if dataset is not None else []
+    while stack:
+        ds = stack.pop(0)
+        if not hasattr(ds, 'get') or 'pipeline' in ds:
+            leaves.append(ds)
+        elif isinstance(ds.get('datasets'), (list, tuple)):
+            stack[:0] = list(ds['datasets'])
+        elif hasattr(ds.get('dataset'), 'get'):
+            stack.insert(0, ds['dataset'])
+        else:
+            leaves.append(ds)
+    return leaves
+
+
 def dataset_cfg(loader) -> Optional[dict]:
     """The dataset config of a dataloader config, through wrappers (``RepeatDataset``,
-    ``SkipUnreadable``, ...): the innermost one with a ``pipeline`` (None without a
+    ``SkipUnreadable``, ...): the innermost one with a ``pipeline``, the first dataset's
+    of a ``ConcatDataset`` (:func:`dataset_cfgs` lists them all; None without a
     dataset)."""
-    dataset = loader.get('dataset') if loader else None
-    while (dataset is not None and 'pipeline' not in dataset
-           and isinstance(dataset.get('dataset'), dict)):
-        dataset = dataset['dataset']
-    return dataset
+    leaves = dataset_cfgs(loader)
+    return leaves[0] if leaves else None
 
 
 def split_items(cfg, split: str, check_files: bool = True
@@ -221,28 +239,29 @@ def split_items(cfg, split: str, check_files: bool = True
     if not loader or not loader.get('dataset'):
         raise ValueError(f'{config_name(cfg)} has no {split}_dataloader.dataset')
     # wrappers (SkipUnreadable, RepeatDataset, ...) add nothing to the list of videos and
-    # captions: read the dataset they wrap
-    ds_cfg = copy.deepcopy(dataset_cfg(loader))
-    ds_cfg['pipeline'] = []
-    if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
-        ds_cfg['test_mode'] = True  # one entry per video with all its captions
-    if not check_files and (ds_cfg.get('type') == 'CheckedVideoDataset' or (
-            ds_cfg.get('type') == 'RetrievalVideoTextDataset'
-            and ds_cfg.get('video_lookup', 'template') == 'template')):
-        ds_cfg['check_files'] = False   # (a scanned name is only known if the file exists)
-    dataset = DATASETS.build(ds_cfg)
+    # captions: read the datasets they wrap (each of a ConcatDataset, in order)
     videos, texts, t2v, index = [], [], [], {}
-    for i in range(len(dataset)):
-        info = dataset.get_data_info(i)
-        path = info['filename']
-        path = path if '://' in path else osp.abspath(path)   # other storages as they are
-        if path not in index:
-            index[path] = len(videos)
-            videos.append(path)
-        caps = info.get('text')
-        caps = [caps] if isinstance(caps, str) else list(caps or [])
-        texts += caps
-        t2v += [index[path]] * len(caps)
+    for leaf in dataset_cfgs(loader):
+        ds_cfg = copy.deepcopy(leaf)
+        ds_cfg['pipeline'] = []
+        if ds_cfg.get('type') == 'RetrievalVideoTextDataset':
+            ds_cfg['test_mode'] = True  # one entry per video with all its captions
+        if not check_files and (ds_cfg.get('type') == 'CheckedVideoDataset' or (
+                ds_cfg.get('type') == 'RetrievalVideoTextDataset'
+                and ds_cfg.get('video_lookup', 'template') == 'template')):
+            ds_cfg['check_files'] = False   # (a scanned name is only known if the file exists)
+        dataset = DATASETS.build(ds_cfg)
+        for i in range(len(dataset)):
+            info = dataset.get_data_info(i)
+            path = info['filename']
+            path = path if '://' in path else osp.abspath(path)   # other storages as they are
+            if path not in index:
+                index[path] = len(videos)
+                videos.append(path)
+            caps = info.get('text')
+            caps = [caps] if isinstance(caps, str) else list(caps or [])
+            texts += caps
+            t2v += [index[path]] * len(caps)
     return videos, texts, t2v
 
 
@@ -372,10 +391,10 @@ def check_config_crops(cfg, splits: Sequence[str] = ('val', 'test')) -> None:
     has): ``train.py`` checks before training, so that a crop which cannot fit fails now
     rather than at the first validation, an epoch later."""
     for split in splits:
-        dataset = dataset_cfg(cfg.get(f'{split}_dataloader'))
-        if dataset is not None and dataset.get('pipeline'):
-            check_crop_fits(dataset['pipeline'],
-                            f'{config_name(cfg)}, {split}_dataloader.dataset.pipeline')
+        for dataset in dataset_cfgs(cfg.get(f'{split}_dataloader')):
+            if hasattr(dataset, 'get') and dataset.get('pipeline'):
+                check_crop_fits(dataset['pipeline'],
+                                f'{config_name(cfg)}, {split}_dataloader.dataset.pipeline')
 
 
 def set_config_views(cfg, pipeline: List[dict], views: str) -> List[dict]:

@@ -28,8 +28,12 @@ is the cosine. ``sample_idx`` is set by mmengine's ``BaseDataset.get_data_info``
 info; the packing transform must carry it into the data sample, e.g.
 ``dict(type='PackActionInputs', meta_keys=('sample_idx', ...))``. The rank of a caption or a
 video does not depend on the order in which samples arrive: samples are sorted by
-``sample_idx``; caption ``c`` of the video with the ``v``-th smallest index is text row
-``sum(n of earlier videos) + c`` and its ground truth is video ``v``.
+``sample_idx`` (then ``filename``); caption ``c`` of the video with the ``v``-th smallest
+index is text row ``sum(n of earlier videos) + c`` and its ground truth is video ``v``.
+A sample is identified by ``(sample_idx, filename)``: the datasets of a ``ConcatDataset``
+(two test sets evaluated as one gallery) each number their samples from 0, and mmengine's
+wrapper passes those numbers on, so with ``filename`` in the metainfo their samples are
+told apart (without it they collide and the size check below fails, saying so).
 
 Distributed evaluation
 ----------------------
@@ -38,9 +42,9 @@ that every rank gets the same number of samples (7 videos on 2 ranks: rank 0 get
 and rank 1 gets 1, 3, 5, 0), and ``collect_results`` drops the padding by POSITION (it
 interleaves the ranks' lists and truncates to the dataset size). This metric does not rely on
 that: it collects every processed sample from every rank (nothing truncated), then drops
-duplicates by ``sample_idx`` and checks that exactly ``size`` distinct samples remain, so
-multi-process evaluation gives the numbers of one process whatever sampler or batch layout
-produced the samples.
+duplicates by ``(sample_idx, filename)`` and checks that exactly ``size`` distinct samples
+remain, so multi-process evaluation gives the numbers of one process whatever sampler or
+batch layout produced the samples.
 
 Options
 -------
@@ -123,7 +127,8 @@ def check_features_finite(samples: Dict[int, dict], order: Sequence[int]) -> Non
                  if not bool(torch.isfinite(item[key]).all())]
         if parts:
             name = f' {item["filename"]!r}' if item.get('filename') else ''
-            bad.append(f'sample_idx {i}{name}: {" and ".join(parts)}')
+            bad.append(f'sample_idx {i[0] if isinstance(i, tuple) else i}{name}: '
+                       f'{" and ".join(parts)}')
     if bad:
         raise ValueError(
             f'RetrievalRecallMetric: {len(bad)} of {len(order)} test samples have features '
@@ -266,17 +271,23 @@ class RetrievalRecallMetric(BaseMetric):
         Returns:
             ``(text_emb [Nt, E], video_emb [Nv, E], text_to_video [Nt], sample_idx [Nv])``.
         """
-        unique: Dict[int, dict] = {}
+        # keyed by (sample_idx, filename): the datasets of a ConcatDataset each number
+        # their samples from 0 (mmengine's wrapper passes the inner dataset's sample_idx
+        # on), so only the file tells their samples apart; a sample seen twice (the
+        # padding of DefaultSampler's round_up) has the same index and file
+        unique: Dict[tuple, dict] = {}
         for item in results:
-            unique.setdefault(int(item['sample_idx']), item)
+            unique.setdefault((int(item['sample_idx']), item.get('filename') or ''), item)
         if not unique:
             raise ValueError('RetrievalRecallMetric: no samples were processed')
         if self._expected_size is not None and len(unique) != self._expected_size:
             raise ValueError(
-                f'RetrievalRecallMetric: {len(unique)} distinct samples (by sample_idx) were '
-                f'collected for a dataset of size {self._expected_size}; every test video '
-                'must be evaluated exactly once (check the sampler and that sample_idx is the '
-                'dataset index)')
+                f'RetrievalRecallMetric: {len(unique)} distinct samples (by sample_idx and '
+                f'filename) were collected for a dataset of size {self._expected_size}; every '
+                'test video must be evaluated exactly once (check the sampler and that '
+                'sample_idx is the dataset index). A ConcatDataset gives each sample the '
+                'sample_idx of its own dataset: put \'filename\' in PackActionInputs(meta_keys'
+                '=...) so that the samples of its datasets are told apart')
         order = sorted(unique)
         check_features_finite(unique, order)
         dims = {unique[i]['video_feature'].shape[0] for i in order}
@@ -324,7 +335,7 @@ class RetrievalRecallMetric(BaseMetric):
                       level=logging.WARNING)
         video_emb = torch.stack([unique[order[k]]['video_feature'] for k in keep])
         text_to_video = torch.repeat_interleave(torch.tensor(video_of), counts)
-        return text_emb, video_emb, text_to_video, torch.tensor([order[k] for k in keep])
+        return text_emb, video_emb, text_to_video, torch.tensor([order[k][0] for k in keep])
 
     def _load_bank(self, dim: int) -> torch.Tensor:
         bank = self.qb_norm['bank']

@@ -10,6 +10,12 @@ training ran in (the training config stored in the checkpoint, else the config's
 choose.
 
 On the CPU autocast runs in bf16 only (torch's CPU autocast and mmengine's ``autocast``).
+
+A CUDA device "has bf16" here when it computes in bf16 natively: compute capability 8.0 or
+newer (A100, H100, RTX 30xx and later; :func:`cuda_native_bf16`). ``torch.cuda.
+is_bf16_supported()`` alone also says yes for older GPUs (V100, T4), on which a bf16 tensor
+can merely be created: their tensor cores have no bf16, so bf16 is emulated there and brings
+none of fp16's speed-up.
 """
 from typing import Optional, Tuple
 
@@ -24,6 +30,24 @@ _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 _ALIASES = {'bfloat16': 'bf16', 'bf16': 'bf16', 'float16': 'fp16', 'fp16': 'fp16',
             'half': 'fp16', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 _AMP_WRAPPERS = ('AmpOptimWrapper', 'AutoAmpOptimWrapper')
+
+
+def cuda_native_bf16() -> bool:
+    """Whether the current CUDA device computes in bf16 natively (compute capability >= 8.0,
+    or ROCm). False without CUDA.
+
+    ``torch.cuda.is_bf16_supported()`` (torch >= 2.3) counts emulation by default: on a
+    V100 or a T4 it creates a bf16 tensor on the current device and says True, so a
+    "fp16 on a GPU without bf16" rule never fired, and in a distributed run that probe ran
+    before ``torch.cuda.set_device`` put each rank on its own GPU (``tools/test.py --amp``
+    resolves the dtype before the runner starts): every rank opened a context on GPU 0.
+    ``including_emulation=False`` asks about the hardware only, without allocating."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:    # torch < 2.3: no emulation counted, no argument
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def training_amp_dtype(cfg) -> Optional[str]:
@@ -62,7 +86,8 @@ def resolve_amp_dtype(choice: str, cfg, device_type: str, flag: str = '--amp',
 
     ``auto``: the dtype the training ran in (:func:`training_amp_dtype` of the training
     config stored in ``checkpoint``, a loaded checkpoint dict, else of ``cfg``); for a
-    model trained in fp32, bf16 (fp32's range), or fp16 on a CUDA device without bf16.
+    model trained in fp32, bf16 (fp32's range), or fp16 on a CUDA device without bf16
+    (:func:`cuda_native_bf16`: compute capability below 8.0, e.g. a V100).
 
     Raises:
         CommandLineError: ``fp16`` asked for on the CPU; ``bf16`` asked for on a CUDA
@@ -77,7 +102,7 @@ def resolve_amp_dtype(choice: str, cfg, device_type: str, flag: str = '--amp',
                 f'{flag} fp16: autocast on the CPU runs bf16 only (torch and mmengine); use '
                 f'{flag} bf16 (or {flag} alone), or run on a CUDA device')
         return torch.bfloat16, 'the CPU autocasts in bf16 only'
-    has_bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    has_bf16 = not torch.cuda.is_available() or cuda_native_bf16()
     if choice == 'auto':
         if trained is None:
             name = 'bf16' if has_bf16 else 'fp16'
@@ -94,8 +119,9 @@ def resolve_amp_dtype(choice: str, cfg, device_type: str, flag: str = '--amp',
             ', and fp16 overflows above 65504 where bf16 does not: check the metric against '
             f'a run without {flag}' if choice == 'fp16' else '')
     if choice == 'bf16' and not has_bf16:
-        raise CommandLineError(f'{flag} bf16: this CUDA device has no bf16; use {flag} fp16, '
-                               f'or leave {flag} out')
+        raise CommandLineError(f'{flag} bf16: this CUDA device has no bf16 (compute '
+                               f'capability below 8.0, where torch only emulates it); use '
+                               f'{flag} fp16, or leave {flag} out')
     return _DTYPES[choice], why
 
 

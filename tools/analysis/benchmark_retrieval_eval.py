@@ -123,15 +123,18 @@ def worker(args) -> dict:
     start = time.perf_counter()
     metrics = retrieval_metrics_from_embeddings(
         text, video, t2v, dsl=cfg['dsl'], qb_bank_emb=bank, chunk_size=args.chunk_size)
-    if args.device.startswith('cuda'):
-        torch.cuda.synchronize()
+    # (the device asked for: without it both calls would mean the current device, GPU 0,
+    # and --device cuda:1 reported GPU 0's peak)
+    cuda = torch.device(args.device) if args.device.startswith('cuda') else None
+    if cuda is not None:
+        torch.cuda.synchronize(cuda)
     seconds = time.perf_counter() - start
     peak = _peak_mb()
     result = dict(config=args.worker, seconds=round(seconds, 2), peak_rss_mb=round(peak, 1),
                   rss_before_eval_mb=round(rss_before, 1),
                   eval_extra_mb=round(peak - rss_before, 1), metrics=metrics)
-    if args.device.startswith('cuda'):
-        result['cuda_peak_mb'] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    if cuda is not None:
+        result['cuda_peak_mb'] = round(torch.cuda.max_memory_allocated(cuda) / 2 ** 20, 1)
     return result
 
 

@@ -68,7 +68,8 @@ class SymmetricInfoNCELoss(nn.Module):
     as a negative nor counted as a second positive. ``'keep'`` treats it as a negative,
     like the public reproduction and CLIP4Clip do. Without ``video_ids`` nothing is masked.
     ``video_ids`` may be given on the CPU with the features on an accelerator (they are
-    moved); then the check below costs no device read-back.
+    moved with ``non_blocking=True``: no wait for the device); then the check below costs
+    no device read-back.
 
     Degenerate batches: a batch (the global batch when gathering) of one pair, or whose
     pairs all belong to one video (``'mask'``), leaves every caption its own video as the
@@ -113,7 +114,10 @@ class SymmetricInfoNCELoss(nn.Module):
         if self.duplicate_videos != 'mask':
             video_ids = None                    # 'keep' never reads them: nothing to gather
         elif video_ids is not None and video_ids.device != video_emb.device:
-            video_ids = video_ids.to(video_emb.device)    # host-side ids (STANRetriever)
+            # host-side ids (STANRetriever): copied without waiting for the device (a
+            # blocking host-to-GPU copy synchronizes the stream, i.e. waits for the
+            # forward pass queued before it)
+            video_ids = video_ids.to(video_emb.device, non_blocking=True)
         with autocast_off(video_emb.device):                         # fp32 logits
             v = F.normalize(video_emb.float(), dim=-1)
             t = F.normalize(text_emb.float(), dim=-1)

@@ -347,7 +347,10 @@ class STANRetriever(BaseModel):
                              'dataset: test_mode=False)')
         video = self.encode_video(imgs)                                  # [N, E]
         text_emb = self.encode_text(torch.cat(groups))                   # [N, E]
-        scale = self.get_logit_scale().to(video.device)
+        # the fixed scale is made on the device: a CPU tensor moved there was a blocking
+        # host-to-GPU copy, i.e. a wait for the queued forward pass in every step
+        scale = (self.get_logit_scale().to(video.device) if self.learnable_temperature
+                 else torch.full((), 1.0 / self.temperature, device=video.device))
         # SymmetricInfoNCELoss takes the ids on the CPU (it moves them): it then sees on the
         # host whether the batch holds two videos or more (else its loss is exactly 0 and
         # it warns) without waiting for the device
