@@ -8,7 +8,6 @@ said nothing for any of these but ``num_frames`` and ``clip_arch``); the shipped
 the documented child configs stay silent and take effect as written.
 """
 import glob
-import importlib.util
 import os.path as osp
 import re
 
@@ -16,6 +15,7 @@ import pytest
 from mmengine.config import Config
 
 import stan_mm  # noqa: F401
+from stan_mm.testing import load_script
 from stan_mm.utils.cli import read_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -23,11 +23,7 @@ K400 = osp.join(REPO, 'configs', 'stan', 'k400_self_b16.py')
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'_child_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f'tools/{name}.py')
 
 
 def _write(tmp_path, text, name='my_config.py'):

@@ -15,6 +15,7 @@ from mmengine.config import Config
 import stan_mm  # noqa: F401
 from stan_mm.apis.video import (CropSizeError, check_config_crops, check_crop_fits,
                                 set_config_views)
+from stan_mm.testing import load_script
 from stan_mm.utils.cli import run_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -119,11 +120,7 @@ def test_views_that_make_a_threecrop_after_a_larger_resize_are_refused():
 @pytest.mark.parametrize('tool', ['train.py', 'test.py'])
 def test_tools_refuse_before_any_work(tmp_path, capsys, tool):
     """One line naming the config, the loader, both transforms and the fix; no work dir."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        '_crop_fits_' + tool[:-3], osp.join(REPO, 'tools', tool))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(osp.join('tools', tool))
     config = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
     work_dir = tmp_path / 'work'
     cfg = Config.fromfile(config)
@@ -147,3 +144,21 @@ def test_tools_refuse_before_any_work(tmp_path, capsys, tool):
     assert 'motion_stan_tiny.py' in lines[0] and 'dataloader.dataset.pipeline' in lines[0]
     assert f'scale=(-1, {size})' in lines[0]
     assert not work_dir.exists()
+
+
+def test_tools_test_py_leaves_the_val_pipeline_alone(tmp_path, capsys):
+    """``test.py`` runs the test split only: a crop that cannot fit in the val pipeline
+    (which ``train.py`` refuses) is not a reason to refuse a test run. The run gets past
+    the crop check and stops on the (fake) checkpoint instead."""
+    mod = load_script('tools/test.py')
+    config = osp.join(REPO, 'configs', 'quickstart', 'motion_stan_tiny.py')
+    pipeline = Config.fromfile(config).val_dataloader.dataset.pipeline
+    i = next(i for i, t in enumerate(pipeline) if t['type'] == 'CenterCrop')
+    option = f'val_dataloader.dataset.pipeline.{i}.crop_size={pipeline[i]["crop_size"] + 16}'
+    ckpt = tmp_path / 'ckpt.pth'
+    ckpt.write_bytes(b'not a checkpoint')
+    argv = [config, str(ckpt), '--work-dir', str(tmp_path / 'work'), '--cfg-options', option]
+    assert run_tool(lambda: mod.main(argv), 'test.py') == 2
+    err = capsys.readouterr().err
+    assert 'CropSizeError' not in err and 'val_dataloader' not in err, err
+    assert 'not a PyTorch checkpoint' in err, err

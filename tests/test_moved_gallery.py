@@ -206,3 +206,29 @@ def test_unreadable_videos_of_a_moved_folder_are_not_retried(setup, tmp_path):
         extract_features(setup['model'], str(tmp_path / 'third' / 'feats'), videos=names,
                          video_root=str(tmp_path / 'third' / 'videos'), key='other',
                          num_workers=0, progress=False, skip_bad=True, log=print)
+
+
+def test_a_cache_taken_over_meanwhile_is_left_alone(tmp_path, monkeypatch):
+    """Two searches of a moved gallery at once: the second chose the old folder, then the
+    first renamed it before the second took its lock. The second neither fails (the lock
+    made an empty folder at the old name, which a rename could not move onto the taken-over
+    one) nor leaves that empty folder behind."""
+    import stan_mm.apis.features as features
+    from stan_mm.apis.search import adopt_moved_cache
+    cache = tmp_path / 'cache'
+    old = cache / 'k-0000aaaa'
+    old.mkdir(parents=True)
+    (old / 'meta.json').write_text(json.dumps({'video_root': str(tmp_path / 'gone')}))
+    (old / 'videos.txt').write_text('v0.mp4\nv1.mp4\n')
+    out = cache / 'k-1111bbbb'
+    real_lock = features.folder_lock
+
+    def lock_after_the_other_search(path):
+        os.rename(old, out)          # the other search took it over first
+        return real_lock(path)
+    monkeypatch.setattr(features, 'folder_lock', lock_after_the_other_search)
+    lines = []
+    assert adopt_moved_cache(str(out), 'k', str(cache), str(tmp_path / 'new'),
+                             ['v0.mp4', 'v1.mp4'], log=lines.append) is None
+    assert os.listdir(cache) == ['k-1111bbbb'] and lines == []
+    assert sorted(os.listdir(out)) == ['meta.json', 'videos.txt']

@@ -14,6 +14,7 @@ was moved (``mv``, a drive mounted elsewhere) takes over the cache folder of its
 (:func:`adopt_moved_cache`), whose embeddings are then reused as for a moved gallery with
 the cache inside it.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -94,6 +95,12 @@ def adopt_moved_cache(out: str, key: str, cache: str, root: str, paths: Sequence
         return None
     from .features import folder_lock
     with folder_lock(best):      # not while another search writes it
+        # another search of the moved gallery may have taken it over meanwhile (the lock
+        # then made an empty folder at the old name: removed)
+        if osp.lexists(out) or not osp.isfile(osp.join(best, 'meta.json')):
+            with contextlib.suppress(OSError):
+                os.rmdir(best)
+            return None
         os.rename(best, out)
     log(f'gallery cache: {best} was made for the same videos at a place that no longer '
         f'exists; it is renamed to {out} and its {best_count} embeddings reused (the '

@@ -389,7 +389,8 @@ def check_crop_fits(pipeline: Sequence[dict], where: str = 'the test pipeline') 
 def check_config_crops(cfg, splits: Sequence[str] = ('val', 'test')) -> None:
     """:func:`check_crop_fits` on the pipelines of ``<split>_dataloader`` (those the config
     has): ``train.py`` checks before training, so that a crop which cannot fit fails now
-    rather than at the first validation, an epoch later."""
+    rather than at the first validation, an epoch later; ``test.py`` checks the test split
+    only (the one it runs)."""
     for split in splits:
         for dataset in dataset_cfgs(cfg.get(f'{split}_dataloader')):
             if hasattr(dataset, 'get') and dataset.get('pipeline'):

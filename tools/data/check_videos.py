@@ -137,7 +137,7 @@ def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, 
             _refuse_labelled_list(args.source, root, found)
         return [(v if osp.isabs(v) else osp.join(root, v), v, None) for v in found]
     from mmengine.registry import init_default_scope
-    from stan_mm.apis.video import dataset_cfg, split_items
+    from stan_mm.apis.video import dataset_cfg, dataset_cfgs, split_items
     from stan_mm.utils.cli import read_config
     inputs.append(args.config)
     cfg = read_config(args.config, '--config')
@@ -151,7 +151,8 @@ def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, 
             print(f'check_videos: {args.config} has no {split}_dataloader; skipped',
                   file=sys.stderr)
             continue
-        leaves = _leaf_datasets(loader.get('dataset'))
+        # (a loader without a dataset: split_items names it)
+        leaves = dataset_cfgs(loader) or [loader.get('dataset')]
         for k, leaf in enumerate(leaves):
             # each dataset of a ConcatDataset (through any wrappers) on its own
             one = cfg.copy()
@@ -171,20 +172,6 @@ def videos_of(args, inputs: Optional[List[str]] = None) -> List[Tuple[str, str, 
             videos += [(v, _name_under(v, prefix), init) for v in found
                        if not (v in seen or seen.add(v))]
     return videos
-
-
-def _leaf_datasets(dataset) -> list:
-    """The dataset configs of a dataloader's ``dataset`` that hold videos, in order: the
-    dataset itself, or each one a ``ConcatDataset`` (``datasets``) holds, through
-    wrappers (``dataset``)."""
-    if not isinstance(dataset, dict):
-        return [dataset]
-    if isinstance(dataset.get('datasets'), (list, tuple)):
-        return [leaf for d in dataset['datasets'] for leaf in _leaf_datasets(d)]
-    if 'pipeline' not in dataset and isinstance(dataset.get('dataset'), dict):
-        inner = _leaf_datasets(dataset['dataset'])
-        return [dict(dataset, dataset=d) for d in inner] if len(inner) > 1 else [dataset]
-    return [dataset]
 
 
 def _same_file(a: str, b: str) -> bool:
