@@ -14,6 +14,7 @@ from mmaction.registry import DATASETS
 
 from stan_mm.errors import ConfigValueError
 
+from .pipeline_context import PipelineContextMixin
 from .retrieval import RetrievalVideoTextDataset
 from .synthetic import generate_motion_dataset, load_video_records
 
@@ -49,7 +50,7 @@ def _twin_groups(dataset) -> List[List[int]]:
 
 
 @DATASETS.register_module()
-class SyntheticMotionDataset(VideoDataset):
+class SyntheticMotionDataset(PipelineContextMixin, VideoDataset):
     """Recognition on the synthetic motion benchmark (time-reversed class pairs).
 
     Args:

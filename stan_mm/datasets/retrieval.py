@@ -89,6 +89,7 @@ from mmaction.registry import DATASETS, HOOKS
 
 from stan_mm.errors import ConfigValueError
 
+from .pipeline_context import PipelineContextMixin
 from .readers import ANN_FORMATS, read_annotations
 from .readers_common import (AnnotationError, AnnotationPolicy, IssueLog, VideoEntry,
                              apply_missing_policy, check_missing_video, datasets_in)
@@ -374,7 +375,7 @@ def _warn_linked(entries: List[VideoEntry], root: Optional[str], ann_file: str) 
 
 
 @DATASETS.register_module()
-class RetrievalVideoTextDataset(BaseActionDataset):
+class RetrievalVideoTextDataset(PipelineContextMixin, BaseActionDataset):
     """Video-text retrieval dataset over the usual annotation formats.
 
     Args:

@@ -33,13 +33,14 @@ from mmaction.registry import DATASETS
 
 from .readers_common import (MAX_LISTED, AnnotationError, apply_missing_policy,
                              check_missing_video, head_lines, iter_text_lines, short_repr)
+from .pipeline_context import PipelineContextMixin
 from .retrieval import FolderIndex
 
 __all__ = ['CheckedVideoDataset']
 
 
 @DATASETS.register_module()
-class CheckedVideoDataset(VideoDataset):
+class CheckedVideoDataset(PipelineContextMixin, VideoDataset):
     """``VideoDataset`` (same arguments, same samples) whose list file is validated.
 
     Args:

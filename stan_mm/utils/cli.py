@@ -420,15 +420,34 @@ def is_user_error(exc: BaseException) -> bool:
             and ' ' in exc.args[0] and 'Traceback' not in exc.args[0])
 
 
+def _worker_message(exc: BaseException) -> Optional[str]:
+    """The original message of an error PyTorch re-raised from a DataLoader worker (its
+    text is "Caught X in DataLoader worker process N. Original Traceback ...", ending with
+    the line ``module.X: message``); None for other errors."""
+    text = str(exc.args[0]) if len(exc.args) == 1 else ''
+    if not text.startswith('Caught ') or 'Original Traceback' not in text:
+        return None
+    cls = type(exc)
+    for prefix in (f'{cls.__module__}.{cls.__qualname__}: ', f'{cls.__qualname__}: '):
+        at = text.rfind('\n' + prefix)
+        if at >= 0:
+            return text[at + 1 + len(prefix):].rstrip()
+    return None
+
+
 def describe(exc: BaseException) -> str:
     """The message to print: a video error re-raised from a DataLoader worker carries the
-    worker's traceback in its text; its file and reason are what the user needs. A
-    KeyError's message without the quotes its ``str()`` adds."""
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
+    worker's traceback in its text; its file and reason are what the user needs (of another
+    error re-raised so: its original message). A KeyError's message without the quotes its
+    ``str()`` adds."""
     filename, reason = getattr(exc, 'filename', None), getattr(exc, 'reason', None)
     if filename and reason and 'Traceback' in str(exc):
         return f'cannot read video file {filename!r}: {reason}'
+    original = _worker_message(exc)
+    if original is not None:
+        return original
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
     return str(exc)
 
 
@@ -1457,6 +1476,48 @@ def _arch_embed_dim(arch):
     return None
 
 
+def _arch_context_length(arch) -> Optional[int]:
+    """Token length C of a CLIP ``arch``'s text tower (name or clip_cfg dict; open_clip's
+    default 77 where a text_cfg does not say); None when the config does not say."""
+    arch = _plain(arch)
+    if isinstance(arch, str):
+        from stan_mm.models.clip.arch import arch_from_name
+        try:
+            arch = arch_from_name(arch)
+        except Exception:  # noqa: BLE001  (an unknown name: the model build names that)
+            return None
+    text = arch.get('text_cfg') if isinstance(arch, dict) else None
+    length = text.get('context_length', 77) if isinstance(text, dict) else None
+    return length if isinstance(length, int) and not isinstance(length, bool) else None
+
+
+def _check_caption_length(cfg, model, loaders) -> None:
+    """A ``CLIPBPETokenize`` step of one of ``loaders``' dataset pipelines that tokenizes
+    to more tokens than the retriever's CLIP text tower takes fails at the first batch of
+    that loader (for the validation loader: after a whole epoch of training)."""
+    limit = _arch_context_length(model.get('arch'))
+    if limit is None:
+        return
+    for loader in loaders:
+        node = cfg.get(loader)
+        path, ds = f'{loader}.dataset', node.get('dataset') if hasattr(node, 'get') else None
+        while (hasattr(ds, 'get') and 'pipeline' not in ds
+               and hasattr(ds.get('dataset'), 'get')):
+            path, ds = f'{path}.dataset', ds['dataset']
+        pipeline = ds.get('pipeline') if hasattr(ds, 'get') else None
+        for i, step in enumerate(pipeline if isinstance(pipeline, (list, tuple)) else ()):
+            if not hasattr(step, 'get') or _type_name(step) != 'CLIPBPETokenize':
+                continue
+            length = step.get('context_length', 77)
+            if isinstance(length, int) and length > limit:
+                raise ConfigOptionError(
+                    f'{path}.pipeline.{i}.context_length={length} (CLIPBPETokenize), but '
+                    f'the text tower of model.arch={_plain(model.get("arch"))!r} takes at '
+                    f'most {limit} tokens (its text_cfg.context_length): the first batch '
+                    f'of {loader} would fail. Set {path}.pipeline.{i}.context_length='
+                    f'{limit} or less')
+
+
 def _clip_owner(model):
     """``(config path, entry)`` where the video tower's CLIP ``arch`` is set: ``model`` for
     a ``STANRetriever`` (one CLIP for both towers), ``model.backbone`` for a
@@ -1635,7 +1696,9 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
     Raises:
         ConfigOptionError: the CLIPSTAN backbone's embedding width (read off its ``arch``)
             is not the classification head's ``in_channels`` (the head would fail at the
-            first batch).
+            first batch), or a ``STANRetriever``'s CLIP text tower (its ``arch``) takes
+            fewer tokens than a ``CLIPBPETokenize`` step of one of ``loaders``' pipelines
+            gives (the first batch of that loader would fail).
     """
     from stan_mm.utils.checkpoint_check import frame_sampler
     model = cfg.get('model')
@@ -1678,6 +1741,8 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
                 f'with --cfg-options changes nothing. The samplers\' clip_len takes '
                 f'effect: set it there (configs/stan/k400_self_b16_16f.py shows how), or '
                 f'set num_frames to the same value to silence this')
+    if owner is not None and not recognizer:
+        _check_caption_length(cfg, owner[1], loaders)
     if not recognizer:
         return
     backbone = owner[1]

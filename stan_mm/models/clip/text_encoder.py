@@ -131,7 +131,12 @@ class CLIPTextEncoder(BaseModule):
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f'token length {length} exceeds the context length '
-                             f'{self.context_length} of this CLIP text encoder')
+                             f'{self.context_length} of this CLIP text encoder (the '
+                             f'text_cfg.context_length of its CLIP arch or weights): tokenize '
+                             f'to at most {self.context_length} tokens, e.g. '
+                             f'CLIPBPETokenize(context_length={self.context_length}) in the '
+                             f'data pipeline or TextClassifierHead(context_length='
+                             f'{self.context_length})')
         vocab = int(self.token_embedding.num_embeddings)
         if _tracing():
             pass  # torch.compile / torch.export / jit tracing: no data-dependent branch

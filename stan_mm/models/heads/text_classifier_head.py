@@ -160,6 +160,12 @@ class TextClassifierHead(BaseHead):
                                    f'encoder outputs {out_dim}-d embeddings; use the text tower of '
                                    f'the same CLIP as the backbone (model.cls_head.text_encoder '
                                    f'arch/pretrained) and its width as model.cls_head.in_channels')
+        limit = getattr(self.text_encoder, 'context_length', None)
+        if isinstance(limit, int) and isinstance(context_length, int) and context_length > limit:
+            raise ConfigValueError(f'TextClassifierHead: context_length={context_length} but the '
+                                   f'text encoder takes at most {limit} tokens (the '
+                                   f'text_cfg.context_length of model.cls_head.text_encoder\'s '
+                                   f'CLIP); set model.cls_head.context_length={limit}')
         self.dropout = nn.Dropout(dropout_ratio) if dropout_ratio > 0 else None
 
         self.learnable_temperature = learnable_temperature
