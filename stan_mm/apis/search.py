@@ -72,6 +72,7 @@ def adopt_moved_cache(out: str, key: str, cache: str, root: str, paths: Sequence
     own cache)."""
     if osp.lexists(out) or not osp.isdir(cache):
         return None
+    from .features import folder_lock, read_lines
     mine = {p for p in paths if not osp.isabs(p)}
     pattern = re.compile(re.escape(key) + r'-[0-9a-f]{8}')
     best, best_count = None, 0
@@ -82,8 +83,7 @@ def adopt_moved_cache(out: str, key: str, cache: str, root: str, paths: Sequence
         try:
             with open(osp.join(folder, 'meta.json'), encoding='utf-8') as f:
                 old_root = json.load(f).get('video_root')
-            with open(osp.join(folder, 'videos.txt'), encoding='utf-8') as f:
-                rows = f.read().split('\n')[:-1]
+            rows = read_lines(osp.join(folder, 'videos.txt'))
         except (OSError, ValueError, AttributeError):
             continue           # unfinished or damaged: not a gallery's cache to take over
         if not isinstance(old_root, str) or osp.exists(old_root) or not rows:
@@ -93,7 +93,6 @@ def adopt_moved_cache(out: str, key: str, cache: str, root: str, paths: Sequence
             best, best_count = folder, count
     if best is None:
         return None
-    from .features import folder_lock
     with folder_lock(best):      # not while another search writes it
         # another search of the moved gallery may have taken it over meanwhile (the lock
         # then made an empty folder at the old name: removed)

@@ -49,13 +49,8 @@ def _accelerator_available() -> bool:
 def _cpu_backend(backend: str, init_backend: str) -> str:
     """The backend to use without an accelerator (``nccl`` -> ``gloo``)."""
     if backend == 'nccl':
-        from stan_mm.utils.cli import is_first_rank, log_later
-        if is_first_rank():      # (every rank switches; one line says so)
-            message = ('CUDA is not available: using the gloo backend instead of nccl '
-                       '(env_cfg.dist_cfg.backend, which the config dump and the config '
-                       'copied to the work dir still show)')
-            warnings.warn(message)
-            log_later(message)   # (the run's log file: tools/train.py, tools/test.py)
+        _say_gloo('env_cfg.dist_cfg.backend, which the config dump and the config copied '
+                  'to the work dir still show')
         backend = 'gloo'
     if init_backend != 'torch':
         raise RuntimeError(
@@ -74,13 +69,18 @@ def cpu_config_backend(cfg) -> bool:
             or _accelerator_available()):
         return False
     cfg.env_cfg.dist_cfg.backend = 'gloo'
+    _say_gloo('env_cfg.dist_cfg.backend is gloo in the config of this run')
+    return True
+
+
+def _say_gloo(note: str) -> None:
+    """The one line (first rank; every rank switches) saying that nccl became gloo, as a
+    warning and in the run's log file (tools/train.py, tools/test.py)."""
     from stan_mm.utils.cli import is_first_rank, log_later
     if is_first_rank():
-        message = ('CUDA is not available: using the gloo backend instead of nccl '
-                   '(env_cfg.dist_cfg.backend is gloo in the config of this run)')
+        message = f'CUDA is not available: using the gloo backend instead of nccl ({note})'
         warnings.warn(message)
         log_later(message)
-    return True
 
 
 def _first_slurm_host(node_list: str) -> str:

@@ -5,7 +5,7 @@ mmengine's ``Compose`` lets a transform's ``KeyError`` out as is: ``KeyError:
 that a pipeline step is missing or in the wrong order. :class:`PipelineContextMixin` runs the
 same steps in the same way (a step returning ``None`` ends the pipeline with ``None``) and
 turns a ``KeyError`` for one of the keys the video steps make (:data:`KEY_SOURCES`) that
-the results did not have when the step started into a
+the results do not hold into a
 :class:`~stan_mm.errors.PipelineKeyError` naming the dataset, the sample index, the video
 file, the step and the steps that make the key. Other errors (a ``KeyError`` of a lookup
 inside a step included) pass through unchanged.
@@ -47,12 +47,13 @@ def run_pipeline(pipeline, data, idx: int, dataset: str, test_mode: bool = False
         return pipeline(data)
     video = data.get('filename') if isinstance(data, dict) else None
     for i, step in enumerate(steps):
-        before = set(data) if isinstance(data, dict) else None
         try:
             data = step(data)
         except KeyError as exc:
+            # (checked on the failing step's input, not copied before every step: the
+            # steps read and add keys, so a key missing now was missing when it started)
             key = exc.args[0] if len(exc.args) == 1 else None
-            if before is None or key not in KEY_SOURCES or key in before:
+            if not isinstance(data, dict) or key not in KEY_SOURCES or key in data:
                 raise
             raise PipelineKeyError(
                 _message(steps, i, key, idx, dataset, video, test_mode)) from exc

@@ -114,7 +114,7 @@ def _first_five(items) -> str:
     return ', '.join(map(str, items[:5])) + (', ...' if len(items) > 5 else '')
 
 
-def check_features_finite(samples: Dict[int, dict], order: Sequence[int]) -> None:
+def check_features_finite(samples: Dict[tuple, dict], order: Sequence[tuple]) -> None:
     """Raise when a sample's ``video_feature`` or ``text_feature`` holds NaN or inf,
     naming the samples (``sample_idx`` and file).
 
@@ -127,8 +127,7 @@ def check_features_finite(samples: Dict[int, dict], order: Sequence[int]) -> Non
                  if not bool(torch.isfinite(item[key]).all())]
         if parts:
             name = f' {item["filename"]!r}' if item.get('filename') else ''
-            bad.append(f'sample_idx {i[0] if isinstance(i, tuple) else i}{name}: '
-                       f'{" and ".join(parts)}')
+            bad.append(f'sample_idx {i[0]}{name}: {" and ".join(parts)}')
     if bad:
         raise ValueError(
             f'RetrievalRecallMetric: {len(bad)} of {len(order)} test samples have features '
