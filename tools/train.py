@@ -203,14 +203,25 @@ class StartCheckpointHook(Hook):
     that does not fit, and a ``load_from`` that fits only in part in the backbone (unless
     ``partial``), stop the run naming the differences; the other differences of a
     ``load_from`` (a new classification layer, a tower the checkpoint lacks) are logged as
-    a WARNING, in the run's log file too."""
+    a WARNING, in the run's log file too.
+
+    A checkpoint saved by mmengine's ``EMAHook`` (averaged weights in ``state_dict``, the
+    last step's in ``ema_state_dict``): a ``load_from`` run starts from the averaged ones
+    (logged); a resume by a run without ``EMAHook`` goes on from the last step's, which
+    the checkpoint's optimizer state belongs to (mmengine loaded the averaged ones in
+    their place; a WARNING says that the averaging stops). With ``EMAHook`` the hook
+    itself swaps them back, as before."""
     priority = 'VERY_HIGH'      # before any hook that uses the loaded state (EMAHook)
 
     def __init__(self, partial: bool = False):
         self.partial = partial
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
-        from stan_mm.utils.checkpoint_check import check_training_start
+        from mmengine.hooks import EMAHook
+
+        from stan_mm.utils.checkpoint_check import (check_training_start,
+                                                    ema_checkpoint_note,
+                                                    swap_in_raw_weights)
         resume = bool(getattr(runner, '_resume', False))
         name = runner.cfg.get('load_from')
         if not name and resume:
@@ -220,6 +231,20 @@ class StartCheckpointHook(Hook):
                                        resume=resume, partial=self.partial)
         if message:
             runner.logger.warning(message)
+        if not resume:
+            note = ema_checkpoint_note(checkpoint, f'load_from {name}',
+                                       'is what the run starts from')
+            if note:
+                runner.logger.info(note)
+        elif (not any(isinstance(h, EMAHook) for h in runner.hooks)
+              and swap_in_raw_weights(checkpoint)):
+            runner.logger.warning(
+                f'--resume {name or "CKPT"}: the checkpoint was saved by EMAHook and this '
+                f'config has no EMAHook: the run goes on from the weights of the last '
+                f'training step (its ema_state_dict; the optimizer state belongs to them), '
+                f'not from the moving average in its state_dict, and no average is kept '
+                f'any more. To go on averaging, resume with the EMAHook of the run that '
+                f'saved it (custom_hooks)')
 
 
 class ResumeCheckHook(Hook):

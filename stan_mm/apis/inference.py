@@ -116,10 +116,13 @@ def drop_missing_clip_weights(model_cfg: dict, guessed: Optional[List[str]] = No
     return changed
 
 
-def _read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+def _read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict],
+                                                Optional[dict]]:
     """The model weights of an mmengine checkpoint (``{'state_dict': ...}``) or of a plain
-    state dict file, ``module.`` prefixes (DDP) removed, and the checkpoint's ``meta``
-    (None if it has none). Loaded weights-only."""
+    state dict file, ``module.`` prefixes (DDP) removed, the checkpoint's ``meta`` (None if
+    it has none) and its ``ema_state_dict`` (None if it has none: a checkpoint saved by
+    ``EMAHook`` holds the averaged weights in ``state_dict``, which are the ones returned).
+    Loaded weights-only."""
     from stan_mm.compat import safe_torch_load
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
@@ -132,7 +135,9 @@ def _read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Optional
                              f'tools/train.py)')
     sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()
           if isinstance(v, torch.Tensor)}
-    return sd, meta if isinstance(meta, dict) else None
+    ema = obj.get('ema_state_dict') if isinstance(obj, dict) else None
+    return (sd, meta if isinstance(meta, dict) else None,
+            ema if isinstance(ema, dict) else None)
 
 
 def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
@@ -144,12 +149,17 @@ def load_weights(model: nn.Module, checkpoint: str, allow_missing: bool = False,
     checkpoint was trained on: :func:`stan_mm.utils.checkpoint_check.
     check_checkpoint_fits`, the check of ``tools/test.py``).
     ``allow_missing`` tolerates missing weights (they keep their initial values). The
-    checkpoint's ``meta`` (None without one) is kept as ``model.checkpoint_meta``."""
+    checkpoint's ``meta`` (None without one) is kept as ``model.checkpoint_meta``. Of a
+    checkpoint saved by ``EMAHook`` the averaged weights (its ``state_dict``) are loaded,
+    and a line of the log says so."""
     from stan_mm.utils.checkpoint_check import (CheckpointMismatchError,
                                                 check_checkpoint_fits)
-    sd, meta = _read_checkpoint(checkpoint)
+    sd, meta, ema = _read_checkpoint(checkpoint)
+    read = {'state_dict': sd, 'meta': meta}
+    if ema is not None:       # an EMAHook checkpoint: the check says which weights load
+        read['ema_state_dict'] = ema
     try:
-        check_checkpoint_fits(model, {'state_dict': sd, 'meta': meta}, name=checkpoint,
+        check_checkpoint_fits(model, read, name=checkpoint,
                               allow_missing=('.', ) if allow_missing else (),
                               model_cfg=model_cfg, config=config)
     except CheckpointMismatchError as e:

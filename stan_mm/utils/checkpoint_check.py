@@ -21,7 +21,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 __all__ = ['CheckpointMismatchError', 'checkpoint_state_dict', 'compare_state_dicts',
-           'check_checkpoint_fits', 'check_training_start']
+           'check_checkpoint_fits', 'check_training_start', 'ema_checkpoint_note',
+           'swap_in_raw_weights']
 
 _MAX_GROUPS = 12
 _BRANCH_LAYER = re.compile(r'(?:^|\.)branch\.layers\.(\d+)\.')
@@ -57,6 +58,51 @@ def checkpoint_state_dict(checkpoint, revise_keys: Sequence[Tuple[str, str]] = _
             key = re.sub(pattern, repl, key)
         out[key] = value
     return out
+
+
+def _ema_state(checkpoint) -> Optional[Mapping]:
+    """The ``ema_state_dict`` of a checkpoint saved by mmengine's ``EMAHook``, else None."""
+    ema = checkpoint.get('ema_state_dict') if isinstance(checkpoint, Mapping) else None
+    return ema if isinstance(ema, Mapping) else None
+
+
+def ema_checkpoint_note(checkpoint, name: str, use: str = 'is what is loaded'
+                        ) -> Optional[str]:
+    """A line saying which weights of a checkpoint saved by mmengine's ``EMAHook`` are
+    used; None for any other checkpoint.
+
+    ``EMAHook`` swaps the two sets when it saves: ``state_dict`` holds the exponential
+    moving average of the weights (what every tool reads: ``tools/test.py``,
+    ``load_from``, the inference API, the converters) and ``ema_state_dict`` the weights
+    of the last training step (keys ``module.<name>``, plus ``steps``), which only a
+    resumed run reads. ``use``: what becomes of ``state_dict`` here."""
+    ema = _ema_state(checkpoint)
+    if ema is None:
+        return None
+    steps = ema.get('steps')
+    count = (f' of {int(steps)} updates' if isinstance(steps, torch.Tensor)
+             and steps.numel() == 1 else '')
+    return (f'{name} was saved by EMAHook: its state_dict holds the moving average{count} '
+            f'of the weights and {use}; the weights of the last training step are in its '
+            f'ema_state_dict, which only a resumed run reads (docs/weights.md, "EMA '
+            f'checkpoints")')
+
+
+def swap_in_raw_weights(checkpoint: dict) -> int:
+    """Put the weights of the last training step of an ``EMAHook`` checkpoint (its
+    ``ema_state_dict``) into its ``state_dict`` and the averaged ones into
+    ``ema_state_dict``, in place, as ``EMAHook`` does when a run that has it resumes.
+    Returns the number of weights swapped (0 for a checkpoint without
+    ``ema_state_dict``)."""
+    ema, state = _ema_state(checkpoint), checkpoint.get('state_dict')
+    if ema is None or not isinstance(state, dict):
+        return 0
+    swapped = 0
+    for key in list(ema):
+        if key.startswith('module.') and key[7:] in state:
+            ema[key], state[key[7:]] = state[key[7:]], ema[key]
+            swapped += 1
+    return swapped
 
 
 def compare_state_dicts(model_state: Mapping[str, torch.Tensor],
@@ -128,6 +174,13 @@ def _hints(model_keys: List[str], ckpt_keys: List[str],
         hints.append('the model has a classification head (cls_head.*) that the checkpoint '
                      'lacks: it is not a recognition checkpoint of this model (retrieval or '
                      'backbone only?)')
+    if (any(k.startswith('text_backbone.') for k in ckpt_keys)
+            and any(k.startswith('cls_head.text_encoder.') for k in model_keys)
+            and not any(k.startswith('cls_head.text_encoder.') for k in ckpt_keys)):
+        hints.append('the checkpoint\'s text tower (text_backbone.*, a retrieval checkpoint) '
+                     'has other names than the text head\'s (cls_head.text_encoder.*): '
+                     'tools/convert/stan_public_to_mm.py CKPT OUT --to recognition renames '
+                     'it (docs/weights.md)')
     m_depth, c_depth = _branch_depth(model_keys), _branch_depth(ckpt_keys)
     if m_depth != c_depth and (m_depth or c_depth):
         hints.append(f'the checkpoint has a STAN branch of depth {c_depth or 0} and the model '
@@ -490,6 +543,10 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, *,
                       f'--cfg-options "{prompts[0].split(":")[0]}=<the checkpoint\'s list>"'
                       f' (a zero-shot test with other prompts may mean it)',
                       logger='current', level=logging.WARNING)
+        ema = ema_checkpoint_note(checkpoint, f'checkpoint {name}', 'is what is loaded here')
+        if ema:
+            from mmengine.logging import print_log
+            print_log(ema, logger='current')
         frames = untrained_frames_warning(model, checkpoint, config, name)
         if frames:
             import logging

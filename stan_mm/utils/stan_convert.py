@@ -35,6 +35,11 @@ missing (spatial or temporal layer) cannot be stacked: ``KeyError`` naming the m
 keys. The public reproduction's conv temporal module was never defined, so only
 ``temporal_module='attn'`` checkpoints exist; stan-mm weights without a public
 counterpart (``level_proj``, conv modules) are reported as unmapped by the exporter.
+
+A retrieval checkpoint (stan-mm or public layout) also converts into the checkpoint of a
+recognizer with a text-classifier head, its text tower becoming the head's
+(:func:`retrieval_to_recognition`: ``backbone.*`` kept, ``text_backbone.*`` ->
+``cls_head.text_encoder.*``).
 """
 import os.path as osp
 from dataclasses import dataclass, field
@@ -52,6 +57,8 @@ Tensor = torch.Tensor
 
 VIDEO_PREFIX = 'backbone.'
 TEXT_PREFIX = 'text_backbone.'
+#: where a recognizer's text-classifier head (TextClassifierHead) keeps its text tower
+HEAD_TEXT_PREFIX = 'cls_head.text_encoder.'
 
 # public (under backbone.) -> stan-mm (under backbone.), tensors copied unchanged
 _VISION_PLAIN = {
@@ -227,6 +234,77 @@ def mm_to_public(state_dict: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor],
     return out, ConversionReport(unmapped=[k for k in state_dict if k not in consumed])
 
 
+def retrieval_to_recognition(state_dict: Mapping[str, Tensor]
+                             ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+    """Retrieval state dict (stan-mm :class:`~stan_mm.models.retrievers.STANRetriever`, or
+    the public layout, converted first by :func:`public_to_mm`) -> the state dict of a
+    recognizer with a text-classifier head (``Recognizer3D`` + ``CLIPSTAN`` +
+    ``TextClassifierHead``, the recognition configs' model)::
+
+        backbone.*            backbone.*                     (the same CLIPSTAN names)
+        text_backbone.<k>     cls_head.text_encoder.<k>      (the same CLIPTextEncoder)
+
+    The class embeddings of the head are computed from the class names by that text
+    tower (nothing else of the head is stored, unless it learns its temperature), so a
+    class prompt is embedded as the retriever embedded the same text. A learned
+    ``logit_scale`` of the retriever is not carried (the report names the
+    ``model.cls_head.temperature`` it stands for); any other key is reported as unmapped.
+
+    Raises:
+        ValueError: a state dict that is a recognizer's already (``cls_head.*``), that
+            holds no video tower, or no text tower (the backbone alone needs no conversion:
+            ``load_from`` takes it as it is).
+    """
+    source = 'stan-mm retrieval'
+    if any(k.startswith('cls_head.') for k in state_dict):
+        raise ValueError('it holds cls_head.* weights: a recognition checkpoint already '
+                         '(use it as load_from as it is)')
+    report = ConversionReport()
+    if not any(k.startswith(VIDEO_PREFIX + 'visual.') for k in state_dict):
+        kept = {k: state_dict[k] for k in ('logit_scale', ) if k in state_dict}
+        state_dict, public = public_to_mm(state_dict)       # the public layout?
+        state_dict.update(kept)                             # (CLIP's name in both layouts)
+        report.unmapped = [k for k in public.unmapped if k not in kept]
+        report.dropped = public.dropped
+        source = 'public STAN (converted with public_to_mm first)'
+        if not any(k.startswith(VIDEO_PREFIX + 'visual.') for k in state_dict):
+            sample = ', '.join(list(state_dict)[:5])
+            raise ValueError(f'no video tower found (expected {VIDEO_PREFIX}visual.* of '
+                             f'stan-mm or the public layout\'s {VIDEO_PREFIX}layers.N.*): '
+                             f'not a STAN retrieval checkpoint (it starts with: {sample})')
+    if not any(k.startswith(TEXT_PREFIX) for k in state_dict):
+        raise ValueError(f'no text tower ({TEXT_PREFIX}*) found: nothing to give the text '
+                         f'head. A backbone alone needs no conversion: load_from takes '
+                         f'its {VIDEO_PREFIX}* weights as they are')
+
+    def renamed(key: str) -> str:
+        return HEAD_TEXT_PREFIX + key[len(TEXT_PREFIX):] if key.startswith(TEXT_PREFIX) \
+            else key
+    out: Dict[str, Tensor] = {}
+    scale = None
+    for key, value in state_dict.items():
+        if key.startswith((VIDEO_PREFIX, TEXT_PREFIX)):
+            out[renamed(key)] = value
+        elif key == 'logit_scale' and isinstance(value, Tensor) and value.numel() == 1:
+            scale = float(value.float().exp())
+        else:
+            report.unmapped.append(key)
+    report.missing = [renamed(k) for k in missing_mm_keys(state_dict)]
+    report.info = {
+        'source layout': source,
+        'CLIP vision blocks': len(layer_indices(out, VIDEO_PREFIX
+                                                + 'visual.transformer.resblocks.')),
+        'STAN depth (branch layers)': len(layer_indices(out, VIDEO_PREFIX + 'branch.layers.')),
+        'text tower blocks (-> cls_head.text_encoder)':
+            len(layer_indices(out, HEAD_TEXT_PREFIX + 'transformer.resblocks.'))}
+    if scale is not None:
+        report.info['retrieval logit scale (not carried)'] = (
+            f'{scale:.4g}; the text head scores with 1 / model.cls_head.temperature (0.01 '
+            f'in the configs): --cfg-options model.cls_head.temperature={1 / scale:.4g} '
+            f'to score with it')
+    return out, report
+
+
 def _state_dict_of(ckpt) -> Dict[str, Tensor]:
     if isinstance(ckpt, Mapping) and 'state_dict' in ckpt:
         ckpt = ckpt['state_dict']
@@ -299,6 +377,45 @@ def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
     return report
 
 
+def _note_ema(ckpt, report: ConversionReport) -> None:
+    """Say in ``report`` which weights of a checkpoint saved by mmengine's ``EMAHook`` were
+    converted: its ``state_dict``, the moving average (``ema_state_dict``, the weights of
+    the last training step, is left out)."""
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get('ema_state_dict'), Mapping):
+        report.info['EMAHook checkpoint'] = ('its state_dict, the moving average of the '
+                                             'weights, is converted (the last training '
+                                             'step\'s, ema_state_dict, are left out)')
+
+
+def convert_to_recognition(in_path: str, out_path: str, trust: bool = False
+                           ) -> ConversionReport:
+    """Read a retrieval checkpoint (stan-mm or public layout), write the checkpoint of a
+    recognizer with a text-classifier head (:func:`retrieval_to_recognition`;
+    ``{'meta': {...}, 'state_dict': {...}}``), return the report. ``module.`` prefixes
+    (DDP) are removed first.
+
+    Raises ``ValueError`` (naming ``in_path``) for a checkpoint that
+    :func:`retrieval_to_recognition` refuses, or when ``out_path`` is ``in_path``. The
+    file is written atomically (:func:`save_atomic`); an existing ``out_path`` is
+    replaced."""
+    from stan_mm.compat import safe_torch_load
+    check_not_input(in_path, out_path)
+    ckpt = safe_torch_load(in_path, map_location='cpu', trust=trust)
+    sd = {(k[7:] if k.startswith('module.') else k): v
+          for k, v in _state_dict_of(ckpt).items()}
+    try:
+        out, report = retrieval_to_recognition(sd)
+    except ValueError as e:
+        raise ValueError(f'{in_path}: {e}') from None
+    _note_ema(ckpt, report)
+    save_atomic({'meta': {'converted_from': str(in_path),
+                          'converter': 'stan_mm.utils.stan_convert.retrieval_to_recognition',
+                          'unmapped_keys': report.unmapped,
+                          'missing_keys': report.missing},
+                 'state_dict': out}, out_path)
+    return report
+
+
 def export_public_checkpoint(state_dict: Mapping[str, Tensor], out_path: str,
                              source: str = 'the state dict') -> ConversionReport:
     """Write a stan-mm state dict in the public STAN layout (mmengine checkpoint).
@@ -314,6 +431,7 @@ def export_public_checkpoint(state_dict: Mapping[str, Tensor], out_path: str,
                          f'with: {sample}). A checkpoint in the public layout converts the '
                          f'other way: drop --export.')
     out, report = mm_to_public(sd)
+    _note_ema(state_dict, report)
     save_atomic({'meta': {'converter': 'stan_mm.utils.stan_convert.mm_to_public',
                           'unmapped_keys': report.unmapped}, 'state_dict': out}, out_path)
     return report
