@@ -12,7 +12,10 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 error names the installed transformers and the version VindLU needs.
 ``pkg_resources`` setuptools >= 82 removed it; mmengine uses three of its functions
                 to resolve ``mmaction::`` base configs. A shim over
-                ``importlib.metadata`` is installed only when it cannot be imported.
+                ``importlib.metadata`` is installed only when it cannot be found
+                (nothing is imported to tell). The real one is left to mmengine to
+                import when it needs it, its "pkg_resources is deprecated" warning
+                ignored by a ``sys.meta_path`` finder for that name only.
 ``checkpoint``  torch >= 2.6 loads with ``weights_only=True``; mmengine checkpoints
                 hold ``HistoryBuffer`` and numpy objects. They are allow-listed, and a
                 checkpoint that needs anything else is refused with a message naming
@@ -75,8 +78,17 @@ is covered by a test in ``tests/test_compat.py`` that fails without it:
                 than one batch with ``drop_last=True``, or an empty one) is refused
                 when mmengine's ``EpochBasedTrainLoop`` or ``IterBasedTrainLoop`` is
                 built, in one line with the sizes and the fix; mmengine failed on a
-                bare assertion, trained nothing, or raised ``StopIteration`` (see
-                :mod:`stan_mm.compat.empty_loader`).
+                bare assertion, trained nothing, or raised ``StopIteration``.
+                Distributed, every rank refuses it when any rank's shard has no batch
+                (one all-gather of the counts), and an epoch loop whose ranks have
+                different numbers of batches (see :mod:`stan_mm.compat.empty_loader`;
+                the DDP test is in ``tests/test_wrapper_resume.py``).
+``iter_loop_order`` (found in review) mmengine's ``IterBasedTrainLoop`` resumed with
+                ``randomness.seed`` unset gives its training sampler (``InfiniteSampler``,
+                ``DefaultSampler``) the interrupted run's seed back, recorded in every
+                checkpoint; mmengine built it with the new run's seed, so the resumed
+                run trained other samples (see :mod:`stan_mm.compat.iter_loop_order`; its
+                test is in ``tests/test_wrapper_resume.py``).
 ``macos``       (found in review) ``env_cfg.mp_cfg.mp_start_method='fork'`` (the configs')
                 becomes ``spawn`` on macOS, where forking a threaded process is not
                 safe, with a WARNING (see :mod:`stan_mm.compat.macos`).
@@ -88,6 +100,7 @@ from .checkpoint import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa:
 from .decord_fork import apply_decord_fork_fix  # noqa: F401
 from .default_hooks import apply_default_hooks_fix  # noqa: F401
 from .empty_loader import apply_empty_loader_fix  # noqa: F401
+from .iter_loop_order import apply_iter_loop_order_fix  # noqa: F401
 from .dist import apply_dist_fix  # noqa: F401
 from .fileclient_log import apply_fileclient_log_fix  # noqa: F401
 from .macos import apply_macos_fix  # noqa: F401
@@ -118,6 +131,7 @@ def apply_all() -> None:
     apply_fileclient_log_fix()
     apply_default_hooks_fix()
     apply_empty_loader_fix()
+    apply_iter_loop_order_fix()
     apply_macos_fix()
     from . import optim  # noqa: F401  (registers AutoAmpOptimWrapper)
     _APPLIED = True

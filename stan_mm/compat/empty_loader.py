@@ -12,6 +12,17 @@ now raise :class:`~stan_mm.engine.loops.EmptyTrainDataloaderError` when they are
 before the runner builds the schedulers, with the sizes and the fix in one line
 (:func:`~stan_mm.engine.loops.refuse_empty_train_loader`). A DataLoader without a length
 (an iterable dataset) is left alone.
+
+Distributed, a shard without a batch on some ranks only (``DefaultSampler(round_up=False)``
+with fewer samples than ranks; ``drop_last`` with fewer samples on a rank than a batch) was
+refused on those ranks alone; the others went on and waited for them at their first
+collective (with NCCL, a hang). The ranks now exchange their samples and batches per epoch
+(one all-gather of two integers, when the loop is built) and all raise the same error,
+naming the ranks without a batch, every rank's counts and the training set (its dataset
+and annotation files, also inside ``ConcatDataset`` / ``RepeatDataset``). Under an epoch
+loop, ranks with different numbers of batches per epoch are refused as well
+(:class:`~stan_mm.engine.loops.UnevenTrainDataloaderError`): the ranks' gradient
+synchronizations would no longer pair up.
 """
 import functools
 
@@ -25,7 +36,8 @@ def _refuses_empty_loader(init):
     def __init__(self, *args, **kwargs):
         init(self, *args, **kwargs)
         from stan_mm.engine.loops import refuse_empty_train_loader   # (compat comes first)
-        refuse_empty_train_loader(self.dataloader)
+        refuse_empty_train_loader(self.dataloader,
+                                  epoch_based=isinstance(self, EpochBasedTrainLoop))
 
     setattr(__init__, _MARK, True)
     return __init__

@@ -124,6 +124,7 @@ from torch.utils.data import BatchSampler, SequentialSampler
 from stan_mm.compat.worker_shutdown import seeding_partial, set_worker_seed
 
 ORDER_KEY = 'stan_mm_train_order'   # message hub (runtime info, saved in checkpoints)
+ITER_ORDER_KEY = 'stan_mm_iter_order'   # the same, of mmengine's IterBasedTrainLoop
 _OWN_SCALE = object()   # ResumableEpochBasedTrainLoop._carried_lr_scale: this run's factor
 #: in the work dir: the checkpoint whose epoch's validation last finished (see
 #: ResumableEpochBasedTrainLoop._plan_validation)
@@ -255,8 +256,17 @@ def epoch_restart_text(done: Optional[int] = None) -> str:
 
 class EmptyTrainDataloaderError(ValueError):
     """The training DataLoader yields no batch (a training set smaller than one batch with
-    ``drop_last=True``, or an empty one): refused when the training loop is built, with the
-    sizes and the fix, in one line (a user error of the tools)."""
+    ``drop_last=True``, or an empty one; distributed: on any rank): refused when the
+    training loop is built, on every rank, with the sizes and the fix, in one line (a user
+    error of the tools)."""
+
+
+class UnevenTrainDataloaderError(ValueError):
+    """Distributed, the ranks' training DataLoaders yield different numbers of batches per
+    epoch (a sampler that does not pad the shards to the same length, e.g.
+    ``DefaultSampler(round_up=False)``): refused when an epoch-based training loop is
+    built, on every rank, with each rank's samples and batches and the fix (a user error of
+    the tools)."""
 
 
 def loader_sampler(dataloader):
@@ -284,40 +294,198 @@ def loader_drop_last(dataloader) -> Optional[bool]:
     return value if isinstance(value, bool) else None
 
 
-def refuse_empty_train_loader(dataloader) -> None:
+def restore_iter_loop_sampler_seed(loop) -> None:
+    """Called when mmengine's ``IterBasedTrainLoop`` starts
+    (:mod:`stan_mm.compat.iter_loop_order`): give the training sampler the seed of the run
+    that saved the checkpoint it resumes from, and record this run's in the message hub
+    (hence in every checkpoint).
+
+    With ``randomness.seed`` unset, mmengine draws a new seed per run and builds the
+    sampler with it before the checkpoint is loaded (the runner gets the checkpoint's seed
+    back, the sampler does not): an ``InfiniteSampler`` resumed at iteration ``n`` then
+    went on in another order than the interrupted run's, and a ``DefaultSampler`` mixed
+    two orders in the pass it was resumed in (samples of that pass seen twice, others not
+    at all). mmengine's loop advances its iterator by loading the ``n`` batches it skips,
+    so with the seed given back the resumed run trains the interrupted run's samples from
+    iteration ``n + 1`` on. Given back where the sampler's order is a function of its seed
+    (``InfiniteSampler``, or what :func:`has_reproducible_order` accepts) and the world
+    size is the checkpoint's (other shards otherwise); a sampler not known to be such a
+    function is left alone, with a warning."""
+    from mmengine.dataset import InfiniteSampler
+    runner = loop.runner
+    hub = runner.message_hub
+    sampler = loader_sampler(loop.dataloader)
+    seed = getattr(sampler, 'seed', None)
+    saved = hub.get_info(ITER_ORDER_KEY)
+    old = saved.get('sampler_seed') if isinstance(saved, dict) else None
+    world_size = get_world_size()
+    name = f'{type(sampler).__module__}.{type(sampler).__name__}'
+    if (loop.iter > 0 and isinstance(old, int) and isinstance(seed, int) and old != seed
+            and saved.get('world_size') == world_size):
+        if isinstance(sampler, InfiniteSampler) or has_reproducible_order(sampler):
+            drawn, sampler.seed = seed, old
+            seed = old
+            if isinstance(sampler, InfiniteSampler):
+                # (its index stream reads the seed when it starts: not started yet, since
+                # the endless iterator starts the DataLoader at the first batch)
+                sampler.indices = sampler._indices_of_rank()
+            runner.logger.info(
+                f'IterBasedTrainLoop: {type(sampler).__name__} seed set back to {old} (the '
+                f'checkpoint\'s; this run drew {drawn}) so that the resumed run draws the '
+                'interrupted run\'s order')
+        else:
+            runner.logger.warning(
+                f'IterBasedTrainLoop: resumed at iteration {loop.iter}, but the sampler '
+                f'{name} is not known to draw its order from its seed, so the seed of the '
+                f'interrupted run ({old}) is not given back: the resumed run trains other '
+                'samples than the interrupted run would have. Set randomness.seed (--seed) '
+                'for a sampler seeded from it, or reproducible_order = True on the sampler '
+                'class if its order is a function of its seed')
+    hub.update_info(ITER_ORDER_KEY, dict(sampler_seed=seed if isinstance(seed, int) else None,
+                                         world_size=world_size,
+                                         sampler=type(sampler).__name__))
+
+
+def train_data_name(dataset) -> str:
+    """What the training set is, for messages: ``'VideoDataset (ann_file=train.txt)'``; a
+    wrapper names the datasets it holds, in order (``'ConcatDataset of [VideoDataset
+    (ann_file=a.txt), VideoDataset (ann_file=b.txt)]'``, ``'RepeatDataset of
+    VideoDataset (...)'``); ``''`` for a plain list or tuple of samples."""
+    if dataset is None or isinstance(dataset, (list, tuple)):
+        return ''
+    inner = list(getattr(dataset, 'datasets', None) or [])
+    if not inner and getattr(dataset, 'dataset', None) is not None:
+        inner = [dataset.dataset]
+    name = type(dataset).__name__
+    if inner:
+        parts = [train_data_name(d) or type(d).__name__ for d in inner]
+        return f'{name} of ' + (parts[0] if len(parts) == 1 else f'[{", ".join(parts)}]')
+    ann_file = getattr(dataset, 'ann_file', None)
+    return f'{name} (ann_file={ann_file})' if ann_file else name
+
+
+def _rank_counts(samples: Optional[int], batches: Optional[int]) -> list:
+    """``[(samples, batches)]`` of every rank's training DataLoader (None where a rank's
+    has no length), rank order: one all-gather of two integers per rank, on every rank."""
+    import torch
+    from mmengine.dist import all_gather
+    mine = torch.tensor([-1 if samples is None else samples,
+                         -1 if batches is None else batches], dtype=torch.long)
+    return [tuple(None if v < 0 else v for v in t.tolist()) for t in all_gather(mine)]
+
+
+def _ranks_text(ranks: list) -> str:
+    return (f'rank {ranks[0]}' if len(ranks) == 1
+            else 'ranks ' + ', '.join(str(r) for r in ranks))
+
+
+def refuse_empty_train_loader(dataloader, epoch_based: bool = True) -> None:
     """Raise :class:`EmptyTrainDataloaderError` when the training DataLoader ``dataloader``
     yields no batch per epoch (pass over the data), with the sizes and the fix. Called when
     mmengine's ``EpochBasedTrainLoop`` (and so ``ResumableEpochBasedTrainLoop``) or
     ``IterBasedTrainLoop`` is built (:mod:`stan_mm.compat.empty_loader`), before the runner
     builds the parameter schedulers: a schedule converted to iterations failed mmengine's
     bare "epoch_length must be a positive integer", an epoch loop otherwise trained
-    nothing and an iteration loop ended in a bare ``StopIteration``."""
-    if _sized(dataloader) != 0:
+    nothing and an iteration loop ended in a bare ``StopIteration``.
+
+    Distributed (a process group of several ranks), every rank's loader is checked on every
+    rank (one all-gather of its samples and batches per epoch, before any other collective
+    of the loop): a shard without a batch on some ranks only (``DefaultSampler(round_up=
+    False)`` with fewer samples than ranks, ``drop_last`` with fewer samples on a rank than
+    a batch) stopped those ranks alone, and the others waited for them at their first
+    collective. Every rank now raises the same error, naming the ranks, the samples and
+    batches of each, and the training set. With ``epoch_based`` (an epoch loop), ranks with
+    different numbers of batches per epoch are refused too
+    (:class:`UnevenTrainDataloaderError`): their gradient synchronizations would no longer
+    pair up (an iteration loop runs ``max_iters`` on every rank whatever its shard)."""
+    from mmengine.dist import is_distributed
+    batches = _sized(dataloader)
+    sampler = loader_sampler(dataloader)
+    samples = _sized(sampler)
+    world_size = get_world_size()
+    counts = _rank_counts(samples, batches) if is_distributed() and world_size > 1 else None
+    if counts is None and batches != 0:
         return
-    size = _sized(getattr(dataloader, 'dataset', None))
-    per_rank = _sized(loader_sampler(dataloader))
-    batch_size, world_size = loader_batch_size(dataloader), get_world_size()
-    drop_last = loader_drop_last(dataloader)
-    if size is None or per_rank is None:
+    if counts is not None:
+        all_batches = [b for _, b in counts]
+        if None in all_batches or (0 not in all_batches and (
+                not epoch_based or len(set(all_batches)) == 1)):
+            return
+    dataset = getattr(dataloader, 'dataset', None)
+    size = _sized(dataset)
+    name = train_data_name(dataset)
+    batch_size, drop_last = loader_batch_size(dataloader), loader_drop_last(dataloader)
+    if counts is not None:
+        _refuse_rank_counts(counts, size, name, batch_size, drop_last,
+                            getattr(sampler, 'round_up', None))
+    if size is None or samples is None:
         what = 'its sampler yields no sample'
     else:
-        what = f'{size} training samples' + (
-            f' ({per_rank} on this rank of {world_size})' if world_size > 1 else '')
+        what = f'{size} training samples' + (f' from {name}' if name else '')
     sizes = (f'{what}, batch size {batch_size}, world size {world_size}, '
              f'drop_last={drop_last}')
-    if drop_last and per_rank:
+    if drop_last and samples:
         fix = (f'set --cfg-options train_dataloader.drop_last=False (an epoch is then one '
-               f'batch of {per_rank}), a batch size of at most {per_rank} '
-               f'(train_dataloader.batch_size={per_rank}), or use more training data')
+               f'batch of {samples}), a batch size of at most {samples} '
+               f'(train_dataloader.batch_size={samples}), or use more training data')
         why = ('drop_last drops the last, partial batch of an epoch, here its only one')
     else:
-        fix = ('check the training annotations and data_root (train_dataloader.dataset), '
-               'or use fewer ranks' if world_size > 1 and size else
-               'check the training annotations and data_root (train_dataloader.dataset)')
+        fix = 'check the training annotations and data_root (train_dataloader.dataset)'
         why = 'there is no sample to batch'
     raise EmptyTrainDataloaderError(
         f'the training DataLoader yields no batch per epoch, so nothing would be '
         f'trained: {sizes} ({why}). Fix: {fix}')
+
+
+def _refuse_rank_counts(counts: list, size: Optional[int], name: str,
+                        batch_size: Optional[int], drop_last: Optional[bool],
+                        round_up: Optional[bool]) -> None:
+    """The distributed part of :func:`refuse_empty_train_loader`: the same message on every
+    rank, made of what every rank knows (``counts``: every rank's ``(samples, batches)``)."""
+    world_size = len(counts)
+    samples = [s for s, _ in counts]
+    batches = [b for _, b in counts]
+    data = ('its sampler yields no sample' if size is None else
+            f'{size} training samples' + (f' from {name}' if name else ''))
+    sizes = (f'{data}; samples per rank {samples}, batches per rank {batches}; batch size '
+             f'{batch_size}, drop_last={drop_last}')
+    share = -(-size // world_size) if size else 0
+    pad = (f'set --cfg-options train_dataloader.sampler.round_up=True (every rank then '
+           f'gets {share} sample{"s" * (share != 1)}), ' if round_up is False and size else '')
+    short = [r for r, b in enumerate(batches) if b == 0]
+    if not short:
+        raise UnevenTrainDataloaderError(
+            f'the training DataLoaders of the {world_size} ranks yield different numbers '
+            f'of batches per epoch, so the ranks would run different numbers of '
+            f'iterations and their gradient synchronizations would no longer pair up (a '
+            f'hang, or a crash when the first rank ends): {sizes}. Fix: '
+            + (pad[:-2] if pad else 'a sampler that gives every rank as many samples '
+               '(DefaultSampler with round_up=True, its default)'))
+    least = min(samples[r] for r in short) if all(
+        samples[r] is not None for r in short) else None
+    if len(short) == world_size:
+        head = (f'the training DataLoader yields no batch per epoch on any of the '
+                f'{world_size} ranks, so nothing would be trained')
+    else:
+        head = (f'the training DataLoader yields no batch per epoch on {_ranks_text(short)} '
+                f'of {world_size}, so nothing would be trained there and the other ranks '
+                f'would wait for {"it" if len(short) == 1 else "them"} at their first '
+                f'gradient synchronization (a hang)')
+    if drop_last and least:
+        why = 'drop_last drops the last, partial batch of an epoch, there its only one'
+        fix = (f'set --cfg-options train_dataloader.drop_last=False, a batch size of at '
+               f'most {least} (train_dataloader.batch_size={least}), use fewer ranks, or '
+               f'use more training data')
+    elif size:
+        empty = [r for r in short if samples[r] == 0]
+        why = (f'the sampler gives {_ranks_text(empty or short)} no sample'
+               + ('; its round_up=False does not pad the shards to the same length'
+                  if pad else ''))
+        fix = pad + f'use at most {size} rank{"s" * (size != 1)}, or use more training data'
+    else:
+        why = 'there is no sample to batch'
+        fix = 'check the training annotations and data_root (train_dataloader.dataset)'
+    raise EmptyTrainDataloaderError(f'{head}: {sizes} ({why}). Fix: {fix}')
 
 
 def _order_version(sampler) -> Optional[str]:

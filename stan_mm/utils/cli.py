@@ -36,7 +36,8 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from stan_mm.datasets.readers_common import AnnotationError
     from stan_mm.datasets.synthetic import SyntheticDatasetExistsError
     from stan_mm.datasets.transforms.video_io import VideoReadError
-    from stan_mm.engine.loops import EmptyTrainDataloaderError
+    from stan_mm.engine.loops import (EmptyTrainDataloaderError,
+                                      UnevenTrainDataloaderError)
     from stan_mm.engine.nonfinite_hook import NonFiniteTrainingError
     from stan_mm.errors import ConfigValueError
     from stan_mm.models.clip.builder import (CLIPArchMismatchError, CLIPArchMissingError,
@@ -49,7 +50,7 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
             CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
             VideoReadError, ViewsError, CommandLineError, BankMismatchError,
             SyntheticDatasetExistsError, NonFiniteTrainingError, EmptyTrainDataloaderError,
-            ConfigValueError)
+            UnevenTrainDataloaderError, ConfigValueError)
 
 
 def user_path(path):
