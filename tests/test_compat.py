@@ -154,9 +154,13 @@ print('RESOLVED')
 '''
     without = run_py(code, env_extra={'PYTHONPATH': str(blocker)})
     assert without.returncode != 0 and 'simulated' in without.stderr, without.stderr
+    # (the blocker is found, so the fix expects the real module, and runs the shim in its
+    # place when it fails to import; a pkg_resources that is not found at all:
+    # test_known_gaps_1207.py)
     with_fix = run_py(LOAD_BY_PATH + '''
-m = load('pkg_resources_shim'); assert m.apply_pkg_resources_fix()
+m = load('pkg_resources_shim'); m.apply_pkg_resources_fix()
 import pkg_resources; assert getattr(pkg_resources, 'DistributionNotFound')
+assert pkg_resources.__doc__.startswith('stan-mm shim')
 ''' + code, env_extra={'PYTHONPATH': str(blocker)})
     assert with_fix.returncode == 0 and 'RESOLVED' in with_fix.stdout, with_fix.stderr
 

@@ -45,9 +45,12 @@ key is refused (``overwrite=True`` starts over). So is another precision
 recorded are accepted: a ``meta.json`` with ``amp`` but no ``precision`` is read by its
 ``amp``; without either (or a ``run.json`` without it) the precision is unknown and not
 checked (shards of unknown precision are reused with a warning). Text embeddings are made
-again by every run, in its precision. The final files are written to temporary names and
-renamed; ``meta.json`` is removed first and written last, so a folder with ``meta.json``
-is always complete.
+again by every run, in its precision. Finished or shard rows holding NaN or inf (saved as
+they were by stan-mm versions before such embeddings were refused) are not reused: their
+videos are embedded again, with a warning naming the file and the videos
+(:func:`load_features` refuses such a folder instead: :func:`check_saved_rows`). The final
+files are written to temporary names and renamed; ``meta.json`` is removed first and
+written last, so a folder with ``meta.json`` is always complete.
 
 Errors name the file: a write that fails (e.g. a full disk) removes its temporary file and
 raises :class:`FeatureWriteError`; a finished file that cannot be read (truncated, missing)
@@ -436,8 +439,17 @@ class ShardStore:
                           level=logging.WARNING)
                 os.remove(path)
                 continue
-            done.update(zip(keys.tolist(), emb))
-            roots.update((k, root) for k in keys.tolist())
+            keys = keys.tolist()
+            if not all_finite(emb):    # written by an older stan-mm: embedded again
+                bad = set(nonfinite_rows(emb))
+                videos = [keys[i].split('\t')[0] for i in sorted(bad)]   # (_item_key)
+                print_log(f'{path}: {len(bad)} of {len(keys)} rows hold NaN or inf (videos '
+                          f'{shown_names(videos)}), saved by an older stan-mm; those videos '
+                          f'are embedded again', logger='current', level=logging.WARNING)
+                good = [i for i in range(len(keys)) if i not in bad]
+                keys, emb = [keys[i] for i in good], emb[good]
+            done.update(zip(keys, emb))
+            roots.update((k, root) for k in keys)
         return done, roots
 
     def remove(self) -> None:
@@ -447,6 +459,90 @@ class ShardStore:
 # ---------------------------------------------------------------------------------------
 # reading a finished folder
 # ---------------------------------------------------------------------------------------
+# elements of a memory-mapped array that one np.isfinite block reads (64 MB of float32)
+_FINITE_BLOCK = 1 << 24
+
+
+def _row_blocks(array: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(start, array[start:stop])`` over ``array`` ``[N, ...]``: one block for an array
+    in memory, blocks of about :data:`_FINITE_BLOCK` elements for a memory-mapped one
+    (``np.load(..., mmap_mode='r')``: never read whole, nor a mask of its size made)."""
+    if not isinstance(array, np.memmap) or array.size <= _FINITE_BLOCK:
+        yield 0, array
+        return
+    step = max(1, _FINITE_BLOCK // max(1, array.size // max(1, len(array))))
+    for start in range(0, len(array), step):
+        yield start, array[start:start + step]
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether every entry of a saved array is finite (integers are): one
+    ``np.isfinite(...).all()`` pass, block by block when it is memory-mapped."""
+    if array.dtype.kind not in 'fc':
+        return True
+    return all(bool(np.isfinite(block).all()) for _, block in _row_blocks(array))
+
+
+def nonfinite_rows(array: np.ndarray) -> List[int]:
+    """Indices of the rows of ``array`` ``[N, ...]`` that hold NaN or inf (a second pass:
+    for the message after :func:`all_finite` said no)."""
+    if array.dtype.kind not in 'fc':
+        return []
+    bad: List[int] = []
+    for start, block in _row_blocks(array):
+        if not len(block):
+            continue
+        ok = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        bad.extend(start + int(i) for i in np.flatnonzero(~ok))
+    return bad
+
+
+def nonfinite_columns(array: np.ndarray) -> List[int]:
+    """Indices of the columns of a 2-D ``array`` that hold NaN or inf (block by block, as
+    :func:`nonfinite_rows`)."""
+    if array.dtype.kind not in 'fc':
+        return []
+    bad = np.zeros(array.shape[1], dtype=bool)
+    for _, block in _row_blocks(array):
+        bad |= ~np.isfinite(block).all(axis=0)
+    return np.flatnonzero(bad).tolist()
+
+
+def shown_names(names: Sequence[str], limit: int = 3) -> str:
+    """``'a.mp4', 'b.mp4', 'c.mp4' and 4 more``: the first ``limit`` names (long ones
+    shortened; numbers as they are) for a one-line message."""
+    shown = ', '.join(repr(n if not isinstance(n, str) or len(n) <= 80 else n[:77] + '...')
+                      for n in names[:limit])
+    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
+# what to do about a finished folder holding NaN rows (its text embeddings are made again
+# by every run, its video rows by the run after _finished_rows dropped them)
+REEXTRACT = ('extract them again with the current stan-mm: rerun the '
+             'tools/extract_features.py command that wrote the folder (it embeds those rows '
+             'again and refuses to save NaN, naming the cause)')
+
+
+def check_saved_rows(path: str, array: Optional[np.ndarray], names: Sequence[str],
+                     what: str) -> None:
+    """Refuse a loaded embedding file ``path`` (``[N, E]``; ``names[i]``: row i's video or
+    text, ``what``: 'video' or 'text') that holds NaN or inf rows: such rows were saved as
+    they were by stan-mm versions before NaN embeddings were refused, and a search or a
+    metric then ranked them last without a word. Raises
+    :class:`~stan_mm.apis.embed.NonFiniteEmbeddingError` naming the file, the number of
+    rows, the first few names and :data:`REEXTRACT`. Cheap when the rows are finite (one
+    :func:`all_finite` pass)."""
+    if array is None or all_finite(array):
+        return
+    from .embed import NonFiniteEmbeddingError
+    bad = nonfinite_rows(array)
+    items = [names[i] if i < len(names) else f'row {i}' for i in bad]
+    raise NonFiniteEmbeddingError(items, (
+        f'{path}: {len(bad)} of {len(array)} rows hold NaN or inf ({what}s '
+        f'{shown_names(items)}), saved by an older stan-mm that did not refuse them (a '
+        f'search or metric would rank them last without a word); {REEXTRACT}'))
+
+
 def load_meta(out_dir: str) -> Optional[dict]:
     """``OUT/meta.json`` or None when the folder holds no finished output."""
     path = osp.join(out_dir, 'meta.json')
@@ -469,7 +565,9 @@ def load_meta(out_dir: str) -> Optional[dict]:
 def load_features(out_dir: str) -> dict:
     """A finished folder as a dict: ``meta``, ``videos`` ``[Nv, E]`` + ``video_paths``
     (absolute), ``texts`` ``[Nt, E]`` + ``text_lines``, ``text_to_video`` (or None).
-    A file that cannot be read raises :class:`DamagedFeatureFolder` naming it."""
+    A file that cannot be read raises :class:`DamagedFeatureFolder` naming it; a
+    ``videos.npy`` or ``texts.npy`` with NaN or inf rows (written by an older stan-mm)
+    raises :class:`~stan_mm.apis.embed.NonFiniteEmbeddingError` (:func:`check_saved_rows`)."""
     meta = load_meta(out_dir)
     if meta is None:
         raise FeatureFolderError(f'{out_dir} has no meta.json: extraction has not finished '
@@ -480,9 +578,12 @@ def load_features(out_dir: str) -> dict:
         res['videos'] = _load_npy(osp.join(out_dir, 'videos.npy'))
         rel = _read_lines_of(osp.join(out_dir, 'videos.txt'))
         res['video_paths'] = [_abs(meta['video_root'], p) for p in rel]
+        check_saved_rows(osp.join(out_dir, 'videos.npy'), res['videos'], rel, 'video')
     if meta['num_texts']:
         res['texts'] = _load_npy(osp.join(out_dir, 'texts.npy'))
         res['text_lines'] = _read_lines_of(osp.join(out_dir, 'texts.txt'))
+        check_saved_rows(osp.join(out_dir, 'texts.npy'), res['texts'], res['text_lines'],
+                         'text')
     if meta.get('has_text_to_video'):
         res['text_to_video'] = _load_npy(osp.join(out_dir, 'text_to_video.npy'))
     return res
@@ -956,19 +1057,31 @@ def _check_precision(out_dir: str, precision: str, overwrite: bool, store: Shard
         f'--overwrite to replace them')
 
 
-def _finished_rows(out_dir: str, meta: dict, video_root: str):
+def _finished_rows(out_dir: str, meta: dict, video_root: str,
+                   log: Callable[[str], None] = print):
     """``(keys, embeddings)`` of a finished output (keys relative to ``video_root``), or
     None when it holds no videos or its files disagree; an unreadable ``.npy`` raises
-    :class:`DamagedFeatureFolder`."""
+    :class:`DamagedFeatureFolder`. Rows that hold NaN or inf (saved by an older stan-mm)
+    are left out, with a one-line warning naming the file and their videos: this run
+    embeds those videos again."""
     if not meta.get('num_videos'):
         return None
-    emb = _load_npy(osp.join(out_dir, 'videos.npy'))
+    path = osp.join(out_dir, 'videos.npy')
+    emb = _load_npy(path)
     rel = _read_lines_of(osp.join(out_dir, 'videos.txt'))
     stamps = _load_npy(osp.join(out_dir, 'video_stamps.npy')).tolist()
     if len(rel) != len(emb) or len(stamps) != len(emb):
         return None  # inconsistent: recompute
     root = meta['video_root']
-    return [_item_key(_rebase(root, p, video_root), s) for p, s in zip(rel, stamps)], emb
+    keys = [_item_key(_rebase(root, p, video_root), s) for p, s in zip(rel, stamps)]
+    if not all_finite(emb):
+        bad = set(nonfinite_rows(emb))
+        log(f'WARNING: {path}: {len(bad)} of {len(emb)} rows hold NaN or inf (videos '
+            f'{shown_names([rel[i] for i in sorted(bad)])}), saved by an older stan-mm; '
+            f'those videos are embedded again')
+        good = [i for i in range(len(emb)) if i not in bad]
+        keys, emb = [keys[i] for i in good], emb[good]
+    return keys, emb
 
 
 def _known_bad(meta: dict, video_root: str) -> Dict[str, str]:
@@ -1348,7 +1461,7 @@ def _extract_features(model, out_dir: str, *, videos: Optional[Sequence[str]] = 
     rows = None
     if finished is not None:
         try:
-            rows = _finished_rows(out_dir, finished, video_root)
+            rows = _finished_rows(out_dir, finished, video_root, log)
         except DamagedFeatureFolder as e:
             if not overwrite:
                 raise

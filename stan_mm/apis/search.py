@@ -117,7 +117,10 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     Unreadable gallery videos are skipped and reported (``bad_videos``). A damaged cache
     file raises :class:`~stan_mm.apis.features.DamagedFeatureFolder` naming it (delete the
     cache folder: the gallery is embedded again). On an interrupt, the videos embedded so
-    far stay in the cache folder and the next search reuses them.
+    far stay in the cache folder and the next search reuses them. Rows of the cache that
+    hold NaN or inf (written by an older stan-mm, which saved them as they were) are
+    embedded again, with a one-line warning (``log``) naming the cache's ``videos.npy`` and
+    their videos (a search used to rank them last without a word).
 
     ``precision``: what the model computes in (``'fp32'``; ``'bf16'`` / ``'fp16'`` for a
     caller that runs it under autocast; ``tools/demo/search.py`` does not). The cache

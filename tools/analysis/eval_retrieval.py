@@ -24,7 +24,11 @@ When SIM.npy or T2V.npy sits in a feature folder of tools/extract_features.py wh
 meta.json records videos skipped as unreadable (--skip-bad), a warning on stderr names them:
 the metrics then cover fewer videos (and captions) than the split. SIM.npy and T2V.npy
 from two different feature folders whose texts.txt or videos.txt differ are refused (the
-rows or columns of one are not those of the other, whatever the shapes).
+rows or columns of one are not those of the other, whatever the shapes). So is a SIM.npy or
+BANK.npy holding NaN or inf (checked once, block by block, before ranking): the message
+names how many rows (texts) and columns (videos) hold them, the first few (by the feature
+folder's texts.txt / videos.txt for SIM.npy) and how to make the file again; older
+stan-mm versions saved NaN embeddings, and sim.npy made from them, as they were.
 
 The LAST line of stdout is one JSON object with t2v_R1 t2v_R5 t2v_R10 t2v_MdR t2v_MnR
 v2t_R1 v2t_R5 v2t_R10 v2t_MdR v2t_MnR (recalls in percent). Bad input exits with status 2
@@ -113,7 +117,51 @@ def load_matrix(path: str, what: str, flag: str) -> np.ndarray:
               'against the query (recall comes out lower than from float32 scores); save it '
               'as float32 (extract_features --save-sim does), or evaluate the embeddings',
               file=sys.stderr)
+    from stan_mm.apis.features import all_finite
+    if not all_finite(array):    # one pass, block by block (the file stays memory-mapped)
+        raise InputError(nonfinite_message(array, path, what, flag))
     return array
+
+
+def folder_names(path: str, shape) -> tuple:
+    """``(texts, videos)``: the lines of ``texts.txt`` / ``videos.txt`` of the feature folder
+    (tools/extract_features.py) that holds ``path`` when they name its rows and columns
+    (one line each), else ``(None, None)``."""
+    from stan_mm.apis.features import read_lines
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(os.path.join(folder, 'meta.json')):
+        return None, None
+    try:
+        texts = read_lines(os.path.join(folder, 'texts.txt'))
+        videos = read_lines(os.path.join(folder, 'videos.txt'))
+    except (OSError, ValueError):
+        return None, None
+    if (len(texts), len(videos)) != tuple(shape):
+        return None, None
+    return texts, videos
+
+
+def nonfinite_message(array: np.ndarray, path: str, what: str, flag: str) -> str:
+    """What a matrix with NaN or inf entries is refused with: the file, how many rows
+    (texts) and columns (videos) hold them, the first few of each (named by the feature
+    folder's texts.txt / videos.txt for --sim) and what to do. Such a matrix was made from
+    embeddings that an older stan-mm saved as they were; NaN scores ranked last."""
+    from stan_mm.apis.features import (REEXTRACT, nonfinite_columns, nonfinite_rows,
+                                       shown_names)
+    rows, cols = nonfinite_rows(array), nonfinite_columns(array)
+    texts, videos = folder_names(path, array.shape) if flag == '--sim' else (None, None)
+    row_names = [texts[i] for i in rows] if texts else rows
+    col_names = [videos[j] for j in cols] if videos else cols
+    if texts:
+        fix = f'{REEXTRACT}, with --save-sim'
+    else:
+        fix = ('compute it again from finite embeddings (tools/extract_features.py '
+               '--save-sim of the current stan-mm refuses to save NaN embeddings)')
+    return (f'{what} file {path!r} holds NaN or inf in {len(rows)} of {array.shape[0]} rows '
+            f'({"texts" if texts else "rows"} {shown_names(row_names)}) and {len(cols)} of '
+            f'{array.shape[1]} columns ({"videos" if videos else "columns"} '
+            f'{shown_names(col_names)}): made from non-finite embeddings, which an older '
+            f'stan-mm saved as they were (they would rank last); {fix}')
 
 
 def load_inputs(args):

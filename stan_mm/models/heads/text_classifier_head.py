@@ -78,7 +78,9 @@ class TextClassifierHead(BaseHead):
     ``--cfg-options model.cls_head.classnames=data/ucf101/classnames.txt`` together with
     that dataset's ``test_dataloader.dataset.data_root`` / ``ann_file`` / ``data_prefix``,
     or ``head.set_classnames([...])`` in code). Class names are
-    not stored in checkpoints, so a checkpoint trained on K400 tests on any class list.
+    not stored in checkpoints, so a checkpoint trained on K400 tests on any class list (their
+    tokens are a non-persistent buffer: they move with the head, ``head.to(device)``, and a
+    forward copies nothing from the host).
 
     Multi-view testing: ``average_clips='prob'`` (default) fuses views as softmax per
     view, then mean over views (``BaseHead.average_clip``).
@@ -181,7 +183,11 @@ class TextClassifierHead(BaseHead):
             self.register_buffer('logit_scale', init, persistent=False)
 
         self.classnames: List[str] = []
-        self._tokens: Optional[torch.Tensor] = None      # [C * M, L] on CPU
+        # the prompts' token ids [C * M, L] int64, on the text tower's device: a
+        # non-persistent buffer (not in checkpoints), so that it moves with the module
+        # (``.to(device)``; a ``.to(dtype)`` leaves integers as they are) and a forward
+        # copies nothing from the host (set by set_classnames)
+        self.register_buffer('_tokens', None, persistent=False)
         self._cache: Optional[torch.Tensor] = None       # [C, E] fp32, normalized
         self._cache_key: Optional[tuple] = None           # _text_fingerprint() of _cache
         self.set_classnames(names, source=classnames if isinstance(classnames, str) else None,
@@ -248,7 +254,7 @@ class TextClassifierHead(BaseHead):
                                        f'{why}; the classes need names CLIP can tell apart'
                                        + (', or a larger context_length' if was_cut else ''))
             seen[key] = c
-        self._tokens = tokens
+        self._tokens = tokens.to(self._text_device())
         self.classnames = names
         #: the class-name file, for messages (None: a list was given)
         self.classnames_source = source or (classnames if isinstance(classnames, str)
@@ -290,9 +296,19 @@ class TextClassifierHead(BaseHead):
             key.append((t.data_ptr(), -1 if t.is_inference() else t._version))
         return tuple(key)
 
+    def _prompt_tokens(self) -> torch.Tensor:
+        """The prompts' tokens ``[C * M, L]`` on the text tower's device. The buffer moves
+        with the head; a tower moved on its own (``head.text_encoder.to(...)``) gets them
+        moved once here, not on every forward (a blocking host-to-device copy per training
+        step with ``finetune_text=True``)."""
+        device = self._text_device()
+        if self._tokens.device != device:
+            self._tokens = self._tokens.to(device)
+        return self._tokens
+
     def _encode_prompts(self, chunk: Optional[int]) -> torch.Tensor:
         """All prompts -> class embeddings [C, E] (normalized, averaged over templates)."""
-        tokens = self._tokens.to(self._text_device())
+        tokens = self._prompt_tokens()
         step = chunk or tokens.shape[0]
         emb = torch.cat([self.text_encoder(tokens[i:i + step])
                          for i in range(0, tokens.shape[0], step)])   # [C * M, E]
