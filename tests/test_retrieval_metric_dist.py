@@ -102,7 +102,10 @@ def test_two_processes_equal_one(tmp_path):
     from stan_mm.evaluation import retrieval_metrics_from_embeddings
     _, _, _, bank = make_data()
     np.save(tmp_path / 'bank.npy', bank.numpy())
-    mp.spawn(_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    # forked ranks: the parent's imports are inherited (spawned ones re-import torch,
+    # mmengine and mmaction: several seconds each on a small CI machine)
+    mp.start_processes(_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)),
+                       nprocs=2, join=True, start_method='fork')
     ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in range(2)]
 
     # the samplers really produced a duplicate, and positional truncation loses sample 5

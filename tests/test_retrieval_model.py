@@ -155,8 +155,10 @@ def _dist_worker(rank, world, init_file, out_dir):
 
 
 def test_gather_with_grad_two_processes_equal_one(tmp_path):
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2,
-             join=True)
+    # forked ranks: the parent's imports are inherited (spawned ones re-import torch,
+    # mmengine and mmaction: several seconds each on a small CI machine)
+    mp.start_processes(_dist_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)),
+                       nprocs=2, join=True, start_method='fork')
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
 
     model = build_model().train()

@@ -311,8 +311,10 @@ def _dist_worker(rank, world, init_file, out_dir):
 
 
 def test_two_processes_gather_sizes_once_and_match_one_process(tmp_path):
-    torch_mp.spawn(_dist_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)),
-                   nprocs=2, join=True)
+    # forked ranks: the parent's imports are inherited (spawned ones re-import torch,
+    # mmengine and mmaction: several seconds each on a small CI machine)
+    torch_mp.start_processes(_dist_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)),
+                       nprocs=2, join=True, start_method='fork')
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     gen = torch.Generator().manual_seed(5)
     v_all, t_all = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
