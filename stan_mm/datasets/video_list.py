@@ -162,6 +162,21 @@ class CheckedVideoDataset(PipelineContextMixin, VideoDataset):
             data_list = self._check_files(data_list)
         return data_list
 
+    def get_cat_ids(self, idx: int) -> List[int]:
+        """The class ids of sample ``idx``: ``[label]``, every label of a ``multi_class``
+        line, ``[]`` for an unlabeled one (label -1). What mmengine's
+        ``ClassBalancedDataset`` reads to repeat the samples of rare classes (MMAction2's
+        ``VideoDataset`` does not define it: the wrapper stopped on ``NotImplementedError``)::
+
+            train_dataloader = dict(dataset=dict(
+                _delete_=True, type='ClassBalancedDataset', oversample_thr=0.01,
+                dataset=dict(type='CheckedVideoDataset', ...)))
+        """
+        from mmengine.dataset import BaseDataset
+        label = BaseDataset.get_data_info(self, idx)['label']   # (not MMAction2's one-hot)
+        labels = label if isinstance(label, (list, tuple)) else [label]
+        return [int(c) for c in labels if int(c) >= 0]
+
     def _check_files(self, data_list: List[dict]) -> List[dict]:
         # os.path.isfile of every local video, from one listing per folder (FolderIndex)
         from .transforms.video_io import resolve_video_name
