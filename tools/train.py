@@ -143,6 +143,8 @@ def merge_args(cfg, args):
     # clip_arch / num_frames set where they do nothing, backbone and head of other CLIPs
     check_model_variant(cfg, 'train.py', loaders=('train_dataloader', 'val_dataloader'),
                         options=args.cfg_options)
+    from stan_mm.utils.cli import check_train_clips
+    check_train_clips(cfg, 'train.py')   # several clips per video: Recognizer3D's loss fails
     # a child that overrides val_dataloader / val_evaluator only: test_ kept the base's
     from stan_mm.utils.cli import warn_split_alias, warn_stale_variables
     warn_split_alias(cfg, 'train.py', options=args.cfg_options)
