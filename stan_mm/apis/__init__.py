@@ -21,3 +21,13 @@ from .inference import (ModelLoadError, checkpoint_fingerprint, init_model,  # n
 from .recognition import recognize  # noqa: F401
 from .search import search_gallery, top_k  # noqa: F401
 from .video import VideoPipeline, inference_pipeline, list_videos, parse_views  # noqa: F401
+
+__all__ = [
+    'init_model', 'load_config', 'model_kind', 'checkpoint_fingerprint', 'ModelLoadError',
+    'VideoPipeline', 'inference_pipeline', 'list_videos', 'parse_views',
+    'embed_video_batch', 'embed_texts', 'embed_dim', 'text_tower',
+    'extract_features', 'load_features', 'model_key', 'loaded_model_key',
+    'sigterm_as_interrupt', 'ExtractionResult', 'FeatureFolderError', 'FeatureWriteError',
+    'DamagedFeatureFolder', 'PrecisionMismatchError',
+    'search_gallery', 'top_k', 'recognize', 'convert_clip', 'ClipExportReport',
+]

@@ -65,6 +65,7 @@ import datetime
 import errno
 import glob
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -1687,6 +1688,8 @@ def _write_final(out_dir, meta, video_paths, video_emb, video_stamps, texts, tex
     _atomic_write_text(osp.join(out_dir, 'meta.json'), json.dumps(meta, indent=1))
 
 
+# help() and inspect.signature show the keywords (the function itself takes **kwargs)
+extract_features.__signature__ = inspect.signature(_extract_features)
 extract_features.__doc__ = (_extract_features.__doc__ or '') + """
     The run holds :func:`folder_lock` on ``out_dir``: a second run on the same folder
     (another ``extract_features``, or a search on the same gallery cache) is refused with

@@ -30,7 +30,13 @@ CACHE_DIRNAME = '.stan_mm_cache'
 
 def top_k(sim: np.ndarray, k: int) -> np.ndarray:
     """``[Nq, Nv]`` scores -> ``[Nq, min(k, Nv)]`` column indices, best first; ties keep
-    the lower index first (stable sort). ``k`` must be an integer >= 1 (``ValueError``)."""
+    the lower index first (stable sort). ``k`` must be an integer >= 1 (``ValueError``).
+
+    Example:
+        >>> top_k(np.array([[0.1, 0.9, 0.3], [0.5, 0.2, 0.5]]), 2)
+        array([[1, 2],
+               [0, 2]])
+    """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f'top_k: k must be an integer >= 1 (results per query), got {k!r}')
     sim = np.asarray(sim)
@@ -113,6 +119,32 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
                    log: Callable[[str], None] = print,
                    precision: str = 'fp32') -> SearchResult:
     """Embed (or reuse) the gallery, embed the queries, rank (see the module docstring).
+
+    Args:
+        model: from :func:`~stan_mm.apis.init_model` (``model.cfg`` gives the pipeline),
+            with a text tower (a retrieval model, or a recognizer with a
+            ``TextClassifierHead``).
+        gallery: a folder of videos (scanned recursively) or a list file
+            (:func:`~stan_mm.apis.video.list_videos`).
+        queries: the ``Nq`` texts.
+        key: the model's cache key, :func:`~stan_mm.apis.features.loaded_model_key`
+            ``(model, checkpoint)``: the cache of another key is not reused. A model changed
+            in memory (trained further in a notebook) needs a key of its own, e.g. that of
+            the checkpoint it was saved to.
+        cache: a folder for the gallery caches instead of ``GALLERY/.stan_mm_cache``
+            (:func:`gallery_cache_dir`).
+        top: results per query (``ranking`` columns).
+        batch_size, num_workers: videos per model call, decoding processes (0: in this
+            process).
+        progress: a progress bar over the videos to embed (stderr).
+        extra_meta: more entries for the cache's ``meta.json``.
+        log: where the lines about the cache go (reused / embedded counts, moved gallery,
+            skipped rows); ``print`` by default, ``logging.getLogger(...).info`` or
+            ``lambda s: None`` to keep them out of a notebook.
+
+    Returns:
+        :class:`SearchResult`: ``sim`` ``[Nq, Nv]`` float32, ``ranking`` ``[Nq, min(top,
+        Nv)]`` indices into ``video_paths``.
 
     Unreadable gallery videos are skipped and reported (``bad_videos``). A damaged cache
     file raises :class:`~stan_mm.apis.features.DamagedFeatureFolder` naming it (delete the

@@ -443,21 +443,35 @@ def inference_pipeline(cfg, views: Optional[str] = None) -> List[dict]:
 
 
 class VideoPipeline:
-    """``pipeline(path)`` -> ``dict(inputs=..., data_samples=...)`` for one video file.
+    """``pipeline(path)`` -> ``dict(inputs=..., data_samples=...)`` for one video file,
+    what :func:`~stan_mm.apis.embed.embed_video_batch` and ``model.data_preprocessor``
+    take: ``inputs`` is uint8 frames as the config's ``FormatShape`` lays them out, e.g.
+    ``[V, C, T, H, W]`` for a recognition config (``'NCTHW'``, V test views) and
+    ``{'imgs': [T, C, H, W]}`` for a retrieval config (``'NCHW'``, one view).
 
     Any failure while reading or transforming a video is raised as
     :class:`~stan_mm.datasets.transforms.video_io.VideoReadError` ``(filename, reason)``.
 
     Args:
-        cfg: the model's config.
+        cfg: the model's config (``model.cfg`` of :func:`~stan_mm.apis.init_model`), or
+            the path of a config file.
         views: ``'CLIPSxCROPS'`` or ``None`` (the config's test views).
+
+    The transforms are built in the config's ``default_scope`` (``mmaction``) whatever
+    scope is current, and the current one is left as it was: a pipeline can be made
+    before any model (or runner) set the scope.
     """
 
     def __init__(self, cfg, views: Optional[str] = None):
         from mmengine.dataset import Compose
+        from mmengine.registry import DefaultScope
+        if isinstance(cfg, (str, os.PathLike)):
+            from .inference import load_config
+            cfg = load_config(os.fspath(cfg))
         self.steps = inference_pipeline(cfg, views)
         self.views = views
-        self.compose = Compose(self.steps)
+        with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmaction')):
+            self.compose = Compose(self.steps)
 
     def __call__(self, filename: str, sample_idx: int = 0) -> dict:
         results = dict(filename=filename, start_index=0, modality='RGB',

@@ -181,7 +181,12 @@ class IssueLog:
     Example:
         >>> log = IssueLog(AnnotationPolicy())
         >>> log.add('empty_caption', 'a.csv', 3, 'empty caption for video0')
-        >>> log.resolve()  # raises AnnotationError('a.csv:3: ...')
+        >>> log.resolve()     # empty_caption='error' (default): raised, with the line
+        Traceback (most recent call last):
+          ...
+        stan_mm.datasets.readers_common.AnnotationError: a.csv:3: annotation problems found:
+        1 x empty_caption (set empty_caption='drop' to skip empty captions):
+          a.csv:3: empty caption for video0
     """
 
     def __init__(self, policy: AnnotationPolicy, logger: str = 'current'):

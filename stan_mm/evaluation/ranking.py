@@ -212,7 +212,15 @@ def retrieval_ranks(source: SimilaritySource, text_to_video, *, dsl: bool = Fals
 
 
 def ranks_to_metrics(t2v_ranks: torch.Tensor, v2t_ranks: torch.Tensor) -> Dict[str, float]:
-    """R@1/5/10 (percent of queries with rank <= K), MdR (median) and MnR (mean rank)."""
+    """R@1/5/10 (percent of queries with rank <= K), MdR (median) and MnR (mean rank) of
+    the ranks of :func:`retrieval_ranks` (``[Nt]`` and ``[Nv]``, 1 = best), as a dict
+    with the keys :data:`METRIC_KEYS` (floats).
+
+    Example:
+        >>> m = ranks_to_metrics(torch.tensor([1, 2, 1, 7]), torch.tensor([1, 3, 1]))
+        >>> m['t2v_R1'], m['t2v_R5'], m['t2v_MdR'], m['t2v_MnR'], m['v2t_MdR']
+        (50.0, 75.0, 1.5, 2.75, 1.0)
+    """
     metrics = {}
     for direction, ranks in (('t2v', t2v_ranks), ('v2t', v2t_ranks)):
         r = torch.as_tensor(ranks).double().cpu().numpy()
@@ -232,7 +240,12 @@ def retrieval_metrics_from_embeddings(
         qb_k: int = DEFAULT_QB_K, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Dict[str, float]:
     """Metrics for ``text_emb [Nt, E]`` x ``video_emb [Nv, E]`` (dot product; pass
     normalized embeddings for cosine). ``qb_bank_emb [Nb, E]``: text embeddings of the bank
-    queries (training captions), compared to the same videos."""
+    queries (training captions), compared to the same videos.
+
+    ``text_to_video`` ``[Nt]``: the row of ``video_emb`` each text describes (every video
+    needs at least one text). Other options and the result: as
+    :func:`retrieval_metrics_from_similarity`, of which this is the chunked version that
+    never holds the whole ``[Nt, Nv]`` matrix."""
     source = EmbeddingSimilarity(text_emb, video_emb, name='test embeddings')
     bank = None
     if qb_bank_emb is not None:
@@ -253,7 +266,29 @@ def retrieval_metrics_from_similarity(
         t2v_name: str = 'text_to_video', progress: bool = False) -> Dict[str, float]:
     """Metrics for a dense ``sim [Nt, Nv]`` (tensor, array or memmap, read chunk by chunk);
     ``qb_bank_sim [Nb, Nv]``: bank queries x the same videos; ``progress``: a progress bar
-    over the ranking passes."""
+    over the ranking passes.
+
+    Args:
+        sim: text x video scores, texts are the rows.
+        text_to_video: ``[Nt]`` integers, the video column of every text (several texts
+            per video allowed; every video needs at least one: ``ValueError`` otherwise).
+        dsl, dsl_temp, qb_bank_sim, qb_beta, qb_k: rescoring, see
+            :mod:`stan_mm.evaluation.rescoring`.
+
+    Returns:
+        ``{key: float}`` for the keys :data:`METRIC_KEYS`: ``t2v_R1`` ... in percent,
+        ``*_MdR`` / ``*_MnR`` median and mean rank (ties never help: see
+        :func:`retrieval_ranks`).
+
+    Example (text 2 describes video 2, which video 1 beats; DSL brings it first):
+        >>> sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.8, 0.1],
+        ...                     [0.2, 0.7, 0.6], [0.1, 0.3, 0.4]])
+        >>> m = retrieval_metrics_from_similarity(sim, [0, 1, 2, 2])
+        >>> m['t2v_R1'], m['t2v_MnR'], m['v2t_R1']
+        (75.0, 1.25, 100.0)
+        >>> retrieval_metrics_from_similarity(sim, [0, 1, 2, 2], dsl=True)['t2v_R1']
+        100.0
+    """
     source = DenseSimilarity(sim, name=sim_name, device=device)
     bank = None
     if qb_bank_sim is not None:

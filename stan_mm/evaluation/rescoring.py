@@ -94,6 +94,7 @@ def iter_chunks(total: int, chunk_size: int) -> Iterator[Tuple[int, int]]:
 
 
 def check_dsl_temp(temp: float) -> float:
+    """``temp`` as a float; ``ValueError`` unless it is positive and finite."""
     temp = float(temp)
     if not temp > 0 or temp != temp or temp == float('inf'):
         raise ValueError(f'dsl_temp must be a positive finite number (it divides the '

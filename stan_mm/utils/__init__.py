@@ -2,3 +2,6 @@
 parameter counting (:mod:`.flops`)."""
 from .stan_convert import (ConversionReport, convert_public_checkpoint,  # noqa: F401
                            export_public_checkpoint, mm_to_public, public_to_mm)
+
+__all__ = ['ConversionReport', 'convert_public_checkpoint', 'export_public_checkpoint',
+           'mm_to_public', 'public_to_mm']
