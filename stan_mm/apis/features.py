@@ -443,7 +443,7 @@ class ShardStore:
             keys = keys.tolist()
             if not all_finite(emb):    # written by an older stan-mm: embedded again
                 bad = set(nonfinite_rows(emb))
-                videos = [keys[i].split('\t')[0] for i in sorted(bad)]   # (_item_key)
+                videos = [_key_parts(keys[i])[0] for i in sorted(bad)]
                 print_log(f'{path}: {len(bad)} of {len(keys)} rows hold NaN or inf (videos '
                           f'{shown_names(videos)}), saved by an older stan-mm; those videos '
                           f'are embedded again', logger='current', level=logging.WARNING)

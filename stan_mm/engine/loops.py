@@ -309,8 +309,9 @@ def restore_iter_loop_sampler_seed(loop) -> None:
     so with the seed given back the resumed run trains the interrupted run's samples from
     iteration ``n + 1`` on. Given back where the sampler's order is a function of its seed
     (``InfiniteSampler``, or what :func:`has_reproducible_order` accepts) and the world
-    size is the checkpoint's (other shards otherwise); a sampler not known to be such a
-    function is left alone, with a warning."""
+    size is the checkpoint's; a sampler not known to be such a function is left alone,
+    with a warning, and so is any sampler resumed on another world size (other shards: no
+    seed gives the interrupted run's order back), with a warning naming both sizes."""
     from mmengine.dataset import InfiniteSampler
     runner = loop.runner
     hub = runner.message_hub
@@ -320,8 +321,17 @@ def restore_iter_loop_sampler_seed(loop) -> None:
     old = saved.get('sampler_seed') if isinstance(saved, dict) else None
     world_size = get_world_size()
     name = f'{type(sampler).__module__}.{type(sampler).__name__}'
-    if (loop.iter > 0 and isinstance(old, int) and isinstance(seed, int) and old != seed
-            and saved.get('world_size') == world_size):
+    old_world = saved.get('world_size') if isinstance(saved, dict) else None
+    if loop.iter > 0 and isinstance(old_world, int) and old_world != world_size:
+        runner.logger.warning(
+            f'IterBasedTrainLoop: resumed at iteration {loop.iter} on {world_size} '
+            f'rank{"s" * (world_size != 1)}, but the checkpoint\'s run had {old_world}: '
+            f'the ranks\' shards of the data differ, so the resumed run trains other '
+            f'samples than the interrupted run would have (its sampler keeps this run\'s '
+            f'seed). Resume on {old_world} rank{"s" * (old_world != 1)} to go on in the '
+            f'interrupted run\'s order')
+    elif (loop.iter > 0 and isinstance(old, int) and isinstance(seed, int) and old != seed
+            and old_world == world_size):
         if isinstance(sampler, InfiniteSampler) or has_reproducible_order(sampler):
             drawn, sampler.seed = seed, old
             seed = old
@@ -408,8 +418,10 @@ def refuse_empty_train_loader(dataloader, epoch_based: bool = True) -> None:
         return
     if counts is not None:
         all_batches = [b for _, b in counts]
-        if None in all_batches or (0 not in all_batches and (
-                not epoch_based or len(set(all_batches)) == 1)):
+        # (a rank without a batch is refused whatever the others' loaders; batch counts
+        # are compared only where every rank's loader has a length)
+        if 0 not in all_batches and (None in all_batches or not epoch_based
+                                     or len(set(all_batches)) == 1):
             return
     dataset = getattr(dataloader, 'dataset', None)
     size = _sized(dataset)

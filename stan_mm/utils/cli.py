@@ -1782,34 +1782,30 @@ def check_model_variant(cfg, tool: str, loaders=('train_dataloader', 'val_datalo
 
 def check_train_clips(cfg, tool: str) -> None:
     """Refuse, before anything is built, a ``Recognizer3D`` trained on several clips per
-    video: a frame sampler of ``train_dataloader``'s pipeline (through dataset wrappers)
-    with ``num_clips > 1``. ``Recognizer3D`` folds the clips into the batch ([N, clips, C,
-    T, H, W] -> [N * clips, ...]) and scores each, but a video has one label, so MMAction2
-    failed in the loss of the first batch with a bare ``operands could not be broadcast
-    together with shapes (4,1) (2,1)``. (Several clips per video are a test-time setting:
-    ``tools/test.py --views``; a ``Recognizer2D`` takes ``num_clips`` segments by design and
-    is not checked.)
+    video: a frame sampler (a step with a ``clip_len``) in a pipeline of
+    ``train_dataloader`` with ``num_clips > 1``, in every dataset it holds (through
+    ``RepeatDataset`` and the like, each dataset of a ``ConcatDataset``). ``Recognizer3D``
+    folds the clips into the batch ([N, clips, C, T, H, W] -> [N * clips, ...]) and scores
+    each, but a video has one label, so MMAction2 failed in the loss of the first batch with
+    a bare ``operands could not be broadcast together with shapes (4,1) (2,1)``. (Several
+    clips per video are a test-time setting: ``tools/test.py --views``; a ``Recognizer2D``
+    takes ``num_clips`` segments by design and is not checked.)
 
     Raises:
         ConfigOptionError: naming the sampler's option, its value and the fix.
     """
-    from stan_mm.utils.checkpoint_check import frame_sampler
     model = cfg.get('model')
     if not hasattr(model, 'get') or _type_name(model) != 'Recognizer3D':
         return
-    found = frame_sampler(cfg, 'train_dataloader')
-    if found is None:
-        return
-    option = found[0].rsplit('.', 1)[0]           # '<...>.pipeline.<i>'
-    step = cfg
-    for part in option.split('.'):
-        step = step[int(part)] if isinstance(step, (list, tuple)) else step.get(part)
-    clips = step.get('num_clips', 1) if hasattr(step, 'get') else 1
-    if isinstance(clips, int) and not isinstance(clips, bool) and clips > 1:
-        raise ConfigOptionError(
-            f'{tool}: {option}.num_clips={clips}: the training pipeline\'s frame sampler '
-            f'({_type_name(step)}) takes {clips} clips of each video, but Recognizer3D '
-            f'trains on one clip per video (it would score {clips} clips against one label '
-            f'and stop in the loss of the first batch). Set --cfg-options '
-            f'{option}.num_clips=1 (several clips per video are a test-time setting: '
-            f'tools/test.py --views)')
+    for path, step, _ in _config_dicts(cfg.get('train_dataloader'), 'train_dataloader'):
+        if path.split('.')[-2:-1] != ['pipeline'] or 'clip_len' not in step:
+            continue                                     # not a frame sampler of a pipeline
+        clips = step.get('num_clips', 1)
+        if isinstance(clips, int) and not isinstance(clips, bool) and clips > 1:
+            raise ConfigOptionError(
+                f'{tool}: {path}.num_clips={clips}: the training pipeline\'s frame sampler '
+                f'({_type_name(step)}) takes {clips} clips of each video, but Recognizer3D '
+                f'trains on one clip per video (it would score {clips} clips against one '
+                f'label and stop in the loss of the first batch). Set --cfg-options '
+                f'{path}.num_clips=1 (several clips per video are a test-time setting: '
+                f'tools/test.py --views)')

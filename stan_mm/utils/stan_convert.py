@@ -369,12 +369,20 @@ def convert_public_checkpoint(in_path: str, out_path: str, trust: bool = False
         raise ValueError(f'{in_path}: no public STAN video-tower keys found (expected '
                          f'backbone.patch_embedding.weight, backbone.layers.N.*, ...; the '
                          f'file starts with: {sample})')
+    _save_converted(out, report, in_path, out_path, 'public_to_mm')
+    return report
+
+
+def _save_converted(state_dict: Dict[str, Tensor], report: ConversionReport, in_path: str,
+                    out_path: str, converter: str) -> None:
+    """Write a converted ``state_dict`` as an mmengine checkpoint whose ``meta`` names the
+    input, the converter function of this module and the report's unmapped and missing
+    keys (atomically: :func:`save_atomic`)."""
     save_atomic({'meta': {'converted_from': str(in_path),
-                          'converter': 'stan_mm.utils.stan_convert.public_to_mm',
+                          'converter': f'stan_mm.utils.stan_convert.{converter}',
                           'unmapped_keys': report.unmapped,
                           'missing_keys': report.missing},
-                 'state_dict': out}, out_path)
-    return report
+                 'state_dict': state_dict}, out_path)
 
 
 def _note_ema(ckpt, report: ConversionReport) -> None:
@@ -408,11 +416,7 @@ def convert_to_recognition(in_path: str, out_path: str, trust: bool = False
     except ValueError as e:
         raise ValueError(f'{in_path}: {e}') from None
     _note_ema(ckpt, report)
-    save_atomic({'meta': {'converted_from': str(in_path),
-                          'converter': 'stan_mm.utils.stan_convert.retrieval_to_recognition',
-                          'unmapped_keys': report.unmapped,
-                          'missing_keys': report.missing},
-                 'state_dict': out}, out_path)
+    _save_converted(out, report, in_path, out_path, 'retrieval_to_recognition')
     return report
 
 
