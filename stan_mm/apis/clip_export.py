@@ -177,7 +177,11 @@ def _write(sd: Dict[str, torch.Tensor], meta: Dict, out: str, fmt: str) -> List[
         from stan_mm.engine.checkpoint_hook import atomic_write_bytes
         buf = io.BytesIO()   # (mmengine saves checkpoints the same way)
         torch.save({'state_dict': sd, 'meta': meta}, buf)
-        atomic_write_bytes(buf.getbuffer(), out)
+        # the view is released however the write ends: an error kept in a reference cycle
+        # (a caller storing it) otherwise let the collector close the BytesIO while the
+        # view still exported it ("Exception ignored ... BufferError" on stderr)
+        with buf.getbuffer() as view:
+            atomic_write_bytes(view, out)
         return _remove_stale_pth_tmps(out)
     _write_dir(sd, meta, out)
     return []

@@ -175,23 +175,41 @@ def _child(job, conn) -> None:
 
 def _run_isolated(jobs, workers: int, record) -> None:
     """Each job in a process of its own, ``workers`` at a time; a process that dies
-    without a result (a decoder crash) records :data:`CRASHED` for its video."""
+    without a result (a decoder crash) records :data:`CRASHED` for its video. When this
+    stops early (Ctrl-C, an error of ``record``), the processes still running are killed
+    and reaped and their pipes closed (they were left running, then unreaped)."""
     from multiprocessing.connection import wait
     ctx = _mp_context()
     pending, running = list(jobs), {}
-    while pending or running:
-        while pending and len(running) < workers:
-            job = pending.pop(0)
-            receive, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(job, send), daemon=True)
-            proc.start()
-            send.close()
-            running[proc.sentinel] = (proc, job, receive)
-        for sentinel in wait(list(running)):
-            proc, job, receive = running.pop(sentinel)
-            try:
-                result = receive.recv() if receive.poll() else None
-            except EOFError:          # died before sending
-                result = None
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                try:
+                    proc = ctx.Process(target=_child, args=(job, send), daemon=True)
+                    proc.start()
+                except BaseException:
+                    receive.close()
+                    raise
+                finally:
+                    send.close()
+                running[proc.sentinel] = (proc, job, receive)
+            for sentinel in wait(list(running)):
+                proc, job, receive = running.pop(sentinel)
+                try:
+                    result = receive.recv() if receive.poll() else None
+                except EOFError:          # died before sending
+                    result = None
+                finally:
+                    receive.close()
+                proc.join()
+                proc.close()
+                record(job[0], result[1] if result is not None else CRASHED)
+    finally:
+        for proc, _, receive in running.values():
+            receive.close()
+            if proc.is_alive():
+                proc.kill()
             proc.join()
-            record(job[0], result[1] if result is not None else CRASHED)
+            proc.close()

@@ -293,24 +293,25 @@ def run_pipeline_benchmark(args, cfg):
     from stan_mm.utils import benchmark as B
     pipeline = B.train_pipeline_from_config(cfg)
     tmp = None
-    if args.videos:
-        from stan_mm.apis.video import list_videos
-        try:
-            root, found = list_videos(args.videos)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f'benchmark: {e}')
-        videos = [os.path.join(root, v) for v in found[:args.num_videos]]
-    else:
-        folder = args.video_cache or tempfile.mkdtemp(prefix='stan_bench_videos_')
-        tmp = None if args.video_cache else folder
-        w, h = args.video_size
-        print(f'... {args.num_videos} videos {w}x{h}, {args.video_frames} frames '
-              f'({args.video_codec}) in {folder} (written unless already there)', flush=True)
-        videos = B.write_benchmark_videos(folder, args.num_videos, w, h, args.video_frames,
-                                          fps=args.video_fps, seed=args.seed,
-                                          codec=args.video_codec)
     threads = torch.get_num_threads()
-    try:
+    try:   # (the temporary videos are removed also when writing them fails or is stopped)
+        if args.videos:
+            from stan_mm.apis.video import list_videos
+            try:
+                root, found = list_videos(args.videos)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f'benchmark: {e}')
+            videos = [os.path.join(root, v) for v in found[:args.num_videos]]
+        else:
+            folder = args.video_cache or tempfile.mkdtemp(prefix='stan_bench_videos_')
+            tmp = None if args.video_cache else folder
+            w, h = args.video_size
+            print(f'... {args.num_videos} videos {w}x{h}, {args.video_frames} frames '
+                  f'({args.video_codec}) in {folder} (written unless already there)',
+                  flush=True)
+            videos = B.write_benchmark_videos(folder, args.num_videos, w, h,
+                                              args.video_frames, fps=args.video_fps,
+                                              seed=args.seed, codec=args.video_codec)
         import cv2
         cv2.setNumThreads(0)     # mmengine's default env_cfg for data workers
         torch.set_num_threads(1)     # a DataLoader worker's torch runs one thread

@@ -175,7 +175,9 @@ def _import_error(python: str, env: dict):
 
 def run_step(argv, limit_s: float, log_path: str, env: dict) -> dict:
     """Run one step in its own process group, its output appended to ``log_path``; kill
-    the group (compile workers included) at ``limit_s``."""
+    the group (compile workers included) at ``limit_s``, and when this session stops while
+    it runs (Ctrl-C, an error): in a session of its own the step does not get the
+    terminal's SIGINT, and went on holding the GPU after the session had ended."""
     t0 = time.monotonic()
     with open(log_path, 'a') as log:
         log.write('$ ' + shlex.join(argv) + '\n')
@@ -187,12 +189,25 @@ def run_step(argv, limit_s: float, log_path: str, env: dict) -> dict:
             rc = proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc)
             rc = proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            proc.wait()
+            raise
     if timed_out:
         with open(log_path, 'a') as log:
             log.write(f'\n[gpu_session] killed after {limit_s:.0f} s\n')
     return dict(rc=rc, timed_out=timed_out, seconds=round(time.monotonic() - t0, 1))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` (a step started with ``start_new_session``);
+    one that has ended already is left alone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def tail(path: str, start: int = 0, lines: int = 25) -> str:

@@ -40,6 +40,7 @@ index, each skip is logged (WARNING, file and reason) and recorded in the substi
 ``data_samples.metainfo['skipped_videos']``, where :class:`stan_mm.engine.SkippedVideosHook`
 counts it on the main process (so the count is right with DataLoader workers and DDP).
 """
+import contextlib
 import io
 import logging
 import math
@@ -544,7 +545,9 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
     stream sequentially up to the largest index (exact frames, no seeking).
 
     Args:
-        source: a local path, or the file's bytes (written to a temporary file).
+        source: a local path, or the file's bytes (written to a temporary file in
+            ``tempfile.gettempdir()``, removed on return and on any error, a write
+            that fails on a full disk or a Ctrl-C included).
         frame_inds: 0-based frame indices.
         filename: name for error messages (default: ``source`` when it is a path).
 
@@ -559,15 +562,16 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
     name = filename or (source if isinstance(source, str) else '<bytes>')
     inds = [int(i) for i in np.asarray(frame_inds).reshape(-1)]
     tmp = None
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        suffix = osp.splitext(name)[1] or '.mp4'
-        fd, tmp = tempfile.mkstemp(suffix=suffix)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(source)
-        path = tmp
-    else:
-        path = osp.abspath(os.fspath(source))   # a relative 'a:b.mp4' is no protocol
     try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            # (inside the try: a write that fails, a full disk or Ctrl-C, removes the file)
+            suffix = osp.splitext(name)[1] or '.mp4'
+            fd, tmp = tempfile.mkstemp(suffix=suffix)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(source)
+            path = tmp
+        else:
+            path = osp.abspath(os.fspath(source))   # a relative 'a:b.mp4' is no protocol
         cap = cv2.VideoCapture(path)
         if not cap.isOpened():
             raise VideoReadError(name, 'neither decord nor OpenCV can open it')
@@ -589,7 +593,8 @@ def decode_frames_opencv(source, frame_inds: Sequence[int],
         return _in_requested_order(frames, np.asarray(inds))   # repeats as copies
     finally:
         if tmp is not None:
-            os.remove(tmp)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------
