@@ -82,7 +82,7 @@ from .dist_eval import compute_and_broadcast
 from .rescoring import (DEFAULT_CHUNK_SIZE, DEFAULT_DSL_TEMP, DEFAULT_QB_BETA, DEFAULT_QB_K,
                         DSL_QB_NORM_WARNING)
 from .ranking import ranks_to_metrics, retrieval_ranks
-from .similarity import EmbeddingSimilarity
+from .similarity import EmbeddingSimilarity, load_npy
 
 _QB_KEYS = {'bank', 'beta', 'k'}
 
@@ -193,6 +193,18 @@ class RetrievalRecallMetric(BaseMetric):
                 raise FileNotFoundError(f'RetrievalRecallMetric: qb_norm bank file {bank!r} '
                                         'does not exist (expected a .npy array [Nb, E] of '
                                         'bank text embeddings)')
+            if isinstance(bank, str):     # its header: a .npz or a pickle fails here, not
+                try:                                    # after the whole test pass
+                    header = load_npy(bank, 'RetrievalRecallMetric: qb_norm bank file',
+                                      mmap_mode='r')
+                except ValueError as exc:
+                    raise ConfigValueError(str(exc)) from exc
+                if header.ndim != 2:
+                    raise ConfigValueError(
+                        f'RetrievalRecallMetric: qb_norm bank file {bank!r} has shape '
+                        f'{header.shape}; expected [num_bank_texts, embed_dim] text '
+                        'embeddings')
+                del header
             qb_norm = {**dict(beta=DEFAULT_QB_BETA, k=DEFAULT_QB_K), **qb_norm}
             # checked here, not after the whole test pass (querybank_stats checks them too)
             beta, k = qb_norm['beta'], qb_norm['k']
@@ -340,7 +352,7 @@ class RetrievalRecallMetric(BaseMetric):
         bank = self.qb_norm['bank']
         name = bank if isinstance(bank, str) else 'qb_norm bank'
         if isinstance(bank, str):
-            bank = np.load(bank)
+            bank = load_npy(bank, 'RetrievalRecallMetric: qb_norm bank file')
         if isinstance(bank, torch.Tensor):
             bank = bank.detach().float().cpu()
         else:

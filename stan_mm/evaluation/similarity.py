@@ -183,3 +183,27 @@ class DenseSimilarity(SimilaritySource):
         else:
             block = block.to(device=self.device, dtype=self._dtype, copy=True)
         return self._check_finite(block, start, stop)
+
+
+def load_npy(path: str, what: str, mmap_mode: Optional[str] = None) -> np.ndarray:
+    """``np.load`` of a ``.npy`` file holding one array (never pickles), or a
+    ``ValueError`` naming ``what`` and ``path``: an unreadable file, and a ``.npz`` archive
+    (``np.save`` vs ``np.savez``: ``np.load`` gives an ``NpzFile`` with no ``shape``, and
+    the callers stopped on a bare ``AttributeError``), with the line that turns one of its
+    arrays into a ``.npy`` file. ``mmap_mode='r'`` maps the array instead of reading it (a
+    cheap check of the header)."""
+    try:
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001  (the reason is in the message)
+        raise ValueError(f'{what} {path!r} is not a readable .npy array: {exc}') from exc
+    if isinstance(array, np.ndarray):
+        return array
+    names = list(getattr(array, 'files', []))
+    close = getattr(array, 'close', None)
+    if close is not None:
+        close()
+    pick = repr(names[0]) if names else "'<name>'"
+    raise ValueError(f'{what} {path!r} is a .npz archive (arrays: {", ".join(names) or "none"}), '
+                     f'not one .npy array; save the array it means as .npy, e.g. '
+                     f'python -c "import numpy as np; np.save(\'out.npy\', '
+                     f'np.load(\'{path}\')[{pick}])"')

@@ -101,10 +101,11 @@ def load_matrix(path: str, what: str, flag: str) -> np.ndarray:
     check_not_folder(path, flag, what.split(' (')[0])
     if not os.path.isfile(path):
         raise InputError(f'{what} file {path!r} does not exist')
+    from stan_mm.evaluation.similarity import load_npy
     try:
-        array = np.load(path, mmap_mode='r', allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f'{what} file {path!r} is not a readable .npy array: {exc}') from exc
+        array = load_npy(path, f'{what} file', mmap_mode='r')
+    except ValueError as exc:   # unreadable, or a .npz archive
+        raise InputError(str(exc)) from exc
     if array.ndim != 2:
         raise InputError(f'{what} file {path!r} has shape {array.shape}; expected a 2-D '
                          '[num_texts, num_videos] matrix')
@@ -171,11 +172,11 @@ def load_inputs(args):
     check_not_folder(path, '--text-to-video', 'text-to-video')
     if not os.path.isfile(path):
         raise InputError(f'text-to-video file {path!r} does not exist')
+    from stan_mm.evaluation.similarity import load_npy
     try:
-        t2v = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f'text-to-video file {path!r} is not a readable .npy array: '
-                         f'{exc}') from exc
+        t2v = load_npy(path, 'text-to-video file')
+    except ValueError as exc:   # unreadable, or a .npz archive
+        raise InputError(str(exc)) from exc
     t2v = np.squeeze(t2v) if t2v.ndim == 2 and 1 in t2v.shape else t2v
     if t2v.ndim != 1 or t2v.dtype.kind not in 'iu':
         raise InputError(f'text-to-video file {path!r} has shape {t2v.shape} and dtype '
