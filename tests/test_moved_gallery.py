@@ -223,9 +223,9 @@ def test_a_cache_taken_over_meanwhile_is_left_alone(tmp_path, monkeypatch):
     out = cache / 'k-1111bbbb'
     real_lock = features.folder_lock
 
-    def lock_after_the_other_search(path):
+    def lock_after_the_other_search(path, **kwargs):
         os.rename(old, out)          # the other search took it over first
-        return real_lock(path)
+        return real_lock(path, **kwargs)
     monkeypatch.setattr(features, 'folder_lock', lock_after_the_other_search)
     lines = []
     assert adopt_moved_cache(str(out), 'k', str(cache), str(tmp_path / 'new'),

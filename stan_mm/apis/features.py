@@ -1278,6 +1278,7 @@ class _Holder:
             return
         if _HELD.get(key) is self:
             del _HELD[key]
+            _HELD_FREED.notify_all()      # threads waiting in folder_lock(wait=True)
         if self.fd is not None:
             try:
                 if self.locked:
@@ -1291,6 +1292,7 @@ class _Holder:
 # real path -> _Holder of the folders this process holds; read and changed under _HELD_LOCK
 _HELD: Dict[str, _Holder] = {}
 _HELD_LOCK = threading.Lock()
+_HELD_FREED = threading.Condition(_HELD_LOCK)   # notified when a folder leaves _HELD
 
 
 def make_feature_folder(out_dir: str) -> str:
@@ -1302,7 +1304,9 @@ def make_feature_folder(out_dir: str) -> str:
     """
     if osp.isdir(out_dir):
         return out_dir
-    if osp.lexists(out_dir):
+    # (isdir again: another run, or thread, may have made the folder since the first look;
+    # it was then reported as a file)
+    if osp.lexists(out_dir) and not osp.isdir(out_dir):
         raise FeatureWriteError(out_dir, f'the feature folder {out_dir!r} is a file, not a '
                                 f'folder: give a folder (it is created when missing)')
     above = osp.dirname(osp.abspath(out_dir))
@@ -1320,7 +1324,7 @@ def make_feature_folder(out_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(out_dir: str) -> Iterator[None]:
+def folder_lock(out_dir: str, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the folder ``out_dir`` itself (released by the OS even
     when the process is killed; no file is created, so read-only folders work) so that
     two runs never write one folder at once: one would delete the other's partial results.
@@ -1329,6 +1333,10 @@ def folder_lock(out_dir: str) -> Iterator[None]:
     it records itself as the owner; a second thread let in would write beside the first,
     which would unlock the folder on leaving while the second still writes). The owning
     thread may nest it: the OS lock is released when the last of its ``folder_lock`` ends.
+    ``wait=True``: another thread of this process holding the folder is waited for instead
+    (its ``folder_lock`` ends, then this one takes the folder; another process is still
+    refused at once): what a search of a gallery whose cache another thread is writing
+    does (``search_gallery``: the second search then reuses the first one's embeddings).
     Where the file system has no locks, the run goes on unlocked (a warning). The folder
     is created if needed (:func:`make_feature_folder`: a path that is a file, or one that
     cannot be created, raises :class:`FeatureWriteError` naming it).
@@ -1338,6 +1346,9 @@ def folder_lock(out_dir: str) -> Iterator[None]:
     me = threading.get_ident()
     with _HELD_LOCK:
         holder = _HELD.get(key)
+        while wait and holder is not None and holder.owner != me:
+            _HELD_FREED.wait()
+            holder = _HELD.get(key)
         if holder is not None and holder.owner != me:
             owner = next((t.name for t in threading.enumerate() if t.ident == holder.owner),
                          f'id {holder.owner}')

@@ -5,15 +5,20 @@
   ``pred_score`` of ``tools/test.py``: with ``average_clips='prob'`` the mean over views of
   the per-view softmax. A text-classifier head scores the class list it was built with,
   or ``classnames`` when given (zero-shot: class names are not stored in checkpoints), with
-  its own prompt templates, or ``templates`` when given; both only for that call (the
-  head gets its classes and templates back). :func:`apply_classnames` and
+  its own prompt templates, or ``templates`` when given; both only for that call (scored
+  by a copy of the head: the model is not changed). :func:`apply_classnames` and
   :func:`apply_templates` put them into the config before the model is built instead.
 - Retrieval model (``STANRetriever``): zero-shot over ``classnames``: prompts
   (``templates``, default :data:`DEFAULT_TEMPLATES`) through the text tower,
   prompt-ensembled as :class:`~stan_mm.models.heads.TextClassifierHead` does, logits =
   cosine x the model's logit scale, softmax over the classes.
+
+Threads: :func:`recognize` changes nothing of the model (flags, class lists, caches other
+than the head's own class embeddings, filled once under a lock), so several threads may
+call it on one model in eval mode (:func:`~stan_mm.apis.init_model`'s) at once, each with
+its own class list.
 """
-import contextlib
+import copy
 import os
 import os.path as osp
 import threading
@@ -204,28 +209,25 @@ def class_labels(model, classnames: Optional[List[str]]) -> List[str]:
     return list(classnames)
 
 
-@contextlib.contextmanager
-def _prompts_for_call(head, names: List[str], templates: Optional[List[str]]):
-    """A text-classifier head scoring ``names`` with ``templates`` (None: its own) inside
-    the block; its class list, templates and cached class embeddings afterwards as
-    before."""
+def _model_for_call(model, head, names: List[str], templates: Optional[List[str]]):
+    """The recognizer to score ``names`` with ``templates`` (None: the head's own):
+    ``model`` itself when they are its text-classifier head's own, else a shallow copy of
+    ``model`` whose ``cls_head`` is a copy of ``head`` with that class list and those
+    templates. The copies share every weight and submodule with ``model`` and change
+    nothing of it (the head was swapped in place before: a call from another thread then
+    scored, or failed on, this call's classes, and the head kept them)."""
     if list(names) == list(head.classnames) and (templates is None
                                                  or list(templates) == list(head.templates)):
-        yield
-        return
-    old_templates, old_names = head.templates, list(head.classnames)
-    old_source = getattr(head, 'classnames_source', None)
-    cached = {k: getattr(head, k) for k in ('_cache', '_cache_key') if hasattr(head, k)}
-    try:
-        if templates is not None:
-            head.templates = list(templates)
-        head.set_classnames(list(names), warn_style=False)   # (parse_classnames warned)
-        yield
-    finally:
-        head.templates = old_templates
-        head.set_classnames(old_names, source=old_source, warn_style=False)
-        for k, v in cached.items():   # (the text tower is unchanged: still valid)
-            setattr(head, k, v)
+        return model
+    call_head = copy.copy(head)              # (the same submodules and weights)
+    call_head._buffers = dict(head._buffers)  # set_classnames replaces the tokens buffer
+    if templates is not None:
+        call_head.templates = list(templates)
+    call_head.set_classnames(list(names), source=None, warn_style=False)  # (checked)
+    call_model = copy.copy(model)
+    call_model._modules = dict(model._modules)
+    call_model._modules['cls_head'] = call_head
+    return call_model
 
 
 @torch.no_grad()
@@ -239,8 +241,8 @@ def recognize(model, video: str, views: Optional[str] = None,
     list; a linear head: the names of its own classes). ``templates``: prompt templates,
     each with one ``{}`` (a text-classifier head: ``None`` keeps the templates it was
     built with; a retrieval model: ``None`` means :data:`DEFAULT_TEMPLATES`; a linear head
-    has none: ``ValueError``). A text-classifier head is given back its own classes and
-    templates afterwards.
+    has none: ``ValueError``). The model is not changed (other threads may call
+    :func:`recognize` on it at the same time; see the module docstring).
 
     Raises ``VideoReadError`` naming the file when it cannot be read, and ``ValueError``
     when ``video`` is a folder, or for a class list or templates the model cannot take."""
@@ -266,31 +268,28 @@ def recognize(model, video: str, views: Optional[str] = None,
                              f'{type(model.cls_head).__name__} has no prompts; templates '
                              f'are for a text-classifier head or a retrieval model')
         sample = VideoPipeline(model.cfg, views)(video)
-        with (_prompts_for_call(head, names, templates) if head is not None
-              else contextlib.nullcontext()):
-            pred = model.test_step(pseudo_collate([sample]))[0]
+        runner = model if head is None else _model_for_call(model, head, names, templates)
+        pred = runner.test_step(pseudo_collate([sample]))[0]
         scores = pred.pred_score.detach().float().cpu().numpy().astype(np.float64)
         return names, scores
     templates = list(DEFAULT_TEMPLATES) if templates is None else templates
     sample = VideoPipeline(model.cfg, views)(video)
+    from mmaction.models.losses import CrossEntropyLoss
     from stan_mm.models.heads import TextClassifierHead
-    from .embed import embed_video_batch, text_tower
+    from .embed import embed_video_batch, eval_mode, text_tower
     _, length = text_tower(model)
     scale = float(model.get_logit_scale())
     tower = model.text_backbone
-    # the head freezes a text tower it is given: restore the caller's model afterwards
-    trainable = [p.requires_grad for p in tower.parameters()]
-    modes = [m.training for m in tower.modules()]
-    try:
+    # finetune_text=True: the head leaves the tower's requires_grad flags alone (a frozen
+    # head turns them off, and calls from several threads restored each other's flags);
+    # the tower runs in eval mode for the call, as the head's eval() puts it. The loss is
+    # given as a class: built whatever mmengine's default scope is now (it is not used)
+    with eval_mode(tower):
         head = TextClassifierHead(classnames=names, in_channels=int(model.embed_dim),
                                   text_encoder=tower, templates=list(templates),
                                   context_length=length, temperature=1.0 / scale,
-                                  warn_style=False)      # (checked above)
+                                  finetune_text=True, loss_cls=dict(type=CrossEntropyLoss),
+                                  warn_style=False).eval()   # (checked above)
         video_emb = embed_video_batch(model, [sample]).to(next(model.parameters()).device)
         logits = head(video_emb)[0]                                      # [C]
-    finally:
-        for p, flag in zip(tower.parameters(), trainable):
-            p.requires_grad_(flag)
-        for m, mode in zip(tower.modules(), modes):
-            m.training = mode
     return names, torch.softmax(logits.double(), dim=0).cpu().numpy()

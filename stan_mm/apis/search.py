@@ -99,7 +99,7 @@ def adopt_moved_cache(out: str, key: str, cache: str, root: str, paths: Sequence
             best, best_count = folder, count
     if best is None:
         return None
-    with folder_lock(best):      # not while another search writes it
+    with folder_lock(best, wait=True):   # not while another search writes it
         # another search of the moved gallery may have taken it over meanwhile (the lock
         # then made an empty folder at the old name: removed)
         if osp.lexists(out) or not osp.isfile(osp.join(best, 'meta.json')):
@@ -160,6 +160,14 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     --amp`` into the cache folder) raises
     :class:`~stan_mm.apis.features.PrecisionMismatchError` naming the cache to delete,
     instead of mixing both precisions in one gallery.
+
+    Threads: searches of one gallery from several threads of a process (a web service
+    sharing one model in eval mode) take turns on its cache: the first embeds the gallery,
+    the others wait for it and reuse its embeddings (another process searching the same
+    cache is refused with :class:`~stan_mm.apis.features.FeatureFolderError`). Pass
+    ``progress=False`` there (one progress bar per thread on one stream), and
+    ``num_workers=0`` to embed without forking data-loader processes from a process that
+    runs other threads.
     """
     from .embed import embed_texts, require_text_tower
     from .features import (DamagedFeatureFolder, PrecisionMismatchError, extract_features,
@@ -172,7 +180,9 @@ def search_gallery(model, gallery: str, queries: Sequence[str], key: str,
     out = gallery_cache_dir(gallery, key, cache)
     if cache is not None:
         adopt_moved_cache(out, key, cache, root, paths, log=log)
-    with folder_lock(out):   # no other run may rewrite the cache before it is read
+    # no other run may rewrite the cache before it is read; a search of this gallery in
+    # another thread of this process is waited for (its embeddings are then reused)
+    with folder_lock(out, wait=True):
         try:
             res = extract_features(model, out, videos=paths, video_root=root, key=key,
                                    batch_size=batch_size, num_workers=num_workers,

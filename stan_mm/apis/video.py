@@ -442,6 +442,41 @@ def inference_pipeline(cfg, views: Optional[str] = None) -> List[dict]:
     return out
 
 
+def build_transforms(steps: Sequence[dict], scope: str = 'mmaction') -> list:
+    """The transforms of the configs ``steps``, each class looked up in the ``TRANSFORMS``
+    registry of ``scope`` (the config's ``default_scope``; MMAction2's, where stan_mm
+    registers its own) and its parents: what ``Compose`` builds under that default scope,
+    without switching mmengine's default scope, which is one for the whole process
+    (``DefaultScope.overwrite_default_scope`` around ``Compose``, from several threads at
+    once, put back the scope one thread saw in the middle of another's switch, so that
+    the other library's scope stayed replaced)."""
+    import importlib
+
+    from mmengine.registry import TRANSFORMS as ROOT
+    try:
+        importlib.import_module(f'{scope}.registry')    # (its registry joins the tree)
+    except ImportError:
+        pass
+    registry = ROOT if scope == ROOT.scope else ROOT._search_child(scope)
+    if registry is None:
+        raise KeyError(f'default_scope {scope!r} of the config: no transform registry of '
+                       f'that scope (stan-mm configs use \'mmaction\')')
+    built = []
+    for step in steps:
+        args = dict(step)
+        kind = args.pop('type')
+        try:
+            cls = registry.get(kind) if isinstance(kind, str) else kind
+        except RuntimeError:        # (mmengine's "Failed to get X")
+            cls = None
+        if cls is None:
+            raise KeyError(f'test pipeline: type {kind!r} is not a transform of the '
+                           f'{scope!r} registry (stan_mm registers in MMAction2\'s); check '
+                           f'the type names of the config\'s test_dataloader.dataset.pipeline')
+        built.append(cls(**args))
+    return built
+
+
 class VideoPipeline:
     """``pipeline(path)`` -> ``dict(inputs=..., data_samples=...)`` for one video file,
     what :func:`~stan_mm.apis.embed.embed_video_batch` and ``model.data_preprocessor``
@@ -458,20 +493,20 @@ class VideoPipeline:
         views: ``'CLIPSxCROPS'`` or ``None`` (the config's test views).
 
     The transforms are built in the config's ``default_scope`` (``mmaction``) whatever
-    scope is current, and the current one is left as it was: a pipeline can be made
-    before any model (or runner) set the scope.
+    scope is current, and the current one is not touched (:func:`build_transforms`): a
+    pipeline can be made before any model (or runner) set the scope, and by several
+    threads at once.
     """
 
     def __init__(self, cfg, views: Optional[str] = None):
         from mmengine.dataset import Compose
-        from mmengine.registry import DefaultScope
         if isinstance(cfg, (str, os.PathLike)):
             from .inference import load_config
             cfg = load_config(os.fspath(cfg))
         self.steps = inference_pipeline(cfg, views)
         self.views = views
-        with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmaction')):
-            self.compose = Compose(self.steps)
+        self.compose = Compose(build_transforms(self.steps,
+                                                cfg.get('default_scope', 'mmaction')))
 
     def __call__(self, filename: str, sample_idx: int = 0) -> dict:
         results = dict(filename=filename, start_index=0, modality='RGB',

@@ -16,7 +16,9 @@ a refusal names the URL and the cached file. ``load_from=URL``, ``--resume URL``
 Trusting a file is an explicit opt-in, for files whose origin you know:
 
 - environment variable ``STAN_MM_TRUST_CHECKPOINTS=1`` (all files), or
-- ``with stan_mm.compat.trusted_checkpoints(): ...`` in Python code, or
+- ``with stan_mm.compat.trusted_checkpoints(): ...`` in Python code (loads of the thread
+  that runs the block: another thread of the process, e.g. a service loading a file a
+  user sent, keeps the allow-list meanwhile), or
 - ``safe_torch_load(path, trust=True)``.
 
 torch's own environment opt-out, ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which mmengine's
@@ -36,12 +38,15 @@ import contextlib
 import os
 import pickle
 import struct
+import threading
 from typing import Any, Iterator, List
 
 import torch
 
 TRUST_ENV = 'STAN_MM_TRUST_CHECKPOINTS'
-_trust_depth = 0
+# depth of trusted_checkpoints() blocks, per thread (a process-wide count let every other
+# thread's loads run pickled code while one thread was inside a block)
+_trust = threading.local()
 # the oldest torch whose safe_globals takes (callable, 'module.name') entries and whose
 # torch.load defaults to weights_only=True
 SAFE_LOAD_MIN_TORCH = (2, 6)
@@ -179,13 +184,14 @@ def _restricted_getattr(obj, name):
 
 
 def _trusted() -> bool:
-    return _trust_depth > 0 or os.environ.get(TRUST_ENV, '') not in ('', '0')
+    return getattr(_trust, 'depth', 0) > 0 or os.environ.get(TRUST_ENV, '') not in ('', '0')
 
 
 def checkpoints_trusted() -> bool:
     """Whether the user opted in to trusting checkpoints: ``STAN_MM_TRUST_CHECKPOINTS`` set
-    (not ``0``) or inside :func:`trusted_checkpoints`. Loaders of other formats that can run
-    code (TorchScript archives, :mod:`stan_mm.models.clip.checkpoint`) ask this too."""
+    (not ``0``) or inside :func:`trusted_checkpoints` (in this thread). Loaders of other
+    formats that can run code (TorchScript archives, :mod:`stan_mm.models.clip.checkpoint`)
+    ask this too."""
     return _trusted()
 
 
@@ -196,13 +202,13 @@ TRUST_HINT = (f'If you trust where this file comes from, set {TRUST_ENV}=1 or lo
 
 @contextlib.contextmanager
 def trusted_checkpoints() -> Iterator[None]:
-    """Within this block, checkpoints load with full unpickling (they may run code)."""
-    global _trust_depth
-    _trust_depth += 1
+    """Within this block, checkpoints that this thread loads load with full unpickling
+    (they may run code); other threads keep the allow-list."""
+    _trust.depth = getattr(_trust, 'depth', 0) + 1
     try:
         yield
     finally:
-        _trust_depth -= 1
+        _trust.depth -= 1
 
 
 def safe_torch_load(filename, map_location='cpu', trust: bool = False, source=None,

@@ -2,6 +2,8 @@
 import itertools
 import logging
 import math
+import threading
+import weakref
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -14,6 +16,21 @@ from stan_mm.errors import ConfigValueError
 
 from ..losses import autocast_off, learned_logit_scale
 from .classnames import ClassNames, build_prompts, check_templates, load_classnames
+
+# head -> the lock under which its class-embedding cache is filled (held weakly, outside the
+# module: a lock attribute would make heads impossible to deepcopy or pickle)
+_FILL_LOCKS: 'weakref.WeakKeyDictionary[nn.Module, threading.Lock]' = \
+    weakref.WeakKeyDictionary()
+_FILL_LOCKS_GUARD = threading.Lock()
+
+
+def _fill_lock(head: nn.Module) -> threading.Lock:
+    """The lock of ``head``'s cache fills (made at the first fill)."""
+    with _FILL_LOCKS_GUARD:
+        lock = _FILL_LOCKS.get(head)
+        if lock is None:
+            lock = _FILL_LOCKS[head] = threading.Lock()
+        return lock
 
 
 def _compiling() -> bool:
@@ -72,8 +89,10 @@ class TextClassifierHead(BaseHead):
     (``weight.mul_(...)``, an optimizer step) or a move to another device (an edit through
     ``param.data`` bypasses the version counter: call :meth:`invalidate_cache` after it).
     The cache is never an inference tensor: filled inside ``torch.inference_mode()`` (a
-    validation pass), it is still usable by a later training step. It is also dropped when weights
-    are loaded (``load_state_dict``) and by
+    validation pass), it is still usable by a later training step. It is filled under a
+    lock of the head's: threads sharing a model in eval mode (an inference service) that
+    find it empty wait for one fill instead of each encoding every prompt. It is also
+    dropped when weights are loaded (``load_state_dict``) and by
     :meth:`set_classnames`, which swaps the class list (zero-shot testing on new classes:
     ``--cfg-options model.cls_head.classnames=data/ucf101/classnames.txt`` together with
     that dataset's ``test_dataloader.dataset.data_root`` / ``ann_file`` / ``data_prefix``,
@@ -341,17 +360,33 @@ class TextClassifierHead(BaseHead):
             return self._fill_cache_eagerly(device)
         return self._cached_class_embeddings(device)
 
+    def _fresh_cache(self, device: torch.device, key: tuple) -> Optional[torch.Tensor]:
+        """The cached class embeddings when they are on ``device`` and of the tower whose
+        fingerprint is ``key``, else None."""
+        cache = self._cache
+        if (cache is not None and cache.device == device and self._cache_key == key
+                and not cache.is_inference()):
+            return cache
+        return None
+
     def _cached_class_embeddings(self, device: torch.device) -> torch.Tensor:
         key = self._text_fingerprint()
-        if (self._cache is None or self._cache.device != device or self._cache_key != key
-                or self._cache.is_inference()):
-            # inference_mode(False): a cache filled in a validation pass under
-            # torch.inference_mode() must stay usable by a later training step (an
-            # inference tensor cannot be saved for backward)
-            with torch.inference_mode(False), torch.no_grad(), autocast_off(device):
-                self._cache = self._encode_prompts(chunk=self.text_batch_size)
-            self._cache_key = key
-        return self._cache
+        cache = self._fresh_cache(device, key)
+        if cache is not None:
+            return cache
+        # one fill at a time: threads that share the model (an inference service) and all
+        # find the cache empty wait for the first one's embeddings instead of each
+        # encoding every prompt again
+        with _fill_lock(self):
+            cache = self._fresh_cache(device, key)
+            if cache is None:
+                # inference_mode(False): a cache filled in a validation pass under
+                # torch.inference_mode() must stay usable by a later training step (an
+                # inference tensor cannot be saved for backward)
+                with torch.inference_mode(False), torch.no_grad(), autocast_off(device):
+                    cache = self._encode_prompts(chunk=self.text_batch_size)
+                self._cache, self._cache_key = cache, key
+            return cache
 
     @_eager_only('TextClassifierHead fills its class-embedding cache eagerly: run one '
                  'eager forward before compiling with fullgraph=True')
