@@ -440,15 +440,9 @@ class ShardStore:
                           level=logging.WARNING)
                 os.remove(path)
                 continue
-            keys = keys.tolist()
-            if not all_finite(emb):    # written by an older stan-mm: embedded again
-                bad = set(nonfinite_rows(emb))
-                videos = [_key_parts(keys[i])[0] for i in sorted(bad)]
-                print_log(f'{path}: {len(bad)} of {len(keys)} rows hold NaN or inf (videos '
-                          f'{shown_names(videos)}), saved by an older stan-mm; those videos '
-                          f'are embedded again', logger='current', level=logging.WARNING)
-                good = [i for i in range(len(keys)) if i not in bad]
-                keys, emb = [keys[i] for i in good], emb[good]
+            keys, emb = finite_rows(  # NaN rows written by an older stan-mm: embedded again
+                path, keys.tolist(), emb, lambda k: _key_parts(k)[0],
+                lambda m: print_log(m, logger='current', level=logging.WARNING))
             done.update(zip(keys, emb))
             roots.update((k, root) for k in keys)
         return done, roots
@@ -515,6 +509,23 @@ def shown_names(names: Sequence[str], limit: int = 3) -> str:
     shown = ', '.join(repr(n if not isinstance(n, str) or len(n) <= 80 else n[:77] + '...')
                       for n in names[:limit])
     return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
+def finite_rows(path: str, keys: List[str], emb: np.ndarray, video_of: Callable[[str], str],
+                warn: Callable[[str], None]) -> Tuple[List[str], np.ndarray]:
+    """``(keys, emb)`` of a saved embedding file ``path`` (``emb`` ``[N, E]``, ``keys[i]``
+    row i's key) less the rows that hold NaN or inf (saved as they were by stan-mm
+    versions before such embeddings were refused), with one ``warn`` line naming the file
+    and those rows' videos (``video_of(key)``): the run embeds them again. Unchanged, after
+    one :func:`all_finite` pass, when every row is finite."""
+    if all_finite(emb):
+        return keys, emb
+    bad = set(nonfinite_rows(emb))
+    warn(f'{path}: {len(bad)} of {len(keys)} rows hold NaN or inf (videos '
+         f'{shown_names([video_of(keys[i]) for i in sorted(bad)])}), saved by an older '
+         f'stan-mm; those videos are embedded again')
+    good = [i for i in range(len(keys)) if i not in bad]
+    return [keys[i] for i in good], emb[good]
 
 
 # what to do about a finished folder holding NaN rows (its text embeddings are made again
@@ -1075,14 +1086,8 @@ def _finished_rows(out_dir: str, meta: dict, video_root: str,
         return None  # inconsistent: recompute
     root = meta['video_root']
     keys = [_item_key(_rebase(root, p, video_root), s) for p, s in zip(rel, stamps)]
-    if not all_finite(emb):
-        bad = set(nonfinite_rows(emb))
-        log(f'WARNING: {path}: {len(bad)} of {len(emb)} rows hold NaN or inf (videos '
-            f'{shown_names([rel[i] for i in sorted(bad)])}), saved by an older stan-mm; '
-            f'those videos are embedded again')
-        good = [i for i in range(len(emb)) if i not in bad]
-        keys, emb = [keys[i] for i in good], emb[good]
-    return keys, emb
+    return finite_rows(path, keys, emb, lambda k: _key_parts(k)[0],
+                       lambda m: log(f'WARNING: {m}'))
 
 
 def _known_bad(meta: dict, video_root: str) -> Dict[str, str]:
